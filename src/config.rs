@@ -1,0 +1,503 @@
+//! Settings: typed, validated, and layered.
+//!
+//! Precedence, lowest first: built-in defaults, the optional TOML file (`--config`),
+//! `.env` in the working directory, `UPDRAFT_*` environment variables, command-line flags.
+//! clap resolves flags and environment variables; this module fills what is still unset
+//! from `.env`, then the TOML file, then the default, and parses every value into its type.
+//! An invalid value produces one line naming the setting and the problem.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use url::Url;
+
+/// Flags of `updraft serve`. Every flag also reads its `UPDRAFT_*` variable.
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct ServeArgs {
+    /// Optional TOML file with settings (keys are the setting names below in lower case
+    /// without the prefix, e.g. `listen = "0.0.0.0:8080"`).
+    #[arg(long, env = "UPDRAFT_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// HTTP listen address [default: 0.0.0.0:8080]
+    #[arg(long, env = "UPDRAFT_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Folder for the embedded database and blobs [default: ./data]
+    #[arg(long, env = "UPDRAFT_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<String>,
+    /// Database URL: sqlite://FILE or postgres://user:pass@host/db [default: sqlite://<data dir>/updraft.db]
+    #[arg(long, env = "UPDRAFT_DATABASE_URL", value_name = "URL")]
+    pub database_url: Option<String>,
+    /// Maximum database connections in the pool [default: 10]
+    #[arg(long, env = "UPDRAFT_DATABASE_MAX_CONNECTIONS", value_name = "N")]
+    pub database_max_connections: Option<String>,
+    /// Blob store: a folder (path or file:// URL) or s3://bucket[/prefix] [default: <data dir>/blobs]
+    #[arg(long, env = "UPDRAFT_BLOB_URL", value_name = "URL")]
+    pub blob_url: Option<String>,
+    /// S3 endpoint for S3-compatible servers (MinIO, Ceph, ...) [default: AWS]
+    #[arg(long, env = "UPDRAFT_S3_ENDPOINT", value_name = "URL")]
+    pub s3_endpoint: Option<String>,
+    /// S3 region [default: us-east-1]
+    #[arg(long, env = "UPDRAFT_S3_REGION", value_name = "REGION")]
+    pub s3_region: Option<String>,
+    /// S3 access key id [default: $AWS_ACCESS_KEY_ID]
+    #[arg(long, env = "UPDRAFT_S3_ACCESS_KEY_ID", value_name = "ID")]
+    pub s3_access_key_id: Option<String>,
+    /// S3 secret access key [default: $AWS_SECRET_ACCESS_KEY]
+    #[arg(long, env = "UPDRAFT_S3_SECRET_ACCESS_KEY", value_name = "SECRET", hide_env_values = true)]
+    pub s3_secret_access_key: Option<String>,
+    /// Allow plain-HTTP S3 endpoints [default: true when the endpoint starts with http://]
+    #[arg(long, env = "UPDRAFT_S3_ALLOW_HTTP", value_name = "BOOL")]
+    pub s3_allow_http: Option<String>,
+    /// Admin API key. When unset, the first start generates one, prints it once and stores only its hash
+    #[arg(long, env = "UPDRAFT_ADMIN_API_KEY", value_name = "KEY", hide_env_values = true)]
+    pub admin_api_key: Option<String>,
+    /// Base URL put into links handed to devices, e.g. https://ota.example.com [default: from the request's Host]
+    #[arg(long, env = "UPDRAFT_PUBLIC_URL", value_name = "URL")]
+    pub public_url: Option<String>,
+    /// Largest accepted upload in bytes [default: 4294967296]
+    #[arg(long, env = "UPDRAFT_MAX_UPLOAD_BYTES", value_name = "BYTES")]
+    pub max_upload_bytes: Option<String>,
+    /// Most concurrent HTTP connections; more wait in the kernel's accept queue [default: 10000]
+    #[arg(long, env = "UPDRAFT_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<String>,
+    /// Seconds in-flight requests get to finish after SIGTERM [default: 30]
+    #[arg(long, env = "UPDRAFT_SHUTDOWN_TIMEOUT_SECS", value_name = "SECS")]
+    pub shutdown_timeout_secs: Option<String>,
+    /// Trust X-Forwarded-For/-Proto/-Host from a reverse proxy [default: false]
+    #[arg(long, env = "UPDRAFT_TRUST_PROXY_HEADERS", value_name = "BOOL")]
+    pub trust_proxy_headers: Option<String>,
+    /// PEM certificate chain; with --tls-key the listener speaks HTTPS
+    #[arg(long, env = "UPDRAFT_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<String>,
+    /// PEM private key for --tls-cert
+    #[arg(long, env = "UPDRAFT_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<String>,
+    /// Log filter, e.g. `info` or `info,updraft=debug` [default: info]
+    #[arg(long, env = "UPDRAFT_LOG", value_name = "FILTER")]
+    pub log: Option<String>,
+    /// Log format: text or json [default: text]
+    #[arg(long, env = "UPDRAFT_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<String>,
+}
+
+/// A setting that could not be used. Its `Display` is the one line printed at start-up.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid setting {env} (--{flag}): {problem}")]
+pub struct ConfigError {
+    pub env: String,
+    pub flag: String,
+    pub problem: String,
+}
+
+impl ConfigError {
+    fn new(name: &str, problem: impl Into<String>) -> Self {
+        ConfigError { env: env_name(name), flag: name.replace('_', "-"), problem: problem.into() }
+    }
+}
+
+fn env_name(name: &str) -> String {
+    format!("UPDRAFT_{}", name.to_ascii_uppercase())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub enum BlobSettings {
+    Local { root: PathBuf },
+    S3(S3Settings),
+}
+
+#[derive(Debug, Clone)]
+pub struct S3Settings {
+    pub bucket: String,
+    pub prefix: String,
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub allow_http: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Fully parsed settings of a running server.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub database_url: String,
+    pub database_max_connections: u32,
+    pub blob: BlobSettings,
+    pub admin_api_key: Option<String>,
+    pub public_url: Option<Url>,
+    pub max_upload_bytes: u64,
+    pub max_connections: usize,
+    pub shutdown_timeout: Duration,
+    pub trust_proxy_headers: bool,
+    pub tls: Option<TlsSettings>,
+    pub log: String,
+    pub log_format: LogFormat,
+}
+
+/// The names of every setting, as used in the TOML file.
+const SETTING_NAMES: &[&str] = &[
+    "listen",
+    "data_dir",
+    "database_url",
+    "database_max_connections",
+    "blob_url",
+    "s3_endpoint",
+    "s3_region",
+    "s3_access_key_id",
+    "s3_secret_access_key",
+    "s3_allow_http",
+    "admin_api_key",
+    "public_url",
+    "max_upload_bytes",
+    "max_connections",
+    "shutdown_timeout_secs",
+    "trust_proxy_headers",
+    "tls_cert",
+    "tls_key",
+    "log",
+    "log_format",
+];
+
+/// The lower layers: `.env` entries and TOML file entries, by setting name.
+struct Layers {
+    dotenv: BTreeMap<String, String>,
+    file: BTreeMap<String, String>,
+}
+
+impl Layers {
+    fn load(config_path: Option<&Path>, dotenv_path: &Path) -> Result<Layers, ConfigError> {
+        let mut dotenv = BTreeMap::new();
+        if dotenv_path.exists() {
+            let entries = dotenvy::from_path_iter(dotenv_path)
+                .map_err(|e| ConfigError::new("config", format!("cannot read {}: {e}", dotenv_path.display())))?;
+            for entry in entries {
+                let (key, value) = entry
+                    .map_err(|e| ConfigError::new("config", format!("cannot parse {}: {e}", dotenv_path.display())))?;
+                if let Some(name) = key.strip_prefix("UPDRAFT_") {
+                    dotenv.insert(name.to_ascii_lowercase(), value);
+                }
+            }
+        }
+        let mut file = BTreeMap::new();
+        if let Some(path) = config_path {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| ConfigError::new("config", format!("cannot read {}: {e}", path.display())))?;
+            let table: toml::Table = text
+                .parse()
+                .map_err(|e: toml::de::Error| ConfigError::new("config", format!("{}: {}", path.display(), e.message())))?;
+            for (key, value) in table {
+                if !SETTING_NAMES.contains(&key.as_str()) {
+                    return Err(ConfigError::new("config", format!("{}: unknown setting `{key}`", path.display())));
+                }
+                let value = match value {
+                    toml::Value::String(s) => s,
+                    toml::Value::Integer(i) => i.to_string(),
+                    toml::Value::Boolean(b) => b.to_string(),
+                    toml::Value::Float(f) => f.to_string(),
+                    other => {
+                        return Err(ConfigError::new(&key, format!("expected a string, number or boolean, got {other}")));
+                    }
+                };
+                file.insert(key, value);
+            }
+        }
+        Ok(Layers { dotenv, file })
+    }
+
+    /// The value of a setting: the flag/env value if given, else `.env`, else the file.
+    fn get(&self, name: &str, from_cli: &Option<String>) -> Option<String> {
+        from_cli
+            .clone()
+            .or_else(|| self.dotenv.get(name).cloned())
+            .or_else(|| self.file.get(name).cloned())
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    }
+}
+
+impl Settings {
+    /// Loads settings for `updraft serve` from all layers (using `.env` in the working directory).
+    pub fn load(args: &ServeArgs) -> Result<Settings, ConfigError> {
+        Settings::load_with_dotenv(args, Path::new(".env"))
+    }
+
+    pub fn load_with_dotenv(args: &ServeArgs, dotenv_path: &Path) -> Result<Settings, ConfigError> {
+        let layers = Layers::load(args.config.as_deref(), dotenv_path)?;
+        let get = |name: &str, cli: &Option<String>| layers.get(name, cli);
+
+        let listen = match get("listen", &args.listen) {
+            Some(v) => v
+                .parse::<SocketAddr>()
+                .map_err(|_| ConfigError::new("listen", format!("`{v}` is not an address like 0.0.0.0:8080")))?,
+            None => SocketAddr::from(([0, 0, 0, 0], 8080)),
+        };
+        let data_dir = PathBuf::from(get("data_dir", &args.data_dir).unwrap_or_else(|| "./data".into()));
+
+        let database_url = match get("database_url", &args.database_url) {
+            Some(url) => {
+                if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                    return Err(ConfigError::new(
+                        "database_url",
+                        format!("`{}` is not a sqlite:// or postgres:// URL", redact_url(&url)),
+                    ));
+                }
+                url
+            }
+            None => format!("sqlite://{}", data_dir.join("updraft.db").display()),
+        };
+        let database_max_connections = parse_number("database_max_connections", get("database_max_connections", &args.database_max_connections), 10u32)?;
+        if database_max_connections == 0 {
+            return Err(ConfigError::new("database_max_connections", "must be at least 1"));
+        }
+
+        let blob = parse_blob(&get, args, &data_dir)?;
+
+        let admin_api_key = get("admin_api_key", &args.admin_api_key);
+        if let Some(key) = &admin_api_key {
+            if key.len() < 16 {
+                return Err(ConfigError::new("admin_api_key", "must be at least 16 characters long"));
+            }
+        }
+        let public_url = match get("public_url", &args.public_url) {
+            Some(v) => {
+                let url = Url::parse(&v).map_err(|e| ConfigError::new("public_url", format!("`{v}` is not a URL: {e}")))?;
+                if url.scheme() != "http" && url.scheme() != "https" {
+                    return Err(ConfigError::new("public_url", format!("`{v}` must start with http:// or https://")));
+                }
+                if url.query().is_some() || url.fragment().is_some() {
+                    return Err(ConfigError::new("public_url", "must not have a query or fragment"));
+                }
+                Some(url)
+            }
+            None => None,
+        };
+        let max_upload_bytes = parse_number("max_upload_bytes", get("max_upload_bytes", &args.max_upload_bytes), 4u64 << 30)?;
+        if max_upload_bytes == 0 {
+            return Err(ConfigError::new("max_upload_bytes", "must be at least 1"));
+        }
+        let max_connections = parse_number("max_connections", get("max_connections", &args.max_connections), 10_000usize)?;
+        if max_connections == 0 {
+            return Err(ConfigError::new("max_connections", "must be at least 1"));
+        }
+        let shutdown_timeout = Duration::from_secs(parse_number(
+            "shutdown_timeout_secs",
+            get("shutdown_timeout_secs", &args.shutdown_timeout_secs),
+            30u64,
+        )?);
+        let trust_proxy_headers = parse_bool("trust_proxy_headers", get("trust_proxy_headers", &args.trust_proxy_headers), false)?;
+        let tls = match (get("tls_cert", &args.tls_cert), get("tls_key", &args.tls_key)) {
+            (Some(cert), Some(key)) => {
+                for (name, path) in [("tls_cert", &cert), ("tls_key", &key)] {
+                    if !Path::new(path).is_file() {
+                        return Err(ConfigError::new(name, format!("file `{path}` does not exist")));
+                    }
+                }
+                Some(TlsSettings { cert: cert.into(), key: key.into() })
+            }
+            (Some(_), None) => return Err(ConfigError::new("tls_key", "is required when UPDRAFT_TLS_CERT is set")),
+            (None, Some(_)) => return Err(ConfigError::new("tls_cert", "is required when UPDRAFT_TLS_KEY is set")),
+            (None, None) => None,
+        };
+        let log = get("log", &args.log).unwrap_or_else(|| "info".into());
+        if tracing_subscriber::EnvFilter::try_new(&log).is_err() {
+            return Err(ConfigError::new("log", format!("`{log}` is not a log filter such as `info` or `info,updraft=debug`")));
+        }
+        let log_format = match get("log_format", &args.log_format).as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => return Err(ConfigError::new("log_format", format!("`{other}` is not one of: text, json"))),
+        };
+
+        Ok(Settings {
+            listen,
+            data_dir,
+            database_url,
+            database_max_connections,
+            blob,
+            admin_api_key,
+            public_url,
+            max_upload_bytes,
+            max_connections,
+            shutdown_timeout,
+            trust_proxy_headers,
+            tls,
+            log,
+            log_format,
+        })
+    }
+}
+
+fn parse_blob(
+    get: &dyn Fn(&str, &Option<String>) -> Option<String>,
+    args: &ServeArgs,
+    data_dir: &Path,
+) -> Result<BlobSettings, ConfigError> {
+    let Some(blob_url) = get("blob_url", &args.blob_url) else {
+        return Ok(BlobSettings::Local { root: data_dir.join("blobs") });
+    };
+    if let Some(rest) = blob_url.strip_prefix("s3://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(ConfigError::new("blob_url", format!("`{blob_url}` has no bucket name (expected s3://bucket[/prefix])")));
+        }
+        let endpoint = get("s3_endpoint", &args.s3_endpoint);
+        if let Some(endpoint) = &endpoint {
+            let parsed = Url::parse(endpoint).map_err(|e| ConfigError::new("s3_endpoint", format!("`{endpoint}` is not a URL: {e}")))?;
+            if parsed.scheme() != "http" && parsed.scheme() != "https" {
+                return Err(ConfigError::new("s3_endpoint", format!("`{endpoint}` must start with http:// or https://")));
+            }
+        }
+        let default_allow_http = endpoint.as_deref().is_some_and(|e| e.starts_with("http://"));
+        let allow_http = parse_bool("s3_allow_http", get("s3_allow_http", &args.s3_allow_http), default_allow_http)?;
+        let region = get("s3_region", &args.s3_region)
+            .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
+            .or_else(|| std::env::var("AWS_REGION").ok())
+            .unwrap_or_else(|| "us-east-1".into());
+        let access_key_id = get("s3_access_key_id", &args.s3_access_key_id).or_else(|| std::env::var("AWS_ACCESS_KEY_ID").ok());
+        let secret_access_key =
+            get("s3_secret_access_key", &args.s3_secret_access_key).or_else(|| std::env::var("AWS_SECRET_ACCESS_KEY").ok());
+        if access_key_id.is_some() != secret_access_key.is_some() {
+            return Err(ConfigError::new(
+                "s3_secret_access_key",
+                "S3 access key id and secret access key must be given together",
+            ));
+        }
+        return Ok(BlobSettings::S3(S3Settings {
+            bucket: bucket.to_string(),
+            prefix: prefix.trim_matches('/').to_string(),
+            endpoint,
+            region,
+            access_key_id,
+            secret_access_key,
+            allow_http,
+        }));
+    }
+    if let Some(path) = blob_url.strip_prefix("file://") {
+        if path.is_empty() {
+            return Err(ConfigError::new("blob_url", "file:// URL has no path"));
+        }
+        return Ok(BlobSettings::Local { root: PathBuf::from(path) });
+    }
+    if blob_url.contains("://") {
+        return Err(ConfigError::new("blob_url", format!("`{blob_url}` is neither a folder, a file:// URL nor an s3:// URL")));
+    }
+    Ok(BlobSettings::Local { root: PathBuf::from(blob_url) })
+}
+
+fn parse_number<T: std::str::FromStr>(name: &str, value: Option<String>, default: T) -> Result<T, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(v) => v.replace('_', "").parse::<T>().map_err(|_| ConfigError::new(name, format!("`{v}` is not a whole number"))),
+    }
+}
+
+fn parse_bool(name: &str, value: Option<String>, default: bool) -> Result<bool, ConfigError> {
+    match value.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None => Ok(default),
+        Some("1" | "true" | "yes" | "on") => Ok(true),
+        Some("0" | "false" | "no" | "off") => Ok(false),
+        Some(other) => Err(ConfigError::new(name, format!("`{other}` is not a boolean (true/false)"))),
+    }
+}
+
+/// Hides the password of a URL for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(args: ServeArgs) -> Result<Settings, ConfigError> {
+        Settings::load_with_dotenv(&args, Path::new("/nonexistent/.env"))
+    }
+
+    #[test]
+    fn defaults_use_embedded_backends() {
+        let settings = load(ServeArgs::default()).unwrap();
+        assert_eq!(settings.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(settings.database_url, "sqlite://./data/updraft.db");
+        assert!(matches!(settings.blob, BlobSettings::Local { ref root } if root == Path::new("./data/blobs")));
+        assert_eq!(settings.max_upload_bytes, 4 << 30);
+    }
+
+    #[test]
+    fn an_invalid_value_names_the_setting_in_one_line() {
+        let error = load(ServeArgs { listen: Some("nonsense".into()), ..Default::default() }).unwrap_err();
+        let line = error.to_string();
+        assert!(line.starts_with("invalid setting UPDRAFT_LISTEN (--listen):"), "{line}");
+        assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn layers_apply_in_order_file_then_dotenv_then_cli() {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("updraft.toml");
+        std::fs::write(&config_path, "listen = \"127.0.0.1:1\"\nmax_upload_bytes = 100\nlog_format = \"json\"\n").unwrap();
+        let dotenv_path = dir.path().join(".env");
+        std::fs::write(&dotenv_path, "UPDRAFT_MAX_UPLOAD_BYTES=200\nUPDRAFT_LOG_FORMAT=text\n").unwrap();
+        let args = ServeArgs { config: Some(config_path), log_format: Some("json".into()), ..Default::default() };
+        let settings = Settings::load_with_dotenv(&args, &dotenv_path).unwrap();
+        assert_eq!(settings.listen.to_string(), "127.0.0.1:1"); // from the file
+        assert_eq!(settings.max_upload_bytes, 200); // .env beats the file
+        assert_eq!(settings.log_format, LogFormat::Json); // the flag beats .env
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("updraft.toml");
+        std::fs::write(&config_path, "lsten = \"127.0.0.1:1\"\n").unwrap();
+        let error = load(ServeArgs { config: Some(config_path), ..Default::default() }).unwrap_err();
+        assert!(error.to_string().contains("unknown setting `lsten`"), "{error}");
+    }
+
+    #[test]
+    fn s3_urls_split_bucket_and_prefix() {
+        let settings = load(ServeArgs {
+            blob_url: Some("s3://firmware/prod/eu".into()),
+            s3_endpoint: Some("http://127.0.0.1:9000".into()),
+            s3_access_key_id: Some("a".into()),
+            s3_secret_access_key: Some("b".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        let BlobSettings::S3(s3) = settings.blob else { panic!("expected S3") };
+        assert_eq!((s3.bucket.as_str(), s3.prefix.as_str()), ("firmware", "prod/eu"));
+        assert!(s3.allow_http);
+    }
+
+    #[test]
+    fn passwords_are_redacted_in_messages() {
+        let error = load(ServeArgs { database_url: Some("mysql://u:secret@h/db".into()), ..Default::default() }).unwrap_err();
+        assert!(!error.to_string().contains("secret"), "{error}");
+    }
+
+    #[test]
+    fn a_short_admin_key_is_refused() {
+        let error = load(ServeArgs { admin_api_key: Some("short".into()), ..Default::default() }).unwrap_err();
+        assert!(error.to_string().contains("UPDRAFT_ADMIN_API_KEY"));
+    }
+}

@@ -1,0 +1,10 @@
+//! The domain: types, rules and decisions. Nothing here does IO or knows about HTTP,
+//! MQTT or SQL; adapters and storage convert to and from these types.
+
+pub mod error;
+pub mod esp_image;
+pub mod firmware;
+pub mod secret;
+pub mod version;
+
+pub use error::{Error, Result};

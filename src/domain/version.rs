@@ -1,0 +1,155 @@
+//! Firmware versions: semantic versions, parsed leniently because devices in the field
+//! report `1.0`, `v2.3.1` or `1.02`.
+//!
+//! Rules: surrounding whitespace and one leading `v`/`V` are ignored; the numeric core has
+//! one to three dot-separated decimal parts (missing parts are 0, leading zeros are allowed
+//! and ignored); a `-pre.release` and `+build` suffix follow semver syntax. Ordering is
+//! semver precedence: pre-releases sort before their release, build metadata is ignored.
+
+use std::cmp::Ordering;
+use std::fmt;
+
+/// A parsed version. Equality and ordering follow semver precedence.
+#[derive(Debug, Clone)]
+pub struct Version {
+    semver: semver::Version,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{input}` is not a version like 1.2.3 or 1.2.3-beta.1: {reason}")]
+pub struct VersionError {
+    pub input: String,
+    pub reason: &'static str,
+}
+
+const MAX_VERSION_LEN: usize = 64;
+
+impl Version {
+    pub fn parse(input: &str) -> Result<Version, VersionError> {
+        let fail = |reason| VersionError { input: input.chars().take(80).collect(), reason };
+        let text = input.trim();
+        if text.is_empty() {
+            return Err(fail("it is empty"));
+        }
+        if text.len() > MAX_VERSION_LEN {
+            return Err(fail("it is longer than 64 characters"));
+        }
+        let text = text.strip_prefix(['v', 'V']).unwrap_or(text);
+        let (rest, build) = match text.split_once('+') {
+            Some((rest, build)) => (rest, Some(build)),
+            None => (text, None),
+        };
+        let (core, pre) = match rest.split_once('-') {
+            Some((core, pre)) => (core, Some(pre)),
+            None => (rest, None),
+        };
+        let mut numbers = [0u64; 3];
+        let parts: Vec<&str> = core.split('.').collect();
+        if parts.len() > 3 {
+            return Err(fail("it has more than three numeric parts"));
+        }
+        for (slot, part) in numbers.iter_mut().zip(&parts) {
+            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(fail("its numeric parts must be decimal digits"));
+            }
+            *slot = part.parse().map_err(|_| fail("a numeric part is too large"))?;
+        }
+        let mut semver = semver::Version::new(numbers[0], numbers[1], numbers[2]);
+        if let Some(pre) = pre {
+            semver.pre = semver::Prerelease::new(pre).map_err(|_| fail("its pre-release part is malformed"))?;
+            if semver.pre.is_empty() {
+                return Err(fail("its pre-release part is empty"));
+            }
+        }
+        if let Some(build) = build {
+            semver.build = semver::BuildMetadata::new(build).map_err(|_| fail("its build part is malformed"))?;
+            if semver.build.is_empty() {
+                return Err(fail("its build part is empty"));
+            }
+        }
+        Ok(Version { semver })
+    }
+
+    /// The canonical semver text, e.g. `1.2.0` for `v1.02`. Two inputs with the same
+    /// canonical text are the same version.
+    pub fn canonical(&self) -> String {
+        self.semver.to_string()
+    }
+
+    /// `X.Y.Z` without pre-release or build, for clients that understand nothing more.
+    pub fn plain(&self) -> String {
+        format!("{}.{}.{}", self.semver.major, self.semver.minor, self.semver.patch)
+    }
+
+    pub fn is_prerelease(&self) -> bool {
+        !self.semver.pre.is_empty()
+    }
+}
+
+impl PartialEq for Version {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Version {}
+
+impl PartialOrd for Version {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Version {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.semver.cmp_precedence(&other.semver)
+    }
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.semver.fmt(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn canonical(input: &str) -> String {
+        Version::parse(input).unwrap().canonical()
+    }
+
+    #[test]
+    fn short_and_prefixed_versions_are_padded() {
+        assert_eq!(canonical("1"), "1.0.0");
+        assert_eq!(canonical("1.2"), "1.2.0");
+        assert_eq!(canonical(" v1.2.3 "), "1.2.3");
+        assert_eq!(canonical("1.02"), "1.2.0");
+        assert_eq!(canonical("2.0.0-rc.1+build.5"), "2.0.0-rc.1+build.5");
+    }
+
+    #[test]
+    fn malformed_versions_are_refused_with_a_reason() {
+        for input in ["", "abc", "1.2.3.4", "1..2", "1.2.x", "1.2.3-", "1.2.3+", "-1.0", "1.0-be ta", &"9".repeat(70)] {
+            assert!(Version::parse(input).is_err(), "{input:?} parsed");
+        }
+        let error = Version::parse("1.2.x").unwrap_err();
+        assert!(error.to_string().contains("decimal digits"), "{error}");
+    }
+
+    #[test]
+    fn ordering_follows_semver_precedence() {
+        let ordered = ["0.9.9", "1.0.0-alpha", "1.0.0-alpha.1", "1.0.0-beta", "1.0.0-rc.1", "1.0.0", "1.0.1", "1.10.0", "2.0.0"];
+        for pair in ordered.windows(2) {
+            assert!(Version::parse(pair[0]).unwrap() < Version::parse(pair[1]).unwrap(), "{} < {}", pair[0], pair[1]);
+        }
+        assert_eq!(Version::parse("1.0.0+a").unwrap(), Version::parse("1.0.0+b").unwrap());
+        assert_eq!(Version::parse("1.0").unwrap(), Version::parse("v1.0.0").unwrap());
+    }
+
+    #[test]
+    fn plain_drops_prerelease_and_build() {
+        assert_eq!(Version::parse("3.1.4-rc.2+abc").unwrap().plain(), "3.1.4");
+    }
+}

@@ -1,0 +1,172 @@
+//! The HTTP adapter: routes, shared state and middleware. Handlers decode requests, call
+//! `services`/`storage`, and encode responses; each module owns its wire types.
+
+pub mod auth;
+pub mod download;
+pub mod error;
+pub mod firmware;
+pub mod ops;
+pub mod range;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::{HeaderMap, HeaderName, Method, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::trace::TraceLayer;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::config::Settings;
+use crate::domain::Error;
+use crate::services::Core;
+use error::ApiError;
+
+/// Largest JSON request body.
+pub const MAX_JSON_BYTES: usize = 1 << 20;
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub core: Core,
+    pub settings: Arc<Settings>,
+    pub admin_key_digest: [u8; 32],
+    pub metrics: PrometheusHandle,
+    pub started: Instant,
+}
+
+impl AppState {
+    /// The base URL for links: `UPDRAFT_PUBLIC_URL`, else the request's Host (and, behind a
+    /// trusted proxy, `X-Forwarded-Proto`/`-Host`).
+    pub fn base_url(&self, headers: Option<&HeaderMap>) -> String {
+        if let Some(url) = &self.settings.public_url {
+            return url.as_str().trim_end_matches('/').to_string();
+        }
+        let header = |name: &str| headers.and_then(|h| h.get(name)).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let trusted = self.settings.trust_proxy_headers;
+        let host = trusted
+            .then(|| header("x-forwarded-host"))
+            .flatten()
+            .or_else(|| header("host"))
+            .filter(|h| h.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']')))
+            .unwrap_or_else(|| self.settings.listen.to_string());
+        let scheme = trusted
+            .then(|| header("x-forwarded-proto"))
+            .flatten()
+            .filter(|p| p == "http" || p == "https")
+            .unwrap_or_else(|| if self.settings.tls.is_some() { "https".into() } else { "http".into() });
+        format!("{scheme}://{host}")
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Updraft",
+        description = "Fleet server for ESP32-class devices: firmware store, device registry, rollouts, configuration.",
+        license(name = "Apache-2.0")
+    ),
+    modifiers(&SecuritySchemes),
+    tags(
+        (name = "firmware", description = "Firmware builds (admin)"),
+        (name = "operations", description = "Health, readiness, metrics"),
+    )
+)]
+struct ApiDoc;
+
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+        components.add_security_scheme("admin_key", SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-Admin-API-Key"))));
+    }
+}
+
+fn api_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(firmware::router()).merge(ops::router())
+}
+
+/// The OpenAPI document, generated from the handlers' annotations.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api_router().split_for_parts().1
+}
+
+/// The complete application router.
+pub fn router(state: AppState) -> Router {
+    let (api, openapi) = api_router().split_for_parts();
+    let openapi = Arc::new(openapi);
+    let sensitive: Arc<[HeaderName]> =
+        Arc::new([header::AUTHORIZATION, HeaderName::from_static("x-admin-api-key"), HeaderName::from_static("x-device-token")]);
+    let request_id = HeaderName::from_static("x-request-id");
+
+    api.merge(ops::docs_router(openapi))
+        // Upload bodies are limited by the handler itself (UPDRAFT_MAX_UPLOAD_BYTES); everything
+        // else by this layer.
+        .layer(DefaultBodyLimit::max(MAX_JSON_BYTES))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(record_metrics))
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|request: &Request| {
+                let request_id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
+                // The path only: query strings may carry signed download tokens.
+                tracing::info_span!("http", method = %request.method(), path = %request.uri().path(), request_id)
+            }),
+        )
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .layer(SetSensitiveRequestHeadersLayer::from_shared(sensitive))
+        .with_state(state)
+}
+
+async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {
+    let _ = method;
+    Error::not_found("route", uri.path()).into()
+}
+
+async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> Response {
+    let mut response =
+        ApiError(Error::invalid("method_not_allowed", format!("{method} is not allowed on {}", uri.path()))).into_response();
+    *response.status_mut() = axum::http::StatusCode::METHOD_NOT_ALLOWED;
+    response
+}
+
+fn panic_response(_panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    ApiError(Error::Internal(anyhow::anyhow!("a request handler panicked"))).into_response()
+}
+
+/// Request count and latency by route template and status.
+async fn record_metrics(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let method = request.method().to_string();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    let elapsed = started.elapsed();
+    metrics::counter!("updraft_http_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("updraft_http_request_duration_seconds", "route" => route, "method" => method).record(elapsed.as_secs_f64());
+    response
+}
+
+/// Histogram buckets for request latency, in seconds.
+pub const LATENCY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+pub fn idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}

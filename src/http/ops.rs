@@ -1,0 +1,93 @@
+//! Operations endpoints: liveness, readiness, Prometheus metrics, OpenAPI and its offline
+//! interactive page.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use utoipa_swagger_ui::SwaggerUi;
+
+use super::AppState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(health)).routes(routes!(ready)).routes(routes!(prometheus_metrics))
+}
+
+/// `/api/openapi.json` and the Swagger UI at `/api/docs`, served from the binary (no CDN).
+pub fn docs_router(openapi: Arc<utoipa::openapi::OpenApi>) -> Router<AppState> {
+    SwaggerUi::new("/api/docs").url("/api/openapi.json", (*openapi).clone()).into()
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    /// `ok`.
+    pub status: &'static str,
+    pub version: &'static str,
+    pub uptime_s: u64,
+}
+
+/// Liveness: 200 while the process serves requests.
+#[utoipa::path(get, path = "/api/health", tag = "operations", responses((status = 200, body = Health)))]
+async fn health(State(state): State<AppState>) -> Json<Health> {
+    Json(Health { status: "ok", version: env!("CARGO_PKG_VERSION"), uptime_s: state.started.elapsed().as_secs() })
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Readiness {
+    /// `ready` or `unavailable`.
+    pub status: &'static str,
+    /// `ok`, or why the database does not answer.
+    pub database: String,
+    /// `ok`, or why the blob store does not answer.
+    pub blob_store: String,
+}
+
+/// Readiness: 200 when the database and the blob store answer, else 503 with the reason.
+#[utoipa::path(
+    get, path = "/api/ready", tag = "operations",
+    responses((status = 200, body = Readiness), (status = 503, body = Readiness))
+)]
+async fn ready(State(state): State<AppState>) -> Response {
+    let (database, blobs) = tokio::join!(
+        tokio::time::timeout(std::time::Duration::from_secs(3), state.core.store.ping()),
+        tokio::time::timeout(std::time::Duration::from_secs(3), state.core.blobs.check()),
+    );
+    let describe = |result: Result<crate::domain::Result<()>, tokio::time::error::Elapsed>| match result {
+        Ok(Ok(())) => "ok".to_string(),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "no answer within 3 s".to_string(),
+    };
+    let database = describe(database);
+    let blob_store = describe(blobs);
+    let is_ready = database == "ok" && blob_store == "ok";
+    if !is_ready {
+        tracing::warn!(%database, %blob_store, "not ready");
+    }
+    let status = if is_ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(Readiness { status: if is_ready { "ready" } else { "unavailable" }, database, blob_store })).into_response()
+}
+
+/// Prometheus metrics in the text exposition format.
+#[utoipa::path(
+    get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String))
+)]
+async fn prometheus_metrics(State(state): State<AppState>) -> Response {
+    // Totals come from the database at scrape time, so every replica reports the same truth.
+    match state.core.store.artifact_totals().await {
+        Ok((count, bytes)) => {
+            metrics::gauge!("updraft_artifacts").set(count as f64);
+            metrics::gauge!("updraft_artifact_bytes").set(bytes as f64);
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot total artifacts for metrics"),
+    }
+    metrics::gauge!("updraft_uptime_seconds").set(state.started.elapsed().as_secs_f64());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render()).into_response()
+}

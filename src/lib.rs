@@ -1,0 +1,25 @@
+//! Updraft: a fleet server for ESP32-class devices and small Linux gateways.
+//!
+//! Reading order: `domain` (rules, no IO) → `storage` (all SQL) and `blob` (file bytes) →
+//! `services` (use cases) → adapters (`http`) → `startup` and `cli` (wiring).
+
+/// Command line: `updraft serve` and maintenance subcommands.
+pub mod cli;
+/// Layered, validated settings.
+pub mod config;
+/// Types, rules and decisions; no IO.
+pub mod domain;
+/// Blob storage: local folder or S3.
+pub mod blob;
+/// The database; the only module with SQL.
+pub mod storage;
+/// Use cases combining domain, storage and blobs.
+pub mod services;
+/// The HTTP adapter: routes, wire types, middleware.
+pub mod http;
+/// The connection-limited listener.
+pub mod net;
+/// Building and running the server.
+pub mod startup;
+/// Logs and metrics.
+pub mod telemetry;

@@ -1,0 +1,5 @@
+//! The `updraft` binary. Everything lives in the library; see `cli`.
+
+fn main() {
+    std::process::exit(updraft::cli::run());
+}

@@ -1,0 +1,124 @@
+//! Building and running the server: connect storage, open blobs, resolve the admin key,
+//! bind the listener, serve until a shutdown signal, then drain within a deadline.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::blob::BlobStore;
+use crate::config::Settings;
+use crate::domain::secret;
+use crate::http::{self, AppState};
+use crate::net::LimitedListener;
+use crate::services::Core;
+use crate::storage::Store;
+use crate::telemetry;
+
+const ADMIN_KEY_SECRET: &str = "admin_api_key_sha256";
+
+/// A server that is bound and ready to run.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        let started = Instant::now();
+        let store = Store::connect(&settings.database_url, settings.database_max_connections).await?;
+        let blobs = BlobStore::open(&settings.blob).await?;
+        let admin_key_digest = resolve_admin_key(&store, settings.admin_api_key.as_deref()).await?;
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (UPDRAFT_LISTEN)", settings.listen))?;
+        tracing::info!(
+            address = %listener.local_addr()?,
+            database = ?store.backend(),
+            blobs = %blobs.describe(),
+            "updraft {} ready in {} ms",
+            env!("CARGO_PKG_VERSION"),
+            started.elapsed().as_millis()
+        );
+        let state = AppState {
+            core: Core { store, blobs },
+            settings: Arc::new(settings),
+            admin_key_digest,
+            metrics: telemetry::metrics_handle(),
+            started,
+        };
+        Ok(Application { listener, state })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown` resolves; then stops accepting, lets in-flight requests finish
+    /// for up to `UPDRAFT_SHUTDOWN_TIMEOUT_SECS`, and closes the database.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let Application { listener, state } = self;
+        let store = state.core.store.clone();
+        let grace = state.settings.shutdown_timeout;
+        let listener = LimitedListener::new(listener, state.settings.max_connections);
+        let app = http::router(state);
+
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            tracing::info!(grace_s = grace.as_secs(), "shutting down: no new connections; waiting for in-flight requests");
+            let _ = stop_tx.send(true);
+            // Keep the sender alive so that receivers do not see a closed channel.
+            std::future::pending::<()>().await;
+        });
+        let mut server_stop = stop_rx.clone();
+        let server = axum::serve(listener, app.into_make_service_with_connect_info::<crate::net::ClientAddr>())
+            .with_graceful_shutdown(async move {
+                let _ = server_stop.wait_for(|stopped| *stopped).await;
+            })
+            .into_future();
+        let mut deadline_stop = stop_rx;
+        let deadline = async move {
+            let _ = deadline_stop.wait_for(|stopped| *stopped).await;
+            tokio::time::sleep(grace).await;
+        };
+        tokio::select! {
+            result = server => result.context("the HTTP server failed")?,
+            _ = deadline => tracing::warn!("shutdown deadline reached; closing the remaining connections"),
+        }
+        store.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// The admin key's digest: from UPDRAFT_ADMIN_API_KEY, else the stored one, else a new key
+/// printed once (only its digest is stored).
+async fn resolve_admin_key(store: &Store, configured: Option<&str>) -> anyhow::Result<[u8; 32]> {
+    if let Some(key) = configured {
+        return Ok(secret::digest(key));
+    }
+    if let Some(stored) = store.find_server_secret(ADMIN_KEY_SECRET).await? {
+        return secret::parse_digest_hex(&stored).context("the stored admin key digest is corrupt");
+    }
+    let key = secret::generate("upd_admin_");
+    if store.insert_server_secret(ADMIN_KEY_SECRET, &secret::digest_hex(&key)).await? {
+        print_generated_key(&key);
+        return Ok(secret::digest(&key));
+    }
+    // Another replica generated one at the same moment; use theirs.
+    let stored = store.find_server_secret(ADMIN_KEY_SECRET).await?.context("the admin key digest vanished")?;
+    secret::parse_digest_hex(&stored).context("the stored admin key digest is corrupt")
+}
+
+#[allow(clippy::print_stderr)]
+fn print_generated_key(key: &str) {
+    eprintln!(
+        "\n  Generated admin API key (shown only now; only its hash is stored):\n\n    {key}\n\n  \
+         Use it as `Authorization: Bearer <key>`. Set UPDRAFT_ADMIN_API_KEY to choose your own,\n  \
+         or run `updraft reset-admin-key` to replace a lost one.\n"
+    );
+}

@@ -1,0 +1,332 @@
+//! Artifacts: firmware builds and the (product, version, hardware) slots they occupy.
+
+use serde::{Deserialize, Serialize};
+use sqlx::any::AnyRow;
+// Dynamic SQL here is assembled only from constants and `$n` placeholders; values are bound.
+use sqlx::{Any, AssertSqlSafe, Row};
+
+use super::{Store, db_error, from_millis, is_unique_violation, now_millis};
+use crate::domain::firmware::{Artifact, ArtifactSpec, Digests, ImageFacts};
+use crate::domain::{Error, Result};
+
+/// Everything needed to record a new artifact.
+pub struct NewArtifact<'a> {
+    pub id: &'a str,
+    pub spec: &'a ArtifactSpec,
+    pub digests: &'a Digests,
+    pub blob_key: &'a str,
+    pub image: Option<&'a ImageFacts>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ArtifactFilter {
+    pub product: Option<String>,
+    pub hardware: Option<String>,
+    /// Canonical version.
+    pub version_key: Option<String>,
+    pub channel: Option<String>,
+    pub sort: ArtifactSort,
+    pub limit: u32,
+    pub offset: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ArtifactSort {
+    #[default]
+    NewestFirst,
+    OldestFirst,
+    Product,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ArtifactPatch {
+    pub notes: Option<String>,
+    pub channel: Option<String>,
+}
+
+const COLUMNS: &str = "id, product, version, version_key, hardware, channel, notes, size, sha256, sha1, md5, blob_key, image, created_at, updated_at";
+
+impl Store {
+    /// Records an artifact and claims its slots, atomically. A slot taken concurrently by
+    /// another upload is a conflict.
+    pub async fn insert_artifact(&self, new: NewArtifact<'_>) -> Result<Artifact> {
+        let now = now_millis();
+        let hardware: Vec<&str> = new.spec.hardware.iter().map(|h| h.as_str()).collect();
+        let hardware_json = serde_json::to_string(&hardware).expect("a list of strings serializes");
+        let image_json = new.image.map(|i| serde_json::to_string(&StoredImage::from(i)).expect("image facts serialize"));
+        let version_key = new.spec.version.canonical();
+
+        let mut tx = self.pool.begin().await.map_err(|e| db_error(e, "failed to begin a transaction"))?;
+        sqlx::query(AssertSqlSafe(format!("INSERT INTO artifact ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)")))
+            .bind(new.id)
+            .bind(new.spec.product.as_str())
+            .bind(&new.spec.version_label)
+            .bind(&version_key)
+            .bind(&hardware_json)
+            .bind(new.spec.channel.as_str())
+            .bind(&new.spec.notes)
+            .bind(new.digests.size as i64)
+            .bind(&new.digests.sha256)
+            .bind(&new.digests.sha1)
+            .bind(&new.digests.md5)
+            .bind(new.blob_key)
+            .bind(image_json)
+            .bind(now)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_error(e, "failed to insert an artifact"))?;
+        for hardware_id in &hardware {
+            let result = sqlx::query("INSERT INTO artifact_hardware (product, version_key, hardware, artifact_id) VALUES ($1, $2, $3, $4)")
+                .bind(new.spec.product.as_str())
+                .bind(&version_key)
+                .bind(hardware_id)
+                .bind(new.id)
+                .execute(&mut *tx)
+                .await;
+            match result {
+                Ok(_) => {}
+                Err(e) if is_unique_violation(&e) => {
+                    return Err(Error::conflict(
+                        "version_exists",
+                        format!(
+                            "{} {} for hardware `{hardware_id}` was stored concurrently with different bytes",
+                            new.spec.product.as_str(),
+                            new.spec.version_label
+                        ),
+                    ));
+                }
+                Err(e) => return Err(db_error(e, "failed to claim an artifact slot")),
+            }
+        }
+        tx.commit().await.map_err(|e| db_error(e, "failed to commit an artifact"))?;
+        self.find_artifact(new.id).await?.ok_or_else(|| Error::Internal(anyhow::anyhow!("artifact vanished after insert")))
+    }
+
+    pub async fn find_artifact(&self, id: &str) -> Result<Option<Artifact>> {
+        let row = sqlx::query(AssertSqlSafe(format!("SELECT {COLUMNS} FROM artifact WHERE id = $1")))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| db_error(e, "failed to read an artifact"))?;
+        row.map(|r| artifact_from_row(&r)).transpose()
+    }
+
+    /// Artifacts of a product and version (any hardware).
+    pub async fn find_artifacts_by_version(&self, product: &str, version_key: &str) -> Result<Vec<Artifact>> {
+        let rows = sqlx::query(AssertSqlSafe(format!("SELECT {COLUMNS} FROM artifact WHERE product = $1 AND version_key = $2")))
+            .bind(product)
+            .bind(version_key)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db_error(e, "failed to read artifacts"))?;
+        rows.iter().map(artifact_from_row).collect()
+    }
+
+    /// A page of artifacts and the total number matching the filter.
+    pub async fn list_artifacts(&self, filter: &ArtifactFilter) -> Result<(Vec<Artifact>, u64)> {
+        let mut conditions = Vec::new();
+        let mut params: Vec<String> = Vec::new();
+        let mut add = |condition: &str, value: &str| {
+            params.push(value.to_string());
+            conditions.push(condition.replace('?', &format!("${}", params.len())));
+        };
+        if let Some(product) = &filter.product {
+            add("product = ?", product);
+        }
+        if let Some(version_key) = &filter.version_key {
+            add("version_key = ?", version_key);
+        }
+        if let Some(channel) = &filter.channel {
+            add("channel = ?", channel);
+        }
+        if let Some(hardware) = &filter.hardware {
+            add("id IN (SELECT artifact_id FROM artifact_hardware WHERE hardware = ?)", hardware);
+        }
+        let where_clause = if conditions.is_empty() { String::new() } else { format!("WHERE {}", conditions.join(" AND ")) };
+        let order = match filter.sort {
+            ArtifactSort::NewestFirst => "created_at DESC, id DESC",
+            ArtifactSort::OldestFirst => "created_at ASC, id ASC",
+            ArtifactSort::Product => "product ASC, created_at DESC, id DESC",
+        };
+
+        let count_sql = format!("SELECT COUNT(*) AS n FROM artifact {where_clause}");
+        let mut count_query = sqlx::query::<Any>(AssertSqlSafe(count_sql.clone()));
+        for param in &params {
+            count_query = count_query.bind(param.clone());
+        }
+        let total: i64 = count_query
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| db_error(e, "failed to count artifacts"))?
+            .get("n");
+
+        let list_sql = format!(
+            "SELECT {COLUMNS} FROM artifact {where_clause} ORDER BY {order} LIMIT {} OFFSET {}",
+            filter.limit, filter.offset
+        );
+        let mut list_query = sqlx::query::<Any>(AssertSqlSafe(list_sql.clone()));
+        for param in &params {
+            list_query = list_query.bind(param.clone());
+        }
+        let rows = list_query.fetch_all(&self.pool).await.map_err(|e| db_error(e, "failed to list artifacts"))?;
+        let artifacts = rows.iter().map(artifact_from_row).collect::<Result<Vec<_>>>()?;
+        Ok((artifacts, total as u64))
+    }
+
+    pub async fn update_artifact(&self, id: &str, patch: &ArtifactPatch) -> Result<Option<Artifact>> {
+        let result = sqlx::query(
+            "UPDATE artifact SET notes = COALESCE($1, notes), channel = COALESCE($2, channel), updated_at = $3 WHERE id = $4",
+        )
+        .bind(patch.notes.clone())
+        .bind(patch.channel.clone())
+        .bind(now_millis())
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| db_error(e, "failed to update an artifact"))?;
+        if result.rows_affected() == 0 {
+            return Ok(None);
+        }
+        self.find_artifact(id).await
+    }
+
+    /// Removes an artifact's record and slots. Returns the removed artifact.
+    pub async fn delete_artifact(&self, id: &str) -> Result<Option<Artifact>> {
+        let Some(artifact) = self.find_artifact(id).await? else {
+            return Ok(None);
+        };
+        let mut tx = self.pool.begin().await.map_err(|e| db_error(e, "failed to begin a transaction"))?;
+        sqlx::query("DELETE FROM artifact_hardware WHERE artifact_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_error(e, "failed to delete artifact slots"))?;
+        let deleted = sqlx::query("DELETE FROM artifact WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_error(e, "failed to delete an artifact"))?;
+        tx.commit().await.map_err(|e| db_error(e, "failed to commit an artifact deletion"))?;
+        Ok((deleted.rows_affected() > 0).then_some(artifact))
+    }
+
+    /// Number of artifacts and their total size in bytes.
+    pub async fn artifact_totals(&self) -> Result<(u64, u64)> {
+        let row = sqlx::query("SELECT COUNT(*) AS n, CAST(COALESCE(SUM(size), 0) AS BIGINT) AS bytes FROM artifact")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| db_error(e, "failed to total artifacts"))?;
+        Ok((row.get::<i64, _>("n") as u64, row.get::<i64, _>("bytes") as u64))
+    }
+
+    /// True when some artifact record points at this blob.
+    pub async fn blob_in_use(&self, blob_key: &str) -> Result<bool> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM artifact WHERE blob_key = $1")
+            .bind(blob_key)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| db_error(e, "failed to look up a blob"))?;
+        Ok(row.get::<i64, _>("n") > 0)
+    }
+}
+
+fn artifact_from_row(row: &AnyRow) -> Result<Artifact> {
+    let decode = |e: sqlx::Error| db_error(e, "failed to decode an artifact row");
+    let hardware_json: String = row.try_get("hardware").map_err(decode)?;
+    let image_json: Option<String> = row.try_get("image").map_err(decode)?;
+    let hardware = serde_json::from_str(&hardware_json)
+        .map_err(|e| Error::Internal(anyhow::Error::new(e).context("corrupt hardware list in the database")))?;
+    let image = match image_json {
+        Some(json) => Some(
+            serde_json::from_str::<StoredImage>(&json)
+                .map_err(|e| Error::Internal(anyhow::Error::new(e).context("corrupt image facts in the database")))?
+                .into(),
+        ),
+        None => None,
+    };
+    Ok(Artifact {
+        id: row.try_get("id").map_err(decode)?,
+        product: row.try_get("product").map_err(decode)?,
+        version: row.try_get("version").map_err(decode)?,
+        version_key: row.try_get("version_key").map_err(decode)?,
+        hardware,
+        channel: row.try_get("channel").map_err(decode)?,
+        notes: row.try_get("notes").map_err(decode)?,
+        size: row.try_get::<i64, _>("size").map_err(decode)? as u64,
+        sha256: row.try_get("sha256").map_err(decode)?,
+        sha1: row.try_get("sha1").map_err(decode)?,
+        md5: row.try_get("md5").map_err(decode)?,
+        blob_key: row.try_get("blob_key").map_err(decode)?,
+        image,
+        created_at: from_millis(row.try_get("created_at").map_err(decode)?),
+        updated_at: from_millis(row.try_get("updated_at").map_err(decode)?),
+    })
+}
+
+/// The JSON form of `ImageFacts` in the `image` column.
+#[derive(Serialize, Deserialize)]
+struct StoredImage {
+    format: String,
+    chip_id: u16,
+    chip: Option<String>,
+    project_name: String,
+    version: String,
+    idf_ver: String,
+    compile_time: String,
+    compile_date: String,
+    secure_version: u32,
+    segment_count: u8,
+    hash_appended: bool,
+    appended_sha256: Option<String>,
+    app_elf_sha256: String,
+    min_chip_rev_full: u16,
+    max_chip_rev_full: u16,
+    flash_size_bytes: Option<u64>,
+}
+
+impl From<&ImageFacts> for StoredImage {
+    fn from(i: &ImageFacts) -> Self {
+        StoredImage {
+            format: i.format.clone(),
+            chip_id: i.chip_id,
+            chip: i.chip.clone(),
+            project_name: i.project_name.clone(),
+            version: i.version.clone(),
+            idf_ver: i.idf_ver.clone(),
+            compile_time: i.compile_time.clone(),
+            compile_date: i.compile_date.clone(),
+            secure_version: i.secure_version,
+            segment_count: i.segment_count,
+            hash_appended: i.hash_appended,
+            appended_sha256: i.appended_sha256.clone(),
+            app_elf_sha256: i.app_elf_sha256.clone(),
+            min_chip_rev_full: i.min_chip_rev_full,
+            max_chip_rev_full: i.max_chip_rev_full,
+            flash_size_bytes: i.flash_size_bytes,
+        }
+    }
+}
+
+impl From<StoredImage> for ImageFacts {
+    fn from(i: StoredImage) -> Self {
+        ImageFacts {
+            format: i.format,
+            chip_id: i.chip_id,
+            chip: i.chip,
+            project_name: i.project_name,
+            version: i.version,
+            idf_ver: i.idf_ver,
+            compile_time: i.compile_time,
+            compile_date: i.compile_date,
+            secure_version: i.secure_version,
+            segment_count: i.segment_count,
+            hash_appended: i.hash_appended,
+            appended_sha256: i.appended_sha256,
+            app_elf_sha256: i.app_elf_sha256,
+            min_chip_rev_full: i.min_chip_rev_full,
+            max_chip_rev_full: i.max_chip_rev_full,
+            flash_size_bytes: i.flash_size_bytes,
+        }
+    }
+}

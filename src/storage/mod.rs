@@ -1,0 +1,129 @@
+//! Storage: the only module that holds SQL. One code path for SQLite (embedded default)
+//! and PostgreSQL (scale-out), through sqlx's `Any` driver and portable SQL.
+
+mod firmware;
+mod secrets;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, Executor};
+
+pub use firmware::{ArtifactFilter, ArtifactPatch, ArtifactSort, NewArtifact};
+
+use crate::domain::{Error, Result};
+
+/// Which database is behind the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The database: a connection pool and the queries, grouped by resource in submodules.
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+impl Store {
+    /// Connects, configures SQLite for concurrent use, and applies pending migrations.
+    pub async fn connect(database_url: &str, max_connections: u32) -> anyhow::Result<Store> {
+        sqlx::any::install_default_drivers();
+        let backend = if database_url.starts_with("sqlite:") { Backend::Sqlite } else { Backend::Postgres };
+        let url = match backend {
+            Backend::Sqlite => sqlite_url(database_url)?,
+            Backend::Postgres => database_url.to_string(),
+        };
+        let options = AnyConnectOptions::from_str(&url).context("invalid database URL")?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .min_connections(0)
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // WAL lets readers proceed during a write; NORMAL sync is durable in WAL mode
+                        // except for the last transactions on power loss; busy_timeout makes writers wait
+                        // for each other instead of failing.
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        conn.execute("PRAGMA synchronous = NORMAL").await?;
+                        conn.execute("PRAGMA busy_timeout = 10000").await?;
+                        conn.execute("PRAGMA foreign_keys = ON").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await
+            .with_context(|| format!("cannot connect to the database at {}", crate::config::redact_url(database_url)))?;
+        MIGRATOR.run(&pool).await.context("cannot apply database migrations")?;
+        Ok(Store { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Answers when the database does, for the readiness probe.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(|e| Error::Unavailable(format!("database: {e}")))
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Makes sure the SQLite file's folder exists and the file is created on first use.
+fn sqlite_url(database_url: &str) -> anyhow::Result<String> {
+    let rest = database_url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if path != ":memory:" && !path.is_empty() {
+        if let Some(parent) = std::path::Path::new(path).parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).with_context(|| format!("cannot create the database folder {}", parent.display()))?;
+        }
+    }
+    let mut url = format!("sqlite://{path}");
+    if query.is_empty() {
+        url.push_str("?mode=rwc");
+    } else {
+        url.push('?');
+        url.push_str(query);
+        if !query.contains("mode=") {
+            url.push_str("&mode=rwc");
+        }
+    }
+    Ok(url)
+}
+
+/// Turns a database failure into the domain error; unique violations become conflicts.
+fn db_error(error: sqlx::Error, context: &'static str) -> Error {
+    match &error {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+            Error::Unavailable(format!("database unavailable: {error}"))
+        }
+        _ => Error::Internal(anyhow::Error::new(error).context(context)),
+    }
+}
+
+fn is_unique_violation(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+fn now_millis() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn from_millis(millis: i64) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp_millis(millis).unwrap_or_default()
+}

@@ -1,0 +1,50 @@
+//! Logging (human-readable or JSON) and the Prometheus metrics recorder.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::format::FmtSpan;
+
+use crate::config::LogFormat;
+
+/// Installs the global log subscriber. Call once, from `main`.
+pub fn init_logging(filter: &str, format: LogFormat) {
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(std::io::stderr().is_terminal()).with_span_events(FmtSpan::NONE).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
+    }
+}
+
+/// The process-wide metrics recorder (installed on first use; tests run several servers in
+/// one process and share it).
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full("updraft_http_request_duration_seconds".into()), crate::http::LATENCY_BUCKETS)
+                .expect("static buckets are valid")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (e.g. by a test harness); ours still renders.
+            let _ = metrics::set_global_recorder(recorder);
+            describe_metrics();
+            handle
+        })
+        .clone()
+}
+
+fn describe_metrics() {
+    metrics::describe_counter!("updraft_http_requests_total", "HTTP requests by route template, method and status");
+    metrics::describe_histogram!("updraft_http_request_duration_seconds", metrics::Unit::Seconds, "HTTP request latency by route template");
+    metrics::describe_counter!("updraft_upload_bytes_total", metrics::Unit::Bytes, "Bytes of firmware uploads received and stored");
+    metrics::describe_counter!("updraft_download_bytes_total", metrics::Unit::Bytes, "Bytes of firmware sent to clients");
+    metrics::describe_gauge!("updraft_artifacts", "Stored firmware artifacts");
+    metrics::describe_gauge!("updraft_artifact_bytes", metrics::Unit::Bytes, "Total size of stored firmware artifacts");
+    metrics::describe_gauge!("updraft_http_connections", "Open HTTP connections");
+    metrics::describe_gauge!("updraft_uptime_seconds", metrics::Unit::Seconds, "Seconds since the server started");
+}
