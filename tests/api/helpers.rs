@@ -1,0 +1,201 @@
+//! Test harness: spawns the real application on a random port, with a fresh database and
+//! blob store per test. The backends come from the environment (see scripts/test.sh):
+//! - `UPDRAFT_TEST_DATABASE`: `sqlite` (default) or a PostgreSQL admin URL; each test gets
+//!   its own new database on that server;
+//! - `UPDRAFT_TEST_BLOB`: `fs` (default) or `s3` (with `UPDRAFT_TEST_S3_ENDPOINT`,
+//!   `UPDRAFT_TEST_S3_BUCKET` and `AWS_*` credentials); each test gets its own prefix.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use sqlx::Connection;
+use tokio::sync::oneshot;
+use updraft::config::{BlobSettings, S3Settings, ServeArgs, Settings};
+use updraft::startup::Application;
+
+pub const ADMIN_KEY: &str = "test-admin-key-0123456789abcdef";
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub base: String,
+    pub client: reqwest::Client,
+    /// Kept so the folder lives as long as the server.
+    #[allow(dead_code)]
+    pub data_dir: tempfile::TempDir,
+    pub settings: Settings,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+pub fn uses_local_blobs() -> bool {
+    std::env::var("UPDRAFT_TEST_BLOB").map(|v| v != "s3").unwrap_or(true)
+}
+
+/// Settings for a fresh, isolated server on a random loopback port.
+pub async fn test_settings() -> (Settings, tempfile::TempDir) {
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    let args = ServeArgs {
+        listen: Some("127.0.0.1:0".into()),
+        data_dir: Some(data_dir.path().display().to_string()),
+        admin_api_key: Some(ADMIN_KEY.into()),
+        ..Default::default()
+    };
+    let mut settings = Settings::load_with_dotenv(&args, &data_dir.path().join(".env")).expect("test settings are valid");
+    settings.shutdown_timeout = std::time::Duration::from_secs(5);
+
+    match std::env::var("UPDRAFT_TEST_DATABASE").ok().filter(|v| v != "sqlite") {
+        Some(admin_url) => settings.database_url = create_postgres_database(&admin_url).await,
+        None => {}
+    }
+    if !uses_local_blobs() {
+        let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} must be set when UPDRAFT_TEST_BLOB=s3"));
+        settings.blob = BlobSettings::S3(S3Settings {
+            bucket: var("UPDRAFT_TEST_S3_BUCKET"),
+            prefix: format!("test-{}", uuid::Uuid::new_v4()),
+            endpoint: Some(var("UPDRAFT_TEST_S3_ENDPOINT")),
+            region: "us-east-1".into(),
+            access_key_id: Some(var("AWS_ACCESS_KEY_ID")),
+            secret_access_key: Some(var("AWS_SECRET_ACCESS_KEY")),
+            allow_http: true,
+        });
+    }
+    (settings, data_dir)
+}
+
+async fn create_postgres_database(admin_url: &str) -> String {
+    sqlx::any::install_default_drivers();
+    let name = format!("updraft_test_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = sqlx::AnyConnection::connect(admin_url).await.expect("connect to the PostgreSQL admin URL");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await.expect("create a test database");
+    let mut url = url::Url::parse(admin_url).expect("admin URL");
+    url.set_path(&name);
+    url.to_string()
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
+    let (mut settings, data_dir) = test_settings().await;
+    configure(&mut settings);
+    start(settings, data_dir).await
+}
+
+pub async fn start(settings: Settings, data_dir: tempfile::TempDir) -> TestApp {
+    let app = Application::build(settings.clone()).await.expect("the application builds");
+    let addr = app.local_addr();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    TestApp {
+        addr,
+        base: format!("http://{addr}"),
+        client: reqwest::Client::builder().no_proxy().build().unwrap(),
+        data_dir,
+        settings,
+        stop: Some(stop),
+        server: Some(server),
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// A request with the admin key.
+    pub fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.client.request(method, self.url(path)).bearer_auth(ADMIN_KEY)
+    }
+
+    /// Uploads raw bytes with metadata in the query string.
+    pub async fn upload_raw(&self, bytes: Vec<u8>, query: &str) -> reqwest::Response {
+        self.admin(reqwest::Method::POST, &format!("/api/v1/firmware?{query}"))
+            .header("content-type", "application/octet-stream")
+            .body(bytes)
+            .send()
+            .await
+            .expect("upload request")
+    }
+
+    /// Uploads with multipart form data.
+    pub async fn upload_form(&self, bytes: Vec<u8>, fields: &[(&str, &str)]) -> reqwest::Response {
+        let mut form = reqwest::multipart::Form::new();
+        for (name, value) in fields {
+            form = form.text(name.to_string(), value.to_string());
+        }
+        form = form.part("file", reqwest::multipart::Part::bytes(bytes).file_name("firmware.bin"));
+        self.admin(reqwest::Method::POST, "/api/v1/firmware").multipart(form).send().await.expect("upload request")
+    }
+
+    /// Uploads and expects 201; returns the artifact JSON.
+    pub async fn create_artifact(&self, bytes: Vec<u8>, query: &str) -> serde_json::Value {
+        let response = self.upload_raw(bytes, query).await;
+        let status = response.status();
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(status, 201, "{body}");
+        body
+    }
+
+    pub async fn list_artifacts(&self, query: &str) -> serde_json::Value {
+        let response = self.admin(reqwest::Method::GET, &format!("/api/v1/firmware?{query}")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.json().await.unwrap()
+    }
+
+    /// Files in the local blob folder (staging included); empty for S3.
+    pub fn blob_files(&self) -> Vec<PathBuf> {
+        fn walk(dir: &std::path::Path, out: &mut Vec<PathBuf>) {
+            if let Ok(entries) = std::fs::read_dir(dir) {
+                for entry in entries.flatten() {
+                    let path = entry.path();
+                    if path.is_dir() { walk(&path, out) } else { out.push(path) }
+                }
+            }
+        }
+        let mut files = Vec::new();
+        if let BlobSettings::Local { root } = &self.settings.blob {
+            walk(root, &mut files);
+        }
+        files
+    }
+
+    /// Stops the server gracefully and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.expect("server task").expect("server stopped cleanly");
+        }
+    }
+}
+
+/// Asserts the error shape `{"error":{"code","message"}}` and returns the code.
+pub async fn error_code(response: reqwest::Response, status: u16) -> String {
+    assert_eq!(response.status().as_u16(), status, "unexpected status");
+    let body: serde_json::Value = response.json().await.expect("error bodies are JSON");
+    let code = body["error"]["code"].as_str().unwrap_or_else(|| panic!("no error.code in {body}")).to_string();
+    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "no error.message in {body}");
+    code
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
+/// A valid ESP32 app image.
+pub fn esp_image(project: &str, version: &str, chip_id: u16) -> Vec<u8> {
+    updraft::domain::esp_image::builder::EspImageBuilder::new(project, version).chip_id(chip_id).payload_len(4096).build()
+}

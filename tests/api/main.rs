@@ -1,0 +1,4 @@
+//! End-to-end tests of the real server over HTTP. See helpers.rs for the harness.
+
+mod helpers;
+mod firmware;
