@@ -99,3 +99,89 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Limi
         ClientAddr(*stream.remote_addr())
     }
 }
+
+/// HTTPS: accepts TCP connections under the same limit and completes TLS handshakes in
+/// background tasks, so a slow or silent client cannot hold up other connections.
+pub struct TlsListener {
+    local_addr: SocketAddr,
+    ready: tokio::sync::mpsc::Receiver<(tokio_rustls::server::TlsStream<LimitedStream>, SocketAddr)>,
+}
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl TlsListener {
+    pub fn new(mut plain: LimitedListener, config: Arc<rustls::ServerConfig>) -> io::Result<Self> {
+        use axum::serve::Listener;
+        let local_addr = plain.local_addr()?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let (sender, ready) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(async move {
+            loop {
+                let (stream, addr) = plain.accept().await;
+                let acceptor = acceptor.clone();
+                let handshake_sender = sender.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = handshake_sender.send((tls, addr)).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(%addr, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%addr, "TLS handshake timed out"),
+                    }
+                });
+                if sender.is_closed() {
+                    break;
+                }
+            }
+        });
+        Ok(TlsListener { local_addr, ready })
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<LimitedStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(connection) => connection,
+            // The accept task only ends when this listener is gone.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        Ok(self.local_addr)
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>> for ClientAddr {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
+        ClientAddr(*stream.remote_addr())
+    }
+}
+
+/// Loads a PEM certificate chain and private key into a TLS server configuration
+/// (TLS 1.2 and 1.3, HTTP/1.1 via ALPN).
+pub fn tls_config(cert_path: &std::path::Path, key_path: &std::path::Path) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    use anyhow::Context;
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert_path)
+        .with_context(|| format!("cannot read the TLS certificate {}", cert_path.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("cannot parse the TLS certificate {}", cert_path.display()))?;
+    if certs.is_empty() {
+        anyhow::bail!("no certificate found in {}", cert_path.display());
+    }
+    let key = PrivateKeyDer::from_pem_file(key_path).with_context(|| format!("cannot read the TLS key {}", key_path.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("the TLS certificate and key do not match or are unsupported")?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}

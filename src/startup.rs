@@ -63,8 +63,12 @@ impl Application {
         let Application { listener, state } = self;
         let store = state.core.store.clone();
         let grace = state.settings.shutdown_timeout;
+        let tls = match &state.settings.tls {
+            Some(tls) => Some(crate::net::tls_config(&tls.cert, &tls.key)?),
+            None => None,
+        };
         let listener = LimitedListener::new(listener, state.settings.max_connections);
-        let app = http::router(state);
+        let app = http::router(state).into_make_service_with_connect_info::<crate::net::ClientAddr>();
 
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
@@ -75,11 +79,15 @@ impl Application {
             std::future::pending::<()>().await;
         });
         let mut server_stop = stop_rx.clone();
-        let server = axum::serve(listener, app.into_make_service_with_connect_info::<crate::net::ClientAddr>())
-            .with_graceful_shutdown(async move {
-                let _ = server_stop.wait_for(|stopped| *stopped).await;
-            })
-            .into_future();
+        let stopped = async move {
+            let _ = server_stop.wait_for(|stopped| *stopped).await;
+        };
+        let server: std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> = match tls {
+            Some(config) => Box::pin(
+                axum::serve(crate::net::TlsListener::new(listener, config)?, app).with_graceful_shutdown(stopped).into_future(),
+            ),
+            None => Box::pin(axum::serve(listener, app).with_graceful_shutdown(stopped).into_future()),
+        };
         let mut deadline_stop = stop_rx;
         let deadline = async move {
             let _ = deadline_stop.wait_for(|stopped| *stopped).await;
