@@ -266,7 +266,7 @@ impl ImageFacts {
 }
 
 /// A stored firmware build.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Artifact {
     pub id: String,
     pub product: String,

@@ -4,7 +4,9 @@
 pub mod error;
 pub mod esp_image;
 pub mod firmware;
+pub mod mac;
 pub mod secret;
+pub mod update;
 pub mod version;
 
 pub use error::{Error, Result};

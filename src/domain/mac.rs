@@ -1,0 +1,135 @@
+//! MAC addresses: the identity of a device. Stored in one canonical form, upper-case with
+//! colons (`AA:BB:CC:DD:EE:FF`, as `WiFi.macAddress()` prints it), and accepted in every
+//! form devices and tools send.
+
+use std::fmt;
+
+use super::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Mac([u8; 6]);
+
+const ACCEPTED: &str = "accepted forms: AA:BB:CC:DD:EE:FF, aa-bb-cc-dd-ee-ff, aabbccddeeff, or the decimal eFuse MAC (esp32FOTA's ESP.getEfuseMac())";
+
+impl Mac {
+    /// Parses `AA:BB:CC:DD:EE:FF`, `aa-bb-cc-dd-ee-ff`, `AABB.CCDD.EEFF`, `aabbccddeeff`
+    /// (exactly 12 hex digits), or a decimal eFuse MAC (13 to 15 digits, or any decimal
+    /// prefixed `efuse:`). The eFuse MAC is the 48-bit value of `ESP.getEfuseMac()`, whose
+    /// lowest byte is the MAC's first byte.
+    pub fn parse(input: &str) -> Result<Mac> {
+        let text = input.trim();
+        let invalid = || Error::invalid("invalid_mac", format!("`{}` is not a MAC address; {ACCEPTED}", text.chars().take(40).collect::<String>()));
+        if let Some(decimal) = text.strip_prefix("efuse:") {
+            return Mac::from_efuse_decimal(decimal).ok_or_else(invalid);
+        }
+        let hex: String = text.chars().filter(|c| !matches!(c, ':' | '-' | '.')).collect();
+        let separators = text.len() - hex.len();
+        let well_separated = match separators {
+            0 => true,
+            5 => {
+                let parts: Vec<&str> = text.split([':', '-']).collect();
+                parts.len() == 6 && parts.iter().all(|p| p.len() == 2)
+            }
+            2 => {
+                let parts: Vec<&str> = text.split('.').collect();
+                parts.len() == 3 && parts.iter().all(|p| p.len() == 4)
+            }
+            _ => false,
+        };
+        if hex.len() == 12 && well_separated && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let mut bytes = [0u8; 6];
+            for (i, byte) in bytes.iter_mut().enumerate() {
+                *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| invalid())?;
+            }
+            return Ok(Mac(bytes));
+        }
+        if separators == 0 && (13..=15).contains(&text.len()) {
+            return Mac::from_efuse_decimal(text).ok_or_else(invalid);
+        }
+        Err(invalid())
+    }
+
+    /// The MAC of a decimal eFuse value.
+    pub fn from_efuse_decimal(text: &str) -> Option<Mac> {
+        if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let value: u64 = text.parse().ok()?;
+        if value >> 48 != 0 {
+            return None;
+        }
+        let le = value.to_le_bytes();
+        Some(Mac([le[0], le[1], le[2], le[3], le[4], le[5]]))
+    }
+
+    /// The decimal eFuse form (what esp32FOTA sends as `id`).
+    pub fn efuse_decimal(&self) -> String {
+        let mut le = [0u8; 8];
+        le[..6].copy_from_slice(&self.0);
+        u64::from_le_bytes(le).to_string()
+    }
+
+    pub fn bytes(&self) -> [u8; 6] {
+        self.0
+    }
+
+    /// `AA:BB:CC:DD:EE:FF`.
+    pub fn canonical(&self) -> String {
+        self.to_string()
+    }
+
+    /// `aa-bb-cc-dd-ee-ff`, the form seed-003 configuration files use.
+    pub fn hyphenated_lower(&self) -> String {
+        self.to_string().replace(':', "-").to_ascii_lowercase()
+    }
+
+    /// `AABBCCDDEEFF`.
+    pub fn bare_upper(&self) -> String {
+        self.to_string().replace(':', "")
+    }
+}
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        write!(f, "{:02X}:{:02X}:{:02X}:{:02X}:{:02X}:{:02X}", b[0], b[1], b[2], b[3], b[4], b[5])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_common_form_parses_to_the_same_mac() {
+        let expected = "24:0A:C4:12:34:56";
+        for input in ["24:0A:C4:12:34:56", "24:0a:c4:12:34:56", "24-0a-c4-12-34-56", "240ac4123456", "240A.C412.3456", " 24:0A:C4:12:34:56 "] {
+            assert_eq!(Mac::parse(input).unwrap().canonical(), expected, "{input}");
+        }
+    }
+
+    #[test]
+    fn the_efuse_decimal_is_little_endian() {
+        // ESP.getEfuseMac() for 24:0A:C4:12:34:56 is 0x563412C40A24.
+        let mac = Mac::parse("24:0A:C4:12:34:56").unwrap();
+        assert_eq!(mac.efuse_decimal(), 0x5634_12C4_0A24u64.to_string());
+        assert_eq!(Mac::parse(&0x5634_12C4_0A24u64.to_string()).unwrap(), mac);
+        assert_eq!(Mac::parse("efuse:123").unwrap().canonical(), "7B:00:00:00:00:00");
+    }
+
+    #[test]
+    fn malformed_macs_name_the_accepted_forms() {
+        for input in ["", "24:0A:C4:12:34", "24:0A:C4:12:34:5G", "24:0A-C4:12:34:56:", "240ac41234567", "2:40A:C4:12:34:56", "999999999999999", "CE:13:14:15"] {
+            let error = Mac::parse(input).unwrap_err();
+            assert_eq!(error.code(), "invalid_mac", "{input}");
+            assert!(error.to_string().contains("accepted forms"), "{error}");
+        }
+    }
+
+    #[test]
+    fn other_renderings() {
+        let mac = Mac::parse("aa:bb:cc:dd:ee:ff").unwrap();
+        assert_eq!(mac.hyphenated_lower(), "aa-bb-cc-dd-ee-ff");
+        assert_eq!(mac.bare_upper(), "AABBCCDDEEFF");
+    }
+}
