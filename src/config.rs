@@ -13,6 +13,9 @@ use std::time::Duration;
 
 use url::Url;
 
+use crate::domain::device::Provisioning;
+use crate::services::devices::DevicePolicy;
+
 /// Flags of `updraft serve`. Every flag also reads its `UPDRAFT_*` variable.
 #[derive(clap::Args, Debug, Default, Clone)]
 pub struct ServeArgs {
@@ -74,6 +77,24 @@ pub struct ServeArgs {
     /// PEM private key for --tls-cert
     #[arg(long, env = "UPDRAFT_TLS_KEY", value_name = "FILE")]
     pub tls_key: Option<String>,
+    /// Seconds of silence after which a device counts as offline [default: 600]
+    #[arg(long, env = "UPDRAFT_DEVICE_OFFLINE_AFTER_SECS", value_name = "SECS")]
+    pub device_offline_after_secs: Option<String>,
+    /// Poll interval told to devices of products without their own [default: 3600]
+    #[arg(long, env = "UPDRAFT_DEFAULT_POLL_INTERVAL_SECS", value_name = "SECS")]
+    pub default_poll_interval_secs: Option<String>,
+    /// Provisioning mode of products nobody configured: open, key or preregistered [default: open]
+    #[arg(long, env = "UPDRAFT_DEFAULT_PROVISIONING", value_name = "MODE")]
+    pub default_provisioning: Option<String>,
+    /// Lifetime of pair keys [default: 600]
+    #[arg(long, env = "UPDRAFT_PAIRING_TTL_SECS", value_name = "SECS")]
+    pub pairing_ttl_secs: Option<String>,
+    /// After a device reports a failed or rejected update, wait this long before offering the same build again [default: 3600]
+    #[arg(long, env = "UPDRAFT_UPDATE_RETRY_AFTER_SECS", value_name = "SECS")]
+    pub update_retry_after_secs: Option<String>,
+    /// Lifetime of signed download links handed to devices [default: 86400]
+    #[arg(long, env = "UPDRAFT_DOWNLOAD_URL_TTL_SECS", value_name = "SECS")]
+    pub download_url_ttl_secs: Option<String>,
     /// Log filter, e.g. `info` or `info,updraft=debug` [default: info]
     #[arg(long, env = "UPDRAFT_LOG", value_name = "FILTER")]
     pub log: Option<String>,
@@ -147,6 +168,7 @@ pub struct Settings {
     pub tls: Option<TlsSettings>,
     pub log: String,
     pub log_format: LogFormat,
+    pub devices: DevicePolicy,
 }
 
 /// The names of every setting, as used in the TOML file.
@@ -171,6 +193,12 @@ const SETTING_NAMES: &[&str] = &[
     "tls_key",
     "log",
     "log_format",
+    "device_offline_after_secs",
+    "default_poll_interval_secs",
+    "default_provisioning",
+    "pairing_ttl_secs",
+    "update_retry_after_secs",
+    "download_url_ttl_secs",
 ];
 
 /// The lower layers: `.env` entries and TOML file entries, by setting name.
@@ -323,7 +351,28 @@ impl Settings {
             Some(other) => return Err(ConfigError::new("log_format", format!("`{other}` is not one of: text, json"))),
         };
 
+        let secs = |name: &str, value: Option<String>, default: u64, min: u64, max: u64| -> Result<Duration, ConfigError> {
+            let n = parse_number(name, value, default)?;
+            if !(min..=max).contains(&n) {
+                return Err(ConfigError::new(name, format!("must be between {min} and {max} seconds")));
+            }
+            Ok(Duration::from_secs(n))
+        };
+        let devices = DevicePolicy {
+            offline_after: secs("device_offline_after_secs", get("device_offline_after_secs", &args.device_offline_after_secs), 600, 10, 30 * 86400)?,
+            default_poll_interval_s: secs("default_poll_interval_secs", get("default_poll_interval_secs", &args.default_poll_interval_secs), 3600, 10, 7 * 86400)?
+                .as_secs() as u32,
+            default_provisioning: match get("default_provisioning", &args.default_provisioning) {
+                None => Provisioning::Open,
+                Some(v) => Provisioning::parse(&v).map_err(|_| ConfigError::new("default_provisioning", format!("`{v}` is not one of: open, key, preregistered")))?,
+            },
+            pairing_ttl: secs("pairing_ttl_secs", get("pairing_ttl_secs", &args.pairing_ttl_secs), 600, 30, 86400)?,
+            retry_failed_after: secs("update_retry_after_secs", get("update_retry_after_secs", &args.update_retry_after_secs), 3600, 0, 30 * 86400)?,
+            download_url_ttl: secs("download_url_ttl_secs", get("download_url_ttl_secs", &args.download_url_ttl_secs), 86400, 60, 30 * 86400)?,
+        };
+
         Ok(Settings {
+            devices,
             listen,
             data_dir,
             database_url,

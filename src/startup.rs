@@ -15,6 +15,8 @@ use crate::domain::secret;
 use crate::http::{self, AppState};
 use crate::net::LimitedListener;
 use crate::services::Core;
+use crate::services::devices::{self, DeviceRuntime};
+use crate::services::events::EventBus;
 use crate::storage::Store;
 use crate::telemetry;
 
@@ -32,6 +34,7 @@ impl Application {
         let store = Store::connect(&settings.database_url, settings.database_max_connections).await?;
         let blobs = BlobStore::open(&settings.blob).await?;
         let admin_key_digest = resolve_admin_key(&store, settings.admin_api_key.as_deref()).await?;
+        let signing_key = resolve_signing_key(&store).await?;
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {} (UPDRAFT_LISTEN)", settings.listen))?;
@@ -43,8 +46,15 @@ impl Application {
             env!("CARGO_PKG_VERSION"),
             started.elapsed().as_millis()
         );
+        let core = Core {
+            store,
+            blobs,
+            events: EventBus::default(),
+            devices: Arc::new(DeviceRuntime::new(settings.devices.clone(), signing_key)),
+        };
+        devices::spawn_background(core.clone());
         let state = AppState {
-            core: Core { store, blobs },
+            core,
             settings: Arc::new(settings),
             admin_key_digest,
             metrics: telemetry::metrics_handle(),
@@ -61,6 +71,7 @@ impl Application {
     /// for up to `UPDRAFT_SHUTDOWN_TIMEOUT_SECS`, and closes the database.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let Application { listener, state } = self;
+        let core = state.core.clone();
         let store = state.core.store.clone();
         let grace = state.settings.shutdown_timeout;
         let tls = match &state.settings.tls {
@@ -97,10 +108,25 @@ impl Application {
             result = server => result.context("the HTTP server failed")?,
             _ = deadline => tracing::warn!("shutdown deadline reached; closing the remaining connections"),
         }
+        if let Err(e) = devices::flush_presence(&core).await {
+            tracing::warn!(error = %e, "cannot write device presence at shutdown");
+        }
         store.close().await;
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// The key that signs device download links: generated once, shared by replicas through
+/// the database. It is a signing key, not a credential, so it is stored as is.
+async fn resolve_signing_key(store: &Store) -> anyhow::Result<[u8; 32]> {
+    const NAME: &str = "download_signing_key";
+    if store.find_server_secret(NAME).await?.is_none() {
+        let key = secret::generate("");
+        store.insert_server_secret(NAME, &key).await?;
+    }
+    let stored = store.find_server_secret(NAME).await?.context("the download signing key vanished")?;
+    Ok(secret::digest(&stored))
 }
 
 /// The admin key's digest: from UPDRAFT_ADMIN_API_KEY, else the stored one, else a new key

@@ -397,7 +397,7 @@ async fn patch_firmware(
         None => None,
     };
     let patch = ArtifactPatch { notes: body.notes, channel };
-    let artifact = state.core.store.update_artifact(&id, &patch).await?.ok_or_else(|| Error::not_found("artifact", &id))?;
+    let artifact = service::update(&state.core, &id, &patch).await?;
     Ok(Json(artifact_view(&state, &artifact, Some(&headers))))
 }
 

@@ -2,6 +2,8 @@
 //! `services`/`storage`, and encode responses; each module owns its wire types.
 
 pub mod auth;
+pub mod device_api;
+pub mod devices;
 pub mod download;
 pub mod error;
 pub mod firmware;
@@ -77,6 +79,8 @@ impl AppState {
     modifiers(&SecuritySchemes),
     tags(
         (name = "firmware", description = "Firmware builds (admin)"),
+        (name = "devices", description = "Device registry, products, pairing, live events (admin)"),
+        (name = "device", description = "The native device protocol (device token)"),
         (name = "operations", description = "Health, readiness, metrics"),
     )
 )]
@@ -89,11 +93,12 @@ impl Modify for SecuritySchemes {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
         components.add_security_scheme("admin_key", SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-Admin-API-Key"))));
+        components.add_security_scheme("device_token", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
     }
 }
 
 fn api_router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(firmware::router()).merge(ops::router())
+    OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(firmware::router()).merge(devices::router()).merge(device_api::router()).merge(ops::router())
 }
 
 /// The OpenAPI document, generated from the handlers' annotations.

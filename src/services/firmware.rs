@@ -122,6 +122,7 @@ pub async fn commit(core: &Core, staged: StagedUpload, meta: &UploadMeta) -> Res
         .await;
     match inserted {
         Ok(artifact) => {
+            core.devices.forget_builds(&artifact.product);
             tracing::info!(artifact_id = %artifact.id, product = %artifact.product, version = %artifact.version, size = artifact.size, "artifact stored");
             Ok(Ingested { artifact, created: true })
         }
@@ -152,15 +153,26 @@ fn conflict(product: &str, version: &str, existing: &Artifact) -> Error {
     )
 }
 
+/// Edits an artifact's notes or channel.
+pub async fn update(core: &Core, id: &str, patch: &crate::storage::ArtifactPatch) -> Result<Artifact> {
+    let artifact = core.store.update_artifact(id, patch).await?.ok_or_else(|| Error::not_found("artifact", id))?;
+    core.devices.forget_builds(&artifact.product);
+    Ok(artifact)
+}
+
 /// Deletes an artifact and its blob. The record goes first, so a failure to remove the
 /// blob leaves an orphan blob (logged) rather than a record without bytes.
 pub async fn delete(core: &Core, id: &str) -> Result<Artifact> {
+    if core.store.artifact_in_use(id).await? {
+        return Err(Error::conflict("artifact_in_use", "devices are being updated to this build; wait until their updates finish"));
+    }
     let artifact = core.store.delete_artifact(id).await?.ok_or_else(|| Error::not_found("artifact", id))?;
     if !core.store.blob_in_use(&artifact.blob_key).await? {
         if let Err(e) = core.blobs.delete(&artifact.blob_key).await {
             tracing::warn!(blob_key = %artifact.blob_key, error = %e, "artifact deleted but its blob could not be removed");
         }
     }
+    core.devices.forget_builds(&artifact.product);
     tracing::info!(artifact_id = %artifact.id, product = %artifact.product, version = %artifact.version, "artifact deleted");
     Ok(artifact)
 }

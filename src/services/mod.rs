@@ -2,14 +2,22 @@
 //! with storage and blobs. Adapters (HTTP, device protocols, MQTT, CLI) call these and
 //! never touch storage for writes themselves.
 
+pub mod devices;
+pub mod events;
 pub mod firmware;
+pub mod limiter;
+
+use std::sync::Arc;
 
 use crate::blob::BlobStore;
 use crate::storage::Store;
 
-/// What every use case may need: the database and the blob store.
+/// What every use case may need: the database, the blob store, the event bus and the
+/// in-memory device state.
 #[derive(Clone)]
 pub struct Core {
     pub store: Store,
     pub blobs: BlobStore,
+    pub events: events::EventBus,
+    pub devices: Arc<devices::DeviceRuntime>,
 }

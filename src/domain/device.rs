@@ -1,0 +1,345 @@
+//! Devices and products: names and tags, provisioning policy, setup progress (the seed-004
+//! status codes) and update states.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use super::error::{Error, Result};
+use super::mac::Mac;
+
+/// How unknown devices of a product may obtain a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provisioning {
+    /// Any device that asks is created and given a token (seed 004's behaviour).
+    Open,
+    /// The device must present the product's provisioning key and secret (ThingsBoard-style).
+    Key,
+    /// Only devices an operator created may get a token.
+    Preregistered,
+}
+
+impl Provisioning {
+    pub fn parse(text: &str) -> Result<Provisioning> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "open" => Ok(Provisioning::Open),
+            "key" => Ok(Provisioning::Key),
+            "preregistered" => Ok(Provisioning::Preregistered),
+            other => Err(Error::invalid("invalid_provisioning", format!("provisioning `{other}` is not one of: open, key, preregistered"))),
+        }
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Provisioning::Open => "open",
+            Provisioning::Key => "key",
+            Provisioning::Preregistered => "preregistered",
+        }
+    }
+}
+
+/// A product's device policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Product {
+    pub name: String,
+    pub provisioning: Provisioning,
+    pub provision_key: Option<String>,
+    /// SHA-256 hex of the provisioning secret.
+    pub provision_secret_hash: Option<String>,
+    pub poll_interval_s: u32,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+pub const MIN_POLL_INTERVAL_S: u32 = 10;
+pub const MAX_POLL_INTERVAL_S: u32 = 7 * 24 * 3600;
+
+pub fn check_poll_interval(seconds: u32) -> Result<u32> {
+    if (MIN_POLL_INTERVAL_S..=MAX_POLL_INTERVAL_S).contains(&seconds) {
+        Ok(seconds)
+    } else {
+        Err(Error::invalid("invalid_poll_interval", format!("poll_interval_s must be between {MIN_POLL_INTERVAL_S} and {MAX_POLL_INTERVAL_S}")))
+    }
+}
+
+/// The last setup report of a device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SetupStatus {
+    pub code: u8,
+    pub title: String,
+    pub description: String,
+    pub at: DateTime<Utc>,
+}
+
+/// Titles allowed with the error codes of seed 004 (5: Wi-Fi, 6: server).
+pub const WIFI_ERROR_TITLES: &[&str] = &["WIFI_CONNECT_BAD_CREDENTIALS"];
+pub const SERVER_ERROR_TITLES: &[&str] = &[
+    "MQTT_CONNECTION_TIMEOUT",
+    "MQTT_CONNECTION_LOST",
+    "MQTT_CONNECT_FAILED",
+    "MQTT_DISCONNECTED",
+    "MQTT_CONNECT_BAD_PROTOCOL",
+    "MQTT_CONNECT_BAD_CLIENT_ID",
+    "MQTT_CONNECT_UNAVAILABLE",
+    "MQTT_CONNECT_BAD_CREDENTIALS",
+    "MQTT_CONNECT_UNAUTHORIZED",
+    "SERVER_REQUEST_TIMEOUT",
+    "SERVER_ERROR",
+];
+
+/// The default title of each seed-004 status code.
+pub fn default_setup_title(code: u8) -> &'static str {
+    match code {
+        1 => "CONNECTING_TO_WIFI",
+        2 => "CONNECTED_TO_WIFI",
+        3 => "CONNECTING_TO_SERVER",
+        4 => "CONFIG_FINISHED",
+        5 => "WIFI_CONNECT_ERROR",
+        _ => "SERVER_CONNECT_ERROR",
+    }
+}
+
+/// Validates a setup report: codes 1-6; errors 5 and 6 carry one of their titles.
+pub fn check_setup_report(code: i64, title: Option<&str>) -> Result<(u8, String)> {
+    let code = u8::try_from(code).ok().filter(|c| (1..=6).contains(c)).ok_or_else(|| {
+        Error::invalid(
+            "invalid_setup_status",
+            "status_code must be 1 (connecting to wifi), 2 (connected to wifi), 3 (connecting to server), 4 (config finished), 5 (wifi error) or 6 (server error)",
+        )
+    })?;
+    let title = title.map(str::trim).filter(|t| !t.is_empty());
+    let allowed: &[&str] = match code {
+        5 => WIFI_ERROR_TITLES,
+        6 => SERVER_ERROR_TITLES,
+        _ => &[],
+    };
+    let title = match title {
+        None => default_setup_title(code).to_string(),
+        Some(t) if !allowed.is_empty() && !allowed.contains(&t) => {
+            return Err(Error::invalid("invalid_setup_status", format!("title `{t}` is not valid with status_code {code}; expected one of {}", allowed.join(", "))));
+        }
+        Some(t) if t.len() > 64 => return Err(Error::invalid("invalid_setup_status", "title must be at most 64 characters")),
+        Some(t) => t.to_string(),
+    };
+    Ok((code, title))
+}
+
+/// The states of an update attempt. Devices report the first six; the server sets
+/// `offered` and `succeeded` (a check-in with the new version).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdateState {
+    Offered,
+    Downloading,
+    Downloaded,
+    Installing,
+    Installed,
+    Failed,
+    Rejected,
+    Succeeded,
+}
+
+impl UpdateState {
+    pub const REPORTABLE: &'static str = "downloading, downloaded, installing, installed, failed, rejected";
+
+    pub fn parse_reported(text: &str) -> Result<UpdateState> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "downloading" => Ok(UpdateState::Downloading),
+            "downloaded" => Ok(UpdateState::Downloaded),
+            "installing" => Ok(UpdateState::Installing),
+            "installed" => Ok(UpdateState::Installed),
+            "failed" => Ok(UpdateState::Failed),
+            "rejected" => Ok(UpdateState::Rejected),
+            other => Err(Error::invalid("invalid_state", format!("state `{other}` is not one of: {}", Self::REPORTABLE))),
+        }
+    }
+
+    pub fn parse_stored(text: &str) -> UpdateState {
+        match text {
+            "downloading" => UpdateState::Downloading,
+            "downloaded" => UpdateState::Downloaded,
+            "installing" => UpdateState::Installing,
+            "installed" => UpdateState::Installed,
+            "failed" => UpdateState::Failed,
+            "rejected" => UpdateState::Rejected,
+            "succeeded" => UpdateState::Succeeded,
+            _ => UpdateState::Offered,
+        }
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            UpdateState::Offered => "offered",
+            UpdateState::Downloading => "downloading",
+            UpdateState::Downloaded => "downloaded",
+            UpdateState::Installing => "installing",
+            UpdateState::Installed => "installed",
+            UpdateState::Failed => "failed",
+            UpdateState::Rejected => "rejected",
+            UpdateState::Succeeded => "succeeded",
+        }
+    }
+
+    /// An attempt in a final state takes no more reports.
+    pub fn is_final(&self) -> bool {
+        matches!(self, UpdateState::Failed | UpdateState::Rejected | UpdateState::Succeeded)
+    }
+}
+
+/// A registered device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Device {
+    pub id: String,
+    pub mac: Mac,
+    pub name: String,
+    pub product: Option<String>,
+    pub hardware: Option<String>,
+    pub channel: String,
+    pub version: Option<String>,
+    pub target_version: Option<String>,
+    pub tags: Vec<String>,
+    pub attributes: Value,
+    pub metadata: Value,
+    pub owner: Option<String>,
+    pub has_token: bool,
+    pub last_seen: Option<DateTime<Utc>>,
+    pub ip: Option<String>,
+    pub setup_status: Option<SetupStatus>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Device {
+    /// Online while the device has been heard from within `offline_after`.
+    pub fn is_online(&self, now: DateTime<Utc>, offline_after: chrono::Duration) -> bool {
+        self.last_seen.is_some_and(|seen| now - seen < offline_after)
+    }
+}
+
+pub fn check_tag(tag: &str) -> Result<String> {
+    let tag = tag.trim();
+    if !tag.is_empty() && tag.len() <= 64 && tag.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':' | b'/')) {
+        Ok(tag.to_string())
+    } else {
+        Err(Error::invalid("invalid_tag", format!("tag `{}` must be 1-64 letters, digits or `._-:/`", tag.chars().take(70).collect::<String>())))
+    }
+}
+
+pub fn check_tags(tags: &[String]) -> Result<Vec<String>> {
+    let mut out: Vec<String> = Vec::new();
+    for tag in tags {
+        let tag = check_tag(tag)?;
+        if !out.contains(&tag) {
+            out.push(tag);
+        }
+    }
+    if out.len() > 64 {
+        return Err(Error::invalid("invalid_tag", "at most 64 tags per device"));
+    }
+    out.sort();
+    Ok(out)
+}
+
+pub fn check_text(field: &'static str, code: &'static str, value: &str, max: usize) -> Result<String> {
+    let value = value.trim();
+    if value.chars().count() > max || value.chars().any(|c| c.is_control()) {
+        return Err(Error::invalid(code, format!("{field} must be at most {max} characters without control characters")));
+    }
+    Ok(value.to_string())
+}
+
+/// JSON documents stored with a device (`attributes`, `metadata`) must be objects of
+/// bounded size.
+pub fn check_json_object(field: &'static str, value: &Value) -> Result<()> {
+    if !value.is_object() {
+        return Err(Error::invalid("invalid_json", format!("{field} must be a JSON object")));
+    }
+    if value.to_string().len() > 64 * 1024 {
+        return Err(Error::invalid("invalid_json", format!("{field} must be at most 64 KiB")));
+    }
+    Ok(())
+}
+
+/// Merges device-reported attributes into the stored ones (top-level keys replace; `null`
+/// removes a key).
+pub fn merge_attributes(stored: &Value, reported: &Value) -> Value {
+    let mut merged = stored.as_object().cloned().unwrap_or_default();
+    if let Some(reported) = reported.as_object() {
+        for (key, value) in reported {
+            if value.is_null() {
+                merged.remove(key);
+            } else {
+                merged.insert(key.clone(), value.clone());
+            }
+        }
+    }
+    Value::Object(merged)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn setup_reports_follow_the_seed_codes_and_titles() {
+        assert_eq!(check_setup_report(1, None).unwrap(), (1, "CONNECTING_TO_WIFI".into()));
+        assert_eq!(check_setup_report(5, Some("WIFI_CONNECT_BAD_CREDENTIALS")).unwrap().1, "WIFI_CONNECT_BAD_CREDENTIALS");
+        assert_eq!(check_setup_report(6, Some("MQTT_CONNECT_BAD_CREDENTIALS")).unwrap().1, "MQTT_CONNECT_BAD_CREDENTIALS");
+        assert!(check_setup_report(6, Some("WIFI_CONNECT_BAD_CREDENTIALS")).is_err());
+        assert!(check_setup_report(0, None).is_err());
+        assert!(check_setup_report(7, None).is_err());
+    }
+
+    #[test]
+    fn reported_attributes_merge_and_null_removes() {
+        let stored = serde_json::json!({"a": 1, "b": 2});
+        let merged = merge_attributes(&stored, &serde_json::json!({"b": null, "c": 3}));
+        assert_eq!(merged, serde_json::json!({"a": 1, "c": 3}));
+    }
+
+    #[test]
+    fn tags_are_validated_and_deduplicated() {
+        assert_eq!(check_tags(&["b".into(), "a".into(), "b".into()]).unwrap(), ["a", "b"]);
+        assert!(check_tags(&["has space".into()]).is_err());
+    }
+
+    #[test]
+    fn only_device_states_can_be_reported() {
+        assert_eq!(UpdateState::parse_reported("Installed").unwrap(), UpdateState::Installed);
+        assert!(UpdateState::parse_reported("succeeded").is_err());
+        assert!(UpdateState::parse_reported("offered").is_err());
+    }
+}
+
+/// One attempt to bring a device to a build, with the states it went through.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpdateAttempt {
+    pub id: String,
+    pub device_id: String,
+    pub artifact_id: String,
+    pub release_id: String,
+    pub from_version: Option<String>,
+    pub to_version: String,
+    pub state: UpdateState,
+    pub progress: Option<u8>,
+    pub message: Option<String>,
+    pub current: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub events: Vec<UpdateEvent>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpdateEvent {
+    pub state: UpdateState,
+    pub progress: Option<u8>,
+    pub message: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+/// One setup report, for the history.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SetupEvent {
+    pub code: u8,
+    pub title: String,
+    pub description: String,
+    pub at: DateTime<Utc>,
+}

@@ -1,0 +1,802 @@
+//! Devices: identity (tokens, provisioning, pairing), check-ins and the update decision,
+//! update reports, setup progress, and the operator's registry operations.
+//!
+//! The check-in path is kept free of per-request writes: devices are looked up through a
+//! short-lived cache keyed by token digest, builds per product are cached, and `last_seen`
+//! is buffered and written in batches by `flush_presence`. Writes happen only when something
+//! changed (a new version, a new offer, a report).
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use hmac::{Hmac, Mac as _};
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+use super::Core;
+use super::limiter::AuthLimiter;
+use crate::domain::device::{self, Device, Product, Provisioning, UpdateAttempt, UpdateState};
+use crate::domain::firmware::{Artifact, Channel, HardwareId, Product as ProductName};
+use crate::domain::mac::Mac;
+use crate::domain::update::{self, Decision, DeviceFacts, NoUpdate};
+use crate::domain::version::Version;
+use crate::domain::{Error, Result, secret};
+use crate::storage::{ArtifactFilter, ArtifactSort, DevicePatch, DeviceReport, NewDevice};
+
+/// Device-related settings.
+#[derive(Debug, Clone)]
+pub struct DevicePolicy {
+    pub offline_after: Duration,
+    pub default_poll_interval_s: u32,
+    pub default_provisioning: Provisioning,
+    pub pairing_ttl: Duration,
+    pub retry_failed_after: Duration,
+    pub download_url_ttl: Duration,
+}
+
+impl Default for DevicePolicy {
+    fn default() -> Self {
+        DevicePolicy {
+            offline_after: Duration::from_secs(600),
+            default_poll_interval_s: 3600,
+            default_provisioning: Provisioning::Open,
+            pairing_ttl: Duration::from_secs(600),
+            retry_failed_after: Duration::from_secs(3600),
+            download_url_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// How long a replica trusts its cached view of a device or of a product's builds. Bounds
+/// how stale another replica's change can look here.
+const CACHE_TTL: Duration = Duration::from_secs(5);
+
+/// In-memory state of the device subsystem (per process).
+pub struct DeviceRuntime {
+    pub policy: DevicePolicy,
+    pub limiter: AuthLimiter,
+    signing_key: [u8; 32],
+    by_token: RwLock<HashMap<String, (Device, Instant)>>,
+    builds: RwLock<HashMap<String, (Arc<Vec<Artifact>>, Instant)>>,
+    presence: Mutex<HashMap<String, (DateTime<Utc>, Option<String>)>>,
+    online: Mutex<HashMap<String, DateTime<Utc>>>,
+}
+
+impl DeviceRuntime {
+    pub fn new(policy: DevicePolicy, signing_key: [u8; 32]) -> Self {
+        DeviceRuntime {
+            policy,
+            limiter: AuthLimiter::default(),
+            signing_key,
+            by_token: RwLock::default(),
+            builds: RwLock::default(),
+            presence: Mutex::default(),
+            online: Mutex::default(),
+        }
+    }
+
+    fn forget_device(&self, device_id: &str) {
+        self.by_token.write().expect("cache lock").retain(|_, (d, _)| d.id != device_id);
+    }
+
+    /// Drops cached builds of a product (after an upload, edit or delete on this replica).
+    pub fn forget_builds(&self, product: &str) {
+        self.builds.write().expect("cache lock").remove(product);
+    }
+
+    /// The freshest known `last_seen` of a device (buffered or stored).
+    pub fn last_seen(&self, device: &Device) -> Option<DateTime<Utc>> {
+        let buffered = self.presence.lock().expect("presence lock").get(&device.id).map(|(at, _)| *at);
+        match (buffered, device.last_seen) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    pub fn is_online(&self, device: &Device) -> bool {
+        let offline_after = chrono::Duration::from_std(self.policy.offline_after).unwrap_or(chrono::Duration::MAX);
+        self.last_seen(device).is_some_and(|seen| Utc::now() - seen < offline_after)
+    }
+}
+
+// ---- identity ----
+
+/// The device a token belongs to. Failures count against the caller's address.
+pub async fn authenticate(core: &Core, token: Option<&str>, ip: IpAddr) -> Result<Device> {
+    let runtime = &core.devices;
+    runtime.limiter.check(ip)?;
+    let Some(token) = token.filter(|t| !t.is_empty() && t.len() <= 256) else {
+        return Err(Error::Unauthenticated("a device token is required: send `Authorization: Bearer <token>` or `X-Device-Token: <token>`".into()));
+    };
+    let digest = secret::digest_hex(token);
+    if let Some((device, fetched)) = runtime.by_token.read().expect("cache lock").get(&digest) {
+        if fetched.elapsed() < CACHE_TTL {
+            return Ok(device.clone());
+        }
+    }
+    // The digest lookup is an exact match on a unique index of SHA-256 digests of random
+    // tokens: equal digests mean equal tokens, and timing reveals nothing usable.
+    match core.store.find_device_by_token_hash(&digest).await? {
+        Some(device) => {
+            runtime.by_token.write().expect("cache lock").insert(digest, (device.clone(), Instant::now()));
+            Ok(device)
+        }
+        None => {
+            runtime.limiter.record_failure(ip);
+            Err(Error::Unauthenticated("the device token is not valid".into()))
+        }
+    }
+}
+
+/// The product's policy, or the default policy for products nobody configured.
+pub async fn product_policy(core: &Core, name: &str) -> Result<Product> {
+    if let Some(product) = core.store.find_product(name).await? {
+        return Ok(product);
+    }
+    let now = Utc::now();
+    Ok(Product {
+        name: name.to_string(),
+        provisioning: core.devices.policy.default_provisioning,
+        provision_key: None,
+        provision_secret_hash: None,
+        poll_interval_s: core.devices.policy.default_poll_interval_s,
+        created_at: now,
+        updated_at: now,
+    })
+}
+
+pub struct ProvisionRequest {
+    pub mac: String,
+    pub product: Option<String>,
+    pub hardware: Option<String>,
+    pub version: Option<String>,
+    pub provision_key: Option<String>,
+    pub provision_secret: Option<String>,
+    pub name: Option<String>,
+}
+
+pub struct Provisioned {
+    pub device: Device,
+    pub token: String,
+    pub poll_interval_s: u32,
+    pub created: bool,
+}
+
+/// Gives a device a token according to its product's provisioning mode. A new token
+/// revokes the previous one.
+pub async fn provision(core: &Core, request: ProvisionRequest, ip: IpAddr) -> Result<Provisioned> {
+    core.devices.limiter.check(ip)?;
+    let mac = Mac::parse(&request.mac)?;
+    let existing = core.store.find_device_by_mac(&mac).await?;
+
+    // With a provisioning key, the key names the product.
+    let keyed_product = match &request.provision_key {
+        Some(key) => core.store.find_product_by_provision_key(key).await?,
+        None => None,
+    };
+    let product_name = match (&keyed_product, &request.product, existing.as_ref().and_then(|d| d.product.clone())) {
+        (Some(product), _, _) => product.name.clone(),
+        (None, Some(name), _) => ProductName::parse(name)?.as_str().to_string(),
+        (None, None, Some(name)) => name,
+        (None, None, None) => return Err(Error::invalid("missing_product", "`product` is required to provision a device")),
+    };
+    let product = match keyed_product {
+        Some(product) => product,
+        None => product_policy(core, &product_name).await?,
+    };
+
+    match product.provisioning {
+        Provisioning::Open => {}
+        Provisioning::Key => {
+            let valid = match (&request.provision_key, &request.provision_secret, &product.provision_key, &product.provision_secret_hash) {
+                (Some(key), Some(secret_text), Some(expected_key), Some(expected_hash)) => {
+                    let expected_digest = secret::parse_digest_hex(expected_hash);
+                    key == expected_key && expected_digest.is_some_and(|d| secret::verify(secret_text, &d))
+                }
+                _ => false,
+            };
+            if !valid {
+                core.devices.limiter.record_failure(ip);
+                return Err(Error::Forbidden(format!("product `{}` requires a valid provision_key and provision_secret", product.name)));
+            }
+        }
+        Provisioning::Preregistered => {
+            match &existing {
+                None => {
+                    core.devices.limiter.record_failure(ip);
+                    return Err(Error::Forbidden(format!("product `{}` only provisions devices an operator registered; {mac} is not registered", product.name)));
+                }
+                Some(device) if device.has_token => {
+                    return Err(Error::conflict(
+                        "device_has_token",
+                        format!("{mac} already has a token; an operator can issue a new one with POST /api/v1/devices/{{id}}/token"),
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+    }
+
+    let hardware = request.hardware.as_deref().map(HardwareId::parse).transpose()?.map(|h| h.as_str().to_string());
+    if let Some(version) = &request.version {
+        Version::parse(version).map_err(|e| Error::invalid("invalid_version", e.to_string()))?;
+    }
+    let token = secret::generate("upd_dev_");
+    let token_hash = secret::digest_hex(&token);
+    let (device, created) = match existing {
+        Some(device) => {
+            if let Some(product_of_device) = &device.product {
+                if *product_of_device != product.name {
+                    return Err(Error::conflict(
+                        "product_mismatch",
+                        format!("{mac} is registered for product `{product_of_device}`, not `{}`", product.name),
+                    ));
+                }
+            }
+            core.store.set_device_token(&device.id, Some(&token_hash)).await?;
+            core.store
+                .record_report(&device.id, &DeviceReport { version: request.version.clone(), product: Some(product.name.clone()), hardware: hardware.clone(), attributes: None })
+                .await?;
+            core.devices.forget_device(&device.id);
+            let device = core.store.find_device(&device.id).await?.ok_or_else(|| Error::not_found("device", &device.id))?;
+            core.events.publish("device.token_issued", Some(&device.id), json!({"mac": device.mac.canonical(), "by": "provisioning"}));
+            (device, false)
+        }
+        None => {
+            let name = match &request.name {
+                Some(name) => device::check_text("name", "invalid_name", name, 128)?,
+                None => mac.canonical(),
+            };
+            let device = core
+                .store
+                .insert_device(&NewDevice {
+                    mac,
+                    name,
+                    product: Some(product.name.clone()),
+                    hardware,
+                    channel: Channel::DEFAULT.into(),
+                    version: request.version.clone(),
+                    target_version: None,
+                    tags: Vec::new(),
+                    attributes: json!({}),
+                    metadata: json!({}),
+                    owner: None,
+                    token_hash: Some(token_hash),
+                })
+                .await?;
+            core.events.publish("device.created", Some(&device.id), json!({"mac": device.mac.canonical(), "by": "provisioning"}));
+            (device, true)
+        }
+    };
+    tracing::info!(device_id = %device.id, mac = %device.mac, product = %product.name, created, "device provisioned");
+    Ok(Provisioned { device, token, poll_interval_s: product.poll_interval_s, created })
+}
+
+/// Issues (or rotates) a device's token from the admin API.
+pub async fn issue_token(core: &Core, device_id: &str) -> Result<(Device, String)> {
+    let token = secret::generate("upd_dev_");
+    if !core.store.set_device_token(device_id, Some(&secret::digest_hex(&token))).await? {
+        return Err(Error::not_found("device", device_id));
+    }
+    core.devices.forget_device(device_id);
+    let device = core.store.find_device(device_id).await?.ok_or_else(|| Error::not_found("device", device_id))?;
+    core.events.publish("device.token_issued", Some(device_id), json!({"mac": device.mac.canonical(), "by": "operator"}));
+    Ok((device, token))
+}
+
+// ---- pairing and setup ----
+
+/// A new single-use pair key for `owner`.
+pub async fn create_pair_key(core: &Core, owner: &str, ttl: Option<Duration>) -> Result<(String, DateTime<Utc>)> {
+    let owner = device::check_text("owner", "invalid_owner", owner, 128)?;
+    if owner.is_empty() {
+        return Err(Error::invalid("invalid_owner", "owner is required"));
+    }
+    let ttl = ttl.unwrap_or(core.devices.policy.pairing_ttl);
+    if ttl < Duration::from_secs(30) || ttl > Duration::from_secs(24 * 3600) {
+        return Err(Error::invalid("invalid_ttl", "ttl_s must be between 30 and 86400"));
+    }
+    let key = pair_key();
+    let expires_at = Utc::now() + chrono::Duration::from_std(ttl).expect("bounded ttl");
+    core.store.insert_pairing(&secret::digest_hex(&normalize_pair_key(&key)), &owner, expires_at).await?;
+    Ok((key, expires_at))
+}
+
+/// Eight characters from an alphabet without look-alikes (about 40 bits): short enough to
+/// type, and with single use, expiry and rate limiting, long enough not to be guessed.
+fn pair_key() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"23456789ABCDEFGHJKMNPQRSTUVWXYZ";
+    let mut rng = rand::rng();
+    let chars: String = (0..8).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect();
+    format!("{}-{}", &chars[..4], &chars[4..])
+}
+
+fn normalize_pair_key(key: &str) -> String {
+    key.trim().to_ascii_uppercase().replace('-', "")
+}
+
+/// Binds a device to the owner of a pair key.
+pub async fn pair(core: &Core, device: &Device, key: &str, ip: IpAddr) -> Result<String> {
+    core.devices.limiter.check(ip)?;
+    let digest = secret::digest_hex(&normalize_pair_key(key));
+    let Some(owner) = core.store.claim_pairing(&digest, &device.id).await? else {
+        core.devices.limiter.record_failure(ip);
+        return Err(Error::conflict("invalid_pair_key", "the pair key is unknown, expired or already used"));
+    };
+    core.store.update_device(&device.id, &DevicePatch { owner: Some(Some(owner.clone())), ..Default::default() }).await?;
+    core.devices.forget_device(&device.id);
+    core.events.publish("device.paired", Some(&device.id), json!({"owner": owner}));
+    tracing::info!(device_id = %device.id, %owner, "device paired");
+    Ok(owner)
+}
+
+pub async fn report_setup(core: &Core, device: &Device, code: i64, title: Option<&str>, description: Option<&str>) -> Result<()> {
+    let (code, title) = device::check_setup_report(code, title)?;
+    let description = device::check_text("description", "invalid_setup_status", description.unwrap_or(""), 1024)?;
+    core.store.insert_setup_event(&device.id, code, &title, &description).await?;
+    core.devices.forget_device(&device.id);
+    core.events.publish("device.setup_status", Some(&device.id), json!({"status_code": code, "title": title, "description": description}));
+    Ok(())
+}
+
+// ---- check-in and updates ----
+
+pub struct CheckinReport {
+    pub version: Option<String>,
+    pub product: Option<String>,
+    pub hardware: Option<String>,
+    pub attributes: Option<Value>,
+}
+
+pub struct Offer {
+    pub artifact: Artifact,
+    pub attempt_id: String,
+    pub mandatory: bool,
+}
+
+pub struct CheckinAnswer {
+    pub offer: Option<Offer>,
+    pub no_update: Option<NoUpdate>,
+    pub poll_interval_s: u32,
+}
+
+/// Records a check-in and decides whether the device should update.
+pub async fn checkin(core: &Core, device: Device, report: CheckinReport, ip: Option<IpAddr>) -> Result<CheckinAnswer> {
+    let runtime = &core.devices;
+    let now = Utc::now();
+    mark_seen(core, &device, now, ip);
+
+    // Validate and apply what the device reports, writing only what changed.
+    if let Some(version) = &report.version {
+        Version::parse(version).map_err(|e| Error::invalid("invalid_version", e.to_string()))?;
+    }
+    let product = report.product.as_deref().map(ProductName::parse).transpose()?.map(|p| p.as_str().to_string());
+    let hardware = report.hardware.as_deref().map(HardwareId::parse).transpose()?.map(|h| h.as_str().to_string());
+    let attributes = match &report.attributes {
+        Some(reported) => {
+            device::check_json_object("attributes", reported)?;
+            let merged = device::merge_attributes(&device.attributes, reported);
+            (merged != device.attributes).then_some(merged)
+        }
+        None => None,
+    };
+    let changed = DeviceReport {
+        version: report.version.clone().filter(|v| device.version.as_deref() != Some(v.as_str())),
+        product: product.filter(|p| device.product.as_deref() != Some(p.as_str())),
+        hardware: hardware.filter(|h| device.hardware.as_deref() != Some(h.as_str())),
+        attributes,
+    };
+    let mut device = device;
+    if changed.version.is_some() || changed.product.is_some() || changed.hardware.is_some() || changed.attributes.is_some() {
+        core.store.record_report(&device.id, &changed).await?;
+        runtime.forget_device(&device.id);
+        if let Some(v) = &changed.version {
+            device.version = Some(v.clone());
+        }
+        if let Some(p) = &changed.product {
+            device.product = Some(p.clone());
+        }
+        if let Some(h) = &changed.hardware {
+            device.hardware = Some(h.clone());
+        }
+        if let Some(a) = &changed.attributes {
+            device.attributes = a.clone();
+        }
+        core.events.publish("device.updated", Some(&device.id), json!({"version": device.version, "product": device.product, "hardware": device.hardware}));
+    }
+
+    // A reported version equal to the current attempt's target completes it.
+    if changed.version.is_some() {
+        if let Some(attempt) = core.store.current_attempt(&device.id).await? {
+            let reported = device.version.as_deref().and_then(|v| Version::parse(v).ok());
+            let target = Version::parse(&attempt.to_version).ok();
+            if !attempt.state.is_final() && reported.is_some() && reported == target {
+                core.store.set_attempt_state(&attempt.id, UpdateState::Succeeded, Some(100), None).await?;
+                core.events.publish("device.update_status", Some(&device.id), json!({"release_id": attempt.release_id, "state": "succeeded", "version": attempt.to_version}));
+            }
+        }
+    }
+
+    let poll_interval_s = match &device.product {
+        Some(product) => product_policy(core, product).await?.poll_interval_s,
+        None => runtime.policy.default_poll_interval_s,
+    };
+    let builds = match &device.product {
+        Some(product) => builds_of(core, product).await?,
+        None => Arc::new(Vec::new()),
+    };
+    let facts = DeviceFacts {
+        product: device.product.clone(),
+        hardware: device.hardware.clone(),
+        channel: device.channel.clone(),
+        version: device.version.as_deref().and_then(|v| Version::parse(v).ok()),
+        target_version: device.target_version.as_deref().and_then(|v| Version::parse(v).ok()),
+    };
+    let answer = match update::decide(&facts, &builds) {
+        Decision::None(reason) => CheckinAnswer { offer: None, no_update: Some(reason), poll_interval_s },
+        Decision::Offer { artifact, pinned } => match offer_attempt(core, &device, artifact).await? {
+            Some(attempt_id) => CheckinAnswer {
+                offer: Some(Offer { artifact: artifact.clone(), attempt_id, mandatory: pinned }),
+                no_update: None,
+                poll_interval_s,
+            },
+            None => CheckinAnswer { offer: None, no_update: Some(NoUpdate::UpToDate), poll_interval_s },
+        },
+    };
+    core.events.publish(
+        "device.checkin",
+        Some(&device.id),
+        json!({"version": device.version, "offered": answer.offer.as_ref().map(|o| o.artifact.version.clone())}),
+    );
+    Ok(answer)
+}
+
+/// The attempt backing an offer: the current one if it is for this build and still open,
+/// a new one otherwise. A build the device failed or rejected recently is not offered again
+/// (devices such as the ThingsBoard SDK retry at once, forever).
+async fn offer_attempt(core: &Core, device: &Device, artifact: &Artifact) -> Result<Option<String>> {
+    if let Some(attempt) = core.store.current_attempt(&device.id).await? {
+        if attempt.artifact_id == artifact.id {
+            if !attempt.state.is_final() {
+                return Ok(Some(attempt.id));
+            }
+            let retry_after = chrono::Duration::from_std(core.devices.policy.retry_failed_after).unwrap_or(chrono::Duration::MAX);
+            if matches!(attempt.state, UpdateState::Failed | UpdateState::Rejected) && Utc::now() - attempt.updated_at < retry_after {
+                return Ok(None);
+            }
+        }
+    }
+    let attempt = core.store.open_attempt(&device.id, &artifact.id, &artifact.id, device.version.as_deref(), &artifact.version).await?;
+    core.events.publish("device.update_status", Some(&device.id), json!({"release_id": artifact.id, "state": "offered", "version": artifact.version}));
+    Ok(Some(attempt.id))
+}
+
+/// The builds of a product, from a short-lived cache.
+pub async fn builds_of(core: &Core, product: &str) -> Result<Arc<Vec<Artifact>>> {
+    if let Some((builds, fetched)) = core.devices.builds.read().expect("cache lock").get(product) {
+        if fetched.elapsed() < CACHE_TTL {
+            return Ok(builds.clone());
+        }
+    }
+    let mut all = Vec::new();
+    let mut offset = 0u64;
+    loop {
+        let filter = ArtifactFilter { product: Some(product.to_string()), sort: ArtifactSort::NewestFirst, limit: 500, offset, ..Default::default() };
+        let (page, total) = core.store.list_artifacts(&filter).await?;
+        offset += page.len() as u64;
+        let done = page.is_empty() || offset >= total;
+        all.extend(page);
+        if done {
+            break;
+        }
+    }
+    let builds = Arc::new(all);
+    core.devices.builds.write().expect("cache lock").insert(product.to_string(), (builds.clone(), Instant::now()));
+    Ok(builds)
+}
+
+pub struct StatusReport {
+    pub release_id: Option<String>,
+    pub version: Option<String>,
+    pub state: String,
+    pub progress: Option<i64>,
+    pub message: Option<String>,
+}
+
+/// Records a device's report on its current update.
+pub async fn report_update(core: &Core, device: &Device, report: StatusReport) -> Result<UpdateAttempt> {
+    let state = UpdateState::parse_reported(&report.state)?;
+    let progress = match report.progress {
+        Some(p) if (0..=100).contains(&p) => Some(p as u8),
+        Some(_) => return Err(Error::invalid("invalid_progress", "progress must be between 0 and 100")),
+        None => None,
+    };
+    let message = match &report.message {
+        Some(m) => Some(device::check_text("message", "invalid_message", m, 1024)?),
+        None => None,
+    };
+    let Some(attempt) = core.store.current_attempt(&device.id).await? else {
+        return Err(Error::conflict("update_not_current", "this device has no update in progress"));
+    };
+    if let Some(release_id) = &report.release_id {
+        if *release_id != attempt.release_id {
+            return Err(Error::conflict(
+                "update_not_current",
+                format!("release {release_id} is not this device's current update (that is {})", attempt.release_id),
+            ));
+        }
+    }
+    if let Some(version) = &report.version {
+        let reported = Version::parse(version).map_err(|e| Error::invalid("invalid_version", e.to_string()))?;
+        if Version::parse(&attempt.to_version).ok().as_ref() != Some(&reported) {
+            return Err(Error::conflict(
+                "update_not_current",
+                format!("version {version} is not this device's current update (that is {})", attempt.to_version),
+            ));
+        }
+    }
+    if attempt.state.is_final() {
+        return Err(Error::conflict("update_not_current", format!("the update to {} is already {}", attempt.to_version, attempt.state.as_str())));
+    }
+    core.store.set_attempt_state(&attempt.id, state, progress, message.as_deref()).await?;
+    mark_seen(core, device, Utc::now(), None);
+    core.events.publish(
+        "device.update_status",
+        Some(&device.id),
+        json!({"release_id": attempt.release_id, "state": state.as_str(), "progress": progress, "message": message, "version": attempt.to_version}),
+    );
+    core.store.current_attempt(&device.id).await?.ok_or_else(|| Error::Internal(anyhow::anyhow!("attempt vanished")))
+}
+
+// ---- presence ----
+
+fn mark_seen(core: &Core, device: &Device, now: DateTime<Utc>, ip: Option<IpAddr>) {
+    let runtime = &core.devices;
+    runtime.presence.lock().expect("presence lock").insert(device.id.clone(), (now, ip.map(|i| i.to_string())));
+    let came_online = runtime.online.lock().expect("online lock").insert(device.id.clone(), now).is_none();
+    if came_online {
+        core.events.publish("device.online", Some(&device.id), json!({"mac": device.mac.canonical()}));
+    }
+}
+
+/// Writes buffered `last_seen` values in one batch. Run periodically and at shutdown.
+pub async fn flush_presence(core: &Core) -> Result<usize> {
+    let batch: Vec<(String, DateTime<Utc>, Option<String>)> = {
+        let mut presence = core.devices.presence.lock().expect("presence lock");
+        presence.drain().map(|(id, (at, ip))| (id, at, ip)).collect()
+    };
+    let written = batch.len();
+    if let Err(e) = core.store.record_presence(&batch).await {
+        // Put them back so the next flush tries again (newer values win).
+        let mut presence = core.devices.presence.lock().expect("presence lock");
+        for (id, at, ip) in batch {
+            presence.entry(id).or_insert((at, ip));
+        }
+        return Err(e);
+    }
+    Ok(written)
+}
+
+/// Marks devices offline after `offline_after` of silence.
+pub fn sweep_offline(core: &Core) -> Vec<String> {
+    let cutoff = Utc::now() - chrono::Duration::from_std(core.devices.policy.offline_after).unwrap_or(chrono::Duration::MAX);
+    let mut gone = Vec::new();
+    core.devices.online.lock().expect("online lock").retain(|id, seen| {
+        let keep = *seen >= cutoff;
+        if !keep {
+            gone.push(id.clone());
+        }
+        keep
+    });
+    for id in &gone {
+        core.events.publish("device.offline", Some(id), json!({}));
+    }
+    gone
+}
+
+/// Runs presence flushing and the offline sweep until the process ends.
+pub fn spawn_background(core: Core) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut n = 0u64;
+        loop {
+            tick.tick().await;
+            if let Err(e) = flush_presence(&core).await {
+                tracing::warn!(error = %e, "cannot write device presence; will retry");
+            }
+            n += 1;
+            if n % 5 == 0 {
+                sweep_offline(&core);
+            }
+        }
+    });
+}
+
+// ---- download links ----
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// A signed, expiring query string that authorises one device to download one build.
+pub fn sign_download(core: &Core, artifact_id: &str, device_id: &str) -> String {
+    let expires = (Utc::now() + chrono::Duration::from_std(core.devices.policy.download_url_ttl).expect("bounded ttl")).timestamp();
+    let signature = download_signature(&core.devices.signing_key, artifact_id, device_id, expires);
+    format!("device={device_id}&expires={expires}&signature={signature}")
+}
+
+fn download_signature(key: &[u8; 32], artifact_id: &str, device_id: &str, expires: i64) -> String {
+    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(format!("download\n{artifact_id}\n{device_id}\n{expires}").as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// Checks a signed download link; returns the device it was issued to.
+pub fn verify_download(core: &Core, artifact_id: &str, device_id: &str, expires: i64, signature: &str) -> Result<()> {
+    if expires < Utc::now().timestamp() {
+        return Err(Error::Forbidden("the download link has expired; check in again for a new one".into()));
+    }
+    let Ok(signature) = hex::decode(signature) else {
+        return Err(Error::Forbidden("the download link's signature is not valid".into()));
+    };
+    let mut mac = HmacSha256::new_from_slice(&core.devices.signing_key).expect("HMAC takes any key length");
+    mac.update(format!("download\n{artifact_id}\n{device_id}\n{expires}").as_bytes());
+    mac.verify_slice(&signature).map_err(|_| Error::Forbidden("the download link's signature is not valid".into()))
+}
+
+// ---- registry (admin) ----
+
+pub struct NewDeviceRequest {
+    pub mac: String,
+    pub name: Option<String>,
+    pub product: Option<String>,
+    pub hardware: Option<String>,
+    pub channel: Option<String>,
+    pub version: Option<String>,
+    pub target_version: Option<String>,
+    pub tags: Vec<String>,
+    pub metadata: Option<Value>,
+    pub owner: Option<String>,
+}
+
+/// Validates and registers a device (no token; see `issue_token`).
+pub async fn register(core: &Core, request: NewDeviceRequest) -> Result<Device> {
+    let mac = Mac::parse(&request.mac)?;
+    let name = match &request.name {
+        Some(name) => device::check_text("name", "invalid_name", name, 128)?,
+        None => mac.canonical(),
+    };
+    let product = request.product.as_deref().map(ProductName::parse).transpose()?.map(|p| p.as_str().to_string());
+    let hardware = request.hardware.as_deref().map(HardwareId::parse).transpose()?.map(|h| h.as_str().to_string());
+    let channel = Channel::parse(request.channel.as_deref().unwrap_or(Channel::DEFAULT))?.as_str().to_string();
+    for (field, value) in [("version", &request.version), ("target_version", &request.target_version)] {
+        if let Some(v) = value {
+            Version::parse(v).map_err(|e| Error::invalid("invalid_version", format!("{field}: {e}")))?;
+        }
+    }
+    let metadata = request.metadata.unwrap_or_else(|| json!({}));
+    device::check_json_object("metadata", &metadata)?;
+    let owner = request.owner.as_deref().map(|o| device::check_text("owner", "invalid_owner", o, 128)).transpose()?;
+    let device = core
+        .store
+        .insert_device(&NewDevice {
+            mac,
+            name,
+            product,
+            hardware,
+            channel,
+            version: request.version,
+            target_version: request.target_version,
+            tags: device::check_tags(&request.tags)?,
+            attributes: json!({}),
+            metadata,
+            owner,
+            token_hash: None,
+        })
+        .await?;
+    core.events.publish("device.created", Some(&device.id), json!({"mac": device.mac.canonical(), "by": "operator"}));
+    Ok(device)
+}
+
+/// Finds a device by id or by MAC (any accepted form).
+pub async fn find(core: &Core, id_or_mac: &str) -> Result<Device> {
+    if let Some(device) = core.store.find_device(id_or_mac).await? {
+        return Ok(device);
+    }
+    if let Ok(mac) = Mac::parse(id_or_mac) {
+        if let Some(device) = core.store.find_device_by_mac(&mac).await? {
+            return Ok(device);
+        }
+    }
+    Err(Error::not_found("device", id_or_mac))
+}
+
+pub async fn update(core: &Core, id: &str, patch: DevicePatch) -> Result<Device> {
+    if let Some(Some(version)) = &patch.target_version {
+        Version::parse(version).map_err(|e| Error::invalid("invalid_version", format!("target_version: {e}")))?;
+    }
+    let device = core.store.update_device(id, &patch).await?.ok_or_else(|| Error::not_found("device", id))?;
+    core.devices.forget_device(id);
+    core.events.publish("device.updated", Some(id), json!({"target_version": device.target_version, "by": "operator"}));
+    Ok(device)
+}
+
+pub async fn delete(core: &Core, id: &str) -> Result<()> {
+    if !core.store.delete_device(id).await? {
+        return Err(Error::not_found("device", id));
+    }
+    core.devices.forget_device(id);
+    core.devices.online.lock().expect("online lock").remove(id);
+    core.events.publish("device.deleted", Some(id), json!({}));
+    Ok(())
+}
+
+/// Creates or replaces a product's device policy.
+pub async fn put_product(
+    core: &Core,
+    name: &str,
+    provisioning: Provisioning,
+    provision_key: Option<String>,
+    provision_secret: Option<String>,
+    poll_interval_s: Option<u32>,
+) -> Result<Product> {
+    let name = ProductName::parse(name)?.as_str().to_string();
+    let existing = core.store.find_product(&name).await?;
+    let provision_secret_hash = match (&provision_secret, &existing) {
+        (Some(secret_text), _) => {
+            if secret_text.len() < 16 {
+                return Err(Error::invalid("invalid_provision_secret", "provision_secret must be at least 16 characters"));
+            }
+            Some(secret::digest_hex(secret_text))
+        }
+        (None, Some(existing)) => existing.provision_secret_hash.clone(),
+        (None, None) => None,
+    };
+    let provision_key = provision_key.or_else(|| existing.as_ref().and_then(|p| p.provision_key.clone()));
+    if provisioning == Provisioning::Key && (provision_key.is_none() || provision_secret_hash.is_none()) {
+        return Err(Error::invalid("invalid_provisioning", "provisioning `key` needs provision_key and provision_secret"));
+    }
+    if let Some(key) = &provision_key {
+        if key.len() < 8 || key.len() > 128 {
+            return Err(Error::invalid("invalid_provision_key", "provision_key must be 8-128 characters"));
+        }
+    }
+    let poll_interval_s = match poll_interval_s {
+        Some(s) => device::check_poll_interval(s)?,
+        None => existing.as_ref().map(|p| p.poll_interval_s).unwrap_or(core.devices.policy.default_poll_interval_s),
+    };
+    let now = Utc::now();
+    core.store
+        .upsert_product(&Product { name, provisioning, provision_key, provision_secret_hash, poll_interval_s, created_at: now, updated_at: now })
+        .await
+}
+
+pub struct ImportOutcome {
+    pub created: Vec<Device>,
+    pub errors: Vec<(usize, String, String)>,
+}
+
+/// Registers many devices; each row succeeds or fails on its own.
+pub async fn import(core: &Core, rows: Vec<NewDeviceRequest>) -> Result<ImportOutcome> {
+    if rows.len() > 10_000 {
+        return Err(Error::invalid("too_many_rows", "at most 10000 devices per import"));
+    }
+    let mut outcome = ImportOutcome { created: Vec::new(), errors: Vec::new() };
+    let mut seen = HashSet::new();
+    for (index, row) in rows.into_iter().enumerate() {
+        if let Ok(mac) = Mac::parse(&row.mac) {
+            if !seen.insert(mac) {
+                outcome.errors.push((index, "duplicate_mac".into(), format!("{mac} appears more than once in the import")));
+                continue;
+            }
+        }
+        match register(core, row).await {
+            Ok(device) => outcome.created.push(device),
+            Err(Error::Internal(e)) => return Err(Error::Internal(e)),
+            Err(e) => outcome.errors.push((index, e.code().to_string(), e.to_string())),
+        }
+    }
+    Ok(outcome)
+}
