@@ -82,8 +82,10 @@ impl Application {
         let app = http::router(state).into_make_service_with_connect_info::<crate::net::ClientAddr>();
 
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let events = core.events.clone();
         tokio::spawn(async move {
             shutdown.await;
+            events.close();
             tracing::info!(grace_s = grace.as_secs(), "shutting down: no new connections; waiting for in-flight requests");
             let _ = stop_tx.send(true);
             // Keep the sender alive so that receivers do not see a closed channel.

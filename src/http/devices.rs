@@ -313,7 +313,7 @@ pub fn device_view(state: &AppState, device: &Device) -> DeviceView {
         owner: device.owner.clone(),
         status: if runtime.is_online(device) { "online" } else { "offline" },
         last_seen: runtime.last_seen(device).map(timestamp),
-        ip: device.ip.clone(),
+        ip: runtime.ip(device),
         setup_status: device.setup_status.as_ref().map(|s| SetupStatusView {
             status_code: s.code,
             title: s.title.clone(),
@@ -668,7 +668,9 @@ async fn create_pairing(State(state): State<AppState>, _admin: Admin, ApiJson(bo
 )]
 async fn events(State(state): State<AppState>, _admin: Admin) -> Response {
     let receiver = state.core.events.subscribe();
-    Sse::new(event_stream(receiver)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response()
+    let bus = state.core.events.clone();
+    let stream = futures::StreamExt::take_until(event_stream(receiver), Box::pin(async move { bus.closed().await }));
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response()
 }
 
 fn event_stream(receiver: tokio::sync::broadcast::Receiver<std::sync::Arc<crate::services::events::Event>>) -> impl Stream<Item = Result<SseEvent, Infallible>> {
@@ -688,4 +690,36 @@ fn event_stream(receiver: tokio::sync::broadcast::Receiver<std::sync::Arc<crate:
             Err(RecvError::Closed) => None,
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+
+    use super::*;
+    use crate::services::events::EventBus;
+
+    #[tokio::test]
+    async fn a_consumer_that_falls_behind_is_dropped_not_buffered() {
+        let bus = EventBus::default();
+        let stream = event_stream(bus.subscribe());
+        for i in 0..2000 {
+            bus.publish("device.checkin", Some("d"), serde_json::json!({"i": i}));
+        }
+        let items: Vec<_> = stream.collect().await;
+        // Only the final `dropped` notice: the backlog was discarded and the stream ended.
+        assert_eq!(items.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_consumer_that_keeps_up_gets_every_event_in_order() {
+        let bus = EventBus::default();
+        let mut stream = Box::pin(event_stream(bus.subscribe()));
+        for i in 0..3 {
+            bus.publish("device.online", Some("d"), serde_json::json!({"i": i}));
+        }
+        for _ in 0..3 {
+            assert!(stream.next().await.is_some());
+        }
+    }
 }

@@ -96,6 +96,12 @@ impl DeviceRuntime {
         }
     }
 
+    /// The freshest known address of a device (buffered or stored).
+    pub fn ip(&self, device: &Device) -> Option<String> {
+        let buffered = self.presence.lock().expect("presence lock").get(&device.id).and_then(|(_, ip)| ip.clone());
+        buffered.or_else(|| device.ip.clone())
+    }
+
     pub fn is_online(&self, device: &Device) -> bool {
         let offline_after = chrono::Duration::from_std(self.policy.offline_after).unwrap_or(chrono::Duration::MAX);
         self.last_seen(device).is_some_and(|seen| Utc::now() - seen < offline_after)

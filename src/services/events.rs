@@ -21,11 +21,12 @@ pub struct Event {
 #[derive(Clone)]
 pub struct EventBus {
     sender: broadcast::Sender<Arc<Event>>,
+    closing: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Default for EventBus {
     fn default() -> Self {
-        EventBus { sender: broadcast::channel(CAPACITY).0 }
+        EventBus { sender: broadcast::channel(CAPACITY).0, closing: Arc::new(tokio::sync::watch::channel(false).0) }
     }
 }
 
@@ -37,5 +38,16 @@ impl EventBus {
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
         self.sender.subscribe()
+    }
+
+    /// Ends every open stream (at shutdown, so that graceful shutdown does not wait for them).
+    pub fn close(&self) {
+        let _ = self.closing.send(true);
+    }
+
+    /// Resolves once `close` was called.
+    pub async fn closed(&self) {
+        let mut receiver = self.closing.subscribe();
+        let _ = receiver.wait_for(|closed| *closed).await;
     }
 }
