@@ -61,6 +61,7 @@ pub struct DeviceRuntime {
     signing_key: [u8; 32],
     by_token: RwLock<HashMap<String, (Device, Instant)>>,
     builds: RwLock<HashMap<String, (Arc<Vec<Artifact>>, Instant)>>,
+    products: RwLock<HashMap<String, (Product, Instant)>>,
     presence: Mutex<HashMap<String, (DateTime<Utc>, Option<String>)>>,
     online: Mutex<HashMap<String, DateTime<Utc>>>,
 }
@@ -73,6 +74,7 @@ impl DeviceRuntime {
             signing_key,
             by_token: RwLock::default(),
             builds: RwLock::default(),
+            products: RwLock::default(),
             presence: Mutex::default(),
             online: Mutex::default(),
         }
@@ -137,8 +139,20 @@ pub async fn authenticate(core: &Core, token: Option<&str>, ip: IpAddr) -> Resul
     }
 }
 
-/// The product's policy, or the default policy for products nobody configured.
+/// The product's policy, or the default policy for products nobody configured. Cached
+/// briefly: it is read on every check-in.
 pub async fn product_policy(core: &Core, name: &str) -> Result<Product> {
+    if let Some((product, fetched)) = core.devices.products.read().expect("cache lock").get(name) {
+        if fetched.elapsed() < CACHE_TTL {
+            return Ok(product.clone());
+        }
+    }
+    let product = load_product_policy(core, name).await?;
+    core.devices.products.write().expect("cache lock").insert(name.to_string(), (product.clone(), Instant::now()));
+    Ok(product)
+}
+
+async fn load_product_policy(core: &Core, name: &str) -> Result<Product> {
     if let Some(product) = core.store.find_product(name).await? {
         return Ok(product);
     }
@@ -191,7 +205,7 @@ pub async fn provision(core: &Core, request: ProvisionRequest, ip: IpAddr) -> Re
     };
     let product = match keyed_product {
         Some(product) => product,
-        None => product_policy(core, &product_name).await?,
+        None => load_product_policy(core, &product_name).await?,
     };
 
     match product.provisioning {
@@ -774,9 +788,12 @@ pub async fn put_product(
         None => existing.as_ref().map(|p| p.poll_interval_s).unwrap_or(core.devices.policy.default_poll_interval_s),
     };
     let now = Utc::now();
-    core.store
+    let product = core
+        .store
         .upsert_product(&Product { name, provisioning, provision_key, provision_secret_hash, poll_interval_s, created_at: now, updated_at: now })
-        .await
+        .await?;
+    core.devices.products.write().expect("cache lock").remove(&product.name);
+    Ok(product)
 }
 
 pub struct ImportOutcome {
