@@ -51,7 +51,6 @@ fn with_settings(args: &ServeArgs, run: fn(Settings) -> anyhow::Result<()>) -> i
         Ok(()) => 0,
         Err(error) => {
             tracing::error!("{error:#}");
-            eprintln!("updraft: {error:#}");
             1
         }
     }

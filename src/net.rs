@@ -94,12 +94,6 @@ impl AsyncWrite for LimitedStream {
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub SocketAddr);
 
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, LimitedListener>> for ClientAddr {
-    fn connect_info(stream: axum::serve::IncomingStream<'_, LimitedListener>) -> Self {
-        ClientAddr(*stream.remote_addr())
-    }
-}
-
 /// HTTPS: accepts TCP connections under the same limit and completes TLS handshakes in
 /// background tasks, so a slow or silent client cannot hold up other connections.
 pub struct TlsListener {
@@ -155,11 +149,6 @@ impl axum::serve::Listener for TlsListener {
     }
 }
 
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>> for ClientAddr {
-    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
-        ClientAddr(*stream.remote_addr())
-    }
-}
 
 /// Loads a PEM certificate chain and private key into a TLS server configuration
 /// (TLS 1.2 and 1.3, HTTP/1.1 via ALPN).
@@ -184,4 +173,50 @@ pub fn tls_config(cert_path: &std::path::Path, key_path: &std::path::Path) -> an
         .context("the TLS certificate and key do not match or are unsupported")?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// Seconds a client gets to send a request's headers (slow-loris protection).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves `router` on `listener` until `stop` turns true; then stops accepting, lets open
+/// connections finish their requests for up to `grace`, and aborts whatever is left, so that
+/// nothing keeps running once this returns. (`axum::serve` cannot abort its connections.)
+pub async fn serve<L>(mut listener: L, router: axum::Router, mut stop: tokio::sync::watch::Receiver<bool>, grace: Duration)
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+{
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use tower::ServiceExt;
+
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let (io, addr) = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.wait_for(|stopped| *stopped) => break,
+        };
+        let router = router.clone();
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(axum::extract::ConnectInfo(ClientAddr(addr)));
+            router.clone().oneshot(request.map(axum::body::Body::new))
+        });
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
+        let connection = graceful.watch(connection);
+        connections.spawn(async move {
+            let _ = connection.await;
+        });
+        // Reap finished connections so the set does not grow.
+        while connections.try_join_next().is_some() {}
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(grace) => {
+            tracing::warn!(open = connections.len(), "shutdown deadline reached; closing the remaining connections");
+        }
+    }
+    connections.abort_all();
+    while connections.join_next().await.is_some() {}
 }

@@ -79,36 +79,21 @@ impl Application {
             None => None,
         };
         let listener = LimitedListener::new(listener, state.settings.max_connections);
-        let app = http::router(state).into_make_service_with_connect_info::<crate::net::ClientAddr>();
+        let app = http::router(state);
 
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let events = core.events.clone();
         tokio::spawn(async move {
             shutdown.await;
-            events.close();
             tracing::info!(grace_s = grace.as_secs(), "shutting down: no new connections; waiting for in-flight requests");
+            events.close();
             let _ = stop_tx.send(true);
             // Keep the sender alive so that receivers do not see a closed channel.
             std::future::pending::<()>().await;
         });
-        let mut server_stop = stop_rx.clone();
-        let stopped = async move {
-            let _ = server_stop.wait_for(|stopped| *stopped).await;
-        };
-        let server: std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> = match tls {
-            Some(config) => Box::pin(
-                axum::serve(crate::net::TlsListener::new(listener, config)?, app).with_graceful_shutdown(stopped).into_future(),
-            ),
-            None => Box::pin(axum::serve(listener, app).with_graceful_shutdown(stopped).into_future()),
-        };
-        let mut deadline_stop = stop_rx;
-        let deadline = async move {
-            let _ = deadline_stop.wait_for(|stopped| *stopped).await;
-            tokio::time::sleep(grace).await;
-        };
-        tokio::select! {
-            result = server => result.context("the HTTP server failed")?,
-            _ = deadline => tracing::warn!("shutdown deadline reached; closing the remaining connections"),
+        match tls {
+            Some(config) => crate::net::serve(crate::net::TlsListener::new(listener, config)?, app, stop_rx, grace).await,
+            None => crate::net::serve(listener, app, stop_rx, grace).await,
         }
         if let Err(e) = devices::flush_presence(&core).await {
             tracing::warn!(error = %e, "cannot write device presence at shutdown");

@@ -620,17 +620,19 @@ pub fn sweep_offline(core: &Core) -> Vec<String> {
 
 /// Runs presence flushing and the offline sweep until the process ends.
 pub fn spawn_background(core: Core) {
+    // Offline transitions are noticed within a quarter of the silence period (1-5 s).
+    let sweep_every = (core.devices.policy.offline_after / 4).clamp(Duration::from_secs(1), Duration::from_secs(5));
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
-        let mut n = 0u64;
+        let mut last_sweep = Instant::now();
         loop {
             tick.tick().await;
             if let Err(e) = flush_presence(&core).await {
                 tracing::warn!(error = %e, "cannot write device presence; will retry");
             }
-            n += 1;
-            if n % 5 == 0 {
+            if last_sweep.elapsed() >= sweep_every {
                 sweep_offline(&core);
+                last_sweep = Instant::now();
             }
         }
     });

@@ -498,3 +498,27 @@ async fn the_event_stream_carries_device_events_live() {
     assert!(seen.contains("\"device_id\""));
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_silent_device_turns_offline_and_the_stream_says_so() {
+    use futures::StreamExt;
+    let app = spawn_app_with(|s| s.devices.offline_after = std::time::Duration::from_secs(2)).await;
+    let (device_id, token) = provisioned(&app, "02:00:00:00:0D:01", "lamp", "esp32", "1.0.0").await;
+    let mut stream = app.admin(Method::GET, "/api/v1/events").send().await.unwrap().bytes_stream();
+    checkin(&app, &token, json!({"version": "1.0.0"})).await;
+    assert_eq!(get_device(&app, &device_id).await["status"], "online");
+    let online: Value = app.admin(Method::GET, "/api/v1/devices?status=online").send().await.unwrap().json().await.unwrap();
+    assert_eq!(online["total"], 1);
+
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !seen.contains("event: device.offline") {
+        let chunk = tokio::time::timeout_at(deadline, stream.next()).await.expect("offline event in time").expect("stream open").unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert_eq!(get_device(&app, &device_id).await["status"], "offline");
+    let offline: Value = app.admin(Method::GET, "/api/v1/devices?status=offline").send().await.unwrap().json().await.unwrap();
+    assert_eq!(offline["total"], 1);
+    drop(stream);
+    app.stop().await;
+}

@@ -1,0 +1,483 @@
+//! The `updraft` binary itself: its help, refusing bad settings, the generated admin key,
+//! layered settings, graceful shutdown on SIGTERM, and the maintenance subcommands.
+//!
+//! Every run gets a fresh temporary working directory (the binary reads `.env` from there)
+//! and an environment without any `UPDRAFT_*` variable of the developer's shell.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const ADMIN_KEY: &str = "cli-test-admin-key-0123456789abcdef";
+const SETTINGS: &[&str] = &[
+    "UPDRAFT_CONFIG",
+    "UPDRAFT_LISTEN",
+    "UPDRAFT_DATA_DIR",
+    "UPDRAFT_DATABASE_URL",
+    "UPDRAFT_DATABASE_MAX_CONNECTIONS",
+    "UPDRAFT_BLOB_URL",
+    "UPDRAFT_S3_ENDPOINT",
+    "UPDRAFT_S3_REGION",
+    "UPDRAFT_S3_ACCESS_KEY_ID",
+    "UPDRAFT_S3_SECRET_ACCESS_KEY",
+    "UPDRAFT_S3_ALLOW_HTTP",
+    "UPDRAFT_ADMIN_API_KEY",
+    "UPDRAFT_PUBLIC_URL",
+    "UPDRAFT_MAX_UPLOAD_BYTES",
+    "UPDRAFT_MAX_CONNECTIONS",
+    "UPDRAFT_SHUTDOWN_TIMEOUT_SECS",
+    "UPDRAFT_TRUST_PROXY_HEADERS",
+    "UPDRAFT_TLS_CERT",
+    "UPDRAFT_TLS_KEY",
+    "UPDRAFT_LOG",
+    "UPDRAFT_LOG_FORMAT",
+];
+
+#[test]
+fn serve_help_mentions_every_setting_s_environment_variable() {
+    let workdir = tempfile::tempdir().unwrap();
+
+    let output = run_to_exit(updraft(workdir.path()).args(["serve", "--help"]));
+
+    assert!(output.status.success(), "{}", output.stderr);
+    for name in SETTINGS {
+        assert!(output.stdout.contains(name), "`updraft serve --help` does not mention {name}:\n{}", output.stdout);
+    }
+}
+
+#[test]
+fn an_invalid_setting_stops_start_up_with_one_line_naming_the_setting_and_the_problem() {
+    struct Case {
+        env: &'static [(&'static str, &'static str)],
+        args: &'static [&'static str],
+        dotenv: Option<&'static str>,
+        setting: &'static str,
+        problem: &'static str,
+    }
+    let cases = [
+        Case { env: &[("UPDRAFT_LISTEN", "nonsense")], args: &[], dotenv: None, setting: "UPDRAFT_LISTEN", problem: "nonsense" },
+        Case { env: &[("UPDRAFT_MAX_UPLOAD_BYTES", "lots")], args: &[], dotenv: None, setting: "UPDRAFT_MAX_UPLOAD_BYTES", problem: "lots" },
+        Case { env: &[], args: &["--database-url", "mysql://x"], dotenv: None, setting: "UPDRAFT_DATABASE_URL", problem: "mysql://x" },
+        Case { env: &[], args: &[], dotenv: Some("UPDRAFT_SHUTDOWN_TIMEOUT_SECS=soon\n"), setting: "UPDRAFT_SHUTDOWN_TIMEOUT_SECS", problem: "soon" },
+        Case { env: &[("UPDRAFT_LOG_FORMAT", "xml")], args: &[], dotenv: None, setting: "UPDRAFT_LOG_FORMAT", problem: "xml" },
+    ];
+    for case in cases {
+        let workdir = tempfile::tempdir().unwrap();
+        if let Some(dotenv) = case.dotenv {
+            std::fs::write(workdir.path().join(".env"), dotenv).unwrap();
+        }
+        let mut command = updraft(workdir.path());
+        command.arg("serve").args(case.args).envs(case.env.iter().copied());
+        if case.setting != "UPDRAFT_LISTEN" {
+            // Should the setting be accepted after all, do not take a shared port.
+            command.env("UPDRAFT_LISTEN", "127.0.0.1:0");
+        }
+
+        let output = run_to_exit(&mut command);
+
+        assert_eq!(output.status.code(), Some(2), "{}: {}", case.setting, output.stderr);
+        let lines: Vec<&str> = output.stderr.trim_end().lines().collect();
+        assert_eq!(lines.len(), 1, "{}: expected one line on stderr, got:\n{}", case.setting, output.stderr);
+        assert!(lines[0].contains(case.setting), "the line does not name {}: {}", case.setting, lines[0]);
+        assert!(lines[0].contains(case.problem), "the line does not show the value `{}`: {}", case.problem, lines[0]);
+        assert!(!workdir.path().join("data").exists(), "{}: start-up went on to create the data folder", case.setting);
+    }
+}
+
+#[tokio::test]
+async fn a_first_start_prints_a_generated_admin_key_once_and_a_restart_keeps_it() {
+    let workdir = tempfile::tempdir().unwrap();
+    let data_dir = workdir.path().join("data");
+    let first = Server::start(updraft(workdir.path()), &data_dir).await;
+    let key = first.generated_key().await;
+    assert!(key.len() > "upd_admin_".len() + 20, "{key}");
+
+    assert_eq!(first.get("/api/v1/firmware", Some(&key)).await.status(), 200);
+    assert_eq!(first.get("/api/v1/firmware", Some("upd_admin_not-the-right-key-at-all")).await.status(), 401);
+    let (status, stderr) = first.stop().await;
+    assert!(status.success(), "SIGTERM should exit 0: {status}\n{stderr}");
+    assert_eq!(stderr.matches("upd_admin_").count(), 1, "the key should be printed exactly once:\n{stderr}");
+
+    let second = Server::start(updraft(workdir.path()), &data_dir).await;
+    assert_eq!(second.get("/api/v1/firmware", Some(&key)).await.status(), 200);
+    let (status, stderr) = second.stop().await;
+    assert!(status.success(), "{status}\n{stderr}");
+    assert!(!stderr.contains("upd_admin_"), "a restart printed a new key:\n{stderr}");
+}
+
+#[tokio::test]
+async fn settings_layer_file_then_dotenv_then_environment_then_flags() {
+    let workdir = tempfile::tempdir().unwrap();
+    let [a, b, c, d] = [free_addr(), free_addr(), free_addr(), free_addr()];
+    std::fs::write(workdir.path().join("updraft.toml"), format!("listen = \"{a}\"\nadmin_api_key = \"{ADMIN_KEY}\"\n")).unwrap();
+    let layered = |env: Option<SocketAddr>, flag: Option<SocketAddr>| {
+        let mut command = updraft(workdir.path());
+        command.args(["serve", "--config", "updraft.toml"]);
+        if let Some(env) = env {
+            command.env("UPDRAFT_LISTEN", env.to_string());
+        }
+        if let Some(flag) = flag {
+            command.args(["--listen", &flag.to_string()]);
+        }
+        command
+    };
+
+    // The file alone.
+    Server::spawn(layered(None, None), a).await.expect_clean_stop().await;
+    // .env beats the file.
+    std::fs::write(workdir.path().join(".env"), format!("UPDRAFT_LISTEN={b}\n")).unwrap();
+    Server::spawn(layered(None, None), b).await.expect_clean_stop().await;
+    // The environment beats .env.
+    Server::spawn(layered(Some(c), None), c).await.expect_clean_stop().await;
+    // The flag beats the environment.
+    Server::spawn(layered(Some(c), Some(d)), d).await.expect_clean_stop().await;
+}
+
+#[tokio::test]
+async fn sigterm_lets_an_upload_in_flight_finish_and_then_exits_cleanly() {
+    let workdir = tempfile::tempdir().unwrap();
+    let data_dir = workdir.path().join("data");
+    let mut command = updraft(workdir.path());
+    command.env("UPDRAFT_ADMIN_API_KEY", ADMIN_KEY).env("UPDRAFT_SHUTDOWN_TIMEOUT_SECS", "30");
+    let server = Server::start(command, &data_dir).await;
+    let body = firmware_bytes(1 << 20);
+    let pieces: Vec<&[u8]> = body.chunks(body.len() / 8).collect();
+    let mut upload = TcpStream::connect(server.addr).await.unwrap();
+    upload.write_all(upload_head(server.addr, body.len()).as_bytes()).await.unwrap();
+
+    for (i, piece) in pieces.iter().enumerate() {
+        if i == 4 {
+            server.terminate();
+            server.wait_for_stderr("shutting down").await;
+            let newcomer = server.client.get(format!("http://{}/api/health", server.addr)).send().await;
+            assert!(newcomer.is_err(), "a new connection was served during shutdown");
+        }
+        upload.write_all(piece).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = read_status(&mut upload).await;
+
+    assert_eq!(status, 201, "the upload in flight during shutdown did not complete");
+    let (exit, stderr) = server.wait_exit(Duration::from_secs(10)).await;
+    assert!(exit.success(), "{exit}\n{stderr}");
+    let mut command = updraft(workdir.path());
+    command.env("UPDRAFT_ADMIN_API_KEY", ADMIN_KEY);
+    let restarted = Server::start(command, &data_dir).await;
+    let list: Value = restarted.get("/api/v1/firmware", Some(ADMIN_KEY)).await.json().await.unwrap();
+    assert_eq!(list["total"], 1, "{list}");
+    restarted.expect_clean_stop().await;
+}
+
+#[tokio::test]
+async fn after_the_shutdown_deadline_a_stalled_upload_is_abandoned_and_leaves_nothing() {
+    let workdir = tempfile::tempdir().unwrap();
+    let data_dir = workdir.path().join("data");
+    let mut command = updraft(workdir.path());
+    command.env("UPDRAFT_ADMIN_API_KEY", ADMIN_KEY).env("UPDRAFT_SHUTDOWN_TIMEOUT_SECS", "1");
+    let server = Server::start(command, &data_dir).await;
+    let body = firmware_bytes(1 << 20);
+    let mut upload = TcpStream::connect(server.addr).await.unwrap();
+    upload.write_all(upload_head(server.addr, body.len()).as_bytes()).await.unwrap();
+    upload.write_all(&body[..body.len() / 4]).await.unwrap();
+    // The upload is being staged; from now on the client sends nothing but keeps the socket open.
+    wait_until("a staging file exists", || !files_under(&data_dir.join("blobs")).is_empty()).await;
+
+    server.terminate();
+    let (exit, stderr) = server.wait_exit(Duration::from_secs(5)).await;
+
+    assert!(exit.success(), "{exit}\n{stderr}");
+    let left = files_under(&data_dir.join("blobs"));
+    assert!(left.is_empty(), "the abandoned upload left files behind: {left:?}");
+    drop(upload);
+    let mut command = updraft(workdir.path());
+    command.env("UPDRAFT_ADMIN_API_KEY", ADMIN_KEY);
+    let restarted = Server::start(command, &data_dir).await;
+    let list: Value = restarted.get("/api/v1/firmware", Some(ADMIN_KEY)).await.json().await.unwrap();
+    assert_eq!(list["total"], 0, "{list}");
+    restarted.expect_clean_stop().await;
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_does_not_hold_up_shutdown() {
+    let workdir = tempfile::tempdir().unwrap();
+    let mut command = updraft(workdir.path());
+    command.env("UPDRAFT_ADMIN_API_KEY", ADMIN_KEY).env("UPDRAFT_SHUTDOWN_TIMEOUT_SECS", "60");
+    let server = Server::start(command, &workdir.path().join("data")).await;
+    let mut idle = TcpStream::connect(server.addr).await.unwrap();
+    idle.write_all(format!("GET /api/health HTTP/1.1\r\nHost: {}\r\n\r\n", server.addr).as_bytes()).await.unwrap();
+    assert_eq!(read_status(&mut idle).await, 200);
+
+    server.terminate();
+    let (exit, stderr) = server.wait_exit(Duration::from_secs(10)).await;
+
+    assert!(exit.success(), "{exit}\n{stderr}");
+    drop(idle);
+}
+
+#[test]
+fn openapi_prints_the_document() {
+    let workdir = tempfile::tempdir().unwrap();
+
+    let output = run_to_exit(updraft(workdir.path()).arg("openapi"));
+
+    assert!(output.status.success(), "{}", output.stderr);
+    let document: Value = serde_json::from_str(&output.stdout).expect("stdout is JSON");
+    assert!(document["openapi"].as_str().is_some_and(|v| v.starts_with("3.1")), "{}", document["openapi"]);
+    assert_eq!(document, serde_json::to_value(updraft::http::openapi()).unwrap());
+}
+
+#[tokio::test]
+async fn reset_admin_key_prints_a_new_key_that_replaces_the_generated_one() {
+    let workdir = tempfile::tempdir().unwrap();
+    let data_dir = workdir.path().join("data");
+    let first = Server::start(updraft(workdir.path()), &data_dir).await;
+    let old_key = first.generated_key().await;
+    first.expect_clean_stop().await;
+
+    let output = run_to_exit(updraft(workdir.path()).args(["reset-admin-key", "--data-dir"]).arg(&data_dir));
+
+    assert!(output.status.success(), "{}", output.stderr);
+    let new_key = output.stdout.trim().to_string();
+    assert!(new_key.starts_with("upd_admin_") && !new_key.contains(char::is_whitespace), "stdout is not one key: {:?}", output.stdout);
+    assert_ne!(new_key, old_key);
+    let server = Server::start(updraft(workdir.path()), &data_dir).await;
+    assert_eq!(server.get("/api/v1/firmware", Some(&new_key)).await.status(), 200);
+    assert_eq!(server.get("/api/v1/firmware", Some(&old_key)).await.status(), 401);
+    let (status, stderr) = server.stop().await;
+    assert!(status.success(), "{status}\n{stderr}");
+    assert!(!stderr.contains("upd_admin_"), "a start after the reset printed a key:\n{stderr}");
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// The binary, in `workdir`, with no environment but PATH and HOME.
+fn updraft(workdir: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_updraft"));
+    command.env_clear().current_dir(workdir);
+    for name in ["PATH", "HOME"] {
+        if let Some(value) = std::env::var_os(name) {
+            command.env(name, value);
+        }
+    }
+    command
+}
+
+struct Output {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs a command that should exit by itself; kills it (and fails) if it runs on.
+fn run_to_exit(command: &mut Command) -> Output {
+    let mut child = command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start updraft");
+    let stdout = read_in_background(child.stdout.take().unwrap());
+    let stderr = read_in_background(child.stderr.take().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("updraft did not exit by itself; stderr:\n{}", stderr.text());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output { status, stdout: stdout.finish(), stderr: stderr.finish() }
+}
+
+/// A stream read to its end on a thread, readable at any time.
+struct Collected {
+    text: Arc<Mutex<String>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+fn read_in_background(mut stream: impl Read + Send + 'static) -> Collected {
+    let text = Arc::new(Mutex::new(String::new()));
+    let sink = text.clone();
+    let thread = std::thread::spawn(move || {
+        let mut buffer = [0u8; 4096];
+        while let Ok(n) = stream.read(&mut buffer) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buffer[..n]));
+        }
+    });
+    Collected { text, thread: Some(thread) }
+}
+
+impl Collected {
+    fn text(&self) -> String {
+        self.text.lock().unwrap().clone()
+    }
+
+    /// Everything, once the stream has ended.
+    fn finish(mut self) -> String {
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        self.text()
+    }
+}
+
+/// A loopback address that was free a moment ago.
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+/// A running `updraft serve`; killed if a test fails before stopping it.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    stderr: Option<Collected>,
+    client: reqwest::Client,
+}
+
+impl Server {
+    /// `updraft serve --listen <free port> --data-dir <data_dir>`, ready.
+    async fn start(mut command: Command, data_dir: &Path) -> Server {
+        let addr = free_addr();
+        command.args(["serve", "--listen", &addr.to_string(), "--data-dir"]).arg(data_dir);
+        Server::spawn(command, addr).await
+    }
+
+    /// Runs `command` and waits until `/api/ready` answers 200 on `addr`.
+    async fn spawn(mut command: Command, addr: SocketAddr) -> Server {
+        let mut child = command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("start updraft");
+        let stderr = read_in_background(child.stderr.take().unwrap());
+        let mut server = Server { child, addr, stderr: Some(stderr), client: reqwest::Client::builder().no_proxy().build().unwrap() };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = server.child.try_wait().unwrap() {
+                panic!("updraft exited during start-up ({status}):\n{}", server.stderr_text());
+            }
+            let ready = server.client.get(format!("http://{addr}/api/ready")).send().await;
+            if ready.is_ok_and(|r| r.status() == 200) {
+                return server;
+            }
+            assert!(Instant::now() < deadline, "updraft was not ready on {addr} within 10 s:\n{}", server.stderr_text());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn stderr_text(&self) -> String {
+        self.stderr.as_ref().map(Collected::text).unwrap_or_default()
+    }
+
+    async fn get(&self, path: &str, key: Option<&str>) -> reqwest::Response {
+        let mut request = self.client.get(format!("http://{}{path}", self.addr));
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        request.send().await.expect("request to updraft")
+    }
+
+    /// The admin key printed at start-up.
+    async fn generated_key(&self) -> String {
+        self.wait_for_stderr("upd_admin_").await;
+        let text = self.stderr_text();
+        let start = text.find("upd_admin_").unwrap();
+        text[start..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-').collect()
+    }
+
+    async fn wait_for_stderr(&self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.stderr_text().contains(needle) {
+            assert!(Instant::now() < deadline, "updraft never wrote {needle:?} on stderr:\n{}", self.stderr_text());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn terminate(&self) {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+    }
+
+    /// Waits for the process to exit on its own; returns its status and whole stderr.
+    async fn wait_exit(mut self, limit: Duration) -> (ExitStatus, String) {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let stderr = self.stderr.take().map(Collected::finish).unwrap_or_default();
+                return (status, stderr);
+            }
+            assert!(Instant::now() < deadline, "updraft did not exit within {limit:?}:\n{}", self.stderr_text());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGTERM, then the exit status and the whole stderr.
+    async fn stop(self) -> (ExitStatus, String) {
+        self.terminate();
+        self.wait_exit(Duration::from_secs(10)).await
+    }
+
+    async fn expect_clean_stop(self) {
+        let (status, stderr) = self.stop().await;
+        assert!(status.success(), "updraft did not exit 0 on SIGTERM ({status}):\n{stderr}");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Bytes accepted as a raw (non-ESP) upload.
+fn firmware_bytes(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8 ^ (i >> 11) as u8).collect()
+}
+
+fn upload_head(addr: SocketAddr, length: usize) -> String {
+    format!(
+        "POST /api/v1/firmware?product=gateway&version=1.0.0&hardware=rpi4 HTTP/1.1\r\nHost: {addr}\r\n\
+         Authorization: Bearer {ADMIN_KEY}\r\nContent-Type: application/octet-stream\r\nContent-Length: {length}\r\n\r\n"
+    )
+}
+
+/// Reads a response head and returns its status code.
+async fn read_status(stream: &mut TcpStream) -> u16 {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut byte)).await.expect("a response").expect("read");
+        assert!(n > 0, "the connection closed without a response; got {:?}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("bad response head {head:?}"))
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut folders = vec![dir.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() { folders.push(path) } else { files.push(path) }
+        }
+    }
+    files
+}
+
+async fn wait_until(what: &str, condition: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
