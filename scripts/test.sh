@@ -29,6 +29,10 @@ ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
 START_SECONDS=$SECONDS
+# rustup's default location, for shells (cron, CI agents) whose PATH lacks it.
+if ! command -v cargo >/dev/null 2>&1 && [[ -x "$HOME/.cargo/bin/cargo" ]]; then
+  export PATH="$HOME/.cargo/bin:$PATH"
+fi
 if [[ "${CI:-}" == "true" ]]; then
   export CARGO_TERM_COLOR=never
 fi

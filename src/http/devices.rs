@@ -670,7 +670,11 @@ async fn events(State(state): State<AppState>, _admin: Admin) -> Response {
     let receiver = state.core.events.subscribe();
     let bus = state.core.events.clone();
     let stream = futures::StreamExt::take_until(event_stream(receiver), Box::pin(async move { bus.closed().await }));
-    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response()
+    let mut response = Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response();
+    // Proxies must pass events through at once.
+    response.headers_mut().insert(header::CACHE_CONTROL, axum::http::HeaderValue::from_static("no-cache"));
+    response.headers_mut().insert("x-accel-buffering", axum::http::HeaderValue::from_static("no"));
+    response
 }
 
 fn event_stream(receiver: tokio::sync::broadcast::Receiver<std::sync::Arc<crate::services::events::Event>>) -> impl Stream<Item = Result<SseEvent, Infallible>> {
