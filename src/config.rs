@@ -38,6 +38,9 @@ pub struct ServeArgs {
     /// Blob store: a folder (path or file:// URL) or s3://bucket[/prefix] [default: <data dir>/blobs]
     #[arg(long, env = "UPDRAFT_BLOB_URL", value_name = "URL")]
     pub blob_url: Option<String>,
+    /// Memory for caching small blobs (firmware up to 16 MiB) for downloads; 0 turns it off [default: 67108864]
+    #[arg(long, env = "UPDRAFT_BLOB_CACHE_BYTES", value_name = "BYTES")]
+    pub blob_cache_bytes: Option<String>,
     /// S3 endpoint for S3-compatible servers (MinIO, Ceph, ...) [default: AWS]
     #[arg(long, env = "UPDRAFT_S3_ENDPOINT", value_name = "URL")]
     pub s3_endpoint: Option<String>,
@@ -159,6 +162,7 @@ pub struct Settings {
     pub database_url: String,
     pub database_max_connections: u32,
     pub blob: BlobSettings,
+    pub blob_cache_bytes: usize,
     pub admin_api_key: Option<String>,
     pub public_url: Option<Url>,
     pub max_upload_bytes: u64,
@@ -178,6 +182,7 @@ const SETTING_NAMES: &[&str] = &[
     "database_url",
     "database_max_connections",
     "blob_url",
+    "blob_cache_bytes",
     "s3_endpoint",
     "s3_region",
     "s3_access_key_id",
@@ -294,6 +299,7 @@ impl Settings {
         }
 
         let blob = parse_blob(&get, args, &data_dir)?;
+        let blob_cache_bytes = parse_number("blob_cache_bytes", get("blob_cache_bytes", &args.blob_cache_bytes), 64usize << 20)?;
 
         let admin_api_key = get("admin_api_key", &args.admin_api_key);
         if let Some(key) = &admin_api_key {
@@ -378,6 +384,7 @@ impl Settings {
             database_url,
             database_max_connections,
             blob,
+            blob_cache_bytes,
             admin_api_key,
             public_url,
             max_upload_bytes,

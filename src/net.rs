@@ -175,6 +175,8 @@ pub fn tls_config(cert_path: &std::path::Path, key_path: &std::path::Path) -> an
     Ok(Arc::new(config))
 }
 
+const HTTP1_MAX_BUFFER: usize = 8 * 1024;
+
 /// Seconds a client gets to send a request's headers (slow-loris protection).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -189,7 +191,15 @@ where
     use tower::ServiceExt;
 
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
+    // A small write queue: hyper keeps polling a response body until this much is queued, even
+    // when the client does not read. With many slow clients that queue, not the socket, is
+    // what holds memory. It also caps request heads at 8 KiB (as nginx does by default).
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .keep_alive(true)
+        .max_buf_size(HTTP1_MAX_BUFFER);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut connections = tokio::task::JoinSet::new();
     loop {

@@ -32,7 +32,7 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         let started = Instant::now();
         let store = Store::connect(&settings.database_url, settings.database_max_connections).await?;
-        let blobs = BlobStore::open(&settings.blob).await?;
+        let blobs = BlobStore::open(&settings.blob, settings.blob_cache_bytes).await?;
         let admin_key_digest = resolve_admin_key(&store, settings.admin_api_key.as_deref()).await?;
         let signing_key = resolve_signing_key(&store).await?;
         let listener = TcpListener::bind(settings.listen)

@@ -1,7 +1,8 @@
 //! Local-folder blobs. A write goes to `<root>/.staging/<uuid>.part`, is fsynced, then
 //! renamed into place, so a reader never sees a partial file.
 
-use std::io::{self, SeekFrom};
+use std::io;
+use std::sync::Arc;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -9,15 +10,13 @@ use anyhow::Context;
 use bytes::Bytes;
 use futures::StreamExt;
 use tokio::fs;
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt, BufWriter};
-use tokio_util::io::ReaderStream;
+use tokio::io::{AsyncWriteExt, BufWriter};
 
 use super::{ByteStream, io_error};
 use crate::domain::{Error, Result};
 
 const STAGING: &str = ".staging";
 const WRITE_BUFFER: usize = 1 << 20;
-const READ_CHUNK: usize = 256 * 1024;
 
 pub struct LocalBlobs {
     root: PathBuf,
@@ -60,17 +59,12 @@ impl LocalBlobs {
 
     pub async fn read(&self, key: &str, range: Range<u64>) -> Result<ByteStream> {
         let path = self.path(key);
-        let mut file = match fs::File::open(&path).await {
-            Ok(file) => file,
+        let file = match fs::File::open(&path).await {
+            Ok(file) => file.into_std().await,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Error::not_found("blob", key)),
             Err(e) => return Err(io_error(e, "cannot open a blob")),
         };
-        if range.start > 0 {
-            file.seek(SeekFrom::Start(range.start)).await.map_err(|e| io_error(e, "cannot seek in a blob"))?;
-        }
-        let length = range.end.saturating_sub(range.start);
-        let stream = ReaderStream::with_capacity(file.take(length), READ_CHUNK);
-        Ok(stream.boxed())
+        Ok(positioned_read(Arc::new(file), range).boxed())
     }
 
     pub async fn delete(&self, key: &str) -> Result<()> {
@@ -90,6 +84,44 @@ impl LocalBlobs {
         }
         Ok(())
     }
+}
+
+/// Reads `range` of a file with positioned reads (`pread`) straight into the chunks that are
+/// sent, on the blocking pool. Unlike `tokio::fs::File`, nothing keeps a second buffer per
+/// open download, so a thousand stalled downloads hold only the chunks in flight.
+fn positioned_read(file: Arc<std::fs::File>, range: Range<u64>) -> impl futures::Stream<Item = io::Result<bytes::Bytes>> + Send {
+    futures::stream::unfold(Some((file, range.start)), move |state| {
+        let end = range.end;
+        async move {
+            let (file, offset) = state?;
+            if offset >= end {
+                return None;
+            }
+            let want = usize::try_from(end - offset).unwrap_or(usize::MAX).min(super::next_chunk_size());
+            let read_file = file.clone();
+            // Allocated here, on the runtime's worker, where it will also be freed: keeping
+            // allocations out of the blocking threads' own allocator arenas keeps RSS down.
+            let mut buffer = vec![0u8; want];
+            let read = tokio::task::spawn_blocking(move || {
+                use std::os::unix::fs::FileExt;
+                let n = read_file.read_at(&mut buffer, offset)?;
+                buffer.truncate(n);
+                Ok::<_, io::Error>(buffer)
+            })
+            .await
+            .unwrap_or_else(|e| Err(io::Error::other(e)));
+            match read {
+                Ok(buffer) if buffer.is_empty() => {
+                    Some((Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the blob is shorter than its record")), None))
+                }
+                Ok(buffer) => {
+                    let n = buffer.len() as u64;
+                    Some((Ok(super::counted(buffer)), Some((file, offset + n))))
+                }
+                Err(e) => Some((Err(e), None)),
+            }
+        }
+    })
 }
 
 pub struct LocalWriter {

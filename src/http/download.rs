@@ -61,7 +61,7 @@ pub async fn serve_artifact(blobs: &BlobStore, artifact: &Artifact, method: &Met
     let body = if method == Method::HEAD || range.is_empty() {
         Body::empty()
     } else {
-        let stream = blobs.read(&artifact.blob_key, range).await?;
+        let stream = blobs.read(&artifact.blob_key, artifact.size, range).await?;
         Body::from_stream(CountedStream { inner: stream })
     };
     let mut response = Response::new(body);
