@@ -89,6 +89,9 @@ pub struct ServeArgs {
     /// Provisioning mode of products nobody configured: open, key or preregistered [default: open]
     #[arg(long, env = "UPDRAFT_DEFAULT_PROVISIONING", value_name = "MODE")]
     pub default_provisioning: Option<String>,
+    /// Devices each replica keeps in its authentication cache [default: 100000]
+    #[arg(long, env = "UPDRAFT_DEVICE_CACHE_ENTRIES", value_name = "N")]
+    pub device_cache_entries: Option<String>,
     /// Lifetime of pair keys [default: 600]
     #[arg(long, env = "UPDRAFT_PAIRING_TTL_SECS", value_name = "SECS")]
     pub pairing_ttl_secs: Option<String>,
@@ -202,6 +205,7 @@ const SETTING_NAMES: &[&str] = &[
     "default_poll_interval_secs",
     "default_provisioning",
     "pairing_ttl_secs",
+    "device_cache_entries",
     "update_retry_after_secs",
     "download_url_ttl_secs",
 ];
@@ -374,6 +378,7 @@ impl Settings {
             },
             pairing_ttl: secs("pairing_ttl_secs", get("pairing_ttl_secs", &args.pairing_ttl_secs), 600, 30, 86400)?,
             retry_failed_after: secs("update_retry_after_secs", get("update_retry_after_secs", &args.update_retry_after_secs), 3600, 0, 30 * 86400)?,
+            cache_entries: parse_number("device_cache_entries", get("device_cache_entries", &args.device_cache_entries), 100_000usize)?,
             download_url_ttl: secs("download_url_ttl_secs", get("download_url_ttl_secs", &args.download_url_ttl_secs), 86400, 60, 30 * 86400)?,
         };
 

@@ -35,6 +35,8 @@ pub struct DevicePolicy {
     pub pairing_ttl: Duration,
     pub retry_failed_after: Duration,
     pub download_url_ttl: Duration,
+    /// Devices kept in each replica's authentication cache.
+    pub cache_entries: usize,
 }
 
 impl Default for DevicePolicy {
@@ -46,20 +48,57 @@ impl Default for DevicePolicy {
             pairing_ttl: Duration::from_secs(600),
             retry_failed_after: Duration::from_secs(3600),
             download_url_ttl: Duration::from_secs(24 * 3600),
+            cache_entries: 100_000,
         }
     }
 }
 
-/// How long a replica trusts its cached view of a device or of a product's builds. Bounds
-/// how stale another replica's change can look here.
+/// How long a replica trusts its cached view of a product's builds or policy. Bounds how
+/// stale another replica's change can look here.
 const CACHE_TTL: Duration = Duration::from_secs(5);
+
+/// Devices by token digest, kept until they change: every replica polls the change log
+/// (`device_change`) each second and drops changed devices, and drops its own changes at
+/// once. Bounded by `DevicePolicy::cache_entries`.
+#[derive(Default)]
+struct DeviceCache {
+    by_digest: HashMap<String, Device>,
+    digest_of: HashMap<String, String>,
+}
+
+impl DeviceCache {
+    fn get(&self, digest: &str) -> Option<&Device> {
+        self.by_digest.get(digest)
+    }
+
+    fn insert(&mut self, digest: String, device: Device, capacity: usize) {
+        if capacity == 0 {
+            return;
+        }
+        if self.by_digest.len() >= capacity {
+            // Rare: start over rather than track recency on the hot path.
+            self.by_digest.clear();
+            self.digest_of.clear();
+        }
+        if let Some(previous) = self.digest_of.insert(device.id.clone(), digest.clone()) {
+            self.by_digest.remove(&previous);
+        }
+        self.by_digest.insert(digest, device);
+    }
+
+    fn forget(&mut self, device_id: &str) {
+        if let Some(digest) = self.digest_of.remove(device_id) {
+            self.by_digest.remove(&digest);
+        }
+    }
+}
 
 /// In-memory state of the device subsystem (per process).
 pub struct DeviceRuntime {
     pub policy: DevicePolicy,
     pub limiter: AuthLimiter,
     signing_key: [u8; 32],
-    by_token: RwLock<HashMap<String, (Device, Instant)>>,
+    by_token: RwLock<DeviceCache>,
     builds: RwLock<HashMap<String, (Arc<Vec<Artifact>>, Instant)>>,
     products: RwLock<HashMap<String, (Product, Instant)>>,
     presence: Mutex<HashMap<String, (DateTime<Utc>, Option<String>)>>,
@@ -72,7 +111,7 @@ impl DeviceRuntime {
             policy,
             limiter: AuthLimiter::default(),
             signing_key,
-            by_token: RwLock::default(),
+            by_token: RwLock::new(DeviceCache::default()),
             builds: RwLock::default(),
             products: RwLock::default(),
             presence: Mutex::default(),
@@ -81,7 +120,7 @@ impl DeviceRuntime {
     }
 
     fn forget_device(&self, device_id: &str) {
-        self.by_token.write().expect("cache lock").retain(|_, (d, _)| d.id != device_id);
+        self.by_token.write().expect("cache lock").forget(device_id);
     }
 
     /// Drops cached builds of a product (after an upload, edit or delete on this replica).
@@ -120,16 +159,14 @@ pub async fn authenticate(core: &Core, token: Option<&str>, ip: IpAddr) -> Resul
         return Err(Error::Unauthenticated("a device token is required: send `Authorization: Bearer <token>` or `X-Device-Token: <token>`".into()));
     };
     let digest = secret::digest_hex(token);
-    if let Some((device, fetched)) = runtime.by_token.read().expect("cache lock").get(&digest) {
-        if fetched.elapsed() < CACHE_TTL {
-            return Ok(device.clone());
-        }
+    if let Some(device) = runtime.by_token.read().expect("cache lock").get(&digest) {
+        return Ok(device.clone());
     }
     // The digest lookup is an exact match on a unique index of SHA-256 digests of random
     // tokens: equal digests mean equal tokens, and timing reveals nothing usable.
     match core.store.find_device_by_token_hash(&digest).await? {
         Some(device) => {
-            runtime.by_token.write().expect("cache lock").insert(digest, (device.clone(), Instant::now()));
+            runtime.by_token.write().expect("cache lock").insert(digest, device.clone(), runtime.policy.cache_entries);
             Ok(device)
         }
         None => {
@@ -576,7 +613,14 @@ pub async fn report_update(core: &Core, device: &Device, report: StatusReport) -
 
 fn mark_seen(core: &Core, device: &Device, now: DateTime<Utc>, ip: Option<IpAddr>) {
     let runtime = &core.devices;
-    runtime.presence.lock().expect("presence lock").insert(device.id.clone(), (now, ip.map(|i| i.to_string())));
+    let ip = ip.map(|i| i.to_string());
+    // `last_seen` is stored at a granularity of a quarter of the offline period (at most a
+    // minute): a device that checks in often costs one write per period, not one per request.
+    let granularity = chrono::Duration::from_std((runtime.policy.offline_after / 4).min(Duration::from_secs(60))).unwrap_or(chrono::Duration::MAX);
+    let fresh = device.last_seen.is_some_and(|seen| now - seen < granularity) && (ip.is_none() || ip == device.ip);
+    if !fresh {
+        runtime.presence.lock().expect("presence lock").insert(device.id.clone(), (now, ip));
+    }
     let came_online = runtime.online.lock().expect("online lock").insert(device.id.clone(), now).is_none();
     if came_online {
         core.events.publish("device.online", Some(&device.id), json!({"mac": device.mac.canonical()}));
@@ -622,6 +666,7 @@ pub fn sweep_offline(core: &Core) -> Vec<String> {
 pub fn spawn_background(core: Core) {
     // Offline transitions are noticed within a quarter of the silence period (1-5 s).
     let sweep_every = (core.devices.policy.offline_after / 4).clamp(Duration::from_secs(1), Duration::from_secs(5));
+    let core_for_changes = core.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut last_sweep = Instant::now();
@@ -636,6 +681,38 @@ pub fn spawn_background(core: Core) {
             }
         }
     });
+    tokio::spawn(follow_device_changes(core_for_changes));
+}
+
+/// Drops cached devices that changed anywhere (this or another replica), once a second.
+async fn follow_device_changes(core: Core) {
+    // Overlap the windows: a change committed late with an earlier timestamp is still seen.
+    const OVERLAP_MS: i64 = 5_000;
+    let mut since = Utc::now().timestamp_millis();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last_prune = Instant::now();
+    loop {
+        tick.tick().await;
+        let now = Utc::now().timestamp_millis();
+        match core.store.changed_devices_since(since - OVERLAP_MS).await {
+            Ok(changes) => {
+                if !changes.is_empty() {
+                    let mut cache = core.devices.by_token.write().expect("cache lock");
+                    for (device_id, _) in &changes {
+                        cache.forget(device_id);
+                    }
+                }
+                since = now;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read device changes; cached devices may be stale"),
+        }
+        if last_prune.elapsed() >= Duration::from_secs(60) {
+            if let Err(e) = core.store.prune_device_changes(now - 10 * 60 * 1000).await {
+                tracing::warn!(error = %e, "cannot prune the device change log");
+            }
+            last_prune = Instant::now();
+        }
+    }
 }
 
 // ---- download links ----

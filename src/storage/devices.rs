@@ -352,12 +352,14 @@ impl Store {
                     .map_err(|e| db_error(e, "failed to update tags"))?;
             }
         }
+        log_change(&mut tx, id).await?;
         tx.commit().await.map_err(|e| db_error(e, "failed to commit a device update"))?;
         self.find_device(id).await
     }
 
     /// Writes what a device reported (only the fields given).
     pub async fn record_report(&self, id: &str, report: &DeviceReport) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(|e| db_error(e, "failed to begin a transaction"))?;
         sqlx::query(
             "UPDATE device SET version = COALESCE($1, version), product = COALESCE($2, product), hardware = COALESCE($3, hardware), attributes = COALESCE($4, attributes), updated_at = $5 WHERE id = $6",
         )
@@ -367,40 +369,51 @@ impl Store {
         .bind(report.attributes.as_ref().map(|a| a.to_string()))
         .bind(now_millis())
         .bind(id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(|e| db_error(e, "failed to record a device report"))?;
-        Ok(())
+        log_change(&mut tx, id).await?;
+        tx.commit().await.map_err(|e| db_error(e, "failed to commit a device report"))
     }
 
-    /// Writes a batch of (device id, last seen, address) in one transaction.
+    /// Writes a batch of (device id, last seen, address) in one transaction, a few hundred
+    /// devices per statement.
     pub async fn record_presence(&self, batch: &[(String, DateTime<Utc>, Option<String>)]) -> Result<()> {
         if batch.is_empty() {
             return Ok(());
         }
         let mut tx = self.pool.begin().await.map_err(|e| db_error(e, "failed to begin a transaction"))?;
-        for (id, seen, ip) in batch {
-            sqlx::query("UPDATE device SET last_seen = $1, ip = COALESCE($2, ip) WHERE id = $3 AND (last_seen IS NULL OR last_seen < $4)")
-                .bind(seen.timestamp_millis())
-                .bind(ip.clone())
-                .bind(id)
-                .bind(seen.timestamp_millis())
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| db_error(e, "failed to record presence"))?;
+        for rows in batch.chunks(300) {
+            // A VALUES list named by a CTE: the same statement runs on SQLite and PostgreSQL.
+            let values: Vec<String> = (0..rows.len()).map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3)).collect();
+            let sql = format!(
+                "WITH seen (id, at, ip) AS (VALUES {}) \
+                 UPDATE device SET last_seen = (SELECT seen.at FROM seen WHERE seen.id = device.id), \
+                 ip = COALESCE((SELECT seen.ip FROM seen WHERE seen.id = device.id), ip) \
+                 WHERE id IN (SELECT id FROM seen)",
+                values.join(", ")
+            );
+            let mut query = sqlx::query::<Any>(AssertSqlSafe(sql));
+            for (id, seen, ip) in rows {
+                query = query.bind(id.clone()).bind(seen.timestamp_millis()).bind(ip.clone());
+            }
+            query.execute(&mut *tx).await.map_err(|e| db_error(e, "failed to record presence"))?;
         }
         tx.commit().await.map_err(|e| db_error(e, "failed to commit presence"))
     }
 
     /// Sets or clears a device's token digest; returns false if the device does not exist.
     pub async fn set_device_token(&self, id: &str, token_hash: Option<&str>) -> Result<bool> {
+        let mut tx = self.pool.begin().await.map_err(|e| db_error(e, "failed to begin a transaction"))?;
         let result = sqlx::query("UPDATE device SET token_hash = $1, token_created_at = $2, updated_at = $2 WHERE id = $3")
             .bind(token_hash.map(str::to_string))
             .bind(now_millis())
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(|e| db_error(e, "failed to store a device token"))?;
+        log_change(&mut tx, id).await?;
+        tx.commit().await.map_err(|e| db_error(e, "failed to commit a device token"))?;
         Ok(result.rows_affected() == 1)
     }
 
@@ -415,8 +428,28 @@ impl Store {
             sqlx::query(sql).bind(id).execute(&mut *tx).await.map_err(|e| db_error(e, "failed to delete a device's records"))?;
         }
         let deleted = sqlx::query("DELETE FROM device WHERE id = $1").bind(id).execute(&mut *tx).await.map_err(|e| db_error(e, "failed to delete a device"))?;
+        log_change(&mut tx, id).await?;
         tx.commit().await.map_err(|e| db_error(e, "failed to commit a device deletion"))?;
         Ok(deleted.rows_affected() == 1)
+    }
+
+    /// Devices changed at or after `since` (Unix ms), for cache invalidation.
+    pub async fn changed_devices_since(&self, since: i64) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query("SELECT device_id, at FROM device_change WHERE at >= $1")
+            .bind(since)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db_error(e, "failed to read device changes"))?;
+        Ok(rows.iter().map(|r| (r.get("device_id"), r.get("at"))).collect())
+    }
+
+    pub async fn prune_device_changes(&self, before: i64) -> Result<()> {
+        sqlx::query("DELETE FROM device_change WHERE at < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db_error(e, "failed to prune device changes"))?;
+        Ok(())
     }
 
     // ---- pairing ----
@@ -478,6 +511,7 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(|e| db_error(e, "failed to record a setup report"))?;
+        log_change(&mut tx, device_id).await?;
         tx.commit().await.map_err(|e| db_error(e, "failed to commit a setup report"))
     }
 
@@ -594,6 +628,17 @@ impl Store {
             .map_err(|e| db_error(e, "failed to check artifact use"))?;
         Ok(row.get::<i64, _>("n") > 0)
     }
+}
+
+async fn log_change(tx: &mut sqlx::Transaction<'_, Any>, device_id: &str) -> Result<()> {
+    sqlx::query("INSERT INTO device_change (id, device_id, at) VALUES ($1, $2, $3)")
+        .bind(uuid::Uuid::now_v7().to_string())
+        .bind(device_id)
+        .bind(now_millis())
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| db_error(e, "failed to log a device change"))?;
+    Ok(())
 }
 
 async fn insert_event(

@@ -522,3 +522,27 @@ async fn a_silent_device_turns_offline_and_the_stream_says_so() {
     drop(stream);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_token_revoked_on_one_replica_stops_working_on_the_others() {
+    let app = spawn_app().await;
+    // A second replica on the same database and blob store.
+    let replica = start(app.settings.clone(), tempfile::tempdir().unwrap()).await;
+    let (device_id, token) = provisioned(&app, "02:00:00:00:0E:01", "lamp", "esp32", "1.0.0").await;
+    // The replica caches the device on first use.
+    assert_eq!(checkin(&replica, &token, json!({"version": "1.0.0"})).await["update"], Value::Null);
+
+    app.admin(Method::POST, &format!("/api/v1/devices/{device_id}/token")).send().await.unwrap();
+
+    let mut status = 200;
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        status = replica.client.post(replica.url("/api/v1/device/checkin")).bearer_auth(&token).json(&json!({})).send().await.unwrap().status().as_u16();
+        if status == 401 {
+            break;
+        }
+    }
+    assert_eq!(status, 401, "the replica still accepts the revoked token");
+    replica.stop().await;
+    app.stop().await;
+}
