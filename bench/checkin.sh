@@ -49,14 +49,19 @@ for n in $SIZES; do
   answer=$(curl -s -H "Authorization: Bearer upd_dev_bench_1" "$BASE/api/v1/device/checkin?version=1.0.0")
   [[ $answer == *'"update":null'* ]] || die "unexpected check-in answer: $answer"
 
-  log "warm-up (5 s)"
-  BENCH_DEVICES=$n wrk -t2 -c64 -d5s -s "$LUA" "$BASE" >"$RAW/warmup-$n.txt" 2>&1
+  # Warm up long enough for about every device to check in once (steady state: each replica's
+  # cache holds the fleet and every last_seen is fresh), 5 s at least, 120 s at most.
+  WARM=$(( n / 5000 )); ((WARM < 5)) && WARM=5; ((WARM > 120)) && WARM=120
+  log "warm-up (${WARM} s)"
+  BENCH_DEVICES=$n wrk -t2 -c64 -d"${WARM}s" -s "$LUA" "$BASE" >"$RAW/warmup-$n.txt" 2>&1
   wrk -t2 -c64 -d"${SECS}s" --latency "$BASE/api/health" >"$RAW/health-$n.txt" 2>&1
   BENCH_DEVICES=$n wrk -t2 -c64 -d"${SECS}s" --latency -s "$LUA" "$BASE" >"$RAW/checkin-$n.txt" 2>&1
   H=$(rps_of "$RAW/health-$n.txt") C=$(rps_of "$RAW/checkin-$n.txt")
   CHECKIN_RPS[$n]=$C
   RATIO=$(calc "$C / $H" 2)
   ERR=$(errors_of "$RAW/checkin-$n.txt")
+  RSS_MIB=$(calc "$(proc_kb "$SERVER_PID" VmRSS) / 1024" 1)
+  result checkin "$n devices: server RSS after the runs (MiB)" "$RSS_MIB" "-" "-"
   log "$n devices: health $H req/s, check-in $C req/s (ratio $RATIO), errors $ERR, server RSS $(calc "$(proc_kb "$SERVER_PID" VmRSS) / 1024" 1) MiB"
   result checkin "$n devices: health req/s | check-in req/s | errors" "$H | $C | $ERR" "-" "$( ((ERR == 0)) && echo - || echo FAIL)"
   if [[ $n == 100000 ]]; then
