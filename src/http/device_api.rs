@@ -62,7 +62,7 @@ impl FromRequestParts<AppState> for ClientIp {
 }
 
 /// An authenticated device: `Authorization: Bearer <token>` or `X-Device-Token: <token>`.
-pub struct DeviceAuth(pub Device, pub IpAddr);
+pub struct DeviceAuth(pub std::sync::Arc<Device>, pub IpAddr);
 
 impl FromRequestParts<AppState> for DeviceAuth {
     type Rejection = ApiError;
@@ -320,7 +320,7 @@ async fn update_status(State(state): State<AppState>, DeviceAuth(device, _): Dev
 )]
 async fn pair(State(state): State<AppState>, DeviceAuth(device, ip): DeviceAuth, ApiJson(body): ApiJson<PairBody>) -> ApiResult<Json<Paired>> {
     let owner = service::pair(&state.core, &device, &body.pair_key, ip).await?;
-    Ok(Json(Paired { device_id: device.id, owner }))
+    Ok(Json(Paired { device_id: device.id.clone(), owner }))
 }
 
 /// Report setup progress with the seed-004 status codes.
@@ -362,7 +362,7 @@ async fn download(
                 state.core.devices.limiter.record_failure(ip);
                 return Err(e.into());
             }
-            state.core.store.find_device(device_id).await?.ok_or_else(|| Error::Forbidden("the device of this link no longer exists".into()))?
+            std::sync::Arc::new(state.core.store.find_device(device_id).await?.ok_or_else(|| Error::Forbidden("the device of this link no longer exists".into()))?)
         }
         _ => {
             let token = headers

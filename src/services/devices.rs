@@ -62,28 +62,37 @@ const CACHE_TTL: Duration = Duration::from_secs(5);
 /// once. Bounded by `DevicePolicy::cache_entries`.
 #[derive(Default)]
 struct DeviceCache {
-    by_digest: HashMap<String, Device>,
+    by_digest: HashMap<String, Arc<Device>>,
     digest_of: HashMap<String, String>,
+    /// Insertion order, for first-in-first-out eviction (entries may already be gone).
+    order: std::collections::VecDeque<String>,
 }
 
 impl DeviceCache {
-    fn get(&self, digest: &str) -> Option<&Device> {
+    fn get(&self, digest: &str) -> Option<&Arc<Device>> {
         self.by_digest.get(digest)
     }
 
-    fn insert(&mut self, digest: String, device: Device, capacity: usize) {
+    fn insert(&mut self, digest: String, device: Arc<Device>, capacity: usize) {
         if capacity == 0 {
             return;
         }
-        if self.by_digest.len() >= capacity {
-            // Rare: start over rather than track recency on the hot path.
-            self.by_digest.clear();
-            self.digest_of.clear();
+        while self.by_digest.len() >= capacity {
+            let Some(oldest) = self.order.pop_front() else { break };
+            if let Some(evicted) = self.by_digest.remove(&oldest) {
+                self.digest_of.remove(&evicted.id);
+            }
         }
         if let Some(previous) = self.digest_of.insert(device.id.clone(), digest.clone()) {
             self.by_digest.remove(&previous);
         }
+        self.order.push_back(digest.clone());
         self.by_digest.insert(digest, device);
+        // Forgotten entries leave stale keys in `order`; compact now and then.
+        if self.order.len() > 2 * capacity.max(1024) {
+            let live = &self.by_digest;
+            self.order.retain(|d| live.contains_key(d));
+        }
     }
 
     fn forget(&mut self, device_id: &str) {
@@ -152,7 +161,7 @@ impl DeviceRuntime {
 // ---- identity ----
 
 /// The device a token belongs to. Failures count against the caller's address.
-pub async fn authenticate(core: &Core, token: Option<&str>, ip: IpAddr) -> Result<Device> {
+pub async fn authenticate(core: &Core, token: Option<&str>, ip: IpAddr) -> Result<Arc<Device>> {
     let runtime = &core.devices;
     runtime.limiter.check(ip)?;
     let Some(token) = token.filter(|t| !t.is_empty() && t.len() <= 256) else {
@@ -166,6 +175,7 @@ pub async fn authenticate(core: &Core, token: Option<&str>, ip: IpAddr) -> Resul
     // tokens: equal digests mean equal tokens, and timing reveals nothing usable.
     match core.store.find_device_by_token_hash(&digest).await? {
         Some(device) => {
+            let device = Arc::new(device);
             runtime.by_token.write().expect("cache lock").insert(digest, device.clone(), runtime.policy.cache_entries);
             Ok(device)
         }
@@ -422,7 +432,7 @@ pub struct CheckinAnswer {
 }
 
 /// Records a check-in and decides whether the device should update.
-pub async fn checkin(core: &Core, device: Device, report: CheckinReport, ip: Option<IpAddr>) -> Result<CheckinAnswer> {
+pub async fn checkin(core: &Core, device: Arc<Device>, report: CheckinReport, ip: Option<IpAddr>) -> Result<CheckinAnswer> {
     let runtime = &core.devices;
     let now = Utc::now();
     mark_seen(core, &device, now, ip);
@@ -447,8 +457,8 @@ pub async fn checkin(core: &Core, device: Device, report: CheckinReport, ip: Opt
         hardware: hardware.filter(|h| device.hardware.as_deref() != Some(h.as_str())),
         attributes,
     };
-    let mut device = device;
-    if changed.version.is_some() || changed.product.is_some() || changed.hardware.is_some() || changed.attributes.is_some() {
+    let device = if changed.version.is_some() || changed.product.is_some() || changed.hardware.is_some() || changed.attributes.is_some() {
+        let mut device = (*device).clone();
         core.store.record_report(&device.id, &changed).await?;
         runtime.forget_device(&device.id);
         if let Some(v) = &changed.version {
@@ -464,7 +474,10 @@ pub async fn checkin(core: &Core, device: Device, report: CheckinReport, ip: Opt
             device.attributes = a.clone();
         }
         core.events.publish("device.updated", Some(&device.id), json!({"version": device.version, "product": device.product, "hardware": device.hardware}));
-    }
+        Arc::new(device)
+    } else {
+        device
+    };
 
     // A reported version equal to the current attempt's target completes it.
     if changed.version.is_some() {
@@ -504,11 +517,13 @@ pub async fn checkin(core: &Core, device: Device, report: CheckinReport, ip: Opt
             None => CheckinAnswer { offer: None, no_update: Some(NoUpdate::UpToDate), poll_interval_s },
         },
     };
-    core.events.publish(
-        "device.checkin",
-        Some(&device.id),
-        json!({"version": device.version, "offered": answer.offer.as_ref().map(|o| o.artifact.version.clone())}),
-    );
+    if core.events.active() {
+        core.events.publish(
+            "device.checkin",
+            Some(&device.id),
+            json!({"version": device.version, "offered": answer.offer.as_ref().map(|o| o.artifact.version.clone())}),
+        );
+    }
     Ok(answer)
 }
 
@@ -621,7 +636,19 @@ fn mark_seen(core: &Core, device: &Device, now: DateTime<Utc>, ip: Option<IpAddr
     if !fresh {
         runtime.presence.lock().expect("presence lock").insert(device.id.clone(), (now, ip));
     }
-    let came_online = runtime.online.lock().expect("online lock").insert(device.id.clone(), now).is_none();
+    let came_online = {
+        let mut online = runtime.online.lock().expect("online lock");
+        match online.get_mut(&device.id) {
+            Some(seen) => {
+                *seen = now;
+                false
+            }
+            None => {
+                online.insert(device.id.clone(), now);
+                true
+            }
+        }
+    };
     if came_online {
         core.events.publish("device.online", Some(&device.id), json!({"mac": device.mac.canonical()}));
     }
@@ -959,4 +986,50 @@ pub async fn refuse_offer(core: &Core, device: &Device, offer: &Offer, reason: &
         json!({"release_id": artifact.id, "state": "rejected", "message": reason, "version": artifact.version}),
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(id: &str) -> Arc<Device> {
+        let now = Utc::now();
+        Arc::new(Device {
+            id: id.into(),
+            mac: Mac::parse("02:00:00:00:00:01").unwrap(),
+            name: id.into(),
+            product: None,
+            hardware: None,
+            channel: "stable".into(),
+            version: None,
+            target_version: None,
+            tags: Vec::new(),
+            attributes: json!({}),
+            metadata: json!({}),
+            owner: None,
+            has_token: true,
+            last_seen: None,
+            ip: None,
+            setup_status: None,
+            created_at: now,
+            updated_at: now,
+        })
+    }
+
+    #[test]
+    fn the_device_cache_is_bounded_and_evicts_the_oldest_first() {
+        let mut cache = DeviceCache::default();
+        for i in 0..5 {
+            cache.insert(format!("digest-{i}"), device(&format!("d{i}")), 3);
+        }
+        assert_eq!(cache.by_digest.len(), 3);
+        assert!(cache.get("digest-0").is_none() && cache.get("digest-1").is_none());
+        assert!(cache.get("digest-4").is_some());
+        // A new token for a cached device replaces its old entry.
+        cache.insert("digest-4b".into(), device("d4"), 3);
+        assert!(cache.get("digest-4").is_none() && cache.get("digest-4b").is_some());
+        cache.forget("d4");
+        assert!(cache.get("digest-4b").is_none());
+        assert_eq!(cache.digest_of.len(), cache.by_digest.len());
+    }
 }

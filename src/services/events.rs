@@ -36,6 +36,11 @@ impl EventBus {
         let _ = self.sender.send(Arc::new(Event { kind, device_id: device_id.map(str::to_string), data, at: Utc::now() }));
     }
 
+    /// True while someone listens; lets hot paths skip building events nobody reads.
+    pub fn active(&self) -> bool {
+        self.sender.receiver_count() > 0
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
         self.sender.subscribe()
     }
