@@ -31,8 +31,12 @@ impl FromRequestParts<AppState> for Admin {
 
 /// The credential of `Authorization: Bearer <x>`, or else the value of `header`.
 pub fn bearer_or_header<'a>(parts: &'a Parts, header: &str) -> Option<&'a str> {
-    let bearer = parts
-        .headers
+    credential(&parts.headers, header)
+}
+
+/// Like `bearer_or_header`, from a header map.
+pub fn credential<'a>(headers: &'a axum::http::HeaderMap, header: &str) -> Option<&'a str> {
+    let bearer = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
@@ -40,6 +44,6 @@ pub fn bearer_or_header<'a>(parts: &'a Parts, header: &str) -> Option<&'a str> {
             scheme.eq_ignore_ascii_case("bearer").then_some(credential.trim())
         });
     bearer
-        .or_else(|| parts.headers.get(header).and_then(|v| v.to_str().ok()).map(str::trim))
+        .or_else(|| headers.get(header).and_then(|v| v.to_str().ok()).map(str::trim))
         .filter(|v| !v.is_empty())
 }

@@ -365,13 +365,7 @@ async fn download(
             std::sync::Arc::new(state.core.store.find_device(device_id).await?.ok_or_else(|| Error::Forbidden("the device of this link no longer exists".into()))?)
         }
         _ => {
-            let token = headers
-                .get(axum::http::header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().strip_prefix("Bearer ").or_else(|| v.trim().strip_prefix("bearer ")))
-                .or_else(|| headers.get("x-device-token").and_then(|v| v.to_str().ok()))
-                .map(str::trim);
-            service::authenticate(&state.core, token, ip).await?
+            service::authenticate(&state.core, super::auth::credential(&headers, "x-device-token"), ip).await?
         }
     };
     let artifact = state.core.store.find_artifact(&id).await?.ok_or_else(|| Error::not_found("artifact", &id))?;
