@@ -223,8 +223,7 @@ impl Layers {
             let entries = dotenvy::from_path_iter(dotenv_path)
                 .map_err(|e| ConfigError::new("config", format!("cannot read {}: {e}", dotenv_path.display())))?;
             for entry in entries {
-                let (key, value) = entry
-                    .map_err(|e| ConfigError::new("config", format!("cannot parse {}: {e}", dotenv_path.display())))?;
+                let (key, value) = entry.map_err(|e| ConfigError::new("config", format!("cannot parse {}: {e}", dotenv_path.display())))?;
                 if let Some(name) = key.strip_prefix("UPDRAFT_") {
                     dotenv.insert(name.to_ascii_lowercase(), value);
                 }
@@ -232,11 +231,10 @@ impl Layers {
         }
         let mut file = BTreeMap::new();
         if let Some(path) = config_path {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| ConfigError::new("config", format!("cannot read {}: {e}", path.display())))?;
-            let table: toml::Table = text
-                .parse()
-                .map_err(|e: toml::de::Error| ConfigError::new("config", format!("{}: {}", path.display(), e.message())))?;
+            let text =
+                std::fs::read_to_string(path).map_err(|e| ConfigError::new("config", format!("cannot read {}: {e}", path.display())))?;
+            let table: toml::Table =
+                text.parse().map_err(|e: toml::de::Error| ConfigError::new("config", format!("{}: {}", path.display(), e.message())))?;
             for (key, value) in table {
                 if !SETTING_NAMES.contains(&key.as_str()) {
                     return Err(ConfigError::new("config", format!("{}: unknown setting `{key}`", path.display())));
@@ -278,9 +276,9 @@ impl Settings {
         let get = |name: &str, cli: &Option<String>| layers.get(name, cli);
 
         let listen = match get("listen", &args.listen) {
-            Some(v) => v
-                .parse::<SocketAddr>()
-                .map_err(|_| ConfigError::new("listen", format!("`{v}` is not an address like 0.0.0.0:8080")))?,
+            Some(v) => {
+                v.parse::<SocketAddr>().map_err(|_| ConfigError::new("listen", format!("`{v}` is not an address like 0.0.0.0:8080")))?
+            }
             None => SocketAddr::from(([0, 0, 0, 0], 8080)),
         };
         let data_dir = PathBuf::from(get("data_dir", &args.data_dir).unwrap_or_else(|| "./data".into()));
@@ -288,16 +286,14 @@ impl Settings {
         let database_url = match get("database_url", &args.database_url) {
             Some(url) => {
                 if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-                    return Err(ConfigError::new(
-                        "database_url",
-                        format!("`{}` is not a sqlite:// or postgres:// URL", redact_url(&url)),
-                    ));
+                    return Err(ConfigError::new("database_url", format!("`{}` is not a sqlite:// or postgres:// URL", redact_url(&url))));
                 }
                 url
             }
             None => format!("sqlite://{}", data_dir.join("updraft.db").display()),
         };
-        let database_max_connections = parse_number("database_max_connections", get("database_max_connections", &args.database_max_connections), 10u32)?;
+        let database_max_connections =
+            parse_number("database_max_connections", get("database_max_connections", &args.database_max_connections), 10u32)?;
         if database_max_connections == 0 {
             return Err(ConfigError::new("database_max_connections", "must be at least 1"));
         }
@@ -306,10 +302,10 @@ impl Settings {
         let blob_cache_bytes = parse_number("blob_cache_bytes", get("blob_cache_bytes", &args.blob_cache_bytes), 64usize << 20)?;
 
         let admin_api_key = get("admin_api_key", &args.admin_api_key);
-        if let Some(key) = &admin_api_key {
-            if key.len() < 16 {
-                return Err(ConfigError::new("admin_api_key", "must be at least 16 characters long"));
-            }
+        if let Some(key) = &admin_api_key
+            && key.len() < 16
+        {
+            return Err(ConfigError::new("admin_api_key", "must be at least 16 characters long"));
         }
         let public_url = match get("public_url", &args.public_url) {
             Some(v) => {
@@ -332,11 +328,8 @@ impl Settings {
         if max_connections == 0 {
             return Err(ConfigError::new("max_connections", "must be at least 1"));
         }
-        let shutdown_timeout = Duration::from_secs(parse_number(
-            "shutdown_timeout_secs",
-            get("shutdown_timeout_secs", &args.shutdown_timeout_secs),
-            30u64,
-        )?);
+        let shutdown_timeout =
+            Duration::from_secs(parse_number("shutdown_timeout_secs", get("shutdown_timeout_secs", &args.shutdown_timeout_secs), 30u64)?);
         let trust_proxy_headers = parse_bool("trust_proxy_headers", get("trust_proxy_headers", &args.trust_proxy_headers), false)?;
         let tls = match (get("tls_cert", &args.tls_cert), get("tls_key", &args.tls_key)) {
             (Some(cert), Some(key)) => {
@@ -369,17 +362,42 @@ impl Settings {
             Ok(Duration::from_secs(n))
         };
         let devices = DevicePolicy {
-            offline_after: secs("device_offline_after_secs", get("device_offline_after_secs", &args.device_offline_after_secs), 600, 10, 30 * 86400)?,
-            default_poll_interval_s: secs("default_poll_interval_secs", get("default_poll_interval_secs", &args.default_poll_interval_secs), 3600, 10, 7 * 86400)?
-                .as_secs() as u32,
+            offline_after: secs(
+                "device_offline_after_secs",
+                get("device_offline_after_secs", &args.device_offline_after_secs),
+                600,
+                10,
+                30 * 86400,
+            )?,
+            default_poll_interval_s: secs(
+                "default_poll_interval_secs",
+                get("default_poll_interval_secs", &args.default_poll_interval_secs),
+                3600,
+                10,
+                7 * 86400,
+            )?
+            .as_secs() as u32,
             default_provisioning: match get("default_provisioning", &args.default_provisioning) {
                 None => Provisioning::Open,
-                Some(v) => Provisioning::parse(&v).map_err(|_| ConfigError::new("default_provisioning", format!("`{v}` is not one of: open, key, preregistered")))?,
+                Some(v) => Provisioning::parse(&v)
+                    .map_err(|_| ConfigError::new("default_provisioning", format!("`{v}` is not one of: open, key, preregistered")))?,
             },
             pairing_ttl: secs("pairing_ttl_secs", get("pairing_ttl_secs", &args.pairing_ttl_secs), 600, 30, 86400)?,
-            retry_failed_after: secs("update_retry_after_secs", get("update_retry_after_secs", &args.update_retry_after_secs), 3600, 0, 30 * 86400)?,
+            retry_failed_after: secs(
+                "update_retry_after_secs",
+                get("update_retry_after_secs", &args.update_retry_after_secs),
+                3600,
+                0,
+                30 * 86400,
+            )?,
             cache_entries: parse_number("device_cache_entries", get("device_cache_entries", &args.device_cache_entries), 100_000usize)?,
-            download_url_ttl: secs("download_url_ttl_secs", get("download_url_ttl_secs", &args.download_url_ttl_secs), 86400, 60, 30 * 86400)?,
+            download_url_ttl: secs(
+                "download_url_ttl_secs",
+                get("download_url_ttl_secs", &args.download_url_ttl_secs),
+                86400,
+                60,
+                30 * 86400,
+            )?,
         };
 
         Ok(Settings {
@@ -433,10 +451,7 @@ fn parse_blob(
         let secret_access_key =
             get("s3_secret_access_key", &args.s3_secret_access_key).or_else(|| std::env::var("AWS_SECRET_ACCESS_KEY").ok());
         if access_key_id.is_some() != secret_access_key.is_some() {
-            return Err(ConfigError::new(
-                "s3_secret_access_key",
-                "S3 access key id and secret access key must be given together",
-            ));
+            return Err(ConfigError::new("s3_secret_access_key", "S3 access key id and secret access key must be given together"));
         }
         return Ok(BlobSettings::S3(S3Settings {
             bucket: bucket.to_string(),

@@ -3,23 +3,23 @@
 //! Reading order: `domain` (rules, no IO) → `storage` (all SQL) and `blob` (file bytes) →
 //! `services` (use cases) → adapters (`http`) → `startup` and `cli` (wiring).
 
+/// Blob storage: local folder or S3.
+pub mod blob;
 /// Command line: `updraft serve` and maintenance subcommands.
 pub mod cli;
 /// Layered, validated settings.
 pub mod config;
 /// Types, rules and decisions; no IO.
 pub mod domain;
-/// Blob storage: local folder or S3.
-pub mod blob;
-/// The database; the only module with SQL.
-pub mod storage;
-/// Use cases combining domain, storage and blobs.
-pub mod services;
 /// The HTTP adapter: routes, wire types, middleware.
 pub mod http;
 /// The connection-limited listener.
 pub mod net;
+/// Use cases combining domain, storage and blobs.
+pub mod services;
 /// Building and running the server.
 pub mod startup;
+/// The database; the only module with SQL.
+pub mod storage;
 /// Logs and metrics.
 pub mod telemetry;

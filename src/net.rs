@@ -149,7 +149,6 @@ impl axum::serve::Listener for TlsListener {
     }
 }
 
-
 /// Loads a PEM certificate chain and private key into a TLS server configuration
 /// (TLS 1.2 and 1.3, HTTP/1.1 via ALPN).
 pub fn tls_config(cert_path: &std::path::Path, key_path: &std::path::Path) -> anyhow::Result<Arc<rustls::ServerConfig>> {
@@ -194,12 +193,7 @@ where
     // A small write queue: hyper keeps polling a response body until this much is queued, even
     // when the client does not read. With many slow clients that queue, not the socket, is
     // what holds memory. It also caps request heads at 8 KiB (as nginx does by default).
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .keep_alive(true)
-        .max_buf_size(HTTP1_MAX_BUFFER);
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true).max_buf_size(HTTP1_MAX_BUFFER);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut connections = tokio::task::JoinSet::new();
     loop {

@@ -35,9 +35,8 @@ impl Application {
         let blobs = BlobStore::open(&settings.blob, settings.blob_cache_bytes).await?;
         let admin_key_digest = resolve_admin_key(&store, settings.admin_api_key.as_deref()).await?;
         let signing_key = resolve_signing_key(&store).await?;
-        let listener = TcpListener::bind(settings.listen)
-            .await
-            .with_context(|| format!("cannot listen on {} (UPDRAFT_LISTEN)", settings.listen))?;
+        let listener =
+            TcpListener::bind(settings.listen).await.with_context(|| format!("cannot listen on {} (UPDRAFT_LISTEN)", settings.listen))?;
         tracing::info!(
             address = %listener.local_addr()?,
             database = ?store.backend(),
@@ -53,13 +52,7 @@ impl Application {
             devices: Arc::new(DeviceRuntime::new(settings.devices.clone(), signing_key)),
         };
         devices::spawn_background(core.clone());
-        let state = AppState {
-            core,
-            settings: Arc::new(settings),
-            admin_key_digest,
-            metrics: telemetry::metrics_handle(),
-            started,
-        };
+        let state = AppState { core, settings: Arc::new(settings), admin_key_digest, metrics: telemetry::metrics_handle(), started };
         Ok(Application { listener, state })
     }
 

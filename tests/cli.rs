@@ -63,9 +63,21 @@ fn an_invalid_setting_stops_start_up_with_one_line_naming_the_setting_and_the_pr
     }
     let cases = [
         Case { env: &[("UPDRAFT_LISTEN", "nonsense")], args: &[], dotenv: None, setting: "UPDRAFT_LISTEN", problem: "nonsense" },
-        Case { env: &[("UPDRAFT_MAX_UPLOAD_BYTES", "lots")], args: &[], dotenv: None, setting: "UPDRAFT_MAX_UPLOAD_BYTES", problem: "lots" },
+        Case {
+            env: &[("UPDRAFT_MAX_UPLOAD_BYTES", "lots")],
+            args: &[],
+            dotenv: None,
+            setting: "UPDRAFT_MAX_UPLOAD_BYTES",
+            problem: "lots",
+        },
         Case { env: &[], args: &["--database-url", "mysql://x"], dotenv: None, setting: "UPDRAFT_DATABASE_URL", problem: "mysql://x" },
-        Case { env: &[], args: &[], dotenv: Some("UPDRAFT_SHUTDOWN_TIMEOUT_SECS=soon\n"), setting: "UPDRAFT_SHUTDOWN_TIMEOUT_SECS", problem: "soon" },
+        Case {
+            env: &[],
+            args: &[],
+            dotenv: Some("UPDRAFT_SHUTDOWN_TIMEOUT_SECS=soon\n"),
+            setting: "UPDRAFT_SHUTDOWN_TIMEOUT_SECS",
+            problem: "soon",
+        },
         Case { env: &[("UPDRAFT_LOG_FORMAT", "xml")], args: &[], dotenv: None, setting: "UPDRAFT_LOG_FORMAT", problem: "xml" },
     ];
     for case in cases {

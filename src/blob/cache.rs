@@ -52,18 +52,23 @@ impl BlobCache {
             let mut state = self.state.lock().expect("cache lock");
             state.clock += 1;
             let clock = state.clock;
-            let entry = state.entries.entry(key.to_string()).or_insert_with(|| Entry { cell: Arc::new(OnceCell::new()), size: 0, last_used: clock });
+            let entry = state.entries.entry(key.to_string()).or_insert_with(|| Entry {
+                cell: Arc::new(OnceCell::new()),
+                size: 0,
+                last_used: clock,
+            });
             entry.last_used = clock;
             entry.cell.clone()
         };
         let bytes = cell.get_or_try_init(load).await?.clone();
         let mut state = self.state.lock().expect("cache lock");
-        if let Some(entry) = state.entries.get_mut(key) {
-            if entry.size == 0 && Arc::ptr_eq(&entry.cell, &cell) {
-                entry.size = bytes.len().max(1);
-                state.total += bytes.len().max(1);
-                evict(&mut state, self.capacity, key);
-            }
+        if let Some(entry) = state.entries.get_mut(key)
+            && entry.size == 0
+            && Arc::ptr_eq(&entry.cell, &cell)
+        {
+            entry.size = bytes.len().max(1);
+            state.total += bytes.len().max(1);
+            evict(&mut state, self.capacity, key);
         }
         Ok(bytes)
     }

@@ -2,9 +2,9 @@
 //! renamed into place, so a reader never sees a partial file.
 
 use std::io;
-use std::sync::Arc;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -150,10 +150,10 @@ impl LocalWriter {
         fs::rename(&staging_path, &self.final_path).await.map_err(|e| io_error(e, "cannot move a blob into place"))?;
         self.staging_path = None;
         // Make the rename itself durable.
-        if let Some(parent) = self.final_path.parent() {
-            if let Ok(dir) = fs::File::open(parent).await {
-                let _ = dir.sync_all().await;
-            }
+        if let Some(parent) = self.final_path.parent()
+            && let Ok(dir) = fs::File::open(parent).await
+        {
+            let _ = dir.sync_all().await;
         }
         Ok(())
     }

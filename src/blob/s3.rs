@@ -28,10 +28,8 @@ pub struct S3Blobs {
 
 impl S3Blobs {
     pub fn open(settings: &S3Settings) -> anyhow::Result<S3Blobs> {
-        let mut builder = AmazonS3Builder::new()
-            .with_bucket_name(&settings.bucket)
-            .with_region(&settings.region)
-            .with_allow_http(settings.allow_http);
+        let mut builder =
+            AmazonS3Builder::new().with_bucket_name(&settings.bucket).with_region(&settings.region).with_allow_http(settings.allow_http);
         if let Some(endpoint) = &settings.endpoint {
             builder = builder.with_endpoint(endpoint).with_virtual_hosted_style_request(false);
         }
@@ -117,12 +115,12 @@ impl Drop for S3Writer {
         // Dropped mid-upload: abort the multipart upload in the background if a runtime is
         // still there. If not (process exit), the incomplete upload holds no object; a bucket
         // lifecycle rule removes its parts (docs/DEPLOYMENT.md).
-        if let Some(upload) = self.upload.take() {
-            if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                handle.spawn(async move {
-                    let _ = upload.abort().await;
-                });
-            }
+        if let Some(upload) = self.upload.take()
+            && let Ok(handle) = tokio::runtime::Handle::try_current()
+        {
+            handle.spawn(async move {
+                let _ = upload.abort().await;
+            });
         }
     }
 }

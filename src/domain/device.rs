@@ -57,7 +57,10 @@ pub fn check_poll_interval(seconds: u32) -> Result<u32> {
     if (MIN_POLL_INTERVAL_S..=MAX_POLL_INTERVAL_S).contains(&seconds) {
         Ok(seconds)
     } else {
-        Err(Error::invalid("invalid_poll_interval", format!("poll_interval_s must be between {MIN_POLL_INTERVAL_S} and {MAX_POLL_INTERVAL_S}")))
+        Err(Error::invalid(
+            "invalid_poll_interval",
+            format!("poll_interval_s must be between {MIN_POLL_INTERVAL_S} and {MAX_POLL_INTERVAL_S}"),
+        ))
     }
 }
 
@@ -115,7 +118,10 @@ pub fn check_setup_report(code: i64, title: Option<&str>) -> Result<(u8, String)
     let title = match title {
         None => default_setup_title(code).to_string(),
         Some(t) if !allowed.is_empty() && !allowed.contains(&t) => {
-            return Err(Error::invalid("invalid_setup_status", format!("title `{t}` is not valid with status_code {code}; expected one of {}", allowed.join(", "))));
+            return Err(Error::invalid(
+                "invalid_setup_status",
+                format!("title `{t}` is not valid with status_code {code}; expected one of {}", allowed.join(", ")),
+            ));
         }
         Some(t) if t.len() > 64 => return Err(Error::invalid("invalid_setup_status", "title must be at most 64 characters")),
         Some(t) => t.to_string(),
@@ -216,10 +222,14 @@ impl Device {
 
 pub fn check_tag(tag: &str) -> Result<String> {
     let tag = tag.trim();
-    if !tag.is_empty() && tag.len() <= 64 && tag.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':' | b'/')) {
+    if !tag.is_empty() && tag.len() <= 64 && tag.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':' | b'/'))
+    {
         Ok(tag.to_string())
     } else {
-        Err(Error::invalid("invalid_tag", format!("tag `{}` must be 1-64 letters, digits or `._-:/`", tag.chars().take(70).collect::<String>())))
+        Err(Error::invalid(
+            "invalid_tag",
+            format!("tag `{}` must be 1-64 letters, digits or `._-:/`", tag.chars().take(70).collect::<String>()),
+        ))
     }
 }
 

@@ -55,10 +55,7 @@ pub const KNOWN_CHIPS: [(u16, &str); 10] = [
 
 /// Returns the ESP-IDF target name of a header chip id, or `None` for an unknown id.
 pub fn chip_name(chip_id: u16) -> Option<&'static str> {
-    KNOWN_CHIPS
-        .iter()
-        .find(|(id, _)| *id == chip_id)
-        .map(|(_, name)| *name)
+    KNOWN_CHIPS.iter().find(|(id, _)| *id == chip_id).map(|(_, name)| *name)
 }
 
 /// Tells whether the first bytes of a file claim to be an ESP32-family app image header.
@@ -70,10 +67,7 @@ pub fn looks_like_esp32_app(first_bytes: &[u8]) -> bool {
     let Some(h) = first_bytes.get(..IMAGE_HEADER_LEN) else {
         return false;
     };
-    h[0] == IMAGE_MAGIC
-        && chip_name(u16::from_le_bytes([h[12], h[13]])).is_some()
-        && h[19..23] == [0, 0, 0, 0]
-        && h[23] <= 1
+    h[0] == IMAGE_MAGIC && chip_name(u16::from_le_bytes([h[12], h[13]])).is_some() && h[19..23] == [0, 0, 0, 0] && h[23] <= 1
 }
 
 /// XORs `data` into the running checksum `acc`, eight bytes at a time.
@@ -192,34 +186,23 @@ impl fmt::Display for EspImageError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::NoSegments => write!(f, "ESP image header declares no segments"),
-            Self::TooManySegments { count } => write!(
-                f,
-                "ESP image header declares {count} segments, more than the maximum of {MAX_SEGMENTS}"
-            ),
+            Self::TooManySegments { count } => {
+                write!(f, "ESP image header declares {count} segments, more than the maximum of {MAX_SEGMENTS}")
+            }
             Self::TruncatedSegmentHeader { index, available } => write!(
                 f,
                 "ESP image is truncated: the header of segment {index} needs {SEGMENT_HEADER_LEN} bytes but only {available} remain"
             ),
-            Self::TruncatedSegment {
-                index,
-                declared,
-                available,
-            } => write!(
-                f,
-                "ESP image is truncated: segment {index} declares {declared} bytes but only {available} remain"
-            ),
-            Self::TruncatedChecksum { offset } => write!(
-                f,
-                "ESP image is truncated: the checksum byte at offset {offset} is missing"
-            ),
-            Self::TruncatedHash { available } => write!(
-                f,
-                "ESP image is truncated: the header announces an appended SHA-256 but only {available} of its 32 bytes remain"
-            ),
-            Self::UnalignedSegment { index, len } => write!(
-                f,
-                "ESP image segment {index} is {len} bytes long, which is not a multiple of 4"
-            ),
+            Self::TruncatedSegment { index, declared, available } => {
+                write!(f, "ESP image is truncated: segment {index} declares {declared} bytes but only {available} remain")
+            }
+            Self::TruncatedChecksum { offset } => write!(f, "ESP image is truncated: the checksum byte at offset {offset} is missing"),
+            Self::TruncatedHash { available } => {
+                write!(f, "ESP image is truncated: the header announces an appended SHA-256 but only {available} of its 32 bytes remain")
+            }
+            Self::UnalignedSegment { index, len } => {
+                write!(f, "ESP image segment {index} is {len} bytes long, which is not a multiple of 4")
+            }
             Self::AppDescTooShort { len } => write!(
                 f,
                 "ESP image first segment is {len} bytes, too short for the {APP_DESC_LEN}-byte app descriptor (is this a bootloader?)"
@@ -231,10 +214,9 @@ impl fmt::Display for EspImageError {
             Self::BadString { field } => {
                 write!(f, "app descriptor field `{field}` is not valid UTF-8")
             }
-            Self::Checksum { computed, stored } => write!(
-                f,
-                "ESP image checksum mismatch: computed 0x{computed:02x}, stored 0x{stored:02x}"
-            ),
+            Self::Checksum { computed, stored } => {
+                write!(f, "ESP image checksum mismatch: computed 0x{computed:02x}, stored 0x{stored:02x}")
+            }
             Self::Hash { .. } => write!(f, "appended SHA-256 does not match the image contents"),
             Self::TooLarge => write!(f, "ESP image is larger than the 16 MiB limit"),
         }
@@ -296,9 +278,7 @@ impl EspImageInfo {
 
     /// The name of the SPI flash mode, or `None` for an unknown mode.
     pub fn spi_mode_name(&self) -> Option<&'static str> {
-        ["QIO", "QOUT", "DIO", "DOUT", "FAST_READ", "SLOW_READ"]
-            .get(usize::from(self.spi_mode))
-            .copied()
+        ["QIO", "QOUT", "DIO", "DOUT", "FAST_READ", "SLOW_READ"].get(usize::from(self.spi_mode)).copied()
     }
 
     /// `app_elf_sha256` as 64 lowercase hex digits.
@@ -332,11 +312,7 @@ enum Stage {
     /// Collecting the 8-byte header of segment `index` into `scratch`.
     SegmentHeader { index: u8 },
     /// Reading the data of segment `index`, of which `remaining` bytes are still expected.
-    SegmentData {
-        index: u8,
-        declared: u32,
-        remaining: u32,
-    },
+    SegmentData { index: u8, declared: u32, remaining: u32 },
     /// Skipping the padding before the checksum byte.
     Padding { remaining: u64 },
     /// Expecting the checksum byte.
@@ -438,25 +414,12 @@ impl EspImageParser {
         }
         match self.stage {
             Stage::Header | Stage::NotEsp => Ok(None),
-            Stage::SegmentHeader { index } => Err(EspImageError::TruncatedSegmentHeader {
-                index,
-                available: self.scratch_len,
-            }),
-            Stage::SegmentData {
-                index,
-                declared,
-                remaining,
-            } => Err(EspImageError::TruncatedSegment {
-                index,
-                declared,
-                available: declared - remaining,
-            }),
-            Stage::Padding { .. } | Stage::Checksum => Err(EspImageError::TruncatedChecksum {
-                offset: self.checksum_offset,
-            }),
-            Stage::Hash => Err(EspImageError::TruncatedHash {
-                available: self.scratch_len,
-            }),
+            Stage::SegmentHeader { index } => Err(EspImageError::TruncatedSegmentHeader { index, available: self.scratch_len }),
+            Stage::SegmentData { index, declared, remaining } => {
+                Err(EspImageError::TruncatedSegment { index, declared, available: declared - remaining })
+            }
+            Stage::Padding { .. } | Stage::Checksum => Err(EspImageError::TruncatedChecksum { offset: self.checksum_offset }),
+            Stage::Hash => Err(EspImageError::TruncatedHash { available: self.scratch_len }),
             Stage::Trailing => {
                 // Segment 0 is at least 256 bytes long and was read completely, so the descriptor
                 // is always present here; the fallback only avoids a panic path.
@@ -522,19 +485,11 @@ impl EspImageParser {
                     self.on_segment_header(index);
                 }
             }
-            Stage::SegmentData {
-                index,
-                declared,
-                remaining,
-            } => {
+            Stage::SegmentData { index, declared, remaining } => {
                 self.checksum = xor_checksum(self.checksum, data);
                 self.absorb(data);
                 let remaining = remaining - n as u32;
-                self.stage = Stage::SegmentData {
-                    index,
-                    declared,
-                    remaining,
-                };
+                self.stage = Stage::SegmentData { index, declared, remaining };
                 if index == 0 && self.desc_len < APP_DESC_LEN {
                     let k = n.min(APP_DESC_LEN - self.desc_len);
                     self.desc_raw[self.desc_len..self.desc_len + k].copy_from_slice(&data[..k]);
@@ -553,20 +508,13 @@ impl EspImageParser {
             Stage::Padding { remaining } => {
                 self.absorb(data);
                 let remaining = remaining - n as u64;
-                self.stage = if remaining == 0 {
-                    Stage::Checksum
-                } else {
-                    Stage::Padding { remaining }
-                };
+                self.stage = if remaining == 0 { Stage::Checksum } else { Stage::Padding { remaining } };
             }
             Stage::Checksum => {
                 self.absorb(data);
                 let stored = data[0];
                 if stored != self.checksum {
-                    self.error = Some(EspImageError::Checksum {
-                        computed: self.checksum,
-                        stored,
-                    });
+                    self.error = Some(EspImageError::Checksum { computed: self.checksum, stored });
                 } else if let Some(hasher) = self.hasher.take() {
                     self.computed_hash = hasher.finalize().into();
                     self.stage = Stage::Hash;
@@ -580,10 +528,7 @@ impl EspImageParser {
                 if self.scratch_len == 32 {
                     let stored = self.scratch;
                     if stored != self.computed_hash {
-                        self.error = Some(EspImageError::Hash {
-                            computed: self.computed_hash,
-                            stored,
-                        });
+                        self.error = Some(EspImageError::Hash { computed: self.computed_hash, stored });
                     } else {
                         self.appended_hash = Some(stored);
                         self.image_len = self.offset;
@@ -612,8 +557,7 @@ impl EspImageParser {
 
     /// Decides, from the complete 24-byte header, whether this is an ESP32 app image and what follows.
     fn on_image_header(&mut self) {
-        self.header
-            .copy_from_slice(&self.scratch[..IMAGE_HEADER_LEN]);
+        self.header.copy_from_slice(&self.scratch[..IMAGE_HEADER_LEN]);
         self.scratch_len = 0;
         if !looks_like_esp32_app(&self.header) {
             self.stage = Stage::NotEsp;
@@ -650,11 +594,7 @@ impl EspImageParser {
         } else if len == 0 {
             self.end_segment(index);
         } else {
-            self.stage = Stage::SegmentData {
-                index,
-                declared: len,
-                remaining: len,
-            };
+            self.stage = Stage::SegmentData { index, declared: len, remaining: len };
         }
     }
 
@@ -668,11 +608,7 @@ impl EspImageParser {
         let end = self.offset;
         self.checksum_offset = (end + 1).next_multiple_of(16) - 1;
         let padding = self.checksum_offset - end;
-        self.stage = if padding == 0 {
-            Stage::Checksum
-        } else {
-            Stage::Padding { remaining: padding }
-        };
+        self.stage = if padding == 0 { Stage::Checksum } else { Stage::Padding { remaining: padding } };
     }
 }
 
@@ -699,9 +635,7 @@ fn parse_app_desc(raw: &[u8; APP_DESC_LEN]) -> Result<AppDesc, EspImageError> {
 /// Reads a fixed-size C string field up to its first NUL (or its end); it must be valid UTF-8.
 fn c_string(field: &'static str, raw: &[u8]) -> Result<String, EspImageError> {
     let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
-    std::str::from_utf8(&raw[..end])
-        .map(str::to_owned)
-        .map_err(|_| EspImageError::BadString { field })
+    std::str::from_utf8(&raw[..end]).map(str::to_owned).map_err(|_| EspImageError::BadString { field })
 }
 
 /// Parses a complete image held in memory; the same as one `update` followed by `finish`.
@@ -829,10 +763,7 @@ pub mod builder {
             if self.payload_len > 0 {
                 let data_offset = 24 + 8 + segments[0].1.len() + 8;
                 let addr = irom + 0x1_0000 + (data_offset as u32 & 0xFFFF);
-                segments.push((
-                    addr,
-                    prng_bytes(self.seed, self.payload_len.next_multiple_of(4)),
-                ));
+                segments.push((addr, prng_bytes(self.seed, self.payload_len.next_multiple_of(4))));
             }
 
             // Last segment: a little code loaded into IRAM, where the entry point lies.
@@ -957,11 +888,7 @@ mod tests {
             let len = u32::from_le_bytes(image[pos + 4..pos + 8].try_into().unwrap()) as usize;
             pos += SEGMENT_HEADER_LEN + len;
         }
-        Layout {
-            segments,
-            data_end: pos,
-            checksum_at: (pos + 1).next_multiple_of(16) - 1,
-        }
+        Layout { segments, data_end: pos, checksum_at: (pos + 1).next_multiple_of(16) - 1 }
     }
 
     /// Recomputes the checksum and appended hash after a test edited bytes inside the segments,
@@ -1005,20 +932,11 @@ mod tests {
 
     #[test]
     fn valid_images_of_several_chips_parse_identically_for_every_chunk_size() {
-        let chips = [
-            (0x0000, "esp32"),
-            (0x0002, "esp32s2"),
-            (0x0005, "esp32c3"),
-            (0x0009, "esp32s3"),
-            (0x000D, "esp32c6"),
-            (0x0017, "esp32c5"),
-        ];
+        let chips =
+            [(0x0000, "esp32"), (0x0002, "esp32s2"), (0x0005, "esp32c3"), (0x0009, "esp32s3"), (0x000D, "esp32c6"), (0x0017, "esp32c5")];
         for (i, (chip_id, name)) in chips.into_iter().enumerate() {
-            let image = EspImageBuilder::new("thermostat", "1.4.2")
-                .chip_id(chip_id)
-                .hash_appended(i % 2 == 0)
-                .payload_len(1000 + 37 * i)
-                .build();
+            let image =
+                EspImageBuilder::new("thermostat", "1.4.2").chip_id(chip_id).hash_appended(i % 2 == 0).payload_len(1000 + 37 * i).build();
             let expected = parse(&image).unwrap().unwrap();
             assert_eq!(expected.chip, Some(name));
             assert_eq!(expected.chip_id, chip_id);
@@ -1028,11 +946,7 @@ mod tests {
             assert_eq!(expected.image_len, image.len() as u64);
             assert_eq!(expected.trailing_bytes, 0);
             for size in (1..=64).chain([4096]) {
-                assert_eq!(
-                    parse_in_chunks(&image, size),
-                    Ok(Some(expected.clone())),
-                    "chip {name}, chunk size {size}"
-                );
+                assert_eq!(parse_in_chunks(&image, size), Ok(Some(expected.clone())), "chip {name}, chunk size {size}");
             }
         }
     }
@@ -1055,24 +969,14 @@ mod tests {
         assert_eq!(info.entry_addr, 0x4037_4004);
         assert_eq!((info.min_chip_rev_full, info.max_chip_rev_full), (0, 99));
         assert_eq!(info.idf_ver, "v5.2.2-dirty");
-        assert_eq!(
-            (info.compile_date.as_str(), info.compile_time.as_str()),
-            ("Mar 14 2026", "09:26:53")
-        );
+        assert_eq!((info.compile_date.as_str(), info.compile_time.as_str()), ("Mar 14 2026", "09:26:53"));
         assert_eq!(info.secure_version, 3);
         assert_eq!(info.app_elf_sha256[..], image[32 + 144..32 + 176]);
         assert_eq!(info.app_elf_sha256_hex(), hex::encode(&image[176..208]));
-        assert_eq!(
-            info.appended_sha256.unwrap()[..],
-            Sha256::digest(&image[..=l.checksum_at])[..]
-        );
+        assert_eq!(info.appended_sha256.unwrap()[..], Sha256::digest(&image[..=l.checksum_at])[..]);
         assert_eq!(info.appended_sha256_hex().unwrap().len(), 64);
         assert_eq!(info.image_len as usize, l.checksum_at + 33);
-        assert_eq!(
-            image.len() % 16,
-            0,
-            "checksum byte ends a 16-byte block and the hash is 32 bytes"
-        );
+        assert_eq!(image.len() % 16, 0, "checksum byte ends a 16-byte block and the hash is 32 bytes");
     }
 
     #[test]
@@ -1088,9 +992,7 @@ mod tests {
     #[test]
     fn trailing_bytes_after_the_image_are_counted_and_accepted() {
         let plain = EspImageBuilder::new("p", "1").build();
-        let padded = EspImageBuilder::new("p", "1")
-            .trailing_bytes(&[0xFF; 4096 + 5])
-            .build();
+        let padded = EspImageBuilder::new("p", "1").trailing_bytes(&[0xFF; 4096 + 5]).build();
         let info = parse_in_chunks(&padded, 7).unwrap().unwrap();
         assert_eq!(info.trailing_bytes, 4101);
         assert_eq!(info.image_len, plain.len() as u64);
@@ -1101,25 +1003,17 @@ mod tests {
         // Segment data lengths are multiples of 4, so the padding is always 3, 7, 11 or 15 bytes.
         let mut seen = std::collections::BTreeSet::new();
         for payload in (0..64).step_by(4) {
-            let image = EspImageBuilder::new("p", "1")
-                .payload_len(payload)
-                .hash_appended(false)
-                .build();
+            let image = EspImageBuilder::new("p", "1").payload_len(payload).hash_appended(false).build();
             let l = layout(&image);
             seen.insert(l.checksum_at - l.data_end);
-            assert_eq!(
-                parse_in_chunks(&image, 3).unwrap().unwrap().image_len as usize,
-                l.checksum_at + 1
-            );
+            assert_eq!(parse_in_chunks(&image, 3).unwrap().unwrap().image_len as usize, l.checksum_at + 1);
         }
         assert_eq!(seen.into_iter().collect::<Vec<_>>(), [3, 7, 11, 15]);
     }
 
     #[test]
     fn a_multi_megabyte_image_streams_in_large_and_odd_chunks() {
-        let image = EspImageBuilder::new("big", "9.9.9")
-            .payload_len(3 * 1024 * 1024 + 3)
-            .build();
+        let image = EspImageBuilder::new("big", "9.9.9").payload_len(3 * 1024 * 1024 + 3).build();
         let expected = parse_in_chunks(&image, 1 << 20).unwrap().unwrap();
         assert_eq!(parse_in_chunks(&image, 65_537), Ok(Some(expected.clone())));
         assert!(expected.image_len > 3 * 1024 * 1024);
@@ -1127,11 +1021,7 @@ mod tests {
 
     #[test]
     fn parser_memory_is_fixed_and_small() {
-        assert!(
-            std::mem::size_of::<EspImageParser>() < 1024,
-            "{}",
-            std::mem::size_of::<EspImageParser>()
-        );
+        assert!(std::mem::size_of::<EspImageParser>() < 1024, "{}", std::mem::size_of::<EspImageParser>());
     }
 
     #[test]
@@ -1146,12 +1036,7 @@ mod tests {
             let err = parse_in_chunks(&image, 5).unwrap_err();
             assert_eq!(err, EspImageError::Checksum { computed, stored });
             assert_eq!(err.code(), "esp_image_checksum");
-            assert_eq!(
-                err.to_string(),
-                format!(
-                    "ESP image checksum mismatch: computed 0x{computed:02x}, stored 0x{stored:02x}"
-                )
-            );
+            assert_eq!(err.to_string(), format!("ESP image checksum mismatch: computed 0x{computed:02x}, stored 0x{stored:02x}"));
         }
     }
 
@@ -1165,10 +1050,7 @@ mod tests {
             let err = parse_in_chunks(&bad, 9).unwrap_err();
             assert!(matches!(err, EspImageError::Hash { .. }), "{err:?}");
             assert_eq!(err.code(), "esp_image_hash");
-            assert_eq!(
-                err.to_string(),
-                "appended SHA-256 does not match the image contents"
-            );
+            assert_eq!(err.to_string(), "appended SHA-256 does not match the image contents");
         }
     }
 
@@ -1176,69 +1058,18 @@ mod tests {
     fn truncation_reports_which_part_is_missing() {
         let image = EspImageBuilder::new("p", "1").build();
         let l = layout(&image);
-        let [s0, s1, s2] = l.segments[..] else {
-            panic!("three segments expected")
-        };
+        let [s0, s1, s2] = l.segments[..] else { panic!("three segments expected") };
         let seg_len = |at: usize| u32::from_le_bytes(image[at + 4..at + 8].try_into().unwrap());
         use EspImageError::*;
         let cases = [
-            (
-                24,
-                TruncatedSegmentHeader {
-                    index: 0,
-                    available: 0,
-                },
-            ),
-            (
-                28,
-                TruncatedSegmentHeader {
-                    index: 0,
-                    available: 4,
-                },
-            ),
-            (
-                100,
-                TruncatedSegment {
-                    index: 0,
-                    declared: seg_len(s0),
-                    available: 68,
-                },
-            ),
-            (
-                s1 + 3,
-                TruncatedSegmentHeader {
-                    index: 1,
-                    available: 3,
-                },
-            ),
-            (
-                s1 + 8 + 100,
-                TruncatedSegment {
-                    index: 1,
-                    declared: seg_len(s1),
-                    available: 100,
-                },
-            ),
-            (
-                s2 + 8,
-                TruncatedSegment {
-                    index: 2,
-                    declared: seg_len(s2),
-                    available: 0,
-                },
-            ),
-            (
-                l.data_end,
-                TruncatedChecksum {
-                    offset: l.checksum_at as u64,
-                },
-            ),
-            (
-                l.checksum_at,
-                TruncatedChecksum {
-                    offset: l.checksum_at as u64,
-                },
-            ),
+            (24, TruncatedSegmentHeader { index: 0, available: 0 }),
+            (28, TruncatedSegmentHeader { index: 0, available: 4 }),
+            (100, TruncatedSegment { index: 0, declared: seg_len(s0), available: 68 }),
+            (s1 + 3, TruncatedSegmentHeader { index: 1, available: 3 }),
+            (s1 + 8 + 100, TruncatedSegment { index: 1, declared: seg_len(s1), available: 100 }),
+            (s2 + 8, TruncatedSegment { index: 2, declared: seg_len(s2), available: 0 }),
+            (l.data_end, TruncatedChecksum { offset: l.checksum_at as u64 }),
+            (l.checksum_at, TruncatedChecksum { offset: l.checksum_at as u64 }),
             (l.checksum_at + 1, TruncatedHash { available: 0 }),
             (l.checksum_at + 29, TruncatedHash { available: 28 }),
         ];
@@ -1250,10 +1081,7 @@ mod tests {
             }
         }
         let message = parse(&image[..s1 + 8 + 100]).unwrap_err().to_string();
-        assert_eq!(
-            message,
-            "ESP image is truncated: segment 1 declares 1024 bytes but only 100 remain"
-        );
+        assert_eq!(message, "ESP image is truncated: segment 1 declares 1024 bytes but only 100 remain");
     }
 
     #[test]
@@ -1273,10 +1101,7 @@ mod tests {
         let err = parse(&image).unwrap_err();
         assert_eq!(err, EspImageError::TooManySegments { count: 17 });
         assert_eq!(err.code(), "esp_image_too_many_segments");
-        assert_eq!(
-            err.to_string(),
-            "ESP image header declares 17 segments, more than the maximum of 16"
-        );
+        assert_eq!(err.to_string(), "ESP image header declares 17 segments, more than the maximum of 16");
     }
 
     #[test]
@@ -1287,11 +1112,7 @@ mod tests {
         let err = parse_in_chunks(&image, 2).unwrap_err();
         assert_eq!(err, EspImageError::NoAppDesc { found: 0xABCD_5433 });
         assert_eq!(err.code(), "esp_image_no_app_desc");
-        assert!(
-            err.to_string()
-                .starts_with("app descriptor magic 0xABCD5432 not found at offset 32"),
-            "{err}"
-        );
+        assert!(err.to_string().starts_with("app descriptor magic 0xABCD5432 not found at offset 32"), "{err}");
     }
 
     #[test]
@@ -1311,20 +1132,8 @@ mod tests {
         image[s1 + 4..s1 + 8].copy_from_slice(&0x7FFF_FFF0u32.to_le_bytes());
         let available = (image.len() - s1 - 8) as u32;
         let err = parse_in_chunks(&image, 33).unwrap_err();
-        assert_eq!(
-            err,
-            EspImageError::TruncatedSegment {
-                index: 1,
-                declared: 0x7FFF_FFF0,
-                available
-            }
-        );
-        assert_eq!(
-            err.to_string(),
-            format!(
-                "ESP image is truncated: segment 1 declares 2147483632 bytes but only {available} remain"
-            )
-        );
+        assert_eq!(err, EspImageError::TruncatedSegment { index: 1, declared: 0x7FFF_FFF0, available });
+        assert_eq!(err.to_string(), format!("ESP image is truncated: segment 1 declares 2147483632 bytes but only {available} remain"));
     }
 
     #[test]
@@ -1339,22 +1148,14 @@ mod tests {
 
     #[test]
     fn invalid_utf8_in_a_descriptor_string_is_rejected_not_replaced() {
-        for (offset, field) in [
-            (16, "version"),
-            (48, "project_name"),
-            (112, "idf_ver"),
-            (80, "time"),
-        ] {
+        for (offset, field) in [(16, "version"), (48, "project_name"), (112, "idf_ver"), (80, "time")] {
             let mut image = EspImageBuilder::new("p", "1").build();
             image[32 + offset + 1] = 0xC3; // A lead byte followed by NUL is not valid UTF-8.
             reseal(&mut image);
             let err = parse_in_chunks(&image, 11).unwrap_err();
             assert_eq!(err, EspImageError::BadString { field });
             assert_eq!(err.code(), "esp_image_bad_string");
-            assert_eq!(
-                err.to_string(),
-                format!("app descriptor field `{field}` is not valid UTF-8")
-            );
+            assert_eq!(err.to_string(), format!("app descriptor field `{field}` is not valid UTF-8"));
         }
     }
 
@@ -1365,11 +1166,7 @@ mod tests {
         reseal(&mut image);
         assert_eq!(parse(&image).unwrap().unwrap().version, "v".repeat(32));
         let long = EspImageBuilder::new(&"é".repeat(20), "1").build();
-        assert_eq!(
-            parse(&long).unwrap().unwrap().project_name,
-            "é".repeat(15),
-            "builder cuts at a char boundary"
-        );
+        assert_eq!(parse(&long).unwrap().unwrap().project_name, "é".repeat(15), "builder cuts at a char boundary");
     }
 
     #[test]
@@ -1400,13 +1197,7 @@ mod tests {
             parser.update(&filler);
         }
         let err = parser.finish().unwrap_err();
-        assert_eq!(
-            (err.code(), err.to_string().as_str()),
-            (
-                "esp_image_too_large",
-                "ESP image is larger than the 16 MiB limit"
-            )
-        );
+        assert_eq!((err.code(), err.to_string().as_str()), ("esp_image_too_large", "ESP image is larger than the 16 MiB limit"));
     }
 
     #[test]
@@ -1419,11 +1210,7 @@ mod tests {
             if i % 2 == 0 {
                 data[0] = IMAGE_MAGIC;
             }
-            assert_eq!(
-                parse_in_chunks(&data, 1 + rng.below(100)),
-                Ok(None),
-                "random input {i}"
-            );
+            assert_eq!(parse_in_chunks(&data, 1 + rng.below(100)), Ok(None), "random input {i}");
         }
         // A valid image with an unknown chip id, non-zero reserved bytes or hash flag 2 makes no claim.
         let image = EspImageBuilder::new("p", "1").build();
@@ -1463,10 +1250,7 @@ mod tests {
             assert_eq!(xor_checksum(CHECKSUM_SEED, &data), bytewise, "len {len}");
             // Streaming in uneven pieces gives the same value.
             let split = rng.below(len + 1);
-            assert_eq!(
-                xor_checksum(xor_checksum(CHECKSUM_SEED, &data[..split]), &data[split..]),
-                bytewise
-            );
+            assert_eq!(xor_checksum(xor_checksum(CHECKSUM_SEED, &data[..split]), &data[split..]), bytewise);
         }
     }
 
@@ -1484,10 +1268,7 @@ mod tests {
                     let info = result.unwrap().unwrap();
                     assert_eq!((info.hash_appended, info.trailing_bytes), (false, 32));
                 } else {
-                    assert!(
-                        !matches!(result, Ok(Some(_))),
-                        "flip {mask:#x} at {at} went unnoticed"
-                    );
+                    assert!(!matches!(result, Ok(Some(_))), "flip {mask:#x} at {at} went unnoticed");
                 }
             }
         }
@@ -1497,16 +1278,8 @@ mod tests {
     fn random_mutations_never_panic_and_chunking_never_changes_the_result() {
         let bases = [
             EspImageBuilder::new("p", "1").build(),
-            EspImageBuilder::new("q", "2")
-                .chip_id(0x0005)
-                .hash_appended(false)
-                .payload_len(300)
-                .build(),
-            EspImageBuilder::new("r", "3")
-                .chip_id(0x0009)
-                .payload_len(0)
-                .trailing_bytes(&[0xFF; 40])
-                .build(),
+            EspImageBuilder::new("q", "2").chip_id(0x0005).hash_appended(false).payload_len(300).build(),
+            EspImageBuilder::new("r", "3").chip_id(0x0009).payload_len(0).trailing_bytes(&[0xFF; 40]).build(),
         ];
         let mut rng = Rng(0x5EED);
         let mut outcomes = std::collections::BTreeMap::<&str, usize>::new();
@@ -1518,12 +1291,8 @@ mod tests {
                     0 => data[at] ^= 1 << rng.below(8),
                     1 => data[at] = rng.next() as u8,
                     2 => data.truncate(at),
-                    3 => data
-                        .splice(at..at, prng_bytes(rng.next(), rng.below(40)))
-                        .for_each(drop),
-                    4 => data
-                        .drain(at..(at + rng.below(40)).min(data.len()))
-                        .for_each(drop),
+                    3 => data.splice(at..at, prng_bytes(rng.next(), rng.below(40))).for_each(drop),
+                    4 => data.drain(at..(at + rng.below(40)).min(data.len())).for_each(drop),
                     _ => {
                         // Overwrite a 32-bit field with an extreme value (a length, a count, a magic).
                         let value = [0u32, 3, 0xFFFF_FFFC, 0xFFFF_FFFF, 1 << 24][rng.below(5)];
@@ -1553,17 +1322,8 @@ mod tests {
             *outcomes.entry(outcome).or_default() += 1;
         }
         // The mutations reach every kind of outcome, not just one early failure.
-        for kind in [
-            "valid",
-            "not_esp",
-            "esp_image_truncated",
-            "esp_image_checksum",
-            "esp_image_hash",
-        ] {
-            assert!(
-                outcomes.contains_key(kind),
-                "no {kind} outcome in {outcomes:?}"
-            );
+        for kind in ["valid", "not_esp", "esp_image_truncated", "esp_image_checksum", "esp_image_hash"] {
+            assert!(outcomes.contains_key(kind), "no {kind} outcome in {outcomes:?}");
         }
     }
 
@@ -1575,13 +1335,7 @@ mod tests {
             (TruncatedChecksum { offset: 1 }, "esp_image_truncated"),
             (TruncatedHash { available: 1 }, "esp_image_truncated"),
             (TooLarge, "esp_image_too_large"),
-            (
-                Hash {
-                    computed: [0; 32],
-                    stored: [1; 32],
-                },
-                "esp_image_hash",
-            ),
+            (Hash { computed: [0; 32], stored: [1; 32] }, "esp_image_hash"),
         ];
         for (error, code) in codes {
             assert_eq!(error.code(), code);

@@ -14,9 +14,7 @@ pub struct Product(String);
 impl Product {
     pub fn parse(input: &str) -> Result<Product> {
         let text = input.trim();
-        let ok = !text.is_empty()
-            && text.len() <= 64
-            && text.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        let ok = !text.is_empty() && text.len() <= 64 && text.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
         if ok {
             Ok(Product(text.to_string()))
         } else {
@@ -140,7 +138,9 @@ pub fn resolve(meta: &UploadMeta, image: Option<&EspImageInfo>) -> Result<Artifa
                 ),
             )
         })?,
-        (None, _) => return Err(Error::invalid("missing_product", "`product` is required (the file is not an ESP32 app image that names it)")),
+        (None, _) => {
+            return Err(Error::invalid("missing_product", "`product` is required (the file is not an ESP32 app image that names it)"));
+        }
     };
 
     let embedded_version = image.map(|i| i.version.as_str()).filter(|v| !v.is_empty());
@@ -150,13 +150,13 @@ pub fn resolve(meta: &UploadMeta, image: Option<&EspImageInfo>) -> Result<Artifa
             if let Some(embedded) = embedded {
                 // An embedded version that is not a version at all (e.g. a git hash) cannot
                 // contradict anything; one that is a version must agree.
-                if let Ok(embedded_version) = Version::parse(embedded) {
-                    if embedded_version.canonical() != version.canonical() {
-                        return Err(Error::unprocessable(
-                            "version_mismatch",
-                            format!("the given version `{}` contradicts the version `{embedded}` embedded in the ESP image", given.trim()),
-                        ));
-                    }
+                if let Ok(embedded_version) = Version::parse(embedded)
+                    && embedded_version.canonical() != version.canonical()
+                {
+                    return Err(Error::unprocessable(
+                        "version_mismatch",
+                        format!("the given version `{}` contradicts the version `{embedded}` embedded in the ESP image", given.trim()),
+                    ));
                 }
             }
             (version, given.trim().to_string())
@@ -170,7 +170,9 @@ pub fn resolve(meta: &UploadMeta, image: Option<&EspImageInfo>) -> Result<Artifa
             })?;
             (version, embedded.trim().to_string())
         }
-        (None, None) => return Err(Error::invalid("missing_version", "`version` is required (the file is not an ESP32 app image that names it)")),
+        (None, None) => {
+            return Err(Error::invalid("missing_version", "`version` is required (the file is not an ESP32 app image that names it)"));
+        }
     };
 
     let mut hardware = parse_hardware_list(&meta.hardware)?;
@@ -190,14 +192,7 @@ pub fn resolve(meta: &UploadMeta, image: Option<&EspImageInfo>) -> Result<Artifa
         Some(channel) => Channel::parse(channel)?,
         None => Channel(Channel::DEFAULT.into()),
     };
-    Ok(ArtifactSpec {
-        product,
-        version,
-        version_label,
-        hardware,
-        notes: meta.notes.clone().unwrap_or_default(),
-        channel,
-    })
+    Ok(ArtifactSpec { product, version, version_label, hardware, notes: meta.notes.clone().unwrap_or_default(), channel })
 }
 
 /// Splits, validates, lower-cases and de-duplicates hardware identifiers.

@@ -9,7 +9,8 @@ use super::error::{Error, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Mac([u8; 6]);
 
-const ACCEPTED: &str = "accepted forms: AA:BB:CC:DD:EE:FF, aa-bb-cc-dd-ee-ff, aabbccddeeff, or the decimal eFuse MAC (esp32FOTA's ESP.getEfuseMac())";
+const ACCEPTED: &str =
+    "accepted forms: AA:BB:CC:DD:EE:FF, aa-bb-cc-dd-ee-ff, aabbccddeeff, or the decimal eFuse MAC (esp32FOTA's ESP.getEfuseMac())";
 
 impl Mac {
     /// Parses `AA:BB:CC:DD:EE:FF`, `aa-bb-cc-dd-ee-ff`, `AABB.CCDD.EEFF`, `aabbccddeeff`
@@ -18,7 +19,8 @@ impl Mac {
     /// lowest byte is the MAC's first byte.
     pub fn parse(input: &str) -> Result<Mac> {
         let text = input.trim();
-        let invalid = || Error::invalid("invalid_mac", format!("`{}` is not a MAC address; {ACCEPTED}", text.chars().take(40).collect::<String>()));
+        let invalid =
+            || Error::invalid("invalid_mac", format!("`{}` is not a MAC address; {ACCEPTED}", text.chars().take(40).collect::<String>()));
         if let Some(decimal) = text.strip_prefix("efuse:") {
             return Mac::from_efuse_decimal(decimal).ok_or_else(invalid);
         }
@@ -103,7 +105,9 @@ mod tests {
     #[test]
     fn every_common_form_parses_to_the_same_mac() {
         let expected = "24:0A:C4:12:34:56";
-        for input in ["24:0A:C4:12:34:56", "24:0a:c4:12:34:56", "24-0a-c4-12-34-56", "240ac4123456", "240A.C412.3456", " 24:0A:C4:12:34:56 "] {
+        for input in
+            ["24:0A:C4:12:34:56", "24:0a:c4:12:34:56", "24-0a-c4-12-34-56", "240ac4123456", "240A.C412.3456", " 24:0A:C4:12:34:56 "]
+        {
             assert_eq!(Mac::parse(input).unwrap().canonical(), expected, "{input}");
         }
     }
@@ -119,7 +123,16 @@ mod tests {
 
     #[test]
     fn malformed_macs_name_the_accepted_forms() {
-        for input in ["", "24:0A:C4:12:34", "24:0A:C4:12:34:5G", "24:0A-C4:12:34:56:", "240ac41234567", "2:40A:C4:12:34:56", "999999999999999", "CE:13:14:15"] {
+        for input in [
+            "",
+            "24:0A:C4:12:34",
+            "24:0A:C4:12:34:5G",
+            "24:0A-C4:12:34:56:",
+            "240ac41234567",
+            "2:40A:C4:12:34:56",
+            "999999999999999",
+            "CE:13:14:15",
+        ] {
             let error = Mac::parse(input).unwrap_err();
             assert_eq!(error.code(), "invalid_mac", "{input}");
             assert!(error.to_string().contains("accepted forms"), "{error}");

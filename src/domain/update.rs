@@ -124,7 +124,11 @@ mod tests {
 
     #[test]
     fn the_newest_build_for_the_hardware_is_offered() {
-        let builds = [artifact("a", "1.0.0", &["esp32"], "stable"), artifact("b", "1.2.0", &["esp32"], "stable"), artifact("c", "1.1.0", &["esp32"], "stable")];
+        let builds = [
+            artifact("a", "1.0.0", &["esp32"], "stable"),
+            artifact("b", "1.2.0", &["esp32"], "stable"),
+            artifact("c", "1.1.0", &["esp32"], "stable"),
+        ];
         assert_eq!(offered(&decide(&device(Some("1.0.0")), &builds)), Some("b"));
         assert_eq!(offered(&decide(&device(None), &builds)), Some("b"));
     }

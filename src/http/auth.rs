@@ -36,14 +36,9 @@ pub fn bearer_or_header<'a>(parts: &'a Parts, header: &str) -> Option<&'a str> {
 
 /// Like `bearer_or_header`, from a header map.
 pub fn credential<'a>(headers: &'a axum::http::HeaderMap, header: &str) -> Option<&'a str> {
-    let bearer = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, credential) = v.trim().split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then_some(credential.trim())
-        });
-    bearer
-        .or_else(|| headers.get(header).and_then(|v| v.to_str().ok()).map(str::trim))
-        .filter(|v| !v.is_empty())
+    let bearer = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| {
+        let (scheme, credential) = v.trim().split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then_some(credential.trim())
+    });
+    bearer.or_else(|| headers.get(header).and_then(|v| v.to_str().ok()).map(str::trim)).filter(|v| !v.is_empty())
 }

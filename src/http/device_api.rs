@@ -52,11 +52,8 @@ impl FromRequestParts<AppState> for ClientIp {
                 return Ok(ClientIp(ip));
             }
         }
-        let peer = parts
-            .extensions
-            .get::<ConnectInfo<ClientAddr>>()
-            .map(|ConnectInfo(addr)| addr.0.ip())
-            .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+        let peer =
+            parts.extensions.get::<ConnectInfo<ClientAddr>>().map(|ConnectInfo(addr)| addr.0.ip()).unwrap_or(IpAddr::from([127, 0, 0, 1]));
         Ok(ClientIp(peer))
     }
 }
@@ -213,7 +210,11 @@ pub struct DownloadQuery {
         (status = 409, body = ErrorBody), (status = 429, body = ErrorBody),
     )
 )]
-async fn provision(State(state): State<AppState>, ClientIp(ip): ClientIp, ApiJson(body): ApiJson<ProvisionBody>) -> ApiResult<(StatusCode, Json<ProvisionAnswer>)> {
+async fn provision(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    ApiJson(body): ApiJson<ProvisionBody>,
+) -> ApiResult<(StatusCode, Json<ProvisionAnswer>)> {
     let provisioned = service::provision(
         &state.core,
         ProvisionRequest {
@@ -253,7 +254,12 @@ async fn provision(State(state): State<AppState>, ClientIp(ip): ClientIp, ApiJso
     responses((status = 200, body = CheckinResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)),
     security(("device_token" = []))
 )]
-async fn checkin_post(State(state): State<AppState>, DeviceAuth(device, ip): DeviceAuth, headers: HeaderMap, ApiJson(body): ApiJson<CheckinBody>) -> ApiResult<Json<CheckinResponse>> {
+async fn checkin_post(
+    State(state): State<AppState>,
+    DeviceAuth(device, ip): DeviceAuth,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<CheckinBody>,
+) -> ApiResult<Json<CheckinResponse>> {
     let report = CheckinReport { version: body.version, product: body.product, hardware: body.hardware, attributes: body.attributes };
     let device_id = device.id.clone();
     let answer = service::checkin(&state.core, device, report, Some(ip)).await?;
@@ -267,7 +273,12 @@ async fn checkin_post(State(state): State<AppState>, DeviceAuth(device, ip): Dev
     responses((status = 200, body = CheckinResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)),
     security(("device_token" = []))
 )]
-async fn checkin_get(State(state): State<AppState>, DeviceAuth(device, ip): DeviceAuth, headers: HeaderMap, ApiQuery(query): ApiQuery<CheckinQuery>) -> ApiResult<Json<CheckinResponse>> {
+async fn checkin_get(
+    State(state): State<AppState>,
+    DeviceAuth(device, ip): DeviceAuth,
+    headers: HeaderMap,
+    ApiQuery(query): ApiQuery<CheckinQuery>,
+) -> ApiResult<Json<CheckinResponse>> {
     let report = CheckinReport { version: query.version, product: query.product, hardware: query.hardware, attributes: None };
     let device_id = device.id.clone();
     let answer = service::checkin(&state.core, device, report, Some(ip)).await?;
@@ -299,11 +310,21 @@ fn checkin_response(state: &AppState, device_id: &str, answer: CheckinAnswer, he
     responses((status = 200, body = AttemptView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("device_token" = []))
 )]
-async fn update_status(State(state): State<AppState>, DeviceAuth(device, _): DeviceAuth, ApiJson(body): ApiJson<UpdateStatusBody>) -> ApiResult<Json<AttemptView>> {
+async fn update_status(
+    State(state): State<AppState>,
+    DeviceAuth(device, _): DeviceAuth,
+    ApiJson(body): ApiJson<UpdateStatusBody>,
+) -> ApiResult<Json<AttemptView>> {
     let attempt = service::report_update(
         &state.core,
         &device,
-        StatusReport { release_id: body.release_id, version: body.version, state: body.state, progress: body.progress, message: body.message },
+        StatusReport {
+            release_id: body.release_id,
+            version: body.version,
+            state: body.state,
+            progress: body.progress,
+            message: body.message,
+        },
     )
     .await?;
     let mut attempts = state.core.store.list_attempts(&device.id, 1).await?;
@@ -318,7 +339,11 @@ async fn update_status(State(state): State<AppState>, DeviceAuth(device, _): Dev
     responses((status = 200, body = Paired), (status = 401, body = ErrorBody), (status = 409, description = "Unknown, expired or used key", body = ErrorBody), (status = 429, body = ErrorBody)),
     security(("device_token" = []))
 )]
-async fn pair(State(state): State<AppState>, DeviceAuth(device, ip): DeviceAuth, ApiJson(body): ApiJson<PairBody>) -> ApiResult<Json<Paired>> {
+async fn pair(
+    State(state): State<AppState>,
+    DeviceAuth(device, ip): DeviceAuth,
+    ApiJson(body): ApiJson<PairBody>,
+) -> ApiResult<Json<Paired>> {
     let owner = service::pair(&state.core, &device, &body.pair_key, ip).await?;
     Ok(Json(Paired { device_id: device.id.clone(), owner }))
 }
@@ -330,7 +355,11 @@ async fn pair(State(state): State<AppState>, DeviceAuth(device, ip): DeviceAuth,
     responses((status = 204, description = "Recorded"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
     security(("device_token" = []))
 )]
-async fn setup_status(State(state): State<AppState>, DeviceAuth(device, _): DeviceAuth, ApiJson(body): ApiJson<SetupStatusBody>) -> ApiResult<StatusCode> {
+async fn setup_status(
+    State(state): State<AppState>,
+    DeviceAuth(device, _): DeviceAuth,
+    ApiJson(body): ApiJson<SetupStatusBody>,
+) -> ApiResult<StatusCode> {
     service::report_setup(&state.core, &device, body.status_code, body.title.as_deref(), body.description.as_deref()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -362,11 +391,16 @@ async fn download(
                 state.core.devices.limiter.record_failure(ip);
                 return Err(e.into());
             }
-            std::sync::Arc::new(state.core.store.find_device(device_id).await?.ok_or_else(|| Error::Forbidden("the device of this link no longer exists".into()))?)
+            std::sync::Arc::new(
+                state
+                    .core
+                    .store
+                    .find_device(device_id)
+                    .await?
+                    .ok_or_else(|| Error::Forbidden("the device of this link no longer exists".into()))?,
+            )
         }
-        _ => {
-            service::authenticate(&state.core, super::auth::credential(&headers, "x-device-token"), ip).await?
-        }
+        _ => service::authenticate(&state.core, super::auth::credential(&headers, "x-device-token"), ip).await?,
     };
     let artifact = state.core.store.find_artifact(&id).await?.ok_or_else(|| Error::not_found("artifact", &id))?;
     // A device reaches only its own product's builds.

@@ -375,7 +375,11 @@ fn setup_view(event: &SetupEvent) -> SetupStatusView {
     responses((status = 201, body = DeviceCreated), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 409, description = "MAC already registered", body = ErrorBody)),
     security(("bearer" = []), ("admin_key" = []))
 )]
-async fn create_device(State(state): State<AppState>, _admin: Admin, ApiJson(body): ApiJson<CreateDeviceBody>) -> ApiResult<(StatusCode, Json<DeviceCreated>)> {
+async fn create_device(
+    State(state): State<AppState>,
+    _admin: Admin,
+    ApiJson(body): ApiJson<CreateDeviceBody>,
+) -> ApiResult<(StatusCode, Json<DeviceCreated>)> {
     let issue_token = body.issue_token;
     let mut device = service::register(&state.core, body.into_request()).await?;
     let mut token = None;
@@ -394,7 +398,11 @@ async fn create_device(State(state): State<AppState>, _admin: Admin, ApiJson(bod
     responses((status = 200, body = DevicePage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
     security(("bearer" = []), ("admin_key" = []))
 )]
-async fn list_devices(State(state): State<AppState>, _admin: Admin, ApiQuery(query): ApiQuery<DeviceListQuery>) -> ApiResult<Json<DevicePage>> {
+async fn list_devices(
+    State(state): State<AppState>,
+    _admin: Admin,
+    ApiQuery(query): ApiQuery<DeviceListQuery>,
+) -> ApiResult<Json<DevicePage>> {
     let limit = query.limit.unwrap_or(50);
     if !(1..=500).contains(&limit) {
         return Err(Error::invalid("invalid_query", "limit must be between 1 and 500").into());
@@ -405,7 +413,13 @@ async fn list_devices(State(state): State<AppState>, _admin: Admin, ApiQuery(que
         Some("-last_seen") | Some("last_seen") => DeviceSort::LastSeen,
         Some("name") => DeviceSort::Name,
         Some("mac") => DeviceSort::Mac,
-        Some(other) => return Err(Error::invalid("invalid_query", format!("sort `{other}` is not one of -created_at, created_at, -last_seen, name, mac")).into()),
+        Some(other) => {
+            return Err(Error::invalid(
+                "invalid_query",
+                format!("sort `{other}` is not one of -created_at, created_at, -last_seen, name, mac"),
+            )
+            .into());
+        }
     };
     let time = |name: &str, value: &Option<String>| -> Result<Option<i64>, Error> {
         match value {
@@ -464,7 +478,12 @@ async fn get_device(State(state): State<AppState>, _admin: Admin, Path(id): Path
     responses((status = 200, body = DeviceView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = []), ("admin_key" = []))
 )]
-async fn patch_device(State(state): State<AppState>, _admin: Admin, Path(id): Path<String>, ApiJson(body): ApiJson<PatchDeviceBody>) -> ApiResult<Json<DeviceView>> {
+async fn patch_device(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<PatchDeviceBody>,
+) -> ApiResult<Json<DeviceView>> {
     use crate::domain::device::{check_json_object, check_tags, check_text};
     use crate::domain::firmware::Product as ProductName;
     let device = service::find(&state.core, &id).await?;
@@ -555,7 +574,8 @@ fn parse_csv(body: &[u8]) -> Result<Vec<NewDeviceRequest>, Error> {
     let mut rows = Vec::new();
     for (index, record) in reader.records().enumerate() {
         let record = record.map_err(|e| Error::invalid("invalid_csv", format!("row {index}: {e}")))?;
-        let field = |name: &str| headers.iter().position(|h| h == name).and_then(|i| record.get(i)).filter(|v| !v.is_empty()).map(str::to_string);
+        let field =
+            |name: &str| headers.iter().position(|h| h == name).and_then(|i| record.get(i)).filter(|v| !v.is_empty()).map(str::to_string);
         rows.push(NewDeviceRequest {
             mac: field("mac").unwrap_or_default(),
             name: field("name"),
@@ -564,7 +584,9 @@ fn parse_csv(body: &[u8]) -> Result<Vec<NewDeviceRequest>, Error> {
             channel: field("channel"),
             version: field("version"),
             target_version: field("target_version"),
-            tags: field("tags").map(|t| t.split(';').map(str::trim).filter(|t| !t.is_empty()).map(str::to_string).collect()).unwrap_or_default(),
+            tags: field("tags")
+                .map(|t| t.split(';').map(str::trim).filter(|t| !t.is_empty()).map(str::to_string).collect())
+                .unwrap_or_default(),
             metadata: None,
             owner: field("owner"),
         });
@@ -633,9 +655,15 @@ async fn get_product(State(state): State<AppState>, _admin: Admin, Path(name): P
     responses((status = 200, body = ProductView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("bearer" = []), ("admin_key" = []))
 )]
-async fn put_product(State(state): State<AppState>, _admin: Admin, Path(name): Path<String>, ApiJson(body): ApiJson<PutProductBody>) -> ApiResult<Json<ProductView>> {
+async fn put_product(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<PutProductBody>,
+) -> ApiResult<Json<ProductView>> {
     let provisioning = Provisioning::parse(&body.provisioning)?;
-    let product = service::put_product(&state.core, &name, provisioning, body.provision_key, body.provision_secret, body.poll_interval_s).await?;
+    let product =
+        service::put_product(&state.core, &name, provisioning, body.provision_key, body.provision_secret, body.poll_interval_s).await?;
     Ok(Json(product_view(&product, true)))
 }
 
@@ -649,7 +677,11 @@ async fn put_product(State(state): State<AppState>, _admin: Admin, Path(name): P
     responses((status = 201, body = PairKey), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
     security(("bearer" = []), ("admin_key" = []))
 )]
-async fn create_pairing(State(state): State<AppState>, _admin: Admin, ApiJson(body): ApiJson<CreatePairingBody>) -> ApiResult<(StatusCode, Json<PairKey>)> {
+async fn create_pairing(
+    State(state): State<AppState>,
+    _admin: Admin,
+    ApiJson(body): ApiJson<CreatePairingBody>,
+) -> ApiResult<(StatusCode, Json<PairKey>)> {
     let (pair_key, expires_at) = service::create_pair_key(&state.core, &body.owner, body.ttl_s.map(Duration::from_secs)).await?;
     Ok((StatusCode::CREATED, Json(PairKey { pair_key, expires_at: timestamp(expires_at) })))
 }
@@ -677,13 +709,16 @@ async fn events(State(state): State<AppState>, _admin: Admin) -> Response {
     response
 }
 
-fn event_stream(receiver: tokio::sync::broadcast::Receiver<std::sync::Arc<crate::services::events::Event>>) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+fn event_stream(
+    receiver: tokio::sync::broadcast::Receiver<std::sync::Arc<crate::services::events::Event>>,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     use tokio::sync::broadcast::error::RecvError;
     futures::stream::unfold(Some(receiver), |receiver| async move {
         let mut receiver = receiver?;
         match receiver.recv().await {
             Ok(event) => {
-                let data = serde_json::json!({"type": event.kind, "device_id": event.device_id, "at": timestamp(event.at), "data": event.data});
+                let data =
+                    serde_json::json!({"type": event.kind, "device_id": event.device_id, "at": timestamp(event.at), "data": event.data});
                 Some((Ok(SseEvent::default().event(event.kind).data(data.to_string())), Some(receiver)))
             }
             Err(RecvError::Lagged(missed)) => {

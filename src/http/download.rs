@@ -27,13 +27,13 @@ pub async fn serve_artifact(blobs: &BlobStore, artifact: &Artifact, method: &Met
     headers.insert(header::LAST_MODIFIED, header_value(&artifact.created_at.format("%a, %d %b %Y %H:%M:%S GMT").to_string()));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, max-age=0, must-revalidate"));
 
-    if let Some(if_none_match) = request.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
-        if etag_matches(if_none_match, &etag) {
-            let mut response = Response::new(Body::empty());
-            *response.status_mut() = StatusCode::NOT_MODIFIED;
-            *response.headers_mut() = headers;
-            return Ok(response);
-        }
+    if let Some(if_none_match) = request.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok())
+        && etag_matches(if_none_match, &etag)
+    {
+        let mut response = Response::new(Body::empty());
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+        *response.headers_mut() = headers;
+        return Ok(response);
     }
 
     // A range applies only if `If-Range` (when present) still names this representation.
@@ -53,10 +53,7 @@ pub async fn serve_artifact(blobs: &BlobStore, artifact: &Artifact, method: &Met
     };
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(range.end - range.start));
-    headers.insert(
-        header::CONTENT_DISPOSITION,
-        header_value(&format!("attachment; filename=\"{}\"", download_file_name(artifact))),
-    );
+    headers.insert(header::CONTENT_DISPOSITION, header_value(&format!("attachment; filename=\"{}\"", download_file_name(artifact))));
 
     let body = if method == Method::HEAD || range.is_empty() {
         Body::empty()

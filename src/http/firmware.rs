@@ -1,9 +1,9 @@
 //! Admin API for the firmware store: upload, list, show, edit, delete, download.
 
+use axum::Json;
 use axum::extract::{FromRequest, Multipart, Path, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -168,17 +168,8 @@ const MULTIPART_OVERHEAD: u64 = 1 << 20;
 async fn upload_firmware(State(state): State<AppState>, _admin: Admin, request: Request) -> ApiResult<Response> {
     let limit = state.settings.max_upload_bytes;
     let headers = request.headers().clone();
-    let content_type = request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    let declared_length = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let content_type = request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
+    let declared_length = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
 
     let ingested = if content_type.starts_with("multipart/form-data") {
         if declared_length.is_some_and(|n| n > limit.saturating_add(MULTIPART_OVERHEAD)) {
@@ -251,7 +242,7 @@ async fn upload_multipart(state: &AppState, mut multipart: Multipart, limit: u64
                 if staged.is_some() {
                     return Err(Error::invalid("invalid_multipart", "only one `file` field is allowed").into());
                 }
-                let body = field.map(|chunk| chunk.map_err(|e| multipart_body_error(e)));
+                let body = field.map(|chunk| chunk.map_err(multipart_body_error));
                 staged = Some(service::stage(&state.core, body, limit).await?);
             }
             "product" | "version" | "hardware" | "notes" | "channel" => {
@@ -299,11 +290,7 @@ fn multipart_error(error: axum::extract::multipart::MultipartError, limit: u64) 
 }
 
 fn multipart_body_error(error: axum::extract::multipart::MultipartError) -> BodyError {
-    if error.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        BodyError::TooLarge
-    } else {
-        BodyError::Interrupted(error.body_text())
-    }
+    if error.status() == StatusCode::PAYLOAD_TOO_LARGE { BodyError::TooLarge } else { BodyError::Interrupted(error.body_text()) }
 }
 
 fn body_error(error: axum::Error) -> BodyError {
@@ -369,7 +356,12 @@ async fn list_firmware(
     responses((status = 200, body = ArtifactView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = []), ("admin_key" = []))
 )]
-async fn get_firmware(State(state): State<AppState>, _admin: Admin, headers: HeaderMap, Path(id): Path<String>) -> ApiResult<Json<ArtifactView>> {
+async fn get_firmware(
+    State(state): State<AppState>,
+    _admin: Admin,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<ArtifactView>> {
     let artifact = find(&state, &id).await?;
     Ok(Json(artifact_view(&state, &artifact, Some(&headers))))
 }

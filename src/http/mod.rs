@@ -98,7 +98,11 @@ impl Modify for SecuritySchemes {
 }
 
 fn api_router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(firmware::router()).merge(devices::router()).merge(device_api::router()).merge(ops::router())
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(firmware::router())
+        .merge(devices::router())
+        .merge(device_api::router())
+        .merge(ops::router())
 }
 
 /// The OpenAPI document, generated from the handlers' annotations.
@@ -122,13 +126,11 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(record_metrics))
         .layer(CatchPanicLayer::custom(panic_response))
-        .layer(
-            TraceLayer::new_for_http().make_span_with(|request: &Request| {
-                let request_id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
-                // The path only: query strings may carry signed download tokens.
-                tracing::info_span!("http", method = %request.method(), path = %request.uri().path(), request_id)
-            }),
-        )
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
+            let request_id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
+            // The path only: query strings may carry signed download tokens.
+            tracing::info_span!("http", method = %request.method(), path = %request.uri().path(), request_id)
+        }))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
         .layer(SetSensitiveRequestHeadersLayer::from_shared(sensitive))
@@ -141,8 +143,7 @@ async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {
 }
 
 async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> Response {
-    let mut response =
-        ApiError(Error::invalid("method_not_allowed", format!("{method} is not allowed on {}", uri.path()))).into_response();
+    let mut response = ApiError(Error::invalid("method_not_allowed", format!("{method} is not allowed on {}", uri.path()))).into_response();
     *response.status_mut() = axum::http::StatusCode::METHOD_NOT_ALLOWED;
     response
 }
@@ -154,17 +155,12 @@ fn panic_response(_panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
 /// Request count and latency by route template and status.
 async fn record_metrics(request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".to_string());
+    let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".to_string());
     let method = request.method().to_string();
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();
     let elapsed = started.elapsed();
-    metrics::counter!("updraft_http_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => status)
-        .increment(1);
+    metrics::counter!("updraft_http_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => status).increment(1);
     metrics::histogram!("updraft_http_request_duration_seconds", "route" => route, "method" => method).record(elapsed.as_secs_f64());
     response
 }

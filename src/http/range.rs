@@ -22,9 +22,8 @@ pub fn resolve(header: Option<&str>, size: u64) -> RangeRequest {
     }
     let Some((first, last)) = spec.trim().split_once('-') else { return RangeRequest::Full };
     let (first, last) = (first.trim(), last.trim());
-    let number = |text: &str| -> Option<u64> {
-        if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) { None } else { text.parse().ok() }
-    };
+    let number =
+        |text: &str| -> Option<u64> { if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) { None } else { text.parse().ok() } };
     if first.is_empty() {
         // Suffix range: the last n bytes.
         let Some(n) = number(last) else { return RangeRequest::Full };

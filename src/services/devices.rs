@@ -102,15 +102,20 @@ impl DeviceCache {
     }
 }
 
+/// A product's builds and when they were read.
+type CachedBuilds = (Arc<Vec<Artifact>>, Instant);
+/// When a device was last heard from, and from which address.
+type Presence = (DateTime<Utc>, Option<String>);
+
 /// In-memory state of the device subsystem (per process).
 pub struct DeviceRuntime {
     pub policy: DevicePolicy,
     pub limiter: AuthLimiter,
     signing_key: [u8; 32],
     by_token: RwLock<DeviceCache>,
-    builds: RwLock<HashMap<String, (Arc<Vec<Artifact>>, Instant)>>,
+    builds: RwLock<HashMap<String, CachedBuilds>>,
     products: RwLock<HashMap<String, (Product, Instant)>>,
-    presence: Mutex<HashMap<String, (DateTime<Utc>, Option<String>)>>,
+    presence: Mutex<HashMap<String, Presence>>,
     online: Mutex<HashMap<String, DateTime<Utc>>>,
 }
 
@@ -165,7 +170,9 @@ pub async fn authenticate(core: &Core, token: Option<&str>, ip: IpAddr) -> Resul
     let runtime = &core.devices;
     runtime.limiter.check(ip)?;
     let Some(token) = token.filter(|t| !t.is_empty() && t.len() <= 256) else {
-        return Err(Error::Unauthenticated("a device token is required: send `Authorization: Bearer <token>` or `X-Device-Token: <token>`".into()));
+        return Err(Error::Unauthenticated(
+            "a device token is required: send `Authorization: Bearer <token>` or `X-Device-Token: <token>`".into(),
+        ));
     };
     let digest = secret::digest_hex(token);
     if let Some(device) = runtime.by_token.read().expect("cache lock").get(&digest) {
@@ -189,10 +196,10 @@ pub async fn authenticate(core: &Core, token: Option<&str>, ip: IpAddr) -> Resul
 /// The product's policy, or the default policy for products nobody configured. Cached
 /// briefly: it is read on every check-in.
 pub async fn product_policy(core: &Core, name: &str) -> Result<Product> {
-    if let Some((product, fetched)) = core.devices.products.read().expect("cache lock").get(name) {
-        if fetched.elapsed() < CACHE_TTL {
-            return Ok(product.clone());
-        }
+    if let Some((product, fetched)) = core.devices.products.read().expect("cache lock").get(name)
+        && fetched.elapsed() < CACHE_TTL
+    {
+        return Ok(product.clone());
     }
     let product = load_product_policy(core, name).await?;
     core.devices.products.write().expect("cache lock").insert(name.to_string(), (product.clone(), Instant::now()));
@@ -270,21 +277,22 @@ pub async fn provision(core: &Core, request: ProvisionRequest, ip: IpAddr) -> Re
                 return Err(Error::Forbidden(format!("product `{}` requires a valid provision_key and provision_secret", product.name)));
             }
         }
-        Provisioning::Preregistered => {
-            match &existing {
-                None => {
-                    core.devices.limiter.record_failure(ip);
-                    return Err(Error::Forbidden(format!("product `{}` only provisions devices an operator registered; {mac} is not registered", product.name)));
-                }
-                Some(device) if device.has_token => {
-                    return Err(Error::conflict(
-                        "device_has_token",
-                        format!("{mac} already has a token; an operator can issue a new one with POST /api/v1/devices/{{id}}/token"),
-                    ));
-                }
-                Some(_) => {}
+        Provisioning::Preregistered => match &existing {
+            None => {
+                core.devices.limiter.record_failure(ip);
+                return Err(Error::Forbidden(format!(
+                    "product `{}` only provisions devices an operator registered; {mac} is not registered",
+                    product.name
+                )));
             }
-        }
+            Some(device) if device.has_token => {
+                return Err(Error::conflict(
+                    "device_has_token",
+                    format!("{mac} already has a token; an operator can issue a new one with POST /api/v1/devices/{{id}}/token"),
+                ));
+            }
+            Some(_) => {}
+        },
     }
 
     let hardware = request.hardware.as_deref().map(HardwareId::parse).transpose()?.map(|h| h.as_str().to_string());
@@ -295,17 +303,25 @@ pub async fn provision(core: &Core, request: ProvisionRequest, ip: IpAddr) -> Re
     let token_hash = secret::digest_hex(&token);
     let (device, created) = match existing {
         Some(device) => {
-            if let Some(product_of_device) = &device.product {
-                if *product_of_device != product.name {
-                    return Err(Error::conflict(
-                        "product_mismatch",
-                        format!("{mac} is registered for product `{product_of_device}`, not `{}`", product.name),
-                    ));
-                }
+            if let Some(product_of_device) = &device.product
+                && *product_of_device != product.name
+            {
+                return Err(Error::conflict(
+                    "product_mismatch",
+                    format!("{mac} is registered for product `{product_of_device}`, not `{}`", product.name),
+                ));
             }
             core.store.set_device_token(&device.id, Some(&token_hash)).await?;
             core.store
-                .record_report(&device.id, &DeviceReport { version: request.version.clone(), product: Some(product.name.clone()), hardware: hardware.clone(), attributes: None })
+                .record_report(
+                    &device.id,
+                    &DeviceReport {
+                        version: request.version.clone(),
+                        product: Some(product.name.clone()),
+                        hardware: hardware.clone(),
+                        attributes: None,
+                    },
+                )
                 .await?;
             core.devices.forget_device(&device.id);
             let device = core.store.find_device(&device.id).await?.ok_or_else(|| Error::not_found("device", &device.id))?;
@@ -473,21 +489,29 @@ pub async fn checkin(core: &Core, device: Arc<Device>, report: CheckinReport, ip
         if let Some(a) = &changed.attributes {
             device.attributes = a.clone();
         }
-        core.events.publish("device.updated", Some(&device.id), json!({"version": device.version, "product": device.product, "hardware": device.hardware}));
+        core.events.publish(
+            "device.updated",
+            Some(&device.id),
+            json!({"version": device.version, "product": device.product, "hardware": device.hardware}),
+        );
         Arc::new(device)
     } else {
         device
     };
 
     // A reported version equal to the current attempt's target completes it.
-    if changed.version.is_some() {
-        if let Some(attempt) = core.store.current_attempt(&device.id).await? {
-            let reported = device.version.as_deref().and_then(|v| Version::parse(v).ok());
-            let target = Version::parse(&attempt.to_version).ok();
-            if !attempt.state.is_final() && reported.is_some() && reported == target {
-                core.store.set_attempt_state(&attempt.id, UpdateState::Succeeded, Some(100), None).await?;
-                core.events.publish("device.update_status", Some(&device.id), json!({"release_id": attempt.release_id, "state": "succeeded", "version": attempt.to_version}));
-            }
+    if changed.version.is_some()
+        && let Some(attempt) = core.store.current_attempt(&device.id).await?
+    {
+        let reported = device.version.as_deref().and_then(|v| Version::parse(v).ok());
+        let target = Version::parse(&attempt.to_version).ok();
+        if !attempt.state.is_final() && reported.is_some() && reported == target {
+            core.store.set_attempt_state(&attempt.id, UpdateState::Succeeded, Some(100), None).await?;
+            core.events.publish(
+                "device.update_status",
+                Some(&device.id),
+                json!({"release_id": attempt.release_id, "state": "succeeded", "version": attempt.to_version}),
+            );
         }
     }
 
@@ -531,33 +555,43 @@ pub async fn checkin(core: &Core, device: Arc<Device>, report: CheckinReport, ip
 /// a new one otherwise. A build the device failed or rejected recently is not offered again
 /// (devices such as the ThingsBoard SDK retry at once, forever).
 async fn offer_attempt(core: &Core, device: &Device, artifact: &Artifact) -> Result<Option<String>> {
-    if let Some(attempt) = core.store.current_attempt(&device.id).await? {
-        if attempt.artifact_id == artifact.id {
-            if !attempt.state.is_final() {
-                return Ok(Some(attempt.id));
-            }
-            let retry_after = chrono::Duration::from_std(core.devices.policy.retry_failed_after).unwrap_or(chrono::Duration::MAX);
-            if matches!(attempt.state, UpdateState::Failed | UpdateState::Rejected) && Utc::now() - attempt.updated_at < retry_after {
-                return Ok(None);
-            }
+    if let Some(attempt) = core.store.current_attempt(&device.id).await?
+        && attempt.artifact_id == artifact.id
+    {
+        if !attempt.state.is_final() {
+            return Ok(Some(attempt.id));
+        }
+        let retry_after = chrono::Duration::from_std(core.devices.policy.retry_failed_after).unwrap_or(chrono::Duration::MAX);
+        if matches!(attempt.state, UpdateState::Failed | UpdateState::Rejected) && Utc::now() - attempt.updated_at < retry_after {
+            return Ok(None);
         }
     }
     let attempt = core.store.open_attempt(&device.id, &artifact.id, &artifact.id, device.version.as_deref(), &artifact.version).await?;
-    core.events.publish("device.update_status", Some(&device.id), json!({"release_id": artifact.id, "state": "offered", "version": artifact.version}));
+    core.events.publish(
+        "device.update_status",
+        Some(&device.id),
+        json!({"release_id": artifact.id, "state": "offered", "version": artifact.version}),
+    );
     Ok(Some(attempt.id))
 }
 
 /// The builds of a product, from a short-lived cache.
 pub async fn builds_of(core: &Core, product: &str) -> Result<Arc<Vec<Artifact>>> {
-    if let Some((builds, fetched)) = core.devices.builds.read().expect("cache lock").get(product) {
-        if fetched.elapsed() < CACHE_TTL {
-            return Ok(builds.clone());
-        }
+    if let Some((builds, fetched)) = core.devices.builds.read().expect("cache lock").get(product)
+        && fetched.elapsed() < CACHE_TTL
+    {
+        return Ok(builds.clone());
     }
     let mut all = Vec::new();
     let mut offset = 0u64;
     loop {
-        let filter = ArtifactFilter { product: Some(product.to_string()), sort: ArtifactSort::NewestFirst, limit: 500, offset, ..Default::default() };
+        let filter = ArtifactFilter {
+            product: Some(product.to_string()),
+            sort: ArtifactSort::NewestFirst,
+            limit: 500,
+            offset,
+            ..Default::default()
+        };
         let (page, total) = core.store.list_artifacts(&filter).await?;
         offset += page.len() as u64;
         let done = page.is_empty() || offset >= total;
@@ -594,13 +628,13 @@ pub async fn report_update(core: &Core, device: &Device, report: StatusReport) -
     let Some(attempt) = core.store.current_attempt(&device.id).await? else {
         return Err(Error::conflict("update_not_current", "this device has no update in progress"));
     };
-    if let Some(release_id) = &report.release_id {
-        if *release_id != attempt.release_id {
-            return Err(Error::conflict(
-                "update_not_current",
-                format!("release {release_id} is not this device's current update (that is {})", attempt.release_id),
-            ));
-        }
+    if let Some(release_id) = &report.release_id
+        && *release_id != attempt.release_id
+    {
+        return Err(Error::conflict(
+            "update_not_current",
+            format!("release {release_id} is not this device's current update (that is {})", attempt.release_id),
+        ));
     }
     if let Some(version) = &report.version {
         let reported = Version::parse(version).map_err(|e| Error::invalid("invalid_version", e.to_string()))?;
@@ -612,7 +646,10 @@ pub async fn report_update(core: &Core, device: &Device, report: StatusReport) -
         }
     }
     if attempt.state.is_final() {
-        return Err(Error::conflict("update_not_current", format!("the update to {} is already {}", attempt.to_version, attempt.state.as_str())));
+        return Err(Error::conflict(
+            "update_not_current",
+            format!("the update to {} is already {}", attempt.to_version, attempt.state.as_str()),
+        ));
     }
     core.store.set_attempt_state(&attempt.id, state, progress, message.as_deref()).await?;
     mark_seen(core, device, Utc::now(), None);
@@ -631,7 +668,8 @@ fn mark_seen(core: &Core, device: &Device, now: DateTime<Utc>, ip: Option<IpAddr
     let ip = ip.map(|i| i.to_string());
     // `last_seen` is stored at a granularity of a quarter of the offline period (at most a
     // minute): a device that checks in often costs one write per period, not one per request.
-    let granularity = chrono::Duration::from_std((runtime.policy.offline_after / 4).min(Duration::from_secs(60))).unwrap_or(chrono::Duration::MAX);
+    let granularity =
+        chrono::Duration::from_std((runtime.policy.offline_after / 4).min(Duration::from_secs(60))).unwrap_or(chrono::Duration::MAX);
     let fresh = device.last_seen.is_some_and(|seen| now - seen < granularity) && (ip.is_none() || ip == device.ip);
     if !fresh {
         runtime.presence.lock().expect("presence lock").insert(device.id.clone(), (now, ip));
@@ -831,10 +869,10 @@ pub async fn find(core: &Core, id_or_mac: &str) -> Result<Device> {
     if let Some(device) = core.store.find_device(id_or_mac).await? {
         return Ok(device);
     }
-    if let Ok(mac) = Mac::parse(id_or_mac) {
-        if let Some(device) = core.store.find_device_by_mac(&mac).await? {
-            return Ok(device);
-        }
+    if let Ok(mac) = Mac::parse(id_or_mac)
+        && let Some(device) = core.store.find_device_by_mac(&mac).await?
+    {
+        return Ok(device);
     }
     Err(Error::not_found("device", id_or_mac))
 }
@@ -884,10 +922,10 @@ pub async fn put_product(
     if provisioning == Provisioning::Key && (provision_key.is_none() || provision_secret_hash.is_none()) {
         return Err(Error::invalid("invalid_provisioning", "provisioning `key` needs provision_key and provision_secret"));
     }
-    if let Some(key) = &provision_key {
-        if key.len() < 8 || key.len() > 128 {
-            return Err(Error::invalid("invalid_provision_key", "provision_key must be 8-128 characters"));
-        }
+    if let Some(key) = &provision_key
+        && (key.len() < 8 || key.len() > 128)
+    {
+        return Err(Error::invalid("invalid_provision_key", "provision_key must be 8-128 characters"));
     }
     let poll_interval_s = match poll_interval_s {
         Some(s) => device::check_poll_interval(s)?,
@@ -896,7 +934,15 @@ pub async fn put_product(
     let now = Utc::now();
     let product = core
         .store
-        .upsert_product(&Product { name, provisioning, provision_key, provision_secret_hash, poll_interval_s, created_at: now, updated_at: now })
+        .upsert_product(&Product {
+            name,
+            provisioning,
+            provision_key,
+            provision_secret_hash,
+            poll_interval_s,
+            created_at: now,
+            updated_at: now,
+        })
         .await?;
     core.devices.products.write().expect("cache lock").remove(&product.name);
     Ok(product)
@@ -915,11 +961,11 @@ pub async fn import(core: &Core, rows: Vec<NewDeviceRequest>) -> Result<ImportOu
     let mut outcome = ImportOutcome { created: Vec::new(), errors: Vec::new() };
     let mut seen = HashSet::new();
     for (index, row) in rows.into_iter().enumerate() {
-        if let Ok(mac) = Mac::parse(&row.mac) {
-            if !seen.insert(mac) {
-                outcome.errors.push((index, "duplicate_mac".into(), format!("{mac} appears more than once in the import")));
-                continue;
-            }
+        if let Ok(mac) = Mac::parse(&row.mac)
+            && !seen.insert(mac)
+        {
+            outcome.errors.push((index, "duplicate_mac".into(), format!("{mac} appears more than once in the import")));
+            continue;
         }
         match register(core, row).await {
             Ok(device) => outcome.created.push(device),

@@ -110,7 +110,7 @@ pub async fn commit(core: &Core, staged: StagedUpload, meta: &UploadMeta) -> Res
         }
         Existing::Conflict(artifact) => {
             writer.abort().await;
-            return Err(conflict(&spec.product.as_str().to_string(), &spec.version_label, artifact));
+            return Err(conflict(spec.product.as_str(), &spec.version_label, artifact));
         }
         Existing::None => {}
     }
@@ -167,10 +167,10 @@ pub async fn delete(core: &Core, id: &str) -> Result<Artifact> {
         return Err(Error::conflict("artifact_in_use", "devices are being updated to this build; wait until their updates finish"));
     }
     let artifact = core.store.delete_artifact(id).await?.ok_or_else(|| Error::not_found("artifact", id))?;
-    if !core.store.blob_in_use(&artifact.blob_key).await? {
-        if let Err(e) = core.blobs.delete(&artifact.blob_key).await {
-            tracing::warn!(blob_key = %artifact.blob_key, error = %e, "artifact deleted but its blob could not be removed");
-        }
+    if !core.store.blob_in_use(&artifact.blob_key).await?
+        && let Err(e) = core.blobs.delete(&artifact.blob_key).await
+    {
+        tracing::warn!(blob_key = %artifact.blob_key, error = %e, "artifact deleted but its blob could not be removed");
     }
     core.devices.forget_builds(&artifact.product);
     tracing::info!(artifact_id = %artifact.id, product = %artifact.product, version = %artifact.version, "artifact deleted");

@@ -306,7 +306,10 @@ impl Store {
     }
 
     pub async fn count_devices(&self) -> Result<u64> {
-        let row = sqlx::query("SELECT COUNT(*) AS n FROM device").fetch_one(&self.pool).await.map_err(|e| db_error(e, "failed to count devices"))?;
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM device")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| db_error(e, "failed to count devices"))?;
         Ok(row.get::<i64, _>("n") as u64)
     }
 
@@ -342,7 +345,11 @@ impl Store {
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| db_error(e, "failed to update tags"))?;
-            sqlx::query("DELETE FROM device_tag WHERE device_id = $1").bind(id).execute(&mut *tx).await.map_err(|e| db_error(e, "failed to update tags"))?;
+            sqlx::query("DELETE FROM device_tag WHERE device_id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| db_error(e, "failed to update tags"))?;
             for tag in tags {
                 sqlx::query("INSERT INTO device_tag (device_id, tag) VALUES ($1, $2)")
                     .bind(id)
@@ -427,7 +434,11 @@ impl Store {
         ] {
             sqlx::query(sql).bind(id).execute(&mut *tx).await.map_err(|e| db_error(e, "failed to delete a device's records"))?;
         }
-        let deleted = sqlx::query("DELETE FROM device WHERE id = $1").bind(id).execute(&mut *tx).await.map_err(|e| db_error(e, "failed to delete a device"))?;
+        let deleted = sqlx::query("DELETE FROM device WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_error(e, "failed to delete a device"))?;
         log_change(&mut tx, id).await?;
         tx.commit().await.map_err(|e| db_error(e, "failed to commit a device deletion"))?;
         Ok(deleted.rows_affected() == 1)
@@ -470,14 +481,15 @@ impl Store {
     /// expired; marks it used by `device_id` in the same statement.
     pub async fn claim_pairing(&self, key_hash: &str, device_id: &str) -> Result<Option<String>> {
         let now = now_millis();
-        let claimed = sqlx::query("UPDATE pairing SET used_at = $1, device_id = $2 WHERE key_hash = $3 AND used_at IS NULL AND expires_at > $4")
-            .bind(now)
-            .bind(device_id)
-            .bind(key_hash)
-            .bind(now)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| db_error(e, "failed to use a pair key"))?;
+        let claimed =
+            sqlx::query("UPDATE pairing SET used_at = $1, device_id = $2 WHERE key_hash = $3 AND used_at IS NULL AND expires_at > $4")
+                .bind(now)
+                .bind(device_id)
+                .bind(key_hash)
+                .bind(now)
+                .execute(&self.pool)
+                .await
+                .map_err(|e| db_error(e, "failed to use a pair key"))?;
         if claimed.rows_affected() != 1 {
             return Ok(None);
         }
@@ -546,7 +558,14 @@ impl Store {
     }
 
     /// Starts a new current attempt (the previous one stops being current).
-    pub async fn open_attempt(&self, device_id: &str, artifact_id: &str, release_id: &str, from_version: Option<&str>, to_version: &str) -> Result<UpdateAttempt> {
+    pub async fn open_attempt(
+        &self,
+        device_id: &str,
+        artifact_id: &str,
+        release_id: &str,
+        from_version: Option<&str>,
+        to_version: &str,
+    ) -> Result<UpdateAttempt> {
         let now = now_millis();
         let id = uuid::Uuid::now_v7().to_string();
         let mut tx = self.pool.begin().await.map_err(|e| db_error(e, "failed to begin a transaction"))?;

@@ -44,7 +44,8 @@ pub struct ArtifactPatch {
     pub channel: Option<String>,
 }
 
-const COLUMNS: &str = "id, product, version, version_key, hardware, channel, notes, size, sha256, sha1, md5, blob_key, image, created_at, updated_at";
+const COLUMNS: &str =
+    "id, product, version, version_key, hardware, channel, notes, size, sha256, sha1, md5, blob_key, image, created_at, updated_at";
 
 impl Store {
     /// Records an artifact and claims its slots, atomically. A slot taken concurrently by
@@ -57,25 +58,27 @@ impl Store {
         let version_key = new.spec.version.canonical();
 
         let mut tx = self.pool.begin().await.map_err(|e| db_error(e, "failed to begin a transaction"))?;
-        sqlx::query(AssertSqlSafe(format!("INSERT INTO artifact ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)")))
-            .bind(new.id)
-            .bind(new.spec.product.as_str())
-            .bind(&new.spec.version_label)
-            .bind(&version_key)
-            .bind(&hardware_json)
-            .bind(new.spec.channel.as_str())
-            .bind(&new.spec.notes)
-            .bind(new.digests.size as i64)
-            .bind(&new.digests.sha256)
-            .bind(&new.digests.sha1)
-            .bind(&new.digests.md5)
-            .bind(new.blob_key)
-            .bind(image_json)
-            .bind(now)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| db_error(e, "failed to insert an artifact"))?;
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO artifact ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+        )))
+        .bind(new.id)
+        .bind(new.spec.product.as_str())
+        .bind(&new.spec.version_label)
+        .bind(&version_key)
+        .bind(&hardware_json)
+        .bind(new.spec.channel.as_str())
+        .bind(&new.spec.notes)
+        .bind(new.digests.size as i64)
+        .bind(&new.digests.sha256)
+        .bind(&new.digests.sha1)
+        .bind(&new.digests.md5)
+        .bind(new.blob_key)
+        .bind(image_json)
+        .bind(now)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| db_error(e, "failed to insert an artifact"))?;
         for hardware_id in &hardware {
             let result = sqlx::query("INSERT INTO artifact_hardware (product, version_key, hardware, artifact_id) VALUES ($1, $2, $3, $4)")
                 .bind(new.spec.product.as_str())
@@ -155,16 +158,10 @@ impl Store {
         for param in &params {
             count_query = count_query.bind(param.clone());
         }
-        let total: i64 = count_query
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| db_error(e, "failed to count artifacts"))?
-            .get("n");
+        let total: i64 = count_query.fetch_one(&self.pool).await.map_err(|e| db_error(e, "failed to count artifacts"))?.get("n");
 
-        let list_sql = format!(
-            "SELECT {COLUMNS} FROM artifact {where_clause} ORDER BY {order} LIMIT {} OFFSET {}",
-            filter.limit, filter.offset
-        );
+        let list_sql =
+            format!("SELECT {COLUMNS} FROM artifact {where_clause} ORDER BY {order} LIMIT {} OFFSET {}", filter.limit, filter.offset);
         let mut list_query = sqlx::query::<Any>(AssertSqlSafe(list_sql.clone()));
         for param in &params {
             list_query = list_query.bind(param.clone());
@@ -175,16 +172,15 @@ impl Store {
     }
 
     pub async fn update_artifact(&self, id: &str, patch: &ArtifactPatch) -> Result<Option<Artifact>> {
-        let result = sqlx::query(
-            "UPDATE artifact SET notes = COALESCE($1, notes), channel = COALESCE($2, channel), updated_at = $3 WHERE id = $4",
-        )
-        .bind(patch.notes.clone())
-        .bind(patch.channel.clone())
-        .bind(now_millis())
-        .bind(id)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| db_error(e, "failed to update an artifact"))?;
+        let result =
+            sqlx::query("UPDATE artifact SET notes = COALESCE($1, notes), channel = COALESCE($2, channel), updated_at = $3 WHERE id = $4")
+                .bind(patch.notes.clone())
+                .bind(patch.channel.clone())
+                .bind(now_millis())
+                .bind(id)
+                .execute(&self.pool)
+                .await
+                .map_err(|e| db_error(e, "failed to update an artifact"))?;
         if result.rows_affected() == 0 {
             return Ok(None);
         }

@@ -74,11 +74,7 @@ impl Store {
 
     /// Answers when the database does, for the readiness probe.
     pub async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map(|_| ())
-            .map_err(|e| Error::Unavailable(format!("database: {e}")))
+        sqlx::query("SELECT 1").execute(&self.pool).await.map(|_| ()).map_err(|e| Error::Unavailable(format!("database: {e}")))
     }
 
     pub async fn close(&self) {
@@ -90,10 +86,11 @@ impl Store {
 fn sqlite_url(database_url: &str) -> anyhow::Result<String> {
     let rest = database_url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
     let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
-    if path != ":memory:" && !path.is_empty() {
-        if let Some(parent) = std::path::Path::new(path).parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).with_context(|| format!("cannot create the database folder {}", parent.display()))?;
-        }
+    if path != ":memory:"
+        && !path.is_empty()
+        && let Some(parent) = std::path::Path::new(path).parent().filter(|p| !p.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(parent).with_context(|| format!("cannot create the database folder {}", parent.display()))?;
     }
     let mut url = format!("sqlite://{path}");
     if query.is_empty() {

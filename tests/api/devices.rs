@@ -110,7 +110,15 @@ async fn the_registry_lists_filters_sorts_and_paginates() {
 #[tokio::test]
 async fn devices_can_be_edited_pinned_unpinned_and_deleted() {
     let app = spawn_app().await;
-    let created: Value = app.admin(Method::POST, "/api/v1/devices").json(&json!({"mac": "02:00:00:00:00:10", "product": "lamp"})).send().await.unwrap().json().await.unwrap();
+    let created: Value = app
+        .admin(Method::POST, "/api/v1/devices")
+        .json(&json!({"mac": "02:00:00:00:00:10", "product": "lamp"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let id = created["id"].as_str().unwrap();
     let path = format!("/api/v1/devices/{id}");
 
@@ -129,7 +137,8 @@ async fn devices_can_be_edited_pinned_unpinned_and_deleted() {
     assert_eq!(patched["metadata"], json!({"room": "porch"}));
     assert_eq!(patched["channel"], "beta");
 
-    let unpinned: Value = app.admin(Method::PATCH, &path).json(&json!({"target_version": null, "owner": null})).send().await.unwrap().json().await.unwrap();
+    let unpinned: Value =
+        app.admin(Method::PATCH, &path).json(&json!({"target_version": null, "owner": null})).send().await.unwrap().json().await.unwrap();
     assert_eq!(unpinned["target_version"], Value::Null);
     assert_eq!(unpinned["owner"], Value::Null);
     assert_eq!(unpinned["name"], "Porch");
@@ -166,7 +175,8 @@ async fn devices_can_be_imported_from_csv_and_json() {
 
     let tagged: Value = app.admin(Method::GET, "/api/v1/devices?tag=kitchen").send().await.unwrap().json().await.unwrap();
     assert_eq!(tagged["total"], 1);
-    let bad_header = app.admin(Method::POST, "/api/v1/devices/import").header("content-type", "text/csv").body("serial\n1\n").send().await.unwrap();
+    let bad_header =
+        app.admin(Method::POST, "/api/v1/devices/import").header("content-type", "text/csv").body("serial\n1\n").send().await.unwrap();
     assert_eq!(error_code(bad_header, 400).await, "invalid_csv");
     let wrong_type = app.admin(Method::POST, "/api/v1/devices/import").header("content-type", "text/plain").body("x").send().await.unwrap();
     assert_eq!(wrong_type.status(), 415);
@@ -176,8 +186,15 @@ async fn devices_can_be_imported_from_csv_and_json() {
 #[tokio::test]
 async fn device_tokens_are_shown_once_stored_hashed_and_rotate() {
     let app = spawn_app().await;
-    let created: Value =
-        app.admin(Method::POST, "/api/v1/devices").json(&json!({"mac": "02:00:00:00:03:01", "product": "lamp", "issue_token": true})).send().await.unwrap().json().await.unwrap();
+    let created: Value = app
+        .admin(Method::POST, "/api/v1/devices")
+        .json(&json!({"mac": "02:00:00:00:03:01", "product": "lamp", "issue_token": true}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let first = created["token"].as_str().unwrap().to_string();
     assert!(first.len() >= 32, "tokens carry at least 128 bits");
     let id = created["id"].as_str().unwrap();
@@ -213,7 +230,14 @@ async fn open_provisioning_creates_unknown_devices_and_reissues_tokens() {
     let again: Value = again.json().await.unwrap();
     assert_eq!(again["device_id"], first["device_id"]);
     // The old token is revoked.
-    let old = app.client.post(app.url("/api/v1/device/checkin")).bearer_auth(first["token"].as_str().unwrap()).json(&json!({})).send().await.unwrap();
+    let old = app
+        .client
+        .post(app.url("/api/v1/device/checkin"))
+        .bearer_auth(first["token"].as_str().unwrap())
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(old.status(), 401);
     checkin(&app, again["token"].as_str().unwrap(), json!({})).await;
 
@@ -243,7 +267,11 @@ async fn key_provisioning_requires_the_products_key_and_secret() {
 
     let without = provision(&app, json!({"mac": "02:00:00:00:04:01", "product": "sensor"})).await;
     assert_eq!(error_code(without, 403).await, "forbidden");
-    let wrong = provision(&app, json!({"mac": "02:00:00:00:04:01", "provision_key": "sensor-key-1", "provision_secret": "wrong-secret-wrong-secret"})).await;
+    let wrong = provision(
+        &app,
+        json!({"mac": "02:00:00:00:04:01", "provision_key": "sensor-key-1", "provision_secret": "wrong-secret-wrong-secret"}),
+    )
+    .await;
     assert_eq!(wrong.status(), 403);
     let right = provision(&app, json!({"mac": "02:00:00:00:04:01", "provision_key": "sensor-key-1", "provision_secret": "a-long-provisioning-secret", "hardware": "esp32c3"})).await;
     assert_eq!(right.status(), 201);
@@ -277,7 +305,8 @@ async fn repeated_failed_authentication_is_slowed_down() {
     let app = spawn_app().await;
     let mut last = None;
     for _ in 0..12 {
-        let response = app.client.post(app.url("/api/v1/device/checkin")).bearer_auth("upd_dev_guess").json(&json!({})).send().await.unwrap();
+        let response =
+            app.client.post(app.url("/api/v1/device/checkin")).bearer_auth("upd_dev_guess").json(&json!({})).send().await.unwrap();
         last = Some(response);
     }
     let last = last.unwrap();
@@ -300,13 +329,21 @@ async fn pairing_binds_a_device_to_the_owner_once() {
     let key = created["pair_key"].as_str().unwrap().to_string();
     assert!(created["expires_at"].as_str().unwrap().ends_with('Z'));
 
-    let paired = app.client.post(app.url("/api/v1/device/pair")).bearer_auth(&token).json(&json!({"pair_key": key.to_lowercase()})).send().await.unwrap();
+    let paired = app
+        .client
+        .post(app.url("/api/v1/device/pair"))
+        .bearer_auth(&token)
+        .json(&json!({"pair_key": key.to_lowercase()}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(paired.status(), 200);
     assert_eq!(get_device(&app, &device_id).await["owner"], "alice@example.com");
 
     let reused = app.client.post(app.url("/api/v1/device/pair")).bearer_auth(&token).json(&json!({"pair_key": key})).send().await.unwrap();
     assert_eq!(error_code(reused, 409).await, "invalid_pair_key");
-    let unknown = app.client.post(app.url("/api/v1/device/pair")).bearer_auth(&token).json(&json!({"pair_key": "ZZZZ-ZZZZ"})).send().await.unwrap();
+    let unknown =
+        app.client.post(app.url("/api/v1/device/pair")).bearer_auth(&token).json(&json!({"pair_key": "ZZZZ-ZZZZ"})).send().await.unwrap();
     assert_eq!(unknown.status(), 409);
     let anonymous = app.client.post(app.url("/api/v1/device/pair")).json(&json!({"pair_key": "ZZZZ-ZZZZ"})).send().await.unwrap();
     assert_eq!(anonymous.status(), 401);
@@ -319,7 +356,8 @@ async fn an_expired_pair_key_is_refused() {
     let (_, token) = provisioned(&app, "02:00:00:00:06:02", "lamp", "esp32", "1.0.0").await;
     let short = app.admin(Method::POST, "/api/v1/pairing").json(&json!({"owner": "bob", "ttl_s": 1})).send().await.unwrap();
     assert_eq!(error_code(short, 400).await, "invalid_ttl");
-    let created: Value = app.admin(Method::POST, "/api/v1/pairing").json(&json!({"owner": "bob", "ttl_s": 30})).send().await.unwrap().json().await.unwrap();
+    let created: Value =
+        app.admin(Method::POST, "/api/v1/pairing").json(&json!({"owner": "bob", "ttl_s": 30})).send().await.unwrap().json().await.unwrap();
     let key = created["pair_key"].as_str().unwrap();
     // Expire it in the database rather than waiting 30 s.
     expire_pairings(&app).await;
@@ -331,7 +369,11 @@ async fn an_expired_pair_key_is_refused() {
 async fn expire_pairings(app: &TestApp) {
     use sqlx::Connection;
     sqlx::any::install_default_drivers();
-    let url = if app.settings.database_url.starts_with("sqlite:") { format!("{}?mode=rw", app.settings.database_url) } else { app.settings.database_url.clone() };
+    let url = if app.settings.database_url.starts_with("sqlite:") {
+        format!("{}?mode=rw", app.settings.database_url)
+    } else {
+        app.settings.database_url.clone()
+    };
     let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();
     sqlx::query("UPDATE pairing SET expires_at = 0").execute(&mut conn).await.unwrap();
 }
@@ -353,7 +395,8 @@ async fn setup_progress_is_recorded_with_the_seed_codes() {
 
     let device = get_device(&app, &device_id).await;
     assert_eq!(device["setup_status"]["status_code"], 4);
-    let history: Value = app.admin(Method::GET, &format!("/api/v1/devices/{device_id}/setup-history")).send().await.unwrap().json().await.unwrap();
+    let history: Value =
+        app.admin(Method::GET, &format!("/api/v1/devices/{device_id}/setup-history")).send().await.unwrap().json().await.unwrap();
     let items = history["items"].as_array().unwrap();
     assert_eq!(items.len(), 3);
     assert_eq!(items[0]["title"], "CONNECTING_TO_WIFI");
@@ -398,12 +441,14 @@ async fn a_device_checks_in_downloads_its_update_and_reports_success() {
         assert_eq!(response.status(), 200, "{state}");
     }
     // Installed is not yet success: the device must come back running the new version.
-    let history: Value = app.admin(Method::GET, &format!("/api/v1/devices/{device_id}/updates")).send().await.unwrap().json().await.unwrap();
+    let history: Value =
+        app.admin(Method::GET, &format!("/api/v1/devices/{device_id}/updates")).send().await.unwrap().json().await.unwrap();
     assert_eq!(history["items"][0]["state"], "installed");
 
     let after = checkin(&app, &token, json!({"version": "1.1.0"})).await;
     assert_eq!(after["update"], Value::Null);
-    let history: Value = app.admin(Method::GET, &format!("/api/v1/devices/{device_id}/updates")).send().await.unwrap().json().await.unwrap();
+    let history: Value =
+        app.admin(Method::GET, &format!("/api/v1/devices/{device_id}/updates")).send().await.unwrap().json().await.unwrap();
     let attempt = &history["items"][0];
     assert_eq!(attempt["state"], "succeeded");
     assert_eq!(attempt["from_version"], "1.0.0");
@@ -438,7 +483,8 @@ async fn reports_about_an_update_that_is_not_current_are_refused() {
     let bad_progress = update_status(&app, &token, json!({"state": "downloading", "progress": 101})).await;
     assert_eq!(error_code(bad_progress, 400).await, "invalid_progress");
 
-    let failed = update_status(&app, &token, json!({"release_id": artifact["id"], "state": "failed", "message": "checksum mismatch"})).await;
+    let failed =
+        update_status(&app, &token, json!({"release_id": artifact["id"], "state": "failed", "message": "checksum mismatch"})).await;
     assert_eq!(failed.status(), 200);
     let after_final = update_status(&app, &token, json!({"release_id": artifact["id"], "state": "installing"})).await;
     assert_eq!(error_code(after_final, 409).await, "update_not_current");
@@ -469,7 +515,13 @@ async fn a_device_reaches_only_its_own_products_builds() {
     let app = spawn_app().await;
     let foreign = app.create_artifact(random_bytes(1000, 95), "product=thermo&version=1.0.0&hardware=esp32").await;
     let (_, token) = provisioned(&app, "02:00:00:00:0B:01", "lamp", "esp32", "1.0.0").await;
-    let response = app.client.get(app.url(&format!("/api/v1/device/firmware/{}", foreign["id"].as_str().unwrap()))).bearer_auth(&token).send().await.unwrap();
+    let response = app
+        .client
+        .get(app.url(&format!("/api/v1/device/firmware/{}", foreign["id"].as_str().unwrap())))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 404);
     // Admin endpoints refuse device tokens.
     let admin = app.client.get(app.url("/api/v1/devices")).bearer_auth(&token).send().await.unwrap();
@@ -537,7 +589,16 @@ async fn a_token_revoked_on_one_replica_stops_working_on_the_others() {
     let mut status = 200;
     for _ in 0..50 {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        status = replica.client.post(replica.url("/api/v1/device/checkin")).bearer_auth(&token).json(&json!({})).send().await.unwrap().status().as_u16();
+        status = replica
+            .client
+            .post(replica.url("/api/v1/device/checkin"))
+            .bearer_auth(&token)
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
         if status == 401 {
             break;
         }

@@ -113,7 +113,11 @@ async fn unsatisfiable_ranges_get_416_with_the_size() {
     for range in [format!("bytes={size}-"), "bytes=-0".to_string()] {
         let response = app.admin(Method::GET, &path).header("range", &range).send().await.unwrap();
 
-        assert_eq!(response.headers().get("content-range").map(|v| v.to_str().unwrap().to_string()), Some(format!("bytes */{size}")), "{range}");
+        assert_eq!(
+            response.headers().get("content-range").map(|v| v.to_str().unwrap().to_string()),
+            Some(format!("bytes */{size}")),
+            "{range}"
+        );
         assert_eq!(error_code(response, 416).await, "range_not_satisfiable", "{range}");
     }
     app.stop().await;
@@ -181,11 +185,8 @@ async fn an_esp_https_ota_partial_download_reassembles_the_image() {
     let mut ranges = Vec::new();
     while received.len() < image_length {
         let start = received.len();
-        let range = if image_length - start > ESP_WINDOW {
-            format!("bytes={start}-{}", start + ESP_WINDOW - 1)
-        } else {
-            format!("bytes={start}-")
-        };
+        let range =
+            if image_length - start > ESP_WINDOW { format!("bytes={start}-{}", start + ESP_WINDOW - 1) } else { format!("bytes={start}-") };
         let mut connection = RawConnection::open(&app).await;
         connection.send(&esp_idf_request(&app, "GET", &path, Some(&range))).await;
         let response = connection.response(false).await;
@@ -222,11 +223,8 @@ async fn esp_https_ota_windows_can_share_one_keep_alive_connection() {
     let mut received = Vec::new();
     while received.len() < image_length {
         let start = received.len();
-        let range = if image_length - start > ESP_WINDOW {
-            format!("bytes={start}-{}", start + ESP_WINDOW - 1)
-        } else {
-            format!("bytes={start}-")
-        };
+        let range =
+            if image_length - start > ESP_WINDOW { format!("bytes={start}-{}", start + ESP_WINDOW - 1) } else { format!("bytes={start}-") };
         connection.send(&esp_idf_request(&app, "GET", &path, Some(&range))).await;
         let response = connection.response(false).await;
         assert_eq!(response.status, 206, "{range}: {}", response.head);
@@ -427,7 +425,8 @@ impl RawConnection {
         self.buffered.drain(..head_end + 4);
         let mut lines = head.split("\r\n");
         let status_line = lines.next().unwrap();
-        let status: u16 = status_line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+        let status: u16 =
+            status_line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("bad status line {status_line:?}"));
         let headers: Vec<(String, String)> = lines
             .map(|line| {
                 let (name, value) = line.split_once(':').unwrap_or_else(|| panic!("bad header line {line:?}"));

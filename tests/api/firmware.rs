@@ -46,7 +46,8 @@ async fn a_raw_upload_takes_metadata_from_the_query_string() {
     assert_eq!(body["hardware"], serde_json::json!(["rpi4", "rpi5"]));
     assert_eq!(body["channel"], "beta");
     assert_eq!(body["image"], Value::Null);
-    let fetched: Value = app.admin(Method::GET, &format!("/api/v1/firmware/{}", body["id"].as_str().unwrap())).send().await.unwrap().json().await.unwrap();
+    let fetched: Value =
+        app.admin(Method::GET, &format!("/api/v1/firmware/{}", body["id"].as_str().unwrap())).send().await.unwrap().json().await.unwrap();
     assert_eq!(fetched["sha256"], body["sha256"]);
     app.stop().await;
 }
@@ -145,10 +146,15 @@ async fn admin_requests_need_the_key_in_either_header() {
 #[tokio::test]
 async fn the_list_is_filtered_sorted_and_paginated() {
     let app = spawn_app().await;
-    for (i, (product, version, hardware)) in
-        [("a", "1.0.0", "esp32"), ("a", "1.1.0", "esp32"), ("a", "1.1.0", "esp32s3"), ("b", "0.1.0", "esp32"), ("b", "0.2.0-beta.1", "esp32c3")]
-            .iter()
-            .enumerate()
+    for (i, (product, version, hardware)) in [
+        ("a", "1.0.0", "esp32"),
+        ("a", "1.1.0", "esp32"),
+        ("a", "1.1.0", "esp32s3"),
+        ("b", "0.1.0", "esp32"),
+        ("b", "0.2.0-beta.1", "esp32c3"),
+    ]
+    .iter()
+    .enumerate()
     {
         app.create_artifact(random_bytes(100, i as u64 + 10), &format!("product={product}&version={version}&hardware={hardware}")).await;
     }
@@ -180,7 +186,8 @@ async fn notes_and_channel_can_be_edited() {
     let artifact = app.create_artifact(random_bytes(100, 20), "product=p&version=1.0.0&hardware=x").await;
     let path = format!("/api/v1/firmware/{}", artifact["id"].as_str().unwrap());
 
-    let response = app.admin(Method::PATCH, &path).json(&serde_json::json!({"notes": "fixed wifi", "channel": "Beta"})).send().await.unwrap();
+    let response =
+        app.admin(Method::PATCH, &path).json(&serde_json::json!({"notes": "fixed wifi", "channel": "Beta"})).send().await.unwrap();
     assert_eq!(response.status(), 200);
     let patched: Value = response.json().await.unwrap();
     assert_eq!((patched["notes"].as_str(), patched["channel"].as_str()), (Some("fixed wifi"), Some("beta")));
@@ -372,11 +379,8 @@ async fn a_full_disk_gets_507_and_leaves_nothing() {
     let (mut settings, data_dir) = test_settings().await;
     let blob_root = data_dir.path().join("small-disk");
     std::fs::create_dir_all(&blob_root).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
-        .arg(&blob_root)
-        .status()
-        .expect("run mount");
+    let mounted =
+        std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"]).arg(&blob_root).status().expect("run mount");
     assert!(mounted.success(), "mounting a tmpfs failed; this test needs root");
     settings.blob = updraft::config::BlobSettings::Local { root: blob_root.clone() };
     let app = start(settings, data_dir).await;

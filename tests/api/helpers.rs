@@ -43,9 +43,8 @@ pub async fn test_settings() -> (Settings, tempfile::TempDir) {
     let mut settings = Settings::load_with_dotenv(&args, &data_dir.path().join(".env")).expect("test settings are valid");
     settings.shutdown_timeout = std::time::Duration::from_secs(5);
 
-    match std::env::var("UPDRAFT_TEST_DATABASE").ok().filter(|v| v != "sqlite") {
-        Some(admin_url) => settings.database_url = create_postgres_database(&admin_url).await,
-        None => {}
+    if let Some(admin_url) = std::env::var("UPDRAFT_TEST_DATABASE").ok().filter(|v| v != "sqlite") {
+        settings.database_url = create_postgres_database(&admin_url).await
     }
     if !uses_local_blobs() {
         let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} must be set when UPDRAFT_TEST_BLOB=s3"));

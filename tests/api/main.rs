@@ -1,7 +1,7 @@
 //! End-to-end tests of the real server over HTTP. See helpers.rs for the harness.
 
-mod helpers;
 mod devices;
-mod firmware;
 mod download;
+mod firmware;
+mod helpers;
 mod ops;

@@ -136,10 +136,7 @@ async fn the_openapi_document_describes_every_route_and_the_security_schemes() {
 #[test]
 fn the_committed_openapi_document_is_up_to_date() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.json");
-    let committed: Value = std::fs::read_to_string(path)
-        .ok()
-        .and_then(|text| serde_json::from_str(&text).ok())
-        .unwrap_or(Value::Null);
+    let committed: Value = std::fs::read_to_string(path).ok().and_then(|text| serde_json::from_str(&text).ok()).unwrap_or(Value::Null);
 
     let generated = serde_json::to_value(updraft::http::openapi()).unwrap();
 
