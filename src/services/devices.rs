@@ -116,7 +116,9 @@ pub struct DeviceRuntime {
     builds: RwLock<HashMap<String, CachedBuilds>>,
     products: RwLock<HashMap<String, (Product, Instant)>>,
     presence: Mutex<HashMap<String, Presence>>,
-    online: Mutex<HashMap<String, DateTime<Utc>>>,
+    /// Devices heard from recently: when last heard, and when `last_seen` was last buffered
+    /// for writing.
+    online: Mutex<HashMap<String, (DateTime<Utc>, DateTime<Utc>)>>,
 }
 
 impl DeviceRuntime {
@@ -145,6 +147,8 @@ impl DeviceRuntime {
     /// The freshest known `last_seen` of a device (buffered or stored).
     pub fn last_seen(&self, device: &Device) -> Option<DateTime<Utc>> {
         let buffered = self.presence.lock().expect("presence lock").get(&device.id).map(|(at, _)| *at);
+        let heard = self.online.lock().expect("online lock").get(&device.id).map(|(seen, _)| *seen);
+        let buffered = buffered.max(heard);
         match (buffered, device.last_seen) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
@@ -670,23 +674,28 @@ fn mark_seen(core: &Core, device: &Device, now: DateTime<Utc>, ip: Option<IpAddr
     // minute): a device that checks in often costs one write per period, not one per request.
     let granularity =
         chrono::Duration::from_std((runtime.policy.offline_after / 4).min(Duration::from_secs(60))).unwrap_or(chrono::Duration::MAX);
-    let fresh = device.last_seen.is_some_and(|seen| now - seen < granularity) && (ip.is_none() || ip == device.ip);
-    if !fresh {
-        runtime.presence.lock().expect("presence lock").insert(device.id.clone(), (now, ip));
-    }
-    let came_online = {
+    let same_ip = ip.is_none() || ip == device.ip;
+    let (came_online, write) = {
         let mut online = runtime.online.lock().expect("online lock");
         match online.get_mut(&device.id) {
-            Some(seen) => {
+            Some((seen, written)) => {
                 *seen = now;
-                false
+                let write = !same_ip || now - *written >= granularity;
+                if write {
+                    *written = now;
+                }
+                (false, write)
             }
             None => {
-                online.insert(device.id.clone(), now);
-                true
+                online.insert(device.id.clone(), (now, now));
+                let stored_fresh = device.last_seen.is_some_and(|stored| now - stored < granularity) && same_ip;
+                (true, !stored_fresh)
             }
         }
     };
+    if write {
+        runtime.presence.lock().expect("presence lock").insert(device.id.clone(), (now, ip));
+    }
     if came_online {
         core.events.publish("device.online", Some(&device.id), json!({"mac": device.mac.canonical()}));
     }
@@ -714,7 +723,7 @@ pub async fn flush_presence(core: &Core) -> Result<usize> {
 pub fn sweep_offline(core: &Core) -> Vec<String> {
     let cutoff = Utc::now() - chrono::Duration::from_std(core.devices.policy.offline_after).unwrap_or(chrono::Duration::MAX);
     let mut gone = Vec::new();
-    core.devices.online.lock().expect("online lock").retain(|id, seen| {
+    core.devices.online.lock().expect("online lock").retain(|id, (seen, _)| {
         let keep = *seen >= cutoff;
         if !keep {
             gone.push(id.clone());
