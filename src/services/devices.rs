@@ -106,6 +106,8 @@ impl DeviceCache {
 type CachedBuilds = (Arc<Vec<Artifact>>, Instant);
 /// When a device was last heard from, and from which address.
 type Presence = (DateTime<Utc>, Option<String>);
+/// When a device was last heard from, and when its `last_seen` was last buffered for writing.
+type Heard = (DateTime<Utc>, DateTime<Utc>);
 
 /// In-memory state of the device subsystem (per process).
 pub struct DeviceRuntime {
@@ -118,7 +120,7 @@ pub struct DeviceRuntime {
     presence: Mutex<HashMap<String, Presence>>,
     /// Devices heard from recently: when last heard, and when `last_seen` was last buffered
     /// for writing.
-    online: Mutex<HashMap<String, (DateTime<Utc>, DateTime<Utc>)>>,
+    online: Mutex<HashMap<String, Heard>>,
 }
 
 impl DeviceRuntime {
