@@ -327,9 +327,7 @@ async fn update_status(
         },
     )
     .await?;
-    let mut attempts = state.core.store.list_attempts(&device.id, 1).await?;
-    let attempt = attempts.pop().filter(|a| a.id == attempt.id).unwrap_or(attempt);
-    Ok(Json(super::devices::attempt_view_pub(&attempt)))
+    Ok(Json(super::devices::attempt_view(&attempt)))
 }
 
 /// Present a pair key (from the owner's app) to bind this device to its owner. Single use.

@@ -326,11 +326,7 @@ pub fn device_view(state: &AppState, device: &Device) -> DeviceView {
     }
 }
 
-pub fn attempt_view_pub(attempt: &UpdateAttempt) -> AttemptView {
-    attempt_view(attempt)
-}
-
-fn attempt_view(attempt: &UpdateAttempt) -> AttemptView {
+pub fn attempt_view(attempt: &UpdateAttempt) -> AttemptView {
     AttemptView {
         id: attempt.id.clone(),
         release_id: attempt.release_id.clone(),

@@ -664,7 +664,8 @@ pub async fn report_update(core: &Core, device: &Device, report: StatusReport) -
         Some(&device.id),
         json!({"release_id": attempt.release_id, "state": state.as_str(), "progress": progress, "message": message, "version": attempt.to_version}),
     );
-    core.store.current_attempt(&device.id).await?.ok_or_else(|| Error::Internal(anyhow::anyhow!("attempt vanished")))
+    // The newest attempt is the current one; read it back with its events.
+    core.store.list_attempts(&device.id, 1).await?.pop().ok_or_else(|| Error::Internal(anyhow::anyhow!("attempt vanished")))
 }
 
 // ---- presence ----
