@@ -89,7 +89,7 @@ pub struct ServeArgs {
     /// Provisioning mode of products nobody configured: open, key or preregistered [default: open]
     #[arg(long, env = "UPDRAFT_DEFAULT_PROVISIONING", value_name = "MODE")]
     pub default_provisioning: Option<String>,
-    /// Devices each replica keeps in its authentication cache [default: 100000]
+    /// Devices each replica keeps in its in-memory fleet index, ≈ 300 bytes each [default: 1000000]
     #[arg(long, env = "UPDRAFT_DEVICE_CACHE_ENTRIES", value_name = "N")]
     pub device_cache_entries: Option<String>,
     /// Lifetime of pair keys [default: 600]
@@ -390,7 +390,7 @@ impl Settings {
                 0,
                 30 * 86400,
             )?,
-            cache_entries: parse_number("device_cache_entries", get("device_cache_entries", &args.device_cache_entries), 100_000usize)?,
+            cache_entries: parse_number("device_cache_entries", get("device_cache_entries", &args.device_cache_entries), 1_000_000usize)?,
             download_url_ttl: secs(
                 "download_url_ttl_secs",
                 get("download_url_ttl_secs", &args.download_url_ttl_secs),

@@ -50,5 +50,9 @@ fn describe_metrics() {
     metrics::describe_gauge!("updraft_artifacts", "Stored firmware artifacts");
     metrics::describe_gauge!("updraft_artifact_bytes", metrics::Unit::Bytes, "Total size of stored firmware artifacts");
     metrics::describe_gauge!("updraft_http_connections", "Open HTTP connections");
+    metrics::describe_gauge!(
+        "updraft_fleet_index_devices",
+        "Devices in this replica's in-memory fleet index (check-ins served without a database read)"
+    );
     metrics::describe_gauge!("updraft_uptime_seconds", metrics::Unit::Seconds, "Seconds since the server started");
 }

@@ -20,9 +20,9 @@ use super::devices::AttemptView;
 use super::download::serve_artifact;
 use super::error::{ApiError, ApiJson, ApiQuery, ApiResult, ErrorBody};
 use crate::domain::Error;
-use crate::domain::device::Device;
 use crate::net::ClientAddr;
 use crate::services::devices::{self as service, CheckinAnswer, CheckinReport, ProvisionRequest, StatusReport};
+use crate::services::fleet::ActiveDevice;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -59,7 +59,7 @@ impl FromRequestParts<AppState> for ClientIp {
 }
 
 /// An authenticated device: `Authorization: Bearer <token>` or `X-Device-Token: <token>`.
-pub struct DeviceAuth(pub std::sync::Arc<Device>, pub IpAddr);
+pub struct DeviceAuth(pub std::sync::Arc<ActiveDevice>, pub IpAddr);
 
 impl FromRequestParts<AppState> for DeviceAuth {
     type Rejection = ApiError;
@@ -343,7 +343,7 @@ async fn pair(
     ApiJson(body): ApiJson<PairBody>,
 ) -> ApiResult<Json<Paired>> {
     let owner = service::pair(&state.core, &device, &body.pair_key, ip).await?;
-    Ok(Json(Paired { device_id: device.id.clone(), owner }))
+    Ok(Json(Paired { device_id: device.id.to_string(), owner }))
 }
 
 /// Report setup progress with the seed-004 status codes.
@@ -389,14 +389,13 @@ async fn download(
                 state.core.devices.limiter.record_failure(ip);
                 return Err(e.into());
             }
-            std::sync::Arc::new(
-                state
-                    .core
-                    .store
-                    .find_device(device_id)
-                    .await?
-                    .ok_or_else(|| Error::Forbidden("the device of this link no longer exists".into()))?,
-            )
+            let device = state
+                .core
+                .store
+                .find_device(device_id)
+                .await?
+                .ok_or_else(|| Error::Forbidden("the device of this link no longer exists".into()))?;
+            std::sync::Arc::new(ActiveDevice::of(&device))
         }
         _ => service::authenticate(&state.core, super::auth::credential(&headers, "x-device-token"), ip).await?,
     };

@@ -89,5 +89,6 @@ async fn prometheus_metrics(State(state): State<AppState>) -> Response {
         Err(e) => tracing::warn!(error = %e, "cannot total artifacts for metrics"),
     }
     metrics::gauge!("updraft_uptime_seconds").set(state.started.elapsed().as_secs_f64());
+    metrics::gauge!("updraft_fleet_index_devices").set(state.core.devices.indexed_devices() as f64);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render()).into_response()
 }

@@ -17,11 +17,12 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 
 use super::Core;
+use super::fleet::{ActiveDevice, FleetIndex};
 use super::limiter::AuthLimiter;
 use crate::domain::device::{self, Device, Product, Provisioning, UpdateAttempt, UpdateState};
 use crate::domain::firmware::{Artifact, Channel, HardwareId, Product as ProductName};
 use crate::domain::mac::Mac;
-use crate::domain::update::{self, Decision, DeviceFacts, NoUpdate};
+use crate::domain::update::{self, Decision, NoUpdate};
 use crate::domain::version::Version;
 use crate::domain::{Error, Result, secret};
 use crate::storage::{ArtifactFilter, ArtifactSort, DevicePatch, DeviceReport, NewDevice};
@@ -35,7 +36,7 @@ pub struct DevicePolicy {
     pub pairing_ttl: Duration,
     pub retry_failed_after: Duration,
     pub download_url_ttl: Duration,
-    /// Devices kept in each replica's authentication cache.
+    /// Devices kept in each replica's fleet index (see `services::fleet`).
     pub cache_entries: usize,
 }
 
@@ -48,7 +49,7 @@ impl Default for DevicePolicy {
             pairing_ttl: Duration::from_secs(600),
             retry_failed_after: Duration::from_secs(3600),
             download_url_ttl: Duration::from_secs(24 * 3600),
-            cache_entries: 100_000,
+            cache_entries: 1_000_000,
         }
     }
 }
@@ -57,79 +58,39 @@ impl Default for DevicePolicy {
 /// stale another replica's change can look here.
 const CACHE_TTL: Duration = Duration::from_secs(5);
 
-/// Devices by token digest, kept until they change: every replica polls the change log
-/// (`device_change`) each second and drops changed devices, and drops its own changes at
-/// once. Bounded by `DevicePolicy::cache_entries`.
-#[derive(Default)]
-struct DeviceCache {
-    by_digest: HashMap<String, Arc<Device>>,
-    digest_of: HashMap<String, String>,
-    /// Insertion order, for first-in-first-out eviction (entries may already be gone).
-    order: std::collections::VecDeque<String>,
-}
-
-impl DeviceCache {
-    fn get(&self, digest: &str) -> Option<&Arc<Device>> {
-        self.by_digest.get(digest)
-    }
-
-    fn insert(&mut self, digest: String, device: Arc<Device>, capacity: usize) {
-        if capacity == 0 {
-            return;
-        }
-        while self.by_digest.len() >= capacity {
-            let Some(oldest) = self.order.pop_front() else { break };
-            if let Some(evicted) = self.by_digest.remove(&oldest) {
-                self.digest_of.remove(&evicted.id);
-            }
-        }
-        if let Some(previous) = self.digest_of.insert(device.id.clone(), digest.clone()) {
-            self.by_digest.remove(&previous);
-        }
-        self.order.push_back(digest.clone());
-        self.by_digest.insert(digest, device);
-        // Forgotten entries leave stale keys in `order`; compact now and then.
-        if self.order.len() > 2 * capacity.max(1024) {
-            let live = &self.by_digest;
-            self.order.retain(|d| live.contains_key(d));
-        }
-    }
-
-    fn forget(&mut self, device_id: &str) {
-        if let Some(digest) = self.digest_of.remove(device_id) {
-            self.by_digest.remove(&digest);
-        }
-    }
-}
-
 /// A product's builds and when they were read.
 type CachedBuilds = (Arc<Vec<Artifact>>, Instant);
 /// When a device was last heard from, and from which address.
 type Presence = (DateTime<Utc>, Option<String>);
-/// When a device was last heard from, and when its `last_seen` was last buffered for writing.
-type Heard = (DateTime<Utc>, DateTime<Utc>);
+/// When a device was last heard from, and the `last_seen` and address last buffered for
+/// writing (or found stored).
+struct Heard {
+    seen: DateTime<Utc>,
+    written: DateTime<Utc>,
+    written_ip: Option<IpAddr>,
+}
 
 /// In-memory state of the device subsystem (per process).
 pub struct DeviceRuntime {
     pub policy: DevicePolicy,
     pub limiter: AuthLimiter,
     signing_key: [u8; 32],
-    by_token: RwLock<DeviceCache>,
+    fleet: RwLock<FleetIndex>,
     builds: RwLock<HashMap<String, CachedBuilds>>,
     products: RwLock<HashMap<String, (Product, Instant)>>,
-    presence: Mutex<HashMap<String, Presence>>,
+    presence: Mutex<HashMap<Arc<str>, Presence>>,
     /// Devices heard from recently: when last heard, and when `last_seen` was last buffered
     /// for writing.
-    online: Mutex<HashMap<String, Heard>>,
+    online: Mutex<HashMap<Arc<str>, Heard>>,
 }
 
 impl DeviceRuntime {
     pub fn new(policy: DevicePolicy, signing_key: [u8; 32]) -> Self {
         DeviceRuntime {
+            fleet: RwLock::new(FleetIndex::new(policy.cache_entries)),
             policy,
             limiter: AuthLimiter::default(),
             signing_key,
-            by_token: RwLock::new(DeviceCache::default()),
             builds: RwLock::default(),
             products: RwLock::default(),
             presence: Mutex::default(),
@@ -138,7 +99,12 @@ impl DeviceRuntime {
     }
 
     fn forget_device(&self, device_id: &str) {
-        self.by_token.write().expect("cache lock").forget(device_id);
+        self.fleet.write().expect("fleet lock").forget(device_id);
+    }
+
+    /// Devices in this replica's fleet index.
+    pub fn indexed_devices(&self) -> usize {
+        self.fleet.read().expect("fleet lock").len()
     }
 
     /// Drops cached builds of a product (after an upload, edit or delete on this replica).
@@ -148,8 +114,8 @@ impl DeviceRuntime {
 
     /// The freshest known `last_seen` of a device (buffered or stored).
     pub fn last_seen(&self, device: &Device) -> Option<DateTime<Utc>> {
-        let buffered = self.presence.lock().expect("presence lock").get(&device.id).map(|(at, _)| *at);
-        let heard = self.online.lock().expect("online lock").get(&device.id).map(|(seen, _)| *seen);
+        let buffered = self.presence.lock().expect("presence lock").get(device.id.as_str()).map(|(at, _)| *at);
+        let heard = self.online.lock().expect("online lock").get(device.id.as_str()).map(|heard| heard.seen);
         let buffered = buffered.max(heard);
         match (buffered, device.last_seen) {
             (Some(a), Some(b)) => Some(a.max(b)),
@@ -159,7 +125,7 @@ impl DeviceRuntime {
 
     /// The freshest known address of a device (buffered or stored).
     pub fn ip(&self, device: &Device) -> Option<String> {
-        let buffered = self.presence.lock().expect("presence lock").get(&device.id).and_then(|(_, ip)| ip.clone());
+        let buffered = self.presence.lock().expect("presence lock").get(device.id.as_str()).and_then(|(_, ip)| ip.clone());
         buffered.or_else(|| device.ip.clone())
     }
 
@@ -171,8 +137,9 @@ impl DeviceRuntime {
 
 // ---- identity ----
 
-/// The device a token belongs to. Failures count against the caller's address.
-pub async fn authenticate(core: &Core, token: Option<&str>, ip: IpAddr) -> Result<Arc<Device>> {
+/// The device a token belongs to, from the fleet index (or the database on a miss).
+/// Failures count against the caller's address.
+pub async fn authenticate(core: &Core, token: Option<&str>, ip: IpAddr) -> Result<Arc<ActiveDevice>> {
     let runtime = &core.devices;
     runtime.limiter.check(ip)?;
     let Some(token) = token.filter(|t| !t.is_empty() && t.len() <= 256) else {
@@ -180,23 +147,53 @@ pub async fn authenticate(core: &Core, token: Option<&str>, ip: IpAddr) -> Resul
             "a device token is required: send `Authorization: Bearer <token>` or `X-Device-Token: <token>`".into(),
         ));
     };
-    let digest = secret::digest_hex(token);
-    if let Some(device) = runtime.by_token.read().expect("cache lock").get(&digest) {
-        return Ok(device.clone());
+    let digest = secret::digest(token);
+    if let Some(device) = runtime.fleet.read().expect("fleet lock").get(&digest) {
+        return Ok(device);
     }
     // The digest lookup is an exact match on a unique index of SHA-256 digests of random
     // tokens: equal digests mean equal tokens, and timing reveals nothing usable.
-    match core.store.find_device_by_token_hash(&digest).await? {
-        Some(device) => {
-            let device = Arc::new(device);
-            runtime.by_token.write().expect("cache lock").insert(digest, device.clone(), runtime.policy.cache_entries);
-            Ok(device)
-        }
+    match core.store.find_active_device(&hex::encode(digest)).await? {
+        Some(row) => Ok(runtime.fleet.write().expect("fleet lock").insert(digest, ActiveDevice::from_row(row))),
         None => {
             runtime.limiter.record_failure(ip);
             Err(Error::Unauthenticated("the device token is not valid".into()))
         }
     }
+}
+
+/// Loads every device that holds a token into the fleet index (up to its capacity), so that
+/// check-ins after a restart do not each read the database. Runs in the background at start.
+pub async fn preload_fleet(core: &Core) -> Result<usize> {
+    const PAGE: u32 = 2_000;
+    let mut after = String::new();
+    let mut loaded = 0;
+    loop {
+        let page = core.store.list_active_devices(&after, PAGE).await?;
+        let Some((_, last)) = page.last() else { break };
+        after = last.id.clone();
+        let last_page = page.len() < PAGE as usize;
+        let index_full = {
+            let mut fleet = core.devices.fleet.write().expect("fleet lock");
+            for (token_hash, row) in page {
+                if fleet.len() >= fleet.capacity() {
+                    break;
+                }
+                let Some(digest) = secret::parse_digest_hex(&token_hash) else { continue };
+                if fleet.get(&digest).is_none() {
+                    fleet.insert(digest, ActiveDevice::from_row(row));
+                    loaded += 1;
+                }
+            }
+            fleet.len() >= fleet.capacity()
+        };
+        if last_page || index_full {
+            break;
+        }
+        // Let check-ins in between pages.
+        tokio::task::yield_now().await;
+    }
+    Ok(loaded)
 }
 
 /// The product's policy, or the default policy for products nobody configured. Cached
@@ -409,25 +406,24 @@ fn normalize_pair_key(key: &str) -> String {
 }
 
 /// Binds a device to the owner of a pair key.
-pub async fn pair(core: &Core, device: &Device, key: &str, ip: IpAddr) -> Result<String> {
+pub async fn pair(core: &Core, device: &ActiveDevice, key: &str, ip: IpAddr) -> Result<String> {
     core.devices.limiter.check(ip)?;
     let digest = secret::digest_hex(&normalize_pair_key(key));
     let Some(owner) = core.store.claim_pairing(&digest, &device.id).await? else {
         core.devices.limiter.record_failure(ip);
         return Err(Error::conflict("invalid_pair_key", "the pair key is unknown, expired or already used"));
     };
+    // The fleet index does not hold the owner: nothing to forget.
     core.store.update_device(&device.id, &DevicePatch { owner: Some(Some(owner.clone())), ..Default::default() }).await?;
-    core.devices.forget_device(&device.id);
     core.events.publish("device.paired", Some(&device.id), json!({"owner": owner}));
     tracing::info!(device_id = %device.id, %owner, "device paired");
     Ok(owner)
 }
 
-pub async fn report_setup(core: &Core, device: &Device, code: i64, title: Option<&str>, description: Option<&str>) -> Result<()> {
+pub async fn report_setup(core: &Core, device: &ActiveDevice, code: i64, title: Option<&str>, description: Option<&str>) -> Result<()> {
     let (code, title) = device::check_setup_report(code, title)?;
     let description = device::check_text("description", "invalid_setup_status", description.unwrap_or(""), 1024)?;
     core.store.insert_setup_event(&device.id, code, &title, &description).await?;
-    core.devices.forget_device(&device.id);
     core.events.publish("device.setup_status", Some(&device.id), json!({"status_code": code, "title": title, "description": description}));
     Ok(())
 }
@@ -454,7 +450,7 @@ pub struct CheckinAnswer {
 }
 
 /// Records a check-in and decides whether the device should update.
-pub async fn checkin(core: &Core, device: Arc<Device>, report: CheckinReport, ip: Option<IpAddr>) -> Result<CheckinAnswer> {
+pub async fn checkin(core: &Core, device: Arc<ActiveDevice>, report: CheckinReport, ip: Option<IpAddr>) -> Result<CheckinAnswer> {
     let runtime = &core.devices;
     let now = Utc::now();
     mark_seen(core, &device, now, ip);
@@ -465,13 +461,20 @@ pub async fn checkin(core: &Core, device: Arc<Device>, report: CheckinReport, ip
     }
     let product = report.product.as_deref().map(ProductName::parse).transpose()?.map(|p| p.as_str().to_string());
     let hardware = report.hardware.as_deref().map(HardwareId::parse).transpose()?.map(|h| h.as_str().to_string());
-    let attributes = match &report.attributes {
+    let (attributes, reported_attributes) = match &report.attributes {
         Some(reported) => {
             device::check_json_object("attributes", reported)?;
-            let merged = device::merge_attributes(&device.attributes, reported);
-            (merged != device.attributes).then_some(merged)
+            let hash = attributes_hash(reported);
+            if hash == device.reported_attributes {
+                // The same object as last time: merging it again changes nothing.
+                (None, hash)
+            } else {
+                let stored = core.store.find_device(&device.id).await?.ok_or_else(|| Error::not_found("device", &*device.id))?;
+                let merged = device::merge_attributes(&stored.attributes, reported);
+                ((merged != stored.attributes).then_some(merged), hash)
+            }
         }
-        None => None,
+        None => (None, device.reported_attributes),
     };
     let changed = DeviceReport {
         version: report.version.clone().filter(|v| device.version.as_deref() != Some(v.as_str())),
@@ -479,28 +482,32 @@ pub async fn checkin(core: &Core, device: Arc<Device>, report: CheckinReport, ip
         hardware: hardware.filter(|h| device.hardware.as_deref() != Some(h.as_str())),
         attributes,
     };
-    let device = if changed.version.is_some() || changed.product.is_some() || changed.hardware.is_some() || changed.attributes.is_some() {
-        let mut device = (*device).clone();
-        core.store.record_report(&device.id, &changed).await?;
-        runtime.forget_device(&device.id);
+    let anything_changed =
+        changed.version.is_some() || changed.product.is_some() || changed.hardware.is_some() || changed.attributes.is_some();
+    let device = if anything_changed || reported_attributes != device.reported_attributes {
+        let mut updated = (*device).clone();
+        if anything_changed {
+            core.store.record_report(&device.id, &changed).await?;
+        }
         if let Some(v) = &changed.version {
-            device.version = Some(v.clone());
+            updated.version = Some(v.as_str().into());
         }
         if let Some(p) = &changed.product {
-            device.product = Some(p.clone());
+            updated.product = Some(p.as_str().into());
         }
         if let Some(h) = &changed.hardware {
-            device.hardware = Some(h.clone());
+            updated.hardware = Some(h.as_str().into());
         }
-        if let Some(a) = &changed.attributes {
-            device.attributes = a.clone();
+        updated.reported_attributes = reported_attributes;
+        runtime.fleet.write().expect("fleet lock").replace(updated.clone());
+        if anything_changed {
+            core.events.publish(
+                "device.updated",
+                Some(&updated.id),
+                json!({"version": updated.version.as_deref(), "product": updated.product.as_deref(), "hardware": updated.hardware.as_deref()}),
+            );
         }
-        core.events.publish(
-            "device.updated",
-            Some(&device.id),
-            json!({"version": device.version, "product": device.product, "hardware": device.hardware}),
-        );
-        Arc::new(device)
+        Arc::new(updated)
     } else {
         device
     };
@@ -529,14 +536,7 @@ pub async fn checkin(core: &Core, device: Arc<Device>, report: CheckinReport, ip
         Some(product) => builds_of(core, product).await?,
         None => Arc::new(Vec::new()),
     };
-    let facts = DeviceFacts {
-        product: device.product.clone(),
-        hardware: device.hardware.clone(),
-        channel: device.channel.clone(),
-        version: device.version.as_deref().and_then(|v| Version::parse(v).ok()),
-        target_version: device.target_version.as_deref().and_then(|v| Version::parse(v).ok()),
-    };
-    let answer = match update::decide(&facts, &builds) {
+    let answer = match update::decide(&device.facts(), &builds) {
         Decision::None(reason) => CheckinAnswer { offer: None, no_update: Some(reason), poll_interval_s },
         Decision::Offer { artifact, pinned } => match offer_attempt(core, &device, artifact).await? {
             Some(attempt_id) => CheckinAnswer {
@@ -551,16 +551,25 @@ pub async fn checkin(core: &Core, device: Arc<Device>, report: CheckinReport, ip
         core.events.publish(
             "device.checkin",
             Some(&device.id),
-            json!({"version": device.version, "offered": answer.offer.as_ref().map(|o| o.artifact.version.clone())}),
+            json!({"version": device.version.as_deref(), "offered": answer.offer.as_ref().map(|o| o.artifact.version.clone())}),
         );
     }
     Ok(answer)
 }
 
+/// A hash of a reported attributes object, to notice a device reporting the same one again.
+fn attributes_hash(value: &Value) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    value.to_string().hash(&mut hasher);
+    // 0 means "unknown".
+    hasher.finish().max(1)
+}
+
 /// The attempt backing an offer: the current one if it is for this build and still open,
 /// a new one otherwise. A build the device failed or rejected recently is not offered again
 /// (devices such as the ThingsBoard SDK retry at once, forever).
-async fn offer_attempt(core: &Core, device: &Device, artifact: &Artifact) -> Result<Option<String>> {
+async fn offer_attempt(core: &Core, device: &ActiveDevice, artifact: &Artifact) -> Result<Option<String>> {
     if let Some(attempt) = core.store.current_attempt(&device.id).await?
         && attempt.artifact_id == artifact.id
     {
@@ -620,7 +629,7 @@ pub struct StatusReport {
 }
 
 /// Records a device's report on its current update.
-pub async fn report_update(core: &Core, device: &Device, report: StatusReport) -> Result<UpdateAttempt> {
+pub async fn report_update(core: &Core, device: &ActiveDevice, report: StatusReport) -> Result<UpdateAttempt> {
     let state = UpdateState::parse_reported(&report.state)?;
     let progress = match report.progress {
         Some(p) if (0..=100).contains(&p) => Some(p as u8),
@@ -670,34 +679,37 @@ pub async fn report_update(core: &Core, device: &Device, report: StatusReport) -
 
 // ---- presence ----
 
-fn mark_seen(core: &Core, device: &Device, now: DateTime<Utc>, ip: Option<IpAddr>) {
+fn mark_seen(core: &Core, device: &ActiveDevice, now: DateTime<Utc>, ip: Option<IpAddr>) {
     let runtime = &core.devices;
-    let ip = ip.map(|i| i.to_string());
-    // `last_seen` is stored at a granularity of a quarter of the offline period (at most a
-    // minute): a device that checks in often costs one write per period, not one per request.
-    let granularity =
-        chrono::Duration::from_std((runtime.policy.offline_after / 4).min(Duration::from_secs(60))).unwrap_or(chrono::Duration::MAX);
-    let same_ip = ip.is_none() || ip == device.ip;
+    // `last_seen` is stored at a granularity of a quarter of the offline period: a device
+    // that checks in often costs one write per period, not one per request. Every replica
+    // therefore sees a device online while it is (the stored value is at most a quarter of
+    // the offline period old).
+    let granularity = chrono::Duration::from_std(runtime.policy.offline_after / 4).unwrap_or(chrono::Duration::MAX);
     let (came_online, write) = {
         let mut online = runtime.online.lock().expect("online lock");
-        match online.get_mut(&device.id) {
-            Some((seen, written)) => {
-                *seen = now;
-                let write = !same_ip || now - *written >= granularity;
+        match online.get_mut(&*device.id) {
+            Some(heard) => {
+                heard.seen = now;
+                let moved = ip.is_some() && ip != heard.written_ip;
+                let write = moved || now - heard.written >= granularity;
                 if write {
-                    *written = now;
+                    heard.written = now;
+                    heard.written_ip = ip.or(heard.written_ip);
                 }
                 (false, write)
             }
             None => {
-                online.insert(device.id.clone(), (now, now));
-                let stored_fresh = device.last_seen.is_some_and(|stored| now - stored < granularity) && same_ip;
+                let moved = ip.is_some() && ip != device.stored_ip;
+                let stored_fresh = device.stored_last_seen.is_some_and(|stored| now - stored < granularity) && !moved;
+                let written = if stored_fresh { device.stored_last_seen.unwrap_or(now) } else { now };
+                online.insert(device.id.clone(), Heard { seen: now, written, written_ip: ip.or(device.stored_ip) });
                 (true, !stored_fresh)
             }
         }
     };
     if write {
-        runtime.presence.lock().expect("presence lock").insert(device.id.clone(), (now, ip));
+        runtime.presence.lock().expect("presence lock").insert(device.id.clone(), (now, ip.map(|i| i.to_string())));
     }
     if came_online {
         core.events.publish("device.online", Some(&device.id), json!({"mac": device.mac.canonical()}));
@@ -706,7 +718,7 @@ fn mark_seen(core: &Core, device: &Device, now: DateTime<Utc>, ip: Option<IpAddr
 
 /// Writes buffered `last_seen` values in one batch. Run periodically and at shutdown.
 pub async fn flush_presence(core: &Core) -> Result<usize> {
-    let batch: Vec<(String, DateTime<Utc>, Option<String>)> = {
+    let batch: Vec<(Arc<str>, DateTime<Utc>, Option<String>)> = {
         let mut presence = core.devices.presence.lock().expect("presence lock");
         presence.drain().map(|(id, (at, ip))| (id, at, ip)).collect()
     };
@@ -726,10 +738,10 @@ pub async fn flush_presence(core: &Core) -> Result<usize> {
 pub fn sweep_offline(core: &Core) -> Vec<String> {
     let cutoff = Utc::now() - chrono::Duration::from_std(core.devices.policy.offline_after).unwrap_or(chrono::Duration::MAX);
     let mut gone = Vec::new();
-    core.devices.online.lock().expect("online lock").retain(|id, (seen, _)| {
-        let keep = *seen >= cutoff;
+    core.devices.online.lock().expect("online lock").retain(|id, heard| {
+        let keep = heard.seen >= cutoff;
         if !keep {
-            gone.push(id.clone());
+            gone.push(id.to_string());
         }
         keep
     });
@@ -758,7 +770,16 @@ pub fn spawn_background(core: Core) {
             }
         }
     });
-    tokio::spawn(follow_device_changes(core_for_changes));
+    tokio::spawn(async move {
+        // Follow changes from before the load starts, so that nothing loaded stays stale.
+        let follower = tokio::spawn(follow_device_changes(core_for_changes.clone()));
+        let started = Instant::now();
+        match preload_fleet(&core_for_changes).await {
+            Ok(loaded) => tracing::info!(devices = loaded, elapsed_ms = started.elapsed().as_millis() as u64, "fleet index loaded"),
+            Err(e) => tracing::warn!(error = %e, "cannot load the fleet index; devices are read on their first check-in"),
+        }
+        let _ = follower.await;
+    });
 }
 
 /// Drops cached devices that changed anywhere (this or another replica), once a second.
@@ -774,9 +795,9 @@ async fn follow_device_changes(core: Core) {
         match core.store.changed_devices_since(since - OVERLAP_MS).await {
             Ok(changes) => {
                 if !changes.is_empty() {
-                    let mut cache = core.devices.by_token.write().expect("cache lock");
+                    let mut fleet = core.devices.fleet.write().expect("fleet lock");
                     for (device_id, _) in &changes {
-                        cache.forget(device_id);
+                        fleet.forget(device_id);
                     }
                 }
                 since = now;
@@ -1035,59 +1056,13 @@ pub async fn identify_by_mac(core: &Core, mac: &Mac, product: &str, hardware: Op
 /// Withdraws an offer for a reason the operator should see in the device's history (e.g. the
 /// build does not fit the device's free space): its attempt is closed as `rejected` with the
 /// reason, and the build is not offered again for `UPDRAFT_UPDATE_RETRY_AFTER_SECS`.
-pub async fn refuse_offer(core: &Core, device: &Device, offer: &Offer, reason: &str) -> Result<()> {
+pub async fn refuse_offer(core: &Core, device_id: &str, offer: &Offer, reason: &str) -> Result<()> {
     let artifact = &offer.artifact;
     core.store.set_attempt_state(&offer.attempt_id, UpdateState::Rejected, None, Some(reason)).await?;
     core.events.publish(
         "device.update_status",
-        Some(&device.id),
+        Some(device_id),
         json!({"release_id": artifact.id, "state": "rejected", "message": reason, "version": artifact.version}),
     );
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn device(id: &str) -> Arc<Device> {
-        let now = Utc::now();
-        Arc::new(Device {
-            id: id.into(),
-            mac: Mac::parse("02:00:00:00:00:01").unwrap(),
-            name: id.into(),
-            product: None,
-            hardware: None,
-            channel: "stable".into(),
-            version: None,
-            target_version: None,
-            tags: Vec::new(),
-            attributes: json!({}),
-            metadata: json!({}),
-            owner: None,
-            has_token: true,
-            last_seen: None,
-            ip: None,
-            setup_status: None,
-            created_at: now,
-            updated_at: now,
-        })
-    }
-
-    #[test]
-    fn the_device_cache_is_bounded_and_evicts_the_oldest_first() {
-        let mut cache = DeviceCache::default();
-        for i in 0..5 {
-            cache.insert(format!("digest-{i}"), device(&format!("d{i}")), 3);
-        }
-        assert_eq!(cache.by_digest.len(), 3);
-        assert!(cache.get("digest-0").is_none() && cache.get("digest-1").is_none());
-        assert!(cache.get("digest-4").is_some());
-        // A new token for a cached device replaces its old entry.
-        cache.insert("digest-4b".into(), device("d4"), 3);
-        assert!(cache.get("digest-4").is_none() && cache.get("digest-4b").is_some());
-        cache.forget("d4");
-        assert!(cache.get("digest-4b").is_none());
-        assert_eq!(cache.digest_of.len(), cache.by_digest.len());
-    }
 }

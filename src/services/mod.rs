@@ -5,6 +5,7 @@
 pub mod devices;
 pub mod events;
 pub mod firmware;
+pub mod fleet;
 pub mod limiter;
 
 use std::sync::Arc;

@@ -12,6 +12,22 @@ use crate::domain::{Error, Result};
 
 const DEVICE_COLUMNS: &str = "id, mac, name, product, hardware, channel, version, target_version, tags, attributes, metadata, owner, token_hash, last_seen, ip, setup_status, created_at, updated_at";
 
+/// The columns of `ActiveRow`.
+const ACTIVE_COLUMNS: &str = "id, mac, product, hardware, channel, version, target_version, last_seen, ip";
+
+/// What the fleet index keeps of a device (see `services::fleet`).
+pub struct ActiveRow {
+    pub id: String,
+    pub mac: Mac,
+    pub product: Option<String>,
+    pub hardware: Option<String>,
+    pub channel: String,
+    pub version: Option<String>,
+    pub target_version: Option<String>,
+    pub last_seen: Option<DateTime<Utc>>,
+    pub ip: Option<String>,
+}
+
 /// Fields of a new device.
 pub struct NewDevice {
     pub mac: Mac,
@@ -220,6 +236,36 @@ impl Store {
         row.map(|r| device_from_row(&r)).transpose()
     }
 
+    /// The index entry of the device holding a token (by digest), without the device's
+    /// JSON fields: the fleet index's miss path.
+    pub async fn find_active_device(&self, token_hash: &str) -> Result<Option<ActiveRow>> {
+        let row = sqlx::query(AssertSqlSafe(format!("SELECT {ACTIVE_COLUMNS} FROM device WHERE token_hash = $1")))
+            .bind(token_hash)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| db_error(e, "failed to read a device"))?;
+        row.map(|r| active_from_row(&r)).transpose()
+    }
+
+    /// Index entries of devices holding a token, in id order after `after`: the fleet
+    /// index's start-up load, a page at a time.
+    pub async fn list_active_devices(&self, after: &str, limit: u32) -> Result<Vec<(String, ActiveRow)>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {ACTIVE_COLUMNS}, token_hash FROM device WHERE token_hash IS NOT NULL AND id > $1 ORDER BY id LIMIT $2"
+        )))
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db_error(e, "failed to list devices"))?;
+        rows.iter()
+            .map(|r| {
+                let token_hash: String = r.try_get("token_hash").map_err(|e| db_error(e, "failed to decode a device row"))?;
+                Ok((token_hash, active_from_row(r)?))
+            })
+            .collect()
+    }
+
     pub async fn list_devices(&self, filter: &DeviceFilter) -> Result<(Vec<Device>, u64)> {
         let mut conditions: Vec<String> = Vec::new();
         let mut texts: Vec<String> = Vec::new();
@@ -385,7 +431,7 @@ impl Store {
 
     /// Writes a batch of (device id, last seen, address) in one transaction, a few hundred
     /// devices per statement.
-    pub async fn record_presence(&self, batch: &[(String, DateTime<Utc>, Option<String>)]) -> Result<()> {
+    pub async fn record_presence<S: AsRef<str> + Sync>(&self, batch: &[(S, DateTime<Utc>, Option<String>)]) -> Result<()> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -402,7 +448,7 @@ impl Store {
             );
             let mut query = sqlx::query::<Any>(AssertSqlSafe(sql));
             for (id, seen, ip) in rows {
-                query = query.bind(id.clone()).bind(seen.timestamp_millis()).bind(ip.clone());
+                query = query.bind(id.as_ref().to_string()).bind(seen.timestamp_millis()).bind(ip.clone());
             }
             query.execute(&mut *tx).await.map_err(|e| db_error(e, "failed to record presence"))?;
         }
@@ -696,6 +742,22 @@ fn product_from_row(row: &AnyRow) -> Result<Product> {
         poll_interval_s: row.try_get::<i64, _>("poll_interval_s").map_err(decode)? as u32,
         created_at: from_millis(row.try_get("created_at").map_err(decode)?),
         updated_at: from_millis(row.try_get("updated_at").map_err(decode)?),
+    })
+}
+
+fn active_from_row(row: &AnyRow) -> Result<ActiveRow> {
+    let decode = |e: sqlx::Error| db_error(e, "failed to decode a device row");
+    let mac: String = row.try_get("mac").map_err(decode)?;
+    Ok(ActiveRow {
+        id: row.try_get("id").map_err(decode)?,
+        mac: Mac::parse(&mac).map_err(|_| Error::Internal(anyhow::anyhow!("corrupt MAC in the device table")))?,
+        product: row.try_get("product").map_err(decode)?,
+        hardware: row.try_get("hardware").map_err(decode)?,
+        channel: row.try_get("channel").map_err(decode)?,
+        version: row.try_get("version").map_err(decode)?,
+        target_version: row.try_get("target_version").map_err(decode)?,
+        last_seen: row.try_get::<Option<i64>, _>("last_seen").map_err(decode)?.map(from_millis),
+        ip: row.try_get("ip").map_err(decode)?,
     })
 }
 

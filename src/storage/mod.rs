@@ -12,7 +12,7 @@ use anyhow::Context;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
-pub use devices::{DeviceFilter, DevicePatch, DeviceReport, DeviceSort, NewDevice};
+pub use devices::{ActiveRow, DeviceFilter, DevicePatch, DeviceReport, DeviceSort, NewDevice};
 pub use firmware::{ArtifactFilter, ArtifactPatch, ArtifactSort, NewArtifact};
 
 use crate::domain::{Error, Result};

@@ -607,3 +607,84 @@ async fn a_token_revoked_on_one_replica_stops_working_on_the_others() {
     replica.stop().await;
     app.stop().await;
 }
+
+async fn metric(app: &TestApp, name: &str) -> Option<f64> {
+    let text = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    text.lines().find_map(|line| line.strip_prefix(name).and_then(|rest| rest.trim().parse().ok()))
+}
+
+#[tokio::test]
+async fn a_replica_loads_every_token_holder_into_its_fleet_index_at_start() {
+    let app = spawn_app().await;
+    let mut tokens = Vec::new();
+    for i in 0..5 {
+        tokens.push(provisioned(&app, &format!("02:00:00:00:0F:0{i}"), "lamp", "esp32", "1.0.0").await.1);
+    }
+    // A registered device without a token is not indexed.
+    let created = app.admin(Method::POST, "/api/v1/devices").json(&json!({"mac": "02:00:00:00:0F:09"})).send().await.unwrap();
+    assert_eq!(created.status(), 201);
+
+    let replica = start(app.settings.clone(), tempfile::tempdir().unwrap()).await;
+    let mut indexed = None;
+    for _ in 0..50 {
+        indexed = metric(&replica, "updraft_fleet_index_devices ").await;
+        if indexed == Some(5.0) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(indexed, Some(5.0), "the replica did not load the fleet");
+    for token in &tokens {
+        assert_eq!(checkin(&replica, token, json!({"version": "1.0.0"})).await["update"], Value::Null);
+    }
+    replica.stop().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_device_that_moves_is_recorded_at_its_new_address_at_once() {
+    let app = spawn_app_with(|s| s.trust_proxy_headers = true).await;
+    let (device_id, token) = provisioned(&app, "02:00:00:00:0F:11", "lamp", "esp32", "1.0.0").await;
+    for ip in ["10.0.0.1", "10.0.0.2", "10.0.0.1"] {
+        let response = app
+            .client
+            .get(app.url("/api/v1/device/checkin?version=1.0.0"))
+            .bearer_auth(&token)
+            .header("X-Forwarded-For", ip)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(get_device(&app, &device_id).await["ip"], ip);
+    }
+    // And it reaches the database (what other replicas read) within the flush period.
+    let replica = start(app.settings.clone(), tempfile::tempdir().unwrap()).await;
+    let mut seen = Value::Null;
+    for _ in 0..30 {
+        seen = get_device(&replica, &device_id).await["ip"].clone();
+        if seen == "10.0.0.1" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen, "10.0.0.1");
+    replica.stop().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn reported_attributes_are_merged_each_time_they_differ() {
+    let app = spawn_app().await;
+    let (device_id, token) = provisioned(&app, "02:00:00:00:0F:21", "lamp", "esp32", "1.0.0").await;
+    for (reported, expected) in [
+        (json!({"rssi": -60, "ssid": "home"}), json!({"rssi": -60, "ssid": "home"})),
+        (json!({"rssi": -60, "ssid": "home"}), json!({"rssi": -60, "ssid": "home"})),
+        (json!({"rssi": -70}), json!({"rssi": -70, "ssid": "home"})),
+        (json!({"rssi": -60, "ssid": "home"}), json!({"rssi": -60, "ssid": "home"})),
+        (json!({"ssid": null}), json!({"rssi": -60})),
+    ] {
+        checkin(&app, &token, json!({"version": "1.0.0", "attributes": reported})).await;
+        assert_eq!(get_device(&app, &device_id).await["attributes"], expected);
+    }
+    app.stop().await;
+}
