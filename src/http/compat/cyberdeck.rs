@@ -96,6 +96,17 @@ async fn ota(
     }
 }
 
+/// The answer of `/ota/info`, in the README's field order.
+#[derive(Serialize)]
+struct OtaInfo {
+    latest: String,
+    sha256: String,
+    size: u64,
+    /// `2025-02-21 09:00 UTC`.
+    uploaded: String,
+    notes: String,
+}
+
 /// `GET /ota/info`: `{latest, sha256, size, uploaded, notes}`.
 async fn info(State(state): State<AppState>) -> Response {
     let product = match default_product(&state).await {
@@ -104,13 +115,13 @@ async fn info(State(state): State<AppState>) -> Response {
         Err(e) => return failed(&e),
     };
     match service::cyberdeck_latest(&state.core, &product).await {
-        Ok(Some(latest)) => Json(serde_json::json!({
-            "latest": latest.version,
-            "sha256": latest.sha256,
-            "size": latest.size,
-            "uploaded": latest.created_at.format("%Y-%m-%d %H:%M UTC").to_string(),
-            "notes": latest.notes,
-        }))
+        Ok(Some(latest)) => Json(OtaInfo {
+            uploaded: latest.created_at.format("%Y-%m-%d %H:%M UTC").to_string(),
+            latest: latest.version,
+            sha256: latest.sha256,
+            size: latest.size,
+            notes: latest.notes,
+        })
         .into_response(),
         Ok(None) => no_firmware(),
         Err(e) => failed(&e),

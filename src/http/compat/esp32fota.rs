@@ -13,7 +13,7 @@
 
 use axum::Router;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
@@ -41,6 +41,18 @@ fn failed(error: &Error) -> Response {
 
 fn query_params(query: Option<String>) -> Vec<(String, String)> {
     url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect()
+}
+
+/// The manifest esp32FOTA reads (`checkJSONManifest`): a single object.
+#[derive(serde::Serialize)]
+struct Manifest<'a> {
+    /// Must equal the firmware type the device was built with: the manifest's name.
+    #[serde(rename = "type")]
+    kind: &'a str,
+    /// Plain `X.Y.Z`.
+    version: &'a str,
+    /// A full URL, which esp32FOTA prefers over `host`/`port`/`bin`.
+    url: &'a str,
 }
 
 /// `GET /api/v1/esp32fota/{product}.json`.
@@ -105,9 +117,7 @@ async fn manifest(
         url.push('?');
         url.push_str(&signed);
     }
-    // `type` must equal the firmware type the device was built with: the manifest's name.
-    let body = json!({"type": name, "version": version, "url": url});
-    ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+    axum::Json(Manifest { kind: name, version: &version, url: &url }).into_response()
 }
 
 /// `GET /api/v1/esp32fota/{product}/{artifact_id}.bin`.

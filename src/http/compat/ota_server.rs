@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Multipart, Path, RawQuery, State};
+use axum::extract::{DefaultBodyLimit, Multipart, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -40,7 +40,8 @@ pub fn router(downloads: bool) -> Router<AppState> {
         .route("/api/firmware", get(check))
         .route("/admin/api/devices", get(list_devices).post(add_device))
         .route("/admin/api/devices/{mac}", get(get_device).put(put_device).delete(delete_device))
-        .route("/admin/api/firmware", get(list_firmware).post(upload_firmware))
+        // The upload streams the file and enforces UPDRAFT_MAX_UPLOAD_BYTES itself.
+        .route("/admin/api/firmware", get(list_firmware).post(upload_firmware).layer(DefaultBodyLimit::disable()))
         .route("/admin/api/firmware/{filename}", get(download_admin).delete(delete_firmware))
         .route("/admin/api/firmware/{filename}/info", get(firmware_info));
     if downloads {
@@ -87,6 +88,17 @@ fn mac_format_valid(mac: &str) -> bool {
 }
 
 // ---- device API ----
+
+/// The original's `UpdateCheckResponse`, in its field order, nulls included.
+#[derive(serde::Serialize)]
+struct UpdateCheckResponse {
+    update_available: bool,
+    firmware_version: Option<String>,
+    /// A signed link to the build (works without headers, as the device fetches it).
+    firmware_url: Option<String>,
+    /// MD5 of the build: the device passes it to `Update.setMD5()`.
+    checksum: Option<String>,
+}
 
 /// `GET /api/firmware?device_id=&hardware=&version=&mac=` with `X-Device-Auth`.
 async fn check(State(state): State<AppState>, ClientIp(ip): ClientIp, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
@@ -161,14 +173,14 @@ async fn check(State(state): State<AppState>, ClientIp(ip): ClientIp, headers: H
     let body = match answer.answer.offer {
         Some(offer) => {
             let signed = device_service::sign_download(&state.core, &offer.artifact.id, &answer.device.id);
-            json!({
-                "update_available": true,
-                "firmware_version": offer.artifact.version,
-                "firmware_url": format!("{}/api/v1/device/firmware/{}?{signed}", state.base_url(Some(&headers)), offer.artifact.id),
-                "checksum": offer.artifact.md5,
-            })
+            UpdateCheckResponse {
+                update_available: true,
+                firmware_version: Some(offer.artifact.version),
+                firmware_url: Some(format!("{}/api/v1/device/firmware/{}?{signed}", state.base_url(Some(&headers)), offer.artifact.id)),
+                checksum: Some(offer.artifact.md5),
+            }
         }
-        None => json!({"update_available": false, "firmware_version": null, "firmware_url": null, "checksum": null}),
+        None => UpdateCheckResponse { update_available: false, firmware_version: None, firmware_url: None, checksum: None },
     };
     Json(body).into_response()
 }
