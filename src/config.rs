@@ -107,6 +107,36 @@ pub struct ServeArgs {
     /// Log format: text or json [default: text]
     #[arg(long, env = "UPDRAFT_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<String>,
+    /// Serve the seed-001 "ESP32 OTA Update Server" protocol: /api/firmware and /admin/api/... [default: true]
+    #[arg(long, env = "UPDRAFT_COMPAT_OTA_SERVER", value_name = "BOOL")]
+    pub compat_ota_server: Option<String>,
+    /// Serve GET /firmware/{filename} without authentication, as the seed-001 server did [default: true]
+    #[arg(long, env = "UPDRAFT_COMPAT_OTA_SERVER_DOWNLOADS", value_name = "BOOL")]
+    pub compat_ota_server_downloads: Option<String>,
+    /// Shared secret of the seed-001 device tokens (X-Device-Auth); OTA_SERVER_SHARED_SECRET_KEY is read too
+    #[arg(long, env = "UPDRAFT_COMPAT_SHARED_SECRET", value_name = "SECRET", hide_env_values = true)]
+    pub compat_shared_secret: Option<String>,
+    /// Extra admin key accepted by the seed-001 admin API (/admin/api); OTA_SERVER_ADMIN_API_KEY is read too [default: only the Updraft admin key]
+    #[arg(long, env = "UPDRAFT_COMPAT_ADMIN_API_KEY", value_name = "KEY", hide_env_values = true)]
+    pub compat_admin_api_key: Option<String>,
+    /// Product of devices and builds of protocols that name none (seed 001, seed 002, Arduino, seed 004) [default: the only product, if there is one]
+    #[arg(long, env = "UPDRAFT_COMPAT_DEFAULT_PRODUCT", value_name = "PRODUCT")]
+    pub compat_default_product: Option<String>,
+    /// Serve the seed-002 Cyberdeck protocol: GET /ota and /ota/info [default: true]
+    #[arg(long, env = "UPDRAFT_COMPAT_CYBERDECK", value_name = "BOOL")]
+    pub compat_cyberdeck: Option<String>,
+    /// Serve Arduino HTTPUpdate (ESP32 and ESP8266 cores) at /api/v1/arduino/... [default: true]
+    #[arg(long, env = "UPDRAFT_COMPAT_ARDUINO", value_name = "BOOL")]
+    pub compat_arduino: Option<String>,
+    /// Serve esp32FOTA manifests and images at /api/v1/esp32fota/... [default: true]
+    #[arg(long, env = "UPDRAFT_COMPAT_ESP32FOTA", value_name = "BOOL")]
+    pub compat_esp32fota: Option<String>,
+    /// Folder of RSA private keys (<product>.pem) that sign esp32FOTA images of that product [default: none, unsigned]
+    #[arg(long, env = "UPDRAFT_COMPAT_ESP32FOTA_KEYS_DIR", value_name = "DIR")]
+    pub compat_esp32fota_keys_dir: Option<String>,
+    /// Serve the seed-004 GET /debug/provisioning [default: true]
+    #[arg(long, env = "UPDRAFT_COMPAT_DEBUG_PROVISIONING", value_name = "BOOL")]
+    pub compat_debug_provisioning: Option<String>,
 }
 
 /// A setting that could not be used. Its `Display` is the one line printed at start-up.
@@ -176,6 +206,45 @@ pub struct Settings {
     pub log: String,
     pub log_format: LogFormat,
     pub devices: DevicePolicy,
+    pub compat: CompatSettings,
+}
+
+/// Settings of the compatibility protocols (docs/CLIENT.md). Every surface is on by default.
+#[derive(Debug, Clone)]
+pub struct CompatSettings {
+    /// Seed 001: `/api/firmware`, `/admin/api/...`.
+    pub ota_server: bool,
+    /// Seed 001: unauthenticated `GET /firmware/{filename}`.
+    pub ota_server_downloads: bool,
+    /// Seed 001: the fleet-wide secret of the djb2 device tokens.
+    pub shared_secret: Option<String>,
+    /// Seed 001: an admin key accepted on `/admin/api` besides Updraft's own.
+    pub admin_api_key: Option<String>,
+    pub default_product: Option<String>,
+    /// Seed 002: `/ota`, `/ota/info`.
+    pub cyberdeck: bool,
+    pub arduino: bool,
+    pub esp32fota: bool,
+    pub esp32fota_keys_dir: Option<PathBuf>,
+    /// Seed 004: `/debug/provisioning`.
+    pub debug_provisioning: bool,
+}
+
+impl Default for CompatSettings {
+    fn default() -> Self {
+        CompatSettings {
+            ota_server: true,
+            ota_server_downloads: true,
+            shared_secret: None,
+            admin_api_key: None,
+            default_product: None,
+            cyberdeck: true,
+            arduino: true,
+            esp32fota: true,
+            esp32fota_keys_dir: None,
+            debug_provisioning: true,
+        }
+    }
 }
 
 /// The names of every setting, as used in the TOML file.
@@ -208,7 +277,21 @@ const SETTING_NAMES: &[&str] = &[
     "device_cache_entries",
     "update_retry_after_secs",
     "download_url_ttl_secs",
+    "compat_ota_server",
+    "compat_ota_server_downloads",
+    "compat_shared_secret",
+    "compat_admin_api_key",
+    "compat_default_product",
+    "compat_cyberdeck",
+    "compat_arduino",
+    "compat_esp32fota",
+    "compat_esp32fota_keys_dir",
+    "compat_debug_provisioning",
 ];
+
+/// Variables of the seed-001 server, read as aliases of Updraft settings (environment or `.env`).
+const ALIASES: &[(&str, &str)] =
+    &[("compat_shared_secret", "OTA_SERVER_SHARED_SECRET_KEY"), ("compat_admin_api_key", "OTA_SERVER_ADMIN_API_KEY")];
 
 /// The lower layers: `.env` entries and TOML file entries, by setting name.
 struct Layers {
@@ -226,6 +309,9 @@ impl Layers {
                 let (key, value) = entry.map_err(|e| ConfigError::new("config", format!("cannot parse {}: {e}", dotenv_path.display())))?;
                 if let Some(name) = key.strip_prefix("UPDRAFT_") {
                     dotenv.insert(name.to_ascii_lowercase(), value);
+                } else if let Some((name, _)) = ALIASES.iter().find(|(_, alias)| *alias == key) {
+                    // An alias never overrides the setting's own name.
+                    dotenv.entry(name.to_string()).or_insert(value);
                 }
             }
         }
@@ -400,7 +486,10 @@ impl Settings {
             )?,
         };
 
+        let compat = parse_compat(&get, args)?;
+
         Ok(Settings {
+            compat,
             devices,
             listen,
             data_dir,
@@ -419,6 +508,39 @@ impl Settings {
             log_format,
         })
     }
+}
+
+fn parse_compat(get: &dyn Fn(&str, &Option<String>) -> Option<String>, args: &ServeArgs) -> Result<CompatSettings, ConfigError> {
+    let flag = |name: &str, value: &Option<String>| parse_bool(name, get(name, value), true);
+    // The seed-001 variable names, from the real environment (a `.env` entry was mapped above).
+    let alias = |name: &str, value: &Option<String>| {
+        get(name, value).or_else(|| {
+            let (_, alias) = ALIASES.iter().find(|(setting, _)| *setting == name)?;
+            std::env::var(alias).ok().map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
+        })
+    };
+    let default_product = get("compat_default_product", &args.compat_default_product);
+    if let Some(product) = &default_product {
+        crate::domain::firmware::Product::parse(product).map_err(|e| ConfigError::new("compat_default_product", e.to_string()))?;
+    }
+    let esp32fota_keys_dir = get("compat_esp32fota_keys_dir", &args.compat_esp32fota_keys_dir).map(PathBuf::from);
+    if let Some(dir) = &esp32fota_keys_dir
+        && !dir.is_dir()
+    {
+        return Err(ConfigError::new("compat_esp32fota_keys_dir", format!("`{}` is not a folder", dir.display())));
+    }
+    Ok(CompatSettings {
+        ota_server: flag("compat_ota_server", &args.compat_ota_server)?,
+        ota_server_downloads: flag("compat_ota_server_downloads", &args.compat_ota_server_downloads)?,
+        shared_secret: alias("compat_shared_secret", &args.compat_shared_secret),
+        admin_api_key: alias("compat_admin_api_key", &args.compat_admin_api_key),
+        default_product,
+        cyberdeck: flag("compat_cyberdeck", &args.compat_cyberdeck)?,
+        arduino: flag("compat_arduino", &args.compat_arduino)?,
+        esp32fota: flag("compat_esp32fota", &args.compat_esp32fota)?,
+        esp32fota_keys_dir,
+        debug_provisioning: flag("compat_debug_provisioning", &args.compat_debug_provisioning)?,
+    })
 }
 
 fn parse_blob(
@@ -569,6 +691,22 @@ mod tests {
     fn passwords_are_redacted_in_messages() {
         let error = load(ServeArgs { database_url: Some("mysql://u:secret@h/db".into()), ..Default::default() }).unwrap_err();
         assert!(!error.to_string().contains("secret"), "{error}");
+    }
+
+    #[test]
+    fn compat_surfaces_are_on_by_default_and_seed_001_names_are_aliases() {
+        let dir = tempfile::tempdir().unwrap();
+        let dotenv_path = dir.path().join(".env");
+        std::fs::write(&dotenv_path, "OTA_SERVER_SHARED_SECRET_KEY=from-alias\nOTA_SERVER_ADMIN_API_KEY=admin-alias\n").unwrap();
+        let args = ServeArgs { compat_admin_api_key: Some("own-name".into()), compat_cyberdeck: Some("off".into()), ..Default::default() };
+        let settings = Settings::load_with_dotenv(&args, &dotenv_path).unwrap();
+        let compat = settings.compat;
+        assert!(compat.ota_server && compat.ota_server_downloads && compat.arduino && compat.esp32fota && compat.debug_provisioning);
+        assert!(!compat.cyberdeck);
+        assert_eq!(compat.shared_secret.as_deref(), Some("from-alias"));
+        assert_eq!(compat.admin_api_key.as_deref(), Some("own-name"));
+        let error = load(ServeArgs { compat_default_product: Some("bad name".into()), ..Default::default() }).unwrap_err();
+        assert!(error.to_string().contains("UPDRAFT_COMPAT_DEFAULT_PRODUCT"), "{error}");
     }
 
     #[test]

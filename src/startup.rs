@@ -15,6 +15,7 @@ use crate::domain::secret;
 use crate::http::{self, AppState};
 use crate::net::LimitedListener;
 use crate::services::Core;
+use crate::services::compat::FotaSigner;
 use crate::services::devices::{self, DeviceRuntime};
 use crate::services::events::EventBus;
 use crate::storage::Store;
@@ -52,7 +53,22 @@ impl Application {
             devices: Arc::new(DeviceRuntime::new(settings.devices.clone(), signing_key)),
         };
         devices::spawn_background(core.clone());
-        let state = AppState { core, settings: Arc::new(settings), admin_key_digest, metrics: telemetry::metrics_handle(), started };
+        let fota_signer = match &settings.compat.esp32fota_keys_dir {
+            Some(dir) => {
+                let signer = FotaSigner::load_dir(dir)?;
+                tracing::info!(products = ?signer.products(), "esp32FOTA images of these products are served signed");
+                signer
+            }
+            None => FotaSigner::default(),
+        };
+        let state = AppState {
+            core,
+            settings: Arc::new(settings),
+            admin_key_digest,
+            metrics: telemetry::metrics_handle(),
+            started,
+            fota_signer: Arc::new(fota_signer),
+        };
         Ok(Application { listener, state })
     }
 

@@ -38,6 +38,16 @@ const SETTINGS: &[&str] = &[
     "UPDRAFT_TLS_KEY",
     "UPDRAFT_LOG",
     "UPDRAFT_LOG_FORMAT",
+    "UPDRAFT_COMPAT_OTA_SERVER",
+    "UPDRAFT_COMPAT_OTA_SERVER_DOWNLOADS",
+    "UPDRAFT_COMPAT_SHARED_SECRET",
+    "UPDRAFT_COMPAT_ADMIN_API_KEY",
+    "UPDRAFT_COMPAT_DEFAULT_PRODUCT",
+    "UPDRAFT_COMPAT_CYBERDECK",
+    "UPDRAFT_COMPAT_ARDUINO",
+    "UPDRAFT_COMPAT_ESP32FOTA",
+    "UPDRAFT_COMPAT_ESP32FOTA_KEYS_DIR",
+    "UPDRAFT_COMPAT_DEBUG_PROVISIONING",
 ];
 
 #[test]
@@ -265,6 +275,69 @@ async fn reset_admin_key_prints_a_new_key_that_replaces_the_generated_one() {
     let (status, stderr) = server.stop().await;
     assert!(status.success(), "{status}\n{stderr}");
     assert!(!stderr.contains("upd_admin_"), "a start after the reset printed a key:\n{stderr}");
+}
+
+#[tokio::test]
+async fn import_ota_server_brings_devices_pins_and_files_and_the_devices_keep_working() {
+    let workdir = tempfile::tempdir().unwrap();
+    let data_dir = workdir.path().join("data");
+    let firmware_dir = workdir.path().join("firmware");
+    std::fs::create_dir(&firmware_dir).unwrap();
+    let current = updraft::domain::esp_image::builder::EspImageBuilder::new("PanicButton", "1.3.8").payload_len(20_000).build();
+    std::fs::write(firmware_dir.join("panic_1.3.8.bin"), &current).unwrap();
+    // Not an ESP image (no embedded version): its version comes from the device naming it.
+    std::fs::write(firmware_dir.join("legacy.bin"), firmware_bytes(5000)).unwrap();
+    let devices = serde_json::json!({
+        "AA:BB:CC:DD:EE:FF": {"device_id": "PanicAlarm_EEFF", "hardware_version": "1.0", "target_version": "1.3.8",
+            "firmware_url": "http://10.0.0.5:5000/firmware/panic_1.3.8.bin", "checksum": "ignored", "last_check": null,
+            "last_update": null, "current_version": "1.3.7", "ip_address": "10.0.0.9"},
+        "11:22:33:44:55:66": {"device_id": "PanicAlarm_5566", "target_version": "1.2",
+            "firmware_url": "http://10.0.0.5:5000/firmware/legacy.bin", "checksum": "ignored"}
+    });
+    std::fs::write(workdir.path().join("devices.json"), devices.to_string()).unwrap();
+    let import = |workdir: &Path| {
+        let mut command = updraft(workdir);
+        command
+            .args(["import", "ota-server", "--devices", "devices.json", "--firmware-dir", "firmware", "--product", "panic", "--data-dir"])
+            .arg(&data_dir);
+        run_to_exit(&mut command)
+    };
+
+    let first = import(workdir.path());
+    assert!(first.status.success(), "{}\n{}", first.stdout, first.stderr);
+    assert!(first.stdout.contains("file panic_1.3.8.bin: build panic 1.3.8"), "{}", first.stdout);
+    assert!(first.stdout.contains("file legacy.bin: build panic 1.2"), "{}", first.stdout);
+    assert!(first.stdout.contains("devices: 2 created, 0 updated"), "{}", first.stdout);
+    let again = import(workdir.path());
+    assert!(again.status.success(), "{}", again.stderr);
+    assert!(again.stdout.contains("devices: 0 created, 2 updated"), "{}", again.stdout);
+
+    // The seed-001 server's own variable names work, and its devices get their pinned builds.
+    let mut command = updraft(workdir.path());
+    command
+        .env("OTA_SERVER_SHARED_SECRET_KEY", "sekret")
+        .env("UPDRAFT_ADMIN_API_KEY", ADMIN_KEY)
+        .env("UPDRAFT_COMPAT_DEFAULT_PRODUCT", "panic");
+    let server = Server::start(command, &data_dir).await;
+    let token = format!("{:x}", updraft::domain::compat::djb2(0, "AABBCCDDEEFFsekret"));
+    let check: serde_json::Value = server
+        .client
+        .get(format!("http://{}/api/firmware?device_id=PanicAlarm_EEFF&hardware=esp32&version=1.3.7&mac=AA:BB:CC:DD:EE:FF", server.addr))
+        .header("X-Device-Auth", token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(check["update_available"], true, "{check}");
+    assert_eq!(check["firmware_version"], "1.3.8");
+    let file = server.get("/firmware/panic_1.3.8.bin", None).await;
+    assert_eq!(file.status(), 200);
+    assert!(file.bytes().await.unwrap()[..] == current[..]);
+    let device: serde_json::Value = server.get("/api/v1/devices/11:22:33:44:55:66", Some(ADMIN_KEY)).await.json().await.unwrap();
+    assert_eq!((device["target_version"].as_str(), device["hardware"].as_str()), (Some("1.2"), Some("esp32")));
+    server.expect_clean_stop().await;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
 use bytes::Bytes;
-use futures::Stream;
+use futures::{Stream, StreamExt};
 
 use super::error::ApiResult;
 use super::range::{self, RangeRequest};
@@ -63,6 +63,28 @@ pub async fn serve_artifact(blobs: &BlobStore, artifact: &Artifact, method: &Met
     };
     let mut response = Response::new(body);
     *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    Ok(response)
+}
+
+/// Serves `prefix` followed by an artifact's bytes as one file (esp32FOTA's signed form:
+/// signature, then image): `200` with `Content-Length`, never chunked, `HEAD` without a
+/// body. Ranges are not offered (`Accept-Ranges: none`); no client of this form uses them.
+pub async fn serve_with_prefix(blobs: &BlobStore, artifact: &Artifact, prefix: &[u8], method: &Method) -> ApiResult<Response> {
+    let mut headers = HeaderMap::new();
+    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("none"));
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(prefix.len() as u64 + artifact.size));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, max-age=0, must-revalidate"));
+    headers.insert(header::CONTENT_DISPOSITION, header_value(&format!("attachment; filename=\"{}\"", download_file_name(artifact))));
+    let body = if method == Method::HEAD {
+        Body::empty()
+    } else {
+        let rest = blobs.read(&artifact.blob_key, artifact.size, 0..artifact.size).await?;
+        let first: ByteStream = Box::pin(futures::stream::once(std::future::ready(Ok(Bytes::copy_from_slice(prefix)))));
+        Body::from_stream(CountedStream { inner: Box::pin(first.chain(rest)) })
+    };
+    let mut response = Response::new(body);
     *response.headers_mut() = headers;
     Ok(response)
 }

@@ -2,6 +2,7 @@
 //! `services`/`storage`, and encode responses; each module owns its wire types.
 
 pub mod auth;
+pub mod compat;
 pub mod device_api;
 pub mod devices;
 pub mod download;
@@ -43,6 +44,8 @@ pub struct AppState {
     pub admin_key_digest: [u8; 32],
     pub metrics: PrometheusHandle,
     pub started: Instant,
+    /// esp32FOTA signing keys by product (`UPDRAFT_COMPAT_ESP32FOTA_KEYS_DIR`).
+    pub fota_signer: Arc<crate::services::compat::FotaSigner>,
 }
 
 impl AppState {
@@ -102,6 +105,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(firmware::router())
         .merge(devices::router())
         .merge(device_api::router())
+        .merge(compat::cyberdeck::admin_router())
         .merge(ops::router())
 }
 
@@ -118,7 +122,9 @@ pub fn router(state: AppState) -> Router {
         Arc::new([header::AUTHORIZATION, HeaderName::from_static("x-admin-api-key"), HeaderName::from_static("x-device-token")]);
     let request_id = HeaderName::from_static("x-request-id");
 
+    let compat = compat::router(&state.settings.compat);
     api.merge(ops::docs_router(openapi))
+        .merge(compat)
         // Upload bodies are limited by the handler itself (UPDRAFT_MAX_UPLOAD_BYTES); everything
         // else by this layer.
         .layer(DefaultBodyLimit::max(MAX_JSON_BYTES))

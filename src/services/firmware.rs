@@ -42,6 +42,13 @@ pub struct Ingested {
     pub created: bool,
 }
 
+impl StagedUpload {
+    /// What the file is as an ESP32 app image, if it is one.
+    pub fn image(&self) -> Option<&EspImageInfo> {
+        self.image.as_ref()
+    }
+}
+
 /// Streams a body into a staged blob, hashing and parsing it on the way. Stops with 413 as
 /// soon as more than `limit` bytes arrive.
 pub async fn stage<S>(core: &Core, mut body: S, limit: u64) -> Result<StagedUpload>

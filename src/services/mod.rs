@@ -2,6 +2,7 @@
 //! with storage and blobs. Adapters (HTTP, device protocols, MQTT, CLI) call these and
 //! never touch storage for writes themselves.
 
+pub mod compat;
 pub mod devices;
 pub mod events;
 pub mod firmware;
@@ -21,4 +22,19 @@ pub struct Core {
     pub blobs: BlobStore,
     pub events: events::EventBus,
     pub devices: Arc<devices::DeviceRuntime>,
+}
+
+impl Core {
+    /// The storage and blobs of `settings`, without a server: for maintenance commands
+    /// (`updraft import ...`). Download links cannot be signed with it.
+    pub async fn offline(settings: &crate::config::Settings) -> anyhow::Result<Core> {
+        let store = Store::connect(&settings.database_url, 2).await?;
+        let blobs = BlobStore::open(&settings.blob, 0).await?;
+        Ok(Core {
+            store,
+            blobs,
+            events: events::EventBus::default(),
+            devices: Arc::new(devices::DeviceRuntime::new(settings.devices.clone(), [0; 32])),
+        })
+    }
 }

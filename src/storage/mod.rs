@@ -1,6 +1,7 @@
 //! Storage: the only module that holds SQL. One code path for SQLite (embedded default)
 //! and PostgreSQL (scale-out), through sqlx's `Any` driver and portable SQL.
 
+mod compat;
 mod devices;
 mod firmware;
 mod secrets;
@@ -12,6 +13,7 @@ use anyhow::Context;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
+pub use compat::CompatFile;
 pub use devices::{ActiveRow, DeviceFilter, DevicePatch, DeviceReport, DeviceSort, NewDevice};
 pub use firmware::{ArtifactFilter, ArtifactPatch, ArtifactSort, NewArtifact};
 

@@ -2,16 +2,12 @@
 //! chunking, strong ETags, MD5 for Arduino, single ranges, conditional requests, and replays
 //! of what ESP-IDF's `esp_https_ota` and Arduino's HTTPUpdate send over the wire.
 
-use std::time::Duration;
-
+use crate::helpers::*;
+use crate::raw::RawConnection;
 use md5::Md5;
 use reqwest::Method;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-use crate::helpers::*;
 
 const MIB: usize = 1 << 20;
 /// The window size of `esp_https_ota`'s partial download (`max_http_request_size` default).
@@ -364,103 +360,4 @@ fn esp_idf_request(app: &TestApp, method: &str, path: &str, range: Option<&str>)
     }
     request.push_str("Content-Length: 0\r\n\r\n");
     request
-}
-
-/// Bounds every read so that a server that stops answering fails the test instead of hanging it.
-const READ_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// One HTTP/1.x connection spoken by hand, to see exactly what goes over the wire.
-struct RawConnection {
-    stream: TcpStream,
-    buffered: Vec<u8>,
-}
-
-struct RawResponse {
-    /// The status line and headers, for failure messages.
-    head: String,
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl RawResponse {
-    fn header(&self, name: &str) -> Option<&str> {
-        let mut values = self.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str());
-        let first = values.next();
-        assert!(values.next().is_none(), "header {name} appears more than once:\n{}", self.head);
-        first
-    }
-}
-
-impl RawConnection {
-    async fn open(app: &TestApp) -> RawConnection {
-        RawConnection { stream: TcpStream::connect(app.addr).await.expect("connect"), buffered: Vec::new() }
-    }
-
-    async fn send(&mut self, request: &str) {
-        self.stream.write_all(request.as_bytes()).await.expect("send the request");
-    }
-
-    /// Reads more bytes; returns how many (0 at the end of the stream).
-    async fn fill(&mut self) -> usize {
-        let mut chunk = vec![0u8; 64 * 1024];
-        let n = tokio::time::timeout(READ_TIMEOUT, self.stream.read(&mut chunk))
-            .await
-            .expect("the server answers")
-            .expect("read from the connection");
-        self.buffered.extend_from_slice(&chunk[..n]);
-        n
-    }
-
-    /// Reads one response. Bodies are delimited by Content-Length or, without one, by the
-    /// end of the connection; a chunked body fails the test (the contract is never to chunk).
-    async fn response(&mut self, to_head_request: bool) -> RawResponse {
-        let head_end = loop {
-            if let Some(position) = self.buffered.windows(4).position(|w| w == b"\r\n\r\n") {
-                break position;
-            }
-            assert!(self.fill().await > 0, "the connection closed before a complete response head");
-        };
-        let head = String::from_utf8(self.buffered[..head_end].to_vec()).expect("the response head is text");
-        self.buffered.drain(..head_end + 4);
-        let mut lines = head.split("\r\n");
-        let status_line = lines.next().unwrap();
-        let status: u16 =
-            status_line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("bad status line {status_line:?}"));
-        let headers: Vec<(String, String)> = lines
-            .map(|line| {
-                let (name, value) = line.split_once(':').unwrap_or_else(|| panic!("bad header line {line:?}"));
-                (name.trim().to_string(), value.trim().to_string())
-            })
-            .collect();
-        let mut response = RawResponse { head, status, headers, body: Vec::new() };
-        if to_head_request || status == 304 || status == 204 || (100..200).contains(&status) {
-            return response;
-        }
-        assert_eq!(response.header("transfer-encoding"), None, "a chunked response:\n{}", response.head);
-        match response.header("content-length") {
-            Some(length) => {
-                let length: usize = length.parse().expect("a numeric Content-Length");
-                while self.buffered.len() < length {
-                    assert!(self.fill().await > 0, "the connection closed after {} of {length} body bytes", self.buffered.len());
-                }
-                response.body = self.buffered.drain(..length).collect();
-            }
-            None => {
-                while self.fill().await > 0 {}
-                response.body = std::mem::take(&mut self.buffered);
-            }
-        }
-        response
-    }
-
-    /// True when the server closes the connection (rather than sending more or keeping it
-    /// open for a few seconds).
-    async fn closed_by_server(&mut self) -> bool {
-        let mut chunk = [0u8; 1024];
-        match tokio::time::timeout(Duration::from_secs(5), self.stream.read(&mut chunk)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => self.buffered.is_empty(),
-            Ok(Ok(_)) | Err(_) => false,
-        }
-    }
 }

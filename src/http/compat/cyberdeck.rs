@@ -1,0 +1,201 @@
+//! Seed 002, the "Cyberdeck OTA Server" (Flask): `GET /ota?version=X` answers with the raw
+//! image when the device is older than "latest", the text `Uptodate` otherwise, and `503 No
+//! firmware available` when there is nothing; `GET /ota/info` describes "latest".
+//!
+//! "Latest" is the build of the default product (`UPDRAFT_COMPAT_DEFAULT_PRODUCT`, or the
+//! only product) an operator marked with `PUT /api/v1/products/{name}/latest`, else its
+//! newest stable build. A request without device headers (the device's plain `HTTPClient`
+//! check) is decided against "latest" alone by `update::decide`. A request that carries
+//! Arduino `HTTPUpdate`'s `x-ESP32-STA-MAC`/`x-ESP8266-STA-MAC` headers (the device's
+//! `httpUpdate.update()` call) identifies the device and gets its own check-in decision,
+//! recorded in its history.
+
+use axum::Json;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::arduino::{DeviceHeaders, mac_checkin};
+use super::{AppState, default_product, failure};
+use crate::domain::Error;
+use crate::domain::firmware::Artifact;
+use crate::domain::version::Version;
+use crate::http::auth::Admin;
+use crate::http::device_api::ClientIp;
+use crate::http::download::serve_artifact;
+use crate::http::error::{ApiJson, ApiResult, ErrorBody};
+use crate::services::compat as service;
+
+pub fn router() -> axum::Router<AppState> {
+    axum::Router::new().route("/ota", get(ota)).route("/ota/info", get(info))
+}
+
+/// The operator's side: marking the build seed-002 devices receive (always served; part of
+/// the OpenAPI document).
+pub fn admin_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(get_latest, put_latest, delete_latest))
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response {
+    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+}
+
+fn failed(error: &Error) -> Response {
+    let (status, message) = failure(error);
+    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], message).into_response()
+}
+
+fn no_firmware() -> Response {
+    text(StatusCode::SERVICE_UNAVAILABLE, "No firmware available")
+}
+
+/// `GET /ota?version=X`.
+async fn ota(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    method: Method,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let version =
+        url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()).find(|(k, _)| k == "version").map(|(_, v)| v.into_owned());
+    let Some(version) = version else { return text(StatusCode::BAD_REQUEST, "Missing version") };
+    let Ok(parsed) = Version::parse(&version) else { return text(StatusCode::BAD_REQUEST, "Invalid version") };
+    let product = match default_product(&state).await {
+        Ok(Some(product)) => product,
+        Ok(None) => {
+            tracing::warn!("a seed-002 device asked for updates, but no default product is known (UPDRAFT_COMPAT_DEFAULT_PRODUCT)");
+            return no_firmware();
+        }
+        Err(e) => return failed(&e),
+    };
+    let latest = match service::cyberdeck_latest(&state.core, &product).await {
+        Ok(Some(latest)) => latest,
+        Ok(None) => return no_firmware(),
+        Err(e) => return failed(&e),
+    };
+
+    let device_headers = DeviceHeaders::read(&headers);
+    let offered: Option<Artifact> = if device_headers.mac.is_some() {
+        match mac_checkin(&state, &device_headers, Some(product), Some(version), ip).await {
+            Ok(answer) => answer.answer.offer.map(|offer| offer.artifact),
+            Err(Error::Forbidden(_)) => return text(StatusCode::FORBIDDEN, "Forbidden"),
+            Err(e) => return failed(&e),
+        }
+    } else {
+        service::decide_anonymous(&[], &latest.product, Some(&parsed), None, Some(&latest)).cloned()
+    };
+    match offered {
+        Some(artifact) => serve_artifact(&state.core.blobs, &artifact, &method, &headers).await.unwrap_or_else(|e| failed(&e.0)),
+        None => text(StatusCode::OK, "Uptodate"),
+    }
+}
+
+/// The answer of `/ota/info`, in the README's field order.
+#[derive(Serialize)]
+struct OtaInfo {
+    latest: String,
+    sha256: String,
+    size: u64,
+    /// `2025-02-21 09:00 UTC`.
+    uploaded: String,
+    notes: String,
+}
+
+/// `GET /ota/info`: `{latest, sha256, size, uploaded, notes}`.
+async fn info(State(state): State<AppState>) -> Response {
+    let product = match default_product(&state).await {
+        Ok(Some(product)) => product,
+        Ok(None) => return no_firmware(),
+        Err(e) => return failed(&e),
+    };
+    match service::cyberdeck_latest(&state.core, &product).await {
+        Ok(Some(latest)) => Json(OtaInfo {
+            uploaded: latest.created_at.format("%Y-%m-%d %H:%M UTC").to_string(),
+            latest: latest.version,
+            sha256: latest.sha256,
+            size: latest.size,
+            notes: latest.notes,
+        })
+        .into_response(),
+        Ok(None) => no_firmware(),
+        Err(e) => failed(&e),
+    }
+}
+
+// ---- marking "latest" (admin, native error shape) ----
+
+#[derive(Serialize, ToSchema)]
+pub struct LatestView {
+    pub product: String,
+    /// The build seed-002 (`/ota`) devices receive; null when the product has no stable build.
+    pub artifact_id: Option<String>,
+    pub version: Option<String>,
+    /// True when an operator marked it; false when it is simply the newest stable build.
+    pub marked: bool,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LatestBody {
+    /// A version of the product that has a build, e.g. `1.02`.
+    pub version: String,
+}
+
+async fn latest_view(state: &AppState, product: &str) -> ApiResult<LatestView> {
+    let product = crate::domain::firmware::Product::parse(product)?.as_str().to_string();
+    let marked = state.core.store.find_product_latest(&product).await?;
+    let latest = service::cyberdeck_latest(&state.core, &product).await?;
+    Ok(LatestView {
+        marked: marked.is_some() && marked == latest.as_ref().map(|l| l.id.clone()),
+        artifact_id: latest.as_ref().map(|l| l.id.clone()),
+        version: latest.map(|l| l.version),
+        product,
+    })
+}
+
+/// The build a product's seed-002 devices (`GET /ota`) receive.
+#[utoipa::path(
+    get, path = "/api/v1/products/{name}/latest", tag = "devices",
+    params(("name" = String, Path, description = "Product")),
+    responses((status = 200, body = LatestView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
+    security(("bearer" = []), ("admin_key" = []))
+)]
+async fn get_latest(State(state): State<AppState>, _admin: Admin, Path(name): Path<String>) -> ApiResult<Json<LatestView>> {
+    Ok(Json(latest_view(&state, &name).await?))
+}
+
+/// Mark the build seed-002 devices receive (instead of the newest stable build).
+#[utoipa::path(
+    put, path = "/api/v1/products/{name}/latest", tag = "devices",
+    params(("name" = String, Path, description = "Product")),
+    request_body = LatestBody,
+    responses((status = 200, body = LatestView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, description = "No build of that version", body = ErrorBody)),
+    security(("bearer" = []), ("admin_key" = []))
+)]
+async fn put_latest(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<LatestBody>,
+) -> ApiResult<Json<LatestView>> {
+    service::mark_latest(&state.core, &name, Some(&body.version)).await?;
+    Ok(Json(latest_view(&state, &name).await?))
+}
+
+/// Remove the mark: seed-002 devices receive the newest stable build again.
+#[utoipa::path(
+    delete, path = "/api/v1/products/{name}/latest", tag = "devices",
+    params(("name" = String, Path, description = "Product")),
+    responses((status = 204, description = "Unmarked"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
+    security(("bearer" = []), ("admin_key" = []))
+)]
+async fn delete_latest(State(state): State<AppState>, _admin: Admin, Path(name): Path<String>) -> ApiResult<StatusCode> {
+    service::mark_latest(&state.core, &name, None).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
