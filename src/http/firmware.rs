@@ -1,7 +1,7 @@
 //! Admin API for the firmware store: upload, list, show, edit, delete, download.
 
 use axum::Json;
-use axum::extract::{FromRequest, Multipart, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -22,10 +22,9 @@ use crate::services::firmware::{self as service, BodyError};
 use crate::storage::{ArtifactFilter, ArtifactPatch, ArtifactSort};
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(upload_firmware, list_firmware))
-        .routes(routes!(get_firmware, patch_firmware, delete_firmware))
-        .routes(routes!(download_firmware))
+    // Uploads stream under their own limit (`UPDRAFT_MAX_UPLOAD_BYTES`), not the JSON body limit.
+    let uploads = OpenApiRouter::new().routes(routes!(upload_firmware, list_firmware)).layer(DefaultBodyLimit::disable());
+    OpenApiRouter::new().merge(uploads).routes(routes!(get_firmware, patch_firmware, delete_firmware)).routes(routes!(download_firmware))
 }
 
 /// A stored firmware build.

@@ -34,6 +34,25 @@ async fn a_multipart_esp_image_upload_fills_missing_metadata_from_the_image() {
 }
 
 #[tokio::test]
+async fn multipart_and_raw_uploads_larger_than_the_json_body_limit_are_accepted() {
+    let app = spawn_app().await;
+    // Well above the 1 MiB limit of JSON bodies: firmware images are routinely a few MiB.
+    let big = random_bytes(3 * 1024 * 1024 + 17, 42);
+    let response = app.upload_form(big.clone(), &[("product", "bigfw"), ("version", "1.0.0"), ("hardware", "esp32")]).await;
+    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+    let body: Value = response.json().await.unwrap_or_default();
+    assert_eq!(body["size"], big.len());
+    assert_eq!(body["sha256"], sha256_hex(&big));
+
+    let raw = random_bytes(3 * 1024 * 1024 + 18, 43);
+    let response = app.upload_raw(raw.clone(), "product=bigfw&version=1.0.1&hardware=esp32").await;
+    assert_eq!(response.status(), 201);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["size"], raw.len());
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn a_raw_upload_takes_metadata_from_the_query_string() {
     let app = spawn_app().await;
     let bytes = random_bytes(10_000, 1);
