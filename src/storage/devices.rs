@@ -436,17 +436,17 @@ impl Store {
             return Ok(());
         }
         let mut tx = self.pool.begin().await.map_err(|e| db_error(e, "failed to begin a transaction"))?;
-        for rows in batch.chunks(300) {
-            // A VALUES list named by a CTE: the same statement runs on SQLite and PostgreSQL.
+        for rows in batch.chunks(500) {
+            // A VALUES list named by a CTE and joined by primary key: the same statement runs
+            // on SQLite (3.33+) and PostgreSQL, in time linear in the rows.
             let values: Vec<String> = (0..rows.len()).map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3)).collect();
             let sql = format!(
                 "WITH seen (id, at, ip) AS (VALUES {}) \
-                 UPDATE device SET last_seen = (SELECT seen.at FROM seen WHERE seen.id = device.id), \
-                 ip = COALESCE((SELECT seen.ip FROM seen WHERE seen.id = device.id), ip) \
-                 WHERE id IN (SELECT id FROM seen)",
+                 UPDATE device SET last_seen = seen.at, ip = COALESCE(seen.ip, device.ip) FROM seen WHERE device.id = seen.id",
                 values.join(", ")
             );
-            let mut query = sqlx::query::<Any>(AssertSqlSafe(sql));
+            // Only the full-size statement is worth keeping prepared.
+            let mut query = sqlx::query::<Any>(AssertSqlSafe(sql)).persistent(rows.len() == 500);
             for (id, seen, ip) in rows {
                 query = query.bind(id.as_ref().to_string()).bind(seen.timestamp_millis()).bind(ip.clone());
             }
