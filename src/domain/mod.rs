@@ -5,6 +5,7 @@ pub mod device;
 pub mod error;
 pub mod esp_image;
 pub mod firmware;
+pub mod lvgl;
 pub mod mac;
 pub mod secret;
 pub mod update;
