@@ -17,6 +17,8 @@ use crate::net::LimitedListener;
 use crate::services::Core;
 use crate::services::devices::{self, DeviceRuntime};
 use crate::services::events::EventBus;
+use crate::services::images::ImageFetcher;
+use crate::services::keys::ServerKeys;
 use crate::storage::Store;
 use crate::telemetry;
 
@@ -35,6 +37,8 @@ impl Application {
         let blobs = BlobStore::open(&settings.blob, settings.blob_cache_bytes).await?;
         let admin_key_digest = resolve_admin_key(&store, settings.admin_api_key.as_deref()).await?;
         let signing_key = resolve_signing_key(&store).await?;
+        let keys = Arc::new(ServerKeys::load(&settings.content, &store).await?);
+        let fetcher = Arc::new(ImageFetcher::new(&settings.content)?);
         let listener =
             TcpListener::bind(settings.listen).await.with_context(|| format!("cannot listen on {} (UPDRAFT_LISTEN)", settings.listen))?;
         tracing::info!(
@@ -50,6 +54,8 @@ impl Application {
             blobs,
             events: EventBus::default(),
             devices: Arc::new(DeviceRuntime::new(settings.devices.clone(), signing_key)),
+            keys,
+            fetcher,
         };
         devices::spawn_background(core.clone());
         let state = AppState { core, settings: Arc::new(settings), admin_key_digest, metrics: telemetry::metrics_handle(), started };

@@ -2,9 +2,13 @@
 //! with storage and blobs. Adapters (HTTP, device protocols, MQTT, CLI) call these and
 //! never touch storage for writes themselves.
 
+pub mod assets;
+pub mod config;
 pub mod devices;
 pub mod events;
 pub mod firmware;
+pub mod images;
+pub mod keys;
 pub mod limiter;
 
 use std::sync::Arc;
@@ -12,12 +16,14 @@ use std::sync::Arc;
 use crate::blob::BlobStore;
 use crate::storage::Store;
 
-/// What every use case may need: the database, the blob store, the event bus and the
-/// in-memory device state.
+/// What every use case may need: the database, the blob store, the event bus, the
+/// in-memory device state, the content keys and the image fetcher.
 #[derive(Clone)]
 pub struct Core {
     pub store: Store,
     pub blobs: BlobStore,
     pub events: events::EventBus,
     pub devices: Arc<devices::DeviceRuntime>,
+    pub keys: Arc<keys::ServerKeys>,
+    pub fetcher: Arc<images::ImageFetcher>,
 }

@@ -1,6 +1,8 @@
 //! Storage: the only module that holds SQL. One code path for SQLite (embedded default)
 //! and PostgreSQL (scale-out), through sqlx's `Any` driver and portable SQL.
 
+mod assets;
+mod config;
 mod devices;
 mod firmware;
 mod secrets;
@@ -12,6 +14,8 @@ use anyhow::Context;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
+pub use assets::{Asset, AssetFile};
+pub use config::{ConfigWrite, StoredDocument, StoredVersion};
 pub use devices::{DeviceFilter, DevicePatch, DeviceReport, DeviceSort, NewDevice};
 pub use firmware::{ArtifactFilter, ArtifactPatch, ArtifactSort, NewArtifact};
 
