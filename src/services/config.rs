@@ -318,8 +318,9 @@ pub async fn delete_schema(core: &Core, product: &str) -> Result<()> {
     if core.store.delete_config_schema(product).await? { Ok(()) } else { Err(Error::not_found("configuration schema", product)) }
 }
 
-/// Checks that every affected device's effective configuration, with `content` in place of
-/// the layer being written, validates against its product's schema.
+/// Checks that the effective configuration of every affected device that has a document of
+/// its own, with `content` in place of the layer being written, validates against its
+/// product's schema.
 async fn check_schemas(core: &Core, scope: &Scope, content: &Value, devices: &[Device]) -> Result<()> {
     let mut schemas: BTreeMap<String, Option<jsonschema::Validator>> = BTreeMap::new();
     for product in devices.iter().filter_map(|d| d.product.as_deref()) {
@@ -345,6 +346,12 @@ async fn check_schemas(core: &Core, scope: &Scope, content: &Value, devices: &[D
         let scopes = config::device_layers(device.product.as_deref(), &device.tags, &device.mac);
         let documents = core.store.find_configs(&scopes.iter().map(Scope::key).collect::<Vec<_>>()).await?;
         let by_scope: HashMap<String, StoredDocument> = documents.into_iter().map(|d| (d.scope.clone(), d)).collect();
+        // A device without a document of its own is not configured yet: product and tag
+        // defaults alone need not satisfy a schema whose required keys are per device.
+        let own = Scope::Device(device.mac).key();
+        if own != key && by_scope.get(&own).is_none_or(|d| d.content.is_none()) {
+            continue;
+        }
         let effective = merge_layers(&scopes, &|k| if k == key { Some(&replacement) } else { by_scope.get(k) });
         let secrets: Vec<&String> = effective
             .merged

@@ -1,7 +1,11 @@
 //! End-to-end tests of the real server over HTTP. See helpers.rs for the harness.
 
+mod assets;
+mod config;
+mod config_seed003;
 mod devices;
 mod download;
 mod firmware;
 mod helpers;
+mod lvgl;
 mod ops;
