@@ -23,7 +23,8 @@ pub const SEED003_AUTHOR: &str = "seed-003 api";
 /// Topic of seed 003's configuration notifications.
 pub const SEED003_CONFIG_TOPIC: &str = "iotsupport/updates/configs";
 
-const MAX_ATTEMPTS: usize = 8;
+/// Attempts of a write without `If-Match` that keeps losing races to other writers.
+const MAX_ATTEMPTS: usize = 100;
 const MAX_SCHEMA_ERRORS: usize = 20;
 
 /// A change to one layer.
@@ -118,7 +119,14 @@ async fn apply(
     let key = scope.key();
     let author = check_label("author", author, 128)?;
     let comment = check_label("comment", comment, 1000)?;
-    for _ in 0..MAX_ATTEMPTS {
+    let devices = affected_devices(core, scope).await?;
+    for attempt in 0..MAX_ATTEMPTS {
+        if attempt > 0 {
+            // Another writer won the race; step back a little so that the losers do not
+            // collide again in lock step.
+            let jitter = rand::random_range(0..(2 + 2 * attempt as u64).min(50));
+            tokio::time::sleep(std::time::Duration::from_millis(jitter)).await;
+        }
         let current = core.store.find_config(&key).await?;
         let current_version = current.as_ref().map(|d| d.version).unwrap_or(0);
         if let Some(expected) = if_match
@@ -130,7 +138,6 @@ async fn apply(
             return Err(Error::conflict("config_exists", format!("a configuration for {key} exists; allow overwriting it to replace it")));
         }
         let content = compute(current.as_ref())?;
-        let devices = affected_devices(core, scope).await?;
         if let Some(content) = &content {
             check_schemas(core, scope, content, &devices).await?;
         }

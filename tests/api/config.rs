@@ -136,7 +136,10 @@ async fn if_match_keeps_concurrent_writers_from_losing_updates() {
     // Writers without If-Match are serialised: every write becomes its own version.
     let writers = (1..=12).map(|n| {
         let request = app.admin(Method::PUT, path).json(&json!({"content": {"m": n}}));
-        tokio::spawn(async move { request.send().await.unwrap().json::<Value>().await.unwrap()["version"].as_i64().unwrap() })
+        tokio::spawn(async move {
+            let body = request.send().await.unwrap().json::<Value>().await.unwrap();
+            body["version"].as_i64().unwrap_or_else(|| panic!("a write failed: {body}"))
+        })
     });
     let mut versions: Vec<i64> = futures::future::join_all(writers).await.into_iter().map(Result::unwrap).collect();
     versions.sort();
