@@ -101,6 +101,24 @@ pub struct ServeArgs {
     /// Lifetime of signed download links handed to devices [default: 86400]
     #[arg(long, env = "UPDRAFT_DOWNLOAD_URL_TTL_SECS", value_name = "SECS")]
     pub download_url_ttl_secs: Option<String>,
+    /// Key file encrypting secret values in device configurations; created when missing [default: <data dir>/config.key]
+    #[arg(long, env = "UPDRAFT_CONFIG_KEY_FILE", value_name = "FILE")]
+    pub config_key_file: Option<String>,
+    /// Serve GET /api/configs/{mac}.json without authentication, as seed 003 did (anyone who knows a MAC reads its configuration) [default: true]
+    #[arg(long, env = "UPDRAFT_PUBLIC_CONFIG_FILES", value_name = "BOOL")]
+    pub public_config_files: Option<String>,
+    /// PEM RSA key (public, or private as seed 003 used) checking signed uploads to POST /api/assets; SIGNING_KEY_PATH is honoured too [default: none, uploads refused]
+    #[arg(long, env = "UPDRAFT_SIGNING_KEY_PATH", value_name = "FILE")]
+    pub signing_key_path: Option<String>,
+    /// Hosts or networks (names, IPs, CIDRs, comma-separated) the image proxy may fetch from although they are private or loopback [default: none]
+    #[arg(long, env = "UPDRAFT_IMAGE_FETCH_ALLOW_HOSTS", value_name = "LIST")]
+    pub image_fetch_allow_hosts: Option<String>,
+    /// Largest image the image proxy fetches or converts, in bytes [default: 10485760]
+    #[arg(long, env = "UPDRAFT_IMAGE_FETCH_MAX_BYTES", value_name = "BYTES")]
+    pub image_fetch_max_bytes: Option<String>,
+    /// Time limit of one image fetch, redirects included [default: 10]
+    #[arg(long, env = "UPDRAFT_IMAGE_FETCH_TIMEOUT_SECS", value_name = "SECS")]
+    pub image_fetch_timeout_secs: Option<String>,
     /// Log filter, e.g. `info` or `info,updraft=debug` [default: info]
     #[arg(long, env = "UPDRAFT_LOG", value_name = "FILTER")]
     pub log: Option<String>,
@@ -181,6 +199,17 @@ pub struct S3Settings {
     pub allow_http: bool,
 }
 
+/// Settings of configurations, assets and the image proxy.
+#[derive(Debug, Clone)]
+pub struct ContentSettings {
+    pub config_key_file: PathBuf,
+    pub public_config_files: bool,
+    pub signing_key_path: Option<PathBuf>,
+    pub image_fetch_allow_hosts: Vec<String>,
+    pub image_fetch_max_bytes: u64,
+    pub image_fetch_timeout: Duration,
+}
+
 #[derive(Debug, Clone)]
 pub struct TlsSettings {
     pub cert: PathBuf,
@@ -206,6 +235,7 @@ pub struct Settings {
     pub log: String,
     pub log_format: LogFormat,
     pub devices: DevicePolicy,
+    pub content: ContentSettings,
     pub compat: CompatSettings,
 }
 
@@ -287,6 +317,12 @@ const SETTING_NAMES: &[&str] = &[
     "compat_esp32fota",
     "compat_esp32fota_keys_dir",
     "compat_debug_provisioning",
+    "config_key_file",
+    "public_config_files",
+    "signing_key_path",
+    "image_fetch_allow_hosts",
+    "image_fetch_max_bytes",
+    "image_fetch_timeout_secs",
 ];
 
 /// Variables of the seed-001 server, read as aliases of Updraft settings (environment or `.env`).
@@ -487,10 +523,12 @@ impl Settings {
         };
 
         let compat = parse_compat(&get, args)?;
+        let content = parse_content(&get, args, &data_dir)?;
 
         Ok(Settings {
             compat,
             devices,
+            content,
             listen,
             data_dir,
             database_url,
@@ -595,6 +633,56 @@ fn parse_blob(
         return Err(ConfigError::new("blob_url", format!("`{blob_url}` is neither a folder, a file:// URL nor an s3:// URL")));
     }
     Ok(BlobSettings::Local { root: PathBuf::from(blob_url) })
+}
+
+fn parse_content(
+    get: &dyn Fn(&str, &Option<String>) -> Option<String>,
+    args: &ServeArgs,
+    data_dir: &Path,
+) -> Result<ContentSettings, ConfigError> {
+    let config_key_file = get("config_key_file", &args.config_key_file).map(PathBuf::from).unwrap_or_else(|| data_dir.join("config.key"));
+    let public_config_files = parse_bool("public_config_files", get("public_config_files", &args.public_config_files), true)?;
+    // Seed 003 named it SIGNING_KEY_PATH; that name is honoured below every UPDRAFT_ layer.
+    let signing_key_path = get("signing_key_path", &args.signing_key_path)
+        .or_else(|| std::env::var("SIGNING_KEY_PATH").ok().filter(|v| !v.trim().is_empty()))
+        .map(PathBuf::from);
+    if let Some(path) = &signing_key_path
+        && !path.is_file()
+    {
+        return Err(ConfigError::new("signing_key_path", format!("file `{}` does not exist", path.display())));
+    }
+    let image_fetch_allow_hosts: Vec<String> = get("image_fetch_allow_hosts", &args.image_fetch_allow_hosts)
+        .map(|list| list.split(',').map(|h| h.trim().to_ascii_lowercase()).filter(|h| !h.is_empty()).collect())
+        .unwrap_or_default();
+    for entry in &image_fetch_allow_hosts {
+        if let Some((net, bits)) = entry.split_once('/') {
+            let valid = net
+                .parse::<std::net::IpAddr>()
+                .ok()
+                .zip(bits.parse::<u8>().ok())
+                .is_some_and(|(ip, bits)| bits <= if ip.is_ipv4() { 32 } else { 128 });
+            if !valid {
+                return Err(ConfigError::new("image_fetch_allow_hosts", format!("`{entry}` is not a network like 10.0.0.0/8")));
+            }
+        }
+    }
+    let image_fetch_max_bytes =
+        parse_number("image_fetch_max_bytes", get("image_fetch_max_bytes", &args.image_fetch_max_bytes), 10u64 << 20)?;
+    if !(1024..=(1u64 << 30)).contains(&image_fetch_max_bytes) {
+        return Err(ConfigError::new("image_fetch_max_bytes", "must be between 1024 and 1073741824"));
+    }
+    let timeout_secs = parse_number("image_fetch_timeout_secs", get("image_fetch_timeout_secs", &args.image_fetch_timeout_secs), 10u64)?;
+    if !(1..=300).contains(&timeout_secs) {
+        return Err(ConfigError::new("image_fetch_timeout_secs", "must be between 1 and 300 seconds"));
+    }
+    Ok(ContentSettings {
+        config_key_file,
+        public_config_files,
+        signing_key_path,
+        image_fetch_allow_hosts,
+        image_fetch_max_bytes,
+        image_fetch_timeout: Duration::from_secs(timeout_secs),
+    })
 }
 
 fn parse_number<T: std::str::FromStr>(name: &str, value: Option<String>, default: T) -> Result<T, ConfigError> {

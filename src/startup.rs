@@ -18,6 +18,8 @@ use crate::services::Core;
 use crate::services::compat::FotaSigner;
 use crate::services::devices::{self, DeviceRuntime};
 use crate::services::events::EventBus;
+use crate::services::images::ImageFetcher;
+use crate::services::keys::ServerKeys;
 use crate::storage::Store;
 use crate::telemetry;
 
@@ -36,6 +38,8 @@ impl Application {
         let blobs = BlobStore::open(&settings.blob, settings.blob_cache_bytes).await?;
         let admin_key_digest = resolve_admin_key(&store, settings.admin_api_key.as_deref()).await?;
         let signing_key = resolve_signing_key(&store).await?;
+        let keys = Arc::new(ServerKeys::load(&settings.content, &store).await?);
+        let fetcher = Arc::new(ImageFetcher::new(&settings.content)?);
         let listener =
             TcpListener::bind(settings.listen).await.with_context(|| format!("cannot listen on {} (UPDRAFT_LISTEN)", settings.listen))?;
         tracing::info!(
@@ -51,6 +55,8 @@ impl Application {
             blobs,
             events: EventBus::default(),
             devices: Arc::new(DeviceRuntime::new(settings.devices.clone(), signing_key)),
+            keys,
+            fetcher,
         };
         devices::spawn_background(core.clone());
         let fota_signer = match &settings.compat.esp32fota_keys_dir {
@@ -94,9 +100,10 @@ impl Application {
         let events = core.events.clone();
         tokio::spawn(async move {
             shutdown.await;
-            tracing::info!(grace_s = grace.as_secs(), "shutting down: no new connections; waiting for in-flight requests");
-            events.close();
+            // Stop accepting first, so that once this is logged no new connection is served.
             let _ = stop_tx.send(true);
+            events.close();
+            tracing::info!(grace_s = grace.as_secs(), "shutting down: no new connections; waiting for in-flight requests");
             // Keep the sender alive so that receivers do not see a closed channel.
             std::future::pending::<()>().await;
         });

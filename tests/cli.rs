@@ -48,6 +48,12 @@ const SETTINGS: &[&str] = &[
     "UPDRAFT_COMPAT_ESP32FOTA",
     "UPDRAFT_COMPAT_ESP32FOTA_KEYS_DIR",
     "UPDRAFT_COMPAT_DEBUG_PROVISIONING",
+    "UPDRAFT_CONFIG_KEY_FILE",
+    "UPDRAFT_PUBLIC_CONFIG_FILES",
+    "UPDRAFT_SIGNING_KEY_PATH",
+    "UPDRAFT_IMAGE_FETCH_ALLOW_HOSTS",
+    "UPDRAFT_IMAGE_FETCH_MAX_BYTES",
+    "UPDRAFT_IMAGE_FETCH_TIMEOUT_SECS",
 ];
 
 #[test]
@@ -178,7 +184,10 @@ async fn sigterm_lets_an_upload_in_flight_finish_and_then_exits_cleanly() {
         if i == 4 {
             server.terminate();
             server.wait_for_stderr("shutting down").await;
-            let newcomer = server.client.get(format!("http://{}/api/health", server.addr)).send().await;
+            // A fresh client: the server's own client may hold a pooled keep-alive connection
+            // from before the shutdown, which is not a new connection.
+            let fresh = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(0).build().unwrap();
+            let newcomer = fresh.get(format!("http://{}/api/health", server.addr)).send().await;
             assert!(newcomer.is_err(), "a new connection was served during shutdown");
         }
         upload.write_all(piece).await.unwrap();
@@ -565,4 +574,79 @@ async fn wait_until(what: &str, condition: impl Fn() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting until {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test]
+async fn a_server_killed_while_configurations_are_written_keeps_every_document_whole() {
+    let workdir = tempfile::tempdir().unwrap();
+    let data_dir = workdir.path().join("data");
+    let mut command = updraft(workdir.path());
+    command.env("UPDRAFT_ADMIN_API_KEY", ADMIN_KEY);
+    let mut server = Server::start(command, &data_dir).await;
+
+    // Writers keep replacing one document with large, self-consistent versions: every
+    // value of `fill` repeats `n`.
+    let url = format!("http://{}/api/v1/configs/product/lamp", server.addr);
+    let writes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut writers = Vec::new();
+    for writer in 0..4usize {
+        let (client, url, writes) = (server.client.clone(), url.clone(), writes.clone());
+        writers.push(tokio::spawn(async move {
+            for round in 0.. {
+                let n = writer * 1_000_000 + round;
+                let fill: Vec<usize> = vec![n; 2000];
+                let body = serde_json::json!({"content": {"n": n, "fill": fill, "secret": {"$secret": n}}});
+                let sent = client.put(&url).bearer_auth(ADMIN_KEY).json(&body).send().await;
+                match sent {
+                    Ok(response) if response.status() == 200 => {
+                        writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    _ => break,
+                }
+            }
+        }));
+    }
+    wait_until("20 configuration writes", || writes.load(std::sync::atomic::Ordering::Relaxed) >= 20).await;
+    server.child.kill().unwrap();
+    let _ = server.child.wait();
+    for writer in writers {
+        let _ = writer.await;
+    }
+    drop(server);
+
+    let mut command = updraft(workdir.path());
+    command.env("UPDRAFT_ADMIN_API_KEY", ADMIN_KEY);
+    let restarted = Server::start(command, &data_dir).await;
+    let current: Value = restarted.get("/api/v1/configs/product/lamp", Some(ADMIN_KEY)).await.json().await.unwrap();
+    let version = current["version"].as_i64().unwrap();
+    assert!(version >= 20, "{version}");
+    let content = &current["content"];
+    let n = content["n"].as_u64().unwrap();
+    assert!(content["fill"].as_array().unwrap().iter().all(|v| v.as_u64() == Some(n)), "a torn document survived");
+    assert_eq!(content["secret"], serde_json::json!({"$secret": null}));
+    // The history is complete: one version per accepted write, numbered without gaps.
+    let history: Value = restarted.get("/api/v1/configs/product/lamp/history?limit=500", Some(ADMIN_KEY)).await.json().await.unwrap();
+    assert_eq!(history["total"].as_i64(), Some(version));
+    assert_eq!(history["items"][0]["version"].as_i64(), Some(version));
+    // And the document still writes and reads after the crash.
+    let response = restarted
+        .client
+        .put(format!("http://{}/api/v1/configs/product/lamp", restarted.addr))
+        .bearer_auth(ADMIN_KEY)
+        .header("if-match", format!("\"{version}\""))
+        .json(&serde_json::json!({"content": {"n": 0}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    restarted.expect_clean_stop().await;
+}
+
+#[test]
+fn seed_003_s_signing_key_path_setting_is_honoured() {
+    let workdir = tempfile::tempdir().unwrap();
+    let output =
+        run_to_exit(updraft(workdir.path()).args(["serve", "--listen", "127.0.0.1:0"]).env("SIGNING_KEY_PATH", "/nonexistent/key.pem"));
+    assert_eq!(output.status.code(), Some(2), "{}", output.stderr);
+    assert!(output.stderr.contains("UPDRAFT_SIGNING_KEY_PATH") && output.stderr.contains("/nonexistent/key.pem"), "{}", output.stderr);
 }

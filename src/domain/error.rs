@@ -23,6 +23,9 @@ pub enum Error {
     /// The request conflicts with the current state (409).
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
+    /// The resource is not at the version the request expects (`If-Match`) (412).
+    #[error("{0}")]
+    PreconditionFailed(String),
     /// The body is larger than allowed (413).
     #[error("the request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: u64 },
@@ -38,6 +41,9 @@ pub enum Error {
     /// The storage is full (507); nothing was stored.
     #[error("the server has no space left to store this; nothing was stored")]
     InsufficientStorage,
+    /// A server this one fetched from on the client's behalf failed or answered badly (502).
+    #[error("{0}")]
+    Upstream(String),
     /// A dependency (database, blob store) does not answer (503).
     #[error("{0}")]
     Unavailable(String),
@@ -72,11 +78,13 @@ impl Error {
             Error::Unauthenticated(_) => "unauthenticated",
             Error::Forbidden(_) => "forbidden",
             Error::NotFound { .. } => "not_found",
+            Error::PreconditionFailed(_) => "precondition_failed",
             Error::PayloadTooLarge { .. } => "payload_too_large",
             Error::UnsupportedMediaType(_) => "unsupported_media_type",
             Error::RangeNotSatisfiable { .. } => "range_not_satisfiable",
             Error::TooManyRequests { .. } => "too_many_requests",
             Error::InsufficientStorage => "insufficient_storage",
+            Error::Upstream(_) => "upstream_failed",
             Error::Unavailable(_) => "unavailable",
             Error::Internal(_) => "internal",
         }

@@ -2,10 +2,12 @@
 //! MQTT or SQL; adapters and storage convert to and from these types.
 
 pub mod compat;
+pub mod config;
 pub mod device;
 pub mod error;
 pub mod esp_image;
 pub mod firmware;
+pub mod lvgl;
 pub mod mac;
 pub mod secret;
 pub mod update;

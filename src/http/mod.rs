@@ -1,8 +1,11 @@
 //! The HTTP adapter: routes, shared state and middleware. Handlers decode requests, call
 //! `services`/`storage`, and encode responses; each module owns its wire types.
 
+pub mod assets;
 pub mod auth;
 pub mod compat;
+pub mod compat_seed003;
+pub mod config;
 pub mod device_api;
 pub mod devices;
 pub mod download;
@@ -84,6 +87,9 @@ impl AppState {
         (name = "firmware", description = "Firmware builds (admin)"),
         (name = "devices", description = "Device registry, products, pairing, live events (admin)"),
         (name = "device", description = "The native device protocol (device token)"),
+        (name = "configuration", description = "Layered, versioned device configuration (admin)"),
+        (name = "assets", description = "Signed assets, public keys, LVGL image conversion"),
+        (name = "seed-003", description = "Compatibility with seed 003 (IoT Support Backend): configs, signed assets, LVGL image proxy"),
         (name = "operations", description = "Health, readiness, metrics"),
     )
 )]
@@ -106,6 +112,9 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(devices::router())
         .merge(device_api::router())
         .merge(compat::cyberdeck::admin_router())
+        .merge(config::router())
+        .merge(assets::router())
+        .merge(compat_seed003::router())
         .merge(ops::router())
 }
 

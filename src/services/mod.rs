@@ -2,11 +2,15 @@
 //! with storage and blobs. Adapters (HTTP, device protocols, MQTT, CLI) call these and
 //! never touch storage for writes themselves.
 
+pub mod assets;
 pub mod compat;
+pub mod config;
 pub mod devices;
 pub mod events;
 pub mod firmware;
 pub mod fleet;
+pub mod images;
+pub mod keys;
 pub mod limiter;
 
 use std::sync::Arc;
@@ -14,14 +18,16 @@ use std::sync::Arc;
 use crate::blob::BlobStore;
 use crate::storage::Store;
 
-/// What every use case may need: the database, the blob store, the event bus and the
-/// in-memory device state.
+/// What every use case may need: the database, the blob store, the event bus, the
+/// in-memory device state, the content keys and the image fetcher.
 #[derive(Clone)]
 pub struct Core {
     pub store: Store,
     pub blobs: BlobStore,
     pub events: events::EventBus,
     pub devices: Arc<devices::DeviceRuntime>,
+    pub keys: Arc<keys::ServerKeys>,
+    pub fetcher: Arc<images::ImageFetcher>,
 }
 
 impl Core {
@@ -30,11 +36,15 @@ impl Core {
     pub async fn offline(settings: &crate::config::Settings) -> anyhow::Result<Core> {
         let store = Store::connect(&settings.database_url, 2).await?;
         let blobs = BlobStore::open(&settings.blob, 0).await?;
+        let keys = Arc::new(keys::ServerKeys::load(&settings.content, &store).await?);
+        let fetcher = Arc::new(images::ImageFetcher::new(&settings.content)?);
         Ok(Core {
             store,
             blobs,
             events: events::EventBus::default(),
             devices: Arc::new(devices::DeviceRuntime::new(settings.devices.clone(), [0; 32])),
+            keys,
+            fetcher,
         })
     }
 }

@@ -1,7 +1,9 @@
 //! Storage: the only module that holds SQL. One code path for SQLite (embedded default)
 //! and PostgreSQL (scale-out), through sqlx's `Any` driver and portable SQL.
 
+mod assets;
 mod compat;
+mod config;
 mod devices;
 mod firmware;
 mod secrets;
@@ -13,7 +15,9 @@ use anyhow::Context;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
+pub use assets::{Asset, AssetFile};
 pub use compat::CompatFile;
+pub use config::{ConfigWrite, StoredDocument, StoredVersion};
 pub use devices::{ActiveRow, DeviceFilter, DevicePatch, DeviceReport, DeviceSort, NewDevice};
 pub use firmware::{ArtifactFilter, ArtifactPatch, ArtifactSort, NewArtifact};
 

@@ -1,9 +1,13 @@
 //! End-to-end tests of the real server over HTTP. See helpers.rs for the harness.
 
+mod assets;
 mod compat;
+mod config;
+mod config_seed003;
 mod devices;
 mod download;
 mod firmware;
 mod helpers;
+mod lvgl;
 mod ops;
 mod raw;

@@ -1,0 +1,678 @@
+//! The seed-003 adapter (pvginkel/IoTSupport): its real routes and wire formats.
+//!
+//! - `GET /api/configs`, `GET|PUT|DELETE /api/configs/{mac}` (admin key);
+//!   `GET /api/configs/{mac}.json`, the raw document devices read (public while
+//!   `UPDRAFT_PUBLIC_CONFIG_FILES` is on, as in seed 003; else the device's token or the
+//!   admin key). The MAC is lower-cased, then must be `xx-xx-xx-xx-xx-xx`.
+//! - `POST /api/assets` (multipart `file`, `timestamp`, `signature`: an RSA-signed
+//!   timestamp is the authorisation), `GET /api/assets/{filename}` (public).
+//! - `GET /api/images/lvgl?url=&width=&height=&headers=` (public), plus Updraft's `cf`,
+//!   `lvgl`, `output` and `name`.
+//!
+//! Errors on these routes use seed 003's body, built here and only here:
+//! `{"error": <message>, "code": <CODE>, "details": {"message": <text>}, "correlationId": <request id>}`.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Multipart, Path, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::{SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::AppState;
+use super::assets::serve_blob;
+use super::auth::credential;
+use super::device_api::ClientIp;
+use super::error::status_of;
+use crate::domain::config::{self, Scope};
+use crate::domain::lvgl::{ColorFormat, LvglVersion};
+use crate::domain::mac::Mac;
+use crate::domain::{Error, secret};
+use crate::services::assets::{self as assets_service, StagedUpload};
+use crate::services::config::{self as config_service, ChangeRequest, SEED003_AUTHOR};
+use crate::services::images::{self, ConvertOptions};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_configs))
+        .routes(routes!(get_config, put_config, delete_config))
+        // The upload streams its file; its size is limited by UPDRAFT_MAX_UPLOAD_BYTES instead.
+        .merge(OpenApiRouter::new().routes(routes!(upload_asset)).layer(DefaultBodyLimit::disable()))
+        .routes(routes!(get_asset))
+        .routes(routes!(lvgl_image))
+}
+
+// ---- the seed-003 error body ----
+
+/// Seed 003's error body.
+#[derive(Serialize, ToSchema)]
+pub struct Seed003ErrorBody {
+    pub error: String,
+    /// RECORD_NOT_FOUND, INVALID_OPERATION, VALIDATION_FAILED, RECORD_EXISTS, ...
+    pub code: String,
+    pub details: Seed003ErrorDetails,
+    /// The request id (`X-Request-Id`).
+    #[serde(rename = "correlationId")]
+    pub correlation_id: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Seed003ErrorDetails {
+    pub message: String,
+}
+
+/// The request id, for `correlationId`.
+pub struct Correlation(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Correlation {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Correlation(parts.headers.get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_string()))
+    }
+}
+
+/// Answers with `result`, or with its error in seed 003's shape.
+fn respond(correlation: Correlation, result: Result<Response, Error>) -> Response {
+    let error = match result {
+        Ok(response) => return response,
+        Err(error) => error,
+    };
+    let status = match &error {
+        // Seed 003 answers every validation failure with 400.
+        Error::Unprocessable { .. } => StatusCode::BAD_REQUEST,
+        other => status_of(other),
+    };
+    let (code, details) = match &error {
+        Error::NotFound { .. } => ("RECORD_NOT_FOUND", "The requested resource could not be found"),
+        Error::Invalid { code: "invalid_mac", .. } => ("INVALID_OPERATION", "The requested operation cannot be performed"),
+        Error::Invalid { .. } | Error::Unprocessable { .. } => ("VALIDATION_FAILED", "Validation failed"),
+        Error::Conflict { .. } => ("RECORD_EXISTS", "The record already exists"),
+        Error::Unauthenticated(_) => ("AUTHENTICATION_REQUIRED", "Authentication is required"),
+        Error::Forbidden(_) => ("FORBIDDEN", "The operation is not allowed"),
+        Error::PayloadTooLarge { .. } => ("PAYLOAD_TOO_LARGE", "The request body is too large"),
+        Error::UnsupportedMediaType(_) => ("UNSUPPORTED_MEDIA_TYPE", "The content type is not accepted"),
+        Error::Upstream(_) => ("EXTERNAL_SERVICE_ERROR", "An external service failed"),
+        Error::TooManyRequests { .. } => ("TOO_MANY_REQUESTS", "Too many requests"),
+        Error::InsufficientStorage => ("INSUFFICIENT_STORAGE", "The server has no space left"),
+        Error::Unavailable(_) => ("SERVICE_UNAVAILABLE", "A dependency is unavailable"),
+        _ => ("INTERNAL_ERROR", "An internal error occurred; it has been logged"),
+    };
+    let message = if status.is_server_error() && !matches!(error, Error::Upstream(_) | Error::Unavailable(_)) {
+        tracing::error!(status = status.as_u16(), error = format!("{error:#}"), "seed-003 request failed");
+        "Internal server error".to_string()
+    } else {
+        tracing::info!(status = status.as_u16(), code, message = %error, "seed-003 request refused");
+        error.to_string()
+    };
+    let body = Seed003ErrorBody {
+        error: message,
+        code: code.to_string(),
+        details: Seed003ErrorDetails { message: details.to_string() },
+        correlation_id: correlation.0,
+    };
+    let mut response = (status, Json(body)).into_response();
+    if let Error::Unauthenticated(_) = error {
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    response
+}
+
+fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), Error> {
+    match credential(headers, "x-admin-api-key") {
+        Some(key) if secret::verify(key, &state.admin_key_digest) => Ok(()),
+        Some(_) => Err(Error::Unauthenticated("the admin API key is not valid".into())),
+        None => Err(Error::Unauthenticated(
+            "an admin API key is required: send `Authorization: Bearer <key>` or `X-Admin-API-Key: <key>`".into(),
+        )),
+    }
+}
+
+/// Seed 003's MAC rule: lower-cased, then `xx-xx-xx-xx-xx-xx`.
+pub fn parse_mac(text: &str, operation: &str) -> Result<Mac, Error> {
+    let lower = text.to_ascii_lowercase();
+    let bytes = lower.as_bytes();
+    let well_formed =
+        bytes.len() == 17 && bytes.iter().enumerate().all(|(i, b)| if i % 3 == 2 { *b == b'-' } else { b.is_ascii_hexdigit() });
+    if !well_formed {
+        return Err(Error::invalid(
+            "invalid_mac",
+            format!(
+                "Cannot {operation} because MAC address '{}' is not in the format xx-xx-xx-xx-xx-xx",
+                text.chars().take(40).collect::<String>()
+            ),
+        ));
+    }
+    Mac::parse(&lower)
+}
+
+// ---- configurations ----
+
+/// A configuration in seed 003's listing.
+#[derive(Serialize, ToSchema)]
+pub struct Seed003Summary {
+    /// `aa-bb-cc-dd-ee-ff`.
+    pub mac_address: String,
+    /// `deviceName` of the document.
+    pub device_name: Option<String>,
+    /// `deviceEntityId` of the document.
+    pub device_entity_id: Option<String>,
+    /// `enableOTA` of the document.
+    pub enable_ota: Option<bool>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Seed003List {
+    pub configs: Vec<Seed003Summary>,
+    pub count: usize,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Seed003Config {
+    pub mac_address: String,
+    pub device_name: Option<String>,
+    pub device_entity_id: Option<String>,
+    pub enable_ota: Option<bool>,
+    /// The device's own document (secrets masked).
+    #[schema(value_type = Object)]
+    pub content: Value,
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct Seed003SaveBody {
+    /// The document: a JSON object.
+    #[schema(value_type = Object)]
+    pub content: Value,
+    /// False: refuse (409) when a configuration exists [default: true].
+    pub allow_overwrite: Option<bool>,
+}
+
+fn summary(mac: &Mac, content: &Value) -> Seed003Summary {
+    let summary = config::summary(content);
+    Seed003Summary {
+        mac_address: mac.hyphenated_lower(),
+        device_name: summary.device_name,
+        device_entity_id: summary.device_entity_id,
+        enable_ota: summary.enable_ota,
+    }
+}
+
+fn detail(mac: &Mac, content: &Value) -> Seed003Config {
+    let s = summary(mac, content);
+    Seed003Config {
+        mac_address: s.mac_address,
+        device_name: s.device_name,
+        device_entity_id: s.device_entity_id,
+        enable_ota: s.enable_ota,
+        content: config::mask(content),
+    }
+}
+
+/// List every device configuration (seed 003).
+#[utoipa::path(
+    get, path = "/api/configs", tag = "seed-003",
+    responses((status = 200, body = Seed003List), (status = 401, body = Seed003ErrorBody)),
+    security(("bearer" = []), ("admin_key" = []))
+)]
+async fn list_configs(State(state): State<AppState>, correlation: Correlation, headers: HeaderMap) -> Response {
+    let result = async {
+        require_admin(&state, &headers)?;
+        let documents = config_service::device_documents(&state.core).await?;
+        let configs: Vec<Seed003Summary> = documents.iter().map(|(mac, content)| summary(mac, content)).collect();
+        Ok(Json(Seed003List { count: configs.len(), configs }).into_response())
+    }
+    .await;
+    respond(correlation, result)
+}
+
+/// Get a device's configuration (admin), or with a `.json` suffix
+/// (`/api/configs/aa-bb-cc-dd-ee-ff.json`) the raw document a device reads: its effective
+/// configuration, secrets included, with `Cache-Control: no-cache`. The raw form needs no
+/// authentication while UPDRAFT_PUBLIC_CONFIG_FILES is on (the default, as in seed 003).
+#[utoipa::path(
+    get, path = "/api/configs/{mac}", tag = "seed-003",
+    params(("mac" = String, Path, description = "aa-bb-cc-dd-ee-ff, or aa-bb-cc-dd-ee-ff.json for the raw document")),
+    responses(
+        (status = 200, body = Seed003Config),
+        (status = 400, description = "Malformed MAC", body = Seed003ErrorBody),
+        (status = 401, body = Seed003ErrorBody),
+        (status = 404, body = Seed003ErrorBody),
+    ),
+    security((), ("bearer" = []), ("admin_key" = []))
+)]
+async fn get_config(
+    State(state): State<AppState>,
+    correlation: Correlation,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    Path(mac): Path<String>,
+) -> Response {
+    let result = async {
+        if let Some(mac) = mac.strip_suffix(".json") {
+            let mac = parse_mac(mac, "get configuration")?;
+            if !state.settings.content.public_config_files {
+                authorize_device_or_admin(&state, &headers, &mac, ip).await?;
+            }
+            let effective = config_service::effective_for_mac(&state.core, &mac)
+                .await?
+                .ok_or_else(|| Error::not_found("Device config", mac.hyphenated_lower()))?;
+            if effective.merged.content.as_object().is_none_or(|m| m.is_empty()) && !has_device_document(&state, &mac).await? {
+                return Err(Error::not_found("Device config", mac.hyphenated_lower()));
+            }
+            let content = config_service::reveal(&state.core, &effective.merged.content)?;
+            let mut response = Json(content).into_response();
+            response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", effective.version)) {
+                response.headers_mut().insert(header::ETAG, etag);
+            }
+            return Ok(response);
+        }
+        require_admin(&state, &headers)?;
+        let mac = parse_mac(&mac, "get configuration")?;
+        let (_, content) = config_service::get(&state.core, &Scope::Device(mac))
+            .await
+            .map_err(|e| if let Error::NotFound { .. } = e { Error::not_found("Device config", mac.hyphenated_lower()) } else { e })?;
+        Ok(Json(detail(&mac, &content)).into_response())
+    }
+    .await;
+    respond(correlation, result)
+}
+
+async fn has_device_document(state: &AppState, mac: &Mac) -> Result<bool, Error> {
+    Ok(state.core.store.find_config(&Scope::Device(*mac).key()).await?.is_some_and(|d| d.content.is_some()))
+}
+
+/// With public config files off: the token of the device with this MAC, or the admin key.
+async fn authorize_device_or_admin(state: &AppState, headers: &HeaderMap, mac: &Mac, ip: std::net::IpAddr) -> Result<(), Error> {
+    if let Some(key) = credential(headers, "x-admin-api-key")
+        && secret::verify(key, &state.admin_key_digest)
+    {
+        return Ok(());
+    }
+    let device = crate::services::devices::authenticate(&state.core, credential(headers, "x-device-token"), ip).await?;
+    if device.mac != *mac {
+        return Err(Error::Forbidden("a device may read only its own configuration".into()));
+    }
+    Ok(())
+}
+
+/// Create or replace a device's configuration (seed 003). `content` must be a JSON object;
+/// with `allow_overwrite: false` an existing configuration is a 409.
+#[utoipa::path(
+    put, path = "/api/configs/{mac}", tag = "seed-003",
+    params(("mac" = String, Path, description = "aa-bb-cc-dd-ee-ff")),
+    request_body = Seed003SaveBody,
+    responses(
+        (status = 200, body = Seed003Config),
+        (status = 400, body = Seed003ErrorBody),
+        (status = 401, body = Seed003ErrorBody),
+        (status = 409, description = "Exists and allow_overwrite is false", body = Seed003ErrorBody),
+    ),
+    security(("bearer" = []), ("admin_key" = []))
+)]
+async fn put_config(
+    State(state): State<AppState>,
+    correlation: Correlation,
+    headers: HeaderMap,
+    Path(mac): Path<String>,
+    body: Bytes,
+) -> Response {
+    let result = async {
+        require_admin(&state, &headers)?;
+        let mac = parse_mac(&mac, "save configuration")?;
+        let body: Seed003SaveBody =
+            serde_json::from_slice(&body).map_err(|e| Error::invalid("invalid_json", format!("Invalid request body: {e}")))?;
+        if !body.content.is_object() {
+            return Err(Error::invalid("invalid_config", "content must be a JSON object"));
+        }
+        let request = ChangeRequest {
+            content: Some(body.content),
+            author: SEED003_AUTHOR.into(),
+            comment: String::new(),
+            if_match: None,
+            create_only: body.allow_overwrite == Some(false),
+        };
+        let document = config_service::put(&state.core, &Scope::Device(mac), request).await.map_err(|e| match e {
+            Error::Conflict { code: "config_exists", .. } => {
+                Error::conflict("config_exists", format!("Cannot save configuration because {} already exists", mac.hyphenated_lower()))
+            }
+            other => other,
+        })?;
+        Ok(Json(detail(&mac, document.content.as_ref().unwrap_or(&Value::Null))).into_response())
+    }
+    .await;
+    respond(correlation, result)
+}
+
+/// Delete a device's configuration (seed 003): 204.
+#[utoipa::path(
+    delete, path = "/api/configs/{mac}", tag = "seed-003",
+    params(("mac" = String, Path, description = "aa-bb-cc-dd-ee-ff")),
+    responses((status = 204, description = "Deleted"), (status = 400, body = Seed003ErrorBody), (status = 401, body = Seed003ErrorBody), (status = 404, body = Seed003ErrorBody)),
+    security(("bearer" = []), ("admin_key" = []))
+)]
+async fn delete_config(State(state): State<AppState>, correlation: Correlation, headers: HeaderMap, Path(mac): Path<String>) -> Response {
+    let result = async {
+        require_admin(&state, &headers)?;
+        let mac = parse_mac(&mac, "delete configuration")?;
+        let request =
+            ChangeRequest { content: None, author: SEED003_AUTHOR.into(), comment: String::new(), if_match: None, create_only: false };
+        config_service::put(&state.core, &Scope::Device(mac), request)
+            .await
+            .map_err(|e| if let Error::NotFound { .. } = e { Error::not_found("Device config", mac.hyphenated_lower()) } else { e })?;
+        Ok(StatusCode::NO_CONTENT.into_response())
+    }
+    .await;
+    respond(correlation, result)
+}
+
+// ---- assets ----
+
+/// The multipart form of `POST /api/assets`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct Seed003UploadForm {
+    #[schema(format = Binary, value_type = String)]
+    file: Vec<u8>,
+    /// ISO 8601; without a zone it is UTC; within ±300 s of the server's clock.
+    timestamp: String,
+    /// base64 RSA PKCS#1 v1.5 SHA-256 signature of the timestamp string.
+    signature: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Seed003Uploaded {
+    pub filename: String,
+    pub size: u64,
+    pub uploaded_at: String,
+}
+
+const MAX_FIELD_BYTES: usize = 4096;
+
+/// Upload an asset (seed 003). The signed timestamp is the authorisation; the key is
+/// UPDRAFT_SIGNING_KEY_PATH (or SIGNING_KEY_PATH). A file of the same name is replaced.
+#[utoipa::path(
+    post, path = "/api/assets", tag = "seed-003",
+    request_body(content = Seed003UploadForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 200, body = Seed003Uploaded),
+        (status = 400, description = "Missing field, bad filename, timestamp or signature", body = Seed003ErrorBody),
+        (status = 403, description = "No signing key configured", body = Seed003ErrorBody),
+        (status = 413, body = Seed003ErrorBody),
+    )
+)]
+async fn upload_asset(State(state): State<AppState>, correlation: Correlation, request: Request) -> Response {
+    let result = upload(&state, request).await;
+    respond(correlation, result)
+}
+
+async fn upload(state: &AppState, request: Request) -> Result<Response, Error> {
+    let limit = state.settings.max_upload_bytes;
+    let content_type = request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
+    if !content_type.starts_with("multipart/form-data") {
+        return Err(Error::invalid("invalid_body", "Expected multipart/form-data with the fields file, timestamp and signature"));
+    }
+    let mut multipart = Multipart::from_request(request, state)
+        .await
+        .map_err(|e| Error::invalid("invalid_multipart", format!("malformed multipart body: {}", e.body_text())))?;
+    let mut timestamp: Option<String> = None;
+    let mut signature: Option<String> = None;
+    let mut checked = false;
+    let mut upload: Option<(StagedUpload, String)> = None;
+    let outcome: Result<(), Error> = async {
+        while let Some(mut field) = multipart.next_field().await.map_err(|e| multipart_error(e, limit))? {
+            match field.name().unwrap_or("") {
+                "file" => {
+                    if upload.is_some() {
+                        return Err(Error::invalid("invalid_multipart", "only one `file` field is allowed"));
+                    }
+                    let filename = field.file_name().unwrap_or("").to_string();
+                    assets_service::check_filename(&filename)?;
+                    if let (Some(ts), Some(sig)) = (&timestamp, &signature) {
+                        // Both known before the bytes: refuse before storing anything.
+                        assets_service::check_signed_timestamp(&state.core, ts, sig, Utc::now())?;
+                        checked = true;
+                    }
+                    let mut staged = StagedUpload::begin(&state.core, limit).await?;
+                    let written: Result<(), Error> = async {
+                        while let Some(chunk) = field.chunk().await.map_err(|e| multipart_error(e, limit))? {
+                            staged.write(chunk).await?;
+                        }
+                        Ok(())
+                    }
+                    .await;
+                    if let Err(e) = written {
+                        staged.abort().await;
+                        return Err(e);
+                    }
+                    upload = Some((staged, filename));
+                }
+                name @ ("timestamp" | "signature") => {
+                    let name = name.to_string();
+                    let mut value = Vec::new();
+                    while let Some(chunk) = field.chunk().await.map_err(|e| multipart_error(e, MAX_FIELD_BYTES as u64))? {
+                        if value.len() + chunk.len() > MAX_FIELD_BYTES {
+                            return Err(Error::invalid("invalid_multipart", format!("field '{name}' is too long")));
+                        }
+                        value.extend_from_slice(&chunk);
+                    }
+                    let value = String::from_utf8(value)
+                        .map_err(|_| Error::invalid("invalid_multipart", format!("field '{name}' is not UTF-8")))?;
+                    if name == "timestamp" { timestamp = Some(value) } else { signature = Some(value) }
+                }
+                // Seed 003 ignores other fields.
+                _ => while field.chunk().await.map_err(|e| multipart_error(e, limit))?.is_some() {},
+            }
+        }
+        Ok(())
+    }
+    .await;
+    let missing = |name: &str| Error::invalid("missing_field", format!("Missing required field '{name}'"));
+    let checked_upload = outcome.and_then(|()| {
+        let (ts, sig) = match (&timestamp, &signature) {
+            (_, _) if upload.is_none() => return Err(missing("file")),
+            (None, _) => return Err(missing("timestamp")),
+            (_, None) => return Err(missing("signature")),
+            (Some(ts), Some(sig)) => (ts, sig),
+        };
+        if !checked {
+            assets_service::check_signed_timestamp(&state.core, ts, sig, Utc::now())?;
+        }
+        Ok(())
+    });
+    if let Err(e) = checked_upload {
+        if let Some((staged, _)) = upload {
+            staged.abort().await;
+        }
+        return Err(e);
+    }
+    let (staged, filename) = upload.expect("checked above");
+    let file = assets_service::commit_file(&state.core, staged, &filename).await?;
+    Ok(Json(Seed003Uploaded {
+        filename: file.filename,
+        size: file.size,
+        uploaded_at: file.uploaded_at.to_rfc3339_opts(SecondsFormat::Micros, false),
+    })
+    .into_response())
+}
+
+fn multipart_error(error: axum::extract::multipart::MultipartError, limit: u64) -> Error {
+    if error.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        Error::PayloadTooLarge { limit }
+    } else {
+        Error::invalid("invalid_multipart", format!("malformed multipart body: {}", error.body_text()))
+    }
+}
+
+/// Download an asset uploaded through `POST /api/assets` (public, `Cache-Control: no-cache`).
+#[utoipa::path(
+    get, path = "/api/assets/{filename}", tag = "seed-003",
+    params(("filename" = String, Path)),
+    responses(
+        (status = 200, description = "The file", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 304, description = "Unchanged (If-None-Match)"),
+        (status = 404, body = Seed003ErrorBody),
+    )
+)]
+async fn get_asset(
+    State(state): State<AppState>,
+    correlation: Correlation,
+    method: axum::http::Method,
+    headers: HeaderMap,
+    Path(filename): Path<String>,
+) -> Response {
+    let result = async {
+        let file = assets_service::find_file(&state.core, &filename).await?;
+        let mut response =
+            serve_blob(&state.core.blobs, &file.blob_key, file.size, &file.sha256, "application/octet-stream", &method, &headers).await?;
+        response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        Ok(response)
+    }
+    .await;
+    respond(correlation, result)
+}
+
+// ---- LVGL images ----
+
+/// Query of `GET /api/images/lvgl`; any other parameter is a 400.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct LvglQuery {
+    /// The image to fetch (http or https; public addresses unless allow-listed).
+    url: String,
+    /// Names of request headers to forward to `url`, comma-separated; each must be present.
+    headers: Option<String>,
+    /// Largest width; the image is only ever scaled down, keeping its aspect ratio.
+    width: Option<u32>,
+    /// Largest height.
+    height: Option<u32>,
+    /// Colour format: RGB565, RGB565A8, RGB888, XRGB8888, ARGB8888 (default), L8, A8.
+    cf: Option<String>,
+    /// LVGL major version of the header: 8 or 9 (default).
+    lvgl: Option<String>,
+    /// `bin` (default) or `c` (C source).
+    output: Option<String>,
+    /// C identifier of the image in C output [default: image].
+    name: Option<String>,
+}
+
+/// Hop-by-hop and framing headers are never forwarded.
+const UNFORWARDABLE: &[&str] = &[
+    "host",
+    "connection",
+    "content-length",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "keep-alive",
+    "proxy-authorization",
+    "proxy-connection",
+    "expect",
+];
+
+/// Conversion parameters shared by the proxy and the upload route.
+pub struct ImageParams {
+    pub options: ConvertOptions,
+    pub file_name: String,
+}
+
+/// Parses `width`, `height`, `cf`, `lvgl`, `output` and `name`.
+pub fn image_params(
+    width: Option<&str>,
+    height: Option<&str>,
+    cf: Option<&str>,
+    lvgl: Option<&str>,
+    output: Option<&str>,
+    name: Option<&str>,
+) -> Result<ImageParams, Error> {
+    let side = |field: &str, value: Option<&str>| -> Result<Option<u32>, Error> {
+        value
+            .map(|v| {
+                v.trim()
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| (1..=65535).contains(n))
+                    .ok_or_else(|| Error::invalid("invalid_query", format!("{field} must be a whole number from 1 to 65535")))
+            })
+            .transpose()
+    };
+    let cf = cf.map(ColorFormat::parse).transpose()?.unwrap_or(ColorFormat::Argb8888);
+    let version = lvgl.map(LvglVersion::parse).transpose()?.unwrap_or(LvglVersion::V9);
+    let name = name.map(str::to_string).unwrap_or_else(|| "image".into());
+    let c_array = match output.map(str::to_ascii_lowercase).as_deref() {
+        None | Some("bin") => None,
+        Some("c") => Some(crate::domain::lvgl::check_c_name(&name)?),
+        Some(_) => return Err(Error::invalid("invalid_query", "output must be bin or c")),
+    };
+    let file_name = if c_array.is_some() { format!("{name}.c") } else { "image.bin".to_string() };
+    Ok(ImageParams {
+        options: ConvertOptions { width: side("width", width)?, height: side("height", height)?, cf, version, c_array },
+        file_name,
+    })
+}
+
+/// Encoded image response: `.bin` or C source, never cached.
+pub fn image_response(bytes: Vec<u8>, params: &ImageParams) -> Response {
+    let content_type = if params.options.c_array.is_some() { "text/x-csrc; charset=utf-8" } else { "application/octet-stream" };
+    let mut response = Response::new(axum::body::Body::from(bytes));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Ok(value) = HeaderValue::from_str(&format!("inline; filename=\"{}\"", params.file_name)) {
+        headers.insert(header::CONTENT_DISPOSITION, value);
+    }
+    response
+}
+
+/// Fetch an image and convert it for LVGL (seed 003): by default an LVGL 9 `.bin` in
+/// ARGB8888, scaled down to fit `width`×`height`. Unknown parameters get 400, a failed
+/// fetch 502; the answer carries `Cache-Control: no-store`.
+#[utoipa::path(
+    get, path = "/api/images/lvgl", tag = "seed-003",
+    params(LvglQuery),
+    responses(
+        (status = 200, description = "The LVGL image", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 400, description = "Unknown or bad parameter, missing forwarded header, refused address", body = Seed003ErrorBody),
+        (status = 502, description = "The fetch failed or did not return an image", body = Seed003ErrorBody),
+    )
+)]
+async fn lvgl_image(State(state): State<AppState>, correlation: Correlation, uri: axum::http::Uri, headers: HeaderMap) -> Response {
+    let result = async {
+        let mut fields: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
+        for (key, value) in url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()) {
+            if !matches!(key.as_ref(), "url" | "headers" | "width" | "height" | "cf" | "lvgl" | "output" | "name") {
+                return Err(Error::invalid("invalid_query", format!("unknown parameter '{}'", key.chars().take(40).collect::<String>())));
+            }
+            if fields.insert(key.to_string(), value.to_string()).is_some() {
+                return Err(Error::invalid("invalid_query", format!("parameter '{key}' is given more than once")));
+            }
+        }
+        let url = fields.get("url").ok_or_else(|| Error::invalid("invalid_query", "the parameter 'url' is required"))?;
+        let get = |k: &str| fields.get(k).map(String::as_str);
+        let params = image_params(get("width"), get("height"), get("cf"), get("lvgl"), get("output"), get("name"))?;
+        let mut forwarded = HeaderMap::new();
+        for name in get("headers").unwrap_or("").split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            let header_name = HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
+                .map_err(|_| Error::invalid("invalid_query", format!("'{name}' is not a header name")))?;
+            if UNFORWARDABLE.contains(&header_name.as_str()) {
+                return Err(Error::invalid("invalid_query", format!("the header '{name}' cannot be forwarded")));
+            }
+            let value = headers.get(&header_name).ok_or_else(|| {
+                Error::invalid("missing_header", format!("Header '{name}' requested for forwarding is not in the request"))
+            })?;
+            forwarded.insert(header_name, value.clone());
+        }
+        let bytes = images::proxy(&state.core, url, forwarded, params.options.clone()).await?;
+        Ok(image_response(bytes, &params))
+    }
+    .await;
+    respond(correlation, result)
+}

@@ -1,0 +1,269 @@
+//! Assets: seed 003's named files (uploads authorised by an RSA-signed timestamp), and
+//! native assets: per product and name, immutable numbered versions identified by their
+//! SHA-256 (identical bytes share one blob), each signed with the server's Ed25519 key.
+//!
+//! Uploads stream into a staged blob while hashing; nothing is visible until the blob is
+//! committed and its record written.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use bytes::Bytes;
+use chrono::{DateTime, NaiveDateTime, Utc};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use super::Core;
+use crate::blob::BlobWriter;
+use crate::domain::firmware::Product as ProductName;
+use crate::domain::{Error, Result};
+use crate::storage::{Asset, AssetFile};
+
+/// Topic of seed 003's asset notifications.
+pub const SEED003_ASSET_TOPIC: &str = "iotsupport/updates/assets";
+/// How far a signed upload timestamp may be from the server's clock.
+pub const TIMESTAMP_TOLERANCE_SECS: i64 = 300;
+
+/// An upload being streamed into the blob store.
+pub struct StagedUpload {
+    writer: BlobWriter,
+    key: String,
+    hasher: Sha256,
+    size: u64,
+    limit: u64,
+}
+
+impl StagedUpload {
+    pub async fn begin(core: &Core, limit: u64) -> Result<StagedUpload> {
+        let key = format!("assets/{}", uuid::Uuid::now_v7());
+        let writer = core.blobs.create(&key).await?;
+        Ok(StagedUpload { writer, key, hasher: Sha256::new(), size: 0, limit })
+    }
+
+    pub async fn write(&mut self, chunk: Bytes) -> Result<()> {
+        self.size += chunk.len() as u64;
+        if self.size > self.limit {
+            return Err(Error::PayloadTooLarge { limit: self.limit });
+        }
+        self.hasher.update(&chunk);
+        self.writer.write(chunk).await
+    }
+
+    pub async fn abort(self) {
+        self.writer.abort().await;
+    }
+
+    fn finish(self) -> (BlobWriter, String, u64, String) {
+        (self.writer, self.key, self.size, hex::encode(self.hasher.finalize()))
+    }
+}
+
+// ---- seed 003 ----
+
+/// Seed 003's filename rule: no `..`, `/` or `\` (and, here, no control characters).
+pub fn check_filename(filename: &str) -> Result<()> {
+    if filename.is_empty() {
+        return Err(Error::invalid("invalid_filename", "Missing filename in uploaded file"));
+    }
+    if filename.contains("..") || filename.contains('/') || filename.contains('\\') {
+        return Err(Error::invalid("invalid_filename", format!("Invalid filename '{filename}': it must not contain '..', '/' or '\\'")));
+    }
+    if filename.len() > 255 || filename.chars().any(char::is_control) {
+        return Err(Error::invalid("invalid_filename", "Invalid filename: at most 255 bytes without control characters"));
+    }
+    Ok(())
+}
+
+/// Parses an ISO 8601 timestamp as Python's `fromisoformat` does; without a zone it is UTC.
+pub fn parse_timestamp(text: &str) -> Result<DateTime<Utc>> {
+    let text = text.trim();
+    if let Ok(with_zone) = DateTime::parse_from_rfc3339(text) {
+        return Ok(with_zone.with_timezone(&Utc));
+    }
+    for format in ["%Y-%m-%dT%H:%M:%S%.f%:z", "%Y-%m-%d %H:%M:%S%.f%:z", "%Y-%m-%dT%H:%M%:z"] {
+        if let Ok(with_zone) = DateTime::parse_from_str(text, format) {
+            return Ok(with_zone.with_timezone(&Utc));
+        }
+    }
+    for format in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M"] {
+        if let Ok(naive) = NaiveDateTime::parse_from_str(text, format) {
+            return Ok(naive.and_utc());
+        }
+    }
+    Err(Error::invalid(
+        "invalid_timestamp",
+        format!("Invalid timestamp format: '{}' is not ISO 8601", text.chars().take(64).collect::<String>()),
+    ))
+}
+
+/// Checks seed 003's upload authorisation: `signature` (base64 RSA PKCS#1 v1.5 SHA-256)
+/// over the timestamp string, and the timestamp within ±300 s of `now`.
+pub fn check_signed_timestamp(core: &Core, timestamp: &str, signature: &str, now: DateTime<Utc>) -> Result<()> {
+    if !core.keys.seed003_enabled() {
+        return Err(Error::Forbidden("asset uploads are disabled: the server has no UPDRAFT_SIGNING_KEY_PATH".into()));
+    }
+    let at = parse_timestamp(timestamp)?;
+    let skew = (now - at).num_seconds().abs();
+    if skew > TIMESTAMP_TOLERANCE_SECS {
+        return Err(Error::invalid(
+            "invalid_timestamp",
+            format!("Timestamp is {skew} s away from the server's time; at most {TIMESTAMP_TOLERANCE_SECS} s are allowed"),
+        ));
+    }
+    let signature =
+        STANDARD.decode(signature.trim()).map_err(|_| Error::invalid("invalid_signature", "Invalid signature: it is not base64"))?;
+    core.keys.verify_seed003(timestamp.as_bytes(), &signature)
+}
+
+/// Stores a seed-003 upload whose signature was checked; replaces a file of that name.
+pub async fn commit_file(core: &Core, staged: StagedUpload, filename: &str) -> Result<AssetFile> {
+    let (writer, blob_key, size, sha256) = staged.finish();
+    writer.commit().await?;
+    let file = AssetFile { filename: filename.to_string(), blob_key: blob_key.clone(), size, sha256, uploaded_at: Utc::now() };
+    let previous = match core.store.put_asset_file(&file).await {
+        Ok(previous) => previous,
+        Err(e) => {
+            let _ = core.blobs.delete(&blob_key).await;
+            return Err(e);
+        }
+    };
+    if let Some(previous) = previous
+        && let Err(e) = core.blobs.delete(&previous).await
+    {
+        tracing::warn!(error = %e, blob = %previous, "cannot delete the replaced asset file's blob");
+    }
+    core.events.publish(
+        "asset.uploaded",
+        None,
+        json!({
+            "filename": filename,
+            "size": size,
+            "sha256": file.sha256,
+            "notifications": [{"topic": SEED003_ASSET_TOPIC, "payload": {"filename": filename}}],
+        }),
+    );
+    Ok(file)
+}
+
+pub async fn find_file(core: &Core, filename: &str) -> Result<AssetFile> {
+    check_filename(filename).map_err(|_| Error::not_found("asset", filename))?;
+    core.store.find_asset_file(filename).await?.ok_or_else(|| Error::not_found("asset", filename))
+}
+
+// ---- native assets ----
+
+/// An asset name: 1-128 characters of letters, digits, `.`, `_`, `-`, not starting with `.`.
+pub fn check_name(name: &str) -> Result<String> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(name.to_string())
+    } else {
+        Err(Error::invalid(
+            "invalid_asset_name",
+            "an asset name is 1-128 characters of letters, digits, `.`, `_` or `-`, not starting with `.`",
+        ))
+    }
+}
+
+pub fn check_product(product: &str) -> Result<String> {
+    Ok(ProductName::parse(product)?.as_str().to_string())
+}
+
+/// What the Ed25519 signature of an asset version covers (UTF-8, each line ending in `\n`).
+pub fn signed_statement(product: &str, name: &str, version: i64, size: u64, sha256: &str) -> String {
+    format!("updraft-asset-v1\n{product}\n{name}\n{version}\n{size}\n{sha256}\n")
+}
+
+/// Creates the next version of an asset from a finished upload.
+pub async fn create(core: &Core, product: &str, name: &str, content_type: &str, comment: &str, staged: StagedUpload) -> Result<Asset> {
+    let comment = comment.trim();
+    if comment.chars().count() > 1000 || comment.chars().any(char::is_control) {
+        staged.abort().await;
+        return Err(Error::invalid("invalid_comment", "comment must be at most 1000 characters without control characters"));
+    }
+    let (writer, staged_key, size, sha256) = staged.finish();
+    // Content addressing: bytes already stored are not stored twice.
+    let blob_key = match core.store.find_asset_blob_by_sha256(&sha256).await {
+        Ok(Some(existing)) => {
+            writer.abort().await;
+            existing
+        }
+        Ok(None) => {
+            writer.commit().await?;
+            staged_key.clone()
+        }
+        Err(e) => {
+            writer.abort().await;
+            return Err(e);
+        }
+    };
+    for _ in 0..8 {
+        let version = core.store.latest_asset_version(product, name).await? + 1;
+        let statement = signed_statement(product, name, version, size, &sha256);
+        let asset = Asset {
+            id: uuid::Uuid::now_v7().to_string(),
+            product: product.to_string(),
+            name: name.to_string(),
+            version,
+            size,
+            sha256: sha256.clone(),
+            content_type: content_type.to_string(),
+            blob_key: blob_key.clone(),
+            signature: STANDARD.encode(core.keys.sign_asset(statement.as_bytes())),
+            comment: comment.to_string(),
+            created_at: Utc::now(),
+        };
+        if core.store.insert_asset(&asset).await? {
+            core.events.publish(
+                "asset.uploaded",
+                None,
+                json!({"product": product, "name": name, "version": version, "sha256": sha256, "size": size, "notifications": []}),
+            );
+            return Ok(asset);
+        }
+    }
+    Err(Error::conflict("asset_busy", format!("{product}/{name} is being uploaded by others; retry")))
+}
+
+/// A version (`None`: the newest) of an asset.
+pub async fn find(core: &Core, product: &str, name: &str, version: Option<i64>) -> Result<Asset> {
+    let what = || match version {
+        Some(v) => format!("{product}/{name} version {v}"),
+        None => format!("{product}/{name}"),
+    };
+    core.store.find_asset(product, name, version).await?.ok_or_else(|| Error::not_found("asset", what()))
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+
+    #[test]
+    fn timestamps_without_a_zone_are_utc() {
+        let expected = Utc.with_ymd_and_hms(2026, 1, 20, 12, 30, 0).unwrap();
+        for text in [
+            "2026-01-20T12:30:00",
+            "2026-01-20 12:30:00",
+            "2026-01-20T12:30:00Z",
+            "2026-01-20T14:30:00+02:00",
+            "2026-01-20T12:30:00.000000",
+        ] {
+            assert_eq!(parse_timestamp(text).unwrap(), expected, "{text}");
+        }
+        assert_eq!(parse_timestamp("yesterday").unwrap_err().code(), "invalid_timestamp");
+    }
+
+    #[test]
+    fn filenames_follow_seed_003_rules() {
+        for bad in ["", "../x", "a/b", "a\\b", "a..b", "x\n"] {
+            assert!(check_filename(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_filename("logo v2.png").is_ok());
+        assert!(check_name("fonts.bin").is_ok());
+        assert!(check_name(".hidden").is_err());
+    }
+}

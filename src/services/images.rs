@@ -1,0 +1,425 @@
+//! Images for LVGL displays: fetching an image by URL without opening an SSRF hole, then
+//! decoding, scaling down and encoding it (`domain::lvgl`).
+//!
+//! The fetch refuses every address that is not public unicast (loopback, private,
+//! link-local and cloud metadata, CGNAT, unique-local, multicast, documentation and
+//! reserved ranges, and IPv4 addresses embedded in IPv6 ones). Names are checked after DNS
+//! resolution by the HTTP client's own resolver, so the address checked is the address
+//! connected to; IP literals are checked before the request. Redirects are followed by hand,
+//! at most `MAX_REDIRECTS`, each target checked again; forwarded headers are dropped when a
+//! redirect leaves the original host. The whole fetch has a time limit and the body a size
+//! limit. `UPDRAFT_IMAGE_FETCH_ALLOW_HOSTS` opens chosen names, addresses or networks.
+
+use std::io::Cursor;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use reqwest::header::{HeaderMap, LOCATION};
+use reqwest::{StatusCode, Url};
+
+use super::Core;
+use crate::config::ContentSettings;
+use crate::domain::lvgl::{self, ColorFormat, LvglVersion};
+use crate::domain::{Error, Result};
+
+pub const MAX_REDIRECTS: usize = 5;
+/// Largest decoded image side; larger images are refused before they are decoded.
+pub const MAX_DECODED_SIDE: u32 = 8192;
+
+/// What to make of an image.
+#[derive(Debug, Clone)]
+pub struct ConvertOptions {
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub cf: ColorFormat,
+    pub version: LvglVersion,
+    /// `None`: the `.bin` file; `Some(name)`: C source defining `name`.
+    pub c_array: Option<String>,
+}
+
+/// The HTTP client for image fetches, with the address policy built in.
+pub struct ImageFetcher {
+    client: reqwest::Client,
+    policy: Arc<AddressPolicy>,
+    max_bytes: u64,
+    timeout: Duration,
+}
+
+impl ImageFetcher {
+    pub fn new(settings: &ContentSettings) -> anyhow::Result<ImageFetcher> {
+        let policy = Arc::new(AddressPolicy::new(&settings.image_fetch_allow_hosts));
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .dns_resolver(Arc::new(GuardedResolver { policy: policy.clone() }))
+            .connect_timeout(settings.image_fetch_timeout)
+            .user_agent(concat!("updraft/", env!("CARGO_PKG_VERSION"), " image-proxy"))
+            .build()?;
+        Ok(ImageFetcher { client, policy, max_bytes: settings.image_fetch_max_bytes, timeout: settings.image_fetch_timeout })
+    }
+
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    /// Fetches `url` with `headers`; every failure to get an image's bytes is `Upstream`
+    /// (502), except a URL the policy refuses (400).
+    pub async fn fetch(&self, url: &str, headers: HeaderMap) -> Result<Vec<u8>> {
+        let url = Url::parse(url).map_err(|e| Error::invalid("invalid_url", format!("url is not a valid URL: {e}")))?;
+        match tokio::time::timeout(self.timeout, self.fetch_following(url, headers)).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Upstream(format!("fetching the image took longer than {} s", self.timeout.as_secs()))),
+        }
+    }
+
+    async fn fetch_following(&self, mut url: Url, mut headers: HeaderMap) -> Result<Vec<u8>> {
+        let origin = url.host_str().map(str::to_string);
+        for _ in 0..=MAX_REDIRECTS {
+            self.policy.check_url(&url)?;
+            let response = self.client.get(url.clone()).headers(headers.clone()).send().await.map_err(|e| send_error(&url, e))?;
+            let status = response.status();
+            if status.is_redirection() && status != StatusCode::NOT_MODIFIED {
+                let location = response
+                    .headers()
+                    .get(LOCATION)
+                    .and_then(|v| v.to_str().ok())
+                    .ok_or_else(|| Error::Upstream(format!("the image server answered {status} without a Location")))?;
+                url = url.join(location).map_err(|_| Error::Upstream("the image server redirected to an invalid URL".into()))?;
+                if url.host_str().map(str::to_string) != origin {
+                    headers.clear();
+                }
+                continue;
+            }
+            if !status.is_success() {
+                return Err(Error::Upstream(format!("the image server answered {status}")));
+            }
+            if response.content_length().is_some_and(|n| n > self.max_bytes) {
+                return Err(Error::Upstream(format!("the image is larger than the limit of {} bytes", self.max_bytes)));
+            }
+            let mut body = Vec::new();
+            let mut stream = response.bytes_stream();
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|e| Error::Upstream(format!("reading the image failed: {e}")))?;
+                if body.len() as u64 + chunk.len() as u64 > self.max_bytes {
+                    return Err(Error::Upstream(format!("the image is larger than the limit of {} bytes", self.max_bytes)));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            return Ok(body);
+        }
+        Err(Error::Upstream(format!("the image server redirected more than {MAX_REDIRECTS} times")))
+    }
+}
+
+fn send_error(url: &Url, error: reqwest::Error) -> Error {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+    while let Some(cause) = source {
+        if let Some(refused) = cause.downcast_ref::<Refused>() {
+            return Error::invalid("url_not_allowed", refused.0.clone());
+        }
+        source = cause.source();
+    }
+    let host = url.host_str().unwrap_or("");
+    if error.is_timeout() {
+        Error::Upstream(format!("connecting to {host} timed out"))
+    } else if error.is_connect() {
+        Error::Upstream(format!("cannot connect to {host}"))
+    } else {
+        Error::Upstream(format!("fetching the image from {host} failed"))
+    }
+}
+
+/// Fetches an image and converts it (`GET /api/images/lvgl`).
+pub async fn proxy(core: &Core, url: &str, headers: HeaderMap, options: ConvertOptions) -> Result<Vec<u8>> {
+    let bytes = core.fetcher.fetch(url, headers).await?;
+    metrics::counter!("updraft_image_fetch_bytes_total").increment(bytes.len() as u64);
+    convert(bytes, options).await.map_err(|e| match e {
+        Error::Unprocessable { code: "invalid_image", message } => {
+            Error::Upstream(format!("the URL did not return a usable image: {message}"))
+        }
+        other => other,
+    })
+}
+
+/// Decodes, scales down and encodes an image, off the async threads.
+pub async fn convert(bytes: Vec<u8>, options: ConvertOptions) -> Result<Vec<u8>> {
+    tokio::task::spawn_blocking(move || convert_blocking(&bytes, &options))
+        .await
+        .map_err(|e| Error::Internal(anyhow::Error::new(e).context("image conversion task failed")))?
+}
+
+fn convert_blocking(bytes: &[u8], options: &ConvertOptions) -> Result<Vec<u8>> {
+    let invalid = |message: String| Error::unprocessable("invalid_image", message);
+    let mut reader =
+        image::ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| invalid(format!("cannot read the image: {e}")))?;
+    if reader.format().is_none() {
+        return Err(invalid("the data is not a PNG, JPEG, GIF, WebP or BMP image".into()));
+    }
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_DECODED_SIDE);
+    limits.max_image_height = Some(MAX_DECODED_SIDE);
+    limits.max_alloc = Some(512 << 20);
+    reader.limits(limits);
+    let decoded = reader.decode().map_err(|e| match e {
+        image::ImageError::Limits(_) => {
+            Error::invalid("image_too_large", format!("images may be at most {MAX_DECODED_SIDE}x{MAX_DECODED_SIDE} pixels"))
+        }
+        other => invalid(format!("cannot decode the image: {other}")),
+    })?;
+    let mut rgba = decoded.to_rgba8();
+    if let Some((width, height)) = lvgl::fit_within(rgba.width(), rgba.height(), options.width, options.height) {
+        rgba = image::imageops::resize(&rgba, width, height, image::imageops::FilterType::Lanczos3);
+    }
+    let encoded = lvgl::encode(rgba.as_raw(), rgba.width(), rgba.height(), options.cf, options.version)?;
+    match &options.c_array {
+        None => Ok(encoded.to_bin()),
+        Some(name) => Ok(encoded.to_c_array(name)?.into_bytes()),
+    }
+}
+
+// ---- the address policy ----
+
+/// Raised by the resolver; found again in the error chain to answer 400 instead of 502.
+#[derive(Debug)]
+struct Refused(String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+enum Allowed {
+    Name(String),
+    Network(IpAddr, u8),
+}
+
+pub struct AddressPolicy {
+    allowed: Vec<Allowed>,
+}
+
+impl AddressPolicy {
+    pub fn new(entries: &[String]) -> AddressPolicy {
+        let allowed = entries
+            .iter()
+            .map(|entry| {
+                let entry = entry.trim().trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+                if let Some((net, bits)) = entry.split_once('/')
+                    && let (Ok(ip), Ok(bits)) = (net.parse::<IpAddr>(), bits.parse::<u8>())
+                {
+                    return Allowed::Network(ip, bits);
+                }
+                match entry.parse::<IpAddr>() {
+                    Ok(ip) => Allowed::Network(ip, if ip.is_ipv4() { 32 } else { 128 }),
+                    Err(_) => Allowed::Name(entry.trim_end_matches('.').to_string()),
+                }
+            })
+            .collect();
+        AddressPolicy { allowed }
+    }
+
+    fn name_allowed(&self, host: &str) -> bool {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        self.allowed.iter().any(|a| matches!(a, Allowed::Name(name) if *name == host))
+    }
+
+    fn ip_allowed(&self, ip: IpAddr) -> bool {
+        is_public(ip) || self.allowed.iter().any(|a| matches!(a, Allowed::Network(net, bits) if in_network(ip, *net, *bits)))
+    }
+
+    /// Checks scheme and, for IP literals, the address (names are checked on resolution).
+    fn check_url(&self, url: &Url) -> Result<()> {
+        if url.scheme() != "http" && url.scheme() != "https" {
+            return Err(Error::invalid("url_not_allowed", "only http:// and https:// URLs can be fetched"));
+        }
+        let ip = match url.host() {
+            Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip),
+            Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip),
+            Some(url::Host::Domain(_)) => return Ok(()),
+            None => return Err(Error::invalid("url_not_allowed", "the URL has no host")),
+        };
+        if self.ip_allowed(ip) || self.name_allowed(&ip.to_string()) {
+            Ok(())
+        } else {
+            Err(Error::invalid("url_not_allowed", format!("{ip} is not a public address; the image proxy does not fetch from it")))
+        }
+    }
+}
+
+struct GuardedResolver {
+    policy: Arc<AddressPolicy>,
+}
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let policy = self.policy.clone();
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let open_name = policy.name_allowed(&host);
+            let allowed: Vec<SocketAddr> = addresses.iter().copied().filter(|a| open_name || policy.ip_allowed(a.ip())).collect();
+            if allowed.is_empty() {
+                let reason = if addresses.is_empty() {
+                    format!("{host} does not resolve")
+                } else {
+                    format!("{host} resolves to a non-public address; the image proxy does not fetch from it")
+                };
+                return Err(Box::new(Refused(reason)) as Box<dyn std::error::Error + Send + Sync>);
+            }
+            Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+fn in_network(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
+    match (ip, net) {
+        (IpAddr::V4(ip), IpAddr::V4(net)) => {
+            let mask = if bits == 0 { 0 } else { u32::MAX << (32 - u32::from(bits.min(32))) };
+            u32::from(ip) & mask == u32::from(net) & mask
+        }
+        (IpAddr::V6(ip), IpAddr::V6(net)) => {
+            let mask = if bits == 0 { 0 } else { u128::MAX << (128 - u32::from(bits.min(128))) };
+            u128::from(ip) & mask == u128::from(net) & mask
+        }
+        (IpAddr::V6(ip), IpAddr::V4(_)) => ip.to_ipv4_mapped().is_some_and(|v4| in_network(IpAddr::V4(v4), net, bits)),
+        _ => false,
+    }
+}
+
+/// True for globally routable unicast addresses only.
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(ip) => is_public_v4(ip),
+        IpAddr::V6(ip) => is_public_v6(ip),
+    }
+}
+
+fn is_public_v4(ip: Ipv4Addr) -> bool {
+    let [a, b, c, _] = ip.octets();
+    !(a == 0                                   // "this network"
+        || a == 10                             // private
+        || a == 127                            // loopback
+        || (a == 100 && (64..128).contains(&b)) // CGNAT 100.64/10
+        || (a == 169 && b == 254)              // link-local, cloud metadata
+        || (a == 172 && (16..32).contains(&b)) // private
+        || (a == 192 && b == 0 && c == 0)      // IETF protocol assignments
+        || (a == 192 && b == 0 && c == 2)      // documentation
+        || (a == 192 && b == 88 && c == 99)    // 6to4 relay anycast
+        || (a == 192 && b == 168)              // private
+        || (a == 198 && (18..20).contains(&b)) // benchmarking
+        || (a == 198 && b == 51 && c == 100)   // documentation
+        || (a == 203 && b == 0 && c == 113)    // documentation
+        || a >= 224) // multicast, reserved, broadcast
+}
+
+fn is_public_v6(ip: Ipv6Addr) -> bool {
+    let segments = ip.segments();
+    // IPv4 inside IPv6: mapped (::ffff:0:0/96), compatible (::/96), NAT64 (64:ff9b::/96), 6to4 (2002::/16).
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        return is_public_v4(v4);
+    }
+    if segments[..6] == [0, 0, 0, 0, 0, 0] {
+        return !ip.is_unspecified() && !ip.is_loopback() && is_public_v4(Ipv4Addr::from(u128::from(ip) as u32));
+    }
+    if segments[0] == 0x64 && segments[1] == 0xff9b && segments[2..6] == [0, 0, 0, 0] {
+        return is_public_v4(Ipv4Addr::from(u128::from(ip) as u32));
+    }
+    if segments[0] == 0x2002 {
+        return is_public_v4(Ipv4Addr::new((segments[1] >> 8) as u8, segments[1] as u8, (segments[2] >> 8) as u8, segments[2] as u8));
+    }
+    !((segments[0] & 0xfe00) == 0xfc00          // unique local fc00::/7 (incl. fd00:ec2::254 metadata)
+        || (segments[0] & 0xffc0) == 0xfe80     // link-local
+        || (segments[0] & 0xffc0) == 0xfec0     // site-local (deprecated)
+        || (segments[0] & 0xff00) == 0xff00     // multicast
+        || (segments[0] == 0x2001 && segments[1] == 0x0db8) // documentation
+        || (segments[0] == 0x2001 && segments[1] == 0)      // Teredo
+        || segments[0] == 0x0100 && segments[1..4] == [0, 0, 0]) // discard-only 100::/64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_public_unicast_addresses_are_public() {
+        for blocked in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "127.8.9.10",
+            "10.1.2.3",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "100.127.255.254",
+            "192.0.0.1",
+            "192.0.2.5",
+            "198.18.0.1",
+            "224.0.0.1",
+            "255.255.255.255",
+            "::",
+            "::1",
+            "fe80::1",
+            "fc00::1",
+            "fd00:ec2::254",
+            "ff02::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "::127.0.0.1",
+            "64:ff9b::a9fe:a9fe",
+            "2002:7f00:1::",
+            "2001:db8::1",
+            "2001::1",
+        ] {
+            assert!(!is_public(blocked.parse().unwrap()), "{blocked} counted as public");
+        }
+        for public in [
+            "1.1.1.1",
+            "8.8.8.8",
+            "100.63.255.255",
+            "100.128.0.1",
+            "172.32.0.1",
+            "2606:4700:4700::1111",
+            "::ffff:8.8.8.8",
+            "2002:0808:0808::",
+        ] {
+            assert!(is_public(public.parse().unwrap()), "{public} counted as private");
+        }
+    }
+
+    #[test]
+    fn the_allow_list_opens_names_addresses_and_networks() {
+        let policy = AddressPolicy::new(&["cams.lan".into(), "10.0.0.0/8".into(), "127.0.0.1".into(), "[::1]".into()]);
+        assert!(policy.name_allowed("CAMS.lan."));
+        assert!(!policy.name_allowed("other.lan"));
+        assert!(policy.ip_allowed("10.9.8.7".parse().unwrap()));
+        assert!(policy.ip_allowed("::ffff:10.9.8.7".parse().unwrap()));
+        assert!(policy.ip_allowed("127.0.0.1".parse().unwrap()));
+        assert!(!policy.ip_allowed("127.0.0.2".parse().unwrap()));
+        assert!(policy.ip_allowed("::1".parse().unwrap()));
+        assert!(!policy.ip_allowed("192.168.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn literal_urls_are_checked_before_any_request() {
+        let policy = AddressPolicy::new(&[]);
+        for url in [
+            "http://127.0.0.1/x.png",
+            "http://[::1]:8080/",
+            "http://169.254.169.254/latest/meta-data",
+            "http://0x7f000001/",
+            "file:///etc/passwd",
+            "ftp://example.com/a",
+        ] {
+            let url = Url::parse(url).unwrap();
+            assert_eq!(policy.check_url(&url).unwrap_err().code(), "url_not_allowed", "{url}");
+        }
+        assert!(policy.check_url(&Url::parse("https://example.com/a.png").unwrap()).is_ok());
+        assert!(policy.check_url(&Url::parse("http://8.8.8.8/a.png").unwrap()).is_ok());
+    }
+}
