@@ -45,9 +45,15 @@ pub fn router(downloads: bool) -> Router<AppState> {
         .route("/admin/api/firmware/{filename}", get(download_admin).delete(delete_firmware))
         .route("/admin/api/firmware/{filename}/info", get(firmware_info));
     if downloads {
-        router = router.route("/firmware/{filename}", get(download));
+        // `/firmware_files` was the original's static mount of the same folder.
+        router = router.route("/firmware/{filename}", get(download)).route("/firmware_files/{filename}", get(download));
     }
-    router
+    router.route("/status", get(status))
+}
+
+/// The original's liveness route: `{"status":"ok","timestamp":...,"version":"1.0.0"}`.
+async fn status() -> Response {
+    Json(json!({"status": "ok", "timestamp": python_isoformat(chrono::Utc::now()), "version": "1.0.0"})).into_response()
 }
 
 // ---- error bodies ----

@@ -180,10 +180,12 @@ async fn firmware_files_download_by_name_without_auth_unless_switched_off() {
     let app = app().await;
     let (new, _) = fleet(&app).await;
 
-    let response = send(&app, &request("GET", "/firmware/panic_1.3.8.bin", "HTTP/1.1", &app, &[])).await;
-    assert_eq!(response.status, 200);
-    assert_eq!(response.header("content-length"), Some(new.len().to_string().as_str()));
-    assert!(response.body == new);
+    for path in ["/firmware/panic_1.3.8.bin", "/firmware_files/panic_1.3.8.bin"] {
+        let response = send(&app, &request("GET", path, "HTTP/1.1", &app, &[])).await;
+        assert_eq!(response.status, 200, "{path}");
+        assert_eq!(response.header("content-length"), Some(new.len().to_string().as_str()));
+        assert!(response.body == new);
+    }
     let missing = send(&app, &request("GET", "/firmware/nothing.bin", "HTTP/1.1", &app, &[])).await;
     assert_eq!(missing.status, 404);
     assert_eq!(serde_json::from_slice::<Value>(&missing.body).unwrap(), json!({"error": "Firmware file not found"}));
@@ -303,9 +305,22 @@ async fn admin_firmware_files_are_uploaded_listed_described_and_deleted() {
 async fn the_surface_can_be_switched_off() {
     let app = spawn_app_with(|s| s.compat.ota_server = false).await;
 
-    for path in ["/api/firmware?mac=AA:BB:CC:DD:EE:FF", "/admin/api/devices", "/firmware/x.bin"] {
+    for path in ["/api/firmware?mac=AA:BB:CC:DD:EE:FF", "/admin/api/devices", "/firmware/x.bin", "/firmware_files/x.bin", "/status"] {
         let response = app.client.get(app.url(path)).send().await.unwrap();
         assert_eq!(response.status(), 404, "{path}");
     }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_status_route_answers_like_theirs() {
+    let app = app().await;
+    let response = app.client.get(app.url("/status")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "ok");
+    assert_eq!(body["version"], "1.0.0");
+    let timestamp = body["timestamp"].as_str().unwrap();
+    assert!(chrono::NaiveDateTime::parse_from_str(timestamp, "%Y-%m-%dT%H:%M:%S%.f").is_ok(), "{timestamp}");
     app.stop().await;
 }
