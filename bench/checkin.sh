@@ -49,11 +49,11 @@ for n in $SIZES; do
   answer=$(curl -s -H "Authorization: Bearer upd_dev_bench_1" "$BASE/api/v1/device/checkin?version=1.0.0")
   [[ $answer == *'"update":null'* ]] || die "unexpected check-in answer: $answer"
 
-  # Warm up long enough for about every device to check in several times, 5 s at least, 200 s at
-  # most. At 1,000,000 devices that is longer than the presence period (a quarter of the 600 s
+  # Warm up long enough for about every device to check in several times, 5 s at least, 330 s
+  # at most. At 1,000,000 devices that is longer than one presence period (half of the 600 s
   # offline period), so the measured window carries the steady-state `last_seen` writes
-  # (about 1/150 s of the devices per second), not the lull before the first ones fall due.
-  WARM=$(( n / 5000 )); ((WARM < 5)) && WARM=5; ((WARM > 200)) && WARM=200
+  # (about 1/300 s of the devices per second), not the lull before the first ones fall due.
+  WARM=$(( n / 3000 )); ((WARM < 5)) && WARM=5; ((WARM > 330)) && WARM=330
   log "warm-up (${WARM} s)"
   BENCH_DEVICES=$n wrk -t2 -c64 -d"${WARM}s" -s "$LUA" "$BASE" >"$RAW/warmup-$n.txt" 2>&1
   wrk -t2 -c64 -d"${SECS}s" --latency "$BASE/api/health" >"$RAW/health-$n.txt" 2>&1

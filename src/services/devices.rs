@@ -681,11 +681,12 @@ pub async fn report_update(core: &Core, device: &ActiveDevice, report: StatusRep
 
 fn mark_seen(core: &Core, device: &ActiveDevice, now: DateTime<Utc>, ip: Option<IpAddr>) {
     let runtime = &core.devices;
-    // `last_seen` is stored at a granularity of a quarter of the offline period: a device
-    // that checks in often costs one write per period, not one per request. Every replica
-    // therefore sees a device online while it is (the stored value is at most a quarter of
-    // the offline period old).
-    let granularity = chrono::Duration::from_std(runtime.policy.offline_after / 4).unwrap_or(chrono::Duration::MAX);
+    // `last_seen` is stored at a granularity of half the offline period: a device that
+    // checks in often costs one write per period, not one per request. Every replica therefore
+    // sees a device online while it is (the stored value is at most half the offline period
+    // old); a replica that did not serve a silent device may call it offline up to half the
+    // offline period early. The replica serving it is exact.
+    let granularity = chrono::Duration::from_std(runtime.policy.offline_after / 2).unwrap_or(chrono::Duration::MAX);
     let (came_online, write) = {
         let mut online = runtime.online.lock().expect("online lock");
         match online.get_mut(&*device.id) {
