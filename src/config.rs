@@ -92,6 +92,9 @@ pub struct ServeArgs {
     /// Devices each replica keeps in its in-memory fleet index, ≈ 300 bytes each [default: 1000000]
     #[arg(long, env = "UPDRAFT_DEVICE_CACHE_ENTRIES", value_name = "N")]
     pub device_cache_entries: Option<String>,
+    /// Most `last_seen` rows each replica writes per second (100-1000000); more wait in memory [default: 1000]
+    #[arg(long, env = "UPDRAFT_PRESENCE_WRITES_PER_SEC", value_name = "N")]
+    pub presence_writes_per_sec: Option<String>,
     /// Lifetime of pair keys [default: 600]
     #[arg(long, env = "UPDRAFT_PAIRING_TTL_SECS", value_name = "SECS")]
     pub pairing_ttl_secs: Option<String>,
@@ -305,6 +308,7 @@ const SETTING_NAMES: &[&str] = &[
     "default_provisioning",
     "pairing_ttl_secs",
     "device_cache_entries",
+    "presence_writes_per_sec",
     "update_retry_after_secs",
     "download_url_ttl_secs",
     "compat_ota_server",
@@ -513,6 +517,13 @@ impl Settings {
                 30 * 86400,
             )?,
             cache_entries: parse_number("device_cache_entries", get("device_cache_entries", &args.device_cache_entries), 1_000_000usize)?,
+            presence_writes_per_sec: {
+                let n = parse_number("presence_writes_per_sec", get("presence_writes_per_sec", &args.presence_writes_per_sec), 1_000usize)?;
+                if !(100..=1_000_000).contains(&n) {
+                    return Err(ConfigError::new("presence_writes_per_sec", format!("`{n}` is not between 100 and 1000000")));
+                }
+                n
+            },
             download_url_ttl: secs(
                 "download_url_ttl_secs",
                 get("download_url_ttl_secs", &args.download_url_ttl_secs),

@@ -111,7 +111,7 @@ impl Application {
             Some(config) => crate::net::serve(crate::net::TlsListener::new(listener, config)?, app, stop_rx, grace).await,
             None => crate::net::serve(listener, app, stop_rx, grace).await,
         }
-        if let Err(e) = devices::flush_presence(&core).await {
+        if let Err(e) = devices::flush_presence(&core, None).await {
             tracing::warn!(error = %e, "cannot write device presence at shutdown");
         }
         store.close().await;

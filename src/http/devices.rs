@@ -425,8 +425,9 @@ async fn list_devices(
                 .map_err(|_| Error::invalid("invalid_query", format!("{name} must be an RFC 3339 time such as 2026-11-23T12:00:00Z"))),
         }
     };
-    // Presence is buffered for up to a second; flush so the filters see it.
-    service::flush_presence(&state.core).await?;
+    // Presence is buffered for up to a second (longer under a flood of check-ins); flush so
+    // the filters see it, but never more than ten seconds' worth of writes in a request.
+    service::flush_presence(&state.core, Some(state.core.devices.policy.presence_writes_per_sec.saturating_mul(10))).await?;
     let offline_after = chrono::Duration::from_std(state.core.devices.policy.offline_after).unwrap_or(chrono::Duration::MAX);
     let cutoff = (Utc::now() - offline_after).timestamp_millis();
     let online_since = match query.status.as_deref() {

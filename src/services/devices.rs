@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac as _};
+use indexmap::IndexMap;
 use serde_json::{Value, json};
 use sha2::Sha256;
 
@@ -38,6 +39,8 @@ pub struct DevicePolicy {
     pub download_url_ttl: Duration,
     /// Devices kept in each replica's fleet index (see `services::fleet`).
     pub cache_entries: usize,
+    /// Most `last_seen` rows written per second; the rest wait in memory, oldest first.
+    pub presence_writes_per_sec: usize,
 }
 
 impl Default for DevicePolicy {
@@ -50,6 +53,7 @@ impl Default for DevicePolicy {
             retry_failed_after: Duration::from_secs(3600),
             download_url_ttl: Duration::from_secs(24 * 3600),
             cache_entries: 1_000_000,
+            presence_writes_per_sec: 1_000,
         }
     }
 }
@@ -78,7 +82,8 @@ pub struct DeviceRuntime {
     fleet: RwLock<FleetIndex>,
     builds: RwLock<HashMap<String, CachedBuilds>>,
     products: RwLock<HashMap<String, (Product, Instant)>>,
-    presence: Mutex<HashMap<Arc<str>, Presence>>,
+    /// `last_seen` values waiting to be written, in the order they first waited.
+    presence: Mutex<IndexMap<Arc<str>, Presence>>,
     /// Devices heard from recently: when last heard, and when `last_seen` was last buffered
     /// for writing.
     online: Mutex<HashMap<Arc<str>, Heard>>,
@@ -717,11 +722,16 @@ fn mark_seen(core: &Core, device: &ActiveDevice, now: DateTime<Utc>, ip: Option<
     }
 }
 
-/// Writes buffered `last_seen` values in one batch. Run periodically and at shutdown.
-pub async fn flush_presence(core: &Core) -> Result<usize> {
+/// Writes buffered `last_seen` values, oldest first: at most `limit` of them (the periodic
+/// flush passes `presence_writes_per_sec`; shutdown passes `None`, for all). Bounding the
+/// rate keeps the database's write load, and so the check-in cost, independent of how many
+/// devices check in: under a flood the stored values lag, while this replica's own view
+/// (online state, `last_seen` in its answers) stays exact.
+pub async fn flush_presence(core: &Core, limit: Option<usize>) -> Result<usize> {
     let batch: Vec<(Arc<str>, DateTime<Utc>, Option<String>)> = {
         let mut presence = core.devices.presence.lock().expect("presence lock");
-        presence.drain().map(|(id, (at, ip))| (id, at, ip)).collect()
+        let take = limit.unwrap_or(usize::MAX).min(presence.len());
+        presence.drain(..take).map(|(id, (at, ip))| (id, at, ip)).collect()
     };
     let written = batch.len();
     if let Err(e) = core.store.record_presence(&batch).await {
@@ -731,6 +741,9 @@ pub async fn flush_presence(core: &Core) -> Result<usize> {
             presence.entry(id).or_insert((at, ip));
         }
         return Err(e);
+    }
+    if limit.is_some() {
+        metrics::gauge!("updraft_presence_backlog").set(core.devices.presence.lock().expect("presence lock").len() as f64);
     }
     Ok(written)
 }
@@ -762,7 +775,7 @@ pub fn spawn_background(core: Core) {
         let mut last_sweep = Instant::now();
         loop {
             tick.tick().await;
-            if let Err(e) = flush_presence(&core).await {
+            if let Err(e) = flush_presence(&core, Some(core.devices.policy.presence_writes_per_sec.max(1))).await {
                 tracing::warn!(error = %e, "cannot write device presence; will retry");
             }
             if last_sweep.elapsed() >= sweep_every {

@@ -688,3 +688,36 @@ async fn reported_attributes_are_merged_each_time_they_differ() {
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn presence_writes_are_rate_limited_but_all_reach_the_database() {
+    let app = spawn_app_with(|s| s.devices.presence_writes_per_sec = 100).await;
+    let mut ids = Vec::new();
+    for i in 0..250 {
+        let (id, token) = provisioned(&app, &format!("02:00:00:00:1{}:{:02X}", i / 256, i % 256), "lamp", "esp32", "1.0.0").await;
+        assert_eq!(checkin(&app, &token, json!({"version": "1.0.0"})).await["update"], Value::Null);
+        ids.push(id);
+    }
+    // This replica's own view is exact at once.
+    for id in ids.iter().take(5) {
+        assert_eq!(get_device(&app, id).await["status"], "online");
+    }
+    // Another replica reads the database: every last_seen arrives, 100 rows a second.
+    let replica = start(app.settings.clone(), tempfile::tempdir().unwrap()).await;
+    let mut stored = 0;
+    for _ in 0..100 {
+        stored = 0;
+        for id in &ids {
+            if !get_device(&replica, id).await["last_seen"].is_null() {
+                stored += 1;
+            }
+        }
+        if stored == ids.len() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(stored, ids.len());
+    replica.stop().await;
+    app.stop().await;
+}
