@@ -18,6 +18,7 @@ use crate::services::Core;
 use crate::services::compat::FotaSigner;
 use crate::services::devices::{self, DeviceRuntime};
 use crate::services::events::EventBus;
+use crate::services::rollouts::{self, RolloutRuntime};
 use crate::storage::Store;
 use crate::telemetry;
 
@@ -51,8 +52,12 @@ impl Application {
             blobs,
             events: EventBus::default(),
             devices: Arc::new(DeviceRuntime::new(settings.devices.clone(), signing_key)),
+            rollouts: Arc::new(RolloutRuntime::new(settings.rollouts.clone())),
         };
+        // The rollout view is loaded before serving, so that no check-in is answered without it.
+        rollouts::refresh(&core, true).await?;
         devices::spawn_background(core.clone());
+        rollouts::spawn_background(core.clone());
         let fota_signer = match &settings.compat.esp32fota_keys_dir {
             Some(dir) => {
                 let signer = FotaSigner::load_dir(dir)?;

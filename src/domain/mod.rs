@@ -7,6 +7,7 @@ pub mod error;
 pub mod esp_image;
 pub mod firmware;
 pub mod mac;
+pub mod rollout;
 pub mod secret;
 pub mod update;
 pub mod version;

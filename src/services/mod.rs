@@ -8,6 +8,7 @@ pub mod events;
 pub mod firmware;
 pub mod fleet;
 pub mod limiter;
+pub mod rollouts;
 
 use std::sync::Arc;
 
@@ -15,13 +16,14 @@ use crate::blob::BlobStore;
 use crate::storage::Store;
 
 /// What every use case may need: the database, the blob store, the event bus and the
-/// in-memory device state.
+/// in-memory device and rollout state.
 #[derive(Clone)]
 pub struct Core {
     pub store: Store,
     pub blobs: BlobStore,
     pub events: events::EventBus,
     pub devices: Arc<devices::DeviceRuntime>,
+    pub rollouts: Arc<rollouts::RolloutRuntime>,
 }
 
 impl Core {
@@ -35,6 +37,7 @@ impl Core {
             blobs,
             events: events::EventBus::default(),
             devices: Arc::new(devices::DeviceRuntime::new(settings.devices.clone(), [0; 32])),
+            rollouts: Arc::new(rollouts::RolloutRuntime::new(settings.rollouts.clone())),
         })
     }
 }

@@ -4,6 +4,7 @@
 mod compat;
 mod devices;
 mod firmware;
+mod rollouts;
 mod secrets;
 
 use std::str::FromStr;
@@ -14,8 +15,9 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
 pub use compat::CompatFile;
-pub use devices::{ActiveRow, DeviceFilter, DevicePatch, DeviceReport, DeviceSort, NewDevice};
+pub use devices::{ActiveRow, AttemptOffer, DeviceFilter, DevicePatch, DeviceReport, DeviceSort, NewDevice, RolloutSlot};
 pub use firmware::{ArtifactFilter, ArtifactPatch, ArtifactSort, NewArtifact};
+pub use rollouts::{MemberRow, TargetRow, TransitionWrite};
 
 use crate::domain::{Error, Result};
 
