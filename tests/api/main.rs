@@ -7,3 +7,4 @@ mod firmware;
 mod helpers;
 mod ops;
 mod raw;
+mod rollouts;
