@@ -37,7 +37,7 @@ wait_ready "$PORT" "$SERVER_PID"
 head -c 100000 /dev/urandom >"$TMP/fw1.bin"
 head -c 100000 /dev/urandom >"$TMP/fw2.bin"
 for v in 1 2; do
-  code=$(api -o "$TMP/build$v.json" -w '%{http_code}' -H 'Content-Type: application/octet-stream' --data-binary @"$TMP/fw$v.bin" \
+  code=$(curl -s -o "$TMP/build$v.json" -w '%{http_code}' -H "Authorization: Bearer $BENCH_KEY" -H 'Content-Type: application/octet-stream' --data-binary @"$TMP/fw$v.bin" \
     "$BASE/api/v1/firmware?product=bench&version=$v.0.0&hardware=esp32")
   [[ $code == 201 ]] || die "upload answered $code"
 done

@@ -99,6 +99,9 @@ CREATE TABLE rollout_revision (
 );
 INSERT INTO rollout_revision (id, n) VALUES (1, 0);
 
+-- Counting a rollout's target reads a product's devices in id order, a page at a time.
+CREATE INDEX device_product_id_idx ON device (product, id);
+
 ALTER TABLE update_attempt ADD COLUMN rollout_id TEXT;
 -- The anti-rollback floor: rollbacks (and pins) below this version are refused.
 ALTER TABLE product ADD COLUMN min_version TEXT;
