@@ -5,7 +5,10 @@ Device i has MAC 02:xx:xx:xx:xx:xx (i in the low 40 bits), product `bench`, hard
 `esp32`, version 1.0.0, and the token `upd_dev_bench_<i>` (stored, like the server does,
 as its SHA-256 hex digest).
 
-    checkin_seed.py DB_FILE N
+    checkin_seed.py DB_FILE N [RINGS]
+
+With RINGS, device i also has the tag `ring-<i mod RINGS>` (the rollout benchmark targets
+each ring with its own rollout).
 """
 import hashlib
 import sqlite3
@@ -16,6 +19,7 @@ import uuid
 
 def main() -> None:
     db_file, n = sys.argv[1], int(sys.argv[2])
+    rings = int(sys.argv[3]) if len(sys.argv) > 3 else 0
     db = sqlite3.connect(db_file)
     db.execute("PRAGMA journal_mode = WAL")
     db.execute("PRAGMA synchronous = OFF")
@@ -26,8 +30,11 @@ def main() -> None:
         for i in range(1, n + 1):
             mac = "02:" + ":".join(f"{(i >> s) & 0xFF:02X}" for s in (32, 24, 16, 8, 0))
             token_hash = hashlib.sha256(f"upd_dev_bench_{i}".encode()).hexdigest()
-            yield (str(uuid.uuid4()), mac, f"bench-{i}", "bench", "esp32", "stable", "1.0.0", None, "[]", "{}", "{}", None,
+            tags = f'["ring-{i % rings}"]' if rings else "[]"
+            yield (ids[i], mac, f"bench-{i}", "bench", "esp32", "stable", "1.0.0", None, tags, "{}", "{}", None,
                    token_hash, now, None, None, None, now, now)
+
+    ids = {i: str(uuid.uuid4()) for i in range(1, n + 1)}
 
     db.executemany(
         "INSERT INTO device (id, mac, name, product, hardware, channel, version, target_version, tags, attributes, metadata, owner,"
@@ -35,6 +42,8 @@ def main() -> None:
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         rows(),
     )
+    if rings:
+        db.executemany("INSERT INTO device_tag (device_id, tag) VALUES (?, ?)", ((ids[i], f"ring-{i % rings}") for i in range(1, n + 1)))
     db.commit()
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     db.close()

@@ -15,6 +15,7 @@ use url::Url;
 
 use crate::domain::device::Provisioning;
 use crate::services::devices::DevicePolicy;
+use crate::services::rollouts::RolloutPolicy;
 
 /// Flags of `updraft serve`. Every flag also reads its `UPDRAFT_*` variable.
 #[derive(clap::Args, Debug, Default, Clone)]
@@ -122,6 +123,15 @@ pub struct ServeArgs {
     /// Time limit of one image fetch, redirects included [default: 10]
     #[arg(long, env = "UPDRAFT_IMAGE_FETCH_TIMEOUT_SECS", value_name = "SECS")]
     pub image_fetch_timeout_secs: Option<String>,
+    /// How often each replica evaluates rollouts: scheduled starts, time-outs, thresholds [default: 5]
+    #[arg(long, env = "UPDRAFT_ROLLOUT_EVALUATE_SECS", value_name = "SECS")]
+    pub rollout_evaluate_secs: Option<String>,
+    /// Default time a device offered a rollout's release has to succeed or fail before it counts as timed out [default: 86400]
+    #[arg(long, env = "UPDRAFT_ROLLOUT_DEVICE_DEADLINE_SECS", value_name = "SECS")]
+    pub rollout_device_deadline_secs: Option<String>,
+    /// How often the devices a running rollout targets are recounted [default: 300]
+    #[arg(long, env = "UPDRAFT_ROLLOUT_RECOUNT_SECS", value_name = "SECS")]
+    pub rollout_recount_secs: Option<String>,
     /// Log filter, e.g. `info` or `info,updraft=debug` [default: info]
     #[arg(long, env = "UPDRAFT_LOG", value_name = "FILTER")]
     pub log: Option<String>,
@@ -239,6 +249,7 @@ pub struct Settings {
     pub log_format: LogFormat,
     pub devices: DevicePolicy,
     pub content: ContentSettings,
+    pub rollouts: RolloutPolicy,
     pub compat: CompatSettings,
 }
 
@@ -311,6 +322,9 @@ const SETTING_NAMES: &[&str] = &[
     "presence_writes_per_sec",
     "update_retry_after_secs",
     "download_url_ttl_secs",
+    "rollout_evaluate_secs",
+    "rollout_device_deadline_secs",
+    "rollout_recount_secs",
     "compat_ota_server",
     "compat_ota_server_downloads",
     "compat_shared_secret",
@@ -533,6 +547,18 @@ impl Settings {
             )?,
         };
 
+        let rollouts = RolloutPolicy {
+            evaluate_every: secs("rollout_evaluate_secs", get("rollout_evaluate_secs", &args.rollout_evaluate_secs), 5, 1, 3600)?,
+            device_deadline: secs(
+                "rollout_device_deadline_secs",
+                get("rollout_device_deadline_secs", &args.rollout_device_deadline_secs),
+                86400,
+                60,
+                30 * 86400,
+            )?,
+            recount_every: secs("rollout_recount_secs", get("rollout_recount_secs", &args.rollout_recount_secs), 300, 1, 86400)?,
+        };
+
         let compat = parse_compat(&get, args)?;
         let content = parse_content(&get, args, &data_dir)?;
 
@@ -540,6 +566,7 @@ impl Settings {
             compat,
             devices,
             content,
+            rollouts,
             listen,
             data_dir,
             database_url,

@@ -20,6 +20,7 @@ use crate::services::devices::{self, DeviceRuntime};
 use crate::services::events::EventBus;
 use crate::services::images::ImageFetcher;
 use crate::services::keys::ServerKeys;
+use crate::services::rollouts::{self, RolloutRuntime};
 use crate::storage::Store;
 use crate::telemetry;
 
@@ -57,8 +58,12 @@ impl Application {
             devices: Arc::new(DeviceRuntime::new(settings.devices.clone(), signing_key)),
             keys,
             fetcher,
+            rollouts: Arc::new(RolloutRuntime::new(settings.rollouts.clone())),
         };
+        // The rollout view is loaded before serving, so that no check-in is answered without it.
+        rollouts::refresh(&core, true).await?;
         devices::spawn_background(core.clone());
+        rollouts::spawn_background(core.clone());
         let fota_signer = match &settings.compat.esp32fota_keys_dir {
             Some(dir) => {
                 let signer = FotaSigner::load_dir(dir)?;

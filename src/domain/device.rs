@@ -326,6 +326,8 @@ pub struct UpdateAttempt {
     pub device_id: String,
     pub artifact_id: String,
     pub release_id: String,
+    /// The rollout that offered it, if any.
+    pub rollout_id: Option<String>,
     pub from_version: Option<String>,
     pub to_version: String,
     pub state: UpdateState,

@@ -9,6 +9,7 @@ pub mod esp_image;
 pub mod firmware;
 pub mod lvgl;
 pub mod mac;
+pub mod rollout;
 pub mod secret;
 pub mod update;
 pub mod version;

@@ -6,10 +6,18 @@
 //! 2. An operator's pinned `target_version` wins: the build of that version for the
 //!    device's hardware is offered whenever the device runs another version, even an older
 //!    one (that is how a rollback reaches a device).
-//! 3. Otherwise the newest build of the product for the device's hardware on the device's
-//!    channel (or `stable`, which every channel receives) is offered if it is newer than
-//!    what the device runs. Never a downgrade, never another hardware's build.
+//! 3. Otherwise the newest of these builds is offered if it is newer than what the device
+//!    runs (never a downgrade, never another hardware's build):
+//!    - builds of the product for the device's hardware on the device's channel (or
+//!      `stable`, which every channel receives) that belong to no release;
+//!    - the builds, for the device's hardware, of the releases that running rollouts offer
+//!      this device (the caller has checked target, stage membership, window and download
+//!      slots: see `services::rollouts`). A build that belongs to a release is offered
+//!      only this way, so creating a release does not ship it to everyone.
 //! 4. Versions order by semantic-version precedence, pre-releases included.
+
+use std::collections::HashSet;
+use std::sync::Arc;
 
 use super::firmware::{Artifact, Channel};
 use super::version::Version;
@@ -37,9 +45,44 @@ pub enum NoUpdate {
     NoBuilds,
 }
 
+/// A release a running rollout offers this device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RolloutOffer {
+    pub rollout_id: Arc<str>,
+    pub release_id: Arc<str>,
+    /// The rollout stage (0-based) the device is in.
+    pub stage: usize,
+    /// The release's builds.
+    pub builds: Arc<[Artifact]>,
+    /// Forced rollout: devices that support it install without asking.
+    pub mandatory: bool,
+}
+
+/// What releases and rollouts add to the decision.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Releases<'a> {
+    /// Ids of builds that belong to a release: offered only through a rollout's offer.
+    pub held: Option<&'a HashSet<Arc<str>>>,
+    /// What the running rollouts this device is in offer it.
+    pub offers: &'a [RolloutOffer],
+}
+
+impl Releases<'_> {
+    fn holds(&self, artifact: &Artifact) -> bool {
+        self.held.is_some_and(|held| held.contains(artifact.id.as_str()))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision<'a> {
-    Offer { artifact: &'a Artifact, pinned: bool },
+    Offer {
+        artifact: &'a Artifact,
+        pinned: bool,
+        /// Pins and forced rollouts.
+        mandatory: bool,
+        /// The rollout whose release this is, if any.
+        rollout: Option<&'a RolloutOffer>,
+    },
     None(NoUpdate),
 }
 
@@ -52,7 +95,7 @@ fn fits_hardware(artifact: &Artifact, hardware: &str) -> bool {
     artifact.hardware.iter().any(|h| h == hardware)
 }
 
-pub fn decide<'a>(device: &DeviceFacts, artifacts: &'a [Artifact]) -> Decision<'a> {
+pub fn decide<'a>(device: &DeviceFacts, artifacts: &'a [Artifact], releases: Releases<'a>) -> Decision<'a> {
     let Some(product) = device.product.as_deref() else { return Decision::None(NoUpdate::UnknownProduct) };
     let Some(hardware) = device.hardware.as_deref() else { return Decision::None(NoUpdate::UnknownHardware) };
     let builds = || artifacts.iter().filter(move |a| a.product == product && fits_hardware(a, hardware));
@@ -65,18 +108,28 @@ pub fn decide<'a>(device: &DeviceFacts, artifacts: &'a [Artifact]) -> Decision<'
         return if device.version.as_ref() == Some(target) {
             Decision::None(NoUpdate::UpToDate)
         } else {
-            Decision::Offer { artifact, pinned: true }
+            Decision::Offer { artifact, pinned: true, mandatory: true, rollout: None }
         };
     }
 
-    let newest = builds()
-        .filter(|a| channel_receives(&device.channel, &a.channel))
-        .filter_map(|a| Version::parse(&a.version_key).ok().map(|v| (v, a)))
-        .max_by(|(va, a), (vb, b)| va.cmp(vb).then_with(|| a.created_at.cmp(&b.created_at)));
-    let Some((newest_version, artifact)) = newest else { return Decision::None(NoUpdate::NoBuilds) };
+    let open = builds()
+        .filter(|a| channel_receives(&device.channel, &a.channel) && !releases.holds(a))
+        .filter_map(|a| Version::parse(&a.version_key).ok().map(|v| (v, a, None)));
+    let released = releases.offers.iter().flat_map(|offer| {
+        offer
+            .builds
+            .iter()
+            .filter(move |a| a.product == product && fits_hardware(a, hardware))
+            .filter_map(move |a| Version::parse(&a.version_key).ok().map(|v| (v, a, Some(offer))))
+    });
+    // Newest version first; between equal versions, a rollout's release, then the newer upload.
+    let newest = open.chain(released).max_by(|(va, a, ra), (vb, b, rb)| {
+        va.cmp(vb).then_with(|| ra.is_some().cmp(&rb.is_some())).then_with(|| a.created_at.cmp(&b.created_at))
+    });
+    let Some((newest_version, artifact, rollout)) = newest else { return Decision::None(NoUpdate::NoBuilds) };
     match &device.version {
         Some(current) if *current >= newest_version => Decision::None(NoUpdate::UpToDate),
-        _ => Decision::Offer { artifact, pinned: false },
+        _ => Decision::Offer { artifact, pinned: false, mandatory: rollout.is_some_and(|r| r.mandatory), rollout },
     }
 }
 
@@ -129,23 +182,26 @@ mod tests {
             artifact("b", "1.2.0", &["esp32"], "stable"),
             artifact("c", "1.1.0", &["esp32"], "stable"),
         ];
-        assert_eq!(offered(&decide(&device(Some("1.0.0")), &builds)), Some("b"));
-        assert_eq!(offered(&decide(&device(None), &builds)), Some("b"));
+        assert_eq!(offered(&decide(&device(Some("1.0.0")), &builds, Releases::default())), Some("b"));
+        assert_eq!(offered(&decide(&device(None), &builds, Releases::default())), Some("b"));
     }
 
     #[test]
     fn a_device_on_the_newest_version_is_up_to_date() {
         let builds = [artifact("a", "1.0.0", &["esp32"], "stable")];
-        assert_eq!(decide(&device(Some("1.0")), &builds), Decision::None(NoUpdate::UpToDate));
+        assert_eq!(decide(&device(Some("1.0")), &builds, Releases::default()), Decision::None(NoUpdate::UpToDate));
     }
 
     #[test]
     fn never_a_downgrade_unless_pinned() {
         let builds = [artifact("a", "1.0.0", &["esp32"], "stable")];
-        assert_eq!(decide(&device(Some("2.0.0")), &builds), Decision::None(NoUpdate::UpToDate));
+        assert_eq!(decide(&device(Some("2.0.0")), &builds, Releases::default()), Decision::None(NoUpdate::UpToDate));
         let mut pinned = device(Some("2.0.0"));
         pinned.target_version = Some(Version::parse("1.0.0").unwrap());
-        assert_eq!(decide(&pinned, &builds), Decision::Offer { artifact: &builds[0], pinned: true });
+        assert_eq!(
+            decide(&pinned, &builds, Releases::default()),
+            Decision::Offer { artifact: &builds[0], pinned: true, mandatory: true, rollout: None }
+        );
     }
 
     #[test]
@@ -153,50 +209,50 @@ mod tests {
         let builds = [artifact("a", "1.0.0", &["esp32"], "stable"), artifact("b", "2.0.0", &["esp32"], "stable")];
         let mut pinned = device(Some("0.9.0"));
         pinned.target_version = Some(Version::parse("1.0").unwrap());
-        assert_eq!(offered(&decide(&pinned, &builds)), Some("a"));
+        assert_eq!(offered(&decide(&pinned, &builds, Releases::default())), Some("a"));
         pinned.version = Some(Version::parse("1.0.0").unwrap());
-        assert_eq!(decide(&pinned, &builds), Decision::None(NoUpdate::UpToDate));
+        assert_eq!(decide(&pinned, &builds, Releases::default()), Decision::None(NoUpdate::UpToDate));
         pinned.target_version = Some(Version::parse("3.0.0").unwrap());
-        assert_eq!(decide(&pinned, &builds), Decision::None(NoUpdate::PinnedBuildMissing));
+        assert_eq!(decide(&pinned, &builds, Releases::default()), Decision::None(NoUpdate::PinnedBuildMissing));
     }
 
     #[test]
     fn never_a_build_for_other_hardware() {
         let builds = [artifact("a", "1.0.0", &["esp32"], "stable"), artifact("b", "9.0.0", &["esp32s3"], "stable")];
-        assert_eq!(offered(&decide(&device(Some("0.1.0")), &builds)), Some("a"));
+        assert_eq!(offered(&decide(&device(Some("0.1.0")), &builds, Releases::default())), Some("a"));
         let mut other = device(Some("0.1.0"));
         other.hardware = Some("esp32c3".into());
-        assert_eq!(decide(&other, &builds), Decision::None(NoUpdate::NoBuilds));
+        assert_eq!(decide(&other, &builds, Releases::default()), Decision::None(NoUpdate::NoBuilds));
         let mut pinned_other = device(Some("0.1.0"));
         pinned_other.target_version = Some(Version::parse("9.0.0").unwrap());
-        assert_eq!(decide(&pinned_other, &builds), Decision::None(NoUpdate::PinnedBuildMissing));
+        assert_eq!(decide(&pinned_other, &builds, Releases::default()), Decision::None(NoUpdate::PinnedBuildMissing));
     }
 
     #[test]
     fn builds_of_other_products_are_never_offered() {
         let mut foreign = artifact("x", "5.0.0", &["esp32"], "stable");
         foreign.product = "other".into();
-        assert_eq!(decide(&device(Some("1.0.0")), &[foreign]), Decision::None(NoUpdate::NoBuilds));
+        assert_eq!(decide(&device(Some("1.0.0")), &[foreign], Releases::default()), Decision::None(NoUpdate::NoBuilds));
     }
 
     #[test]
     fn channels_receive_their_own_builds_and_stable() {
         let builds = [artifact("s", "1.0.0", &["esp32"], "stable"), artifact("b", "1.1.0-beta.1", &["esp32"], "beta")];
-        assert_eq!(offered(&decide(&device(Some("0.1.0")), &builds)), Some("s"));
+        assert_eq!(offered(&decide(&device(Some("0.1.0")), &builds, Releases::default())), Some("s"));
         let mut beta = device(Some("0.1.0"));
         beta.channel = "beta".into();
-        assert_eq!(offered(&decide(&beta, &builds)), Some("b"));
+        assert_eq!(offered(&decide(&beta, &builds, Releases::default())), Some("b"));
         let mut nightly = device(Some("0.1.0"));
         nightly.channel = "nightly".into();
-        assert_eq!(offered(&decide(&nightly, &builds)), Some("s"));
+        assert_eq!(offered(&decide(&nightly, &builds, Releases::default())), Some("s"));
     }
 
     #[test]
     fn pre_releases_order_before_their_release() {
         let builds = [artifact("rc", "2.0.0-rc.1", &["esp32"], "stable"), artifact("final", "2.0.0", &["esp32"], "stable")];
-        assert_eq!(offered(&decide(&device(Some("1.9.0")), &builds)), Some("final"));
-        assert_eq!(offered(&decide(&device(Some("2.0.0-rc.1")), &builds)), Some("final"));
-        assert_eq!(offered(&decide(&device(Some("2.0.0-beta")), &builds[..1])), Some("rc"));
+        assert_eq!(offered(&decide(&device(Some("1.9.0")), &builds, Releases::default())), Some("final"));
+        assert_eq!(offered(&decide(&device(Some("2.0.0-rc.1")), &builds, Releases::default())), Some("final"));
+        assert_eq!(offered(&decide(&device(Some("2.0.0-beta")), &builds[..1], Releases::default())), Some("rc"));
     }
 
     #[test]
@@ -204,9 +260,59 @@ mod tests {
         let builds = [artifact("a", "1.0.0", &["esp32"], "stable")];
         let mut no_product = device(None);
         no_product.product = None;
-        assert_eq!(decide(&no_product, &builds), Decision::None(NoUpdate::UnknownProduct));
+        assert_eq!(decide(&no_product, &builds, Releases::default()), Decision::None(NoUpdate::UnknownProduct));
         let mut no_hardware = device(None);
         no_hardware.hardware = None;
-        assert_eq!(decide(&no_hardware, &builds), Decision::None(NoUpdate::UnknownHardware));
+        assert_eq!(decide(&no_hardware, &builds, Releases::default()), Decision::None(NoUpdate::UnknownHardware));
+    }
+
+    fn offer(id: &str, builds: &[Artifact], mandatory: bool) -> RolloutOffer {
+        RolloutOffer { rollout_id: id.into(), release_id: format!("rel-{id}").into(), stage: 0, builds: builds.to_vec().into(), mandatory }
+    }
+
+    #[test]
+    fn a_released_build_is_offered_only_through_a_rollout() {
+        let open = artifact("a", "1.0.0", &["esp32"], "stable");
+        let released = artifact("r", "2.0.0", &["esp32"], "stable");
+        let builds = [open.clone(), released.clone()];
+        let held: HashSet<Arc<str>> = ["r".into()].into();
+        let gated = Releases { held: Some(&held), offers: &[] };
+        assert_eq!(offered(&decide(&device(Some("0.9.0")), &builds, gated)), Some("a"), "the open build, not the held one");
+        assert_eq!(decide(&device(Some("1.0.0")), &builds, gated), Decision::None(NoUpdate::UpToDate));
+        let offers = [offer("ro", std::slice::from_ref(&released), true)];
+        let through = Releases { held: Some(&held), offers: &offers };
+        match decide(&device(Some("1.0.0")), &builds, through) {
+            Decision::Offer { artifact, pinned, mandatory, rollout } => {
+                assert_eq!(artifact.id, "r");
+                assert!(!pinned);
+                assert!(mandatory, "a forced rollout makes the offer mandatory");
+                assert_eq!(rollout.map(|r| &*r.rollout_id), Some("ro"));
+            }
+            other => panic!("expected an offer, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_rollout_never_downgrades_and_never_ships_other_hardware() {
+        let released = artifact("r", "2.0.0", &["esp32s3"], "stable");
+        let offers = [offer("ro", &[released], false)];
+        let releases = Releases { held: None, offers: &offers };
+        assert_eq!(decide(&device(Some("1.0.0")), &[], releases), Decision::None(NoUpdate::NoBuilds));
+        let same_hw = [offer("ro", &[artifact("r", "2.0.0", &["esp32"], "stable")], false)];
+        let releases = Releases { held: None, offers: &same_hw };
+        assert_eq!(decide(&device(Some("3.0.0")), &[], releases), Decision::None(NoUpdate::UpToDate));
+    }
+
+    #[test]
+    fn the_newest_of_two_rollouts_wins_and_a_pin_wins_over_both() {
+        let old = artifact("r1", "2.0.0", &["esp32"], "stable");
+        let new = artifact("r2", "2.1.0", &["esp32"], "stable");
+        let offers = [offer("one", std::slice::from_ref(&old), false), offer("two", std::slice::from_ref(&new), false)];
+        let releases = Releases { held: None, offers: &offers };
+        assert_eq!(offered(&decide(&device(Some("1.0.0")), &[], releases)), Some("r2"));
+        let builds = [artifact("a", "1.0.0", &["esp32"], "stable"), old, new];
+        let mut pinned = device(Some("2.1.0"));
+        pinned.target_version = Some(Version::parse("1.0.0").unwrap());
+        assert_eq!(offered(&decide(&pinned, &builds, releases)), Some("a"), "a rollback pin may downgrade");
     }
 }

@@ -144,9 +144,11 @@ pub struct UpdateOffer {
     pub size: u64,
     pub sha256: String,
     pub md5: String,
-    /// Echo it in update-status reports.
+    /// Echo it in update-status reports. The release's id, or for a build that belongs to no
+    /// release, the build's own id.
     pub release_id: String,
-    /// True when an operator pinned this version (e.g. a rollback).
+    /// True when an operator pinned this version (e.g. a rollback) or a forced rollout offers
+    /// it: install without asking. False: a hint the device may defer (e.g. to ask its user).
     pub mandatory: bool,
 }
 
@@ -295,7 +297,7 @@ fn checkin_response(state: &AppState, device_id: &str, answer: CheckinAnswer, he
             size: artifact.size,
             sha256: artifact.sha256.clone(),
             md5: artifact.md5.clone(),
-            release_id: artifact.id.clone(),
+            release_id: offer.release_id.clone(),
             mandatory: offer.mandatory,
         }
     });

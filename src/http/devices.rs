@@ -25,6 +25,7 @@ use super::firmware::timestamp;
 use crate::domain::Error;
 use crate::domain::device::{Device, Product, Provisioning, SetupEvent, UpdateAttempt};
 use crate::domain::firmware::{Channel, HardwareId};
+use crate::domain::version::Version;
 use crate::services::devices::{self as service, NewDeviceRequest};
 use crate::storage::{DeviceFilter, DevicePatch, DeviceSort};
 
@@ -259,6 +260,8 @@ pub struct ProductView {
     pub provision_key: Option<String>,
     pub has_provision_secret: bool,
     pub poll_interval_s: u32,
+    /// The anti-rollback floor: rollbacks and pins below this version are refused.
+    pub min_version: Option<String>,
     /// False when the product was never configured and the defaults apply.
     pub configured: bool,
 }
@@ -272,6 +275,10 @@ pub struct PutProductBody {
     /// At least 16 characters; stored only as a hash. Omit to keep the current one.
     pub provision_secret: Option<String>,
     pub poll_interval_s: Option<u32>,
+    /// The anti-rollback floor (a version); `null` removes it; omit to keep the current one.
+    #[serde(default, deserialize_with = "clearable")]
+    #[schema(value_type = Option<String>)]
+    pub min_version: Option<Option<String>>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -347,8 +354,9 @@ pub fn attempt_view(attempt: &UpdateAttempt) -> AttemptView {
     }
 }
 
-fn product_view(product: &Product, configured: bool) -> ProductView {
+fn product_view(product: &Product, configured: bool, min_version: Option<String>) -> ProductView {
     ProductView {
+        min_version,
         name: product.name.clone(),
         provisioning: product.provisioning.as_str(),
         provision_key: product.provision_key.clone(),
@@ -627,7 +635,11 @@ async fn device_setup_history(State(state): State<AppState>, _admin: Admin, Path
 )]
 async fn list_products(State(state): State<AppState>, _admin: Admin) -> ApiResult<Json<ProductList>> {
     let products = state.core.store.list_products().await?;
-    Ok(Json(ProductList { items: products.iter().map(|p| product_view(p, true)).collect() }))
+    let mut items = Vec::with_capacity(products.len());
+    for product in &products {
+        items.push(product_view(product, true, state.core.store.product_min_version(&product.name).await?));
+    }
+    Ok(Json(ProductList { items }))
 }
 
 /// A product's policy (the defaults when it was never configured).
@@ -641,7 +653,8 @@ async fn get_product(State(state): State<AppState>, _admin: Admin, Path(name): P
     let name = crate::domain::firmware::Product::parse(&name)?;
     let configured = state.core.store.find_product(name.as_str()).await?.is_some();
     let product = service::product_policy(&state.core, name.as_str()).await?;
-    Ok(Json(product_view(&product, configured)))
+    let min_version = state.core.store.product_min_version(&product.name).await?;
+    Ok(Json(product_view(&product, configured, min_version)))
 }
 
 /// Create or change a product's provisioning policy and poll interval.
@@ -659,9 +672,23 @@ async fn put_product(
     ApiJson(body): ApiJson<PutProductBody>,
 ) -> ApiResult<Json<ProductView>> {
     let provisioning = Provisioning::parse(&body.provisioning)?;
+    let min_version = body
+        .min_version
+        .map(|v| {
+            v.as_deref()
+                .map(|v| {
+                    Version::parse(v).map(|v| v.canonical()).map_err(|e| Error::invalid("invalid_version", format!("min_version: {e}")))
+                })
+                .transpose()
+        })
+        .transpose()?;
     let product =
         service::put_product(&state.core, &name, provisioning, body.provision_key, body.provision_secret, body.poll_interval_s).await?;
-    Ok(Json(product_view(&product, true)))
+    if let Some(min_version) = min_version {
+        state.core.store.set_product_min_version(&product.name, min_version.as_deref()).await?;
+    }
+    let min_version = state.core.store.product_min_version(&product.name).await?;
+    Ok(Json(product_view(&product, true, min_version)))
 }
 
 // ---- pairing ----

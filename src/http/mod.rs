@@ -13,6 +13,7 @@ pub mod error;
 pub mod firmware;
 pub mod ops;
 pub mod range;
+pub mod rollouts;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -86,6 +87,7 @@ impl AppState {
     tags(
         (name = "firmware", description = "Firmware builds (admin)"),
         (name = "devices", description = "Device registry, products, pairing, live events (admin)"),
+        (name = "rollouts", description = "Releases, device groups and staged rollouts (admin)"),
         (name = "device", description = "The native device protocol (device token)"),
         (name = "configuration", description = "Layered, versioned device configuration (admin)"),
         (name = "assets", description = "Signed assets, public keys, LVGL image conversion"),
@@ -110,6 +112,7 @@ fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(firmware::router())
         .merge(devices::router())
+        .merge(rollouts::router())
         .merge(device_api::router())
         .merge(compat::cyberdeck::admin_router())
         .merge(config::router())

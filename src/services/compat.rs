@@ -5,7 +5,7 @@
 //! the running build, from the product's builds) and then call the same `devices::checkin`
 //! and `update::decide` as the native protocol: there is no second update logic.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -22,11 +22,12 @@ use super::Core;
 use super::devices::{self, CheckinAnswer, CheckinReport, NewDeviceRequest};
 use super::firmware::{self as firmware_service, BodyError};
 use super::fleet::ActiveDevice;
+use super::rollouts;
 use crate::domain::compat;
 use crate::domain::device::Device;
 use crate::domain::firmware::{Artifact, Channel, Product as ProductName, UploadMeta};
 use crate::domain::mac::Mac;
-use crate::domain::update::{self, Decision, DeviceFacts};
+use crate::domain::update::{self, Decision, DeviceFacts, Releases};
 use crate::domain::version::Version;
 use crate::domain::{Error, Result};
 use crate::storage::DevicePatch;
@@ -110,9 +111,11 @@ pub async fn checkin_by_mac(core: &Core, request: MacCheckin, ip: Option<IpAddr>
 /// The decision for a device nobody can identify (seed 002 without its MAC headers,
 /// esp32FOTA without `id`): the product's builds, the version it says it runs, and the one
 /// hardware all builds share (or `hardware`). Same `update::decide` as every check-in; with
-/// `only` it decides between that build and nothing (seed 002's "latest").
+/// `only` it decides between that build and nothing (seed 002's "latest"). Builds that
+/// belong to a release (`held`) are not offered: rollouts need to know the device.
 pub fn decide_anonymous<'a>(
     builds: &'a [Artifact],
+    held: Option<&HashSet<Arc<str>>>,
     product: &str,
     version: Option<&Version>,
     hardware: Option<&str>,
@@ -133,7 +136,8 @@ pub fn decide_anonymous<'a>(
         version: version.cloned(),
         target_version: None,
     };
-    let offered_id = match update::decide(&facts, &candidates) {
+    let releases = Releases { held, offers: &[] };
+    let offered_id = match update::decide(&facts, &candidates, releases) {
         Decision::Offer { artifact, .. } => artifact.id.clone(),
         Decision::None(_) => return None,
     };
@@ -146,7 +150,14 @@ pub fn decide_anonymous<'a>(
 pub async fn cyberdeck_latest(core: &Core, product: &str) -> Result<Option<Artifact>> {
     let builds = devices::builds_of(core, product).await?;
     let marked = core.store.find_product_latest(product).await?;
-    Ok(compat::cyberdeck_latest(&builds, product, marked.as_deref()).cloned())
+    // The operator's mark wins (like a pin); otherwise builds held for rollouts are skipped.
+    let held = rollouts::of_product(core, product);
+    let open: Vec<Artifact> = builds
+        .iter()
+        .filter(|a| marked.as_deref() == Some(a.id.as_str()) || !held.as_ref().is_some_and(|h| h.held.contains(a.id.as_str())))
+        .cloned()
+        .collect();
+    Ok(compat::cyberdeck_latest(&open, product, marked.as_deref()).cloned())
 }
 
 /// Marks a build of `product` as the one seed-002 devices receive (`None` unmarks).

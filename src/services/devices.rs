@@ -20,13 +20,14 @@ use sha2::Sha256;
 use super::Core;
 use super::fleet::{ActiveDevice, FleetIndex};
 use super::limiter::AuthLimiter;
+use super::rollouts;
 use crate::domain::device::{self, Device, Product, Provisioning, UpdateAttempt, UpdateState};
 use crate::domain::firmware::{Artifact, Channel, HardwareId, Product as ProductName};
 use crate::domain::mac::Mac;
-use crate::domain::update::{self, Decision, NoUpdate};
+use crate::domain::update::{self, Decision, NoUpdate, Releases, RolloutOffer};
 use crate::domain::version::Version;
 use crate::domain::{Error, Result, secret};
-use crate::storage::{ArtifactFilter, ArtifactSort, DevicePatch, DeviceReport, NewDevice};
+use crate::storage::{ArtifactFilter, ArtifactSort, AttemptOffer, DevicePatch, DeviceReport, NewDevice, RolloutSlot};
 
 /// Device-related settings.
 #[derive(Debug, Clone)]
@@ -103,7 +104,7 @@ impl DeviceRuntime {
         }
     }
 
-    fn forget_device(&self, device_id: &str) {
+    pub(super) fn forget_device(&self, device_id: &str) {
         self.fleet.write().expect("fleet lock").forget(device_id);
     }
 
@@ -130,14 +131,25 @@ impl DeviceRuntime {
 
     /// The freshest known address of a device (buffered or stored).
     pub fn ip(&self, device: &Device) -> Option<String> {
+        // The buffer, else what this replica last buffered (also while a flush is in flight,
+        // when the value is in neither the buffer nor the database yet), else the database.
         let buffered = self.presence.lock().expect("presence lock").get(device.id.as_str()).and_then(|(_, ip)| ip.clone());
-        buffered.or_else(|| device.ip.clone())
+        buffered
+            .or_else(|| {
+                self.online.lock().expect("online lock").get(device.id.as_str()).and_then(|heard| heard.written_ip).map(|ip| ip.to_string())
+            })
+            .or_else(|| device.ip.clone())
     }
 
     pub fn is_online(&self, device: &Device) -> bool {
         let offline_after = chrono::Duration::from_std(self.policy.offline_after).unwrap_or(chrono::Duration::MAX);
         self.last_seen(device).is_some_and(|seen| Utc::now() - seen < offline_after)
     }
+}
+
+/// Drops a device from this replica's fleet index (it is read again on its next check-in).
+pub fn forget_cached_device(core: &Core, device_id: &str) {
+    core.devices.forget_device(device_id);
 }
 
 // ---- identity ----
@@ -445,6 +457,9 @@ pub struct CheckinReport {
 pub struct Offer {
     pub artifact: Artifact,
     pub attempt_id: String,
+    /// The release's id; for a build that belongs to no release, the build's own id.
+    pub release_id: String,
+    /// Pins and forced rollouts.
     pub mandatory: bool,
 }
 
@@ -517,21 +532,42 @@ pub async fn checkin(core: &Core, device: Arc<ActiveDevice>, report: CheckinRepo
         device
     };
 
-    // A reported version equal to the current attempt's target completes it.
-    if changed.version.is_some()
+    // A reported version equal to the current attempt's target completes it. A device that
+    // reported `installed` and now reports another version did not boot the new build (its
+    // bootloader went back): the attempt failed.
+    if (changed.version.is_some() || (device.awaiting_boot && report.version.is_some()))
         && let Some(attempt) = core.store.current_attempt(&device.id).await?
     {
         let reported = device.version.as_deref().and_then(|v| Version::parse(v).ok());
         let target = Version::parse(&attempt.to_version).ok();
-        if !attempt.state.is_final() && reported.is_some() && reported == target {
-            core.store.set_attempt_state(&attempt.id, UpdateState::Succeeded, Some(100), None).await?;
+        let outcome = if attempt.state.is_final() || reported.is_none() {
+            None
+        } else if reported == target {
+            Some((UpdateState::Succeeded, None))
+        } else if attempt.state == UpdateState::Installed {
+            let running = device.version.as_deref().unwrap_or_default();
+            Some((UpdateState::Failed, Some(format!("boot failure: the device runs {running} after installing {}", attempt.to_version))))
+        } else {
+            None
+        };
+        if let Some((state, message)) = outcome {
+            let progress = (state == UpdateState::Succeeded).then_some(100);
+            core.store.set_attempt_state(&attempt.id, state, progress, message.as_deref()).await?;
             core.events.publish(
                 "device.update_status",
                 Some(&device.id),
-                json!({"release_id": attempt.release_id, "state": "succeeded", "version": attempt.to_version}),
+                json!({"release_id": attempt.release_id, "rollout_id": attempt.rollout_id, "state": state.as_str(), "message": message, "version": attempt.to_version}),
             );
         }
     }
+    let device = if device.awaiting_boot {
+        let mut updated = (*device).clone();
+        updated.awaiting_boot = false;
+        runtime.fleet.write().expect("fleet lock").replace(updated.clone());
+        Arc::new(updated)
+    } else {
+        device
+    };
 
     let poll_interval_s = match &device.product {
         Some(product) => product_policy(core, product).await?.poll_interval_s,
@@ -541,16 +577,22 @@ pub async fn checkin(core: &Core, device: Arc<ActiveDevice>, report: CheckinRepo
         Some(product) => builds_of(core, product).await?,
         None => Arc::new(Vec::new()),
     };
-    let answer = match update::decide(&device.facts(), &builds) {
+    let facts = device.facts();
+    let rollouts = device.product.as_deref().and_then(|product| rollouts::of_product(core, product));
+    let offers: Vec<RolloutOffer> = rollouts.as_ref().and_then(|r| r.offer_for(&device, facts.version.as_ref(), now)).into_iter().collect();
+    let releases = Releases { held: rollouts.as_ref().map(|r| &r.held), offers: &offers };
+    let answer = match update::decide(&facts, &builds, releases) {
         Decision::None(reason) => CheckinAnswer { offer: None, no_update: Some(reason), poll_interval_s },
-        Decision::Offer { artifact, pinned } => match offer_attempt(core, &device, artifact).await? {
-            Some(attempt_id) => CheckinAnswer {
-                offer: Some(Offer { artifact: artifact.clone(), attempt_id, mandatory: pinned }),
-                no_update: None,
-                poll_interval_s,
-            },
-            None => CheckinAnswer { offer: None, no_update: Some(NoUpdate::UpToDate), poll_interval_s },
-        },
+        Decision::Offer { artifact, mandatory, rollout, .. } => {
+            match offer_attempt(core, &device, artifact, rollout, rollouts.as_deref()).await? {
+                Some(attempt) => CheckinAnswer {
+                    offer: Some(Offer { artifact: artifact.clone(), attempt_id: attempt.id, release_id: attempt.release_id, mandatory }),
+                    no_update: None,
+                    poll_interval_s,
+                },
+                None => CheckinAnswer { offer: None, no_update: Some(NoUpdate::UpToDate), poll_interval_s },
+            }
+        }
     };
     if core.events.active() {
         core.events.publish(
@@ -573,26 +615,57 @@ fn attributes_hash(value: &Value) -> u64 {
 
 /// The attempt backing an offer: the current one if it is for this build and still open,
 /// a new one otherwise. A build the device failed or rejected recently is not offered again
-/// (devices such as the ThingsBoard SDK retry at once, forever).
-async fn offer_attempt(core: &Core, device: &ActiveDevice, artifact: &Artifact) -> Result<Option<String>> {
+/// (devices such as the ThingsBoard SDK retry at once, forever). A rollout's offer to a device
+/// it did not offer before takes one of its download slots; none left, no offer this time.
+async fn offer_attempt(
+    core: &Core,
+    device: &ActiveDevice,
+    artifact: &Artifact,
+    rollout: Option<&RolloutOffer>,
+    rollouts: Option<&rollouts::ProductRollouts>,
+) -> Result<Option<UpdateAttempt>> {
     if let Some(attempt) = core.store.current_attempt(&device.id).await?
         && attempt.artifact_id == artifact.id
     {
         if !attempt.state.is_final() {
-            return Ok(Some(attempt.id));
+            return Ok(Some(attempt));
         }
         let retry_after = chrono::Duration::from_std(core.devices.policy.retry_failed_after).unwrap_or(chrono::Duration::MAX);
         if matches!(attempt.state, UpdateState::Failed | UpdateState::Rejected) && Utc::now() - attempt.updated_at < retry_after {
             return Ok(None);
         }
     }
-    let attempt = core.store.open_attempt(&device.id, &artifact.id, &artifact.id, device.version.as_deref(), &artifact.version).await?;
+    let slot = match (rollout, rollouts) {
+        (Some(offer), Some(rollouts)) => {
+            if !rollouts.take_slot(&offer.rollout_id) {
+                return Ok(None);
+            }
+            Some(RolloutSlot {
+                rollout_id: &offer.rollout_id,
+                stage: offer.stage,
+                deadline_s: rollouts.deadline_s(&offer.rollout_id).unwrap_or(core.rollouts.policy.device_deadline.as_secs()),
+            })
+        }
+        _ => None,
+    };
+    let release_id = rollout.map(|r| &*r.release_id).unwrap_or(&artifact.id);
+    let attempt = core
+        .store
+        .open_attempt(&AttemptOffer {
+            device_id: &device.id,
+            artifact_id: &artifact.id,
+            release_id,
+            from_version: device.version.as_deref(),
+            to_version: &artifact.version,
+            rollout: slot,
+        })
+        .await?;
     core.events.publish(
         "device.update_status",
         Some(&device.id),
-        json!({"release_id": artifact.id, "state": "offered", "version": artifact.version}),
+        json!({"release_id": release_id, "rollout_id": rollout.map(|r| &*r.rollout_id), "state": "offered", "version": artifact.version}),
     );
-    Ok(Some(attempt.id))
+    Ok(Some(attempt))
 }
 
 /// The builds of a product, from a short-lived cache.
@@ -672,6 +745,12 @@ pub async fn report_update(core: &Core, device: &ActiveDevice, report: StatusRep
         ));
     }
     core.store.set_attempt_state(&attempt.id, state, progress, message.as_deref()).await?;
+    if state == UpdateState::Installed {
+        // Its next check-in tells whether the new build booted.
+        let mut updated = device.clone();
+        updated.awaiting_boot = true;
+        core.devices.fleet.write().expect("fleet lock").replace(updated);
+    }
     mark_seen(core, device, Utc::now(), None);
     core.events.publish(
         "device.update_status",
@@ -771,11 +850,15 @@ pub fn spawn_background(core: Core) {
     let sweep_every = (core.devices.policy.offline_after / 4).clamp(Duration::from_secs(1), Duration::from_secs(5));
     let core_for_changes = core.clone();
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        // Ten small batches a second rather than one large one: a write holds the database
+        // (and, on SQLite, a core) for a tenth as long, which keeps check-in latency steady.
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let per_flush = core.devices.policy.presence_writes_per_sec.div_ceil(10).max(1);
         let mut last_sweep = Instant::now();
         loop {
             tick.tick().await;
-            if let Err(e) = flush_presence(&core, Some(core.devices.policy.presence_writes_per_sec.max(1))).await {
+            if let Err(e) = flush_presence(&core, Some(per_flush)).await {
                 tracing::warn!(error = %e, "cannot write device presence; will retry");
             }
             if last_sweep.elapsed() >= sweep_every {
@@ -926,7 +1009,20 @@ pub async fn find(core: &Core, id_or_mac: &str) -> Result<Device> {
 
 pub async fn update(core: &Core, id: &str, patch: DevicePatch) -> Result<Device> {
     if let Some(Some(version)) = &patch.target_version {
-        Version::parse(version).map_err(|e| Error::invalid("invalid_version", format!("target_version: {e}")))?;
+        let pin = Version::parse(version).map_err(|e| Error::invalid("invalid_version", format!("target_version: {e}")))?;
+        let product = match &patch.product {
+            Some(product) => product.clone(),
+            None => core.store.find_device(id).await?.and_then(|d| d.product),
+        };
+        if let Some(product) = product
+            && let Some(floor) = core.store.product_min_version(&product).await?.and_then(|f| Version::parse(&f).ok())
+            && pin < floor
+        {
+            return Err(Error::conflict(
+                "below_anti_rollback_floor",
+                format!("version {pin} is below {floor}, the anti-rollback floor of product `{product}`"),
+            ));
+        }
     }
     let device = core.store.update_device(id, &patch).await?.ok_or_else(|| Error::not_found("device", id))?;
     core.devices.forget_device(id);
@@ -1076,7 +1172,7 @@ pub async fn refuse_offer(core: &Core, device_id: &str, offer: &Offer, reason: &
     core.events.publish(
         "device.update_status",
         Some(device_id),
-        json!({"release_id": artifact.id, "state": "rejected", "message": reason, "version": artifact.version}),
+        json!({"release_id": offer.release_id, "state": "rejected", "message": reason, "version": artifact.version}),
     );
     Ok(())
 }

@@ -173,6 +173,9 @@ pub async fn delete(core: &Core, id: &str) -> Result<Artifact> {
     if core.store.artifact_in_use(id).await? {
         return Err(Error::conflict("artifact_in_use", "devices are being updated to this build; wait until their updates finish"));
     }
+    if core.store.artifact_released(id).await? {
+        return Err(Error::conflict("artifact_in_release", "this build belongs to a release; delete the release first"));
+    }
     let artifact = core.store.delete_artifact(id).await?.ok_or_else(|| Error::not_found("artifact", id))?;
     if !core.store.blob_in_use(&artifact.blob_key).await?
         && let Err(e) = core.blobs.delete(&artifact.blob_key).await

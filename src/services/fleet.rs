@@ -41,6 +41,14 @@ pub struct ActiveDevice {
     /// stored attributes), or 0. Reporting the same object again changes nothing, so the
     /// check-in skips reading the stored attributes.
     pub reported_attributes: u64,
+    /// Operator tags (the set shared between devices with the same tags), for rollout targets.
+    pub tags: Arc<[Arc<str>]>,
+    /// Registration time (Unix ms), for rollouts that only devices registered before their
+    /// start join.
+    pub created_at: i64,
+    /// The device reported `installed` and has not checked in since: its next check-in tells
+    /// whether the new build booted.
+    pub awaiting_boot: bool,
 }
 
 impl ActiveDevice {
@@ -57,6 +65,9 @@ impl ActiveDevice {
             stored_last_seen: device.last_seen,
             stored_ip: device.ip.as_deref().and_then(|ip| ip.parse().ok()),
             reported_attributes: 0,
+            tags: device.tags.iter().map(|t| Arc::from(t.as_str())).collect(),
+            created_at: device.created_at.timestamp_millis(),
+            awaiting_boot: false,
         }
     }
 
@@ -82,12 +93,13 @@ pub(super) struct FleetIndex {
     by_token: IndexMap<[u8; 32], Arc<ActiveDevice>>,
     token_of: HashMap<Arc<str>, [u8; 32]>,
     interned: HashSet<Arc<str>>,
+    tag_sets: HashSet<Arc<[Arc<str>]>>,
     capacity: usize,
 }
 
 impl FleetIndex {
     pub fn new(capacity: usize) -> Self {
-        FleetIndex { by_token: IndexMap::new(), token_of: HashMap::new(), interned: HashSet::new(), capacity }
+        FleetIndex { by_token: IndexMap::new(), token_of: HashMap::new(), interned: HashSet::new(), tag_sets: HashSet::new(), capacity }
     }
 
     pub fn len(&self) -> usize {
@@ -158,6 +170,20 @@ impl FleetIndex {
             intern(text);
         }
         intern(&mut device.channel);
+        if let Some(existing) = self.tag_sets.get(&device.tags) {
+            device.tags = existing.clone();
+        } else if self.tag_sets.len() < INTERNED_MAX {
+            let tags: Arc<[Arc<str>]> = device
+                .tags
+                .iter()
+                .map(|tag| match self.interned.get(&**tag) {
+                    Some(existing) => existing.clone(),
+                    None => tag.clone(),
+                })
+                .collect();
+            self.tag_sets.insert(tags.clone());
+            device.tags = tags;
+        }
         device
     }
 }
@@ -176,6 +202,9 @@ impl ActiveDevice {
             stored_last_seen: row.last_seen,
             stored_ip: row.ip.and_then(|ip| ip.parse().ok()),
             reported_attributes: 0,
+            tags: row.tags.iter().map(|t| Arc::from(t.as_str())).collect(),
+            created_at: row.created_at.timestamp_millis(),
+            awaiting_boot: row.awaiting_boot,
         }
     }
 }
@@ -196,6 +225,9 @@ mod tests {
             stored_last_seen: None,
             stored_ip: None,
             reported_attributes: 0,
+            tags: Arc::from(Vec::new()),
+            created_at: 0,
+            awaiting_boot: false,
         }
     }
 

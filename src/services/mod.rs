@@ -12,6 +12,7 @@ pub mod fleet;
 pub mod images;
 pub mod keys;
 pub mod limiter;
+pub mod rollouts;
 
 use std::sync::Arc;
 
@@ -19,7 +20,7 @@ use crate::blob::BlobStore;
 use crate::storage::Store;
 
 /// What every use case may need: the database, the blob store, the event bus, the
-/// in-memory device state, the content keys and the image fetcher.
+/// in-memory device and rollout state, the content keys and the image fetcher.
 #[derive(Clone)]
 pub struct Core {
     pub store: Store,
@@ -28,6 +29,7 @@ pub struct Core {
     pub devices: Arc<devices::DeviceRuntime>,
     pub keys: Arc<keys::ServerKeys>,
     pub fetcher: Arc<images::ImageFetcher>,
+    pub rollouts: Arc<rollouts::RolloutRuntime>,
 }
 
 impl Core {
@@ -45,6 +47,7 @@ impl Core {
             devices: Arc::new(devices::DeviceRuntime::new(settings.devices.clone(), [0; 32])),
             keys,
             fetcher,
+            rollouts: Arc::new(rollouts::RolloutRuntime::new(settings.rollouts.clone())),
         })
     }
 }

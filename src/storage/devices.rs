@@ -12,8 +12,12 @@ use crate::domain::{Error, Result};
 
 const DEVICE_COLUMNS: &str = "id, mac, name, product, hardware, channel, version, target_version, tags, attributes, metadata, owner, token_hash, last_seen, ip, setup_status, created_at, updated_at";
 
+/// Rows per presence statement (the periodic flush writes about this many at a time).
+const PRESENCE_ROWS: usize = 100;
+
 /// The columns of `ActiveRow`.
-const ACTIVE_COLUMNS: &str = "id, mac, product, hardware, channel, version, target_version, last_seen, ip";
+const ACTIVE_COLUMNS: &str = "id, mac, product, hardware, channel, version, target_version, last_seen, ip, tags, created_at, \
+    (SELECT COUNT(*) FROM update_attempt a WHERE a.device_id = device.id AND a.current = 1 AND a.state = 'installed') AS awaiting_boot";
 
 /// What the fleet index keeps of a device (see `services::fleet`).
 pub struct ActiveRow {
@@ -26,6 +30,29 @@ pub struct ActiveRow {
     pub target_version: Option<String>,
     pub last_seen: Option<DateTime<Utc>>,
     pub ip: Option<String>,
+    pub tags: Vec<String>,
+    pub created_at: DateTime<Utc>,
+    /// The device reported `installed` and has not checked in since.
+    pub awaiting_boot: bool,
+}
+
+/// A new update attempt.
+pub struct AttemptOffer<'a> {
+    pub device_id: &'a str,
+    pub artifact_id: &'a str,
+    /// The release's id; for a build that belongs to no release, the build's own id.
+    pub release_id: &'a str,
+    pub from_version: Option<&'a str>,
+    pub to_version: &'a str,
+    pub rollout: Option<RolloutSlot<'a>>,
+}
+
+/// The rollout an attempt belongs to.
+#[derive(Clone, Copy)]
+pub struct RolloutSlot<'a> {
+    pub rollout_id: &'a str,
+    pub stage: usize,
+    pub deadline_s: u64,
 }
 
 /// Fields of a new device.
@@ -436,7 +463,7 @@ impl Store {
             return Ok(());
         }
         let mut tx = self.pool.begin().await.map_err(|e| db_error(e, "failed to begin a transaction"))?;
-        for rows in batch.chunks(500) {
+        for rows in batch.chunks(PRESENCE_ROWS) {
             // A VALUES list named by a CTE and joined by primary key: the same statement runs
             // on SQLite (3.33+) and PostgreSQL, in time linear in the rows.
             let values: Vec<String> = (0..rows.len()).map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3)).collect();
@@ -446,7 +473,7 @@ impl Store {
                 values.join(", ")
             );
             // Only the full-size statement is worth keeping prepared.
-            let mut query = sqlx::query::<Any>(AssertSqlSafe(sql)).persistent(rows.len() == 500);
+            let mut query = sqlx::query::<Any>(AssertSqlSafe(sql)).persistent(rows.len() == PRESENCE_ROWS);
             for (id, seen, ip) in rows {
                 query = query.bind(id.as_ref().to_string()).bind(seen.timestamp_millis()).bind(ip.clone());
             }
@@ -474,6 +501,7 @@ impl Store {
         let mut tx = self.pool.begin().await.map_err(|e| db_error(e, "failed to begin a transaction"))?;
         for sql in [
             "DELETE FROM device_tag WHERE device_id = $1",
+            "DELETE FROM device_group_member WHERE device_id = $1",
             "DELETE FROM setup_event WHERE device_id = $1",
             "DELETE FROM update_event WHERE attempt_id IN (SELECT id FROM update_attempt WHERE device_id = $1)",
             "DELETE FROM update_attempt WHERE device_id = $1",
@@ -594,7 +622,7 @@ impl Store {
 
     pub async fn current_attempt(&self, device_id: &str) -> Result<Option<UpdateAttempt>> {
         let row = sqlx::query(
-            "SELECT id, device_id, artifact_id, release_id, from_version, to_version, state, progress, message, current, created_at, updated_at FROM update_attempt WHERE device_id = $1 AND current = 1",
+            "SELECT id, device_id, artifact_id, release_id, rollout_id, from_version, to_version, state, progress, message, current, created_at, updated_at FROM update_attempt WHERE device_id = $1 AND current = 1",
         )
         .bind(device_id)
         .fetch_optional(&self.pool)
@@ -603,42 +631,59 @@ impl Store {
         row.map(|r| attempt_from_row(&r)).transpose()
     }
 
-    /// Starts a new current attempt (the previous one stops being current).
-    pub async fn open_attempt(
-        &self,
-        device_id: &str,
-        artifact_id: &str,
-        release_id: &str,
-        from_version: Option<&str>,
-        to_version: &str,
-    ) -> Result<UpdateAttempt> {
+    /// Starts a new current attempt (the previous one stops being current). With a rollout,
+    /// also records the device as the rollout's (again, if it was before), in the same
+    /// transaction.
+    pub async fn open_attempt(&self, offer: &AttemptOffer<'_>) -> Result<UpdateAttempt> {
         let now = now_millis();
         let id = uuid::Uuid::now_v7().to_string();
         let mut tx = self.pool.begin().await.map_err(|e| db_error(e, "failed to begin a transaction"))?;
         sqlx::query("UPDATE update_attempt SET current = 0 WHERE device_id = $1 AND current = 1")
-            .bind(device_id)
+            .bind(offer.device_id)
             .execute(&mut *tx)
             .await
             .map_err(|e| db_error(e, "failed to close an update attempt"))?;
         sqlx::query(
-            "INSERT INTO update_attempt (id, device_id, artifact_id, release_id, from_version, to_version, state, progress, message, current, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, 'offered', NULL, NULL, 1, $7, $8)",
+            "INSERT INTO update_attempt (id, device_id, artifact_id, release_id, rollout_id, from_version, to_version, state, progress, message, current, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 'offered', NULL, NULL, 1, $8, $9)",
         )
         .bind(&id)
-        .bind(device_id)
-        .bind(artifact_id)
-        .bind(release_id)
-        .bind(from_version.map(str::to_string))
-        .bind(to_version)
+        .bind(offer.device_id)
+        .bind(offer.artifact_id)
+        .bind(offer.release_id)
+        .bind(offer.rollout.map(|r| r.rollout_id.to_string()))
+        .bind(offer.from_version.map(str::to_string))
+        .bind(offer.to_version)
         .bind(now)
         .bind(now)
         .execute(&mut *tx)
         .await
         .map_err(|e| db_error(e, "failed to open an update attempt"))?;
         insert_event(&mut tx, &id, UpdateState::Offered, None, None, now).await?;
+        if let Some(rollout) = offer.rollout {
+            sqlx::query(
+                "INSERT INTO rollout_member (rollout_id, device_id, stage, state, attempt_id, from_version, message, offered_at, deadline_at, updated_at) \
+                 VALUES ($1, $2, $3, 'offered', $4, $5, NULL, $6, $7, $6) \
+                 ON CONFLICT (rollout_id, device_id) DO UPDATE SET stage = $3, state = 'offered', attempt_id = $4, \
+                 from_version = COALESCE(rollout_member.from_version, $5), message = NULL, offered_at = $6, deadline_at = $7, updated_at = $6",
+            )
+            .bind(rollout.rollout_id)
+            .bind(offer.device_id)
+            .bind(rollout.stage as i64)
+            .bind(&id)
+            .bind(offer.from_version.map(str::to_string))
+            .bind(now)
+            .bind(now.saturating_add(i64::try_from(rollout.deadline_s.saturating_mul(1000)).unwrap_or(i64::MAX)))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_error(e, "failed to record a rollout's device"))?;
+        }
         tx.commit().await.map_err(|e| db_error(e, "failed to commit an update attempt"))?;
-        self.current_attempt(device_id).await?.ok_or_else(|| Error::Internal(anyhow::anyhow!("attempt vanished after insert")))
+        self.current_attempt(offer.device_id).await?.ok_or_else(|| Error::Internal(anyhow::anyhow!("attempt vanished after insert")))
     }
 
+    /// Moves an attempt to a state (and the rollout's record of the device with it). An
+    /// `installed` attempt is logged as a device change: every replica then knows that the
+    /// device's next check-in tells whether the new build booted.
     pub async fn set_attempt_state(&self, attempt_id: &str, state: UpdateState, progress: Option<u8>, message: Option<&str>) -> Result<()> {
         let now = now_millis();
         let mut tx = self.pool.begin().await.map_err(|e| db_error(e, "failed to begin a transaction"))?;
@@ -652,13 +697,43 @@ impl Store {
             .await
             .map_err(|e| db_error(e, "failed to update an attempt"))?;
         insert_event(&mut tx, attempt_id, state, progress, message, now).await?;
+        let member_state = match state {
+            UpdateState::Offered => None,
+            UpdateState::Downloading | UpdateState::Downloaded => Some("downloading"),
+            UpdateState::Installing => Some("installing"),
+            UpdateState::Installed => Some("installed"),
+            UpdateState::Failed | UpdateState::Rejected => Some("failed"),
+            UpdateState::Succeeded => Some("succeeded"),
+        };
+        if let Some(member_state) = member_state {
+            // A success is final; a late report after a time-out still counts.
+            sqlx::query(
+                "UPDATE rollout_member SET state = $1, message = COALESCE($2, message), updated_at = $3 WHERE attempt_id = $4 AND state <> 'succeeded'",
+            )
+            .bind(member_state)
+            .bind(message.map(str::to_string))
+            .bind(now)
+            .bind(attempt_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_error(e, "failed to update a rollout's device"))?;
+        }
+        if state == UpdateState::Installed {
+            let device_id: String = sqlx::query("SELECT device_id FROM update_attempt WHERE id = $1")
+                .bind(attempt_id)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(|e| db_error(e, "failed to read an attempt"))?
+                .get("device_id");
+            log_change(&mut tx, &device_id).await?;
+        }
         tx.commit().await.map_err(|e| db_error(e, "failed to commit an attempt update"))
     }
 
     /// A device's attempts, newest first, each with its events.
     pub async fn list_attempts(&self, device_id: &str, limit: u32) -> Result<Vec<UpdateAttempt>> {
         let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT id, device_id, artifact_id, release_id, from_version, to_version, state, progress, message, current, created_at, updated_at FROM update_attempt WHERE device_id = $1 ORDER BY id DESC LIMIT {limit}"
+            "SELECT id, device_id, artifact_id, release_id, rollout_id, from_version, to_version, state, progress, message, current, created_at, updated_at FROM update_attempt WHERE device_id = $1 ORDER BY id DESC LIMIT {limit}"
         )))
         .bind(device_id)
         .fetch_all(&self.pool)
@@ -758,6 +833,9 @@ fn active_from_row(row: &AnyRow) -> Result<ActiveRow> {
         target_version: row.try_get("target_version").map_err(decode)?,
         last_seen: row.try_get::<Option<i64>, _>("last_seen").map_err(decode)?.map(from_millis),
         ip: row.try_get("ip").map_err(decode)?,
+        tags: serde_json::from_str(&row.try_get::<String, _>("tags").map_err(decode)?).unwrap_or_default(),
+        created_at: from_millis(row.try_get("created_at").map_err(decode)?),
+        awaiting_boot: row.try_get::<i64, _>("awaiting_boot").map_err(decode)? > 0,
     })
 }
 
@@ -811,6 +889,7 @@ fn attempt_from_row(row: &AnyRow) -> Result<UpdateAttempt> {
         device_id: row.try_get("device_id").map_err(decode)?,
         artifact_id: row.try_get("artifact_id").map_err(decode)?,
         release_id: row.try_get("release_id").map_err(decode)?,
+        rollout_id: row.try_get("rollout_id").map_err(decode)?,
         from_version: row.try_get("from_version").map_err(decode)?,
         to_version: row.try_get("to_version").map_err(decode)?,
         state: UpdateState::parse_stored(&row.try_get::<String, _>("state").map_err(decode)?),

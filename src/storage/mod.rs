@@ -6,6 +6,7 @@ mod compat;
 mod config;
 mod devices;
 mod firmware;
+mod rollouts;
 mod secrets;
 
 use std::str::FromStr;
@@ -18,8 +19,9 @@ use sqlx::{AnyPool, Executor};
 pub use assets::{Asset, AssetFile};
 pub use compat::CompatFile;
 pub use config::{ConfigWrite, StoredDocument, StoredVersion};
-pub use devices::{ActiveRow, DeviceFilter, DevicePatch, DeviceReport, DeviceSort, NewDevice};
+pub use devices::{ActiveRow, AttemptOffer, DeviceFilter, DevicePatch, DeviceReport, DeviceSort, NewDevice, RolloutSlot};
 pub use firmware::{ArtifactFilter, ArtifactPatch, ArtifactSort, NewArtifact};
+pub use rollouts::{MemberRow, TargetRow, TransitionWrite};
 
 use crate::domain::{Error, Result};
 

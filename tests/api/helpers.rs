@@ -161,6 +161,18 @@ impl TestApp {
         files
     }
 
+    /// Stops the server gracefully and hands back its settings and data folder, to start it
+    /// again on the same database (`start`).
+    pub async fn stop_keeping_data(mut self) -> (Settings, tempfile::TempDir) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.expect("server task").expect("server stopped cleanly");
+        }
+        (self.settings, self.data_dir)
+    }
+
     /// Stops the server gracefully and waits for it.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
@@ -197,4 +209,27 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
 /// A valid ESP32 app image.
 pub fn esp_image(project: &str, version: &str, chip_id: u16) -> Vec<u8> {
     updraft::domain::esp_image::builder::EspImageBuilder::new(project, version).chip_id(chip_id).payload_len(4096).build()
+}
+
+/// The services of a second, in-process "replica" on `app`'s database and blobs, without a
+/// listener or background tasks: for tests that drive many devices through the services
+/// directly (far faster than over HTTP).
+pub async fn core_of(app: &TestApp) -> updraft::services::Core {
+    use std::sync::Arc;
+    use updraft::services::{Core, devices::DeviceRuntime, events::EventBus, rollouts::RolloutRuntime};
+    let settings = &app.settings;
+    let store = updraft::storage::Store::connect(&settings.database_url, 16).await.expect("the test database");
+    let blobs = updraft::blob::BlobStore::open(&settings.blob, 0).await.expect("the test blobs");
+    let store_for_keys = store.clone();
+    let core = Core {
+        store,
+        blobs,
+        events: EventBus::default(),
+        devices: Arc::new(DeviceRuntime::new(settings.devices.clone(), [7; 32])),
+        rollouts: Arc::new(RolloutRuntime::new(settings.rollouts.clone())),
+        keys: Arc::new(updraft::services::keys::ServerKeys::load(&settings.content, &store_for_keys).await.expect("the server keys")),
+        fetcher: Arc::new(updraft::services::images::ImageFetcher::new(&settings.content).expect("the image fetcher")),
+    };
+    updraft::services::rollouts::refresh(&core, true).await.expect("the rollout view");
+    core
 }

@@ -11,3 +11,4 @@ mod helpers;
 mod lvgl;
 mod ops;
 mod raw;
+mod rollouts;

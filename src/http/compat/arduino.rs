@@ -220,7 +220,15 @@ async fn filesystem(state: &AppState, method: &Method, headers: &HeaderMap, devi
         Err(e) => return failed(&e),
     };
     let version = device.version.as_deref().and_then(|v| Version::parse(v).ok());
-    match service::decide_anonymous(&builds, &fs_product, version.as_ref(), registered.hardware.as_deref(), None) {
+    let held = crate::services::rollouts::of_product(&state.core, &fs_product);
+    match service::decide_anonymous(
+        &builds,
+        held.as_ref().map(|h| &h.held),
+        &fs_product,
+        version.as_ref(),
+        registered.hardware.as_deref(),
+        None,
+    ) {
         Some(image) => serve_artifact(&state.core.blobs, image, method, headers).await.unwrap_or_else(|e| failed(&e.0)),
         None => not_modified(),
     }

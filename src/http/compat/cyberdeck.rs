@@ -88,7 +88,7 @@ async fn ota(
             Err(e) => return failed(&e),
         }
     } else {
-        service::decide_anonymous(&[], &latest.product, Some(&parsed), None, Some(&latest)).cloned()
+        service::decide_anonymous(&[], None, &latest.product, Some(&parsed), None, Some(&latest)).cloned()
     };
     match offered {
         Some(artifact) => serve_artifact(&state.core.blobs, &artifact, &method, &headers).await.unwrap_or_else(|e| failed(&e.0)),

@@ -103,7 +103,8 @@ async fn manifest(
                 Ok(builds) => builds,
                 Err(e) => return failed(&e),
             };
-            (service::decide_anonymous(&builds, &product, None, param("hardware"), None).cloned(), None)
+            let held = crate::services::rollouts::of_product(&state.core, &product);
+            (service::decide_anonymous(&builds, held.as_ref().map(|h| &h.held), &product, None, param("hardware"), None).cloned(), None)
         }
     };
     let Some(artifact) = offer else { return StatusCode::NO_CONTENT.into_response() };

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Rollout benchmark (the rollouts issue): the check-in benchmark at ROLLOUT_DEVICES devices
+# (default 1,000,000) on one server, without rollouts, with ROLLOUT_COUNT (default 10)
+# running rollouts, and without again (after cancelling them), in the same run.
+#
+# The fleet is seeded with tags ring-0 .. ring-9 (bench/checkin_seed.py); rollout k targets
+# tag ring-k and hardware esp32 with stages 1%, 10%, 50%, 100% (in stage 1), so every
+# check-in evaluates a live rollout (target filter, membership hash, window) and about 1% of
+# devices are offered the release (their check-ins read and write update attempts).
+# Target: check-in req/s with rollouts >= 0.8 x without (mean of the two runs without).
+#
+#   ROLLOUT_DEVICES=100000 CHECKIN_SECONDS=15 bench/rollouts.sh
+set -euo pipefail
+source "$(dirname -- "${BASH_SOURCE[0]}")/lib.sh"
+trap bench_cleanup EXIT
+
+N=${ROLLOUT_DEVICES:-1000000}
+COUNT=${ROLLOUT_COUNT:-10}
+SECS=${CHECKIN_SECONDS:-15}
+BIN=$(updraft_bin)
+need_tools wrk python3 curl
+RAW=$OUT_DIR/rollouts
+rm -rf "$RAW" && mkdir -p "$RAW"
+LUA=$BENCH_DIR/checkin.lua
+
+rps_of() { awk '/^Requests\/sec:/ { print $2 }' "$1"; }
+errors_of() { awk '/Non-2xx or 3xx responses:/ { n += $NF } /Socket errors:/ { n += 1 } END { print n + 0 }' "$1"; }
+api() { curl -s -H "Authorization: Bearer $BENCH_KEY" -H 'Content-Type: application/json' "$@"; }
+
+bench_tmpdir
+PORT=$(free_port)
+DATA=$TMP/data
+BASE=http://127.0.0.1:$PORT
+log "fleet of $N devices: schema, build 1.0.0, release 2.0.0"
+start_updraft "$BIN" "$PORT" "$DATA" "$RAW/server.log"
+wait_ready "$PORT" "$SERVER_PID"
+head -c 100000 /dev/urandom >"$TMP/fw1.bin"
+head -c 100000 /dev/urandom >"$TMP/fw2.bin"
+for v in 1 2; do
+  code=$(curl -s -o "$TMP/build$v.json" -w '%{http_code}' -H "Authorization: Bearer $BENCH_KEY" -H 'Content-Type: application/octet-stream' --data-binary @"$TMP/fw$v.bin" \
+    "$BASE/api/v1/firmware?product=bench&version=$v.0.0&hardware=esp32")
+  [[ $code == 201 ]] || die "upload answered $code"
+done
+BUILD2=$(json_field "$TMP/build2.json" id)
+code=$(api -o "$TMP/release.json" -w '%{http_code}' -d "{\"product\":\"bench\",\"version\":\"2.0.0\",\"artifact_ids\":[\"$BUILD2\"]}" "$BASE/api/v1/releases")
+[[ $code == 201 ]] || die "creating the release answered $code"
+RELEASE=$(json_field "$TMP/release.json" id)
+stop_pid "$SERVER_PID"
+python3 "$BENCH_DIR/checkin_seed.py" "$DATA/updraft.db" "$N" "$COUNT" 2>>"$RAW/seed.log"
+start_updraft "$BIN" "$PORT" "$DATA" "$RAW/server.log"
+wait_ready "$PORT" "$SERVER_PID" 120
+answer=$(curl -s -H "Authorization: Bearer upd_dev_bench_1" "$BASE/api/v1/device/checkin?version=1.0.0")
+[[ $answer == *'"update":null'* ]] || die "unexpected check-in answer: $answer"
+
+WARM=$(( N / 5000 )); ((WARM < 5)) && WARM=5; ((WARM > 120)) && WARM=120
+run() { # run LABEL WARM_S
+  log "$1: warm-up ($2 s), then ${SECS} s of check-ins"
+  BENCH_DEVICES=$N wrk -t2 -c64 -d"$2s" -s "$LUA" "$BASE" >"$RAW/warmup-$1.txt" 2>&1
+  BENCH_DEVICES=$N wrk -t2 -c64 -d"${SECS}s" --latency -s "$LUA" "$BASE" >"$RAW/checkin-$1.txt" 2>&1
+  log "$1: $(rps_of "$RAW/checkin-$1.txt") req/s, errors $(errors_of "$RAW/checkin-$1.txt")"
+}
+
+run without "$WARM"
+ROLLOUTS=()
+started=$(now)
+for ((k = 0; k < COUNT; k++)); do
+  code=$(api -o "$TMP/rollout$k.json" -w '%{http_code}' \
+    -d "{\"release_id\":\"$RELEASE\",\"name\":\"ring $k\",\"target\":{\"tags\":[\"ring-$k\"],\"hardware\":[\"esp32\"]},\"start\":true}" \
+    "$BASE/api/v1/rollouts")
+  [[ $code == 201 ]] || die "creating rollout $k answered $code: $(cat "$TMP/rollout$k.json")"
+  ROLLOUTS+=("$(json_field "$TMP/rollout$k.json" id)")
+done
+CREATE_S=$(calc "$(now) - $started" 1)
+log "$COUNT rollouts created and started in $CREATE_S s (each start counts its target: a scan of the fleet)"
+run with 30
+for id in "${ROLLOUTS[@]}"; do
+  api -o /dev/null -X POST "$BASE/api/v1/rollouts/$id/cancel"
+done
+run after 30
+OFFERED=$(api "$BASE/api/v1/rollouts/${ROLLOUTS[0]}" | python3 -c 'import json,sys; c = json.load(sys.stdin)["counts"]; print(sum(v for k, v in c.items() if k != "pending"))')
+stop_pid "$SERVER_PID"
+
+A=$(rps_of "$RAW/checkin-without.txt") B=$(rps_of "$RAW/checkin-with.txt") C=$(rps_of "$RAW/checkin-after.txt")
+ERR=$(( $(errors_of "$RAW/checkin-without.txt") + $(errors_of "$RAW/checkin-with.txt") + $(errors_of "$RAW/checkin-after.txt") ))
+RATIO=$(calc "$B / (($A + $C) / 2)" 2)
+result rollouts "$N devices: check-in req/s without | with $COUNT rollouts | without again (errors)" "$A | $B | $C ($ERR)" "-" "$( ((ERR == 0)) && echo - || echo FAIL)"
+result rollouts "$COUNT rollouts: creating and starting them (s); devices offered by rollout 1" "$CREATE_S; $OFFERED" "-" "-"
+result rollouts "check-in req/s with $COUNT rollouts / without" "$RATIO" ">= 0.80" "$(pass_if "$RATIO >= 0.8")"
