@@ -168,6 +168,49 @@ pub struct ServeArgs {
     /// Serve the seed-004 GET /debug/provisioning [default: true]
     #[arg(long, env = "UPDRAFT_COMPAT_DEBUG_PROVISIONING", value_name = "BOOL")]
     pub compat_debug_provisioning: Option<String>,
+
+    /// Run MQTT: the embedded broker, or the client of UPDRAFT_MQTT_URL [default: true]
+    #[arg(long, env = "UPDRAFT_MQTT_ENABLED", value_name = "BOOL")]
+    pub mqtt_enabled: Option<String>,
+    /// Address of the embedded broker's MQTT listener (3.1.1 and 5.0) [default: 0.0.0.0:1883]
+    #[arg(long, env = "UPDRAFT_MQTT_LISTEN", value_name = "ADDR")]
+    pub mqtt_listen: Option<String>,
+    /// Address of the MQTT-over-TLS listener, used when UPDRAFT_TLS_CERT is set [default: 0.0.0.0:8883]
+    #[arg(long, env = "UPDRAFT_MQTT_TLS_LISTEN", value_name = "ADDR")]
+    pub mqtt_tls_listen: Option<String>,
+    /// Address of an MQTT-over-WebSocket listener (path /mqtt) [default: none]
+    #[arg(long, env = "UPDRAFT_MQTT_WS_LISTEN", value_name = "ADDR")]
+    pub mqtt_ws_listen: Option<String>,
+    /// An external broker (mqtt://host:port or mqtts://host:port): turns the embedded broker off [default: none]
+    #[arg(long, env = "UPDRAFT_MQTT_URL", value_name = "URL")]
+    pub mqtt_url: Option<String>,
+    /// Username of Updraft's connection to the external broker [default: updraft]
+    #[arg(long, env = "UPDRAFT_MQTT_USERNAME", value_name = "NAME")]
+    pub mqtt_username: Option<String>,
+    /// Password of Updraft's connection to the external broker [default: none]
+    #[arg(long, env = "UPDRAFT_MQTT_PASSWORD", value_name = "SECRET", hide_env_values = true)]
+    pub mqtt_password: Option<String>,
+    /// Serve the HTTP auth hooks for external brokers (mosquitto-go-auth, EMQX) [default: true with UPDRAFT_MQTT_URL, else false]
+    #[arg(long, env = "UPDRAFT_MQTT_AUTH_HOOKS", value_name = "BOOL")]
+    pub mqtt_auth_hooks: Option<String>,
+    /// Most concurrent MQTT connections of the embedded broker [default: 100000]
+    #[arg(long, env = "UPDRAFT_MQTT_MAX_CONNECTIONS", value_name = "N")]
+    pub mqtt_max_connections: Option<String>,
+    /// Largest MQTT packet accepted or sent, in bytes; seed-000 firmware travels in one packet [default: 4194304]
+    #[arg(long, env = "UPDRAFT_MQTT_MAX_PACKET_BYTES", value_name = "BYTES")]
+    pub mqtt_max_packet_bytes: Option<String>,
+    /// QoS 1/2 messages in flight per client [default: 16]
+    #[arg(long, env = "UPDRAFT_MQTT_MAX_INFLIGHT", value_name = "N")]
+    pub mqtt_max_inflight: Option<String>,
+    /// Messages queued per client (offline or slow) before new ones are dropped [default: 1000]
+    #[arg(long, env = "UPDRAFT_MQTT_MAX_QUEUED", value_name = "N")]
+    pub mqtt_max_queued: Option<String>,
+    /// How long a disconnected persistent session (clean session 0) is kept, in seconds [default: 7200]
+    #[arg(long, env = "UPDRAFT_MQTT_SESSION_EXPIRY_SECS", value_name = "SECS")]
+    pub mqtt_session_expiry_secs: Option<String>,
+    /// Every how many seconds offers are re-evaluated for connected devices (time windows, schedules) [default: 60]
+    #[arg(long, env = "UPDRAFT_MQTT_RESYNC_SECS", value_name = "SECS")]
+    pub mqtt_resync_secs: Option<String>,
 }
 
 /// A setting that could not be used. Its `Display` is the one line printed at start-up.
@@ -251,6 +294,48 @@ pub struct Settings {
     pub content: ContentSettings,
     pub rollouts: RolloutPolicy,
     pub compat: CompatSettings,
+    pub mqtt: MqttSettings,
+}
+
+/// MQTT: the embedded broker (default) or an external one (docs/DEPLOYMENT.md).
+#[derive(Debug, Clone)]
+pub struct MqttSettings {
+    pub enabled: bool,
+    pub listen: SocketAddr,
+    pub tls_listen: SocketAddr,
+    pub ws_listen: Option<SocketAddr>,
+    /// With it, the embedded broker is off and Updraft is a client of this broker.
+    pub url: Option<Url>,
+    pub username: String,
+    pub password: Option<String>,
+    pub auth_hooks: bool,
+    pub max_connections: usize,
+    pub max_packet_bytes: u32,
+    pub max_inflight: u16,
+    pub max_queued: usize,
+    pub session_expiry: Duration,
+    pub resync_every: Duration,
+}
+
+impl Default for MqttSettings {
+    fn default() -> Self {
+        MqttSettings {
+            enabled: true,
+            listen: SocketAddr::from(([0, 0, 0, 0], 1883)),
+            tls_listen: SocketAddr::from(([0, 0, 0, 0], 8883)),
+            ws_listen: None,
+            url: None,
+            username: "updraft".into(),
+            password: None,
+            auth_hooks: false,
+            max_connections: 100_000,
+            max_packet_bytes: 4 << 20,
+            max_inflight: 16,
+            max_queued: 1000,
+            session_expiry: Duration::from_secs(7200),
+            resync_every: Duration::from_secs(60),
+        }
+    }
 }
 
 /// Settings of the compatibility protocols (docs/CLIENT.md). Every surface is on by default.
@@ -341,6 +426,20 @@ const SETTING_NAMES: &[&str] = &[
     "image_fetch_allow_hosts",
     "image_fetch_max_bytes",
     "image_fetch_timeout_secs",
+    "mqtt_enabled",
+    "mqtt_listen",
+    "mqtt_tls_listen",
+    "mqtt_ws_listen",
+    "mqtt_url",
+    "mqtt_username",
+    "mqtt_password",
+    "mqtt_auth_hooks",
+    "mqtt_max_connections",
+    "mqtt_max_packet_bytes",
+    "mqtt_max_inflight",
+    "mqtt_max_queued",
+    "mqtt_session_expiry_secs",
+    "mqtt_resync_secs",
 ];
 
 /// Variables of the seed-001 server, read as aliases of Updraft settings (environment or `.env`).
@@ -561,9 +660,11 @@ impl Settings {
 
         let compat = parse_compat(&get, args)?;
         let content = parse_content(&get, args, &data_dir)?;
+        let mqtt = parse_mqtt(&get, args)?;
 
         Ok(Settings {
             compat,
+            mqtt,
             devices,
             content,
             rollouts,
@@ -584,6 +685,51 @@ impl Settings {
             log_format,
         })
     }
+}
+
+fn parse_mqtt(get: &dyn Fn(&str, &Option<String>) -> Option<String>, args: &ServeArgs) -> Result<MqttSettings, ConfigError> {
+    let defaults = MqttSettings::default();
+    let address = |name: &str, value: &Option<String>, default: SocketAddr| match get(name, value) {
+        Some(v) => v.parse::<SocketAddr>().map_err(|_| ConfigError::new(name, format!("`{v}` is not an address like 0.0.0.0:1883"))),
+        None => Ok(default),
+    };
+    let bounded = |name: &str, value: &Option<String>, default: u64, min: u64, max: u64| -> Result<u64, ConfigError> {
+        let n = parse_number(name, get(name, value), default)?;
+        if !(min..=max).contains(&n) {
+            return Err(ConfigError::new(name, format!("must be between {min} and {max}")));
+        }
+        Ok(n)
+    };
+    let url = match get("mqtt_url", &args.mqtt_url) {
+        Some(text) => {
+            let url = Url::parse(&text).map_err(|_| ConfigError::new("mqtt_url", format!("`{}` is not a URL", redact_url(&text))))?;
+            if !matches!(url.scheme(), "mqtt" | "tcp" | "mqtts" | "ssl") || url.host_str().is_none() {
+                return Err(ConfigError::new("mqtt_url", "must look like mqtt://host:1883 or mqtts://host:8883"));
+            }
+            Some(url)
+        }
+        None => None,
+    };
+    let ws_listen = match get("mqtt_ws_listen", &args.mqtt_ws_listen) {
+        Some(_) => Some(address("mqtt_ws_listen", &args.mqtt_ws_listen, defaults.listen)?),
+        None => None,
+    };
+    Ok(MqttSettings {
+        enabled: parse_bool("mqtt_enabled", get("mqtt_enabled", &args.mqtt_enabled), true)?,
+        listen: address("mqtt_listen", &args.mqtt_listen, defaults.listen)?,
+        tls_listen: address("mqtt_tls_listen", &args.mqtt_tls_listen, defaults.tls_listen)?,
+        ws_listen,
+        auth_hooks: parse_bool("mqtt_auth_hooks", get("mqtt_auth_hooks", &args.mqtt_auth_hooks), url.is_some())?,
+        url,
+        username: get("mqtt_username", &args.mqtt_username).unwrap_or(defaults.username),
+        password: get("mqtt_password", &args.mqtt_password),
+        max_connections: bounded("mqtt_max_connections", &args.mqtt_max_connections, 100_000, 1, 10_000_000)? as usize,
+        max_packet_bytes: bounded("mqtt_max_packet_bytes", &args.mqtt_max_packet_bytes, 4 << 20, 1024, 256 << 20)? as u32,
+        max_inflight: bounded("mqtt_max_inflight", &args.mqtt_max_inflight, 16, 1, 65535)? as u16,
+        max_queued: bounded("mqtt_max_queued", &args.mqtt_max_queued, 1000, 1, 1_000_000)? as usize,
+        session_expiry: Duration::from_secs(bounded("mqtt_session_expiry_secs", &args.mqtt_session_expiry_secs, 7200, 0, 30 * 86400)?),
+        resync_every: Duration::from_secs(bounded("mqtt_resync_secs", &args.mqtt_resync_secs, 60, 1, 86400)?),
+    })
 }
 
 fn parse_compat(get: &dyn Fn(&str, &Option<String>) -> Option<String>, args: &ServeArgs) -> Result<CompatSettings, ConfigError> {

@@ -1,7 +1,7 @@
 //! Updraft: a fleet server for ESP32-class devices and small Linux gateways.
 //!
 //! Reading order: `domain` (rules, no IO) → `storage` (all SQL) and `blob` (file bytes) →
-//! `services` (use cases) → adapters (`http`) → `startup` and `cli` (wiring).
+//! `services` (use cases) → adapters (`http`, `mqtt`) → `startup` and `cli` (wiring).
 
 /// Blob storage: local folder or S3.
 pub mod blob;
@@ -13,6 +13,8 @@ pub mod config;
 pub mod domain;
 /// The HTTP adapter: routes, wire types, middleware.
 pub mod http;
+/// The MQTT adapter: embedded broker, Updraft's client, device topics.
+pub mod mqtt;
 /// The connection-limited listener.
 pub mod net;
 /// Use cases combining domain, storage and blobs.

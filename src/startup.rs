@@ -59,6 +59,8 @@ impl Application {
             keys,
             fetcher,
             rollouts: Arc::new(RolloutRuntime::new(settings.rollouts.clone())),
+            outbox: Default::default(),
+            commands: Default::default(),
         };
         // The rollout view is loaded before serving, so that no check-in is answered without it.
         rollouts::refresh(&core, true).await?;
@@ -72,7 +74,9 @@ impl Application {
             }
             None => FotaSigner::default(),
         };
+        let mqtt = crate::mqtt::Mqtt::start(&core, &settings, listener.local_addr()?).await?.map(Arc::new);
         let state = AppState {
+            mqtt,
             core,
             settings: Arc::new(settings),
             admin_key_digest,
@@ -87,12 +91,24 @@ impl Application {
         self.listener.local_addr().expect("a bound listener has an address")
     }
 
+    /// The embedded MQTT broker's plain listener (None when MQTT is off or external).
+    pub fn mqtt_addr(&self) -> Option<SocketAddr> {
+        self.state.mqtt.as_ref().and_then(|m| m.broker_addrs()).map(|a| a.tcp)
+    }
+
+    /// The embedded broker's TLS and WebSocket listeners, when configured.
+    pub fn mqtt_extra_addrs(&self) -> (Option<SocketAddr>, Option<SocketAddr>) {
+        let addrs = self.state.mqtt.as_ref().and_then(|m| m.broker_addrs());
+        (addrs.and_then(|a| a.tls), addrs.and_then(|a| a.ws))
+    }
+
     /// Serves until `shutdown` resolves; then stops accepting, lets in-flight requests finish
     /// for up to `UPDRAFT_SHUTDOWN_TIMEOUT_SECS`, and closes the database.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let Application { listener, state } = self;
         let core = state.core.clone();
         let store = state.core.store.clone();
+        let mqtt = state.mqtt.clone();
         let grace = state.settings.shutdown_timeout;
         let tls = match &state.settings.tls {
             Some(tls) => Some(crate::net::tls_config(&tls.cert, &tls.key)?),
@@ -115,6 +131,9 @@ impl Application {
         match tls {
             Some(config) => crate::net::serve(crate::net::TlsListener::new(listener, config)?, app, stop_rx, grace).await,
             None => crate::net::serve(listener, app, stop_rx, grace).await,
+        }
+        if let Some(mqtt) = &mqtt {
+            mqtt.stop();
         }
         if let Err(e) = devices::flush_presence(&core, None).await {
             tracing::warn!(error = %e, "cannot write device presence at shutdown");

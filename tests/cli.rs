@@ -54,6 +54,20 @@ const SETTINGS: &[&str] = &[
     "UPDRAFT_IMAGE_FETCH_ALLOW_HOSTS",
     "UPDRAFT_IMAGE_FETCH_MAX_BYTES",
     "UPDRAFT_IMAGE_FETCH_TIMEOUT_SECS",
+    "UPDRAFT_MQTT_ENABLED",
+    "UPDRAFT_MQTT_LISTEN",
+    "UPDRAFT_MQTT_TLS_LISTEN",
+    "UPDRAFT_MQTT_WS_LISTEN",
+    "UPDRAFT_MQTT_URL",
+    "UPDRAFT_MQTT_USERNAME",
+    "UPDRAFT_MQTT_PASSWORD",
+    "UPDRAFT_MQTT_AUTH_HOOKS",
+    "UPDRAFT_MQTT_MAX_CONNECTIONS",
+    "UPDRAFT_MQTT_MAX_PACKET_BYTES",
+    "UPDRAFT_MQTT_MAX_INFLIGHT",
+    "UPDRAFT_MQTT_MAX_QUEUED",
+    "UPDRAFT_MQTT_SESSION_EXPIRY_SECS",
+    "UPDRAFT_MQTT_RESYNC_SECS",
 ];
 
 #[test]
@@ -79,6 +93,20 @@ fn an_invalid_setting_stops_start_up_with_one_line_naming_the_setting_and_the_pr
     }
     let cases = [
         Case { env: &[("UPDRAFT_LISTEN", "nonsense")], args: &[], dotenv: None, setting: "UPDRAFT_LISTEN", problem: "nonsense" },
+        Case {
+            env: &[("UPDRAFT_MQTT_URL", "http://broker:1883")],
+            args: &[],
+            dotenv: None,
+            setting: "UPDRAFT_MQTT_URL",
+            problem: "mqtt://",
+        },
+        Case {
+            env: &[("UPDRAFT_MQTT_MAX_INFLIGHT", "0")],
+            args: &[],
+            dotenv: None,
+            setting: "UPDRAFT_MQTT_MAX_INFLIGHT",
+            problem: "between",
+        },
         Case {
             env: &[("UPDRAFT_MAX_UPLOAD_BYTES", "lots")],
             args: &[],
@@ -360,6 +388,8 @@ fn updraft(workdir: &Path) -> Command {
             command.env(name, value);
         }
     }
+    // Tests run servers side by side: none may take the default MQTT port.
+    command.env("UPDRAFT_MQTT_LISTEN", "127.0.0.1:0");
     command
 }
 

@@ -1,6 +1,7 @@
 //! The domain: types, rules and decisions. Nothing here does IO or knows about HTTP,
 //! MQTT or SQL; adapters and storage convert to and from these types.
 
+pub mod command;
 pub mod compat;
 pub mod config;
 pub mod device;
@@ -9,6 +10,7 @@ pub mod esp_image;
 pub mod firmware;
 pub mod lvgl;
 pub mod mac;
+pub mod mqtt;
 pub mod rollout;
 pub mod secret;
 pub mod update;

@@ -97,7 +97,7 @@ pub struct ProvisionAnswer {
     pub poll_interval_s: u32,
 }
 
-/// How the device will connect to MQTT. `enabled` is false until the server runs a broker.
+/// How the device connects to MQTT (docs/CLIENT.md). `enabled` is false when MQTT is off.
 #[derive(Serialize, ToSchema)]
 pub struct MqttInfo {
     pub enabled: bool,
@@ -236,7 +236,7 @@ async fn provision(
         device_id: device.id.clone(),
         token: provisioned.token,
         mqtt: MqttInfo {
-            enabled: false,
+            enabled: state.settings.mqtt.enabled,
             username: device.id.clone(),
             password_is_token: true,
             client_id: device.id.clone(),

@@ -11,6 +11,7 @@ pub mod devices;
 pub mod download;
 pub mod error;
 pub mod firmware;
+pub mod mqtt;
 pub mod ops;
 pub mod range;
 pub mod rollouts;
@@ -50,6 +51,8 @@ pub struct AppState {
     pub started: Instant,
     /// esp32FOTA signing keys by product (`UPDRAFT_COMPAT_ESP32FOTA_KEYS_DIR`).
     pub fota_signer: Arc<crate::services::compat::FotaSigner>,
+    /// The MQTT side (None when switched off).
+    pub mqtt: Option<Arc<crate::mqtt::Mqtt>>,
 }
 
 impl AppState {
@@ -92,6 +95,7 @@ impl AppState {
         (name = "configuration", description = "Layered, versioned device configuration (admin)"),
         (name = "assets", description = "Signed assets, public keys, LVGL image conversion"),
         (name = "seed-003", description = "Compatibility with seed 003 (IoT Support Backend): configs, signed assets, LVGL image proxy"),
+        (name = "mqtt", description = "MQTT: broker status, credentials, device commands and telemetry, auth hooks for external brokers"),
         (name = "operations", description = "Health, readiness, metrics"),
     )
 )]
@@ -118,6 +122,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(config::router())
         .merge(assets::router())
         .merge(compat_seed003::router())
+        .merge(mqtt::router())
         .merge(ops::router())
 }
 

@@ -65,6 +65,8 @@ const CACHE_TTL: Duration = Duration::from_secs(5);
 
 /// A product's builds and when they were read.
 type CachedBuilds = (Arc<Vec<Artifact>>, Instant);
+/// A device's latest telemetry message and when it arrived.
+type Telemetry = (DateTime<Utc>, Value);
 /// When a device was last heard from, and from which address.
 type Presence = (DateTime<Utc>, Option<String>);
 /// When a device was last heard from, and the `last_seen` and address last buffered for
@@ -88,6 +90,13 @@ pub struct DeviceRuntime {
     /// Devices heard from recently: when last heard, and when `last_seen` was last buffered
     /// for writing.
     online: Mutex<HashMap<Arc<str>, Heard>>,
+    /// Devices with an open MQTT session (as this replica heard through `status`): online
+    /// until they disconnect, however long they stay silent.
+    connected: Mutex<HashSet<Arc<str>>>,
+    /// When MQTT devices disconnected: offline from then on, until heard from again.
+    disconnected: Mutex<HashMap<Arc<str>, DateTime<Utc>>>,
+    /// The latest MQTT telemetry message of each device (at most `cache_entries`).
+    telemetry: Mutex<IndexMap<Arc<str>, Telemetry>>,
 }
 
 impl DeviceRuntime {
@@ -101,6 +110,9 @@ impl DeviceRuntime {
             products: RwLock::default(),
             presence: Mutex::default(),
             online: Mutex::default(),
+            connected: Mutex::default(),
+            disconnected: Mutex::default(),
+            telemetry: Mutex::default(),
         }
     }
 
@@ -142,8 +154,29 @@ impl DeviceRuntime {
     }
 
     pub fn is_online(&self, device: &Device) -> bool {
+        if self.is_connected(&device.id) {
+            return true;
+        }
         let offline_after = chrono::Duration::from_std(self.policy.offline_after).unwrap_or(chrono::Duration::MAX);
-        self.last_seen(device).is_some_and(|seen| Utc::now() - seen < offline_after)
+        let gone = self.disconnected.lock().expect("disconnected lock").get(device.id.as_str()).copied();
+        self.last_seen(device).is_some_and(|seen| Utc::now() - seen < offline_after && gone.is_none_or(|gone| seen > gone))
+    }
+}
+
+impl DeviceRuntime {
+    /// True while the device holds an MQTT session.
+    pub fn is_connected(&self, device_id: &str) -> bool {
+        self.connected.lock().expect("connected lock").contains(device_id)
+    }
+
+    /// Devices holding an MQTT session, as this replica knows them.
+    pub fn connected_devices(&self) -> Vec<Arc<str>> {
+        self.connected.lock().expect("connected lock").iter().cloned().collect()
+    }
+
+    /// The latest telemetry message of a device, when this replica received one.
+    pub fn latest_telemetry(&self, device_id: &str) -> Option<(DateTime<Utc>, Value)> {
+        self.telemetry.lock().expect("telemetry lock").get(device_id).cloned()
     }
 }
 
@@ -447,6 +480,7 @@ pub async fn report_setup(core: &Core, device: &ActiveDevice, code: i64, title: 
 
 // ---- check-in and updates ----
 
+#[derive(Default)]
 pub struct CheckinReport {
     pub version: Option<String>,
     pub product: Option<String>,
@@ -831,8 +865,9 @@ pub async fn flush_presence(core: &Core, limit: Option<usize>) -> Result<usize> 
 pub fn sweep_offline(core: &Core) -> Vec<String> {
     let cutoff = Utc::now() - chrono::Duration::from_std(core.devices.policy.offline_after).unwrap_or(chrono::Duration::MAX);
     let mut gone = Vec::new();
+    let connected = core.devices.connected.lock().expect("connected lock").clone();
     core.devices.online.lock().expect("online lock").retain(|id, heard| {
-        let keep = heard.seen >= cutoff;
+        let keep = heard.seen >= cutoff || connected.contains(id);
         if !keep {
             gone.push(id.to_string());
         }
@@ -1175,4 +1210,74 @@ pub async fn refuse_offer(core: &Core, device_id: &str, offer: &Offer, reason: &
         json!({"release_id": offer.release_id, "state": "rejected", "message": reason, "version": artifact.version}),
     );
     Ok(())
+}
+
+// ---- MQTT sessions ----
+
+/// The device of an id, from the fleet index or the database; None when it does not exist.
+pub async fn active_by_id(core: &Core, device_id: &str) -> Result<Option<Arc<ActiveDevice>>> {
+    if let Some(device) = core.devices.fleet.read().expect("fleet lock").get_by_id(device_id) {
+        return Ok(Some(device));
+    }
+    Ok(core.store.find_device(device_id).await?.map(|device| Arc::new(ActiveDevice::of(&device))))
+}
+
+/// The device of a MAC (seed 000 names devices by MAC only).
+pub async fn active_by_mac(core: &Core, mac: &Mac) -> Result<Option<Arc<ActiveDevice>>> {
+    let Some(device) = core.store.find_device_by_mac(mac).await? else {
+        return Ok(None);
+    };
+    Ok(Some(active_by_id(core, &device.id).await?.unwrap_or_else(|| Arc::new(ActiveDevice::of(&device)))))
+}
+
+/// The device opened an MQTT session: online until `mark_disconnected`. Returns true when
+/// it was not connected before.
+pub fn mark_connected(core: &Core, device: &ActiveDevice, ip: Option<IpAddr>) -> bool {
+    let fresh = core.devices.connected.lock().expect("connected lock").insert(device.id.clone());
+    core.devices.disconnected.lock().expect("disconnected lock").remove(&*device.id);
+    mark_seen(core, device, Utc::now(), ip);
+    if fresh {
+        core.events.publish("device.connected", Some(&device.id), json!({"via": "mqtt"}));
+    }
+    fresh
+}
+
+/// The device's MQTT session ended (it disconnected, or its last will arrived).
+pub fn mark_disconnected(core: &Core, device_id: &str) -> bool {
+    let was = core.devices.connected.lock().expect("connected lock").remove(device_id);
+    if was {
+        let mut disconnected = core.devices.disconnected.lock().expect("disconnected lock");
+        if disconnected.len() >= core.devices.policy.cache_entries.max(1) {
+            // Entries only matter for `offline_after`; drop the oldest half when full.
+            let cutoff = Utc::now() - chrono::Duration::from_std(core.devices.policy.offline_after).unwrap_or(chrono::Duration::MAX);
+            disconnected.retain(|_, at| *at > cutoff);
+        }
+        disconnected.insert(Arc::from(device_id), Utc::now());
+        drop(disconnected);
+        let removed = core.devices.online.lock().expect("online lock").remove(device_id).is_some();
+        core.events.publish("device.disconnected", Some(device_id), json!({"via": "mqtt"}));
+        if removed {
+            core.events.publish("device.offline", Some(device_id), json!({}));
+        }
+    }
+    was
+}
+
+/// A device was heard from over MQTT (a message other than a check-in).
+pub fn mark_heard(core: &Core, device: &ActiveDevice) {
+    mark_seen(core, device, Utc::now(), None);
+}
+
+/// Records a telemetry message: kept as the device's latest and announced as an event.
+pub fn record_telemetry(core: &Core, device: &ActiveDevice, value: Value) {
+    mark_seen(core, device, Utc::now(), None);
+    let now = Utc::now();
+    if core.events.active() {
+        core.events.publish("device.telemetry", Some(&device.id), value.clone());
+    }
+    let mut telemetry = core.devices.telemetry.lock().expect("telemetry lock");
+    if !telemetry.contains_key(&*device.id) && telemetry.len() >= core.devices.policy.cache_entries.max(1) {
+        telemetry.shift_remove_index(0);
+    }
+    telemetry.insert(device.id.clone(), (now, value));
 }

@@ -130,6 +130,7 @@ pub async fn commit(core: &Core, staged: StagedUpload, meta: &UploadMeta) -> Res
     match inserted {
         Ok(artifact) => {
             core.devices.forget_builds(&artifact.product);
+            announce_builds_changed(core, &artifact.product);
             tracing::info!(artifact_id = %artifact.id, product = %artifact.product, version = %artifact.version, size = artifact.size, "artifact stored");
             Ok(Ingested { artifact, created: true })
         }
@@ -164,6 +165,7 @@ fn conflict(product: &str, version: &str, existing: &Artifact) -> Error {
 pub async fn update(core: &Core, id: &str, patch: &crate::storage::ArtifactPatch) -> Result<Artifact> {
     let artifact = core.store.update_artifact(id, patch).await?.ok_or_else(|| Error::not_found("artifact", id))?;
     core.devices.forget_builds(&artifact.product);
+    announce_builds_changed(core, &artifact.product);
     Ok(artifact)
 }
 
@@ -183,6 +185,7 @@ pub async fn delete(core: &Core, id: &str) -> Result<Artifact> {
         tracing::warn!(blob_key = %artifact.blob_key, error = %e, "artifact deleted but its blob could not be removed");
     }
     core.devices.forget_builds(&artifact.product);
+    announce_builds_changed(core, &artifact.product);
     tracing::info!(artifact_id = %artifact.id, product = %artifact.product, version = %artifact.version, "artifact deleted");
     Ok(artifact)
 }
@@ -220,4 +223,10 @@ impl UploadHasher {
         };
         (digests, self.esp.finish())
     }
+}
+
+/// Tells live consumers (the MQTT pusher) that a product's builds changed, so that connected
+/// devices are offered what a check-in would now offer them.
+fn announce_builds_changed(core: &Core, product: &str) {
+    core.events.publish("firmware.changed", None, serde_json::json!({"product": product}));
 }

@@ -116,6 +116,10 @@ impl FleetIndex {
 
     /// Adds or replaces a device's entry under its (current) token digest. A previous entry of
     /// the same device under another digest (an old token) is removed.
+    pub fn get_by_id(&self, device_id: &str) -> Option<Arc<ActiveDevice>> {
+        self.token_of.get(device_id).and_then(|digest| self.by_token.get(digest)).cloned()
+    }
+
     pub fn insert(&mut self, digest: [u8; 32], device: ActiveDevice) -> Arc<ActiveDevice> {
         let device = Arc::new(self.shared(device));
         if self.capacity == 0 {

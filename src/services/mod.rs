@@ -3,6 +3,7 @@
 //! never touch storage for writes themselves.
 
 pub mod assets;
+pub mod commands;
 pub mod compat;
 pub mod config;
 pub mod devices;
@@ -12,6 +13,8 @@ pub mod fleet;
 pub mod images;
 pub mod keys;
 pub mod limiter;
+pub mod mqtt_auth;
+pub mod outbox;
 pub mod rollouts;
 
 use std::sync::Arc;
@@ -30,6 +33,8 @@ pub struct Core {
     pub keys: Arc<keys::ServerKeys>,
     pub fetcher: Arc<images::ImageFetcher>,
     pub rollouts: Arc<rollouts::RolloutRuntime>,
+    pub outbox: outbox::Outbox,
+    pub commands: Arc<commands::CommandRuntime>,
 }
 
 impl Core {
@@ -48,6 +53,8 @@ impl Core {
             keys,
             fetcher,
             rollouts: Arc::new(rollouts::RolloutRuntime::new(settings.rollouts.clone())),
+            outbox: outbox::Outbox::default(),
+            commands: Arc::default(),
         })
     }
 }

@@ -6,6 +6,7 @@ mod compat;
 mod config;
 mod devices;
 mod firmware;
+mod mqtt;
 mod rollouts;
 mod secrets;
 
@@ -21,6 +22,7 @@ pub use compat::CompatFile;
 pub use config::{ConfigWrite, StoredDocument, StoredVersion};
 pub use devices::{ActiveRow, AttemptOffer, DeviceFilter, DevicePatch, DeviceReport, DeviceSort, NewDevice, RolloutSlot};
 pub use firmware::{ArtifactFilter, ArtifactPatch, ArtifactSort, NewArtifact};
+pub use mqtt::MqttUser;
 pub use rollouts::{MemberRow, TargetRow, TransitionWrite};
 
 use crate::domain::{Error, Result};

@@ -17,6 +17,8 @@ pub const ADMIN_KEY: &str = "test-admin-key-0123456789abcdef";
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// The embedded MQTT broker's listener (None with MQTT off or an external broker).
+    pub mqtt_addr: Option<SocketAddr>,
     pub base: String,
     pub client: reqwest::Client,
     /// Kept so the folder lives as long as the server.
@@ -36,6 +38,8 @@ pub async fn test_settings() -> (Settings, tempfile::TempDir) {
     let data_dir = tempfile::tempdir().expect("temp dir");
     let args = ServeArgs {
         listen: Some("127.0.0.1:0".into()),
+        mqtt_listen: Some("127.0.0.1:0".into()),
+        mqtt_tls_listen: Some("127.0.0.1:0".into()),
         data_dir: Some(data_dir.path().display().to_string()),
         admin_api_key: Some(ADMIN_KEY.into()),
         ..Default::default()
@@ -84,12 +88,14 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
 pub async fn start(settings: Settings, data_dir: tempfile::TempDir) -> TestApp {
     let app = Application::build(settings.clone()).await.expect("the application builds");
     let addr = app.local_addr();
+    let mqtt_addr = app.mqtt_addr();
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async move {
         let _ = stopped.await;
     }));
     TestApp {
         addr,
+        mqtt_addr,
         base: format!("http://{addr}"),
         client: reqwest::Client::builder().no_proxy().build().unwrap(),
         data_dir,
@@ -229,6 +235,8 @@ pub async fn core_of(app: &TestApp) -> updraft::services::Core {
         rollouts: Arc::new(RolloutRuntime::new(settings.rollouts.clone())),
         keys: Arc::new(updraft::services::keys::ServerKeys::load(&settings.content, &store_for_keys).await.expect("the server keys")),
         fetcher: Arc::new(updraft::services::images::ImageFetcher::new(&settings.content).expect("the image fetcher")),
+        outbox: Default::default(),
+        commands: Default::default(),
     };
     updraft::services::rollouts::refresh(&core, true).await.expect("the rollout view");
     core

@@ -1,0 +1,369 @@
+//! MQTT: the topics of every protocol spoken over MQTT, and who may publish or subscribe
+//! where. Pure: the embedded broker's hooks, the external brokers' HTTP auth hooks and the
+//! server's message handler all ask this module, so the rules are the same in every mode.
+//!
+//! Topic trees (docs/CLIENT.md):
+//! - native, per device: `updraft/{device_id}/{status|telemetry|attributes|ota|ota/status|config|cmd|cmd/result}`;
+//! - seed 000 (Citon firmware server), per MAC: `{mac}/firmware`, `{mac}/flashing/status`, `{mac}/keepalive`;
+//! - seed 003 (IoTSupport) notifications: `iotsupport/updates/{configs|assets}`.
+
+use super::mac::Mac;
+
+pub const PREFIX: &str = "updraft";
+/// The group of the server's shared subscriptions: replicas split the device traffic.
+pub const SHARE_GROUP: &str = "updraft";
+pub const SEED003_PREFIX: &str = "iotsupport/updates";
+
+/// What a credential may do on the broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// A device, by its token: its own topic tree, its MAC's seed-000 topics and the seed-003
+    /// notifications.
+    Device { id: String, mac: Mac },
+    /// An operator or service credential (`/api/v1/mqtt/users`).
+    User { name: String, role: Role },
+    /// Updraft itself (its own client connection).
+    Server,
+}
+
+/// Roles of operator and service credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Subscribe to every device's messages (status, telemetry, attributes, update status,
+    /// command results) and the seed-003 notifications; publish nothing. For Node-RED,
+    /// Home Assistant and the like.
+    FleetRead,
+    /// A seed-000 gateway or device that shares one credential (`firmware-server-dev` in that
+    /// repository): `+/firmware` for any MAC, `+/flashing/status` and `+/keepalive`.
+    Gateway,
+    /// Everything, including publishing commands. Use sparingly.
+    Admin,
+}
+
+impl Role {
+    pub const ALL: [Role; 3] = [Role::FleetRead, Role::Gateway, Role::Admin];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::FleetRead => "fleet-read",
+            Role::Gateway => "gateway",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.as_str() == text)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Publish,
+    Subscribe,
+}
+
+/// Topics a device publishes under its own tree.
+const DEVICE_PUBLISHES: [&str; 5] = ["status", "telemetry", "attributes", "ota/status", "cmd/result"];
+/// Topics the server publishes to a device.
+const DEVICE_RECEIVES: [&str; 3] = ["ota", "config", "cmd"];
+
+/// May `principal` publish to `topic` (no wildcards) or subscribe to `filter`?
+pub fn allowed(principal: &Principal, access: Access, topic: &str) -> bool {
+    let topic = match access {
+        Access::Subscribe => strip_share(topic),
+        Access::Publish => topic,
+    };
+    if !valid(topic, access) {
+        return false;
+    }
+    let fits = |patterns: &[String]| patterns.iter().any(|pattern| covers(pattern, topic));
+    match principal {
+        Principal::Server => true,
+        Principal::User { role: Role::Admin, .. } => true,
+        Principal::User { role: Role::FleetRead, .. } => {
+            access == Access::Subscribe
+                && (fits(&DEVICE_PUBLISHES.iter().map(|t| format!("{PREFIX}/+/{t}")).collect::<Vec<_>>())
+                    || fits(&[format!("{SEED003_PREFIX}/+")]))
+        }
+        Principal::User { role: Role::Gateway, .. } => match access {
+            // The MAC level is checked by the message handler, which ignores unknown MACs.
+            Access::Publish => fits(&["+/flashing/status".into(), "+/keepalive".into()]) && legacy_mac(topic).is_some(),
+            Access::Subscribe => fits(&["+/firmware".into(), format!("{SEED003_PREFIX}/+")]),
+        },
+        Principal::Device { id, mac } => {
+            let own = |suffixes: &[&str]| suffixes.iter().map(|t| format!("{PREFIX}/{id}/{t}")).collect::<Vec<_>>();
+            let legacy_mine = legacy_mac(topic).is_some_and(|m| m == *mac);
+            match access {
+                Access::Publish => {
+                    fits(&own(&DEVICE_PUBLISHES)) || (legacy_mine && fits(&["+/flashing/status".into(), "+/keepalive".into()]))
+                }
+                Access::Subscribe => {
+                    let mut receives = own(&DEVICE_RECEIVES);
+                    receives.push(format!("{SEED003_PREFIX}/+"));
+                    // Its own tree as a whole (`updraft/{id}/#`) is fine too: it only holds its messages.
+                    receives.push(format!("{PREFIX}/{id}/#"));
+                    fits(&receives) || (legacy_mine && fits(&["+/firmware".into()]))
+                }
+            }
+        }
+    }
+}
+
+/// `$share/{group}/{filter}` → `{filter}`.
+pub fn strip_share(filter: &str) -> &str {
+    match filter.strip_prefix("$share/").and_then(|rest| rest.split_once('/')) {
+        Some((_, inner)) => inner,
+        None => filter,
+    }
+}
+
+/// A well-formed topic name (publish) or filter (subscribe).
+fn valid(topic: &str, access: Access) -> bool {
+    if topic.is_empty() || topic.len() > 1024 || topic.contains('\0') {
+        return false;
+    }
+    let levels: Vec<&str> = topic.split('/').collect();
+    for (i, level) in levels.iter().enumerate() {
+        let wild = level.contains('+') || level.contains('#');
+        match access {
+            Access::Publish if wild => return false,
+            Access::Subscribe if wild && *level != "+" && *level != "#" => return false,
+            Access::Subscribe if *level == "#" && i != levels.len() - 1 => return false,
+            _ => {}
+        }
+    }
+    true
+}
+
+/// True when every topic that `filter` can match is also matched by `pattern`. With a topic
+/// name as `filter` this is plain MQTT matching. Topics starting with `$` never match a
+/// wildcard at the first level (MQTT 3.1.1 §4.7.2).
+pub fn covers(pattern: &str, filter: &str) -> bool {
+    if filter.starts_with('$') && (pattern.starts_with('+') || pattern.starts_with('#')) {
+        return false;
+    }
+    let mut p = pattern.split('/');
+    let mut f = filter.split('/');
+    loop {
+        match (p.next(), f.next()) {
+            (Some("#"), _) => return true,
+            (Some(_), Some("#")) => return false,
+            (Some("+"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b && b != "+" => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// The MAC of a seed-000 topic (`{mac}/...`): the first level, in any common MAC form.
+pub fn legacy_mac(topic: &str) -> Option<Mac> {
+    let first = topic.split('/').next()?;
+    Mac::parse(first).ok()
+}
+
+/// A message a device (or gateway) sent to the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inbound {
+    Status {
+        device_id: String,
+    },
+    Telemetry {
+        device_id: String,
+    },
+    Attributes {
+        device_id: String,
+    },
+    OtaStatus {
+        device_id: String,
+    },
+    CommandResult {
+        device_id: String,
+    },
+    /// Seed 000: `flashing`, `idle`, `done` or `failed`. `mac_text` is the MAC as the topic
+    /// spells it, so that answers go to the topic the device subscribed to.
+    LegacyFlashing {
+        mac: Mac,
+        mac_text: String,
+    },
+    LegacyKeepalive {
+        mac: Mac,
+        mac_text: String,
+    },
+}
+
+impl Inbound {
+    pub fn parse(topic: &str) -> Option<Inbound> {
+        let levels: Vec<&str> = topic.split('/').collect();
+        match levels.as_slice() {
+            [PREFIX, id, rest @ ..] if !id.is_empty() => {
+                let device_id = id.to_string();
+                match rest {
+                    ["status"] => Some(Inbound::Status { device_id }),
+                    ["telemetry"] => Some(Inbound::Telemetry { device_id }),
+                    ["attributes"] => Some(Inbound::Attributes { device_id }),
+                    ["ota", "status"] => Some(Inbound::OtaStatus { device_id }),
+                    ["cmd", "result"] => Some(Inbound::CommandResult { device_id }),
+                    _ => None,
+                }
+            }
+            [mac_text, "flashing", "status"] => {
+                Mac::parse(mac_text).ok().map(|mac| Inbound::LegacyFlashing { mac, mac_text: mac_text.to_string() })
+            }
+            [mac_text, "keepalive"] => {
+                Mac::parse(mac_text).ok().map(|mac| Inbound::LegacyKeepalive { mac, mac_text: mac_text.to_string() })
+            }
+            _ => None,
+        }
+    }
+
+    /// The filters under which the server receives these messages. With an external broker
+    /// (`split`), `status` is followed by every replica (each needs to know who is connected)
+    /// and the rest is split between replicas by shared subscriptions. The embedded broker
+    /// serves one replica, which takes everything.
+    pub fn subscriptions(split: bool) -> Vec<(String, bool)> {
+        let shared = |filter: &str| if split { (format!("$share/{SHARE_GROUP}/{filter}"), true) } else { (filter.to_string(), false) };
+        vec![
+            (format!("{PREFIX}/+/status"), false),
+            shared(&format!("{PREFIX}/+/telemetry")),
+            shared(&format!("{PREFIX}/+/attributes")),
+            shared(&format!("{PREFIX}/+/ota/status")),
+            shared(&format!("{PREFIX}/+/cmd/result")),
+            shared("+/flashing/status"),
+            shared("+/keepalive"),
+        ]
+    }
+}
+
+pub fn status_topic(device_id: &str) -> String {
+    format!("{PREFIX}/{device_id}/status")
+}
+pub fn ota_topic(device_id: &str) -> String {
+    format!("{PREFIX}/{device_id}/ota")
+}
+pub fn config_topic(device_id: &str) -> String {
+    format!("{PREFIX}/{device_id}/config")
+}
+pub fn command_topic(device_id: &str) -> String {
+    format!("{PREFIX}/{device_id}/cmd")
+}
+pub fn legacy_firmware_topic(mac_text: &str) -> String {
+    format!("{mac_text}/firmware")
+}
+
+/// A device's `status` message: `online`/`offline`, also as JSON (`"online"`,
+/// `{"online":true}`, `{"state":"online"}`, `{"status":"offline"}`).
+pub fn parse_status(payload: &[u8]) -> Option<bool> {
+    let text = std::str::from_utf8(payload).ok()?.trim();
+    let word = |w: &str| match w.to_ascii_lowercase().as_str() {
+        "online" | "connected" | "up" | "1" | "true" => Some(true),
+        "offline" | "disconnected" | "down" | "0" | "false" => Some(false),
+        _ => None,
+    };
+    if let Some(answer) = word(text.trim_matches('"')) {
+        return Some(answer);
+    }
+    let value: serde_json::Value = serde_json::from_str(text).ok()?;
+    match value.get("online") {
+        Some(serde_json::Value::Bool(b)) => Some(*b),
+        _ => ["state", "status"].iter().find_map(|k| value.get(*k).and_then(|v| v.as_str()).and_then(word)),
+    }
+}
+
+/// Seed 000's flashing states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LegacyFlashState {
+    Flashing,
+    Idle,
+    Done,
+    Failed,
+}
+
+pub fn parse_legacy_flash_state(payload: &[u8]) -> Option<LegacyFlashState> {
+    let text = std::str::from_utf8(payload).ok()?.trim().trim_matches('"').to_ascii_lowercase();
+    match text.as_str() {
+        "flashing" => Some(LegacyFlashState::Flashing),
+        "idle" => Some(LegacyFlashState::Idle),
+        "done" => Some(LegacyFlashState::Done),
+        "failed" => Some(LegacyFlashState::Failed),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device() -> Principal {
+        Principal::Device { id: "dev_1".into(), mac: Mac::parse("AA:BB:CC:DD:EE:01").unwrap() }
+    }
+
+    #[test]
+    fn devices_stay_in_their_own_tree() {
+        let d = device();
+        assert!(allowed(&d, Access::Publish, "updraft/dev_1/telemetry"));
+        assert!(allowed(&d, Access::Publish, "updraft/dev_1/ota/status"));
+        assert!(!allowed(&d, Access::Publish, "updraft/dev_1/ota"), "a device cannot forge its own offer");
+        assert!(!allowed(&d, Access::Publish, "updraft/dev_2/telemetry"));
+        assert!(!allowed(&d, Access::Publish, "updraft/+/telemetry"));
+        assert!(allowed(&d, Access::Subscribe, "updraft/dev_1/ota"));
+        assert!(allowed(&d, Access::Subscribe, "updraft/dev_1/#"));
+        assert!(allowed(&d, Access::Subscribe, "updraft/dev_1/+"));
+        assert!(!allowed(&d, Access::Subscribe, "updraft/+/ota"));
+        assert!(!allowed(&d, Access::Subscribe, "updraft/#"));
+        assert!(!allowed(&d, Access::Subscribe, "#"));
+        assert!(!allowed(&d, Access::Subscribe, "$share/x/updraft/+/telemetry"));
+        assert!(allowed(&d, Access::Subscribe, "iotsupport/updates/configs"));
+        assert!(allowed(&d, Access::Publish, "aa-bb-cc-dd-ee-01/flashing/status"));
+        assert!(allowed(&d, Access::Subscribe, "AABBCCDDEE01/firmware"));
+        assert!(!allowed(&d, Access::Subscribe, "aa-bb-cc-dd-ee-02/firmware"));
+        assert!(!allowed(&d, Access::Subscribe, "+/firmware"));
+    }
+
+    #[test]
+    fn roles() {
+        let reader = Principal::User { name: "nodered".into(), role: Role::FleetRead };
+        assert!(allowed(&reader, Access::Subscribe, "updraft/+/telemetry"));
+        assert!(allowed(&reader, Access::Subscribe, "$share/g/updraft/+/status"));
+        assert!(!allowed(&reader, Access::Subscribe, "updraft/#"), "# would include commands");
+        assert!(!allowed(&reader, Access::Subscribe, "updraft/+/cmd"));
+        assert!(!allowed(&reader, Access::Publish, "updraft/x/telemetry"));
+        let gateway = Principal::User { name: "firmware-server-dev".into(), role: Role::Gateway };
+        assert!(allowed(&gateway, Access::Subscribe, "aa:bb:cc:dd:ee:ff/firmware"));
+        assert!(allowed(&gateway, Access::Subscribe, "+/firmware"));
+        assert!(allowed(&gateway, Access::Publish, "aa:bb:cc:dd:ee:ff/keepalive"));
+        assert!(!allowed(&gateway, Access::Publish, "notamac/keepalive"));
+        assert!(!allowed(&gateway, Access::Publish, "updraft/x/telemetry"));
+        let admin = Principal::User { name: "ops".into(), role: Role::Admin };
+        assert!(allowed(&admin, Access::Publish, "updraft/x/cmd"));
+    }
+
+    #[test]
+    fn covering() {
+        assert!(covers("a/+/c", "a/b/c"));
+        assert!(covers("a/#", "a"));
+        assert!(covers("a/#", "a/+/x"));
+        assert!(!covers("a/+", "a/#"));
+        assert!(!covers("a/b", "a/+"));
+        assert!(covers("a/+", "a/+"));
+        assert!(!covers("+/keepalive", "$SYS/keepalive"));
+        assert!(!valid_sub("a/#/b"));
+        assert!(!valid_sub("a/b+"));
+    }
+
+    fn valid_sub(f: &str) -> bool {
+        valid(f, Access::Subscribe)
+    }
+
+    #[test]
+    fn inbound_topics() {
+        assert_eq!(Inbound::parse("updraft/d1/ota/status"), Some(Inbound::OtaStatus { device_id: "d1".into() }));
+        assert_eq!(Inbound::parse("updraft/d1/ota"), None);
+        let mac = Mac::parse("aabbccddeeff").unwrap();
+        assert_eq!(Inbound::parse("aabbccddeeff/keepalive"), Some(Inbound::LegacyKeepalive { mac, mac_text: "aabbccddeeff".into() }));
+        assert_eq!(Inbound::parse("x/keepalive"), None);
+        assert_eq!(parse_status(b"offline"), Some(false));
+        assert_eq!(parse_status(br#"{"state":"online"}"#), Some(true));
+        assert_eq!(parse_status(b"garbage"), None);
+    }
+}

@@ -1,0 +1,179 @@
+//! The one client interface between Updraft's logic and a broker: an MQTT 3.1.1 client
+//! connection (rumqttc) to the embedded broker or to the external one. It publishes at QoS 1,
+//! follows the device topics (shared subscriptions, so replicas split the traffic) and hands
+//! every message to the handler, in order per device.
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, Transport};
+use tokio::sync::mpsc;
+
+use crate::domain::mqtt::{self, Inbound};
+use crate::domain::{Error, Result};
+use crate::services::outbox::MessageSink;
+
+/// Messages a handler worker may have waiting; the client stops reading beyond that.
+pub const WORKER_QUEUE: usize = 1024;
+pub const WORKERS: usize = 8;
+
+/// Where the bus connects, and as whom.
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+    pub username: String,
+    pub password: Option<String>,
+    pub max_packet_bytes: usize,
+    /// Share the device traffic with other replicas (external broker).
+    pub split: bool,
+}
+
+/// A message for the handler.
+pub struct Incoming {
+    pub inbound: Inbound,
+    pub payload: Bytes,
+}
+
+/// What the connection reports besides messages.
+pub enum Signal {
+    /// (Re)connected and subscribed: retained state may need republishing.
+    Connected,
+}
+
+#[derive(Clone)]
+pub struct Bus {
+    client: AsyncClient,
+    connected: Arc<AtomicBool>,
+    split: bool,
+}
+
+impl Bus {
+    /// Creates the client; `run` drives the connection.
+    pub fn new(endpoint: &Endpoint) -> (Bus, EventLoop) {
+        let client_id = format!("updraft-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let mut options = MqttOptions::new(client_id, endpoint.host.clone(), endpoint.port);
+        options.set_keep_alive(Duration::from_secs(30));
+        options.set_clean_session(true);
+        options.set_max_packet_size(endpoint.max_packet_bytes, endpoint.max_packet_bytes);
+        options.set_inflight(1000);
+        options.set_request_channel_capacity(10_000);
+        if let Some(password) = &endpoint.password {
+            options.set_credentials(endpoint.username.clone(), password.clone());
+        } else {
+            options.set_credentials(endpoint.username.clone(), "");
+        }
+        if endpoint.tls {
+            options.set_transport(Transport::tls_with_default_config());
+        }
+        let (client, eventloop) = AsyncClient::new(options, 10_000);
+        (Bus { client, connected: Arc::default(), split: endpoint.split }, eventloop)
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// Publishes at QoS 1. Returns once the message is queued for the broker.
+    pub async fn publish(&self, topic: String, payload: Bytes, retain: bool) -> Result<()> {
+        self.client
+            .publish_bytes(topic, QoS::AtLeastOnce, retain, payload)
+            .await
+            .map_err(|e| Error::Unavailable(format!("the MQTT client is not running: {e}")))?;
+        metrics::counter!("updraft_mqtt_messages_published_total").increment(1);
+        Ok(())
+    }
+
+    /// Publishes a device's retained `status` (embedded broker: on its first connection and
+    /// after its last one ends).
+    pub fn announce_status(&self, device_id: &str, online: bool) {
+        let bus = self.clone();
+        let topic = mqtt::status_topic(device_id);
+        tokio::spawn(async move {
+            let payload = Bytes::from_static(if online { b"online" } else { b"offline" });
+            if let Err(e) = bus.publish(topic, payload, true).await {
+                tracing::warn!(error = %e, "cannot announce a device's MQTT status");
+            }
+        });
+    }
+
+    /// Drives the connection until the process ends: reconnects after a second on failure,
+    /// subscribes after every connect, and routes messages to the handler workers by device.
+    pub async fn run(self, mut eventloop: EventLoop, workers: Vec<mpsc::Sender<Incoming>>, signals: mpsc::UnboundedSender<Signal>) {
+        let mut failures = 0u32;
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    failures = 0;
+                    tracing::info!(code = ?ack.code, "connected to the MQTT broker");
+                    let filters: Vec<rumqttc::SubscribeFilter> = Inbound::subscriptions(self.split)
+                        .into_iter()
+                        .map(|(filter, _)| rumqttc::SubscribeFilter::new(filter, QoS::AtLeastOnce))
+                        .collect();
+                    let client = self.client.clone();
+                    let connected = self.connected.clone();
+                    let signals = signals.clone();
+                    tokio::spawn(async move {
+                        match client.subscribe_many(filters).await {
+                            Ok(()) => {
+                                connected.store(true, Ordering::Relaxed);
+                                let _ = signals.send(Signal::Connected);
+                            }
+                            Err(e) => tracing::warn!(error = %e, "cannot subscribe to the device topics"),
+                        }
+                    });
+                }
+                Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                    if ack.return_codes.iter().any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) {
+                        tracing::error!("the MQTT broker refused some of Updraft's subscriptions: check its ACL for Updraft's user");
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    metrics::counter!("updraft_mqtt_messages_received_total").increment(1);
+                    let Some(inbound) = Inbound::parse(&publish.topic) else {
+                        continue;
+                    };
+                    let worker = &workers[shard(&inbound)];
+                    // Waiting here stops reading from the broker: back-pressure, not a buffer.
+                    if worker.send(Incoming { inbound, payload: publish.payload }).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.connected.store(false, Ordering::Relaxed);
+                    failures += 1;
+                    if failures == 1 || failures.is_multiple_of(60) {
+                        tracing::warn!(error = %e, failures, "MQTT broker connection lost; reconnecting every second");
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+}
+
+impl MessageSink for Bus {
+    fn publish(&self, topic: String, payload: Bytes, retain: bool) -> BoxFuture<'static, Result<()>> {
+        let bus = self.clone();
+        Box::pin(async move { Bus::publish(&bus, topic, payload, retain).await })
+    }
+}
+
+/// Messages of one device always go to the same worker, so they are handled in order.
+fn shard(inbound: &Inbound) -> usize {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    match inbound {
+        Inbound::Status { device_id }
+        | Inbound::Telemetry { device_id }
+        | Inbound::Attributes { device_id }
+        | Inbound::OtaStatus { device_id }
+        | Inbound::CommandResult { device_id } => device_id.hash(&mut hasher),
+        Inbound::LegacyFlashing { mac, .. } | Inbound::LegacyKeepalive { mac, .. } => mac.bytes().hash(&mut hasher),
+    }
+    (hasher.finish() as usize) % WORKERS
+}

@@ -1,0 +1,181 @@
+//! The MQTT adapter (docs/CLIENT.md lists every topic).
+//!
+//! - `broker`: the embedded broker (rmqtt) with Updraft's authentication and topic rules;
+//!   off when `UPDRAFT_MQTT_URL` names an external broker.
+//! - `bus`: Updraft's own client connection to whichever broker runs: the one interface its
+//!   logic uses in both modes.
+//! - `handler`: device → server messages; `push`: server → device messages.
+//!
+//! The topic grammar and the access rules are pure and live in `domain::mqtt`.
+
+pub mod broker;
+pub mod bus;
+pub mod handler;
+pub mod push;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, OnceLock};
+
+use anyhow::Context;
+use tokio::sync::mpsc;
+
+use crate::config::Settings;
+use crate::domain::secret;
+use crate::services::Core;
+use crate::services::commands;
+use crate::services::mqtt_auth::{SERVER_USERNAME_PREFIX, ServerIdentity};
+use broker::{Broker, BrokerAddrs};
+use bus::{Bus, Endpoint, Signal};
+
+/// The running MQTT side of a server.
+pub struct Mqtt {
+    broker: Option<Broker>,
+    bus: Bus,
+    external: Option<String>,
+    /// With an external broker: Updraft's own credential there, recognised by the auth hooks.
+    hook_identity: Option<ServerIdentity>,
+}
+
+impl Mqtt {
+    /// Starts the embedded broker (unless an external one is configured), connects Updraft's
+    /// client to it, and starts handling and pushing messages. `http_addr` is the bound HTTP
+    /// address, for download URLs when `UPDRAFT_PUBLIC_URL` is not set.
+    pub async fn start(core: &Core, settings: &Settings, http_addr: SocketAddr) -> anyhow::Result<Option<Mqtt>> {
+        let mqtt = &settings.mqtt;
+        if !mqtt.enabled {
+            return Ok(None);
+        }
+        let bus_cell: Arc<OnceLock<Bus>> = Arc::default();
+        let (broker, endpoint, external) = match &mqtt.url {
+            None => {
+                let password = secret::generate("");
+                let username = format!("{SERVER_USERNAME_PREFIX}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+                let identity = ServerIdentity { username: username.clone(), digest: secret::digest(&password) };
+                let broker = Broker::start(core.clone(), mqtt, settings.tls.as_ref(), identity, bus_cell.clone())
+                    .await
+                    .with_context(|| format!("cannot start the MQTT broker on {} (UPDRAFT_MQTT_LISTEN)", mqtt.listen))?;
+                let tcp = broker.addrs.tcp;
+                let host = if tcp.ip().is_unspecified() { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { tcp.ip() };
+                let endpoint = Endpoint {
+                    host: host.to_string(),
+                    port: tcp.port(),
+                    tls: false,
+                    username,
+                    password: Some(password),
+                    max_packet_bytes: mqtt.max_packet_bytes as usize,
+                    split: false,
+                };
+                (Some(broker), endpoint, None)
+            }
+            Some(url) => {
+                let tls = matches!(url.scheme(), "mqtts" | "ssl");
+                let endpoint = Endpoint {
+                    host: url.host_str().unwrap_or("localhost").to_string(),
+                    port: url.port().unwrap_or(if tls { 8883 } else { 1883 }),
+                    tls,
+                    username: mqtt.username.clone(),
+                    password: mqtt.password.clone(),
+                    max_packet_bytes: mqtt.max_packet_bytes as usize,
+                    split: true,
+                };
+                tracing::info!(broker = %crate::config::redact_url(url.as_str()), "using an external MQTT broker; the embedded one is off");
+                (None, endpoint, Some(crate::config::redact_url(url.as_str())))
+            }
+        };
+
+        // rustls has two crypto providers compiled in (ring for us, aws-lc-rs for rmqtt's
+        // listeners); clients that use the process default need one chosen.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let (bus, eventloop) = Bus::new(&endpoint);
+        let _ = bus_cell.set(bus.clone());
+        core.outbox.install(Arc::new(bus.clone()));
+
+        let base_url = match &settings.public_url {
+            Some(url) => url.as_str().trim_end_matches('/').to_string(),
+            None => {
+                let scheme = if settings.tls.is_some() { "https" } else { "http" };
+                if http_addr.ip().is_unspecified() {
+                    tracing::warn!(
+                        "UPDRAFT_PUBLIC_URL is not set: download URLs in MQTT offers name {http_addr}, which devices cannot reach"
+                    );
+                }
+                format!("{scheme}://{http_addr}")
+            }
+        };
+        let pusher = Arc::new(push::Pusher::new(core.clone(), bus.clone(), base_url, mqtt.max_packet_bytes as usize));
+        let handler = Arc::new(handler::Handler { pusher: pusher.clone(), holds_session: broker.as_ref().map(Broker::session_checker) });
+        let mut senders = Vec::with_capacity(bus::WORKERS);
+        for _ in 0..bus::WORKERS {
+            let (sender, receiver) = mpsc::channel(bus::WORKER_QUEUE);
+            senders.push(sender);
+            tokio::spawn(handler.clone().run(receiver));
+        }
+        let (signal_tx, mut signal_rx) = mpsc::unbounded_channel();
+        let on_connect = pusher.clone();
+        tokio::spawn(async move {
+            while let Some(Signal::Connected) = signal_rx.recv().await {
+                // After a (re)connection the broker may have lost retained state.
+                on_connect.resync(None, true).await;
+            }
+        });
+        tokio::spawn(bus.clone().run(eventloop, senders, signal_tx));
+        tokio::spawn(pusher.clone().follow_events());
+        let periodic = pusher.clone();
+        let every = mqtt.resync_every;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                // Maintenance windows open, schedules start: offers change with time alone.
+                periodic.resync(None, false).await;
+            }
+        });
+        commands::spawn_background(core.clone());
+        let hook_identity = external
+            .as_ref()
+            .and_then(|_| mqtt.password.as_ref().map(|p| ServerIdentity { username: mqtt.username.clone(), digest: secret::digest(p) }));
+        Ok(Some(Mqtt { broker, bus, external, hook_identity }))
+    }
+
+    /// The embedded broker's listeners (None with an external broker).
+    pub fn broker_addrs(&self) -> Option<&BrokerAddrs> {
+        self.broker.as_ref().map(|b| &b.addrs)
+    }
+
+    /// For `/api/v1/mqtt` and readiness.
+    pub fn status(&self) -> MqttStatus {
+        MqttStatus {
+            mode: if self.broker.is_some() { "embedded" } else { "external" },
+            connected: self.bus.is_connected(),
+            sessions: self.broker.as_ref().map(|b| b.sessions().max(0) as u64),
+            listeners: self.broker_addrs().map(|a| {
+                let mut list = vec![format!("mqtt://{}", a.tcp)];
+                list.extend(a.tls.map(|t| format!("mqtts://{t}")));
+                list.extend(a.ws.map(|w| format!("ws://{w}/mqtt")));
+                list
+            }),
+            external: self.external.clone(),
+        }
+    }
+
+    pub fn hook_identity(&self) -> Option<&ServerIdentity> {
+        self.hook_identity.as_ref()
+    }
+
+    pub fn stop(&self) {
+        if let Some(broker) = &self.broker {
+            broker.stop();
+        }
+    }
+}
+
+pub struct MqttStatus {
+    pub mode: &'static str,
+    /// Updraft's own client is connected to the broker.
+    pub connected: bool,
+    pub sessions: Option<u64>,
+    pub listeners: Option<Vec<String>>,
+    pub external: Option<String>,
+}

@@ -1,0 +1,187 @@
+//! Who connects to the broker: device tokens, operator and service credentials, and
+//! Updraft's own connection. The embedded broker's hooks and the HTTP auth hooks of
+//! external brokers (mosquitto-go-auth, EMQX) both call `authenticate`, then ask
+//! `domain::mqtt::allowed` for every subscription and publish.
+
+use std::net::IpAddr;
+
+use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+
+use super::Core;
+use super::devices;
+use crate::domain::mac::Mac;
+use crate::domain::mqtt::{Principal, Role};
+use crate::domain::{Error, Result, secret};
+use crate::storage::MqttUser;
+
+/// The username of Updraft's own broker connection (its password is random per process in
+/// embedded mode, `UPDRAFT_MQTT_PASSWORD` with an external broker).
+pub const SERVER_USERNAME_PREFIX: &str = "$updraft";
+
+/// Why a connection was refused (mapped to the CONNACK codes by the broker adapter).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// CONNACK 4 (3.1.1) / 0x86 (5.0).
+    BadCredentials,
+    /// Too many failures from this address: CONNACK 5 / 0x87 (5.0 has 0x9F, but clients
+    /// treat "not authorized" as final, which is what we want for a while).
+    RateLimited,
+}
+
+/// Resolves a CONNECT's credentials:
+/// - username = device id or MAC, password = device token;
+/// - username = device token, no password (as ThingsBoard devices connect);
+/// - username and password of an operator/service credential;
+/// - Updraft's own connection.
+pub async fn authenticate(
+    core: &Core,
+    server: Option<&ServerIdentity>,
+    username: Option<&str>,
+    password: Option<&[u8]>,
+    ip: Option<IpAddr>,
+) -> std::result::Result<Principal, Refusal> {
+    let ip = ip.unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    if core.devices.limiter.check(ip).is_err() {
+        return Err(Refusal::RateLimited);
+    }
+    let password = password.and_then(|p| std::str::from_utf8(p).ok()).filter(|p| !p.is_empty());
+    let Some(username) = username.filter(|u| !u.is_empty() && u.len() <= 256) else {
+        core.devices.limiter.record_failure(ip);
+        return Err(Refusal::BadCredentials);
+    };
+    let refuse = || {
+        core.devices.limiter.record_failure(ip);
+        metrics::counter!("updraft_mqtt_auth_failures_total").increment(1);
+        Err(Refusal::BadCredentials)
+    };
+    if let Some(server) = server.filter(|s| s.username == username) {
+        return match password {
+            Some(p) if secret::verify(p, &server.digest) => Ok(Principal::Server),
+            _ => refuse(),
+        };
+    }
+    if username.starts_with(SERVER_USERNAME_PREFIX) {
+        return refuse();
+    }
+    match password {
+        Some(password) => {
+            // A device token presented as the password: the username must name that device.
+            if let Ok(device) = devices::authenticate(core, Some(password), ip).await {
+                let names_it = *device.id == *username || Mac::parse(username).is_ok_and(|m| m == device.mac);
+                if names_it {
+                    return Ok(Principal::Device { id: device.id.to_string(), mac: device.mac });
+                }
+                return refuse();
+            }
+            match core.store.find_mqtt_user(username).await {
+                Ok(Some(user)) => {
+                    let (presented, stored) = (password.to_string(), user.password_hash.clone());
+                    // Argon2 is deliberately slow: keep it off the async threads.
+                    let verified = tokio::task::spawn_blocking(move || verify_password(&presented, &stored)).await.unwrap_or(false);
+                    match Role::parse(&user.role) {
+                        Some(role) if verified => Ok(Principal::User { name: user.username, role }),
+                        _ => refuse(),
+                    }
+                }
+                Ok(_) => refuse(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read MQTT credentials");
+                    refuse()
+                }
+            }
+        }
+        None => match devices::authenticate(core, Some(username), ip).await {
+            Ok(device) => Ok(Principal::Device { id: device.id.to_string(), mac: device.mac }),
+            Err(_) => refuse(),
+        },
+    }
+}
+
+/// Updraft's own broker credential.
+#[derive(Clone)]
+pub struct ServerIdentity {
+    pub username: String,
+    pub digest: [u8; 32],
+}
+
+/// Who a username stands for, without its password: for ACL checks of a connection that was
+/// authenticated before (the external brokers' ACL hooks send only the username).
+pub async fn principal_of(core: &Core, server: Option<&ServerIdentity>, username: &str) -> Result<Option<Principal>> {
+    if server.is_some_and(|s| s.username == username) {
+        return Ok(Some(Principal::Server));
+    }
+    if let Some(user) = core.store.find_mqtt_user(username).await? {
+        return Ok(Role::parse(&user.role).map(|role| Principal::User { name: user.username, role }));
+    }
+    if let Some(device) = devices::active_by_id(core, username).await? {
+        return Ok(Some(Principal::Device { id: device.id.to_string(), mac: device.mac }));
+    }
+    if let Ok(mac) = Mac::parse(username)
+        && let Some(device) = devices::active_by_mac(core, &mac).await?
+    {
+        return Ok(Some(Principal::Device { id: device.id.to_string(), mac: device.mac }));
+    }
+    // A ThingsBoard-style connection: the username is the token.
+    if let Some(device) = core.store.find_device_by_token_hash(&secret::digest_hex(username)).await? {
+        return Ok(Some(Principal::Device { id: device.id.clone(), mac: device.mac }));
+    }
+    Ok(None)
+}
+
+// ---- operator and service credentials ----
+
+/// `[A-Za-z0-9._-]{1,64}`, not starting with `$` (reserved for Updraft).
+pub fn check_username(username: &str) -> Result<()> {
+    let ok = !username.is_empty()
+        && username.len() <= 64
+        && username.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid("invalid_username", "an MQTT username is 1-64 characters of A-Z, a-z, 0-9, '.', '_', '-' or '@'"))
+    }
+}
+
+/// Creates or replaces a credential; the password is stored only as an Argon2id hash.
+/// Returns the stored credential and whether it was created.
+pub async fn put_user(core: &Core, username: &str, password: &str, role: &str) -> Result<(MqttUser, bool)> {
+    check_username(username)?;
+    let role = Role::parse(role).ok_or_else(|| {
+        Error::invalid(
+            "invalid_role",
+            format!("role must be one of {}", Role::ALL.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ")),
+        )
+    })?;
+    if password.len() < 8 || password.len() > 256 {
+        return Err(Error::invalid("invalid_password", "a password is 8-256 characters"));
+    }
+    let password = password.to_string();
+    let hash = tokio::task::spawn_blocking(move || hash_password(&password))
+        .await
+        .map_err(|e| Error::Internal(anyhow::anyhow!("password hashing failed: {e}")))??;
+    let created = core.store.put_mqtt_user(username, &hash, role.as_str()).await?;
+    let user = core.store.find_mqtt_user(username).await?.ok_or_else(|| Error::not_found("MQTT credential", username))?;
+    tracing::info!(username, role = role.as_str(), created, "MQTT credential stored");
+    Ok((user, created))
+}
+
+pub async fn delete_user(core: &Core, username: &str) -> Result<()> {
+    if !core.store.delete_mqtt_user(username).await? {
+        return Err(Error::not_found("MQTT credential", username));
+    }
+    Ok(())
+}
+
+fn hash_password(password: &str) -> Result<String> {
+    let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>()).map_err(|e| Error::Internal(anyhow::anyhow!("salt: {e}")))?;
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| Error::Internal(anyhow::anyhow!("password hashing failed: {e}")))
+}
+
+fn verify_password(password: &str, stored: &str) -> bool {
+    // Argon2's verification compares in constant time.
+    PasswordHash::new(stored).is_ok_and(|hash| Argon2::default().verify_password(password.as_bytes(), &hash).is_ok())
+}

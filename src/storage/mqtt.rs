@@ -1,0 +1,220 @@
+//! Storage of MQTT credentials (operators and services; devices use their tokens) and of
+//! device commands.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::any::AnyRow;
+use sqlx::{AssertSqlSafe, Row};
+
+use super::{Store, db_error, from_millis, now_millis};
+use crate::domain::Result;
+use crate::domain::command::{Command, CommandState};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MqttUser {
+    pub username: String,
+    pub password_hash: String,
+    pub role: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+fn user_of(row: AnyRow) -> MqttUser {
+    MqttUser {
+        username: row.get("username"),
+        password_hash: row.get("password_hash"),
+        role: row.get("role"),
+        created_at: from_millis(row.get("created_at")),
+        updated_at: from_millis(row.get("updated_at")),
+    }
+}
+
+impl Store {
+    /// Creates or replaces a credential. Returns true when it was created.
+    pub async fn put_mqtt_user(&self, username: &str, password_hash: &str, role: &str) -> Result<bool> {
+        let now = now_millis();
+        let mut tx = self.pool.begin().await.map_err(|e| db_error(e, "failed to begin a transaction"))?;
+        let updated = sqlx::query("UPDATE mqtt_user SET password_hash = $1, role = $2, updated_at = $3 WHERE username = $4")
+            .bind(password_hash)
+            .bind(role)
+            .bind(now)
+            .bind(username)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_error(e, "failed to store an MQTT credential"))?
+            .rows_affected();
+        if updated == 0 {
+            sqlx::query("INSERT INTO mqtt_user (username, password_hash, role, created_at, updated_at) VALUES ($1, $2, $3, $4, $4)")
+                .bind(username)
+                .bind(password_hash)
+                .bind(role)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| db_error(e, "failed to store an MQTT credential"))?;
+        }
+        tx.commit().await.map_err(|e| db_error(e, "failed to store an MQTT credential"))?;
+        Ok(updated == 0)
+    }
+
+    pub async fn find_mqtt_user(&self, username: &str) -> Result<Option<MqttUser>> {
+        let row = sqlx::query("SELECT username, password_hash, role, created_at, updated_at FROM mqtt_user WHERE username = $1")
+            .bind(username)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| db_error(e, "failed to read an MQTT credential"))?;
+        Ok(row.map(user_of))
+    }
+
+    pub async fn list_mqtt_users(&self) -> Result<Vec<MqttUser>> {
+        let rows = sqlx::query("SELECT username, password_hash, role, created_at, updated_at FROM mqtt_user ORDER BY username")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db_error(e, "failed to list MQTT credentials"))?;
+        Ok(rows.into_iter().map(user_of).collect())
+    }
+
+    pub async fn delete_mqtt_user(&self, username: &str) -> Result<bool> {
+        let result = sqlx::query("DELETE FROM mqtt_user WHERE username = $1")
+            .bind(username)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db_error(e, "failed to delete an MQTT credential"))?;
+        Ok(result.rows_affected() > 0)
+    }
+}
+
+const COMMAND_COLUMNS: &str = "id, device_id, name, params, state, result, error, created_by, created_at, expires_at, completed_at";
+
+fn json_of(text: Option<String>) -> Option<Value> {
+    text.and_then(|t| serde_json::from_str(&t).ok())
+}
+
+fn command_of(row: AnyRow) -> Command {
+    Command {
+        id: row.get("id"),
+        device_id: row.get("device_id"),
+        name: row.get("name"),
+        params: json_of(row.get("params")),
+        state: CommandState::parse(&row.get::<String, _>("state")).unwrap_or(CommandState::Failed),
+        result: json_of(row.get("result")),
+        error: row.get("error"),
+        created_by: row.get("created_by"),
+        created_at: from_millis(row.get("created_at")),
+        expires_at: from_millis(row.get("expires_at")),
+        completed_at: row.get::<Option<i64>, _>("completed_at").map(from_millis),
+    }
+}
+
+impl Store {
+    pub async fn insert_command(&self, command: &Command) -> Result<()> {
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO device_command ({COMMAND_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+        )))
+        .bind(&command.id)
+        .bind(&command.device_id)
+        .bind(&command.name)
+        .bind(command.params.as_ref().map(Value::to_string))
+        .bind(command.state.as_str())
+        .bind(command.result.as_ref().map(Value::to_string))
+        .bind(command.error.as_deref())
+        .bind(&command.created_by)
+        .bind(command.created_at.timestamp_millis())
+        .bind(command.expires_at.timestamp_millis())
+        .bind(command.completed_at.map(|t| t.timestamp_millis()))
+        .execute(&self.pool)
+        .await
+        .map_err(|e| db_error(e, "failed to store a command"))?;
+        Ok(())
+    }
+
+    pub async fn find_command(&self, id: &str) -> Result<Option<Command>> {
+        let row = sqlx::query(AssertSqlSafe(format!("SELECT {COMMAND_COLUMNS} FROM device_command WHERE id = $1")))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| db_error(e, "failed to read a command"))?;
+        Ok(row.map(command_of))
+    }
+
+    /// The newest commands of a device first.
+    pub async fn list_commands(&self, device_id: &str, limit: u32, offset: u64) -> Result<(Vec<Command>, u64)> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {COMMAND_COLUMNS} FROM device_command WHERE device_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3"
+        )))
+        .bind(device_id)
+        .bind(i64::from(limit))
+        .bind(offset as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db_error(e, "failed to list commands"))?;
+        let total: i64 = sqlx::query("SELECT COUNT(*) AS n FROM device_command WHERE device_id = $1")
+            .bind(device_id)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| db_error(e, "failed to count commands"))?
+            .get("n");
+        Ok((rows.into_iter().map(command_of).collect(), total as u64))
+    }
+
+    /// Records a device's answer, unless the command already ended (answered or timed out).
+    /// Returns the command as it is now, or None when it does not exist for this device.
+    pub async fn complete_command(
+        &self,
+        id: &str,
+        device_id: &str,
+        state: CommandState,
+        result: Option<&Value>,
+        error: Option<&str>,
+    ) -> Result<Option<(Command, bool)>> {
+        let changed = sqlx::query(
+            "UPDATE device_command SET state = $1, result = $2, error = $3, completed_at = $4 \
+             WHERE id = $5 AND device_id = $6 AND state = 'sent'",
+        )
+        .bind(state.as_str())
+        .bind(result.map(Value::to_string))
+        .bind(error)
+        .bind(now_millis())
+        .bind(id)
+        .bind(device_id)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| db_error(e, "failed to record a command result"))?
+        .rows_affected()
+            > 0;
+        Ok(self.find_command(id).await?.filter(|c| c.device_id == device_id).map(|c| (c, changed)))
+    }
+
+    /// Ends every command whose deadline passed; returns them.
+    pub async fn expire_commands(&self) -> Result<Vec<Command>> {
+        let now = now_millis();
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {COMMAND_COLUMNS} FROM device_command WHERE state = 'sent' AND expires_at < $1 LIMIT 1000"
+        )))
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db_error(e, "failed to read expired commands"))?;
+        let mut expired = Vec::with_capacity(rows.len());
+        for row in rows {
+            let mut command = command_of(row);
+            let changed = sqlx::query(
+                "UPDATE device_command SET state = 'timed_out', error = 'no answer before the deadline', completed_at = $1 \
+                 WHERE id = $2 AND state = 'sent'",
+            )
+            .bind(now)
+            .bind(&command.id)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db_error(e, "failed to expire a command"))?
+            .rows_affected();
+            if changed > 0 {
+                command.state = CommandState::TimedOut;
+                command.error = Some("no answer before the deadline".into());
+                command.completed_at = Some(from_millis(now));
+                expired.push(command);
+            }
+        }
+        Ok(expired)
+    }
+}

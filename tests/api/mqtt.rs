@@ -1,0 +1,636 @@
+//! MQTT, end to end with real brokers: every scenario runs against the embedded broker and
+//! against Mosquitto (Debian package) as an external broker, which Updraft then joins as a
+//! client. Mosquitto gets a password file (made with `mosquitto_passwd`) and an ACL file,
+//! written by the test as docs/DEPLOYMENT.md describes.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use reqwest::Method;
+use rumqttc::{AsyncClient, ConnectReturnCode, Event, EventLoop, LastWill, MqttOptions, Packet, QoS};
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+const UPDRAFT_USER: &str = "updraft";
+const UPDRAFT_PASSWORD: &str = "updraft-broker-password";
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Broker {
+    Embedded,
+    Mosquitto,
+}
+
+/// A Mosquitto broker on a free loopback port, stopped by PID when dropped.
+struct Mosquitto {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    fn start() -> Mosquitto {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let passwords = dir.path().join("passwords");
+        std::fs::write(&passwords, "").unwrap();
+        add_password(&passwords, UPDRAFT_USER, UPDRAFT_PASSWORD);
+        // Devices: their own tree only (as Updraft's embedded broker enforces); Updraft: all.
+        let acl = "pattern write updraft/%u/status\npattern write updraft/%u/telemetry\npattern write updraft/%u/attributes\n\
+                   pattern write updraft/%u/ota/status\npattern write updraft/%u/cmd/result\npattern read updraft/%u/ota\n\
+                   pattern read updraft/%u/config\npattern read updraft/%u/cmd\npattern read iotsupport/updates/+\n\
+                   user updraft\ntopic readwrite #\n";
+        std::fs::write(dir.path().join("acl"), acl).unwrap();
+        let config = format!(
+            "listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\nacl_file {}\npersistence false\nmax_packet_size 8388608\n",
+            passwords.display(),
+            dir.path().join("acl").display()
+        );
+        std::fs::write(dir.path().join("mosquitto.conf"), config).unwrap();
+        let child = Command::new(mosquitto_binary())
+            .args(["-c", &dir.path().join("mosquitto.conf").display().to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto must be installed (apt-get install mosquitto); scripts/test.sh does it");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Mosquitto { child, port, dir }
+    }
+
+    /// Lets a device in: adds its id and token to the password file and reloads it.
+    fn allow(&self, username: &str, password: &str) {
+        add_password(&self.dir.path().join("passwords"), username, password);
+        let _ = Command::new("kill").args(["-HUP", &self.child.id().to_string()]).status();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn mosquitto_binary() -> String {
+    ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"].iter().find(|p| std::path::Path::new(p).exists()).unwrap_or(&"mosquitto").to_string()
+}
+
+fn add_password(file: &std::path::Path, username: &str, password: &str) {
+    let status =
+        Command::new("mosquitto_passwd").args(["-b", &file.display().to_string(), username, password]).status().expect("mosquitto_passwd");
+    assert!(status.success());
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Updraft plus the broker its devices talk to.
+struct Setup {
+    app: TestApp,
+    broker: SocketAddr,
+    mosquitto: Option<Mosquitto>,
+}
+
+async fn setup(kind: Broker) -> Setup {
+    match kind {
+        Broker::Embedded => {
+            let app = spawn_app().await;
+            let broker = app.mqtt_addr.expect("the embedded broker runs");
+            Setup { app, broker, mosquitto: None }
+        }
+        Broker::Mosquitto => {
+            let mosquitto = Mosquitto::start();
+            let port = mosquitto.port;
+            let app = spawn_app_with(|s| {
+                s.mqtt.url = Some(format!("mqtt://127.0.0.1:{port}").parse().unwrap());
+                s.mqtt.username = UPDRAFT_USER.into();
+                s.mqtt.password = Some(UPDRAFT_PASSWORD.into());
+                s.mqtt.auth_hooks = true;
+            })
+            .await;
+            assert!(app.mqtt_addr.is_none(), "the embedded broker is off with an external one");
+            let setup = Setup { app, broker: SocketAddr::from(([127, 0, 0, 1], port)), mosquitto: Some(mosquitto) };
+            setup.wait_until_connected().await;
+            setup
+        }
+    }
+}
+
+impl Setup {
+    async fn wait_until_connected(&self) {
+        for _ in 0..100 {
+            let status: Value = self.app.admin(Method::GET, "/api/v1/mqtt").send().await.unwrap().json().await.unwrap();
+            if status["connected"] == true {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("Updraft did not connect to the broker");
+    }
+
+    /// Registers a device with a token (and lets it into Mosquitto).
+    async fn device(&self, mac: &str, product: &str, version: &str) -> (String, String) {
+        let response = self
+            .app
+            .admin(Method::POST, "/api/v1/devices")
+            .json(&json!({"mac": mac, "product": product, "hardware": "esp32", "version": version, "issue_token": true}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        let body: Value = response.json().await.unwrap();
+        let (id, token) = (body["id"].as_str().unwrap().to_string(), body["token"].as_str().unwrap().to_string());
+        if let Some(m) = &self.mosquitto {
+            m.allow(&id, &token);
+        }
+        (id, token)
+    }
+
+    /// A device connected the documented way: username = id, password = token, a retained
+    /// `offline` last will, then `online`, then subscribed to its own tree.
+    async fn connect_device(&self, id: &str, token: &str) -> Client {
+        let mut options = MqttOptions::new(format!("c-{id}"), self.broker.ip().to_string(), self.broker.port());
+        options.set_credentials(id, token);
+        options.set_keep_alive(Duration::from_secs(30));
+        options.set_last_will(LastWill::new(format!("updraft/{id}/status"), "offline", QoS::AtLeastOnce, true));
+        // A reconnect that races the broker's cleanup of the previous session may get
+        // "server unavailable"; devices retry, and so does this one.
+        let mut attempts = 0;
+        let mut client = loop {
+            match Client::connect(options.clone()).await {
+                Ok(client) => break client,
+                Err(ConnectReturnCode::ServiceUnavailable) if attempts < 10 => {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(code) => panic!("the device cannot connect: {code:?}"),
+            }
+        };
+        client.client.subscribe(format!("updraft/{id}/#"), QoS::AtLeastOnce).await.unwrap();
+        client.expect_suback().await;
+        client.client.publish(format!("updraft/{id}/status"), QoS::AtLeastOnce, true, "online").await.unwrap();
+        client
+    }
+
+    async fn device_view(&self, id: &str) -> Value {
+        self.app.admin(Method::GET, &format!("/api/v1/devices/{id}")).send().await.unwrap().json().await.unwrap()
+    }
+
+    async fn wait_for_status(&self, id: &str, status: &str) {
+        for _ in 0..200 {
+            if self.device_view(id).await["status"] == status {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("device {id} never became {status}: {}", self.device_view(id).await);
+    }
+}
+
+/// A test MQTT client that records what it receives.
+struct Client {
+    client: AsyncClient,
+    eventloop: EventLoop,
+}
+
+impl Client {
+    async fn connect(options: MqttOptions) -> Result<Client, ConnectReturnCode> {
+        let (client, mut eventloop) = AsyncClient::new(options, 100);
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), eventloop.poll()).await.expect("CONNACK in time") {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    return if ack.code == ConnectReturnCode::Success { Ok(Client { client, eventloop }) } else { Err(ack.code) };
+                }
+                Ok(_) => {}
+                Err(rumqttc::ConnectionError::ConnectionRefused(code)) => return Err(code),
+                Err(e) => panic!("connection failed without a CONNACK: {e}"),
+            }
+        }
+    }
+
+    async fn expect_suback(&mut self) -> Vec<rumqttc::SubscribeReasonCode> {
+        loop {
+            if let Event::Incoming(Packet::SubAck(ack)) = self.next_event(Duration::from_secs(10)).await.expect("SUBACK in time") {
+                return ack.return_codes;
+            }
+        }
+    }
+
+    async fn next_event(&mut self, wait: Duration) -> Option<Event> {
+        match tokio::time::timeout(wait, self.eventloop.poll()).await {
+            Ok(Ok(event)) => Some(event),
+            Ok(Err(e)) => panic!("the connection broke: {e}"),
+            Err(_) => None,
+        }
+    }
+
+    /// The next message on `topic` within `wait` (others are skipped).
+    async fn message_on(&mut self, topic: &str, wait: Duration) -> Option<rumqttc::Publish> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            match self.next_event(left).await {
+                Some(Event::Incoming(Packet::Publish(p))) if p.topic == topic => return Some(p),
+                Some(_) => {}
+                None => return None,
+            }
+        }
+    }
+
+    /// The next non-empty `ota` message within `wait`.
+    async fn offer(&mut self, id: &str, wait: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let message = self.message_on(&format!("updraft/{id}/ota"), left).await?;
+            if !message.payload.is_empty() {
+                return Some(serde_json::from_slice(&message.payload).expect("ota is JSON"));
+            }
+        }
+    }
+
+    /// Keeps the connection serviced for a while (acks, pings), returning what arrived.
+    async fn drain(&mut self, wait: Duration) -> Vec<rumqttc::Publish> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut received = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return received;
+            }
+            match self.next_event(left).await {
+                Some(Event::Incoming(Packet::Publish(p))) => received.push(p),
+                Some(_) => {}
+                None => return received,
+            }
+        }
+    }
+}
+
+macro_rules! both_brokers {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::Broker::Embedded).await })*
+        }
+        mod mosquitto {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::Broker::Mosquitto).await })*
+        }
+    };
+}
+
+both_brokers!(
+    wrong_credentials_are_refused_with_a_connack_code,
+    devices_stay_in_their_own_topic_tree,
+    a_retained_offer_reaches_a_device_that_connects_later,
+    the_last_will_turns_a_device_offline,
+    a_command_round_trip_and_a_timeout,
+    a_new_build_is_pushed_only_to_the_devices_concerned,
+    update_status_telemetry_and_attributes_flow_in,
+);
+
+async fn wrong_credentials_are_refused_with_a_connack_code(kind: Broker) {
+    let s = setup(kind).await;
+    let (id, token) = s.device("02:00:00:00:60:01", "lamp", "1.0.0").await;
+    let mut options = MqttOptions::new("wrong", s.broker.ip().to_string(), s.broker.port());
+    options.set_credentials(id.clone(), format!("{token}x"));
+    let code = Client::connect(options).await.err().expect("a wrong token is refused");
+    match kind {
+        // Updraft's broker says exactly what is wrong (3.1.1 return code 4).
+        Broker::Embedded => assert_eq!(code, ConnectReturnCode::BadUserNamePassword),
+        // Mosquitto answers 5 ("not authorised") for a wrong password; refused all the same.
+        Broker::Mosquitto => assert!(matches!(code, ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized)),
+    }
+    // The right token of another device does not open this one's name.
+    let (_, other_token) = s.device("02:00:00:00:60:02", "lamp", "1.0.0").await;
+    let mut options = MqttOptions::new("swap", s.broker.ip().to_string(), s.broker.port());
+    options.set_credentials(id.clone(), other_token);
+    assert!(Client::connect(options).await.is_err());
+    if kind == Broker::Embedded {
+        // MQTT 5: reason 0x86.
+        let mut options = rumqttc::v5::MqttOptions::new("v5", s.broker.ip().to_string(), s.broker.port());
+        options.set_credentials(id.clone(), "nope");
+        let (_client, mut eventloop) = rumqttc::v5::AsyncClient::new(options, 10);
+        let refused = loop {
+            match tokio::time::timeout(Duration::from_secs(10), eventloop.poll()).await.unwrap() {
+                Ok(rumqttc::v5::Event::Incoming(rumqttc::v5::mqttbytes::v5::Packet::ConnAck(ack))) => break ack.code,
+                Ok(_) => {}
+                Err(rumqttc::v5::ConnectionError::ConnectionRefused(code)) => break code,
+                Err(e) => panic!("no CONNACK: {e}"),
+            }
+        };
+        assert_eq!(refused, rumqttc::v5::mqttbytes::v5::ConnectReturnCode::BadUserNamePassword);
+        // The token alone as the username (how ThingsBoard devices connect) works.
+        let mut options = MqttOptions::new("tb-style", s.broker.ip().to_string(), s.broker.port());
+        options.set_credentials(token, "");
+        assert!(Client::connect(options).await.is_ok());
+    }
+    s.app.stop().await;
+}
+
+async fn devices_stay_in_their_own_topic_tree(kind: Broker) {
+    let s = setup(kind).await;
+    let (a, a_token) = s.device("02:00:00:00:61:01", "lamp", "1.0.0").await;
+    let (b, b_token) = s.device("02:00:00:00:61:02", "lamp", "1.0.0").await;
+    let mut device_a = s.connect_device(&a, &a_token).await;
+    let mut device_b = s.connect_device(&b, &b_token).await;
+
+    // A may not read B's commands.
+    device_a.client.subscribe(format!("updraft/{b}/cmd"), QoS::AtLeastOnce).await.unwrap();
+    let codes = device_a.expect_suback().await;
+    if kind == Broker::Embedded {
+        assert_eq!(codes, vec![rumqttc::SubscribeReasonCode::Failure], "a foreign subscription is refused in the SUBACK");
+    }
+    device_a.client.subscribe("updraft/+/telemetry", QoS::AtLeastOnce).await.unwrap();
+    let codes = device_a.expect_suback().await;
+    if kind == Broker::Embedded {
+        assert_eq!(codes, vec![rumqttc::SubscribeReasonCode::Failure]);
+    }
+    // A may not publish as B, nor forge its own offer.
+    device_a.client.publish(format!("updraft/{b}/telemetry"), QoS::AtLeastOnce, false, r#"{"forged":true}"#).await.unwrap();
+    device_a.client.publish(format!("updraft/{a}/ota"), QoS::AtLeastOnce, true, r#"{"update":{"url":"http://evil"}}"#).await.unwrap();
+    device_a.drain(Duration::from_millis(500)).await;
+    // Neither B nor the server saw anything (B listens to its own tree; a command to A still works).
+    let seen = device_b.drain(Duration::from_millis(500)).await;
+    assert!(seen.iter().all(|p| !p.payload.starts_with(b"{\"forged")), "B received a forged message");
+    let telemetry = s.app.admin(Method::GET, &format!("/api/v1/devices/{b}/telemetry")).send().await.unwrap();
+    assert_eq!(telemetry.status(), 404, "the forged telemetry must not be recorded");
+    if kind == Broker::Embedded {
+        let metrics = s.app.client.get(s.app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        assert!(metrics.contains("updraft_mqtt_acl_denied_total{action=\"publish\"}"), "refused publishes are counted");
+    }
+    s.app.stop().await;
+}
+
+async fn a_retained_offer_reaches_a_device_that_connects_later(kind: Broker) {
+    let s = setup(kind).await;
+    let (id, token) = s.device("02:00:00:00:62:01", "lamp", "1.0.0").await;
+    let build = random_bytes(50_000, 62);
+    let artifact = s.app.create_artifact(build.clone(), "product=lamp&version=1.2.0&hardware=esp32").await;
+    // The device was offline when the build arrived; it connects now.
+    let mut device = s.connect_device(&id, &token).await;
+    let offer = device.offer(&id, Duration::from_secs(10)).await.expect("the pending offer arrives");
+    assert_eq!(offer["update"]["version"], "1.2.0");
+    assert_eq!(offer["update"]["sha256"], artifact["sha256"]);
+    assert_eq!(offer["update"]["size"], build.len());
+    let bytes = s.app.client.get(offer["update"]["url"].as_str().unwrap()).send().await.unwrap().bytes().await.unwrap();
+    assert_eq!(bytes.as_ref(), build.as_slice(), "the signed URL in the offer downloads the build");
+    // A second connection of the same device finds the offer retained.
+    drop(device);
+    let mut again = s.connect_device(&id, &token).await;
+    let retained = again.offer(&id, Duration::from_secs(10)).await.expect("the retained offer");
+    assert_eq!(retained["update"]["version"], "1.2.0");
+    s.app.stop().await;
+}
+
+async fn the_last_will_turns_a_device_offline(kind: Broker) {
+    let s = setup(kind).await;
+    let (id, token) = s.device("02:00:00:00:63:01", "lamp", "1.0.0").await;
+    let mut device = s.connect_device(&id, &token).await;
+    device.drain(Duration::from_millis(200)).await;
+    s.wait_for_status(&id, "online").await;
+    // The connection dies without DISCONNECT: the broker publishes the will.
+    drop(device);
+    s.wait_for_status(&id, "offline").await;
+    s.app.stop().await;
+}
+
+async fn a_command_round_trip_and_a_timeout(kind: Broker) {
+    let s = setup(kind).await;
+    let (id, token) = s.device("02:00:00:00:64:01", "lamp", "1.0.0").await;
+    let mut device = s.connect_device(&id, &token).await;
+    device.drain(Duration::from_millis(300)).await;
+    let app = s.app.client.clone();
+    let url = s.app.url(&format!("/api/v1/devices/{id}/commands"));
+    let request = tokio::spawn(async move {
+        app.post(url).bearer_auth(ADMIN_KEY).json(&json!({"name": "ping", "params": {"n": 1}, "wait_s": 10})).send().await.unwrap()
+    });
+    let command = device.message_on(&format!("updraft/{id}/cmd"), Duration::from_secs(10)).await.expect("the command arrives");
+    let command: Value = serde_json::from_slice(&command.payload).unwrap();
+    assert_eq!(command["name"], "ping");
+    assert_eq!(command["params"]["n"], 1);
+    let answer = json!({"id": command["id"], "ok": true, "result": {"pong": true}});
+    device.client.publish(format!("updraft/{id}/cmd/result"), QoS::AtLeastOnce, false, answer.to_string()).await.unwrap();
+    let pump = tokio::spawn(async move {
+        device.drain(Duration::from_secs(4)).await;
+        device
+    });
+    let response = request.await.unwrap();
+    assert_eq!(response.status(), 200);
+    let done: Value = response.json().await.unwrap();
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["result"]["pong"], true);
+    let _device = pump.await.unwrap();
+
+    // Nobody answers this one.
+    let response = s
+        .app
+        .admin(Method::POST, &format!("/api/v1/devices/{id}/commands"))
+        .json(&json!({"name": "reboot", "timeout_s": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let sent: Value = response.json().await.unwrap();
+    let mut state = Value::Null;
+    for _ in 0..100 {
+        let command: Value = s
+            .app
+            .admin(Method::GET, &format!("/api/v1/devices/{id}/commands/{}", sent["id"].as_str().unwrap()))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        state = command["state"].clone();
+        if state == "timed_out" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(state, "timed_out");
+    // Bad requests are 4xx in the usual shape.
+    let response =
+        s.app.admin(Method::POST, &format!("/api/v1/devices/{id}/commands")).json(&json!({"name": "Bad Name"})).send().await.unwrap();
+    assert_eq!(response.status(), 400);
+    let response = s.app.admin(Method::POST, "/api/v1/devices/nope/commands").json(&json!({"name": "ping"})).send().await.unwrap();
+    assert_eq!(response.status(), 404);
+    s.app.stop().await;
+}
+
+async fn a_new_build_is_pushed_only_to_the_devices_concerned(kind: Broker) {
+    let s = setup(kind).await;
+    let (a1, t1) = s.device("02:00:00:00:65:01", "lamp", "1.0.0").await;
+    let (a2, t2) = s.device("02:00:00:00:65:02", "lamp", "1.0.0").await;
+    let (b1, t3) = s.device("02:00:00:00:65:03", "fan", "1.0.0").await;
+    let mut d1 = s.connect_device(&a1, &t1).await;
+    let mut d2 = s.connect_device(&a2, &t2).await;
+    let mut d3 = s.connect_device(&b1, &t3).await;
+    for d in [&mut d1, &mut d2, &mut d3] {
+        d.drain(Duration::from_millis(300)).await;
+    }
+    s.app.create_artifact(random_bytes(10_000, 65), "product=lamp&version=1.1.0&hardware=esp32").await;
+    assert_eq!(d1.offer(&a1, Duration::from_secs(10)).await.expect("lamp 1 is offered")["update"]["version"], "1.1.0");
+    assert_eq!(d2.offer(&a2, Duration::from_secs(10)).await.expect("lamp 2 is offered")["update"]["version"], "1.1.0");
+    assert!(d3.offer(&b1, Duration::from_millis(1500)).await.is_none(), "the fan is not concerned");
+    // A pin concerns one device only.
+    s.app.create_artifact(random_bytes(10_000, 66), "product=lamp&version=0.9.0&hardware=esp32").await;
+    let response =
+        s.app.admin(Method::PATCH, &format!("/api/v1/devices/{a2}")).json(&json!({"target_version": "0.9.0"})).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(d2.offer(&a2, Duration::from_secs(10)).await.expect("the pinned device")["update"]["version"], "0.9.0");
+    assert!(d1.offer(&a1, Duration::from_millis(1500)).await.is_none(), "the other lamp keeps its offer");
+    s.app.stop().await;
+}
+
+async fn update_status_telemetry_and_attributes_flow_in(kind: Broker) {
+    let s = setup(kind).await;
+    let (id, token) = s.device("02:00:00:00:66:01", "lamp", "1.0.0").await;
+    let artifact = s.app.create_artifact(random_bytes(10_000, 67), "product=lamp&version=1.1.0&hardware=esp32").await;
+    let mut device = s.connect_device(&id, &token).await;
+    let offer = device.offer(&id, Duration::from_secs(10)).await.expect("offer");
+    assert_eq!(offer["update"]["release_id"], artifact["id"]);
+    for state in ["downloading", "installing", "installed"] {
+        let report = json!({"release_id": artifact["id"], "state": state});
+        device.client.publish(format!("updraft/{id}/ota/status"), QoS::AtLeastOnce, false, report.to_string()).await.unwrap();
+    }
+    device.client.publish(format!("updraft/{id}/telemetry"), QoS::AtLeastOnce, false, r#"{"temp":21.5}"#).await.unwrap();
+    device.client.publish(format!("updraft/{id}/attributes"), QoS::AtLeastOnce, false, r#"{"rssi":-61}"#).await.unwrap();
+    device.client.publish(format!("updraft/{id}/telemetry"), QoS::AtLeastOnce, false, "not json").await.unwrap();
+    device.drain(Duration::from_millis(800)).await;
+    let history: Value = s.app.admin(Method::GET, &format!("/api/v1/devices/{id}/updates")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(history["items"][0]["state"], "installed", "{history}");
+    let telemetry: Value = s.app.admin(Method::GET, &format!("/api/v1/devices/{id}/telemetry")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(telemetry["telemetry"]["temp"], 21.5, "bad JSON does not replace the last good message");
+    assert_eq!(s.device_view(&id).await["attributes"]["rssi"], -61);
+    s.app.stop().await;
+}
+
+// ---- embedded only ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_000_devices_receive_the_image_and_report_flashing() {
+    let s = setup(Broker::Embedded).await;
+    let mac = "aa:bb:cc:00:00:01";
+    let (id, _) = s.device(mac, "gateway-fw", "1.0.0").await;
+    let build = random_bytes(200_000, 70);
+    s.app.create_artifact(build.clone(), "product=gateway-fw&version=1.1.0&hardware=esp32").await;
+    let response = s
+        .app
+        .admin(Method::PUT, "/api/v1/mqtt/users/firmware-server-dev")
+        .json(&json!({"password": "test123-long", "role": "gateway"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    // The seed's device mock: a shared credential, `{mac}/firmware`, keepalive pings, then
+    // flashing → idle → done.
+    let mut options = MqttOptions::new("mock", s.broker.ip().to_string(), s.broker.port());
+    options.set_credentials("firmware-server-dev", "test123-long");
+    options.set_max_packet_size(8 << 20, 8 << 20);
+    let mut mock = Client::connect(options).await.expect("the gateway credential connects");
+    mock.client.subscribe(format!("{mac}/firmware"), QoS::AtLeastOnce).await.unwrap();
+    assert_eq!(mock.expect_suback().await, vec![rumqttc::SubscribeReasonCode::Success(QoS::AtLeastOnce)]);
+    mock.client.publish(format!("{mac}/keepalive"), QoS::AtLeastOnce, false, "ping").await.unwrap();
+    let image = mock.message_on(&format!("{mac}/firmware"), Duration::from_secs(10)).await.expect("the image arrives");
+    assert_eq!(image.payload.as_ref(), build.as_slice());
+    for state in ["flashing", "idle", "done"] {
+        mock.client.publish(format!("{mac}/flashing/status"), QoS::AtLeastOnce, false, state).await.unwrap();
+    }
+    mock.drain(Duration::from_millis(800)).await;
+    let history: Value = s.app.admin(Method::GET, &format!("/api/v1/devices/{id}/updates")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(history["items"][0]["state"], "succeeded", "{history}");
+    assert_eq!(s.device_view(&id).await["version"], "1.1.0");
+    // More pings do not resend the image.
+    mock.client.publish(format!("{mac}/keepalive"), QoS::AtLeastOnce, false, "ping").await.unwrap();
+    assert!(mock.message_on(&format!("{mac}/firmware"), Duration::from_millis(1000)).await.is_none());
+    s.app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_003_notifications_and_config_pushes() {
+    let s = setup(Broker::Embedded).await;
+    let (id, token) = s.device("02:00:00:00:67:01", "lamp", "1.0.0").await;
+    s.app
+        .admin(Method::PUT, "/api/v1/mqtt/users/nodered")
+        .json(&json!({"password": "reader-password", "role": "fleet-read"}))
+        .send()
+        .await
+        .unwrap();
+    let mut options = MqttOptions::new("reader", s.broker.ip().to_string(), s.broker.port());
+    options.set_credentials("nodered", "reader-password");
+    let mut reader = Client::connect(options).await.unwrap();
+    reader.client.subscribe("iotsupport/updates/+", QoS::AtLeastOnce).await.unwrap();
+    assert_eq!(reader.expect_suback().await, vec![rumqttc::SubscribeReasonCode::Success(QoS::AtLeastOnce)]);
+    reader.client.subscribe("updraft/+/cmd", QoS::AtLeastOnce).await.unwrap();
+    assert_eq!(reader.expect_suback().await, vec![rumqttc::SubscribeReasonCode::Failure], "a reader may not read commands");
+    let mut device = s.connect_device(&id, &token).await;
+    device.drain(Duration::from_millis(300)).await;
+
+    let response = s
+        .app
+        .admin(Method::PUT, "/api/configs/02-00-00-00-67-01")
+        .json(&json!({"content": {"deviceName": "lamp-1", "brightness": 7}}))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.text().await.unwrap());
+    let note = reader.message_on("iotsupport/updates/configs", Duration::from_secs(10)).await.expect("the seed-003 notification");
+    assert_eq!(serde_json::from_slice::<Value>(&note.payload).unwrap(), json!({"filename": "02-00-00-00-67-01.json"}));
+    assert_eq!(note.qos, QoS::AtLeastOnce);
+    let config = device.message_on(&format!("updraft/{id}/config"), Duration::from_secs(10)).await.expect("the config push");
+    let config: Value = serde_json::from_slice(&config.payload).unwrap();
+    assert_eq!(config["config"]["brightness"], 7);
+    s.app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_broker_auth_hooks_answer_like_mosquitto_go_auth_and_emqx() {
+    let s = setup(Broker::Mosquitto).await;
+    let (id, token) = s.device("02:00:00:00:68:01", "lamp", "1.0.0").await;
+    let post = |path: &str, body: Value| s.app.client.post(s.app.url(path)).json(&body).send();
+    let ok = post("/api/v1/mqtt/hooks/mosquitto/user", json!({"username": id, "password": token, "clientid": "x"})).await.unwrap();
+    assert_eq!(ok.status(), 200);
+    let bad = post("/api/v1/mqtt/hooks/mosquitto/user", json!({"username": id, "password": "wrong", "clientid": "x"})).await.unwrap();
+    assert_eq!(bad.status(), 403);
+    let acl = |topic: String, acc: u8| {
+        post("/api/v1/mqtt/hooks/mosquitto/acl", json!({"username": id, "clientid": "x", "topic": topic, "acc": acc}))
+    };
+    assert_eq!(acl(format!("updraft/{id}/telemetry"), 2).await.unwrap().status(), 200);
+    assert_eq!(acl("updraft/other/telemetry".into(), 2).await.unwrap().status(), 403);
+    assert_eq!(acl(format!("updraft/{id}/ota"), 4).await.unwrap().status(), 200);
+    let form = s
+        .app
+        .client
+        .post(s.app.url("/api/v1/mqtt/hooks/mosquitto/superuser"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("username={UPDRAFT_USER}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form.status(), 200, "Updraft's own user is the superuser");
+    let authn: Value =
+        post("/api/v1/mqtt/hooks/emqx/authn", json!({"username": id, "password": token})).await.unwrap().json().await.unwrap();
+    assert_eq!(authn, json!({"result": "allow", "is_superuser": false}));
+    let authz: Value = post("/api/v1/mqtt/hooks/emqx/authz", json!({"username": id, "topic": "updraft/other/cmd", "action": "subscribe"}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(authz, json!({"result": "deny"}));
+    s.app.stop().await;
+}
