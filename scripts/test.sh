@@ -175,6 +175,20 @@ if [[ -z "$PG_BIN" ]]; then
   [[ -n "$PG_BIN" ]] || die "PostgreSQL installed but no /usr/lib/postgresql/*/bin/initdb found (see $LOG_DIR/apt-install.log)"
 fi
 
+# Mosquitto: the MQTT tests run every scenario against it too (each test starts its own on
+# a free port). The package must not start its system service: that would take port 1883,
+# the default of Updraft's embedded broker.
+if ! command -v mosquitto >/dev/null 2>&1 && [[ ! -x /usr/sbin/mosquitto ]]; then
+  say "installing mosquitto (apt)"
+  policy_created=
+  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && policy_created=1
+  fi
+  apt_install mosquitto mosquitto-clients
+  [[ -n "$policy_created" ]] && rm -f /usr/sbin/policy-rc.d
+  if command -v systemctl >/dev/null 2>&1; then systemctl disable --now mosquitto >/dev/null 2>&1 || true; fi
+fi
+
 MOTO_SERVER=$(command -v moto_server || true)
 if [[ -z "$MOTO_SERVER" ]]; then
   say "installing moto[server] (pip)"

@@ -76,7 +76,7 @@ pub struct MqttUserList {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PutUserBody {
-    /// 8-256 characters; stored only as an Argon2id hash.
+    /// 6-256 characters (prefer long ones); stored only as an Argon2id hash.
     pub password: String,
     /// `fleet-read` (subscribe to every device's messages), `gateway` (seed-000 topics of any
     /// MAC) or `admin` (everything).

@@ -531,7 +531,7 @@ async fn seed_000_devices_receive_the_image_and_report_flashing() {
     let response = s
         .app
         .admin(Method::PUT, "/api/v1/mqtt/users/firmware-server-dev")
-        .json(&json!({"password": "test123-long", "role": "gateway"}))
+        .json(&json!({"password": "test123", "role": "gateway"}))
         .send()
         .await
         .unwrap();
@@ -539,7 +539,7 @@ async fn seed_000_devices_receive_the_image_and_report_flashing() {
     // The seed's device mock: a shared credential, `{mac}/firmware`, keepalive pings, then
     // flashing → idle → done.
     let mut options = MqttOptions::new("mock", s.broker.ip().to_string(), s.broker.port());
-    options.set_credentials("firmware-server-dev", "test123-long");
+    options.set_credentials("firmware-server-dev", "test123");
     options.set_max_packet_size(8 << 20, 8 << 20);
     let mut mock = Client::connect(options).await.expect("the gateway credential connects");
     mock.client.subscribe(format!("{mac}/firmware"), QoS::AtLeastOnce).await.unwrap();
