@@ -189,6 +189,18 @@ if ! command -v mosquitto >/dev/null 2>&1 && [[ ! -x /usr/sbin/mosquitto ]]; the
   if command -v systemctl >/dev/null 2>&1; then systemctl disable --now mosquitto >/dev/null 2>&1 || true; fi
 fi
 
+# The real ThingsBoard device SDK (tests/clients/tb_device.py) in its own venv: it ships its
+# own paho, which must not meet another one.
+TB_VENV="$ROOT/target/venv-tb"
+if [[ ! -x "$TB_VENV/bin/python" ]] || ! "$TB_VENV/bin/python" -c 'import tb_device_mqtt, mmh3' >/dev/null 2>&1; then
+  say "installing tb-mqtt-client (pip, in $TB_VENV)"
+  if ! python3 -c 'import ensurepip' >/dev/null 2>&1; then apt_install python3-venv; fi
+  rm -rf "$TB_VENV"
+  run_logged pip-install python3 -m venv "$TB_VENV"
+  run_logged pip-install "$TB_VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-input tb-mqtt-client mmh3
+fi
+export UPDRAFT_TEST_TB_PYTHON="$TB_VENV/bin/python"
+
 MOTO_SERVER=$(command -v moto_server || true)
 if [[ -z "$MOTO_SERVER" ]]; then
   say "installing moto[server] (pip)"

@@ -24,6 +24,9 @@ pub enum Principal {
     User { name: String, role: Role },
     /// Updraft itself (its own client connection).
     Server,
+    /// A ThingsBoard provisioning session (username `provision`, embedded broker only): it
+    /// may ask for a token and read the answer, nothing else.
+    Provision,
 }
 
 /// Roles of operator and service credentials.
@@ -79,6 +82,10 @@ pub fn allowed(principal: &Principal, access: Access, topic: &str) -> bool {
     let fits = |patterns: &[String]| patterns.iter().any(|pattern| covers(pattern, topic));
     match principal {
         Principal::Server => true,
+        Principal::Provision => match access {
+            Access::Publish => topic == "/provision/request",
+            Access::Subscribe => topic == "/provision/response",
+        },
         Principal::User { role: Role::Admin, .. } => true,
         Principal::User { role: Role::FleetRead, .. } => {
             access == Access::Subscribe

@@ -10,15 +10,17 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use rmqtt::codec::v5::PublishAckReason;
 use rmqtt::codec::v5::SubscribeAckReason;
 use rmqtt::context::ServerContext;
 use rmqtt::hook::{Handler, HookResult, Parameter, ReturnType, Type};
 use rmqtt::net::Builder;
 use rmqtt::retain::{DefaultRetainStorage, RetainStorage};
 use rmqtt::server::MqttServer;
-use rmqtt::types::{AuthResult, Id, PublishAclResult, Retain, SubscribeAclResult, TopicFilter, TopicName};
+use rmqtt::types::{AuthResult, Id, PublishAclResult, PublishResult, Retain, SubscribeAclResult, TopicFilter, TopicName};
 
 use super::bus::Bus;
+use super::thingsboard::{self, ThingsBoard};
 use crate::config::{MqttSettings, TlsSettings};
 use crate::domain::mqtt::{self, Access, Principal};
 use crate::services::Core;
@@ -54,7 +56,8 @@ impl Broker {
         let scx = ServerContext::new().mqtt_max_sessions(settings.max_connections as isize).build().await;
         *scx.extends.retain_mut().await = Box::new(MemoryRetain(DefaultRetainStorage::new()));
 
-        let hooks = Arc::new(Hooks { core, server, principals: Mutex::default(), sessions: Mutex::default(), bus });
+        let tb = ThingsBoard::new(core.clone(), scx.clone(), settings.max_packet_bytes as usize);
+        let hooks = Arc::new(Hooks { core, server, principals: Mutex::default(), sessions: Mutex::default(), bus, tb });
         let register = scx.extends.hook_mgr().register();
         for typ in [
             Type::ClientAuthenticate,
@@ -115,6 +118,11 @@ impl Broker {
         self.scx.sessions.count()
     }
 
+    /// The ThingsBoard device API of this broker.
+    pub fn thingsboard(&self) -> Arc<ThingsBoard> {
+        self.hooks.tb.clone()
+    }
+
     /// Whether a device holds a session right now.
     pub fn session_checker(&self) -> super::handler::SessionCheck {
         let hooks = self.hooks.clone();
@@ -137,6 +145,8 @@ struct Hooks {
     sessions: Mutex<HashMap<String, u32>>,
     /// Set once Updraft's own client exists (it connects to this broker, so it comes second).
     bus: Arc<OnceLock<Bus>>,
+    /// The ThingsBoard device API (answered in the hooks).
+    tb: Arc<ThingsBoard>,
 }
 
 struct HookHandler(Arc<Hooks>);
@@ -150,6 +160,12 @@ impl Handler for HookHandler {
                 let username = info.username().map(|u| u.to_string());
                 let password = info.password().map(|p| p.to_vec());
                 let ip = info.ipaddress().map(|a| a.ip());
+                // ThingsBoard provisioning: username (or client id) `provision`, no password.
+                let provisioning = username.as_deref() == Some("provision") || (username.is_none() && &**info.client_id() == "provision");
+                if provisioning && password.as_deref().is_none_or(|p| p.is_empty()) {
+                    hooks.principals.lock().expect("principals lock").insert(info.id().clone(), Principal::Provision);
+                    return (false, Some(HookResult::AuthResult(AuthResult::Allow(false, None))));
+                }
                 let outcome = mqtt_auth::authenticate(&hooks.core, Some(&hooks.server), username.as_deref(), password.as_deref(), ip).await;
                 match outcome {
                     Ok(principal) => {
@@ -168,7 +184,13 @@ impl Handler for HookHandler {
                 }
             }
             Parameter::ClientSubscribeCheckAcl(session, subscribe) => {
-                let allowed = hooks.allowed(&session.id, Access::Subscribe, &subscribe.topic_filter);
+                let filter: &str = &subscribe.topic_filter;
+                let device = hooks.device_of(&session.id);
+                if let Some(device_id) = device.as_deref().filter(|_| thingsboard::device_filter(filter)) {
+                    hooks.tb.subscribed(device_id, &session.id.client_id, filter);
+                    return (false, Some(HookResult::SubscribeAclResult(SubscribeAclResult::new_success(subscribe.opts.qos(), None))));
+                }
+                let allowed = hooks.allowed(&session.id, Access::Subscribe, filter);
                 if allowed {
                     (false, Some(HookResult::SubscribeAclResult(SubscribeAclResult::new_success(subscribe.opts.qos(), None))))
                 } else {
@@ -178,7 +200,31 @@ impl Handler for HookHandler {
                 }
             }
             Parameter::MessagePublishCheckAcl(session, publish) => {
-                if hooks.allowed(&session.id, Access::Publish, &publish.topic) {
+                let topic: &str = &publish.topic;
+                // ThingsBoard-style requests are answered here and never routed: every device
+                // uses the same topic names.
+                let answered = || {
+                    (
+                        false,
+                        Some(HookResult::PublishAclResult(PublishAclResult(PublishResult::reason_code(
+                            PublishAckReason::NoMatchingSubscribers,
+                            None,
+                            false,
+                        )))),
+                    )
+                };
+                if let Some(device_id) = hooks.device_of(&session.id).filter(|_| thingsboard::device_topic(topic)) {
+                    if let Err(e) = hooks.tb.on_device_publish(&device_id, &session.id.client_id, topic, &publish.payload).await {
+                        metrics::counter!("updraft_mqtt_messages_refused_total", "kind" => "thingsboard").increment(1);
+                        tracing::info!(%device_id, topic, error = %e, "ThingsBoard-style message refused");
+                    }
+                    return answered();
+                }
+                if topic == thingsboard::PROVISION_REQUEST && hooks.is_provisioning(&session.id) {
+                    hooks.tb.provision(&session.id.client_id, session.id.remote_addr.map(|a| a.ip()), &publish.payload).await;
+                    return answered();
+                }
+                if hooks.allowed(&session.id, Access::Publish, topic) {
                     (false, Some(HookResult::PublishAclResult(PublishAclResult::allow())))
                 } else {
                     metrics::counter!("updraft_mqtt_acl_denied_total", "action" => "publish").increment(1);
@@ -206,6 +252,11 @@ impl Handler for HookHandler {
             }
             Parameter::ClientDisconnected(session, _reason) => {
                 let principal = hooks.principals.lock().expect("principals lock").remove(&session.id);
+                let device_id = match &principal {
+                    Some(Principal::Device { id, .. }) => Some(id.as_str()),
+                    _ => None,
+                };
+                hooks.tb.disconnected(device_id, &session.id.client_id);
                 if let Some(Principal::Device { id, .. }) = principal {
                     let last = {
                         let mut sessions = hooks.sessions.lock().expect("sessions lock");
@@ -238,6 +289,17 @@ impl Hooks {
             Some(bus) => bus.announce_status(device_id, online),
             None => tracing::warn!(device_id, online, "a device's MQTT status changed before Updraft's client was up"),
         }
+    }
+
+    fn device_of(&self, id: &Id) -> Option<String> {
+        match self.principals.lock().expect("principals lock").get(id) {
+            Some(Principal::Device { id, .. }) => Some(id.clone()),
+            _ => None,
+        }
+    }
+
+    fn is_provisioning(&self, id: &Id) -> bool {
+        matches!(self.principals.lock().expect("principals lock").get(id), Some(Principal::Provision))
     }
 
     fn allowed(&self, id: &Id, access: Access, topic: &str) -> bool {

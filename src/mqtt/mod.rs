@@ -12,6 +12,7 @@ pub mod broker;
 pub mod bus;
 pub mod handler;
 pub mod push;
+pub mod thingsboard;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, OnceLock};
@@ -102,7 +103,8 @@ impl Mqtt {
                 format!("{scheme}://{http_addr}")
             }
         };
-        let pusher = Arc::new(push::Pusher::new(core.clone(), bus.clone(), base_url, mqtt.max_packet_bytes as usize));
+        let tb = broker.as_ref().map(Broker::thingsboard);
+        let pusher = Arc::new(push::Pusher::new(core.clone(), bus.clone(), base_url, mqtt.max_packet_bytes as usize, tb));
         let handler = Arc::new(handler::Handler { pusher: pusher.clone(), holds_session: broker.as_ref().map(Broker::session_checker) });
         let mut senders = Vec::with_capacity(bus::WORKERS);
         for _ in 0..bus::WORKERS {

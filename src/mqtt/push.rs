@@ -59,10 +59,18 @@ pub struct Pusher {
     last_ota: Mutex<HashMap<Arc<str>, u64>>,
     last_config: Mutex<HashMap<Arc<str>, u64>>,
     legacy: Mutex<HashMap<Arc<str>, Legacy>>,
+    /// The embedded broker's ThingsBoard API: offers go to those sessions as shared attributes.
+    tb: Option<Arc<super::thingsboard::ThingsBoard>>,
 }
 
 impl Pusher {
-    pub fn new(core: Core, bus: Bus, base_url: String, max_packet_bytes: usize) -> Pusher {
+    pub fn new(
+        core: Core,
+        bus: Bus,
+        base_url: String,
+        max_packet_bytes: usize,
+        tb: Option<Arc<super::thingsboard::ThingsBoard>>,
+    ) -> Pusher {
         Pusher {
             core,
             bus,
@@ -71,6 +79,7 @@ impl Pusher {
             last_ota: Mutex::default(),
             last_config: Mutex::default(),
             legacy: Mutex::default(),
+            tb,
         }
     }
 
@@ -110,6 +119,11 @@ impl Pusher {
         if changed || force {
             self.bus.publish(mqtt::ota_topic(&device.id), payload, true).await?;
             metrics::counter!("updraft_mqtt_pushes_total", "kind" => "ota").increment(1);
+            if let (Some(tb), Some(offer)) = (&self.tb, &answer.offer)
+                && tb.has_session(&device.id)
+            {
+                tb.push_offer(&device.id, offer).await;
+            }
         }
         if let (Some(legacy), Some(offer)) = (legacy, &answer.offer)
             && legacy.sent_attempt.as_deref() != Some(offer.attempt_id.as_str())

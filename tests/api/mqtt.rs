@@ -634,3 +634,74 @@ async fn external_broker_auth_hooks_answer_like_mosquitto_go_auth_and_emqx() {
     assert_eq!(authz, json!({"result": "deny"}));
     s.app.stop().await;
 }
+
+/// A Python with the real ThingsBoard device SDK: `UPDRAFT_TEST_TB_PYTHON`, else a venv made
+/// once under target/ (pip install tb-mqtt-client mmh3, as real-clients.md says).
+fn thingsboard_python() -> String {
+    if let Ok(python) = std::env::var("UPDRAFT_TEST_TB_PYTHON") {
+        return python;
+    }
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/venv-tb");
+    let python = venv.join("bin/python");
+    if !python.exists() {
+        let ok = Command::new("python3").args(["-m", "venv", &venv.display().to_string()]).status().is_ok_and(|s| s.success())
+            && Command::new(&python)
+                .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "tb-mqtt-client", "mmh3"])
+                .status()
+                .is_ok_and(|s| s.success());
+        assert!(ok, "cannot install tb-mqtt-client into {}", venv.display());
+    }
+    python.display().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_thingsboard_sdk_provisions_and_updates_its_firmware_over_mqtt() {
+    let s = setup(Broker::Embedded).await;
+    let response = s
+        .app
+        .admin(Method::PUT, "/api/v1/products/tbdev")
+        .json(&json!({"provisioning": "key", "provision_key": "tb-key-2026", "provision_secret": "tb-secret-0123456789"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.text().await.unwrap());
+    let build = random_bytes(40_000, 71);
+    s.app.create_artifact(build.clone(), "product=tbdev&version=2.0.0&hardware=esp32").await;
+    let python = thingsboard_python();
+    // The SDK's default (the whole image in one message), then 8 KiB chunks.
+    for (mac, chunk_size) in [("02:00:00:00:71:01", "0"), ("02:00:00:00:71:02", "8192")] {
+        let response = s
+            .app
+            .admin(Method::POST, "/api/v1/devices")
+            .json(&json!({"mac": mac, "product": "tbdev", "hardware": "esp32", "version": "1.0.0"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        let id = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+        let workdir = tempfile::tempdir().unwrap();
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/tb_device.py");
+        let output = tokio::process::Command::new(&python)
+            .arg(script)
+            .args([&s.broker.ip().to_string(), &s.broker.port().to_string(), "tb-key-2026", "tb-secret-0123456789", mac])
+            .arg(workdir.path())
+            .env("TB_CHUNK_SIZE", chunk_size)
+            .output();
+        let output = tokio::time::timeout(Duration::from_secs(120), output).await.expect("the SDK finishes").unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let last = stdout.lines().last().unwrap_or_default();
+        let result: Value = serde_json::from_str(last)
+            .unwrap_or_else(|_| panic!("no result from the SDK: {stdout}\n{}", String::from_utf8_lossy(&output.stderr)));
+        assert_eq!(result["state"], "UPDATED", "{result}\n{}", String::from_utf8_lossy(&output.stderr));
+        assert_eq!(result["fw_version"], "2.0.0");
+        assert_eq!(result["fw_title"], "tbdev");
+        assert_eq!(result["size"], build.len());
+        assert_eq!(std::fs::read(workdir.path().join("tbdev")).unwrap(), build, "the SDK wrote the exact image");
+        let history: Value = s.app.admin(Method::GET, &format!("/api/v1/devices/{id}/updates")).send().await.unwrap().json().await.unwrap();
+        assert_eq!(history["items"][0]["state"], "succeeded", "{history}");
+        let device = s.device_view(&id).await;
+        assert_eq!(device["version"], "2.0.0");
+        assert_eq!(device["attributes"]["sdk"], "tb-mqtt-client");
+    }
+    s.app.stop().await;
+}
