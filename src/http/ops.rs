@@ -90,5 +90,13 @@ async fn prometheus_metrics(State(state): State<AppState>) -> Response {
     }
     metrics::gauge!("updraft_uptime_seconds").set(state.started.elapsed().as_secs_f64());
     metrics::gauge!("updraft_fleet_index_devices").set(state.core.devices.indexed_devices() as f64);
+    metrics::gauge!("updraft_mqtt_connected_devices").set(state.core.devices.connected_devices().len() as f64);
+    if let Some(mqtt) = &state.mqtt {
+        let status = mqtt.status();
+        metrics::gauge!("updraft_mqtt_connected").set(if status.connected { 1.0 } else { 0.0 });
+        if let Some(sessions) = status.sessions {
+            metrics::gauge!("updraft_mqtt_sessions").set(sessions as f64);
+        }
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render()).into_response()
 }

@@ -88,7 +88,8 @@ impl Broker {
         };
         let tcp = base("tcp", settings.listen).bind()?.tcp()?;
         let mut addrs = BrokerAddrs { tcp: tcp.local_addr()?, tls: None, ws: None };
-        let mut server = MqttServer::new(scx.clone()).listener(tcp);
+        // Listener ids must be unique: ports may be 0 (assigned), so number them.
+        let mut server = MqttServer::new(scx.clone()).listener_by_id(tcp, 1);
         if let Some(tls) = tls {
             let listener = base("tls", settings.tls_listen)
                 .tls_cert(Some(tls.cert.display().to_string()))
@@ -96,12 +97,12 @@ impl Broker {
                 .bind()?
                 .tls()?;
             addrs.tls = Some(listener.local_addr()?);
-            server = server.listener(listener);
+            server = server.listener_by_id(listener, 2);
         }
         if let Some(ws) = settings.ws_listen {
             let listener = base("ws", ws).bind()?.ws()?;
             addrs.ws = Some(listener.local_addr()?);
-            server = server.listener(listener);
+            server = server.listener_by_id(listener, 3);
         }
         let server = server.build();
         let task = tokio::spawn(async move {

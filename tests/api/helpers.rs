@@ -19,6 +19,9 @@ pub struct TestApp {
     pub addr: SocketAddr,
     /// The embedded MQTT broker's listener (None with MQTT off or an external broker).
     pub mqtt_addr: Option<SocketAddr>,
+    /// Its MQTT-over-TLS and MQTT-over-WebSocket listeners, when configured.
+    pub mqtt_tls_addr: Option<SocketAddr>,
+    pub mqtt_ws_addr: Option<SocketAddr>,
     pub base: String,
     pub client: reqwest::Client,
     /// Kept so the folder lives as long as the server.
@@ -89,6 +92,7 @@ pub async fn start(settings: Settings, data_dir: tempfile::TempDir) -> TestApp {
     let app = Application::build(settings.clone()).await.expect("the application builds");
     let addr = app.local_addr();
     let mqtt_addr = app.mqtt_addr();
+    let (mqtt_tls_addr, mqtt_ws_addr) = app.mqtt_extra_addrs();
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async move {
         let _ = stopped.await;
@@ -96,6 +100,8 @@ pub async fn start(settings: Settings, data_dir: tempfile::TempDir) -> TestApp {
     TestApp {
         addr,
         mqtt_addr,
+        mqtt_tls_addr,
+        mqtt_ws_addr,
         base: format!("http://{addr}"),
         client: reqwest::Client::builder().no_proxy().build().unwrap(),
         data_dir,

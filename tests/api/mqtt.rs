@@ -705,3 +705,227 @@ async fn the_thingsboard_sdk_provisions_and_updates_its_firmware_over_mqtt() {
     }
     s.app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_session_gets_what_was_sent_while_it_was_away() {
+    let s = setup(Broker::Embedded).await;
+    let (id, token) = s.device("02:00:00:00:72:01", "lamp", "1.0.0").await;
+    let options = || {
+        let mut options = MqttOptions::new(format!("persistent-{id}"), s.broker.ip().to_string(), s.broker.port());
+        options.set_credentials(id.clone(), token.clone());
+        options.set_clean_session(false);
+        options
+    };
+    let mut device = Client::connect(options()).await.unwrap();
+    device.client.subscribe(format!("updraft/{id}/cmd"), QoS::AtLeastOnce).await.unwrap();
+    device.expect_suback().await;
+    drop(device);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let response =
+        s.app.admin(Method::POST, &format!("/api/v1/devices/{id}/commands")).json(&json!({"name": "reboot"})).send().await.unwrap();
+    assert_eq!(response.status(), 202);
+    let sent: Value = response.json().await.unwrap();
+    // Back, with the same client id and clean session 0: the queued command is delivered.
+    let mut attempts = 0;
+    let mut device = loop {
+        match Client::connect(options()).await {
+            Ok(client) => break client,
+            Err(_) if attempts < 10 => {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(code) => panic!("cannot reconnect: {code:?}"),
+        }
+    };
+    let command = device.message_on(&format!("updraft/{id}/cmd"), Duration::from_secs(10)).await.expect("the queued command");
+    let command: Value = serde_json::from_slice(&command.payload).unwrap();
+    assert_eq!(command["id"], sent["id"]);
+    s.app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_packet_size_and_connection_limits_are_enforced() {
+    let app = spawn_app_with(|s| {
+        s.mqtt.max_packet_bytes = 2048;
+        s.mqtt.max_connections = 2;
+    })
+    .await;
+    let broker = app.mqtt_addr.unwrap();
+    let s = Setup { app, broker, mosquitto: None };
+    let (id, token) = s.device("02:00:00:00:73:01", "lamp", "1.0.0").await;
+    let connect = || {
+        let mut options = MqttOptions::new(uuid(), broker.ip().to_string(), broker.port());
+        options.set_credentials(id.clone(), token.clone());
+        options.set_max_packet_size(1 << 20, 1 << 20);
+        Client::connect(options)
+    };
+    // A packet over the limit ends the connection, and the message is not taken.
+    let mut device = connect().await.unwrap();
+    let big = format!("{{\"blob\":\"{}\"}}", "x".repeat(4096));
+    device.client.publish(format!("updraft/{id}/telemetry"), QoS::AtLeastOnce, false, big).await.unwrap();
+    let broke = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if device.eventloop.poll().await.is_err() {
+                return true;
+            }
+        }
+    })
+    .await
+    .unwrap_or(false);
+    assert!(broke, "the broker must close a connection that sends an oversized packet");
+    let telemetry = s.app.admin(Method::GET, &format!("/api/v1/devices/{id}/telemetry")).send().await.unwrap();
+    assert_eq!(telemetry.status(), 404);
+    drop(device);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Two connections at most: Updraft's own client holds one, a device the other.
+    let _first = connect().await.expect("room for one device");
+    let third = tokio::time::timeout(Duration::from_secs(10), connect()).await;
+    assert!(!matches!(third, Ok(Ok(_))), "a connection over UPDRAFT_MQTT_MAX_CONNECTIONS is refused");
+    s.app.stop().await;
+}
+
+fn uuid() -> String {
+    format!("c-{}", rand_suffix())
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64);
+    hasher.finish()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_over_tls_and_websocket_listen_when_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, ca) = (dir.path().join("cert.pem"), dir.path().join("key.pem"), dir.path().join("ca.pem"));
+    // A CA and a server certificate it signed (webpki refuses a self-signed end entity).
+    let openssl = |args: &[&str]| {
+        let made = Command::new("openssl").current_dir(dir.path()).args(args).output().expect("run openssl");
+        assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=Test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    openssl(&["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", "key.pem", "-out", "server.csr"]);
+    std::fs::write(dir.path().join("ext.cnf"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "cert.pem",
+    ]);
+    let app = spawn_app_with(|s| {
+        s.tls = Some(updraft::config::TlsSettings { cert: cert.clone(), key: key.clone() });
+        s.mqtt.ws_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let (tls, ws) = (app.mqtt_tls_addr.expect("a TLS listener"), app.mqtt_ws_addr.expect("a WebSocket listener"));
+    // The HTTP API speaks TLS too here: register the device through the services.
+    let core = core_of(&app).await;
+    let device = updraft::services::devices::register(
+        &core,
+        updraft::services::devices::NewDeviceRequest {
+            mac: "02:00:00:00:74:01".into(),
+            name: None,
+            product: Some("lamp".into()),
+            hardware: Some("esp32".into()),
+            channel: None,
+            version: Some("1.0.0".into()),
+            target_version: None,
+            tags: Vec::new(),
+            metadata: None,
+            owner: None,
+        },
+    )
+    .await
+    .unwrap();
+    let (_, token) = updraft::services::devices::issue_token(&core, &device.id).await.unwrap();
+    let id = device.id.clone();
+
+    let mut options = MqttOptions::new("tls-device", "localhost", tls.port());
+    options.set_credentials(id.clone(), token.clone());
+    options.set_transport(rumqttc::Transport::tls(std::fs::read(&ca).unwrap(), None, None));
+    let mut device = Client::connect(options).await.expect("a device connects over TLS");
+    device.client.subscribe(format!("updraft/{id}/ota"), QoS::AtLeastOnce).await.unwrap();
+    assert_eq!(device.expect_suback().await, vec![rumqttc::SubscribeReasonCode::Success(QoS::AtLeastOnce)]);
+
+    // WebSocket: the upgrade on /mqtt, then a CONNECT with a wrong token in a binary frame
+    // gets CONNACK 4.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(ws).await.unwrap();
+    let upgrade = format!(
+        "GET /mqtt HTTP/1.1\r\nHost: {ws}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n"
+    );
+    socket.write_all(upgrade.as_bytes()).await.unwrap();
+    let mut head = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut head)).await.unwrap().unwrap();
+    let head = String::from_utf8_lossy(&head[..n]).to_string();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let connect = mqtt_connect_packet(&id, "wrong-token");
+    let mask = [1u8, 2, 3, 4];
+    let mut frame = vec![0x82, 0x80 | connect.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(connect.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    socket.write_all(&frame).await.unwrap();
+    let mut reply = [0u8; 6];
+    tokio::time::timeout(Duration::from_secs(5), socket.read_exact(&mut reply)).await.unwrap().unwrap();
+    assert_eq!(reply, [0x82, 4, 0x20, 2, 0, 4], "a binary frame holding CONNACK 'bad user name or password'");
+    app.stop().await;
+}
+
+/// An MQTT 3.1.1 CONNECT with credentials (short enough for a one-byte WebSocket length).
+fn mqtt_connect_packet(username: &str, password: &str) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0b1100_0010, 0, 30];
+    for field in ["ws-client", username, password] {
+        body.extend_from_slice(&(field.len() as u16).to_be_bytes());
+        body.extend_from_slice(field.as_bytes());
+    }
+    let mut packet = vec![0x10, body.len() as u8];
+    packet.extend(body);
+    packet
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thingsboard_provisioning_with_a_wrong_key_fails_with_an_error_message() {
+    let s = setup(Broker::Embedded).await;
+    let mut options = MqttOptions::new("", s.broker.ip().to_string(), s.broker.port());
+    options.set_credentials("provision", "");
+    options.set_clean_session(true);
+    let mut client = Client::connect(options).await.expect("the provision user connects");
+    client.client.subscribe("/provision/response", QoS::AtMostOnce).await.unwrap();
+    client.expect_suback().await;
+    client.client.subscribe("updraft/+/telemetry", QoS::AtMostOnce).await.unwrap();
+    assert_eq!(client.expect_suback().await, vec![rumqttc::SubscribeReasonCode::Failure], "provisioning sessions read nothing else");
+    let request = json!({"provisionDeviceKey": "nope", "provisionDeviceSecret": "nope", "deviceName": "02:00:00:00:75:01"});
+    client.client.publish("/provision/request", QoS::AtLeastOnce, false, request.to_string()).await.unwrap();
+    let answer = client.message_on("/provision/response", Duration::from_secs(10)).await.expect("an answer");
+    let answer: Value = serde_json::from_slice(&answer.payload).unwrap();
+    assert_eq!(answer["status"], "FAILURE");
+    assert!(answer["errorMsg"].as_str().is_some_and(|m| !m.is_empty()), "{answer}");
+    s.app.stop().await;
+}
