@@ -62,10 +62,12 @@ impl Handler {
                     return Err(Error::not_found("device", device_id));
                 };
                 if online {
+                    // Announced twice with the embedded broker (by the device and on its
+                    // behalf): the first announcement does the work.
                     if devices::mark_connected(core, &device, None) {
                         tracing::debug!(device_id = %device.id, "device connected over MQTT");
+                        self.pusher.device_connected(device).await;
                     }
-                    self.pusher.device_connected(device).await;
                 } else if self.holds_session.as_ref().is_some_and(|holds| holds(&device_id)) {
                     tracing::debug!(%device_id, "ignoring `offline` of a replaced session");
                 } else {
