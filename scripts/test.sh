@@ -200,6 +200,15 @@ if [[ ! -x "$TB_VENV/bin/python" ]] || ! "$TB_VENV/bin/python" -c 'import tb_dev
   run_logged pip-install "$TB_VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-input tb-mqtt-client mmh3
 fi
 export UPDRAFT_TEST_TB_PYTHON="$TB_VENV/bin/python"
+# paho-mqtt 2.1.0, as seed 000's device mock pins it (tests/clients/seed000_mock.py).
+PAHO_VENV="$ROOT/target/venv-paho"
+if [[ ! -x "$PAHO_VENV/bin/python" ]] || ! "$PAHO_VENV/bin/python" -c 'import paho.mqtt.client' >/dev/null 2>&1; then
+  say "installing paho-mqtt 2.1.0 (pip, in $PAHO_VENV)"
+  rm -rf "$PAHO_VENV"
+  run_logged pip-install python3 -m venv "$PAHO_VENV"
+  run_logged pip-install "$PAHO_VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-input paho-mqtt==2.1.0
+fi
+export UPDRAFT_TEST_PAHO_PYTHON="$PAHO_VENV/bin/python"
 
 MOTO_SERVER=$(command -v moto_server || true)
 if [[ -z "$MOTO_SERVER" ]]; then

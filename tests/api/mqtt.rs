@@ -635,23 +635,67 @@ async fn external_broker_auth_hooks_answer_like_mosquitto_go_auth_and_emqx() {
     s.app.stop().await;
 }
 
-/// A Python with the real ThingsBoard device SDK: `UPDRAFT_TEST_TB_PYTHON`, else a venv made
-/// once under target/ (pip install tb-mqtt-client mmh3, as real-clients.md says).
-fn thingsboard_python() -> String {
-    if let Ok(python) = std::env::var("UPDRAFT_TEST_TB_PYTHON") {
+/// A Python with a real client library in its own venv: `$env_var`, else a venv made once
+/// under target/ (each library in its own: tb-mqtt-client ships its own paho).
+fn client_python(env_var: &str, venv: &str, packages: &[&str]) -> String {
+    if let Ok(python) = std::env::var(env_var) {
         return python;
     }
-    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/venv-tb");
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join(venv);
     let python = venv.join("bin/python");
     if !python.exists() {
         let ok = Command::new("python3").args(["-m", "venv", &venv.display().to_string()]).status().is_ok_and(|s| s.success())
             && Command::new(&python)
-                .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "tb-mqtt-client", "mmh3"])
+                .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+                .args(packages)
                 .status()
                 .is_ok_and(|s| s.success());
-        assert!(ok, "cannot install tb-mqtt-client into {}", venv.display());
+        assert!(ok, "cannot install {packages:?} into {}", venv.display());
     }
     python.display().to_string()
+}
+
+fn thingsboard_python() -> String {
+    client_python("UPDRAFT_TEST_TB_PYTHON", "venv-tb", &["tb-mqtt-client", "mmh3"])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_000_s_paho_device_mock_is_updated_over_mqtt() {
+    let s = setup(Broker::Embedded).await;
+    let mac = "aa:bb:cc:00:00:02";
+    let (id, _) = s.device(mac, "gateway-fw", "1.0.0").await;
+    let build = random_bytes(300_000, 72);
+    s.app.create_artifact(build.clone(), "product=gateway-fw&version=1.2.0&hardware=esp32").await;
+    s.app
+        .admin(Method::PUT, "/api/v1/mqtt/users/firmware-server-dev")
+        .json(&json!({"password": "test123", "role": "gateway"}))
+        .send()
+        .await
+        .unwrap();
+    let python = client_python("UPDRAFT_TEST_PAHO_PYTHON", "venv-paho", &["paho-mqtt==2.1.0"]);
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("image.bin");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/seed000_mock.py");
+    let output = tokio::process::Command::new(python)
+        .arg(script)
+        .args([&s.broker.ip().to_string(), &s.broker.port().to_string(), "firmware-server-dev", "test123", mac])
+        .arg(&image)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(90), output).await.expect("the mock finishes").unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(std::fs::read(&image).unwrap(), build, "the mock received the exact image");
+    let mut state = Value::Null;
+    for _ in 0..50 {
+        let history: Value = s.app.admin(Method::GET, &format!("/api/v1/devices/{id}/updates")).send().await.unwrap().json().await.unwrap();
+        state = history["items"][0]["state"].clone();
+        if state == "succeeded" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(state, "succeeded");
+    assert_eq!(s.device_view(&id).await["version"], "1.2.0");
+    s.app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
