@@ -52,12 +52,13 @@ impl Broker {
         tls: Option<&TlsSettings>,
         server: ServerIdentity,
         bus: Arc<OnceLock<Bus>>,
+        workers: Arc<OnceLock<Vec<tokio::sync::mpsc::Sender<super::bus::Incoming>>>>,
     ) -> anyhow::Result<Broker> {
         let scx = ServerContext::new().mqtt_max_sessions(settings.max_connections as isize).build().await;
         *scx.extends.retain_mut().await = Box::new(MemoryRetain(DefaultRetainStorage::new()));
 
         let tb = ThingsBoard::new(core.clone(), scx.clone(), settings.max_packet_bytes as usize);
-        let hooks = Arc::new(Hooks { core, server, principals: Mutex::default(), sessions: Mutex::default(), bus, tb });
+        let hooks = Arc::new(Hooks { core, server, principals: Mutex::default(), sessions: Mutex::default(), bus, workers, tb });
         let register = scx.extends.hook_mgr().register();
         for typ in [
             Type::ClientAuthenticate,
@@ -146,6 +147,9 @@ struct Hooks {
     sessions: Mutex<HashMap<String, u32>>,
     /// Set once Updraft's own client exists (it connects to this broker, so it comes second).
     bus: Arc<OnceLock<Bus>>,
+    /// The handler's queues: connections and disconnections go straight to them (in order per
+    /// device), besides the retained `status` announced for everyone else.
+    workers: Arc<OnceLock<Vec<tokio::sync::mpsc::Sender<super::bus::Incoming>>>>,
     /// The ThingsBoard device API (answered in the hooks).
     tb: Arc<ThingsBoard>,
 }
@@ -246,7 +250,7 @@ impl Handler for HookHandler {
                         *count == 1
                     };
                     if first {
-                        hooks.announce(&device_id, true);
+                        hooks.announce(&device_id, true).await;
                     }
                 }
                 (true, acc)
@@ -274,7 +278,7 @@ impl Handler for HookHandler {
                         }
                     };
                     if last {
-                        hooks.announce(&id, false);
+                        hooks.announce(&id, false).await;
                     }
                 }
                 (true, acc)
@@ -285,10 +289,17 @@ impl Handler for HookHandler {
 }
 
 impl Hooks {
-    fn announce(&self, device_id: &str, online: bool) {
+    async fn announce(&self, device_id: &str, online: bool) {
         match self.bus.get() {
             Some(bus) => bus.announce_status(device_id, online),
             None => tracing::warn!(device_id, online, "a device's MQTT status changed before Updraft's client was up"),
+        }
+        if let Some(workers) = self.workers.get() {
+            let inbound = crate::domain::mqtt::Inbound::Status { device_id: device_id.to_string() };
+            let worker = &workers[super::bus::shard(&inbound)];
+            let payload = bytes::Bytes::from_static(if online { b"online" } else { b"offline" });
+            // Waiting slows a connection storm down to what the handler keeps up with.
+            let _ = worker.send(super::bus::Incoming { inbound, payload }).await;
         }
     }
 

@@ -1,7 +1,10 @@
-//! The one client interface between Updraft's logic and a broker: an MQTT 3.1.1 client
-//! connection (rumqttc) to the embedded broker or to the external one. It publishes at QoS 1,
-//! follows the device topics (shared subscriptions, so replicas split the traffic) and hands
-//! every message to the handler, in order per device.
+//! The one client interface between Updraft's logic and a broker: MQTT 3.1.1 client
+//! connections (rumqttc) to the embedded broker or to the external one. Two of them: one
+//! publishes at QoS 1 and is always read (its acknowledgements never wait behind message
+//! handling), the other follows the device topics (shared subscriptions, so replicas split
+//! the traffic) and hands every message to the handler, in order per device; when the handler
+//! falls behind, it stops reading and the broker holds (or, past its queue limit, drops) the
+//! rest. With one connection, a handler waiting to publish could wait for itself.
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -47,31 +50,45 @@ pub enum Signal {
 
 #[derive(Clone)]
 pub struct Bus {
+    /// The publishing connection.
     client: AsyncClient,
+    /// The subscribing connection (used only to subscribe).
+    follower: AsyncClient,
     connected: Arc<AtomicBool>,
     split: bool,
 }
 
+/// The two connections' event loops, driven by `Bus::run`.
+pub struct Loops {
+    publisher: EventLoop,
+    follower: EventLoop,
+}
+
+fn options(endpoint: &Endpoint, role: &str) -> MqttOptions {
+    let client_id = format!("updraft-{role}-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let mut options = MqttOptions::new(client_id, endpoint.host.clone(), endpoint.port);
+    options.set_keep_alive(Duration::from_secs(30));
+    options.set_clean_session(true);
+    options.set_max_packet_size(endpoint.max_packet_bytes, endpoint.max_packet_bytes);
+    options.set_inflight(1000);
+    options.set_request_channel_capacity(10_000);
+    if let Some(password) = &endpoint.password {
+        options.set_credentials(endpoint.username.clone(), password.clone());
+    } else {
+        options.set_credentials(endpoint.username.clone(), "");
+    }
+    if endpoint.tls {
+        options.set_transport(Transport::tls_with_default_config());
+    }
+    options
+}
+
 impl Bus {
-    /// Creates the client; `run` drives the connection.
-    pub fn new(endpoint: &Endpoint) -> (Bus, EventLoop) {
-        let client_id = format!("updraft-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        let mut options = MqttOptions::new(client_id, endpoint.host.clone(), endpoint.port);
-        options.set_keep_alive(Duration::from_secs(30));
-        options.set_clean_session(true);
-        options.set_max_packet_size(endpoint.max_packet_bytes, endpoint.max_packet_bytes);
-        options.set_inflight(1000);
-        options.set_request_channel_capacity(10_000);
-        if let Some(password) = &endpoint.password {
-            options.set_credentials(endpoint.username.clone(), password.clone());
-        } else {
-            options.set_credentials(endpoint.username.clone(), "");
-        }
-        if endpoint.tls {
-            options.set_transport(Transport::tls_with_default_config());
-        }
-        let (client, eventloop) = AsyncClient::new(options, 10_000);
-        (Bus { client, connected: Arc::default(), split: endpoint.split }, eventloop)
+    /// Creates the clients; `run` drives the connections.
+    pub fn new(endpoint: &Endpoint) -> (Bus, Loops) {
+        let (client, publisher) = AsyncClient::new(options(endpoint, "pub"), 10_000);
+        let (follower, follower_loop) = AsyncClient::new(options(endpoint, "sub"), 100);
+        (Bus { client, follower, connected: Arc::default(), split: endpoint.split }, Loops { publisher, follower: follower_loop })
     }
 
     pub fn is_connected(&self) -> bool {
@@ -101,12 +118,29 @@ impl Bus {
         });
     }
 
-    /// Drives the connection until the process ends: reconnects after a second on failure,
+    /// Drives both connections until the process ends: reconnects after a second on failure,
     /// subscribes after every connect, and routes messages to the handler workers by device.
-    pub async fn run(self, mut eventloop: EventLoop, workers: Vec<mpsc::Sender<Incoming>>, signals: mpsc::UnboundedSender<Signal>) {
+    pub async fn run(self, loops: Loops, workers: Vec<mpsc::Sender<Incoming>>, signals: mpsc::UnboundedSender<Signal>) {
+        let Loops { mut publisher, mut follower } = loops;
+        tokio::spawn(async move {
+            let mut failures = 0u32;
+            loop {
+                match publisher.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => failures = 0,
+                    Ok(_) => {}
+                    Err(e) => {
+                        failures += 1;
+                        if failures == 1 || failures.is_multiple_of(60) {
+                            tracing::warn!(error = %e, failures, "MQTT publishing connection lost; reconnecting every second");
+                        }
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
         let mut failures = 0u32;
         loop {
-            match eventloop.poll().await {
+            match follower.poll().await {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     failures = 0;
                     tracing::info!(code = ?ack.code, "connected to the MQTT broker");
@@ -114,7 +148,7 @@ impl Bus {
                         .into_iter()
                         .map(|(filter, _)| rumqttc::SubscribeFilter::new(filter, QoS::AtLeastOnce))
                         .collect();
-                    let client = self.client.clone();
+                    let client = self.follower.clone();
                     let connected = self.connected.clone();
                     let signals = signals.clone();
                     tokio::spawn(async move {
@@ -165,7 +199,7 @@ impl MessageSink for Bus {
 }
 
 /// Messages of one device always go to the same worker, so they are handled in order.
-fn shard(inbound: &Inbound) -> usize {
+pub fn shard(inbound: &Inbound) -> usize {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     match inbound {
         Inbound::Status { device_id }

@@ -36,6 +36,8 @@ pub struct Handler {
     /// Embedded mode: whether the broker holds a session of the device right now (a late
     /// `offline` of a replaced session must not mark a connected device offline).
     pub holds_session: Option<SessionCheck>,
+    /// Bounds the connection syncs (offer and configuration) running at once.
+    pub connect_syncs: Arc<tokio::sync::Semaphore>,
 }
 
 impl Handler {
@@ -62,11 +64,17 @@ impl Handler {
                     return Err(Error::not_found("device", device_id));
                 };
                 if online {
-                    // Announced twice with the embedded broker (by the device and on its
-                    // behalf): the first announcement does the work.
+                    // Announced more than once with the embedded broker (by its hooks, and by
+                    // the device on `status`): the first announcement does the work, in the
+                    // background so that this queue keeps moving during a connection storm.
                     if devices::mark_connected(core, &device, None) {
                         tracing::debug!(device_id = %device.id, "device connected over MQTT");
-                        self.pusher.device_connected(device).await;
+                        let pusher = self.pusher.clone();
+                        let permits = self.connect_syncs.clone();
+                        tokio::spawn(async move {
+                            let Ok(_permit) = permits.acquire_owned().await else { return };
+                            pusher.device_connected(device).await;
+                        });
                     }
                 } else if self.holds_session.as_ref().is_some_and(|holds| holds(&device_id)) {
                     tracing::debug!(%device_id, "ignoring `offline` of a replaced session");

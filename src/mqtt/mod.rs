@@ -47,12 +47,13 @@ impl Mqtt {
             return Ok(None);
         }
         let bus_cell: Arc<OnceLock<Bus>> = Arc::default();
+        let workers_cell: Arc<OnceLock<Vec<mpsc::Sender<bus::Incoming>>>> = Arc::default();
         let (broker, endpoint, external) = match &mqtt.url {
             None => {
                 let password = secret::generate("");
                 let username = format!("{SERVER_USERNAME_PREFIX}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
                 let identity = ServerIdentity { username: username.clone(), digest: secret::digest(&password) };
-                let broker = Broker::start(core.clone(), mqtt, settings.tls.as_ref(), identity, bus_cell.clone())
+                let broker = Broker::start(core.clone(), mqtt, settings.tls.as_ref(), identity, bus_cell.clone(), workers_cell.clone())
                     .await
                     .with_context(|| format!("cannot start the MQTT broker on {} (UPDRAFT_MQTT_LISTEN)", mqtt.listen))?;
                 let tcp = broker.addrs.tcp;
@@ -105,13 +106,18 @@ impl Mqtt {
         };
         let tb = broker.as_ref().map(Broker::thingsboard);
         let pusher = Arc::new(push::Pusher::new(core.clone(), bus.clone(), base_url, mqtt.max_packet_bytes as usize, tb));
-        let handler = Arc::new(handler::Handler { pusher: pusher.clone(), holds_session: broker.as_ref().map(Broker::session_checker) });
+        let handler = Arc::new(handler::Handler {
+            pusher: pusher.clone(),
+            holds_session: broker.as_ref().map(Broker::session_checker),
+            connect_syncs: Arc::new(tokio::sync::Semaphore::new(32)),
+        });
         let mut senders = Vec::with_capacity(bus::WORKERS);
         for _ in 0..bus::WORKERS {
             let (sender, receiver) = mpsc::channel(bus::WORKER_QUEUE);
             senders.push(sender);
             tokio::spawn(handler.clone().run(receiver));
         }
+        let _ = workers_cell.set(senders.clone());
         let (signal_tx, mut signal_rx) = mpsc::unbounded_channel();
         let on_connect = pusher.clone();
         tokio::spawn(async move {

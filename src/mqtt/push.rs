@@ -139,6 +139,10 @@ impl Pusher {
             return Ok(());
         };
         let effective = config_service::effective(&self.core, &device).await?;
+        if effective.layers.is_empty() && !self.last_config.lock().expect("last lock").contains_key(device_id) {
+            // No configuration applies and none was sent: nothing to retain for this device.
+            return Ok(());
+        }
         let content = config_service::reveal(&self.core, &effective.merged.content)?;
         let message = json!({"version": effective.version, "config": content});
         let digest = digest_of(&effective.version);
