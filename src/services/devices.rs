@@ -197,19 +197,30 @@ pub async fn authenticate(core: &Core, token: Option<&str>, ip: IpAddr) -> Resul
             "a device token is required: send `Authorization: Bearer <token>` or `X-Device-Token: <token>`".into(),
         ));
     };
-    let digest = secret::digest(token);
-    if let Some(device) = runtime.fleet.read().expect("fleet lock").get(&digest) {
-        return Ok(device);
-    }
-    // The digest lookup is an exact match on a unique index of SHA-256 digests of random
-    // tokens: equal digests mean equal tokens, and timing reveals nothing usable.
-    match core.store.find_active_device(&hex::encode(digest)).await? {
-        Some(row) => Ok(runtime.fleet.write().expect("fleet lock").insert(digest, ActiveDevice::from_row(row))),
+    match device_of_token(core, token).await? {
+        Some(device) => Ok(device),
         None => {
             runtime.limiter.record_failure(ip);
             Err(Error::Unauthenticated("the device token is not valid".into()))
         }
     }
+}
+
+/// The device a token belongs to, if any, without counting a miss as a failed login (for
+/// callers that try a credential as a token first, like the MQTT broker).
+pub async fn device_of_token(core: &Core, token: &str) -> Result<Option<Arc<ActiveDevice>>> {
+    let runtime = &core.devices;
+    let digest = secret::digest(token);
+    if let Some(device) = runtime.fleet.read().expect("fleet lock").get(&digest) {
+        return Ok(Some(device));
+    }
+    // The digest lookup is an exact match on a unique index of SHA-256 digests of random
+    // tokens: equal digests mean equal tokens, and timing reveals nothing usable.
+    Ok(core
+        .store
+        .find_active_device(&hex::encode(digest))
+        .await?
+        .map(|row| runtime.fleet.write().expect("fleet lock").insert(digest, ActiveDevice::from_row(row))))
 }
 
 /// Loads every device that holds a token into the fleet index (up to its capacity), so that

@@ -973,3 +973,44 @@ async fn thingsboard_provisioning_with_a_wrong_key_fails_with_an_error_message()
     assert!(answer["errorMsg"].as_str().is_some_and(|m| !m.is_empty()), "{answer}");
     s.app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_log_in_repeatedly_without_being_rate_limited_and_wrong_passwords_are() {
+    let s = setup(Broker::Embedded).await;
+    let response = s
+        .app
+        .admin(Method::PUT, "/api/v1/mqtt/users/dashboard")
+        .json(&json!({"password": "dashboard-password", "role": "fleet-read"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let login = |password: &str| {
+        let mut options = MqttOptions::new(uuid(), s.broker.ip().to_string(), s.broker.port());
+        options.set_credentials("dashboard", password);
+        Client::connect(options)
+    };
+    // More logins than the failure limit (10 a minute): a right password is never a failure.
+    for _ in 0..12 {
+        assert!(login("dashboard-password").await.is_ok());
+    }
+    for _ in 0..10 {
+        assert_eq!(login("wrong").await.err(), Some(ConnectReturnCode::BadUserNamePassword));
+    }
+    assert_eq!(login("dashboard-password").await.err(), Some(ConnectReturnCode::NotAuthorized), "after 10 failures the address waits");
+    let users: Value = s.app.admin(Method::GET, "/api/v1/mqtt/users").send().await.unwrap().json().await.unwrap();
+    assert_eq!(users["items"][0]["username"], "dashboard");
+    assert!(users["items"][0].get("password").is_none() && users["items"][0].get("password_hash").is_none());
+    let bad = s
+        .app
+        .admin(Method::PUT, "/api/v1/mqtt/users/$updraft-x")
+        .json(&json!({"password": "long-enough", "role": "admin"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400, "the $ prefix is Updraft's");
+    let bad =
+        s.app.admin(Method::PUT, "/api/v1/mqtt/users/x").json(&json!({"password": "long-enough", "role": "root"})).send().await.unwrap();
+    assert_eq!(bad.status(), 400);
+    s.app.stop().await;
+}
