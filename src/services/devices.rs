@@ -669,11 +669,12 @@ async fn offer_attempt(
     rollout: Option<&RolloutOffer>,
     rollouts: Option<&rollouts::ProductRollouts>,
 ) -> Result<Option<UpdateAttempt>> {
-    if let Some(attempt) = core.store.current_attempt(&device.id).await?
+    let current = core.store.current_attempt(&device.id).await?;
+    if let Some(attempt) = &current
         && attempt.artifact_id == artifact.id
     {
         if !attempt.state.is_final() {
-            return Ok(Some(attempt));
+            return Ok(current);
         }
         let retry_after = chrono::Duration::from_std(core.devices.policy.retry_failed_after).unwrap_or(chrono::Duration::MAX);
         if matches!(attempt.state, UpdateState::Failed | UpdateState::Rejected) && Utc::now() - attempt.updated_at < retry_after {
@@ -694,7 +695,7 @@ async fn offer_attempt(
         _ => None,
     };
     let release_id = rollout.map(|r| &*r.release_id).unwrap_or(&artifact.id);
-    let attempt = core
+    let opened = core
         .store
         .open_attempt(&AttemptOffer {
             device_id: &device.id,
@@ -703,8 +704,15 @@ async fn offer_attempt(
             from_version: device.version.as_deref(),
             to_version: &artifact.version,
             rollout: slot,
+            replacing: current.as_ref().map(|a| &*a.id),
         })
         .await?;
+    let Some(attempt) = opened else {
+        // A concurrent check-in of this device opened an attempt first: answer with it when
+        // it is for this build (the download slot, if one was taken, is recounted later).
+        let current = core.store.current_attempt(&device.id).await?;
+        return Ok(current.filter(|a| a.artifact_id == artifact.id && !a.state.is_final()));
+    };
     core.events.publish(
         "device.update_status",
         Some(&device.id),

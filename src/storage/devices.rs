@@ -45,6 +45,9 @@ pub struct AttemptOffer<'a> {
     pub from_version: Option<&'a str>,
     pub to_version: &'a str,
     pub rollout: Option<RolloutSlot<'a>>,
+    /// The device's current attempt as the caller saw it (None: it had none). The new
+    /// attempt opens only if that is still so.
+    pub replacing: Option<&'a str>,
 }
 
 /// The rollout an attempt belongs to.
@@ -633,17 +636,25 @@ impl Store {
 
     /// Starts a new current attempt (the previous one stops being current). With a rollout,
     /// also records the device as the rollout's (again, if it was before), in the same
-    /// transaction.
-    pub async fn open_attempt(&self, offer: &AttemptOffer<'_>) -> Result<UpdateAttempt> {
+    /// transaction. `None` when the device's current attempt is no longer `offer.replacing`
+    /// (a concurrent check-in of the same device opened one first); nothing is written then.
+    /// On PostgreSQL, where two transactions may both see no current attempt, the unique
+    /// index of current attempts refuses the second.
+    pub async fn open_attempt(&self, offer: &AttemptOffer<'_>) -> Result<Option<UpdateAttempt>> {
         let now = now_millis();
         let id = uuid::Uuid::now_v7().to_string();
         let mut tx = self.pool.begin().await.map_err(|e| db_error(e, "failed to begin a transaction"))?;
-        sqlx::query("UPDATE update_attempt SET current = 0 WHERE device_id = $1 AND current = 1")
-            .bind(offer.device_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| db_error(e, "failed to close an update attempt"))?;
-        sqlx::query(
+        // Close the attempt the caller saw, or (it saw none) whatever is current: either
+        // way exactly what the caller expects must have been closed.
+        let close = match offer.replacing {
+            Some(attempt_id) => sqlx::query("UPDATE update_attempt SET current = 0 WHERE id = $1 AND current = 1").bind(attempt_id),
+            None => sqlx::query("UPDATE update_attempt SET current = 0 WHERE device_id = $1 AND current = 1").bind(offer.device_id),
+        };
+        let closed = close.execute(&mut *tx).await.map_err(|e| db_error(e, "failed to close an update attempt"))?.rows_affected();
+        if closed != u64::from(offer.replacing.is_some()) {
+            return Ok(None);
+        }
+        let inserted = sqlx::query(
             "INSERT INTO update_attempt (id, device_id, artifact_id, release_id, rollout_id, from_version, to_version, state, progress, message, current, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 'offered', NULL, NULL, 1, $8, $9)",
         )
         .bind(&id)
@@ -656,8 +667,11 @@ impl Store {
         .bind(now)
         .bind(now)
         .execute(&mut *tx)
-        .await
-        .map_err(|e| db_error(e, "failed to open an update attempt"))?;
+        .await;
+        match inserted {
+            Err(e) if is_unique_violation(&e) => return Ok(None),
+            other => other.map_err(|e| db_error(e, "failed to open an update attempt"))?,
+        };
         insert_event(&mut tx, &id, UpdateState::Offered, None, None, now).await?;
         if let Some(rollout) = offer.rollout {
             sqlx::query(
@@ -677,8 +691,11 @@ impl Store {
             .await
             .map_err(|e| db_error(e, "failed to record a rollout's device"))?;
         }
-        tx.commit().await.map_err(|e| db_error(e, "failed to commit an update attempt"))?;
-        self.current_attempt(offer.device_id).await?.ok_or_else(|| Error::Internal(anyhow::anyhow!("attempt vanished after insert")))
+        match tx.commit().await {
+            Err(e) if is_unique_violation(&e) => return Ok(None),
+            other => other.map_err(|e| db_error(e, "failed to commit an update attempt"))?,
+        }
+        self.current_attempt(offer.device_id).await
     }
 
     /// Moves an attempt to a state (and the rollout's record of the device with it). An

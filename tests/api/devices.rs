@@ -466,6 +466,36 @@ async fn a_device_checks_in_downloads_its_update_and_reports_success() {
 }
 
 #[tokio::test]
+async fn concurrent_check_ins_of_one_device_share_one_current_attempt() {
+    // Devices such as the ThingsBoard SDK ask twice at once (attributes request and a
+    // telemetry report); on PostgreSQL two racing check-ins once opened two current attempts.
+    let app = spawn_app().await;
+    let artifact = app.create_artifact(random_bytes(5000, 92), "product=lamp&version=1.1.0&hardware=esp32").await;
+    let (device_id, token) = provisioned(&app, "02:00:00:00:08:02", "lamp", "esp32", "1.0.0").await;
+    for round in 0..5 {
+        let answers = futures::future::join_all((0..16).map(|_| checkin(&app, &token, json!({"version": "1.0.0"})))).await;
+        let offered: Vec<&Value> = answers.iter().map(|a| &a["update"]).filter(|u| !u.is_null()).collect();
+        assert!(!offered.is_empty(), "round {round}: nobody was offered the update");
+        assert!(offered.iter().all(|u| u["release_id"] == artifact["id"]), "round {round}");
+    }
+    let history: Value =
+        app.admin(Method::GET, &format!("/api/v1/devices/{device_id}/updates")).send().await.unwrap().json().await.unwrap();
+    let items = history["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "one attempt for one build, however many check-ins raced: {history}");
+    assert_eq!(items[0]["current"], true);
+    assert_eq!(items[0]["state"], "offered");
+    // And the device's one attempt goes on to success.
+    for state in ["downloading", "installed"] {
+        assert_eq!(update_status(&app, &token, json!({"release_id": artifact["id"], "state": state})).await.status(), 200);
+    }
+    checkin(&app, &token, json!({"version": "1.1.0"})).await;
+    let history: Value =
+        app.admin(Method::GET, &format!("/api/v1/devices/{device_id}/updates")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(history["items"][0]["state"], "succeeded", "{history}");
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn reports_about_an_update_that_is_not_current_are_refused() {
     let app = spawn_app().await;
     let artifact = app.create_artifact(random_bytes(1000, 92), "product=lamp&version=1.1.0&hardware=esp32").await;
