@@ -22,8 +22,10 @@ use crate::services::config as config_service;
 use crate::services::devices::{self, CheckinAnswer, CheckinReport};
 use crate::services::fleet::ActiveDevice;
 
-/// Devices re-evaluated at once during a fleet-wide resync.
-const RESYNC_CONCURRENCY: usize = 32;
+/// Offers published at once during a resync.
+const RESYNC_CONCURRENCY: usize = 64;
+/// Devices re-evaluated together (one batch of database reads and writes).
+const RESYNC_BATCH: usize = 1000;
 
 /// The `ota` message: the same JSON as the HTTP check-in answer.
 #[derive(Serialize)]
@@ -172,24 +174,37 @@ impl Pusher {
         self.last_config.lock().expect("last lock").remove(device_id);
     }
 
-    /// Re-evaluates every connected device (of `product`, when given).
+    /// Re-evaluates every connected device (of `product`, when given), [`RESYNC_BATCH`]
+    /// devices at a time: their offers are decided with batched IO
+    /// ([`devices::offers_for`]), then published.
     pub async fn resync(&self, product: Option<&str>, force: bool) {
         let ids = self.core.devices.connected_devices();
         let started = std::time::Instant::now();
-        let count = ids.len();
-        futures::stream::iter(ids)
-            .for_each_concurrent(RESYNC_CONCURRENCY, |id| async move {
-                match devices::active_by_id(&self.core, &id).await {
-                    Ok(Some(device)) if product.is_none() || device.product.as_deref() == product => {
-                        if let Err(e) = self.sync_offer(device, force).await {
-                            tracing::warn!(device_id = %id, error = %e, "cannot re-evaluate a connected device's offer");
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(device_id = %id, error = %e, "cannot read a connected device"),
+        let mut selected = Vec::with_capacity(ids.len());
+        for id in ids {
+            match devices::active_by_id(&self.core, &id).await {
+                Ok(Some(device)) if product.is_none() || device.product.as_deref() == product => selected.push(device),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(device_id = %id, error = %e, "cannot read a connected device"),
+            }
+        }
+        let count = selected.len();
+        for chunk in selected.chunks(RESYNC_BATCH) {
+            let answers = match devices::offers_for(&self.core, chunk).await {
+                Ok(answers) => answers,
+                Err(e) => {
+                    tracing::warn!(devices = chunk.len(), error = %e, "cannot re-evaluate connected devices' offers");
+                    continue;
                 }
-            })
-            .await;
+            };
+            futures::stream::iter(chunk.iter().zip(answers))
+                .for_each_concurrent(RESYNC_CONCURRENCY, |(device, answer)| async move {
+                    if let Err(e) = self.publish_offer(device, answer, force).await {
+                        tracing::warn!(device_id = %device.id, error = %e, "cannot publish a connected device's offer");
+                    }
+                })
+                .await;
+        }
         tracing::debug!(devices = count, elapsed_ms = started.elapsed().as_millis() as u64, "connected devices re-evaluated");
     }
 

@@ -658,33 +658,39 @@ fn attributes_hash(value: &Value) -> u64 {
     hasher.finish().max(1)
 }
 
-/// The attempt backing an offer: the current one if it is for this build and still open,
-/// a new one otherwise. A build the device failed or rejected recently is not offered again
-/// (devices such as the ThingsBoard SDK retry at once, forever). A rollout's offer to a device
-/// it did not offer before takes one of its download slots; none left, no offer this time.
-async fn offer_attempt(
+/// What an offer of `artifact` does, given the device's current attempt: reuse that attempt
+/// when it is for this build and still open; nothing when the device failed or rejected the
+/// build recently (devices such as the ThingsBoard SDK retry at once, forever); otherwise a
+/// new attempt. A rollout's offer to a device it did not offer before takes one of its
+/// download slots; none left, no offer this time.
+enum AttemptPlan<'a> {
+    Reuse(UpdateAttempt),
+    Refuse,
+    Open { release_id: &'a str, slot: Option<RolloutSlot<'a>> },
+}
+
+fn plan_attempt<'a>(
     core: &Core,
-    device: &ActiveDevice,
-    artifact: &Artifact,
-    rollout: Option<&RolloutOffer>,
+    artifact: &'a Artifact,
+    rollout: Option<&'a RolloutOffer>,
     rollouts: Option<&rollouts::ProductRollouts>,
-) -> Result<Option<UpdateAttempt>> {
-    let current = core.store.current_attempt(&device.id).await?;
-    if let Some(attempt) = &current
+    current: Option<UpdateAttempt>,
+) -> AttemptPlan<'a> {
+    if let Some(attempt) = current
         && attempt.artifact_id == artifact.id
     {
         if !attempt.state.is_final() {
-            return Ok(current);
+            return AttemptPlan::Reuse(attempt);
         }
         let retry_after = chrono::Duration::from_std(core.devices.policy.retry_failed_after).unwrap_or(chrono::Duration::MAX);
         if matches!(attempt.state, UpdateState::Failed | UpdateState::Rejected) && Utc::now() - attempt.updated_at < retry_after {
-            return Ok(None);
+            return AttemptPlan::Refuse;
         }
     }
     let slot = match (rollout, rollouts) {
         (Some(offer), Some(rollouts)) => {
             if !rollouts.take_slot(&offer.rollout_id) {
-                return Ok(None);
+                return AttemptPlan::Refuse;
             }
             Some(RolloutSlot {
                 rollout_id: &offer.rollout_id,
@@ -694,7 +700,32 @@ async fn offer_attempt(
         }
         _ => None,
     };
-    let release_id = rollout.map(|r| &*r.release_id).unwrap_or(&artifact.id);
+    AttemptPlan::Open { release_id: rollout.map(|r| &*r.release_id).unwrap_or(&artifact.id), slot }
+}
+
+fn publish_offered(core: &Core, device_id: &str, release_id: &str, rollout: Option<&RolloutOffer>, artifact: &Artifact) {
+    core.events.publish(
+        "device.update_status",
+        Some(device_id),
+        json!({"release_id": release_id, "rollout_id": rollout.map(|r| &*r.rollout_id), "state": "offered", "version": artifact.version}),
+    );
+}
+
+/// The attempt backing an offer (see [`AttemptPlan`]).
+async fn offer_attempt(
+    core: &Core,
+    device: &ActiveDevice,
+    artifact: &Artifact,
+    rollout: Option<&RolloutOffer>,
+    rollouts: Option<&rollouts::ProductRollouts>,
+) -> Result<Option<UpdateAttempt>> {
+    let current = core.store.current_attempt(&device.id).await?;
+    let replacing = current.as_ref().map(|a| a.id.clone());
+    let (release_id, slot) = match plan_attempt(core, artifact, rollout, rollouts, current) {
+        AttemptPlan::Reuse(attempt) => return Ok(Some(attempt)),
+        AttemptPlan::Refuse => return Ok(None),
+        AttemptPlan::Open { release_id, slot } => (release_id, slot),
+    };
     let opened = core
         .store
         .open_attempt(&AttemptOffer {
@@ -704,7 +735,7 @@ async fn offer_attempt(
             from_version: device.version.as_deref(),
             to_version: &artifact.version,
             rollout: slot,
-            replacing: current.as_ref().map(|a| &*a.id),
+            replacing: replacing.as_deref(),
         })
         .await?;
     let Some(attempt) = opened else {
@@ -713,12 +744,110 @@ async fn offer_attempt(
         let current = core.store.current_attempt(&device.id).await?;
         return Ok(current.filter(|a| a.artifact_id == artifact.id && !a.state.is_final()));
     };
-    core.events.publish(
-        "device.update_status",
-        Some(&device.id),
-        json!({"release_id": release_id, "rollout_id": rollout.map(|r| &*r.rollout_id), "state": "offered", "version": artifact.version}),
-    );
+    publish_offered(core, &device.id, release_id, rollout, artifact);
     Ok(Some(attempt))
+}
+
+/// What each of these devices would be answered if it checked in now without news: the
+/// server's own re-evaluation, for MQTT pushes. Unlike a check-in it does not mark anybody
+/// seen, and it batches its IO: one query per [`ATTEMPT_BATCH`] devices for the current
+/// attempts and one transaction per as many new attempts.
+pub async fn offers_for(core: &Core, devices: &[Arc<ActiveDevice>]) -> Result<Vec<CheckinAnswer>> {
+    let now = Utc::now();
+    struct Pending {
+        index: usize,
+        artifact: Artifact,
+        mandatory: bool,
+        rollout: Option<RolloutOffer>,
+        rollouts: Option<Arc<rollouts::ProductRollouts>>,
+    }
+    let mut answers = Vec::with_capacity(devices.len());
+    let mut pending = Vec::new();
+    for (index, device) in devices.iter().enumerate() {
+        let poll_interval_s = match &device.product {
+            Some(product) => product_policy(core, product).await?.poll_interval_s,
+            None => core.devices.policy.default_poll_interval_s,
+        };
+        let builds = match &device.product {
+            Some(product) => builds_of(core, product).await?,
+            None => Arc::new(Vec::new()),
+        };
+        let facts = device.facts();
+        let rollouts = device.product.as_deref().and_then(|product| rollouts::of_product(core, product));
+        let offers: Vec<RolloutOffer> =
+            rollouts.as_ref().and_then(|r| r.offer_for(device, facts.version.as_ref(), now)).into_iter().collect();
+        let releases = Releases { held: rollouts.as_ref().map(|r| &r.held), offers: &offers };
+        match update::decide(&facts, &builds, releases) {
+            Decision::None(reason) => answers.push(CheckinAnswer { offer: None, no_update: Some(reason), poll_interval_s }),
+            Decision::Offer { artifact, mandatory, rollout, .. } => {
+                pending.push(Pending {
+                    index,
+                    artifact: artifact.clone(),
+                    mandatory,
+                    rollout: rollout.cloned(),
+                    rollouts: rollouts.clone(),
+                });
+                answers.push(CheckinAnswer { offer: None, no_update: Some(NoUpdate::UpToDate), poll_interval_s });
+            }
+        }
+    }
+    if pending.is_empty() {
+        return Ok(answers);
+    }
+    let ids: Vec<&str> = pending.iter().map(|p| &*devices[p.index].id).collect();
+    let mut current: HashMap<String, UpdateAttempt> =
+        core.store.current_attempts(&ids).await?.into_iter().map(|a| (a.device_id.clone(), a)).collect();
+    let mut to_open = Vec::new();
+    let mut opening = Vec::new();
+    for p in &pending {
+        let device = &devices[p.index];
+        let seen = current.remove(&*device.id);
+        let replacing = seen.as_ref().map(|a| a.id.clone());
+        match plan_attempt(core, &p.artifact, p.rollout.as_ref(), p.rollouts.as_deref(), seen) {
+            AttemptPlan::Reuse(attempt) => {
+                answers[p.index].offer = Some(Offer {
+                    artifact: p.artifact.clone(),
+                    attempt_id: attempt.id,
+                    release_id: attempt.release_id,
+                    mandatory: p.mandatory,
+                });
+                answers[p.index].no_update = None;
+            }
+            AttemptPlan::Refuse => {}
+            AttemptPlan::Open { release_id, slot } => {
+                opening.push((p, replacing));
+                to_open.push((release_id, slot));
+            }
+        }
+    }
+    let offers: Vec<AttemptOffer<'_>> = opening
+        .iter()
+        .zip(&to_open)
+        .map(|((p, replacing), (release_id, slot))| AttemptOffer {
+            device_id: &devices[p.index].id,
+            artifact_id: &p.artifact.id,
+            release_id,
+            from_version: devices[p.index].version.as_deref(),
+            to_version: &p.artifact.version,
+            rollout: *slot,
+            replacing: replacing.as_deref(),
+        })
+        .collect();
+    let opened = core.store.open_attempts(&offers).await?;
+    for (((p, _), offer), id) in opening.iter().zip(&offers).zip(opened) {
+        // None: the device's own check-in opened an attempt meanwhile; it has its answer.
+        if let Some(id) = id {
+            publish_offered(core, offer.device_id, offer.release_id, p.rollout.as_ref(), &p.artifact);
+            answers[p.index].offer = Some(Offer {
+                artifact: p.artifact.clone(),
+                attempt_id: id,
+                release_id: offer.release_id.to_string(),
+                mandatory: p.mandatory,
+            });
+            answers[p.index].no_update = None;
+        }
+    }
+    Ok(answers)
 }
 
 /// The builds of a product, from a short-lived cache.
