@@ -834,17 +834,41 @@ pub async fn offers_for(core: &Core, devices: &[Arc<ActiveDevice>]) -> Result<Ve
         })
         .collect();
     let opened = core.store.open_attempts(&offers).await?;
+    let mut raced = Vec::new();
     for (((p, _), offer), id) in opening.iter().zip(&offers).zip(opened) {
-        // None: the device's own check-in opened an attempt meanwhile; it has its answer.
-        if let Some(id) = id {
-            publish_offered(core, offer.device_id, offer.release_id, p.rollout.as_ref(), &p.artifact);
-            answers[p.index].offer = Some(Offer {
-                artifact: p.artifact.clone(),
-                attempt_id: id,
-                release_id: offer.release_id.to_string(),
-                mandatory: p.mandatory,
-            });
-            answers[p.index].no_update = None;
+        match id {
+            Some(id) => {
+                publish_offered(core, offer.device_id, offer.release_id, p.rollout.as_ref(), &p.artifact);
+                answers[p.index].offer = Some(Offer {
+                    artifact: p.artifact.clone(),
+                    attempt_id: id,
+                    release_id: offer.release_id.to_string(),
+                    mandatory: p.mandatory,
+                });
+                answers[p.index].no_update = None;
+            }
+            None => raced.push(*p),
+        }
+    }
+    if !raced.is_empty() {
+        // The devices' own check-ins opened attempts meanwhile: answer with those that are
+        // for the same build, as a check-in losing the same race does.
+        let ids: Vec<&str> = raced.iter().map(|p| &*devices[p.index].id).collect();
+        let current: HashMap<String, UpdateAttempt> =
+            core.store.current_attempts(&ids).await?.into_iter().map(|a| (a.device_id.clone(), a)).collect();
+        for p in raced {
+            if let Some(attempt) = current.get(&*devices[p.index].id)
+                && attempt.artifact_id == p.artifact.id
+                && !attempt.state.is_final()
+            {
+                answers[p.index].offer = Some(Offer {
+                    artifact: p.artifact.clone(),
+                    attempt_id: attempt.id.clone(),
+                    release_id: attempt.release_id.clone(),
+                    mandatory: p.mandatory,
+                });
+                answers[p.index].no_update = None;
+            }
         }
     }
     Ok(answers)

@@ -522,6 +522,50 @@ async fn update_status_telemetry_and_attributes_flow_in(kind: Broker) {
 // ---- embedded only ----
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_racing_the_devices_own_check_ins_opens_one_attempt_per_device() {
+    // The push re-evaluates connected devices in batches while the same devices check in
+    // over HTTP: every device ends with one attempt for the new build, and gets it pushed.
+    let s = setup(Broker::Embedded).await;
+    let mut devices = Vec::new();
+    for i in 0..24 {
+        let (id, token) = s.device(&format!("02:00:00:00:66:{i:02x}"), "lamp", "1.0.0").await;
+        let client = s.connect_device(&id, &token).await;
+        devices.push((id, token, client));
+    }
+    for (_, _, client) in devices.iter_mut() {
+        client.drain(Duration::from_millis(100)).await;
+    }
+    let checkins: Vec<_> = devices
+        .iter()
+        .map(|(_, token, _)| {
+            let (client, url, token) = (s.app.client.clone(), s.app.url("/api/v1/device/checkin"), token.clone());
+            tokio::spawn(async move {
+                for _ in 0..15 {
+                    let response = client.post(&url).bearer_auth(&token).json(&json!({"version": "1.0.0"})).send().await.unwrap();
+                    assert_eq!(response.status(), 200);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+        })
+        .collect();
+    let artifact = s.app.create_artifact(random_bytes(10_000, 67), "product=lamp&version=1.1.0&hardware=esp32").await;
+    for (id, _, client) in devices.iter_mut() {
+        let offer = client.offer(id, Duration::from_secs(10)).await.expect("every connected lamp is offered");
+        assert_eq!(offer["update"]["release_id"], artifact["id"]);
+    }
+    for task in checkins {
+        task.await.unwrap();
+    }
+    for (id, _, _) in &devices {
+        let history: Value = s.app.admin(Method::GET, &format!("/api/v1/devices/{id}/updates")).send().await.unwrap().json().await.unwrap();
+        let items = history["items"].as_array().unwrap();
+        assert_eq!(items.len(), 1, "one attempt per device for one build: {history}");
+        assert_eq!(items[0]["current"], true);
+    }
+    s.app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_000_devices_receive_the_image_and_report_flashing() {
     let s = setup(Broker::Embedded).await;
     let mac = "aa:bb:cc:00:00:01";
