@@ -682,6 +682,11 @@ async fn offer_attempt(
     }
     let slot = match (rollout, rollouts) {
         (Some(offer), Some(rollouts)) => {
+            // A device that failed (or timed out) in this rollout is not offered its release by
+            // it again: it stays failed. A pin or another rollout can include it again.
+            if core.store.rollout_member_state(&offer.rollout_id, &device.id).await?.is_some_and(|state| state.is_failure()) {
+                return Ok(None);
+            }
             if !rollouts.take_slot(&offer.rollout_id) {
                 return Ok(None);
             }
