@@ -560,14 +560,17 @@ async fn a_simulated_fleet_advances_halts_within_the_crossing_stage_and_rolls_ba
         tx.commit().await.unwrap();
     }
     eprintln!("registered {DEVICES} devices in {:?}", started.elapsed());
+    // Stages 1 %, 5 %, 20 %, 100 %: every property below shows as well as with 50 % for the
+    // third stage, with half as many devices to update and roll back (the test's cost is
+    // almost all in those devices' writes).
     let rollout = created(
         &app,
         "/api/v1/rollouts",
         json!({"release_id": release["id"], "start": true, "stages": [
             {"percent": 1, "success_threshold": 80, "error_threshold": {"percent": 15}},
-            {"percent": 10, "success_threshold": 80, "error_threshold": {"percent": 15}},
-            {"percent": 50, "success_threshold": 80, "error_threshold": {"percent": 15}},
-            {"percent": 100, "success_threshold": 80, "error_threshold": {"percent": 15}}]}),
+            {"percent": 5, "success_threshold": 80, "error_threshold": {"percent": 15}},
+            {"percent": 20, "success_threshold": 80, "error_threshold": {"percent": 15}},
+            {"percent": 100, "success_threshold": 80, "error_threshold": {"percent": 3}}]}),
     )
     .await;
     let id = rollout["id"].as_str().unwrap().to_string();
@@ -626,10 +629,15 @@ async fn a_simulated_fleet_advances_halts_within_the_crossing_stage_and_rolls_ba
     let rollout_state = |core: updraft::services::Core, id: String| async move { rollouts::find_rollout(&core, &id).await.unwrap() };
 
     // Stages 1-3 with 1 in 20 failing (5%, under the 15% threshold): each completes and the next opens.
+    // Every device still on 1.0.0 checks in (devices on 2.0.0 cannot be offered it again).
+    let not_updated = |fleet: &[(String, String)]| {
+        let running = running.lock().unwrap();
+        all(fleet).into_iter().filter(|(_, id, _)| running[id] == "1.0.0").collect::<Vec<_>>()
+    };
     let mut offered_total = 0;
     for stage in 0..3 {
         rollouts::refresh(&core, true).await.unwrap();
-        let offered = pass(20, all(&fleet)).await;
+        let offered = pass(20, not_updated(&fleet)).await;
         offered_total += offered;
         let current = rollout_state(core.clone(), id.clone()).await;
         assert_eq!(current.current_stage, stage);
@@ -640,12 +648,12 @@ async fn a_simulated_fleet_advances_halts_within_the_crossing_stage_and_rolls_ba
         let current = rollout_state(core.clone(), id.clone()).await;
         assert_eq!(current.current_stage, stage + 1, "stage {} advanced: {}", stage + 1, current.reason);
     }
-    assert!((4_000..6_000).contains(&offered_total), "about half the fleet after three stages: {offered_total}");
+    assert!((1_600..2_400).contains(&offered_total), "about a fifth of the fleet after three stages: {offered_total}");
 
-    // Stage 4 with 1 in 3 failing: evaluated after every batch of 500, it halts inside the stage.
+    // Stage 4 with 1 in 3 failing (its threshold: 3%): evaluated after every batch of 500, it
+    // halts inside the stage.
     rollouts::refresh(&core, true).await.unwrap();
-    let untouched: Vec<(usize, String, String)> =
-        all(&fleet).into_iter().filter(|(_, id, _)| running.lock().unwrap()[id] == "1.0.0").collect();
+    let untouched = not_updated(&fleet);
     let mut halted_after = None;
     for (batch, devices) in untouched.chunks(500).enumerate() {
         pass(3, devices.to_vec()).await;
