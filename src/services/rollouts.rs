@@ -28,7 +28,8 @@ use super::devices;
 use super::fleet::{ActiveDevice, ProductTargets};
 use crate::domain::firmware::{Artifact, Channel, Product as ProductName};
 use crate::domain::rollout::{
-    self, Action, Group, Release, Rollout, RolloutOptions, RolloutState, Stage, Tally, Target, TargetFacts, Transition, Verdict,
+    self, Action, Group, MemberState, Release, Rollout, RolloutOptions, RolloutState, Stage, Tally, Target, TargetFacts, Transition,
+    Verdict,
 };
 use crate::domain::update::{Held, RolloutOffer};
 use crate::domain::version::Version;
@@ -601,6 +602,7 @@ async fn sync_targets(core: &Core, targets: &mut HashMap<String, ProductTargets>
     // late with an earlier timestamp is still seen thanks to the overlap.
     const TRUST_LOG_MS: i64 = 5 * 60 * 1000;
     const OVERLAP_MS: i64 = 5_000;
+    const PAGE: u32 = 20_000;
     let now = Utc::now().timestamp_millis();
     if let Some(index) = targets.get_mut(product)
         && now - index.synced_at < TRUST_LOG_MS
@@ -622,10 +624,24 @@ async fn sync_targets(core: &Core, targets: &mut HashMap<String, ProductTargets>
                 index.remove(id);
             }
         }
+        // New devices are not in the change log; their ids are UUIDv7s, which begin with
+        // their creation time, so those registered since are the ids above this one.
+        let since = index.synced_at - OVERLAP_MS;
+        let mut after = format!("{:08x}-{:04x}-0000-0000-000000000000", (since.max(0) >> 16) as u64, (since.max(0) & 0xffff) as u64);
+        loop {
+            let rows = core.store.target_rows(product, &after, PAGE).await?;
+            let Some(last) = rows.last() else { break };
+            after = last.id.clone();
+            for row in &rows {
+                index.upsert(row);
+            }
+            if rows.len() < PAGE as usize {
+                break;
+            }
+        }
         index.synced_at = now;
         return Ok(());
     }
-    const PAGE: u32 = 20_000;
     let mut index = ProductTargets::new(now);
     let mut after = String::new();
     loop {
@@ -717,7 +733,7 @@ pub async fn act(core: &Core, id: &str, action: Action, actor: &str, reason: &st
             let applied = core.store.roll_back(&change).await?;
             if applied {
                 for member in core.store.rollout_members(&rollout.id).await? {
-                    if member.from_version.is_some() {
+                    if member.from_version.is_some() && member.state != MemberState::Failed {
                         devices::forget_cached_device(core, &member.device_id);
                     }
                 }
@@ -762,6 +778,7 @@ async fn check_floor(core: &Core, rollout: &Rollout) -> Result<()> {
         .rollout_members(&rollout.id)
         .await?
         .iter()
+        .filter(|m| m.state != MemberState::Failed)
         .filter(|m| m.from_version.as_deref().and_then(|v| Version::parse(v).ok()).is_some_and(|v| v < floor))
         .count();
     if below > 0 {

@@ -238,8 +238,6 @@ impl Store {
                 .await
                 .map_err(|e| db_error(e, "failed to tag a device"))?;
         }
-        // Logged so that every replica's rollout target index learns of the new device.
-        log_change(&mut tx, &id).await?;
         tx.commit().await.map_err(|e| db_error(e, "failed to commit a device"))?;
         self.find_device(&id).await?.ok_or_else(|| Error::Internal(anyhow::anyhow!("device vanished after insert")))
     }

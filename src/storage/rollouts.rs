@@ -546,7 +546,8 @@ impl Store {
     }
 
     /// Rolls back: pins every device of the rollout with a known previous version to that
-    /// version, logs the device changes and moves the rollout to `rolled_back`, all in one
+    /// version, except those that failed (they reported a failure or booted back into the old
+    /// build: they run it, and a pin would only hold them there), logs the device changes and moves the rollout to `rolled_back`, all in one
     /// transaction (and only if the rollout is still as read).
     pub async fn roll_back(&self, change: &TransitionWrite<'_>) -> Result<bool> {
         let now = now_millis();
@@ -567,7 +568,7 @@ impl Store {
         }
         sqlx::query(
             "UPDATE device SET target_version = (SELECT m.from_version FROM rollout_member m WHERE m.rollout_id = $1 AND m.device_id = device.id), \
-             updated_at = $2 WHERE id IN (SELECT device_id FROM rollout_member WHERE rollout_id = $1 AND from_version IS NOT NULL)",
+             updated_at = $2 WHERE id IN (SELECT device_id FROM rollout_member WHERE rollout_id = $1 AND from_version IS NOT NULL AND state <> 'failed')",
         )
         .bind(change.rollout_id)
         .bind(now)
@@ -577,7 +578,7 @@ impl Store {
         // One change-log row per device (ids unique per rollout: a rollout rolls back once).
         sqlx::query(
             "INSERT INTO device_change (id, device_id, at) SELECT 'rollback:' || rollout_id || ':' || device_id, device_id, $2 \
-             FROM rollout_member WHERE rollout_id = $1 AND from_version IS NOT NULL",
+             FROM rollout_member WHERE rollout_id = $1 AND from_version IS NOT NULL AND state <> 'failed'",
         )
         .bind(change.rollout_id)
         .bind(now)

@@ -217,7 +217,7 @@ async fn the_life_cycle_is_enforced_and_every_transition_recorded() {
 async fn the_error_threshold_halts_and_a_rollback_pins_devices_back_above_the_floor() {
     let app = spawn_app_with(|s| s.rollouts.evaluate_every = Duration::from_secs(1)).await;
     let (good_id, good) = device(&app, "02:00:00:00:53:01", "lamp", "1.0.0", &[]).await;
-    let (_, bad) = device(&app, "02:00:00:00:53:02", "lamp", "1.0.0", &[]).await;
+    let (bad_id, bad) = device(&app, "02:00:00:00:53:02", "lamp", "1.0.0", &[]).await;
     let (_, late) = device(&app, "02:00:00:00:53:03", "lamp", "1.0.0", &[]).await;
     let release_id = lamp_release(&app).await;
     let rollout = created(
@@ -265,6 +265,8 @@ async fn the_error_threshold_halts_and_a_rollback_pins_devices_back_above_the_fl
     assert_eq!(offer["version"], "1.0.0", "pinned back to the version it ran");
     assert_eq!(offer["mandatory"], true);
     assert_eq!(get(&app, &format!("/api/v1/devices/{good_id}")).await["target_version"], "1.0.0");
+    // The device that failed never left 1.0.0: no pin holds it there.
+    assert_eq!(get(&app, &format!("/api/v1/devices/{bad_id}")).await["target_version"], Value::Null);
     report(&app, &good, "installed").await;
     assert_eq!(checkin(&app, &good, "1.0.0").await, Value::Null);
     app.stop().await;
