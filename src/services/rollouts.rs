@@ -190,9 +190,9 @@ pub async fn refresh(core: &Core, force: bool) -> Result<()> {
     for (product, artifact_id) in core.store.held_artifacts().await? {
         products.entry(product).or_default().held.released.insert(artifact_id.into());
     }
-    let rollouts = core.store.list_rollouts(&[RolloutState::Running, RolloutState::Completed], None).await?;
     let now = Utc::now();
     let catch_up = chrono::Duration::from_std(runtime.policy.catch_up).unwrap_or(chrono::Duration::MAX);
+    let rollouts = core.store.list_live_rollouts(catch_up_start(now, catch_up)).await?;
     let mut expires: Option<DateTime<Utc>> = None;
     let mut releases: HashMap<String, Option<Release>> = HashMap::new();
     let mut groups: HashMap<String, HashSet<String>> = HashMap::new();
@@ -240,6 +240,11 @@ pub async fn refresh(core: &Core, force: bool) -> Result<()> {
     *runtime.loaded_revision.lock().expect("revision lock") = Some(revision);
     *runtime.expires.lock().expect("expiry lock") = expires;
     refresh_in_flight(core).await
+}
+
+/// Rollouts completed before this time have ended their catch-up period.
+fn catch_up_start(now: DateTime<Utc>, catch_up: chrono::Duration) -> DateTime<Utc> {
+    now.checked_sub_signed(catch_up).unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
 /// Recounts download slots in use from the database (all replicas' offers).
@@ -834,21 +839,11 @@ pub async fn history(core: &Core, id: &str) -> Result<Vec<Transition>> {
 /// Starts due scheduled rollouts, times out silent devices, and applies the thresholds of
 /// running rollouts. Safe to run on every replica at once.
 pub async fn evaluate(core: &Core, now: DateTime<Utc>) -> Result<()> {
-    let rollouts = core
-        .store
-        .list_rollouts(
-            &[RolloutState::Draft, RolloutState::Running, RolloutState::Paused, RolloutState::Halted, RolloutState::Completed],
-            None,
-        )
-        .await?;
     let catch_up = chrono::Duration::from_std(core.rollouts.policy.catch_up).unwrap_or(chrono::Duration::MAX);
+    // Running ones and, during their catch-up period only, completed ones (time-outs, metrics).
+    let mut rollouts = core.store.list_rollouts(&[RolloutState::Draft, RolloutState::Paused, RolloutState::Halted], None).await?;
+    rollouts.extend(core.store.list_live_rollouts(catch_up_start(now, catch_up)).await?);
     for rollout in rollouts {
-        // A completed rollout is evaluated (time-outs, metrics) during its catch-up period only.
-        if rollout.state == RolloutState::Completed
-            && rollout.completed_at.unwrap_or(rollout.updated_at).checked_add_signed(catch_up).is_some_and(|until| until <= now)
-        {
-            continue;
-        }
         if let Err(e) = evaluate_one(core, &rollout, now).await {
             match e {
                 // Another replica acted first: fine.

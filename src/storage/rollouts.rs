@@ -151,6 +151,9 @@ impl Store {
     /// Deletes a release no rollout uses; false if it does not exist.
     pub async fn delete_release(&self, id: &str) -> Result<bool> {
         let mut tx = self.pool.begin().await.map_err(|e| db_error(e, "failed to begin a transaction"))?;
+        // A write first: on SQLite, a transaction that reads first and then writes fails at
+        // once (no busy wait) when another connection wrote in between.
+        bump_revision(&mut tx).await?;
         let used: i64 = sqlx::query("SELECT COUNT(*) AS n FROM rollout WHERE release_id = $1")
             .bind(id)
             .fetch_one(&mut *tx)
@@ -170,7 +173,6 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(|e| db_error(e, "failed to delete a release"))?;
-        bump_revision(&mut tx).await?;
         tx.commit().await.map_err(|e| db_error(e, "failed to commit a release deletion"))?;
         Ok(deleted.rows_affected() == 1)
     }
@@ -369,6 +371,20 @@ impl Store {
         .fetch_all(&self.pool)
         .await
         .map_err(|e| db_error(e, "failed to list rollouts"))?;
+        rows.iter().map(rollout_from_row).collect()
+    }
+
+    /// Rollouts that offer their release: running ones, and completed ones that completed at
+    /// or after `completed_since` (in their catch-up period). Not limited: there are few.
+    pub async fn list_live_rollouts(&self, completed_since: DateTime<Utc>) -> Result<Vec<Rollout>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {ROLLOUT_COLUMNS} FROM rollout WHERE state = 'running' \
+             OR (state = 'completed' AND COALESCE(completed_at, updated_at) >= $1) ORDER BY created_at DESC, id DESC"
+        )))
+        .bind(completed_since.timestamp_millis())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db_error(e, "failed to list live rollouts"))?;
         rows.iter().map(rollout_from_row).collect()
     }
 
