@@ -604,8 +604,9 @@ async fn scan_target(core: &Core, product: &str, mut visit: impl FnMut(&TargetFa
 /// Brings a product's target index up to date (see `scan_target`).
 async fn sync_targets(core: &Core, targets: &mut HashMap<String, ProductTargets>, product: &str) -> Result<()> {
     // The change log keeps 10 minutes (`devices::follow_device_changes`); a change committed
-    // late with an earlier timestamp is still seen thanks to the overlap.
-    const TRUST_LOG_MS: i64 = 5 * 60 * 1000;
+    // late with an earlier timestamp is still seen thanks to the overlap. 8 minutes covers the
+    // evaluator's recounts (`UPDRAFT_ROLLOUT_RECOUNT_SECS`, default 300) with room to spare.
+    const TRUST_LOG_MS: i64 = 8 * 60 * 1000;
     const OVERLAP_MS: i64 = 5_000;
     const PAGE: u32 = 20_000;
     let now = Utc::now().timestamp_millis();
