@@ -132,6 +132,9 @@ pub struct ServeArgs {
     /// How often the devices a running rollout targets are recounted [default: 300]
     #[arg(long, env = "UPDRAFT_ROLLOUT_RECOUNT_SECS", value_name = "SECS")]
     pub rollout_recount_secs: Option<String>,
+    /// How long a completed rollout still offers its release to devices that were offline or joined late [default: 604800]
+    #[arg(long, env = "UPDRAFT_ROLLOUT_CATCH_UP_SECS", value_name = "SECS")]
+    pub rollout_catch_up_secs: Option<String>,
     /// Log filter, e.g. `info` or `info,updraft=debug` [default: info]
     #[arg(long, env = "UPDRAFT_LOG", value_name = "FILTER")]
     pub log: Option<String>,
@@ -410,6 +413,7 @@ const SETTING_NAMES: &[&str] = &[
     "rollout_evaluate_secs",
     "rollout_device_deadline_secs",
     "rollout_recount_secs",
+    "rollout_catch_up_secs",
     "compat_ota_server",
     "compat_ota_server_downloads",
     "compat_shared_secret",
@@ -656,6 +660,7 @@ impl Settings {
                 30 * 86400,
             )?,
             recount_every: secs("rollout_recount_secs", get("rollout_recount_secs", &args.rollout_recount_secs), 300, 1, 86400)?,
+            catch_up: secs("rollout_catch_up_secs", get("rollout_catch_up_secs", &args.rollout_catch_up_secs), 7 * 86400, 1, 365 * 86400)?,
         };
 
         let compat = parse_compat(&get, args)?;

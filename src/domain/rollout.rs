@@ -105,7 +105,8 @@ pub fn next_state(from: RolloutState, action: Action, last_stage: bool) -> Resul
     let to = match (action, from) {
         (Action::Start, Draft) => Some(Running),
         (Action::Pause, Running) => Some(Paused),
-        (Action::Resume, Paused) => Some(Running),
+        // Resuming a halted rollout excuses the failures that halted it (see `Tally::excused`).
+        (Action::Resume, Paused | Halted) => Some(Running),
         (Action::Cancel, Draft | Running | Paused | Halted) => Some(Cancelled),
         (Action::Advance, Running | Paused) => Some(if last_stage { Completed } else { from }),
         (Action::Rollback, Running | Paused | Halted | Completed | Cancelled) => Some(RolledBack),
@@ -447,6 +448,9 @@ pub struct Tally {
     pub succeeded: u64,
     pub failed: u64,
     pub timed_out: u64,
+    /// Of `failed` and `timed_out`: failures an operator excused by resuming the rollout
+    /// after a halt. Still shown as failures, but the error threshold no longer counts them.
+    pub excused: u64,
 }
 
 impl Tally {
@@ -465,6 +469,11 @@ impl Tally {
 
     pub fn failures(&self) -> u64 {
         self.failed + self.timed_out
+    }
+
+    /// The failures the error threshold counts: those not excused by a resume.
+    pub fn counted_failures(&self) -> u64 {
+        self.failures().saturating_sub(self.excused)
     }
 
     pub fn members(&self) -> u64 {
@@ -491,12 +500,13 @@ pub enum Verdict {
 /// Applies the thresholds. `tallies` and `sizes` cover the started stages (index =
 /// stage), `current` is the current stage, `soaked` whether its minimum soak time passed.
 /// The error threshold of every started stage is checked (late failures of an earlier stage
-/// still halt); the success threshold only of the current stage.
+/// still halt); the success threshold only of the current stage. Failures excused by a
+/// resume after a halt are not counted: only new ones can halt the rollout again.
 pub fn evaluate(stages: &[Stage], current: usize, tallies: &[Tally], sizes: &[u64], soaked: bool) -> Verdict {
     for (index, tally) in tallies.iter().enumerate().take(current + 1) {
         let Some(stage) = stages.get(index) else { break };
         let size = sizes.get(index).copied().unwrap_or(0).max(tally.members());
-        let failures = tally.failures();
+        let failures = tally.counted_failures();
         if let Some(limit) = stage.error.count
             && failures >= limit
         {
@@ -589,6 +599,8 @@ pub struct Rollout {
     pub started_at: Option<DateTime<Utc>>,
     pub stage_started_at: Option<DateTime<Utc>>,
     pub counted_at: Option<DateTime<Utc>>,
+    /// When it completed (its catch-up period runs from then).
+    pub completed_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -646,11 +658,12 @@ mod tests {
         assert_eq!(next_state(Running, Action::Advance, true).unwrap(), Completed);
         assert_eq!(next_state(Running, Action::Halt, false).unwrap(), Halted);
         assert_eq!(next_state(Completed, Action::Rollback, true).unwrap(), RolledBack);
+        assert_eq!(next_state(Halted, Action::Resume, false).unwrap(), Running, "an operator may resume after a halt");
         for (from, action) in [
             (Draft, Action::Pause),
             (Completed, Action::Start),
             (Cancelled, Action::Resume),
-            (Halted, Action::Resume),
+            (Completed, Action::Resume),
             (RolledBack, Action::Rollback),
             (Halted, Action::Advance),
         ] {
@@ -744,6 +757,11 @@ mod tests {
             "late failures of stage 1"
         );
         assert!(matches!(evaluate(&stages, 0, &[Tally::default()], &[0], true), Verdict::Advance(_)), "an empty stage passes");
+        // After a resume, the failures that halted the rollout are excused; new ones count.
+        let excused = Tally { succeeded: 8, failed: 1, excused: 1, ..Default::default() };
+        assert_eq!(evaluate(&stages, 0, std::slice::from_ref(&excused), &[10], false), Verdict::Wait);
+        let again = Tally { failed: 2, ..excused };
+        assert!(matches!(evaluate(&stages, 0, &[again], &[10], false), Verdict::Halt(_)), "a new failure halts again");
     }
 
     proptest! {

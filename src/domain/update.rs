@@ -14,10 +14,16 @@
 //!      this device (the caller has checked target, stage membership, window and download
 //!      slots: see `services::rollouts`). A build that belongs to a release is offered
 //!      only this way, so creating a release does not ship it to everyone.
+//!    - A product with a release is **managed by rollouts** from then on: a build uploaded
+//!      since (in no release yet) is held too, offered to nobody until a release and a
+//!      rollout (or a pin) ship it. Builds uploaded before the first release stay open, and
+//!      products that never had a release keep the plain newest-build rule.
 //! 4. Versions order by semantic-version precedence, pre-releases included.
 
 use std::collections::HashSet;
 use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
 
 use super::firmware::{Artifact, Channel};
 use super::version::Version;
@@ -58,18 +64,34 @@ pub struct RolloutOffer {
     pub mandatory: bool,
 }
 
+/// The builds of a product that the newest-build rule skips.
+#[derive(Debug, Clone, Default)]
+pub struct Held {
+    /// Ids of builds that belong to a release: offered only through a rollout's offer.
+    pub released: HashSet<Arc<str>>,
+    /// The product is managed by rollouts since this time (its first release): builds
+    /// uploaded since then are held as well.
+    pub since: Option<DateTime<Utc>>,
+}
+
+impl Held {
+    pub fn holds(&self, artifact: &Artifact) -> bool {
+        self.released.contains(artifact.id.as_str()) || self.since.is_some_and(|since| artifact.created_at >= since)
+    }
+}
+
 /// What releases and rollouts add to the decision.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Releases<'a> {
-    /// Ids of builds that belong to a release: offered only through a rollout's offer.
-    pub held: Option<&'a HashSet<Arc<str>>>,
+    /// Builds offered only through a rollout's offer (or a pin).
+    pub held: Option<&'a Held>,
     /// What the running rollouts this device is in offer it.
     pub offers: &'a [RolloutOffer],
 }
 
 impl Releases<'_> {
     fn holds(&self, artifact: &Artifact) -> bool {
-        self.held.is_some_and(|held| held.contains(artifact.id.as_str()))
+        self.held.is_some_and(|held| held.holds(artifact))
     }
 }
 
@@ -275,7 +297,7 @@ mod tests {
         let open = artifact("a", "1.0.0", &["esp32"], "stable");
         let released = artifact("r", "2.0.0", &["esp32"], "stable");
         let builds = [open.clone(), released.clone()];
-        let held: HashSet<Arc<str>> = ["r".into()].into();
+        let held = Held { released: ["r".into()].into(), since: None };
         let gated = Releases { held: Some(&held), offers: &[] };
         assert_eq!(offered(&decide(&device(Some("0.9.0")), &builds, gated)), Some("a"), "the open build, not the held one");
         assert_eq!(decide(&device(Some("1.0.0")), &builds, gated), Decision::None(NoUpdate::UpToDate));
@@ -290,6 +312,22 @@ mod tests {
             }
             other => panic!("expected an offer, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_managed_product_s_fresh_uploads_are_held_and_older_builds_stay_open() {
+        let old = artifact("old", "1.0.0", &["esp32"], "stable");
+        let mut fresh = artifact("fresh", "3.0.0", &["esp32"], "stable");
+        fresh.created_at = old.created_at + chrono::Duration::hours(2);
+        let builds = [old.clone(), fresh.clone()];
+        let held = Held { released: HashSet::new(), since: Some(old.created_at + chrono::Duration::hours(1)) };
+        let managed = Releases { held: Some(&held), offers: &[] };
+        assert_eq!(offered(&decide(&device(Some("0.9.0")), &builds, managed)), Some("old"), "uploaded before the first release");
+        assert_eq!(decide(&device(Some("1.0.0")), &builds, managed), Decision::None(NoUpdate::UpToDate), "the fresh upload is held");
+        let mut pinned = device(Some("1.0.0"));
+        pinned.target_version = Some(Version::parse("3.0.0").unwrap());
+        assert_eq!(offered(&decide(&pinned, &builds, managed)), Some("fresh"), "a pin still reaches it");
+        assert_eq!(offered(&decide(&device(Some("1.0.0")), &builds, Releases::default())), Some("fresh"), "unmanaged: newest wins");
     }
 
     #[test]

@@ -226,6 +226,9 @@ pub struct CountsView {
     pub succeeded: u64,
     pub failed: u64,
     pub timed_out: u64,
+    /// Of `failed` and `timed_out`: failures excused when an operator resumed the rollout
+    /// after a halt. The error threshold counts only the others.
+    pub excused: u64,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -280,6 +283,9 @@ pub struct RolloutView {
     pub failure_rate: f64,
     pub started_at: Option<String>,
     pub stage_started_at: Option<String>,
+    /// When it completed; it offers its release to late devices for the catch-up period
+    /// (`UPDRAFT_ROLLOUT_CATCH_UP_SECS`) after this.
+    pub completed_at: Option<String>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -375,6 +381,7 @@ fn counts_view(tally: &Tally, size: Option<u64>) -> CountsView {
         succeeded: tally.succeeded,
         failed: tally.failed,
         timed_out: tally.timed_out,
+        excused: tally.excused,
     }
 }
 
@@ -457,6 +464,7 @@ fn rollout_view(status: &RolloutStatus) -> RolloutView {
         failure_rate: status.total.failure_rate(),
         started_at: rollout.started_at.map(timestamp),
         stage_started_at: rollout.stage_started_at.map(timestamp),
+        completed_at: rollout.completed_at.map(timestamp),
         created_at: timestamp(rollout.created_at),
         updated_at: timestamp(rollout.updated_at),
     }
@@ -827,7 +835,12 @@ action_endpoint!(
     Action::Pause,
     "Pause: nobody new is offered the release; devices already offered may finish."
 );
-action_endpoint!(resume_rollout, "/api/v1/rollouts/{id}/resume", Action::Resume, "Resume a paused rollout.");
+action_endpoint!(
+    resume_rollout,
+    "/api/v1/rollouts/{id}/resume",
+    Action::Resume,
+    "Resume a paused rollout, or a halted one: the failures that halted it are excused (the error threshold counts new ones only)."
+);
 action_endpoint!(
     cancel_rollout,
     "/api/v1/rollouts/{id}/cancel",

@@ -5,7 +5,7 @@
 //! the running build, from the product's builds) and then call the same `devices::checkin`
 //! and `update::decide` as the native protocol: there is no second update logic.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -27,7 +27,7 @@ use crate::domain::compat;
 use crate::domain::device::Device;
 use crate::domain::firmware::{Artifact, Channel, Product as ProductName, UploadMeta};
 use crate::domain::mac::Mac;
-use crate::domain::update::{self, Decision, DeviceFacts, Releases};
+use crate::domain::update::{self, Decision, DeviceFacts, Held, Releases};
 use crate::domain::version::Version;
 use crate::domain::{Error, Result};
 use crate::storage::DevicePatch;
@@ -115,7 +115,7 @@ pub async fn checkin_by_mac(core: &Core, request: MacCheckin, ip: Option<IpAddr>
 /// belong to a release (`held`) are not offered: rollouts need to know the device.
 pub fn decide_anonymous<'a>(
     builds: &'a [Artifact],
-    held: Option<&HashSet<Arc<str>>>,
+    held: Option<&Held>,
     product: &str,
     version: Option<&Version>,
     hardware: Option<&str>,
@@ -154,7 +154,7 @@ pub async fn cyberdeck_latest(core: &Core, product: &str) -> Result<Option<Artif
     let held = rollouts::of_product(core, product);
     let open: Vec<Artifact> = builds
         .iter()
-        .filter(|a| marked.as_deref() == Some(a.id.as_str()) || !held.as_ref().is_some_and(|h| h.held.contains(a.id.as_str())))
+        .filter(|a| marked.as_deref() == Some(a.id.as_str()) || !held.as_ref().is_some_and(|h| h.held.holds(a)))
         .cloned()
         .collect();
     Ok(compat::cyberdeck_latest(&open, product, marked.as_deref()).cloned())

@@ -661,36 +661,43 @@ fn attributes_hash(value: &Value) -> u64 {
 /// What an offer of `artifact` does, given the device's current attempt: reuse that attempt
 /// when it is for this build and still open; nothing when the device failed or rejected the
 /// build recently (devices such as the ThingsBoard SDK retry at once, forever); otherwise a
-/// new attempt. A rollout's offer to a device it did not offer before takes one of its
-/// download slots; none left, no offer this time.
+/// new attempt. A device that failed (or timed out) in a rollout is not offered its release by
+/// it again. A rollout's offer to a device it did not offer before takes one of its download
+/// slots; none left, no offer this time.
 enum AttemptPlan<'a> {
     Reuse(UpdateAttempt),
     Refuse,
     Open { release_id: &'a str, slot: Option<RolloutSlot<'a>> },
 }
 
-fn plan_attempt<'a>(
+async fn plan_attempt<'a>(
     core: &Core,
+    device_id: &str,
     artifact: &'a Artifact,
     rollout: Option<&'a RolloutOffer>,
     rollouts: Option<&rollouts::ProductRollouts>,
     current: Option<UpdateAttempt>,
-) -> AttemptPlan<'a> {
+) -> Result<AttemptPlan<'a>> {
     if let Some(attempt) = current
         && attempt.artifact_id == artifact.id
     {
         if !attempt.state.is_final() {
-            return AttemptPlan::Reuse(attempt);
+            return Ok(AttemptPlan::Reuse(attempt));
         }
         let retry_after = chrono::Duration::from_std(core.devices.policy.retry_failed_after).unwrap_or(chrono::Duration::MAX);
         if matches!(attempt.state, UpdateState::Failed | UpdateState::Rejected) && Utc::now() - attempt.updated_at < retry_after {
-            return AttemptPlan::Refuse;
+            return Ok(AttemptPlan::Refuse);
         }
     }
     let slot = match (rollout, rollouts) {
         (Some(offer), Some(rollouts)) => {
+            // A device that failed (or timed out) in this rollout is not offered its release by
+            // it again: it stays failed. A pin or another rollout can include it again.
+            if core.store.rollout_member_state(&offer.rollout_id, device_id).await?.is_some_and(|state| state.is_failure()) {
+                return Ok(AttemptPlan::Refuse);
+            }
             if !rollouts.take_slot(&offer.rollout_id) {
-                return AttemptPlan::Refuse;
+                return Ok(AttemptPlan::Refuse);
             }
             Some(RolloutSlot {
                 rollout_id: &offer.rollout_id,
@@ -700,7 +707,7 @@ fn plan_attempt<'a>(
         }
         _ => None,
     };
-    AttemptPlan::Open { release_id: rollout.map(|r| &*r.release_id).unwrap_or(&artifact.id), slot }
+    Ok(AttemptPlan::Open { release_id: rollout.map(|r| &*r.release_id).unwrap_or(&artifact.id), slot })
 }
 
 fn publish_offered(core: &Core, device_id: &str, release_id: &str, rollout: Option<&RolloutOffer>, artifact: &Artifact) {
@@ -721,7 +728,7 @@ async fn offer_attempt(
 ) -> Result<Option<UpdateAttempt>> {
     let current = core.store.current_attempt(&device.id).await?;
     let replacing = current.as_ref().map(|a| a.id.clone());
-    let (release_id, slot) = match plan_attempt(core, artifact, rollout, rollouts, current) {
+    let (release_id, slot) = match plan_attempt(core, &device.id, artifact, rollout, rollouts, current).await? {
         AttemptPlan::Reuse(attempt) => return Ok(Some(attempt)),
         AttemptPlan::Refuse => return Ok(None),
         AttemptPlan::Open { release_id, slot } => (release_id, slot),
@@ -803,7 +810,7 @@ pub async fn offers_for(core: &Core, devices: &[Arc<ActiveDevice>]) -> Result<Ve
         let device = &devices[p.index];
         let seen = current.remove(&*device.id);
         let replacing = seen.as_ref().map(|a| a.id.clone());
-        match plan_attempt(core, &p.artifact, p.rollout.as_ref(), p.rollouts.as_deref(), seen) {
+        match plan_attempt(core, &device.id, &p.artifact, p.rollout.as_ref(), p.rollouts.as_deref(), seen).await? {
             AttemptPlan::Reuse(attempt) => {
                 answers[p.index].offer = Some(Offer {
                     artifact: p.artifact.clone(),

@@ -213,6 +213,58 @@ impl ActiveDevice {
     }
 }
 
+/// A device as rollout target filters see it.
+pub struct TargetEntry {
+    pub hardware: Option<Arc<str>>,
+    pub channel: Arc<str>,
+    pub version: Option<Arc<str>>,
+    pub tags: Arc<[Arc<str>]>,
+    /// Registration time (Unix ms).
+    pub created_at: i64,
+}
+
+/// Every device of one product with the facts target filters read (token or not), so that
+/// counting a rollout's target reads memory instead of the device table. Loaded once, then
+/// kept exact by re-reading the devices the `device_change` log names (`services::rollouts`).
+pub struct ProductTargets {
+    pub devices: HashMap<Arc<str>, TargetEntry>,
+    /// Changes logged before this time (Unix ms, minus an overlap) are applied.
+    pub synced_at: i64,
+    interned: HashSet<Arc<str>>,
+}
+
+impl ProductTargets {
+    pub fn new(synced_at: i64) -> Self {
+        ProductTargets { devices: HashMap::new(), synced_at, interned: HashSet::new() }
+    }
+
+    fn intern(&mut self, text: &str) -> Arc<str> {
+        if let Some(existing) = self.interned.get(text) {
+            return existing.clone();
+        }
+        let text: Arc<str> = Arc::from(text);
+        if self.interned.len() < INTERNED_MAX {
+            self.interned.insert(text.clone());
+        }
+        text
+    }
+
+    pub fn upsert(&mut self, row: &crate::storage::TargetRow) {
+        let entry = TargetEntry {
+            hardware: row.hardware.as_deref().map(|h| self.intern(h)),
+            channel: self.intern(&row.channel),
+            version: row.version.as_deref().map(|v| self.intern(v)),
+            tags: row.tags.iter().map(|t| self.intern(t)).collect(),
+            created_at: row.created_at,
+        };
+        self.devices.insert(Arc::from(row.id.as_str()), entry);
+    }
+
+    pub fn remove(&mut self, device_id: &str) {
+        self.devices.remove(device_id);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

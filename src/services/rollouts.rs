@@ -25,12 +25,13 @@ use serde_json::json;
 
 use super::Core;
 use super::devices;
-use super::fleet::ActiveDevice;
+use super::fleet::{ActiveDevice, ProductTargets};
 use crate::domain::firmware::{Artifact, Channel, Product as ProductName};
 use crate::domain::rollout::{
-    self, Action, Group, Release, Rollout, RolloutOptions, RolloutState, Stage, Tally, Target, TargetFacts, Transition, Verdict,
+    self, Action, Group, MemberState, Release, Rollout, RolloutOptions, RolloutState, Stage, Tally, Target, TargetFacts, Transition,
+    Verdict,
 };
-use crate::domain::update::RolloutOffer;
+use crate::domain::update::{Held, RolloutOffer};
 use crate::domain::version::Version;
 use crate::domain::{Error, Result, device};
 use crate::storage::TransitionWrite;
@@ -44,6 +45,9 @@ pub struct RolloutPolicy {
     pub device_deadline: Duration,
     /// How often the devices of a running rollout's target are recounted.
     pub recount_every: Duration,
+    /// How long a completed rollout still offers its release (to devices that were offline,
+    /// and, if dynamic, to devices that match later); then it leaves the view.
+    pub catch_up: Duration,
 }
 
 impl Default for RolloutPolicy {
@@ -52,6 +56,7 @@ impl Default for RolloutPolicy {
             evaluate_every: Duration::from_secs(5),
             device_deadline: Duration::from_secs(24 * 3600),
             recount_every: Duration::from_secs(300),
+            catch_up: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -61,13 +66,26 @@ pub struct RolloutRuntime {
     pub policy: RolloutPolicy,
     view: RwLock<Arc<HashMap<String, Arc<ProductRollouts>>>>,
     loaded_revision: Mutex<Option<i64>>,
+    /// When the first completed rollout of the view ends its catch-up period (the view is
+    /// reloaded then, without it).
+    expires: Mutex<Option<DateTime<Utc>>>,
+    /// Each product's target index, for counting rollout targets without reading the device
+    /// table (loaded on first use).
+    targets: tokio::sync::Mutex<HashMap<String, ProductTargets>>,
     /// Serialises reloads (two at once would only waste work).
     reloading: tokio::sync::Mutex<()>,
 }
 
 impl RolloutRuntime {
     pub fn new(policy: RolloutPolicy) -> Self {
-        RolloutRuntime { policy, view: RwLock::default(), loaded_revision: Mutex::new(None), reloading: tokio::sync::Mutex::new(()) }
+        RolloutRuntime {
+            policy,
+            view: RwLock::default(),
+            loaded_revision: Mutex::new(None),
+            expires: Mutex::new(None),
+            targets: tokio::sync::Mutex::default(),
+            reloading: tokio::sync::Mutex::new(()),
+        }
     }
 }
 
@@ -75,7 +93,7 @@ impl RolloutRuntime {
 /// newest release first.
 #[derive(Default)]
 pub struct ProductRollouts {
-    pub held: HashSet<Arc<str>>,
+    pub held: Held,
     live: Vec<LiveRollout>,
 }
 
@@ -107,6 +125,8 @@ struct LiveRollout {
     max_concurrent: Option<u32>,
     in_flight: AtomicU64,
     deadline_s: u64,
+    /// A completed rollout offers until its catch-up period ends.
+    until: Option<DateTime<Utc>>,
 }
 
 impl ProductRollouts {
@@ -116,6 +136,9 @@ impl ProductRollouts {
         let facts =
             TargetFacts { id: &device.id, hardware: device.hardware.as_deref(), channel: &device.channel, version, tags: &device.tags };
         for live in &self.live {
+            if live.until.is_some_and(|until| now >= until) {
+                continue;
+            }
             if version.is_some_and(|v| *v >= live.version) {
                 // Sorted newest first: nothing further is newer either.
                 return None;
@@ -161,13 +184,28 @@ pub async fn refresh(core: &Core, force: bool) -> Result<()> {
         return Ok(());
     }
     let mut products: HashMap<String, ProductRollouts> = HashMap::new();
-    for (product, artifact_id) in core.store.held_artifacts().await? {
-        products.entry(product).or_default().held.insert(artifact_id.into());
+    for (product, since) in core.store.managed_products().await? {
+        products.entry(product).or_default().held.since = Some(since);
     }
-    let rollouts = core.store.list_rollouts(&[RolloutState::Running, RolloutState::Completed], None).await?;
+    for (product, artifact_id) in core.store.held_artifacts().await? {
+        products.entry(product).or_default().held.released.insert(artifact_id.into());
+    }
+    let now = Utc::now();
+    let catch_up = chrono::Duration::from_std(runtime.policy.catch_up).unwrap_or(chrono::Duration::MAX);
+    let rollouts = core.store.list_live_rollouts(catch_up_start(now, catch_up)).await?;
+    let mut expires: Option<DateTime<Utc>> = None;
     let mut releases: HashMap<String, Option<Release>> = HashMap::new();
     let mut groups: HashMap<String, HashSet<String>> = HashMap::new();
     for rollout in rollouts {
+        let until = (rollout.state == RolloutState::Completed)
+            .then(|| rollout.completed_at.unwrap_or(rollout.updated_at).checked_add_signed(catch_up).unwrap_or(DateTime::<Utc>::MAX_UTC));
+        if let Some(until) = until {
+            if until <= now {
+                // Its catch-up period is over: evicted, it offers nothing more.
+                continue;
+            }
+            expires = Some(expires.map_or(until, |e| e.min(until)));
+        }
         if !releases.contains_key(&rollout.release_id) {
             releases.insert(rollout.release_id.clone(), core.store.find_release(&rollout.release_id).await?);
         }
@@ -190,6 +228,7 @@ pub async fn refresh(core: &Core, force: bool) -> Result<()> {
             max_concurrent: rollout.options.max_concurrent,
             in_flight: AtomicU64::new(0),
             deadline_s: rollout.options.device_deadline_s,
+            until,
         };
         products.entry(rollout.product.clone()).or_default().live.push(live);
     }
@@ -199,7 +238,13 @@ pub async fn refresh(core: &Core, force: bool) -> Result<()> {
     let view: HashMap<String, Arc<ProductRollouts>> = products.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
     *runtime.view.write().expect("rollout view lock") = Arc::new(view);
     *runtime.loaded_revision.lock().expect("revision lock") = Some(revision);
+    *runtime.expires.lock().expect("expiry lock") = expires;
     refresh_in_flight(core).await
+}
+
+/// Rollouts completed before this time have ended their catch-up period.
+fn catch_up_start(now: DateTime<Utc>, catch_up: chrono::Duration) -> DateTime<Utc> {
+    now.checked_sub_signed(catch_up).unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
 /// Recounts download slots in use from the database (all replicas' offers).
@@ -484,6 +529,7 @@ pub async fn create_rollout(core: &Core, new: NewRollout) -> Result<(Rollout, Ve
         started_at: None,
         stage_started_at: None,
         counted_at: None,
+        completed_at: None,
         created_at: now,
         updated_at: now,
     };
@@ -536,31 +582,87 @@ async fn overlaps(core: &Core, new: &Rollout, release: &Release) -> Result<Vec<O
         .collect())
 }
 
-/// Calls `visit` for every device of a product, a page at a time.
+/// Calls `visit` for every device of a product, from the product's target index (see
+/// `fleet::ProductTargets`): brought up to date from the device change log first, or loaded
+/// from the database when this replica has none, or the log may have been pruned since.
 async fn scan_target(core: &Core, product: &str, mut visit: impl FnMut(&TargetFacts<'_>, i64)) -> Result<()> {
-    const PAGE: u32 = 5_000;
+    let mut targets = core.rollouts.targets.lock().await;
+    sync_targets(core, &mut targets, product).await?;
+    let Some(index) = targets.get(product) else { return Ok(()) };
+    let mut versions: HashMap<&str, Option<Version>> = HashMap::new();
+    for (id, entry) in &index.devices {
+        let version = match entry.version.as_deref() {
+            Some(text) => versions.entry(text).or_insert_with(|| Version::parse(text).ok()).as_ref(),
+            None => None,
+        };
+        let facts = TargetFacts { id, hardware: entry.hardware.as_deref(), channel: &entry.channel, version, tags: &entry.tags };
+        visit(&facts, entry.created_at);
+    }
+    Ok(())
+}
+
+/// Brings a product's target index up to date (see `scan_target`).
+async fn sync_targets(core: &Core, targets: &mut HashMap<String, ProductTargets>, product: &str) -> Result<()> {
+    // The change log keeps 10 minutes (`devices::follow_device_changes`); a change committed
+    // late with an earlier timestamp is still seen thanks to the overlap. 8 minutes covers the
+    // evaluator's recounts (`UPDRAFT_ROLLOUT_RECOUNT_SECS`, default 300) with room to spare.
+    const TRUST_LOG_MS: i64 = 8 * 60 * 1000;
+    const OVERLAP_MS: i64 = 5_000;
+    const PAGE: u32 = 20_000;
+    let now = Utc::now().timestamp_millis();
+    if let Some(index) = targets.get_mut(product)
+        && now - index.synced_at < TRUST_LOG_MS
+    {
+        let mut ids: Vec<String> =
+            core.store.changed_devices_since(index.synced_at - OVERLAP_MS).await?.into_iter().map(|(id, _)| id).collect();
+        ids.sort();
+        ids.dedup();
+        let rows = core.store.target_rows_by_ids(&ids).await?;
+        let mut present = HashSet::new();
+        for row in &rows {
+            if row.product.as_deref() == Some(product) {
+                index.upsert(row);
+                present.insert(row.id.as_str());
+            }
+        }
+        for id in &ids {
+            if !present.contains(id.as_str()) {
+                index.remove(id);
+            }
+        }
+        // New devices are not in the change log; their ids are UUIDv7s, which begin with
+        // their creation time, so those registered since are the ids above this one.
+        let since = index.synced_at - OVERLAP_MS;
+        let mut after = format!("{:08x}-{:04x}-0000-0000-000000000000", (since.max(0) >> 16) as u64, (since.max(0) & 0xffff) as u64);
+        loop {
+            let rows = core.store.target_rows(product, &after, PAGE).await?;
+            let Some(last) = rows.last() else { break };
+            after = last.id.clone();
+            for row in &rows {
+                index.upsert(row);
+            }
+            if rows.len() < PAGE as usize {
+                break;
+            }
+        }
+        index.synced_at = now;
+        return Ok(());
+    }
+    let mut index = ProductTargets::new(now);
     let mut after = String::new();
     loop {
         let rows = core.store.target_rows(product, &after, PAGE).await?;
         let Some(last) = rows.last() else { break };
         after = last.id.clone();
         for row in &rows {
-            let version = row.version.as_deref().and_then(|v| Version::parse(v).ok());
-            let tags: Vec<Arc<str>> = row.tags.iter().map(|t| Arc::from(t.as_str())).collect();
-            let facts = TargetFacts {
-                id: &row.id,
-                hardware: row.hardware.as_deref(),
-                channel: &row.channel,
-                version: version.as_ref(),
-                tags: &tags,
-            };
-            visit(&facts, row.created_at);
+            index.upsert(row);
         }
         if rows.len() < PAGE as usize {
             break;
         }
         tokio::task::yield_now().await;
     }
+    targets.insert(product.to_string(), index);
     Ok(())
 }
 
@@ -590,7 +692,14 @@ pub async fn find_rollout(core: &Core, id: &str) -> Result<Rollout> {
 pub async fn act(core: &Core, id: &str, action: Action, actor: &str, reason: &str) -> Result<Rollout> {
     let rollout = find_rollout(core, id).await?;
     let to = rollout::next_state(rollout.state, action, rollout.last_stage())?;
-    let reason = if reason.is_empty() { default_reason(action, &rollout) } else { reason.to_string() };
+    let mut reason = if reason.is_empty() { default_reason(action, &rollout) } else { reason.to_string() };
+    // Resuming after a halt excuses the failures so far (recorded in the history): otherwise
+    // the next evaluation would halt again on the very failures the operator looked at.
+    let excuse_failures = action == Action::Resume && rollout.state == RolloutState::Halted;
+    if excuse_failures {
+        let (_, total) = tallies(core, &rollout).await?;
+        reason = format!("{reason}; {} failures so far excused, the error threshold counts new ones only", total.counted_failures());
+    }
     // A stage that starts now gets its share from the devices targeted now.
     let mut to_stage = rollout.current_stage;
     let counted: Option<(Vec<f64>, Vec<u64>, u64)> = match action {
@@ -622,6 +731,7 @@ pub async fn act(core: &Core, id: &str, action: Action, actor: &str, reason: &st
         reason: &reason,
         shares: counted.as_ref().map(|(shares, sizes, n)| (shares.as_slice(), sizes.as_slice(), *n)),
         started: action == Action::Start,
+        excuse_failures,
     };
     let applied = match action {
         Action::Rollback => {
@@ -629,7 +739,7 @@ pub async fn act(core: &Core, id: &str, action: Action, actor: &str, reason: &st
             let applied = core.store.roll_back(&change).await?;
             if applied {
                 for member in core.store.rollout_members(&rollout.id).await? {
-                    if member.from_version.is_some() {
+                    if member.from_version.is_some() && member.state != MemberState::Failed {
                         devices::forget_cached_device(core, &member.device_id);
                     }
                 }
@@ -655,6 +765,7 @@ fn default_reason(action: Action, rollout: &Rollout) -> String {
     match action {
         Action::Start => "started".into(),
         Action::Pause => "paused".into(),
+        Action::Resume if rollout.state == RolloutState::Halted => "resumed after a halt".into(),
         Action::Resume => "resumed".into(),
         Action::Cancel => "cancelled".into(),
         Action::Advance if rollout.last_stage() => "completed".into(),
@@ -673,6 +784,7 @@ async fn check_floor(core: &Core, rollout: &Rollout) -> Result<()> {
         .rollout_members(&rollout.id)
         .await?
         .iter()
+        .filter(|m| m.state != MemberState::Failed)
         .filter(|m| m.from_version.as_deref().and_then(|v| Version::parse(v).ok()).is_some_and(|v| v < floor))
         .count();
     if below > 0 {
@@ -706,11 +818,14 @@ pub async fn status(core: &Core, id: &str) -> Result<RolloutStatus> {
 async fn tallies(core: &Core, rollout: &Rollout) -> Result<(Vec<Tally>, Tally)> {
     let mut tallies = vec![Tally::default(); rollout.stages.len()];
     let mut total = Tally::default();
-    for (stage, state, n) in core.store.rollout_tally(&rollout.id).await? {
+    for (stage, state, excused, n) in core.store.rollout_tally(&rollout.id).await? {
+        let excused = if excused && state.is_failure() { n } else { 0 };
         if let Some(tally) = tallies.get_mut(stage) {
             tally.add(state, n);
+            tally.excused += excused;
         }
         total.add(state, n);
+        total.excused += excused;
     }
     Ok((tallies, total))
 }
@@ -725,8 +840,10 @@ pub async fn history(core: &Core, id: &str) -> Result<Vec<Transition>> {
 /// Starts due scheduled rollouts, times out silent devices, and applies the thresholds of
 /// running rollouts. Safe to run on every replica at once.
 pub async fn evaluate(core: &Core, now: DateTime<Utc>) -> Result<()> {
-    let rollouts =
-        core.store.list_rollouts(&[RolloutState::Draft, RolloutState::Running, RolloutState::Paused, RolloutState::Halted], None).await?;
+    let catch_up = chrono::Duration::from_std(core.rollouts.policy.catch_up).unwrap_or(chrono::Duration::MAX);
+    // Running ones and, during their catch-up period only, completed ones (time-outs, metrics).
+    let mut rollouts = core.store.list_rollouts(&[RolloutState::Draft, RolloutState::Paused, RolloutState::Halted], None).await?;
+    rollouts.extend(core.store.list_live_rollouts(catch_up_start(now, catch_up)).await?);
     for rollout in rollouts {
         if let Err(e) = evaluate_one(core, &rollout, now).await {
             match e {
@@ -812,7 +929,9 @@ pub fn spawn_background(core: Core) {
         let mut last_evaluation = Instant::now() - core.rollouts.policy.evaluate_every;
         loop {
             tick.tick().await;
-            if let Err(e) = refresh(&core, false).await {
+            // A completed rollout whose catch-up period just ended leaves the view.
+            let expired = core.rollouts.expires.lock().expect("expiry lock").is_some_and(|at| at <= Utc::now());
+            if let Err(e) = refresh(&core, expired).await {
                 tracing::warn!(error = %e, "cannot reload rollouts; check-ins use the previous view");
             } else if let Err(e) = refresh_in_flight(&core).await {
                 tracing::warn!(error = %e, "cannot count downloads in flight");

@@ -13,11 +13,12 @@ use crate::domain::rollout::{
 use crate::domain::version::Version;
 use crate::domain::{Error, Result};
 
-const ROLLOUT_COLUMNS: &str = "id, name, release_id, product, target, stages, options, state, reason, current_stage, shares, stage_sizes, target_size, start_at, started_at, stage_started_at, counted_at, created_at, updated_at";
+const ROLLOUT_COLUMNS: &str = "id, name, release_id, product, target, stages, options, state, reason, current_stage, shares, stage_sizes, target_size, start_at, started_at, stage_started_at, counted_at, created_at, updated_at, completed_at";
 
 /// A device of the product, as a target filter sees it (for counting targets).
 pub struct TargetRow {
     pub id: String,
+    pub product: Option<String>,
     pub hardware: Option<String>,
     pub channel: String,
     pub version: Option<String>,
@@ -44,6 +45,9 @@ pub struct TransitionWrite<'a> {
     /// New shares and sizes (when a stage starts or targets were recounted).
     pub shares: Option<(&'a [f64], &'a [u64], u64)>,
     pub started: bool,
+    /// Resuming after a halt: the failures so far are excused (the error threshold counts
+    /// only later ones).
+    pub excuse_failures: bool,
 }
 
 impl Store {
@@ -97,6 +101,12 @@ impl Store {
                 Err(e) => return Err(db_error(e, "failed to attach a build to a release")),
             }
         }
+        sqlx::query("INSERT INTO managed_product (product, since) VALUES ($1, $2) ON CONFLICT (product) DO NOTHING")
+            .bind(&release.product)
+            .bind(release.created_at.timestamp_millis())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_error(e, "failed to record a managed product"))?;
         bump_revision(&mut tx).await?;
         tx.commit().await.map_err(|e| db_error(e, "failed to commit a release"))
     }
@@ -141,6 +151,9 @@ impl Store {
     /// Deletes a release no rollout uses; false if it does not exist.
     pub async fn delete_release(&self, id: &str) -> Result<bool> {
         let mut tx = self.pool.begin().await.map_err(|e| db_error(e, "failed to begin a transaction"))?;
+        // A write first: on SQLite, a transaction that reads first and then writes fails at
+        // once (no busy wait) when another connection wrote in between.
+        bump_revision(&mut tx).await?;
         let used: i64 = sqlx::query("SELECT COUNT(*) AS n FROM rollout WHERE release_id = $1")
             .bind(id)
             .fetch_one(&mut *tx)
@@ -160,7 +173,6 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(|e| db_error(e, "failed to delete a release"))?;
-        bump_revision(&mut tx).await?;
         tx.commit().await.map_err(|e| db_error(e, "failed to commit a release deletion"))?;
         Ok(deleted.rows_affected() == 1)
     }
@@ -172,6 +184,15 @@ impl Store {
             .await
             .map_err(|e| db_error(e, "failed to read released builds"))?;
         Ok(rows.iter().map(|r| (r.get("product"), r.get("artifact_id"))).collect())
+    }
+
+    /// Products managed by rollouts, with the time (Unix ms) they became so: their first release.
+    pub async fn managed_products(&self) -> Result<Vec<(String, DateTime<Utc>)>> {
+        let rows = sqlx::query("SELECT product, since FROM managed_product")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db_error(e, "failed to read managed products"))?;
+        Ok(rows.iter().map(|r| (r.get("product"), from_millis(r.get("since")))).collect())
     }
 
     /// True when a build belongs to a release (so it cannot be deleted).
@@ -299,7 +320,7 @@ impl Store {
     pub async fn insert_rollout(&self, rollout: &Rollout) -> Result<()> {
         let mut tx = self.pool.begin().await.map_err(|e| db_error(e, "failed to begin a transaction"))?;
         sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO rollout ({ROLLOUT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, NULL, NULL, NULL, $15, $16)"
+            "INSERT INTO rollout ({ROLLOUT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, NULL, NULL, NULL, $15, $16, NULL)"
         )))
         .bind(&rollout.id)
         .bind(&rollout.name)
@@ -353,6 +374,20 @@ impl Store {
         rows.iter().map(rollout_from_row).collect()
     }
 
+    /// Rollouts that offer their release: running ones, and completed ones that completed at
+    /// or after `completed_since` (in their catch-up period). Not limited: there are few.
+    pub async fn list_live_rollouts(&self, completed_since: DateTime<Utc>) -> Result<Vec<Rollout>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {ROLLOUT_COLUMNS} FROM rollout WHERE state = 'running' \
+             OR (state = 'completed' AND COALESCE(completed_at, updated_at) >= $1) ORDER BY created_at DESC, id DESC"
+        )))
+        .bind(completed_since.timestamp_millis())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db_error(e, "failed to list live rollouts"))?;
+        rows.iter().map(rollout_from_row).collect()
+    }
+
     /// Applies a transition if the rollout is still in `from` at `from_stage`; false if
     /// another replica (or an earlier run) got there first.
     pub async fn transition_rollout(&self, change: &TransitionWrite<'_>) -> Result<bool> {
@@ -370,7 +405,8 @@ impl Store {
              shares = COALESCE($5, shares), stage_sizes = COALESCE($6, stage_sizes), target_size = COALESCE($7, target_size), \
              counted_at = CASE WHEN $5 IS NULL THEN counted_at ELSE $4 END, \
              stage_started_at = CASE WHEN $8 = 1 THEN $4 ELSE stage_started_at END, \
-             started_at = CASE WHEN $9 = 1 THEN $4 ELSE started_at END \
+             started_at = CASE WHEN $9 = 1 THEN $4 ELSE started_at END, \
+             completed_at = CASE WHEN $1 = 'completed' THEN $4 ELSE completed_at END \
              WHERE id = $10 AND state = $11 AND current_stage = $12",
         )
         .bind(change.to.as_str())
@@ -390,6 +426,13 @@ impl Store {
         .map_err(|e| db_error(e, "failed to change a rollout"))?;
         if updated.rows_affected() != 1 {
             return Ok(false);
+        }
+        if change.excuse_failures {
+            sqlx::query("UPDATE rollout_member SET excused = 1 WHERE rollout_id = $1 AND state IN ('failed', 'timed_out') AND excused = 0")
+                .bind(change.rollout_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| db_error(e, "failed to excuse a rollout's failures"))?;
         }
         insert_transition(
             &mut tx,
@@ -443,19 +486,37 @@ impl Store {
 
     // ---- a rollout's devices ----
 
-    /// Devices per (stage, state).
-    pub async fn rollout_tally(&self, id: &str) -> Result<Vec<(usize, MemberState, u64)>> {
-        let rows = sqlx::query("SELECT stage, state, COUNT(*) AS n FROM rollout_member WHERE rollout_id = $1 GROUP BY stage, state")
-            .bind(id)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| db_error(e, "failed to count a rollout's devices"))?;
+    /// Devices per (stage, state, excused).
+    pub async fn rollout_tally(&self, id: &str) -> Result<Vec<(usize, MemberState, bool, u64)>> {
+        let rows = sqlx::query(
+            "SELECT stage, state, excused, COUNT(*) AS n FROM rollout_member WHERE rollout_id = $1 GROUP BY stage, state, excused",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db_error(e, "failed to count a rollout's devices"))?;
         Ok(rows
             .iter()
             .map(|r| {
-                (r.get::<i64, _>("stage") as usize, MemberState::parse_stored(&r.get::<String, _>("state")), r.get::<i64, _>("n") as u64)
+                (
+                    r.get::<i64, _>("stage") as usize,
+                    MemberState::parse_stored(&r.get::<String, _>("state")),
+                    r.get::<i64, _>("excused") != 0,
+                    r.get::<i64, _>("n") as u64,
+                )
             })
             .collect())
+    }
+
+    /// Where a device stands in a rollout, if the rollout ever offered it its release.
+    pub async fn rollout_member_state(&self, rollout_id: &str, device_id: &str) -> Result<Option<MemberState>> {
+        let row = sqlx::query("SELECT state FROM rollout_member WHERE rollout_id = $1 AND device_id = $2")
+            .bind(rollout_id)
+            .bind(device_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| db_error(e, "failed to read a rollout's device"))?;
+        Ok(row.map(|r| MemberState::parse_stored(&r.get::<String, _>("state"))))
     }
 
     /// Devices holding a download slot, per rollout.
@@ -501,7 +562,8 @@ impl Store {
     }
 
     /// Rolls back: pins every device of the rollout with a known previous version to that
-    /// version, logs the device changes and moves the rollout to `rolled_back`, all in one
+    /// version, except those that failed (they reported a failure or booted back into the old
+    /// build: they run it, and a pin would only hold them there), logs the device changes and moves the rollout to `rolled_back`, all in one
     /// transaction (and only if the rollout is still as read).
     pub async fn roll_back(&self, change: &TransitionWrite<'_>) -> Result<bool> {
         let now = now_millis();
@@ -522,7 +584,7 @@ impl Store {
         }
         sqlx::query(
             "UPDATE device SET target_version = (SELECT m.from_version FROM rollout_member m WHERE m.rollout_id = $1 AND m.device_id = device.id), \
-             updated_at = $2 WHERE id IN (SELECT device_id FROM rollout_member WHERE rollout_id = $1 AND from_version IS NOT NULL)",
+             updated_at = $2 WHERE id IN (SELECT device_id FROM rollout_member WHERE rollout_id = $1 AND from_version IS NOT NULL AND state <> 'failed')",
         )
         .bind(change.rollout_id)
         .bind(now)
@@ -532,7 +594,7 @@ impl Store {
         // One change-log row per device (ids unique per rollout: a rollout rolls back once).
         sqlx::query(
             "INSERT INTO device_change (id, device_id, at) SELECT 'rollback:' || rollout_id || ':' || device_id, device_id, $2 \
-             FROM rollout_member WHERE rollout_id = $1 AND from_version IS NOT NULL",
+             FROM rollout_member WHERE rollout_id = $1 AND from_version IS NOT NULL AND state <> 'failed'",
         )
         .bind(change.rollout_id)
         .bind(now)
@@ -558,7 +620,7 @@ impl Store {
     /// Devices of a product as target filters see them, in id order after `after`.
     pub async fn target_rows(&self, product: &str, after: &str, limit: u32) -> Result<Vec<TargetRow>> {
         let rows = sqlx::query(
-            "SELECT id, hardware, channel, version, tags, created_at FROM device WHERE product = $1 AND id > $2 ORDER BY id LIMIT $3",
+            "SELECT id, product, hardware, channel, version, tags, created_at FROM device WHERE product = $1 AND id > $2 ORDER BY id LIMIT $3",
         )
         .bind(product)
         .bind(after)
@@ -566,19 +628,26 @@ impl Store {
         .fetch_all(&self.pool)
         .await
         .map_err(|e| db_error(e, "failed to read devices"))?;
-        rows.iter()
-            .map(|r| {
-                let tags: String = r.get("tags");
-                Ok(TargetRow {
-                    id: r.get("id"),
-                    hardware: r.get("hardware"),
-                    channel: r.get("channel"),
-                    version: r.get("version"),
-                    tags: serde_json::from_str(&tags).unwrap_or_default(),
-                    created_at: r.get("created_at"),
-                })
-            })
-            .collect()
+        Ok(rows.iter().map(target_row).collect())
+    }
+
+    /// The devices of these ids that exist, as target filters see them.
+    pub async fn target_rows_by_ids(&self, ids: &[String]) -> Result<Vec<TargetRow>> {
+        let mut found = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(500) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT id, product, hardware, channel, version, tags, created_at FROM device WHERE id IN ({})",
+                placeholders.join(", ")
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for id in chunk {
+                query = query.bind(id.clone());
+            }
+            let rows = query.fetch_all(&self.pool).await.map_err(|e| db_error(e, "failed to read devices"))?;
+            found.extend(rows.iter().map(target_row));
+        }
+        Ok(found)
     }
 
     // ---- products ----
@@ -659,6 +728,19 @@ async fn insert_transition(
     Ok(())
 }
 
+fn target_row(r: &AnyRow) -> TargetRow {
+    let tags: String = r.get("tags");
+    TargetRow {
+        id: r.get("id"),
+        product: r.get("product"),
+        hardware: r.get("hardware"),
+        channel: r.get("channel"),
+        version: r.get("version"),
+        tags: serde_json::from_str(&tags).unwrap_or_default(),
+        created_at: r.get("created_at"),
+    }
+}
+
 fn release_from_row(row: &AnyRow) -> Result<Release> {
     let decode = |e: sqlx::Error| db_error(e, "failed to decode a release");
     Ok(Release {
@@ -712,6 +794,7 @@ fn rollout_from_row(row: &AnyRow) -> Result<Rollout> {
         started_at: time("started_at")?,
         stage_started_at: time("stage_started_at")?,
         counted_at: time("counted_at")?,
+        completed_at: time("completed_at")?,
         created_at: from_millis(row.try_get("created_at").map_err(decode)?),
         updated_at: from_millis(row.try_get("updated_at").map_err(decode)?),
     })
