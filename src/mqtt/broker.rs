@@ -66,6 +66,7 @@ impl Broker {
             Type::MessagePublishCheckAcl,
             Type::ClientConnected,
             Type::ClientDisconnected,
+            Type::MessageDropped,
         ] {
             register.add(typ, Box::new(HookHandler(hooks.clone()))).await;
         }
@@ -283,8 +284,26 @@ impl Handler for HookHandler {
                 }
                 (true, acc)
             }
+            Parameter::MessageDropped(_, _, _, reason) => {
+                // A subscriber too slow for what it is sent: its inflight window and queue
+                // (UPDRAFT_MQTT_MAX_INFLIGHT, UPDRAFT_MQTT_MAX_QUEUED) are full.
+                metrics::counter!("updraft_mqtt_messages_dropped_total", "reason" => drop_reason(reason)).increment(1);
+                (true, acc)
+            }
             _ => (true, acc),
         }
+    }
+}
+
+/// The metric label of why the broker dropped a message.
+fn drop_reason(reason: &rmqtt::types::Reason) -> &'static str {
+    use rmqtt::types::Reason;
+    match reason {
+        Reason::MessageQueueFull => "queue_full",
+        Reason::InflightWindowFull => "inflight_full",
+        Reason::MessageExpiration => "expired",
+        Reason::Reasons(reasons) => reasons.first().map(drop_reason).unwrap_or("other"),
+        _ => "other",
     }
 }
 

@@ -566,6 +566,58 @@ async fn a_push_racing_the_devices_own_check_ins_opens_one_attempt_per_device() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_subscriber_s_overflow_is_dropped_and_counted() {
+    // The broker holds at most max_inflight unacknowledged + max_queued waiting messages per
+    // client: a device that stops reading does not grow the server's memory, and what is
+    // dropped shows in the metrics.
+    let app = spawn_app_with(|s| {
+        s.mqtt.max_inflight = 1;
+        s.mqtt.max_queued = 2;
+    })
+    .await;
+    let broker = app.mqtt_addr.expect("the embedded broker runs");
+    let s = Setup { app, broker, mosquitto: None };
+    let (id, token) = s.device("02:00:00:00:68:01", "lamp", "1.0.0").await;
+    let mut device = s.connect_device(&id, &token).await;
+    device.drain(Duration::from_millis(300)).await;
+    // The device stops reading (its event loop is not polled): no PUBACK goes back.
+    for n in 0..12 {
+        let response = s
+            .app
+            .admin(Method::POST, &format!("/api/v1/devices/{id}/commands"))
+            .json(&json!({"name": "ping", "params": {"n": n}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202, "{}", response.text().await.unwrap());
+    }
+    let mut dropped = 0.0;
+    for _ in 0..100 {
+        let text = s.app.client.get(s.app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        dropped = text
+            .lines()
+            .filter(|l| l.starts_with("updraft_mqtt_messages_dropped_total{") && l.contains("reason=\"queue_full\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        if dropped >= 9.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(dropped >= 9.0, "12 commands to a stalled device with room for 3: at least 9 dropped, counted {dropped}");
+    // Reading again, the device gets what was kept, in order, and nothing more.
+    let received = device.drain(Duration::from_secs(2)).await;
+    let kept: Vec<i64> = received
+        .iter()
+        .filter(|p| p.topic == format!("updraft/{id}/cmd"))
+        .map(|p| serde_json::from_slice::<Value>(&p.payload).unwrap()["params"]["n"].as_i64().unwrap())
+        .collect();
+    assert!(!kept.is_empty() && kept.len() <= 3, "kept {kept:?}");
+    assert!(kept.windows(2).all(|w| w[0] < w[1]), "in order: {kept:?}");
+    s.app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_000_devices_receive_the_image_and_report_flashing() {
     let s = setup(Broker::Embedded).await;
     let mac = "aa:bb:cc:00:00:01";
