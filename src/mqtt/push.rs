@@ -263,7 +263,7 @@ impl Pusher {
 
     /// Runs until the event bus closes.
     pub async fn follow_events(self: Arc<Self>) {
-        let mut events = self.core.events.subscribe();
+        let mut events = self.core.events.subscribe_changes();
         loop {
             match events.recv().await {
                 Ok(event) => self.on_event(event.kind, event.device_id.as_deref(), &event.data).await,
