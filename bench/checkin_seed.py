@@ -11,10 +11,19 @@ With RINGS, device i also has the tag `ring-<i mod RINGS>` (the rollout benchmar
 each ring with its own rollout).
 """
 import hashlib
+import os
 import sqlite3
 import sys
 import time
 import uuid
+
+
+def uuid7(millis: int) -> str:
+    """A UUIDv7 (RFC 9562) for a Unix time in milliseconds: 48-bit time, version 7, random rest."""
+    value = (millis & ((1 << 48) - 1)) << 80 | int.from_bytes(os.urandom(10), "big")
+    value = (value & ~(0xF << 76)) | (0x7 << 76)  # version
+    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # variant
+    return str(uuid.UUID(int=value))
 
 
 def main() -> None:
@@ -31,10 +40,13 @@ def main() -> None:
             mac = "02:" + ":".join(f"{(i >> s) & 0xFF:02X}" for s in (32, 24, 16, 8, 0))
             token_hash = hashlib.sha256(f"upd_dev_bench_{i}".encode()).hexdigest()
             tags = f'["ring-{i % rings}"]' if rings else "[]"
+            created = now - n + i
             yield (ids[i], mac, f"bench-{i}", "bench", "esp32", "stable", "1.0.0", None, tags, "{}", "{}", None,
-                   token_hash, now, None, None, None, now, now)
+                   token_hash, created, None, None, None, created, created)
 
-    ids = {i: str(uuid.uuid4()) for i in range(1, n + 1)}
+    # UUIDv7 ids, as the server gives (a device's id begins with its registration time; the
+    # rollout target index relies on it): device i registered i ms after now - N ms.
+    ids = {i: uuid7(now - n + i) for i in range(1, n + 1)}
 
     db.executemany(
         "INSERT INTO device (id, mac, name, product, hardware, channel, version, target_version, tags, attributes, metadata, owner,"
