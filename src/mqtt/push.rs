@@ -25,7 +25,7 @@ use crate::services::fleet::ActiveDevice;
 /// Offers published at once during a resync.
 const RESYNC_CONCURRENCY: usize = 64;
 /// Devices re-evaluated together (one batch of database reads and writes).
-const RESYNC_BATCH: usize = 1000;
+const RESYNC_BATCH: usize = 500;
 
 /// The `ota` message: the same JSON as the HTTP check-in answer.
 #[derive(Serialize)]
@@ -189,23 +189,34 @@ impl Pusher {
             }
         }
         let count = selected.len();
+        // A pipeline: batch k's offers are published while batch k + 1 is decided.
+        let mut decided: Option<(&[Arc<ActiveDevice>], Vec<CheckinAnswer>)> = None;
         for chunk in selected.chunks(RESYNC_BATCH) {
-            let answers = match devices::offers_for(&self.core, chunk).await {
-                Ok(answers) => answers,
-                Err(e) => {
-                    tracing::warn!(devices = chunk.len(), error = %e, "cannot re-evaluate connected devices' offers");
-                    continue;
+            let previous = decided.take();
+            let (answers, ()) = tokio::join!(devices::offers_for(&self.core, chunk), async {
+                if let Some((devices, answers)) = previous {
+                    self.publish_offers(devices, answers, force).await;
                 }
-            };
-            futures::stream::iter(chunk.iter().zip(answers))
-                .for_each_concurrent(RESYNC_CONCURRENCY, |(device, answer)| async move {
-                    if let Err(e) = self.publish_offer(device, answer, force).await {
-                        tracing::warn!(device_id = %device.id, error = %e, "cannot publish a connected device's offer");
-                    }
-                })
-                .await;
+            });
+            match answers {
+                Ok(answers) => decided = Some((chunk, answers)),
+                Err(e) => tracing::warn!(devices = chunk.len(), error = %e, "cannot re-evaluate connected devices' offers"),
+            }
+        }
+        if let Some((devices, answers)) = decided {
+            self.publish_offers(devices, answers, force).await;
         }
         tracing::debug!(devices = count, elapsed_ms = started.elapsed().as_millis() as u64, "connected devices re-evaluated");
+    }
+
+    async fn publish_offers(&self, devices: &[Arc<ActiveDevice>], answers: Vec<CheckinAnswer>, force: bool) {
+        futures::stream::iter(devices.iter().zip(answers))
+            .for_each_concurrent(RESYNC_CONCURRENCY, |(device, answer)| async move {
+                if let Err(e) = self.publish_offer(device, answer, force).await {
+                    tracing::warn!(device_id = %device.id, error = %e, "cannot publish a connected device's offer");
+                }
+            })
+            .await;
     }
 
     // ---- seed 000 ----
