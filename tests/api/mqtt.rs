@@ -607,13 +607,15 @@ async fn a_stalled_subscriber_s_overflow_is_dropped_and_counted() {
     assert!(dropped >= 9.0, "12 commands to a stalled device with room for 3: at least 9 dropped, counted {dropped}");
     // Reading again, the device gets what was kept, in order, and nothing more.
     let received = device.drain(Duration::from_secs(2)).await;
-    let kept: Vec<i64> = received
+    let mut kept: Vec<i64> = received
         .iter()
         .filter(|p| p.topic == format!("updraft/{id}/cmd"))
         .map(|p| serde_json::from_slice::<Value>(&p.payload).unwrap()["params"]["n"].as_i64().unwrap())
         .collect();
+    // (A slow machine may see the inflight message again, flagged DUP, after the retry interval.)
+    assert!(kept.windows(2).all(|w| w[0] <= w[1]), "in order: {kept:?}");
+    kept.dedup();
     assert!(!kept.is_empty() && kept.len() <= 3, "kept {kept:?}");
-    assert!(kept.windows(2).all(|w| w[0] < w[1]), "in order: {kept:?}");
     s.app.stop().await;
 }
 
