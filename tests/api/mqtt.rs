@@ -862,7 +862,16 @@ async fn a_persistent_session_gets_what_was_sent_while_it_was_away() {
     device.client.subscribe(format!("updraft/{id}/cmd"), QoS::AtLeastOnce).await.unwrap();
     device.expect_suback().await;
     drop(device);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Away: wait until the server has seen the connection end (on a busy machine that can
+    // take longer than a fixed pause), then send it a command.
+    for _ in 0..100 {
+        let text = s.app.client.get(s.app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        if text.lines().any(|l| l == "updraft_mqtt_connected_devices 0") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let response =
         s.app.admin(Method::POST, &format!("/api/v1/devices/{id}/commands")).json(&json!({"name": "reboot"})).send().await.unwrap();
     assert_eq!(response.status(), 202);
