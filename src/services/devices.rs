@@ -614,30 +614,22 @@ pub async fn checkin(core: &Core, device: Arc<ActiveDevice>, report: CheckinRepo
         device
     };
 
-    let poll_interval_s = match &device.product {
-        Some(product) => product_policy(core, product).await?.poll_interval_s,
-        None => runtime.policy.default_poll_interval_s,
-    };
-    let builds = match &device.product {
-        Some(product) => builds_of(core, product).await?,
-        None => Arc::new(Vec::new()),
-    };
-    let facts = device.facts();
-    let rollouts = device.product.as_deref().and_then(|product| rollouts::of_product(core, product));
-    let offers: Vec<RolloutOffer> = rollouts.as_ref().and_then(|r| r.offer_for(&device, facts.version.as_ref(), now)).into_iter().collect();
-    let releases = Releases { held: rollouts.as_ref().map(|r| &r.held), offers: &offers };
-    let answer = match update::decide(&facts, &builds, releases) {
-        Decision::None(reason) => CheckinAnswer { offer: None, no_update: Some(reason), poll_interval_s },
-        Decision::Offer { artifact, mandatory, rollout, .. } => {
-            match offer_attempt(core, &device, artifact, rollout, rollouts.as_deref()).await? {
-                Some(attempt) => CheckinAnswer {
-                    offer: Some(Offer { artifact: artifact.clone(), attempt_id: attempt.id, release_id: attempt.release_id, mandatory }),
-                    no_update: None,
-                    poll_interval_s,
-                },
-                None => CheckinAnswer { offer: None, no_update: Some(NoUpdate::UpToDate), poll_interval_s },
-            }
-        }
+    let (poll_interval_s, decided) = decide_for(core, &device, now).await?;
+    let answer = match decided {
+        Err(reason) => CheckinAnswer { offer: None, no_update: Some(reason), poll_interval_s },
+        Ok(chosen) => match offer_attempt(core, &device, &chosen.artifact, chosen.rollout.as_ref(), chosen.rollouts.as_deref()).await? {
+            Some(attempt) => CheckinAnswer {
+                offer: Some(Offer {
+                    artifact: chosen.artifact,
+                    attempt_id: attempt.id,
+                    release_id: attempt.release_id,
+                    mandatory: chosen.mandatory,
+                }),
+                no_update: None,
+                poll_interval_s,
+            },
+            None => CheckinAnswer { offer: None, no_update: Some(NoUpdate::UpToDate), poll_interval_s },
+        },
     };
     if core.events.active() {
         core.events.publish(
@@ -656,6 +648,38 @@ fn attributes_hash(value: &Value) -> u64 {
     value.to_string().hash(&mut hasher);
     // 0 means "unknown".
     hasher.finish().max(1)
+}
+
+/// The build a device should be offered now (with the rollout offering it), or why none.
+struct Chosen {
+    artifact: Artifact,
+    mandatory: bool,
+    rollout: Option<RolloutOffer>,
+    rollouts: Option<Arc<rollouts::ProductRollouts>>,
+}
+
+/// The update decision for a device as it is now, and its poll interval: what a check-in
+/// answers and what an MQTT push sends, before any attempt is opened.
+async fn decide_for(core: &Core, device: &ActiveDevice, now: DateTime<Utc>) -> Result<(u32, std::result::Result<Chosen, NoUpdate>)> {
+    let poll_interval_s = match &device.product {
+        Some(product) => product_policy(core, product).await?.poll_interval_s,
+        None => core.devices.policy.default_poll_interval_s,
+    };
+    let builds = match &device.product {
+        Some(product) => builds_of(core, product).await?,
+        None => Arc::new(Vec::new()),
+    };
+    let facts = device.facts();
+    let rollouts = device.product.as_deref().and_then(|product| rollouts::of_product(core, product));
+    let offers: Vec<RolloutOffer> = rollouts.as_ref().and_then(|r| r.offer_for(device, facts.version.as_ref(), now)).into_iter().collect();
+    let releases = Releases { held: rollouts.as_ref().map(|r| &r.held), offers: &offers };
+    let decided = match update::decide(&facts, &builds, releases) {
+        Decision::None(reason) => Err(reason),
+        Decision::Offer { artifact, mandatory, rollout, .. } => {
+            Ok(Chosen { artifact: artifact.clone(), mandatory, rollout: rollout.cloned(), rollouts: rollouts.clone() })
+        }
+    };
+    Ok((poll_interval_s, decided))
 }
 
 /// What an offer of `artifact` does, given the device's current attempt: reuse that attempt
@@ -771,29 +795,11 @@ pub async fn offers_for(core: &Core, devices: &[Arc<ActiveDevice>]) -> Result<Ve
     let mut answers = Vec::with_capacity(devices.len());
     let mut pending = Vec::new();
     for (index, device) in devices.iter().enumerate() {
-        let poll_interval_s = match &device.product {
-            Some(product) => product_policy(core, product).await?.poll_interval_s,
-            None => core.devices.policy.default_poll_interval_s,
-        };
-        let builds = match &device.product {
-            Some(product) => builds_of(core, product).await?,
-            None => Arc::new(Vec::new()),
-        };
-        let facts = device.facts();
-        let rollouts = device.product.as_deref().and_then(|product| rollouts::of_product(core, product));
-        let offers: Vec<RolloutOffer> =
-            rollouts.as_ref().and_then(|r| r.offer_for(device, facts.version.as_ref(), now)).into_iter().collect();
-        let releases = Releases { held: rollouts.as_ref().map(|r| &r.held), offers: &offers };
-        match update::decide(&facts, &builds, releases) {
-            Decision::None(reason) => answers.push(CheckinAnswer { offer: None, no_update: Some(reason), poll_interval_s }),
-            Decision::Offer { artifact, mandatory, rollout, .. } => {
-                pending.push(Pending {
-                    index,
-                    artifact: artifact.clone(),
-                    mandatory,
-                    rollout: rollout.cloned(),
-                    rollouts: rollouts.clone(),
-                });
+        let (poll_interval_s, decided) = decide_for(core, device, now).await?;
+        match decided {
+            Err(reason) => answers.push(CheckinAnswer { offer: None, no_update: Some(reason), poll_interval_s }),
+            Ok(Chosen { artifact, mandatory, rollout, rollouts }) => {
+                pending.push(Pending { index, artifact, mandatory, rollout, rollouts });
                 answers.push(CheckinAnswer { offer: None, no_update: Some(NoUpdate::UpToDate), poll_interval_s });
             }
         }

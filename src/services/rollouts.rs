@@ -608,7 +608,6 @@ async fn sync_targets(core: &Core, targets: &mut HashMap<String, ProductTargets>
     // evaluator's recounts (`UPDRAFT_ROLLOUT_RECOUNT_SECS`, default 300) with room to spare.
     const TRUST_LOG_MS: i64 = 8 * 60 * 1000;
     const OVERLAP_MS: i64 = 5_000;
-    const PAGE: u32 = 20_000;
     let now = Utc::now().timestamp_millis();
     if let Some(index) = targets.get_mut(product)
         && now - index.synced_at < TRUST_LOG_MS
@@ -633,23 +632,20 @@ async fn sync_targets(core: &Core, targets: &mut HashMap<String, ProductTargets>
         // New devices are not in the change log; their ids are UUIDv7s, which begin with
         // their creation time, so those registered since are the ids above this one.
         let since = index.synced_at - OVERLAP_MS;
-        let mut after = format!("{:08x}-{:04x}-0000-0000-000000000000", (since.max(0) >> 16) as u64, (since.max(0) & 0xffff) as u64);
-        loop {
-            let rows = core.store.target_rows(product, &after, PAGE).await?;
-            let Some(last) = rows.last() else { break };
-            after = last.id.clone();
-            for row in &rows {
-                index.upsert(row);
-            }
-            if rows.len() < PAGE as usize {
-                break;
-            }
-        }
+        let after = format!("{:08x}-{:04x}-0000-0000-000000000000", (since.max(0) >> 16) as u64, (since.max(0) & 0xffff) as u64);
+        load_targets_after(core, product, index, after).await?;
         index.synced_at = now;
         return Ok(());
     }
     let mut index = ProductTargets::new(now);
-    let mut after = String::new();
+    load_targets_after(core, product, &mut index, String::new()).await?;
+    targets.insert(product.to_string(), index);
+    Ok(())
+}
+
+/// Adds a product's devices whose ids sort after `after` to its target index, page by page.
+async fn load_targets_after(core: &Core, product: &str, index: &mut ProductTargets, mut after: String) -> Result<()> {
+    const PAGE: u32 = 20_000;
     loop {
         let rows = core.store.target_rows(product, &after, PAGE).await?;
         let Some(last) = rows.last() else { break };
@@ -662,7 +658,6 @@ async fn sync_targets(core: &Core, targets: &mut HashMap<String, ProductTargets>
         }
         tokio::task::yield_now().await;
     }
-    targets.insert(product.to_string(), index);
     Ok(())
 }
 
