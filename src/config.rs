@@ -168,9 +168,9 @@ pub struct ServeArgs {
     /// Folder of RSA private keys (<product>.pem) that sign esp32FOTA images of that product [default: none, unsigned]
     #[arg(long, env = "UPDRAFT_COMPAT_ESP32FOTA_KEYS_DIR", value_name = "DIR")]
     pub compat_esp32fota_keys_dir: Option<String>,
-    /// Serve the seed-004 GET /debug/provisioning [default: true]
-    #[arg(long, env = "UPDRAFT_COMPAT_DEBUG_PROVISIONING", value_name = "BOOL")]
-    pub compat_debug_provisioning: Option<String>,
+    /// Serve seed 004's GET /debug/provisioning, which hands a token to any unknown MAC of an open product (weak: see docs/CLIENT.md) [default: false]
+    #[arg(long, env = "UPDRAFT_COMPAT_SEED004_DEBUG", value_name = "BOOL")]
+    pub compat_seed004_debug: Option<String>,
 
     /// Run MQTT: the embedded broker, or the client of UPDRAFT_MQTT_URL [default: true]
     #[arg(long, env = "UPDRAFT_MQTT_ENABLED", value_name = "BOOL")]
@@ -358,8 +358,8 @@ pub struct CompatSettings {
     pub arduino: bool,
     pub esp32fota: bool,
     pub esp32fota_keys_dir: Option<PathBuf>,
-    /// Seed 004: `/debug/provisioning`.
-    pub debug_provisioning: bool,
+    /// Seed 004: `/debug/provisioning` (off by default).
+    pub seed004_debug: bool,
 }
 
 impl Default for CompatSettings {
@@ -374,7 +374,7 @@ impl Default for CompatSettings {
             arduino: true,
             esp32fota: true,
             esp32fota_keys_dir: None,
-            debug_provisioning: true,
+            seed004_debug: false,
         }
     }
 }
@@ -423,7 +423,7 @@ const SETTING_NAMES: &[&str] = &[
     "compat_arduino",
     "compat_esp32fota",
     "compat_esp32fota_keys_dir",
-    "compat_debug_provisioning",
+    "compat_seed004_debug",
     "config_key_file",
     "public_config_files",
     "signing_key_path",
@@ -766,7 +766,7 @@ fn parse_compat(get: &dyn Fn(&str, &Option<String>) -> Option<String>, args: &Se
         arduino: flag("compat_arduino", &args.compat_arduino)?,
         esp32fota: flag("compat_esp32fota", &args.compat_esp32fota)?,
         esp32fota_keys_dir,
-        debug_provisioning: flag("compat_debug_provisioning", &args.compat_debug_provisioning)?,
+        seed004_debug: parse_bool("compat_seed004_debug", get("compat_seed004_debug", &args.compat_seed004_debug), false)?,
     })
 }
 
@@ -978,7 +978,7 @@ mod tests {
         let args = ServeArgs { compat_admin_api_key: Some("own-name".into()), compat_cyberdeck: Some("off".into()), ..Default::default() };
         let settings = Settings::load_with_dotenv(&args, &dotenv_path).unwrap();
         let compat = settings.compat;
-        assert!(compat.ota_server && compat.ota_server_downloads && compat.arduino && compat.esp32fota && compat.debug_provisioning);
+        assert!(compat.ota_server && compat.ota_server_downloads && compat.arduino && compat.esp32fota && !compat.seed004_debug);
         assert!(!compat.cyberdeck);
         assert_eq!(compat.shared_secret.as_deref(), Some("from-alias"));
         assert_eq!(compat.admin_api_key.as_deref(), Some("own-name"));

@@ -86,6 +86,9 @@ pub struct ProvisionBody {
     pub provision_secret: Option<String>,
     /// A display name for a new device [default: the MAC].
     pub name: Option<String>,
+    /// A pair key from an operator (`POST /api/v1/pairing`): lets a device that already holds a
+    /// token provision again, and pairs it with the key's owner.
+    pub pair_key: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -215,8 +218,10 @@ pub struct DownloadQuery {
 async fn provision(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<ProvisionBody>,
 ) -> ApiResult<(StatusCode, Json<ProvisionAnswer>)> {
+    let current_token = super::auth::credential(&headers, "x-device-token").map(str::to_string);
     let provisioned = service::provision(
         &state.core,
         ProvisionRequest {
@@ -227,6 +232,8 @@ async fn provision(
             provision_key: body.provision_key,
             provision_secret: body.provision_secret,
             name: body.name,
+            current_token,
+            pair_key: body.pair_key,
         },
         ip,
     )

@@ -225,7 +225,17 @@ async fn open_provisioning_creates_unknown_devices_and_reissues_tokens() {
     assert_eq!(first["poll_interval_s"], 3600);
     assert!(first["mqtt"]["topic_prefix"].as_str().unwrap().starts_with("updraft/"));
 
-    let again = provision(&app, json!({"mac": "AABBCC000001", "product": "lamp"})).await;
+    // Knowing the MAC is not enough to take a device's identity: it needs its current token.
+    let stranger = provision(&app, json!({"mac": "AABBCC000001", "product": "lamp"})).await;
+    assert_eq!(error_code(stranger, 409).await, "device_has_token");
+    let again = app
+        .client
+        .post(app.url("/api/v1/device/provision"))
+        .bearer_auth(first["token"].as_str().unwrap())
+        .json(&json!({"mac": "AABBCC000001", "product": "lamp"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(again.status(), 200);
     let again: Value = again.json().await.unwrap();
     assert_eq!(again["device_id"], first["device_id"]);
