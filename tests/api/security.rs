@@ -179,3 +179,41 @@ async fn a_revoked_token_stops_working_at_once() {
     assert_eq!(unknown.status(), 404);
     app.stop().await;
 }
+
+// ---- 5. secrets in public configuration files ----
+
+#[tokio::test]
+async fn anonymous_readers_of_configuration_files_do_not_get_secrets() {
+    let app = spawn_app().await;
+    let (_, token) = provisioned(&app, "02:00:00:12:05:01", "lamp", "esp32").await;
+    put_config(&app, "product", "lamp", json!({"wifi": {"ssid": "plant-floor", "password": {"$secret": "product-wifi-secret"}}})).await;
+    let put = app
+        .admin(Method::PUT, "/api/configs/02-00-00-12-05-01")
+        .json(&json!({"content": {"deviceName": "lamp-1", "mqtt_password": {"$secret": "device-mqtt-secret"}}}))
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success(), "{}", put.text().await.unwrap());
+    let url = app.url("/api/configs/02-00-00-12-05-01.json");
+
+    let anonymous = app.client.get(&url).send().await.unwrap();
+    assert_eq!(anonymous.status(), 200);
+    let body: Value = anonymous.json().await.unwrap();
+    assert_eq!(body, json!({"deviceName": "lamp-1", "wifi": {"ssid": "plant-floor"}}), "secrets are left out");
+    // The device, with its token, gets the whole document.
+    let whole: Value = app.client.get(&url).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+    assert_eq!(whole["wifi"]["password"], "product-wifi-secret");
+    assert_eq!(whole["mqtt_password"], "device-mqtt-secret");
+    // A wrong credential is refused, not served the public view.
+    let wrong = app.client.get(&url).bearer_auth("upd_dev_not-a-token").send().await.unwrap();
+    assert_eq!(wrong.status(), 401);
+    // Another device's token does not read this one's.
+    let (_, other) = provisioned(&app, "02:00:00:12:05:02", "lamp", "esp32").await;
+    assert_eq!(app.client.get(&url).bearer_auth(&other).send().await.unwrap().status(), 403);
+
+    // A product that still has seed-003 devices needing Wi-Fi credentials without a token opts in.
+    put_product(&app, "lamp", json!({"provisioning": "open", "public_secrets": true})).await;
+    let opted_in: Value = app.client.get(&url).send().await.unwrap().json().await.unwrap();
+    assert_eq!(opted_in["wifi"]["password"], "product-wifi-secret");
+    app.stop().await;
+}
