@@ -33,7 +33,8 @@ async fn put_product(app: &TestApp, name: &str, body: Value) {
 }
 
 async fn put_config(app: &TestApp, kind: &str, name: &str, content: Value) {
-    let response = app.admin(Method::PUT, &format!("/api/v1/configs/{kind}/{name}")).json(&json!({"content": content})).send().await.unwrap();
+    let response =
+        app.admin(Method::PUT, &format!("/api/v1/configs/{kind}/{name}")).json(&json!({"content": content})).send().await.unwrap();
     assert!(response.status().is_success(), "{}", response.text().await.unwrap());
 }
 
@@ -46,12 +47,21 @@ async fn device_config(app: &TestApp, token: &str) -> String {
 #[tokio::test]
 async fn a_device_cannot_move_itself_into_another_product_by_checking_in() {
     let app = spawn_app().await;
-    put_product(&app, "vault", json!({"provisioning": "key", "provision_key": "vault-key-01", "provision_secret": "vault-secret-0123456789"}))
-        .await;
+    put_product(
+        &app,
+        "vault",
+        json!({"provisioning": "key", "provision_key": "vault-key-01", "provision_secret": "vault-secret-0123456789"}),
+    )
+    .await;
     let build = app.create_artifact(random_bytes(8_000, 1), "product=vault&version=2.0.0&hardware=esp32").await;
     put_config(&app, "product", "vault", json!({"wifi": {"$secret": "vault-wifi-password"}})).await;
-    let asset =
-        app.admin(Method::POST, "/api/v1/assets/vault/logo.bin").header("content-type", "application/octet-stream").body("vault-asset-bytes").send().await.unwrap();
+    let asset = app
+        .admin(Method::POST, "/api/v1/assets/vault/logo.bin")
+        .header("content-type", "application/octet-stream")
+        .body("vault-asset-bytes")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(asset.status(), 201, "{}", asset.text().await.unwrap());
 
     // A device provisioned in an open product.
@@ -63,7 +73,13 @@ async fn a_device_cannot_move_itself_into_another_product_by_checking_in() {
     assert_eq!(device(&app, &id).await["product"], "lamp", "the product stays");
     let answer: Value = checkin(&app, &token, json!({"version": "1.0.0"})).await.json().await.unwrap();
     assert!(answer["update"].is_null(), "nothing of vault's is offered: {answer}");
-    let download = app.client.get(app.url(&format!("/api/v1/device/firmware/{}", build["id"].as_str().unwrap()))).bearer_auth(&token).send().await.unwrap();
+    let download = app
+        .client
+        .get(app.url(&format!("/api/v1/device/firmware/{}", build["id"].as_str().unwrap())))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     assert!(download.status().is_client_error(), "vault's build is not served: {}", download.status());
     assert!(!device_config(&app, &token).await.contains("vault-wifi-password"), "vault's secrets are not served");
     let asset = app.client.get(app.url("/api/v1/assets/vault/logo.bin/latest")).bearer_auth(&token).send().await.unwrap();
@@ -120,7 +136,8 @@ async fn knowing_a_devices_mac_does_not_give_its_identity_away() {
     assert!(device_config(&app, &token).await.contains("device-wifi-password"));
     // Another device's token is no proof either.
     let (_, other_token) = provisioned(&app, "02:00:00:12:04:02", "lamp", "esp32").await;
-    let wrong = app.client.post(app.url("/api/v1/device/provision")).bearer_auth(&other_token).json(&json!({"mac": mac})).send().await.unwrap();
+    let wrong =
+        app.client.post(app.url("/api/v1/device/provision")).bearer_auth(&other_token).json(&json!({"mac": mac})).send().await.unwrap();
     assert_eq!(error_code(wrong, 401).await, "unauthenticated");
 
     // Its current token: a new token, the old one revoked.
@@ -131,7 +148,8 @@ async fn knowing_a_devices_mac_does_not_give_its_identity_away() {
 
     // An operator's window: used once.
     let until = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
-    let patched = app.admin(Method::PATCH, &format!("/api/v1/devices/{id}")).json(&json!({"reprovision_until": until})).send().await.unwrap();
+    let patched =
+        app.admin(Method::PATCH, &format!("/api/v1/devices/{id}")).json(&json!({"reprovision_until": until})).send().await.unwrap();
     assert_eq!(patched.status(), 200);
     assert!(patched.json::<Value>().await.unwrap()["reprovision_until"].is_string());
     let reset = provision(&app, json!({"mac": mac})).await;
@@ -140,7 +158,12 @@ async fn knowing_a_devices_mac_does_not_give_its_identity_away() {
     assert_eq!(checkin(&app, &token2, json!({})).await.status(), 401);
     assert!(device(&app, &id).await["reprovision_until"].is_null(), "the window is used up");
     assert_eq!(error_code(provision(&app, json!({"mac": mac})).await, 409).await, "device_has_token");
-    let past = app.admin(Method::PATCH, &format!("/api/v1/devices/{id}")).json(&json!({"reprovision_until": "2020-01-01T00:00:00Z"})).send().await.unwrap();
+    let past = app
+        .admin(Method::PATCH, &format!("/api/v1/devices/{id}"))
+        .json(&json!({"reprovision_until": "2020-01-01T00:00:00Z"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(error_code(past, 400).await, "invalid_reprovision_until");
 
     // A pair key: the device is paired with its owner.

@@ -38,15 +38,23 @@ async fn the_mac_may_come_in_the_query_and_a_new_token_replaces_the_old_one_only
     let first: Value =
         app.client.get(app.url("/debug/provisioning?mac-address=CE-13-14-15-16-18")).send().await.unwrap().json().await.unwrap();
     let again = || {
-        app.client.get(app.url("/debug/provisioning")).header("content-type", "application/json").body(json!({"mac-address": "ce:13:14:15:16:18"}).to_string()).send()
+        app.client
+            .get(app.url("/debug/provisioning"))
+            .header("content-type", "application/json")
+            .body(json!({"mac-address": "ce:13:14:15:16:18"}).to_string())
+            .send()
     };
     // Anyone who knows the MAC could ask: a device that holds a token keeps it.
     assert_eq!(error_code(again().await.unwrap(), 409).await, "device_has_token");
     // After an operator allows it (e.g. the device lost its flash), it gets a new one.
     let id = device(&app, "CE:13:14:15:16:18").await["id"].as_str().unwrap().to_string();
     let until = (chrono::Utc::now() + chrono::Duration::minutes(10)).to_rfc3339();
-    let allowed =
-        app.admin(reqwest::Method::PATCH, &format!("/api/v1/devices/{id}")).json(&json!({"reprovision_until": until})).send().await.unwrap();
+    let allowed = app
+        .admin(reqwest::Method::PATCH, &format!("/api/v1/devices/{id}"))
+        .json(&json!({"reprovision_until": until}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(allowed.status(), 200);
     let second: Value = again().await.unwrap().json().await.unwrap();
 
