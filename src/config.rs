@@ -72,9 +72,9 @@ pub struct ServeArgs {
     /// Seconds in-flight requests get to finish after SIGTERM [default: 30]
     #[arg(long, env = "UPDRAFT_SHUTDOWN_TIMEOUT_SECS", value_name = "SECS")]
     pub shutdown_timeout_secs: Option<String>,
-    /// Trust X-Forwarded-For/-Proto/-Host from a reverse proxy [default: false]
-    #[arg(long, env = "UPDRAFT_TRUST_PROXY_HEADERS", value_name = "BOOL")]
-    pub trust_proxy_headers: Option<String>,
+    /// Addresses and networks (comma-separated, e.g. 127.0.0.1,10.0.0.0/8) of reverse proxies whose X-Forwarded-For/-Proto/-Host are believed; the client is the right-most X-Forwarded-For entry that is not one of them [default: none]
+    #[arg(long, env = "UPDRAFT_TRUSTED_PROXIES", value_name = "LIST")]
+    pub trusted_proxies: Option<String>,
     /// PEM certificate chain; with --tls-key the listener speaks HTTPS
     #[arg(long, env = "UPDRAFT_TLS_CERT", value_name = "FILE")]
     pub tls_cert: Option<String>,
@@ -289,7 +289,8 @@ pub struct Settings {
     pub max_upload_bytes: u64,
     pub max_connections: usize,
     pub shutdown_timeout: Duration,
-    pub trust_proxy_headers: bool,
+    /// Reverse proxies whose forwarding headers are believed (see `http::forwarded`).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     pub tls: Option<TlsSettings>,
     pub log: String,
     pub log_format: LogFormat,
@@ -397,7 +398,7 @@ const SETTING_NAMES: &[&str] = &[
     "max_upload_bytes",
     "max_connections",
     "shutdown_timeout_secs",
-    "trust_proxy_headers",
+    "trusted_proxies",
     "tls_cert",
     "tls_key",
     "log",
@@ -573,7 +574,16 @@ impl Settings {
         }
         let shutdown_timeout =
             Duration::from_secs(parse_number("shutdown_timeout_secs", get("shutdown_timeout_secs", &args.shutdown_timeout_secs), 30u64)?);
-        let trust_proxy_headers = parse_bool("trust_proxy_headers", get("trust_proxy_headers", &args.trust_proxy_headers), false)?;
+        let trusted_proxies = parse_networks("trusted_proxies", get("trusted_proxies", &args.trusted_proxies))?;
+        if let Some(old) = layers.get("trust_proxy_headers", &std::env::var("UPDRAFT_TRUST_PROXY_HEADERS").ok()) {
+            return Err(ConfigError::new(
+                "trusted_proxies",
+                format!(
+                    "UPDRAFT_TRUST_PROXY_HEADERS={old} was replaced by UPDRAFT_TRUSTED_PROXIES: list your proxies' addresses \
+                     (e.g. 127.0.0.1 for a proxy on this host) and remove the old setting"
+                ),
+            ));
+        }
         let tls = match (get("tls_cert", &args.tls_cert), get("tls_key", &args.tls_key)) {
             (Some(cert), Some(key)) => {
                 for (name, path) in [("tls_cert", &cert), ("tls_key", &key)] {
@@ -684,7 +694,7 @@ impl Settings {
             max_upload_bytes,
             max_connections,
             shutdown_timeout,
-            trust_proxy_headers,
+            trusted_proxies,
             tls,
             log,
             log_format,
@@ -874,6 +884,23 @@ fn parse_content(
     })
 }
 
+/// A comma-separated list of addresses and networks (`10.0.0.0/8`); an address alone is a
+/// network of one.
+fn parse_networks(name: &str, value: Option<String>) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    let Some(list) = value else { return Ok(Vec::new()) };
+    list.split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| {
+            entry
+                .parse::<ipnet::IpNet>()
+                .map(|net| net.trunc())
+                .or_else(|_| entry.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| ConfigError::new(name, format!("`{entry}` is not an address or a network like 10.0.0.0/8")))
+        })
+        .collect()
+}
+
 fn parse_number<T: std::str::FromStr>(name: &str, value: Option<String>, default: T) -> Result<T, ConfigError> {
     match value {
         None => Ok(default),
@@ -984,6 +1011,20 @@ mod tests {
         assert_eq!(compat.admin_api_key.as_deref(), Some("own-name"));
         let error = load(ServeArgs { compat_default_product: Some("bad name".into()), ..Default::default() }).unwrap_err();
         assert!(error.to_string().contains("UPDRAFT_COMPAT_DEFAULT_PRODUCT"), "{error}");
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_and_networks_and_the_old_switch_is_named() {
+        let settings = load(ServeArgs { trusted_proxies: Some("127.0.0.1, 10.0.0.0/8,::1".into()), ..Default::default() }).unwrap();
+        let listed: Vec<String> = settings.trusted_proxies.iter().map(|n| n.to_string()).collect();
+        assert_eq!(listed, ["127.0.0.1/32", "10.0.0.0/8", "::1/128"]);
+        let error = load(ServeArgs { trusted_proxies: Some("proxy.local".into()), ..Default::default() }).unwrap_err();
+        assert!(error.to_string().starts_with("invalid setting UPDRAFT_TRUSTED_PROXIES"), "{error}");
+        let dir = tempfile::tempdir().unwrap();
+        let dotenv_path = dir.path().join(".env");
+        std::fs::write(&dotenv_path, "UPDRAFT_TRUST_PROXY_HEADERS=true\n").unwrap();
+        let error = Settings::load_with_dotenv(&ServeArgs::default(), &dotenv_path).unwrap_err();
+        assert!(error.to_string().contains("replaced by UPDRAFT_TRUSTED_PROXIES"), "{error}");
     }
 
     #[test]

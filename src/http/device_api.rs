@@ -34,23 +34,16 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(download))
 }
 
-/// The caller's address: the peer, or behind a trusted proxy the first `X-Forwarded-For` hop.
+/// The caller's address: the peer, or behind a trusted proxy the client it forwarded for
+/// (`http::forwarded`).
 pub struct ClientIp(pub IpAddr);
 
 impl FromRequestParts<AppState> for ClientIp {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        if state.settings.trust_proxy_headers {
-            let forwarded = parts
-                .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.split(',').next())
-                .and_then(|v| v.trim().parse::<IpAddr>().ok());
-            if let Some(ip) = forwarded {
-                return Ok(ClientIp(ip));
-            }
+    async fn from_request_parts(parts: &mut Parts, _state: &AppState) -> Result<Self, Self::Rejection> {
+        if let Some(view) = parts.extensions.get::<super::forwarded::ClientView>() {
+            return Ok(ClientIp(view.ip));
         }
         let peer =
             parts.extensions.get::<ConnectInfo<ClientAddr>>().map(|ConnectInfo(addr)| addr.0.ip()).unwrap_or(IpAddr::from([127, 0, 0, 1]));

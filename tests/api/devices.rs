@@ -683,7 +683,7 @@ async fn a_replica_loads_every_token_holder_into_its_fleet_index_at_start() {
 
 #[tokio::test]
 async fn a_device_that_moves_is_recorded_at_its_new_address_at_once() {
-    let app = spawn_app_with(|s| s.trust_proxy_headers = true).await;
+    let app = spawn_app_with(|s| s.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()]).await;
     let (device_id, token) = provisioned(&app, "02:00:00:00:0F:11", "lamp", "esp32", "1.0.0").await;
     for ip in ["10.0.0.1", "10.0.0.2", "10.0.0.1"] {
         let response = app

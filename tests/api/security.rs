@@ -240,3 +240,120 @@ async fn anonymous_readers_of_configuration_files_do_not_get_secrets() {
     assert_eq!(opted_in["wifi"]["password"], "product-wifi-secret");
     app.stop().await;
 }
+
+// ---- 7. X-Forwarded-For spoofing ----
+
+/// A child process killed when dropped (also when a test panics).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A real nginx in front of `app` with the forwarding headers of the shipped
+/// deployment/nginx.conf (its `proxy_set_header` lines, copied at run time). Returns its
+/// address and the process.
+fn nginx_in_front_of(app: &TestApp, dir: &std::path::Path) -> (String, KillOnDrop) {
+    let shipped = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deployment/nginx.conf")).unwrap();
+    let headers: String = shipped
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("proxy_set_header") || l.starts_with("proxy_http_version"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(headers.contains("X-Forwarded-For $proxy_add_x_forwarded_for"), "the shipped config forwards the client: {headers}");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let d = dir.display();
+    let conf = format!(
+        "daemon off; master_process off; user root; pid {d}/nginx.pid; error_log {d}/error.log;\n\
+         events {{}}\n\
+         http {{ access_log off; client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi; \
+         uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
+         upstream updraft_http {{ server {}; }}\n\
+         server {{ listen 127.0.0.1:{port}; {headers}\n location / {{ proxy_pass http://updraft_http; }} }} }}\n",
+        app.addr
+    );
+    std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+    let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("nginx is installed (scripts/test.sh installs it)");
+    let child = KillOnDrop(
+        std::process::Command::new(nginx).arg("-c").arg(dir.join("nginx.conf")).arg("-p").arg(dir).spawn().expect("nginx starts"),
+    );
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    (format!("http://127.0.0.1:{port}"), child)
+}
+
+#[tokio::test]
+async fn behind_the_shipped_nginx_a_forged_x_forwarded_for_changes_nothing() {
+    let app = spawn_app_with(|s| s.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (proxy, nginx) = nginx_in_front_of(&app, dir.path());
+    let (id, token) = provisioned(&app, "02:00:00:12:07:01", "lamp", "esp32").await;
+    // The device connects from 127.0.0.2, an address that is not a trusted proxy.
+    let device_client = reqwest::Client::builder().no_proxy().local_address(std::net::IpAddr::from([127, 0, 0, 2])).build().unwrap();
+
+    // The device checks in through nginx with a forged header: nginx appends the real
+    // client (127.0.0.2, as nginx sees it), and that is what is recorded.
+    let response = device_client
+        .post(format!("{proxy}/api/v1/device/checkin"))
+        .bearer_auth(&token)
+        .header("X-Forwarded-For", "198.51.100.66")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(device(&app, &id).await["ip"], "127.0.0.2", "the forged address is not recorded");
+
+    // Failed authentications with a new forged address each time are still one client.
+    let mut last = 0;
+    for n in 0..12 {
+        let response = device_client
+            .post(format!("{proxy}/api/v1/device/checkin"))
+            .bearer_auth("upd_dev_wrong")
+            .header("X-Forwarded-For", format!("198.51.100.{n}"))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        last = response.status().as_u16();
+    }
+    assert_eq!(last, 429, "the limiter trips whatever address the client claims");
+    drop(nginx);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn forwarding_headers_from_an_untrusted_peer_are_ignored() {
+    let app = spawn_app().await;
+    let (id, token) = provisioned(&app, "02:00:00:12:07:02", "lamp", "esp32").await;
+    let build = app.create_artifact(random_bytes(4_000, 2), "product=lamp&version=1.1.0&hardware=esp32").await;
+    let answer: Value = app
+        .client
+        .post(app.url("/api/v1/device/checkin"))
+        .bearer_auth(&token)
+        .header("X-Forwarded-For", "198.51.100.7")
+        .header("X-Forwarded-Host", "evil.example")
+        .header("X-Forwarded-Proto", "https")
+        .json(&json!({"version": "1.0.0"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(device(&app, &id).await["ip"], "127.0.0.1");
+    let url = answer["update"]["url"].as_str().unwrap_or_else(|| panic!("an offer of {}: {answer}", build["id"]));
+    assert!(url.starts_with(&format!("http://{}/", app.addr)), "links are not built from forged headers: {url}");
+    app.stop().await;
+}
