@@ -69,6 +69,15 @@ pub struct ServeArgs {
     /// Most concurrent HTTP connections; more wait in the kernel's accept queue [default: 10000]
     #[arg(long, env = "UPDRAFT_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<String>,
+    /// Most concurrent HTTP connections from one address (trusted proxies excepted); more are closed at once [default: a tenth of UPDRAFT_MAX_CONNECTIONS]
+    #[arg(long, env = "UPDRAFT_MAX_CONNECTIONS_PER_IP", value_name = "N")]
+    pub max_connections_per_ip: Option<String>,
+    /// Seconds a request body may send nothing before the request fails with 408 [default: 30]
+    #[arg(long, env = "UPDRAFT_BODY_READ_TIMEOUT_SECS", value_name = "SECS")]
+    pub body_read_timeout_secs: Option<String>,
+    /// Least average rate of a request body once UPDRAFT_BODY_READ_TIMEOUT_SECS has passed, in bytes per second; slower uploads fail with 408 [default: 1024]
+    #[arg(long, env = "UPDRAFT_BODY_MIN_BYTES_PER_SEC", value_name = "BYTES")]
+    pub body_min_bytes_per_sec: Option<String>,
     /// Seconds in-flight requests get to finish after SIGTERM [default: 30]
     #[arg(long, env = "UPDRAFT_SHUTDOWN_TIMEOUT_SECS", value_name = "SECS")]
     pub shutdown_timeout_secs: Option<String>,
@@ -288,6 +297,12 @@ pub struct Settings {
     pub public_url: Option<Url>,
     pub max_upload_bytes: u64,
     pub max_connections: usize,
+    /// Most connections of one address (trusted proxies excepted).
+    pub max_connections_per_ip: usize,
+    /// Longest silence of a request body (see `http::body_guard`).
+    pub body_read_timeout: Duration,
+    /// Least average rate of a request body after `body_read_timeout`.
+    pub body_min_bytes_per_sec: u64,
     pub shutdown_timeout: Duration,
     /// Reverse proxies whose forwarding headers are believed (see `http::forwarded`).
     pub trusted_proxies: Vec<ipnet::IpNet>,
@@ -397,6 +412,9 @@ const SETTING_NAMES: &[&str] = &[
     "public_url",
     "max_upload_bytes",
     "max_connections",
+    "max_connections_per_ip",
+    "body_read_timeout_secs",
+    "body_min_bytes_per_sec",
     "shutdown_timeout_secs",
     "trusted_proxies",
     "tls_cert",
@@ -572,6 +590,25 @@ impl Settings {
         if max_connections == 0 {
             return Err(ConfigError::new("max_connections", "must be at least 1"));
         }
+        let max_connections_per_ip = parse_number(
+            "max_connections_per_ip",
+            get("max_connections_per_ip", &args.max_connections_per_ip),
+            (max_connections / 10).max(1),
+        )?;
+        if max_connections_per_ip == 0 || max_connections_per_ip > max_connections {
+            return Err(ConfigError::new(
+                "max_connections_per_ip",
+                format!("must be between 1 and UPDRAFT_MAX_CONNECTIONS ({max_connections})"),
+            ));
+        }
+        let body_read_timeout_secs =
+            parse_number("body_read_timeout_secs", get("body_read_timeout_secs", &args.body_read_timeout_secs), 30u64)?;
+        if !(1..=3600).contains(&body_read_timeout_secs) {
+            return Err(ConfigError::new("body_read_timeout_secs", "must be between 1 and 3600 seconds"));
+        }
+        let body_read_timeout = Duration::from_secs(body_read_timeout_secs);
+        let body_min_bytes_per_sec =
+            parse_number("body_min_bytes_per_sec", get("body_min_bytes_per_sec", &args.body_min_bytes_per_sec), 1024u64)?;
         let shutdown_timeout =
             Duration::from_secs(parse_number("shutdown_timeout_secs", get("shutdown_timeout_secs", &args.shutdown_timeout_secs), 30u64)?);
         let trusted_proxies = parse_networks("trusted_proxies", get("trusted_proxies", &args.trusted_proxies))?;
@@ -693,6 +730,9 @@ impl Settings {
             public_url,
             max_upload_bytes,
             max_connections,
+            max_connections_per_ip,
+            body_read_timeout,
+            body_min_bytes_per_sec,
             shutdown_timeout,
             trusted_proxies,
             tls,

@@ -114,7 +114,9 @@ impl Application {
             Some(tls) => Some(crate::net::tls_config(&tls.cert, &tls.key)?),
             None => None,
         };
-        let listener = LimitedListener::new(listener, state.settings.max_connections);
+        let settings = &state.settings;
+        let listener =
+            LimitedListener::new(listener, settings.max_connections, settings.max_connections_per_ip, settings.trusted_proxies.clone());
         let app = http::router(state);
 
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

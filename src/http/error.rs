@@ -49,6 +49,7 @@ pub fn status_of(error: &Error) -> StatusCode {
         Error::NotFound { .. } => StatusCode::NOT_FOUND,
         Error::Conflict { .. } => StatusCode::CONFLICT,
         Error::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
+        Error::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
         Error::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         Error::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
@@ -83,6 +84,10 @@ impl IntoResponse for ApiError {
             Error::TooManyRequests { retry_after_secs } => {
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
             }
+            Error::RequestTimeout(_) => {
+                // The rest of the body will not come (in time): this connection is done.
+                response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
             Error::RangeNotSatisfiable { size } => {
                 if let Ok(value) = HeaderValue::from_str(&format!("bytes */{size}")) {
                     response.headers_mut().insert(header::CONTENT_RANGE, value);
@@ -116,6 +121,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
 }
 
 fn json_rejection(rejection: JsonRejection) -> Error {
+    if let JsonRejection::BytesRejection(e) = &rejection
+        && let Some(slow) = super::body_guard::SlowBody::find(e)
+    {
+        return slow.into();
+    }
     match rejection {
         JsonRejection::MissingJsonContentType(_) => {
             Error::UnsupportedMediaType("expected a JSON body with `Content-Type: application/json`".into())

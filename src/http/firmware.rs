@@ -281,6 +281,9 @@ async fn read_text_field(mut field: axum::extract::multipart::Field<'_>, name: &
 }
 
 fn multipart_error(error: axum::extract::multipart::MultipartError, limit: u64) -> Error {
+    if let Some(slow) = super::body_guard::SlowBody::find(&error) {
+        return slow.into();
+    }
     if error.status() == StatusCode::PAYLOAD_TOO_LARGE {
         Error::PayloadTooLarge { limit }
     } else {
@@ -288,11 +291,17 @@ fn multipart_error(error: axum::extract::multipart::MultipartError, limit: u64) 
     }
 }
 
-fn multipart_body_error(error: axum::extract::multipart::MultipartError) -> BodyError {
+pub(crate) fn multipart_body_error(error: axum::extract::multipart::MultipartError) -> BodyError {
+    if let Some(slow) = super::body_guard::SlowBody::find(&error) {
+        return BodyError::TooSlow(slow.to_string());
+    }
     if error.status() == StatusCode::PAYLOAD_TOO_LARGE { BodyError::TooLarge } else { BodyError::Interrupted(error.body_text()) }
 }
 
-fn body_error(error: axum::Error) -> BodyError {
+pub(crate) fn body_error(error: axum::Error) -> BodyError {
+    if let Some(slow) = super::body_guard::SlowBody::find(&error) {
+        return BodyError::TooSlow(slow.to_string());
+    }
     let text = error.to_string();
     if text.contains("length limit exceeded") { BodyError::TooLarge } else { BodyError::Interrupted(text) }
 }

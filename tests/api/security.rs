@@ -357,3 +357,100 @@ async fn forwarding_headers_from_an_untrusted_peer_are_ignored() {
     assert!(url.starts_with(&format!("http://{}/", app.addr)), "links are not built from forged headers: {url}");
     app.stop().await;
 }
+
+// ---- 3. slow bodies and one client holding every connection ----
+
+/// A connection from `local` (a loopback address) that sends a provisioning request's headers
+/// announcing a 100,000-byte body, then one byte.
+async fn slow_body(app: &TestApp, local: [u8; 4]) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(std::net::SocketAddr::from((local, 0))).unwrap();
+    let mut stream = socket.connect(app.addr).await.unwrap();
+    let head = format!(
+        "POST /api/v1/device/provision HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{{",
+        app.addr
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream
+}
+
+/// What the server sends on `stream` until it closes it (bounded by `within`); None if it
+/// keeps the connection open longer.
+async fn read_until_closed(stream: &mut tokio::net::TcpStream, within: std::time::Duration) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(within, async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    read.ok().map(|_| String::from_utf8_lossy(&received).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_bodies_are_cut_off_and_one_address_cannot_take_every_connection() {
+    let app = spawn_app_with(|s| {
+        s.max_connections = 200;
+        s.max_connections_per_ip = 100;
+        s.body_read_timeout = std::time::Duration::from_secs(2);
+    })
+    .await;
+    let (_, token) = provisioned(&app, "02:00:00:12:03:01", "lamp", "esp32").await;
+
+    // Two clients fill 190 of the 200 slots with bodies that never come.
+    let mut flood = Vec::new();
+    for _ in 0..100 {
+        flood.push(slow_body(&app, [127, 0, 0, 2]).await);
+    }
+    for _ in 0..90 {
+        flood.push(slow_body(&app, [127, 0, 0, 3]).await);
+    }
+    // The first client's next connection is closed at once: it holds its share.
+    let mut refused = slow_body(&app, [127, 0, 0, 2]).await;
+    let answer = read_until_closed(&mut refused, std::time::Duration::from_secs(5)).await;
+    assert_eq!(answer.as_deref(), Some(""), "closed without an answer");
+
+    // A normal check-in still answers, and quickly.
+    let started = std::time::Instant::now();
+    let checkin = tokio::time::timeout(std::time::Duration::from_secs(1), checkin(&app, &token, json!({"version": "1.0.0"}))).await;
+    assert!(checkin.is_ok_and(|r| r.status() == 200), "a check-in during the flood answered in {:?}", started.elapsed());
+
+    // The slow bodies end with 408 once they have been silent for the body read timeout.
+    let mut timed_out = 0;
+    for stream in flood.iter_mut().take(20) {
+        if let Some(text) = read_until_closed(stream, std::time::Duration::from_secs(10)).await
+            && text.starts_with("HTTP/1.1 408")
+        {
+            timed_out += 1;
+        }
+    }
+    assert_eq!(timed_out, 20, "every slow body is answered 408 and closed");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_trickling_a_byte_at_a_time_is_cut_off_after_the_grace_period() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_app_with(|s| s.body_read_timeout = std::time::Duration::from_secs(2)).await;
+    let mut stream = slow_body(&app, [127, 0, 0, 1]).await;
+    // One byte every 500 ms never trips the read timeout; the average rate does.
+    let trickle = async {
+        for _ in 0..20 {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            if stream.write_all(b" ").await.is_err() {
+                break;
+            }
+        }
+        read_until_closed(&mut stream, std::time::Duration::from_secs(5)).await
+    };
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(15), trickle).await.expect("the server ends it").unwrap_or_default();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout") && answer.contains("too slowly"), "{answer}");
+    app.stop().await;
+}

@@ -32,7 +32,6 @@ use crate::http::device_api::ClientIp;
 use crate::http::download::serve_artifact;
 use crate::services::compat::{self as service, MacCheckin, OTA_SERVER_METADATA, OtaServerDevice};
 use crate::services::devices as device_service;
-use crate::services::firmware::BodyError;
 use crate::storage::{DeviceFilter, DevicePatch};
 
 pub fn router(downloads: bool) -> Router<AppState> {
@@ -495,7 +494,7 @@ async fn upload_firmware(
                 if name.is_empty() || name.contains('/') || name.contains('\\') || service::check_file_name(&name).is_err() {
                     return admin_error(StatusCode::BAD_REQUEST, "Invalid filename");
                 }
-                let body = field.map(|chunk| chunk.map_err(|e| BodyError::Interrupted(e.body_text())));
+                let body = field.map(|chunk| chunk.map_err(crate::http::firmware::multipart_body_error));
                 match service::ingest_named_file(&state.core, &name, body, limit, meta.clone(), None).await {
                     Ok(artifact) => stored = Some((name, artifact)),
                     Err(e) => return admin_failure(e),
