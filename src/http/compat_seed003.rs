@@ -30,10 +30,10 @@ use super::assets::serve_blob;
 use super::auth::credential;
 use super::device_api::ClientIp;
 use super::error::status_of;
+use crate::domain::Error;
 use crate::domain::config::{self, Scope};
 use crate::domain::lvgl::{ColorFormat, LvglVersion};
 use crate::domain::mac::Mac;
-use crate::domain::{Error, secret};
 use crate::services::assets::{self as assets_service, StagedUpload};
 use crate::services::config::{self as config_service, ChangeRequest, SEED003_AUTHOR};
 use crate::services::images::{self, ConvertOptions};
@@ -124,14 +124,8 @@ fn respond(correlation: Correlation, result: Result<Response, Error>) -> Respons
     response
 }
 
-fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), Error> {
-    match credential(headers, "x-admin-api-key") {
-        Some(key) if secret::verify(key, &state.admin_key_digest) => Ok(()),
-        Some(_) => Err(Error::Unauthenticated("the admin API key is not valid".into())),
-        None => Err(Error::Unauthenticated(
-            "an admin API key is required: send `Authorization: Bearer <key>` or `X-Admin-API-Key: <key>`".into(),
-        )),
-    }
+fn require_admin(state: &AppState, headers: &HeaderMap, ip: std::net::IpAddr) -> Result<(), Error> {
+    super::auth::require_admin(state, credential(headers, "x-admin-api-key"), ip)
 }
 
 /// Seed 003's MAC rule: lower-cased, then `xx-xx-xx-xx-xx-xx`.
@@ -220,9 +214,9 @@ fn detail(mac: &Mac, content: &Value) -> Seed003Config {
     responses((status = 200, body = Seed003List), (status = 401, body = Seed003ErrorBody)),
     security(("bearer" = []), ("admin_key" = []))
 )]
-async fn list_configs(State(state): State<AppState>, correlation: Correlation, headers: HeaderMap) -> Response {
+async fn list_configs(State(state): State<AppState>, correlation: Correlation, ClientIp(ip): ClientIp, headers: HeaderMap) -> Response {
     let result = async {
-        require_admin(&state, &headers)?;
+        require_admin(&state, &headers, ip)?;
         let documents = config_service::device_documents(&state.core).await?;
         let configs: Vec<Seed003Summary> = documents.iter().map(|(mac, content)| summary(mac, content)).collect();
         Ok(Json(Seed003List { count: configs.len(), configs }).into_response())
@@ -286,7 +280,7 @@ async fn get_config(
             }
             return Ok(response);
         }
-        require_admin(&state, &headers)?;
+        require_admin(&state, &headers, ip)?;
         let mac = parse_mac(&mac, "get configuration")?;
         let (_, content) = config_service::get(&state.core, &Scope::Device(mac))
             .await
@@ -304,7 +298,7 @@ async fn has_device_document(state: &AppState, mac: &Mac) -> Result<bool, Error>
 /// With public config files off: the token of the device with this MAC, or the admin key.
 async fn authorize_device_or_admin(state: &AppState, headers: &HeaderMap, mac: &Mac, ip: std::net::IpAddr) -> Result<(), Error> {
     if let Some(key) = credential(headers, "x-admin-api-key")
-        && secret::verify(key, &state.admin_key_digest)
+        && super::auth::is_admin_key(state, key)
     {
         return Ok(());
     }
@@ -332,12 +326,13 @@ async fn authorize_device_or_admin(state: &AppState, headers: &HeaderMap, mac: &
 async fn put_config(
     State(state): State<AppState>,
     correlation: Correlation,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
     Path(mac): Path<String>,
     body: Bytes,
 ) -> Response {
     let result = async {
-        require_admin(&state, &headers)?;
+        require_admin(&state, &headers, ip)?;
         let mac = parse_mac(&mac, "save configuration")?;
         let body: Seed003SaveBody =
             serde_json::from_slice(&body).map_err(|e| Error::invalid("invalid_json", format!("Invalid request body: {e}")))?;
@@ -370,9 +365,15 @@ async fn put_config(
     responses((status = 204, description = "Deleted"), (status = 400, body = Seed003ErrorBody), (status = 401, body = Seed003ErrorBody), (status = 404, body = Seed003ErrorBody)),
     security(("bearer" = []), ("admin_key" = []))
 )]
-async fn delete_config(State(state): State<AppState>, correlation: Correlation, headers: HeaderMap, Path(mac): Path<String>) -> Response {
+async fn delete_config(
+    State(state): State<AppState>,
+    correlation: Correlation,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    Path(mac): Path<String>,
+) -> Response {
     let result = async {
-        require_admin(&state, &headers)?;
+        require_admin(&state, &headers, ip)?;
         let mac = parse_mac(&mac, "delete configuration")?;
         let request =
             ChangeRequest { content: None, author: SEED003_AUTHOR.into(), comment: String::new(), if_match: None, create_only: false };

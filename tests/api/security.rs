@@ -454,3 +454,37 @@ async fn a_body_trickling_a_byte_at_a_time_is_cut_off_after_the_grace_period() {
     assert!(answer.contains("request_timeout") && answer.contains("too slowly"), "{answer}");
     app.stop().await;
 }
+
+// ---- 10. failed admin keys ----
+
+fn client_from(last_octet: u8) -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().local_address(std::net::IpAddr::from([127, 0, 0, last_octet])).build().unwrap()
+}
+
+#[tokio::test]
+async fn repeated_wrong_admin_keys_are_throttled_per_address_on_every_admin_surface() {
+    let app = spawn_app().await;
+    let surfaces: [(u8, &str, &str); 3] =
+        [(4, "/api/v1/devices", "authorization"), (5, "/api/v1/firmware", "x-admin-api-key"), (6, "/admin/api/devices", "x-admin-api-key")];
+    for (octet, path, header) in surfaces {
+        let client = client_from(octet);
+        let send = |key: &str| {
+            let value = if header == "authorization" { format!("Bearer {key}") } else { key.to_string() };
+            client.get(app.url(path)).header(header, value).send()
+        };
+        let mut statuses = Vec::new();
+        for n in 0..12 {
+            statuses.push(send(&format!("wrong-admin-key-{n:04}")).await.unwrap().status().as_u16());
+        }
+        assert!(statuses[..10].iter().all(|s| *s == 401 || *s == 403), "{path}: {statuses:?}");
+        assert_eq!(statuses[10..], [429, 429], "{path}: {statuses:?}");
+        // Even the right key waits now, from this address.
+        let right = send(ADMIN_KEY).await.unwrap();
+        assert_eq!(right.status(), 429, "{path}");
+        let retry_after: u64 = right.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!((1..=60).contains(&retry_after));
+    }
+    // Other addresses are unaffected.
+    assert_eq!(client_from(7).get(app.url("/api/v1/devices")).bearer_auth(ADMIN_KEY).send().await.unwrap().status(), 200);
+    app.stop().await;
+}
