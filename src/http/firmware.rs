@@ -323,10 +323,7 @@ async fn list_firmware(
     headers: HeaderMap,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<ArtifactPage>> {
-    let limit = query.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(Error::invalid("invalid_query", "limit must be between 1 and 500").into());
-    }
+    let super::page::Page { limit, offset } = super::page::page(query.limit, query.offset)?;
     let sort = match query.sort.as_deref() {
         None | Some("-created_at") => ArtifactSort::NewestFirst,
         Some("created_at") => ArtifactSort::OldestFirst,
@@ -350,7 +347,7 @@ async fn list_firmware(
         channel: query.channel.as_deref().map(|c| c.trim().to_ascii_lowercase()),
         sort,
         limit,
-        offset: query.offset.unwrap_or(0),
+        offset,
     };
     let (artifacts, total) = state.core.store.list_artifacts(&filter).await?;
     let items = artifacts.iter().map(|a| artifact_view(&state, a, Some(&headers))).collect();

@@ -15,6 +15,7 @@ pub mod firmware;
 pub mod forwarded;
 pub mod mqtt;
 pub mod ops;
+pub mod page;
 pub mod range;
 pub mod rollouts;
 

@@ -488,3 +488,27 @@ async fn repeated_wrong_admin_keys_are_throttled_per_address_on_every_admin_surf
     assert_eq!(client_from(7).get(app.url("/api/v1/devices")).bearer_auth(ADMIN_KEY).send().await.unwrap().status(), 200);
     app.stop().await;
 }
+
+// ---- 11. page parameters ----
+
+#[tokio::test]
+async fn page_parameters_out_of_range_answer_400_on_every_list() {
+    let app = spawn_app().await;
+    let (id, _) = provisioned(&app, "02:00:00:12:11:01", "lamp", "esp32").await;
+    put_config(&app, "device", &id, json!({"a": 1})).await;
+    let lists = [
+        "/api/v1/devices".to_string(),
+        "/api/v1/firmware".to_string(),
+        format!("/api/v1/configs/device/{id}/history"),
+        format!("/api/v1/devices/{id}/commands"),
+    ];
+    for list in &lists {
+        for query in ["offset=9223372036854775808", "offset=18446744073709551616", "offset=-1", "limit=0", "limit=100000", "limit=abc"] {
+            let response = app.admin(Method::GET, &format!("{list}?{query}")).send().await.unwrap();
+            assert_eq!(error_code(response, 400).await, "invalid_query", "{list}?{query}");
+        }
+        let last = app.admin(Method::GET, &format!("{list}?offset=1099511627776")).send().await.unwrap();
+        assert_eq!(last.status(), 200, "{list}: the largest offset is an empty page");
+    }
+    app.stop().await;
+}
