@@ -44,12 +44,66 @@ pub struct Broker {
     hooks: Arc<Hooks>,
 }
 
+/// The broker's listeners, bound but not serving yet (`Broker::bind`, then `Broker::start`):
+/// a port that is taken stops start-up before anything is generated or stored.
+pub struct BrokerListeners {
+    pub addrs: BrokerAddrs,
+    /// With their listener ids, which must be unique (ports may be 0, so they are numbered).
+    bound: Vec<(rmqtt::net::Listener, rmqtt::types::ListenerId)>,
+}
+
 impl Broker {
-    /// Binds the listeners and starts serving. `server` is Updraft's own connection's credential.
+    /// Binds the listeners without serving. An error names the setting of the listener.
+    pub fn bind(settings: &MqttSettings, tls: Option<&TlsSettings>) -> anyhow::Result<BrokerListeners> {
+        let base = |name: &str, addr: SocketAddr| {
+            Builder::new()
+                .name(name)
+                .laddr(addr)
+                .max_connections(settings.max_connections)
+                .max_handshaking_limit(1_000)
+                .max_packet_size(settings.max_packet_bytes)
+                .allow_anonymous(false)
+                .max_inflight(NonZeroU16::new(settings.max_inflight).unwrap_or(NonZeroU16::MIN))
+                .max_mqueue_len(settings.max_queued)
+                .session_expiry_interval(settings.session_expiry)
+                .max_session_expiry_interval(settings.session_expiry)
+                .handshake_timeout(Duration::from_secs(10))
+                .reuseaddr(Some(true))
+                .nodelay(true)
+        };
+        let failed = |what: &str, addr: SocketAddr, setting: &str| format!("cannot listen on {addr} for {what} ({setting})");
+        let tcp = base("tcp", settings.listen)
+            .bind()
+            .and_then(|l| l.tcp())
+            .map_err(|e| anyhow::anyhow!("{}: {e}", failed("MQTT", settings.listen, "UPDRAFT_MQTT_LISTEN")))?;
+        let mut addrs = BrokerAddrs { tcp: tcp.local_addr()?, tls: None, ws: None };
+        let mut bound = vec![(tcp, 1)];
+        if let Some(tls) = tls {
+            let listener = base("tls", settings.tls_listen)
+                .tls_cert(Some(tls.cert.display().to_string()))
+                .tls_key(Some(tls.key.display().to_string()))
+                .bind()
+                .and_then(|l| l.tls())
+                .map_err(|e| anyhow::anyhow!("{}: {e}", failed("MQTT over TLS", settings.tls_listen, "UPDRAFT_MQTT_TLS_LISTEN")))?;
+            addrs.tls = Some(listener.local_addr()?);
+            bound.push((listener, 2));
+        }
+        if let Some(ws) = settings.ws_listen {
+            let listener = base("ws", ws)
+                .bind()
+                .and_then(|l| l.ws())
+                .map_err(|e| anyhow::anyhow!("{}: {e}", failed("MQTT over WebSocket", ws, "UPDRAFT_MQTT_WS_LISTEN")))?;
+            addrs.ws = Some(listener.local_addr()?);
+            bound.push((listener, 3));
+        }
+        Ok(BrokerListeners { addrs, bound })
+    }
+
+    /// Starts serving on the bound listeners. `server` is Updraft's own connection's credential.
     pub async fn start(
+        listeners: BrokerListeners,
         core: Core,
         settings: &MqttSettings,
-        tls: Option<&TlsSettings>,
         server: ServerIdentity,
         bus: Arc<OnceLock<Bus>>,
         workers: Arc<OnceLock<Vec<tokio::sync::mpsc::Sender<super::bus::Incoming>>>>,
@@ -72,39 +126,10 @@ impl Broker {
         }
         register.start().await;
 
-        let base = |name: &str, addr: SocketAddr| {
-            Builder::new()
-                .name(name)
-                .laddr(addr)
-                .max_connections(settings.max_connections)
-                .max_handshaking_limit(1_000)
-                .max_packet_size(settings.max_packet_bytes)
-                .allow_anonymous(false)
-                .max_inflight(NonZeroU16::new(settings.max_inflight).unwrap_or(NonZeroU16::MIN))
-                .max_mqueue_len(settings.max_queued)
-                .session_expiry_interval(settings.session_expiry)
-                .max_session_expiry_interval(settings.session_expiry)
-                .handshake_timeout(Duration::from_secs(10))
-                .reuseaddr(Some(true))
-                .nodelay(true)
-        };
-        let tcp = base("tcp", settings.listen).bind()?.tcp()?;
-        let mut addrs = BrokerAddrs { tcp: tcp.local_addr()?, tls: None, ws: None };
-        // Listener ids must be unique: ports may be 0 (assigned), so number them.
-        let mut server = MqttServer::new(scx.clone()).listener_by_id(tcp, 1);
-        if let Some(tls) = tls {
-            let listener = base("tls", settings.tls_listen)
-                .tls_cert(Some(tls.cert.display().to_string()))
-                .tls_key(Some(tls.key.display().to_string()))
-                .bind()?
-                .tls()?;
-            addrs.tls = Some(listener.local_addr()?);
-            server = server.listener_by_id(listener, 2);
-        }
-        if let Some(ws) = settings.ws_listen {
-            let listener = base("ws", ws).bind()?.ws()?;
-            addrs.ws = Some(listener.local_addr()?);
-            server = server.listener_by_id(listener, 3);
+        let BrokerListeners { addrs, bound } = listeners;
+        let mut server = MqttServer::new(scx.clone());
+        for (listener, id) in bound {
+            server = server.listener_by_id(listener, id);
         }
         let server = server.build();
         let task = tokio::spawn(async move {
