@@ -20,8 +20,8 @@ use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use bytes::Bytes;
-use tokio::time::Instant;
 use http_body::{Body as _, Frame, SizeHint};
+use tokio::time::Instant;
 
 use super::AppState;
 use crate::domain::Error;
