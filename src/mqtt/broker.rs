@@ -53,6 +53,48 @@ pub struct BrokerListeners {
 }
 
 impl Broker {
+    /// Starts serving on the bound listeners. `server` is Updraft's own connection's credential.
+    pub async fn start(
+        listeners: BrokerListeners,
+        core: Core,
+        settings: &MqttSettings,
+        server: ServerIdentity,
+        bus: Arc<OnceLock<Bus>>,
+        workers: Arc<OnceLock<Vec<tokio::sync::mpsc::Sender<super::bus::Incoming>>>>,
+    ) -> anyhow::Result<Broker> {
+        let scx = ServerContext::new().mqtt_max_sessions(settings.max_connections as isize).build().await;
+        *scx.extends.retain_mut().await = Box::new(MemoryRetain(DefaultRetainStorage::new()));
+
+        let tb = ThingsBoard::new(core.clone(), scx.clone(), settings.max_packet_bytes as usize);
+        let hooks = Arc::new(Hooks { core, server, principals: Mutex::default(), sessions: Mutex::default(), bus, workers, tb });
+        let register = scx.extends.hook_mgr().register();
+        for typ in [
+            Type::ClientAuthenticate,
+            Type::ClientSubscribeCheckAcl,
+            Type::MessagePublishCheckAcl,
+            Type::ClientConnected,
+            Type::ClientDisconnected,
+            Type::MessageDropped,
+        ] {
+            register.add(typ, Box::new(HookHandler(hooks.clone()))).await;
+        }
+        register.start().await;
+
+        let BrokerListeners { addrs, bound } = listeners;
+        let mut server = MqttServer::new(scx.clone());
+        for (listener, id) in bound {
+            server = server.listener_by_id(listener, id);
+        }
+        let server = server.build();
+        let task = tokio::spawn(async move {
+            if let Err(e) = server.run().await {
+                tracing::error!(error = %e, "the MQTT broker stopped");
+            }
+        });
+        tracing::info!(tcp = %addrs.tcp, tls = ?addrs.tls, ws = ?addrs.ws, "embedded MQTT broker listening");
+        Ok(Broker { addrs, task, scx, hooks })
+    }
+
     /// Binds the listeners without serving. An error names the setting of the listener.
     pub fn bind(settings: &MqttSettings, tls: Option<&TlsSettings>) -> anyhow::Result<BrokerListeners> {
         let base = |name: &str, addr: SocketAddr| {
@@ -97,48 +139,6 @@ impl Broker {
             bound.push((listener, 3));
         }
         Ok(BrokerListeners { addrs, bound })
-    }
-
-    /// Starts serving on the bound listeners. `server` is Updraft's own connection's credential.
-    pub async fn start(
-        listeners: BrokerListeners,
-        core: Core,
-        settings: &MqttSettings,
-        server: ServerIdentity,
-        bus: Arc<OnceLock<Bus>>,
-        workers: Arc<OnceLock<Vec<tokio::sync::mpsc::Sender<super::bus::Incoming>>>>,
-    ) -> anyhow::Result<Broker> {
-        let scx = ServerContext::new().mqtt_max_sessions(settings.max_connections as isize).build().await;
-        *scx.extends.retain_mut().await = Box::new(MemoryRetain(DefaultRetainStorage::new()));
-
-        let tb = ThingsBoard::new(core.clone(), scx.clone(), settings.max_packet_bytes as usize);
-        let hooks = Arc::new(Hooks { core, server, principals: Mutex::default(), sessions: Mutex::default(), bus, workers, tb });
-        let register = scx.extends.hook_mgr().register();
-        for typ in [
-            Type::ClientAuthenticate,
-            Type::ClientSubscribeCheckAcl,
-            Type::MessagePublishCheckAcl,
-            Type::ClientConnected,
-            Type::ClientDisconnected,
-            Type::MessageDropped,
-        ] {
-            register.add(typ, Box::new(HookHandler(hooks.clone()))).await;
-        }
-        register.start().await;
-
-        let BrokerListeners { addrs, bound } = listeners;
-        let mut server = MqttServer::new(scx.clone());
-        for (listener, id) in bound {
-            server = server.listener_by_id(listener, id);
-        }
-        let server = server.build();
-        let task = tokio::spawn(async move {
-            if let Err(e) = server.run().await {
-                tracing::error!(error = %e, "the MQTT broker stopped");
-            }
-        });
-        tracing::info!(tcp = %addrs.tcp, tls = ?addrs.tls, ws = ?addrs.ws, "embedded MQTT broker listening");
-        Ok(Broker { addrs, task, scx, hooks })
     }
 
     /// Open sessions (connected or kept for a persistent client).
