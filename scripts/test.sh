@@ -7,8 +7,8 @@
 #   ./scripts/test.sh firmware     # extra arguments go to both `cargo nextest run`s
 #
 # What it does:
-#   1. installs what is missing: the PostgreSQL server and Mosquitto from apt (Mosquitto's
-#      own service is kept from starting: it would take port 1883), moto[server] (the S3
+#   1. installs what is missing: the PostgreSQL server, Mosquitto and nginx from apt (their
+#      own services are kept from starting: they would take ports 1883 and 80), moto[server] (the S3
 #      stand-in), the ThingsBoard device SDK and paho-mqtt 2.1.0 from PyPI, each in a venv
 #      under target/, and cargo-nextest (cargo install). Installing from apt needs root or
 #      passwordless sudo; without either, it lists what to install and stops before
@@ -171,6 +171,8 @@ find_pg_bin() {
 PG_BIN=$(find_pg_bin)
 HAVE_MOSQUITTO=0
 if command -v mosquitto >/dev/null 2>&1 || [[ -x /usr/sbin/mosquitto ]]; then HAVE_MOSQUITTO=1; fi
+HAVE_NGINX=0
+if command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]]; then HAVE_NGINX=1; fi
 HAVE_VENV=0
 if python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then HAVE_VENV=1; fi
 
@@ -179,16 +181,17 @@ if [[ $CAN_APT -eq 0 ]]; then
   missing=()
   [[ -n "$PG_BIN" ]] || missing+=(postgresql)
   [[ $HAVE_MOSQUITTO -eq 1 ]] || missing+=(mosquitto)
+  [[ $HAVE_NGINX -eq 1 ]] || missing+=(nginx-light)
   [[ $HAVE_VENV -eq 1 ]] || missing+=(python3-venv)
   if [[ ${#missing[@]} -gt 0 ]]; then
     printf '== ERROR: the tests need %s, and installing them needs root (or passwordless sudo).\n' "${missing[*]}" >&2
     printf '   Install them, then run this script again:\n\n' >&2
-    if [[ " ${missing[*]} " == *" mosquitto "* ]]; then
-      printf '     sudo apt-get install %s\n' "${missing[*]}" >&2
-      printf '     sudo systemctl disable --now mosquitto   # its service would take port 1883\n\n' >&2
-    else
-      printf '     sudo apt-get install %s\n\n' "${missing[*]}" >&2
-    fi
+    printf '     sudo apt-get install %s\n' "${missing[*]}" >&2
+    [[ " ${missing[*]} " == *" mosquitto "* ]] &&
+      printf '     sudo systemctl disable --now mosquitto   # its service would take port 1883\n' >&2
+    [[ " ${missing[*]} " == *" nginx-light "* ]] &&
+      printf '     sudo systemctl disable --now nginx       # its service would take port 80\n' >&2
+    printf '\n' >&2
     exit 1
   fi
 fi
@@ -207,19 +210,31 @@ if [[ -z "$PG_BIN" ]]; then
   [[ -n "$PG_BIN" ]] || die "PostgreSQL installed but no /usr/lib/postgresql/*/bin/initdb found (see $LOG_DIR/apt-install.log)"
 fi
 
-# Mosquitto: the MQTT tests run every scenario against it too (each test starts its own on
-# a free port). The package must not start its system service: that would take port 1883,
-# the default of Updraft's embedded broker.
-if [[ $HAVE_MOSQUITTO -eq 0 ]]; then
-  say "installing mosquitto (apt)"
-  policy_created=
+# Installs Debian packages whose service must not start (it would take a port the tests or
+# Updraft use), and keeps it off.
+apt_install_without_service() {
+  local service=$1; shift
+  local policy_created=
   if [[ ! -e /usr/sbin/policy-rc.d ]]; then
     printf '#!/bin/sh\nexit 101\n' | "${SUDO[@]}" tee /usr/sbin/policy-rc.d >/dev/null \
       && "${SUDO[@]}" chmod +x /usr/sbin/policy-rc.d && policy_created=1
   fi
-  apt_install mosquitto mosquitto-clients
+  apt_install "$@"
   [[ -n "$policy_created" ]] && "${SUDO[@]}" rm -f /usr/sbin/policy-rc.d
-  if command -v systemctl >/dev/null 2>&1; then "${SUDO[@]}" systemctl disable --now mosquitto >/dev/null 2>&1 || true; fi
+  if command -v systemctl >/dev/null 2>&1; then "${SUDO[@]}" systemctl disable --now "$service" >/dev/null 2>&1 || true; fi
+}
+
+# Mosquitto: the MQTT tests run every scenario against it too (each test starts its own on
+# a free port). Its service would take port 1883, the default of Updraft's embedded broker.
+if [[ $HAVE_MOSQUITTO -eq 0 ]]; then
+  say "installing mosquitto (apt)"
+  apt_install_without_service mosquitto mosquitto mosquitto-clients
+fi
+# nginx: a test runs the forwarding headers of deployment/nginx.conf in a real nginx. Its
+# service would take port 80.
+if [[ $HAVE_NGINX -eq 0 ]]; then
+  say "installing nginx (apt)"
+  apt_install_without_service nginx nginx-light
 fi
 if [[ $HAVE_VENV -eq 0 ]]; then
   say "installing python3-venv (apt)"
@@ -235,19 +250,6 @@ make_venv() {
   run_logged pip-install python3 -m venv "$venv"
   run_logged pip-install "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input "$@"
 }
-
-# nginx: a test runs the forwarding headers of deployment/nginx.conf in a real nginx. Its
-# service must not start (it would take port 80).
-if ! command -v nginx >/dev/null 2>&1 && [[ ! -x /usr/sbin/nginx ]]; then
-  say "installing nginx (apt)"
-  policy_created=
-  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && policy_created=1
-  fi
-  apt_install nginx-light
-  [[ -n "$policy_created" ]] && rm -f /usr/sbin/policy-rc.d
-  if command -v systemctl >/dev/null 2>&1; then systemctl disable --now nginx >/dev/null 2>&1 || true; fi
-fi
 
 # The real ThingsBoard device SDK (tests/clients/tb_device.py) in its own venv: it ships its
 # own paho, which must not meet another one.
