@@ -60,7 +60,7 @@ pub struct ServeArgs {
     /// Admin API key. When unset, the first start generates one, prints it once and stores only its hash
     #[arg(long, env = "UPDRAFT_ADMIN_API_KEY", value_name = "KEY", hide_env_values = true)]
     pub admin_api_key: Option<String>,
-    /// Base URL put into links handed to devices, e.g. https://ota.example.com [default: from the request's Host]
+    /// Base URL put into links handed to devices, e.g. https://ota.example.com [default: HTTP answers: the request's Host; MQTT offers: the listener's address, or this host's primary address when it listens on 0.0.0.0]
     #[arg(long, env = "UPDRAFT_PUBLIC_URL", value_name = "URL")]
     pub public_url: Option<String>,
     /// Largest accepted upload in bytes [default: 4294967296]

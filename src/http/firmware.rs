@@ -23,7 +23,10 @@ use crate::storage::{ArtifactFilter, ArtifactPatch, ArtifactSort};
 
 pub fn router() -> OpenApiRouter<AppState> {
     // Uploads stream under their own limit (`UPDRAFT_MAX_UPLOAD_BYTES`), not the JSON body limit.
-    let uploads = OpenApiRouter::new().routes(routes!(upload_firmware, list_firmware)).layer(DefaultBodyLimit::disable());
+    let uploads = OpenApiRouter::new()
+        .routes(routes!(upload_firmware, list_firmware))
+        .layer(DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn(super::error::drain_rejected_body));
     OpenApiRouter::new().merge(uploads).routes(routes!(get_firmware, patch_firmware, delete_firmware)).routes(routes!(download_firmware))
 }
 

@@ -7,6 +7,7 @@ mod config_seed003;
 mod devices;
 mod download;
 mod firmware;
+mod first_use;
 mod helpers;
 mod lvgl;
 mod mqtt;
