@@ -249,12 +249,18 @@ async fn upload_multipart(state: &AppState, mut multipart: Multipart, limit: u64
             }
             "product" | "version" | "hardware" | "notes" | "channel" => {
                 let value = read_text_field(field, &name).await?;
-                match name.as_str() {
-                    "product" => meta.product = Some(value),
-                    "version" => meta.version = Some(value),
-                    "hardware" => meta.hardware.push(value),
-                    "notes" => meta.notes = Some(value),
-                    _ => meta.channel = Some(value),
+                let slot = match name.as_str() {
+                    "product" => &mut meta.product,
+                    "version" => &mut meta.version,
+                    "notes" => &mut meta.notes,
+                    "channel" => &mut meta.channel,
+                    _ => {
+                        meta.hardware.push(value);
+                        continue;
+                    }
+                };
+                if slot.replace(value).is_some() {
+                    return Err(Error::invalid("invalid_multipart", format!("form field `{name}` appears more than once")).into());
                 }
             }
             other => {

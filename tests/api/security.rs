@@ -512,3 +512,57 @@ async fn page_parameters_out_of_range_answer_400_on_every_list() {
     }
     app.stop().await;
 }
+
+// ---- 14. smaller input checks ----
+
+#[tokio::test]
+async fn reserved_product_names_repeated_fields_and_seed_001_upload_fields_are_refused() {
+    let app = spawn_app().await;
+    for name in ["..", ".staging", ".x"] {
+        let response =
+            app.admin(Method::PUT, &format!("/api/v1/products/{name}")).json(&json!({"provisioning": "open"})).send().await.unwrap();
+        assert!(response.status() == 400 || response.status() == 404, "{name}: {}", response.status());
+        let upload = app.upload_raw(random_bytes(100, 3), &format!("product={name}&version=1.0.0")).await;
+        assert_eq!(error_code(upload, 400).await, "invalid_product", "{name}");
+    }
+    // A repeated single-valued form field is refused, not silently the last one.
+    let mut form = reqwest::multipart::Form::new().text("product", "lamp").text("product", "other").text("version", "1.0.0");
+    form = form.part("file", reqwest::multipart::Part::bytes(random_bytes(100, 4)).file_name("a.bin"));
+    let response = app.admin(Method::POST, "/api/v1/firmware").multipart(form).send().await.unwrap();
+    assert_eq!(error_code(response, 400).await, "invalid_multipart");
+    assert_eq!(app.list_artifacts("").await["total"], 0, "nothing stored");
+
+    // Seed 001's upload: a bad version, an unknown field, an oversized note, a field after the file.
+    let app = spawn_app_with(|s| s.compat.default_product = Some("lamp".into())).await;
+    let seed001 = |fields: Vec<(&'static str, String)>| {
+        let mut form = reqwest::multipart::Form::new();
+        let mut file_added = false;
+        for (name, value) in fields {
+            if name == "file" {
+                form = form.part("file", reqwest::multipart::Part::bytes(random_bytes(1000, 5)).file_name("lamp-1.2.0.bin"));
+                file_added = true;
+            } else {
+                form = form.text(name, value);
+            }
+        }
+        assert!(file_added);
+        app.client.post(app.url("/admin/api/firmware")).header("X-Admin-API-Key", ADMIN_KEY).multipart(form).send()
+    };
+    let bad_version = seed001(vec![("version", "not a version".into()), ("file", String::new())]).await.unwrap();
+    assert!(bad_version.status().is_client_error(), "{}", bad_version.status());
+    let version_after_file = seed001(vec![("file", String::new()), ("version", "also not a version".into())]).await.unwrap();
+    assert!(version_after_file.status().is_client_error(), "a field after the file counts too: {}", version_after_file.status());
+    let unknown = seed001(vec![("file", String::new()), ("colour", "blue".into())]).await.unwrap();
+    assert_eq!(unknown.status(), 422);
+    let long_notes = seed001(vec![("notes", "n".repeat(2 << 20)), ("file", String::new())]).await.unwrap();
+    assert_eq!(long_notes.status(), 422);
+    assert_eq!(app.list_artifacts("").await["total"], 0, "nothing stored");
+    let good = seed001(vec![("file", String::new()), ("version", "1.2.0".into()), ("hardware", "esp32".into()), ("notes", "fixes".into())])
+        .await
+        .unwrap();
+    assert_eq!(good.status(), 200, "{}", good.text().await.unwrap());
+    let stored = app.list_artifacts("").await;
+    assert_eq!(stored["items"][0]["version"], "1.2.0");
+    assert_eq!(stored["items"][0]["notes"], "fixes");
+    app.stop().await;
+}

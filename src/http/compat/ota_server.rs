@@ -33,6 +33,7 @@ use crate::http::device_api::ClientIp;
 use crate::http::download::serve_artifact;
 use crate::services::compat::{self as service, MacCheckin, OTA_SERVER_METADATA, OtaServerDevice};
 use crate::services::devices as device_service;
+use crate::services::firmware as firmware_service;
 use crate::storage::{DeviceFilter, DevicePatch};
 
 pub fn router(downloads: bool) -> Router<AppState> {
@@ -493,39 +494,63 @@ async fn upload_firmware(
         Err(e) => return admin_failure(e),
     };
     let mut meta = UploadMeta { product, ..Default::default() };
-    let mut stored: Option<(String, Artifact)> = None;
+    // The file is staged as it streams in and committed once every field was read, so that a
+    // field sent after it still counts, and a bad one stores nothing.
+    let mut staged: Option<(String, firmware_service::StagedUpload)> = None;
     loop {
         let field = match multipart.next_field().await {
             Ok(Some(field)) => field,
             Ok(None) => break,
             Err(e) => return admin_error(e.status(), e.body_text()),
         };
-        match field.name().unwrap_or("") {
+        let field_name = field.name().unwrap_or("").to_string();
+        match field_name.as_str() {
             "file" => {
+                if staged.is_some() {
+                    return validation_error("body", &[("file", "only one file may be uploaded", "value_error")]);
+                }
                 let name = field.file_name().unwrap_or("").to_string();
                 if name.is_empty() || name.contains('/') || name.contains('\\') || service::check_file_name(&name).is_err() {
                     return admin_error(StatusCode::BAD_REQUEST, "Invalid filename");
                 }
                 let body = field.map(|chunk| chunk.map_err(crate::http::firmware::multipart_body_error));
-                match service::ingest_named_file(&state.core, &name, body, limit, meta.clone(), None).await {
-                    Ok(artifact) => stored = Some((name, artifact)),
+                match firmware_service::stage(&state.core, body, limit).await {
+                    Ok(upload) => staged = Some((name, upload)),
                     Err(e) => return admin_failure(e),
                 }
             }
-            "version" | "hardware" => {
-                let name = field.name().unwrap_or("").to_string();
-                let Ok(value) = field.text().await else { return admin_error(StatusCode::BAD_REQUEST, "malformed form field") };
-                if name == "version" {
-                    meta.version = Some(value);
-                } else {
-                    meta.hardware.push(value);
+            "version" | "hardware" | "notes" => {
+                let value = match read_text_field(field).await {
+                    Ok(value) => value,
+                    Err(problem) => return validation_error("body", &[(field_name.as_str(), problem, "value_error")]),
+                };
+                let repeated = match field_name.as_str() {
+                    "version" => meta.version.replace(value).is_some(),
+                    "notes" => meta.notes.replace(value).is_some(),
+                    _ => {
+                        meta.hardware.push(value);
+                        false
+                    }
+                };
+                if repeated {
+                    return validation_error("body", &[(field_name.as_str(), "this field may appear only once", "value_error")]);
                 }
             }
-            _ => {}
+            other => {
+                let other = other.to_string();
+                return validation_error(
+                    "body",
+                    &[(other.as_str(), "extra fields not permitted; the fields are file, version, hardware, notes", "value_error.extra")],
+                );
+            }
         }
     }
-    let Some((name, artifact)) = stored else {
+    let Some((name, upload)) = staged else {
         return validation_error("body", &[("file", "field required", "value_error.missing")]);
+    };
+    let artifact = match service::commit_named_file(&state.core, &name, upload, meta, None).await {
+        Ok(artifact) => artifact,
+        Err(e) => return admin_failure(e),
     };
     Json(json!({
         "filename": name,
@@ -535,6 +560,19 @@ async fn upload_firmware(
         "url": format!("{}/firmware/{name}", state.base_url(Some(&headers))),
     }))
     .into_response()
+}
+
+/// A text field of the upload form: UTF-8, at most `firmware::MAX_NOTES_LEN` bytes.
+async fn read_text_field(mut field: axum::extract::multipart::Field<'_>) -> Result<String, &'static str> {
+    let limit = crate::domain::firmware::MAX_NOTES_LEN;
+    let mut bytes = Vec::new();
+    while let Some(chunk) = field.chunk().await.map_err(|_| "malformed form field")? {
+        if bytes.len() + chunk.len() > limit {
+            return Err("this field is too long");
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    String::from_utf8(bytes).map_err(|_| "this field is not UTF-8")
 }
 
 async fn firmware_info(State(state): State<AppState>, _admin: OtaAdmin, Path(filename): Path<String>) -> Response {
