@@ -60,6 +60,9 @@ pub struct ServeArgs {
     /// Admin API key. When unset, the first start generates one, prints it once and stores only its hash
     #[arg(long, env = "UPDRAFT_ADMIN_API_KEY", value_name = "KEY", hide_env_values = true)]
     pub admin_api_key: Option<String>,
+    /// Token Prometheus must send (`Authorization: Bearer`) to scrape /metrics, which shows fleet size and rates [default: none, /metrics is public]
+    #[arg(long, env = "UPDRAFT_METRICS_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
     /// Base URL put into links handed to devices, e.g. https://ota.example.com [default: HTTP answers: the request's Host; MQTT offers: the listener's address, or this host's primary address when it listens on 0.0.0.0]
     #[arg(long, env = "UPDRAFT_PUBLIC_URL", value_name = "URL")]
     pub public_url: Option<String>,
@@ -294,6 +297,8 @@ pub struct Settings {
     pub blob: BlobSettings,
     pub blob_cache_bytes: usize,
     pub admin_api_key: Option<String>,
+    /// Scrapes of `/metrics` must carry it, when set.
+    pub metrics_token: Option<String>,
     pub public_url: Option<Url>,
     pub max_upload_bytes: u64,
     pub max_connections: usize,
@@ -409,6 +414,7 @@ const SETTING_NAMES: &[&str] = &[
     "s3_secret_access_key",
     "s3_allow_http",
     "admin_api_key",
+    "metrics_token",
     "public_url",
     "max_upload_bytes",
     "max_connections",
@@ -569,6 +575,12 @@ impl Settings {
         {
             return Err(ConfigError::new("admin_api_key", "must be at least 16 characters long"));
         }
+        let metrics_token = get("metrics_token", &args.metrics_token);
+        if let Some(token) = &metrics_token
+            && token.len() < 16
+        {
+            return Err(ConfigError::new("metrics_token", "must be at least 16 characters long"));
+        }
         let public_url = match get("public_url", &args.public_url) {
             Some(v) => {
                 let url = Url::parse(&v).map_err(|e| ConfigError::new("public_url", format!("`{v}` is not a URL: {e}")))?;
@@ -727,6 +739,7 @@ impl Settings {
             blob,
             blob_cache_bytes,
             admin_api_key,
+            metrics_token,
             public_url,
             max_upload_bytes,
             max_connections,

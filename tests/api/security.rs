@@ -566,3 +566,24 @@ async fn reserved_product_names_repeated_fields_and_seed_001_upload_fields_are_r
     assert_eq!(stored["items"][0]["notes"], "fixes");
     app.stop().await;
 }
+
+// ---- 15. /metrics ----
+
+#[tokio::test]
+async fn with_a_metrics_token_scrapes_need_it() {
+    let app = spawn_app_with(|s| s.metrics_token = Some("metrics-token-0123456789".into())).await;
+    let anonymous = app.client.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(error_code(anonymous, 401).await, "unauthenticated");
+    let wrong = app.client.get(app.url("/metrics")).bearer_auth("metrics-token-wrong-0000").send().await.unwrap();
+    assert_eq!(wrong.status(), 401);
+    let admin = app.client.get(app.url("/metrics")).bearer_auth(ADMIN_KEY).send().await.unwrap();
+    assert_eq!(admin.status(), 401, "only the metrics token: least privilege both ways");
+    let scrape = app.client.get(app.url("/metrics")).bearer_auth("metrics-token-0123456789").send().await.unwrap();
+    assert_eq!(scrape.status(), 200);
+    assert!(scrape.text().await.unwrap().contains("updraft_uptime_seconds"));
+    app.stop().await;
+    // Without the setting, /metrics stays public (the documented default).
+    let app = spawn_app().await;
+    assert_eq!(app.client.get(app.url("/metrics")).send().await.unwrap().status(), 200);
+    app.stop().await;
+}
