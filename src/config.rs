@@ -321,6 +321,61 @@ pub struct Settings {
     pub mqtt: MqttSettings,
 }
 
+impl Settings {
+    /// The settings in use that weaken security, each with who can abuse it: logged as one
+    /// warning each at start-up (docs/DEPLOYMENT.md, "Security model", says how to close them).
+    pub fn weak_settings(&self) -> Vec<(&'static str, &'static str)> {
+        let compat = &self.compat;
+        let mut weak = Vec::new();
+        if self.tls.is_none() && self.trusted_proxies.is_empty() {
+            weak.push((
+                "UPDRAFT_TLS_CERT",
+                "HTTP and MQTT are plain text (no TLS, and no trusted proxy terminating it): tokens and keys cross the network readable",
+            ));
+        }
+        if self.devices.default_provisioning == crate::domain::device::Provisioning::Open {
+            weak.push(("UPDRAFT_DEFAULT_PROVISIONING", "products nobody configured provision any device that asks (open)"));
+        }
+        if self.content.public_config_files {
+            weak.push((
+                "UPDRAFT_PUBLIC_CONFIG_FILES",
+                "anyone who knows a MAC reads that device's configuration (without its secrets) at /api/configs/{mac}.json",
+            ));
+        }
+        if self.metrics_token.is_none() {
+            weak.push(("UPDRAFT_METRICS_TOKEN", "/metrics is public: anyone sees fleet size and request rates"));
+        }
+        if compat.ota_server && compat.shared_secret.is_some() {
+            weak.push((
+                "UPDRAFT_COMPAT_SHARED_SECRET",
+                "seed-001 devices authenticate with djb2 tokens: anyone who learns the shared secret or one token can pose as any device",
+            ));
+        }
+        if compat.ota_server && compat.ota_server_downloads {
+            weak.push(("UPDRAFT_COMPAT_OTA_SERVER_DOWNLOADS", "seed-001 firmware files download by name without authentication"));
+        }
+        if compat.cyberdeck {
+            weak.push(("UPDRAFT_COMPAT_CYBERDECK", "seed 002's /ota serves the latest build to anyone"));
+        }
+        if compat.arduino {
+            weak.push((
+                "UPDRAFT_COMPAT_ARDUINO",
+                "Arduino HTTPUpdate trusts the MAC header: anyone on the network can pose as a device and change its recorded version",
+            ));
+        }
+        if compat.esp32fota {
+            weak.push((
+                "UPDRAFT_COMPAT_ESP32FOTA",
+                "esp32FOTA identifies devices by their eFuse MAC alone: anyone who knows it can pose as the device",
+            ));
+        }
+        if compat.seed004_debug {
+            weak.push(("UPDRAFT_COMPAT_SEED004_DEBUG", "GET /debug/provisioning hands a token to any unknown MAC of an open product"));
+        }
+        weak
+    }
+}
+
 /// MQTT: the embedded broker (default) or an external one (docs/DEPLOYMENT.md).
 #[derive(Debug, Clone)]
 pub struct MqttSettings {

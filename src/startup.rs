@@ -55,6 +55,7 @@ impl Application {
         let mqtt_listeners = crate::mqtt::Mqtt::bind(&settings)?;
 
         let store = Store::connect(&settings.database_url, settings.database_max_connections).await?;
+        warn_weak_settings(&settings, &store).await?;
         let blobs = BlobStore::open(&settings.blob, settings.blob_cache_bytes).await?;
         let signing_key = resolve_signing_key(&store).await?;
         let keys = Arc::new(ServerKeys::load(&settings.content, &store).await?);
@@ -331,4 +332,21 @@ mod tests {
         assert_eq!((chosen.url.as_str(), chosen.source), ("http://127.0.0.1:8080", BaseUrlSource::Loopback));
         assert_eq!(choose(None, "[::]:8080", Some("fd00::7".parse().unwrap()), None).url, "http://[fd00::7]:8080");
     }
+}
+
+/// One warning per weak setting in use (see `Settings::weak_settings`), and one per product
+/// whose secrets anonymous seed-003 readers see.
+async fn warn_weak_settings(settings: &Settings, store: &Store) -> anyhow::Result<()> {
+    for (setting, risk) in settings.weak_settings() {
+        tracing::warn!(setting, "weak setting in use: {risk} (docs/DEPLOYMENT.md, \"Security model\")");
+    }
+    for product in store.list_products().await?.into_iter().filter(|p| p.public_secrets) {
+        tracing::warn!(
+            product = %product.name,
+            "weak setting in use: product `{}` serves its devices' secret configuration values to anonymous readers of \
+             /api/configs/{{mac}}.json (public_secrets)",
+            product.name
+        );
+    }
+    Ok(())
 }

@@ -849,3 +849,38 @@ fn seed_003_s_signing_key_path_setting_is_honoured() {
     assert_eq!(output.status.code(), Some(2), "{}", output.stderr);
     assert!(output.stderr.contains("UPDRAFT_SIGNING_KEY_PATH") && output.stderr.contains("/nonexistent/key.pem"), "{}", output.stderr);
 }
+
+#[tokio::test]
+async fn start_up_warns_once_for_each_weak_setting_in_use_and_not_for_closed_ones() {
+    let workdir = tempfile::tempdir().unwrap();
+    let data_dir = workdir.path().join("data");
+    let defaults = Server::start(updraft(workdir.path()), &data_dir).await;
+    let (_, stderr) = defaults.stop().await;
+    for setting in [
+        "UPDRAFT_TLS_CERT",
+        "UPDRAFT_PUBLIC_CONFIG_FILES",
+        "UPDRAFT_METRICS_TOKEN",
+        "UPDRAFT_COMPAT_ARDUINO",
+        "UPDRAFT_DEFAULT_PROVISIONING",
+    ] {
+        let lines = stderr.lines().filter(|l| l.contains("weak setting in use") && l.contains(setting)).count();
+        assert_eq!(lines, 1, "one warning for {setting}:\n{stderr}");
+    }
+    assert!(!stderr.contains("UPDRAFT_COMPAT_SEED004_DEBUG"), "seed 004's debug path is off by default:\n{stderr}");
+
+    // A deployment on an untrusted network closes them, and hears nothing.
+    let mut command = updraft(workdir.path());
+    command.envs([
+        ("UPDRAFT_TRUSTED_PROXIES", "127.0.0.1"),
+        ("UPDRAFT_DEFAULT_PROVISIONING", "preregistered"),
+        ("UPDRAFT_PUBLIC_CONFIG_FILES", "false"),
+        ("UPDRAFT_METRICS_TOKEN", "metrics-token-0123456789"),
+        ("UPDRAFT_COMPAT_OTA_SERVER", "false"),
+        ("UPDRAFT_COMPAT_CYBERDECK", "false"),
+        ("UPDRAFT_COMPAT_ARDUINO", "false"),
+        ("UPDRAFT_COMPAT_ESP32FOTA", "false"),
+    ]);
+    let closed = Server::start(command, &data_dir).await;
+    let (_, stderr) = closed.stop().await;
+    assert!(!stderr.contains("weak setting in use"), "{stderr}");
+}
