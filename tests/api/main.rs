@@ -9,6 +9,7 @@ mod download;
 mod firmware;
 mod helpers;
 mod lvgl;
+mod lvgl_reference;
 mod mqtt;
 mod ops;
 mod raw;
