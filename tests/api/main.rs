@@ -14,3 +14,4 @@ mod mqtt;
 mod ops;
 mod raw;
 mod rollouts;
+mod seed003_contract;
