@@ -523,6 +523,17 @@ mod tests {
     }
 
     #[test]
+    fn the_decoder_runs_under_the_image_crate_s_limits() {
+        // 70000×1 is few pixels but more than any LVGL 9 side: the decoder's own limit refuses it.
+        let wide = image::GrayImage::new(70_000, 1);
+        let mut png = Cursor::new(Vec::new());
+        wide.write_to(&mut png, image::ImageFormat::Png).unwrap();
+        let error = convert_blocking(png.into_inner(), &options(Some(100), None), 1 << 24).unwrap_err();
+        assert_eq!(error.code(), "image_too_large");
+        assert!(error.to_string().contains("decoding limit"), "{error}");
+    }
+
+    #[test]
     fn c_source_is_made_only_of_images_that_make_reasonable_source() {
         let big = image::RgbaImage::from_pixel(1025, 1024, image::Rgba([1, 2, 3, 4]));
         let mut c = options(None, None);
