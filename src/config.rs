@@ -60,7 +60,7 @@ pub struct ServeArgs {
     /// Admin API key. When unset, the first start generates one, prints it once and stores only its hash
     #[arg(long, env = "UPDRAFT_ADMIN_API_KEY", value_name = "KEY", hide_env_values = true)]
     pub admin_api_key: Option<String>,
-    /// Base URL put into links handed to devices, e.g. https://ota.example.com [default: from the request's Host]
+    /// Base URL put into links handed to devices, e.g. https://ota.example.com [default: HTTP answers: the request's Host; MQTT offers: the listener's address, or this host's primary address when it listens on 0.0.0.0]
     #[arg(long, env = "UPDRAFT_PUBLIC_URL", value_name = "URL")]
     pub public_url: Option<String>,
     /// Largest accepted upload in bytes [default: 4294967296]
@@ -69,12 +69,21 @@ pub struct ServeArgs {
     /// Most concurrent HTTP connections; more wait in the kernel's accept queue [default: 10000]
     #[arg(long, env = "UPDRAFT_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<String>,
+    /// Most concurrent HTTP connections from one address (trusted proxies excepted); more are closed at once [default: a tenth of UPDRAFT_MAX_CONNECTIONS]
+    #[arg(long, env = "UPDRAFT_MAX_CONNECTIONS_PER_IP", value_name = "N")]
+    pub max_connections_per_ip: Option<String>,
+    /// Seconds a request body may send nothing before the request fails with 408 [default: 30]
+    #[arg(long, env = "UPDRAFT_BODY_READ_TIMEOUT_SECS", value_name = "SECS")]
+    pub body_read_timeout_secs: Option<String>,
+    /// Least average rate of a request body once UPDRAFT_BODY_READ_TIMEOUT_SECS has passed, in bytes per second; slower uploads fail with 408 [default: 1024]
+    #[arg(long, env = "UPDRAFT_BODY_MIN_BYTES_PER_SEC", value_name = "BYTES")]
+    pub body_min_bytes_per_sec: Option<String>,
     /// Seconds in-flight requests get to finish after SIGTERM [default: 30]
     #[arg(long, env = "UPDRAFT_SHUTDOWN_TIMEOUT_SECS", value_name = "SECS")]
     pub shutdown_timeout_secs: Option<String>,
-    /// Trust X-Forwarded-For/-Proto/-Host from a reverse proxy [default: false]
-    #[arg(long, env = "UPDRAFT_TRUST_PROXY_HEADERS", value_name = "BOOL")]
-    pub trust_proxy_headers: Option<String>,
+    /// Addresses and networks (comma-separated, e.g. 127.0.0.1,10.0.0.0/8) of reverse proxies whose X-Forwarded-For/-Proto/-Host are believed; the client is the right-most X-Forwarded-For entry that is not one of them [default: none]
+    #[arg(long, env = "UPDRAFT_TRUSTED_PROXIES", value_name = "LIST")]
+    pub trusted_proxies: Option<String>,
     /// PEM certificate chain; with --tls-key the listener speaks HTTPS
     #[arg(long, env = "UPDRAFT_TLS_CERT", value_name = "FILE")]
     pub tls_cert: Option<String>,
@@ -174,9 +183,9 @@ pub struct ServeArgs {
     /// Folder of RSA private keys (<product>.pem) that sign esp32FOTA images of that product [default: none, unsigned]
     #[arg(long, env = "UPDRAFT_COMPAT_ESP32FOTA_KEYS_DIR", value_name = "DIR")]
     pub compat_esp32fota_keys_dir: Option<String>,
-    /// Serve the seed-004 GET /debug/provisioning [default: true]
-    #[arg(long, env = "UPDRAFT_COMPAT_DEBUG_PROVISIONING", value_name = "BOOL")]
-    pub compat_debug_provisioning: Option<String>,
+    /// Serve seed 004's GET /debug/provisioning, which hands a token to any unknown MAC of an open product (weak: see docs/CLIENT.md) [default: false]
+    #[arg(long, env = "UPDRAFT_COMPAT_SEED004_DEBUG", value_name = "BOOL")]
+    pub compat_seed004_debug: Option<String>,
 
     /// Run MQTT: the embedded broker, or the client of UPDRAFT_MQTT_URL [default: true]
     #[arg(long, env = "UPDRAFT_MQTT_ENABLED", value_name = "BOOL")]
@@ -296,8 +305,15 @@ pub struct Settings {
     pub public_url: Option<Url>,
     pub max_upload_bytes: u64,
     pub max_connections: usize,
+    /// Most connections of one address (trusted proxies excepted).
+    pub max_connections_per_ip: usize,
+    /// Longest silence of a request body (see `http::body_guard`).
+    pub body_read_timeout: Duration,
+    /// Least average rate of a request body after `body_read_timeout`.
+    pub body_min_bytes_per_sec: u64,
     pub shutdown_timeout: Duration,
-    pub trust_proxy_headers: bool,
+    /// Reverse proxies whose forwarding headers are believed (see `http::forwarded`).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     pub tls: Option<TlsSettings>,
     pub log: String,
     pub log_format: LogFormat,
@@ -366,8 +382,8 @@ pub struct CompatSettings {
     pub arduino: bool,
     pub esp32fota: bool,
     pub esp32fota_keys_dir: Option<PathBuf>,
-    /// Seed 004: `/debug/provisioning`.
-    pub debug_provisioning: bool,
+    /// Seed 004: `/debug/provisioning` (off by default).
+    pub seed004_debug: bool,
 }
 
 impl Default for CompatSettings {
@@ -382,7 +398,7 @@ impl Default for CompatSettings {
             arduino: true,
             esp32fota: true,
             esp32fota_keys_dir: None,
-            debug_provisioning: true,
+            seed004_debug: false,
         }
     }
 }
@@ -404,8 +420,11 @@ const SETTING_NAMES: &[&str] = &[
     "public_url",
     "max_upload_bytes",
     "max_connections",
+    "max_connections_per_ip",
+    "body_read_timeout_secs",
+    "body_min_bytes_per_sec",
     "shutdown_timeout_secs",
-    "trust_proxy_headers",
+    "trusted_proxies",
     "tls_cert",
     "tls_key",
     "log",
@@ -431,7 +450,7 @@ const SETTING_NAMES: &[&str] = &[
     "compat_arduino",
     "compat_esp32fota",
     "compat_esp32fota_keys_dir",
-    "compat_debug_provisioning",
+    "compat_seed004_debug",
     "config_key_file",
     "public_config_files",
     "signing_key_path",
@@ -581,9 +600,37 @@ impl Settings {
         if max_connections == 0 {
             return Err(ConfigError::new("max_connections", "must be at least 1"));
         }
+        let max_connections_per_ip = parse_number(
+            "max_connections_per_ip",
+            get("max_connections_per_ip", &args.max_connections_per_ip),
+            (max_connections / 10).max(1),
+        )?;
+        if max_connections_per_ip == 0 || max_connections_per_ip > max_connections {
+            return Err(ConfigError::new(
+                "max_connections_per_ip",
+                format!("must be between 1 and UPDRAFT_MAX_CONNECTIONS ({max_connections})"),
+            ));
+        }
+        let body_read_timeout_secs =
+            parse_number("body_read_timeout_secs", get("body_read_timeout_secs", &args.body_read_timeout_secs), 30u64)?;
+        if !(1..=3600).contains(&body_read_timeout_secs) {
+            return Err(ConfigError::new("body_read_timeout_secs", "must be between 1 and 3600 seconds"));
+        }
+        let body_read_timeout = Duration::from_secs(body_read_timeout_secs);
+        let body_min_bytes_per_sec =
+            parse_number("body_min_bytes_per_sec", get("body_min_bytes_per_sec", &args.body_min_bytes_per_sec), 1024u64)?;
         let shutdown_timeout =
             Duration::from_secs(parse_number("shutdown_timeout_secs", get("shutdown_timeout_secs", &args.shutdown_timeout_secs), 30u64)?);
-        let trust_proxy_headers = parse_bool("trust_proxy_headers", get("trust_proxy_headers", &args.trust_proxy_headers), false)?;
+        let trusted_proxies = parse_networks("trusted_proxies", get("trusted_proxies", &args.trusted_proxies))?;
+        if let Some(old) = layers.get("trust_proxy_headers", &std::env::var("UPDRAFT_TRUST_PROXY_HEADERS").ok()) {
+            return Err(ConfigError::new(
+                "trusted_proxies",
+                format!(
+                    "UPDRAFT_TRUST_PROXY_HEADERS={old} was replaced by UPDRAFT_TRUSTED_PROXIES: list your proxies' addresses \
+                     (e.g. 127.0.0.1 for a proxy on this host) and remove the old setting"
+                ),
+            ));
+        }
         let tls = match (get("tls_cert", &args.tls_cert), get("tls_key", &args.tls_key)) {
             (Some(cert), Some(key)) => {
                 for (name, path) in [("tls_cert", &cert), ("tls_key", &key)] {
@@ -693,8 +740,11 @@ impl Settings {
             public_url,
             max_upload_bytes,
             max_connections,
+            max_connections_per_ip,
+            body_read_timeout,
+            body_min_bytes_per_sec,
             shutdown_timeout,
-            trust_proxy_headers,
+            trusted_proxies,
             tls,
             log,
             log_format,
@@ -776,7 +826,7 @@ fn parse_compat(get: &dyn Fn(&str, &Option<String>) -> Option<String>, args: &Se
         arduino: flag("compat_arduino", &args.compat_arduino)?,
         esp32fota: flag("compat_esp32fota", &args.compat_esp32fota)?,
         esp32fota_keys_dir,
-        debug_provisioning: flag("compat_debug_provisioning", &args.compat_debug_provisioning)?,
+        seed004_debug: parse_bool("compat_seed004_debug", get("compat_seed004_debug", &args.compat_seed004_debug), false)?,
     })
 }
 
@@ -894,6 +944,23 @@ fn parse_content(
     })
 }
 
+/// A comma-separated list of addresses and networks (`10.0.0.0/8`); an address alone is a
+/// network of one.
+fn parse_networks(name: &str, value: Option<String>) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    let Some(list) = value else { return Ok(Vec::new()) };
+    list.split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| {
+            entry
+                .parse::<ipnet::IpNet>()
+                .map(|net| net.trunc())
+                .or_else(|_| entry.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| ConfigError::new(name, format!("`{entry}` is not an address or a network like 10.0.0.0/8")))
+        })
+        .collect()
+}
+
 fn parse_number<T: std::str::FromStr>(name: &str, value: Option<String>, default: T) -> Result<T, ConfigError> {
     match value {
         None => Ok(default),
@@ -998,12 +1065,26 @@ mod tests {
         let args = ServeArgs { compat_admin_api_key: Some("own-name".into()), compat_cyberdeck: Some("off".into()), ..Default::default() };
         let settings = Settings::load_with_dotenv(&args, &dotenv_path).unwrap();
         let compat = settings.compat;
-        assert!(compat.ota_server && compat.ota_server_downloads && compat.arduino && compat.esp32fota && compat.debug_provisioning);
+        assert!(compat.ota_server && compat.ota_server_downloads && compat.arduino && compat.esp32fota && !compat.seed004_debug);
         assert!(!compat.cyberdeck);
         assert_eq!(compat.shared_secret.as_deref(), Some("from-alias"));
         assert_eq!(compat.admin_api_key.as_deref(), Some("own-name"));
         let error = load(ServeArgs { compat_default_product: Some("bad name".into()), ..Default::default() }).unwrap_err();
         assert!(error.to_string().contains("UPDRAFT_COMPAT_DEFAULT_PRODUCT"), "{error}");
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_and_networks_and_the_old_switch_is_named() {
+        let settings = load(ServeArgs { trusted_proxies: Some("127.0.0.1, 10.0.0.0/8,::1".into()), ..Default::default() }).unwrap();
+        let listed: Vec<String> = settings.trusted_proxies.iter().map(|n| n.to_string()).collect();
+        assert_eq!(listed, ["127.0.0.1/32", "10.0.0.0/8", "::1/128"]);
+        let error = load(ServeArgs { trusted_proxies: Some("proxy.local".into()), ..Default::default() }).unwrap_err();
+        assert!(error.to_string().starts_with("invalid setting UPDRAFT_TRUSTED_PROXIES"), "{error}");
+        let dir = tempfile::tempdir().unwrap();
+        let dotenv_path = dir.path().join(".env");
+        std::fs::write(&dotenv_path, "UPDRAFT_TRUST_PROXY_HEADERS=true\n").unwrap();
+        let error = Settings::load_with_dotenv(&ServeArgs::default(), &dotenv_path).unwrap_err();
+        assert!(error.to_string().contains("replaced by UPDRAFT_TRUSTED_PROXIES"), "{error}");
     }
 
     #[test]

@@ -21,8 +21,8 @@ use super::error::{ApiError, ApiQuery, ApiResult, ErrorBody};
 use super::firmware::timestamp;
 use super::range::{self, RangeRequest};
 use crate::blob::BlobStore;
+use crate::domain::Error;
 use crate::domain::lvgl::SizeRule;
-use crate::domain::{Error, secret};
 use crate::services::assets::{self as service, StagedUpload};
 use crate::services::images;
 use crate::storage::Asset;
@@ -154,10 +154,11 @@ fn parse_version(text: &str) -> Result<Option<i64>, Error> {
 /// The admin key, or the token of a device of `product`.
 async fn authorize_reader(state: &AppState, headers: &HeaderMap, ip: std::net::IpAddr, product: &str) -> Result<(), Error> {
     if let Some(key) = credential(headers, "x-admin-api-key")
-        && secret::verify(key, &state.admin_key_digest)
+        && super::auth::is_admin_key(state, key)
     {
         return Ok(());
     }
+    // Not the admin key: a device token, whose failure counts against the address.
     let device = crate::services::devices::authenticate(&state.core, credential(headers, "x-device-token"), ip).await?;
     if device.product.as_deref() != Some(product) {
         return Err(Error::not_found("asset", product));

@@ -32,10 +32,10 @@ use super::assets::{content_disposition, serve_blob};
 use super::auth::credential;
 use super::device_api::ClientIp;
 use super::error::status_of;
+use crate::domain::Error;
 use crate::domain::config::{self, Scope};
 use crate::domain::lvgl::{ColorFormat, LvglVersion, SizeRule};
 use crate::domain::mac::Mac;
-use crate::domain::{Error, secret};
 use crate::services::assets::{self as assets_service, StagedUpload};
 use crate::services::config::{self as config_service, ChangeRequest, SEED003_AUTHOR};
 use crate::services::images::{self, ConvertOptions};
@@ -179,14 +179,8 @@ fn conversions_busy(correlation: &Correlation) -> Response {
     response
 }
 
-fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), Error> {
-    match credential(headers, "x-admin-api-key") {
-        Some(key) if secret::verify(key, &state.admin_key_digest) => Ok(()),
-        Some(_) => Err(Error::Unauthenticated("the admin API key is not valid".into())),
-        None => Err(Error::Unauthenticated(
-            "an admin API key is required: send `Authorization: Bearer <key>` or `X-Admin-API-Key: <key>`".into(),
-        )),
-    }
+fn require_admin(state: &AppState, headers: &HeaderMap, ip: std::net::IpAddr) -> Result<(), Error> {
+    super::auth::require_admin(state, credential(headers, "x-admin-api-key"), ip)
 }
 
 /// Seed 003's MAC rule: lower-cased, then `xx-xx-xx-xx-xx-xx`.
@@ -354,9 +348,9 @@ fn detail(mac: &Mac, content: &Value) -> Seed003Config {
     responses((status = 200, body = Seed003List), (status = 401, body = Seed003ErrorBody)),
     security(("bearer" = []), ("admin_key" = []))
 )]
-async fn list_configs(State(state): State<AppState>, correlation: Correlation, headers: HeaderMap) -> Response {
+async fn list_configs(State(state): State<AppState>, correlation: Correlation, ClientIp(ip): ClientIp, headers: HeaderMap) -> Response {
     let result = async {
-        require_admin(&state, &headers)?;
+        require_admin(&state, &headers, ip)?;
         let documents = config_service::device_documents(&state.core).await?;
         let configs: Vec<Seed003Summary> = documents.iter().map(|(mac, content)| summary(mac, content)).collect();
         Ok(Json(Seed003List { count: configs.len(), configs }).into_response())
@@ -367,8 +361,10 @@ async fn list_configs(State(state): State<AppState>, correlation: Correlation, h
 
 /// Get a device's configuration (admin), or with a `.json` suffix
 /// (`/api/configs/aa-bb-cc-dd-ee-ff.json`) the raw document a device reads: its effective
-/// configuration, secrets included, with `Cache-Control: no-cache`. The raw form needs no
-/// authentication while UPDRAFT_PUBLIC_CONFIG_FILES is on (the default, as in seed 003).
+/// configuration, with `Cache-Control: no-cache`. With the device's token (or the admin key)
+/// it is whole, secrets included. While UPDRAFT_PUBLIC_CONFIG_FILES is on (the default, as in
+/// seed 003) it can also be read without authentication, but then values marked secret are
+/// left out, unless the device's product sets `public_secrets`.
 #[utoipa::path(
     get, path = "/api/configs/{mac}", tag = "seed-003",
     params(("mac" = String, Path, description = "aa-bb-cc-dd-ee-ff, or aa-bb-cc-dd-ee-ff.json for the raw document")),
@@ -390,7 +386,12 @@ async fn get_config(
     let result = async {
         if let Some(mac) = mac.strip_suffix(".json") {
             let mac = parse_mac(mac, "get configuration")?;
-            if !state.settings.content.public_config_files {
+            // A reader that sends a credential gets the whole document, once it is checked;
+            // an anonymous one (allowed while UPDRAFT_PUBLIC_CONFIG_FILES is on) gets it
+            // without secret values, unless the device's product opted in (`public_secrets`).
+            let anonymous = state.settings.content.public_config_files
+                && ["authorization", "x-admin-api-key", "x-device-token"].iter().all(|h| !headers.contains_key(*h));
+            if !anonymous {
                 authorize_device_or_admin(&state, &headers, &mac, ip).await?;
             }
             let effective = config_service::effective_for_mac(&state.core, &mac)
@@ -399,15 +400,21 @@ async fn get_config(
             if effective.merged.content.as_object().is_none_or(|m| m.is_empty()) && !has_device_document(&state, &mac).await? {
                 return Err(Error::not_found("Device config", mac.hyphenated_lower()));
             }
-            let content = config_service::reveal(&state.core, &effective.merged.content)?;
+            let whole = !anonymous || config_service::secrets_public_for(&state.core, &mac).await?;
+            let (content, etag) = if whole {
+                (config_service::reveal(&state.core, &effective.merged.content)?, format!("\"{}\"", effective.version))
+            } else {
+                (crate::domain::config::without_secrets(&effective.merged.content), format!("\"{}-public\"", effective.version))
+            };
             let mut response = Json(content).into_response();
             response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-            if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", effective.version)) {
+            response.headers_mut().insert(header::VARY, HeaderValue::from_static("Authorization, X-Admin-API-Key, X-Device-Token"));
+            if let Ok(etag) = HeaderValue::from_str(&etag) {
                 response.headers_mut().insert(header::ETAG, etag);
             }
             return Ok(response);
         }
-        require_admin(&state, &headers)?;
+        require_admin(&state, &headers, ip)?;
         let mac = parse_mac(&mac, "get configuration")?;
         let (_, content) = config_service::get(&state.core, &Scope::Device(mac))
             .await
@@ -425,7 +432,7 @@ async fn has_device_document(state: &AppState, mac: &Mac) -> Result<bool, Error>
 /// With public config files off: the token of the device with this MAC, or the admin key.
 async fn authorize_device_or_admin(state: &AppState, headers: &HeaderMap, mac: &Mac, ip: std::net::IpAddr) -> Result<(), Error> {
     if let Some(key) = credential(headers, "x-admin-api-key")
-        && secret::verify(key, &state.admin_key_digest)
+        && super::auth::is_admin_key(state, key)
     {
         return Ok(());
     }
@@ -454,12 +461,13 @@ async fn authorize_device_or_admin(state: &AppState, headers: &HeaderMap, mac: &
 async fn put_config(
     State(state): State<AppState>,
     correlation: Correlation,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
     Path(mac): Path<String>,
     body: Bytes,
 ) -> Response {
     let result = async {
-        require_admin(&state, &headers)?;
+        require_admin(&state, &headers, ip)?;
         // Seed 003 validated the body (spectree) before it looked at the MAC.
         let (content, allow_overwrite) = match parse_save_body(&headers, &body) {
             Ok(parsed) => parsed,
@@ -492,9 +500,15 @@ async fn put_config(
     responses((status = 204, description = "Deleted"), (status = 400, body = Seed003ErrorBody), (status = 401, body = Seed003ErrorBody), (status = 404, body = Seed003ErrorBody)),
     security(("bearer" = []), ("admin_key" = []))
 )]
-async fn delete_config(State(state): State<AppState>, correlation: Correlation, headers: HeaderMap, Path(mac): Path<String>) -> Response {
+async fn delete_config(
+    State(state): State<AppState>,
+    correlation: Correlation,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    Path(mac): Path<String>,
+) -> Response {
     let result = async {
-        require_admin(&state, &headers)?;
+        require_admin(&state, &headers, ip)?;
         let mac = parse_mac(&mac, "delete configuration")?;
         let request =
             ChangeRequest { content: None, author: SEED003_AUTHOR.into(), comment: String::new(), if_match: None, create_only: false };

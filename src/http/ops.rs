@@ -21,8 +21,14 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 /// `/api/openapi.json` and the Swagger UI at `/api/docs`, served from the binary (no CDN).
+/// Its validator is off: Swagger UI would otherwise load a badge from the validator's public
+/// site and send it the document's URL whenever the page is opened under a host name other
+/// than localhost. The page names no other host (a test checks every served page).
 pub fn docs_router(openapi: Arc<utoipa::openapi::OpenApi>) -> Router<AppState> {
-    SwaggerUi::new("/api/docs").url("/api/openapi.json", (*openapi).clone()).into()
+    SwaggerUi::new("/api/docs")
+        .url("/api/openapi.json", (*openapi).clone())
+        .config(utoipa_swagger_ui::Config::default().validator_url("none"))
+        .into()
 }
 
 #[derive(Serialize, ToSchema)]
