@@ -135,6 +135,12 @@ pub struct ServeArgs {
     /// Time limit of one image fetch, redirects included [default: 10]
     #[arg(long, env = "UPDRAFT_IMAGE_FETCH_TIMEOUT_SECS", value_name = "SECS")]
     pub image_fetch_timeout_secs: Option<String>,
+    /// Largest image, in pixels (width × height), the image proxy and conversions decode; read from the image's header before decoding [default: 16777216]
+    #[arg(long, env = "UPDRAFT_IMAGE_MAX_PIXELS", value_name = "N")]
+    pub image_max_pixels: Option<String>,
+    /// Most image fetches and conversions at once; more are answered 503 with Retry-After [default: 4]
+    #[arg(long, env = "UPDRAFT_IMAGE_MAX_CONCURRENT", value_name = "N")]
+    pub image_max_concurrent: Option<String>,
     /// How often each replica evaluates rollouts: scheduled starts, time-outs, thresholds [default: 5]
     #[arg(long, env = "UPDRAFT_ROLLOUT_EVALUATE_SECS", value_name = "SECS")]
     pub rollout_evaluate_secs: Option<String>,
@@ -279,6 +285,8 @@ pub struct ContentSettings {
     pub image_fetch_allow_hosts: Vec<String>,
     pub image_fetch_max_bytes: u64,
     pub image_fetch_timeout: Duration,
+    pub image_max_pixels: u64,
+    pub image_max_concurrent: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -510,6 +518,8 @@ const SETTING_NAMES: &[&str] = &[
     "image_fetch_allow_hosts",
     "image_fetch_max_bytes",
     "image_fetch_timeout_secs",
+    "image_max_pixels",
+    "image_max_concurrent",
     "mqtt_enabled",
     "mqtt_listen",
     "mqtt_tls_listen",
@@ -982,6 +992,14 @@ fn parse_content(
     if !(1..=300).contains(&timeout_secs) {
         return Err(ConfigError::new("image_fetch_timeout_secs", "must be between 1 and 300 seconds"));
     }
+    let image_max_pixels = parse_number("image_max_pixels", get("image_max_pixels", &args.image_max_pixels), 16_777_216u64)?;
+    if !(1..=(1u64 << 28)).contains(&image_max_pixels) {
+        return Err(ConfigError::new("image_max_pixels", "must be between 1 and 268435456"));
+    }
+    let image_max_concurrent = parse_number("image_max_concurrent", get("image_max_concurrent", &args.image_max_concurrent), 4usize)?;
+    if !(1..=1024).contains(&image_max_concurrent) {
+        return Err(ConfigError::new("image_max_concurrent", "must be between 1 and 1024"));
+    }
     Ok(ContentSettings {
         config_key_file,
         public_config_files,
@@ -989,6 +1007,8 @@ fn parse_content(
         image_fetch_allow_hosts,
         image_fetch_max_bytes,
         image_fetch_timeout: Duration::from_secs(timeout_secs),
+        image_max_pixels,
+        image_max_concurrent,
     })
 }
 

@@ -532,8 +532,8 @@ mod code_table {
         ("request_timeout", "the body came too slowly; the connection is closed"),
         ("range_not_satisfiable", "with `Content-Range: bytes */<size>`"),
         ("schema_violation", "the message lists the JSON Schema errors"),
-        ("upstream_failed", "the image proxy's fetch failed or returned no image"),
-        ("unavailable", "database or blob store not answering"),
+        ("upstream_failed", "a fetch on the client's behalf failed"),
+        ("unavailable", "database or blob store not answering; every image conversion slot in use, with `Retry-After`"),
         ("insufficient_storage", "disk full; nothing was stored"),
         ("internal", "a bug; details only in the log"),
     ];
