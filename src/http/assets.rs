@@ -301,7 +301,7 @@ async fn upload_asset(
     while let Some(chunk) = body.next().await {
         let written = match chunk {
             Ok(chunk) => staged.write(chunk).await,
-            Err(e) => Err(Error::invalid("upload_interrupted", format!("the upload was interrupted: {e}"))),
+            Err(e) => Err(super::body_guard::read_error(&e)),
         };
         if let Err(e) = written {
             staged.abort().await;
@@ -446,7 +446,7 @@ async fn convert_image(
     let mut bytes = Vec::new();
     let mut body = request.into_body().into_data_stream();
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| Error::invalid("upload_interrupted", format!("the upload was interrupted: {e}")))?;
+        let chunk = chunk.map_err(|e| super::body_guard::read_error(&e))?;
         if bytes.len() as u64 + chunk.len() as u64 > limit {
             return Err(Error::PayloadTooLarge { limit }.into());
         }

@@ -72,6 +72,15 @@ impl SlowBody {
     }
 }
 
+/// The error of a body that failed while a handler read it: 408 when it was too slow, else
+/// 400 `upload_interrupted`.
+pub fn read_error(error: &axum::Error) -> Error {
+    match SlowBody::find(error) {
+        Some(slow) => slow.into(),
+        None => Error::invalid("upload_interrupted", format!("the upload was interrupted: {error}")),
+    }
+}
+
 impl From<SlowBody> for Error {
     fn from(slow: SlowBody) -> Self {
         Error::RequestTimeout(slow.to_string())
