@@ -1,0 +1,59 @@
+//! Devices identified by their MAC alone (compatibility protocols without tokens), and offers withdrawn for a reason.
+
+use super::*;
+
+/// The device with this MAC, registering it when its product's provisioning mode allows
+/// that for a device that presents nothing but its MAC (`open`). Used by protocols whose
+/// clients cannot carry a token (Arduino `HTTPUpdate`, esp32FOTA, the seed servers).
+pub async fn identify_by_mac(core: &Core, mac: &Mac, product: &str, hardware: Option<&str>, version: Option<&str>) -> Result<Device> {
+    if let Some(device) = core.store.find_device_by_mac(mac).await? {
+        return Ok(device);
+    }
+    let product = ProductName::parse(product)?.as_str().to_string();
+    let policy = product_policy(core, &product).await?;
+    if policy.provisioning != Provisioning::Open {
+        return Err(Error::Forbidden(format!("{mac} is not registered, and product `{product}` only serves registered devices")));
+    }
+    let hardware = hardware.map(HardwareId::parse).transpose()?.map(|h| h.as_str().to_string());
+    let version = version.filter(|v| Version::parse(v).is_ok()).map(str::to_string);
+    let inserted = core
+        .store
+        .insert_device(&NewDevice {
+            mac: *mac,
+            name: mac.canonical(),
+            product: Some(product),
+            hardware,
+            channel: Channel::DEFAULT.into(),
+            version,
+            target_version: None,
+            tags: Vec::new(),
+            attributes: json!({}),
+            metadata: json!({}),
+            owner: None,
+            token_hash: None,
+        })
+        .await;
+    match inserted {
+        Ok(device) => {
+            core.events.publish("device.created", Some(&device.id), json!({"mac": device.mac.canonical(), "by": "first contact"}));
+            Ok(device)
+        }
+        // Registered concurrently by another request of the same device.
+        Err(Error::Conflict { .. }) => core.store.find_device_by_mac(mac).await?.ok_or_else(|| Error::not_found("device", mac.canonical())),
+        Err(e) => Err(e),
+    }
+}
+
+/// Withdraws an offer for a reason the operator should see in the device's history (e.g. the
+/// build does not fit the device's free space): its attempt is closed as `rejected` with the
+/// reason, and the build is not offered again for `UPDRAFT_UPDATE_RETRY_AFTER_SECS`.
+pub async fn refuse_offer(core: &Core, device_id: &str, offer: &Offer, reason: &str) -> Result<()> {
+    let artifact = &offer.artifact;
+    core.store.set_attempt_state(&offer.attempt_id, UpdateState::Rejected, None, Some(reason)).await?;
+    core.events.publish(
+        "device.update_status",
+        Some(device_id),
+        json!({"release_id": offer.release_id, "state": "rejected", "message": reason, "version": artifact.version}),
+    );
+    Ok(())
+}

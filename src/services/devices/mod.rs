@@ -1,0 +1,214 @@
+//! Devices: identity (tokens, provisioning, pairing), check-ins and the update decision,
+//! update reports, setup progress, and the operator's registry operations.
+//!
+//! The check-in path is kept free of per-request writes: devices are looked up through a
+//! short-lived cache keyed by token digest, builds per product are cached, and `last_seen`
+//! is buffered and written in batches by `flush_presence`. Writes happen only when something
+//! changed (a new version, a new offer, a report).
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use hmac::{Hmac, Mac as _};
+use indexmap::IndexMap;
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+use super::Core;
+use super::fleet::{ActiveDevice, FleetIndex};
+use super::limiter::AuthLimiter;
+use super::rollouts;
+use crate::domain::device::{self, Device, Product, Provisioning, UpdateAttempt, UpdateState};
+use crate::domain::firmware::{Artifact, Channel, HardwareId, Product as ProductName};
+use crate::domain::mac::Mac;
+use crate::domain::update::{self, Decision, NoUpdate, Releases, RolloutOffer};
+use crate::domain::version::Version;
+use crate::domain::{Error, Result, secret};
+use crate::storage::{ArtifactFilter, ArtifactSort, AttemptOffer, DevicePatch, DeviceReport, NewDevice, RolloutSlot};
+
+mod background;
+mod by_mac;
+mod checkin;
+mod identity;
+mod import;
+mod links;
+mod offers;
+mod pairing;
+mod presence;
+mod products;
+mod registry;
+mod reports;
+mod sessions;
+
+pub use background::*;
+pub use by_mac::*;
+pub use checkin::*;
+pub use identity::*;
+pub use import::*;
+pub use links::*;
+pub use offers::*;
+pub use pairing::*;
+pub use presence::*;
+pub use products::*;
+pub use registry::*;
+pub use reports::*;
+pub use sessions::*;
+
+/// Device-related settings.
+#[derive(Debug, Clone)]
+pub struct DevicePolicy {
+    pub offline_after: Duration,
+    pub default_poll_interval_s: u32,
+    pub default_provisioning: Provisioning,
+    pub pairing_ttl: Duration,
+    pub retry_failed_after: Duration,
+    pub download_url_ttl: Duration,
+    /// Devices kept in each replica's fleet index (see `services::fleet`).
+    pub cache_entries: usize,
+    /// Most `last_seen` rows written per second; the rest wait in memory, oldest first.
+    pub presence_writes_per_sec: usize,
+}
+
+impl Default for DevicePolicy {
+    fn default() -> Self {
+        DevicePolicy {
+            offline_after: Duration::from_secs(600),
+            default_poll_interval_s: 3600,
+            default_provisioning: Provisioning::Open,
+            pairing_ttl: Duration::from_secs(600),
+            retry_failed_after: Duration::from_secs(3600),
+            download_url_ttl: Duration::from_secs(24 * 3600),
+            cache_entries: 1_000_000,
+            presence_writes_per_sec: 1_000,
+        }
+    }
+}
+
+/// How long a replica trusts its cached view of a product's builds or policy. Bounds how
+/// stale another replica's change can look here.
+const CACHE_TTL: Duration = Duration::from_secs(5);
+
+/// A product's builds and when they were read.
+type CachedBuilds = (Arc<Vec<Artifact>>, Instant);
+/// A device's latest telemetry message and when it arrived.
+type Telemetry = (DateTime<Utc>, Value);
+/// When a device was last heard from, and from which address.
+type Presence = (DateTime<Utc>, Option<String>);
+/// When a device was last heard from, and the `last_seen` and address last buffered for
+/// writing (or found stored).
+struct Heard {
+    seen: DateTime<Utc>,
+    written: DateTime<Utc>,
+    written_ip: Option<IpAddr>,
+}
+
+/// In-memory state of the device subsystem (per process).
+pub struct DeviceRuntime {
+    pub policy: DevicePolicy,
+    pub limiter: AuthLimiter,
+    signing_key: [u8; 32],
+    fleet: RwLock<FleetIndex>,
+    builds: RwLock<HashMap<String, CachedBuilds>>,
+    products: RwLock<HashMap<String, (Product, Instant)>>,
+    /// `last_seen` values waiting to be written, in the order they first waited.
+    presence: Mutex<IndexMap<Arc<str>, Presence>>,
+    /// Devices heard from recently: when last heard, and when `last_seen` was last buffered
+    /// for writing.
+    online: Mutex<HashMap<Arc<str>, Heard>>,
+    /// Devices with an open MQTT session (as this replica heard through `status`): online
+    /// until they disconnect, however long they stay silent.
+    connected: Mutex<HashSet<Arc<str>>>,
+    /// When MQTT devices disconnected: offline from then on, until heard from again.
+    disconnected: Mutex<HashMap<Arc<str>, DateTime<Utc>>>,
+    /// The latest MQTT telemetry message of each device (at most `cache_entries`).
+    telemetry: Mutex<IndexMap<Arc<str>, Telemetry>>,
+}
+
+impl DeviceRuntime {
+    pub fn new(policy: DevicePolicy, signing_key: [u8; 32]) -> Self {
+        DeviceRuntime {
+            fleet: RwLock::new(FleetIndex::new(policy.cache_entries)),
+            policy,
+            limiter: AuthLimiter::default(),
+            signing_key,
+            builds: RwLock::default(),
+            products: RwLock::default(),
+            presence: Mutex::default(),
+            online: Mutex::default(),
+            connected: Mutex::default(),
+            disconnected: Mutex::default(),
+            telemetry: Mutex::default(),
+        }
+    }
+
+    pub(super) fn forget_device(&self, device_id: &str) {
+        self.fleet.write().expect("fleet lock").forget(device_id);
+    }
+
+    /// Devices in this replica's fleet index.
+    pub fn indexed_devices(&self) -> usize {
+        self.fleet.read().expect("fleet lock").len()
+    }
+
+    /// Drops cached builds of a product (after an upload, edit or delete on this replica).
+    pub fn forget_builds(&self, product: &str) {
+        self.builds.write().expect("cache lock").remove(product);
+    }
+
+    /// The freshest known `last_seen` of a device (buffered or stored).
+    pub fn last_seen(&self, device: &Device) -> Option<DateTime<Utc>> {
+        let buffered = self.presence.lock().expect("presence lock").get(device.id.as_str()).map(|(at, _)| *at);
+        let heard = self.online.lock().expect("online lock").get(device.id.as_str()).map(|heard| heard.seen);
+        let buffered = buffered.max(heard);
+        match (buffered, device.last_seen) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The freshest known address of a device (buffered or stored).
+    pub fn ip(&self, device: &Device) -> Option<String> {
+        // The buffer, else what this replica last buffered (also while a flush is in flight,
+        // when the value is in neither the buffer nor the database yet), else the database.
+        let buffered = self.presence.lock().expect("presence lock").get(device.id.as_str()).and_then(|(_, ip)| ip.clone());
+        buffered
+            .or_else(|| {
+                self.online.lock().expect("online lock").get(device.id.as_str()).and_then(|heard| heard.written_ip).map(|ip| ip.to_string())
+            })
+            .or_else(|| device.ip.clone())
+    }
+
+    pub fn is_online(&self, device: &Device) -> bool {
+        if self.is_connected(&device.id) {
+            return true;
+        }
+        let offline_after = chrono::Duration::from_std(self.policy.offline_after).unwrap_or(chrono::Duration::MAX);
+        let gone = self.disconnected.lock().expect("disconnected lock").get(device.id.as_str()).copied();
+        self.last_seen(device).is_some_and(|seen| Utc::now() - seen < offline_after && gone.is_none_or(|gone| seen > gone))
+    }
+}
+
+impl DeviceRuntime {
+    /// True while the device holds an MQTT session.
+    pub fn is_connected(&self, device_id: &str) -> bool {
+        self.connected.lock().expect("connected lock").contains(device_id)
+    }
+
+    /// Devices holding an MQTT session, as this replica knows them.
+    pub fn connected_devices(&self) -> Vec<Arc<str>> {
+        self.connected.lock().expect("connected lock").iter().cloned().collect()
+    }
+
+    /// The latest telemetry message of a device, when this replica received one.
+    pub fn latest_telemetry(&self, device_id: &str) -> Option<(DateTime<Utc>, Value)> {
+        self.telemetry.lock().expect("telemetry lock").get(device_id).cloned()
+    }
+}
+
+/// Drops a device from this replica's fleet index (it is read again on its next check-in).
+pub fn forget_cached_device(core: &Core, device_id: &str) {
+    core.devices.forget_device(device_id);
+}

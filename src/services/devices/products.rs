@@ -1,0 +1,108 @@
+//! Products: each product's device policy, cached briefly for check-ins, and the operator's changes.
+
+use super::*;
+
+/// An operator's change to a product's device policy (`None`: keep the current value).
+pub struct ProductChange {
+    pub provisioning: Provisioning,
+    pub provision_key: Option<String>,
+    pub provision_secret: Option<String>,
+    pub poll_interval_s: Option<u32>,
+    /// The hardware the product admits; an empty list admits any.
+    pub hardware: Option<Vec<String>>,
+    pub public_secrets: Option<bool>,
+}
+
+/// Creates or replaces a product's device policy.
+pub async fn put_product(core: &Core, name: &str, change: ProductChange) -> Result<Product> {
+    let name = ProductName::parse(name)?.as_str().to_string();
+    let existing = core.store.find_product(&name).await?;
+    let provision_secret_hash = match (&change.provision_secret, &existing) {
+        (Some(secret_text), _) => {
+            if secret_text.len() < 16 {
+                return Err(Error::invalid("invalid_provision_secret", "provision_secret must be at least 16 characters"));
+            }
+            Some(secret::digest_hex(secret_text))
+        }
+        (None, Some(existing)) => existing.provision_secret_hash.clone(),
+        (None, None) => None,
+    };
+    let provision_key = change.provision_key.or_else(|| existing.as_ref().and_then(|p| p.provision_key.clone()));
+    let provisioning = change.provisioning;
+    if provisioning == Provisioning::Key && (provision_key.is_none() || provision_secret_hash.is_none()) {
+        return Err(Error::invalid("invalid_provisioning", "provisioning `key` needs provision_key and provision_secret"));
+    }
+    if let Some(key) = &provision_key
+        && (key.len() < 8 || key.len() > 128)
+    {
+        return Err(Error::invalid("invalid_provision_key", "provision_key must be 8-128 characters"));
+    }
+    let poll_interval_s = match change.poll_interval_s {
+        Some(s) => device::check_poll_interval(s)?,
+        None => existing.as_ref().map(|p| p.poll_interval_s).unwrap_or(core.devices.policy.default_poll_interval_s),
+    };
+    let hardware = match change.hardware {
+        Some(list) => {
+            if list.len() > 100 {
+                return Err(Error::invalid("invalid_hardware", "a product admits at most 100 hardware ids"));
+            }
+            let mut parsed = list.iter().map(|h| HardwareId::parse(h).map(|h| h.as_str().to_string())).collect::<Result<Vec<_>>>()?;
+            parsed.sort();
+            parsed.dedup();
+            parsed
+        }
+        None => existing.as_ref().map(|p| p.hardware.clone()).unwrap_or_default(),
+    };
+    let public_secrets = change.public_secrets.or(existing.as_ref().map(|p| p.public_secrets)).unwrap_or(false);
+    let now = Utc::now();
+    let product = core
+        .store
+        .upsert_product(&Product {
+            name,
+            provisioning,
+            provision_key,
+            provision_secret_hash,
+            poll_interval_s,
+            hardware,
+            public_secrets,
+            created_at: now,
+            updated_at: now,
+        })
+        .await?;
+    core.devices.products.write().expect("cache lock").remove(&product.name);
+    if product.public_secrets {
+        tracing::warn!(product = %product.name, "product serves secret configuration values to anonymous seed-003 readers (public_secrets)");
+    }
+    Ok(product)
+}
+
+/// The product's policy, or the default policy for products nobody configured. Cached
+/// briefly: it is read on every check-in.
+pub async fn product_policy(core: &Core, name: &str) -> Result<Product> {
+    if let Some((product, fetched)) = core.devices.products.read().expect("cache lock").get(name)
+        && fetched.elapsed() < CACHE_TTL
+    {
+        return Ok(product.clone());
+    }
+    let product = load_product_policy(core, name).await?;
+    core.devices.products.write().expect("cache lock").insert(name.to_string(), (product.clone(), Instant::now()));
+    Ok(product)
+}
+
+pub(super) async fn load_product_policy(core: &Core, name: &str) -> Result<Product> {
+    if let Some(product) = core.store.find_product(name).await? {
+        return Ok(product);
+    }
+    let now = Utc::now();
+    Ok(Product {
+        name: name.to_string(),
+        provisioning: core.devices.policy.default_provisioning,
+        provision_key: None,
+        provision_secret_hash: None,
+        poll_interval_s: core.devices.policy.default_poll_interval_s,
+        hardware: Vec::new(),
+        public_secrets: false,
+        created_at: now,
+        updated_at: now,
+    })
+}
