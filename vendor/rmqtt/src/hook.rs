@@ -732,6 +732,13 @@ impl HookManager for DefaultHookManager {
         let (bad_user_or_pass, not_auth) = match result {
             Some(HookResult::AuthResult(AuthResult::BadUsernameOrPassword)) => (true, false),
             Some(HookResult::AuthResult(AuthResult::NotAuthorized)) => (false, true),
+            Some(HookResult::AuthResult(AuthResult::IdentifierRejected)) => {
+                let ack = match proto_ver {
+                    MQTT_LEVEL_5 => ConnectAckReason::V5(v5::ConnectAckReason::ClientIdentifierNotValid),
+                    _ => ConnectAckReason::V3(v3::ConnectAckReason::IdentifierRejected),
+                };
+                return (ack, false, None);
+            }
             Some(HookResult::AuthResult(AuthResult::Allow(superuser, auth_info))) => {
                 return (ok(), superuser, auth_info)
             }

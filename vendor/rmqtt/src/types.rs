@@ -438,6 +438,9 @@ pub enum AuthResult {
     NotFound,
     BadUsernameOrPassword,
     NotAuthorized,
+    /// The credentials are valid, but this client may not use this client identifier:
+    /// CONNACK 0x02 "identifier rejected" (v3.1.1) / 0x85 "client identifier not valid" (v5).
+    IdentifierRejected,
 }
 
 /// Result of checking whether a publish message has expired.
