@@ -217,6 +217,18 @@ impl MqttServer {
     }
 }
 
+/// Bounds the protocol probe (reading the start of the CONNECT packet) by the listener's
+/// handshake timeout, as the CONNECT itself already is: a connection that sends nothing, or
+/// too little to tell its protocol version, is closed then instead of being held open.
+async fn probe<Io>(
+    timeout: Duration,
+    probe: impl std::future::Future<Output = Result<MqttStream<Io>>>,
+) -> Result<MqttStream<Io>> {
+    tokio::time::timeout(timeout, probe)
+        .await
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("no CONNECT packet within the handshake timeout ({timeout:?})")))
+}
+
 /// Handles incoming TCP connections
 /// # Arguments
 /// * `scx` - Server context
@@ -239,7 +251,7 @@ async fn listen_tcp(scx: ServerContext, l: &Listener, lid: ListenerId) {
                         }
                     };
 
-                    match stream.mqtt().await {
+                    match probe(stream.cfg.handshake_timeout, stream.mqtt()).await {
                         Ok(MqttStream::V3(s)) => {
                             if let Err(e) = v3::process(scx.clone(), s, lid).await {
                                 log::info!("MQTTv3 processing error: {e}, from: {remote_addr}");
@@ -287,7 +299,7 @@ async fn listen_tls(scx: ServerContext, l: &Listener, lid: ListenerId) {
                         }
                     };
 
-                    match stream.mqtt().await {
+                    match probe(stream.cfg.handshake_timeout, stream.mqtt()).await {
                         Ok(MqttStream::V3(s)) => {
                             if let Err(e) = v3::process(scx.clone(), s, lid).await {
                                 log::info!("MQTTv3/TLS processing error: {e}, from: {remote_addr}");
@@ -335,7 +347,7 @@ async fn listen_ws(scx: ServerContext, l: &Listener, lid: ListenerId) {
                         }
                     };
 
-                    match stream.mqtt().await {
+                    match probe(stream.cfg.handshake_timeout, stream.mqtt()).await {
                         Ok(MqttStream::V3(s)) => {
                             if let Err(e) = v3::process(scx.clone(), s, lid).await {
                                 log::info!("MQTTv3/WS processing error: {e}, from: {remote_addr}");
@@ -383,7 +395,7 @@ async fn listen_wss(scx: ServerContext, l: &Listener, lid: ListenerId) {
                         }
                     };
 
-                    match stream.mqtt().await {
+                    match probe(stream.cfg.handshake_timeout, stream.mqtt()).await {
                         Ok(MqttStream::V3(s)) => {
                             if let Err(e) = v3::process(scx.clone(), s, lid).await {
                                 log::info!("MQTTv3/WSS processing error: {e}, from: {remote_addr}");
@@ -431,7 +443,7 @@ async fn listen_quic(scx: ServerContext, l: &Listener, lid: ListenerId) {
                         }
                     };
 
-                    match stream.mqtt().await {
+                    match probe(stream.cfg.handshake_timeout, stream.mqtt()).await {
                         Ok(MqttStream::V3(s)) => {
                             if let Err(e) = v3::process(scx.clone(), s, lid).await {
                                 log::info!("MQTTv3/QUIC processing error: {e}, from: {remote_addr}");
