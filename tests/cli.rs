@@ -68,6 +68,7 @@ const SETTINGS: &[&str] = &[
     "UPDRAFT_MQTT_MAX_QUEUED",
     "UPDRAFT_MQTT_SESSION_EXPIRY_SECS",
     "UPDRAFT_MQTT_RESYNC_SECS",
+    "UPDRAFT_MQTT_HANDSHAKE_TIMEOUT_SECS",
     "UPDRAFT_ROLLOUT_EVALUATE_SECS",
     "UPDRAFT_ROLLOUT_DEVICE_DEADLINE_SECS",
     "UPDRAFT_ROLLOUT_RECOUNT_SECS",
@@ -282,6 +283,56 @@ async fn an_idle_keep_alive_connection_does_not_hold_up_shutdown() {
 
     assert!(exit.success(), "{exit}\n{stderr}");
     drop(idle);
+}
+
+#[tokio::test]
+async fn a_refused_mqtt_login_is_logged_as_one_line_without_the_credentials() {
+    let workdir = tempfile::tempdir().unwrap();
+    let mqtt = free_addr();
+    let mut command = updraft(workdir.path());
+    command.env("UPDRAFT_ADMIN_API_KEY", ADMIN_KEY).env("UPDRAFT_MQTT_LISTEN", mqtt.to_string());
+    let server = Server::start(command, &workdir.path().join("data")).await;
+
+    // A ThingsBoard-style login (the token as the username) and a user name and password.
+    for (client_id, username, password) in
+        [("probe-one", "upd_dev_NotARealToken0123456789", None), ("probe-two", "someone", Some("hunter2-secret-password"))]
+    {
+        let mut socket = TcpStream::connect(mqtt).await.unwrap();
+        socket.write_all(&mqtt_connect(client_id, username, password)).await.unwrap();
+        let mut connack = [0u8; 4];
+        tokio::time::timeout(Duration::from_secs(10), socket.read_exact(&mut connack)).await.unwrap().unwrap();
+        assert_eq!(connack, [0x20, 2, 0, 4], "CONNACK 4: bad user name or password");
+    }
+    server.wait_for_stderr("probe-two").await;
+    let (_, stderr) = server.stop().await;
+
+    for client_id in ["probe-one", "probe-two"] {
+        let lines: Vec<&str> = stderr.lines().filter(|l| l.contains(client_id)).collect();
+        assert_eq!(lines.len(), 1, "one line per refused login:\n{stderr}");
+        assert!(
+            lines[0].contains("INFO") && lines[0].contains("bad user name or password") && lines[0].contains("127.0.0.1"),
+            "{}",
+            lines[0]
+        );
+    }
+    assert!(
+        !stderr.contains("NotARealToken") && !stderr.contains("hunter2") && !stderr.contains("someone"),
+        "no credential is logged:\n{stderr}"
+    );
+    assert!(!stderr.contains("Connection Refused"), "the broker library's own dump is not logged:\n{stderr}");
+}
+
+/// An MQTT 3.1.1 CONNECT (clean session, keep-alive 30 s).
+fn mqtt_connect(client_id: &str, username: &str, password: Option<&str>) -> Vec<u8> {
+    let flags = 0b1000_0010 | if password.is_some() { 0b0100_0000 } else { 0 };
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, flags, 0, 30];
+    for field in [Some(client_id), Some(username), password].into_iter().flatten() {
+        body.extend_from_slice(&(field.len() as u16).to_be_bytes());
+        body.extend_from_slice(field.as_bytes());
+    }
+    let mut packet = vec![0x10, body.len() as u8];
+    packet.extend(body);
+    packet
 }
 
 #[test]

@@ -97,6 +97,9 @@ pub struct DeviceRuntime {
     disconnected: Mutex<HashMap<Arc<str>, DateTime<Utc>>>,
     /// The latest MQTT telemetry message of each device (at most `cache_entries`).
     telemetry: Mutex<IndexMap<Arc<str>, Telemetry>>,
+    /// Devices changed on any replica, as `follow_device_changes` reads them from the change
+    /// log once a second (the embedded broker re-checks their sessions' tokens).
+    pub changed: tokio::sync::broadcast::Sender<Arc<[String]>>,
 }
 
 impl DeviceRuntime {
@@ -113,6 +116,7 @@ impl DeviceRuntime {
             connected: Mutex::default(),
             disconnected: Mutex::default(),
             telemetry: Mutex::default(),
+            changed: tokio::sync::broadcast::channel(64).0,
         }
     }
 
@@ -1116,6 +1120,8 @@ async fn follow_device_changes(core: Core) {
                     for (device_id, _) in &changes {
                         fleet.forget(device_id);
                     }
+                    drop(fleet);
+                    let _ = core.devices.changed.send(changes.into_iter().map(|(device_id, _)| device_id).collect());
                 }
                 since = now;
             }
