@@ -189,6 +189,19 @@ if ! command -v mosquitto >/dev/null 2>&1 && [[ ! -x /usr/sbin/mosquitto ]]; the
   if command -v systemctl >/dev/null 2>&1; then systemctl disable --now mosquitto >/dev/null 2>&1 || true; fi
 fi
 
+# nginx: a test runs the forwarding headers of deployment/nginx.conf in a real nginx. Its
+# service must not start (it would take port 80).
+if ! command -v nginx >/dev/null 2>&1 && [[ ! -x /usr/sbin/nginx ]]; then
+  say "installing nginx (apt)"
+  policy_created=
+  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && policy_created=1
+  fi
+  apt_install nginx-light
+  [[ -n "$policy_created" ]] && rm -f /usr/sbin/policy-rc.d
+  if command -v systemctl >/dev/null 2>&1; then systemctl disable --now nginx >/dev/null 2>&1 || true; fi
+fi
+
 # The real ThingsBoard device SDK (tests/clients/tb_device.py) in its own venv: it ships its
 # own paho, which must not meet another one.
 TB_VENV="$ROOT/target/venv-tb"

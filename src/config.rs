@@ -72,9 +72,9 @@ pub struct ServeArgs {
     /// Seconds in-flight requests get to finish after SIGTERM [default: 30]
     #[arg(long, env = "UPDRAFT_SHUTDOWN_TIMEOUT_SECS", value_name = "SECS")]
     pub shutdown_timeout_secs: Option<String>,
-    /// Trust X-Forwarded-For/-Proto/-Host from a reverse proxy [default: false]
-    #[arg(long, env = "UPDRAFT_TRUST_PROXY_HEADERS", value_name = "BOOL")]
-    pub trust_proxy_headers: Option<String>,
+    /// Addresses and networks (comma-separated, e.g. 127.0.0.1,10.0.0.0/8) of reverse proxies whose X-Forwarded-For/-Proto/-Host are believed; the client is the right-most X-Forwarded-For entry that is not one of them [default: none]
+    #[arg(long, env = "UPDRAFT_TRUSTED_PROXIES", value_name = "LIST")]
+    pub trusted_proxies: Option<String>,
     /// PEM certificate chain; with --tls-key the listener speaks HTTPS
     #[arg(long, env = "UPDRAFT_TLS_CERT", value_name = "FILE")]
     pub tls_cert: Option<String>,
@@ -168,9 +168,9 @@ pub struct ServeArgs {
     /// Folder of RSA private keys (<product>.pem) that sign esp32FOTA images of that product [default: none, unsigned]
     #[arg(long, env = "UPDRAFT_COMPAT_ESP32FOTA_KEYS_DIR", value_name = "DIR")]
     pub compat_esp32fota_keys_dir: Option<String>,
-    /// Serve the seed-004 GET /debug/provisioning [default: true]
-    #[arg(long, env = "UPDRAFT_COMPAT_DEBUG_PROVISIONING", value_name = "BOOL")]
-    pub compat_debug_provisioning: Option<String>,
+    /// Serve seed 004's GET /debug/provisioning, which hands a token to any unknown MAC of an open product (weak: see docs/CLIENT.md) [default: false]
+    #[arg(long, env = "UPDRAFT_COMPAT_SEED004_DEBUG", value_name = "BOOL")]
+    pub compat_seed004_debug: Option<String>,
 
     /// Run MQTT: the embedded broker, or the client of UPDRAFT_MQTT_URL [default: true]
     #[arg(long, env = "UPDRAFT_MQTT_ENABLED", value_name = "BOOL")]
@@ -292,7 +292,8 @@ pub struct Settings {
     pub max_upload_bytes: u64,
     pub max_connections: usize,
     pub shutdown_timeout: Duration,
-    pub trust_proxy_headers: bool,
+    /// Reverse proxies whose forwarding headers are believed (see `http::forwarded`).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     pub tls: Option<TlsSettings>,
     pub log: String,
     pub log_format: LogFormat,
@@ -364,8 +365,8 @@ pub struct CompatSettings {
     pub arduino: bool,
     pub esp32fota: bool,
     pub esp32fota_keys_dir: Option<PathBuf>,
-    /// Seed 004: `/debug/provisioning`.
-    pub debug_provisioning: bool,
+    /// Seed 004: `/debug/provisioning` (off by default).
+    pub seed004_debug: bool,
 }
 
 impl Default for CompatSettings {
@@ -380,7 +381,7 @@ impl Default for CompatSettings {
             arduino: true,
             esp32fota: true,
             esp32fota_keys_dir: None,
-            debug_provisioning: true,
+            seed004_debug: false,
         }
     }
 }
@@ -403,7 +404,7 @@ const SETTING_NAMES: &[&str] = &[
     "max_upload_bytes",
     "max_connections",
     "shutdown_timeout_secs",
-    "trust_proxy_headers",
+    "trusted_proxies",
     "tls_cert",
     "tls_key",
     "log",
@@ -429,7 +430,7 @@ const SETTING_NAMES: &[&str] = &[
     "compat_arduino",
     "compat_esp32fota",
     "compat_esp32fota_keys_dir",
-    "compat_debug_provisioning",
+    "compat_seed004_debug",
     "config_key_file",
     "public_config_files",
     "signing_key_path",
@@ -580,7 +581,16 @@ impl Settings {
         }
         let shutdown_timeout =
             Duration::from_secs(parse_number("shutdown_timeout_secs", get("shutdown_timeout_secs", &args.shutdown_timeout_secs), 30u64)?);
-        let trust_proxy_headers = parse_bool("trust_proxy_headers", get("trust_proxy_headers", &args.trust_proxy_headers), false)?;
+        let trusted_proxies = parse_networks("trusted_proxies", get("trusted_proxies", &args.trusted_proxies))?;
+        if let Some(old) = layers.get("trust_proxy_headers", &std::env::var("UPDRAFT_TRUST_PROXY_HEADERS").ok()) {
+            return Err(ConfigError::new(
+                "trusted_proxies",
+                format!(
+                    "UPDRAFT_TRUST_PROXY_HEADERS={old} was replaced by UPDRAFT_TRUSTED_PROXIES: list your proxies' addresses \
+                     (e.g. 127.0.0.1 for a proxy on this host) and remove the old setting"
+                ),
+            ));
+        }
         let tls = match (get("tls_cert", &args.tls_cert), get("tls_key", &args.tls_key)) {
             (Some(cert), Some(key)) => {
                 for (name, path) in [("tls_cert", &cert), ("tls_key", &key)] {
@@ -691,7 +701,7 @@ impl Settings {
             max_upload_bytes,
             max_connections,
             shutdown_timeout,
-            trust_proxy_headers,
+            trusted_proxies,
             tls,
             log,
             log_format,
@@ -774,7 +784,7 @@ fn parse_compat(get: &dyn Fn(&str, &Option<String>) -> Option<String>, args: &Se
         arduino: flag("compat_arduino", &args.compat_arduino)?,
         esp32fota: flag("compat_esp32fota", &args.compat_esp32fota)?,
         esp32fota_keys_dir,
-        debug_provisioning: flag("compat_debug_provisioning", &args.compat_debug_provisioning)?,
+        seed004_debug: parse_bool("compat_seed004_debug", get("compat_seed004_debug", &args.compat_seed004_debug), false)?,
     })
 }
 
@@ -882,6 +892,23 @@ fn parse_content(
     })
 }
 
+/// A comma-separated list of addresses and networks (`10.0.0.0/8`); an address alone is a
+/// network of one.
+fn parse_networks(name: &str, value: Option<String>) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    let Some(list) = value else { return Ok(Vec::new()) };
+    list.split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| {
+            entry
+                .parse::<ipnet::IpNet>()
+                .map(|net| net.trunc())
+                .or_else(|_| entry.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| ConfigError::new(name, format!("`{entry}` is not an address or a network like 10.0.0.0/8")))
+        })
+        .collect()
+}
+
 fn parse_number<T: std::str::FromStr>(name: &str, value: Option<String>, default: T) -> Result<T, ConfigError> {
     match value {
         None => Ok(default),
@@ -986,12 +1013,26 @@ mod tests {
         let args = ServeArgs { compat_admin_api_key: Some("own-name".into()), compat_cyberdeck: Some("off".into()), ..Default::default() };
         let settings = Settings::load_with_dotenv(&args, &dotenv_path).unwrap();
         let compat = settings.compat;
-        assert!(compat.ota_server && compat.ota_server_downloads && compat.arduino && compat.esp32fota && compat.debug_provisioning);
+        assert!(compat.ota_server && compat.ota_server_downloads && compat.arduino && compat.esp32fota && !compat.seed004_debug);
         assert!(!compat.cyberdeck);
         assert_eq!(compat.shared_secret.as_deref(), Some("from-alias"));
         assert_eq!(compat.admin_api_key.as_deref(), Some("own-name"));
         let error = load(ServeArgs { compat_default_product: Some("bad name".into()), ..Default::default() }).unwrap_err();
         assert!(error.to_string().contains("UPDRAFT_COMPAT_DEFAULT_PRODUCT"), "{error}");
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_and_networks_and_the_old_switch_is_named() {
+        let settings = load(ServeArgs { trusted_proxies: Some("127.0.0.1, 10.0.0.0/8,::1".into()), ..Default::default() }).unwrap();
+        let listed: Vec<String> = settings.trusted_proxies.iter().map(|n| n.to_string()).collect();
+        assert_eq!(listed, ["127.0.0.1/32", "10.0.0.0/8", "::1/128"]);
+        let error = load(ServeArgs { trusted_proxies: Some("proxy.local".into()), ..Default::default() }).unwrap_err();
+        assert!(error.to_string().starts_with("invalid setting UPDRAFT_TRUSTED_PROXIES"), "{error}");
+        let dir = tempfile::tempdir().unwrap();
+        let dotenv_path = dir.path().join(".env");
+        std::fs::write(&dotenv_path, "UPDRAFT_TRUST_PROXY_HEADERS=true\n").unwrap();
+        let error = Settings::load_with_dotenv(&ServeArgs::default(), &dotenv_path).unwrap_err();
+        assert!(error.to_string().contains("replaced by UPDRAFT_TRUSTED_PROXIES"), "{error}");
     }
 
     #[test]

@@ -218,6 +218,19 @@ pub fn mask(stored: &Value) -> Value {
     }
 }
 
+/// The anonymous reader's view of a stored document: every secret left out (an array item that
+/// is a secret becomes `null`, so that the other items keep their places).
+pub fn without_secrets(stored: &Value) -> Value {
+    match stored {
+        _ if is_encrypted(stored) => Value::Null,
+        Value::Object(map) => {
+            Value::Object(map.iter().filter(|(_, v)| !is_encrypted(v)).map(|(k, v)| (k.clone(), without_secrets(v))).collect())
+        }
+        Value::Array(items) => Value::Array(items.iter().map(without_secrets).collect()),
+        other => other.clone(),
+    }
+}
+
 /// The device's view: every secret replaced by its value (`decrypt` takes the token).
 pub fn reveal(stored: &Value, decrypt: &mut dyn FnMut(&str) -> Result<Value>) -> Result<Value> {
     Ok(match stored {
@@ -438,6 +451,9 @@ mod tests {
         assert_eq!(stored["wifi"]["password"], json!({"$encrypted": "enc:\"hunter2\""}));
         assert_eq!(mask(&stored), json!({"wifi": {"ssid": "home", "password": {"$secret": null}}}));
         assert_eq!(reveal(&stored, &mut decrypt_plain).unwrap(), json!({"wifi": {"ssid": "home", "password": "hunter2"}}));
+        assert_eq!(without_secrets(&stored), json!({"wifi": {"ssid": "home"}}));
+        let listed = prepare(&json!({"keys": ["a", {"$secret": "b"}]}), None, &mut encrypt_plain).unwrap();
+        assert_eq!(without_secrets(&listed), json!({"keys": ["a", null]}), "array items keep their places");
         // A later layer's secret replaces an earlier object wholesale.
         let result = merged(&[("product:p", json!({"password": {"a": 1}})), ("device", stored["wifi"].clone())]);
         assert!(is_encrypted(&result.content["password"]));

@@ -46,8 +46,73 @@ pub struct Product {
     /// SHA-256 hex of the provisioning secret.
     pub provision_secret_hash: Option<String>,
     pub poll_interval_s: u32,
+    /// The hardware ids the product admits; empty admits any. When set, a device's hardware
+    /// is fixed by an operator or at provisioning, never changed by a check-in.
+    pub hardware: Vec<String>,
+    /// Anonymous reads of seed 003's configuration files include secret values (for devices
+    /// that cannot send a token). Off by default.
+    pub public_secrets: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+impl Product {
+    /// Whether the product lets devices of `hardware` in.
+    pub fn admits_hardware(&self, hardware: &str) -> bool {
+        self.hardware.is_empty() || self.hardware.iter().any(|h| h == hardware)
+    }
+
+    /// The hardware of a device provisioned without naming one: the product's only admitted
+    /// hardware, if it admits exactly one.
+    pub fn sole_hardware(&self) -> Option<&str> {
+        match self.hardware.as_slice() {
+            [only] => Some(only),
+            _ => None,
+        }
+    }
+}
+
+/// Whether a check-in may name `claimed` as the device's product. A device's product is set by
+/// an operator, or at provisioning under that product's rules: a check-in may repeat it, and a
+/// device without a product may take an `open` product (as provisioning it there would).
+/// Returns true when the device takes the product on; refuses anything else with 409
+/// `product_mismatch`.
+pub fn check_product_claim(current: Option<&str>, claimed: &Product) -> Result<bool> {
+    match current {
+        Some(current) if current == claimed.name => Ok(false),
+        Some(current) => Err(Error::conflict(
+            "product_mismatch",
+            format!("this device belongs to product `{current}`, not `{}`; only an operator can move it", claimed.name),
+        )),
+        None if claimed.provisioning == Provisioning::Open => Ok(true),
+        None => Err(Error::conflict(
+            "product_mismatch",
+            format!(
+                "this device has no product, and product `{}` ({} provisioning) admits devices only through provisioning or an operator",
+                claimed.name,
+                claimed.provisioning.as_str()
+            ),
+        )),
+    }
+}
+
+/// Whether a check-in may name `claimed` as the device's hardware. A product that restricts
+/// hardware fixes it: the check-in may repeat the device's hardware, or name an admitted one
+/// when the device has none yet. Products that restrict nothing let devices report theirs.
+pub fn check_hardware_claim(current: Option<&str>, claimed: &str, product: Option<&Product>) -> Result<()> {
+    let Some(product) = product.filter(|p| !p.hardware.is_empty()) else {
+        return Ok(());
+    };
+    let mismatch = |why: String| Err(Error::conflict("hardware_mismatch", why));
+    if !product.admits_hardware(claimed) {
+        return mismatch(format!("product `{}` admits hardware {}, not `{claimed}`", product.name, product.hardware.join(", ")));
+    }
+    match current {
+        Some(current) if current != claimed => {
+            mismatch(format!("this device's hardware is `{current}`, not `{claimed}`; only an operator can change it"))
+        }
+        _ => Ok(()),
+    }
 }
 
 pub const MIN_POLL_INTERVAL_S: u32 = 10;
@@ -209,6 +274,8 @@ pub struct Device {
     pub last_seen: Option<DateTime<Utc>>,
     pub ip: Option<String>,
     pub setup_status: Option<SetupStatus>,
+    /// Until then, the device may be provisioned again without presenting its token.
+    pub reprovision_until: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -316,6 +383,46 @@ mod tests {
         assert_eq!(UpdateState::parse_reported("Installed").unwrap(), UpdateState::Installed);
         assert!(UpdateState::parse_reported("succeeded").is_err());
         assert!(UpdateState::parse_reported("offered").is_err());
+    }
+
+    fn product(name: &str, provisioning: Provisioning, hardware: &[&str]) -> Product {
+        Product {
+            name: name.into(),
+            provisioning,
+            provision_key: None,
+            provision_secret_hash: None,
+            poll_interval_s: 60,
+            hardware: hardware.iter().map(|h| h.to_string()).collect(),
+            public_secrets: false,
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn a_check_in_cannot_move_a_device_into_another_product() {
+        let open = product("lamp", Provisioning::Open, &[]);
+        let keyed = product("meter", Provisioning::Key, &[]);
+        assert_eq!(check_product_claim(Some("lamp"), &open).unwrap(), false, "repeating its product changes nothing");
+        assert_eq!(check_product_claim(None, &open).unwrap(), true, "a device without a product may take an open one");
+        for (current, claimed) in [(Some("lamp"), &keyed), (Some("meter"), &open), (None, &keyed)] {
+            let error = check_product_claim(current, claimed).unwrap_err();
+            assert_eq!(error.code(), "product_mismatch", "{current:?} -> {}", claimed.name);
+        }
+    }
+
+    #[test]
+    fn a_product_that_restricts_hardware_fixes_each_devices_hardware() {
+        let free = product("lamp", Provisioning::Open, &[]);
+        assert!(check_hardware_claim(Some("esp32"), "esp32s3", Some(&free)).is_ok(), "no restriction: devices report theirs");
+        assert!(check_hardware_claim(Some("esp32"), "esp32s3", None).is_ok());
+        let strict = product("lamp", Provisioning::Open, &["esp32", "esp32s3"]);
+        assert!(check_hardware_claim(Some("esp32"), "esp32", Some(&strict)).is_ok());
+        assert!(check_hardware_claim(None, "esp32s3", Some(&strict)).is_ok());
+        assert_eq!(check_hardware_claim(Some("esp32"), "esp32s3", Some(&strict)).unwrap_err().code(), "hardware_mismatch");
+        assert_eq!(check_hardware_claim(None, "esp8266", Some(&strict)).unwrap_err().code(), "hardware_mismatch");
+        assert_eq!(strict.sole_hardware(), None);
+        assert_eq!(product("x", Provisioning::Open, &["esp32"]).sole_hardware(), Some("esp32"));
     }
 }
 

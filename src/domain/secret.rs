@@ -32,6 +32,12 @@ pub fn verify(presented: &str, stored_digest: &[u8; 32]) -> bool {
     digest(presented).ct_eq(stored_digest).into()
 }
 
+/// Compares two presented values in constant time (for their contents; the length of the
+/// expected value is not secret): via their digests, so unequal lengths take the same time.
+pub fn constant_time_eq(presented: &str, expected: &str) -> bool {
+    digest(presented).ct_eq(&digest(expected)).into()
+}
+
 /// Parses a stored hex digest.
 pub fn parse_digest_hex(text: &str) -> Option<[u8; 32]> {
     let bytes = hex::decode(text).ok()?;
@@ -50,5 +56,8 @@ mod tests {
         assert!(verify(&secret, &stored));
         assert!(!verify(&generate("upd_admin_"), &stored));
         assert!(!verify("", &stored));
+        assert!(constant_time_eq("provision-key", "provision-key"));
+        assert!(!constant_time_eq("provision-key", "provision-kez"));
+        assert!(!constant_time_eq("", "provision-key"));
     }
 }

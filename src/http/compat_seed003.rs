@@ -233,8 +233,10 @@ async fn list_configs(State(state): State<AppState>, correlation: Correlation, h
 
 /// Get a device's configuration (admin), or with a `.json` suffix
 /// (`/api/configs/aa-bb-cc-dd-ee-ff.json`) the raw document a device reads: its effective
-/// configuration, secrets included, with `Cache-Control: no-cache`. The raw form needs no
-/// authentication while UPDRAFT_PUBLIC_CONFIG_FILES is on (the default, as in seed 003).
+/// configuration, with `Cache-Control: no-cache`. With the device's token (or the admin key)
+/// it is whole, secrets included. While UPDRAFT_PUBLIC_CONFIG_FILES is on (the default, as in
+/// seed 003) it can also be read without authentication, but then values marked secret are
+/// left out, unless the device's product sets `public_secrets`.
 #[utoipa::path(
     get, path = "/api/configs/{mac}", tag = "seed-003",
     params(("mac" = String, Path, description = "aa-bb-cc-dd-ee-ff, or aa-bb-cc-dd-ee-ff.json for the raw document")),
@@ -256,7 +258,12 @@ async fn get_config(
     let result = async {
         if let Some(mac) = mac.strip_suffix(".json") {
             let mac = parse_mac(mac, "get configuration")?;
-            if !state.settings.content.public_config_files {
+            // A reader that sends a credential gets the whole document, once it is checked;
+            // an anonymous one (allowed while UPDRAFT_PUBLIC_CONFIG_FILES is on) gets it
+            // without secret values, unless the device's product opted in (`public_secrets`).
+            let anonymous = state.settings.content.public_config_files
+                && ["authorization", "x-admin-api-key", "x-device-token"].iter().all(|h| !headers.contains_key(*h));
+            if !anonymous {
                 authorize_device_or_admin(&state, &headers, &mac, ip).await?;
             }
             let effective = config_service::effective_for_mac(&state.core, &mac)
@@ -265,10 +272,16 @@ async fn get_config(
             if effective.merged.content.as_object().is_none_or(|m| m.is_empty()) && !has_device_document(&state, &mac).await? {
                 return Err(Error::not_found("Device config", mac.hyphenated_lower()));
             }
-            let content = config_service::reveal(&state.core, &effective.merged.content)?;
+            let whole = !anonymous || config_service::secrets_public_for(&state.core, &mac).await?;
+            let (content, etag) = if whole {
+                (config_service::reveal(&state.core, &effective.merged.content)?, format!("\"{}\"", effective.version))
+            } else {
+                (crate::domain::config::without_secrets(&effective.merged.content), format!("\"{}-public\"", effective.version))
+            };
             let mut response = Json(content).into_response();
             response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-            if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", effective.version)) {
+            response.headers_mut().insert(header::VARY, HeaderValue::from_static("Authorization, X-Admin-API-Key, X-Device-Token"));
+            if let Ok(etag) = HeaderValue::from_str(&etag) {
                 response.headers_mut().insert(header::ETAG, etag);
             }
             return Ok(response);

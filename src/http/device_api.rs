@@ -34,23 +34,16 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(download))
 }
 
-/// The caller's address: the peer, or behind a trusted proxy the first `X-Forwarded-For` hop.
+/// The caller's address: the peer, or behind a trusted proxy the client it forwarded for
+/// (`http::forwarded`).
 pub struct ClientIp(pub IpAddr);
 
 impl FromRequestParts<AppState> for ClientIp {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        if state.settings.trust_proxy_headers {
-            let forwarded = parts
-                .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.split(',').next())
-                .and_then(|v| v.trim().parse::<IpAddr>().ok());
-            if let Some(ip) = forwarded {
-                return Ok(ClientIp(ip));
-            }
+    async fn from_request_parts(parts: &mut Parts, _state: &AppState) -> Result<Self, Self::Rejection> {
+        if let Some(view) = parts.extensions.get::<super::forwarded::ClientView>() {
+            return Ok(ClientIp(view.ip));
         }
         let peer =
             parts.extensions.get::<ConnectInfo<ClientAddr>>().map(|ConnectInfo(addr)| addr.0.ip()).unwrap_or(IpAddr::from([127, 0, 0, 1]));
@@ -86,6 +79,9 @@ pub struct ProvisionBody {
     pub provision_secret: Option<String>,
     /// A display name for a new device [default: the MAC].
     pub name: Option<String>,
+    /// A pair key from an operator (`POST /api/v1/pairing`): lets a device that already holds a
+    /// token provision again, and pairs it with the key's owner.
+    pub pair_key: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -215,8 +211,10 @@ pub struct DownloadQuery {
 async fn provision(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<ProvisionBody>,
 ) -> ApiResult<(StatusCode, Json<ProvisionAnswer>)> {
+    let current_token = super::auth::credential(&headers, "x-device-token").map(str::to_string);
     let provisioned = service::provision(
         &state.core,
         ProvisionRequest {
@@ -227,6 +225,8 @@ async fn provision(
             provision_key: body.provision_key,
             provision_secret: body.provision_secret,
             name: body.name,
+            current_token,
+            pair_key: body.pair_key,
         },
         ip,
     )

@@ -34,7 +34,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(create_device, list_devices))
         .routes(routes!(import_devices))
         .routes(routes!(get_device, patch_device, delete_device))
-        .routes(routes!(issue_token))
+        .routes(routes!(issue_token, revoke_token))
         .routes(routes!(device_updates))
         .routes(routes!(device_setup_history))
         .routes(routes!(list_products))
@@ -73,6 +73,8 @@ pub struct DeviceView {
     pub ip: Option<String>,
     pub setup_status: Option<SetupStatusView>,
     pub has_token: bool,
+    /// Until then the device may provision again without its token (an operator allowed it).
+    pub reprovision_until: Option<String>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -169,6 +171,24 @@ pub struct PatchDeviceBody {
     #[serde(default, deserialize_with = "clearable")]
     #[schema(value_type = Option<String>)]
     pub owner: Option<Option<String>>,
+    /// Let the device provision again without its current token until this time (RFC 3339, at
+    /// most 30 days ahead), e.g. after a factory reset wiped its token; used up by the first
+    /// provisioning. `null` closes the window.
+    #[serde(default, deserialize_with = "clearable")]
+    #[schema(value_type = Option<String>)]
+    pub reprovision_until: Option<Option<String>>,
+}
+
+/// A re-provisioning window's end: in the future, at most 30 days ahead.
+fn reprovision_window(text: &str) -> Result<chrono::DateTime<Utc>, Error> {
+    let until = chrono::DateTime::parse_from_rfc3339(text)
+        .map_err(|_| Error::invalid("invalid_reprovision_until", format!("reprovision_until `{text}` is not an RFC 3339 time")))?
+        .with_timezone(&Utc);
+    let now = Utc::now();
+    if until <= now || until > now + chrono::Duration::days(30) {
+        return Err(Error::invalid("invalid_reprovision_until", "reprovision_until must be in the future and at most 30 days ahead"));
+    }
+    Ok(until)
 }
 
 /// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`).
@@ -260,6 +280,11 @@ pub struct ProductView {
     pub provision_key: Option<String>,
     pub has_provision_secret: bool,
     pub poll_interval_s: u32,
+    /// The hardware ids the product admits; empty admits any. When set, a device's hardware is
+    /// fixed by an operator or at provisioning, and a check-in naming another gets 409.
+    pub hardware: Vec<String>,
+    /// Anonymous reads of seed 003's `GET /api/configs/{mac}.json` include secret values.
+    pub public_secrets: bool,
     /// The anti-rollback floor: rollbacks and pins below this version are refused.
     pub min_version: Option<String>,
     /// False when the product was never configured and the defaults apply.
@@ -275,6 +300,12 @@ pub struct PutProductBody {
     /// At least 16 characters; stored only as a hash. Omit to keep the current one.
     pub provision_secret: Option<String>,
     pub poll_interval_s: Option<u32>,
+    /// The hardware ids the product admits (`[]`: any); omit to keep the current list.
+    pub hardware: Option<Vec<String>>,
+    /// Let anonymous readers of seed 003's `GET /api/configs/{mac}.json` see secret values, for
+    /// seed-003 devices that need Wi-Fi credentials and cannot send a token. Weak: anyone who
+    /// knows a MAC reads them. Omit to keep the current value [default: false].
+    pub public_secrets: Option<bool>,
     /// The anti-rollback floor (a version); `null` removes it; omit to keep the current one.
     #[serde(default, deserialize_with = "clearable")]
     #[schema(value_type = Option<String>)]
@@ -328,6 +359,7 @@ pub fn device_view(state: &AppState, device: &Device) -> DeviceView {
             at: timestamp(s.at),
         }),
         has_token: device.has_token,
+        reprovision_until: device.reprovision_until.filter(|until| *until > Utc::now()).map(timestamp),
         created_at: timestamp(device.created_at),
         updated_at: timestamp(device.updated_at),
     }
@@ -362,6 +394,8 @@ fn product_view(product: &Product, configured: bool, min_version: Option<String>
         provision_key: product.provision_key.clone(),
         has_provision_secret: product.provision_secret_hash.is_some(),
         poll_interval_s: product.poll_interval_s,
+        hardware: product.hardware.clone(),
+        public_secrets: product.public_secrets,
         configured,
     }
 }
@@ -507,6 +541,7 @@ async fn patch_device(
             None => None,
         },
         owner: body.owner.map(|o| o.map(|o| check_text("owner", "invalid_owner", &o, 128)).transpose()).transpose()?,
+        reprovision_until: body.reprovision_until.map(|until| until.as_deref().map(reprovision_window).transpose()).transpose()?,
     };
     let device = service::update(&state.core, &device.id, patch).await?;
     Ok(Json(device_view(&state, &device)))
@@ -536,6 +571,21 @@ async fn issue_token(State(state): State<AppState>, _admin: Admin, Path(id): Pat
     let device = service::find(&state.core, &id).await?;
     let (device, token) = service::issue_token(&state.core, &device.id).await?;
     Ok(Json(TokenIssued { device_id: device.id, token }))
+}
+
+/// Revoke a device's token. It stops working at once: HTTP requests with it get 401 and the
+/// device's MQTT sessions on the embedded broker are closed. The device stays registered; an
+/// operator can issue a new token or open a re-provisioning window.
+#[utoipa::path(
+    delete, path = "/api/v1/devices/{id}/token", tag = "devices",
+    params(("id" = String, Path, description = "Device id or MAC")),
+    responses((status = 204, description = "Revoked"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = []), ("admin_key" = []))
+)]
+async fn revoke_token(State(state): State<AppState>, _admin: Admin, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    let device = service::find(&state.core, &id).await?;
+    service::revoke_token(&state.core, &device.id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Register many devices from CSV (`text/csv`, header row `mac,name,product,hardware,channel,version,target_version,tags,owner`; tags separated by `;`) or JSON (an array of device objects). Each row succeeds or fails on its own.
@@ -682,8 +732,15 @@ async fn put_product(
                 .transpose()
         })
         .transpose()?;
-    let product =
-        service::put_product(&state.core, &name, provisioning, body.provision_key, body.provision_secret, body.poll_interval_s).await?;
+    let change = service::ProductChange {
+        provisioning,
+        provision_key: body.provision_key,
+        provision_secret: body.provision_secret,
+        poll_interval_s: body.poll_interval_s,
+        hardware: body.hardware,
+        public_secrets: body.public_secrets,
+    };
+    let product = service::put_product(&state.core, &name, change).await?;
     if let Some(min_version) = min_version {
         state.core.store.set_product_min_version(&product.name, min_version.as_deref()).await?;
     }

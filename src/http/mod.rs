@@ -11,6 +11,7 @@ pub mod devices;
 pub mod download;
 pub mod error;
 pub mod firmware;
+pub mod forwarded;
 pub mod mqtt;
 pub mod ops;
 pub mod range;
@@ -57,22 +58,18 @@ pub struct AppState {
 
 impl AppState {
     /// The base URL for links: `UPDRAFT_PUBLIC_URL`, else the request's Host (and, behind a
-    /// trusted proxy, `X-Forwarded-Proto`/`-Host`).
+    /// trusted proxy, `X-Forwarded-Proto`/`-Host`: `forwarded::resolve` leaves these headers
+    /// only on requests that came through one, set to the values it resolved).
     pub fn base_url(&self, headers: Option<&HeaderMap>) -> String {
         if let Some(url) = &self.settings.public_url {
             return url.as_str().trim_end_matches('/').to_string();
         }
         let header = |name: &str| headers.and_then(|h| h.get(name)).and_then(|v| v.to_str().ok()).map(str::to_string);
-        let trusted = self.settings.trust_proxy_headers;
-        let host = trusted
-            .then(|| header("x-forwarded-host"))
-            .flatten()
+        let host = header("x-forwarded-host")
             .or_else(|| header("host"))
             .filter(|h| h.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']')))
             .unwrap_or_else(|| self.settings.listen.to_string());
-        let scheme = trusted
-            .then(|| header("x-forwarded-proto"))
-            .flatten()
+        let scheme = header("x-forwarded-proto")
             .filter(|p| p == "http" || p == "https")
             .unwrap_or_else(|| if self.settings.tls.is_some() { "https".into() } else { "http".into() });
         format!("{scheme}://{host}")
@@ -148,6 +145,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(record_metrics))
+        .layer(middleware::from_fn_with_state(state.clone(), forwarded::resolve))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
             let request_id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");

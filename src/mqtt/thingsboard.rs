@@ -311,6 +311,8 @@ impl ThingsBoard {
                 provision_key: text("provisionDeviceKey"),
                 provision_secret: text("provisionDeviceSecret"),
                 name: Some(name),
+                current_token: None,
+                pair_key: None,
             },
             ip.unwrap_or(std::net::IpAddr::from([0, 0, 0, 0])),
         )

@@ -302,6 +302,15 @@ fn merge_layers<'a>(scopes: &[Scope], document: &dyn Fn(&str) -> Option<&'a Stor
 }
 
 /// The device's view of a stored document: secrets decrypted.
+/// Whether anonymous readers of this device's seed-003 configuration file see its secret
+/// values: only when its product opted in (`public_secrets`).
+pub async fn secrets_public_for(core: &Core, mac: &Mac) -> Result<bool> {
+    let Some(product) = core.store.find_device_by_mac(mac).await?.and_then(|d| d.product) else {
+        return Ok(false);
+    };
+    Ok(super::devices::product_policy(core, &product).await?.public_secrets)
+}
+
 pub fn reveal(core: &Core, stored: &Value) -> Result<Value> {
     config::reveal(stored, &mut |token| core.keys.decrypt_secret(token))
 }

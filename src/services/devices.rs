@@ -285,6 +285,8 @@ async fn load_product_policy(core: &Core, name: &str) -> Result<Product> {
         provision_key: None,
         provision_secret_hash: None,
         poll_interval_s: core.devices.policy.default_poll_interval_s,
+        hardware: Vec::new(),
+        public_secrets: false,
         created_at: now,
         updated_at: now,
     })
@@ -298,6 +300,10 @@ pub struct ProvisionRequest {
     pub provision_key: Option<String>,
     pub provision_secret: Option<String>,
     pub name: Option<String>,
+    /// The device's current token, which lets a device that holds one provision again.
+    pub current_token: Option<String>,
+    /// A pair key, which lets a device that holds a token provision again (and pairs it).
+    pub pair_key: Option<String>,
 }
 
 pub struct Provisioned {
@@ -307,8 +313,23 @@ pub struct Provisioned {
     pub created: bool,
 }
 
+/// Why a device that already holds a token may be given a new one.
+enum Reprovision {
+    /// It presented its current token.
+    OwnToken,
+    /// An operator opened a window for it (`reprovision_until`), now used up.
+    OperatorWindow,
+    /// It presented a pair key; it is now paired with the key's owner.
+    PairKey(String),
+}
+
 /// Gives a device a token according to its product's provisioning mode. A new token
 /// revokes the previous one.
+///
+/// An unknown device is created when the mode allows it (`open`; `key` with the product's key
+/// and secret). A device that already holds a token gets a new one only when it proves it may:
+/// its current token, a pair key, or a re-provisioning window an operator opened. Knowing a
+/// device's MAC is not enough to take its identity.
 pub async fn provision(core: &Core, request: ProvisionRequest, ip: IpAddr) -> Result<Provisioned> {
     core.devices.limiter.check(ip)?;
     let mac = Mac::parse(&request.mac)?;
@@ -336,7 +357,7 @@ pub async fn provision(core: &Core, request: ProvisionRequest, ip: IpAddr) -> Re
             let valid = match (&request.provision_key, &request.provision_secret, &product.provision_key, &product.provision_secret_hash) {
                 (Some(key), Some(secret_text), Some(expected_key), Some(expected_hash)) => {
                     let expected_digest = secret::parse_digest_hex(expected_hash);
-                    key == expected_key && expected_digest.is_some_and(|d| secret::verify(secret_text, &d))
+                    secret::constant_time_eq(key, expected_key) && expected_digest.is_some_and(|d| secret::verify(secret_text, &d))
                 }
                 _ => false,
             };
@@ -345,40 +366,43 @@ pub async fn provision(core: &Core, request: ProvisionRequest, ip: IpAddr) -> Re
                 return Err(Error::Forbidden(format!("product `{}` requires a valid provision_key and provision_secret", product.name)));
             }
         }
-        Provisioning::Preregistered => match &existing {
-            None => {
+        Provisioning::Preregistered => {
+            if existing.is_none() {
                 core.devices.limiter.record_failure(ip);
                 return Err(Error::Forbidden(format!(
                     "product `{}` only provisions devices an operator registered; {mac} is not registered",
                     product.name
                 )));
             }
-            Some(device) if device.has_token => {
-                return Err(Error::conflict(
-                    "device_has_token",
-                    format!("{mac} already has a token; an operator can issue a new one with POST /api/v1/devices/{{id}}/token"),
-                ));
-            }
-            Some(_) => {}
-        },
+        }
+    }
+    if let Some(device) = &existing
+        && let Some(product_of_device) = &device.product
+        && *product_of_device != product.name
+    {
+        return Err(Error::conflict(
+            "product_mismatch",
+            format!("{mac} is registered for product `{product_of_device}`, not `{}`", product.name),
+        ));
     }
 
-    let hardware = request.hardware.as_deref().map(HardwareId::parse).transpose()?.map(|h| h.as_str().to_string());
+    let mut hardware = request.hardware.as_deref().map(HardwareId::parse).transpose()?.map(|h| h.as_str().to_string());
+    if let Some(claimed) = &hardware {
+        device::check_hardware_claim(existing.as_ref().and_then(|d| d.hardware.as_deref()), claimed, Some(&product))?;
+    } else if existing.as_ref().is_none_or(|d| d.hardware.is_none()) {
+        hardware = product.sole_hardware().map(str::to_string);
+    }
     if let Some(version) = &request.version {
         Version::parse(version).map_err(|e| Error::invalid("invalid_version", e.to_string()))?;
     }
+    let reprovision = match &existing {
+        Some(device) if device.has_token => Some(reprovision_proof(core, device, &request, ip).await?),
+        _ => None,
+    };
     let token = secret::generate("upd_dev_");
     let token_hash = secret::digest_hex(&token);
     let (device, created) = match existing {
         Some(device) => {
-            if let Some(product_of_device) = &device.product
-                && *product_of_device != product.name
-            {
-                return Err(Error::conflict(
-                    "product_mismatch",
-                    format!("{mac} is registered for product `{product_of_device}`, not `{}`", product.name),
-                ));
-            }
             core.store.set_device_token(&device.id, Some(&token_hash)).await?;
             core.store
                 .record_report(
@@ -391,9 +415,19 @@ pub async fn provision(core: &Core, request: ProvisionRequest, ip: IpAddr) -> Re
                     },
                 )
                 .await?;
+            if let Some(Reprovision::PairKey(owner)) = &reprovision {
+                core.store.update_device(&device.id, &DevicePatch { owner: Some(Some(owner.clone())), ..Default::default() }).await?;
+                core.events.publish("device.paired", Some(&device.id), json!({"owner": owner}));
+            }
             core.devices.forget_device(&device.id);
             let device = core.store.find_device(&device.id).await?.ok_or_else(|| Error::not_found("device", &device.id))?;
-            core.events.publish("device.token_issued", Some(&device.id), json!({"mac": device.mac.canonical(), "by": "provisioning"}));
+            let by = match reprovision {
+                None => "provisioning",
+                Some(Reprovision::OwnToken) => "provisioning with its token",
+                Some(Reprovision::OperatorWindow) => "provisioning in an operator's window",
+                Some(Reprovision::PairKey(_)) => "provisioning with a pair key",
+            };
+            core.events.publish("device.token_issued", Some(&device.id), json!({"mac": device.mac.canonical(), "by": by}));
             (device, false)
         }
         None => {
@@ -426,6 +460,42 @@ pub async fn provision(core: &Core, request: ProvisionRequest, ip: IpAddr) -> Re
     Ok(Provisioned { device, token, poll_interval_s: product.poll_interval_s, created })
 }
 
+/// The proof that lets a device holding a token provision again, or 409 `device_has_token`
+/// (counted as a failed authentication: guessing MACs must not pay).
+async fn reprovision_proof(core: &Core, device: &Device, request: &ProvisionRequest, ip: IpAddr) -> Result<Reprovision> {
+    if let Some(token) = request.current_token.as_deref().filter(|t| !t.is_empty() && t.len() <= 256) {
+        if device_of_token(core, token).await?.is_some_and(|d| *d.id == device.id) {
+            return Ok(Reprovision::OwnToken);
+        }
+        core.devices.limiter.record_failure(ip);
+        return Err(Error::Unauthenticated(format!("the token sent is not {}'s current token", device.mac)));
+    }
+    if let Some(key) = &request.pair_key {
+        let digest = secret::digest_hex(&normalize_pair_key(key));
+        return match core.store.claim_pairing(&digest, &device.id).await? {
+            Some(owner) => Ok(Reprovision::PairKey(owner)),
+            None => {
+                core.devices.limiter.record_failure(ip);
+                Err(Error::conflict("invalid_pair_key", "the pair key is unknown, expired or already used"))
+            }
+        };
+    }
+    if core.store.take_reprovision_window(&device.id, Utc::now()).await? {
+        return Ok(Reprovision::OperatorWindow);
+    }
+    core.devices.limiter.record_failure(ip);
+    tracing::warn!(device_id = %device.id, mac = %device.mac, %ip, "provisioning refused: the device already holds a token");
+    Err(Error::conflict(
+        "device_has_token",
+        format!(
+            "{} already has a token. To provision it again, send its current token (`Authorization: Bearer`) or a pair key \
+             (`pair_key`); or an operator allows it (PATCH /api/v1/devices/{{id}} with `reprovision_until`) or issues a token \
+             (POST /api/v1/devices/{{id}}/token)",
+            device.mac
+        ),
+    ))
+}
+
 /// Issues (or rotates) a device's token from the admin API.
 pub async fn issue_token(core: &Core, device_id: &str) -> Result<(Device, String)> {
     let token = secret::generate("upd_dev_");
@@ -436,6 +506,20 @@ pub async fn issue_token(core: &Core, device_id: &str) -> Result<(Device, String
     let device = core.store.find_device(device_id).await?.ok_or_else(|| Error::not_found("device", device_id))?;
     core.events.publish("device.token_issued", Some(device_id), json!({"mac": device.mac.canonical(), "by": "operator"}));
     Ok((device, token))
+}
+
+/// Revokes a device's token from the admin API: it stops working at once, over HTTP and MQTT.
+/// The device can get a new one only through an operator (a new token, or a re-provisioning
+/// window).
+pub async fn revoke_token(core: &Core, device_id: &str) -> Result<Device> {
+    if !core.store.set_device_token(device_id, None).await? {
+        return Err(Error::not_found("device", device_id));
+    }
+    core.devices.forget_device(device_id);
+    let device = core.store.find_device(device_id).await?.ok_or_else(|| Error::not_found("device", device_id))?;
+    core.events.publish("device.token_revoked", Some(device_id), json!({"mac": device.mac.canonical(), "by": "operator"}));
+    tracing::info!(device_id, "device token revoked");
+    Ok(device)
 }
 
 // ---- pairing and setup ----
@@ -522,14 +606,18 @@ pub struct CheckinAnswer {
 pub async fn checkin(core: &Core, device: Arc<ActiveDevice>, report: CheckinReport, ip: Option<IpAddr>) -> Result<CheckinAnswer> {
     let runtime = &core.devices;
     let now = Utc::now();
-    mark_seen(core, &device, now, ip);
 
-    // Validate and apply what the device reports, writing only what changed.
+    // Validate what the device reports before anything is recorded: a refused check-in
+    // changes nothing.
     if let Some(version) = &report.version {
         Version::parse(version).map_err(|e| Error::invalid("invalid_version", e.to_string()))?;
     }
     let product = report.product.as_deref().map(ProductName::parse).transpose()?.map(|p| p.as_str().to_string());
     let hardware = report.hardware.as_deref().map(HardwareId::parse).transpose()?.map(|h| h.as_str().to_string());
+    check_claims(core, &device, product.as_deref(), hardware.as_deref()).await?;
+    mark_seen(core, &device, now, ip);
+
+    // Apply what the device reports, writing only what changed.
     let (attributes, reported_attributes) = match &report.attributes {
         Some(reported) => {
             device::check_json_object("attributes", reported)?;
@@ -643,6 +731,35 @@ pub async fn checkin(core: &Core, device: Arc<ActiveDevice>, report: CheckinRepo
         );
     }
     Ok(answer)
+}
+
+/// Refuses a check-in that names another product than the device's, or another hardware than
+/// its product admits (see `device::check_product_claim`); logged, as it is either a
+/// misconfigured device or one trying to reach another product's builds and secrets.
+async fn check_claims(core: &Core, device: &ActiveDevice, product: Option<&str>, hardware: Option<&str>) -> Result<()> {
+    let claimed_product = match product {
+        Some(name) if device.product.as_deref() != Some(name) => {
+            let policy = product_policy(core, name).await?;
+            if let Err(e) = device::check_product_claim(device.product.as_deref(), &policy) {
+                tracing::warn!(device_id = %device.id, product = ?device.product.as_deref(), claimed = name, "check-in refused: it names another product");
+                return Err(e);
+            }
+            Some(policy)
+        }
+        _ => None,
+    };
+    if let Some(hardware) = hardware.filter(|h| device.hardware.as_deref() != Some(*h)) {
+        let policy = match (claimed_product, &device.product) {
+            (Some(policy), _) => Some(policy),
+            (None, Some(name)) => Some(product_policy(core, name).await?),
+            (None, None) => None,
+        };
+        if let Err(e) = device::check_hardware_claim(device.hardware.as_deref(), hardware, policy.as_ref()) {
+            tracing::warn!(device_id = %device.id, hardware = ?device.hardware.as_deref(), claimed = hardware, "check-in refused: it names hardware its product does not admit");
+            return Err(e);
+        }
+    }
+    Ok(())
 }
 
 /// A hash of a reported attributes object, to notice a device reporting the same one again.
@@ -1266,18 +1383,22 @@ pub async fn delete(core: &Core, id: &str) -> Result<()> {
     Ok(())
 }
 
+/// An operator's change to a product's device policy (`None`: keep the current value).
+pub struct ProductChange {
+    pub provisioning: Provisioning,
+    pub provision_key: Option<String>,
+    pub provision_secret: Option<String>,
+    pub poll_interval_s: Option<u32>,
+    /// The hardware the product admits; an empty list admits any.
+    pub hardware: Option<Vec<String>>,
+    pub public_secrets: Option<bool>,
+}
+
 /// Creates or replaces a product's device policy.
-pub async fn put_product(
-    core: &Core,
-    name: &str,
-    provisioning: Provisioning,
-    provision_key: Option<String>,
-    provision_secret: Option<String>,
-    poll_interval_s: Option<u32>,
-) -> Result<Product> {
+pub async fn put_product(core: &Core, name: &str, change: ProductChange) -> Result<Product> {
     let name = ProductName::parse(name)?.as_str().to_string();
     let existing = core.store.find_product(&name).await?;
-    let provision_secret_hash = match (&provision_secret, &existing) {
+    let provision_secret_hash = match (&change.provision_secret, &existing) {
         (Some(secret_text), _) => {
             if secret_text.len() < 16 {
                 return Err(Error::invalid("invalid_provision_secret", "provision_secret must be at least 16 characters"));
@@ -1287,7 +1408,8 @@ pub async fn put_product(
         (None, Some(existing)) => existing.provision_secret_hash.clone(),
         (None, None) => None,
     };
-    let provision_key = provision_key.or_else(|| existing.as_ref().and_then(|p| p.provision_key.clone()));
+    let provision_key = change.provision_key.or_else(|| existing.as_ref().and_then(|p| p.provision_key.clone()));
+    let provisioning = change.provisioning;
     if provisioning == Provisioning::Key && (provision_key.is_none() || provision_secret_hash.is_none()) {
         return Err(Error::invalid("invalid_provisioning", "provisioning `key` needs provision_key and provision_secret"));
     }
@@ -1296,10 +1418,23 @@ pub async fn put_product(
     {
         return Err(Error::invalid("invalid_provision_key", "provision_key must be 8-128 characters"));
     }
-    let poll_interval_s = match poll_interval_s {
+    let poll_interval_s = match change.poll_interval_s {
         Some(s) => device::check_poll_interval(s)?,
         None => existing.as_ref().map(|p| p.poll_interval_s).unwrap_or(core.devices.policy.default_poll_interval_s),
     };
+    let hardware = match change.hardware {
+        Some(list) => {
+            if list.len() > 100 {
+                return Err(Error::invalid("invalid_hardware", "a product admits at most 100 hardware ids"));
+            }
+            let mut parsed = list.iter().map(|h| HardwareId::parse(h).map(|h| h.as_str().to_string())).collect::<Result<Vec<_>>>()?;
+            parsed.sort();
+            parsed.dedup();
+            parsed
+        }
+        None => existing.as_ref().map(|p| p.hardware.clone()).unwrap_or_default(),
+    };
+    let public_secrets = change.public_secrets.or(existing.as_ref().map(|p| p.public_secrets)).unwrap_or(false);
     let now = Utc::now();
     let product = core
         .store
@@ -1309,11 +1444,16 @@ pub async fn put_product(
             provision_key,
             provision_secret_hash,
             poll_interval_s,
+            hardware,
+            public_secrets,
             created_at: now,
             updated_at: now,
         })
         .await?;
     core.devices.products.write().expect("cache lock").remove(&product.name);
+    if product.public_secrets {
+        tracing::warn!(product = %product.name, "product serves secret configuration values to anonymous seed-003 readers (public_secrets)");
+    }
     Ok(product)
 }
 

@@ -10,7 +10,12 @@ use crate::domain::device::{Device, Product, Provisioning, SetupEvent, SetupStat
 use crate::domain::mac::Mac;
 use crate::domain::{Error, Result};
 
+const PRODUCT_COLUMNS: &str =
+    "name, provisioning, provision_key, provision_secret_hash, poll_interval_s, hardware, public_secrets, created_at, updated_at";
+
 const DEVICE_COLUMNS: &str = "id, mac, name, product, hardware, channel, version, target_version, tags, attributes, metadata, owner, token_hash, last_seen, ip, setup_status, created_at, updated_at";
+/// What reads of a device select: `DEVICE_COLUMNS` and the columns an insert leaves empty.
+const DEVICE_SELECT: &str = "id, mac, name, product, hardware, channel, version, target_version, tags, attributes, metadata, owner, token_hash, last_seen, ip, setup_status, created_at, updated_at, reprovision_until";
 
 /// Rows per presence statement (the periodic flush writes about this many at a time).
 const PRESENCE_ROWS: usize = 100;
@@ -89,6 +94,8 @@ pub struct DevicePatch {
     pub tags: Option<Vec<String>>,
     pub metadata: Option<Value>,
     pub owner: Option<Option<String>>,
+    /// Until then, the device may provision again without its token; `Some(None)` closes it.
+    pub reprovision_until: Option<Option<DateTime<Utc>>>,
 }
 
 /// What a device reported about itself in a check-in.
@@ -131,7 +138,7 @@ impl Store {
     // ---- products ----
 
     pub async fn find_product(&self, name: &str) -> Result<Option<Product>> {
-        let row = sqlx::query("SELECT name, provisioning, provision_key, provision_secret_hash, poll_interval_s, created_at, updated_at FROM product WHERE name = $1")
+        let row = sqlx::query(AssertSqlSafe(format!("SELECT {PRODUCT_COLUMNS} FROM product WHERE name = $1")))
             .bind(name)
             .fetch_optional(&self.pool)
             .await
@@ -140,7 +147,7 @@ impl Store {
     }
 
     pub async fn list_products(&self) -> Result<Vec<Product>> {
-        let rows = sqlx::query("SELECT name, provisioning, provision_key, provision_secret_hash, poll_interval_s, created_at, updated_at FROM product ORDER BY name")
+        let rows = sqlx::query(AssertSqlSafe(format!("SELECT {PRODUCT_COLUMNS} FROM product ORDER BY name")))
             .fetch_all(&self.pool)
             .await
             .map_err(|e| db_error(e, "failed to list products"))?;
@@ -151,13 +158,16 @@ impl Store {
     pub async fn upsert_product(&self, product: &Product) -> Result<Product> {
         let now = now_millis();
         let updated = sqlx::query(
-            "UPDATE product SET provisioning = $1, provision_key = $2, provision_secret_hash = $3, poll_interval_s = $4, updated_at = $5 WHERE name = $6",
+            "UPDATE product SET provisioning = $1, provision_key = $2, provision_secret_hash = $3, poll_interval_s = $4, updated_at = $5, \
+             hardware = $6, public_secrets = $7 WHERE name = $8",
         )
         .bind(product.provisioning.as_str())
         .bind(product.provision_key.clone())
         .bind(product.provision_secret_hash.clone())
         .bind(i64::from(product.poll_interval_s))
         .bind(now)
+        .bind(hardware_column(&product.hardware))
+        .bind(i64::from(product.public_secrets))
         .bind(&product.name)
         .execute(&self.pool)
         .await;
@@ -168,13 +178,16 @@ impl Store {
         };
         if updated == 0 {
             let inserted = sqlx::query(
-                "INSERT INTO product (name, provisioning, provision_key, provision_secret_hash, poll_interval_s, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                "INSERT INTO product (name, provisioning, provision_key, provision_secret_hash, poll_interval_s, hardware, public_secrets, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             )
             .bind(&product.name)
             .bind(product.provisioning.as_str())
             .bind(product.provision_key.clone())
             .bind(product.provision_secret_hash.clone())
             .bind(i64::from(product.poll_interval_s))
+            .bind(hardware_column(&product.hardware))
+            .bind(i64::from(product.public_secrets))
             .bind(now)
             .bind(now)
             .execute(&self.pool)
@@ -195,7 +208,7 @@ impl Store {
     }
 
     pub async fn find_product_by_provision_key(&self, key: &str) -> Result<Option<Product>> {
-        let row = sqlx::query("SELECT name, provisioning, provision_key, provision_secret_hash, poll_interval_s, created_at, updated_at FROM product WHERE provision_key = $1")
+        let row = sqlx::query(AssertSqlSafe(format!("SELECT {PRODUCT_COLUMNS} FROM product WHERE provision_key = $1")))
             .bind(key)
             .fetch_optional(&self.pool)
             .await
@@ -262,7 +275,7 @@ impl Store {
     }
 
     async fn find_device_where(&self, condition: &str, value: &str) -> Result<Option<Device>> {
-        let row = sqlx::query(AssertSqlSafe(format!("SELECT {DEVICE_COLUMNS} FROM device WHERE {condition}")))
+        let row = sqlx::query(AssertSqlSafe(format!("SELECT {DEVICE_SELECT} FROM device WHERE {condition}")))
             .bind(value)
             .fetch_optional(&self.pool)
             .await
@@ -375,7 +388,7 @@ impl Store {
             .map_err(|e| db_error(e, "failed to count devices"))?
             .get("n");
         let rows = bind_all(format!(
-            "SELECT {DEVICE_COLUMNS} FROM device {where_clause} ORDER BY {order} LIMIT {} OFFSET {}",
+            "SELECT {DEVICE_SELECT} FROM device {where_clause} ORDER BY {order} LIMIT {} OFFSET {}",
             filter.limit, filter.offset
         ))
         .fetch_all(&self.pool)
@@ -402,9 +415,11 @@ impl Store {
         let target_version = patch.target_version.clone().unwrap_or(current.target_version);
         let metadata = patch.metadata.clone().unwrap_or(current.metadata);
         let owner = patch.owner.clone().unwrap_or(current.owner);
+        let reprovision_until = patch.reprovision_until.unwrap_or(current.reprovision_until);
         let mut tx = self.pool.begin().await.map_err(|e| db_error(e, "failed to begin a transaction"))?;
         sqlx::query(
-            "UPDATE device SET name = $1, product = $2, hardware = $3, channel = $4, target_version = $5, metadata = $6, owner = $7, updated_at = $8 WHERE id = $9",
+            "UPDATE device SET name = $1, product = $2, hardware = $3, channel = $4, target_version = $5, metadata = $6, owner = $7, updated_at = $8, \
+             reprovision_until = $9 WHERE id = $10",
         )
         .bind(name)
         .bind(product)
@@ -414,6 +429,7 @@ impl Store {
         .bind(metadata.to_string())
         .bind(owner)
         .bind(now_millis())
+        .bind(reprovision_until.map(|t| t.timestamp_millis()))
         .bind(id)
         .execute(&mut *tx)
         .await
@@ -501,6 +517,18 @@ impl Store {
             .map_err(|e| db_error(e, "failed to store a device token"))?;
         log_change(&mut tx, id).await?;
         tx.commit().await.map_err(|e| db_error(e, "failed to commit a device token"))?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    /// Uses up the device's re-provisioning window if it is still open at `now`: true for the
+    /// one caller that closed it.
+    pub async fn take_reprovision_window(&self, id: &str, now: DateTime<Utc>) -> Result<bool> {
+        let result = sqlx::query("UPDATE device SET reprovision_until = NULL WHERE id = $1 AND reprovision_until > $2")
+            .bind(id)
+            .bind(now.timestamp_millis())
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db_error(e, "failed to use a re-provisioning window"))?;
         Ok(result.rows_affected() == 1)
     }
 
@@ -908,6 +936,11 @@ fn provision_key_taken() -> Error {
     Error::conflict("provision_key_taken", "another product already uses this provisioning key")
 }
 
+/// The `hardware` column: a JSON array, or NULL for "any".
+fn hardware_column(hardware: &[String]) -> Option<String> {
+    (!hardware.is_empty()).then(|| serde_json::to_string(hardware).expect("strings serialize"))
+}
+
 fn product_from_row(row: &AnyRow) -> Result<Product> {
     let decode = |e: sqlx::Error| db_error(e, "failed to decode a product row");
     let provisioning: String = row.try_get("provisioning").map_err(decode)?;
@@ -917,6 +950,12 @@ fn product_from_row(row: &AnyRow) -> Result<Product> {
         provision_key: row.try_get("provision_key").map_err(decode)?,
         provision_secret_hash: row.try_get("provision_secret_hash").map_err(decode)?,
         poll_interval_s: row.try_get::<i64, _>("poll_interval_s").map_err(decode)? as u32,
+        hardware: match row.try_get::<Option<String>, _>("hardware").map_err(decode)? {
+            Some(text) => serde_json::from_str(&text)
+                .map_err(|e| Error::Internal(anyhow::anyhow!("corrupt hardware list in the product table: {e}")))?,
+            None => Vec::new(),
+        },
+        public_secrets: row.try_get::<i64, _>("public_secrets").map_err(decode)? != 0,
         created_at: from_millis(row.try_get("created_at").map_err(decode)?),
         updated_at: from_millis(row.try_get("updated_at").map_err(decode)?),
     })
@@ -979,6 +1018,7 @@ fn device_from_row(row: &AnyRow) -> Result<Device> {
         last_seen: row.try_get::<Option<i64>, _>("last_seen").map_err(decode)?.map(from_millis),
         ip: row.try_get("ip").map_err(decode)?,
         setup_status,
+        reprovision_until: row.try_get::<Option<i64>, _>("reprovision_until").map_err(decode)?.map(from_millis),
         created_at: from_millis(row.try_get("created_at").map_err(decode)?),
         updated_at: from_millis(row.try_get("updated_at").map_err(decode)?),
     })

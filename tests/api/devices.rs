@@ -225,7 +225,17 @@ async fn open_provisioning_creates_unknown_devices_and_reissues_tokens() {
     assert_eq!(first["poll_interval_s"], 3600);
     assert!(first["mqtt"]["topic_prefix"].as_str().unwrap().starts_with("updraft/"));
 
-    let again = provision(&app, json!({"mac": "AABBCC000001", "product": "lamp"})).await;
+    // Knowing the MAC is not enough to take a device's identity: it needs its current token.
+    let stranger = provision(&app, json!({"mac": "AABBCC000001", "product": "lamp"})).await;
+    assert_eq!(error_code(stranger, 409).await, "device_has_token");
+    let again = app
+        .client
+        .post(app.url("/api/v1/device/provision"))
+        .bearer_auth(first["token"].as_str().unwrap())
+        .json(&json!({"mac": "AABBCC000001", "product": "lamp"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(again.status(), 200);
     let again: Value = again.json().await.unwrap();
     assert_eq!(again["device_id"], first["device_id"]);
@@ -673,7 +683,7 @@ async fn a_replica_loads_every_token_holder_into_its_fleet_index_at_start() {
 
 #[tokio::test]
 async fn a_device_that_moves_is_recorded_at_its_new_address_at_once() {
-    let app = spawn_app_with(|s| s.trust_proxy_headers = true).await;
+    let app = spawn_app_with(|s| s.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()]).await;
     let (device_id, token) = provisioned(&app, "02:00:00:00:0F:11", "lamp", "esp32", "1.0.0").await;
     for ip in ["10.0.0.1", "10.0.0.2", "10.0.0.1"] {
         let response = app

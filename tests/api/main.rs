@@ -13,3 +13,4 @@ mod mqtt;
 mod ops;
 mod raw;
 mod rollouts;
+mod security;

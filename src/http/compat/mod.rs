@@ -39,7 +39,7 @@ pub fn router(settings: &CompatSettings) -> Router<AppState> {
     if settings.esp32fota {
         router = router.merge(esp32fota::router());
     }
-    if settings.debug_provisioning {
+    if settings.seed004_debug {
         router = router.merge(provisioning::router());
     }
     router

@@ -60,6 +60,8 @@ async fn provision(
         provision_key: None,
         provision_secret: None,
         name: None,
+        current_token: None,
+        pair_key: None,
     };
     let provisioned = device_service::provision(&state.core, request, ip).await?;
     Ok(Json(json!({"access-token": provisioned.token})))

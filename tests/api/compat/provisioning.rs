@@ -6,7 +6,11 @@ use super::*;
 use crate::helpers::*;
 
 async fn app() -> TestApp {
-    spawn_app_with(|s| s.compat.default_product = Some("elevia".into())).await
+    spawn_app_with(|s| {
+        s.compat.default_product = Some("elevia".into());
+        s.compat.seed004_debug = true;
+    })
+    .await
 }
 
 #[tokio::test]
@@ -29,21 +33,30 @@ async fn a_get_with_a_json_body_creates_the_device_and_returns_a_working_token()
 }
 
 #[tokio::test]
-async fn the_mac_may_come_in_the_query_and_a_new_token_replaces_the_old_one() {
+async fn the_mac_may_come_in_the_query_and_a_new_token_replaces_the_old_one_only_when_allowed() {
     let app = app().await;
     let first: Value =
         app.client.get(app.url("/debug/provisioning?mac-address=CE-13-14-15-16-18")).send().await.unwrap().json().await.unwrap();
-    let second: Value = app
-        .client
-        .get(app.url("/debug/provisioning"))
-        .header("content-type", "application/json")
-        .body(json!({"mac-address": "ce:13:14:15:16:18"}).to_string())
+    let again = || {
+        app.client
+            .get(app.url("/debug/provisioning"))
+            .header("content-type", "application/json")
+            .body(json!({"mac-address": "ce:13:14:15:16:18"}).to_string())
+            .send()
+    };
+    // Anyone who knows the MAC could ask: a device that holds a token keeps it.
+    assert_eq!(error_code(again().await.unwrap(), 409).await, "device_has_token");
+    // After an operator allows it (e.g. the device lost its flash), it gets a new one.
+    let id = device(&app, "CE:13:14:15:16:18").await["id"].as_str().unwrap().to_string();
+    let until = (chrono::Utc::now() + chrono::Duration::minutes(10)).to_rfc3339();
+    let allowed = app
+        .admin(reqwest::Method::PATCH, &format!("/api/v1/devices/{id}"))
+        .json(&json!({"reprovision_until": until}))
         .send()
         .await
-        .unwrap()
-        .json()
-        .await
         .unwrap();
+    assert_eq!(allowed.status(), 200);
+    let second: Value = again().await.unwrap().json().await.unwrap();
 
     assert_ne!(first["access-token"], second["access-token"]);
     let old = app.client.get(app.url("/api/v1/device/checkin")).bearer_auth(first["access-token"].as_str().unwrap()).send().await.unwrap();
@@ -64,7 +77,7 @@ async fn a_strict_product_or_a_bad_mac_is_refused_and_the_path_can_be_switched_o
     assert_eq!(error_code(missing, 400).await, "missing_mac");
     app.stop().await;
 
-    let off = spawn_app_with(|s| s.compat.debug_provisioning = false).await;
+    let off = spawn_app_with(|s| s.compat.seed004_debug = false).await;
     assert_eq!(off.client.get(off.url("/debug/provisioning?mac=CE:13:14:15:16:19")).send().await.unwrap().status(), 404);
     off.stop().await;
 }
