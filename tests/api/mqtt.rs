@@ -1320,17 +1320,29 @@ async fn rotating_a_token_ends_the_device_s_mqtt_session_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn re_provisioning_and_deleting_a_device_end_its_mqtt_sessions() {
+async fn revoking_a_token_ends_the_device_s_mqtt_sessions_at_once() {
     let s = setup(Broker::Embedded).await;
-    let keys = json!({"provisioning": "key", "provision_key": "lamp-key-2026", "provision_secret": "lamp-secret-0123456789"});
-    let response = s.app.admin(Method::PUT, "/api/v1/products/keyed-lamp").json(&keys).send().await.unwrap();
-    assert!(response.status().is_success(), "{}", response.text().await.unwrap());
-    let (id, token) = s.device("02:00:00:00:79:01", "keyed-lamp", "1.0.0").await;
-    // Re-provisioning issues a new token.
+    let (id, token) = s.device("02:00:00:00:78:02", "lamp", "1.0.0").await;
     let mut device = s.connect_device(&id, &token).await;
     device.drain(Duration::from_millis(300)).await;
-    let request = json!({"mac": "02:00:00:00:79:01", "provision_key": "lamp-key-2026", "provision_secret": "lamp-secret-0123456789"});
-    let response = s.app.client.post(s.app.url("/api/v1/device/provision")).json(&request).send().await.unwrap();
+    let mut tb_style = Client::connect(s.options("", &token, "")).await.unwrap();
+    let response = s.app.admin(Method::DELETE, &format!("/api/v1/devices/{id}/token")).send().await.unwrap();
+    assert_eq!(response.status(), 204);
+    assert!(device.closed_within(Duration::from_secs(10)).await, "the connection with the revoked token is closed");
+    assert!(tb_style.closed_within(Duration::from_secs(10)).await, "so is the ThingsBoard-style one");
+    assert_eq!(Client::connect(s.options(&id, &id, &token)).await.err(), Some(ConnectReturnCode::BadUserNamePassword));
+    s.app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn re_provisioning_and_deleting_a_device_end_its_mqtt_sessions() {
+    let s = setup(Broker::Embedded).await;
+    let (id, token) = s.device("02:00:00:00:79:01", "lamp", "1.0.0").await;
+    // Re-provisioning (with the current token as proof) issues a new token.
+    let mut device = s.connect_device(&id, &token).await;
+    device.drain(Duration::from_millis(300)).await;
+    let request = json!({"mac": "02:00:00:00:79:01", "product": "lamp"});
+    let response = s.app.client.post(s.app.url("/api/v1/device/provision")).bearer_auth(&token).json(&request).send().await.unwrap();
     assert!(response.status().is_success(), "{}", response.text().await.unwrap());
     let token = response.json::<Value>().await.unwrap()["token"].as_str().unwrap().to_string();
     assert!(device.closed_within(Duration::from_secs(10)).await, "re-provisioning closes the connection");
