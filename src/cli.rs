@@ -1,8 +1,10 @@
 //! The `updraft` command line: `serve`, and maintenance subcommands.
 
+use std::path::PathBuf;
+
 use clap::{Parser, Subcommand};
 
-use crate::config::{ServeArgs, Settings};
+use crate::config::{BlobSettings, ServeArgs, Settings};
 use crate::domain::secret;
 use crate::startup::Application;
 use crate::storage::Store;
@@ -14,14 +16,17 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per run: the size of its variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
-    /// Run the server (HTTP API, device protocols, dashboard).
+    /// Run the server: the HTTP API, the device protocols and the MQTT broker.
     Serve(ServeArgs),
     /// Print the OpenAPI document of the HTTP API.
     Openapi,
-    /// Replace the stored admin API key with a new one and print it once.
-    ResetAdminKey(ServeArgs),
+    /// Replace the stored admin API key with a new one and print it once. Works on an existing
+    /// installation only: it never creates a data folder or a database.
+    ResetAdminKey(DataArgs),
     /// Import the registry and files of another OTA server.
     #[command(subcommand)]
     Import(ImportCommand),
@@ -32,17 +37,57 @@ enum ImportCommand {
     /// Import a seed-001 "ESP32 OTA Update Server": devices.json and its firmware folder.
     /// Each file becomes a build under its file name; each device is registered (or updated)
     /// with its target_version as a pin. Run it again to apply changes; it is idempotent.
+    /// Works on an existing installation only (start `updraft serve` once first): it never
+    /// creates a data folder or a database.
     OtaServer(OtaServerImportArgs),
+}
+
+/// Where an existing installation keeps its database: the same settings as `serve` (flags,
+/// `UPDRAFT_*` variables, `.env`, the TOML file).
+#[derive(clap::Args)]
+struct DataArgs {
+    /// TOML file with settings, as for `serve`
+    #[arg(long, env = "UPDRAFT_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Folder of the embedded database and blobs [default: ./data]
+    #[arg(long, env = "UPDRAFT_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<String>,
+    /// Database URL: sqlite://FILE or postgres://user:pass@host/db [default: sqlite://<data dir>/updraft.db]
+    #[arg(long, env = "UPDRAFT_DATABASE_URL", value_name = "URL")]
+    database_url: Option<String>,
+}
+
+/// Where an existing installation keeps its files.
+#[derive(clap::Args)]
+struct BlobArgs {
+    /// Blob store: a folder (path or file:// URL) or s3://bucket[/prefix] [default: <data dir>/blobs]
+    #[arg(long, env = "UPDRAFT_BLOB_URL", value_name = "URL")]
+    blob_url: Option<String>,
+    /// S3 endpoint for S3-compatible servers (MinIO, Ceph, ...) [default: AWS]
+    #[arg(long, env = "UPDRAFT_S3_ENDPOINT", value_name = "URL")]
+    s3_endpoint: Option<String>,
+    /// S3 region [default: us-east-1]
+    #[arg(long, env = "UPDRAFT_S3_REGION", value_name = "REGION")]
+    s3_region: Option<String>,
+    /// S3 access key id [default: $AWS_ACCESS_KEY_ID]
+    #[arg(long, env = "UPDRAFT_S3_ACCESS_KEY_ID", value_name = "ID")]
+    s3_access_key_id: Option<String>,
+    /// S3 secret access key [default: $AWS_SECRET_ACCESS_KEY]
+    #[arg(long, env = "UPDRAFT_S3_SECRET_ACCESS_KEY", value_name = "SECRET", hide_env_values = true)]
+    s3_secret_access_key: Option<String>,
+    /// Allow plain-HTTP S3 endpoints [default: true when the endpoint starts with http://]
+    #[arg(long, env = "UPDRAFT_S3_ALLOW_HTTP", value_name = "BOOL")]
+    s3_allow_http: Option<String>,
 }
 
 #[derive(clap::Args)]
 struct OtaServerImportArgs {
     /// The server's devices.json (a JSON object of devices by MAC)
     #[arg(long, value_name = "FILE")]
-    devices: std::path::PathBuf,
+    devices: PathBuf,
     /// The server's firmware folder (OTA_SERVER_FIRMWARE_DIR)
     #[arg(long, value_name = "DIR")]
-    firmware_dir: Option<std::path::PathBuf>,
+    firmware_dir: Option<PathBuf>,
     /// Product of the imported devices and builds [default: UPDRAFT_COMPAT_DEFAULT_PRODUCT, else ota-server]
     #[arg(long, value_name = "PRODUCT")]
     product: Option<String>,
@@ -50,27 +95,38 @@ struct OtaServerImportArgs {
     /// whose firmware is unknown
     #[arg(long, value_name = "HARDWARE", default_value = "esp32")]
     hardware: String,
+    /// Largest file imported, in bytes [default: 4294967296]
+    #[arg(long, env = "UPDRAFT_MAX_UPLOAD_BYTES", value_name = "BYTES")]
+    max_upload_bytes: Option<String>,
     #[command(flatten)]
-    serve: ServeArgs,
+    data: DataArgs,
+    #[command(flatten)]
+    blobs: BlobArgs,
 }
 
 /// Runs the command line; returns the process exit code.
 pub fn run() -> i32 {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(args) => with_settings(&args, serve),
+        Command::Serve(args) => with_settings(Ok(args), serve),
         Command::Openapi => {
             let document = crate::http::openapi().to_pretty_json().expect("the OpenAPI document serializes");
             println!("{document}");
             0
         }
-        Command::ResetAdminKey(args) => with_settings(&args, reset_admin_key),
+        Command::ResetAdminKey(data) => {
+            let args = maintenance_args(&data, None, None);
+            with_settings(args, |settings| {
+                existing_installation(&settings, Uses::Database)?;
+                reset_admin_key(settings)
+            })
+        }
         Command::Import(ImportCommand::OtaServer(args)) => import_ota_server(args),
     }
 }
 
-fn with_settings(args: &ServeArgs, run: fn(Settings) -> anyhow::Result<()>) -> i32 {
-    let settings = match Settings::load(args) {
+fn with_settings(args: anyhow::Result<ServeArgs>, run: impl FnOnce(Settings) -> anyhow::Result<()>) -> i32 {
+    let settings = match args.map_err(|e| e.to_string()).and_then(|args| Settings::load(&args).map_err(|e| e.to_string())) {
         Ok(settings) => settings,
         Err(error) => {
             eprintln!("updraft: {error}");
@@ -85,6 +141,78 @@ fn with_settings(args: &ServeArgs, run: fn(Settings) -> anyhow::Result<()>) -> i
             1
         }
     }
+}
+
+/// The settings of a maintenance command: those of `serve` from the environment, `.env` and
+/// the TOML file, with the command's own flags on top.
+fn maintenance_args(data: &DataArgs, blobs: Option<&BlobArgs>, max_upload_bytes: Option<&String>) -> anyhow::Result<ServeArgs> {
+    use clap::{Args, FromArgMatches};
+    let command = ServeArgs::augment_args(clap::Command::new("updraft").no_binary_name(true));
+    let matches = command.try_get_matches_from(std::iter::empty::<String>())?;
+    let mut args = ServeArgs::from_arg_matches(&matches)?;
+    let set = |target: &mut Option<String>, value: &Option<String>| {
+        if value.is_some() {
+            target.clone_from(value);
+        }
+    };
+    if data.config.is_some() {
+        args.config.clone_from(&data.config);
+    }
+    set(&mut args.data_dir, &data.data_dir);
+    set(&mut args.database_url, &data.database_url);
+    if let Some(blobs) = blobs {
+        set(&mut args.blob_url, &blobs.blob_url);
+        set(&mut args.s3_endpoint, &blobs.s3_endpoint);
+        set(&mut args.s3_region, &blobs.s3_region);
+        set(&mut args.s3_access_key_id, &blobs.s3_access_key_id);
+        set(&mut args.s3_secret_access_key, &blobs.s3_secret_access_key);
+        set(&mut args.s3_allow_http, &blobs.s3_allow_http);
+    }
+    set(&mut args.max_upload_bytes, &max_upload_bytes.cloned());
+    Ok(args)
+}
+
+/// What a maintenance command opens.
+#[derive(Clone, Copy, PartialEq)]
+enum Uses {
+    Database,
+    DatabaseAndFiles,
+}
+
+/// Maintenance commands work on an existing installation only: a mistyped `--data-dir` must
+/// not get a new, empty database (which `reset-admin-key` would then happily give a key).
+/// A PostgreSQL database cannot be created by connecting; SQLite files and folders can.
+fn existing_installation(settings: &Settings, uses: Uses) -> anyhow::Result<()> {
+    let hint = "nothing was changed. Point --data-dir (UPDRAFT_DATA_DIR) or --database-url (UPDRAFT_DATABASE_URL) at an \
+                existing installation, or start `updraft serve` once to create one";
+    if let Some(file) = sqlite_file(&settings.database_url)
+        && !file.is_file()
+    {
+        anyhow::bail!("no database at {}: {hint}", file.display());
+    }
+    if uses == Uses::DatabaseAndFiles {
+        if let BlobSettings::Local { root } = &settings.blob
+            && !root.is_dir()
+        {
+            anyhow::bail!("no blob folder at {}: nothing was changed. Check --blob-url (UPDRAFT_BLOB_URL) and --data-dir", root.display());
+        }
+        if let Some(folder) = settings.content.config_key_file.parent().filter(|p| !p.as_os_str().is_empty())
+            && !folder.is_dir()
+        {
+            anyhow::bail!(
+                "no folder {} for the configuration key: nothing was changed. Check UPDRAFT_CONFIG_KEY_FILE and --data-dir",
+                folder.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The file of a `sqlite:` database URL (None for an in-memory one).
+fn sqlite_file(database_url: &str) -> Option<PathBuf> {
+    let rest = database_url.strip_prefix("sqlite://").or_else(|| database_url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or_default();
+    (!path.is_empty() && path != ":memory:").then(|| PathBuf::from(path))
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -103,21 +231,28 @@ fn reset_admin_key(settings: Settings) -> anyhow::Result<()> {
         let store = Store::connect(&settings.database_url, 1).await?;
         let key = secret::generate("upd_admin_");
         store.replace_server_secret("admin_api_key_sha256", &secret::digest_hex(&key)).await?;
+        store.close().await;
         println!("{key}");
-        eprintln!("updraft: new admin API key stored (only its hash); restart running servers to use it");
+        eprintln!(
+            "updraft: new admin API key stored in {} (only its hash); restart running servers to use it",
+            crate::config::redact_url(&settings.database_url)
+        );
         Ok(())
     })
 }
 
 fn import_ota_server(args: OtaServerImportArgs) -> i32 {
-    let settings = match Settings::load(&args.serve) {
-        Ok(settings) => settings,
-        Err(error) => {
-            eprintln!("updraft: {error}");
-            return 2;
-        }
-    };
-    crate::telemetry::init_logging(&settings.log, settings.log_format);
+    let serve_args = maintenance_args(&args.data, Some(&args.blobs), args.max_upload_bytes.as_ref());
+    let mut outcome = None;
+    let code = with_settings(serve_args, |settings| {
+        existing_installation(&settings, Uses::DatabaseAndFiles)?;
+        outcome = Some(import_ota_server_with(&args, &settings));
+        Ok(())
+    });
+    outcome.unwrap_or(code)
+}
+
+fn import_ota_server_with(args: &OtaServerImportArgs, settings: &Settings) -> i32 {
     let devices_json = match std::fs::read_to_string(&args.devices) {
         Ok(text) => text,
         Err(e) => {
@@ -125,10 +260,10 @@ fn import_ota_server(args: OtaServerImportArgs) -> i32 {
             return 2;
         }
     };
-    let product = args.product.or_else(|| settings.compat.default_product.clone()).unwrap_or_else(|| "ota-server".into());
+    let product = args.product.clone().or_else(|| settings.compat.default_product.clone()).unwrap_or_else(|| "ota-server".into());
     let outcome = runtime().and_then(|rt| {
         rt.block_on(async {
-            let core = crate::services::Core::offline(&settings).await?;
+            let core = crate::services::Core::offline(settings).await?;
             let report = crate::services::compat::import_ota_server(
                 &core,
                 &devices_json,

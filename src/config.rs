@@ -60,7 +60,10 @@ pub struct ServeArgs {
     /// Admin API key. When unset, the first start generates one, prints it once and stores only its hash
     #[arg(long, env = "UPDRAFT_ADMIN_API_KEY", value_name = "KEY", hide_env_values = true)]
     pub admin_api_key: Option<String>,
-    /// Base URL put into links handed to devices, e.g. https://ota.example.com [default: from the request's Host]
+    /// Token Prometheus must send (`Authorization: Bearer`) to scrape /metrics, which shows fleet size and rates [default: none, /metrics is public]
+    #[arg(long, env = "UPDRAFT_METRICS_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+    /// Base URL put into links handed to devices, e.g. https://ota.example.com [default: HTTP answers: the request's Host; MQTT offers: the listener's address, or this host's primary address when it listens on 0.0.0.0]
     #[arg(long, env = "UPDRAFT_PUBLIC_URL", value_name = "URL")]
     pub public_url: Option<String>,
     /// Largest accepted upload in bytes [default: 4294967296]
@@ -69,6 +72,15 @@ pub struct ServeArgs {
     /// Most concurrent HTTP connections; more wait in the kernel's accept queue [default: 10000]
     #[arg(long, env = "UPDRAFT_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<String>,
+    /// Most concurrent HTTP connections from one address (trusted proxies excepted); more are closed at once [default: a tenth of UPDRAFT_MAX_CONNECTIONS]
+    #[arg(long, env = "UPDRAFT_MAX_CONNECTIONS_PER_IP", value_name = "N")]
+    pub max_connections_per_ip: Option<String>,
+    /// Seconds a request body may send nothing before the request fails with 408 [default: 30]
+    #[arg(long, env = "UPDRAFT_BODY_READ_TIMEOUT_SECS", value_name = "SECS")]
+    pub body_read_timeout_secs: Option<String>,
+    /// Least average rate of a request body once UPDRAFT_BODY_READ_TIMEOUT_SECS has passed, in bytes per second; slower uploads fail with 408 [default: 1024]
+    #[arg(long, env = "UPDRAFT_BODY_MIN_BYTES_PER_SEC", value_name = "BYTES")]
+    pub body_min_bytes_per_sec: Option<String>,
     /// Seconds in-flight requests get to finish after SIGTERM [default: 30]
     #[arg(long, env = "UPDRAFT_SHUTDOWN_TIMEOUT_SECS", value_name = "SECS")]
     pub shutdown_timeout_secs: Option<String>,
@@ -123,6 +135,12 @@ pub struct ServeArgs {
     /// Time limit of one image fetch, redirects included [default: 10]
     #[arg(long, env = "UPDRAFT_IMAGE_FETCH_TIMEOUT_SECS", value_name = "SECS")]
     pub image_fetch_timeout_secs: Option<String>,
+    /// Largest image, in pixels (width × height), the image proxy and conversions decode; read from the image's header before decoding [default: 16777216]
+    #[arg(long, env = "UPDRAFT_IMAGE_MAX_PIXELS", value_name = "N")]
+    pub image_max_pixels: Option<String>,
+    /// Most image fetches and conversions at once; more are answered 503 with Retry-After [default: 4]
+    #[arg(long, env = "UPDRAFT_IMAGE_MAX_CONCURRENT", value_name = "N")]
+    pub image_max_concurrent: Option<String>,
     /// How often each replica evaluates rollouts: scheduled starts, time-outs, thresholds [default: 5]
     #[arg(long, env = "UPDRAFT_ROLLOUT_EVALUATE_SECS", value_name = "SECS")]
     pub rollout_evaluate_secs: Option<String>,
@@ -270,6 +288,8 @@ pub struct ContentSettings {
     pub image_fetch_allow_hosts: Vec<String>,
     pub image_fetch_max_bytes: u64,
     pub image_fetch_timeout: Duration,
+    pub image_max_pixels: u64,
+    pub image_max_concurrent: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -288,9 +308,17 @@ pub struct Settings {
     pub blob: BlobSettings,
     pub blob_cache_bytes: usize,
     pub admin_api_key: Option<String>,
+    /// Scrapes of `/metrics` must carry it, when set.
+    pub metrics_token: Option<String>,
     pub public_url: Option<Url>,
     pub max_upload_bytes: u64,
     pub max_connections: usize,
+    /// Most connections of one address (trusted proxies excepted).
+    pub max_connections_per_ip: usize,
+    /// Longest silence of a request body (see `http::body_guard`).
+    pub body_read_timeout: Duration,
+    /// Least average rate of a request body after `body_read_timeout`.
+    pub body_min_bytes_per_sec: u64,
     pub shutdown_timeout: Duration,
     /// Reverse proxies whose forwarding headers are believed (see `http::forwarded`).
     pub trusted_proxies: Vec<ipnet::IpNet>,
@@ -302,6 +330,61 @@ pub struct Settings {
     pub rollouts: RolloutPolicy,
     pub compat: CompatSettings,
     pub mqtt: MqttSettings,
+}
+
+impl Settings {
+    /// The settings in use that weaken security, each with who can abuse it: logged as one
+    /// warning each at start-up (docs/DEPLOYMENT.md, "Security model", says how to close them).
+    pub fn weak_settings(&self) -> Vec<(&'static str, &'static str)> {
+        let compat = &self.compat;
+        let mut weak = Vec::new();
+        if self.tls.is_none() && self.trusted_proxies.is_empty() {
+            weak.push((
+                "UPDRAFT_TLS_CERT",
+                "HTTP and MQTT are plain text (no TLS, and no trusted proxy terminating it): tokens and keys cross the network readable",
+            ));
+        }
+        if self.devices.default_provisioning == crate::domain::device::Provisioning::Open {
+            weak.push(("UPDRAFT_DEFAULT_PROVISIONING", "products nobody configured provision any device that asks (open)"));
+        }
+        if self.content.public_config_files {
+            weak.push((
+                "UPDRAFT_PUBLIC_CONFIG_FILES",
+                "anyone who knows a MAC reads that device's configuration (without its secrets) at /api/configs/{mac}.json",
+            ));
+        }
+        if self.metrics_token.is_none() {
+            weak.push(("UPDRAFT_METRICS_TOKEN", "/metrics is public: anyone sees fleet size and request rates"));
+        }
+        if compat.ota_server && compat.shared_secret.is_some() {
+            weak.push((
+                "UPDRAFT_COMPAT_SHARED_SECRET",
+                "seed-001 devices authenticate with djb2 tokens: anyone who learns the shared secret or one token can pose as any device",
+            ));
+        }
+        if compat.ota_server && compat.ota_server_downloads {
+            weak.push(("UPDRAFT_COMPAT_OTA_SERVER_DOWNLOADS", "seed-001 firmware files download by name without authentication"));
+        }
+        if compat.cyberdeck {
+            weak.push(("UPDRAFT_COMPAT_CYBERDECK", "seed 002's /ota serves the latest build to anyone"));
+        }
+        if compat.arduino {
+            weak.push((
+                "UPDRAFT_COMPAT_ARDUINO",
+                "Arduino HTTPUpdate trusts the MAC header: anyone on the network can pose as a device and change its recorded version",
+            ));
+        }
+        if compat.esp32fota {
+            weak.push((
+                "UPDRAFT_COMPAT_ESP32FOTA",
+                "esp32FOTA identifies devices by their eFuse MAC alone: anyone who knows it can pose as the device",
+            ));
+        }
+        if compat.seed004_debug {
+            weak.push(("UPDRAFT_COMPAT_SEED004_DEBUG", "GET /debug/provisioning hands a token to any unknown MAC of an open product"));
+        }
+        weak
+    }
 }
 
 /// MQTT: the embedded broker (default) or an external one (docs/DEPLOYMENT.md).
@@ -400,9 +483,13 @@ const SETTING_NAMES: &[&str] = &[
     "s3_secret_access_key",
     "s3_allow_http",
     "admin_api_key",
+    "metrics_token",
     "public_url",
     "max_upload_bytes",
     "max_connections",
+    "max_connections_per_ip",
+    "body_read_timeout_secs",
+    "body_min_bytes_per_sec",
     "shutdown_timeout_secs",
     "trusted_proxies",
     "tls_cert",
@@ -437,6 +524,8 @@ const SETTING_NAMES: &[&str] = &[
     "image_fetch_allow_hosts",
     "image_fetch_max_bytes",
     "image_fetch_timeout_secs",
+    "image_max_pixels",
+    "image_max_concurrent",
     "mqtt_enabled",
     "mqtt_listen",
     "mqtt_tls_listen",
@@ -558,6 +647,12 @@ impl Settings {
         {
             return Err(ConfigError::new("admin_api_key", "must be at least 16 characters long"));
         }
+        let metrics_token = get("metrics_token", &args.metrics_token);
+        if let Some(token) = &metrics_token
+            && token.len() < 16
+        {
+            return Err(ConfigError::new("metrics_token", "must be at least 16 characters long"));
+        }
         let public_url = match get("public_url", &args.public_url) {
             Some(v) => {
                 let url = Url::parse(&v).map_err(|e| ConfigError::new("public_url", format!("`{v}` is not a URL: {e}")))?;
@@ -579,6 +674,25 @@ impl Settings {
         if max_connections == 0 {
             return Err(ConfigError::new("max_connections", "must be at least 1"));
         }
+        let max_connections_per_ip = parse_number(
+            "max_connections_per_ip",
+            get("max_connections_per_ip", &args.max_connections_per_ip),
+            (max_connections / 10).max(1),
+        )?;
+        if max_connections_per_ip == 0 || max_connections_per_ip > max_connections {
+            return Err(ConfigError::new(
+                "max_connections_per_ip",
+                format!("must be between 1 and UPDRAFT_MAX_CONNECTIONS ({max_connections})"),
+            ));
+        }
+        let body_read_timeout_secs =
+            parse_number("body_read_timeout_secs", get("body_read_timeout_secs", &args.body_read_timeout_secs), 30u64)?;
+        if !(1..=3600).contains(&body_read_timeout_secs) {
+            return Err(ConfigError::new("body_read_timeout_secs", "must be between 1 and 3600 seconds"));
+        }
+        let body_read_timeout = Duration::from_secs(body_read_timeout_secs);
+        let body_min_bytes_per_sec =
+            parse_number("body_min_bytes_per_sec", get("body_min_bytes_per_sec", &args.body_min_bytes_per_sec), 1024u64)?;
         let shutdown_timeout =
             Duration::from_secs(parse_number("shutdown_timeout_secs", get("shutdown_timeout_secs", &args.shutdown_timeout_secs), 30u64)?);
         let trusted_proxies = parse_networks("trusted_proxies", get("trusted_proxies", &args.trusted_proxies))?;
@@ -697,9 +811,13 @@ impl Settings {
             blob,
             blob_cache_bytes,
             admin_api_key,
+            metrics_token,
             public_url,
             max_upload_bytes,
             max_connections,
+            max_connections_per_ip,
+            body_read_timeout,
+            body_min_bytes_per_sec,
             shutdown_timeout,
             trusted_proxies,
             tls,
@@ -882,6 +1000,14 @@ fn parse_content(
     if !(1..=300).contains(&timeout_secs) {
         return Err(ConfigError::new("image_fetch_timeout_secs", "must be between 1 and 300 seconds"));
     }
+    let image_max_pixels = parse_number("image_max_pixels", get("image_max_pixels", &args.image_max_pixels), 16_777_216u64)?;
+    if !(1..=(1u64 << 28)).contains(&image_max_pixels) {
+        return Err(ConfigError::new("image_max_pixels", "must be between 1 and 268435456"));
+    }
+    let image_max_concurrent = parse_number("image_max_concurrent", get("image_max_concurrent", &args.image_max_concurrent), 4usize)?;
+    if !(1..=1024).contains(&image_max_concurrent) {
+        return Err(ConfigError::new("image_max_concurrent", "must be between 1 and 1024"));
+    }
     Ok(ContentSettings {
         config_key_file,
         public_config_files,
@@ -889,6 +1015,8 @@ fn parse_content(
         image_fetch_allow_hosts,
         image_fetch_max_bytes,
         image_fetch_timeout: Duration::from_secs(timeout_secs),
+        image_max_pixels,
+        image_max_concurrent,
     })
 }
 

@@ -1,10 +1,14 @@
 //! The HTTP listener: caps concurrent connections (`UPDRAFT_MAX_CONNECTIONS`); connections
 //! beyond the cap wait in the kernel's accept queue instead of exhausting memory or files.
+//! One address may hold at most `UPDRAFT_MAX_CONNECTIONS_PER_IP` of them (trusted proxies
+//! excepted, which speak for many clients): a connection beyond that is closed at once, so
+//! that one client cannot take every slot.
 
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -15,11 +19,51 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 pub struct LimitedListener {
     inner: TcpListener,
     permits: Arc<Semaphore>,
+    per_address: Arc<PerAddress>,
+}
+
+/// Open connections by peer address, and the most one address may hold.
+struct PerAddress {
+    limit: usize,
+    exempt: Vec<ipnet::IpNet>,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl PerAddress {
+    /// Counts a new connection of `ip`; false when it already holds the most it may.
+    fn admit(&self, ip: IpAddr) -> bool {
+        if self.exempt.iter().any(|net| net.contains(&ip)) {
+            return true;
+        }
+        let mut open = self.open.lock().expect("per-address lock");
+        let count = open.entry(ip).or_insert(0);
+        if *count >= self.limit {
+            return false;
+        }
+        *count += 1;
+        true
+    }
+
+    fn release(&self, ip: IpAddr) {
+        let mut open = self.open.lock().expect("per-address lock");
+        if let Some(count) = open.get_mut(&ip) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&ip);
+            }
+        }
+    }
 }
 
 impl LimitedListener {
-    pub fn new(inner: TcpListener, max_connections: usize) -> Self {
-        LimitedListener { inner, permits: Arc::new(Semaphore::new(max_connections)) }
+    /// `per_address`: the most connections one address may hold; `exempt`: addresses without
+    /// that limit (trusted proxies).
+    pub fn new(inner: TcpListener, max_connections: usize, per_address: usize, exempt: Vec<ipnet::IpNet>) -> Self {
+        LimitedListener {
+            inner,
+            permits: Arc::new(Semaphore::new(max_connections)),
+            per_address: Arc::new(PerAddress { limit: per_address.max(1), exempt, open: Mutex::default() }),
+        }
     }
 }
 
@@ -32,9 +76,16 @@ impl axum::serve::Listener for LimitedListener {
         loop {
             match self.inner.accept().await {
                 Ok((stream, addr)) => {
+                    if !self.per_address.admit(addr.ip()) {
+                        metrics::counter!("updraft_http_connections_refused_total", "reason" => "per_address").increment(1);
+                        tracing::debug!(%addr, "connection refused: this address holds the most connections one may");
+                        drop(stream);
+                        continue;
+                    }
                     let _ = stream.set_nodelay(true);
                     metrics::gauge!("updraft_http_connections").increment(1.0);
-                    return (LimitedStream { stream, _permit: permit }, addr);
+                    let stream = LimitedStream { stream, _permit: permit, ip: addr.ip(), per_address: self.per_address.clone() };
+                    return (stream, addr);
                 }
                 Err(e) => {
                     // Out of file descriptors and similar: back off instead of spinning.
@@ -50,15 +101,18 @@ impl axum::serve::Listener for LimitedListener {
     }
 }
 
-/// A connection holding one slot of the limit until it closes.
+/// A connection holding one slot of the limits until it closes.
 pub struct LimitedStream {
     stream: TcpStream,
     _permit: OwnedSemaphorePermit,
+    ip: IpAddr,
+    per_address: Arc<PerAddress>,
 }
 
 impl Drop for LimitedStream {
     fn drop(&mut self) {
         metrics::gauge!("updraft_http_connections").decrement(1.0);
+        self.per_address.release(self.ip);
     }
 }
 

@@ -1,8 +1,9 @@
-//! Building and running the server: connect storage, open blobs, resolve the admin key,
-//! bind the listener, serve until a shutdown signal, then drain within a deadline.
+//! Building and running the server: bind every listener, connect storage, open blobs, start
+//! the services, resolve the admin key, serve until a shutdown signal, then drain within a
+//! deadline.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -29,28 +30,44 @@ const ADMIN_KEY_SECRET: &str = "admin_api_key_sha256";
 /// A server that is bound and ready to run.
 pub struct Application {
     listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     state: AppState,
 }
 
 impl Application {
+    /// Binds every listener first (HTTP, then the embedded broker's), so that a port that is
+    /// taken stops start-up before anything is created, generated or stored; then opens the
+    /// storage and starts the services; generates the admin key (when there is none) last, so
+    /// that a start that fails never loses a key it printed; and logs `ready`.
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         let started = Instant::now();
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {} for HTTP (UPDRAFT_LISTEN): {e}", settings.listen))?;
+        let http_addr = listener.local_addr()?;
+        let tls = match &settings.tls {
+            Some(tls) => Some(
+                crate::net::tls_config(&tls.cert, &tls.key)
+                    .context("cannot use the TLS certificate and key (UPDRAFT_TLS_CERT, UPDRAFT_TLS_KEY)")?,
+            ),
+            None => None,
+        };
+        let mqtt_listeners = crate::mqtt::Mqtt::bind(&settings)?;
+
         let store = Store::connect(&settings.database_url, settings.database_max_connections).await?;
+        warn_weak_settings(&settings, &store).await?;
         let blobs = BlobStore::open(&settings.blob, settings.blob_cache_bytes).await?;
-        let admin_key_digest = resolve_admin_key(&store, settings.admin_api_key.as_deref()).await?;
         let signing_key = resolve_signing_key(&store).await?;
         let keys = Arc::new(ServerKeys::load(&settings.content, &store).await?);
         let fetcher = Arc::new(ImageFetcher::new(&settings.content)?);
-        let listener =
-            TcpListener::bind(settings.listen).await.with_context(|| format!("cannot listen on {} (UPDRAFT_LISTEN)", settings.listen))?;
-        tracing::info!(
-            address = %listener.local_addr()?,
-            database = ?store.backend(),
-            blobs = %blobs.describe(),
-            "updraft {} ready in {} ms",
-            env!("CARGO_PKG_VERSION"),
-            started.elapsed().as_millis()
-        );
+        let fota_signer = match &settings.compat.esp32fota_keys_dir {
+            Some(dir) => {
+                let signer = FotaSigner::load_dir(dir)?;
+                tracing::info!(products = ?signer.products(), "esp32FOTA images of these products are served signed");
+                signer
+            }
+            None => FotaSigner::default(),
+        };
         let core = Core {
             store,
             blobs,
@@ -66,15 +83,9 @@ impl Application {
         rollouts::refresh(&core, true).await?;
         devices::spawn_background(core.clone());
         rollouts::spawn_background(core.clone());
-        let fota_signer = match &settings.compat.esp32fota_keys_dir {
-            Some(dir) => {
-                let signer = FotaSigner::load_dir(dir)?;
-                tracing::info!(products = ?signer.products(), "esp32FOTA images of these products are served signed");
-                signer
-            }
-            None => FotaSigner::default(),
-        };
-        let mqtt = crate::mqtt::Mqtt::start(&core, &settings, listener.local_addr()?).await?.map(Arc::new);
+        let device_base = DeviceBaseUrl::choose(&settings, http_addr).await;
+        let mqtt = crate::mqtt::Mqtt::start(&core, &settings, mqtt_listeners, device_base.url.clone()).await?.map(Arc::new);
+        let admin_key_digest = resolve_admin_key(&core.store, settings.admin_api_key.as_deref()).await?;
         let state = AppState {
             mqtt,
             core,
@@ -84,7 +95,20 @@ impl Application {
             started,
             fota_signer: Arc::new(fota_signer),
         };
-        Ok(Application { listener, state })
+        let mqtt_addrs = state.mqtt.as_ref().and_then(|m| m.broker_addrs());
+        tracing::info!(
+            http = %http_addr,
+            mqtt = %mqtt_addrs.map(|a| a.tcp.to_string()).unwrap_or_else(|| "off".into()),
+            database = ?state.core.store.backend(),
+            blobs = %state.core.blobs.describe(),
+            "updraft {} ready in {} ms",
+            env!("CARGO_PKG_VERSION"),
+            started.elapsed().as_millis()
+        );
+        if state.mqtt.is_some() || state.settings.public_url.is_some() {
+            device_base.log();
+        }
+        Ok(Application { listener, tls, state })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -105,16 +129,14 @@ impl Application {
     /// Serves until `shutdown` resolves; then stops accepting, lets in-flight requests finish
     /// for up to `UPDRAFT_SHUTDOWN_TIMEOUT_SECS`, and closes the database.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let Application { listener, state } = self;
+        let Application { listener, tls, state } = self;
         let core = state.core.clone();
         let store = state.core.store.clone();
         let mqtt = state.mqtt.clone();
         let grace = state.settings.shutdown_timeout;
-        let tls = match &state.settings.tls {
-            Some(tls) => Some(crate::net::tls_config(&tls.cert, &tls.key)?),
-            None => None,
-        };
-        let listener = LimitedListener::new(listener, state.settings.max_connections);
+        let settings = &state.settings;
+        let listener =
+            LimitedListener::new(listener, settings.max_connections, settings.max_connections_per_ip, settings.trusted_proxies.clone());
         let app = http::router(state);
 
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -182,4 +204,149 @@ fn print_generated_key(key: &str) {
          Use it as `Authorization: Bearer <key>`. Set UPDRAFT_ADMIN_API_KEY to choose your own,\n  \
          or run `updraft reset-admin-key` to replace a lost one.\n"
     );
+}
+
+/// The base of the download URLs that devices are given in MQTT offers (HTTP answers use the
+/// Host the request was sent to): `UPDRAFT_PUBLIC_URL`; else the HTTP listener's address;
+/// and when that is 0.0.0.0 or `[::]`, which no device can reach, this host's primary address
+/// (the one its default route leaves from), else its name when it resolves to an address that
+/// is not loopback, else loopback with a warning.
+#[derive(Debug, PartialEq)]
+struct DeviceBaseUrl {
+    url: String,
+    source: BaseUrlSource,
+}
+
+#[derive(Debug, PartialEq)]
+enum BaseUrlSource {
+    Configured,
+    Listener,
+    PrimaryAddress,
+    HostName,
+    Loopback,
+}
+
+impl DeviceBaseUrl {
+    async fn choose(settings: &Settings, http_addr: SocketAddr) -> DeviceBaseUrl {
+        let scheme = if settings.tls.is_some() { "https" } else { "http" };
+        let configured = settings.public_url.as_ref().map(|url| url.as_str().trim_end_matches('/').to_string());
+        let (primary, host_name) = if configured.is_none() && http_addr.ip().is_unspecified() {
+            let primary = primary_address(http_addr.is_ipv6());
+            let host_name = match primary {
+                Some(_) => None,
+                None => resolvable_host_name(http_addr.port()).await,
+            };
+            (primary, host_name)
+        } else {
+            (None, None)
+        };
+        DeviceBaseUrl::from_parts(configured, scheme, http_addr, primary, host_name)
+    }
+
+    fn from_parts(
+        configured: Option<String>,
+        scheme: &str,
+        http_addr: SocketAddr,
+        primary: Option<IpAddr>,
+        host_name: Option<String>,
+    ) -> DeviceBaseUrl {
+        let port = http_addr.port();
+        let (url, source) = match (configured, primary, host_name) {
+            (Some(url), _, _) => (url, BaseUrlSource::Configured),
+            _ if !http_addr.ip().is_unspecified() => (format!("{scheme}://{http_addr}"), BaseUrlSource::Listener),
+            (None, Some(ip), _) => (format!("{scheme}://{}", SocketAddr::new(ip, port)), BaseUrlSource::PrimaryAddress),
+            (None, None, Some(name)) => (format!("{scheme}://{name}:{port}"), BaseUrlSource::HostName),
+            (None, None, None) => {
+                let loopback: IpAddr = if http_addr.is_ipv6() { Ipv6Addr::LOCALHOST.into() } else { Ipv4Addr::LOCALHOST.into() };
+                (format!("{scheme}://{}", SocketAddr::new(loopback, port)), BaseUrlSource::Loopback)
+            }
+        };
+        DeviceBaseUrl { url, source }
+    }
+
+    fn log(&self) {
+        let url = &self.url;
+        let how = "set UPDRAFT_PUBLIC_URL (--public-url) to change it";
+        match self.source {
+            BaseUrlSource::Configured => tracing::info!("devices are given download URLs under {url} (UPDRAFT_PUBLIC_URL)"),
+            BaseUrlSource::Listener => tracing::info!("devices are given download URLs under {url} (the HTTP listener's address); {how}"),
+            BaseUrlSource::PrimaryAddress => {
+                tracing::info!("devices are given download URLs under {url} (this host's primary address); {how}")
+            }
+            BaseUrlSource::HostName => tracing::info!("devices are given download URLs under {url} (this host's name); {how}"),
+            BaseUrlSource::Loopback => tracing::warn!(
+                "devices are given download URLs under {url}, which only this machine reaches: this host has no network \
+                 address; {how}"
+            ),
+        }
+    }
+}
+
+/// The address this host's default route leaves from. Connecting a UDP socket sends nothing:
+/// it only makes the kernel choose the route (the peer is a documentation address).
+fn primary_address(ipv6: bool) -> Option<IpAddr> {
+    let candidates: &[(&str, &str)] =
+        if ipv6 { &[("0.0.0.0:0", "192.0.2.1:9"), ("[::]:0", "[2001:db8::1]:9")] } else { &[("0.0.0.0:0", "192.0.2.1:9")] };
+    candidates.iter().find_map(|(local, peer)| {
+        let socket = std::net::UdpSocket::bind(local).ok()?;
+        socket.connect(peer).ok()?;
+        let ip = socket.local_addr().ok()?.ip();
+        (!ip.is_unspecified() && !ip.is_loopback()).then_some(ip)
+    })
+}
+
+/// This host's name, when it resolves to an address other than loopback.
+async fn resolvable_host_name(port: u16) -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .ok()
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty() && n != "localhost")?;
+    let lookup = tokio::net::lookup_host((name.clone(), port));
+    let mut resolved = tokio::time::timeout(std::time::Duration::from_secs(2), lookup).await.ok()?.ok()?;
+    resolved.any(|addr| !addr.ip().is_loopback() && !addr.ip().is_unspecified()).then_some(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(text: &str) -> SocketAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn the_device_base_url_is_never_an_unspecified_address() {
+        let primary = Some(IpAddr::from([192, 168, 1, 20]));
+        let choose = |configured: Option<&str>, listen: &str, primary: Option<IpAddr>, name: Option<&str>| {
+            DeviceBaseUrl::from_parts(configured.map(String::from), "http", addr(listen), primary, name.map(String::from))
+        };
+
+        assert_eq!(choose(Some("https://ota.example.com"), "0.0.0.0:8080", primary, None).url, "https://ota.example.com");
+        assert_eq!(choose(None, "10.0.0.5:8080", primary, None).url, "http://10.0.0.5:8080");
+        let chosen = choose(None, "0.0.0.0:8080", primary, Some("gateway"));
+        assert_eq!((chosen.url.as_str(), chosen.source), ("http://192.168.1.20:8080", BaseUrlSource::PrimaryAddress));
+        let chosen = choose(None, "0.0.0.0:8080", None, Some("gateway"));
+        assert_eq!((chosen.url.as_str(), chosen.source), ("http://gateway:8080", BaseUrlSource::HostName));
+        let chosen = choose(None, "0.0.0.0:8080", None, None);
+        assert_eq!((chosen.url.as_str(), chosen.source), ("http://127.0.0.1:8080", BaseUrlSource::Loopback));
+        assert_eq!(choose(None, "[::]:8080", Some("fd00::7".parse().unwrap()), None).url, "http://[fd00::7]:8080");
+    }
+}
+
+/// One warning per weak setting in use (see `Settings::weak_settings`), and one per product
+/// whose secrets anonymous seed-003 readers see.
+async fn warn_weak_settings(settings: &Settings, store: &Store) -> anyhow::Result<()> {
+    for (setting, risk) in settings.weak_settings() {
+        tracing::warn!(setting, "weak setting in use: {risk} (docs/DEPLOYMENT.md, \"Security model\")");
+    }
+    for product in store.list_products().await?.into_iter().filter(|p| p.public_secrets) {
+        tracing::warn!(
+            product = %product.name,
+            "weak setting in use: product `{}` serves its devices' secret configuration values to anonymous readers of \
+             /api/configs/{{mac}}.json (public_secrets)",
+            product.name
+        );
+    }
+    Ok(())
 }

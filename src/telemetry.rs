@@ -4,8 +4,11 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tracing::field::{Field, Visit};
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::fmt::format::FmtSpan;
+use tracing_subscriber::field::RecordFields;
+use tracing_subscriber::fmt::FormatFields;
+use tracing_subscriber::fmt::format::{FmtSpan, Writer};
 
 use crate::config::LogFormat;
 
@@ -36,8 +39,75 @@ pub fn init_logging(filter: &str, format: LogFormat) {
         .with_span_events(FmtSpan::NONE)
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Text => builder.init(),
+        // Field values come from requests (a MAC, a name, an error message quoting the input):
+        // in text logs their control characters are escaped, so that no input can forge a line.
+        LogFormat::Text => builder.fmt_fields(EscapedFields).init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
+    }
+}
+
+/// The text log's field formatter: like tracing-subscriber's default (`name=value`, the
+/// message bare), with every control character, line separator and bidirectional override in a
+/// value escaped (`\n`, `\u{0}`, ...). JSON logs need nothing: JSON escapes them itself.
+pub struct EscapedFields;
+
+impl<'writer> FormatFields<'writer> for EscapedFields {
+    fn format_fields<R: RecordFields>(&self, writer: Writer<'writer>, fields: R) -> std::fmt::Result {
+        let mut visitor = EscapingVisitor { writer, first: true, result: Ok(()) };
+        fields.record(&mut visitor);
+        visitor.result
+    }
+}
+
+struct EscapingVisitor<'writer> {
+    writer: Writer<'writer>,
+    first: bool,
+    result: std::fmt::Result,
+}
+
+impl EscapingVisitor<'_> {
+    fn write(&mut self, field: &Field, value: &str) {
+        if self.result.is_err() || field.name().starts_with("log.") {
+            return;
+        }
+        let separator = if std::mem::take(&mut self.first) { "" } else { " " };
+        self.result = if field.name() == "message" {
+            write!(self.writer, "{separator}{}", Escaped(value))
+        } else {
+            write!(self.writer, "{separator}{}={}", field.name(), Escaped(value))
+        };
+    }
+}
+
+impl Visit for EscapingVisitor<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.write(field, value);
+        } else {
+            self.write(field, &format!("{value:?}"));
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.write(field, &format!("{value:?}"));
+    }
+}
+
+/// Text with the characters that could forge or hide log lines escaped.
+pub struct Escaped<'a>(pub &'a str);
+
+impl std::fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write;
+        for c in self.0.chars() {
+            let dangerous = c.is_control() || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
+            if dangerous {
+                write!(f, "{}", c.escape_default())?;
+            } else {
+                f.write_char(c)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -139,6 +209,41 @@ mod tests {
         let statm = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm");
         let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).expect("resident pages");
         pages * 4096
+    }
+
+    /// Everything logged in `log` with the text format, as written.
+    fn text_log(log: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Captured {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).fmt_fields(EscapedFields).finish();
+        tracing::subscriber::with_default(subscriber, log);
+        String::from_utf8(captured.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn input_in_log_fields_cannot_forge_a_line() {
+        let forged = "aa:bb\n2026-12-06T00:00:00Z  INFO updraft: admin logged in\u{0}\u{1b}[31m\u{202e}";
+        let output = text_log(|| {
+            tracing::info!(mac = %forged, name = ?forged, other = forged, "device {forged} refused");
+            let span = tracing::info_span!("http", path = %forged);
+            span.in_scope(|| tracing::warn!("inside"));
+        });
+        assert_eq!(output.lines().count(), 2, "{output}");
+        assert!(!output.contains('\0') && !output.contains('\u{1b}') && !output.contains('\u{202e}'), "{output:?}");
+        assert!(output.contains("mac=aa:bb\\n2026-12-06T00:00:00Z  INFO updraft: admin logged in\\u{0}\\u{1b}[31m\\u{202e}"), "{output}");
+        assert!(output.contains("device aa:bb\\n2026"), "the message is escaped too: {output}");
+        assert!(output.contains("path=aa:bb\\n"), "span fields too: {output}");
     }
 
     #[test]

@@ -29,9 +29,13 @@ const SETTINGS: &[&str] = &[
     "UPDRAFT_S3_SECRET_ACCESS_KEY",
     "UPDRAFT_S3_ALLOW_HTTP",
     "UPDRAFT_ADMIN_API_KEY",
+    "UPDRAFT_METRICS_TOKEN",
     "UPDRAFT_PUBLIC_URL",
     "UPDRAFT_MAX_UPLOAD_BYTES",
     "UPDRAFT_MAX_CONNECTIONS",
+    "UPDRAFT_MAX_CONNECTIONS_PER_IP",
+    "UPDRAFT_BODY_READ_TIMEOUT_SECS",
+    "UPDRAFT_BODY_MIN_BYTES_PER_SEC",
     "UPDRAFT_SHUTDOWN_TIMEOUT_SECS",
     "UPDRAFT_TRUSTED_PROXIES",
     "UPDRAFT_TLS_CERT",
@@ -54,6 +58,8 @@ const SETTINGS: &[&str] = &[
     "UPDRAFT_IMAGE_FETCH_ALLOW_HOSTS",
     "UPDRAFT_IMAGE_FETCH_MAX_BYTES",
     "UPDRAFT_IMAGE_FETCH_TIMEOUT_SECS",
+    "UPDRAFT_IMAGE_MAX_PIXELS",
+    "UPDRAFT_IMAGE_MAX_CONCURRENT",
     "UPDRAFT_MQTT_ENABLED",
     "UPDRAFT_MQTT_LISTEN",
     "UPDRAFT_MQTT_TLS_LISTEN",
@@ -85,6 +91,163 @@ fn serve_help_mentions_every_setting_s_environment_variable() {
     for name in SETTINGS {
         assert!(output.stdout.contains(name), "`updraft serve --help` does not mention {name}:\n{}", output.stdout);
     }
+    // The help says what is there, and nothing that is not (there is no dashboard yet).
+    let overview = run_to_exit(updraft(workdir.path()).arg("--help"));
+    for text in [&output.stdout, &overview.stdout] {
+        assert!(!text.to_lowercase().contains("dashboard"), "the help mentions a dashboard:\n{text}");
+    }
+}
+
+#[test]
+fn maintenance_commands_list_only_the_settings_they_use() {
+    let workdir = tempfile::tempdir().unwrap();
+    let cases: [(&[&str], &[&str]); 2] = [
+        (&["reset-admin-key", "--help"], &["--data-dir", "--database-url", "--config", "UPDRAFT_DATA_DIR"]),
+        (&["import", "ota-server", "--help"], &["--devices", "--data-dir", "--database-url", "--blob-url", "--s3-endpoint"]),
+    ];
+    for (args, expected) in cases {
+        let output = run_to_exit(updraft(workdir.path()).args(args));
+
+        assert!(output.status.success(), "{args:?}: {}", output.stderr);
+        for option in expected {
+            assert!(output.stdout.contains(option), "`updraft {}` does not list {option}:\n{}", args.join(" "), output.stdout);
+        }
+        for unused in ["--listen", "UPDRAFT_LISTEN", "MQTT", "--public-url", "--tls-cert", "--compat-", "--rollout-", "--admin-api-key"] {
+            assert!(
+                !output.stdout.contains(unused),
+                "`updraft {}` lists {unused}, which it does not use:\n{}",
+                args.join(" "),
+                output.stdout
+            );
+        }
+    }
+}
+
+#[test]
+fn maintenance_commands_never_create_a_data_folder_or_database_and_name_the_path_they_looked_at() {
+    let workdir = tempfile::tempdir().unwrap();
+    std::fs::write(workdir.path().join("devices.json"), "{}").unwrap();
+    std::fs::create_dir(workdir.path().join("empty")).unwrap();
+    let commands: [&[&str]; 4] = [
+        &["reset-admin-key", "--data-dir", "dta"],
+        &["reset-admin-key", "--data-dir", "empty"],
+        &["reset-admin-key", "--database-url", "sqlite://dta/other.db"],
+        &["import", "ota-server", "--devices", "devices.json", "--data-dir", "dta"],
+    ];
+    for args in commands {
+        let output = run_to_exit(updraft(workdir.path()).args(args));
+
+        assert!(!output.status.success(), "`updraft {}` succeeded:\n{}", args.join(" "), output.stderr);
+        let looked_at = if args.contains(&"--database-url") {
+            "dta/other.db"
+        } else if args.contains(&"empty") {
+            "empty/updraft.db"
+        } else {
+            "dta/updraft.db"
+        };
+        assert!(output.stderr.contains(looked_at), "`updraft {}` does not name {looked_at}:\n{}", args.join(" "), output.stderr);
+        assert!(!output.stdout.contains("upd_admin_") && !output.stderr.contains("upd_admin_"), "a key was printed");
+        assert!(!workdir.path().join("dta").exists(), "`updraft {}` created a data folder", args.join(" "));
+        assert!(files_under(&workdir.path().join("empty")).is_empty(), "`updraft {}` created a database", args.join(" "));
+    }
+}
+
+#[tokio::test]
+async fn a_taken_port_stops_the_first_start_before_anything_is_stored_and_the_next_start_prints_the_key() {
+    for setting in ["UPDRAFT_LISTEN", "UPDRAFT_MQTT_LISTEN", "UPDRAFT_MQTT_WS_LISTEN"] {
+        let workdir = tempfile::tempdir().unwrap();
+        let data_dir = workdir.path().join("data");
+        let occupant = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let taken = occupant.local_addr().unwrap();
+        let pick = |name: &str| if name == setting { taken } else { free_addr() };
+        let (http, mqtt, ws) = (pick("UPDRAFT_LISTEN"), pick("UPDRAFT_MQTT_LISTEN"), pick("UPDRAFT_MQTT_WS_LISTEN"));
+        let command = |workdir: &Path| {
+            let mut command = updraft(workdir);
+            command.args(["serve", "--listen", &http.to_string(), "--mqtt-listen", &mqtt.to_string()]);
+            command.args(["--mqtt-ws-listen", &ws.to_string(), "--data-dir"]).arg(&data_dir);
+            command
+        };
+
+        let output = run_to_exit(&mut command(workdir.path()));
+
+        assert!(!output.status.success(), "{setting}: start-up went on with a taken port:\n{}", output.stderr);
+        let naming: Vec<&str> = output.stderr.lines().filter(|line| line.contains(setting)).collect();
+        assert_eq!(naming.len(), 1, "{setting}: expected one line naming the setting:\n{}", output.stderr);
+        assert!(naming[0].contains(&taken.to_string()), "{setting}: the line does not name {taken}: {}", naming[0]);
+        assert_eq!(output.stderr.matches("ERROR").count(), 1, "{setting}: expected one error line:\n{}", output.stderr);
+        assert!(!output.stderr.contains(" ready in "), "{setting}: `ready` was logged before a listener failed:\n{}", output.stderr);
+        assert!(!output.stderr.contains("upd_admin_"), "{setting}: a key was printed by a start that failed:\n{}", output.stderr);
+        assert!(!data_dir.exists(), "{setting}: a start that failed created the data folder");
+
+        drop(occupant);
+        let server = Server::spawn(command(workdir.path()), http).await;
+        let key = server.generated_key().await;
+        assert_eq!(server.get("/api/v1/firmware", Some(&key)).await.status(), 200, "{setting}");
+        let (status, stderr) = server.stop().await;
+        assert!(status.success(), "{setting}: {status}\n{stderr}");
+        let ready = stderr.find(" ready in ").expect("ready is logged");
+        assert!(stderr.find("embedded MQTT broker listening").is_some_and(|at| at < ready), "{setting}: ready before MQTT:\n{stderr}");
+    }
+}
+
+#[tokio::test]
+async fn a_device_on_mqtt_is_offered_a_download_url_it_can_reach_and_start_up_says_which() {
+    let workdir = tempfile::tempdir().unwrap();
+    let data_dir = workdir.path().join("data");
+    let port = free_addr().port();
+    let mqtt = free_addr();
+    let mut command = updraft(workdir.path());
+    command.env("UPDRAFT_ADMIN_API_KEY", ADMIN_KEY);
+    // The README's defaults: every address (0.0.0.0), no UPDRAFT_PUBLIC_URL.
+    command.args(["serve", "--listen", &format!("0.0.0.0:{port}"), "--mqtt-listen", &mqtt.to_string(), "--data-dir"]).arg(&data_dir);
+    let server = Server::spawn(command, SocketAddr::from(([127, 0, 0, 1], port))).await;
+    server.wait_for_stderr("devices are given download URLs under ").await;
+    let log = server.stderr_text();
+    let line = log.lines().find(|line| line.contains("devices are given download URLs under ")).unwrap().to_string();
+    let base = line.split("download URLs under ").nth(1).unwrap().split_whitespace().next().unwrap().trim_end_matches(',').to_string();
+    assert!(line.contains("UPDRAFT_PUBLIC_URL"), "start-up does not say how to change it: {line}");
+    assert!(!base.contains("0.0.0.0") && base.ends_with(&format!(":{port}")), "{line}");
+
+    let build = firmware_bytes(40_000);
+    let upload = server
+        .client
+        .post(format!("http://{}/api/v1/firmware?product=lamp&version=1.1.0&hardware=esp32", server.addr))
+        .bearer_auth(ADMIN_KEY)
+        .header("content-type", "application/octet-stream")
+        .body(build.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(upload.status(), 201);
+    let provisioned: Value = server
+        .client
+        .post(format!("http://{}/api/v1/device/provision", server.addr))
+        .json(&serde_json::json!({"mac": "24:0A:C4:00:00:01", "product": "lamp", "hardware": "esp32", "version": "1.0.0"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (id, token) = (provisioned["device_id"].as_str().unwrap(), provisioned["token"].as_str().unwrap());
+    let mut options = rumqttc::MqttOptions::new(format!("c-{id}"), mqtt.ip().to_string(), mqtt.port());
+    options.set_credentials(id, token);
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 10);
+    client.subscribe(format!("updraft/{id}/ota"), rumqttc::QoS::AtLeastOnce).await.unwrap();
+    let offer: Value = loop {
+        let event = tokio::time::timeout(Duration::from_secs(10), eventloop.poll()).await.expect("an ota message").expect("MQTT");
+        if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(message)) = event
+            && !message.payload.is_empty()
+        {
+            break serde_json::from_slice(&message.payload).unwrap();
+        }
+    };
+    let url = offer["update"]["url"].as_str().unwrap();
+    assert!(url.starts_with(&format!("{base}/")), "the offer's URL {url} is not under {base}");
+    let download = server.client.get(url).send().await.expect("the offered URL is reachable");
+    assert_eq!(download.status(), 200);
+    assert!(download.bytes().await.unwrap()[..] == build[..]);
+    server.expect_clean_stop().await;
 }
 
 #[test]
@@ -387,6 +550,10 @@ async fn import_ota_server_brings_devices_pins_and_files_and_the_devices_keep_wo
             "firmware_url": "http://10.0.0.5:5000/firmware/legacy.bin", "checksum": "ignored"}
     });
     std::fs::write(workdir.path().join("devices.json"), devices.to_string()).unwrap();
+    // The import works on an existing installation: start the server once.
+    let mut command = updraft(workdir.path());
+    command.env("UPDRAFT_ADMIN_API_KEY", ADMIN_KEY);
+    Server::start(command, &data_dir).await.expect_clean_stop().await;
     let import = |workdir: &Path| {
         let mut command = updraft(workdir);
         command
@@ -734,4 +901,39 @@ fn seed_003_s_signing_key_path_setting_is_honoured() {
         run_to_exit(updraft(workdir.path()).args(["serve", "--listen", "127.0.0.1:0"]).env("SIGNING_KEY_PATH", "/nonexistent/key.pem"));
     assert_eq!(output.status.code(), Some(2), "{}", output.stderr);
     assert!(output.stderr.contains("UPDRAFT_SIGNING_KEY_PATH") && output.stderr.contains("/nonexistent/key.pem"), "{}", output.stderr);
+}
+
+#[tokio::test]
+async fn start_up_warns_once_for_each_weak_setting_in_use_and_not_for_closed_ones() {
+    let workdir = tempfile::tempdir().unwrap();
+    let data_dir = workdir.path().join("data");
+    let defaults = Server::start(updraft(workdir.path()), &data_dir).await;
+    let (_, stderr) = defaults.stop().await;
+    for setting in [
+        "UPDRAFT_TLS_CERT",
+        "UPDRAFT_PUBLIC_CONFIG_FILES",
+        "UPDRAFT_METRICS_TOKEN",
+        "UPDRAFT_COMPAT_ARDUINO",
+        "UPDRAFT_DEFAULT_PROVISIONING",
+    ] {
+        let lines = stderr.lines().filter(|l| l.contains("weak setting in use") && l.contains(setting)).count();
+        assert_eq!(lines, 1, "one warning for {setting}:\n{stderr}");
+    }
+    assert!(!stderr.contains("UPDRAFT_COMPAT_SEED004_DEBUG"), "seed 004's debug path is off by default:\n{stderr}");
+
+    // A deployment on an untrusted network closes them, and hears nothing.
+    let mut command = updraft(workdir.path());
+    command.envs([
+        ("UPDRAFT_TRUSTED_PROXIES", "127.0.0.1"),
+        ("UPDRAFT_DEFAULT_PROVISIONING", "preregistered"),
+        ("UPDRAFT_PUBLIC_CONFIG_FILES", "false"),
+        ("UPDRAFT_METRICS_TOKEN", "metrics-token-0123456789"),
+        ("UPDRAFT_COMPAT_OTA_SERVER", "false"),
+        ("UPDRAFT_COMPAT_CYBERDECK", "false"),
+        ("UPDRAFT_COMPAT_ARDUINO", "false"),
+        ("UPDRAFT_COMPAT_ESP32FOTA", "false"),
+    ]);
+    let closed = Server::start(command, &data_dir).await;
+    let (_, stderr) = closed.stop().await;
+    assert!(!stderr.contains("weak setting in use"), "{stderr}");
 }

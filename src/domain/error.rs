@@ -23,6 +23,9 @@ pub enum Error {
     /// The request conflicts with the current state (409).
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
+    /// The client sent its request body too slowly, or stopped sending it (408).
+    #[error("{0}")]
+    RequestTimeout(String),
     /// The resource is not at the version the request expects (`If-Match`) (412).
     #[error("{0}")]
     PreconditionFailed(String),
@@ -79,6 +82,7 @@ impl Error {
             Error::Forbidden(_) => "forbidden",
             Error::NotFound { .. } => "not_found",
             Error::PreconditionFailed(_) => "precondition_failed",
+            Error::RequestTimeout(_) => "request_timeout",
             Error::PayloadTooLarge { .. } => "payload_too_large",
             Error::UnsupportedMediaType(_) => "unsupported_media_type",
             Error::RangeNotSatisfiable { .. } => "range_not_satisfiable",

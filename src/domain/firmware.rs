@@ -7,20 +7,25 @@ use super::error::{Error, Result};
 use super::esp_image::EspImageInfo;
 use super::version::Version;
 
-/// A product (application) name: 1-64 characters of letters, digits, `.`, `_`, `-`.
+/// A product (application) name: 1-64 characters of letters, digits, `.`, `_`, `-`, not
+/// starting with `.` (names like `..` and `.staging` are reserved: product names become
+/// parts of paths and keys).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Product(String);
 
 impl Product {
     pub fn parse(input: &str) -> Result<Product> {
         let text = input.trim();
-        let ok = !text.is_empty() && text.len() <= 64 && text.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        let ok = !text.is_empty()
+            && text.len() <= 64
+            && !text.starts_with('.')
+            && text.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
         if ok {
             Ok(Product(text.to_string()))
         } else {
             Err(Error::invalid(
                 "invalid_product",
-                format!("product `{}` must be 1-64 characters of letters, digits, `.`, `_` or `-`", clip(input)),
+                format!("product `{}` must be 1-64 characters of letters, digits, `.`, `_` or `-`, not starting with `.`", clip(input)),
             ))
         }
     }
@@ -356,6 +361,10 @@ mod tests {
     #[test]
     fn bad_names_are_refused_with_their_own_codes() {
         assert_eq!(Product::parse("my app").unwrap_err().code(), "invalid_product");
+        for reserved in ["..", ".", ".staging", ".hidden"] {
+            assert_eq!(Product::parse(reserved).unwrap_err().code(), "invalid_product", "{reserved}");
+        }
+        assert!(Product::parse("lamp.v2").is_ok() && Product::parse("lamp..x").is_ok());
         assert_eq!(HardwareId::parse("esp32;rm").unwrap_err().code(), "invalid_hardware");
         assert_eq!(Channel::parse("be ta").unwrap_err().code(), "invalid_channel");
         assert_eq!(precheck(&meta(None, Some("one"), &[])).unwrap_err().code(), "invalid_version");

@@ -283,6 +283,13 @@ impl LvglImage {
         out
     }
 
+    /// The `.bin` file, reusing the data's buffer (no second copy of a large image).
+    pub fn into_bin(self) -> Vec<u8> {
+        let mut out = self.data;
+        out.splice(0..0, self.header);
+        out
+    }
+
     /// A C source file defining `<name>_map` and the image descriptor `<name>`, laid out as
     /// LVGL's converters write them (LVGLImage.py for 9, lv_img_conv for 8).
     pub fn to_c_array(&self, name: &str) -> Result<String> {
@@ -378,6 +385,26 @@ pub fn check_c_name(name: &str) -> Result<String> {
     }
 }
 
+/// How the size of a scaled image is computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SizeRule {
+    /// Updraft's own (`fit_within`): the limiting side is the box's, the other side the
+    /// nearest whole number.
+    Nearest,
+    /// Seed 003's (`fit_within_seed003`): the other side truncated, as its `int()` does.
+    Seed003,
+}
+
+impl SizeRule {
+    /// The size to scale `width × height` to, or `None` when it is left as it is.
+    pub fn fit(&self, width: u32, height: u32, max_width: Option<u32>, max_height: Option<u32>) -> Option<(u32, u32)> {
+        match self {
+            SizeRule::Nearest => fit_within(width, height, max_width, max_height),
+            SizeRule::Seed003 => fit_within_seed003(width, height, max_width, max_height),
+        }
+    }
+}
+
 /// The size to scale an image of `width × height` to so that it fits the requested box,
 /// keeping its aspect ratio and never enlarging it. A missing side is unconstrained.
 /// Returns `None` when no scaling is needed.
@@ -394,6 +421,200 @@ pub fn fit_within(width: u32, height: u32, max_width: Option<u32>, max_height: O
     };
     let target = (target(width, max_width), target(height, max_height));
     (target != (width, height)).then_some(target)
+}
+
+/// Seed 003's size rule (`ImageProxyService._resize_image` of pvginkel/IoTSupport), step
+/// by step in the same floating-point operations: the box side that limits is taken (but
+/// never more than the image's), the other side is `int()` of the scaled one. A side that
+/// would be 0 is 1 here (seed 003 failed with a 500). `None` when no scaling is needed.
+pub fn fit_within_seed003(width: u32, height: u32, max_width: Option<u32>, max_height: Option<u32>) -> Option<(u32, u32)> {
+    let aspect_ratio = f64::from(width) / f64::from(height);
+    // `as u32` truncates towards zero like Python's int() (and saturates).
+    let from_width = |w: u32| (f64::from(w) / aspect_ratio) as u32;
+    let from_height = |h: u32| (f64::from(h) * aspect_ratio) as u32;
+    let (target_width, target_height) = match (max_width, max_height) {
+        (Some(max_width), Some(max_height)) if aspect_ratio > 1.0 => {
+            let target_width = max_width.min(width);
+            let target_height = from_width(target_width);
+            if target_height > max_height {
+                let target_height = max_height.min(height);
+                (from_height(target_height), target_height)
+            } else {
+                (target_width, target_height)
+            }
+        }
+        (Some(max_width), Some(max_height)) => {
+            let target_height = max_height.min(height);
+            let target_width = from_height(target_height);
+            if target_width > max_width {
+                let target_width = max_width.min(width);
+                (target_width, from_width(target_width))
+            } else {
+                (target_width, target_height)
+            }
+        }
+        (Some(max_width), None) => {
+            let target_width = max_width.min(width);
+            (target_width, from_width(target_width))
+        }
+        (None, Some(max_height)) => {
+            let target_height = max_height.min(height);
+            (from_height(target_height), target_height)
+        }
+        (None, None) => return None,
+    };
+    if target_width >= width && target_height >= height {
+        return None;
+    }
+    Some((target_width.max(1), target_height.max(1)))
+}
+
+// ---- resampling as Pillow does it ----
+//
+// Seed 003 scaled with Pillow (`Image.resize(size, LANCZOS)` of an RGBA image), and a
+// display layout made for it expects its pixels. This is Pillow's own algorithm
+// (`libImaging/Resample.c`, `Convert.c`), step for step and in the same arithmetic, so the
+// results are the same bytes: colours multiplied by alpha (`RGBa`, rounded to 8 bits), a
+// horizontal then a vertical pass with Lanczos-3 weights in 22-bit fixed point, each pass
+// rounded and clipped to 8 bits, then colours divided by alpha again (truncated). Resampling
+// in premultiplied alpha is what keeps transparent pixels from darkening the edges of an
+// icon. Hand-written: `image` resamples in straight alpha, and `fast_image_resize` (after
+// Pillow-SIMD) passes vertically first with 16-bit weights, a few levels away from Pillow.
+
+/// Fixed-point bits of the weights: 8 bits of result, 2 of headroom (Pillow's `PRECISION_BITS`).
+const PRECISION_BITS: u32 = 32 - 8 - 2;
+
+fn lanczos3(x: f64) -> f64 {
+    fn sinc(x: f64) -> f64 {
+        if x == 0.0 {
+            1.0
+        } else {
+            let x = x * std::f64::consts::PI;
+            x.sin() / x
+        }
+    }
+    if (-3.0..3.0).contains(&x) { sinc(x) * sinc(x / 3.0) } else { 0.0 }
+}
+
+/// The weights of one pass: for each output pixel, the first input pixel, how many, and
+/// `ksize` weights (Pillow's `precompute_coeffs` and `normalize_coeffs_8bpc`).
+struct Weights {
+    ksize: usize,
+    bounds: Vec<(usize, usize)>,
+    values: Vec<i32>,
+}
+
+fn weights(in_size: u32, out_size: u32) -> Weights {
+    let scale = f64::from(in_size) / f64::from(out_size);
+    let filter_scale = scale.max(1.0);
+    let support = 3.0 * filter_scale;
+    let ksize = support.ceil() as usize * 2 + 1;
+    let mut bounds = Vec::with_capacity(out_size as usize);
+    let mut values = vec![0i32; out_size as usize * ksize];
+    let mut k = vec![0f64; ksize];
+    for xx in 0..out_size as usize {
+        let center = (xx as f64 + 0.5) * scale;
+        let ss = 1.0 / filter_scale;
+        // C's (int) truncates towards zero, as `as` does.
+        let xmin = ((center - support + 0.5) as i64).max(0);
+        let xmax = ((center + support + 0.5) as i64).min(i64::from(in_size)) - xmin;
+        let n = xmax.max(0) as usize;
+        let mut sum = 0.0;
+        for (x, weight) in k.iter_mut().enumerate().take(n) {
+            *weight = lanczos3(((x as i64 + xmin) as f64 - center + 0.5) * ss);
+            sum += *weight;
+        }
+        for (x, weight) in k.iter().enumerate().take(n) {
+            let weight = if sum != 0.0 { weight / sum } else { *weight };
+            let fixed = weight * f64::from(1u32 << PRECISION_BITS);
+            values[xx * ksize + x] = if weight < 0.0 { (-0.5 + fixed) as i32 } else { (0.5 + fixed) as i32 };
+        }
+        bounds.push((xmin as usize, n));
+    }
+    Weights { ksize, bounds, values }
+}
+
+fn clip8(sum: i32) -> u8 {
+    (sum >> PRECISION_BITS).clamp(0, 255) as u8
+}
+
+/// One pass over RGBA rows: `rows` of `in_width` pixels into `rows` of `weights.bounds.len()`.
+fn resample_horizontal(input: &[u8], in_width: usize, first_row: usize, rows: usize, weights: &Weights) -> Vec<u8> {
+    let out_width = weights.bounds.len();
+    let mut out = Vec::with_capacity(out_width * rows * 4);
+    for y in first_row..first_row + rows {
+        let row = &input[y * in_width * 4..(y + 1) * in_width * 4];
+        for (xx, &(xmin, n)) in weights.bounds.iter().enumerate() {
+            let k = &weights.values[xx * weights.ksize..xx * weights.ksize + n];
+            let mut sums = [1i32 << (PRECISION_BITS - 1); 4];
+            for (x, weight) in k.iter().enumerate() {
+                let pixel = &row[(xmin + x) * 4..(xmin + x) * 4 + 4];
+                for (sum, &value) in sums.iter_mut().zip(pixel) {
+                    *sum += i32::from(value) * weight;
+                }
+            }
+            out.extend(sums.map(clip8));
+        }
+    }
+    out
+}
+
+fn resample_vertical(input: &[u8], width: usize, row_offset: usize, weights: &Weights) -> Vec<u8> {
+    let mut out = Vec::with_capacity(width * weights.bounds.len() * 4);
+    for (yy, &(ymin, n)) in weights.bounds.iter().enumerate() {
+        let k = &weights.values[yy * weights.ksize..yy * weights.ksize + n];
+        for x in 0..width {
+            let mut sums = [1i32 << (PRECISION_BITS - 1); 4];
+            for (y, weight) in k.iter().enumerate() {
+                let at = ((ymin - row_offset + y) * width + x) * 4;
+                for (sum, &value) in sums.iter_mut().zip(&input[at..at + 4]) {
+                    *sum += i32::from(value) * weight;
+                }
+            }
+            out.extend(sums.map(clip8));
+        }
+    }
+    out
+}
+
+/// Scales RGBA pixels (`width × height`, row-major R, G, B, A) to `new_width × new_height`
+/// with Lanczos-3 in premultiplied alpha, byte for byte as Pillow's `Image.resize(size,
+/// Image.LANCZOS)` of an `RGBA` image. `rgba` is premultiplied in place.
+pub fn resize_like_pillow(mut rgba: Vec<u8>, (width, height): (u32, u32), (new_width, new_height): (u32, u32)) -> Vec<u8> {
+    if (width, height) == (new_width, new_height) {
+        return rgba;
+    }
+    // RGBA → RGBa: MULDIV255, rounded.
+    for pixel in rgba.chunks_exact_mut(4) {
+        let alpha = u32::from(pixel[3]);
+        for channel in &mut pixel[..3] {
+            let tmp = u32::from(*channel) * alpha + 128;
+            *channel = (((tmp >> 8) + tmp) >> 8) as u8;
+        }
+    }
+    let horizontal = weights(width, new_width);
+    let vertical = weights(height, new_height);
+    let mut out = if new_width != width {
+        // Only the rows the vertical pass reads.
+        let first_row = vertical.bounds[0].0;
+        let last = vertical.bounds[vertical.bounds.len() - 1];
+        let rows = last.0 + last.1 - first_row;
+        let temp = resample_horizontal(&rgba, width as usize, first_row, rows, &horizontal);
+        drop(rgba);
+        if new_height != height { resample_vertical(&temp, new_width as usize, first_row, &vertical) } else { temp }
+    } else {
+        resample_vertical(&rgba, width as usize, 0, &vertical)
+    };
+    // RGBa → RGBA: alpha 0 and 255 unchanged, else 255·c / alpha, truncated and clipped.
+    for pixel in out.chunks_exact_mut(4) {
+        let alpha = u32::from(pixel[3]);
+        if alpha != 0 && alpha != 255 {
+            for channel in &mut pixel[..3] {
+                *channel = (255 * u32::from(*channel) / alpha).min(255) as u8;
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -562,6 +783,32 @@ mod tests {
         assert_eq!(fit_within(400, 200, Some(400), None), None);
         assert_eq!(fit_within(1000, 1, Some(10), None), Some((10, 1)));
         assert_eq!(fit_within(16, 8, None, None), None);
+    }
+
+    #[test]
+    fn seed_003_truncates_the_side_it_computes() {
+        // The example: 300×200 into 100×100 is 100×66 in seed 003, 100×67 natively.
+        assert_eq!(fit_within_seed003(300, 200, Some(100), Some(100)), Some((100, 66)));
+        assert_eq!(fit_within(300, 200, Some(100), Some(100)), Some((100, 67)));
+        assert_eq!(fit_within_seed003(200, 300, Some(100), Some(100)), Some((66, 100)));
+        assert_eq!(fit_within_seed003(300, 200, Some(100), None), Some((100, 66)));
+        assert_eq!(fit_within_seed003(300, 200, None, Some(50)), Some((75, 50)));
+        // The height limits although the image is wider than tall.
+        assert_eq!(fit_within_seed003(400, 300, Some(200), Some(100)), Some((133, 100)));
+        // Never enlarged; a box as large as the image leaves it alone.
+        assert_eq!(fit_within_seed003(300, 200, Some(300), Some(200)), None);
+        assert_eq!(fit_within_seed003(300, 200, Some(1000), None), None);
+        assert_eq!(fit_within_seed003(16, 8, None, None), None);
+        // Seed 003 asked Pillow for a 0-pixel side here and failed; 1 pixel instead.
+        assert_eq!(fit_within_seed003(1000, 1, Some(10), None), Some((10, 1)));
+        assert_eq!(SizeRule::Seed003.fit(300, 200, Some(100), Some(100)), Some((100, 66)));
+        assert_eq!(SizeRule::Nearest.fit(300, 200, Some(100), Some(100)), Some((100, 67)));
+    }
+
+    #[test]
+    fn into_bin_is_to_bin() {
+        let image = encode(&REFERENCE, 3, 2, ColorFormat::Rgb565A8, LvglVersion::V9).unwrap();
+        assert_eq!(image.to_bin(), image.clone().into_bin());
     }
 
     #[test]

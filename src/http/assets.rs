@@ -17,11 +17,12 @@ use super::AppState;
 use super::auth::{Admin, credential};
 use super::compat_seed003::{image_params, image_response};
 use super::device_api::ClientIp;
-use super::error::{ApiQuery, ApiResult, ErrorBody};
+use super::error::{ApiError, ApiQuery, ApiResult, ErrorBody};
 use super::firmware::timestamp;
 use super::range::{self, RangeRequest};
 use crate::blob::BlobStore;
-use crate::domain::{Error, secret};
+use crate::domain::Error;
+use crate::domain::lvgl::SizeRule;
 use crate::services::assets::{self as service, StagedUpload};
 use crate::services::images;
 use crate::storage::Asset;
@@ -153,10 +154,11 @@ fn parse_version(text: &str) -> Result<Option<i64>, Error> {
 /// The admin key, or the token of a device of `product`.
 async fn authorize_reader(state: &AppState, headers: &HeaderMap, ip: std::net::IpAddr, product: &str) -> Result<(), Error> {
     if let Some(key) = credential(headers, "x-admin-api-key")
-        && secret::verify(key, &state.admin_key_digest)
+        && super::auth::is_admin_key(state, key)
     {
         return Ok(());
     }
+    // Not the admin key: a device token, whose failure counts against the address.
     let device = crate::services::devices::authenticate(&state.core, credential(headers, "x-device-token"), ip).await?;
     if device.product.as_deref() != Some(product) {
         return Err(Error::not_found("asset", product));
@@ -209,6 +211,39 @@ pub async fn serve_blob(
     *response.status_mut() = status;
     *response.headers_mut() = headers;
     Ok(response)
+}
+
+/// `Content-Disposition: inline` naming the file, as Flask's `send_file` writes it: the
+/// name bare when it is a token, else quoted; a name that is not ASCII also as `filename*`.
+pub fn content_disposition(filename: &str) -> Option<HeaderValue> {
+    fn quoted(name: &str) -> String {
+        let token = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if token { name.to_string() } else { format!("\"{}\"", name.replace('\\', "\\\\").replace('"', "\\\"")) }
+    }
+    let value = if filename.is_ascii() {
+        format!("inline; filename={}", quoted(filename))
+    } else {
+        let simple: String = filename.chars().filter(|c| c.is_ascii() && !c.is_ascii_control()).collect();
+        let encoded: String = filename
+            .bytes()
+            .map(
+                |b| if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) { char::from(b).to_string() } else { format!("%{b:02X}") },
+            )
+            .collect();
+        format!("inline; filename={}; filename*=UTF-8''{encoded}", quoted(&simple))
+    };
+    HeaderValue::from_str(&value).ok()
+}
+
+/// 503 with `Retry-After`: every image conversion slot is in use.
+fn conversions_busy() -> Response {
+    let mut response = ApiError(Error::Unavailable(format!(
+        "every image conversion slot is in use (UPDRAFT_IMAGE_MAX_CONCURRENT); retry in {} s",
+        images::BUSY_RETRY_AFTER_SECS
+    )))
+    .into_response();
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(images::BUSY_RETRY_AFTER_SECS));
+    response
 }
 
 // ---- handlers ----
@@ -266,7 +301,7 @@ async fn upload_asset(
     while let Some(chunk) = body.next().await {
         let written = match chunk {
             Ok(chunk) => staged.write(chunk).await,
-            Err(e) => Err(Error::invalid("upload_interrupted", format!("the upload was interrupted: {e}"))),
+            Err(e) => Err(super::body_guard::read_error(&e)),
         };
         if let Err(e) = written {
             staged.abort().await;
@@ -323,6 +358,9 @@ async fn download_asset(
     extra.insert("x-updraft-signature", HeaderValue::from_str(&asset.signature).map_err(|e| Error::Internal(e.into()))?);
     extra.insert("x-updraft-asset-version", HeaderValue::from(asset.version));
     extra.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-cache"));
+    if let Some(disposition) = content_disposition(&asset.name) {
+        extra.insert(header::CONTENT_DISPOSITION, disposition);
+    }
     Ok(response)
 }
 
@@ -369,15 +407,19 @@ async fn keys(State(state): State<AppState>) -> Json<KeyList> {
     })
 }
 
-/// Convert an uploaded image (PNG, JPEG, GIF, WebP, BMP; the raw body) for LVGL.
+/// Convert an uploaded image (the raw body: PNG, JPEG, GIF, WebP, BMP, TIFF, ICO, TGA, PNM,
+/// QOI or DDS) for LVGL. At most UPDRAFT_IMAGE_MAX_PIXELS pixels; at most
+/// UPDRAFT_IMAGE_MAX_CONCURRENT conversions at once (503 with Retry-After beyond).
 #[utoipa::path(
     post, path = "/api/v1/images/lvgl", tag = "assets",
     params(ConvertQuery),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses(
         (status = 200, description = "The LVGL image (.bin or C source)", body = Vec<u8>),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 400, description = "Bad parameter, or an image larger than UPDRAFT_IMAGE_MAX_PIXELS (`image_too_large`)", body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 413, body = ErrorBody),
         (status = 422, description = "Not a decodable image", body = ErrorBody),
+        (status = 503, description = "Every conversion slot is in use; see Retry-After", body = ErrorBody),
     ),
     security(("bearer" = []), ("admin_key" = []))
 )]
@@ -394,17 +436,22 @@ async fn convert_image(
         query.lvgl.as_deref(),
         query.output.as_deref(),
         query.name.as_deref(),
+        SizeRule::Nearest,
     )?;
+    // The slot is taken before the body is read: it bounds the bodies held in memory too.
+    let Ok(slot) = state.core.fetcher.try_slot() else {
+        return Ok(conversions_busy());
+    };
     let limit = state.core.fetcher.max_bytes();
     let mut bytes = Vec::new();
     let mut body = request.into_body().into_data_stream();
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| Error::invalid("upload_interrupted", format!("the upload was interrupted: {e}")))?;
+        let chunk = chunk.map_err(|e| super::body_guard::read_error(&e))?;
         if bytes.len() as u64 + chunk.len() as u64 > limit {
             return Err(Error::PayloadTooLarge { limit }.into());
         }
         bytes.extend_from_slice(&chunk);
     }
-    let encoded = images::convert(bytes, params.options.clone()).await?;
+    let encoded = images::convert(&state.core.fetcher, slot, bytes, params.options.clone()).await?;
     Ok(image_response(encoded, &params))
 }

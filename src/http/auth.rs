@@ -1,12 +1,19 @@
 //! Admin authentication: `Authorization: Bearer <key>` or `X-Admin-API-Key: <key>`,
-//! checked against the stored digest in constant time.
+//! checked against the stored digest in constant time. Wrong keys count against the caller's
+//! address in the same limiter as wrong device tokens: after ten in a minute, that address
+//! gets 429 with `Retry-After`, whatever it sends.
 
-use axum::extract::FromRequestParts;
+use std::net::IpAddr;
+
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::HeaderMap;
 use axum::http::request::Parts;
 
 use super::AppState;
 use super::error::ApiError;
+use super::forwarded::ClientView;
 use crate::domain::{Error, secret};
+use crate::net::ClientAddr;
 
 /// Proof that the request carries the admin key.
 pub struct Admin;
@@ -15,18 +22,43 @@ impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let Some(presented) = bearer_or_header(parts, "x-admin-api-key") else {
-            return Err(Error::Unauthenticated(
-                "an admin API key is required: send `Authorization: Bearer <key>` or `X-Admin-API-Key: <key>`".into(),
-            )
-            .into());
-        };
-        if secret::verify(presented, &state.admin_key_digest) {
-            Ok(Admin)
-        } else {
-            Err(Error::Unauthenticated("the admin API key is not valid".into()).into())
-        }
+        require_admin(state, bearer_or_header(parts, "x-admin-api-key"), client_ip(parts))?;
+        Ok(Admin)
     }
+}
+
+/// The caller's address as resolved by `forwarded::resolve` (the peer without it).
+pub fn client_ip(parts: &Parts) -> IpAddr {
+    parts
+        .extensions
+        .get::<ClientView>()
+        .map(|view| view.ip)
+        .or_else(|| parts.extensions.get::<ConnectInfo<ClientAddr>>().map(|ConnectInfo(addr)| addr.0.ip()))
+        .unwrap_or(IpAddr::from([127, 0, 0, 1]))
+}
+
+/// Accepts `presented` only if it is the admin key. A wrong key counts as a failed
+/// authentication of `ip`; an address with too many gets 429 before its key is looked at.
+pub fn require_admin(state: &AppState, presented: Option<&str>, ip: IpAddr) -> Result<(), Error> {
+    let limiter = &state.core.devices.limiter;
+    limiter.check(ip)?;
+    let Some(presented) = presented else {
+        return Err(Error::Unauthenticated(
+            "an admin API key is required: send `Authorization: Bearer <key>` or `X-Admin-API-Key: <key>`".into(),
+        ));
+    };
+    if is_admin_key(state, presented) {
+        return Ok(());
+    }
+    limiter.record_failure(ip);
+    tracing::info!(%ip, "wrong admin API key");
+    Err(Error::Unauthenticated("the admin API key is not valid".into()))
+}
+
+/// Whether `presented` is the admin key, without counting a miss (for routes that accept the
+/// admin key or another credential, and count a failure once both missed).
+pub fn is_admin_key(state: &AppState, presented: &str) -> bool {
+    secret::verify(presented, &state.admin_key_digest)
 }
 
 /// The credential of `Authorization: Bearer <x>`, or else the value of `header`.
@@ -35,7 +67,7 @@ pub fn bearer_or_header<'a>(parts: &'a Parts, header: &str) -> Option<&'a str> {
 }
 
 /// Like `bearer_or_header`, from a header map.
-pub fn credential<'a>(headers: &'a axum::http::HeaderMap, header: &str) -> Option<&'a str> {
+pub fn credential<'a>(headers: &'a HeaderMap, header: &str) -> Option<&'a str> {
     let bearer = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| {
         let (scheme, credential) = v.trim().split_once(' ')?;
         scheme.eq_ignore_ascii_case("bearer").then_some(credential.trim())

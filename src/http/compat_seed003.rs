@@ -9,8 +9,10 @@
 //! - `GET /api/images/lvgl?url=&width=&height=&headers=` (public), plus Updraft's `cf`,
 //!   `lvgl`, `output` and `name`.
 //!
-//! Errors on these routes use seed 003's body, built here and only here:
-//! `{"error": <message>, "code": <CODE>, "details": {"message": <text>}, "correlationId": <request id>}`.
+//! Errors on these routes use seed 003's bodies, built here and only here:
+//! `{"error": <message>, "code": <CODE>, "details": {"message": <text>}, "correlationId": <request id>}`,
+//! and, for a request its schema refuses (spectree's validation of query and JSON body), 400
+//! with pydantic's list of errors, `[{"loc": ["url"], "msg": "Field required", "type": "missing", "input": …}]`.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -18,7 +20,7 @@ use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Multipart, 
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use chrono::{SecondsFormat, Utc};
+use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
@@ -26,14 +28,14 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
-use super::assets::serve_blob;
+use super::assets::{content_disposition, serve_blob};
 use super::auth::credential;
 use super::device_api::ClientIp;
 use super::error::status_of;
+use crate::domain::Error;
 use crate::domain::config::{self, Scope};
-use crate::domain::lvgl::{ColorFormat, LvglVersion};
+use crate::domain::lvgl::{ColorFormat, LvglVersion, SizeRule};
 use crate::domain::mac::Mac;
-use crate::domain::{Error, secret};
 use crate::services::assets::{self as assets_service, StagedUpload};
 use crate::services::config::{self as config_service, ChangeRequest, SEED003_AUTHOR};
 use crate::services::images::{self, ConvertOptions};
@@ -67,7 +69,39 @@ pub struct Seed003ErrorDetails {
     pub message: String,
 }
 
+/// One entry of seed 003's validation answer: what pydantic reports for a field.
+#[derive(Serialize, ToSchema)]
+pub struct Seed003FieldError {
+    /// Where: `["url"]`, `["content"]`, `["body"]`; `[]` for the body as a whole.
+    pub loc: Vec<String>,
+    pub msg: String,
+    /// pydantic's error type: `missing`, `url_parsing`, `greater_than`, `int_parsing`,
+    /// `extra_forbidden`, `dict_type`, `bool_parsing`, ...
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The value refused (for `missing`: the whole input).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Object)]
+    pub input: Option<Value>,
+}
+
+fn field_error(loc: &str, kind: &str, msg: impl Into<String>, input: Option<Value>) -> Seed003FieldError {
+    Seed003FieldError {
+        loc: if loc.is_empty() { Vec::new() } else { vec![loc.to_string()] },
+        msg: msg.into(),
+        kind: kind.to_string(),
+        input,
+    }
+}
+
+/// Seed 003's answer to a request its schema refuses: 400 and the list of errors.
+fn validation_failed(errors: Vec<Seed003FieldError>) -> Response {
+    tracing::info!(status = 400, errors = errors.len(), first = %errors.first().map(|e| e.msg.as_str()).unwrap_or(""), "seed-003 request refused by its schema");
+    (StatusCode::BAD_REQUEST, Json(errors)).into_response()
+}
+
 /// The request id, for `correlationId`.
+#[derive(Clone)]
 pub struct Correlation(String);
 
 impl<S: Send + Sync> FromRequestParts<S> for Correlation {
@@ -91,14 +125,16 @@ fn respond(correlation: Correlation, result: Result<Response, Error>) -> Respons
     };
     let (code, details) = match &error {
         Error::NotFound { .. } => ("RECORD_NOT_FOUND", "The requested resource could not be found"),
-        Error::Invalid { code: "invalid_mac", .. } => ("INVALID_OPERATION", "The requested operation cannot be performed"),
+        Error::Invalid { code: "invalid_mac" | "missing_header" | "invalid_header", .. } => {
+            ("INVALID_OPERATION", "The requested operation cannot be performed")
+        }
         Error::Invalid { .. } | Error::Unprocessable { .. } => ("VALIDATION_FAILED", "Validation failed"),
-        Error::Conflict { .. } => ("RECORD_EXISTS", "The record already exists"),
+        Error::Conflict { .. } => ("RECORD_EXISTS", "The resource already exists"),
         Error::Unauthenticated(_) => ("AUTHENTICATION_REQUIRED", "Authentication is required"),
         Error::Forbidden(_) => ("FORBIDDEN", "The operation is not allowed"),
         Error::PayloadTooLarge { .. } => ("PAYLOAD_TOO_LARGE", "The request body is too large"),
         Error::UnsupportedMediaType(_) => ("UNSUPPORTED_MEDIA_TYPE", "The content type is not accepted"),
-        Error::Upstream(_) => ("EXTERNAL_SERVICE_ERROR", "An external service failed"),
+        Error::Upstream(_) => ("EXTERNAL_SERVICE_ERROR", "External service request failed"),
         Error::TooManyRequests { .. } => ("TOO_MANY_REQUESTS", "Too many requests"),
         Error::InsufficientStorage => ("INSUFFICIENT_STORAGE", "The server has no space left"),
         Error::Unavailable(_) => ("SERVICE_UNAVAILABLE", "A dependency is unavailable"),
@@ -111,27 +147,40 @@ fn respond(correlation: Correlation, result: Result<Response, Error>) -> Respons
         tracing::info!(status = status.as_u16(), code, message = %error, "seed-003 request refused");
         error.to_string()
     };
-    let body = Seed003ErrorBody {
-        error: message,
-        code: code.to_string(),
-        details: Seed003ErrorDetails { message: details.to_string() },
-        correlation_id: correlation.0,
-    };
-    let mut response = (status, Json(body)).into_response();
+    let mut response = error_body(status, code, message, details, &correlation);
     if let Error::Unauthenticated(_) = error {
         response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     }
     response
 }
 
-fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), Error> {
-    match credential(headers, "x-admin-api-key") {
-        Some(key) if secret::verify(key, &state.admin_key_digest) => Ok(()),
-        Some(_) => Err(Error::Unauthenticated("the admin API key is not valid".into())),
-        None => Err(Error::Unauthenticated(
-            "an admin API key is required: send `Authorization: Bearer <key>` or `X-Admin-API-Key: <key>`".into(),
-        )),
-    }
+/// Seed 003's error body with `status`.
+fn error_body(status: StatusCode, code: &str, message: String, details: &str, correlation: &Correlation) -> Response {
+    let body = Seed003ErrorBody {
+        error: message,
+        code: code.to_string(),
+        details: Seed003ErrorDetails { message: details.to_string() },
+        correlation_id: correlation.0.clone(),
+    };
+    (status, Json(body)).into_response()
+}
+
+/// 503 with `Retry-After`: every image conversion slot is in use.
+fn conversions_busy(correlation: &Correlation) -> Response {
+    tracing::info!(status = 503, "seed-003 image conversion refused: every slot is in use");
+    let mut response = error_body(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "SERVICE_UNAVAILABLE",
+        format!("Every image conversion slot is in use (UPDRAFT_IMAGE_MAX_CONCURRENT); retry in {} s", images::BUSY_RETRY_AFTER_SECS),
+        "The service is busy",
+        correlation,
+    );
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(images::BUSY_RETRY_AFTER_SECS));
+    response
+}
+
+fn require_admin(state: &AppState, headers: &HeaderMap, ip: std::net::IpAddr) -> Result<(), Error> {
+    super::auth::require_admin(state, credential(headers, "x-admin-api-key"), ip)
 }
 
 /// Seed 003's MAC rule: lower-cased, then `xx-xx-xx-xx-xx-xx`.
@@ -184,13 +233,92 @@ pub struct Seed003Config {
     pub content: Value,
 }
 
-#[derive(Deserialize, ToSchema)]
+/// The body of `PUT /api/configs/{mac}` (`Content-Type: application/json`).
+#[derive(ToSchema)]
+#[allow(dead_code)]
 pub struct Seed003SaveBody {
     /// The document: a JSON object.
     #[schema(value_type = Object)]
-    pub content: Value,
-    /// False: refuse (409) when a configuration exists [default: true].
-    pub allow_overwrite: Option<bool>,
+    content: Value,
+    /// False: refuse (409) when a configuration exists [default: true]. As pydantic's `bool`:
+    /// also `0`/`1` and the strings `true`, `false`, `yes`, `no`, `on`, `off`, `t`, `f`, `y`,
+    /// `n`, `1`, `0`; `null` is refused.
+    allow_overwrite: Option<bool>,
+}
+
+/// pydantic's lax `bool`: what seed 003's schema accepted for `allow_overwrite`.
+fn lax_bool(value: &Value) -> Result<bool, Seed003FieldError> {
+    let parsing = || {
+        field_error("allow_overwrite", "bool_parsing", "Input should be a valid boolean, unable to interpret input", Some(value.clone()))
+    };
+    match value {
+        Value::Bool(b) => Ok(*b),
+        Value::Number(n) => match n.as_f64() {
+            Some(0.0) => Ok(false),
+            Some(1.0) => Ok(true),
+            _ => Err(parsing()),
+        },
+        Value::String(text) => match text.to_ascii_lowercase().as_str() {
+            "0" | "off" | "f" | "false" | "n" | "no" => Ok(false),
+            "1" | "on" | "t" | "true" | "y" | "yes" => Ok(true),
+            _ => Err(parsing()),
+        },
+        _ => Err(field_error("allow_overwrite", "bool_type", "Input should be a valid boolean", Some(value.clone()))),
+    }
+}
+
+/// Validates the body as seed 003's schema did (`content`: an object; `allow_overwrite`:
+/// a lax bool, default true); a body that is not JSON is refused in the same list.
+fn parse_save_body(headers: &HeaderMap, body: &[u8]) -> Result<(Value, bool), Vec<Seed003FieldError>> {
+    let mime = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    let json = mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"));
+    if !json {
+        return Err(vec![field_error(
+            "body",
+            "content_type",
+            "Input should be a JSON object sent with Content-Type: application/json",
+            None,
+        )]);
+    }
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| vec![field_error("body", "json_invalid", format!("Invalid JSON: {e}"), None)])?;
+    let Value::Object(mut map) = value else {
+        return Err(vec![field_error(
+            "",
+            "model_attributes_type",
+            "Input should be a valid dictionary or object to extract fields from",
+            Some(value),
+        )]);
+    };
+    let mut errors = Vec::new();
+    let content = match map.get("content") {
+        None => {
+            errors.push(field_error("content", "missing", "Field required", Some(Value::Object(map.clone()))));
+            None
+        }
+        Some(Value::Object(_)) => map.remove("content"),
+        Some(other) => {
+            errors.push(field_error("content", "dict_type", "Input should be a valid dictionary", Some(other.clone())));
+            None
+        }
+    };
+    let allow_overwrite = match map.get("allow_overwrite").map(lax_bool) {
+        None => true,
+        Some(Ok(allow)) => allow,
+        Some(Err(error)) => {
+            errors.push(error);
+            true
+        }
+    };
+    match content {
+        Some(content) if errors.is_empty() => Ok((content, allow_overwrite)),
+        _ => Err(errors),
+    }
 }
 
 fn summary(mac: &Mac, content: &Value) -> Seed003Summary {
@@ -220,9 +348,9 @@ fn detail(mac: &Mac, content: &Value) -> Seed003Config {
     responses((status = 200, body = Seed003List), (status = 401, body = Seed003ErrorBody)),
     security(("bearer" = []), ("admin_key" = []))
 )]
-async fn list_configs(State(state): State<AppState>, correlation: Correlation, headers: HeaderMap) -> Response {
+async fn list_configs(State(state): State<AppState>, correlation: Correlation, ClientIp(ip): ClientIp, headers: HeaderMap) -> Response {
     let result = async {
-        require_admin(&state, &headers)?;
+        require_admin(&state, &headers, ip)?;
         let documents = config_service::device_documents(&state.core).await?;
         let configs: Vec<Seed003Summary> = documents.iter().map(|(mac, content)| summary(mac, content)).collect();
         Ok(Json(Seed003List { count: configs.len(), configs }).into_response())
@@ -286,7 +414,7 @@ async fn get_config(
             }
             return Ok(response);
         }
-        require_admin(&state, &headers)?;
+        require_admin(&state, &headers, ip)?;
         let mac = parse_mac(&mac, "get configuration")?;
         let (_, content) = config_service::get(&state.core, &Scope::Device(mac))
             .await
@@ -304,7 +432,7 @@ async fn has_device_document(state: &AppState, mac: &Mac) -> Result<bool, Error>
 /// With public config files off: the token of the device with this MAC, or the admin key.
 async fn authorize_device_or_admin(state: &AppState, headers: &HeaderMap, mac: &Mac, ip: std::net::IpAddr) -> Result<(), Error> {
     if let Some(key) = credential(headers, "x-admin-api-key")
-        && secret::verify(key, &state.admin_key_digest)
+        && super::auth::is_admin_key(state, key)
     {
         return Ok(());
     }
@@ -316,14 +444,15 @@ async fn authorize_device_or_admin(state: &AppState, headers: &HeaderMap, mac: &
 }
 
 /// Create or replace a device's configuration (seed 003). `content` must be a JSON object;
-/// with `allow_overwrite: false` an existing configuration is a 409.
+/// with `allow_overwrite: false` an existing configuration is a 409. A body its schema
+/// refuses gets 400 with seed 003's list of errors.
 #[utoipa::path(
     put, path = "/api/configs/{mac}", tag = "seed-003",
     params(("mac" = String, Path, description = "aa-bb-cc-dd-ee-ff")),
     request_body = Seed003SaveBody,
     responses(
         (status = 200, body = Seed003Config),
-        (status = 400, body = Seed003ErrorBody),
+        (status = 400, description = "A malformed MAC (`INVALID_OPERATION`), or a list of errors when the body is refused", body = Vec<Seed003FieldError>),
         (status = 401, body = Seed003ErrorBody),
         (status = 409, description = "Exists and allow_overwrite is false", body = Seed003ErrorBody),
     ),
@@ -332,24 +461,25 @@ async fn authorize_device_or_admin(state: &AppState, headers: &HeaderMap, mac: &
 async fn put_config(
     State(state): State<AppState>,
     correlation: Correlation,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
     Path(mac): Path<String>,
     body: Bytes,
 ) -> Response {
     let result = async {
-        require_admin(&state, &headers)?;
+        require_admin(&state, &headers, ip)?;
+        // Seed 003 validated the body (spectree) before it looked at the MAC.
+        let (content, allow_overwrite) = match parse_save_body(&headers, &body) {
+            Ok(parsed) => parsed,
+            Err(errors) => return Ok(validation_failed(errors)),
+        };
         let mac = parse_mac(&mac, "save configuration")?;
-        let body: Seed003SaveBody =
-            serde_json::from_slice(&body).map_err(|e| Error::invalid("invalid_json", format!("Invalid request body: {e}")))?;
-        if !body.content.is_object() {
-            return Err(Error::invalid("invalid_config", "content must be a JSON object"));
-        }
         let request = ChangeRequest {
-            content: Some(body.content),
+            content: Some(content),
             author: SEED003_AUTHOR.into(),
             comment: String::new(),
             if_match: None,
-            create_only: body.allow_overwrite == Some(false),
+            create_only: !allow_overwrite,
         };
         let document = config_service::put(&state.core, &Scope::Device(mac), request).await.map_err(|e| match e {
             Error::Conflict { code: "config_exists", .. } => {
@@ -370,9 +500,15 @@ async fn put_config(
     responses((status = 204, description = "Deleted"), (status = 400, body = Seed003ErrorBody), (status = 401, body = Seed003ErrorBody), (status = 404, body = Seed003ErrorBody)),
     security(("bearer" = []), ("admin_key" = []))
 )]
-async fn delete_config(State(state): State<AppState>, correlation: Correlation, headers: HeaderMap, Path(mac): Path<String>) -> Response {
+async fn delete_config(
+    State(state): State<AppState>,
+    correlation: Correlation,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    Path(mac): Path<String>,
+) -> Response {
     let result = async {
-        require_admin(&state, &headers)?;
+        require_admin(&state, &headers, ip)?;
         let mac = parse_mac(&mac, "delete configuration")?;
         let request =
             ChangeRequest { content: None, author: SEED003_AUTHOR.into(), comment: String::new(), if_match: None, create_only: false };
@@ -403,6 +539,8 @@ pub struct Seed003UploadForm {
 pub struct Seed003Uploaded {
     pub filename: String,
     pub size: u64,
+    /// The signed `timestamp`, written as Python's `isoformat()` (offset kept; `+00:00` when
+    /// it had none), as seed 003 answered.
     pub uploaded_at: String,
 }
 
@@ -415,7 +553,7 @@ const MAX_FIELD_BYTES: usize = 4096;
     request_body(content = Seed003UploadForm, content_type = "multipart/form-data"),
     responses(
         (status = 200, body = Seed003Uploaded),
-        (status = 400, description = "Missing field, bad filename, timestamp or signature", body = Seed003ErrorBody),
+        (status = 400, description = "Missing field, bad or blank filename, empty file, bad timestamp or signature", body = Seed003ErrorBody),
         (status = 403, description = "No signing key configured", body = Seed003ErrorBody),
         (status = 413, body = Seed003ErrorBody),
     )
@@ -436,7 +574,7 @@ async fn upload(state: &AppState, request: Request) -> Result<Response, Error> {
         .map_err(|e| Error::invalid("invalid_multipart", format!("malformed multipart body: {}", e.body_text())))?;
     let mut timestamp: Option<String> = None;
     let mut signature: Option<String> = None;
-    let mut checked = false;
+    let mut signed_at = None;
     let mut upload: Option<(StagedUpload, String)> = None;
     let outcome: Result<(), Error> = async {
         while let Some(mut field) = multipart.next_field().await.map_err(|e| multipart_error(e, limit))? {
@@ -449,8 +587,7 @@ async fn upload(state: &AppState, request: Request) -> Result<Response, Error> {
                     assets_service::check_filename(&filename)?;
                     if let (Some(ts), Some(sig)) = (&timestamp, &signature) {
                         // Both known before the bytes: refuse before storing anything.
-                        assets_service::check_signed_timestamp(&state.core, ts, sig, Utc::now())?;
-                        checked = true;
+                        signed_at = Some(assets_service::check_signed_timestamp(&state.core, ts, sig, Utc::now())?);
                     }
                     let mut staged = StagedUpload::begin(&state.core, limit).await?;
                     let written: Result<(), Error> = async {
@@ -494,25 +631,24 @@ async fn upload(state: &AppState, request: Request) -> Result<Response, Error> {
             (_, None) => return Err(missing("signature")),
             (Some(ts), Some(sig)) => (ts, sig),
         };
-        if !checked {
-            assets_service::check_signed_timestamp(&state.core, ts, sig, Utc::now())?;
+        match signed_at {
+            Some(at) => Ok(at),
+            None => assets_service::check_signed_timestamp(&state.core, ts, sig, Utc::now()),
         }
-        Ok(())
     });
-    if let Err(e) = checked_upload {
-        if let Some((staged, _)) = upload {
-            staged.abort().await;
+    let signed_at = match checked_upload {
+        Ok(at) => at,
+        Err(e) => {
+            if let Some((staged, _)) = upload {
+                staged.abort().await;
+            }
+            return Err(e);
         }
-        return Err(e);
-    }
+    };
     let (staged, filename) = upload.expect("checked above");
     let file = assets_service::commit_file(&state.core, staged, &filename).await?;
-    Ok(Json(Seed003Uploaded {
-        filename: file.filename,
-        size: file.size,
-        uploaded_at: file.uploaded_at.to_rfc3339_opts(SecondsFormat::Micros, false),
-    })
-    .into_response())
+    Ok(Json(Seed003Uploaded { filename: file.filename, size: file.size, uploaded_at: assets_service::python_isoformat(&signed_at) })
+        .into_response())
 }
 
 fn multipart_error(error: axum::extract::multipart::MultipartError, limit: u64) -> Error {
@@ -523,13 +659,15 @@ fn multipart_error(error: axum::extract::multipart::MultipartError, limit: u64) 
     }
 }
 
-/// Download an asset uploaded through `POST /api/assets` (public, `Cache-Control: no-cache`).
+/// Download an asset uploaded through `POST /api/assets` (public, `Cache-Control: no-cache`,
+/// `Content-Disposition: inline; filename=…`). A name with `..`, `/` or `\` is a 400.
 #[utoipa::path(
     get, path = "/api/assets/{filename}", tag = "seed-003",
     params(("filename" = String, Path)),
     responses(
         (status = 200, description = "The file", content_type = "application/octet-stream", body = Vec<u8>),
         (status = 304, description = "Unchanged (If-None-Match)"),
+        (status = 400, description = "A name seed 003 refuses", body = Seed003ErrorBody),
         (status = 404, body = Seed003ErrorBody),
     )
 )]
@@ -545,6 +683,9 @@ async fn get_asset(
         let mut response =
             serve_blob(&state.core.blobs, &file.blob_key, file.size, &file.sha256, "application/octet-stream", &method, &headers).await?;
         response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        if let Some(disposition) = content_disposition(&file.filename) {
+            response.headers_mut().insert(header::CONTENT_DISPOSITION, disposition);
+        }
         Ok(response)
     }
     .await;
@@ -597,7 +738,7 @@ pub struct ImageParams {
     pub file_name: String,
 }
 
-/// Parses `width`, `height`, `cf`, `lvgl`, `output` and `name`.
+/// Parses `width`, `height`, `cf`, `lvgl`, `output` and `name`; the first error.
 pub fn image_params(
     width: Option<&str>,
     height: Option<&str>,
@@ -605,29 +746,64 @@ pub fn image_params(
     lvgl: Option<&str>,
     output: Option<&str>,
     name: Option<&str>,
+    size_rule: SizeRule,
 ) -> Result<ImageParams, Error> {
-    let side = |field: &str, value: Option<&str>| -> Result<Option<u32>, Error> {
-        value
-            .map(|v| {
-                v.trim()
-                    .parse::<u32>()
-                    .ok()
-                    .filter(|n| (1..=65535).contains(n))
-                    .ok_or_else(|| Error::invalid("invalid_query", format!("{field} must be a whole number from 1 to 65535")))
-            })
-            .transpose()
+    image_params_by_field(width, height, cf, lvgl, output, name, size_rule).map_err(|mut errors| errors.remove(0).1)
+}
+
+/// As `image_params`, with every error and the parameter it is about.
+fn image_params_by_field(
+    width: Option<&str>,
+    height: Option<&str>,
+    cf: Option<&str>,
+    lvgl: Option<&str>,
+    output: Option<&str>,
+    name: Option<&str>,
+    size_rule: SizeRule,
+) -> Result<ImageParams, Vec<(&'static str, Error)>> {
+    let mut errors = Vec::new();
+    let mut side = |field: &'static str, value: Option<&str>| -> Option<u32> {
+        let value = value?;
+        let side = value.trim().parse::<u32>().ok().filter(|n| (1..=65535).contains(n));
+        if side.is_none() {
+            errors.push((field, Error::invalid("invalid_query", format!("{field} must be a whole number from 1 to 65535"))));
+        }
+        side
     };
-    let cf = cf.map(ColorFormat::parse).transpose()?.unwrap_or(ColorFormat::Argb8888);
-    let version = lvgl.map(LvglVersion::parse).transpose()?.unwrap_or(LvglVersion::V9);
+    let (width, height) = (side("width", width), side("height", height));
+    let cf = cf.map(ColorFormat::parse).transpose().unwrap_or_else(|e| {
+        errors.push(("cf", e));
+        None
+    });
+    let version = lvgl.map(LvglVersion::parse).transpose().unwrap_or_else(|e| {
+        errors.push(("lvgl", e));
+        None
+    });
     let name = name.map(str::to_string).unwrap_or_else(|| "image".into());
     let c_array = match output.map(str::to_ascii_lowercase).as_deref() {
         None | Some("bin") => None,
-        Some("c") => Some(crate::domain::lvgl::check_c_name(&name)?),
-        Some(_) => return Err(Error::invalid("invalid_query", "output must be bin or c")),
+        Some("c") => crate::domain::lvgl::check_c_name(&name).map(Some).unwrap_or_else(|e| {
+            errors.push(("name", e));
+            None
+        }),
+        Some(_) => {
+            errors.push(("output", Error::invalid("invalid_query", "output must be bin or c")));
+            None
+        }
     };
+    if !errors.is_empty() {
+        return Err(errors);
+    }
     let file_name = if c_array.is_some() { format!("{name}.c") } else { "image.bin".to_string() };
     Ok(ImageParams {
-        options: ConvertOptions { width: side("width", width)?, height: side("height", height)?, cf, version, c_array },
+        options: ConvertOptions {
+            width,
+            height,
+            size_rule,
+            cf: cf.unwrap_or(ColorFormat::Argb8888),
+            version: version.unwrap_or(LvglVersion::V9),
+            c_array,
+        },
         file_name,
     })
 }
@@ -645,46 +821,164 @@ pub fn image_response(bytes: Vec<u8>, params: &ImageParams) -> Response {
     response
 }
 
+/// The parameters of `GET /api/images/lvgl`, validated as seed 003's schema did
+/// (`LvglImageQuerySchema`: `url` an http(s) URL, `width` and `height` whole numbers above 0,
+/// nothing else) plus Updraft's own; every error is reported, in pydantic's list.
+struct LvglRequest {
+    url: String,
+    forward: Option<String>,
+    params: ImageParams,
+}
+
+const LVGL_PARAMETERS: [&str; 8] = ["url", "headers", "width", "height", "cf", "lvgl", "output", "name"];
+
+fn parse_lvgl_query(query: &str) -> Result<LvglRequest, Vec<Seed003FieldError>> {
+    let mut fields: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
+    let mut extra = Vec::new();
+    let mut repeated = Vec::new();
+    for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+        if !LVGL_PARAMETERS.contains(&key.as_ref()) {
+            let key: String = key.chars().take(40).collect();
+            extra.push(field_error(&key, "extra_forbidden", "Extra inputs are not permitted", Some(Value::String(value.into_owned()))));
+        } else if fields.contains_key(key.as_ref()) {
+            repeated.push(field_error(
+                &key,
+                "value_error",
+                "Value error, the parameter is given more than once",
+                Some(Value::String(value.into_owned())),
+            ));
+        } else {
+            fields.insert(key.into_owned(), value.into_owned());
+        }
+    }
+    let mut errors = Vec::new();
+    match fields.get("url") {
+        None => {
+            let input = fields.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
+            errors.push(field_error("url", "missing", "Field required", Some(Value::Object(input))));
+        }
+        Some(url) => errors.extend(check_http_url(url)),
+    }
+    for side in ["width", "height"] {
+        if let Some(value) = fields.get(side) {
+            let input = Some(Value::String(value.clone()));
+            match value.trim().parse::<i64>() {
+                Err(_) => errors.push(field_error(
+                    side,
+                    "int_parsing",
+                    "Input should be a valid integer, unable to parse string as an integer",
+                    input,
+                )),
+                Ok(n) if n <= 0 => errors.push(field_error(side, "greater_than", "Input should be greater than 0", input)),
+                Ok(n) if n > 65535 => {
+                    errors.push(field_error(side, "less_than_equal", "Input should be less than or equal to 65535", input))
+                }
+                Ok(_) => {}
+            }
+        }
+    }
+    let get = |k: &str| fields.get(k).map(String::as_str);
+    let params = image_params_by_field(get("width"), get("height"), get("cf"), get("lvgl"), get("output"), get("name"), SizeRule::Seed003);
+    if let Err(extension_errors) = &params {
+        for (field, error) in extension_errors {
+            if !matches!(*field, "width" | "height") {
+                errors.push(field_error(
+                    field,
+                    "value_error",
+                    format!("Value error, {error}"),
+                    fields.get(*field).cloned().map(Value::String),
+                ));
+            }
+        }
+    }
+    errors.extend(repeated);
+    errors.extend(extra);
+    match params {
+        Ok(params) if errors.is_empty() => {
+            Ok(LvglRequest { url: fields.remove("url").unwrap_or_default(), forward: fields.remove("headers"), params })
+        }
+        _ => Err(errors),
+    }
+}
+
+/// pydantic's `HttpUrl`: it parses (the same `url` crate), is http or https, has a host.
+fn check_http_url(text: &str) -> Option<Seed003FieldError> {
+    let input = Some(Value::String(text.to_string()));
+    if text.len() > 2083 {
+        return Some(field_error("url", "url_too_long", "URL should have at most 2083 characters", input));
+    }
+    match url::Url::parse(text) {
+        Err(e) => Some(field_error("url", "url_parsing", format!("Input should be a valid URL, {e}"), input)),
+        Ok(url) if !matches!(url.scheme(), "http" | "https") => {
+            Some(field_error("url", "url_scheme", "URL scheme should be 'http' or 'https'", input))
+        }
+        Ok(url) if url.host_str().is_none_or(str::is_empty) => {
+            Some(field_error("url", "url_parsing", "Input should be a valid URL, empty host", input))
+        }
+        Ok(_) => None,
+    }
+}
+
 /// Fetch an image and convert it for LVGL (seed 003): by default an LVGL 9 `.bin` in
-/// ARGB8888, scaled down to fit `width`×`height`. Unknown parameters get 400, a failed
-/// fetch 502; the answer carries `Cache-Control: no-store`.
+/// ARGB8888, scaled down to fit `width`×`height` (the other side truncated, as seed 003
+/// did). Parameters its schema refuses get 400 with seed 003's list of errors; a failed
+/// fetch 502; a body that is no image 500 `PROCESSING_ERROR`, as in seed 003; more than
+/// UPDRAFT_IMAGE_MAX_PIXELS pixels 400; every conversion slot busy 503 with Retry-After.
+/// The answer carries `Cache-Control: no-store`.
 #[utoipa::path(
     get, path = "/api/images/lvgl", tag = "seed-003",
     params(LvglQuery),
     responses(
         (status = 200, description = "The LVGL image", content_type = "application/octet-stream", body = Vec<u8>),
-        (status = 400, description = "Unknown or bad parameter, missing forwarded header, refused address", body = Seed003ErrorBody),
-        (status = 502, description = "The fetch failed or did not return an image", body = Seed003ErrorBody),
+        (status = 400, description = "Parameters refused (a list of errors), a missing forwarded header (`INVALID_OPERATION`), a refused address or an image larger than UPDRAFT_IMAGE_MAX_PIXELS (`VALIDATION_FAILED`)", body = Vec<Seed003FieldError>),
+        (status = 500, description = "The URL did not return an image (`PROCESSING_ERROR`)", body = Seed003ErrorBody),
+        (status = 502, description = "The fetch failed", body = Seed003ErrorBody),
+        (status = 503, description = "Every conversion slot is in use; see Retry-After", body = Seed003ErrorBody),
     )
 )]
 async fn lvgl_image(State(state): State<AppState>, correlation: Correlation, uri: axum::http::Uri, headers: HeaderMap) -> Response {
+    let id = correlation.clone();
     let result = async {
-        let mut fields: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
-        for (key, value) in url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()) {
-            if !matches!(key.as_ref(), "url" | "headers" | "width" | "height" | "cf" | "lvgl" | "output" | "name") {
-                return Err(Error::invalid("invalid_query", format!("unknown parameter '{}'", key.chars().take(40).collect::<String>())));
-            }
-            if fields.insert(key.to_string(), value.to_string()).is_some() {
-                return Err(Error::invalid("invalid_query", format!("parameter '{key}' is given more than once")));
-            }
-        }
-        let url = fields.get("url").ok_or_else(|| Error::invalid("invalid_query", "the parameter 'url' is required"))?;
-        let get = |k: &str| fields.get(k).map(String::as_str);
-        let params = image_params(get("width"), get("height"), get("cf"), get("lvgl"), get("output"), get("name"))?;
+        let request = match parse_lvgl_query(uri.query().unwrap_or("")) {
+            Ok(request) => request,
+            Err(errors) => return Ok(validation_failed(errors)),
+        };
         let mut forwarded = HeaderMap::new();
-        for name in get("headers").unwrap_or("").split(',').map(str::trim).filter(|n| !n.is_empty()) {
-            let header_name = HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
-                .map_err(|_| Error::invalid("invalid_query", format!("'{name}' is not a header name")))?;
+        for name in request.forward.as_deref().unwrap_or("").split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            let header_name = HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).map_err(|_| {
+                Error::invalid(
+                    "invalid_header",
+                    format!("Cannot forward headers because '{}' is not a header name", name.chars().take(40).collect::<String>()),
+                )
+            })?;
             if UNFORWARDABLE.contains(&header_name.as_str()) {
-                return Err(Error::invalid("invalid_query", format!("the header '{name}' cannot be forwarded")));
+                return Err(Error::invalid("invalid_header", format!("Cannot forward headers because header '{name}' is never forwarded")));
             }
             let value = headers.get(&header_name).ok_or_else(|| {
-                Error::invalid("missing_header", format!("Header '{name}' requested for forwarding is not in the request"))
+                Error::invalid("missing_header", format!("Cannot forward headers because header '{name}' not present in request"))
             })?;
             forwarded.insert(header_name, value.clone());
         }
-        let bytes = images::proxy(&state.core, url, forwarded, params.options.clone()).await?;
-        Ok(image_response(bytes, &params))
+        let Ok(slot) = state.core.fetcher.try_slot() else {
+            return Ok(conversions_busy(&id));
+        };
+        let bytes = state.core.fetcher.fetch(&request.url, forwarded).await?;
+        metrics::counter!("updraft_image_fetch_bytes_total").increment(bytes.len() as u64);
+        match images::convert(&state.core.fetcher, slot, bytes, request.params.options.clone()).await {
+            Ok(encoded) => Ok(image_response(encoded, &request.params)),
+            // Seed 003 answered an undecodable body with a 500 (its ProcessingException).
+            Err(Error::Unprocessable { code: "invalid_image", message }) => {
+                tracing::info!(status = 500, code = "PROCESSING_ERROR", %message, "seed-003 image proxy: the URL did not return an image");
+                Ok(error_body(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "PROCESSING_ERROR",
+                    format!("Cannot decode image because {message}"),
+                    "Processing operation failed",
+                    &id,
+                ))
+            }
+            Err(other) => Err(other),
+        }
     }
     .await;
     respond(correlation, result)

@@ -271,14 +271,6 @@ fn effective_view(device_id: Option<String>, mac: String, effective: Effective) 
     }
 }
 
-fn page(limit: Option<u32>, offset: Option<u64>) -> Result<(u32, u64), Error> {
-    let limit = limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(Error::invalid("invalid_query", "limit must be between 1 and 500"));
-    }
-    Ok((limit, offset.unwrap_or(0)))
-}
-
 async fn get_scope(state: &AppState, scope: &Scope) -> ApiResult<Response> {
     let (document, content) = service::get(&state.core, scope).await?;
     Ok(with_etag(document_view(&document, &content)))
@@ -403,7 +395,7 @@ async fn config_history(
     ApiQuery(query): ApiQuery<PageQuery>,
 ) -> ApiResult<Json<HistoryPage>> {
     let scope = resolve_scope(&state, &kind, &name).await?;
-    let (limit, offset) = page(query.limit, query.offset)?;
+    let super::page::Page { limit, offset } = super::page::page(query.limit, query.offset)?;
     let (versions, total) = service::history(&state.core, &scope, limit, offset).await?;
     Ok(Json(HistoryPage { scope: scope.key(), items: versions.iter().map(|v| version_view(v, false)).collect(), total, limit, offset }))
 }
@@ -571,7 +563,7 @@ async fn delete_schema(State(state): State<AppState>, _admin: Admin, Path(name):
     security(("bearer" = []), ("admin_key" = []))
 )]
 async fn stale_configs(State(state): State<AppState>, _admin: Admin, ApiQuery(query): ApiQuery<StaleQuery>) -> ApiResult<Json<StalePage>> {
-    let (limit, offset) = page(query.limit, query.offset)?;
+    let super::page::Page { limit, offset } = super::page::page(query.limit, query.offset)?;
     let product = query.product.as_deref().map(crate::services::assets::check_product).transpose()?;
     let (stale, total) = service::stale(&state.core, product.as_deref(), limit, offset).await?;
     let items = stale

@@ -441,10 +441,7 @@ async fn list_devices(
     _admin: Admin,
     ApiQuery(query): ApiQuery<DeviceListQuery>,
 ) -> ApiResult<Json<DevicePage>> {
-    let limit = query.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(Error::invalid("invalid_query", "limit must be between 1 and 500").into());
-    }
+    let super::page::Page { limit, offset } = super::page::page(query.limit, query.offset)?;
     let sort = match query.sort.as_deref() {
         None | Some("-created_at") => DeviceSort::NewestFirst,
         Some("created_at") => DeviceSort::OldestFirst,
@@ -491,7 +488,7 @@ async fn list_devices(
         search: query.q.clone().filter(|q| !q.trim().is_empty()),
         sort,
         limit,
-        offset: query.offset.unwrap_or(0),
+        offset,
     };
     let (devices, total) = state.core.store.list_devices(&filter).await?;
     Ok(Json(DevicePage { items: devices.iter().map(|d| device_view(&state, d)).collect(), total, limit, offset: filter.offset }))

@@ -23,7 +23,10 @@ use crate::storage::{ArtifactFilter, ArtifactPatch, ArtifactSort};
 
 pub fn router() -> OpenApiRouter<AppState> {
     // Uploads stream under their own limit (`UPDRAFT_MAX_UPLOAD_BYTES`), not the JSON body limit.
-    let uploads = OpenApiRouter::new().routes(routes!(upload_firmware, list_firmware)).layer(DefaultBodyLimit::disable());
+    let uploads = OpenApiRouter::new()
+        .routes(routes!(upload_firmware, list_firmware))
+        .layer(DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn(super::error::drain_rejected_body));
     OpenApiRouter::new().merge(uploads).routes(routes!(get_firmware, patch_firmware, delete_firmware)).routes(routes!(download_firmware))
 }
 
@@ -246,12 +249,18 @@ async fn upload_multipart(state: &AppState, mut multipart: Multipart, limit: u64
             }
             "product" | "version" | "hardware" | "notes" | "channel" => {
                 let value = read_text_field(field, &name).await?;
-                match name.as_str() {
-                    "product" => meta.product = Some(value),
-                    "version" => meta.version = Some(value),
-                    "hardware" => meta.hardware.push(value),
-                    "notes" => meta.notes = Some(value),
-                    _ => meta.channel = Some(value),
+                let slot = match name.as_str() {
+                    "product" => &mut meta.product,
+                    "version" => &mut meta.version,
+                    "notes" => &mut meta.notes,
+                    "channel" => &mut meta.channel,
+                    _ => {
+                        meta.hardware.push(value);
+                        continue;
+                    }
+                };
+                if slot.replace(value).is_some() {
+                    return Err(Error::invalid("invalid_multipart", format!("form field `{name}` appears more than once")).into());
                 }
             }
             other => {
@@ -281,6 +290,9 @@ async fn read_text_field(mut field: axum::extract::multipart::Field<'_>, name: &
 }
 
 fn multipart_error(error: axum::extract::multipart::MultipartError, limit: u64) -> Error {
+    if let Some(slow) = super::body_guard::SlowBody::find(&error) {
+        return slow.into();
+    }
     if error.status() == StatusCode::PAYLOAD_TOO_LARGE {
         Error::PayloadTooLarge { limit }
     } else {
@@ -288,11 +300,17 @@ fn multipart_error(error: axum::extract::multipart::MultipartError, limit: u64) 
     }
 }
 
-fn multipart_body_error(error: axum::extract::multipart::MultipartError) -> BodyError {
+pub(crate) fn multipart_body_error(error: axum::extract::multipart::MultipartError) -> BodyError {
+    if let Some(slow) = super::body_guard::SlowBody::find(&error) {
+        return BodyError::TooSlow(slow.to_string());
+    }
     if error.status() == StatusCode::PAYLOAD_TOO_LARGE { BodyError::TooLarge } else { BodyError::Interrupted(error.body_text()) }
 }
 
-fn body_error(error: axum::Error) -> BodyError {
+pub(crate) fn body_error(error: axum::Error) -> BodyError {
+    if let Some(slow) = super::body_guard::SlowBody::find(&error) {
+        return BodyError::TooSlow(slow.to_string());
+    }
     let text = error.to_string();
     if text.contains("length limit exceeded") { BodyError::TooLarge } else { BodyError::Interrupted(text) }
 }
@@ -314,10 +332,7 @@ async fn list_firmware(
     headers: HeaderMap,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<ArtifactPage>> {
-    let limit = query.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(Error::invalid("invalid_query", "limit must be between 1 and 500").into());
-    }
+    let super::page::Page { limit, offset } = super::page::page(query.limit, query.offset)?;
     let sort = match query.sort.as_deref() {
         None | Some("-created_at") => ArtifactSort::NewestFirst,
         Some("created_at") => ArtifactSort::OldestFirst,
@@ -341,7 +356,7 @@ async fn list_firmware(
         channel: query.channel.as_deref().map(|c| c.trim().to_ascii_lowercase()),
         sort,
         limit,
-        offset: query.offset.unwrap_or(0),
+        offset,
     };
     let (artifacts, total) = state.core.store.list_artifacts(&filter).await?;
     let items = artifacts.iter().map(|a| artifact_view(&state, a, Some(&headers))).collect();

@@ -3,6 +3,7 @@
 
 pub mod assets;
 pub mod auth;
+pub mod body_guard;
 pub mod compat;
 pub mod compat_seed003;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod firmware;
 pub mod forwarded;
 pub mod mqtt;
 pub mod ops;
+pub mod page;
 pub mod range;
 pub mod rollouts;
 
@@ -145,6 +147,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(record_metrics))
+        .layer(middleware::from_fn_with_state(state.clone(), body_guard::guard))
         .layer(middleware::from_fn_with_state(state.clone(), forwarded::resolve))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {

@@ -272,11 +272,8 @@ async fn list_commands(
     Path(id): Path<String>,
     ApiQuery(query): ApiQuery<PageQuery>,
 ) -> ApiResult<Json<CommandPage>> {
-    let limit = query.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(Error::invalid("invalid_query", "limit must be between 1 and 500").into());
-    }
-    let (items, total) = commands::list(&state.core, &id, limit, query.offset.unwrap_or(0)).await?;
+    let super::page::Page { limit, offset } = super::page::page(query.limit, query.offset)?;
+    let (items, total) = commands::list(&state.core, &id, limit, offset).await?;
     Ok(Json(CommandPage { items: items.iter().map(command_view).collect(), total }))
 }
 

@@ -15,14 +15,22 @@ use utoipa_axum::routes;
 use utoipa_swagger_ui::SwaggerUi;
 
 use super::AppState;
+use super::device_api::ClientIp;
+use crate::domain::{Error, secret};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(health)).routes(routes!(ready)).routes(routes!(prometheus_metrics))
 }
 
 /// `/api/openapi.json` and the Swagger UI at `/api/docs`, served from the binary (no CDN).
+/// Its validator is off: Swagger UI would otherwise load a badge from the validator's public
+/// site and send it the document's URL whenever the page is opened under a host name other
+/// than localhost. The page names no other host (a test checks every served page).
 pub fn docs_router(openapi: Arc<utoipa::openapi::OpenApi>) -> Router<AppState> {
-    SwaggerUi::new("/api/docs").url("/api/openapi.json", (*openapi).clone()).into()
+    SwaggerUi::new("/api/docs")
+        .url("/api/openapi.json", (*openapi).clone())
+        .config(utoipa_swagger_ui::Config::default().validator_url("none"))
+        .into()
 }
 
 #[derive(Serialize, ToSchema)]
@@ -74,12 +82,25 @@ async fn ready(State(state): State<AppState>) -> Response {
     (status, Json(Readiness { status: if is_ready { "ready" } else { "unavailable" }, database, blob_store })).into_response()
 }
 
-/// Prometheus metrics in the text exposition format.
+/// Prometheus metrics in the text exposition format. They show the fleet's size and rates
+/// (devices, sessions, requests by route): with `UPDRAFT_METRICS_TOKEN` set, a scrape must send
+/// `Authorization: Bearer <token>` (401 otherwise, and wrong tokens count in the per-address
+/// limiter).
 #[utoipa::path(
     get, path = "/metrics", tag = "operations",
-    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String))
+    responses(
+        (status = 200, description = "Prometheus text format", content_type = "text/plain", body = String),
+        (status = 401, description = "UPDRAFT_METRICS_TOKEN is set and the request does not carry it", body = super::error::ErrorBody),
+        (status = 429, body = super::error::ErrorBody),
+    ),
+    security((), ("bearer" = []))
 )]
-async fn prometheus_metrics(State(state): State<AppState>) -> Response {
+async fn prometheus_metrics(State(state): State<AppState>, ClientIp(ip): ClientIp, headers: axum::http::HeaderMap) -> Response {
+    if let Some(token) = &state.settings.metrics_token
+        && let Err(e) = check_metrics_token(&state, token, &headers, ip)
+    {
+        return super::error::ApiError(e).into_response();
+    }
     // Totals come from the database at scrape time, so every replica reports the same truth.
     match state.core.store.artifact_totals().await {
         Ok((count, bytes)) => {
@@ -99,4 +120,18 @@ async fn prometheus_metrics(State(state): State<AppState>) -> Response {
         }
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render()).into_response()
+}
+
+/// A scrape's `Authorization: Bearer` must be the metrics token.
+fn check_metrics_token(state: &AppState, token: &str, headers: &axum::http::HeaderMap, ip: std::net::IpAddr) -> Result<(), Error> {
+    let limiter = &state.core.devices.limiter;
+    limiter.check(ip)?;
+    match super::auth::credential(headers, "x-metrics-token") {
+        Some(presented) if secret::constant_time_eq(presented, token) => Ok(()),
+        Some(_) => {
+            limiter.record_failure(ip);
+            Err(Error::Unauthenticated("the metrics token is not valid".into()))
+        }
+        None => Err(Error::Unauthenticated("scrapes need `Authorization: Bearer <UPDRAFT_METRICS_TOKEN>`".into())),
+    }
 }

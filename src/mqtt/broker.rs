@@ -54,12 +54,20 @@ pub struct Broker {
     hooks: Arc<Hooks>,
 }
 
+/// The broker's listeners, bound but not serving yet (`Broker::bind`, then `Broker::start`):
+/// a port that is taken stops start-up before anything is generated or stored.
+pub struct BrokerListeners {
+    pub addrs: BrokerAddrs,
+    /// With their listener ids, which must be unique (ports may be 0, so they are numbered).
+    bound: Vec<(rmqtt::net::Listener, rmqtt::types::ListenerId)>,
+}
+
 impl Broker {
-    /// Binds the listeners and starts serving. `server` is Updraft's own connection's credential.
+    /// Starts serving on the bound listeners. `server` is Updraft's own connection's credential.
     pub async fn start(
+        listeners: BrokerListeners,
         core: Core,
         settings: &MqttSettings,
-        tls: Option<&TlsSettings>,
         server: ServerIdentity,
         bus: Arc<OnceLock<Bus>>,
         workers: Arc<OnceLock<Vec<tokio::sync::mpsc::Sender<super::bus::Incoming>>>>,
@@ -94,6 +102,24 @@ impl Broker {
         }
         register.start().await;
 
+        let BrokerListeners { addrs, bound } = listeners;
+        let mut server = MqttServer::new(scx.clone());
+        for (listener, id) in bound {
+            server = server.listener_by_id(listener, id);
+        }
+        let server = server.build();
+        let task = tokio::spawn(async move {
+            if let Err(e) = server.run().await {
+                tracing::error!(error = %e, "the MQTT broker stopped");
+            }
+        });
+        let follower = tokio::spawn(hooks.clone().follow_credentials());
+        tracing::info!(tcp = %addrs.tcp, tls = ?addrs.tls, ws = ?addrs.ws, "embedded MQTT broker listening");
+        Ok(Broker { addrs, task, follower, scx, hooks })
+    }
+
+    /// Binds the listeners without serving. An error names the setting of the listener.
+    pub fn bind(settings: &MqttSettings, tls: Option<&TlsSettings>) -> anyhow::Result<BrokerListeners> {
         let base = |name: &str, addr: SocketAddr| {
             Builder::new()
                 .name(name)
@@ -110,33 +136,32 @@ impl Broker {
                 .reuseaddr(Some(true))
                 .nodelay(true)
         };
-        let tcp = base("tcp", settings.listen).bind()?.tcp()?;
+        let failed = |what: &str, addr: SocketAddr, setting: &str| format!("cannot listen on {addr} for {what} ({setting})");
+        let tcp = base("tcp", settings.listen)
+            .bind()
+            .and_then(|l| l.tcp())
+            .map_err(|e| anyhow::anyhow!("{}: {e}", failed("MQTT", settings.listen, "UPDRAFT_MQTT_LISTEN")))?;
         let mut addrs = BrokerAddrs { tcp: tcp.local_addr()?, tls: None, ws: None };
-        // Listener ids must be unique: ports may be 0 (assigned), so number them.
-        let mut server = MqttServer::new(scx.clone()).listener_by_id(tcp, 1);
+        let mut bound = vec![(tcp, 1)];
         if let Some(tls) = tls {
             let listener = base("tls", settings.tls_listen)
                 .tls_cert(Some(tls.cert.display().to_string()))
                 .tls_key(Some(tls.key.display().to_string()))
-                .bind()?
-                .tls()?;
+                .bind()
+                .and_then(|l| l.tls())
+                .map_err(|e| anyhow::anyhow!("{}: {e}", failed("MQTT over TLS", settings.tls_listen, "UPDRAFT_MQTT_TLS_LISTEN")))?;
             addrs.tls = Some(listener.local_addr()?);
-            server = server.listener_by_id(listener, 2);
+            bound.push((listener, 2));
         }
         if let Some(ws) = settings.ws_listen {
-            let listener = base("ws", ws).bind()?.ws()?;
+            let listener = base("ws", ws)
+                .bind()
+                .and_then(|l| l.ws())
+                .map_err(|e| anyhow::anyhow!("{}: {e}", failed("MQTT over WebSocket", ws, "UPDRAFT_MQTT_WS_LISTEN")))?;
             addrs.ws = Some(listener.local_addr()?);
-            server = server.listener_by_id(listener, 3);
+            bound.push((listener, 3));
         }
-        let server = server.build();
-        let task = tokio::spawn(async move {
-            if let Err(e) = server.run().await {
-                tracing::error!(error = %e, "the MQTT broker stopped");
-            }
-        });
-        let follower = tokio::spawn(hooks.clone().follow_credentials());
-        tracing::info!(tcp = %addrs.tcp, tls = ?addrs.tls, ws = ?addrs.ws, "embedded MQTT broker listening");
-        Ok(Broker { addrs, task, follower, scx, hooks })
+        Ok(BrokerListeners { addrs, bound })
     }
 
     /// Open sessions (connected or kept for a persistent client).

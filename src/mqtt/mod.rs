@@ -14,7 +14,7 @@ pub mod handler;
 pub mod push;
 pub mod thingsboard;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, OnceLock};
 
 use anyhow::Context;
@@ -25,7 +25,7 @@ use crate::domain::secret;
 use crate::services::Core;
 use crate::services::commands;
 use crate::services::mqtt_auth::{SERVER_USERNAME_PREFIX, ServerIdentity};
-use broker::{Broker, BrokerAddrs};
+use broker::{Broker, BrokerAddrs, BrokerListeners};
 use bus::{Bus, Endpoint, Signal};
 
 /// The running MQTT side of a server.
@@ -38,10 +38,25 @@ pub struct Mqtt {
 }
 
 impl Mqtt {
-    /// Starts the embedded broker (unless an external one is configured), connects Updraft's
-    /// client to it, and starts handling and pushing messages. `http_addr` is the bound HTTP
-    /// address, for download URLs when `UPDRAFT_PUBLIC_URL` is not set.
-    pub async fn start(core: &Core, settings: &Settings, http_addr: SocketAddr) -> anyhow::Result<Option<Mqtt>> {
+    /// Binds the embedded broker's listeners (none when MQTT is off or the broker external),
+    /// before anything else starts: an error names the setting of the listener.
+    pub fn bind(settings: &Settings) -> anyhow::Result<Option<BrokerListeners>> {
+        let mqtt = &settings.mqtt;
+        if !mqtt.enabled || mqtt.url.is_some() {
+            return Ok(None);
+        }
+        Broker::bind(mqtt, settings.tls.as_ref()).map(Some)
+    }
+
+    /// Starts the embedded broker on `listeners` (from `bind`; none with an external broker),
+    /// connects Updraft's client to it, and starts handling and pushing messages.
+    /// `base_url` starts the download URLs in offers (`UPDRAFT_PUBLIC_URL` or what start-up chose).
+    pub async fn start(
+        core: &Core,
+        settings: &Settings,
+        listeners: Option<BrokerListeners>,
+        base_url: String,
+    ) -> anyhow::Result<Option<Mqtt>> {
         let mqtt = &settings.mqtt;
         if !mqtt.enabled {
             return Ok(None);
@@ -50,12 +65,13 @@ impl Mqtt {
         let workers_cell: Arc<OnceLock<Vec<mpsc::Sender<bus::Incoming>>>> = Arc::default();
         let (broker, endpoint, external) = match &mqtt.url {
             None => {
+                let listeners = listeners.context("the embedded MQTT broker's listeners were not bound")?;
                 let password = secret::generate("");
                 let username = format!("{SERVER_USERNAME_PREFIX}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
                 let identity = ServerIdentity { username: username.clone(), digest: secret::digest(&password) };
-                let broker = Broker::start(core.clone(), mqtt, settings.tls.as_ref(), identity, bus_cell.clone(), workers_cell.clone())
+                let broker = Broker::start(listeners, core.clone(), mqtt, identity, bus_cell.clone(), workers_cell.clone())
                     .await
-                    .with_context(|| format!("cannot start the MQTT broker on {} (UPDRAFT_MQTT_LISTEN)", mqtt.listen))?;
+                    .context("cannot start the embedded MQTT broker")?;
                 let tcp = broker.addrs.tcp;
                 let host = if tcp.ip().is_unspecified() { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { tcp.ip() };
                 let endpoint = Endpoint {
@@ -92,18 +108,6 @@ impl Mqtt {
         let _ = bus_cell.set(bus.clone());
         core.outbox.install(Arc::new(bus.clone()));
 
-        let base_url = match &settings.public_url {
-            Some(url) => url.as_str().trim_end_matches('/').to_string(),
-            None => {
-                let scheme = if settings.tls.is_some() { "https" } else { "http" };
-                if http_addr.ip().is_unspecified() {
-                    tracing::warn!(
-                        "UPDRAFT_PUBLIC_URL is not set: download URLs in MQTT offers name {http_addr}, which devices cannot reach"
-                    );
-                }
-                format!("{scheme}://{http_addr}")
-            }
-        };
         let tb = broker.as_ref().map(Broker::thingsboard);
         let pusher = Arc::new(push::Pusher::new(core.clone(), bus.clone(), base_url, mqtt.max_packet_bytes as usize, tb));
         let handler = Arc::new(handler::Handler {

@@ -8,7 +8,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
-use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono::{DateTime, FixedOffset, NaiveDateTime, Utc};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
@@ -52,6 +52,15 @@ impl StagedUpload {
         self.writer.abort().await;
     }
 
+    /// Refuses an empty upload (and removes its staging data), as firmware uploads do.
+    async fn refuse_empty(self) -> Result<StagedUpload> {
+        if self.size > 0 {
+            return Ok(self);
+        }
+        self.abort().await;
+        Err(Error::invalid("empty_file", "the file is empty; an asset must have at least one byte"))
+    }
+
     fn finish(self) -> (BlobWriter, String, u64, String) {
         (self.writer, self.key, self.size, hex::encode(self.hasher.finalize()))
     }
@@ -59,9 +68,10 @@ impl StagedUpload {
 
 // ---- seed 003 ----
 
-/// Seed 003's filename rule: no `..`, `/` or `\` (and, here, no control characters).
+/// Seed 003's filename rule: no `..`, `/` or `\` (and, here, not blank and no control
+/// characters).
 pub fn check_filename(filename: &str) -> Result<()> {
-    if filename.is_empty() {
+    if filename.trim().is_empty() {
         return Err(Error::invalid("invalid_filename", "Missing filename in uploaded file"));
     }
     if filename.contains("..") || filename.contains('/') || filename.contains('\\') {
@@ -75,18 +85,24 @@ pub fn check_filename(filename: &str) -> Result<()> {
 
 /// Parses an ISO 8601 timestamp as Python's `fromisoformat` does; without a zone it is UTC.
 pub fn parse_timestamp(text: &str) -> Result<DateTime<Utc>> {
+    Ok(parse_timestamp_with_offset(text)?.with_timezone(&Utc))
+}
+
+/// As `parse_timestamp`, keeping the offset the timestamp was written with (`+00:00`
+/// without one), as the `datetime` seed 003 answered with.
+pub fn parse_timestamp_with_offset(text: &str) -> Result<DateTime<FixedOffset>> {
     let text = text.trim();
     if let Ok(with_zone) = DateTime::parse_from_rfc3339(text) {
-        return Ok(with_zone.with_timezone(&Utc));
+        return Ok(with_zone);
     }
     for format in ["%Y-%m-%dT%H:%M:%S%.f%:z", "%Y-%m-%d %H:%M:%S%.f%:z", "%Y-%m-%dT%H:%M%:z"] {
         if let Ok(with_zone) = DateTime::parse_from_str(text, format) {
-            return Ok(with_zone.with_timezone(&Utc));
+            return Ok(with_zone);
         }
     }
     for format in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M"] {
         if let Ok(naive) = NaiveDateTime::parse_from_str(text, format) {
-            return Ok(naive.and_utc());
+            return Ok(naive.and_utc().fixed_offset());
         }
     }
     Err(Error::invalid(
@@ -95,14 +111,26 @@ pub fn parse_timestamp(text: &str) -> Result<DateTime<Utc>> {
     ))
 }
 
+/// Python's `datetime.isoformat()`: `2026-01-20T12:30:00+00:00`, with `.ffffff` only when
+/// there are microseconds.
+pub fn python_isoformat(at: &DateTime<FixedOffset>) -> String {
+    let micros = at.timestamp_subsec_micros();
+    if micros == 0 {
+        at.format("%Y-%m-%dT%H:%M:%S%:z").to_string()
+    } else {
+        format!("{}.{micros:06}{}", at.format("%Y-%m-%dT%H:%M:%S"), at.format("%:z"))
+    }
+}
+
 /// Checks seed 003's upload authorisation: `signature` (base64 RSA PKCS#1 v1.5 SHA-256)
-/// over the timestamp string, and the timestamp within ±300 s of `now`.
-pub fn check_signed_timestamp(core: &Core, timestamp: &str, signature: &str, now: DateTime<Utc>) -> Result<()> {
+/// over the timestamp string, and the timestamp within ±300 s of `now`. Returns the signed
+/// time, which seed 003 answered as `uploaded_at`.
+pub fn check_signed_timestamp(core: &Core, timestamp: &str, signature: &str, now: DateTime<Utc>) -> Result<DateTime<FixedOffset>> {
     if !core.keys.seed003_enabled() {
         return Err(Error::Forbidden("asset uploads are disabled: the server has no UPDRAFT_SIGNING_KEY_PATH".into()));
     }
-    let at = parse_timestamp(timestamp)?;
-    let skew = (now - at).num_seconds().abs();
+    let at = parse_timestamp_with_offset(timestamp)?;
+    let skew = (now - at.with_timezone(&Utc)).num_seconds().abs();
     if skew > TIMESTAMP_TOLERANCE_SECS {
         return Err(Error::invalid(
             "invalid_timestamp",
@@ -111,12 +139,14 @@ pub fn check_signed_timestamp(core: &Core, timestamp: &str, signature: &str, now
     }
     let signature =
         STANDARD.decode(signature.trim()).map_err(|_| Error::invalid("invalid_signature", "Invalid signature: it is not base64"))?;
-    core.keys.verify_seed003(timestamp.as_bytes(), &signature)
+    core.keys.verify_seed003(timestamp.as_bytes(), &signature)?;
+    Ok(at)
 }
 
 /// Stores a seed-003 upload whose signature was checked; replaces a file of that name.
+/// An empty file is refused (`empty_file`).
 pub async fn commit_file(core: &Core, staged: StagedUpload, filename: &str) -> Result<AssetFile> {
-    let (writer, blob_key, size, sha256) = staged.finish();
+    let (writer, blob_key, size, sha256) = staged.refuse_empty().await?.finish();
     writer.commit().await?;
     let file = AssetFile { filename: filename.to_string(), blob_key: blob_key.clone(), size, sha256, uploaded_at: Utc::now() };
     let previous = match core.store.put_asset_file(&file).await {
@@ -144,8 +174,10 @@ pub async fn commit_file(core: &Core, staged: StagedUpload, filename: &str) -> R
     Ok(file)
 }
 
+/// A seed-003 file by name; a name seed 003 refuses (`..`, `/`, `\`) is `invalid_filename`
+/// (400), as there.
 pub async fn find_file(core: &Core, filename: &str) -> Result<AssetFile> {
-    check_filename(filename).map_err(|_| Error::not_found("asset", filename))?;
+    check_filename(filename)?;
     core.store.find_asset_file(filename).await?.ok_or_else(|| Error::not_found("asset", filename))
 }
 
@@ -176,8 +208,10 @@ pub fn signed_statement(product: &str, name: &str, version: i64, size: u64, sha2
     format!("updraft-asset-v1\n{product}\n{name}\n{version}\n{size}\n{sha256}\n")
 }
 
-/// Creates the next version of an asset from a finished upload.
+/// Creates the next version of an asset from a finished upload; an empty one is refused
+/// (`empty_file`).
 pub async fn create(core: &Core, product: &str, name: &str, content_type: &str, comment: &str, staged: StagedUpload) -> Result<Asset> {
+    let staged = staged.refuse_empty().await?;
     let comment = comment.trim();
     if comment.chars().count() > 1000 || comment.chars().any(char::is_control) {
         staged.abort().await;
@@ -258,8 +292,18 @@ mod tests {
     }
 
     #[test]
+    fn uploaded_at_is_written_as_python_writes_the_signed_time() {
+        let at = parse_timestamp_with_offset("2026-01-20T14:30:00+02:00").unwrap();
+        assert_eq!(python_isoformat(&at), "2026-01-20T14:30:00+02:00");
+        let at = parse_timestamp_with_offset("2026-01-20T12:30:00.250").unwrap();
+        assert_eq!(python_isoformat(&at), "2026-01-20T12:30:00.250000+00:00");
+        let at = parse_timestamp_with_offset("2026-01-20T12:30:00Z").unwrap();
+        assert_eq!(python_isoformat(&at), "2026-01-20T12:30:00+00:00");
+    }
+
+    #[test]
     fn filenames_follow_seed_003_rules() {
-        for bad in ["", "../x", "a/b", "a\\b", "a..b", "x\n"] {
+        for bad in ["", "   ", "../x", "a/b", "a\\b", "a..b", "x\n"] {
             assert!(check_filename(bad).is_err(), "{bad:?}");
         }
         assert!(check_filename("logo v2.png").is_ok());

@@ -258,6 +258,19 @@ where
 {
     check_file_name(name)?;
     let staged = firmware_service::stage(core, body, limit).await?;
+    commit_named_file(core, name, staged, meta, default_hardware).await
+}
+
+/// The second half of `ingest_named_file`, for adapters that stage the file first and read
+/// the rest of the form after it.
+pub async fn commit_named_file(
+    core: &Core,
+    name: &str,
+    staged: firmware_service::StagedUpload,
+    meta: UploadMeta,
+    default_hardware: Option<&str>,
+) -> Result<Artifact> {
+    check_file_name(name)?;
     let mut meta = meta;
     if meta.hardware.is_empty() && staged.image().and_then(|i| i.chip).is_none() {
         meta.hardware.extend(default_hardware.map(str::to_string));

@@ -1048,6 +1048,9 @@ pub struct StatusReport {
 
 /// Records a device's report on its current update.
 pub async fn report_update(core: &Core, device: &ActiveDevice, report: StatusReport) -> Result<UpdateAttempt> {
+    if report.release_id.as_deref().is_some_and(|id| id.trim().is_empty()) {
+        return Err(Error::invalid("invalid_release_id", "release_id is empty: send the offer's release_id, or leave it out"));
+    }
     let state = UpdateState::parse_reported(&report.state)?;
     let progress = match report.progress {
         Some(p) if (0..=100).contains(&p) => Some(p as u8),

@@ -24,6 +24,8 @@ pub enum BodyError {
     TooLarge,
     /// The client went away or sent a malformed body.
     Interrupted(String),
+    /// The client sent too slowly (see `http::body_guard`).
+    TooSlow(String),
 }
 
 /// A fully received upload, not yet visible.
@@ -69,6 +71,10 @@ where
             Err(BodyError::Interrupted(reason)) => {
                 writer.abort().await;
                 return Err(Error::invalid("upload_interrupted", format!("the upload did not complete: {reason}")));
+            }
+            Err(BodyError::TooSlow(reason)) => {
+                writer.abort().await;
+                return Err(Error::RequestTimeout(reason));
             }
         };
         if hasher.size + chunk.len() as u64 > limit {

@@ -9,6 +9,20 @@
 //! at most `MAX_REDIRECTS`, each target checked again; forwarded headers are dropped when a
 //! redirect leaves the original host. The whole fetch has a time limit and the body a size
 //! limit. `UPDRAFT_IMAGE_FETCH_ALLOW_HOSTS` opens chosen names, addresses or networks.
+//!
+//! Decoding is bounded, because a small file can describe a huge image (a 261 KB PNG of
+//! 8192×8192 pixels decodes to 256 MiB): the pixel count is read from the image's header
+//! and checked against `UPDRAFT_IMAGE_MAX_PIXELS` before anything is decoded, the decoder
+//! runs under the `image` crate's `Limits` (sides, allocation), and at most
+//! `UPDRAFT_IMAGE_MAX_CONCURRENT` fetches and conversions run at once ([`ConversionSlot`]:
+//! callers that find every slot taken answer 503). Every large buffer is dropped as soon
+//! as the next step has its own, and the slot is held until the blocking work has ended,
+//! even when the client has gone.
+//!
+//! Scaling resamples as Pillow, which seed 003 used, does (`lvgl::resize_like_pillow`:
+//! Lanczos-3, two passes in 8-bit fixed point, in premultiplied alpha so that transparent
+//! pixels do not bleed their colour into the edges), and 16-bit images become 8-bit as Pillow
+//! reads them (the high byte).
 
 use std::io::Cursor;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -18,34 +32,53 @@ use std::time::Duration;
 use futures::StreamExt;
 use reqwest::header::{HeaderMap, LOCATION};
 use reqwest::{StatusCode, Url};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::Core;
 use crate::config::ContentSettings;
-use crate::domain::lvgl::{self, ColorFormat, LvglVersion};
+use crate::domain::lvgl::{self, ColorFormat, LvglVersion, SizeRule};
 use crate::domain::{Error, Result};
 
 pub const MAX_REDIRECTS: usize = 5;
-/// Largest decoded image side; larger images are refused before they are decoded.
-pub const MAX_DECODED_SIDE: u32 = 8192;
+/// Largest decoded image side (also the largest side of an LVGL 9 image).
+pub const MAX_DECODED_SIDE: u32 = 65535;
+/// Largest image, in pixels, converted into C source (about 6 bytes of text per byte).
+pub const MAX_C_ARRAY_PIXELS: u64 = 1 << 20;
+/// What a caller that found every conversion slot taken tells its client to wait.
+pub const BUSY_RETRY_AFTER_SECS: u64 = 1;
+/// The decoders Updraft has: what Pillow's default build reads and the `image` crate decodes.
+pub const INPUT_FORMATS: &str = "PNG, JPEG, GIF, WebP, BMP, TIFF, ICO, TGA, PNM (PBM, PGM, PPM, PAM), QOI or DDS";
 
 /// What to make of an image.
 #[derive(Debug, Clone)]
 pub struct ConvertOptions {
     pub width: Option<u32>,
     pub height: Option<u32>,
+    /// How the scaled size is rounded (seed 003's route truncates).
+    pub size_rule: SizeRule,
     pub cf: ColorFormat,
     pub version: LvglVersion,
     /// `None`: the `.bin` file; `Some(name)`: C source defining `name`.
     pub c_array: Option<String>,
 }
 
-/// The HTTP client for image fetches, with the address policy built in.
+/// The HTTP client for image fetches, with the address policy built in, and the limits of
+/// image conversion (pixels, concurrent conversions).
 pub struct ImageFetcher {
     client: reqwest::Client,
     policy: Arc<AddressPolicy>,
     max_bytes: u64,
     timeout: Duration,
+    max_pixels: u64,
+    slots: Arc<Semaphore>,
 }
+
+/// One of the `UPDRAFT_IMAGE_MAX_CONCURRENT` places for a fetch and conversion; released
+/// when dropped, after the conversion it was moved into has finished.
+pub struct ConversionSlot(#[allow(dead_code)] OwnedSemaphorePermit);
+
+/// Every conversion slot is taken: answer 503 with `Retry-After: BUSY_RETRY_AFTER_SECS`.
+#[derive(Debug)]
+pub struct Busy;
 
 impl ImageFetcher {
     pub fn new(settings: &ContentSettings) -> anyhow::Result<ImageFetcher> {
@@ -57,11 +90,29 @@ impl ImageFetcher {
             .connect_timeout(settings.image_fetch_timeout)
             .user_agent(concat!("updraft/", env!("CARGO_PKG_VERSION"), " image-proxy"))
             .build()?;
-        Ok(ImageFetcher { client, policy, max_bytes: settings.image_fetch_max_bytes, timeout: settings.image_fetch_timeout })
+        Ok(ImageFetcher {
+            client,
+            policy,
+            max_bytes: settings.image_fetch_max_bytes,
+            timeout: settings.image_fetch_timeout,
+            max_pixels: settings.image_max_pixels,
+            slots: Arc::new(Semaphore::new(settings.image_max_concurrent)),
+        })
     }
 
     pub fn max_bytes(&self) -> u64 {
         self.max_bytes
+    }
+
+    /// Takes a conversion slot at once, or says that all are busy; never waits.
+    pub fn try_slot(&self) -> std::result::Result<ConversionSlot, Busy> {
+        match self.slots.clone().try_acquire_owned() {
+            Ok(permit) => Ok(ConversionSlot(permit)),
+            Err(_) => {
+                metrics::counter!("updraft_image_conversions_busy_total").increment(1);
+                Err(Busy)
+            }
+        }
     }
 
     /// Fetches `url` with `headers`; every failure to get an image's bytes is `Upstream`
@@ -131,52 +182,115 @@ fn send_error(url: &Url, error: reqwest::Error) -> Error {
     }
 }
 
-/// Fetches an image and converts it (`GET /api/images/lvgl`).
-pub async fn proxy(core: &Core, url: &str, headers: HeaderMap, options: ConvertOptions) -> Result<Vec<u8>> {
-    let bytes = core.fetcher.fetch(url, headers).await?;
-    metrics::counter!("updraft_image_fetch_bytes_total").increment(bytes.len() as u64);
-    convert(bytes, options).await.map_err(|e| match e {
-        Error::Unprocessable { code: "invalid_image", message } => {
-            Error::Upstream(format!("the URL did not return a usable image: {message}"))
-        }
-        other => other,
+/// Decodes, scales down and encodes an image, off the async threads, in `slot`: the slot
+/// is released when the work is done, even if the caller stopped waiting for it.
+/// Not an image (or a broken one): `invalid_image` (422); too large: `image_too_large`.
+pub async fn convert(fetcher: &ImageFetcher, slot: ConversionSlot, bytes: Vec<u8>, options: ConvertOptions) -> Result<Vec<u8>> {
+    let max_pixels = fetcher.max_pixels;
+    tokio::task::spawn_blocking(move || {
+        let result = convert_blocking(bytes, &options, max_pixels);
+        drop(slot);
+        result
     })
+    .await
+    .map_err(|e| Error::Internal(anyhow::Error::new(e).context("image conversion task failed")))?
 }
 
-/// Decodes, scales down and encodes an image, off the async threads.
-pub async fn convert(bytes: Vec<u8>, options: ConvertOptions) -> Result<Vec<u8>> {
-    tokio::task::spawn_blocking(move || convert_blocking(&bytes, &options))
-        .await
-        .map_err(|e| Error::Internal(anyhow::Error::new(e).context("image conversion task failed")))?
+fn too_large(detail: String, max_pixels: u64) -> Error {
+    Error::invalid(
+        "image_too_large",
+        format!(
+            "{detail}; images of at most {max_pixels} pixels (UPDRAFT_IMAGE_MAX_PIXELS) and {MAX_DECODED_SIDE} pixels a side are converted"
+        ),
+    )
 }
 
-fn convert_blocking(bytes: &[u8], options: &ConvertOptions) -> Result<Vec<u8>> {
+fn convert_blocking(bytes: Vec<u8>, options: &ConvertOptions, max_pixels: u64) -> Result<Vec<u8>> {
     let invalid = |message: String| Error::unprocessable("invalid_image", message);
-    let mut reader =
-        image::ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| invalid(format!("cannot read the image: {e}")))?;
-    if reader.format().is_none() {
-        return Err(invalid("the data is not a PNG, JPEG, GIF, WebP or BMP image".into()));
-    }
+    let format = image::guess_format(&bytes)
+        .ok()
+        .or_else(|| looks_like_tga(&bytes).then_some(image::ImageFormat::Tga))
+        .ok_or_else(|| invalid(format!("the data is not an image Updraft reads ({INPUT_FORMATS})")))?;
+    let mut reader = image::ImageReader::with_format(Cursor::new(bytes.as_slice()), format);
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(MAX_DECODED_SIDE);
     limits.max_image_height = Some(MAX_DECODED_SIDE);
-    limits.max_alloc = Some(512 << 20);
-    reader.limits(limits);
-    let decoded = reader.decode().map_err(|e| match e {
-        image::ImageError::Limits(_) => {
-            Error::invalid("image_too_large", format!("images may be at most {MAX_DECODED_SIDE}x{MAX_DECODED_SIDE} pixels"))
-        }
+    // Room for the largest image at 8 bytes a pixel (16-bit RGBA) and the decoder's own buffers.
+    limits.max_alloc = Some(max_pixels.saturating_mul(8).saturating_add(16 << 20));
+    reader.limits(limits.clone());
+    let decode_error = |e: image::ImageError| match e {
+        image::ImageError::Limits(limit) => too_large(format!("the image exceeds a decoding limit ({limit})"), max_pixels),
         other => invalid(format!("cannot decode the image: {other}")),
-    })?;
-    let mut rgba = decoded.to_rgba8();
-    if let Some((width, height)) = lvgl::fit_within(rgba.width(), rgba.height(), options.width, options.height) {
-        rgba = image::imageops::resize(&rgba, width, height, image::imageops::FilterType::Lanczos3);
+    };
+    // Only the header has been read so far: refuse what is too large before decoding it.
+    let decoder = reader.into_decoder().map_err(decode_error)?;
+    let (width, height) = image::ImageDecoder::dimensions(&decoder);
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels > max_pixels {
+        return Err(too_large(format!("the image is {width}x{height} = {pixels} pixels"), max_pixels));
     }
-    let encoded = lvgl::encode(rgba.as_raw(), rgba.width(), rgba.height(), options.cf, options.version)?;
+    limits.reserve(image::ImageDecoder::total_bytes(&decoder)).map_err(decode_error)?;
+    let decoded = image::DynamicImage::from_decoder(decoder).map_err(decode_error)?;
+    drop(bytes);
+    let rgba = to_rgba8_like_pillow(decoded);
+    let (mut width, mut height) = rgba.dimensions();
+    let mut rgba = rgba.into_raw();
+    if let Some((new_width, new_height)) = options.size_rule.fit(width, height, options.width, options.height) {
+        rgba = lvgl::resize_like_pillow(rgba, (width, height), (new_width, new_height));
+        (width, height) = (new_width, new_height);
+    }
+    if options.c_array.is_some() && u64::from(width) * u64::from(height) > MAX_C_ARRAY_PIXELS {
+        return Err(Error::invalid(
+            "image_too_large",
+            format!("C source is made of images of at most {MAX_C_ARRAY_PIXELS} pixels; pass width and height to scale it down"),
+        ));
+    }
+    let encoded = lvgl::encode(&rgba, width, height, options.cf, options.version)?;
+    drop(rgba);
     match &options.c_array {
-        None => Ok(encoded.to_bin()),
+        None => Ok(encoded.into_bin()),
         Some(name) => Ok(encoded.to_c_array(name)?.into_bytes()),
     }
+}
+
+/// Pillow's TGA check (TGA files have no magic number): a known colour-map type, image
+/// type and depth, and sides that are not 0.
+fn looks_like_tga(bytes: &[u8]) -> bool {
+    bytes.len() >= 18
+        && bytes[1] <= 1
+        && matches!(bytes[2], 1 | 2 | 3 | 9 | 10 | 11)
+        && u16::from_le_bytes([bytes[12], bytes[13]]) > 0
+        && u16::from_le_bytes([bytes[14], bytes[15]]) > 0
+        && matches!(bytes[16], 1 | 8 | 15 | 16 | 24 | 32)
+}
+
+/// 8-bit RGBA; 16-bit samples keep their high byte, as Pillow reads 16-bit PNG and TIFF
+/// (`RGBA;16B` and the like), where `image` would round.
+fn to_rgba8_like_pillow(image: image::DynamicImage) -> image::RgbaImage {
+    use image::{DynamicImage, ImageBuffer};
+    fn high_bytes(samples: Vec<u16>) -> Vec<u8> {
+        samples.into_iter().map(|v| (v >> 8) as u8).collect()
+    }
+    let eight_bit = match image {
+        DynamicImage::ImageRgba16(x) => {
+            let (w, h) = x.dimensions();
+            ImageBuffer::from_raw(w, h, high_bytes(x.into_raw())).map(DynamicImage::ImageRgba8)
+        }
+        DynamicImage::ImageRgb16(x) => {
+            let (w, h) = x.dimensions();
+            ImageBuffer::from_raw(w, h, high_bytes(x.into_raw())).map(DynamicImage::ImageRgb8)
+        }
+        DynamicImage::ImageLumaA16(x) => {
+            let (w, h) = x.dimensions();
+            ImageBuffer::from_raw(w, h, high_bytes(x.into_raw())).map(DynamicImage::ImageLumaA8)
+        }
+        DynamicImage::ImageLuma16(x) => {
+            let (w, h) = x.dimensions();
+            ImageBuffer::from_raw(w, h, high_bytes(x.into_raw())).map(DynamicImage::ImageLuma8)
+        }
+        other => Some(other),
+    };
+    eight_bit.map(DynamicImage::into_rgba8).unwrap_or_default()
 }
 
 // ---- the address policy ----
@@ -343,6 +457,101 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn options(width: Option<u32>, height: Option<u32>) -> ConvertOptions {
+        ConvertOptions { width, height, size_rule: SizeRule::Nearest, cf: ColorFormat::Argb8888, version: LvglVersion::V9, c_array: None }
+    }
+
+    fn png_of(image: &image::RgbaImage) -> Vec<u8> {
+        let mut bytes = Cursor::new(Vec::new());
+        image.write_to(&mut bytes, image::ImageFormat::Png).unwrap();
+        bytes.into_inner()
+    }
+
+    #[test]
+    fn an_antialiased_icon_keeps_its_colour_at_the_edges_when_scaled() {
+        // A white disc on transparent black, antialiased by coverage, 128 → 32 pixels.
+        let disc = image::RgbaImage::from_fn(128, 128, |x, y| {
+            let inside = (0..16)
+                .filter(|s| {
+                    let (dx, dy) =
+                        (f64::from(x) + (f64::from(s % 4) + 0.5) / 4.0 - 64.0, f64::from(y) + (f64::from(s / 4) + 0.5) / 4.0 - 64.0);
+                    dx * dx + dy * dy <= 56.0 * 56.0
+                })
+                .count();
+            // Fully transparent pixels are transparent black, as image editors store them.
+            if inside == 0 { image::Rgba([0, 0, 0, 0]) } else { image::Rgba([255, 255, 255, (inside * 255 / 16) as u8]) }
+        });
+        let bin = convert_blocking(png_of(&disc), &options(Some(32), Some(32)), 1 << 20).unwrap();
+        assert_eq!(&bin[4..8], &[32, 0, 32, 0]);
+        let mut edge_pixels = 0;
+        for pixel in bin[12..].chunks_exact(4) {
+            let (b, g, r, a) = (pixel[0], pixel[1], pixel[2], pixel[3]);
+            if a > 0 {
+                // No pixel that shows is darker than the icon's own white (a halo would be grey).
+                assert!(r >= 250 && g >= 250 && b >= 250, "a dark edge pixel: {r},{g},{b},{a}");
+                edge_pixels += usize::from(a < 255);
+            }
+        }
+        assert!(edge_pixels > 20, "the disc has an antialiased edge ({edge_pixels} pixels)");
+    }
+
+    #[test]
+    fn the_pixel_count_is_checked_from_the_header_before_decoding() {
+        // A PNG header claiming 8192×8192, with no pixel data at all.
+        use image::ImageEncoder;
+        fn crc32(data: &[u8]) -> u32 {
+            let mut crc = !0u32;
+            for &byte in data {
+                crc ^= u32::from(byte);
+                for _ in 0..8 {
+                    crc = if crc & 1 == 1 { 0xEDB8_8320 ^ (crc >> 1) } else { crc >> 1 };
+                }
+            }
+            !crc
+        }
+        let mut header = Vec::new();
+        image::codecs::png::PngEncoder::new(&mut header).write_image(&[0u8; 4 * 4 * 4], 4, 4, image::ExtendedColorType::Rgba8).unwrap();
+        let ihdr = header.windows(4).position(|w| w == b"IHDR").unwrap();
+        header[ihdr + 4..ihdr + 8].copy_from_slice(&8192u32.to_be_bytes());
+        header[ihdr + 8..ihdr + 12].copy_from_slice(&8192u32.to_be_bytes());
+        let crc = crc32(&header[ihdr..ihdr + 17]);
+        header[ihdr + 17..ihdr + 21].copy_from_slice(&crc.to_be_bytes());
+        let error = convert_blocking(header, &options(None, None), 16_777_216).unwrap_err();
+        assert_eq!(error.code(), "image_too_large");
+        assert!(error.to_string().contains("8192x8192") && error.to_string().contains("UPDRAFT_IMAGE_MAX_PIXELS"), "{error}");
+    }
+
+    #[test]
+    fn the_decoder_runs_under_the_image_crate_s_limits() {
+        // 70000×1 is few pixels but more than any LVGL 9 side: the decoder's own limit refuses it.
+        let wide = image::GrayImage::new(70_000, 1);
+        let mut png = Cursor::new(Vec::new());
+        wide.write_to(&mut png, image::ImageFormat::Png).unwrap();
+        let error = convert_blocking(png.into_inner(), &options(Some(100), None), 1 << 24).unwrap_err();
+        assert_eq!(error.code(), "image_too_large");
+        assert!(error.to_string().contains("decoding limit"), "{error}");
+    }
+
+    #[test]
+    fn c_source_is_made_only_of_images_that_make_reasonable_source() {
+        let big = image::RgbaImage::from_pixel(1025, 1024, image::Rgba([1, 2, 3, 4]));
+        let mut c = options(None, None);
+        c.c_array = Some("big".into());
+        assert_eq!(convert_blocking(png_of(&big), &c, 1 << 24).unwrap_err().code(), "image_too_large");
+        c.width = Some(100);
+        assert!(convert_blocking(png_of(&big), &c, 1 << 24).is_ok());
+    }
+
+    #[test]
+    fn tga_is_recognised_by_its_header() {
+        let image = image::RgbaImage::from_pixel(3, 2, image::Rgba([10, 20, 30, 255]));
+        let mut tga = Cursor::new(Vec::new());
+        image.write_to(&mut tga, image::ImageFormat::Tga).unwrap();
+        let bin = convert_blocking(tga.into_inner(), &options(None, None), 1 << 20).unwrap();
+        assert_eq!(&bin[12..16], &[30, 20, 10, 255]);
+        assert!(!looks_like_tga(b"definitely not an image at all"));
+    }
 
     #[test]
     fn only_public_unicast_addresses_are_public() {

@@ -251,3 +251,77 @@ async fn an_asset_upload_over_the_limit_is_refused_and_leaves_nothing() {
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn empty_asset_uploads_are_refused_on_both_routes_and_leave_nothing() {
+    let app = seed_app("seed003_signing_key.pem").await;
+    let native = app.admin(Method::POST, "/api/v1/assets/lamp/empty.bin").body(Vec::<u8>::new()).send().await.unwrap();
+    assert_eq!(error_code(native, 400).await, "empty_file");
+    let versions = app.admin(Method::GET, "/api/v1/assets/lamp/empty.bin").send().await.unwrap();
+    assert_eq!(versions.status(), 404);
+
+    let now = Utc::now().to_rfc3339();
+    let seed = upload(&app, form(Some(("empty.bin", Vec::new())), Some(&now), Some(&sign(&now)))).await;
+    assert_eq!(seed.status(), 400);
+    let body: Value = seed.json().await.unwrap();
+    assert_eq!(body["code"], "VALIDATION_FAILED");
+    assert!(body["error"].as_str().unwrap().contains("empty"), "{body}");
+    assert_eq!(app.client.get(app.url("/api/assets/empty.bin")).send().await.unwrap().status(), 404);
+    if uses_local_blobs() {
+        assert!(app.blob_files().is_empty(), "{:?}", app.blob_files());
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn seed_003_asset_names_with_dot_dot_or_backslashes_are_a_400_and_blank_names_are_refused() {
+    let app = seed_app("seed003_signing_key.pem").await;
+    let now = Utc::now().to_rfc3339();
+    assert_eq!(upload(&app, form(Some(("a.bin", b"x".to_vec())), Some(&now), Some(&sign(&now)))).await.status(), 200);
+    for path in ["/api/assets/file..name.bin", "/api/assets/a%5Cb.bin", "/api/assets/%2E%2E%5Ca.bin", "/api/assets/x%2F..%2Fa.bin"] {
+        let response = app.client.get(app.url(path)).send().await.unwrap();
+        assert_eq!(seed_error(response, 400).await, "VALIDATION_FAILED", "{path}");
+    }
+    // A raw backslash, as curl sends it, and a bare `..` (reqwest would rewrite both).
+    for path in ["/api/assets/subdir\\a.bin", "/api/assets/.."] {
+        let raw = crate::raw::exchange(&app, &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")).await;
+        assert_eq!(raw.status, 400, "{path}: {}", raw.head);
+        let body: Value = serde_json::from_slice(&raw.body).unwrap();
+        assert_eq!(body["code"], "VALIDATION_FAILED", "{path}");
+    }
+
+    // An upload whose filename is only spaces.
+    let blank = upload(&app, form(Some(("   ", b"x".to_vec())), Some(&now), Some(&sign(&now)))).await;
+    assert_eq!(seed_error(blank, 400).await, "VALIDATION_FAILED");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn uploaded_at_is_the_signed_timestamp_and_downloads_carry_content_disposition() {
+    let app = seed_app("seed003_signing_key.pem").await;
+    // With an offset, and without a zone (UTC), as Python's isoformat() writes them back.
+    let local = (Utc::now() + Duration::hours(2)).naive_utc().format("%Y-%m-%dT%H:%M:%S+02:00").to_string();
+    let zoneless = Utc::now().naive_utc().format("%Y-%m-%dT%H:%M:%S%.6f").to_string();
+    for (timestamp, name) in [(local.clone(), "logo v2.png"), (zoneless.clone(), "fonts.bin")] {
+        let response = upload(&app, form(Some((name, b"bytes".to_vec())), Some(&timestamp), Some(&sign(&timestamp)))).await;
+        assert_eq!(response.status(), 200);
+        let body: Value = response.json().await.unwrap();
+        let expected = if timestamp.ends_with("+02:00") {
+            timestamp.clone()
+        } else {
+            format!("{}+00:00", timestamp.trim_end_matches("000000").trim_end_matches('.'))
+        };
+        assert_eq!(body["uploaded_at"].as_str().unwrap().trim_end_matches("+00:00"), expected.trim_end_matches("+00:00"), "{body}");
+        assert!(body["uploaded_at"].as_str().unwrap().ends_with(if timestamp.ends_with("+02:00") { "+02:00" } else { "+00:00" }));
+    }
+    let spaced = app.client.get(app.url("/api/assets/logo%20v2.png")).send().await.unwrap();
+    assert_eq!(spaced.headers()["content-disposition"], "inline; filename=\"logo v2.png\"");
+    let plain = app.client.get(app.url("/api/assets/fonts.bin")).send().await.unwrap();
+    assert_eq!(plain.headers()["content-disposition"], "inline; filename=fonts.bin");
+
+    // Native downloads name their asset too.
+    app.admin(Method::POST, "/api/v1/assets/lamp/font.bin").body("x").send().await.unwrap();
+    let native = app.admin(Method::GET, "/api/v1/assets/lamp/font.bin/latest").send().await.unwrap();
+    assert_eq!(native.headers()["content-disposition"], "inline; filename=font.bin");
+    app.stop().await;
+}

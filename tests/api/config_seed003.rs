@@ -1,5 +1,6 @@
-//! Seed 003's configuration API: its routes, MAC rule, bodies, raw device files and
-//! error shape `{"error","code","details":{"message"},"correlationId"}`.
+//! Seed 003's configuration API: its routes, MAC rule, bodies, raw device files, its error
+//! shape `{"error","code","details":{"message"},"correlationId"}` and, for bodies its schema
+//! refuses, its list of validation errors `[{"loc","msg","type"}]`.
 
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -16,6 +17,28 @@ pub async fn seed_error(response: reqwest::Response, status: u16) -> String {
     assert!(body["correlationId"].as_str().is_some_and(|c| !c.is_empty()), "no correlationId in {body}");
     assert_eq!(body["correlationId"].as_str().map(str::to_string), request_id);
     body["code"].as_str().unwrap_or_else(|| panic!("no code in {body}")).to_string()
+}
+
+/// Asserts seed 003's validation answer (400 and a list of pydantic errors, each with `loc`,
+/// `msg` and `type`); returns `(loc joined with '.', type)` of each.
+pub async fn seed_validation(response: reqwest::Response) -> Vec<(String, String)> {
+    assert_eq!(response.status().as_u16(), 400, "unexpected status");
+    let body: Value = response.json().await.expect("validation answers are JSON");
+    let errors = body.as_array().unwrap_or_else(|| panic!("not a list of errors: {body}"));
+    assert!(!errors.is_empty(), "an empty list of errors");
+    errors
+        .iter()
+        .map(|error| {
+            assert!(error["msg"].as_str().is_some_and(|m| !m.is_empty()), "no msg in {error}");
+            let loc = error["loc"].as_array().unwrap_or_else(|| panic!("no loc in {error}"));
+            let loc: Vec<&str> = loc.iter().map(|part| part.as_str().unwrap()).collect();
+            (loc.join("."), error["type"].as_str().unwrap_or_else(|| panic!("no type in {error}")).to_string())
+        })
+        .collect()
+}
+
+fn one(loc: &str, kind: &str) -> Vec<(String, String)> {
+    vec![(loc.to_string(), kind.to_string())]
 }
 
 #[tokio::test]
@@ -92,21 +115,21 @@ async fn seed_003_error_cases_answer_in_its_error_shape() {
             "INVALID_OPERATION"
         );
     }
+    // A body the schema refuses: seed 003's list of errors.
+    let refused = |body: Value| put("/api/configs/aa-bb-cc-00-00-02", body);
+    assert_eq!(seed_validation(refused(json!({"content": [1, 2]})).await.unwrap()).await, one("content", "dict_type"));
+    assert_eq!(seed_validation(refused(json!({"content": "text"})).await.unwrap()).await, one("content", "dict_type"));
+    assert_eq!(seed_validation(refused(json!({"allow_overwrite": true})).await.unwrap()).await, one("content", "missing"));
+    assert_eq!(seed_validation(refused(json!({})).await.unwrap()).await, one("content", "missing"));
     assert_eq!(
-        seed_error(put("/api/configs/aa-bb-cc-00-00-02", json!({"content": [1, 2]})).await.unwrap(), 400).await,
-        "VALIDATION_FAILED"
-    );
-    assert_eq!(
-        seed_error(put("/api/configs/aa-bb-cc-00-00-02", json!({"content": "text"})).await.unwrap(), 400).await,
-        "VALIDATION_FAILED"
-    );
-    assert_eq!(
-        seed_error(put("/api/configs/aa-bb-cc-00-00-02", json!({"allow_overwrite": true})).await.unwrap(), 400).await,
-        "VALIDATION_FAILED"
+        seed_validation(refused(json!({"content": 1, "allow_overwrite": null})).await.unwrap()).await,
+        vec![("content".to_string(), "dict_type".to_string()), ("allow_overwrite".to_string(), "bool_type".to_string())]
     );
     let malformed =
         app.admin(Method::PUT, "/api/configs/aa-bb-cc-00-00-02").header("content-type", "application/json").body("{").send().await.unwrap();
-    assert_eq!(seed_error(malformed, 400).await, "VALIDATION_FAILED");
+    assert_eq!(seed_validation(malformed).await, one("body", "json_invalid"));
+    // The body is checked before the MAC, as seed 003's schema ran before its handler.
+    assert_eq!(seed_validation(put("/api/configs/aa:bb", json!({})).await.unwrap()).await, one("content", "missing"));
 
     // allow_overwrite: false refuses to replace an existing configuration.
     assert_eq!(put("/api/configs/aa-bb-cc-00-00-02", json!({"content": {"v": 1}, "allow_overwrite": false})).await.unwrap().status(), 200);
@@ -121,6 +144,63 @@ async fn seed_003_error_cases_answer_in_its_error_shape() {
     assert_eq!(seed_error(anonymous, 401).await, "AUTHENTICATION_REQUIRED");
     let anonymous = app.client.put(app.url("/api/configs/aa-bb-cc-00-00-02")).json(&json!({"content": {}})).send().await.unwrap();
     assert_eq!(seed_error(anonymous, 401).await, "AUTHENTICATION_REQUIRED");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn allow_overwrite_takes_what_seed_003_took_and_refuses_what_it_refused() {
+    let app = spawn_app().await;
+    let path = "/api/configs/aa-bb-cc-00-00-06";
+    let put = |body: Value| app.admin(Method::PUT, path).json(&body).send();
+    assert_eq!(put(json!({"content": {"v": 0}})).await.unwrap().status(), 200);
+    // pydantic's bool: these are false, so an existing document is not replaced.
+    for falsy in [json!(false), json!("false"), json!(0), json!("0"), json!("no"), json!("off"), json!("F"), json!(0.0)] {
+        let response = put(json!({"content": {"v": 1}, "allow_overwrite": falsy})).await.unwrap();
+        assert_eq!(seed_error(response, 409).await, "RECORD_EXISTS", "{falsy}");
+    }
+    // ... and these true.
+    for truthy in [json!(true), json!("true"), json!(1), json!("1"), json!("yes"), json!("on"), json!("Y")] {
+        assert_eq!(put(json!({"content": {"v": 2}, "allow_overwrite": truthy})).await.unwrap().status(), 200, "{truthy}");
+    }
+    // null, other numbers and other strings are refused with the list of errors.
+    assert_eq!(
+        seed_validation(put(json!({"content": {}, "allow_overwrite": null})).await.unwrap()).await,
+        one("allow_overwrite", "bool_type")
+    );
+    for bad in [json!(2), json!("maybe"), json!(0.5)] {
+        let errors = seed_validation(put(json!({"content": {}, "allow_overwrite": bad})).await.unwrap()).await;
+        assert_eq!(errors, one("allow_overwrite", "bool_parsing"), "{bad}");
+    }
+    assert_eq!(
+        seed_validation(put(json!({"content": {}, "allow_overwrite": []})).await.unwrap()).await,
+        one("allow_overwrite", "bool_type")
+    );
+    let kept: Value = app.client.get(app.url("/api/configs/aa-bb-cc-00-00-06.json")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(kept, json!({"v": 2}));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_put_without_a_json_content_type_is_a_400() {
+    let app = spawn_app().await;
+    let body = json!({"content": {"v": 1}}).to_string();
+    for content_type in [None, Some("text/plain"), Some("application/x-www-form-urlencoded"), Some("multipart/form-data; boundary=x")] {
+        let mut request = app.admin(Method::PUT, "/api/configs/aa-bb-cc-00-00-07").body(body.clone());
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        assert_eq!(seed_validation(request.send().await.unwrap()).await, one("body", "content_type"), "{content_type:?}");
+    }
+    for content_type in ["application/json", "application/json; charset=utf-8", "application/merge-patch+json"] {
+        let response = app
+            .admin(Method::PUT, "/api/configs/aa-bb-cc-00-00-07")
+            .header("content-type", content_type)
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{content_type}");
+    }
     app.stop().await;
 }
 

@@ -121,6 +121,13 @@ impl TestApp {
         self.client.request(method, self.url(path)).bearer_auth(ADMIN_KEY)
     }
 
+    /// A request with the admin key from another loopback address (127.0.0.`octet`): for
+    /// tests whose own address was throttled on purpose.
+    pub fn admin_from(&self, octet: u8, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let client = reqwest::Client::builder().no_proxy().local_address(std::net::IpAddr::from([127, 0, 0, octet])).build().unwrap();
+        client.request(method, self.url(path)).bearer_auth(ADMIN_KEY)
+    }
+
     /// Uploads raw bytes with metadata in the query string.
     pub async fn upload_raw(&self, bytes: Vec<u8>, query: &str) -> reqwest::Response {
         self.admin(reqwest::Method::POST, &format!("/api/v1/firmware?{query}"))

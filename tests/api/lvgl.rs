@@ -1,9 +1,10 @@
 //! LVGL images: seed 003's image proxy (`GET /api/images/lvgl`), its extensions (colour
-//! formats, LVGL 8, C output), conversion of uploaded images, and the SSRF guard. The
-//! images come from a small HTTP server on loopback, which the tests open with the
-//! allow-list setting; without it, loopback is refused.
+//! formats, LVGL 8, C output), conversion of uploaded images, the SSRF guard, and the limits
+//! on decoding (pixels, concurrent conversions). The images come from a small HTTP server on
+//! loopback, which the tests open with the allow-list setting; without it, loopback is refused.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::Query;
@@ -12,8 +13,12 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use reqwest::Method;
 
-use crate::config_seed003::seed_error;
+use crate::config_seed003::{seed_error, seed_validation};
 use crate::helpers::*;
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lvgl").join(name)).unwrap()
+}
 
 /// A 16×8 RGBA test picture.
 fn picture() -> image::RgbaImage {
@@ -59,6 +64,17 @@ async fn image_server(bind: &str) -> SocketAddr {
         .route("/loop", get(|| async { Redirect::to("/loop") }))
         .route("/away", get(|Query(to): Query<To>| async move { Redirect::to(&to.to) }))
         .route("/text", get(|| async { "not an image" }))
+        .route("/bomb.png", get(|| async { fixture("bomb_8192.png") }))
+        .route(
+            "/wide.png",
+            get(|| async {
+                let mut bytes = std::io::Cursor::new(Vec::new());
+                image::RgbaImage::from_pixel(300, 200, image::Rgba([9, 99, 199, 255]))
+                    .write_to(&mut bytes, image::ImageFormat::Png)
+                    .unwrap();
+                bytes.into_inner()
+            }),
+        )
         .route("/big", get(|| async { vec![0u8; 50_000] }))
         .route(
             "/slow",
@@ -150,32 +166,47 @@ async fn colour_formats_lvgl_8_and_c_source_are_available_as_parameters() {
     for (query, what) in [
         (format!("url={url}&cf=I4"), "cf"),
         (format!("url={url}&lvgl=7"), "lvgl"),
-        (format!("url={url}&cf=RGB888&lvgl=8"), "RGB888"),
         (format!("url={url}&output=png"), "output"),
         (format!("url={url}&output=c&name=9lives"), "name"),
     ] {
-        let response = proxy(&app, &query).await;
-        assert_eq!(seed_error(response, 400).await, "VALIDATION_FAILED", "{what}");
+        let errors = seed_validation(proxy(&app, &query).await).await;
+        assert_eq!(errors, vec![(what.to_string(), "value_error".to_string())], "{what}");
     }
+    // A combination the encoder refuses is found later, in seed 003's error body.
+    assert_eq!(seed_error(proxy(&app, &format!("url={url}&cf=RGB888&lvgl=8")).await, 400).await, "VALIDATION_FAILED");
     app.stop().await;
 }
 
 #[tokio::test]
-async fn unknown_or_malformed_parameters_get_400() {
+async fn parameters_seed_003_s_schema_refuses_get_its_list_of_errors() {
     let images = image_server("127.0.0.1:0").await;
     let app = proxy_app("127.0.0.1").await;
     let url = encoded(&format!("http://{images}/img.png"));
-    for query in [
-        format!("url={url}&size=10"),
-        "width=10".to_string(),
-        format!("url={url}&width=0"),
-        format!("url={url}&height=-1"),
-        format!("url={url}&width=ten"),
-        format!("url={url}&url={url}"),
-        "url=not%20a%20url".to_string(),
+    let pair = |loc: &str, kind: &str| (loc.to_string(), kind.to_string());
+    for (query, expected) in [
+        // The cases, as seed 003 answered them.
+        (String::new(), vec![pair("url", "missing")]),
+        ("url=not-a-valid-url".to_string(), vec![pair("url", "url_parsing")]),
+        (format!("url={url}&width=-10"), vec![pair("width", "greater_than")]),
+        (format!("url={url}&height=0"), vec![pair("height", "greater_than")]),
+        // More of them.
+        (format!("url={url}&size=10"), vec![pair("size", "extra_forbidden")]),
+        ("width=10".to_string(), vec![pair("url", "missing")]),
+        (format!("url={url}&width=ten"), vec![pair("width", "int_parsing")]),
+        (format!("url={url}&width=70000"), vec![pair("width", "less_than_equal")]),
+        (format!("url={url}&url={url}"), vec![pair("url", "value_error")]),
+        ("url=not%20a%20url".to_string(), vec![pair("url", "url_parsing")]),
+        ("url=ftp%3A%2F%2Fexample.com%2Fa.png".to_string(), vec![pair("url", "url_scheme")]),
+        // Every error at once, as pydantic reports them.
+        (
+            "width=0&height=x&colour=red".to_string(),
+            vec![pair("url", "missing"), pair("width", "greater_than"), pair("height", "int_parsing"), pair("colour", "extra_forbidden")],
+        ),
     ] {
-        assert_eq!(seed_error(proxy(&app, &query).await, 400).await, "VALIDATION_FAILED", "{query}");
+        assert_eq!(seed_validation(proxy(&app, &query).await).await, expected, "{query}");
     }
+    let body: serde_json::Value = proxy(&app, "").await.json().await.unwrap();
+    assert_eq!(body[0]["msg"], "Field required");
     app.stop().await;
 }
 
@@ -189,8 +220,9 @@ async fn listed_headers_are_forwarded_and_a_missing_one_is_a_400() {
 
     assert_eq!(with_auth(format!("url={url}&headers=Authorization")).await.unwrap().status(), 200);
     assert_eq!(seed_error(with_auth(format!("url={url}")).await.unwrap(), 502).await, "EXTERNAL_SERVICE_ERROR");
-    assert_eq!(seed_error(proxy(&app, &format!("url={url}&headers=Authorization")).await, 400).await, "VALIDATION_FAILED");
-    assert_eq!(seed_error(with_auth(format!("url={url}&headers=Host")).await.unwrap(), 400).await, "VALIDATION_FAILED");
+    // Seed 003 refused a header missing from the request as an invalid operation.
+    assert_eq!(seed_error(proxy(&app, &format!("url={url}&headers=Authorization")).await, 400).await, "INVALID_OPERATION");
+    assert_eq!(seed_error(with_auth(format!("url={url}&headers=Host")).await.unwrap(), 400).await, "INVALID_OPERATION");
     app.stop().await;
 }
 
@@ -206,7 +238,6 @@ async fn a_failed_fetch_gets_502() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     for target in [
         format!("http://{images}/missing"),
-        format!("http://{images}/text"),
         format!("http://{images}/big"),
         format!("http://{images}/loop"),
         format!("http://{images}/slow"),
@@ -215,6 +246,22 @@ async fn a_failed_fetch_gets_502() {
         let response = proxy(&app, &format!("url={}", encoded(&target))).await;
         assert_eq!(seed_error(response, 502).await, "EXTERNAL_SERVICE_ERROR", "{target}");
     }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_body_that_is_no_image_gets_seed_003_s_500_processing_error() {
+    let images = image_server("127.0.0.1:0").await;
+    let app = proxy_app("127.0.0.1").await;
+    let response = proxy(&app, &format!("url={}", encoded(&format!("http://{images}/text")))).await;
+    assert_eq!(response.status(), 500);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "PROCESSING_ERROR");
+    assert_eq!(body["details"]["message"], "Processing operation failed");
+    assert!(body["error"].as_str().unwrap().starts_with("Cannot decode image because"), "{body}");
+    // The native upload route keeps its 422.
+    let native = app.admin(Method::POST, "/api/v1/images/lvgl").body("not an image").send().await.unwrap();
+    assert_eq!(error_code(native, 422).await, "invalid_image");
     app.stop().await;
 }
 
@@ -248,11 +295,13 @@ async fn loopback_private_link_local_and_metadata_addresses_are_refused_by_defau
         "http://100.64.0.1/a.png".to_string(),
         "http://[fd00:ec2::254]/a.png".to_string(),
         "http://0x7f000001/a.png".to_string(),
-        "file:///etc/passwd".to_string(),
     ] {
         let response = proxy(&app, &format!("url={}", encoded(&target))).await;
         assert_eq!(seed_error(response, 400).await, "VALIDATION_FAILED", "{target}");
     }
+    // Not http(s) at all: refused by seed 003's schema already.
+    let file = proxy(&app, &format!("url={}", encoded("file:///etc/passwd"))).await;
+    assert_eq!(seed_validation(file).await, vec![("url".to_string(), "url_scheme".to_string())]);
     app.stop().await;
 }
 
@@ -273,5 +322,132 @@ async fn an_uploaded_image_is_converted_for_the_admin() {
     assert_eq!(error_code(post("?colour=red", png()).await.unwrap(), 400).await, "invalid_query");
     let anonymous = app.client.post(app.url("/api/v1/images/lvgl")).body(png()).send().await.unwrap();
     assert_eq!(error_code(anonymous, 401).await, "unauthenticated");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_image_of_more_pixels_than_the_limit_is_refused_from_its_header_on_both_routes() {
+    // 65 KB that decode to 8192×8192 pixels: 64 MiB grey, 256 MiB as RGBA.
+    let images = image_server("127.0.0.1:0").await;
+    let app = proxy_app("127.0.0.1").await;
+    let public = proxy(&app, &format!("url={}", encoded(&format!("http://{images}/bomb.png")))).await;
+    assert_eq!(public.status(), 400);
+    let body: serde_json::Value = public.json().await.unwrap();
+    assert_eq!(body["code"], "VALIDATION_FAILED");
+    let message = body["error"].as_str().unwrap();
+    assert!(message.contains("8192x8192") && message.contains("16777216") && message.contains("UPDRAFT_IMAGE_MAX_PIXELS"), "{message}");
+
+    let admin = app.admin(Method::POST, "/api/v1/images/lvgl?width=64").body(fixture("bomb_8192.png")).send().await.unwrap();
+    assert_eq!(admin.status(), 400);
+    let body: serde_json::Value = admin.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "image_too_large");
+    assert!(body["error"]["message"].as_str().unwrap().contains("UPDRAFT_IMAGE_MAX_PIXELS"), "{body}");
+    app.stop().await;
+
+    // The limit is the setting: 100 pixels refuse the 16×8 picture.
+    let small = spawn_app_with(|s| s.content.image_max_pixels = 100).await;
+    let refused = small.admin(Method::POST, "/api/v1/images/lvgl").body(png()).send().await.unwrap();
+    assert_eq!(error_code(refused, 400).await, "image_too_large");
+    small.stop().await;
+}
+
+/// An image server whose `/stall.png` answers only when `release` is notified, and says on
+/// `arrived` that a request came in.
+async fn stalling_server() -> (SocketAddr, tokio::sync::mpsc::Receiver<()>, Arc<tokio::sync::Notify>) {
+    let (arrived_tx, arrived) = tokio::sync::mpsc::channel(8);
+    let release = Arc::new(tokio::sync::Notify::new());
+    let router = Router::new().route(
+        "/stall.png",
+        get({
+            let release = release.clone();
+            move || async move {
+                arrived_tx.send(()).await.unwrap();
+                release.notified().await;
+                png()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    (addr, arrived, release)
+}
+
+#[tokio::test]
+async fn conversions_beyond_the_concurrency_cap_get_503_with_retry_after() {
+    let images = image_server("127.0.0.1:0").await;
+    let (stalling, mut arrived, release) = stalling_server().await;
+    let app = spawn_app_with(|s| {
+        s.content.image_fetch_allow_hosts = vec!["127.0.0.1".into()];
+        s.content.image_max_concurrent = 1;
+    })
+    .await;
+    // The first request takes the only slot and waits for its image.
+    let first =
+        tokio::spawn(app.client.get(app.url(&format!("/api/images/lvgl?url={}", encoded(&format!("http://{stalling}/stall.png"))))).send());
+    arrived.recv().await.expect("the first fetch reached the image server");
+
+    let url = format!("url={}", encoded(&format!("http://{images}/img.png")));
+    let busy = proxy(&app, &url).await;
+    assert_eq!(busy.headers().get("retry-after").map(|v| v.to_str().unwrap()), Some("1"));
+    assert_eq!(seed_error(busy, 503).await, "SERVICE_UNAVAILABLE");
+    let busy_admin = app.admin(Method::POST, "/api/v1/images/lvgl").body(png()).send().await.unwrap();
+    assert_eq!(busy_admin.headers().get("retry-after").map(|v| v.to_str().unwrap()), Some("1"));
+    assert_eq!(error_code(busy_admin, 503).await, "unavailable");
+
+    // Once the first is done, its slot is free again.
+    release.notify_one();
+    assert_eq!(first.await.unwrap().unwrap().status(), 200);
+    assert_eq!(proxy(&app, &url).await.status(), 200);
+    assert_eq!(app.admin(Method::POST, "/api/v1/images/lvgl").body(png()).send().await.unwrap().status(), 200);
+    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let refused = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("updraft_image_conversions_busy_total "))
+        .and_then(|value| value.trim().parse::<f64>().ok());
+    assert!(refused.is_some_and(|n| n >= 2.0), "{metrics}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn tiff_ico_tga_pnm_and_qoi_convert_and_other_formats_are_named() {
+    let app = spawn_app().await;
+    let convert = |body: Vec<u8>| app.admin(Method::POST, "/api/v1/images/lvgl").body(body).send();
+    for (name, width, height) in
+        [("image.tiff", 90, 60), ("alpha.tiff", 90, 60), ("icon.ico", 48, 48), ("image.tga", 70, 50), ("image.ppm", 60, 40)]
+    {
+        let response = convert(fixture(name)).await.unwrap();
+        assert_eq!(response.status(), 200, "{name}");
+        let bin = response.bytes().await.unwrap();
+        assert_eq!((bin[0], u16::from_le_bytes([bin[4], bin[5]]), u16::from_le_bytes([bin[6], bin[7]])), (0x19, width, height), "{name}");
+    }
+    for format in [image::ImageFormat::Qoi, image::ImageFormat::Pnm] {
+        let mut bytes = std::io::Cursor::new(Vec::new());
+        image::RgbImage::from_pixel(5, 3, image::Rgb([1, 2, 3])).write_to(&mut bytes, format).unwrap();
+        let bin = convert(bytes.into_inner()).await.unwrap().bytes().await.unwrap();
+        assert_eq!(&bin[12..16], &[3, 2, 1, 255], "{format:?}");
+    }
+    // Photoshop's PSD, which Pillow reads and the image crate does not: named in the answer.
+    let psd = b"8BPS\x00\x01\x00\x00\x00\x00\x00\x00\x00\x03\x00\x00\x00\x10\x00\x00\x00\x10\x00\x08\x00\x03".to_vec();
+    let refused = convert(psd).await.unwrap();
+    assert_eq!(refused.status(), 422);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().contains("TIFF, ICO, TGA"), "{body}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_seed_003_route_truncates_scaled_sizes_and_the_native_route_rounds() {
+    let images = image_server("127.0.0.1:0").await;
+    let app = proxy_app("127.0.0.1").await;
+    // 300×200 into 100×100: seed 003 made 100×66 (int(66.67)); the native rule 100×67.
+    let seed = proxy(&app, &format!("url={}&width=100&height=100", encoded(&format!("http://{images}/wide.png")))).await;
+    let seed = seed.bytes().await.unwrap();
+    assert_eq!((u16::from_le_bytes([seed[4], seed[5]]), u16::from_le_bytes([seed[6], seed[7]])), (100, 66));
+    let mut wide = std::io::Cursor::new(Vec::new());
+    image::RgbaImage::from_pixel(300, 200, image::Rgba([9, 99, 199, 255])).write_to(&mut wide, image::ImageFormat::Png).unwrap();
+    let native = app.admin(Method::POST, "/api/v1/images/lvgl?width=100&height=100").body(wide.into_inner()).send().await.unwrap();
+    let native = native.bytes().await.unwrap();
+    assert_eq!((u16::from_le_bytes([native[4], native[5]]), u16::from_le_bytes([native[6], native[7]])), (100, 67));
     app.stop().await;
 }

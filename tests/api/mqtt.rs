@@ -1163,19 +1163,25 @@ async fn operators_log_in_repeatedly_without_being_rate_limited_and_wrong_passwo
         assert_eq!(login("wrong").await.err(), Some(ConnectReturnCode::BadUserNamePassword));
     }
     assert_eq!(login("dashboard-password").await.err(), Some(ConnectReturnCode::NotAuthorized), "after 10 failures the address waits");
-    let users: Value = s.app.admin(Method::GET, "/api/v1/mqtt/users").send().await.unwrap().json().await.unwrap();
+    // (The address's HTTP requests wait too: one limiter counts every credential.)
+    let users: Value = s.app.admin_from(9, Method::GET, "/api/v1/mqtt/users").send().await.unwrap().json().await.unwrap();
     assert_eq!(users["items"][0]["username"], "dashboard");
     assert!(users["items"][0].get("password").is_none() && users["items"][0].get("password_hash").is_none());
     let bad = s
         .app
-        .admin(Method::PUT, "/api/v1/mqtt/users/$updraft-x")
+        .admin_from(9, Method::PUT, "/api/v1/mqtt/users/$updraft-x")
         .json(&json!({"password": "long-enough", "role": "admin"}))
         .send()
         .await
         .unwrap();
     assert_eq!(bad.status(), 400, "the $ prefix is Updraft's");
-    let bad =
-        s.app.admin(Method::PUT, "/api/v1/mqtt/users/x").json(&json!({"password": "long-enough", "role": "root"})).send().await.unwrap();
+    let bad = s
+        .app
+        .admin_from(9, Method::PUT, "/api/v1/mqtt/users/x")
+        .json(&json!({"password": "long-enough", "role": "root"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(bad.status(), 400);
     s.app.stop().await;
 }

@@ -357,3 +357,233 @@ async fn forwarding_headers_from_an_untrusted_peer_are_ignored() {
     assert!(url.starts_with(&format!("http://{}/", app.addr)), "links are not built from forged headers: {url}");
     app.stop().await;
 }
+
+// ---- 3. slow bodies and one client holding every connection ----
+
+/// A connection from `local` (a loopback address) that sends a provisioning request's headers
+/// announcing a 100,000-byte body, then one byte.
+async fn slow_body(app: &TestApp, local: [u8; 4]) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(std::net::SocketAddr::from((local, 0))).unwrap();
+    let mut stream = socket.connect(app.addr).await.unwrap();
+    let head = format!(
+        "POST /api/v1/device/provision HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{{",
+        app.addr
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream
+}
+
+/// What the server sends on `stream` until it closes it (bounded by `within`); None if it
+/// keeps the connection open longer.
+async fn read_until_closed(stream: &mut tokio::net::TcpStream, within: std::time::Duration) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(within, async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    read.ok().map(|_| String::from_utf8_lossy(&received).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_bodies_are_cut_off_and_one_address_cannot_take_every_connection() {
+    let app = spawn_app_with(|s| {
+        s.max_connections = 200;
+        s.max_connections_per_ip = 100;
+        s.body_read_timeout = std::time::Duration::from_secs(2);
+    })
+    .await;
+    let (_, token) = provisioned(&app, "02:00:00:12:03:01", "lamp", "esp32").await;
+
+    // Two clients fill 190 of the 200 slots with bodies that never come.
+    let mut flood = Vec::new();
+    for _ in 0..100 {
+        flood.push(slow_body(&app, [127, 0, 0, 2]).await);
+    }
+    for _ in 0..90 {
+        flood.push(slow_body(&app, [127, 0, 0, 3]).await);
+    }
+    // The first client's next connection is closed at once: it holds its share.
+    let mut refused = slow_body(&app, [127, 0, 0, 2]).await;
+    let answer = read_until_closed(&mut refused, std::time::Duration::from_secs(5)).await;
+    assert_eq!(answer.as_deref(), Some(""), "closed without an answer");
+
+    // A normal check-in still answers, and quickly.
+    let started = std::time::Instant::now();
+    let checkin = tokio::time::timeout(std::time::Duration::from_secs(1), checkin(&app, &token, json!({"version": "1.0.0"}))).await;
+    assert!(checkin.is_ok_and(|r| r.status() == 200), "a check-in during the flood answered in {:?}", started.elapsed());
+
+    // The slow bodies end with 408 once they have been silent for the body read timeout.
+    let mut timed_out = 0;
+    for stream in flood.iter_mut().take(20) {
+        if let Some(text) = read_until_closed(stream, std::time::Duration::from_secs(10)).await
+            && text.starts_with("HTTP/1.1 408")
+        {
+            timed_out += 1;
+        }
+    }
+    assert_eq!(timed_out, 20, "every slow body is answered 408 and closed");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_trickling_a_byte_at_a_time_is_cut_off_after_the_grace_period() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_app_with(|s| s.body_read_timeout = std::time::Duration::from_secs(2)).await;
+    let mut stream = slow_body(&app, [127, 0, 0, 1]).await;
+    // One byte every 500 ms never trips the read timeout; the average rate does.
+    let trickle = async {
+        for _ in 0..20 {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            if stream.write_all(b" ").await.is_err() {
+                break;
+            }
+        }
+        read_until_closed(&mut stream, std::time::Duration::from_secs(5)).await
+    };
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(15), trickle).await.expect("the server ends it").unwrap_or_default();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout") && answer.contains("too slowly"), "{answer}");
+    app.stop().await;
+}
+
+// ---- 10. failed admin keys ----
+
+fn client_from(last_octet: u8) -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().local_address(std::net::IpAddr::from([127, 0, 0, last_octet])).build().unwrap()
+}
+
+#[tokio::test]
+async fn repeated_wrong_admin_keys_are_throttled_per_address_on_every_admin_surface() {
+    let app = spawn_app().await;
+    let surfaces: [(u8, &str, &str); 3] =
+        [(4, "/api/v1/devices", "authorization"), (5, "/api/v1/firmware", "x-admin-api-key"), (6, "/admin/api/devices", "x-admin-api-key")];
+    for (octet, path, header) in surfaces {
+        let client = client_from(octet);
+        let send = |key: &str| {
+            let value = if header == "authorization" { format!("Bearer {key}") } else { key.to_string() };
+            client.get(app.url(path)).header(header, value).send()
+        };
+        let mut statuses = Vec::new();
+        for n in 0..12 {
+            statuses.push(send(&format!("wrong-admin-key-{n:04}")).await.unwrap().status().as_u16());
+        }
+        assert!(statuses[..10].iter().all(|s| *s == 401 || *s == 403), "{path}: {statuses:?}");
+        assert_eq!(statuses[10..], [429, 429], "{path}: {statuses:?}");
+        // Even the right key waits now, from this address.
+        let right = send(ADMIN_KEY).await.unwrap();
+        assert_eq!(right.status(), 429, "{path}");
+        let retry_after: u64 = right.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!((1..=60).contains(&retry_after));
+    }
+    // Other addresses are unaffected.
+    assert_eq!(client_from(7).get(app.url("/api/v1/devices")).bearer_auth(ADMIN_KEY).send().await.unwrap().status(), 200);
+    app.stop().await;
+}
+
+// ---- 11. page parameters ----
+
+#[tokio::test]
+async fn page_parameters_out_of_range_answer_400_on_every_list() {
+    let app = spawn_app().await;
+    let (id, _) = provisioned(&app, "02:00:00:12:11:01", "lamp", "esp32").await;
+    put_config(&app, "device", &id, json!({"a": 1})).await;
+    let lists = [
+        "/api/v1/devices".to_string(),
+        "/api/v1/firmware".to_string(),
+        format!("/api/v1/configs/device/{id}/history"),
+        format!("/api/v1/devices/{id}/commands"),
+    ];
+    for list in &lists {
+        for query in ["offset=9223372036854775808", "offset=18446744073709551616", "offset=-1", "limit=0", "limit=100000", "limit=abc"] {
+            let response = app.admin(Method::GET, &format!("{list}?{query}")).send().await.unwrap();
+            assert_eq!(error_code(response, 400).await, "invalid_query", "{list}?{query}");
+        }
+        let last = app.admin(Method::GET, &format!("{list}?offset=1099511627776")).send().await.unwrap();
+        assert_eq!(last.status(), 200, "{list}: the largest offset is an empty page");
+    }
+    app.stop().await;
+}
+
+// ---- 14. smaller input checks ----
+
+#[tokio::test]
+async fn reserved_product_names_repeated_fields_and_seed_001_upload_fields_are_refused() {
+    let app = spawn_app().await;
+    for name in ["..", ".staging", ".x"] {
+        let response =
+            app.admin(Method::PUT, &format!("/api/v1/products/{name}")).json(&json!({"provisioning": "open"})).send().await.unwrap();
+        assert!(response.status() == 400 || response.status() == 404, "{name}: {}", response.status());
+        let upload = app.upload_raw(random_bytes(100, 3), &format!("product={name}&version=1.0.0")).await;
+        assert_eq!(error_code(upload, 400).await, "invalid_product", "{name}");
+    }
+    // A repeated single-valued form field is refused, not silently the last one.
+    let mut form = reqwest::multipart::Form::new().text("product", "lamp").text("product", "other").text("version", "1.0.0");
+    form = form.part("file", reqwest::multipart::Part::bytes(random_bytes(100, 4)).file_name("a.bin"));
+    let response = app.admin(Method::POST, "/api/v1/firmware").multipart(form).send().await.unwrap();
+    assert_eq!(error_code(response, 400).await, "invalid_multipart");
+    assert_eq!(app.list_artifacts("").await["total"], 0, "nothing stored");
+
+    // Seed 001's upload: a bad version, an unknown field, an oversized note, a field after the file.
+    let app = spawn_app_with(|s| s.compat.default_product = Some("lamp".into())).await;
+    let seed001 = |fields: Vec<(&'static str, String)>| {
+        let mut form = reqwest::multipart::Form::new();
+        let mut file_added = false;
+        for (name, value) in fields {
+            if name == "file" {
+                form = form.part("file", reqwest::multipart::Part::bytes(random_bytes(1000, 5)).file_name("lamp-1.2.0.bin"));
+                file_added = true;
+            } else {
+                form = form.text(name, value);
+            }
+        }
+        assert!(file_added);
+        app.client.post(app.url("/admin/api/firmware")).header("X-Admin-API-Key", ADMIN_KEY).multipart(form).send()
+    };
+    let bad_version = seed001(vec![("version", "not a version".into()), ("file", String::new())]).await.unwrap();
+    assert!(bad_version.status().is_client_error(), "{}", bad_version.status());
+    let version_after_file = seed001(vec![("file", String::new()), ("version", "also not a version".into())]).await.unwrap();
+    assert!(version_after_file.status().is_client_error(), "a field after the file counts too: {}", version_after_file.status());
+    let unknown = seed001(vec![("file", String::new()), ("colour", "blue".into())]).await.unwrap();
+    assert_eq!(unknown.status(), 422);
+    let long_notes = seed001(vec![("notes", "n".repeat(2 << 20)), ("file", String::new())]).await.unwrap();
+    assert_eq!(long_notes.status(), 422);
+    assert_eq!(app.list_artifacts("").await["total"], 0, "nothing stored");
+    let good = seed001(vec![("file", String::new()), ("version", "1.2.0".into()), ("hardware", "esp32".into()), ("notes", "fixes".into())])
+        .await
+        .unwrap();
+    assert_eq!(good.status(), 200, "{}", good.text().await.unwrap());
+    let stored = app.list_artifacts("").await;
+    assert_eq!(stored["items"][0]["version"], "1.2.0");
+    assert_eq!(stored["items"][0]["notes"], "fixes");
+    app.stop().await;
+}
+
+// ---- 15. /metrics ----
+
+#[tokio::test]
+async fn with_a_metrics_token_scrapes_need_it() {
+    let app = spawn_app_with(|s| s.metrics_token = Some("metrics-token-0123456789".into())).await;
+    let anonymous = app.client.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(error_code(anonymous, 401).await, "unauthenticated");
+    let wrong = app.client.get(app.url("/metrics")).bearer_auth("metrics-token-wrong-0000").send().await.unwrap();
+    assert_eq!(wrong.status(), 401);
+    let admin = app.client.get(app.url("/metrics")).bearer_auth(ADMIN_KEY).send().await.unwrap();
+    assert_eq!(admin.status(), 401, "only the metrics token: least privilege both ways");
+    let scrape = app.client.get(app.url("/metrics")).bearer_auth("metrics-token-0123456789").send().await.unwrap();
+    assert_eq!(scrape.status(), 200);
+    assert!(scrape.text().await.unwrap().contains("updraft_uptime_seconds"));
+    app.stop().await;
+    // Without the setting, /metrics stays public (the documented default).
+    let app = spawn_app().await;
+    assert_eq!(app.client.get(app.url("/metrics")).send().await.unwrap().status(), 200);
+    app.stop().await;
+}

@@ -4,11 +4,12 @@
 //!
 //! With `id` (the library's `use_device_id`, the decimal `ESP.getEfuseMac()`), the device
 //! is identified, registered per its product's provisioning mode and checked in; the
-//! manifest names its offer and the URL is signed for it. Without `id`, the manifest names
-//! what `update::decide` gives a device of unknown version (the newest build for the one
-//! hardware all builds share, or `?hardware=`), and the image is served without a signed
-//! link only for products in `open` provisioning mode. No offer: `204` (esp32FOTA then
-//! reports no update). `version` is always plain `X.Y.Z` (anything else reads as 0.0.0 on
+//! manifest names its offer and the URL is signed for it. Without `id`, only products in
+//! `open` provisioning mode answer (others: 403): the manifest names what `update::decide`
+//! gives a device of unknown version (the newest build for the one hardware all builds
+//! share, or `?hardware=`; never a build held for a rollout), and the image route serves
+//! without a signed link only that same build. No offer: `204` (esp32FOTA then reports no
+//! update). `version` is always plain `X.Y.Z` (anything else reads as 0.0.0 on
 //! the device); a pre-release offer therefore gets `204` too.
 
 use axum::Router;
@@ -98,14 +99,10 @@ async fn manifest(
                 Err(e) => return failed(&e),
             }
         }
-        None => {
-            let builds = match device_service::builds_of(&state.core, &product).await {
-                Ok(builds) => builds,
-                Err(e) => return failed(&e),
-            };
-            let held = crate::services::rollouts::of_product(&state.core, &product);
-            (service::decide_anonymous(&builds, held.as_ref().map(|h| &h.held), &product, None, param("hardware"), None).cloned(), None)
-        }
+        None => match anonymous_offer(&state, &product, param("hardware")).await {
+            Ok(offer) => (offer, None),
+            Err(e) => return failed(&e),
+        },
     };
     let Some(artifact) = offer else { return StatusCode::NO_CONTENT.into_response() };
     // A device's product may differ from the manifest's name; the image route checks it.
@@ -165,13 +162,39 @@ async fn authorised_build(
             }
         }
         _ => {
-            let policy = device_service::product_policy(&state.core, product).await?;
-            if policy.provisioning != Provisioning::Open {
+            // Unsigned: only what the manifest offers a device nobody knows, for the build's
+            // hardware (never a build held for a rollout, never another channel's).
+            let hardware: Vec<Option<&str>> =
+                if artifact.hardware.is_empty() { vec![None] } else { artifact.hardware.iter().map(|h| Some(h.as_str())).collect() };
+            let mut offered = false;
+            for hardware in hardware {
+                if anonymous_offer(state, product, hardware).await?.is_some_and(|offer| offer.id == artifact.id) {
+                    offered = true;
+                    break;
+                }
+            }
+            if !offered {
                 return Err(Error::Forbidden(format!(
-                    "product `{product}` serves only registered devices: fetch the manifest with `?id=<eFuse MAC>` for a signed link"
+                    "build `{id}` is not what product `{product}` offers devices it does not know: fetch the manifest with \
+                     `?id=<eFuse MAC>` for a signed link"
                 )));
             }
         }
     }
     Ok(artifact)
+}
+
+/// What the manifest offers a device that does not say who it is (no `id`): the same decision
+/// as a check-in of a device of unknown version, and only for products that let any device
+/// in (`open`); other products need the device to identify itself.
+async fn anonymous_offer(state: &AppState, product: &str, hardware: Option<&str>) -> crate::domain::Result<Option<Artifact>> {
+    let policy = device_service::product_policy(&state.core, product).await?;
+    if policy.provisioning != Provisioning::Open {
+        return Err(Error::Forbidden(format!(
+            "product `{product}` serves only registered devices: ask with `?id=<eFuse MAC>` (`use_device_id` in esp32FOTA)"
+        )));
+    }
+    let builds = device_service::builds_of(&state.core, product).await?;
+    let held = crate::services::rollouts::of_product(&state.core, product);
+    Ok(service::decide_anonymous(&builds, held.as_ref().map(|h| &h.held), product, None, hardware, None).cloned())
 }

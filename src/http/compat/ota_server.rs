@@ -14,7 +14,8 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{DefaultBodyLimit, Multipart, Path, RawQuery, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Multipart, Path, RawQuery, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -32,7 +33,7 @@ use crate::http::device_api::ClientIp;
 use crate::http::download::serve_artifact;
 use crate::services::compat::{self as service, MacCheckin, OTA_SERVER_METADATA, OtaServerDevice};
 use crate::services::devices as device_service;
-use crate::services::firmware::BodyError;
+use crate::services::firmware as firmware_service;
 use crate::storage::{DeviceFilter, DevicePatch};
 
 pub fn router(downloads: bool) -> Router<AppState> {
@@ -219,28 +220,39 @@ async fn named_build(state: &AppState, filename: &str) -> crate::domain::Result<
 
 // ---- admin API ----
 
-/// `X-Admin-API-Key`: Updraft's admin key, or `UPDRAFT_COMPAT_ADMIN_API_KEY`.
-fn admin_refusal(state: &AppState, headers: &HeaderMap) -> Option<Response> {
-    let Some(key) = headers.get("x-admin-api-key").and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty()) else {
-        let mut response = admin_error(StatusCode::UNAUTHORIZED, "API key is required");
-        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("APIKey"));
-        return Some(response);
-    };
-    let compat_key = state.settings.compat.admin_api_key.as_deref().is_some_and(|k| secret::verify(key, &secret::digest(k)));
-    if compat_key || secret::verify(key, &state.admin_key_digest) {
-        return None;
-    }
-    let mut response = admin_error(StatusCode::FORBIDDEN, "Invalid API key");
-    response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("APIKey"));
-    Some(response)
-}
+/// The seed-001 admin API's credential: `X-Admin-API-Key` with Updraft's admin key or
+/// `UPDRAFT_COMPAT_ADMIN_API_KEY`. Refusals answer in that API's own form (`{"detail"}`): 401
+/// without a key, 403 with a wrong one, 429 (`Retry-After`) for an address that sent too
+/// many wrong keys (the limiter every credential shares).
+struct OtaAdmin;
 
-macro_rules! admin_only {
-    ($state:expr, $headers:expr) => {
-        if let Some(refusal) = admin_refusal(&$state, &$headers) {
-            return refusal;
+impl FromRequestParts<AppState> for OtaAdmin {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        let ip = crate::http::auth::client_ip(parts);
+        let limiter = &state.core.devices.limiter;
+        let refuse = |status: StatusCode, detail: &str| {
+            let mut response = admin_error(status, detail);
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("APIKey"));
+            response
+        };
+        if let Err(Error::TooManyRequests { retry_after_secs }) = limiter.check(ip) {
+            let mut response = admin_error(StatusCode::TOO_MANY_REQUESTS, "Too many failed attempts; try again later");
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            return Err(response);
         }
-    };
+        let Some(key) = parts.headers.get("x-admin-api-key").and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty()) else {
+            return Err(refuse(StatusCode::UNAUTHORIZED, "API key is required"));
+        };
+        let compat_key = state.settings.compat.admin_api_key.as_deref().is_some_and(|k| secret::constant_time_eq(key, k));
+        if compat_key || crate::http::auth::is_admin_key(state, key) {
+            return Ok(OtaAdmin);
+        }
+        limiter.record_failure(ip);
+        tracing::info!(%ip, "wrong seed-001 admin API key");
+        Err(refuse(StatusCode::FORBIDDEN, "Invalid API key"))
+    }
 }
 
 /// The seed-001 product, or an answer saying it is not set up.
@@ -290,8 +302,7 @@ async fn device_view(state: &AppState, device: &Device, headers: &HeaderMap) -> 
     })
 }
 
-async fn list_devices(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    admin_only!(state, headers);
+async fn list_devices(State(state): State<AppState>, _admin: OtaAdmin, headers: HeaderMap) -> Response {
     let product = match default_product(&state).await {
         Ok(product) => product,
         Err(e) => return admin_failure(e),
@@ -315,8 +326,7 @@ async fn list_devices(State(state): State<AppState>, headers: HeaderMap) -> Resp
     Json(Value::Object(all)).into_response()
 }
 
-async fn get_device(State(state): State<AppState>, headers: HeaderMap, Path(mac): Path<String>) -> Response {
-    admin_only!(state, headers);
+async fn get_device(State(state): State<AppState>, _admin: OtaAdmin, headers: HeaderMap, Path(mac): Path<String>) -> Response {
     match find_device(&state, &mac).await {
         Ok(device) => Json(device_view(&state, &device, &headers).await).into_response(),
         Err(response) => response,
@@ -336,8 +346,7 @@ async fn find_device(state: &AppState, mac: &str) -> Result<Device, Response> {
 }
 
 /// `POST /admin/api/devices` `{mac_address, device_id, target_version, firmware_url, checksum, hardware_version?}`.
-async fn add_device(State(state): State<AppState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    admin_only!(state, headers);
+async fn add_device(State(state): State<AppState>, _admin: OtaAdmin, body: axum::body::Bytes) -> Response {
     let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(&body) else {
         return validation_error("body", &[("__root__", "value is not a valid dict", "type_error.dict")]);
     };
@@ -388,8 +397,13 @@ async fn add_device(State(state): State<AppState>, headers: HeaderMap, body: axu
 }
 
 /// `PUT /admin/api/devices/{mac}` with any partial object, merged into the device.
-async fn put_device(State(state): State<AppState>, headers: HeaderMap, Path(mac): Path<String>, body: axum::body::Bytes) -> Response {
-    admin_only!(state, headers);
+async fn put_device(
+    State(state): State<AppState>,
+    _admin: OtaAdmin,
+    headers: HeaderMap,
+    Path(mac): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
     let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(&body) else {
         return validation_error("body", &[("__root__", "value is not a valid dict", "type_error.dict")]);
     };
@@ -427,8 +441,7 @@ async fn put_device(State(state): State<AppState>, headers: HeaderMap, Path(mac)
     }
 }
 
-async fn delete_device(State(state): State<AppState>, headers: HeaderMap, Path(mac): Path<String>) -> Response {
-    admin_only!(state, headers);
+async fn delete_device(State(state): State<AppState>, _admin: OtaAdmin, Path(mac): Path<String>) -> Response {
     let device = match find_device(&state, &mac).await {
         Ok(device) => device,
         Err(response) if response.status() == StatusCode::NOT_FOUND => {
@@ -448,8 +461,7 @@ fn file_view(name: &str, artifact: &Artifact, uploaded_at: chrono::DateTime<chro
 
 /// `GET /admin/api/firmware`: `[{filename, checksum, size, uploaded_at}]` (the original's
 /// intended answer; it returned 500).
-async fn list_firmware(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    admin_only!(state, headers);
+async fn list_firmware(State(state): State<AppState>, _admin: OtaAdmin) -> Response {
     let files = match state.core.store.list_compat_files().await {
         Ok(files) => files,
         Err(e) => return admin_failure(e),
@@ -469,10 +481,10 @@ async fn list_firmware(State(state): State<AppState>, headers: HeaderMap) -> Res
 /// `hardware`, which the original did not have: without them both come from the ESP image).
 async fn upload_firmware(
     State(state): State<AppState>,
+    _admin: OtaAdmin,
     headers: HeaderMap,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Response {
-    admin_only!(state, headers);
     let Ok(mut multipart) = multipart else {
         return validation_error("body", &[("file", "field required", "value_error.missing")]);
     };
@@ -482,39 +494,63 @@ async fn upload_firmware(
         Err(e) => return admin_failure(e),
     };
     let mut meta = UploadMeta { product, ..Default::default() };
-    let mut stored: Option<(String, Artifact)> = None;
+    // The file is staged as it streams in and committed once every field was read, so that a
+    // field sent after it still counts, and a bad one stores nothing.
+    let mut staged: Option<(String, firmware_service::StagedUpload)> = None;
     loop {
         let field = match multipart.next_field().await {
             Ok(Some(field)) => field,
             Ok(None) => break,
             Err(e) => return admin_error(e.status(), e.body_text()),
         };
-        match field.name().unwrap_or("") {
+        let field_name = field.name().unwrap_or("").to_string();
+        match field_name.as_str() {
             "file" => {
+                if staged.is_some() {
+                    return validation_error("body", &[("file", "only one file may be uploaded", "value_error")]);
+                }
                 let name = field.file_name().unwrap_or("").to_string();
                 if name.is_empty() || name.contains('/') || name.contains('\\') || service::check_file_name(&name).is_err() {
                     return admin_error(StatusCode::BAD_REQUEST, "Invalid filename");
                 }
-                let body = field.map(|chunk| chunk.map_err(|e| BodyError::Interrupted(e.body_text())));
-                match service::ingest_named_file(&state.core, &name, body, limit, meta.clone(), None).await {
-                    Ok(artifact) => stored = Some((name, artifact)),
+                let body = field.map(|chunk| chunk.map_err(crate::http::firmware::multipart_body_error));
+                match firmware_service::stage(&state.core, body, limit).await {
+                    Ok(upload) => staged = Some((name, upload)),
                     Err(e) => return admin_failure(e),
                 }
             }
-            "version" | "hardware" => {
-                let name = field.name().unwrap_or("").to_string();
-                let Ok(value) = field.text().await else { return admin_error(StatusCode::BAD_REQUEST, "malformed form field") };
-                if name == "version" {
-                    meta.version = Some(value);
-                } else {
-                    meta.hardware.push(value);
+            "version" | "hardware" | "notes" => {
+                let value = match read_text_field(field).await {
+                    Ok(value) => value,
+                    Err(problem) => return validation_error("body", &[(field_name.as_str(), problem, "value_error")]),
+                };
+                let repeated = match field_name.as_str() {
+                    "version" => meta.version.replace(value).is_some(),
+                    "notes" => meta.notes.replace(value).is_some(),
+                    _ => {
+                        meta.hardware.push(value);
+                        false
+                    }
+                };
+                if repeated {
+                    return validation_error("body", &[(field_name.as_str(), "this field may appear only once", "value_error")]);
                 }
             }
-            _ => {}
+            other => {
+                let other = other.to_string();
+                return validation_error(
+                    "body",
+                    &[(other.as_str(), "extra fields not permitted; the fields are file, version, hardware, notes", "value_error.extra")],
+                );
+            }
         }
     }
-    let Some((name, artifact)) = stored else {
+    let Some((name, upload)) = staged else {
         return validation_error("body", &[("file", "field required", "value_error.missing")]);
+    };
+    let artifact = match service::commit_named_file(&state.core, &name, upload, meta, None).await {
+        Ok(artifact) => artifact,
+        Err(e) => return admin_failure(e),
     };
     Json(json!({
         "filename": name,
@@ -526,8 +562,20 @@ async fn upload_firmware(
     .into_response()
 }
 
-async fn firmware_info(State(state): State<AppState>, headers: HeaderMap, Path(filename): Path<String>) -> Response {
-    admin_only!(state, headers);
+/// A text field of the upload form: UTF-8, at most `firmware::MAX_NOTES_LEN` bytes.
+async fn read_text_field(mut field: axum::extract::multipart::Field<'_>) -> Result<String, &'static str> {
+    let limit = crate::domain::firmware::MAX_NOTES_LEN;
+    let mut bytes = Vec::new();
+    while let Some(chunk) = field.chunk().await.map_err(|_| "malformed form field")? {
+        if bytes.len() + chunk.len() > limit {
+            return Err("this field is too long");
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    String::from_utf8(bytes).map_err(|_| "this field is not UTF-8")
+}
+
+async fn firmware_info(State(state): State<AppState>, _admin: OtaAdmin, Path(filename): Path<String>) -> Response {
     if filename.contains('/') || filename.contains('\\') {
         return admin_error(StatusCode::BAD_REQUEST, "Invalid filename");
     }
@@ -544,8 +592,13 @@ async fn firmware_info(State(state): State<AppState>, headers: HeaderMap, Path(f
 }
 
 /// `GET /admin/api/firmware/{filename}`: the file itself, for the operator.
-async fn download_admin(State(state): State<AppState>, method: Method, headers: HeaderMap, Path(filename): Path<String>) -> Response {
-    admin_only!(state, headers);
+async fn download_admin(
+    State(state): State<AppState>,
+    _admin: OtaAdmin,
+    method: Method,
+    headers: HeaderMap,
+    Path(filename): Path<String>,
+) -> Response {
     match named_build(&state, &filename).await {
         Ok(Some(artifact)) => match serve_artifact(&state.core.blobs, &artifact, &method, &headers).await {
             Ok(response) => response,
@@ -559,8 +612,7 @@ async fn download_admin(State(state): State<AppState>, method: Method, headers: 
 
 /// `DELETE /admin/api/firmware/{filename}`: removes the name, and the build when no other
 /// name refers to it (refused with 409 while devices are being updated to it).
-async fn delete_firmware(State(state): State<AppState>, headers: HeaderMap, Path(filename): Path<String>) -> Response {
-    admin_only!(state, headers);
+async fn delete_firmware(State(state): State<AppState>, _admin: OtaAdmin, Path(filename): Path<String>) -> Response {
     let artifact = match named_build(&state, &filename).await {
         Ok(Some(artifact)) => artifact,
         Ok(None) => return admin_error(StatusCode::NOT_FOUND, "Firmware file not found"),

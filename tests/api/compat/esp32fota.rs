@@ -95,6 +95,47 @@ async fn without_id_the_manifest_is_anonymous_and_only_open_products_serve_unsig
     app.stop().await;
 }
 
+#[tokio::test]
+async fn held_builds_and_strict_products_are_not_served_to_anonymous_devices() {
+    let app = spawn_app().await;
+    let stable = image("fota", "1.0.0", 0, 3000);
+    let stable_id = app.create_artifact(stable.clone(), "").await["id"].as_str().unwrap().to_string();
+    // A release holds 2.0.0 for a rollout that has not started.
+    let held = app.create_artifact(image("fota", "2.0.0", 0, 3000), "").await;
+    let release = app
+        .admin(reqwest::Method::POST, "/api/v1/releases")
+        .json(&serde_json::json!({"product": "fota", "version": "2.0.0", "artifact_ids": [held["id"]]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(release.status(), 201, "{}", release.text().await.unwrap());
+
+    // The anonymous manifest names the stable build, and the held one is not served by id.
+    let manifest: Value = serde_json::from_slice(&send(&app, &get(&app, "/api/v1/esp32fota/fota.json")).await.body).unwrap();
+    assert_eq!(manifest["version"], "1.0.0");
+    let held_image = send(&app, &get(&app, &format!("/api/v1/esp32fota/fota/{}.bin", held["id"].as_str().unwrap()))).await;
+    assert_eq!(held_image.status, 403, "a build held for a rollout is not served unsigned");
+    let stable_image = send(&app, &get(&app, &format!("/api/v1/esp32fota/fota/{stable_id}.bin"))).await;
+    assert!(stable_image.status == 200 && stable_image.body == stable);
+
+    // A product in key mode names nothing to anyone who does not identify the device.
+    set_provisioning_key(&app, "fota").await;
+    let manifest = send(&app, &get(&app, "/api/v1/esp32fota/fota.json")).await;
+    assert_eq!(manifest.status, 403, "{}", String::from_utf8_lossy(&manifest.body));
+    assert!(!String::from_utf8_lossy(&manifest.body).contains("1.0.0"));
+    app.stop().await;
+}
+
+async fn set_provisioning_key(app: &TestApp, product: &str) {
+    let response = app
+        .admin(reqwest::Method::PUT, &format!("/api/v1/products/{product}"))
+        .json(&serde_json::json!({"provisioning": "key", "provision_key": "fota-key-0001", "provision_secret": "fota-secret-0123456789"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
+
 /// The signed form, checked the way the device does (mbedTLS `pk_verify` with RSA and
 /// SHA-256 over the flashed bytes) with `openssl dgst -verify`, and against the form the
 /// esp32FOTA README makes with `openssl dgst -sign ... -sha256`.
