@@ -230,7 +230,7 @@ async fn a_device_on_mqtt_is_offered_a_download_url_it_can_reach_and_start_up_sa
         .await
         .unwrap();
     let (id, token) = (provisioned["device_id"].as_str().unwrap(), provisioned["token"].as_str().unwrap());
-    let mut options = rumqttc::MqttOptions::new(format!("c-{id}"), mqtt.ip().to_string(), mqtt.port());
+    let mut options = rumqttc::MqttOptions::new(id, mqtt.ip().to_string(), mqtt.port());
     options.set_credentials(id, token);
     let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 10);
     client.subscribe(format!("updraft/{id}/ota"), rumqttc::QoS::AtLeastOnce).await.unwrap();
