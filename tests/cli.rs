@@ -466,22 +466,38 @@ async fn a_refused_mqtt_login_is_logged_as_one_line_without_the_credentials() {
         tokio::time::timeout(Duration::from_secs(10), socket.read_exact(&mut connack)).await.unwrap().unwrap();
         assert_eq!(connack, [0x20, 2, 0, 4], "CONNACK 4: bad user name or password");
     }
-    server.wait_for_stderr("probe-two").await;
+    // A device's right token with a client id that is not its own: refused and logged too.
+    let provisioned: Value = server
+        .client
+        .post(format!("http://{}/api/v1/device/provision", server.addr))
+        .json(&serde_json::json!({"mac": "24:0A:C4:00:00:09", "product": "lamp"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (id, token) = (provisioned["device_id"].as_str().unwrap(), provisioned["token"].as_str().unwrap());
+    let mut socket = TcpStream::connect(mqtt).await.unwrap();
+    socket.write_all(&mqtt_connect("probe-three", id, Some(token))).await.unwrap();
+    let mut connack = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(10), socket.read_exact(&mut connack)).await.unwrap().unwrap();
+    assert_eq!(connack, [0x20, 2, 0, 2], "CONNACK 2: identifier rejected");
+    server.wait_for_stderr("probe-three").await;
     let (_, stderr) = server.stop().await;
 
-    for client_id in ["probe-one", "probe-two"] {
+    for (client_id, reason) in [
+        ("probe-one", "bad user name or password"),
+        ("probe-two", "bad user name or password"),
+        ("probe-three", "a device's client id must be empty or start with its id or MAC"),
+    ] {
         let lines: Vec<&str> = stderr.lines().filter(|l| l.contains(client_id)).collect();
         assert_eq!(lines.len(), 1, "one line per refused login:\n{stderr}");
-        assert!(
-            lines[0].contains("INFO") && lines[0].contains("bad user name or password") && lines[0].contains("127.0.0.1"),
-            "{}",
-            lines[0]
-        );
+        assert!(lines[0].contains("INFO") && lines[0].contains(reason) && lines[0].contains("127.0.0.1"), "{}", lines[0]);
     }
-    assert!(
-        !stderr.contains("NotARealToken") && !stderr.contains("hunter2") && !stderr.contains("someone"),
-        "no credential is logged:\n{stderr}"
-    );
+    for credential in ["NotARealToken", "hunter2", "someone", token] {
+        assert!(!stderr.contains(credential), "no credential is logged ({credential}):\n{stderr}");
+    }
     assert!(!stderr.contains("Connection Refused"), "the broker library's own dump is not logged:\n{stderr}");
 }
 
