@@ -307,6 +307,23 @@ async fn resolvable_host_name(port: u16) -> Option<String> {
     resolved.any(|addr| !addr.ip().is_loopback() && !addr.ip().is_unspecified()).then_some(name)
 }
 
+/// One warning per weak setting in use (see `Settings::weak_settings`), and one per product
+/// whose secrets anonymous seed-003 readers see.
+async fn warn_weak_settings(settings: &Settings, store: &Store) -> anyhow::Result<()> {
+    for (setting, risk) in settings.weak_settings() {
+        tracing::warn!(setting, "weak setting in use: {risk} (docs/DEPLOYMENT.md, \"Security model\")");
+    }
+    for product in store.list_products().await?.into_iter().filter(|p| p.public_secrets) {
+        tracing::warn!(
+            product = %product.name,
+            "weak setting in use: product `{}` serves its devices' secret configuration values to anonymous readers of \
+             /api/configs/{{mac}}.json (public_secrets)",
+            product.name
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -332,21 +349,4 @@ mod tests {
         assert_eq!((chosen.url.as_str(), chosen.source), ("http://127.0.0.1:8080", BaseUrlSource::Loopback));
         assert_eq!(choose(None, "[::]:8080", Some("fd00::7".parse().unwrap()), None).url, "http://[fd00::7]:8080");
     }
-}
-
-/// One warning per weak setting in use (see `Settings::weak_settings`), and one per product
-/// whose secrets anonymous seed-003 readers see.
-async fn warn_weak_settings(settings: &Settings, store: &Store) -> anyhow::Result<()> {
-    for (setting, risk) in settings.weak_settings() {
-        tracing::warn!(setting, "weak setting in use: {risk} (docs/DEPLOYMENT.md, \"Security model\")");
-    }
-    for product in store.list_products().await?.into_iter().filter(|p| p.public_secrets) {
-        tracing::warn!(
-            product = %product.name,
-            "weak setting in use: product `{}` serves its devices' secret configuration values to anonymous readers of \
-             /api/configs/{{mac}}.json (public_secrets)",
-            product.name
-        );
-    }
-    Ok(())
 }

@@ -527,7 +527,7 @@ mod code_table {
         ("forbidden", "a provisioning mode refuses the device; an expired or forged download link"),
         ("not_found", "unknown id or route"),
         ("method_not_allowed", "the route exists, the method does not"),
-        ("too_many_requests", "repeated failed device authentication from one address; `Retry-After` says when to retry"),
+        ("too_many_requests", "repeated failed authentication from one address: device tokens, admin keys, MQTT passwords; `Retry-After` says when to retry"),
         ("precondition_failed", "`If-Match` names a version that is no longer current"),
         ("request_timeout", "the body came too slowly; the connection is closed"),
         ("range_not_satisfiable", "with `Content-Range: bytes */<size>`"),

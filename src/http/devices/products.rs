@@ -1,0 +1,74 @@
+//! Products: each product's device policy (provisioning, poll interval, hardware, floor).
+
+use super::*;
+
+/// List configured products and their provisioning policy.
+#[utoipa::path(
+    get, path = "/api/v1/products", tag = "devices",
+    responses((status = 200, body = ProductList), (status = 401, body = ErrorBody)),
+    security(("bearer" = []), ("admin_key" = []))
+)]
+pub(super) async fn list_products(State(state): State<AppState>, _admin: Admin) -> ApiResult<Json<ProductList>> {
+    let products = state.core.store.list_products().await?;
+    let mut items = Vec::with_capacity(products.len());
+    for product in &products {
+        items.push(product_view(product, true, state.core.store.product_min_version(&product.name).await?));
+    }
+    Ok(Json(ProductList { items }))
+}
+
+/// A product's policy (the defaults when it was never configured).
+#[utoipa::path(
+    get, path = "/api/v1/products/{name}", tag = "devices",
+    params(("name" = String, Path, description = "Product name")),
+    responses((status = 200, body = ProductView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
+    security(("bearer" = []), ("admin_key" = []))
+)]
+pub(super) async fn get_product(State(state): State<AppState>, _admin: Admin, Path(name): Path<String>) -> ApiResult<Json<ProductView>> {
+    let name = crate::domain::firmware::Product::parse(&name)?;
+    let configured = state.core.store.find_product(name.as_str()).await?.is_some();
+    let product = service::product_policy(&state.core, name.as_str()).await?;
+    let min_version = state.core.store.product_min_version(&product.name).await?;
+    Ok(Json(product_view(&product, configured, min_version)))
+}
+
+/// Create or change a product's provisioning policy and poll interval.
+#[utoipa::path(
+    put, path = "/api/v1/products/{name}", tag = "devices",
+    params(("name" = String, Path, description = "Product name")),
+    request_body = PutProductBody,
+    responses((status = 200, body = ProductView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = []), ("admin_key" = []))
+)]
+pub(super) async fn put_product(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<PutProductBody>,
+) -> ApiResult<Json<ProductView>> {
+    let provisioning = Provisioning::parse(&body.provisioning)?;
+    let min_version = body
+        .min_version
+        .map(|v| {
+            v.as_deref()
+                .map(|v| {
+                    Version::parse(v).map(|v| v.canonical()).map_err(|e| Error::invalid("invalid_version", format!("min_version: {e}")))
+                })
+                .transpose()
+        })
+        .transpose()?;
+    let change = service::ProductChange {
+        provisioning,
+        provision_key: body.provision_key,
+        provision_secret: body.provision_secret,
+        poll_interval_s: body.poll_interval_s,
+        hardware: body.hardware,
+        public_secrets: body.public_secrets,
+    };
+    let product = service::put_product(&state.core, &name, change).await?;
+    if let Some(min_version) = min_version {
+        state.core.store.set_product_min_version(&product.name, min_version.as_deref()).await?;
+    }
+    let min_version = state.core.store.product_min_version(&product.name).await?;
+    Ok(Json(product_view(&product, true, min_version)))
+}

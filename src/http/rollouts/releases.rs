@@ -1,0 +1,68 @@
+//! Releases.
+
+use super::*;
+
+/// Create a release from uploaded builds of one product and version. From then on its
+/// builds are offered only through its rollouts (see docs/API.md, "Releases").
+#[utoipa::path(
+    post, path = "/api/v1/releases", tag = "rollouts",
+    request_body = CreateReleaseBody,
+    responses((status = 201, body = ReleaseView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = []), ("admin_key" = []))
+)]
+pub(super) async fn create_release(
+    State(state): State<AppState>,
+    _admin: Admin,
+    ApiJson(body): ApiJson<CreateReleaseBody>,
+) -> ApiResult<(StatusCode, Json<ReleaseView>)> {
+    let release = service::create_release(
+        &state.core,
+        NewRelease {
+            product: body.product,
+            version: body.version,
+            channel: body.channel,
+            notes: body.notes,
+            artifact_ids: body.artifact_ids,
+        },
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(release_view(&release))))
+}
+
+/// List releases, newest first.
+#[utoipa::path(
+    get, path = "/api/v1/releases", tag = "rollouts",
+    params(ReleaseListQuery),
+    responses((status = 200, body = ReleaseList), (status = 401, body = ErrorBody)),
+    security(("bearer" = []), ("admin_key" = []))
+)]
+pub(super) async fn list_releases(
+    State(state): State<AppState>,
+    _admin: Admin,
+    ApiQuery(query): ApiQuery<ReleaseListQuery>,
+) -> ApiResult<Json<ReleaseList>> {
+    let releases = state.core.store.list_releases(query.product.as_deref()).await?;
+    Ok(Json(ReleaseList { items: releases.iter().map(release_view).collect() }))
+}
+
+#[utoipa::path(
+    get, path = "/api/v1/releases/{id}", tag = "rollouts",
+    params(("id" = String, Path, description = "Release id")),
+    responses((status = 200, body = ReleaseView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = []), ("admin_key" = []))
+)]
+pub(super) async fn get_release(State(state): State<AppState>, _admin: Admin, Path(id): Path<String>) -> ApiResult<Json<ReleaseView>> {
+    Ok(Json(release_view(&service::find_release(&state.core, &id).await?)))
+}
+
+/// Delete a release that no rollout uses; its builds are offered directly again.
+#[utoipa::path(
+    delete, path = "/api/v1/releases/{id}", tag = "rollouts",
+    params(("id" = String, Path, description = "Release id")),
+    responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = []), ("admin_key" = []))
+)]
+pub(super) async fn delete_release(State(state): State<AppState>, _admin: Admin, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    service::delete_release(&state.core, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

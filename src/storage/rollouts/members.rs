@@ -1,0 +1,169 @@
+//! A rollout's devices: membership states, counts, download slots.
+
+use super::*;
+
+impl Store {
+    /// Devices per (stage, state, excused).
+    pub async fn rollout_tally(&self, id: &str) -> Result<Vec<(usize, MemberState, bool, u64)>> {
+        let rows = sqlx::query(
+            "SELECT stage, state, excused, COUNT(*) AS n FROM rollout_member WHERE rollout_id = $1 GROUP BY stage, state, excused",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db_error(e, "failed to count a rollout's devices"))?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get::<i64, _>("stage") as usize,
+                    MemberState::parse_stored(&r.get::<String, _>("state")),
+                    r.get::<i64, _>("excused") != 0,
+                    r.get::<i64, _>("n") as u64,
+                )
+            })
+            .collect())
+    }
+
+    /// Where a device stands in a rollout, if the rollout ever offered it its release.
+    pub async fn rollout_member_state(&self, rollout_id: &str, device_id: &str) -> Result<Option<MemberState>> {
+        let row = sqlx::query("SELECT state FROM rollout_member WHERE rollout_id = $1 AND device_id = $2")
+            .bind(rollout_id)
+            .bind(device_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| db_error(e, "failed to read a rollout's device"))?;
+        Ok(row.map(|r| MemberState::parse_stored(&r.get::<String, _>("state"))))
+    }
+
+    /// Devices holding a download slot, per rollout.
+    pub async fn rollouts_in_flight(&self) -> Result<Vec<(String, u64)>> {
+        let rows = sqlx::query(
+            "SELECT m.rollout_id AS rollout_id, COUNT(*) AS n FROM rollout_member m JOIN rollout r ON r.id = m.rollout_id \
+             WHERE r.state IN ('running', 'completed') AND m.state IN ('offered', 'downloading', 'installing') GROUP BY m.rollout_id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db_error(e, "failed to count downloads in flight"))?;
+        Ok(rows.iter().map(|r| (r.get("rollout_id"), r.get::<i64, _>("n") as u64)).collect())
+    }
+
+    /// Marks devices that reported no outcome before their deadline as timed out.
+    pub async fn time_out_members(&self, id: &str, now: DateTime<Utc>) -> Result<u64> {
+        let result = sqlx::query(
+            "UPDATE rollout_member SET state = 'timed_out', message = 'no outcome reported before the deadline', updated_at = $1 \
+             WHERE rollout_id = $2 AND state IN ('offered', 'downloading', 'installing', 'installed') AND deadline_at < $1",
+        )
+        .bind(now.timestamp_millis())
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| db_error(e, "failed to time out devices"))?;
+        Ok(result.rows_affected())
+    }
+
+    pub async fn rollout_members(&self, id: &str) -> Result<Vec<MemberRow>> {
+        let rows = sqlx::query("SELECT device_id, state, from_version FROM rollout_member WHERE rollout_id = $1")
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db_error(e, "failed to read a rollout's devices"))?;
+        Ok(rows
+            .iter()
+            .map(|r| MemberRow {
+                device_id: r.get("device_id"),
+                state: MemberState::parse_stored(&r.get::<String, _>("state")),
+                from_version: r.get("from_version"),
+            })
+            .collect())
+    }
+
+    /// Rolls back: pins every device of the rollout with a known previous version to that
+    /// version, except those that failed (they reported a failure or booted back into the old
+    /// build: they run it, and a pin would only hold them there), logs the device changes and moves the rollout to `rolled_back`, all in one
+    /// transaction (and only if the rollout is still as read).
+    pub async fn roll_back(&self, change: &TransitionWrite<'_>) -> Result<bool> {
+        let now = now_millis();
+        let mut tx = self.pool.begin().await.map_err(|e| db_error(e, "failed to begin a transaction"))?;
+        let updated =
+            sqlx::query("UPDATE rollout SET state = $1, reason = $2, updated_at = $3 WHERE id = $4 AND state = $5 AND current_stage = $6")
+                .bind(change.to.as_str())
+                .bind(change.reason)
+                .bind(now)
+                .bind(change.rollout_id)
+                .bind(change.from.as_str())
+                .bind(change.from_stage as i64)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| db_error(e, "failed to change a rollout"))?;
+        if updated.rows_affected() != 1 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "UPDATE device SET target_version = (SELECT m.from_version FROM rollout_member m WHERE m.rollout_id = $1 AND m.device_id = device.id), \
+             updated_at = $2 WHERE id IN (SELECT device_id FROM rollout_member WHERE rollout_id = $1 AND from_version IS NOT NULL AND state <> 'failed')",
+        )
+        .bind(change.rollout_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| db_error(e, "failed to pin devices back"))?;
+        // One change-log row per device (ids unique per rollout: a rollout rolls back once).
+        sqlx::query(
+            "INSERT INTO device_change (id, device_id, at) SELECT 'rollback:' || rollout_id || ':' || device_id, device_id, $2 \
+             FROM rollout_member WHERE rollout_id = $1 AND from_version IS NOT NULL AND state <> 'failed'",
+        )
+        .bind(change.rollout_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| db_error(e, "failed to log pinned devices"))?;
+        insert_transition(
+            &mut tx,
+            change.rollout_id,
+            change.from.as_str(),
+            change.to.as_str(),
+            change.to_stage,
+            change.actor,
+            change.reason,
+            now,
+        )
+        .await?;
+        bump_revision(&mut tx).await?;
+        tx.commit().await.map_err(|e| db_error(e, "failed to commit a rollback"))?;
+        Ok(true)
+    }
+
+    /// Devices of a product as target filters see them, in id order after `after`.
+    pub async fn target_rows(&self, product: &str, after: &str, limit: u32) -> Result<Vec<TargetRow>> {
+        let rows = sqlx::query(
+            "SELECT id, product, hardware, channel, version, tags, created_at FROM device WHERE product = $1 AND id > $2 ORDER BY id LIMIT $3",
+        )
+        .bind(product)
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db_error(e, "failed to read devices"))?;
+        Ok(rows.iter().map(target_row).collect())
+    }
+
+    /// The devices of these ids that exist, as target filters see them.
+    pub async fn target_rows_by_ids(&self, ids: &[String]) -> Result<Vec<TargetRow>> {
+        let mut found = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(500) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT id, product, hardware, channel, version, tags, created_at FROM device WHERE id IN ({})",
+                placeholders.join(", ")
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for id in chunk {
+                query = query.bind(id.clone());
+            }
+            let rows = query.fetch_all(&self.pool).await.map_err(|e| db_error(e, "failed to read devices"))?;
+            found.extend(rows.iter().map(target_row));
+        }
+        Ok(found)
+    }
+}
