@@ -426,13 +426,15 @@ impl Entry for LockEntry {
     #[inline]
     async fn try_lock(&self) -> Result<Box<dyn Entry>> {
         log::debug!("{:?} LockEntry.try_lock", self.id);
-        let locker = self
-            .shared
-            .lockers
-            .entry(self.id.client_id.clone())
-            .or_insert(Arc::new(Mutex::new(())))
-            .clone()
-            .try_lock_owned()?;
+        let mutex = self.shared.lockers.entry(self.id.client_id.clone()).or_insert(Arc::new(Mutex::new(()))).clone();
+        // Another handshake (or a kick) of this client id holds the lock for a moment: wait
+        // for it, as long as a kick may take, rather than refusing this connection at once.
+        let locker = match mutex.clone().try_lock_owned() {
+            Ok(locker) => locker,
+            Err(_) => tokio::time::timeout(Duration::from_secs(5), mutex.lock_owned())
+                .await
+                .map_err(|_| anyhow!("the client id is locked by another connection"))?,
+        };
         Ok(Box::new(LockEntry::new(self.id.clone(), self.shared.clone(), Some(locker))))
     }
 
