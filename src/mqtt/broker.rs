@@ -8,7 +8,7 @@
 //! device's sessions end as soon as its token stops being valid (rotated, revoked, device
 //! deleted), whichever replica made the change.
 //!
-//! rmqtt is vendored with three small patches (vendor/rmqtt/UPDRAFT-PATCHES.md).
+//! rmqtt is vendored with four small patches (vendor/rmqtt/UPDRAFT-PATCHES.md).
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -535,34 +535,33 @@ impl Hooks {
         }
     }
 
-    /// Ends a session (connected or kept) and forgets it, if it is still the one `id` names.
-    /// Waits for a login of the same client id that is in progress (rmqtt's per-client-id
-    /// lock), so that the session it would resume ends too.
+    /// Ends a session (connected or kept), if it is still the one `id` names. Holds the
+    /// client id's lock (rmqtt's, which logins take too) only while it kicks: a login of the
+    /// same client id waits for it, and then does not resume the ended session.
     async fn end_session(&self, id: &Id) -> bool {
-        for _ in 0..50 {
-            let shared = self.scx.extends.shared().await;
-            let mut entry = match shared.entry(id.clone()).try_lock().await {
-                Ok(entry) => entry,
-                Err(_) => {
-                    drop(shared);
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            if !entry.session().is_some_and(|session| session.id == *id) {
+        let shared = self.scx.extends.shared().await;
+        let is_this_one = |entry: &dyn rmqtt::shared::Entry| entry.session().is_some_and(|session| session.id == *id);
+        if !is_this_one(shared.entry(id.clone()).as_ref()) {
+            return false;
+        }
+        let mut entry = match shared.entry(id.clone()).try_lock().await {
+            Ok(entry) => entry,
+            Err(e) => {
+                tracing::warn!(client_id = ?&*id.client_id, error = %e, "cannot end an MQTT session");
                 return false;
             }
-            // As an administrator's kick: the session is cleaned, not handed over.
-            return match entry.kick(true, true, true).await {
-                Ok(_) => true,
-                Err(e) => {
-                    tracing::warn!(client_id = ?&*id.client_id, error = %e, "cannot end an MQTT session");
-                    false
-                }
-            };
+        };
+        if !is_this_one(entry.as_ref()) {
+            return false;
         }
-        tracing::warn!(client_id = ?&*id.client_id, "cannot end an MQTT session: its client id stays locked by logins");
-        false
+        // As an administrator's kick: the session is cleaned, not handed over.
+        match entry.kick(true, true, true).await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(client_id = ?&*id.client_id, error = %e, "cannot end an MQTT session");
+                false
+            }
+        }
     }
 
     async fn announce(&self, device_id: &str, online: bool) {
