@@ -232,6 +232,9 @@ pub struct ServeArgs {
     /// Every how many seconds offers are re-evaluated for connected devices (time windows, schedules) [default: 60]
     #[arg(long, env = "UPDRAFT_MQTT_RESYNC_SECS", value_name = "SECS")]
     pub mqtt_resync_secs: Option<String>,
+    /// Seconds a new MQTT connection has to send its CONNECT before it is closed [default: 10]
+    #[arg(long, env = "UPDRAFT_MQTT_HANDSHAKE_TIMEOUT_SECS", value_name = "SECS")]
+    pub mqtt_handshake_timeout_secs: Option<String>,
 }
 
 /// A setting that could not be used. Its `Display` is the one line printed at start-up.
@@ -402,6 +405,8 @@ pub struct MqttSettings {
     pub max_queued: usize,
     pub session_expiry: Duration,
     pub resync_every: Duration,
+    /// How long a new connection has to send its CONNECT (embedded broker).
+    pub handshake_timeout: Duration,
 }
 
 impl Default for MqttSettings {
@@ -421,6 +426,7 @@ impl Default for MqttSettings {
             max_queued: 1000,
             session_expiry: Duration::from_secs(7200),
             resync_every: Duration::from_secs(60),
+            handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -534,6 +540,7 @@ const SETTING_NAMES: &[&str] = &[
     "mqtt_max_queued",
     "mqtt_session_expiry_secs",
     "mqtt_resync_secs",
+    "mqtt_handshake_timeout_secs",
 ];
 
 /// Variables of the seed-001 server, read as aliases of Updraft settings (environment or `.env`).
@@ -862,6 +869,7 @@ fn parse_mqtt(get: &dyn Fn(&str, &Option<String>) -> Option<String>, args: &Serv
         max_queued: bounded("mqtt_max_queued", &args.mqtt_max_queued, 1000, 1, 1_000_000)? as usize,
         session_expiry: Duration::from_secs(bounded("mqtt_session_expiry_secs", &args.mqtt_session_expiry_secs, 7200, 0, 30 * 86400)?),
         resync_every: Duration::from_secs(bounded("mqtt_resync_secs", &args.mqtt_resync_secs, 60, 1, 86400)?),
+        handshake_timeout: Duration::from_secs(bounded("mqtt_handshake_timeout_secs", &args.mqtt_handshake_timeout_secs, 10, 1, 300)?),
     })
 }
 

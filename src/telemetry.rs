@@ -12,9 +12,26 @@ use tracing_subscriber::fmt::format::{FmtSpan, Writer};
 
 use crate::config::LogFormat;
 
+/// Directives added to every log filter that does not name their target itself. rmqtt logs
+/// each refused MQTT connection at INFO as a debug dump that holds the username, which may be
+/// a device token; Updraft logs its own line instead (`mqtt::broker`). rmqtt's warnings and
+/// errors still show.
+const QUIET_TARGETS: &[(&str, &str)] = &[("rmqtt", "rmqtt=warn")];
+
+/// The log filter of `UPDRAFT_LOG` (`info` if it does not parse), with [`QUIET_TARGETS`].
+pub fn log_filter(filter: &str) -> EnvFilter {
+    let mut env_filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    for (target, directive) in QUIET_TARGETS {
+        if !filter.contains(target) {
+            env_filter = env_filter.add_directive(directive.parse().expect("a static directive"));
+        }
+    }
+    env_filter
+}
+
 /// Installs the global log subscriber. Call once, from `main`.
 pub fn init_logging(filter: &str, format: LogFormat) {
-    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = log_filter(filter);
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -150,9 +167,42 @@ fn describe_metrics() {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+
     use metrics::{Key, Metadata, Recorder};
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
 
     use super::*;
+
+    /// Records "LEVEL target" of every event that passes the filter.
+    struct Capture(Arc<Mutex<Vec<String>>>);
+
+    impl<S: tracing::Subscriber> Layer<S> for Capture {
+        fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+            let meta = event.metadata();
+            self.0.lock().unwrap().push(format!("{} {}", meta.level(), meta.target()));
+        }
+    }
+
+    fn passing(filter: &str) -> Vec<String> {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let subscriber = tracing_subscriber::registry().with(log_filter(filter)).with(Capture(seen.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(target: "rmqtt::v3", "Connection Refused, handshake");
+            tracing::info!(target: "rmqtt_net::stream", "details");
+            tracing::warn!(target: "rmqtt::server", "a warning");
+            tracing::info!(target: "updraft::mqtt::broker", "MQTT connection refused");
+        });
+        seen.lock().unwrap().clone()
+    }
+
+    #[test]
+    fn rmqtt_s_info_lines_are_quiet_unless_the_filter_names_rmqtt() {
+        assert_eq!(passing("info"), ["WARN rmqtt::server", "INFO updraft::mqtt::broker"]);
+        assert_eq!(passing("debug"), ["WARN rmqtt::server", "INFO updraft::mqtt::broker"]);
+        assert_eq!(passing("info,rmqtt=info").len(), 4, "a filter that names rmqtt is taken as it is");
+    }
 
     /// Resident memory of this process, in bytes (Linux).
     fn rss_bytes() -> u64 {

@@ -74,6 +74,7 @@ const SETTINGS: &[&str] = &[
     "UPDRAFT_MQTT_MAX_QUEUED",
     "UPDRAFT_MQTT_SESSION_EXPIRY_SECS",
     "UPDRAFT_MQTT_RESYNC_SECS",
+    "UPDRAFT_MQTT_HANDSHAKE_TIMEOUT_SECS",
     "UPDRAFT_ROLLOUT_EVALUATE_SECS",
     "UPDRAFT_ROLLOUT_DEVICE_DEADLINE_SECS",
     "UPDRAFT_ROLLOUT_RECOUNT_SECS",
@@ -229,7 +230,7 @@ async fn a_device_on_mqtt_is_offered_a_download_url_it_can_reach_and_start_up_sa
         .await
         .unwrap();
     let (id, token) = (provisioned["device_id"].as_str().unwrap(), provisioned["token"].as_str().unwrap());
-    let mut options = rumqttc::MqttOptions::new(format!("c-{id}"), mqtt.ip().to_string(), mqtt.port());
+    let mut options = rumqttc::MqttOptions::new(id, mqtt.ip().to_string(), mqtt.port());
     options.set_credentials(id, token);
     let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 10);
     client.subscribe(format!("updraft/{id}/ota"), rumqttc::QoS::AtLeastOnce).await.unwrap();
@@ -445,6 +446,72 @@ async fn an_idle_keep_alive_connection_does_not_hold_up_shutdown() {
 
     assert!(exit.success(), "{exit}\n{stderr}");
     drop(idle);
+}
+
+#[tokio::test]
+async fn a_refused_mqtt_login_is_logged_as_one_line_without_the_credentials() {
+    let workdir = tempfile::tempdir().unwrap();
+    let mqtt = free_addr();
+    let mut command = updraft(workdir.path());
+    command.env("UPDRAFT_ADMIN_API_KEY", ADMIN_KEY).env("UPDRAFT_MQTT_LISTEN", mqtt.to_string());
+    let server = Server::start(command, &workdir.path().join("data")).await;
+
+    // A ThingsBoard-style login (the token as the username) and a user name and password.
+    for (client_id, username, password) in
+        [("probe-one", "upd_dev_NotARealToken0123456789", None), ("probe-two", "someone", Some("hunter2-secret-password"))]
+    {
+        let mut socket = TcpStream::connect(mqtt).await.unwrap();
+        socket.write_all(&mqtt_connect(client_id, username, password)).await.unwrap();
+        let mut connack = [0u8; 4];
+        tokio::time::timeout(Duration::from_secs(10), socket.read_exact(&mut connack)).await.unwrap().unwrap();
+        assert_eq!(connack, [0x20, 2, 0, 4], "CONNACK 4: bad user name or password");
+    }
+    // A device's right token with a client id that is not its own: refused and logged too.
+    let provisioned: Value = server
+        .client
+        .post(format!("http://{}/api/v1/device/provision", server.addr))
+        .json(&serde_json::json!({"mac": "24:0A:C4:00:00:09", "product": "lamp"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (id, token) = (provisioned["device_id"].as_str().unwrap(), provisioned["token"].as_str().unwrap());
+    let mut socket = TcpStream::connect(mqtt).await.unwrap();
+    socket.write_all(&mqtt_connect("probe-three", id, Some(token))).await.unwrap();
+    let mut connack = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(10), socket.read_exact(&mut connack)).await.unwrap().unwrap();
+    assert_eq!(connack, [0x20, 2, 0, 2], "CONNACK 2: identifier rejected");
+    server.wait_for_stderr("probe-three").await;
+    let (_, stderr) = server.stop().await;
+
+    for (client_id, reason) in [
+        ("probe-one", "bad user name or password"),
+        ("probe-two", "bad user name or password"),
+        ("probe-three", "a device's client id must be empty or start with its id or MAC"),
+    ] {
+        let lines: Vec<&str> = stderr.lines().filter(|l| l.contains(client_id)).collect();
+        assert_eq!(lines.len(), 1, "one line per refused login:\n{stderr}");
+        assert!(lines[0].contains("INFO") && lines[0].contains(reason) && lines[0].contains("127.0.0.1"), "{}", lines[0]);
+    }
+    for credential in ["NotARealToken", "hunter2", "someone", token] {
+        assert!(!stderr.contains(credential), "no credential is logged ({credential}):\n{stderr}");
+    }
+    assert!(!stderr.contains("Connection Refused"), "the broker library's own dump is not logged:\n{stderr}");
+}
+
+/// An MQTT 3.1.1 CONNECT (clean session, keep-alive 30 s).
+fn mqtt_connect(client_id: &str, username: &str, password: Option<&str>) -> Vec<u8> {
+    let flags = 0b1000_0010 | if password.is_some() { 0b0100_0000 } else { 0 };
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, flags, 0, 30];
+    for field in [Some(client_id), Some(username), password].into_iter().flatten() {
+        body.extend_from_slice(&(field.len() as u16).to_be_bytes());
+        body.extend_from_slice(field.as_bytes());
+    }
+    let mut packet = vec![0x10, body.len() as u8];
+    packet.extend(body);
+    packet
 }
 
 #[test]

@@ -116,6 +116,136 @@ pub fn allowed(principal: &Principal, access: Access, topic: &str) -> bool {
     }
 }
 
+// ---- client identifiers and sessions ----
+
+/// The client id of a connection, as the broker saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientId<'a> {
+    /// The client sent an empty one and the broker assigned a random one.
+    Assigned,
+    /// The client chose this one.
+    Chosen(&'a str),
+    /// Chosen by the client or assigned by an external broker: nobody can tell (the auth hooks
+    /// of external brokers).
+    Unknown(&'a str),
+}
+
+/// Why a connection may not use its client id: CONNACK "identifier rejected" (3.1.1, return
+/// code 2) / "client identifier not valid" (5.0, reason 0x85).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientIdRefusal {
+    /// A device's client id is empty (assigned by the broker), or its own id or MAC, or
+    /// starts with one of them.
+    NotTheDevice,
+    /// The client id names another device (its id or MAC, or starts with one of them).
+    AnotherDevice,
+    /// The client id's session (connected, or kept for a persistent client) was created by
+    /// another principal: sessions are resumed only by whoever created them.
+    SessionOfAnother,
+}
+
+impl ClientIdRefusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientIdRefusal::NotTheDevice => "a device's client id must be empty or start with its id or MAC",
+            ClientIdRefusal::AnotherDevice => "the client id names another device",
+            ClientIdRefusal::SessionOfAnother => "the client id's session belongs to another principal",
+        }
+    }
+}
+
+/// The device identities a client id names: a device id (a UUID as its first 36 characters)
+/// and MACs (its first 12, 14 or 17 characters, in a common MAC form).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ClientIdClaims {
+    /// Lower-case, as device ids are.
+    pub device_id: Option<String>,
+    pub macs: Vec<Mac>,
+}
+
+impl ClientIdClaims {
+    pub fn of(client_id: &str) -> ClientIdClaims {
+        let device_id = client_id.get(..36).and_then(|prefix| uuid::Uuid::try_parse(prefix).ok()).map(|id| id.to_string());
+        ClientIdClaims { device_id, macs: mac_prefixes(client_id) }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.device_id.is_none() && self.macs.is_empty()
+    }
+}
+
+/// The MACs a client id starts with: `aabbccddeeff`, `AA:BB:CC:DD:EE:FF`, `aa-bb-cc-dd-ee-ff`
+/// or `aabb.ccdd.eeff` (any case) as its first characters.
+fn mac_prefixes(client_id: &str) -> Vec<Mac> {
+    let mut macs = Vec::new();
+    for len in [17, 14, 12] {
+        let Some(prefix) = client_id.get(..len) else { continue };
+        let shaped = prefix.bytes().enumerate().all(|(i, b)| match len {
+            17 if i % 3 == 2 => b == b':' || b == b'-',
+            14 if i % 5 == 4 => b == b'.',
+            _ => b.is_ascii_hexdigit(),
+        });
+        if let Some(mac) = Mac::parse(prefix).ok().filter(|mac| shaped && !macs.contains(mac)) {
+            macs.push(mac);
+        }
+    }
+    macs
+}
+
+/// Whether `client_id` names this device: it is, or starts with, the device's id or its MAC
+/// in a common form.
+pub fn names_device(client_id: &str, device_id: &str, mac: &Mac) -> bool {
+    (!device_id.is_empty() && client_id.starts_with(device_id)) || mac_prefixes(client_id).contains(mac)
+}
+
+/// The client id rule, besides session ownership ([`may_resume`]):
+/// - a device's client id is assigned by the broker (it sent an empty one), or is its own
+///   id or MAC, or starts with one of them;
+/// - no one else's client id names a device (its id or MAC, or starts with one of them);
+/// - Updraft's own connections are not restricted.
+///
+/// `names_another_device`: the client id names an existing device other than `principal`
+/// (the caller looks [`ClientIdClaims`] up).
+pub fn check_client_id(principal: &Principal, client_id: ClientId<'_>, names_another_device: bool) -> Result<(), ClientIdRefusal> {
+    match principal {
+        Principal::Server => Ok(()),
+        _ if names_another_device => Err(ClientIdRefusal::AnotherDevice),
+        Principal::Device { id, mac } => match client_id {
+            ClientId::Assigned | ClientId::Unknown(_) => Ok(()),
+            ClientId::Chosen(chosen) if names_device(chosen, id, mac) => Ok(()),
+            ClientId::Chosen(_) => Err(ClientIdRefusal::NotTheDevice),
+        },
+        Principal::User { .. } | Principal::Provision => Ok(()),
+    }
+}
+
+/// Who created a session: only they may resume it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Owner {
+    Device(String),
+    User(String),
+    Server,
+    /// Provisioning sessions: their credential (`provision`, no password) is public, so no
+    /// one may resume one.
+    Nobody,
+}
+
+impl Principal {
+    pub fn owner(&self) -> Owner {
+        match self {
+            Principal::Device { id, .. } => Owner::Device(id.clone()),
+            Principal::User { name, .. } => Owner::User(name.clone()),
+            Principal::Server => Owner::Server,
+            Principal::Provision => Owner::Nobody,
+        }
+    }
+}
+
+/// Whether `principal` may take over (resume) a session that `owner` created.
+pub fn may_resume(owner: &Owner, principal: &Principal) -> bool {
+    *owner != Owner::Nobody && *owner == principal.owner()
+}
+
 /// `$share/{group}/{filter}` → `{filter}`.
 pub fn strip_share(filter: &str) -> &str {
     match filter.strip_prefix("$share/").and_then(|rest| rest.split_once('/')) {
@@ -343,6 +473,67 @@ mod tests {
         assert!(!allowed(&gateway, Access::Publish, "updraft/x/telemetry"));
         let admin = Principal::User { name: "ops".into(), role: Role::Admin };
         assert!(allowed(&admin, Access::Publish, "updraft/x/cmd"));
+    }
+
+    #[test]
+    fn a_device_s_client_id_is_its_id_or_mac_or_starts_with_one() {
+        let id = "0190a3c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d";
+        let d = Principal::Device { id: id.into(), mac: Mac::parse("AA:BB:CC:DD:EE:01").unwrap() };
+        let ok = |c: ClientId| check_client_id(&d, c, false);
+        assert_eq!(ok(ClientId::Assigned), Ok(()));
+        for chosen in [
+            id,
+            "0190a3c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d-lamp",
+            "AA:BB:CC:DD:EE:01",
+            "aa-bb-cc-dd-ee-01",
+            "aabbccddee01",
+            "AABB.CCDD.EE01",
+            "aabbccddee01_esp32",
+        ] {
+            assert_eq!(ok(ClientId::Chosen(chosen)), Ok(()), "{chosen}");
+        }
+        for chosen in
+            ["lamp", "c-0190a3c4", "0190a3c4-5e6f-7a8b-9c0d-1e2f3a4b5c6", "aabbccddee02", "aa:bb:cc:dd:ee", "efuse:1", " aabbccddee01"]
+        {
+            assert_eq!(ok(ClientId::Chosen(chosen)), Err(ClientIdRefusal::NotTheDevice), "{chosen}");
+        }
+        assert_eq!(check_client_id(&d, ClientId::Chosen(id), true), Err(ClientIdRefusal::AnotherDevice));
+        // External brokers: whether the broker assigned it cannot be told.
+        assert_eq!(ok(ClientId::Unknown("auto-1234")), Ok(()));
+    }
+
+    #[test]
+    fn no_one_else_s_client_id_names_a_device() {
+        let reader = Principal::User { name: "nodered".into(), role: Role::FleetRead };
+        assert_eq!(check_client_id(&reader, ClientId::Chosen("nodered-1"), false), Ok(()));
+        assert_eq!(check_client_id(&reader, ClientId::Chosen("aabbccddee01"), true), Err(ClientIdRefusal::AnotherDevice));
+        assert_eq!(check_client_id(&Principal::Provision, ClientId::Chosen("aabbccddee01"), true), Err(ClientIdRefusal::AnotherDevice));
+        assert_eq!(check_client_id(&Principal::Server, ClientId::Chosen("aabbccddee01"), true), Ok(()));
+    }
+
+    #[test]
+    fn client_id_claims() {
+        let claims = ClientIdClaims::of("0190A3C4-5E6F-7A8B-9C0D-1E2F3A4B5C6D/x");
+        assert_eq!(claims.device_id.as_deref(), Some("0190a3c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d"));
+        assert_eq!(ClientIdClaims::of("aa:bb:cc:dd:ee:01-gw").macs, vec![Mac::parse("aabbccddee01").unwrap()]);
+        // A long hex id starts with a 12-digit "MAC"; it names a device only if one has it.
+        assert_eq!(ClientIdClaims::of("aabbccddee01ff00").macs, vec![Mac::parse("aabbccddee01").unwrap()]);
+        assert!(ClientIdClaims::of("mosq-12345").is_empty());
+        assert!(ClientIdClaims::of("").is_empty());
+        assert!(ClientIdClaims::of("ééééééééééééééééééé").is_empty(), "never splits a character");
+    }
+
+    #[test]
+    fn sessions_are_resumed_only_by_their_creator() {
+        let a = Principal::Device { id: "a".into(), mac: Mac::parse("aabbccddee01").unwrap() };
+        let b = Principal::Device { id: "b".into(), mac: Mac::parse("aabbccddee02").unwrap() };
+        let reader = Principal::User { name: "a".into(), role: Role::FleetRead };
+        assert!(may_resume(&a.owner(), &a));
+        assert!(!may_resume(&a.owner(), &b));
+        assert!(!may_resume(&a.owner(), &reader), "a user named like a device id is not that device");
+        assert!(may_resume(&reader.owner(), &reader));
+        assert!(!may_resume(&Principal::Provision.owner(), &Principal::Provision), "provisioning sessions are never resumed");
+        assert!(may_resume(&Principal::Server.owner(), &Principal::Server));
     }
 
     #[test]

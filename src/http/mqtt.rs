@@ -22,7 +22,7 @@ use super::device_api::ClientIp;
 use super::error::{ApiJson, ApiQuery, ApiResult, ErrorBody};
 use crate::domain::Error;
 use crate::domain::command::{self, Command};
-use crate::domain::mqtt::{self, Access, Principal};
+use crate::domain::mqtt::{self, Access, ClientId, Principal};
 use crate::services::commands::{self, NewCommand};
 use crate::services::mqtt_auth;
 use crate::storage::MqttUser;
@@ -355,9 +355,24 @@ fn hook_answer(allowed: bool, error: &str) -> Response {
 
 async fn check_credentials(state: &AppState, ip: std::net::IpAddr, body: &HookBody) -> Option<Principal> {
     let identity = state.mqtt.as_ref().and_then(|m| m.hook_identity().cloned());
-    mqtt_auth::authenticate(&state.core, identity.as_ref(), body.username.as_deref(), body.password.as_deref().map(str::as_bytes), Some(ip))
-        .await
-        .ok()
+    let login = mqtt_auth::authenticate(
+        &state.core,
+        identity.as_ref(),
+        body.username.as_deref(),
+        body.password.as_deref().map(str::as_bytes),
+        Some(ip),
+    )
+    .await
+    .ok()?;
+    // The broker may have assigned the client id, which cannot be told from here: only a
+    // client id that names another device is refused.
+    if let Some(client_id) = body.clientid.as_deref().filter(|c| !c.is_empty())
+        && let Err(refusal) = mqtt_auth::check_client_id(&state.core, &login.principal, ClientId::Unknown(client_id)).await
+    {
+        tracing::info!(client_id = ?client_id, %ip, reason = refusal.as_str(), "MQTT connection refused by the auth hook");
+        return None;
+    }
+    Some(login.principal)
 }
 
 async fn check_access(state: &AppState, body: &HookBody, access: Access) -> Result<bool, Error> {

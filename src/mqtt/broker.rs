@@ -2,12 +2,19 @@
 //! as hooks, an in-memory retained-message store, and listeners for MQTT, MQTT over TLS
 //! and MQTT over WebSocket. Updraft's own logic does not call rmqtt: it connects as a
 //! client like everyone else (`bus.rs`), so embedded and external mode run the same code.
+//!
+//! Besides who may publish and subscribe where, the hooks keep who created each client id's
+//! session: a session is resumed only by its creator (`domain::mqtt::may_resume`), and a
+//! device's sessions end as soon as its token stops being valid (rotated, revoked, device
+//! deleted), whichever replica made the change.
+//!
+//! rmqtt is vendored with four small patches (vendor/rmqtt/UPDRAFT-PATCHES.md).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::num::NonZeroU16;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use rmqtt::codec::v5::PublishAckReason;
@@ -17,14 +24,15 @@ use rmqtt::hook::{Handler, HookResult, Parameter, ReturnType, Type};
 use rmqtt::net::Builder;
 use rmqtt::retain::{DefaultRetainStorage, RetainStorage};
 use rmqtt::server::MqttServer;
-use rmqtt::types::{AuthResult, Id, PublishAclResult, PublishResult, Retain, SubscribeAclResult, TopicFilter, TopicName};
+use rmqtt::types::{AuthResult, ConnectInfo, Id, PublishAclResult, PublishResult, Retain, SubscribeAclResult, TopicFilter, TopicName};
+use tokio::sync::broadcast::error::RecvError;
 
 use super::bus::Bus;
 use super::thingsboard::{self, ThingsBoard};
 use crate::config::{MqttSettings, TlsSettings};
-use crate::domain::mqtt::{self, Access, Principal};
+use crate::domain::mqtt::{self, Access, ClientId, ClientIdRefusal, Owner, Principal};
 use crate::services::Core;
-use crate::services::mqtt_auth::{self, Refusal, ServerIdentity};
+use crate::services::mqtt_auth::{self, Login, Refusal, ServerIdentity};
 
 /// Retained messages kept at most (each topic holds one).
 const MAX_RETAINED: isize = 2_000_000;
@@ -40,6 +48,8 @@ pub struct BrokerAddrs {
 pub struct Broker {
     pub addrs: BrokerAddrs,
     task: tokio::task::JoinHandle<()>,
+    /// Ends the sessions of devices whose token stopped being valid.
+    follower: tokio::task::JoinHandle<()>,
     scx: ServerContext,
     hooks: Arc<Hooks>,
 }
@@ -66,7 +76,18 @@ impl Broker {
         *scx.extends.retain_mut().await = Box::new(MemoryRetain(DefaultRetainStorage::new()));
 
         let tb = ThingsBoard::new(core.clone(), scx.clone(), settings.max_packet_bytes as usize);
-        let hooks = Arc::new(Hooks { core, server, principals: Mutex::default(), sessions: Mutex::default(), bus, workers, tb });
+        let hooks = Arc::new(Hooks {
+            core,
+            server,
+            principals: Mutex::default(),
+            sessions: Mutex::default(),
+            owners: Mutex::default(),
+            bus,
+            workers,
+            tb,
+            scx: scx.clone(),
+            handshake_timeout: settings.handshake_timeout,
+        });
         let register = scx.extends.hook_mgr().register();
         for typ in [
             Type::ClientAuthenticate,
@@ -74,6 +95,7 @@ impl Broker {
             Type::MessagePublishCheckAcl,
             Type::ClientConnected,
             Type::ClientDisconnected,
+            Type::SessionTerminated,
             Type::MessageDropped,
         ] {
             register.add(typ, Box::new(HookHandler(hooks.clone()))).await;
@@ -91,8 +113,9 @@ impl Broker {
                 tracing::error!(error = %e, "the MQTT broker stopped");
             }
         });
+        let follower = tokio::spawn(hooks.clone().follow_credentials());
         tracing::info!(tcp = %addrs.tcp, tls = ?addrs.tls, ws = ?addrs.ws, "embedded MQTT broker listening");
-        Ok(Broker { addrs, task, scx, hooks })
+        Ok(Broker { addrs, task, follower, scx, hooks })
     }
 
     /// Binds the listeners without serving. An error names the setting of the listener.
@@ -109,7 +132,7 @@ impl Broker {
                 .max_mqueue_len(settings.max_queued)
                 .session_expiry_interval(settings.session_expiry)
                 .max_session_expiry_interval(settings.session_expiry)
-                .handshake_timeout(Duration::from_secs(10))
+                .handshake_timeout(settings.handshake_timeout)
                 .reuseaddr(Some(true))
                 .nodelay(true)
         };
@@ -160,6 +183,7 @@ impl Broker {
     /// Stops accepting connections. Open sessions end with the process.
     pub fn stop(&self) {
         self.task.abort();
+        self.follower.abort();
     }
 }
 
@@ -178,6 +202,22 @@ struct Hooks {
     workers: Arc<OnceLock<Vec<tokio::sync::mpsc::Sender<super::bus::Incoming>>>>,
     /// The ThingsBoard device API (answered in the hooks).
     tb: Arc<ThingsBoard>,
+    /// Who created the session of each client id, by client id.
+    owners: Mutex<HashMap<String, Owned>>,
+    scx: ServerContext,
+    handshake_timeout: Duration,
+}
+
+/// The session of a client id, as its last accepted login left it.
+struct Owned {
+    owner: Owner,
+    /// The connection that logged in (its session has this id once it exists).
+    id: Id,
+    /// A device's token (digest): the session ends once the token is no longer valid.
+    token_digest: Option<String>,
+    /// The connection completed its handshake: its session exists until `SessionTerminated`.
+    connected: bool,
+    since: Instant,
 }
 
 struct HookHandler(Arc<Hooks>);
@@ -188,31 +228,17 @@ impl Handler for HookHandler {
         let hooks = &self.0;
         match param {
             Parameter::ClientAuthenticate(info) => {
-                let username = info.username().map(|u| u.to_string());
-                let password = info.password().map(|p| p.to_vec());
-                let ip = info.ipaddress().map(|a| a.ip());
-                // ThingsBoard provisioning: username (or client id) `provision`, no password.
-                let provisioning = username.as_deref() == Some("provision") || (username.is_none() && &**info.client_id() == "provision");
-                if provisioning && password.as_deref().is_none_or(|p| p.is_empty()) {
-                    hooks.principals.lock().expect("principals lock").insert(info.id().clone(), Principal::Provision);
-                    return (false, Some(HookResult::AuthResult(AuthResult::Allow(false, None))));
-                }
-                let outcome = mqtt_auth::authenticate(&hooks.core, Some(&hooks.server), username.as_deref(), password.as_deref(), ip).await;
-                match outcome {
+                let result = match hooks.log_in(info).await {
                     Ok(principal) => {
                         let superuser = principal == Principal::Server;
                         hooks.principals.lock().expect("principals lock").insert(info.id().clone(), principal);
-                        (false, Some(HookResult::AuthResult(AuthResult::Allow(superuser, None))))
+                        AuthResult::Allow(superuser, None)
                     }
-                    Err(refusal) => {
-                        tracing::info!(client_id = %info.client_id(), username = ?username, ip = ?ip, ?refusal, "MQTT connection refused");
-                        let result = match refusal {
-                            Refusal::BadCredentials => AuthResult::BadUsernameOrPassword,
-                            Refusal::RateLimited => AuthResult::NotAuthorized,
-                        };
-                        (false, Some(HookResult::AuthResult(result)))
-                    }
-                }
+                    Err(Refused::Login(Refusal::BadCredentials)) => AuthResult::BadUsernameOrPassword,
+                    Err(Refused::Login(Refusal::RateLimited)) => AuthResult::NotAuthorized,
+                    Err(Refused::ClientId(_)) => AuthResult::IdentifierRejected,
+                };
+                (false, Some(HookResult::AuthResult(result)))
             }
             Parameter::ClientSubscribeCheckAcl(session, subscribe) => {
                 let filter: &str = &subscribe.topic_filter;
@@ -264,6 +290,11 @@ impl Handler for HookHandler {
                 }
             }
             Parameter::ClientConnected(session) => {
+                if let Some(owned) = hooks.owners.lock().expect("owners lock").get_mut(&*session.id.client_id)
+                    && owned.id == session.id
+                {
+                    owned.connected = true;
+                }
                 let device = match hooks.principals.lock().expect("principals lock").get(&session.id) {
                     Some(Principal::Device { id, .. }) => Some(id.clone()),
                     _ => None,
@@ -309,6 +340,13 @@ impl Handler for HookHandler {
                 }
                 (true, acc)
             }
+            Parameter::SessionTerminated(session, _reason) => {
+                let mut owners = hooks.owners.lock().expect("owners lock");
+                if owners.get(&*session.id.client_id).is_some_and(|owned| owned.id == session.id) {
+                    owners.remove(&*session.id.client_id);
+                }
+                (true, acc)
+            }
             Parameter::MessageDropped(_, _, _, reason) => {
                 // A subscriber too slow for what it is sent: its inflight window and queue
                 // (UPDRAFT_MQTT_MAX_INFLIGHT, UPDRAFT_MQTT_MAX_QUEUED) are full.
@@ -332,7 +370,200 @@ fn drop_reason(reason: &rmqtt::types::Reason) -> &'static str {
     }
 }
 
+/// Why a CONNECT was refused.
+enum Refused {
+    Login(Refusal),
+    ClientId(ClientIdRefusal),
+}
+
+impl Refused {
+    fn as_str(&self) -> &'static str {
+        match self {
+            Refused::Login(refusal) => refusal.as_str(),
+            Refused::ClientId(refusal) => refusal.as_str(),
+        }
+    }
+}
+
+/// rmqtt gives a client that sent an empty client id a v4 UUID as 32 lower-case hex digits.
+/// (A client may choose such an id too: it is random, so it names no device and resumes no
+/// one else's session, which is all the client id rule asks.)
+fn assigned_by_broker(client_id: &str) -> bool {
+    client_id.len() == 32 && client_id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 impl Hooks {
+    /// Authenticates a CONNECT, then checks its client id: the client id rule, then that it
+    /// does not resume someone else's session. Logs one line per refusal (never a credential).
+    async fn log_in(&self, info: &ConnectInfo) -> Result<Principal, Refused> {
+        let result = self.check_login(info).await;
+        if let Err(refused) = &result {
+            let addr = info.id().remote_addr.map(|a| a.to_string()).unwrap_or_default();
+            tracing::info!(client_id = ?&**info.client_id(), %addr, reason = refused.as_str(), "MQTT connection refused");
+            if let Refused::ClientId(_) = refused {
+                metrics::counter!("updraft_mqtt_client_id_refused_total").increment(1);
+            }
+        }
+        result
+    }
+
+    async fn check_login(&self, info: &ConnectInfo) -> Result<Principal, Refused> {
+        let username = info.username().map(|u| u.to_string());
+        let password = info.password().map(|p| p.to_vec());
+        // ThingsBoard provisioning: username (or client id) `provision`, no password.
+        let provisioning = username.as_deref() == Some("provision") || (username.is_none() && &**info.client_id() == "provision");
+        let login = if provisioning && password.as_deref().is_none_or(|p| p.is_empty()) {
+            Login { principal: Principal::Provision, token_digest: None }
+        } else {
+            let ip = info.ipaddress().map(|a| a.ip());
+            mqtt_auth::authenticate(&self.core, Some(&self.server), username.as_deref(), password.as_deref(), ip)
+                .await
+                .map_err(Refused::Login)?
+        };
+        let client_id: &str = info.client_id();
+        let named = if assigned_by_broker(client_id) { ClientId::Assigned } else { ClientId::Chosen(client_id) };
+        mqtt_auth::check_client_id(&self.core, &login.principal, named).await.map_err(Refused::ClientId)?;
+        self.claim(info.id(), &login).await.map_err(Refused::ClientId)?;
+        Ok(login.principal)
+    }
+
+    /// Records `login` as the owner of its client id's session, unless that session (kept
+    /// for a persistent client, connected, or being connected right now) is someone else's.
+    async fn claim(&self, id: &Id, login: &Login) -> Result<(), ClientIdRefusal> {
+        let client_id = id.client_id.to_string();
+        let exists = self.scx.extends.shared().await.exist(&client_id);
+        let mut owners = self.owners.lock().expect("owners lock");
+        if let Some(current) = owners.get(&client_id) {
+            let connecting = !current.connected && current.since.elapsed() < self.handshake_timeout;
+            if (exists || connecting) && !mqtt::may_resume(&current.owner, &login.principal) {
+                return Err(ClientIdRefusal::SessionOfAnother);
+            }
+        }
+        let owned = Owned {
+            owner: login.principal.owner(),
+            id: id.clone(),
+            token_digest: login.token_digest.clone(),
+            connected: false,
+            since: Instant::now(),
+        };
+        owners.insert(client_id, owned);
+        // Logins whose handshake failed after this hook leave an entry behind: drop them now
+        // and then (sessions that exist remove theirs when they end).
+        if owners.len().is_multiple_of(1024) {
+            let timeout = self.handshake_timeout;
+            owners.retain(|_, owned| owned.connected || owned.since.elapsed() < timeout);
+        }
+        Ok(())
+    }
+
+    /// Follows token and device changes (this replica's events at once, every replica's
+    /// through the device change log within a second or two) and ends the sessions whose
+    /// device token is no longer valid.
+    async fn follow_credentials(self: Arc<Self>) {
+        let mut events = self.core.events.subscribe_changes();
+        let mut changes = self.core.devices.changed.subscribe();
+        loop {
+            let devices: Option<HashSet<String>> = tokio::select! {
+                event = events.recv() => match event {
+                    Ok(event) => match (event.kind, &event.device_id) {
+                        ("device.token_issued" | "device.token_revoked" | "device.deleted", Some(device_id)) => {
+                            Some(HashSet::from([device_id.clone()]))
+                        }
+                        _ => continue,
+                    },
+                    Err(RecvError::Lagged(_)) => None,
+                    Err(RecvError::Closed) => return,
+                },
+                changed = changes.recv() => match changed {
+                    Ok(device_ids) => {
+                        let mine = self.devices_with_sessions();
+                        let concerned: HashSet<String> = device_ids.iter().filter(|id| mine.contains(id.as_str())).cloned().collect();
+                        if concerned.is_empty() {
+                            continue;
+                        }
+                        Some(concerned)
+                    }
+                    Err(RecvError::Lagged(_)) => None,
+                    Err(RecvError::Closed) => return,
+                },
+            };
+            self.end_invalid_sessions(devices.as_ref()).await;
+        }
+    }
+
+    fn devices_with_sessions(&self) -> HashSet<String> {
+        let owners = self.owners.lock().expect("owners lock");
+        owners
+            .values()
+            .filter_map(|owned| match &owned.owner {
+                Owner::Device(device_id) => Some(device_id.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Ends the sessions (connected or kept) of `devices` (None: every device) whose token
+    /// is no longer valid.
+    async fn end_invalid_sessions(&self, devices: Option<&HashSet<String>>) {
+        let sessions: Vec<(Id, String, Option<String>)> = {
+            let owners = self.owners.lock().expect("owners lock");
+            owners
+                .values()
+                .filter_map(|owned| match &owned.owner {
+                    Owner::Device(device_id) if devices.is_none_or(|d| d.contains(device_id)) => {
+                        Some((owned.id.clone(), device_id.clone(), owned.token_digest.clone()))
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
+        for (id, device_id, token_digest) in sessions {
+            let valid = match &token_digest {
+                Some(digest) => mqtt_auth::token_still_valid(&self.core, &device_id, digest).await,
+                None => Ok(false),
+            };
+            match valid {
+                Ok(true) => {}
+                Ok(false) => {
+                    if self.end_session(&id).await {
+                        metrics::counter!("updraft_mqtt_sessions_ended_total", "reason" => "credential").increment(1);
+                        tracing::info!(%device_id, client_id = ?&*id.client_id, "MQTT session ended: the device's token is no longer valid");
+                    }
+                }
+                Err(e) => tracing::warn!(%device_id, error = %e, "cannot check a device's token; its MQTT sessions stay for now"),
+            }
+        }
+    }
+
+    /// Ends a session (connected or kept), if it is still the one `id` names. Holds the
+    /// client id's lock (rmqtt's, which logins take too) only while it kicks: a login of the
+    /// same client id waits for it, and then does not resume the ended session.
+    async fn end_session(&self, id: &Id) -> bool {
+        let shared = self.scx.extends.shared().await;
+        let is_this_one = |entry: &dyn rmqtt::shared::Entry| entry.session().is_some_and(|session| session.id == *id);
+        if !is_this_one(shared.entry(id.clone()).as_ref()) {
+            return false;
+        }
+        let mut entry = match shared.entry(id.clone()).try_lock().await {
+            Ok(entry) => entry,
+            Err(e) => {
+                tracing::warn!(client_id = ?&*id.client_id, error = %e, "cannot end an MQTT session");
+                return false;
+            }
+        };
+        if !is_this_one(entry.as_ref()) {
+            return false;
+        }
+        // As an administrator's kick: the session is cleaned, not handed over.
+        match entry.kick(true, true, true).await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(client_id = ?&*id.client_id, error = %e, "cannot end an MQTT session");
+                false
+            }
+        }
+    }
+
     async fn announce(&self, device_id: &str, online: bool) {
         match self.bus.get() {
             Some(bus) => bus.announce_status(device_id, online),

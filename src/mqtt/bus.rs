@@ -5,16 +5,20 @@
 //! the traffic) and hands every message to the handler, in order per device; when the handler
 //! falls behind, it stops reading and the broker holds (or, past its queue limit, drops) the
 //! rest. With one connection, a handler waiting to publish could wait for itself.
+//!
+//! Use cases' messages (commands, through the outbox) are confirmed: the call returns once the
+//! broker has acknowledged the message, that is, routed it to the device's session or its
+//! queue. A device that reconnects after that finds it there.
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, Transport};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::domain::mqtt::{self, Inbound};
 use crate::domain::{Error, Result};
@@ -23,6 +27,9 @@ use crate::services::outbox::MessageSink;
 /// Messages a handler worker may have waiting; the client stops reading beyond that.
 pub const WORKER_QUEUE: usize = 1024;
 pub const WORKERS: usize = 8;
+/// How long a confirmed publish waits for the broker's acknowledgement; then it returns
+/// anyway (the message stays queued in the client) and says so in the log.
+const CONFIRM_WAIT: Duration = Duration::from_secs(10);
 
 /// Where the bus connects, and as whom.
 pub struct Endpoint {
@@ -56,6 +63,21 @@ pub struct Bus {
     follower: AsyncClient,
     connected: Arc<AtomicBool>,
     split: bool,
+    acks: Arc<Acks>,
+}
+
+/// The publishing connection's acknowledgements, counted against its publishes. A broker
+/// acknowledges one connection's QoS 1 publishes in order, each after routing it: once
+/// `acked` reaches a publish's place in the queue, the broker has routed that publish.
+struct Acks {
+    /// Hands publishes to the client one at a time, so that `sent` is each one's place.
+    queue: tokio::sync::Mutex<()>,
+    /// Publishes handed to the client so far.
+    sent: AtomicU64,
+    /// Acknowledgements received. When the connection breaks it jumps to `sent`: what was in
+    /// flight is replayed or lost, which cannot be told apart, so nobody waits for it (and a
+    /// few publishes after a reconnect are confirmed early, as without confirmation).
+    acked: watch::Sender<u64>,
 }
 
 /// The two connections' event loops, driven by `Bus::run`.
@@ -88,7 +110,8 @@ impl Bus {
     pub fn new(endpoint: &Endpoint) -> (Bus, Loops) {
         let (client, publisher) = AsyncClient::new(options(endpoint, "pub"), 10_000);
         let (follower, follower_loop) = AsyncClient::new(options(endpoint, "sub"), 100);
-        (Bus { client, follower, connected: Arc::default(), split: endpoint.split }, Loops { publisher, follower: follower_loop })
+        let acks = Arc::new(Acks { queue: tokio::sync::Mutex::new(()), sent: AtomicU64::new(0), acked: watch::channel(0).0 });
+        (Bus { client, follower, connected: Arc::default(), split: endpoint.split, acks }, Loops { publisher, follower: follower_loop })
     }
 
     pub fn is_connected(&self) -> bool {
@@ -97,12 +120,31 @@ impl Bus {
 
     /// Publishes at QoS 1. Returns once the message is queued for the broker.
     pub async fn publish(&self, topic: String, payload: Bytes, retain: bool) -> Result<()> {
+        self.enqueue(topic, payload, retain).await.map(|_| ())
+    }
+
+    /// Publishes at QoS 1. Returns once the broker has acknowledged the message (or after
+    /// [`CONFIRM_WAIT`], logging that it did not).
+    pub async fn publish_confirmed(&self, topic: String, payload: Bytes, retain: bool) -> Result<()> {
+        let place = self.enqueue(topic.clone(), payload, retain).await?;
+        let mut acked = self.acks.acked.subscribe();
+        if tokio::time::timeout(CONFIRM_WAIT, acked.wait_for(|acked| *acked >= place)).await.is_err() {
+            tracing::warn!(topic, "the MQTT broker did not acknowledge a message in time; it stays queued");
+        }
+        Ok(())
+    }
+
+    /// Hands a publish to the client; returns its place in the publishing queue.
+    async fn enqueue(&self, topic: String, payload: Bytes, retain: bool) -> Result<u64> {
+        let _turn = self.acks.queue.lock().await;
+        // Counted first: the acknowledgement may arrive before this task runs again.
+        let place = self.acks.sent.fetch_add(1, Ordering::SeqCst) + 1;
         self.client
             .publish_bytes(topic, QoS::AtLeastOnce, retain, payload)
             .await
             .map_err(|e| Error::Unavailable(format!("the MQTT client is not running: {e}")))?;
         metrics::counter!("updraft_mqtt_messages_published_total").increment(1);
-        Ok(())
+        Ok(place)
     }
 
     /// Publishes a device's retained `status` (embedded broker: on its first connection and
@@ -122,13 +164,17 @@ impl Bus {
     /// subscribes after every connect, and routes messages to the handler workers by device.
     pub async fn run(self, loops: Loops, workers: Vec<mpsc::Sender<Incoming>>, signals: mpsc::UnboundedSender<Signal>) {
         let Loops { mut publisher, mut follower } = loops;
+        let acks = self.acks.clone();
         tokio::spawn(async move {
             let mut failures = 0u32;
             loop {
                 match publisher.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => failures = 0,
+                    Ok(Event::Incoming(Packet::PubAck(_))) => acks.acked.send_modify(|acked| *acked += 1),
                     Ok(_) => {}
                     Err(e) => {
+                        let sent = acks.sent.load(Ordering::SeqCst);
+                        acks.acked.send_modify(|acked| *acked = (*acked).max(sent));
                         failures += 1;
                         if failures == 1 || failures.is_multiple_of(60) {
                             tracing::warn!(error = %e, failures, "MQTT publishing connection lost; reconnecting every second");
@@ -194,7 +240,7 @@ impl Bus {
 impl MessageSink for Bus {
     fn publish(&self, topic: String, payload: Bytes, retain: bool) -> BoxFuture<'static, Result<()>> {
         let bus = self.clone();
-        Box::pin(async move { Bus::publish(&bus, topic, payload, retain).await })
+        Box::pin(async move { bus.publish_confirmed(topic, payload, retain).await })
     }
 }
 

@@ -63,7 +63,12 @@ impl Handler {
                 let Some(device) = devices::active_by_id(core, &device_id).await? else {
                     return Err(Error::not_found("device", device_id));
                 };
-                if online {
+                let holds_session = self.holds_session.as_ref().map(|holds| holds(&device_id));
+                if online && holds_session == Some(false) {
+                    // The embedded broker's own `online` (or a device's retained one) arriving
+                    // after the session already ended: the device is not connected.
+                    tracing::debug!(%device_id, "ignoring `online` of a session that has ended");
+                } else if online {
                     // Announced more than once with the embedded broker (by its hooks, and by
                     // the device on `status`): the first announcement does the work, in the
                     // background so that this queue keeps moving during a connection storm.
@@ -76,7 +81,7 @@ impl Handler {
                             pusher.device_connected(device).await;
                         });
                     }
-                } else if self.holds_session.as_ref().is_some_and(|holds| holds(&device_id)) {
+                } else if holds_session == Some(true) {
                     tracing::debug!(%device_id, "ignoring `offline` of a replaced session");
                 } else {
                     devices::mark_disconnected(core, &device_id);

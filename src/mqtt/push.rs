@@ -85,9 +85,14 @@ impl Pusher {
         }
     }
 
-    /// Re-evaluates a device's offer (a check-in without news) and publishes it if it changed.
+    /// Re-evaluates a device's offer (what a check-in without news would answer) and publishes
+    /// it if it changed. The server's own re-evaluation: unlike a check-in, it does not count
+    /// as hearing from the device (a connection sync running after a quick disconnect must
+    /// not mark the device online again).
     pub async fn sync_offer(&self, device: Arc<ActiveDevice>, force: bool) -> Result<()> {
-        let answer = devices::checkin(&self.core, device.clone(), CheckinReport::default(), None).await?;
+        let Some(answer) = devices::offers_for(&self.core, std::slice::from_ref(&device)).await?.pop() else {
+            return Ok(());
+        };
         self.publish_offer(&device, answer, force).await
     }
 

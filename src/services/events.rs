@@ -22,6 +22,10 @@ pub const CHANGE_KINDS: &[&str] = &[
     "device.updated",
     "config.changed",
     "asset.uploaded",
+    // A device's credential changed: the embedded broker ends its sessions at once.
+    "device.token_issued",
+    "device.token_revoked",
+    "device.deleted",
 ];
 const CHANGE_CAPACITY: usize = 4096;
 

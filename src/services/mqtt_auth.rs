@@ -1,7 +1,7 @@
 //! Who connects to the broker: device tokens, operator and service credentials, and
 //! Updraft's own connection. The embedded broker's hooks and the HTTP auth hooks of
-//! external brokers (mosquitto-go-auth, EMQX) both call `authenticate`, then ask
-//! `domain::mqtt::allowed` for every subscription and publish.
+//! external brokers (mosquitto-go-auth, EMQX) both call `authenticate` and
+//! `check_client_id`, then ask `domain::mqtt::allowed` for every subscription and publish.
 
 use std::net::IpAddr;
 
@@ -11,7 +11,7 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use super::Core;
 use super::devices;
 use crate::domain::mac::Mac;
-use crate::domain::mqtt::{Principal, Role};
+use crate::domain::mqtt::{self, ClientId, ClientIdClaims, ClientIdRefusal, Principal, Role};
 use crate::domain::{Error, Result, secret};
 use crate::storage::MqttUser;
 
@@ -20,13 +20,31 @@ use crate::storage::MqttUser;
 pub const SERVER_USERNAME_PREFIX: &str = "$updraft";
 
 /// Why a connection was refused (mapped to the CONNACK codes by the broker adapter).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
     /// CONNACK 4 (3.1.1) / 0x86 (5.0).
     BadCredentials,
     /// Too many failures from this address: CONNACK 5 / 0x87 (5.0 has 0x9F, but clients
     /// treat "not authorized" as final, which is what we want for a while).
     RateLimited,
+}
+
+impl Refusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::BadCredentials => "bad user name or password",
+            Refusal::RateLimited => "too many failed logins from this address",
+        }
+    }
+}
+
+/// A successful login.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Login {
+    pub principal: Principal,
+    /// A device's login: the digest (hex) of the token it presented, so that its sessions
+    /// can be ended once that token is no longer valid.
+    pub token_digest: Option<String>,
 }
 
 /// Resolves a CONNECT's credentials:
@@ -40,7 +58,7 @@ pub async fn authenticate(
     username: Option<&str>,
     password: Option<&[u8]>,
     ip: Option<IpAddr>,
-) -> std::result::Result<Principal, Refusal> {
+) -> std::result::Result<Login, Refusal> {
     let ip = ip.unwrap_or(IpAddr::from([0, 0, 0, 0]));
     if core.devices.limiter.check(ip).is_err() {
         return Err(Refusal::RateLimited);
@@ -57,7 +75,7 @@ pub async fn authenticate(
     };
     if let Some(server) = server.filter(|s| s.username == username) {
         return match password {
-            Some(p) if secret::verify(p, &server.digest) => Ok(Principal::Server),
+            Some(p) if secret::verify(p, &server.digest) => Ok(Login { principal: Principal::Server, token_digest: None }),
             _ => refuse(),
         };
     }
@@ -78,7 +96,8 @@ pub async fn authenticate(
             if let Some(device) = device {
                 let names_it = *device.id == *username || Mac::parse(username).is_ok_and(|m| m == device.mac);
                 if names_it {
-                    return Ok(Principal::Device { id: device.id.to_string(), mac: device.mac });
+                    let principal = Principal::Device { id: device.id.to_string(), mac: device.mac };
+                    return Ok(Login { principal, token_digest: Some(secret::digest_hex(password)) });
                 }
                 return refuse();
             }
@@ -88,7 +107,9 @@ pub async fn authenticate(
                     // Argon2 is deliberately slow: keep it off the async threads.
                     let verified = tokio::task::spawn_blocking(move || verify_password(&presented, &stored)).await.unwrap_or(false);
                     match Role::parse(&user.role) {
-                        Some(role) if verified => Ok(Principal::User { name: user.username, role }),
+                        Some(role) if verified => {
+                            Ok(Login { principal: Principal::User { name: user.username, role }, token_digest: None })
+                        }
                         _ => refuse(),
                     }
                 }
@@ -100,10 +121,62 @@ pub async fn authenticate(
             }
         }
         None => match devices::authenticate(core, Some(username), ip).await {
-            Ok(device) => Ok(Principal::Device { id: device.id.to_string(), mac: device.mac }),
+            Ok(device) => Ok(Login {
+                principal: Principal::Device { id: device.id.to_string(), mac: device.mac },
+                token_digest: Some(secret::digest_hex(username)),
+            }),
             Err(_) => refuse(),
         },
     }
+}
+
+/// Applies the client id rule of `domain::mqtt::check_client_id`: looks up whether the
+/// client id names a device other than `principal` (by id or MAC). A lookup that fails
+/// refuses the client id.
+pub async fn check_client_id(core: &Core, principal: &Principal, client_id: ClientId<'_>) -> std::result::Result<(), ClientIdRefusal> {
+    let names_another = match client_id {
+        ClientId::Chosen(text) | ClientId::Unknown(text) if *principal != Principal::Server => {
+            names_another_device(core, principal, text).await
+        }
+        _ => false,
+    };
+    mqtt::check_client_id(principal, client_id, names_another)
+}
+
+async fn names_another_device(core: &Core, principal: &Principal, client_id: &str) -> bool {
+    let claims = ClientIdClaims::of(client_id);
+    if claims.is_empty() {
+        return false;
+    }
+    let (own_id, own_mac) = match principal {
+        Principal::Device { id, mac } => (Some(id.as_str()), Some(*mac)),
+        _ => (None, None),
+    };
+    let failed = |e: Error| {
+        tracing::warn!(error = %e, "cannot look up the device a client id names; refusing it");
+        true
+    };
+    if let Some(device_id) = claims.device_id.as_deref().filter(|id| Some(*id) != own_id) {
+        match devices::active_by_id(core, device_id).await {
+            Ok(Some(_)) => return true,
+            Ok(None) => {}
+            Err(e) => return failed(e),
+        }
+    }
+    for mac in claims.macs.iter().filter(|mac| Some(**mac) != own_mac) {
+        match devices::active_by_mac(core, mac).await {
+            Ok(Some(_)) => return true,
+            Ok(None) => {}
+            Err(e) => return failed(e),
+        }
+    }
+    false
+}
+
+/// Whether the token a device logged in with (its digest, see [`Login`]) is still the one
+/// it holds: false once the token was rotated or revoked, or the device deleted.
+pub async fn token_still_valid(core: &Core, device_id: &str, token_digest: &str) -> Result<bool> {
+    Ok(core.store.find_active_device(token_digest).await?.is_some_and(|row| row.id == device_id))
 }
 
 /// Updraft's own broker credential.

@@ -54,6 +54,8 @@ pub(super) async fn follow_device_changes(core: Core) {
                     for (device_id, _) in &changes {
                         fleet.forget(device_id);
                     }
+                    drop(fleet);
+                    let _ = core.devices.changed.send(changes.into_iter().map(|(device_id, _)| device_id).collect());
                 }
                 since = now;
             }

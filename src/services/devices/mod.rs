@@ -125,6 +125,9 @@ pub struct DeviceRuntime {
     disconnected: Mutex<HashMap<Arc<str>, DateTime<Utc>>>,
     /// The latest MQTT telemetry message of each device (at most `cache_entries`).
     telemetry: Mutex<IndexMap<Arc<str>, Telemetry>>,
+    /// Devices changed on any replica, as `follow_device_changes` reads them from the change
+    /// log once a second (the embedded broker re-checks their sessions' tokens).
+    pub changed: tokio::sync::broadcast::Sender<Arc<[String]>>,
 }
 
 impl DeviceRuntime {
@@ -141,6 +144,7 @@ impl DeviceRuntime {
             connected: Mutex::default(),
             disconnected: Mutex::default(),
             telemetry: Mutex::default(),
+            changed: tokio::sync::broadcast::channel(64).0,
         }
     }
 
