@@ -394,7 +394,7 @@ async fn read_until_closed(stream: &mut tokio::net::TcpStream, within: std::time
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slow_bodies_are_cut_off_and_one_address_cannot_take_every_connection() {
+async fn during_a_slow_body_and_slow_connect_flood_a_check_in_still_answers_at_once() {
     let app = spawn_app_with(|s| {
         s.max_connections = 200;
         s.max_connections_per_ip = 100;
@@ -403,13 +403,19 @@ async fn slow_bodies_are_cut_off_and_one_address_cannot_take_every_connection() 
     .await;
     let (_, token) = provisioned(&app, "02:00:00:12:03:01", "lamp", "esp32").await;
 
-    // Two clients fill 190 of the 200 slots with bodies that never come.
+    // Two clients fill 190 of the 200 HTTP slots with bodies that never come.
     let mut flood = Vec::new();
     for _ in 0..100 {
         flood.push(slow_body(&app, [127, 0, 0, 2]).await);
     }
     for _ in 0..90 {
         flood.push(slow_body(&app, [127, 0, 0, 3]).await);
+    }
+    // And 200 MQTT connections that never send CONNECT.
+    let mqtt = app.mqtt_addr.expect("the embedded broker");
+    let mut silent = Vec::new();
+    for _ in 0..200 {
+        silent.push(tokio::net::TcpStream::connect(mqtt).await.unwrap());
     }
     // The first client's next connection is closed at once: it holds its share.
     let mut refused = slow_body(&app, [127, 0, 0, 2]).await;
