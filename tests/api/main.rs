@@ -13,6 +13,7 @@ mod lvgl;
 mod lvgl_reference;
 mod mqtt;
 mod ops;
+mod races;
 mod raw;
 mod rollouts;
 mod security;

@@ -1,0 +1,97 @@
+//! Concurrent writers of one device: each writes only its own fields, so none loses what
+//! another wrote at the same time. Runs on both databases.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+const DEVICES: usize = 12;
+const CHECK_INS: usize = 10;
+
+/// Pairing (a pair key and the owner in one transaction) and operator patches write only
+/// the fields they change. Before, both rewrote product, hardware, owner... from a read
+/// made before the write, so a check-in's report landing in between was lost, and with it
+/// an owner set by a pairing.
+#[tokio::test]
+async fn pairing_and_patches_never_lose_a_concurrent_check_in_report() {
+    let test_app = spawn_app().await;
+    let app = &test_app;
+    let mut devices = Vec::new();
+    for i in 0..DEVICES {
+        let response = app
+            .client
+            .post(app.url("/api/v1/device/provision"))
+            .json(&json!({"mac": format!("02:00:00:00:aa:{i:02x}"), "product": "racer", "version": "1.0.0"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        let body: Value = response.json().await.unwrap();
+        devices.push((body["device_id"].as_str().unwrap().to_string(), body["token"].as_str().unwrap().to_string()));
+    }
+
+    let runs = devices.iter().enumerate().map(|(i, (id, token))| async move {
+        let checking_in = Arc::new(AtomicBool::new(true));
+        let owner = format!("owner-{i}");
+        let key: Value =
+            app.admin(Method::POST, "/api/v1/pairing").json(&json!({"owner": owner})).send().await.unwrap().json().await.unwrap();
+        let key = key["pair_key"].as_str().unwrap().to_string();
+        // The device reports new hardware and a new version at every check-in.
+        let check_ins = {
+            let checking_in = checking_in.clone();
+            async move {
+                for n in 0..CHECK_INS {
+                    let response = app
+                        .client
+                        .post(app.url("/api/v1/device/checkin"))
+                        .bearer_auth(token)
+                        .json(&json!({"version": format!("1.0.{}", n + 1), "hardware": format!("board-{n}")}))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+                }
+                checking_in.store(false, Ordering::SeqCst);
+            }
+        };
+        // An operator renames it for as long as it checks in.
+        let patches = {
+            let checking_in = checking_in.clone();
+            async move {
+                let mut last = None;
+                let mut n = 0;
+                while checking_in.load(Ordering::SeqCst) {
+                    let name = format!("name-{n}");
+                    let response =
+                        app.admin(Method::PATCH, &format!("/api/v1/devices/{id}")).json(&json!({"name": name})).send().await.unwrap();
+                    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+                    last = Some(name);
+                    n += 1;
+                }
+                last
+            }
+        };
+        // It pairs while both go on.
+        let pairing = async {
+            let response =
+                app.client.post(app.url("/api/v1/device/pair")).bearer_auth(token).json(&json!({"pair_key": key})).send().await.unwrap();
+            assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+        };
+        let ((), last_name, ()) = tokio::join!(check_ins, patches, pairing);
+        let device: Value = app.admin(Method::GET, &format!("/api/v1/devices/{id}")).send().await.unwrap().json().await.unwrap();
+        (device, owner, last_name)
+    });
+    for (device, owner, last_name) in futures::future::join_all(runs).await {
+        assert_eq!(device["hardware"], format!("board-{}", CHECK_INS - 1), "{device}");
+        assert_eq!(device["version"], format!("1.0.{CHECK_INS}"), "{device}");
+        assert_eq!(device["owner"], owner, "{device}");
+        if let Some(name) = last_name {
+            assert_eq!(device["name"], name, "{device}");
+        }
+    }
+    test_app.stop().await;
+}
