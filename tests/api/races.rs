@@ -95,3 +95,33 @@ async fn pairing_and_patches_never_lose_a_concurrent_check_in_report() {
     }
     test_app.stop().await;
 }
+
+/// Each unique constraint an operator can run into answers with its own 409 on both
+/// databases (PostgreSQL names the constraint in its error, SQLite only its columns).
+#[tokio::test]
+async fn each_unique_constraint_answers_its_own_conflict() {
+    let app = spawn_app().await;
+    let post = |path: &'static str, body: Value| {
+        let app = &app;
+        async move { app.admin(Method::POST, path).json(&body).send().await.unwrap() }
+    };
+    assert_eq!(post("/api/v1/devices", json!({"mac": "02:00:00:00:bb:01"})).await.status(), 201);
+    assert_eq!(error_code(post("/api/v1/devices", json!({"mac": "02:00:00:00:bb:01"})).await, 409).await, "device_exists");
+
+    assert_eq!(post("/api/v1/groups", json!({"name": "pilots"})).await.status(), 201);
+    assert_eq!(error_code(post("/api/v1/groups", json!({"name": "pilots"})).await, 409).await, "group_exists");
+
+    let build = app.create_artifact(random_bytes(2048, 71), "product=lamp&version=2.0.0&hardware=esp32").await;
+    let build = build["id"].as_str().unwrap();
+    let release = json!({"product": "lamp", "version": "2.0.0", "artifact_ids": [build]});
+    assert_eq!(post("/api/v1/releases", release.clone()).await.status(), 201);
+    assert_eq!(error_code(post("/api/v1/releases", release).await, 409).await, "release_exists");
+    let keyed = |name: &str| {
+        app.admin(Method::PUT, &format!("/api/v1/products/{name}"))
+            .json(&json!({"provisioning": "key", "provision_key": "shared-key-1", "provision_secret": "a-long-provisioning-secret"}))
+            .send()
+    };
+    assert_eq!(keyed("sensor").await.unwrap().status(), 200);
+    assert_eq!(error_code(keyed("meter").await.unwrap(), 409).await, "provision_key_taken");
+    app.stop().await;
+}
