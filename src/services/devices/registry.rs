@@ -95,7 +95,7 @@ pub async fn delete(core: &Core, id: &str) -> Result<()> {
         return Err(Error::not_found("device", id));
     }
     core.devices.forget_device(id);
-    core.devices.online.lock().expect("online lock").remove(id);
+    core.devices.presence().forget(id);
     core.events.publish("device.deleted", Some(id), json!({}));
     Ok(())
 }

@@ -21,8 +21,7 @@ pub async fn active_by_mac(core: &Core, mac: &Mac) -> Result<Option<Arc<ActiveDe
 /// The device opened an MQTT session: online until `mark_disconnected`. Returns true when
 /// it was not connected before.
 pub fn mark_connected(core: &Core, device: &ActiveDevice, ip: Option<IpAddr>) -> bool {
-    let fresh = core.devices.connected.lock().expect("connected lock").insert(device.id.clone());
-    core.devices.disconnected.lock().expect("disconnected lock").remove(&*device.id);
+    let fresh = core.devices.presence().connected(&device.id);
     mark_seen(core, device, Utc::now(), ip);
     if fresh {
         core.events.publish("device.connected", Some(&device.id), json!({"via": "mqtt"}));
@@ -32,23 +31,14 @@ pub fn mark_connected(core: &Core, device: &ActiveDevice, ip: Option<IpAddr>) ->
 
 /// The device's MQTT session ended (it disconnected, or its last will arrived).
 pub fn mark_disconnected(core: &Core, device_id: &str) -> bool {
-    let was = core.devices.connected.lock().expect("connected lock").remove(device_id);
-    if was {
-        let mut disconnected = core.devices.disconnected.lock().expect("disconnected lock");
-        if disconnected.len() >= core.devices.policy.cache_entries.max(1) {
-            // Entries only matter for `offline_after`; drop the oldest half when full.
-            let cutoff = Utc::now() - chrono::Duration::from_std(core.devices.policy.offline_after).unwrap_or(chrono::Duration::MAX);
-            disconnected.retain(|_, at| *at > cutoff);
-        }
-        disconnected.insert(Arc::from(device_id), Utc::now());
-        drop(disconnected);
-        let removed = core.devices.online.lock().expect("online lock").remove(device_id).is_some();
-        core.events.publish("device.disconnected", Some(device_id), json!({"via": "mqtt"}));
-        if removed {
-            core.events.publish("device.offline", Some(device_id), json!({}));
-        }
+    let Some(was_online) = core.devices.presence().disconnected(device_id, Utc::now()) else {
+        return false;
+    };
+    core.events.publish("device.disconnected", Some(device_id), json!({"via": "mqtt"}));
+    if was_online {
+        core.events.publish("device.offline", Some(device_id), json!({}));
     }
-    was
+    true
 }
 
 /// A device was heard from over MQTT (a message other than a check-in).
