@@ -98,19 +98,7 @@ pub async fn checkin(core: &Core, device: Arc<ActiveDevice>, report: CheckinRepo
     if (changed.version.is_some() || (device.awaiting_boot && report.version.is_some()))
         && let Some(attempt) = core.store.current_attempt(&device.id).await?
     {
-        let reported = device.version.as_deref().and_then(|v| Version::parse(v).ok());
-        let target = Version::parse(&attempt.to_version).ok();
-        let outcome = if attempt.state.is_final() || reported.is_none() {
-            None
-        } else if reported == target {
-            Some((UpdateState::Succeeded, None))
-        } else if attempt.state == UpdateState::Installed {
-            let running = device.version.as_deref().unwrap_or_default();
-            Some((UpdateState::Failed, Some(format!("boot failure: the device runs {running} after installing {}", attempt.to_version))))
-        } else {
-            None
-        };
-        if let Some((state, message)) = outcome {
+        if let Some((state, message)) = device::attempt_outcome(&attempt, device.version.as_deref()) {
             let progress = (state == UpdateState::Succeeded).then_some(100);
             core.store.set_attempt_state(&attempt.id, state, progress, message.as_deref()).await?;
             core.events.publish(
