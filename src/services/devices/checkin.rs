@@ -97,16 +97,15 @@ pub async fn checkin(core: &Core, device: Arc<ActiveDevice>, report: CheckinRepo
     // bootloader went back): the attempt failed.
     if (changed.version.is_some() || (device.awaiting_boot && report.version.is_some()))
         && let Some(attempt) = core.store.current_attempt(&device.id).await?
+        && let Some((state, message)) = device::attempt_outcome(&attempt, device.version.as_deref())
     {
-        if let Some((state, message)) = device::attempt_outcome(&attempt, device.version.as_deref()) {
-            let progress = (state == UpdateState::Succeeded).then_some(100);
-            core.store.set_attempt_state(&attempt.id, state, progress, message.as_deref()).await?;
-            core.events.publish(
-                "device.update_status",
-                Some(&device.id),
-                json!({"release_id": attempt.release_id, "rollout_id": attempt.rollout_id, "state": state.as_str(), "message": message, "version": attempt.to_version}),
-            );
-        }
+        let progress = (state == UpdateState::Succeeded).then_some(100);
+        core.store.set_attempt_state(&attempt.id, state, progress, message.as_deref()).await?;
+        core.events.publish(
+            "device.update_status",
+            Some(&device.id),
+            json!({"release_id": attempt.release_id, "rollout_id": attempt.rollout_id, "state": state.as_str(), "message": message, "version": attempt.to_version}),
+        );
     }
     let device = if device.awaiting_boot {
         let mut updated = (*device).clone();
