@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 
 use super::Core;
+use super::events::{DeviceChange, Event, UpdateStatus};
 use super::fleet::{ActiveDevice, FleetIndex};
 use super::limiter::AuthLimiter;
 use super::rollouts;

@@ -202,7 +202,7 @@ pub(super) fn mark_seen(core: &Core, device: &ActiveDevice, now: DateTime<Utc>, 
     let stored = Stored { last_seen: device.stored_last_seen, ip: device.stored_ip };
     let seen = core.devices.presence().seen(&device.id, stored, now, ip);
     if seen.came_online {
-        core.events.publish("device.online", Some(&device.id), json!({"mac": device.mac.canonical()}));
+        core.events.publish(Event::DeviceOnline { device_id: device.id.to_string(), mac: device.mac });
     }
 }
 
@@ -229,7 +229,7 @@ pub async fn flush_presence(core: &Core, limit: Option<usize>) -> Result<usize> 
 pub fn sweep_offline(core: &Core) -> Vec<String> {
     let gone = core.devices.presence().sweep(Utc::now());
     for id in &gone {
-        core.events.publish("device.offline", Some(id), json!({}));
+        core.events.publish(Event::DeviceOffline { device_id: id.to_string() });
     }
     gone.iter().map(|id| id.to_string()).collect()
 }

@@ -49,6 +49,8 @@ pub async fn put_product(core: &Core, name: &str, change: ProductChange) -> Resu
     device::check_product(&product)?;
     let product = core.store.upsert_product(&product).await?;
     core.devices.products.write().expect("cache lock").remove(&product.name);
+    // Connected devices get the new poll interval with their next `ota` message, now.
+    core.events.publish(Event::ProductUpdated { product: product.name.clone() });
     if product.public_secrets {
         tracing::warn!(product = %product.name, "product serves secret configuration values to anonymous seed-003 readers (public_secrets)");
     }

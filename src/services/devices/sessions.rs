@@ -24,7 +24,7 @@ pub fn mark_connected(core: &Core, device: &ActiveDevice, ip: Option<IpAddr>) ->
     let fresh = core.devices.presence().connected(&device.id);
     mark_seen(core, device, Utc::now(), ip);
     if fresh {
-        core.events.publish("device.connected", Some(&device.id), json!({"via": "mqtt"}));
+        core.events.publish(Event::DeviceConnected { device_id: device.id.to_string() });
     }
     fresh
 }
@@ -34,9 +34,9 @@ pub fn mark_disconnected(core: &Core, device_id: &str) -> bool {
     let Some(was_online) = core.devices.presence().disconnected(device_id, Utc::now()) else {
         return false;
     };
-    core.events.publish("device.disconnected", Some(device_id), json!({"via": "mqtt"}));
+    core.events.publish(Event::DeviceDisconnected { device_id: device_id.to_string() });
     if was_online {
-        core.events.publish("device.offline", Some(device_id), json!({}));
+        core.events.publish(Event::DeviceOffline { device_id: device_id.to_string() });
     }
     true
 }
@@ -51,7 +51,7 @@ pub fn record_telemetry(core: &Core, device: &ActiveDevice, value: Value) {
     mark_seen(core, device, Utc::now(), None);
     let now = Utc::now();
     if core.events.active() {
-        core.events.publish("device.telemetry", Some(&device.id), value.clone());
+        core.events.publish(Event::DeviceTelemetry { device_id: device.id.to_string(), value: value.clone() });
     }
     let mut telemetry = core.devices.telemetry.lock().expect("telemetry lock");
     if !telemetry.contains_key(&*device.id) && telemetry.len() >= core.devices.policy.cache_entries.max(1) {

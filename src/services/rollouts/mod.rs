@@ -21,10 +21,10 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use serde_json::json;
 
 use super::Core;
 use super::devices;
+use super::events::Event;
 use super::fleet::{ActiveDevice, ProductTargets};
 use crate::domain::firmware::{Artifact, Channel, Product as ProductName};
 use crate::domain::rollout::{
