@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::Row;
+use sqlx::{AssertSqlSafe, Row};
 
 use super::row::{self, Corrupt, Table, map_row, map_rows};
 use super::sql::{self, Builder, violates};
@@ -140,12 +140,10 @@ impl Store {
             .await
             .map_err(|e| db_error(e, "failed to count configuration versions"))?
             .get("n");
-        let rows = sqlx::query(
-            "SELECT scope, version, content, author, comment, created_at FROM config_version WHERE scope = $1 ORDER BY version DESC LIMIT $2 OFFSET $3",
-        )
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT scope, version, content, author, comment, created_at FROM config_version WHERE scope = $1 ORDER BY version DESC LIMIT {limit} OFFSET {offset}"
+        )))
         .bind(scope)
-        .bind(i64::from(limit))
-        .bind(i64::try_from(offset).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
         .await
         .map_err(|e| db_error(e, "failed to list configuration versions"))?;

@@ -193,10 +193,9 @@ impl Store {
     /// A device's attempts, newest first, each with its events.
     pub async fn list_attempts(&self, device_id: &str, limit: u32) -> Result<Vec<UpdateAttempt>> {
         let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {ATTEMPT_COLUMNS} FROM update_attempt WHERE device_id = $1 ORDER BY id DESC LIMIT $2"
+            "SELECT {ATTEMPT_COLUMNS} FROM update_attempt WHERE device_id = $1 ORDER BY id DESC LIMIT {limit}"
         )))
         .bind(device_id)
-        .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await
         .map_err(|e| db_error(e, "failed to read update attempts"))?;

@@ -1,5 +1,6 @@
-//! Concurrent writers of one device: each writes only its own fields, so none loses what
-//! another wrote at the same time. Runs on both databases.
+//! Storage seen end to end, on both databases: concurrent writers of one device each write
+//! only their own fields, unique violations are named conflicts, and list filters bind
+//! texts and numbers in any combination.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -123,5 +124,49 @@ async fn each_unique_constraint_answers_its_own_conflict() {
     };
     assert_eq!(keyed("sensor").await.unwrap().status(), 200);
     assert_eq!(error_code(keyed("meter").await.unwrap(), 409).await, "provision_key_taken");
+    app.stop().await;
+}
+
+/// Registers a device with a token; returns (id, token).
+async fn registered(app: &TestApp, mac: &str, product: &str, tags: &[&str]) -> (String, String) {
+    let body = json!({"mac": mac, "product": product, "hardware": "esp32", "version": "1.0.0", "tags": tags, "issue_token": true});
+    let response = app.admin(Method::POST, "/api/v1/devices").json(&body).send().await.unwrap();
+    assert_eq!(response.status(), 201);
+    let body: Value = response.json().await.unwrap();
+    (body["id"].as_str().unwrap().to_string(), body["token"].as_str().unwrap().to_string())
+}
+
+#[tokio::test]
+async fn device_filters_mix_texts_and_numbers() {
+    let app = spawn_app().await;
+    let (_, north_lamp) = registered(&app, "02:00:00:00:cc:01", "lamp", &["north"]).await;
+    registered(&app, "02:00:00:00:cc:02", "lamp", &["north"]).await;
+    let (_, south_plug) = registered(&app, "02:00:00:00:cc:03", "plug", &["south_1"]).await;
+    for token in [&north_lamp, &south_plug] {
+        let response = app.client.post(app.url("/api/v1/device/checkin")).bearer_auth(token).json(&json!({})).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let an_hour_ago = (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let in_an_hour = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    for (query, expected) in [
+        ("status=online&product=lamp&tag=north".to_string(), vec!["02:00:00:00:CC:01"]),
+        ("product=lamp&status=offline".to_string(), vec!["02:00:00:00:CC:02"]),
+        (
+            format!("last_seen_after={an_hour_ago}&last_seen_before={in_an_hour}&q=cc%3A0&sort=mac"),
+            vec!["02:00:00:00:CC:01", "02:00:00:00:CC:03"],
+        ),
+        (
+            format!("q=CC&status=online&last_seen_after={an_hour_ago}&hardware=ESP32&version=1.0.0&sort=mac&limit=1&offset=1"),
+            vec!["02:00:00:00:CC:03"],
+        ),
+        ("tag=south_1&q=_".to_string(), vec![]),
+        ("tag=south_1&q=cc".to_string(), vec!["02:00:00:00:CC:03"]),
+    ] {
+        let page: Value = app.admin(Method::GET, &format!("/api/v1/devices?{query}")).send().await.unwrap().json().await.unwrap();
+        let macs: Vec<&str> = page["items"].as_array().unwrap().iter().map(|d| d["mac"].as_str().unwrap()).collect();
+        assert_eq!(macs, expected, "{query}: {page}");
+    }
+    let page: Value = app.admin(Method::GET, "/api/v1/devices?status=online&sort=mac&limit=1").send().await.unwrap().json().await.unwrap();
+    assert_eq!(page["total"], 2, "the total counts every match, not the page");
     app.stop().await;
 }
