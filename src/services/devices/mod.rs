@@ -174,6 +174,11 @@ impl DeviceRuntime {
         self.presence().connected_devices()
     }
 
+    /// `last_seen` values waiting to be written.
+    pub fn backlog_len(&self) -> usize {
+        self.presence().backlog_len()
+    }
+
     /// How many devices hold an MQTT session, as this replica knows them.
     pub fn connected_count(&self) -> usize {
         self.presence().connected_count()
