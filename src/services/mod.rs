@@ -14,6 +14,7 @@ pub mod images;
 pub mod keys;
 pub mod limiter;
 pub mod mqtt_auth;
+pub mod ops;
 pub mod outbox;
 pub mod rollouts;
 pub mod tasks;

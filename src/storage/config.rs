@@ -8,28 +8,8 @@ use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
 
 use super::{Store, db_error, from_millis, is_unique_violation, now_millis};
+use crate::domain::config::{StoredDocument, StoredVersion};
 use crate::domain::{Error, Result};
-
-/// The current state of one layer.
-#[derive(Debug, Clone)]
-pub struct StoredDocument {
-    pub scope: String,
-    pub version: i64,
-    /// `None` while the document is deleted.
-    pub content: Option<Value>,
-    pub updated_at: DateTime<Utc>,
-}
-
-/// One version in a layer's history.
-#[derive(Debug, Clone)]
-pub struct StoredVersion {
-    pub scope: String,
-    pub version: i64,
-    pub content: Option<Value>,
-    pub author: String,
-    pub comment: String,
-    pub created_at: DateTime<Utc>,
-}
 
 /// A change to write: the new content (`None` deletes) and who made it why.
 pub struct ConfigWrite<'a> {

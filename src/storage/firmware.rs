@@ -6,7 +6,7 @@ use sqlx::any::AnyRow;
 use sqlx::{Any, AssertSqlSafe, Row};
 
 use super::{Store, db_error, from_millis, is_unique_violation, now_millis};
-use crate::domain::firmware::{Artifact, ArtifactSpec, Digests, ImageFacts};
+use crate::domain::firmware::{Artifact, ArtifactFilter, ArtifactPatch, ArtifactSort, ArtifactSpec, Digests, ImageFacts};
 use crate::domain::{Error, Result};
 
 /// Everything needed to record a new artifact.
@@ -16,32 +16,6 @@ pub struct NewArtifact<'a> {
     pub digests: &'a Digests,
     pub blob_key: &'a str,
     pub image: Option<&'a ImageFacts>,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct ArtifactFilter {
-    pub product: Option<String>,
-    pub hardware: Option<String>,
-    /// Canonical version.
-    pub version_key: Option<String>,
-    pub channel: Option<String>,
-    pub sort: ArtifactSort,
-    pub limit: u32,
-    pub offset: u64,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum ArtifactSort {
-    #[default]
-    NewestFirst,
-    OldestFirst,
-    Product,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct ArtifactPatch {
-    pub notes: Option<String>,
-    pub channel: Option<String>,
 }
 
 const COLUMNS: &str =

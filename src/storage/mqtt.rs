@@ -1,7 +1,6 @@
 //! Storage of MQTT credentials (operators and services; devices use their tokens) and of
 //! device commands.
 
-use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
@@ -9,15 +8,7 @@ use sqlx::{AssertSqlSafe, Row};
 use super::{Store, db_error, from_millis, now_millis};
 use crate::domain::Result;
 use crate::domain::command::{Command, CommandState};
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MqttUser {
-    pub username: String,
-    pub password_hash: String,
-    pub role: String,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-}
+use crate::domain::mqtt::MqttUser;
 
 fn user_of(row: AnyRow) -> MqttUser {
     MqttUser {

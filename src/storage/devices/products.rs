@@ -20,9 +20,11 @@ impl Store {
         rows.iter().map(product_from_row).collect()
     }
 
-    /// Creates or replaces a product's policy.
-    pub async fn upsert_product(&self, product: &Product) -> Result<Product> {
+    /// Creates or replaces a product's policy and, when `min_version` is given, sets its
+    /// anti-rollback floor (`Some(None)` removes it), in one transaction.
+    pub async fn upsert_product(&self, product: &Product, min_version: Option<Option<&str>>) -> Result<Product> {
         let now = now_millis();
+        let mut tx = self.pool.begin().await.map_err(|e| db_error(e, "failed to begin a transaction"))?;
         let updated = sqlx::query(
             "UPDATE product SET provisioning = $1, provision_key = $2, provision_secret_hash = $3, poll_interval_s = $4, updated_at = $5, \
              hardware = $6, public_secrets = $7 WHERE name = $8",
@@ -35,7 +37,7 @@ impl Store {
         .bind(hardware_column(&product.hardware))
         .bind(i64::from(product.public_secrets))
         .bind(&product.name)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await;
         let updated = match updated {
             Ok(result) => result.rows_affected(),
@@ -56,21 +58,38 @@ impl Store {
             .bind(i64::from(product.public_secrets))
             .bind(now)
             .bind(now)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await;
             match inserted {
                 Ok(_) => {}
                 Err(e) if is_unique_violation(&e) => {
-                    // Either the name was created concurrently or the key is taken.
+                    // Either the name was created concurrently or the key is taken; the failed
+                    // statement ends this transaction (PostgreSQL aborts it).
+                    drop(tx);
                     if self.find_product(&product.name).await?.is_none() {
                         return Err(provision_key_taken());
                     }
-                    return Box::pin(self.upsert_product(product)).await;
+                    return Box::pin(self.upsert_product(product, min_version)).await;
                 }
                 Err(e) => return Err(db_error(e, "failed to insert a product")),
             }
         }
-        self.find_product(&product.name).await?.ok_or_else(|| Error::Internal(anyhow::anyhow!("product vanished after upsert")))
+        if let Some(min_version) = min_version {
+            sqlx::query("UPDATE product SET min_version = $1, updated_at = $2 WHERE name = $3")
+                .bind(min_version.map(str::to_string))
+                .bind(now)
+                .bind(&product.name)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| db_error(e, "failed to set the anti-rollback floor"))?;
+        }
+        let row = sqlx::query(AssertSqlSafe(format!("SELECT {PRODUCT_COLUMNS} FROM product WHERE name = $1")))
+            .bind(&product.name)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| db_error(e, "failed to read a product"))?;
+        tx.commit().await.map_err(|e| db_error(e, "failed to commit a product"))?;
+        row.map(|r| product_from_row(&r)).transpose()?.ok_or_else(|| Error::Internal(anyhow::anyhow!("product vanished after upsert")))
     }
 
     pub async fn find_product_by_provision_key(&self, key: &str) -> Result<Option<Product>> {
