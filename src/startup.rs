@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -17,11 +17,8 @@ use crate::http::{self, AppState};
 use crate::net::LimitedListener;
 use crate::services::Core;
 use crate::services::compat::FotaSigner;
-use crate::services::devices::{self, DeviceRuntime};
-use crate::services::events::EventBus;
-use crate::services::images::ImageFetcher;
-use crate::services::keys::ServerKeys;
-use crate::services::rollouts::{self, RolloutRuntime};
+use crate::services::devices::{self};
+use crate::services::rollouts::{self};
 use crate::storage::Store;
 use crate::telemetry;
 
@@ -58,8 +55,6 @@ impl Application {
         warn_weak_settings(&settings, &store).await?;
         let blobs = BlobStore::open(&settings.blob, settings.blob_cache_bytes).await?;
         let signing_key = resolve_signing_key(&store).await?;
-        let keys = Arc::new(ServerKeys::load(&settings.content, &store).await?);
-        let fetcher = Arc::new(ImageFetcher::new(&settings.content)?);
         let fota_signer = match &settings.compat.esp32fota_keys_dir {
             Some(dir) => {
                 let signer = FotaSigner::load_dir(dir)?;
@@ -68,21 +63,10 @@ impl Application {
             }
             None => FotaSigner::default(),
         };
-        let core = Core {
-            store,
-            blobs,
-            events: EventBus::default(),
-            devices: Arc::new(DeviceRuntime::new(settings.devices.clone(), signing_key)),
-            keys,
-            fetcher,
-            rollouts: Arc::new(RolloutRuntime::new(settings.rollouts.clone())),
-            outbox: Default::default(),
-            commands: Default::default(),
-        };
+        let core = Core::build(&settings, store, blobs, signing_key).await?;
         // The rollout view is loaded before serving, so that no check-in is answered without it.
         rollouts::refresh(&core, true).await?;
-        devices::spawn_background(core.clone());
-        rollouts::spawn_background(core.clone());
+        core.spawn_background();
         let device_base = DeviceBaseUrl::choose(&settings, http_addr).await;
         let mqtt = crate::mqtt::Mqtt::start(&core, &settings, mqtt_listeners, device_base.url.clone()).await?.map(Arc::new);
         let admin_key_digest = resolve_admin_key(&core.store, settings.admin_api_key.as_deref()).await?;
@@ -115,6 +99,11 @@ impl Application {
         self.listener.local_addr().expect("a bound listener has an address")
     }
 
+    /// The owner of the server's background loops (stopped by `run_until_stopped`).
+    pub fn tasks(&self) -> crate::services::tasks::Tasks {
+        self.state.core.tasks.clone()
+    }
+
     /// The embedded MQTT broker's plain listener (None when MQTT is off or external).
     pub fn mqtt_addr(&self) -> Option<SocketAddr> {
         self.state.mqtt.as_ref().and_then(|m| m.broker_addrs()).map(|a| a.tcp)
@@ -141,8 +130,12 @@ impl Application {
 
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let events = core.events.clone();
+        // When shutdown began: everything after it shares one deadline.
+        let stopping: Arc<std::sync::OnceLock<Instant>> = Arc::default();
+        let stopping_at = stopping.clone();
         tokio::spawn(async move {
             shutdown.await;
+            let _ = stopping_at.set(Instant::now());
             // Stop accepting first, so that once this is logged no new connection is served.
             let _ = stop_tx.send(true);
             events.close();
@@ -154,16 +147,48 @@ impl Application {
             Some(config) => crate::net::serve(crate::net::TlsListener::new(listener, config)?, app, stop_rx, grace).await,
             None => crate::net::serve(listener, app, stop_rx, grace).await,
         }
+        let deadline = stopping.get().copied().unwrap_or_else(Instant::now) + grace;
         if let Some(mqtt) = &mqtt {
             mqtt.stop();
         }
-        if let Err(e) = devices::flush_presence(&core, None).await {
-            tracing::warn!(error = %e, "cannot write device presence at shutdown");
+        // The loops stop before the final presence flush, so that none races it.
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if !core.tasks.stop(remaining.min(Duration::from_secs(5))).await {
+            tracing::warn!(running = core.tasks.running(), "background tasks did not stop in time");
         }
+        write_presence_until(&core, deadline).await;
         store.close().await;
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Writes the `last_seen` values still waiting, in batches, until they are all written or the
+/// shutdown deadline comes; what is left then is lost (only how recently devices were seen,
+/// which their next check-in restores), and counted in the log.
+async fn write_presence_until(core: &Core, deadline: Instant) {
+    const BATCH: usize = 5_000;
+    let started = Instant::now();
+    let mut written = 0;
+    loop {
+        if Instant::now() >= deadline {
+            let left = core.devices.backlog_len();
+            tracing::warn!(written, left, "shutdown deadline reached: the last_seen of {left} devices is not written");
+            return;
+        }
+        let step =
+            tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), devices::flush_presence(core, Some(BATCH))).await;
+        match step {
+            Ok(Ok(0)) => break,
+            Ok(Ok(n)) => written += n,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot write device presence at shutdown");
+                return;
+            }
+            Err(_) => continue,
+        }
+    }
+    tracing::info!(written, elapsed_ms = started.elapsed().as_millis() as u64, "device presence written");
 }
 
 /// The key that signs device download links: generated once, shared by replicas through

@@ -4,6 +4,7 @@
 //!
 //! The update decision stays in `update`; these functions only fill in the facts it needs.
 
+use chrono::{DateTime, Utc};
 use subtle::ConstantTimeEq;
 
 use super::firmware::Artifact;
@@ -97,6 +98,16 @@ pub fn cyberdeck_latest<'a>(builds: &'a [Artifact], product: &str, marked: Optio
         .filter_map(|a| Version::parse(&a.version_key).ok().map(|v| (v, a)))
         .max_by(|(va, a), (vb, b)| va.cmp(vb).then_with(|| a.created_at.cmp(&b.created_at)))
         .map(|(_, a)| a)
+}
+
+// ---- seed-001 file names ----
+
+/// A seed-001 firmware file name and the build it names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompatFile {
+    pub name: String,
+    pub artifact_id: String,
+    pub created_at: DateTime<Utc>,
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@
 
 use std::collections::BTreeMap;
 
+use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
@@ -396,6 +397,29 @@ pub fn summary(content: &Value) -> Summary {
         device_entity_id: content.get("deviceEntityId").and_then(Value::as_str).map(str::to_string),
         enable_ota: content.get("enableOTA").and_then(Value::as_bool),
     }
+}
+
+// ---- stored layers ----
+
+/// The current state of one layer.
+#[derive(Debug, Clone)]
+pub struct StoredDocument {
+    pub scope: String,
+    pub version: i64,
+    /// `None` while the document is deleted.
+    pub content: Option<Value>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One version in a layer's history.
+#[derive(Debug, Clone)]
+pub struct StoredVersion {
+    pub scope: String,
+    pub version: i64,
+    pub content: Option<Value>,
+    pub author: String,
+    pub comment: String,
+    pub created_at: DateTime<Utc>,
 }
 
 #[cfg(test)]

@@ -414,6 +414,53 @@ pub fn merge_attributes(stored: &Value, reported: &Value) -> Value {
     Value::Object(merged)
 }
 
+// ---- registry queries and changes (what adapters and services hand to storage) ----
+
+/// Operator changes to a device; `Some(None)` clears a field.
+#[derive(Debug, Default, Clone)]
+pub struct DevicePatch {
+    pub name: Option<String>,
+    pub product: Option<Option<String>>,
+    pub hardware: Option<Option<String>>,
+    pub channel: Option<String>,
+    pub target_version: Option<Option<String>>,
+    pub tags: Option<Vec<String>>,
+    pub metadata: Option<Value>,
+    pub owner: Option<Option<String>>,
+    /// Until then, the device may provision again without its token; `Some(None)` closes it.
+    pub reprovision_until: Option<Option<DateTime<Utc>>>,
+}
+
+/// The order of a device listing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DeviceSort {
+    #[default]
+    NewestFirst,
+    OldestFirst,
+    LastSeen,
+    Name,
+    Mac,
+}
+
+/// Which devices a listing returns (every condition given must hold), in what order, which page.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceFilter {
+    pub product: Option<String>,
+    pub hardware: Option<String>,
+    pub version: Option<String>,
+    pub tag: Option<String>,
+    /// `Some(true)`: seen since the cut-off; `Some(false)`: not. Set by the operator's listing
+    /// (`services::devices::list_devices`) from the offline period, not by adapters.
+    pub online_since: Option<(bool, i64)>,
+    pub last_seen_before: Option<i64>,
+    pub last_seen_after: Option<i64>,
+    pub owner: Option<String>,
+    pub search: Option<String>,
+    pub sort: DeviceSort,
+    pub limit: u32,
+    pub offset: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -328,6 +328,37 @@ fn clip(text: &str) -> String {
     text.chars().take(80).collect()
 }
 
+// ---- build queries and changes (what adapters and services hand to storage) ----
+
+/// Which builds a listing returns, in what order, which page.
+#[derive(Debug, Clone, Default)]
+pub struct ArtifactFilter {
+    pub product: Option<String>,
+    pub hardware: Option<String>,
+    /// Canonical version.
+    pub version_key: Option<String>,
+    pub channel: Option<String>,
+    pub sort: ArtifactSort,
+    pub limit: u32,
+    pub offset: u64,
+}
+
+/// The order of a build listing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ArtifactSort {
+    #[default]
+    NewestFirst,
+    OldestFirst,
+    Product,
+}
+
+/// An operator's change to a build (`None`: keep).
+#[derive(Debug, Clone, Default)]
+pub struct ArtifactPatch {
+    pub notes: Option<String>,
+    pub channel: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

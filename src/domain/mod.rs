@@ -1,6 +1,7 @@
 //! The domain: types, rules and decisions. Nothing here does IO or knows about HTTP,
 //! MQTT or SQL; adapters and storage convert to and from these types.
 
+pub mod asset;
 pub mod command;
 pub mod compat;
 pub mod config;

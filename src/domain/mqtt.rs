@@ -7,6 +7,8 @@
 //! - seed 000 (Citon firmware server), per MAC: `{mac}/firmware`, `{mac}/flashing/status`, `{mac}/keepalive`;
 //! - seed 003 (IoTSupport) notifications: `iotsupport/updates/{configs|assets}`.
 
+use chrono::{DateTime, Utc};
+
 use super::mac::Mac;
 
 pub const PREFIX: &str = "updraft";
@@ -429,6 +431,18 @@ pub fn parse_legacy_flash_state(payload: &[u8]) -> Option<LegacyFlashState> {
         "failed" => Some(LegacyFlashState::Failed),
         _ => None,
     }
+}
+
+// ---- stored credentials ----
+
+/// An operator or service credential of the broker (devices use their tokens).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MqttUser {
+    pub username: String,
+    pub password_hash: String,
+    pub role: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
 }
 
 #[cfg(test)]

@@ -22,10 +22,10 @@ use super::firmware::timestamp;
 use super::range::{self, RangeRequest};
 use crate::blob::BlobStore;
 use crate::domain::Error;
+use crate::domain::asset::Asset;
 use crate::domain::lvgl::SizeRule;
 use crate::services::assets::{self as service, StagedUpload};
 use crate::services::images;
-use crate::storage::Asset;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -257,7 +257,7 @@ fn conversions_busy() -> Response {
 )]
 async fn list_assets(State(state): State<AppState>, _admin: Admin, ApiQuery(query): ApiQuery<ListQuery>) -> ApiResult<Json<AssetList>> {
     let product = query.product.as_deref().map(service::check_product).transpose()?;
-    let assets = state.core.store.list_latest_assets(product.as_deref()).await?;
+    let assets = service::list_latest(&state.core, product.as_deref()).await?;
     Ok(Json(AssetList { items: assets.iter().map(asset_view).collect() }))
 }
 
@@ -324,10 +324,7 @@ async fn list_versions(
     _admin: Admin,
     Path((product, name)): Path<(String, String)>,
 ) -> ApiResult<Json<AssetList>> {
-    let versions = state.core.store.list_asset_versions(&product, &name).await?;
-    if versions.is_empty() {
-        return Err(Error::not_found("asset", format!("{product}/{name}")).into());
-    }
+    let versions = service::versions(&state.core, &product, &name).await?;
     Ok(Json(AssetList { items: versions.iter().map(asset_view).collect() }))
 }
 

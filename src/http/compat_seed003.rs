@@ -14,11 +14,15 @@
 //! and, for a request its schema refuses (spectree's validation of query and JSON body), 400
 //! with pydantic's list of errors, `[{"loc": ["url"], "msg": "Field required", "type": "missing", "input": …}]`.
 
+use std::net::IpAddr;
+use std::sync::Arc;
+
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Multipart, Path, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
@@ -48,12 +52,13 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(OpenApiRouter::new().routes(routes!(upload_asset)).layer(DefaultBodyLimit::disable()))
         .routes(routes!(get_asset))
         .routes(routes!(lvgl_image))
+        .layer(middleware::from_fn(correlate))
 }
 
 // ---- the seed-003 error body ----
 
 /// Seed 003's error body.
-#[derive(Serialize, ToSchema)]
+#[derive(Clone, Serialize, ToSchema)]
 pub struct Seed003ErrorBody {
     pub error: String,
     /// RECORD_NOT_FOUND, INVALID_OPERATION, VALIDATION_FAILED, RECORD_EXISTS, ...
@@ -64,7 +69,7 @@ pub struct Seed003ErrorBody {
     pub correlation_id: String,
 }
 
-#[derive(Serialize, ToSchema)]
+#[derive(Clone, Serialize, ToSchema)]
 pub struct Seed003ErrorDetails {
     pub message: String,
 }
@@ -94,93 +99,153 @@ fn field_error(loc: &str, kind: &str, msg: impl Into<String>, input: Option<Valu
     }
 }
 
-/// Seed 003's answer to a request its schema refuses: 400 and the list of errors.
-fn validation_failed(errors: Vec<Seed003FieldError>) -> Response {
-    tracing::info!(status = 400, errors = errors.len(), first = %errors.first().map(|e| e.msg.as_str()).unwrap_or(""), "seed-003 request refused by its schema");
-    (StatusCode::BAD_REQUEST, Json(errors)).into_response()
+/// A seed-003 answer that is not a success, in seed 003's forms. Every variant but
+/// `Refused` is seed 003's error body, whose `correlationId` (the request id) `correlate`
+/// fills in: the routes of `router` carry that middleware.
+pub enum Seed003Error {
+    /// Any error: its status (400 for every validation failure, as seed 003 answered) and
+    /// seed 003's code for it.
+    Failed(Error),
+    /// A request its schema refuses (spectree's validation of query and JSON body): 400 and
+    /// pydantic's list of errors.
+    Refused(Vec<Seed003FieldError>),
+    /// 503 with `Retry-After`: every image conversion slot is in use.
+    Busy,
+    /// 500 `PROCESSING_ERROR`: the image proxy's URL did not return an image (seed 003's
+    /// ProcessingException).
+    NotAnImage(String),
 }
 
-/// The request id, for `correlationId`.
-#[derive(Clone)]
-pub struct Correlation(String);
-
-impl<S: Send + Sync> FromRequestParts<S> for Correlation {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        Ok(Correlation(parts.headers.get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_string()))
+impl From<Error> for Seed003Error {
+    fn from(error: Error) -> Self {
+        Seed003Error::Failed(error)
     }
 }
 
-/// Answers with `result`, or with its error in seed 003's shape.
-fn respond(correlation: Correlation, result: Result<Response, Error>) -> Response {
-    let error = match result {
-        Ok(response) => return response,
-        Err(error) => error,
-    };
-    let status = match &error {
-        // Seed 003 answers every validation failure with 400.
-        Error::Unprocessable { .. } => StatusCode::BAD_REQUEST,
-        other => status_of(other),
-    };
-    let (code, details) = match &error {
-        Error::NotFound { .. } => ("RECORD_NOT_FOUND", "The requested resource could not be found"),
-        Error::Invalid { code: "invalid_mac" | "missing_header" | "invalid_header", .. } => {
-            ("INVALID_OPERATION", "The requested operation cannot be performed")
+pub type Seed003Result<T> = Result<T, Seed003Error>;
+
+impl IntoResponse for Seed003Error {
+    fn into_response(self) -> Response {
+        let error = match self {
+            Seed003Error::Refused(errors) => {
+                tracing::info!(status = 400, errors = errors.len(), first = %errors.first().map(|e| e.msg.as_str()).unwrap_or(""), "seed-003 request refused by its schema");
+                return (StatusCode::BAD_REQUEST, Json(errors)).into_response();
+            }
+            Seed003Error::Busy => {
+                tracing::info!(status = 503, "seed-003 image conversion refused: every slot is in use");
+                let mut response = error_body(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "SERVICE_UNAVAILABLE",
+                    format!(
+                        "Every image conversion slot is in use (UPDRAFT_IMAGE_MAX_CONCURRENT); retry in {} s",
+                        images::BUSY_RETRY_AFTER_SECS
+                    ),
+                    "The service is busy",
+                );
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(images::BUSY_RETRY_AFTER_SECS));
+                return response;
+            }
+            Seed003Error::NotAnImage(message) => {
+                tracing::info!(status = 500, code = "PROCESSING_ERROR", %message, "seed-003 image proxy: the URL did not return an image");
+                return error_body(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "PROCESSING_ERROR",
+                    format!("Cannot decode image because {message}"),
+                    "Processing operation failed",
+                );
+            }
+            Seed003Error::Failed(error) => error,
+        };
+        let status = match &error {
+            // Seed 003 answers every validation failure with 400.
+            Error::Unprocessable { .. } => StatusCode::BAD_REQUEST,
+            other => status_of(other),
+        };
+        let (code, details) = match &error {
+            Error::NotFound { .. } => ("RECORD_NOT_FOUND", "The requested resource could not be found"),
+            Error::Invalid { code: "invalid_mac" | "missing_header" | "invalid_header", .. } => {
+                ("INVALID_OPERATION", "The requested operation cannot be performed")
+            }
+            Error::Invalid { .. } | Error::Unprocessable { .. } => ("VALIDATION_FAILED", "Validation failed"),
+            Error::Conflict { .. } => ("RECORD_EXISTS", "The resource already exists"),
+            Error::Unauthenticated(_) => ("AUTHENTICATION_REQUIRED", "Authentication is required"),
+            Error::Forbidden(_) => ("FORBIDDEN", "The operation is not allowed"),
+            Error::PayloadTooLarge { .. } => ("PAYLOAD_TOO_LARGE", "The request body is too large"),
+            Error::UnsupportedMediaType(_) => ("UNSUPPORTED_MEDIA_TYPE", "The content type is not accepted"),
+            Error::Upstream(_) => ("EXTERNAL_SERVICE_ERROR", "External service request failed"),
+            Error::TooManyRequests { .. } => ("TOO_MANY_REQUESTS", "Too many requests"),
+            Error::InsufficientStorage => ("INSUFFICIENT_STORAGE", "The server has no space left"),
+            Error::Unavailable(_) => ("SERVICE_UNAVAILABLE", "A dependency is unavailable"),
+            _ => ("INTERNAL_ERROR", "An internal error occurred; it has been logged"),
+        };
+        let message = if status.is_server_error() && !matches!(error, Error::Upstream(_) | Error::Unavailable(_)) {
+            tracing::error!(status = status.as_u16(), error = format!("{error:#}"), "seed-003 request failed");
+            "Internal server error".to_string()
+        } else {
+            tracing::info!(status = status.as_u16(), code, message = %error, "seed-003 request refused");
+            error.to_string()
+        };
+        let mut response = error_body(status, code, message, details);
+        if let Error::Unauthenticated(_) = error {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        Error::Invalid { .. } | Error::Unprocessable { .. } => ("VALIDATION_FAILED", "Validation failed"),
-        Error::Conflict { .. } => ("RECORD_EXISTS", "The resource already exists"),
-        Error::Unauthenticated(_) => ("AUTHENTICATION_REQUIRED", "Authentication is required"),
-        Error::Forbidden(_) => ("FORBIDDEN", "The operation is not allowed"),
-        Error::PayloadTooLarge { .. } => ("PAYLOAD_TOO_LARGE", "The request body is too large"),
-        Error::UnsupportedMediaType(_) => ("UNSUPPORTED_MEDIA_TYPE", "The content type is not accepted"),
-        Error::Upstream(_) => ("EXTERNAL_SERVICE_ERROR", "External service request failed"),
-        Error::TooManyRequests { .. } => ("TOO_MANY_REQUESTS", "Too many requests"),
-        Error::InsufficientStorage => ("INSUFFICIENT_STORAGE", "The server has no space left"),
-        Error::Unavailable(_) => ("SERVICE_UNAVAILABLE", "A dependency is unavailable"),
-        _ => ("INTERNAL_ERROR", "An internal error occurred; it has been logged"),
-    };
-    let message = if status.is_server_error() && !matches!(error, Error::Upstream(_) | Error::Unavailable(_)) {
-        tracing::error!(status = status.as_u16(), error = format!("{error:#}"), "seed-003 request failed");
-        "Internal server error".to_string()
-    } else {
-        tracing::info!(status = status.as_u16(), code, message = %error, "seed-003 request refused");
-        error.to_string()
-    };
-    let mut response = error_body(status, code, message, details, &correlation);
-    if let Error::Unauthenticated(_) = error {
-        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        response
     }
-    response
 }
 
-/// Seed 003's error body with `status`.
-fn error_body(status: StatusCode, code: &str, message: String, details: &str, correlation: &Correlation) -> Response {
+/// Seed 003's error body with `status`. Its `correlationId` is filled in by `correlate`; the
+/// body waits for it in the response's extensions.
+fn error_body(status: StatusCode, code: &str, message: String, details: &str) -> Response {
     let body = Seed003ErrorBody {
         error: message,
         code: code.to_string(),
         details: Seed003ErrorDetails { message: details.to_string() },
-        correlation_id: correlation.0.clone(),
+        correlation_id: String::new(),
     };
-    (status, Json(body)).into_response()
-}
-
-/// 503 with `Retry-After`: every image conversion slot is in use.
-fn conversions_busy(correlation: &Correlation) -> Response {
-    tracing::info!(status = 503, "seed-003 image conversion refused: every slot is in use");
-    let mut response = error_body(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "SERVICE_UNAVAILABLE",
-        format!("Every image conversion slot is in use (UPDRAFT_IMAGE_MAX_CONCURRENT); retry in {} s", images::BUSY_RETRY_AFTER_SECS),
-        "The service is busy",
-        correlation,
-    );
-    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(images::BUSY_RETRY_AFTER_SECS));
+    let mut response = (status, Json(&body)).into_response();
+    response.extensions_mut().insert(Uncorrelated(Arc::new(body)));
     response
 }
 
-fn require_admin(state: &AppState, headers: &HeaderMap, ip: std::net::IpAddr) -> Result<(), Error> {
-    super::auth::require_admin(state, credential(headers, "x-admin-api-key"), ip)
+/// A seed-003 error body without its `correlationId` yet.
+#[derive(Clone)]
+struct Uncorrelated(Arc<Seed003ErrorBody>);
+
+/// Middleware of the seed-003 routes: writes the request id (`X-Request-Id`) into the
+/// `correlationId` of a seed-003 error body.
+async fn correlate(request: Request, next: Next) -> Response {
+    let correlation_id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let mut response = next.run(request).await;
+    let Some(Uncorrelated(body)) = response.extensions_mut().remove::<Uncorrelated>() else {
+        return response;
+    };
+    let body = Seed003ErrorBody { correlation_id, ..Arc::unwrap_or_clone(body) };
+    let (parts, _) = response.into_parts();
+    match serde_json::to_vec(&body) {
+        Ok(bytes) => Response::from_parts(parts, axum::body::Body::from(bytes)),
+        Err(e) => {
+            Seed003Error::Failed(Error::Internal(anyhow::Error::new(e).context("cannot encode a seed-003 error body"))).into_response()
+        }
+    }
+}
+
+/// Proof that a seed-003 admin request carries the admin key (`X-Admin-API-Key` or
+/// `Authorization: Bearer`); refusals come in seed 003's error body.
+pub struct Seed003Admin;
+
+impl Seed003Admin {
+    fn check(state: &AppState, headers: &HeaderMap, ip: IpAddr) -> Result<Seed003Admin, Error> {
+        super::auth::require_admin(state, credential(headers, "x-admin-api-key"), ip)?;
+        Ok(Seed003Admin)
+    }
+}
+
+impl FromRequestParts<AppState> for Seed003Admin {
+    type Rejection = Seed003Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Seed003Error> {
+        Ok(Seed003Admin::check(state, &parts.headers, super::auth::client_ip(parts))?)
+    }
 }
 
 /// Seed 003's MAC rule: lower-cased, then `xx-xx-xx-xx-xx-xx`.
@@ -348,15 +413,10 @@ fn detail(mac: &Mac, content: &Value) -> Seed003Config {
     responses((status = 200, body = Seed003List), (status = 401, body = Seed003ErrorBody)),
     security(("bearer" = []), ("admin_key" = []))
 )]
-async fn list_configs(State(state): State<AppState>, correlation: Correlation, ClientIp(ip): ClientIp, headers: HeaderMap) -> Response {
-    let result = async {
-        require_admin(&state, &headers, ip)?;
-        let documents = config_service::device_documents(&state.core).await?;
-        let configs: Vec<Seed003Summary> = documents.iter().map(|(mac, content)| summary(mac, content)).collect();
-        Ok(Json(Seed003List { count: configs.len(), configs }).into_response())
-    }
-    .await;
-    respond(correlation, result)
+async fn list_configs(State(state): State<AppState>, _admin: Seed003Admin) -> Seed003Result<Json<Seed003List>> {
+    let documents = config_service::device_documents(&state.core).await?;
+    let configs: Vec<Seed003Summary> = documents.iter().map(|(mac, content)| summary(mac, content)).collect();
+    Ok(Json(Seed003List { count: configs.len(), configs }))
 }
 
 /// Get a device's configuration (admin), or with a `.json` suffix
@@ -378,55 +438,52 @@ async fn list_configs(State(state): State<AppState>, correlation: Correlation, C
 )]
 async fn get_config(
     State(state): State<AppState>,
-    correlation: Correlation,
     ClientIp(ip): ClientIp,
     headers: HeaderMap,
     Path(mac): Path<String>,
-) -> Response {
-    let result = async {
-        if let Some(mac) = mac.strip_suffix(".json") {
-            let mac = parse_mac(mac, "get configuration")?;
-            // A reader that sends a credential gets the whole document, once it is checked;
-            // an anonymous one (allowed while UPDRAFT_PUBLIC_CONFIG_FILES is on) gets it
-            // without secret values, unless the device's product opted in (`public_secrets`).
-            let anonymous = state.settings.content.public_config_files
-                && ["authorization", "x-admin-api-key", "x-device-token"].iter().all(|h| !headers.contains_key(*h));
-            if !anonymous {
-                authorize_device_or_admin(&state, &headers, &mac, ip).await?;
-            }
-            let effective = config_service::effective_for_mac(&state.core, &mac)
-                .await?
-                .ok_or_else(|| Error::not_found("Device config", mac.hyphenated_lower()))?;
-            if effective.merged.content.as_object().is_none_or(|m| m.is_empty()) && !has_device_document(&state, &mac).await? {
-                return Err(Error::not_found("Device config", mac.hyphenated_lower()));
-            }
-            let whole = !anonymous || config_service::secrets_public_for(&state.core, &mac).await?;
-            let (content, etag) = if whole {
-                (config_service::reveal(&state.core, &effective.merged.content)?, format!("\"{}\"", effective.version))
-            } else {
-                (crate::domain::config::without_secrets(&effective.merged.content), format!("\"{}-public\"", effective.version))
-            };
-            let mut response = Json(content).into_response();
-            response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-            response.headers_mut().insert(header::VARY, HeaderValue::from_static("Authorization, X-Admin-API-Key, X-Device-Token"));
-            if let Ok(etag) = HeaderValue::from_str(&etag) {
-                response.headers_mut().insert(header::ETAG, etag);
-            }
-            return Ok(response);
-        }
-        require_admin(&state, &headers, ip)?;
-        let mac = parse_mac(&mac, "get configuration")?;
-        let (_, content) = config_service::get(&state.core, &Scope::Device(mac))
-            .await
-            .map_err(|e| if let Error::NotFound { .. } = e { Error::not_found("Device config", mac.hyphenated_lower()) } else { e })?;
-        Ok(Json(detail(&mac, &content)).into_response())
+) -> Seed003Result<Response> {
+    if let Some(mac) = mac.strip_suffix(".json") {
+        return device_document(&state, ip, &headers, mac).await;
     }
-    .await;
-    respond(correlation, result)
+    // The admin key is checked before the MAC, as on the other admin routes.
+    Seed003Admin::check(&state, &headers, ip)?;
+    let mac = parse_mac(&mac, "get configuration")?;
+    let (_, content) = config_service::get(&state.core, &Scope::Device(mac))
+        .await
+        .map_err(|e| if let Error::NotFound { .. } = e { Error::not_found("Device config", mac.hyphenated_lower()) } else { e })?;
+    Ok(Json(detail(&mac, &content)).into_response())
 }
 
-async fn has_device_document(state: &AppState, mac: &Mac) -> Result<bool, Error> {
-    Ok(state.core.store.find_config(&Scope::Device(*mac).key()).await?.is_some_and(|d| d.content.is_some()))
+/// `GET /api/configs/{mac}.json`: the raw document a device reads.
+async fn device_document(state: &AppState, ip: IpAddr, headers: &HeaderMap, mac: &str) -> Seed003Result<Response> {
+    let mac = parse_mac(mac, "get configuration")?;
+    // A reader that sends a credential gets the whole document, once it is checked;
+    // an anonymous one (allowed while UPDRAFT_PUBLIC_CONFIG_FILES is on) gets it
+    // without secret values, unless the device's product opted in (`public_secrets`).
+    let anonymous = state.settings.content.public_config_files
+        && ["authorization", "x-admin-api-key", "x-device-token"].iter().all(|h| !headers.contains_key(*h));
+    if !anonymous {
+        authorize_device_or_admin(state, headers, &mac, ip).await?;
+    }
+    let effective = config_service::effective_for_mac(&state.core, &mac)
+        .await?
+        .ok_or_else(|| Error::not_found("Device config", mac.hyphenated_lower()))?;
+    if effective.merged.content.as_object().is_none_or(|m| m.is_empty()) && !config_service::has_device_document(&state.core, &mac).await? {
+        return Err(Error::not_found("Device config", mac.hyphenated_lower()).into());
+    }
+    let whole = !anonymous || config_service::secrets_public_for(&state.core, &mac).await?;
+    let (content, etag) = if whole {
+        (config_service::reveal(&state.core, &effective.merged.content)?, format!("\"{}\"", effective.version))
+    } else {
+        (crate::domain::config::without_secrets(&effective.merged.content), format!("\"{}-public\"", effective.version))
+    };
+    let mut response = Json(content).into_response();
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response.headers_mut().insert(header::VARY, HeaderValue::from_static("Authorization, X-Admin-API-Key, X-Device-Token"));
+    if let Ok(etag) = HeaderValue::from_str(&etag) {
+        response.headers_mut().insert(header::ETAG, etag);
+    }
+    Ok(response)
 }
 
 /// With public config files off: the token of the device with this MAC, or the admin key.
@@ -460,37 +517,28 @@ async fn authorize_device_or_admin(state: &AppState, headers: &HeaderMap, mac: &
 )]
 async fn put_config(
     State(state): State<AppState>,
-    correlation: Correlation,
-    ClientIp(ip): ClientIp,
+    _admin: Seed003Admin,
     headers: HeaderMap,
     Path(mac): Path<String>,
     body: Bytes,
-) -> Response {
-    let result = async {
-        require_admin(&state, &headers, ip)?;
-        // Seed 003 validated the body (spectree) before it looked at the MAC.
-        let (content, allow_overwrite) = match parse_save_body(&headers, &body) {
-            Ok(parsed) => parsed,
-            Err(errors) => return Ok(validation_failed(errors)),
-        };
-        let mac = parse_mac(&mac, "save configuration")?;
-        let request = ChangeRequest {
-            content: Some(content),
-            author: SEED003_AUTHOR.into(),
-            comment: String::new(),
-            if_match: None,
-            create_only: !allow_overwrite,
-        };
-        let document = config_service::put(&state.core, &Scope::Device(mac), request).await.map_err(|e| match e {
-            Error::Conflict { code: "config_exists", .. } => {
-                Error::conflict("config_exists", format!("Cannot save configuration because {} already exists", mac.hyphenated_lower()))
-            }
-            other => other,
-        })?;
-        Ok(Json(detail(&mac, document.content.as_ref().unwrap_or(&Value::Null))).into_response())
-    }
-    .await;
-    respond(correlation, result)
+) -> Seed003Result<Json<Seed003Config>> {
+    // Seed 003 validated the body (spectree) before it looked at the MAC.
+    let (content, allow_overwrite) = parse_save_body(&headers, &body).map_err(Seed003Error::Refused)?;
+    let mac = parse_mac(&mac, "save configuration")?;
+    let request = ChangeRequest {
+        content: Some(content),
+        author: SEED003_AUTHOR.into(),
+        comment: String::new(),
+        if_match: None,
+        create_only: !allow_overwrite,
+    };
+    let document = config_service::put(&state.core, &Scope::Device(mac), request).await.map_err(|e| match e {
+        Error::Conflict { code: "config_exists", .. } => {
+            Error::conflict("config_exists", format!("Cannot save configuration because {} already exists", mac.hyphenated_lower()))
+        }
+        other => other,
+    })?;
+    Ok(Json(detail(&mac, document.content.as_ref().unwrap_or(&Value::Null))))
 }
 
 /// Delete a device's configuration (seed 003): 204.
@@ -500,25 +548,14 @@ async fn put_config(
     responses((status = 204, description = "Deleted"), (status = 400, body = Seed003ErrorBody), (status = 401, body = Seed003ErrorBody), (status = 404, body = Seed003ErrorBody)),
     security(("bearer" = []), ("admin_key" = []))
 )]
-async fn delete_config(
-    State(state): State<AppState>,
-    correlation: Correlation,
-    ClientIp(ip): ClientIp,
-    headers: HeaderMap,
-    Path(mac): Path<String>,
-) -> Response {
-    let result = async {
-        require_admin(&state, &headers, ip)?;
-        let mac = parse_mac(&mac, "delete configuration")?;
-        let request =
-            ChangeRequest { content: None, author: SEED003_AUTHOR.into(), comment: String::new(), if_match: None, create_only: false };
-        config_service::put(&state.core, &Scope::Device(mac), request)
-            .await
-            .map_err(|e| if let Error::NotFound { .. } = e { Error::not_found("Device config", mac.hyphenated_lower()) } else { e })?;
-        Ok(StatusCode::NO_CONTENT.into_response())
-    }
-    .await;
-    respond(correlation, result)
+async fn delete_config(State(state): State<AppState>, _admin: Seed003Admin, Path(mac): Path<String>) -> Seed003Result<StatusCode> {
+    let mac = parse_mac(&mac, "delete configuration")?;
+    let request =
+        ChangeRequest { content: None, author: SEED003_AUTHOR.into(), comment: String::new(), if_match: None, create_only: false };
+    config_service::put(&state.core, &Scope::Device(mac), request)
+        .await
+        .map_err(|e| if let Error::NotFound { .. } = e { Error::not_found("Device config", mac.hyphenated_lower()) } else { e })?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 // ---- assets ----
@@ -558,12 +595,11 @@ const MAX_FIELD_BYTES: usize = 4096;
         (status = 413, body = Seed003ErrorBody),
     )
 )]
-async fn upload_asset(State(state): State<AppState>, correlation: Correlation, request: Request) -> Response {
-    let result = upload(&state, request).await;
-    respond(correlation, result)
+async fn upload_asset(State(state): State<AppState>, request: Request) -> Seed003Result<Json<Seed003Uploaded>> {
+    Ok(upload(&state, request).await?)
 }
 
-async fn upload(state: &AppState, request: Request) -> Result<Response, Error> {
+async fn upload(state: &AppState, request: Request) -> Result<Json<Seed003Uploaded>, Error> {
     let limit = state.settings.max_upload_bytes;
     let content_type = request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
     if !content_type.starts_with("multipart/form-data") {
@@ -647,8 +683,7 @@ async fn upload(state: &AppState, request: Request) -> Result<Response, Error> {
     };
     let (staged, filename) = upload.expect("checked above");
     let file = assets_service::commit_file(&state.core, staged, &filename).await?;
-    Ok(Json(Seed003Uploaded { filename: file.filename, size: file.size, uploaded_at: assets_service::python_isoformat(&signed_at) })
-        .into_response())
+    Ok(Json(Seed003Uploaded { filename: file.filename, size: file.size, uploaded_at: assets_service::python_isoformat(&signed_at) }))
 }
 
 fn multipart_error(error: axum::extract::multipart::MultipartError, limit: u64) -> Error {
@@ -673,23 +708,18 @@ fn multipart_error(error: axum::extract::multipart::MultipartError, limit: u64) 
 )]
 async fn get_asset(
     State(state): State<AppState>,
-    correlation: Correlation,
     method: axum::http::Method,
     headers: HeaderMap,
     Path(filename): Path<String>,
-) -> Response {
-    let result = async {
-        let file = assets_service::find_file(&state.core, &filename).await?;
-        let mut response =
-            serve_blob(&state.core.blobs, &file.blob_key, file.size, &file.sha256, "application/octet-stream", &method, &headers).await?;
-        response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        if let Some(disposition) = content_disposition(&file.filename) {
-            response.headers_mut().insert(header::CONTENT_DISPOSITION, disposition);
-        }
-        Ok(response)
+) -> Seed003Result<Response> {
+    let file = assets_service::find_file(&state.core, &filename).await?;
+    let mut response =
+        serve_blob(&state.core.blobs, &file.blob_key, file.size, &file.sha256, "application/octet-stream", &method, &headers).await?;
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    if let Some(disposition) = content_disposition(&file.filename) {
+        response.headers_mut().insert(header::CONTENT_DISPOSITION, disposition);
     }
-    .await;
-    respond(correlation, result)
+    Ok(response)
 }
 
 // ---- LVGL images ----
@@ -936,50 +966,33 @@ fn check_http_url(text: &str) -> Option<Seed003FieldError> {
         (status = 503, description = "Every conversion slot is in use; see Retry-After", body = Seed003ErrorBody),
     )
 )]
-async fn lvgl_image(State(state): State<AppState>, correlation: Correlation, uri: axum::http::Uri, headers: HeaderMap) -> Response {
-    let id = correlation.clone();
-    let result = async {
-        let request = match parse_lvgl_query(uri.query().unwrap_or("")) {
-            Ok(request) => request,
-            Err(errors) => return Ok(validation_failed(errors)),
-        };
-        let mut forwarded = HeaderMap::new();
-        for name in request.forward.as_deref().unwrap_or("").split(',').map(str::trim).filter(|n| !n.is_empty()) {
-            let header_name = HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).map_err(|_| {
-                Error::invalid(
-                    "invalid_header",
-                    format!("Cannot forward headers because '{}' is not a header name", name.chars().take(40).collect::<String>()),
-                )
-            })?;
-            if UNFORWARDABLE.contains(&header_name.as_str()) {
-                return Err(Error::invalid("invalid_header", format!("Cannot forward headers because header '{name}' is never forwarded")));
-            }
-            let value = headers.get(&header_name).ok_or_else(|| {
-                Error::invalid("missing_header", format!("Cannot forward headers because header '{name}' not present in request"))
-            })?;
-            forwarded.insert(header_name, value.clone());
+async fn lvgl_image(State(state): State<AppState>, uri: axum::http::Uri, headers: HeaderMap) -> Seed003Result<Response> {
+    let request = parse_lvgl_query(uri.query().unwrap_or("")).map_err(Seed003Error::Refused)?;
+    let mut forwarded = HeaderMap::new();
+    for name in request.forward.as_deref().unwrap_or("").split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let header_name = HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).map_err(|_| {
+            Error::invalid(
+                "invalid_header",
+                format!("Cannot forward headers because '{}' is not a header name", name.chars().take(40).collect::<String>()),
+            )
+        })?;
+        if UNFORWARDABLE.contains(&header_name.as_str()) {
+            return Err(
+                Error::invalid("invalid_header", format!("Cannot forward headers because header '{name}' is never forwarded")).into()
+            );
         }
-        let Ok(slot) = state.core.fetcher.try_slot() else {
-            return Ok(conversions_busy(&id));
-        };
-        let bytes = state.core.fetcher.fetch(&request.url, forwarded).await?;
-        metrics::counter!("updraft_image_fetch_bytes_total").increment(bytes.len() as u64);
-        match images::convert(&state.core.fetcher, slot, bytes, request.params.options.clone()).await {
-            Ok(encoded) => Ok(image_response(encoded, &request.params)),
-            // Seed 003 answered an undecodable body with a 500 (its ProcessingException).
-            Err(Error::Unprocessable { code: "invalid_image", message }) => {
-                tracing::info!(status = 500, code = "PROCESSING_ERROR", %message, "seed-003 image proxy: the URL did not return an image");
-                Ok(error_body(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "PROCESSING_ERROR",
-                    format!("Cannot decode image because {message}"),
-                    "Processing operation failed",
-                    &id,
-                ))
-            }
-            Err(other) => Err(other),
-        }
+        let value = headers.get(&header_name).ok_or_else(|| {
+            Error::invalid("missing_header", format!("Cannot forward headers because header '{name}' not present in request"))
+        })?;
+        forwarded.insert(header_name, value.clone());
     }
-    .await;
-    respond(correlation, result)
+    let slot = state.core.fetcher.try_slot().map_err(|_| Seed003Error::Busy)?;
+    let bytes = state.core.fetcher.fetch(&request.url, forwarded).await?;
+    metrics::counter!("updraft_image_fetch_bytes_total").increment(bytes.len() as u64);
+    match images::convert(&state.core.fetcher, slot, bytes, request.params.options.clone()).await {
+        Ok(encoded) => Ok(image_response(encoded, &request.params)),
+        // Seed 003 answered an undecodable body with a 500 (its ProcessingException).
+        Err(Error::Unprocessable { code: "invalid_image", message }) => Err(Seed003Error::NotAnImage(message)),
+        Err(other) => Err(other.into()),
+    }
 }

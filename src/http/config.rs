@@ -20,8 +20,8 @@ use super::error::{ApiJson, ApiQuery, ApiResult, ErrorBody};
 use super::firmware::timestamp;
 use crate::domain::Error;
 use crate::domain::config::{self, Scope};
+use crate::domain::config::{StoredDocument, StoredVersion};
 use crate::services::config::{self as service, ChangeRequest, Effective};
-use crate::storage::{StoredDocument, StoredVersion};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -595,7 +595,8 @@ async fn stale_configs(State(state): State<AppState>, _admin: Admin, ApiQuery(qu
 )]
 async fn device_config(State(state): State<AppState>, DeviceAuth(device, _): DeviceAuth, headers: HeaderMap) -> ApiResult<Response> {
     // The fleet index does not hold tags: read the whole device (config fetches are rare).
-    let device = state.core.store.find_device(&device.id).await?.ok_or_else(|| Error::not_found("device", &*device.id))?;
+    let device =
+        crate::services::devices::find_by_id(&state.core, &device.id).await?.ok_or_else(|| Error::not_found("device", &*device.id))?;
     let effective = service::effective(&state.core, &device).await?;
     let etag = format!("\"{}\"", effective.version);
     let unchanged = headers

@@ -391,17 +391,14 @@ async fn download(
                 state.core.devices.limiter.record_failure(ip);
                 return Err(e.into());
             }
-            let device = state
-                .core
-                .store
-                .find_device(device_id)
+            let device = service::find_by_id(&state.core, device_id)
                 .await?
                 .ok_or_else(|| Error::Forbidden("the device of this link no longer exists".into()))?;
             std::sync::Arc::new(ActiveDevice::of(&device))
         }
         _ => service::authenticate(&state.core, super::auth::credential(&headers, "x-device-token"), ip).await?,
     };
-    let artifact = state.core.store.find_artifact(&id).await?.ok_or_else(|| Error::not_found("artifact", &id))?;
+    let artifact = crate::services::firmware::find(&state.core, &id).await?;
     // A device reaches only its own product's builds.
     if device.product.as_deref() != Some(artifact.product.as_str()) {
         return Err(Error::not_found("artifact", &id).into());

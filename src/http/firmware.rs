@@ -17,9 +17,9 @@ use super::download::serve_artifact;
 use super::error::{ApiError, ApiJson, ApiQuery, ApiResult, ErrorBody};
 use crate::domain::Error;
 use crate::domain::firmware::{self, Artifact, Channel, ImageFacts, UploadMeta};
+use crate::domain::firmware::{ArtifactFilter, ArtifactPatch, ArtifactSort};
 use crate::domain::version::Version;
 use crate::services::firmware::{self as service, BodyError};
-use crate::storage::{ArtifactFilter, ArtifactPatch, ArtifactSort};
 
 pub fn router() -> OpenApiRouter<AppState> {
     // Uploads stream under their own limit (`UPDRAFT_MAX_UPLOAD_BYTES`), not the JSON body limit.
@@ -358,7 +358,7 @@ async fn list_firmware(
         limit,
         offset,
     };
-    let (artifacts, total) = state.core.store.list_artifacts(&filter).await?;
+    let (artifacts, total) = service::list(&state.core, &filter).await?;
     let items = artifacts.iter().map(|a| artifact_view(&state, a, Some(&headers))).collect();
     Ok(Json(ArtifactPage { items, total, limit, offset: filter.offset }))
 }
@@ -449,7 +449,7 @@ async fn download_firmware(
 }
 
 async fn find(state: &AppState, id: &str) -> Result<Artifact, ApiError> {
-    Ok(state.core.store.find_artifact(id).await?.ok_or_else(|| Error::not_found("artifact", id))?)
+    Ok(service::find(&state.core, id).await?)
 }
 
 fn artifact_view(state: &AppState, artifact: &Artifact, headers: Option<&HeaderMap>) -> ArtifactView {

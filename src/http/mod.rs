@@ -1,5 +1,5 @@
 //! The HTTP adapter: routes, shared state and middleware. Handlers decode requests, call
-//! `services`/`storage`, and encode responses; each module owns its wire types.
+//! `services` (never `storage`), and encode responses; each module owns its wire types.
 
 pub mod assets;
 pub mod auth;

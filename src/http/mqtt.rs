@@ -22,10 +22,10 @@ use super::device_api::ClientIp;
 use super::error::{ApiJson, ApiQuery, ApiResult, ErrorBody};
 use crate::domain::Error;
 use crate::domain::command::{self, Command};
+use crate::domain::mqtt::MqttUser;
 use crate::domain::mqtt::{self, Access, ClientId, Principal};
 use crate::services::commands::{self, NewCommand};
 use crate::services::mqtt_auth;
-use crate::storage::MqttUser;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -199,7 +199,7 @@ async fn mqtt_status(State(state): State<AppState>, _admin: Admin) -> Json<MqttS
     security(("bearer" = []), ("admin_key" = []))
 )]
 async fn list_users(State(state): State<AppState>, _admin: Admin) -> ApiResult<Json<MqttUserList>> {
-    let users = state.core.store.list_mqtt_users().await?;
+    let users = mqtt_auth::list_users(&state.core).await?;
     Ok(Json(MqttUserList { items: users.iter().map(user_view).collect() }))
 }
 

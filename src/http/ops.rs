@@ -64,7 +64,7 @@ pub struct Readiness {
 )]
 async fn ready(State(state): State<AppState>) -> Response {
     let (database, blobs) = tokio::join!(
-        tokio::time::timeout(std::time::Duration::from_secs(3), state.core.store.ping()),
+        tokio::time::timeout(std::time::Duration::from_secs(3), crate::services::ops::database_ready(&state.core)),
         tokio::time::timeout(std::time::Duration::from_secs(3), state.core.blobs.check()),
     );
     let describe = |result: Result<crate::domain::Result<()>, tokio::time::error::Elapsed>| match result {
@@ -102,7 +102,7 @@ async fn prometheus_metrics(State(state): State<AppState>, ClientIp(ip): ClientI
         return super::error::ApiError(e).into_response();
     }
     // Totals come from the database at scrape time, so every replica reports the same truth.
-    match state.core.store.artifact_totals().await {
+    match crate::services::firmware::totals(&state.core).await {
         Ok((count, bytes)) => {
             metrics::gauge!("updraft_artifacts").set(count as f64);
             metrics::gauge!("updraft_artifact_bytes").set(bytes as f64);

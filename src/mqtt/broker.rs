@@ -50,7 +50,6 @@ pub struct Broker {
     pub addrs: BrokerAddrs,
     task: tokio::task::JoinHandle<()>,
     /// Ends the sessions of devices whose token stopped being valid.
-    follower: tokio::task::JoinHandle<()>,
     scx: ServerContext,
     hooks: Arc<Hooks>,
 }
@@ -114,9 +113,9 @@ impl Broker {
                 tracing::error!(error = %e, "the MQTT broker stopped");
             }
         });
-        let follower = tokio::spawn(hooks.clone().follow_credentials());
+        hooks.core.tasks.spawn("mqtt credentials follower", hooks.clone().follow_credentials());
         tracing::info!(tcp = %addrs.tcp, tls = ?addrs.tls, ws = ?addrs.ws, "embedded MQTT broker listening");
-        Ok(Broker { addrs, task, follower, scx, hooks })
+        Ok(Broker { addrs, task, scx, hooks })
     }
 
     /// Binds the listeners without serving. An error names the setting of the listener.
@@ -184,7 +183,6 @@ impl Broker {
     /// Stops accepting connections. Open sessions end with the process.
     pub fn stop(&self) {
         self.task.abort();
-        self.follower.abort();
     }
 }
 

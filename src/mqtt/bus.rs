@@ -82,8 +82,8 @@ struct Acks {
 
 /// The two connections' event loops, driven by `Bus::run`.
 pub struct Loops {
-    publisher: EventLoop,
-    follower: EventLoop,
+    pub publisher: EventLoop,
+    pub follower: EventLoop,
 }
 
 fn options(endpoint: &Endpoint, role: &str) -> MqttOptions {
@@ -160,30 +160,33 @@ impl Bus {
         });
     }
 
-    /// Drives both connections until the process ends: reconnects after a second on failure,
-    /// subscribes after every connect, and routes messages to the handler workers by device.
-    pub async fn run(self, loops: Loops, workers: Vec<mpsc::Sender<Incoming>>, signals: mpsc::UnboundedSender<Signal>) {
-        let Loops { mut publisher, mut follower } = loops;
+    /// Drives the publishing connection (counting acknowledgements) until the server stops;
+    /// reconnects after a second on failure.
+    pub async fn run_publisher(self, mut publisher: EventLoop) {
         let acks = self.acks.clone();
-        tokio::spawn(async move {
-            let mut failures = 0u32;
-            loop {
-                match publisher.poll().await {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => failures = 0,
-                    Ok(Event::Incoming(Packet::PubAck(_))) => acks.acked.send_modify(|acked| *acked += 1),
-                    Ok(_) => {}
-                    Err(e) => {
-                        let sent = acks.sent.load(Ordering::SeqCst);
-                        acks.acked.send_modify(|acked| *acked = (*acked).max(sent));
-                        failures += 1;
-                        if failures == 1 || failures.is_multiple_of(60) {
-                            tracing::warn!(error = %e, failures, "MQTT publishing connection lost; reconnecting every second");
-                        }
-                        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut failures = 0u32;
+        loop {
+            match publisher.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => failures = 0,
+                Ok(Event::Incoming(Packet::PubAck(_))) => acks.acked.send_modify(|acked| *acked += 1),
+                Ok(_) => {}
+                Err(e) => {
+                    let sent = acks.sent.load(Ordering::SeqCst);
+                    acks.acked.send_modify(|acked| *acked = (*acked).max(sent));
+                    failures += 1;
+                    if failures == 1 || failures.is_multiple_of(60) {
+                        tracing::warn!(error = %e, failures, "MQTT publishing connection lost; reconnecting every second");
                     }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
-        });
+        }
+    }
+
+    /// Drives the following connection until the server stops: reconnects after a second on
+    /// failure, subscribes after every connect, and routes messages to the handler workers by
+    /// device.
+    pub async fn run_follower(self, mut follower: EventLoop, workers: Vec<mpsc::Sender<Incoming>>, signals: mpsc::UnboundedSender<Signal>) {
         let mut failures = 0u32;
         loop {
             match follower.poll().await {

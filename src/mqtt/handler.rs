@@ -136,7 +136,7 @@ impl Handler {
                 devices::mark_heard(core, &device);
                 let state = mqtt::parse_legacy_flash_state(payload)
                     .ok_or_else(|| invalid("a flashing status is flashing, idle, done or failed"))?;
-                let Some(attempt) = core.store.current_attempt(&device.id).await? else {
+                let Some(attempt) = devices::current_attempt(core, &device.id).await? else {
                     return Err(Error::conflict("no_update", "the device reported flashing without an update in progress"));
                 };
                 let report = |state: &str, message: Option<&str>| StatusReport {

@@ -119,22 +119,24 @@ impl Mqtt {
         for _ in 0..bus::WORKERS {
             let (sender, receiver) = mpsc::channel(bus::WORKER_QUEUE);
             senders.push(sender);
-            tokio::spawn(handler.clone().run(receiver));
+            core.tasks.spawn("mqtt handler", handler.clone().run(receiver));
         }
         let _ = workers_cell.set(senders.clone());
         let (signal_tx, mut signal_rx) = mpsc::unbounded_channel();
         let on_connect = pusher.clone();
-        tokio::spawn(async move {
+        core.tasks.spawn("mqtt reconnect resync", async move {
             while let Some(Signal::Connected) = signal_rx.recv().await {
                 // After a (re)connection the broker may have lost retained state.
                 on_connect.resync(None, true).await;
             }
         });
-        tokio::spawn(bus.clone().run(eventloop, senders, signal_tx));
-        tokio::spawn(pusher.clone().follow_events());
+        let bus::Loops { publisher, follower } = eventloop;
+        core.tasks.spawn("mqtt publisher", bus.clone().run_publisher(publisher));
+        core.tasks.spawn("mqtt follower", bus.clone().run_follower(follower, senders, signal_tx));
+        core.tasks.spawn("mqtt pushes", pusher.clone().follow_events());
         let periodic = pusher.clone();
         let every = mqtt.resync_every;
-        tokio::spawn(async move {
+        core.tasks.spawn("mqtt periodic resync", async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;

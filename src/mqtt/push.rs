@@ -143,7 +143,7 @@ impl Pusher {
 
     /// Publishes a device's effective configuration as its retained `config`, if it changed.
     pub async fn sync_config(&self, device_id: &str, force: bool) -> Result<()> {
-        let Some(device) = self.core.store.find_device(device_id).await? else {
+        let Some(device) = devices::find_by_id(&self.core, device_id).await? else {
             return Ok(());
         };
         let effective = config_service::effective(&self.core, &device).await?;

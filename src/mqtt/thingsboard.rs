@@ -148,7 +148,7 @@ impl ThingsBoard {
         let Some(state) = flat.get("fw_state").and_then(Value::as_str) else {
             return Ok(());
         };
-        let Some(attempt) = self.core.store.current_attempt(&device.id).await? else {
+        let Some(attempt) = devices::current_attempt(&self.core, &device.id).await? else {
             return Ok(());
         };
         let report = |state: &str, message: Option<String>| StatusReport {
@@ -195,7 +195,7 @@ impl ThingsBoard {
                 .map(|list| list.split(',').map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).collect())
         };
         let (client_keys, shared_keys) = (keys("clientKeys"), keys("sharedKeys"));
-        let stored = self.core.store.find_device(&device.id).await?.ok_or_else(|| Error::not_found("device", &*device.id))?;
+        let stored = devices::find_by_id(&self.core, &device.id).await?.ok_or_else(|| Error::not_found("device", &*device.id))?;
         let mut shared = match config_service::reveal(&self.core, &config_service::effective(&self.core, &stored).await?.merged.content)? {
             Value::Object(map) => map,
             _ => Map::new(),
@@ -245,11 +245,7 @@ impl ThingsBoard {
                 None => session.get(&rid).copied().unwrap_or(0),
             }
         };
-        let artifact = match self.core.store.current_attempt(&device.id).await? {
-            Some(attempt) if !attempt.state.is_final() => self.core.store.find_artifact(&attempt.artifact_id).await?,
-            _ => None,
-        };
-        let Some(artifact) = artifact else {
+        let Some(artifact) = devices::pending_build(&self.core, &device.id).await? else {
             self.send(client_id, error_topic, Bytes::from_static(b"NOT_FOUND")).await;
             return Ok(());
         };

@@ -14,9 +14,9 @@ use sha2::{Digest, Sha256};
 use super::Core;
 use super::events::Event;
 use crate::blob::BlobWriter;
+use crate::domain::asset::{Asset, AssetFile};
 use crate::domain::firmware::Product as ProductName;
 use crate::domain::{Error, Result};
-use crate::storage::{Asset, AssetFile};
 
 /// How far a signed upload timestamp may be from the server's clock.
 pub const TIMESTAMP_TOLERANCE_SECS: i64 = 300;
@@ -250,6 +250,20 @@ pub async fn create(core: &Core, product: &str, name: &str, content_type: &str, 
         }
     }
     Err(Error::conflict("asset_busy", format!("{product}/{name} is being uploaded by others; retry")))
+}
+
+/// The newest version of every asset (of one product, if given).
+pub async fn list_latest(core: &Core, product: Option<&str>) -> Result<Vec<Asset>> {
+    core.store.list_latest_assets(product).await
+}
+
+/// The versions of an asset, newest first; not found when it has none.
+pub async fn versions(core: &Core, product: &str, name: &str) -> Result<Vec<Asset>> {
+    let versions = core.store.list_asset_versions(product, name).await?;
+    if versions.is_empty() {
+        return Err(Error::not_found("asset", format!("{product}/{name}")));
+    }
+    Ok(versions)
 }
 
 /// A version (`None`: the newest) of an asset.

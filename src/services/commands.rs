@@ -150,7 +150,7 @@ pub async fn list(core: &Core, device_id: &str, limit: u32, offset: u64) -> Resu
 }
 
 pub fn spawn_background(core: Core) {
-    tokio::spawn(async move {
+    core.tasks.clone().spawn("command expiry", async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

@@ -23,14 +23,14 @@ use super::devices::{self, CheckinAnswer, CheckinReport, NewDeviceRequest};
 use super::firmware::{self as firmware_service, BodyError};
 use super::fleet::ActiveDevice;
 use super::rollouts;
-use crate::domain::compat;
-use crate::domain::device::Device;
+use crate::domain::compat::{self, CompatFile};
+use crate::domain::device::{Device, DevicePatch};
 use crate::domain::firmware::{Artifact, Channel, Product as ProductName, UploadMeta};
 use crate::domain::mac::Mac;
 use crate::domain::update::{self, Decision, DeviceFacts, Held, Releases};
 use crate::domain::version::Version;
 use crate::domain::{Error, Result};
-use crate::storage::DevicePatch;
+use crate::storage::CompatFileRemoval;
 
 /// The product of protocols that name none: the configured one, else the only product the
 /// server knows (by policy or by build), else none.
@@ -158,6 +158,20 @@ pub async fn cyberdeck_latest(core: &Core, product: &str) -> Result<Option<Artif
         .cloned()
         .collect();
     Ok(compat::cyberdeck_latest(&open, product, marked.as_deref()).cloned())
+}
+
+/// The build seed-002 devices of `product` receive, and whether an operator marked it.
+pub struct Latest {
+    pub build: Option<Artifact>,
+    /// True when an operator marked it; false when it is simply the newest stable build.
+    pub marked: bool,
+}
+
+/// What `GET /api/v1/products/{name}/latest` shows: `cyberdeck_latest` and its mark.
+pub async fn latest_with_mark(core: &Core, product: &str) -> Result<Latest> {
+    let marked = core.store.find_product_latest(product).await?;
+    let build = cyberdeck_latest(core, product).await?;
+    Ok(Latest { marked: marked.is_some() && marked == build.as_ref().map(|b| b.id.clone()), build })
 }
 
 /// Marks a build of `product` as the one seed-002 devices receive (`None` unmarks).
@@ -298,6 +312,52 @@ pub async fn build_by_file_url(core: &Core, url_or_name: &str) -> Result<Option<
         Some(file) => core.store.find_artifact(&file.artifact_id).await,
         None => Ok(None),
     }
+}
+
+/// A seed-001 file name and its build.
+pub async fn named_file(core: &Core, name: &str) -> Result<Option<(CompatFile, Artifact)>> {
+    let Some(file) = core.store.find_compat_file(name).await? else { return Ok(None) };
+    Ok(core.store.find_artifact(&file.artifact_id).await?.map(|artifact| (file, artifact)))
+}
+
+/// Every seed-001 file name whose build exists, by name, with its build.
+pub async fn named_files(core: &Core) -> Result<Vec<(CompatFile, Artifact)>> {
+    let mut named = Vec::new();
+    for file in core.store.list_compat_files().await? {
+        if let Some(artifact) = core.store.find_artifact(&file.artifact_id).await? {
+            named.push((file, artifact));
+        }
+    }
+    Ok(named)
+}
+
+/// The oldest seed-001 name of a build.
+pub async fn first_file_name(core: &Core, artifact_id: &str) -> Result<Option<String>> {
+    Ok(core.store.compat_file_names(artifact_id).await?.into_iter().next())
+}
+
+/// Removes a seed-001 file name, and its build when no other name refers to it, in one
+/// transaction: while devices are being updated to that build, or it belongs to a release,
+/// nothing is removed (409). `Ok(false)`: no file has this name.
+pub async fn delete_named_file(core: &Core, name: &str) -> Result<bool> {
+    let Some((_, build)) = named_file(core, name).await? else { return Ok(false) };
+    match core.store.remove_compat_file(name, &build.id).await? {
+        CompatFileRemoval::NotFound => Ok(false),
+        CompatFileRemoval::Name => Ok(true),
+        CompatFileRemoval::NameAndBuild => {
+            firmware_service::deleted(core, &build).await?;
+            Ok(true)
+        }
+        CompatFileRemoval::BuildInUse => Err(firmware_service::in_use()),
+        CompatFileRemoval::BuildReleased => Err(firmware_service::released()),
+    }
+}
+
+/// The build a seed-001 device's pin names: a build of its product and pinned version.
+pub async fn pinned_build(core: &Core, device: &Device) -> Result<Option<Artifact>> {
+    let (Some(product), Some(target)) = (&device.product, &device.target_version) else { return Ok(None) };
+    let Ok(version) = Version::parse(target) else { return Ok(None) };
+    Ok(core.store.find_artifacts_by_version(product, &version.canonical()).await?.into_iter().next())
 }
 
 /// A device as the seed-001 admin API and `devices.json` describe it.

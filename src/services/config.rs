@@ -14,10 +14,12 @@ use serde_json::Value;
 use super::Core;
 use super::events::{ConfigChanged, Event};
 use crate::domain::config::{self, Change, Merged, Scope};
+use crate::domain::config::{StoredDocument, StoredVersion};
 use crate::domain::device::Device;
+use crate::domain::device::DeviceFilter;
 use crate::domain::mac::Mac;
 use crate::domain::{Error, Result};
-use crate::storage::{ConfigWrite, DeviceFilter, StoredDocument, StoredVersion};
+use crate::storage::ConfigWrite;
 
 /// Author recorded for changes made through the seed-003 API.
 pub const SEED003_AUTHOR: &str = "seed-003 api";
@@ -288,6 +290,11 @@ fn merge_layers<'a>(scopes: &[Scope], document: &dyn Fn(&str) -> Option<&'a Stor
         }
     }
     Effective { version: config::effective_version(&layers), merged: config::merge(&contents), layers }
+}
+
+/// True when the device with this MAC has a document of its own (not deleted).
+pub async fn has_device_document(core: &Core, mac: &Mac) -> Result<bool> {
+    Ok(core.store.find_config(&Scope::Device(*mac).key()).await?.is_some_and(|d| d.content.is_some()))
 }
 
 /// The device's view of a stored document: secrets decrypted.

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use super::Core;
 use crate::blob::BlobWriter;
 use crate::domain::esp_image::{EspImageInfo, EspImageParser};
-use crate::domain::firmware::{self, Artifact, Digests, Existing, ImageFacts, UploadMeta};
+use crate::domain::firmware::{self, Artifact, ArtifactFilter, Digests, Existing, ImageFacts, UploadMeta};
 use crate::domain::{Error, Result};
 use crate::storage::NewArtifact;
 
@@ -168,23 +168,55 @@ fn conflict(product: &str, version: &str, existing: &Artifact) -> Error {
 }
 
 /// Edits an artifact's notes or channel.
-pub async fn update(core: &Core, id: &str, patch: &crate::storage::ArtifactPatch) -> Result<Artifact> {
+pub async fn update(core: &Core, id: &str, patch: &firmware::ArtifactPatch) -> Result<Artifact> {
     let artifact = core.store.update_artifact(id, patch).await?.ok_or_else(|| Error::not_found("artifact", id))?;
     core.devices.forget_builds(&artifact.product);
     announce_builds_changed(core, &artifact.product);
     Ok(artifact)
 }
 
+/// A build by id.
+pub async fn find(core: &Core, id: &str) -> Result<Artifact> {
+    core.store.find_artifact(id).await?.ok_or_else(|| Error::not_found("artifact", id))
+}
+
+/// A page of the builds `filter` selects, and how many it selects in all.
+pub async fn list(core: &Core, filter: &ArtifactFilter) -> Result<(Vec<Artifact>, u64)> {
+    core.store.list_artifacts(filter).await
+}
+
+/// The number of builds and their total size in bytes.
+pub async fn totals(core: &Core) -> Result<(u64, u64)> {
+    core.store.artifact_totals().await
+}
+
 /// Deletes an artifact and its blob. The record goes first, so a failure to remove the
 /// blob leaves an orphan blob (logged) rather than a record without bytes.
 pub async fn delete(core: &Core, id: &str) -> Result<Artifact> {
     if core.store.artifact_in_use(id).await? {
-        return Err(Error::conflict("artifact_in_use", "devices are being updated to this build; wait until their updates finish"));
+        return Err(in_use());
     }
     if core.store.artifact_released(id).await? {
-        return Err(Error::conflict("artifact_in_release", "this build belongs to a release; delete the release first"));
+        return Err(released());
     }
     let artifact = core.store.delete_artifact(id).await?.ok_or_else(|| Error::not_found("artifact", id))?;
+    deleted(core, &artifact).await?;
+    Ok(artifact)
+}
+
+/// Why a build cannot be deleted while devices are being updated to it.
+pub(super) fn in_use() -> Error {
+    Error::conflict("artifact_in_use", "devices are being updated to this build; wait until their updates finish")
+}
+
+/// Why a build of a release cannot be deleted.
+pub(super) fn released() -> Error {
+    Error::conflict("artifact_in_release", "this build belongs to a release; delete the release first")
+}
+
+/// What follows the deletion of a build's record: its blob goes when no other record uses it,
+/// and caches and subscribers learn that the product's builds changed.
+pub(super) async fn deleted(core: &Core, artifact: &Artifact) -> Result<()> {
     if !core.store.blob_in_use(&artifact.blob_key).await?
         && let Err(e) = core.blobs.delete(&artifact.blob_key).await
     {
@@ -193,7 +225,7 @@ pub async fn delete(core: &Core, id: &str) -> Result<Artifact> {
     core.devices.forget_builds(&artifact.product);
     announce_builds_changed(core, &artifact.product);
     tracing::info!(artifact_id = %artifact.id, product = %artifact.product, version = %artifact.version, "artifact deleted");
-    Ok(artifact)
+    Ok(())
 }
 
 /// Hashes and parses an upload as it streams by.

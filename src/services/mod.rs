@@ -14,8 +14,10 @@ pub mod images;
 pub mod keys;
 pub mod limiter;
 pub mod mqtt_auth;
+pub mod ops;
 pub mod outbox;
 pub mod rollouts;
+pub mod tasks;
 
 use std::sync::Arc;
 
@@ -23,7 +25,8 @@ use crate::blob::BlobStore;
 use crate::storage::Store;
 
 /// What every use case may need: the database, the blob store, the event bus, the
-/// in-memory device and rollout state, the content keys and the image fetcher.
+/// in-memory device and rollout state, the content keys, the image fetcher, and the owner of
+/// background work.
 #[derive(Clone)]
 pub struct Core {
     pub store: Store,
@@ -35,26 +38,42 @@ pub struct Core {
     pub rollouts: Arc<rollouts::RolloutRuntime>,
     pub outbox: outbox::Outbox,
     pub commands: Arc<commands::CommandRuntime>,
+    pub tasks: tasks::Tasks,
 }
 
 impl Core {
-    /// The storage and blobs of `settings`, without a server: for maintenance commands
-    /// (`updraft import ...`). Download links cannot be signed with it.
-    pub async fn offline(settings: &crate::config::Settings) -> anyhow::Result<Core> {
-        let store = Store::connect(&settings.database_url, 2).await?;
-        let blobs = BlobStore::open(&settings.blob, 0).await?;
+    /// The one place a `Core` is assembled: from the settings, an open store and blob store, and
+    /// the key that signs download links. Starts nothing (see `spawn_background`).
+    pub async fn build(settings: &crate::config::Settings, store: Store, blobs: BlobStore, signing_key: [u8; 32]) -> anyhow::Result<Core> {
         let keys = Arc::new(keys::ServerKeys::load(&settings.content, &store).await?);
         let fetcher = Arc::new(images::ImageFetcher::new(&settings.content)?);
         Ok(Core {
             store,
             blobs,
             events: events::EventBus::default(),
-            devices: Arc::new(devices::DeviceRuntime::new(settings.devices.clone(), [0; 32])),
+            devices: Arc::new(devices::DeviceRuntime::new(settings.devices.clone(), signing_key)),
             keys,
             fetcher,
             rollouts: Arc::new(rollouts::RolloutRuntime::new(settings.rollouts.clone())),
             outbox: outbox::Outbox::default(),
             commands: Arc::default(),
+            tasks: tasks::Tasks::default(),
         })
+    }
+
+    /// The storage and blobs of `settings`, without a server: for maintenance commands
+    /// (`updraft import ...`). Download links cannot be signed with it.
+    pub async fn offline(settings: &crate::config::Settings) -> anyhow::Result<Core> {
+        let store = Store::connect(&settings.database_url, 2).await?;
+        let blobs = BlobStore::open(&settings.blob, 0).await?;
+        Core::build(settings, store, blobs, [0; 32]).await
+    }
+
+    /// Starts the services' background loops (under `tasks`): the device subsystem's, the
+    /// rollouts', the commands'.
+    pub fn spawn_background(&self) {
+        devices::spawn_background(self.clone());
+        rollouts::spawn_background(self.clone());
+        commands::spawn_background(self.clone());
     }
 }

@@ -11,9 +11,9 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use super::Core;
 use super::devices;
 use crate::domain::mac::Mac;
+use crate::domain::mqtt::MqttUser;
 use crate::domain::mqtt::{self, ClientId, ClientIdClaims, ClientIdRefusal, Principal, Role};
 use crate::domain::{Error, Result, secret};
-use crate::storage::MqttUser;
 
 /// The username of Updraft's own broker connection (its password is random per process in
 /// embedded mode, `UPDRAFT_MQTT_PASSWORD` with an external broker).
@@ -247,6 +247,11 @@ pub async fn put_user(core: &Core, username: &str, password: &str, role: &str) -
     let user = core.store.find_mqtt_user(username).await?.ok_or_else(|| Error::not_found("MQTT credential", username))?;
     tracing::info!(username, role = role.as_str(), created, "MQTT credential stored");
     Ok((user, created))
+}
+
+/// Every operator and service credential of the broker.
+pub async fn list_users(core: &Core) -> Result<Vec<MqttUser>> {
+    core.store.list_mqtt_users().await
 }
 
 pub async fn delete_user(core: &Core, username: &str) -> Result<()> {

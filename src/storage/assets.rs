@@ -1,38 +1,12 @@
 //! Assets: seed-003 files by name, and native versioned, signed assets.
 
-use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, Row};
 
 use super::row::{self, Corrupt, Table, map_row, map_rows};
 use super::sql::{self, Builder, violates};
 use super::{Store, db_error};
 use crate::domain::Result;
-
-/// A seed-003 asset file.
-#[derive(Debug, Clone)]
-pub struct AssetFile {
-    pub filename: String,
-    pub blob_key: String,
-    pub size: u64,
-    pub sha256: String,
-    pub uploaded_at: DateTime<Utc>,
-}
-
-/// One version of a native asset.
-#[derive(Debug, Clone)]
-pub struct Asset {
-    pub id: String,
-    pub product: String,
-    pub name: String,
-    pub version: i64,
-    pub size: u64,
-    pub sha256: String,
-    pub content_type: String,
-    pub blob_key: String,
-    pub signature: String,
-    pub comment: String,
-    pub created_at: DateTime<Utc>,
-}
+use crate::domain::asset::{Asset, AssetFile};
 
 const ASSET_COLUMNS: &str = "id, product, name, version, size, sha256, content_type, blob_key, signature, comment, created_at";
 

@@ -2,19 +2,26 @@
 //! "latest" mark. Both point at artifacts without a foreign key (see migration 0004); every
 //! read joins `artifact`, so a name of a deleted build no longer resolves.
 
-use chrono::{DateTime, Utc};
 use sqlx::Row;
 
 use super::row::{self, Corrupt, Table, map_row, map_rows};
 use super::{Store, db_error, now_millis};
 use crate::domain::Result;
+use crate::domain::compat::CompatFile;
 
-/// A seed-001 firmware file name and the build it names.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CompatFile {
-    pub name: String,
-    pub artifact_id: String,
-    pub created_at: DateTime<Utc>,
+/// What `remove_compat_file` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompatFileRemoval {
+    /// The name does not (or no longer) name that build: nothing changed.
+    NotFound,
+    /// The name is gone; other names still refer to the build.
+    Name,
+    /// The name and the build (its record and slots) are gone; the blob is the caller's.
+    NameAndBuild,
+    /// Nothing changed: devices are being updated to the build, its last name.
+    BuildInUse,
+    /// Nothing changed: the build, its last name, belongs to a release.
+    BuildReleased,
 }
 
 impl Store {
@@ -73,6 +80,64 @@ impl Store {
             .await
             .map_err(|e| db_error(e, "failed to delete a firmware file name"))?;
         Ok(result.rows_affected() > 0)
+    }
+
+    /// Removes the name `name` of build `artifact_id` and, when no other name refers to the
+    /// build, the build's record too, in one transaction: nothing changes when the build
+    /// would go while an update to it is in progress or it belongs to a release (the
+    /// conditions of `artifact_in_use` and `artifact_released`). Concurrent removals of a
+    /// build's names are serialised, so that the last one removes the build.
+    pub async fn remove_compat_file(&self, name: &str, artifact_id: &str) -> Result<CompatFileRemoval> {
+        let mut tx = self.pool.begin().await.map_err(|e| db_error(e, "failed to begin a transaction"))?;
+        // A write first: it takes SQLite's write lock, and on PostgreSQL it locks the build's
+        // names until the end of the transaction.
+        sqlx::query("UPDATE compat_file SET artifact_id = artifact_id WHERE artifact_id = $1")
+            .bind(artifact_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_error(e, "failed to lock firmware file names"))?;
+        let removed = sqlx::query("DELETE FROM compat_file WHERE name = $1 AND artifact_id = $2")
+            .bind(name)
+            .bind(artifact_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_error(e, "failed to delete a firmware file name"))?;
+        if removed.rows_affected() == 0 {
+            return Ok(CompatFileRemoval::NotFound);
+        }
+        let by_artifact = |sql: &'static str| sqlx::query(sql).bind(artifact_id.to_string());
+        let others = by_artifact("SELECT COUNT(*) AS n FROM compat_file WHERE artifact_id = $1")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| db_error(e, "failed to read firmware file names"))?;
+        if others.get::<i64, _>("n") > 0 {
+            tx.commit().await.map_err(|e| db_error(e, "failed to commit a firmware file deletion"))?;
+            return Ok(CompatFileRemoval::Name);
+        }
+        let in_use = by_artifact(
+            "SELECT COUNT(*) AS n FROM update_attempt WHERE artifact_id = $1 AND current = 1 AND state NOT IN ('succeeded', 'failed', 'rejected')",
+        )
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| db_error(e, "failed to check artifact use"))?;
+        if in_use.get::<i64, _>("n") > 0 {
+            return Ok(CompatFileRemoval::BuildInUse);
+        }
+        let released = by_artifact("SELECT COUNT(*) AS n FROM release_artifact WHERE artifact_id = $1")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| db_error(e, "failed to check a build's release"))?;
+        if released.get::<i64, _>("n") > 0 {
+            return Ok(CompatFileRemoval::BuildReleased);
+        }
+        for (sql, context) in [
+            ("DELETE FROM artifact_hardware WHERE artifact_id = $1", "failed to delete artifact slots"),
+            ("DELETE FROM artifact WHERE id = $1", "failed to delete an artifact"),
+        ] {
+            by_artifact(sql).execute(&mut *tx).await.map_err(|e| db_error(e, context))?;
+        }
+        tx.commit().await.map_err(|e| db_error(e, "failed to commit a firmware file deletion"))?;
+        Ok(CompatFileRemoval::NameAndBuild)
     }
 
     /// Marks (or with `None` unmarks) the build a product's seed-002 devices receive.

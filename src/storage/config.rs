@@ -10,27 +10,7 @@ use super::row::{self, Corrupt, Table, map_row, map_rows};
 use super::sql::{self, Builder, violates};
 use super::{Store, db_error, now_millis};
 use crate::domain::Result;
-
-/// The current state of one layer.
-#[derive(Debug, Clone)]
-pub struct StoredDocument {
-    pub scope: String,
-    pub version: i64,
-    /// `None` while the document is deleted.
-    pub content: Option<Value>,
-    pub updated_at: DateTime<Utc>,
-}
-
-/// One version in a layer's history.
-#[derive(Debug, Clone)]
-pub struct StoredVersion {
-    pub scope: String,
-    pub version: i64,
-    pub content: Option<Value>,
-    pub author: String,
-    pub comment: String,
-    pub created_at: DateTime<Utc>,
-}
+use crate::domain::config::{StoredDocument, StoredVersion};
 
 /// A change to write: the new content (`None` deletes) and who made it why.
 pub struct ConfigWrite<'a> {

@@ -7,7 +7,7 @@ use sqlx::{AssertSqlSafe, Row};
 use super::row::{self, Corrupt, Table, map_row, map_rows};
 use super::sql::{self, Builder, violates};
 use super::{Store, db_error, now_millis};
-use crate::domain::firmware::{Artifact, ArtifactSpec, Digests, ImageFacts};
+use crate::domain::firmware::{Artifact, ArtifactFilter, ArtifactPatch, ArtifactSort, ArtifactSpec, Digests, ImageFacts};
 use crate::domain::{Error, Result};
 
 /// Everything needed to record a new artifact.
@@ -17,32 +17,6 @@ pub struct NewArtifact<'a> {
     pub digests: &'a Digests,
     pub blob_key: &'a str,
     pub image: Option<&'a ImageFacts>,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct ArtifactFilter {
-    pub product: Option<String>,
-    pub hardware: Option<String>,
-    /// Canonical version.
-    pub version_key: Option<String>,
-    pub channel: Option<String>,
-    pub sort: ArtifactSort,
-    pub limit: u32,
-    pub offset: u64,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum ArtifactSort {
-    #[default]
-    NewestFirst,
-    OldestFirst,
-    Product,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct ArtifactPatch {
-    pub notes: Option<String>,
-    pub channel: Option<String>,
 }
 
 const COLUMNS: &str =

@@ -21,12 +21,10 @@ use anyhow::Context;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
-pub use assets::{Asset, AssetFile};
-pub use compat::CompatFile;
-pub use config::{ConfigWrite, StoredDocument, StoredVersion};
-pub use devices::{ActiveRow, AttemptOffer, DeviceFilter, DevicePatch, DeviceReport, DeviceSort, NewDevice, RolloutSlot};
-pub use firmware::{ArtifactFilter, ArtifactPatch, ArtifactSort, NewArtifact};
-pub use mqtt::MqttUser;
+pub use compat::CompatFileRemoval;
+pub use config::ConfigWrite;
+pub use devices::{ActiveRow, AttemptOffer, DeviceReport, NewDevice, RolloutSlot};
+pub use firmware::NewArtifact;
 pub use rollouts::{MemberRow, TargetRow, TransitionWrite};
 pub use row::CorruptRow;
 

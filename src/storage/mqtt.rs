@@ -1,7 +1,6 @@
 //! Storage of MQTT credentials (operators and services; devices use their tokens) and of
 //! device commands.
 
-use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::{AssertSqlSafe, Row};
 
@@ -9,15 +8,7 @@ use super::row::{self, Corrupt, Table, map_row, map_rows};
 use super::{Store, db_error, now_millis};
 use crate::domain::Result;
 use crate::domain::command::{Command, CommandState};
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MqttUser {
-    pub username: String,
-    pub password_hash: String,
-    pub role: String,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-}
+use crate::domain::mqtt::MqttUser;
 
 /// A `mqtt_user` row.
 #[derive(sqlx::FromRow)]
@@ -250,7 +241,7 @@ impl Store {
             if changed > 0 {
                 command.state = CommandState::TimedOut;
                 command.error = Some("no answer before the deadline".into());
-                command.completed_at = DateTime::from_timestamp_millis(now);
+                command.completed_at = chrono::DateTime::from_timestamp_millis(now);
                 expired.push(command);
             }
         }

@@ -295,6 +295,36 @@ async fn key_provisioning_requires_the_products_key_and_secret() {
 }
 
 #[tokio::test]
+async fn a_products_floor_is_written_with_its_policy_and_kept_until_changed() {
+    let app = spawn_app().await;
+    let put = |body: Value| app.admin(Method::PUT, "/api/v1/products/lamp").json(&body).send();
+
+    // A new product and its floor, in one change.
+    let created = put(json!({"provisioning": "open", "min_version": "1.5.0"})).await.unwrap();
+    assert_eq!(created.status(), 200);
+    let created: Value = created.json().await.unwrap();
+    assert_eq!((created["configured"].clone(), created["min_version"].clone()), (json!(true), json!("1.5.0")));
+    // A change that does not name the floor keeps it.
+    let changed: Value = put(json!({"provisioning": "open", "poll_interval_s": 120})).await.unwrap().json().await.unwrap();
+    assert_eq!((changed["poll_interval_s"].clone(), changed["min_version"].clone()), (json!(120), json!("1.5.0")));
+    // A refused change writes neither the policy nor the floor.
+    let refused = put(json!({"provisioning": "open", "provision_secret": "short", "min_version": "2.0.0"})).await.unwrap();
+    assert_eq!(error_code(refused, 400).await, "invalid_provision_secret");
+    let read: Value = app.admin(Method::GET, "/api/v1/products/lamp").send().await.unwrap().json().await.unwrap();
+    assert_eq!(read["min_version"], "1.5.0");
+    let bad_floor = put(json!({"provisioning": "key", "min_version": "not a version"})).await.unwrap();
+    assert_eq!(error_code(bad_floor, 400).await, "invalid_version");
+    // `null` removes it.
+    let cleared: Value = put(json!({"provisioning": "open", "min_version": null})).await.unwrap().json().await.unwrap();
+    assert_eq!(cleared["min_version"], Value::Null);
+    let listed: Value = app.admin(Method::GET, "/api/v1/products").send().await.unwrap().json().await.unwrap();
+    assert_eq!(listed["items"][0]["name"], "lamp");
+    assert_eq!(listed["items"][0]["min_version"], Value::Null);
+    assert_eq!(listed["items"][0]["poll_interval_s"], 120);
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn preregistered_provisioning_serves_only_devices_an_operator_created() {
     let app = spawn_app().await;
     app.admin(Method::PUT, "/api/v1/products/meter").json(&json!({"provisioning": "preregistered"})).send().await.unwrap();

@@ -28,6 +28,8 @@ pub struct TestApp {
     #[allow(dead_code)]
     pub data_dir: tempfile::TempDir,
     pub settings: Settings,
+    /// The server's background loops (for tests that check they stop).
+    pub tasks: updraft::services::tasks::Tasks,
     stop: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -93,6 +95,7 @@ pub async fn start(settings: Settings, data_dir: tempfile::TempDir) -> TestApp {
     let addr = app.local_addr();
     let mqtt_addr = app.mqtt_addr();
     let (mqtt_tls_addr, mqtt_ws_addr) = app.mqtt_extra_addrs();
+    let tasks = app.tasks();
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async move {
         let _ = stopped.await;
@@ -106,6 +109,7 @@ pub async fn start(settings: Settings, data_dir: tempfile::TempDir) -> TestApp {
         client: reqwest::Client::builder().no_proxy().build().unwrap(),
         data_dir,
         settings,
+        tasks,
         stop: Some(stop),
         server: Some(server),
     }
@@ -234,23 +238,10 @@ pub fn esp_image(project: &str, version: &str, chip_id: u16) -> Vec<u8> {
 /// listener or background tasks: for tests that drive many devices through the services
 /// directly (far faster than over HTTP).
 pub async fn core_of(app: &TestApp) -> updraft::services::Core {
-    use std::sync::Arc;
-    use updraft::services::{Core, devices::DeviceRuntime, events::EventBus, rollouts::RolloutRuntime};
     let settings = &app.settings;
     let store = updraft::storage::Store::connect(&settings.database_url, 16).await.expect("the test database");
     let blobs = updraft::blob::BlobStore::open(&settings.blob, 0).await.expect("the test blobs");
-    let store_for_keys = store.clone();
-    let core = Core {
-        store,
-        blobs,
-        events: EventBus::default(),
-        devices: Arc::new(DeviceRuntime::new(settings.devices.clone(), [7; 32])),
-        rollouts: Arc::new(RolloutRuntime::new(settings.rollouts.clone())),
-        keys: Arc::new(updraft::services::keys::ServerKeys::load(&settings.content, &store_for_keys).await.expect("the server keys")),
-        fetcher: Arc::new(updraft::services::images::ImageFetcher::new(&settings.content).expect("the image fetcher")),
-        outbox: Default::default(),
-        commands: Default::default(),
-    };
+    let core = updraft::services::Core::build(settings, store, blobs, [7; 32]).await.expect("the services");
     updraft::services::rollouts::refresh(&core, true).await.expect("the rollout view");
     core
 }

@@ -295,3 +295,12 @@ fn assert_no_cdn(what: &str, text: &str) {
         assert!(!text.contains(cdn), "{what} refers to a CDN ({cdn})");
     }
 }
+
+#[tokio::test]
+async fn a_stopped_server_stops_every_background_loop() {
+    let app = spawn_app().await;
+    let tasks = app.tasks.clone();
+    assert!(tasks.running() >= 5, "the device, rollout, command and MQTT loops run: {}", tasks.running());
+    app.stop().await;
+    assert_eq!(tasks.running(), 0, "nothing keeps running once the server has stopped");
+}

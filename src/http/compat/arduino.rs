@@ -102,11 +102,14 @@ pub async fn mac_checkin(
     service::checkin_by_mac(&state.core, request, Some(ip)).await
 }
 
-async fn update_default(State(state): State<AppState>, ClientIp(ip): ClientIp, method: Method, headers: HeaderMap) -> Response {
-    match default_product(&state).await {
-        Ok(product) => update(state, ip, method, headers, product).await,
-        Err(e) => failed(&e),
-    }
+async fn update_default(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    method: Method,
+    headers: HeaderMap,
+) -> Result<Response, ArduinoError> {
+    let product = default_product(&state).await?;
+    update(state, ip, method, headers, product).await
 }
 
 async fn update_product(
@@ -115,36 +118,58 @@ async fn update_product(
     method: Method,
     headers: HeaderMap,
     Path(product): Path<String>,
-) -> Response {
+) -> Result<Response, ArduinoError> {
     update(state, ip, method, headers, Some(product)).await
 }
 
-fn status_text(status: StatusCode, message: &str) -> Response {
-    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], message.to_string()).into_response()
+/// An updater request that gets no image and no `304`, in the form the updater logs: plain
+/// text with the status.
+enum ArduinoError {
+    /// This status and text.
+    Text(StatusCode, String),
+    /// Any other error: its status and message (`failure`: generic for 5xx).
+    Failed(Error),
 }
 
-fn failed(error: &Error) -> Response {
-    let (status, message) = failure(error);
-    status_text(status, &message)
+impl From<Error> for ArduinoError {
+    fn from(error: Error) -> Self {
+        ArduinoError::Failed(error)
+    }
+}
+
+impl IntoResponse for ArduinoError {
+    fn into_response(self) -> Response {
+        let (status, message) = match self {
+            ArduinoError::Text(status, text) => (status, text),
+            ArduinoError::Failed(error) => failure(&error),
+        };
+        (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], message).into_response()
+    }
 }
 
 fn not_modified() -> Response {
     StatusCode::NOT_MODIFIED.into_response()
 }
 
-async fn update(state: AppState, ip: IpAddr, method: Method, headers: HeaderMap, product: Option<String>) -> Response {
+async fn update(
+    state: AppState,
+    ip: IpAddr,
+    method: Method,
+    headers: HeaderMap,
+    product: Option<String>,
+) -> Result<Response, ArduinoError> {
     let device = DeviceHeaders::read(&headers);
     if device.mac.is_none() {
-        return status_text(
+        return Err(ArduinoError::Text(
             StatusCode::BAD_REQUEST,
-            "no x-ESP32-STA-MAC, x-ESP32-BASE-MAC or x-ESP8266-STA-MAC header: is this Arduino HTTPUpdate?",
-        );
+            "no x-ESP32-STA-MAC, x-ESP32-BASE-MAC or x-ESP8266-STA-MAC header: is this Arduino HTTPUpdate?".into(),
+        ));
     }
     match device.mode.as_str() {
         "sketch" => sketch(&state, ip, &method, &headers, &device, product).await,
         "version" => version_probe(&state, ip, &device, product).await,
         "spiffs" | "littlefs" | "fatfs" | "flashfs" => filesystem(&state, &method, &headers, &device, product).await,
-        other => status_text(StatusCode::BAD_REQUEST, &format!("unknown update mode `{other}`")),
+        other => Err(ArduinoError::Text(StatusCode::BAD_REQUEST, format!("unknown update mode `{other}`"))),
     }
 }
 
@@ -155,12 +180,9 @@ async fn sketch(
     headers: &HeaderMap,
     device: &DeviceHeaders,
     product: Option<String>,
-) -> Response {
-    let answer = match mac_checkin(state, device, product, None, ip).await {
-        Ok(answer) => answer,
-        Err(e) => return failed(&e),
-    };
-    let Some(offer) = answer.answer.offer else { return not_modified() };
+) -> Result<Response, ArduinoError> {
+    let answer = mac_checkin(state, device, product, None, ip).await?;
+    let Some(offer) = answer.answer.offer else { return Ok(not_modified()) };
     if let Some(free) = device.free_space
         && offer.artifact.size > free
     {
@@ -168,57 +190,45 @@ async fn sketch(
             "the build ({} bytes) does not fit the device's free sketch space ({free} bytes, x-ESP32-free-space)",
             offer.artifact.size
         );
-        if let Err(e) = device_service::refuse_offer(&state.core, &answer.device.id, &offer, &reason).await {
-            return failed(&e);
-        }
+        device_service::refuse_offer(&state.core, &answer.device.id, &offer, &reason).await?;
         tracing::info!(device_id = %answer.device.id, version = %offer.artifact.version, "{reason}");
-        return not_modified();
+        return Ok(not_modified());
     }
-    serve_artifact(&state.core.blobs, &offer.artifact, method, headers).await.unwrap_or_else(|e| failed(&e.0))
+    Ok(serve_artifact(&state.core.blobs, &offer.artifact, method, headers).await.map_err(|e| e.0)?)
 }
 
 /// `x-ESP8266-mode: version` (`ESPhttpUpdate.getAvailableVersion()`): `200` with `x-version`.
-async fn version_probe(state: &AppState, ip: IpAddr, device: &DeviceHeaders, product: Option<String>) -> Response {
-    let answer = match mac_checkin(state, device, product, None, ip).await {
-        Ok(answer) => answer,
-        Err(e) => return failed(&e),
-    };
+async fn version_probe(state: &AppState, ip: IpAddr, device: &DeviceHeaders, product: Option<String>) -> Result<Response, ArduinoError> {
+    let answer = mac_checkin(state, device, product, None, ip).await?;
     let version = answer.answer.offer.map(|offer| offer.artifact.version).or(answer.version);
-    match version.and_then(|v| HeaderValue::from_str(&v).ok()) {
+    Ok(match version.and_then(|v| HeaderValue::from_str(&v).ok()) {
         Some(value) => {
             let mut response = StatusCode::OK.into_response();
             response.headers_mut().insert("x-version", value);
             response
         }
         None => not_modified(),
-    }
+    })
 }
 
 /// Filesystem images: builds of the product `<product>.<mode>`.
-async fn filesystem(state: &AppState, method: &Method, headers: &HeaderMap, device: &DeviceHeaders, product: Option<String>) -> Response {
-    let mac = match Mac::parse(device.mac.as_deref().unwrap_or_default()) {
-        Ok(mac) => mac,
-        Err(e) => return failed(&e),
-    };
+async fn filesystem(
+    state: &AppState,
+    method: &Method,
+    headers: &HeaderMap,
+    device: &DeviceHeaders,
+    product: Option<String>,
+) -> Result<Response, ArduinoError> {
+    let mac = Mac::parse(device.mac.as_deref().unwrap_or_default())?;
     let registered = match product.as_deref() {
-        Some(product) => device_service::identify_by_mac(&state.core, &mac, product, None, None).await,
-        None => state
-            .core
-            .store
-            .find_device_by_mac(&mac)
-            .await
-            .and_then(|d| d.ok_or_else(|| Error::Forbidden(format!("{mac} is not registered")))),
+        Some(product) => device_service::identify_by_mac(&state.core, &mac, product, None, None).await?,
+        None => {
+            device_service::find_by_mac(&state.core, &mac).await?.ok_or_else(|| Error::Forbidden(format!("{mac} is not registered")))?
+        }
     };
-    let registered = match registered {
-        Ok(device) => device,
-        Err(e) => return failed(&e),
-    };
-    let Some(app_product) = registered.product.clone().or(product) else { return not_modified() };
+    let Some(app_product) = registered.product.clone().or(product) else { return Ok(not_modified()) };
     let fs_product = format!("{app_product}.{}", device.mode);
-    let builds = match device_service::builds_of(&state.core, &fs_product).await {
-        Ok(builds) => builds,
-        Err(e) => return failed(&e),
-    };
+    let builds = device_service::builds_of(&state.core, &fs_product).await?;
     let version = device.version.as_deref().and_then(|v| Version::parse(v).ok());
     let held = crate::services::rollouts::of_product(&state.core, &fs_product);
     match service::decide_anonymous(
@@ -229,7 +239,7 @@ async fn filesystem(state: &AppState, method: &Method, headers: &HeaderMap, devi
         registered.hardware.as_deref(),
         None,
     ) {
-        Some(image) => serve_artifact(&state.core.blobs, image, method, headers).await.unwrap_or_else(|e| failed(&e.0)),
-        None => not_modified(),
+        Some(image) => Ok(serve_artifact(&state.core.blobs, image, method, headers).await.map_err(|e| e.0)?),
+        None => Ok(not_modified()),
     }
 }

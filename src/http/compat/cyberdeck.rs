@@ -41,17 +41,35 @@ pub fn admin_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(get_latest, put_latest, delete_latest))
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response {
-    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+/// A `/ota` or `/ota/info` answer that is not a success, in seed 002's form: plain text.
+enum CyberdeckError {
+    /// This status and text.
+    Text(StatusCode, &'static str),
+    /// Any other error: its status and message (`failure`: generic for 5xx).
+    Failed(Error),
 }
 
-fn failed(error: &Error) -> Response {
-    let (status, message) = failure(error);
-    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], message).into_response()
+/// `503 No firmware available`: nothing to serve.
+const NO_FIRMWARE: CyberdeckError = CyberdeckError::Text(StatusCode::SERVICE_UNAVAILABLE, "No firmware available");
+
+impl From<Error> for CyberdeckError {
+    fn from(error: Error) -> Self {
+        CyberdeckError::Failed(error)
+    }
 }
 
-fn no_firmware() -> Response {
-    text(StatusCode::SERVICE_UNAVAILABLE, "No firmware available")
+impl IntoResponse for CyberdeckError {
+    fn into_response(self) -> Response {
+        let (status, message) = match self {
+            CyberdeckError::Text(status, text) => (status, text.to_string()),
+            CyberdeckError::Failed(error) => failure(&error),
+        };
+        text(status, message)
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<String>) -> Response {
+    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body.into()).into_response()
 }
 
 /// `GET /ota?version=X`.
@@ -61,38 +79,30 @@ async fn ota(
     method: Method,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
-) -> Response {
+) -> Result<Response, CyberdeckError> {
     let version =
         url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()).find(|(k, _)| k == "version").map(|(_, v)| v.into_owned());
-    let Some(version) = version else { return text(StatusCode::BAD_REQUEST, "Missing version") };
-    let Ok(parsed) = Version::parse(&version) else { return text(StatusCode::BAD_REQUEST, "Invalid version") };
-    let product = match default_product(&state).await {
-        Ok(Some(product)) => product,
-        Ok(None) => {
-            tracing::warn!("a seed-002 device asked for updates, but no default product is known (UPDRAFT_COMPAT_DEFAULT_PRODUCT)");
-            return no_firmware();
-        }
-        Err(e) => return failed(&e),
+    let version = version.ok_or(CyberdeckError::Text(StatusCode::BAD_REQUEST, "Missing version"))?;
+    let parsed = Version::parse(&version).map_err(|_| CyberdeckError::Text(StatusCode::BAD_REQUEST, "Invalid version"))?;
+    let Some(product) = default_product(&state).await? else {
+        tracing::warn!("a seed-002 device asked for updates, but no default product is known (UPDRAFT_COMPAT_DEFAULT_PRODUCT)");
+        return Err(NO_FIRMWARE);
     };
-    let latest = match service::cyberdeck_latest(&state.core, &product).await {
-        Ok(Some(latest)) => latest,
-        Ok(None) => return no_firmware(),
-        Err(e) => return failed(&e),
-    };
+    let latest = service::cyberdeck_latest(&state.core, &product).await?.ok_or(NO_FIRMWARE)?;
 
     let device_headers = DeviceHeaders::read(&headers);
     let offered: Option<Artifact> = if device_headers.mac.is_some() {
-        match mac_checkin(&state, &device_headers, Some(product), Some(version), ip).await {
-            Ok(answer) => answer.answer.offer.map(|offer| offer.artifact),
-            Err(Error::Forbidden(_)) => return text(StatusCode::FORBIDDEN, "Forbidden"),
-            Err(e) => return failed(&e),
-        }
+        let answer = mac_checkin(&state, &device_headers, Some(product), Some(version), ip).await.map_err(|e| match e {
+            Error::Forbidden(_) => CyberdeckError::Text(StatusCode::FORBIDDEN, "Forbidden"),
+            other => other.into(),
+        })?;
+        answer.answer.offer.map(|offer| offer.artifact)
     } else {
         service::decide_anonymous(&[], None, &latest.product, Some(&parsed), None, Some(&latest)).cloned()
     };
     match offered {
-        Some(artifact) => serve_artifact(&state.core.blobs, &artifact, &method, &headers).await.unwrap_or_else(|e| failed(&e.0)),
-        None => text(StatusCode::OK, "Uptodate"),
+        Some(artifact) => Ok(serve_artifact(&state.core.blobs, &artifact, &method, &headers).await.map_err(|e| e.0)?),
+        None => Ok(text(StatusCode::OK, "Uptodate")),
     }
 }
 
@@ -108,24 +118,16 @@ struct OtaInfo {
 }
 
 /// `GET /ota/info`: `{latest, sha256, size, uploaded, notes}`.
-async fn info(State(state): State<AppState>) -> Response {
-    let product = match default_product(&state).await {
-        Ok(Some(product)) => product,
-        Ok(None) => return no_firmware(),
-        Err(e) => return failed(&e),
-    };
-    match service::cyberdeck_latest(&state.core, &product).await {
-        Ok(Some(latest)) => Json(OtaInfo {
-            uploaded: latest.created_at.format("%Y-%m-%d %H:%M UTC").to_string(),
-            latest: latest.version,
-            sha256: latest.sha256,
-            size: latest.size,
-            notes: latest.notes,
-        })
-        .into_response(),
-        Ok(None) => no_firmware(),
-        Err(e) => failed(&e),
-    }
+async fn info(State(state): State<AppState>) -> Result<Json<OtaInfo>, CyberdeckError> {
+    let product = default_product(&state).await?.ok_or(NO_FIRMWARE)?;
+    let latest = service::cyberdeck_latest(&state.core, &product).await?.ok_or(NO_FIRMWARE)?;
+    Ok(Json(OtaInfo {
+        uploaded: latest.created_at.format("%Y-%m-%d %H:%M UTC").to_string(),
+        latest: latest.version,
+        sha256: latest.sha256,
+        size: latest.size,
+        notes: latest.notes,
+    }))
 }
 
 // ---- marking "latest" (admin, native error shape) ----
@@ -149,12 +151,11 @@ pub struct LatestBody {
 
 async fn latest_view(state: &AppState, product: &str) -> ApiResult<LatestView> {
     let product = crate::domain::firmware::Product::parse(product)?.as_str().to_string();
-    let marked = state.core.store.find_product_latest(&product).await?;
-    let latest = service::cyberdeck_latest(&state.core, &product).await?;
+    let latest = service::latest_with_mark(&state.core, &product).await?;
     Ok(LatestView {
-        marked: marked.is_some() && marked == latest.as_ref().map(|l| l.id.clone()),
-        artifact_id: latest.as_ref().map(|l| l.id.clone()),
-        version: latest.map(|l| l.version),
+        marked: latest.marked,
+        artifact_id: latest.build.as_ref().map(|l| l.id.clone()),
+        version: latest.build.map(|l| l.version),
         product,
     })
 }

@@ -12,8 +12,11 @@
 //! update). `version` is always plain `X.Y.Z` (anything else reads as 0.0.0 on
 //! the device); a pre-release offer therefore gets `204` too.
 
+use std::net::IpAddr;
+
 use axum::Router;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{FromRequestParts, Path, RawQuery, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -30,17 +33,30 @@ use crate::http::device_api::ClientIp;
 use crate::http::download::{serve_artifact, serve_with_prefix};
 use crate::services::compat::{self as service, MacCheckin};
 use crate::services::devices as device_service;
+use crate::services::firmware as firmware_service;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/api/v1/esp32fota/{manifest}", get(manifest)).route("/api/v1/esp32fota/{product}/{file}", get(image))
 }
 
-fn failed(error: &Error) -> Response {
-    let (status, message) = failure(error);
-    (status, axum::Json(json!({"error": {"code": error.code(), "message": message}}))).into_response()
+/// An esp32FOTA answer that is not a success: `{"error": {"code", "message"}}` with the
+/// error's status (the message generic for 5xx; see `failure`).
+struct FotaError(Error);
+
+impl From<Error> for FotaError {
+    fn from(error: Error) -> Self {
+        FotaError(error)
+    }
 }
 
-fn query_params(query: Option<String>) -> Vec<(String, String)> {
+impl IntoResponse for FotaError {
+    fn into_response(self) -> Response {
+        let (status, message) = failure(&self.0);
+        (status, axum::Json(json!({"error": {"code": self.0.code(), "message": message}}))).into_response()
+    }
+}
+
+fn query_params(query: Option<&str>) -> Vec<(String, String)> {
     url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect()
 }
 
@@ -63,24 +79,17 @@ async fn manifest(
     headers: HeaderMap,
     Path(manifest): Path<String>,
     RawQuery(query): RawQuery,
-) -> Response {
+) -> Result<Response, FotaError> {
     let name = manifest.strip_suffix(".json").unwrap_or(&manifest);
-    let product = match ProductName::parse(name) {
-        Ok(product) => product.as_str().to_string(),
-        Err(e) => return failed(&e),
-    };
-    let params = query_params(query);
+    let product = ProductName::parse(name)?.as_str().to_string();
+    let params = query_params(query.as_deref());
     let param = |key: &str| params.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
     let base = state.base_url(Some(&headers));
 
     let (offer, signed_query) = match param("id") {
         Some(id) => {
-            let mac = match Mac::parse(id) {
-                Ok(mac) => mac,
-                Err(e) => return failed(&e),
-            };
             let request = MacCheckin {
-                mac,
+                mac: Mac::parse(id)?,
                 product: Some(product.clone()),
                 register: true,
                 version: None,
@@ -88,100 +97,111 @@ async fn manifest(
                 sketch_md5: None,
                 attributes: None,
             };
-            match service::checkin_by_mac(&state.core, request, Some(ip)).await {
-                Ok(answer) => match answer.answer.offer {
-                    Some(offer) => {
-                        let signed = device_service::sign_download(&state.core, &offer.artifact.id, &answer.device.id);
-                        (Some(offer.artifact), Some(signed))
-                    }
-                    None => (None, None),
-                },
-                Err(e) => return failed(&e),
+            let answer = service::checkin_by_mac(&state.core, request, Some(ip)).await?;
+            match answer.answer.offer {
+                Some(offer) => {
+                    let signed = device_service::sign_download(&state.core, &offer.artifact.id, &answer.device.id);
+                    (Some(offer.artifact), Some(signed))
+                }
+                None => (None, None),
             }
         }
-        None => match anonymous_offer(&state, &product, param("hardware")).await {
-            Ok(offer) => (offer, None),
-            Err(e) => return failed(&e),
-        },
+        None => (anonymous_offer(&state, &product, param("hardware")).await?, None),
     };
-    let Some(artifact) = offer else { return StatusCode::NO_CONTENT.into_response() };
+    let Some(artifact) = offer else { return Ok(StatusCode::NO_CONTENT.into_response()) };
     // A device's product may differ from the manifest's name; the image route checks it.
     let Some(version) = Version::parse(&artifact.version_key).ok().as_ref().and_then(esp32fota_version) else {
         tracing::info!(version = %artifact.version, "esp32FOTA cannot express a pre-release version; no update offered");
-        return StatusCode::NO_CONTENT.into_response();
+        return Ok(StatusCode::NO_CONTENT.into_response());
     };
     let mut url = format!("{base}/api/v1/esp32fota/{}/{}.bin", artifact.product, artifact.id);
     if let Some(signed) = signed_query {
         url.push('?');
         url.push_str(&signed);
     }
-    axum::Json(Manifest { kind: name, version: &version, url: &url }).into_response()
+    Ok(axum::Json(Manifest { kind: name, version: &version, url: &url }).into_response())
+}
+
+/// The credential of an image request: a download link signed for a device
+/// (`?device=&expires=&signature=`, from a manifest fetched with `?id=`), if the request
+/// carries one, and the caller's address, whose failures the limiter counts. It is checked
+/// against the build (`verify`) once the build is known: an unknown build is a 404 whatever
+/// the link says.
+struct FotaLink {
+    ip: IpAddr,
+    signed: Option<(String, i64, String)>,
+}
+
+impl FromRequestParts<AppState> for FotaLink {
+    type Rejection = FotaError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &AppState) -> Result<Self, FotaError> {
+        let params = query_params(parts.uri.query());
+        let param = |key: &str| params.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+        let signed = match (param("device"), param("expires").and_then(|e| e.parse::<i64>().ok()), param("signature")) {
+            (Some(device_id), Some(expires), Some(signature)) => Some((device_id, expires, signature)),
+            _ => None,
+        };
+        Ok(FotaLink { ip: crate::http::auth::client_ip(parts), signed })
+    }
 }
 
 /// `GET /api/v1/esp32fota/{product}/{artifact_id}.bin`.
 async fn image(
     State(state): State<AppState>,
-    ClientIp(ip): ClientIp,
     method: Method,
     headers: HeaderMap,
     Path((product, file)): Path<(String, String)>,
-    RawQuery(query): RawQuery,
-) -> Response {
+    link: FotaLink,
+) -> Result<Response, FotaError> {
     let id = file.strip_suffix(".bin").unwrap_or(&file);
-    let artifact = match authorised_build(&state, ip, &product, id, query_params(query)).await {
-        Ok(artifact) => artifact,
-        Err(e) => return failed(&e),
+    let artifact = authorised_build(&state, &link, &product, id).await?;
+    let served = match state.fota_signer.signature(&artifact)? {
+        Some(signature) => serve_with_prefix(&state.core.blobs, &artifact, &signature, &method).await,
+        None => serve_artifact(&state.core.blobs, &artifact, &method, &headers).await,
     };
-    let served = match state.fota_signer.signature(&artifact) {
-        Ok(Some(signature)) => serve_with_prefix(&state.core.blobs, &artifact, &signature, &method).await,
-        Ok(None) => serve_artifact(&state.core.blobs, &artifact, &method, &headers).await,
-        Err(e) => return failed(&e),
-    };
-    served.unwrap_or_else(|e| failed(&e.0))
+    Ok(served.map_err(|e| e.0)?)
 }
 
 /// The build, if the link is signed for a device of its product, or if its product lets
 /// any device in (`open`).
-async fn authorised_build(
-    state: &AppState,
-    ip: std::net::IpAddr,
-    product: &str,
-    id: &str,
-    params: Vec<(String, String)>,
-) -> crate::domain::Result<Artifact> {
-    let param = |key: &str| params.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
-    let artifact =
-        state.core.store.find_artifact(id).await?.filter(|a| a.product == product).ok_or_else(|| Error::not_found("artifact", id))?;
-    match (param("device"), param("expires").and_then(|e| e.parse::<i64>().ok()), param("signature")) {
-        (Some(device_id), Some(expires), Some(signature)) => {
+async fn authorised_build(state: &AppState, link: &FotaLink, product: &str, id: &str) -> crate::domain::Result<Artifact> {
+    let artifact = Some(firmware_service::find(&state.core, id).await?)
+        .filter(|a| a.product == product)
+        .ok_or_else(|| Error::not_found("artifact", id))?;
+    link.admits(state, &artifact).await?;
+    Ok(artifact)
+}
+
+impl FotaLink {
+    /// Accepts a link signed for this build (a wrong signature counts as a failure of the
+    /// caller's address), or an unsigned request for what the manifest offers a device
+    /// nobody knows, for the build's hardware (never a build held for a rollout, never
+    /// another channel's).
+    async fn admits(&self, state: &AppState, artifact: &Artifact) -> crate::domain::Result<()> {
+        if let Some((device_id, expires, signature)) = &self.signed {
             let limiter = &state.core.devices.limiter;
-            limiter.check(ip)?;
-            if let Err(e) = device_service::verify_download(&state.core, &artifact.id, &device_id, expires, &signature) {
-                limiter.record_failure(ip);
+            limiter.check(self.ip)?;
+            if let Err(e) = device_service::verify_download(&state.core, &artifact.id, device_id, *expires, signature) {
+                limiter.record_failure(self.ip);
                 return Err(e);
             }
+            return Ok(());
         }
-        _ => {
-            // Unsigned: only what the manifest offers a device nobody knows, for the build's
-            // hardware (never a build held for a rollout, never another channel's).
-            let hardware: Vec<Option<&str>> =
-                if artifact.hardware.is_empty() { vec![None] } else { artifact.hardware.iter().map(|h| Some(h.as_str())).collect() };
-            let mut offered = false;
-            for hardware in hardware {
-                if anonymous_offer(state, product, hardware).await?.is_some_and(|offer| offer.id == artifact.id) {
-                    offered = true;
-                    break;
-                }
-            }
-            if !offered {
-                return Err(Error::Forbidden(format!(
-                    "build `{id}` is not what product `{product}` offers devices it does not know: fetch the manifest with \
-                     `?id=<eFuse MAC>` for a signed link"
-                )));
+        let product = &artifact.product;
+        let hardware: Vec<Option<&str>> =
+            if artifact.hardware.is_empty() { vec![None] } else { artifact.hardware.iter().map(|h| Some(h.as_str())).collect() };
+        for hardware in hardware {
+            if anonymous_offer(state, product, hardware).await?.is_some_and(|offer| offer.id == artifact.id) {
+                return Ok(());
             }
         }
+        Err(Error::Forbidden(format!(
+            "build `{}` is not what product `{product}` offers devices it does not know: fetch the manifest with \
+             `?id=<eFuse MAC>` for a signed link",
+            artifact.id
+        )))
     }
-    Ok(artifact)
 }
 
 /// What the manifest offers a device that does not say who it is (no `id`): the same decision

@@ -5,9 +5,12 @@
 //! Each adapter decodes its wire form, calls the same services as the native protocol
 //! (`services::compat` fills in what these devices do not say, then `services::devices`
 //! identifies them, decides and records), and encodes the answer in its own form. Each
-//! owns its error bodies: `http::error` maps errors for the native API only, so these
-//! modules take the status from `http::error::status_of` and write their own body (see
-//! `failure`). Every surface can be switched off in the settings (`UPDRAFT_COMPAT_*`).
+//! owns its error bodies: `http::error` maps errors for the native API only, so each
+//! module has its own error type implementing `IntoResponse` (handlers return it and use
+//! `?`), which takes the status from `http::error::status_of` and writes that protocol's
+//! body (see `failure`); where a protocol authenticates, an extractor does it and refuses in
+//! the same form. Seed 004's provisioning call defined no error form and answers with the
+//! native one. Every surface can be switched off in the settings (`UPDRAFT_COMPAT_*`).
 
 pub mod arduino;
 pub mod cyberdeck;

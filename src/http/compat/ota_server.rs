@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Multipart, Path, RawQuery, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Multipart, Path, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -24,8 +24,8 @@ use futures::StreamExt;
 use serde_json::{Map, Value, json};
 
 use super::{AppState, default_product, failure, python_isoformat};
-use crate::domain::compat::{ota_server_token_matches, ota_server_version_valid};
-use crate::domain::device::Device;
+use crate::domain::compat::{CompatFile, ota_server_token_matches, ota_server_version_valid};
+use crate::domain::device::{Device, DeviceFilter, DevicePatch};
 use crate::domain::firmware::{Artifact, UploadMeta};
 use crate::domain::mac::Mac;
 use crate::domain::{Error, secret};
@@ -34,7 +34,6 @@ use crate::http::download::serve_artifact;
 use crate::services::compat::{self as service, MacCheckin, OTA_SERVER_METADATA, OtaServerDevice};
 use crate::services::devices as device_service;
 use crate::services::firmware as firmware_service;
-use crate::storage::{DeviceFilter, DevicePatch};
 
 pub fn router(downloads: bool) -> Router<AppState> {
     let mut router = Router::new()
@@ -57,32 +56,125 @@ async fn status() -> Response {
     Json(json!({"status": "ok", "timestamp": python_isoformat(chrono::Utc::now()), "version": "1.0.0"})).into_response()
 }
 
-// ---- error bodies ----
+// ---- errors ----
 
-/// `{"error": "..."}` of the device API, with the original's `WWW-Authenticate` on 401.
-fn device_error(status: StatusCode, message: &str) -> Response {
-    let mut response = (status, Json(json!({ "error": message }))).into_response();
-    if status == StatusCode::UNAUTHORIZED {
-        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("DeviceAuth"));
+/// FastAPI's 422 for missing or invalid fields (pydantic 1 shape), in both APIs.
+struct Validation(Vec<Value>);
+
+impl Validation {
+    fn new(location: &str, problems: &[(&str, &str, &str)]) -> Validation {
+        Validation(problems.iter().map(|(field, msg, kind)| json!({"loc": [location, field], "msg": msg, "type": kind})).collect())
     }
-    response
+
+    fn missing(location: &str, fields: &[&str]) -> Validation {
+        let problems: Vec<(&str, &str, &str)> = fields.iter().map(|field| (*field, "field required", "value_error.missing")).collect();
+        Validation::new(location, &problems)
+    }
+
+    fn not_a_dict() -> Validation {
+        Validation::new("body", &[("__root__", "value is not a valid dict", "type_error.dict")])
+    }
 }
 
-/// `{"detail": ...}` of the admin API.
-fn admin_error(status: StatusCode, detail: impl Into<Value>) -> Response {
-    (status, Json(json!({ "detail": detail.into() }))).into_response()
+impl IntoResponse for Validation {
+    fn into_response(self) -> Response {
+        (StatusCode::UNPROCESSABLE_ENTITY, Json(json!({ "detail": self.0 }))).into_response()
+    }
 }
 
-fn admin_failure(error: Error) -> Response {
-    let (status, message) = failure(&error);
-    admin_error(status, message)
+/// A device API answer that is not a success, in that API's form: `{"error": "..."}` (with
+/// the original's `WWW-Authenticate: DeviceAuth` on 401), or FastAPI's 422.
+enum DeviceError {
+    /// `{"error": message}` with this status.
+    Refused(StatusCode, &'static str),
+    Invalid(Validation),
+    /// Any other error: its status and message (`failure`: generic for 5xx).
+    Failed(Error),
 }
 
-/// FastAPI's 422 for missing or invalid fields (pydantic 1 shape).
-fn validation_error(location: &str, problems: &[(&str, &str, &str)]) -> Response {
-    let detail: Vec<Value> =
-        problems.iter().map(|(field, msg, kind)| json!({"loc": [location, field], "msg": msg, "type": kind})).collect();
-    (StatusCode::UNPROCESSABLE_ENTITY, Json(json!({ "detail": detail }))).into_response()
+impl From<Error> for DeviceError {
+    fn from(error: Error) -> Self {
+        DeviceError::Failed(error)
+    }
+}
+
+impl From<Validation> for DeviceError {
+    fn from(validation: Validation) -> Self {
+        DeviceError::Invalid(validation)
+    }
+}
+
+impl IntoResponse for DeviceError {
+    fn into_response(self) -> Response {
+        let (status, message) = match self {
+            DeviceError::Refused(status, message) => (status, message.to_string()),
+            DeviceError::Invalid(validation) => return validation.into_response(),
+            DeviceError::Failed(error) => failure(&error),
+        };
+        let mut response = (status, Json(json!({ "error": message }))).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("DeviceAuth"));
+        }
+        response
+    }
+}
+
+/// An admin API answer that is not a success, in that API's form: `{"detail": ...}` (it was
+/// a mounted sub-app with FastAPI's default handler), or FastAPI's 422.
+enum AdminError {
+    /// `{"detail": message}` with this status.
+    Refused(StatusCode, String),
+    /// A missing (401) or wrong (403) API key: `{"detail": message}` and `WWW-Authenticate: APIKey`.
+    BadKey(StatusCode, &'static str),
+    /// 429 with `Retry-After`: this address sent too many wrong keys.
+    TooManyAttempts {
+        retry_after_secs: u64,
+    },
+    Invalid(Validation),
+    /// Any other error: its status and message (`failure`: generic for 5xx).
+    Failed(Error),
+}
+
+impl AdminError {
+    fn refused(status: StatusCode, detail: impl Into<String>) -> AdminError {
+        AdminError::Refused(status, detail.into())
+    }
+}
+
+impl From<Error> for AdminError {
+    fn from(error: Error) -> Self {
+        AdminError::Failed(error)
+    }
+}
+
+impl From<Validation> for AdminError {
+    fn from(validation: Validation) -> Self {
+        AdminError::Invalid(validation)
+    }
+}
+
+impl IntoResponse for AdminError {
+    fn into_response(self) -> Response {
+        let detail = |status: StatusCode, detail: &str| (status, Json(json!({ "detail": detail }))).into_response();
+        match self {
+            AdminError::Refused(status, message) => detail(status, &message),
+            AdminError::BadKey(status, message) => {
+                let mut response = detail(status, message);
+                response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("APIKey"));
+                response
+            }
+            AdminError::TooManyAttempts { retry_after_secs } => {
+                let mut response = detail(StatusCode::TOO_MANY_REQUESTS, "Too many failed attempts; try again later");
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+                response
+            }
+            AdminError::Invalid(validation) => validation.into_response(),
+            AdminError::Failed(error) => {
+                let (status, message) = failure(&error);
+                detail(status, &message)
+            }
+        }
+    }
 }
 
 /// The original's MAC check: six pairs separated by `:` or `-`, or twelve hex digits.
@@ -96,6 +188,56 @@ fn mac_format_valid(mac: &str) -> bool {
 
 // ---- device API ----
 
+/// A device that proved it knows the shared secret: `X-Device-Auth` is the djb2 token of its
+/// `mac` (upper-cased) and `UPDRAFT_COMPAT_SHARED_SECRET`. Refusals come in the original's
+/// order: no `mac` (422, as FastAPI rejected the request before any check), no token (401),
+/// a malformed MAC (400), an address with too many failures (429), a wrong token (401).
+struct OtaDevice {
+    /// The MAC as the token covers it (upper-cased, as sent).
+    mac_text: String,
+    /// The query parameters.
+    params: BTreeMap<String, String>,
+}
+
+/// The parameters `GET /api/firmware` requires.
+const CHECK_PARAMETERS: [&str; 4] = ["device_id", "hardware", "version", "mac"];
+
+impl FromRequestParts<AppState> for OtaDevice {
+    type Rejection = DeviceError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, DeviceError> {
+        let params: BTreeMap<String, String> = url::form_urlencoded::parse(parts.uri.query().unwrap_or_default().as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        let Some(mac) = params.get("mac") else {
+            let missing: Vec<&str> = CHECK_PARAMETERS.into_iter().filter(|name| !params.contains_key(*name)).collect();
+            return Err(Validation::missing("query", &missing).into());
+        };
+        let mac_text = mac.to_ascii_uppercase();
+        let Some(token) = parts.headers.get("x-device-auth").and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty()) else {
+            return Err(DeviceError::Refused(StatusCode::UNAUTHORIZED, "Authentication header required"));
+        };
+        if !mac_format_valid(&mac_text) {
+            return Err(DeviceError::Refused(StatusCode::BAD_REQUEST, "Invalid MAC address format"));
+        }
+        let ip = crate::http::auth::client_ip(parts);
+        let limiter = &state.core.devices.limiter;
+        limiter.check(ip)?;
+        let authenticated = match &state.settings.compat.shared_secret {
+            Some(secret) => ota_server_token_matches(token, &mac_text, secret),
+            None => {
+                tracing::warn!("a seed-001 device asked for updates, but UPDRAFT_COMPAT_SHARED_SECRET is not set");
+                false
+            }
+        };
+        if !authenticated {
+            limiter.record_failure(ip);
+            return Err(DeviceError::Refused(StatusCode::UNAUTHORIZED, "Authentication failed"));
+        }
+        Ok(OtaDevice { mac_text, params })
+    }
+}
+
 /// The original's `UpdateCheckResponse`, in its field order, nulls included.
 #[derive(serde::Serialize)]
 struct UpdateCheckResponse {
@@ -108,58 +250,25 @@ struct UpdateCheckResponse {
 }
 
 /// `GET /api/firmware?device_id=&hardware=&version=&mac=` with `X-Device-Auth`.
-async fn check(State(state): State<AppState>, ClientIp(ip): ClientIp, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
-    let params: BTreeMap<String, String> =
-        url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
-    let missing: Vec<(&str, &str, &str)> = ["device_id", "hardware", "version", "mac"]
-        .into_iter()
-        .filter(|name| !params.contains_key(*name))
-        .map(|name| (name, "field required", "value_error.missing"))
-        .collect();
-    // The token check needs `mac`; without it FastAPI rejected the request before any check.
-    if !params.contains_key("mac") {
-        return validation_error("query", &missing);
-    }
-    let mac_text = params["mac"].to_ascii_uppercase();
-    let Some(token) = headers.get("x-device-auth").and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty()) else {
-        return device_error(StatusCode::UNAUTHORIZED, "Authentication header required");
-    };
-    if !mac_format_valid(&mac_text) {
-        return device_error(StatusCode::BAD_REQUEST, "Invalid MAC address format");
-    }
-    let limiter = &state.core.devices.limiter;
-    if let Err(e) = limiter.check(ip) {
-        let (status, message) = failure(&e);
-        return device_error(status, &message);
-    }
-    let authenticated = match &state.settings.compat.shared_secret {
-        Some(secret) => ota_server_token_matches(token, &mac_text, secret),
-        None => {
-            tracing::warn!("a seed-001 device asked for updates, but UPDRAFT_COMPAT_SHARED_SECRET is not set");
-            false
-        }
-    };
-    if !authenticated {
-        limiter.record_failure(ip);
-        return device_error(StatusCode::UNAUTHORIZED, "Authentication failed");
-    }
+async fn check(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    OtaDevice { mac_text, params }: OtaDevice,
+) -> Result<Json<UpdateCheckResponse>, DeviceError> {
+    let missing: Vec<&str> = CHECK_PARAMETERS.into_iter().filter(|name| !params.contains_key(*name)).collect();
     if !missing.is_empty() {
-        return validation_error("query", &missing);
+        return Err(Validation::missing("query", &missing).into());
     }
     let (device_id, hardware, version) = (&params["device_id"], &params["hardware"], &params["version"]);
     if device_id.is_empty() || hardware.is_empty() || version.is_empty() {
-        return device_error(StatusCode::BAD_REQUEST, "Missing required parameters");
+        return Err(DeviceError::Refused(StatusCode::BAD_REQUEST, "Missing required parameters"));
     }
     if !ota_server_version_valid(version) {
-        return device_error(StatusCode::BAD_REQUEST, "Invalid version format");
+        return Err(DeviceError::Refused(StatusCode::BAD_REQUEST, "Invalid version format"));
     }
-    let Ok(mac) = Mac::parse(&mac_text) else {
-        return device_error(StatusCode::BAD_REQUEST, "Invalid MAC address format");
-    };
-    let product = match default_product(&state).await {
-        Ok(product) => product,
-        Err(e) => return device_error(failure(&e).0, "Internal server error"),
-    };
+    let mac = Mac::parse(&mac_text).map_err(|_| DeviceError::Refused(StatusCode::BAD_REQUEST, "Invalid MAC address format"))?;
+    let product = default_product(&state).await.map_err(|e| DeviceError::Refused(failure(&e).0, "Internal server error"))?;
     let request = MacCheckin {
         mac,
         product,
@@ -169,14 +278,10 @@ async fn check(State(state): State<AppState>, ClientIp(ip): ClientIp, headers: H
         sketch_md5: None,
         attributes: Some(json!({"board": hardware, "device_id": device_id})),
     };
-    let answer = match service::checkin_by_mac(&state.core, request, Some(ip)).await {
-        Ok(answer) => answer,
-        Err(Error::Forbidden(_)) => return device_error(StatusCode::FORBIDDEN, "Device not authorized"),
-        Err(e) => {
-            let (status, message) = failure(&e);
-            return device_error(status, &message);
-        }
-    };
+    let answer = service::checkin_by_mac(&state.core, request, Some(ip)).await.map_err(|e| match e {
+        Error::Forbidden(_) => DeviceError::Refused(StatusCode::FORBIDDEN, "Device not authorized"),
+        other => other.into(),
+    })?;
     let body = match answer.answer.offer {
         Some(offer) => {
             let signed = device_service::sign_download(&state.core, &offer.artifact.id, &answer.device.id);
@@ -189,26 +294,24 @@ async fn check(State(state): State<AppState>, ClientIp(ip): ClientIp, headers: H
         }
         None => UpdateCheckResponse { update_available: false, firmware_version: None, firmware_url: None, checksum: None },
     };
-    Json(body).into_response()
+    Ok(Json(body))
 }
 
 /// `GET /firmware/{filename}`: unauthenticated, as in the original.
-async fn download(State(state): State<AppState>, method: Method, headers: HeaderMap, Path(filename): Path<String>) -> Response {
-    match named_build(&state, &filename).await {
-        Ok(Some(artifact)) => match serve_artifact(&state.core.blobs, &artifact, &method, &headers).await {
-            Ok(response) => response,
-            Err(e) => {
-                let (status, message) = failure(&e.0);
-                device_error(status, &message)
-            }
-        },
-        Ok(None) => device_error(StatusCode::NOT_FOUND, "Firmware file not found"),
-        Err(Error::Invalid { .. }) => device_error(StatusCode::BAD_REQUEST, "Invalid filename"),
-        Err(e) => {
-            let (status, message) = failure(&e);
-            device_error(status, &message)
-        }
-    }
+async fn download(
+    State(state): State<AppState>,
+    method: Method,
+    headers: HeaderMap,
+    Path(filename): Path<String>,
+) -> Result<Response, DeviceError> {
+    let artifact = named_build(&state, &filename)
+        .await
+        .map_err(|e| match e {
+            Error::Invalid { .. } => DeviceError::Refused(StatusCode::BAD_REQUEST, "Invalid filename"),
+            other => other.into(),
+        })?
+        .ok_or(DeviceError::Refused(StatusCode::NOT_FOUND, "Firmware file not found"))?;
+    Ok(serve_artifact(&state.core.blobs, &artifact, &method, &headers).await.map_err(|e| e.0)?)
 }
 
 async fn named_build(state: &AppState, filename: &str) -> crate::domain::Result<Option<Artifact>> {
@@ -227,23 +330,16 @@ async fn named_build(state: &AppState, filename: &str) -> crate::domain::Result<
 struct OtaAdmin;
 
 impl FromRequestParts<AppState> for OtaAdmin {
-    type Rejection = Response;
+    type Rejection = AdminError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AdminError> {
         let ip = crate::http::auth::client_ip(parts);
         let limiter = &state.core.devices.limiter;
-        let refuse = |status: StatusCode, detail: &str| {
-            let mut response = admin_error(status, detail);
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("APIKey"));
-            response
-        };
         if let Err(Error::TooManyRequests { retry_after_secs }) = limiter.check(ip) {
-            let mut response = admin_error(StatusCode::TOO_MANY_REQUESTS, "Too many failed attempts; try again later");
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
-            return Err(response);
+            return Err(AdminError::TooManyAttempts { retry_after_secs });
         }
         let Some(key) = parts.headers.get("x-admin-api-key").and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty()) else {
-            return Err(refuse(StatusCode::UNAUTHORIZED, "API key is required"));
+            return Err(AdminError::BadKey(StatusCode::UNAUTHORIZED, "API key is required"));
         };
         let compat_key = state.settings.compat.admin_api_key.as_deref().is_some_and(|k| secret::constant_time_eq(key, k));
         if compat_key || crate::http::auth::is_admin_key(state, key) {
@@ -251,40 +347,30 @@ impl FromRequestParts<AppState> for OtaAdmin {
         }
         limiter.record_failure(ip);
         tracing::info!(%ip, "wrong seed-001 admin API key");
-        Err(refuse(StatusCode::FORBIDDEN, "Invalid API key"))
+        Err(AdminError::BadKey(StatusCode::FORBIDDEN, "Invalid API key"))
     }
 }
 
 /// The seed-001 product, or an answer saying it is not set up.
-async fn ota_product(state: &AppState) -> Result<String, Response> {
-    match default_product(state).await {
-        Ok(Some(product)) => Ok(product),
-        Ok(None) => Err(admin_error(
+async fn ota_product(state: &AppState) -> Result<String, AdminError> {
+    default_product(state).await?.ok_or_else(|| {
+        AdminError::refused(
             StatusCode::CONFLICT,
             "no default product: set UPDRAFT_COMPAT_DEFAULT_PRODUCT (several products exist, or none yet)",
-        )),
-        Err(e) => Err(admin_failure(e)),
-    }
+        )
+    })
 }
 
 /// A device as `devices.json` held it.
 async fn device_view(state: &AppState, device: &Device, headers: &HeaderMap) -> Value {
     let stored = device.metadata.get(OTA_SERVER_METADATA).cloned().unwrap_or(Value::Null);
     let text = |key: &str| stored.get(key).and_then(Value::as_str).map(str::to_string);
-    let pinned = match (&device.product, &device.target_version) {
-        (Some(product), Some(target)) => match crate::domain::version::Version::parse(target) {
-            Ok(v) => state.core.store.find_artifacts_by_version(product, &v.canonical()).await.ok().and_then(|b| b.into_iter().next()),
-            Err(_) => None,
-        },
-        _ => None,
-    };
+    let pinned = service::pinned_build(&state.core, device).await.ok().flatten();
     let mut firmware_url = text("firmware_url");
     let mut checksum = text("checksum");
     if let Some(build) = &pinned {
         checksum = Some(build.md5.clone());
-        if let Ok(names) = state.core.store.compat_file_names(&build.id).await
-            && let Some(name) = names.first()
-        {
+        if let Ok(Some(name)) = service::first_file_name(&state.core, &build.id).await {
             firmware_url = Some(format!("{}/firmware/{name}", state.base_url(Some(headers))));
         }
     }
@@ -302,19 +388,13 @@ async fn device_view(state: &AppState, device: &Device, headers: &HeaderMap) -> 
     })
 }
 
-async fn list_devices(State(state): State<AppState>, _admin: OtaAdmin, headers: HeaderMap) -> Response {
-    let product = match default_product(&state).await {
-        Ok(product) => product,
-        Err(e) => return admin_failure(e),
-    };
+async fn list_devices(State(state): State<AppState>, _admin: OtaAdmin, headers: HeaderMap) -> Result<Json<Value>, AdminError> {
+    let product = default_product(&state).await?;
     let mut all = Map::new();
     let mut offset = 0;
     loop {
         let filter = DeviceFilter { product: product.clone(), limit: 500, offset, ..Default::default() };
-        let (page, total) = match state.core.store.list_devices(&filter).await {
-            Ok(page) => page,
-            Err(e) => return admin_failure(e),
-        };
+        let (page, total) = device_service::find_devices(&state.core, &filter).await?;
         offset += page.len() as u64;
         for device in &page {
             all.insert(device.mac.canonical(), device_view(&state, device, &headers).await);
@@ -323,51 +403,52 @@ async fn list_devices(State(state): State<AppState>, _admin: OtaAdmin, headers: 
             break;
         }
     }
-    Json(Value::Object(all)).into_response()
+    Ok(Json(Value::Object(all)))
 }
 
-async fn get_device(State(state): State<AppState>, _admin: OtaAdmin, headers: HeaderMap, Path(mac): Path<String>) -> Response {
-    match find_device(&state, &mac).await {
-        Ok(device) => Json(device_view(&state, &device, &headers).await).into_response(),
-        Err(response) => response,
-    }
+async fn get_device(
+    State(state): State<AppState>,
+    _admin: OtaAdmin,
+    headers: HeaderMap,
+    Path(mac): Path<String>,
+) -> Result<Json<Value>, AdminError> {
+    let device = find_device(&state, &mac).await?;
+    Ok(Json(device_view(&state, &device, &headers).await))
 }
 
-async fn find_device(state: &AppState, mac: &str) -> Result<Device, Response> {
+async fn find_device(state: &AppState, mac: &str) -> Result<Device, AdminError> {
     if !mac_format_valid(mac) {
-        return Err(admin_error(StatusCode::BAD_REQUEST, "Invalid MAC address format"));
+        return Err(AdminError::refused(StatusCode::BAD_REQUEST, "Invalid MAC address format"));
     }
-    let mac = Mac::parse(mac).map_err(|_| admin_error(StatusCode::BAD_REQUEST, "Invalid MAC address format"))?;
-    match state.core.store.find_device_by_mac(&mac).await {
-        Ok(Some(device)) => Ok(device),
-        Ok(None) => Err(admin_error(StatusCode::NOT_FOUND, "Device not found")),
-        Err(e) => Err(admin_failure(e)),
+    let mac = Mac::parse(mac).map_err(|_| AdminError::refused(StatusCode::BAD_REQUEST, "Invalid MAC address format"))?;
+    device_service::find_by_mac(&state.core, &mac).await?.ok_or_else(|| AdminError::refused(StatusCode::NOT_FOUND, "Device not found"))
+}
+
+/// The JSON object of a request body, or FastAPI's 422 for anything else.
+fn object_body(body: &[u8]) -> Result<Map<String, Value>, Validation> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(fields)) => Ok(fields),
+        _ => Err(Validation::not_a_dict()),
     }
 }
 
 /// `POST /admin/api/devices` `{mac_address, device_id, target_version, firmware_url, checksum, hardware_version?}`.
-async fn add_device(State(state): State<AppState>, _admin: OtaAdmin, body: axum::body::Bytes) -> Response {
-    let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(&body) else {
-        return validation_error("body", &[("__root__", "value is not a valid dict", "type_error.dict")]);
-    };
+async fn add_device(State(state): State<AppState>, _admin: OtaAdmin, body: axum::body::Bytes) -> Result<Json<Value>, AdminError> {
+    let fields = object_body(&body)?;
     let text = |key: &str| fields.get(key).and_then(Value::as_str).map(str::to_string);
     let required = ["device_id", "target_version", "firmware_url", "checksum", "mac_address"];
-    let missing: Vec<(&str, &str, &str)> =
-        required.iter().filter(|k| text(k).is_none()).map(|k| (*k, "field required", "value_error.missing")).collect();
+    let missing: Vec<&str> = required.into_iter().filter(|k| text(k).is_none()).collect();
     if !missing.is_empty() {
-        return validation_error("body", &missing);
+        return Err(Validation::missing("body", &missing).into());
     }
     let mac_address = text("mac_address").unwrap_or_default();
     if !mac_format_valid(&mac_address) || Mac::parse(&mac_address).is_err() {
-        return validation_error("body", &[("mac_address", "Invalid MAC address format", "value_error")]);
+        return Err(Validation::new("body", &[("mac_address", "Invalid MAC address format", "value_error")]).into());
     }
     if !ota_server_version_valid(&text("target_version").unwrap_or_default()) {
-        return validation_error("body", &[("target_version", "Invalid target version format", "value_error")]);
+        return Err(Validation::new("body", &[("target_version", "Invalid target version format", "value_error")]).into());
     }
-    let product = match ota_product(&state).await {
-        Ok(product) => product,
-        Err(response) => return response,
-    };
+    let product = ota_product(&state).await?;
     let entry = OtaServerDevice {
         mac: mac_address,
         device_id: text("device_id"),
@@ -378,22 +459,21 @@ async fn add_device(State(state): State<AppState>, _admin: OtaAdmin, body: axum:
         current_version: None,
         last_update: None,
     };
-    match service::put_ota_server_device(&state.core, &product, &entry, None, false).await {
-        Ok((device, _)) => Json(json!({
-            "success": true,
-            "mac_address": device.mac.canonical(),
-            "device": {
-                "device_id": entry.device_id,
-                "hardware_version": entry.hardware_version,
-                "target_version": entry.target_version,
-                "firmware_url": entry.firmware_url,
-                "checksum": entry.checksum,
-            },
-        }))
-        .into_response(),
-        Err(Error::Conflict { .. }) => admin_error(StatusCode::CONFLICT, "Device already exists"),
-        Err(e) => admin_failure(e),
-    }
+    let (device, _) = service::put_ota_server_device(&state.core, &product, &entry, None, false).await.map_err(|e| match e {
+        Error::Conflict { .. } => AdminError::refused(StatusCode::CONFLICT, "Device already exists"),
+        other => other.into(),
+    })?;
+    Ok(Json(json!({
+        "success": true,
+        "mac_address": device.mac.canonical(),
+        "device": {
+            "device_id": entry.device_id,
+            "hardware_version": entry.hardware_version,
+            "target_version": entry.target_version,
+            "firmware_url": entry.firmware_url,
+            "checksum": entry.checksum,
+        },
+    })))
 }
 
 /// `PUT /admin/api/devices/{mac}` with any partial object, merged into the device.
@@ -403,23 +483,16 @@ async fn put_device(
     headers: HeaderMap,
     Path(mac): Path<String>,
     body: axum::body::Bytes,
-) -> Response {
-    let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(&body) else {
-        return validation_error("body", &[("__root__", "value is not a valid dict", "type_error.dict")]);
-    };
+) -> Result<Json<Value>, AdminError> {
+    let fields = object_body(&body)?;
     if let Some(target) = fields.get("target_version")
         && !target.as_str().is_some_and(ota_server_version_valid)
     {
-        return admin_error(StatusCode::BAD_REQUEST, "Invalid target version format");
+        return Err(AdminError::refused(StatusCode::BAD_REQUEST, "Invalid target version format"));
     }
-    let device = match find_device(&state, &mac).await {
-        Ok(device) => device,
-        Err(response) => return response,
-    };
+    let device = find_device(&state, &mac).await?;
     let mut metadata = device.metadata.clone();
-    let Some(object) = metadata.as_object_mut() else {
-        return admin_failure(Error::Internal(anyhow::anyhow!("metadata is not an object")));
-    };
+    let object = metadata.as_object_mut().ok_or_else(|| Error::Internal(anyhow::anyhow!("metadata is not an object")))?;
     let stored = object.entry(OTA_SERVER_METADATA).or_insert_with(|| json!({}));
     if !stored.is_object() {
         *stored = json!({});
@@ -435,46 +508,30 @@ async fn put_device(
         metadata: Some(metadata),
         ..Default::default()
     };
-    match device_service::update(&state.core, &device.id, patch).await {
-        Ok(device) => Json(json!({"success": true, "device": device_view(&state, &device, &headers).await})).into_response(),
-        Err(e) => admin_failure(e),
-    }
+    let device = device_service::update(&state.core, &device.id, patch).await?;
+    Ok(Json(json!({"success": true, "device": device_view(&state, &device, &headers).await})))
 }
 
-async fn delete_device(State(state): State<AppState>, _admin: OtaAdmin, Path(mac): Path<String>) -> Response {
-    let device = match find_device(&state, &mac).await {
-        Ok(device) => device,
-        Err(response) if response.status() == StatusCode::NOT_FOUND => {
-            return admin_error(StatusCode::NOT_FOUND, "Device not found or could not be deleted");
+async fn delete_device(State(state): State<AppState>, _admin: OtaAdmin, Path(mac): Path<String>) -> Result<Json<Value>, AdminError> {
+    let device = find_device(&state, &mac).await.map_err(|e| match e {
+        AdminError::Refused(StatusCode::NOT_FOUND, _) => {
+            AdminError::refused(StatusCode::NOT_FOUND, "Device not found or could not be deleted")
         }
-        Err(response) => return response,
-    };
-    match device_service::delete(&state.core, &device.id).await {
-        Ok(()) => Json(json!({"success": true})).into_response(),
-        Err(e) => admin_failure(e),
-    }
+        other => other,
+    })?;
+    device_service::delete(&state.core, &device.id).await?;
+    Ok(Json(json!({"success": true})))
 }
 
-fn file_view(name: &str, artifact: &Artifact, uploaded_at: chrono::DateTime<chrono::Utc>) -> Value {
-    json!({"filename": name, "checksum": artifact.md5, "size": artifact.size, "uploaded_at": python_isoformat(uploaded_at)})
+fn file_view(file: &CompatFile, artifact: &Artifact) -> Value {
+    json!({"filename": file.name, "checksum": artifact.md5, "size": artifact.size, "uploaded_at": python_isoformat(file.created_at)})
 }
 
 /// `GET /admin/api/firmware`: `[{filename, checksum, size, uploaded_at}]` (the original's
 /// intended answer; it returned 500).
-async fn list_firmware(State(state): State<AppState>, _admin: OtaAdmin) -> Response {
-    let files = match state.core.store.list_compat_files().await {
-        Ok(files) => files,
-        Err(e) => return admin_failure(e),
-    };
-    let mut views = Vec::new();
-    for file in files {
-        match state.core.store.find_artifact(&file.artifact_id).await {
-            Ok(Some(artifact)) => views.push(file_view(&file.name, &artifact, file.created_at)),
-            Ok(None) => {}
-            Err(e) => return admin_failure(e),
-        }
-    }
-    Json(Value::Array(views)).into_response()
+async fn list_firmware(State(state): State<AppState>, _admin: OtaAdmin) -> Result<Json<Value>, AdminError> {
+    let files = service::named_files(&state.core).await?;
+    Ok(Json(Value::Array(files.iter().map(|(file, artifact)| file_view(file, artifact)).collect())))
 }
 
 /// `POST /admin/api/firmware`, multipart field `file` (and optionally `version`,
@@ -484,46 +541,32 @@ async fn upload_firmware(
     _admin: OtaAdmin,
     headers: HeaderMap,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
-) -> Response {
-    let Ok(mut multipart) = multipart else {
-        return validation_error("body", &[("file", "field required", "value_error.missing")]);
-    };
+) -> Result<Json<Value>, AdminError> {
+    let mut multipart = multipart.map_err(|_| Validation::missing("body", &["file"]))?;
     let limit = state.settings.max_upload_bytes;
-    let product = match default_product(&state).await {
-        Ok(product) => product,
-        Err(e) => return admin_failure(e),
-    };
+    let product = default_product(&state).await?;
     let mut meta = UploadMeta { product, ..Default::default() };
     // The file is staged as it streams in and committed once every field was read, so that a
     // field sent after it still counts, and a bad one stores nothing.
     let mut staged: Option<(String, firmware_service::StagedUpload)> = None;
-    loop {
-        let field = match multipart.next_field().await {
-            Ok(Some(field)) => field,
-            Ok(None) => break,
-            Err(e) => return admin_error(e.status(), e.body_text()),
-        };
+    while let Some(field) = multipart.next_field().await.map_err(|e| AdminError::refused(e.status(), e.body_text()))? {
         let field_name = field.name().unwrap_or("").to_string();
         match field_name.as_str() {
             "file" => {
                 if staged.is_some() {
-                    return validation_error("body", &[("file", "only one file may be uploaded", "value_error")]);
+                    return Err(Validation::new("body", &[("file", "only one file may be uploaded", "value_error")]).into());
                 }
                 let name = field.file_name().unwrap_or("").to_string();
                 if name.is_empty() || name.contains('/') || name.contains('\\') || service::check_file_name(&name).is_err() {
-                    return admin_error(StatusCode::BAD_REQUEST, "Invalid filename");
+                    return Err(AdminError::refused(StatusCode::BAD_REQUEST, "Invalid filename"));
                 }
                 let body = field.map(|chunk| chunk.map_err(crate::http::firmware::multipart_body_error));
-                match firmware_service::stage(&state.core, body, limit).await {
-                    Ok(upload) => staged = Some((name, upload)),
-                    Err(e) => return admin_failure(e),
-                }
+                staged = Some((name, firmware_service::stage(&state.core, body, limit).await?));
             }
             "version" | "hardware" | "notes" => {
-                let value = match read_text_field(field).await {
-                    Ok(value) => value,
-                    Err(problem) => return validation_error("body", &[(field_name.as_str(), problem, "value_error")]),
-                };
+                let value = read_text_field(field)
+                    .await
+                    .map_err(|problem| Validation::new("body", &[(field_name.as_str(), problem, "value_error")]))?;
                 let repeated = match field_name.as_str() {
                     "version" => meta.version.replace(value).is_some(),
                     "notes" => meta.notes.replace(value).is_some(),
@@ -533,33 +576,27 @@ async fn upload_firmware(
                     }
                 };
                 if repeated {
-                    return validation_error("body", &[(field_name.as_str(), "this field may appear only once", "value_error")]);
+                    return Err(Validation::new("body", &[(field_name.as_str(), "this field may appear only once", "value_error")]).into());
                 }
             }
             other => {
-                let other = other.to_string();
-                return validation_error(
+                return Err(Validation::new(
                     "body",
-                    &[(other.as_str(), "extra fields not permitted; the fields are file, version, hardware, notes", "value_error.extra")],
-                );
+                    &[(other, "extra fields not permitted; the fields are file, version, hardware, notes", "value_error.extra")],
+                )
+                .into());
             }
         }
     }
-    let Some((name, upload)) = staged else {
-        return validation_error("body", &[("file", "field required", "value_error.missing")]);
-    };
-    let artifact = match service::commit_named_file(&state.core, &name, upload, meta, None).await {
-        Ok(artifact) => artifact,
-        Err(e) => return admin_failure(e),
-    };
-    Json(json!({
+    let (name, upload) = staged.ok_or_else(|| Validation::missing("body", &["file"]))?;
+    let artifact = service::commit_named_file(&state.core, &name, upload, meta, None).await?;
+    Ok(Json(json!({
         "filename": name,
         "checksum": artifact.md5,
         "size": artifact.size,
         "success": true,
         "url": format!("{}/firmware/{name}", state.base_url(Some(&headers))),
-    }))
-    .into_response()
+    })))
 }
 
 /// A text field of the upload form: UTF-8, at most `firmware::MAX_NOTES_LEN` bytes.
@@ -575,20 +612,14 @@ async fn read_text_field(mut field: axum::extract::multipart::Field<'_>) -> Resu
     String::from_utf8(bytes).map_err(|_| "this field is not UTF-8")
 }
 
-async fn firmware_info(State(state): State<AppState>, _admin: OtaAdmin, Path(filename): Path<String>) -> Response {
+async fn firmware_info(State(state): State<AppState>, _admin: OtaAdmin, Path(filename): Path<String>) -> Result<Json<Value>, AdminError> {
     if filename.contains('/') || filename.contains('\\') {
-        return admin_error(StatusCode::BAD_REQUEST, "Invalid filename");
+        return Err(AdminError::refused(StatusCode::BAD_REQUEST, "Invalid filename"));
     }
-    let file = match state.core.store.find_compat_file(&filename).await {
-        Ok(Some(file)) => file,
-        Ok(None) => return admin_error(StatusCode::NOT_FOUND, "Firmware file not found"),
-        Err(e) => return admin_failure(e),
-    };
-    match state.core.store.find_artifact(&file.artifact_id).await {
-        Ok(Some(artifact)) => Json(file_view(&file.name, &artifact, file.created_at)).into_response(),
-        Ok(None) => admin_error(StatusCode::NOT_FOUND, "Firmware file not found"),
-        Err(e) => admin_failure(e),
-    }
+    let (file, artifact) = service::named_file(&state.core, &filename)
+        .await?
+        .ok_or_else(|| AdminError::refused(StatusCode::NOT_FOUND, "Firmware file not found"))?;
+    Ok(Json(file_view(&file, &artifact)))
 }
 
 /// `GET /admin/api/firmware/{filename}`: the file itself, for the operator.
@@ -598,38 +629,28 @@ async fn download_admin(
     method: Method,
     headers: HeaderMap,
     Path(filename): Path<String>,
-) -> Response {
-    match named_build(&state, &filename).await {
-        Ok(Some(artifact)) => match serve_artifact(&state.core.blobs, &artifact, &method, &headers).await {
-            Ok(response) => response,
-            Err(e) => admin_failure(e.0),
-        },
-        Ok(None) => admin_error(StatusCode::NOT_FOUND, "Firmware file not found"),
-        Err(Error::Invalid { .. }) => admin_error(StatusCode::BAD_REQUEST, "Invalid filename"),
-        Err(e) => admin_failure(e),
-    }
+) -> Result<Response, AdminError> {
+    let artifact = admin_named_build(&state, &filename).await?;
+    Ok(serve_artifact(&state.core.blobs, &artifact, &method, &headers).await.map_err(|e| e.0)?)
+}
+
+/// The build a file name names, or the admin API's 400 or 404.
+async fn admin_named_build(state: &AppState, filename: &str) -> Result<Artifact, AdminError> {
+    named_build(state, filename)
+        .await
+        .map_err(|e| match e {
+            Error::Invalid { .. } => AdminError::refused(StatusCode::BAD_REQUEST, "Invalid filename"),
+            other => other.into(),
+        })?
+        .ok_or_else(|| AdminError::refused(StatusCode::NOT_FOUND, "Firmware file not found"))
 }
 
 /// `DELETE /admin/api/firmware/{filename}`: removes the name, and the build when no other
 /// name refers to it (refused with 409 while devices are being updated to it).
-async fn delete_firmware(State(state): State<AppState>, _admin: OtaAdmin, Path(filename): Path<String>) -> Response {
-    let artifact = match named_build(&state, &filename).await {
-        Ok(Some(artifact)) => artifact,
-        Ok(None) => return admin_error(StatusCode::NOT_FOUND, "Firmware file not found"),
-        Err(Error::Invalid { .. }) => return admin_error(StatusCode::BAD_REQUEST, "Invalid filename"),
-        Err(e) => return admin_failure(e),
-    };
-    let names = match state.core.store.compat_file_names(&artifact.id).await {
-        Ok(names) => names,
-        Err(e) => return admin_failure(e),
-    };
-    if names.iter().all(|n| *n == filename)
-        && let Err(e) = crate::services::firmware::delete(&state.core, &artifact.id).await
-    {
-        return admin_failure(e);
+async fn delete_firmware(State(state): State<AppState>, _admin: OtaAdmin, Path(filename): Path<String>) -> Result<Json<Value>, AdminError> {
+    admin_named_build(&state, &filename).await?;
+    if !service::delete_named_file(&state.core, &filename).await? {
+        return Err(AdminError::refused(StatusCode::NOT_FOUND, "Firmware file not found"));
     }
-    match state.core.store.delete_compat_file(&filename).await {
-        Ok(_) => Json(json!({"success": true})).into_response(),
-        Err(e) => admin_failure(e),
-    }
+    Ok(Json(json!({"success": true})))
 }

@@ -44,7 +44,7 @@ async fn provision(
     })?;
     // A known device keeps its product; a new one gets the asked-for or default product.
     let known_product = match crate::domain::mac::Mac::parse(&mac) {
-        Ok(parsed) => state.core.store.find_device_by_mac(&parsed).await?.and_then(|d| d.product),
+        Ok(parsed) => device_service::find_by_mac(&state.core, &parsed).await?.and_then(|d| d.product),
         Err(_) => None,
     };
     let product = match (param("product"), known_product) {

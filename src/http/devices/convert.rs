@@ -54,9 +54,10 @@ pub fn attempt_view(attempt: &UpdateAttempt) -> AttemptView {
     }
 }
 
-pub(super) fn product_view(product: &Product, configured: bool, min_version: Option<String>) -> ProductView {
+pub(super) fn product_view(settings: &service::ProductSettings) -> ProductView {
+    let product = &settings.product;
     ProductView {
-        min_version,
+        min_version: settings.min_version.clone(),
         name: product.name.clone(),
         provisioning: product.provisioning.as_str(),
         provision_key: product.provision_key.clone(),
@@ -64,7 +65,7 @@ pub(super) fn product_view(product: &Product, configured: bool, min_version: Opt
         poll_interval_s: product.poll_interval_s,
         hardware: product.hardware.clone(),
         public_secrets: product.public_secrets,
-        configured,
+        configured: settings.configured,
     }
 }
 

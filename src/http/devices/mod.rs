@@ -23,11 +23,10 @@ use super::auth::Admin;
 use super::error::{ApiJson, ApiQuery, ApiResult, ErrorBody};
 use super::firmware::timestamp;
 use crate::domain::Error;
-use crate::domain::device::{Device, Product, Provisioning, SetupEvent, UpdateAttempt};
+use crate::domain::device::{Device, DeviceFilter, DevicePatch, DeviceSort, Provisioning, SetupEvent, UpdateAttempt};
 use crate::domain::firmware::{Channel, HardwareId};
 use crate::domain::version::Version;
 use crate::services::devices::{self as service, NewDeviceRequest};
-use crate::storage::{DeviceFilter, DevicePatch, DeviceSort};
 
 mod convert;
 mod events;

@@ -9,12 +9,8 @@ use super::*;
     security(("bearer" = []), ("admin_key" = []))
 )]
 pub(super) async fn list_products(State(state): State<AppState>, _admin: Admin) -> ApiResult<Json<ProductList>> {
-    let products = state.core.store.list_products().await?;
-    let mut items = Vec::with_capacity(products.len());
-    for product in &products {
-        items.push(product_view(product, true, state.core.store.product_min_version(&product.name).await?));
-    }
-    Ok(Json(ProductList { items }))
+    let products = service::list_products(&state.core).await?;
+    Ok(Json(ProductList { items: products.iter().map(product_view).collect() }))
 }
 
 /// A product's policy (the defaults when it was never configured).
@@ -26,10 +22,7 @@ pub(super) async fn list_products(State(state): State<AppState>, _admin: Admin) 
 )]
 pub(super) async fn get_product(State(state): State<AppState>, _admin: Admin, Path(name): Path<String>) -> ApiResult<Json<ProductView>> {
     let name = crate::domain::firmware::Product::parse(&name)?;
-    let configured = state.core.store.find_product(name.as_str()).await?.is_some();
-    let product = service::product_policy(&state.core, name.as_str()).await?;
-    let min_version = state.core.store.product_min_version(&product.name).await?;
-    Ok(Json(product_view(&product, configured, min_version)))
+    Ok(Json(product_view(&service::get_product(&state.core, &name).await?)))
 }
 
 /// Create or change a product's provisioning policy and poll interval.
@@ -50,11 +43,7 @@ pub(super) async fn put_product(
     let min_version = body
         .min_version
         .map(|v| {
-            v.as_deref()
-                .map(|v| {
-                    Version::parse(v).map(|v| v.canonical()).map_err(|e| Error::invalid("invalid_version", format!("min_version: {e}")))
-                })
-                .transpose()
+            v.as_deref().map(|v| Version::parse(v).map_err(|e| Error::invalid("invalid_version", format!("min_version: {e}")))).transpose()
         })
         .transpose()?;
     let change = service::ProductChange {
@@ -64,11 +53,7 @@ pub(super) async fn put_product(
         poll_interval_s: body.poll_interval_s,
         hardware: body.hardware,
         public_secrets: body.public_secrets,
+        min_version,
     };
-    let product = service::put_product(&state.core, &name, change).await?;
-    if let Some(min_version) = min_version {
-        state.core.store.set_product_min_version(&product.name, min_version.as_deref()).await?;
-    }
-    let min_version = state.core.store.product_min_version(&product.name).await?;
-    Ok(Json(product_view(&product, true, min_version)))
+    Ok(Json(product_view(&service::put_product(&state.core, &name, change).await?)))
 }

@@ -60,15 +60,10 @@ pub(super) async fn list_devices(
                 .map_err(|_| Error::invalid("invalid_query", format!("{name} must be an RFC 3339 time such as 2026-11-23T12:00:00Z"))),
         }
     };
-    // Presence is buffered for up to a second (longer under a flood of check-ins); flush so
-    // the filters see it, but never more than ten seconds' worth of writes in a request.
-    service::flush_presence(&state.core, Some(state.core.devices.policy.presence_writes_per_sec.saturating_mul(10))).await?;
-    let offline_after = chrono::Duration::from_std(state.core.devices.policy.offline_after).unwrap_or(chrono::Duration::MAX);
-    let cutoff = (Utc::now() - offline_after).timestamp_millis();
-    let online_since = match query.status.as_deref() {
+    let presence = match query.status.as_deref() {
         None => None,
-        Some("online") => Some((true, cutoff)),
-        Some("offline") => Some((false, cutoff)),
+        Some("online") => Some(service::PresenceFilter::Online),
+        Some("offline") => Some(service::PresenceFilter::Offline),
         Some(other) => return Err(Error::invalid("invalid_query", format!("status `{other}` is not one of online, offline")).into()),
     };
     let hardware = query.hardware.as_deref().map(HardwareId::parse).transpose()?.map(|h| h.as_str().to_string());
@@ -77,7 +72,7 @@ pub(super) async fn list_devices(
         hardware,
         version: query.version.clone(),
         tag: query.tag.clone(),
-        online_since,
+        online_since: None,
         last_seen_before: time("last_seen_before", &query.last_seen_before)?,
         last_seen_after: time("last_seen_after", &query.last_seen_after)?,
         owner: query.owner.clone(),
@@ -86,8 +81,8 @@ pub(super) async fn list_devices(
         limit,
         offset,
     };
-    let (devices, total) = state.core.store.list_devices(&filter).await?;
-    Ok(Json(DevicePage { items: devices.iter().map(|d| device_view(&state, d)).collect(), total, limit, offset: filter.offset }))
+    let (devices, total) = service::list_devices(&state.core, filter, presence).await?;
+    Ok(Json(DevicePage { items: devices.iter().map(|d| device_view(&state, d)).collect(), total, limit, offset }))
 }
 
 /// Show a device (by id or MAC).
@@ -256,7 +251,7 @@ pub(super) fn parse_csv(body: &[u8]) -> Result<Vec<NewDeviceRequest>, Error> {
 )]
 pub(super) async fn device_updates(State(state): State<AppState>, _admin: Admin, Path(id): Path<String>) -> ApiResult<Json<AttemptList>> {
     let device = service::find(&state.core, &id).await?;
-    let attempts = state.core.store.list_attempts(&device.id, 100).await?;
+    let attempts = service::update_history(&state.core, &device.id).await?;
     Ok(Json(AttemptList { items: attempts.iter().map(attempt_view).collect() }))
 }
 
@@ -273,6 +268,6 @@ pub(super) async fn device_setup_history(
     Path(id): Path<String>,
 ) -> ApiResult<Json<SetupHistory>> {
     let device = service::find(&state.core, &id).await?;
-    let events = state.core.store.list_setup_events(&device.id).await?;
+    let events = service::setup_history(&state.core, &device.id).await?;
     Ok(Json(SetupHistory { items: events.iter().map(setup_view).collect() }))
 }

@@ -24,7 +24,7 @@ pub(super) async fn create_group(
     security(("bearer" = []), ("admin_key" = []))
 )]
 pub(super) async fn list_groups(State(state): State<AppState>, _admin: Admin) -> ApiResult<Json<GroupList>> {
-    let groups = state.core.store.list_groups().await?;
+    let groups = service::list_groups(&state.core).await?;
     Ok(Json(GroupList { items: groups.iter().map(group_view).collect() }))
 }
 

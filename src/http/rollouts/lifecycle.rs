@@ -66,7 +66,7 @@ pub(super) async fn list_rollouts(
         Some(text) => vec![RolloutState::parse(text)?],
         None => Vec::new(),
     };
-    let rollouts = state.core.store.list_rollouts(&states, query.product.as_deref()).await?;
+    let rollouts = service::list_rollouts(&state.core, &states, query.product.as_deref()).await?;
     let mut items = Vec::with_capacity(rollouts.len());
     for rollout in rollouts.iter().take(100) {
         items.push(rollout_view(&service::status(&state.core, &rollout.id).await?));

@@ -41,7 +41,7 @@ pub(super) async fn list_releases(
     _admin: Admin,
     ApiQuery(query): ApiQuery<ReleaseListQuery>,
 ) -> ApiResult<Json<ReleaseList>> {
-    let releases = state.core.store.list_releases(query.product.as_deref()).await?;
+    let releases = service::list_releases(&state.core, query.product.as_deref()).await?;
     Ok(Json(ReleaseList { items: releases.iter().map(release_view).collect() }))
 }
 

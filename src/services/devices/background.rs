@@ -2,12 +2,13 @@
 
 use super::*;
 
-/// Runs presence flushing and the offline sweep until the process ends.
+/// Runs presence flushing, the offline sweep, the change-log follower and the fleet index's
+/// load, under `core.tasks` (until the server stops).
 pub fn spawn_background(core: Core) {
     // Offline transitions are noticed within a quarter of the silence period (1-5 s).
     let sweep_every = (core.devices.policy.offline_after / 4).clamp(Duration::from_secs(1), Duration::from_secs(5));
     let core_for_changes = core.clone();
-    tokio::spawn(async move {
+    core.tasks.clone().spawn("presence", async move {
         // Ten small batches a second rather than one large one: a write holds the database
         // (and, on SQLite, a core) for a tenth as long, which keeps check-in latency steady.
         let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -25,15 +26,14 @@ pub fn spawn_background(core: Core) {
             }
         }
     });
-    tokio::spawn(async move {
-        // Follow changes from before the load starts, so that nothing loaded stays stale.
-        let follower = tokio::spawn(follow_device_changes(core_for_changes.clone()));
+    // Follow changes from before the load starts, so that nothing loaded stays stale.
+    core_for_changes.tasks.spawn("device change follower", follow_device_changes(core_for_changes.clone()));
+    core_for_changes.tasks.clone().spawn("fleet index load", async move {
         let started = Instant::now();
         match preload_fleet(&core_for_changes).await {
             Ok(loaded) => tracing::info!(devices = loaded, elapsed_ms = started.elapsed().as_millis() as u64, "fleet index loaded"),
             Err(e) => tracing::warn!(error = %e, "cannot load the fleet index; devices are read on their first check-in"),
         }
-        let _ = follower.await;
     });
 }
 

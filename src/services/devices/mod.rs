@@ -22,13 +22,13 @@ use super::events::{DeviceChange, Event, UpdateStatus};
 use super::fleet::{ActiveDevice, FleetIndex};
 use super::limiter::AuthLimiter;
 use super::rollouts;
-use crate::domain::device::{self, Device, Product, Provisioning, UpdateAttempt, UpdateState};
-use crate::domain::firmware::{Artifact, Channel, HardwareId, Product as ProductName};
+use crate::domain::device::{self, Device, DeviceFilter, DevicePatch, Product, Provisioning, UpdateAttempt, UpdateState};
+use crate::domain::firmware::{Artifact, ArtifactFilter, ArtifactSort, Channel, HardwareId, Product as ProductName};
 use crate::domain::mac::Mac;
 use crate::domain::update::{self, Decision, NoUpdate, Releases, RolloutOffer};
 use crate::domain::version::Version;
 use crate::domain::{Error, Result, secret};
-use crate::storage::{ArtifactFilter, ArtifactSort, AttemptOffer, DevicePatch, DeviceReport, NewDevice, RolloutSlot};
+use crate::storage::{AttemptOffer, DeviceReport, NewDevice, RolloutSlot};
 
 mod background;
 mod by_mac;
@@ -172,6 +172,11 @@ impl DeviceRuntime {
     /// Devices holding an MQTT session, as this replica knows them.
     pub fn connected_devices(&self) -> Vec<Arc<str>> {
         self.presence().connected_devices()
+    }
+
+    /// `last_seen` values waiting to be written.
+    pub fn backlog_len(&self) -> usize {
+        self.presence().backlog_len()
     }
 
     /// How many devices hold an MQTT session, as this replica knows them.

@@ -11,10 +11,41 @@ pub struct ProductChange {
     /// The hardware the product admits; an empty list admits any.
     pub hardware: Option<Vec<String>>,
     pub public_secrets: Option<bool>,
+    /// The anti-rollback floor: no pin or rollback below it (`Some(None)` removes it).
+    pub min_version: Option<Option<Version>>,
 }
 
-/// Creates or replaces a product's device policy.
-pub async fn put_product(core: &Core, name: &str, change: ProductChange) -> Result<Product> {
+/// A product's device policy as the operator sees it.
+pub struct ProductSettings {
+    pub product: Product,
+    /// False while nobody configured the product (`product` holds the defaults).
+    pub configured: bool,
+    /// The anti-rollback floor (canonical version).
+    pub min_version: Option<String>,
+}
+
+/// Every configured product, by name.
+pub async fn list_products(core: &Core) -> Result<Vec<ProductSettings>> {
+    let products = core.store.list_products().await?;
+    let mut settings = Vec::with_capacity(products.len());
+    for product in products {
+        let min_version = core.store.product_min_version(&product.name).await?;
+        settings.push(ProductSettings { product, configured: true, min_version });
+    }
+    Ok(settings)
+}
+
+/// A product's policy, or the defaults when it was never configured.
+pub async fn get_product(core: &Core, name: &ProductName) -> Result<ProductSettings> {
+    let configured = core.store.find_product(name.as_str()).await?.is_some();
+    let product = product_policy(core, name.as_str()).await?;
+    let min_version = core.store.product_min_version(&product.name).await?;
+    Ok(ProductSettings { product, configured, min_version })
+}
+
+/// Creates or replaces a product's device policy, and its anti-rollback floor when the change
+/// names one, in one transaction.
+pub async fn put_product(core: &Core, name: &str, change: ProductChange) -> Result<ProductSettings> {
     let name = ProductName::parse(name)?.as_str().to_string();
     let existing = core.store.find_product(&name).await?;
     let provision_secret_hash = match (&change.provision_secret, &existing) {
@@ -35,6 +66,7 @@ pub async fn put_product(core: &Core, name: &str, change: ProductChange) -> Resu
     };
     let public_secrets = change.public_secrets.or(existing.as_ref().map(|p| p.public_secrets)).unwrap_or(false);
     let now = Utc::now();
+    let min_version = change.min_version.map(|floor| floor.map(|v| v.canonical()));
     let product = Product {
         name,
         provisioning,
@@ -47,14 +79,15 @@ pub async fn put_product(core: &Core, name: &str, change: ProductChange) -> Resu
         updated_at: now,
     };
     device::check_product(&product)?;
-    let product = core.store.upsert_product(&product).await?;
+    let product = core.store.upsert_product(&product, min_version.as_ref().map(Option::as_deref)).await?;
     core.devices.products.write().expect("cache lock").remove(&product.name);
     // Connected devices get the new poll interval with their next `ota` message, now.
     core.events.publish(Event::ProductUpdated { product: product.name.clone() });
     if product.public_secrets {
         tracing::warn!(product = %product.name, "product serves secret configuration values to anonymous seed-003 readers (public_secrets)");
     }
-    Ok(product)
+    let min_version = core.store.product_min_version(&product.name).await?;
+    Ok(ProductSettings { product, configured: true, min_version })
 }
 
 /// The product's policy, or the default policy for products nobody configured. Cached

@@ -54,6 +54,44 @@ pub async fn register(core: &Core, request: NewDeviceRequest) -> Result<Device> 
     Ok(device)
 }
 
+/// The device with this id, if it is registered.
+pub async fn find_by_id(core: &Core, id: &str) -> Result<Option<Device>> {
+    core.store.find_device(id).await
+}
+
+/// The device with this MAC, if it is registered.
+pub async fn find_by_mac(core: &Core, mac: &Mac) -> Result<Option<Device>> {
+    core.store.find_device_by_mac(mac).await
+}
+
+/// Which devices the operator's listing keeps, by presence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PresenceFilter {
+    /// Heard from within the offline period.
+    Online,
+    /// Not heard from within the offline period.
+    Offline,
+}
+
+/// The operator's device listing: a page of the devices `filter` selects, and how many it
+/// selects in all. Presence is buffered for up to a second (longer under a flood of
+/// check-ins): it is flushed first, so that the filters and the sort on `last_seen` see it,
+/// but never more than ten seconds' worth of writes in one request. `presence` cuts at the
+/// offline period.
+pub async fn list_devices(core: &Core, filter: DeviceFilter, presence: Option<PresenceFilter>) -> Result<(Vec<Device>, u64)> {
+    flush_presence(core, Some(core.devices.policy.presence_writes_per_sec.saturating_mul(10))).await?;
+    let offline_after = chrono::Duration::from_std(core.devices.policy.offline_after).unwrap_or(chrono::Duration::MAX);
+    let cutoff = (Utc::now() - offline_after).timestamp_millis();
+    let filter = DeviceFilter { online_since: presence.map(|presence| (presence == PresenceFilter::Online, cutoff)), ..filter };
+    core.store.list_devices(&filter).await
+}
+
+/// A page of the devices `filter` selects, as stored (buffered presence not flushed), and
+/// how many it selects in all.
+pub async fn find_devices(core: &Core, filter: &DeviceFilter) -> Result<(Vec<Device>, u64)> {
+    core.store.list_devices(filter).await
+}
+
 /// Finds a device by id or by MAC (any accepted form).
 pub async fn find(core: &Core, id_or_mac: &str) -> Result<Device> {
     if let Some(device) = core.store.find_device(id_or_mac).await? {
@@ -101,4 +139,14 @@ pub async fn delete(core: &Core, id: &str) -> Result<()> {
     core.devices.presence().forget(id);
     core.events.publish(Event::DeviceDeleted { device_id: id.to_string() });
     Ok(())
+}
+
+/// A device's update history: its newest 100 attempts, newest first.
+pub async fn update_history(core: &Core, device_id: &str) -> Result<Vec<UpdateAttempt>> {
+    core.store.list_attempts(device_id, 100).await
+}
+
+/// A device's setup reports (seed-004 status codes), oldest first.
+pub async fn setup_history(core: &Core, device_id: &str) -> Result<Vec<device::SetupEvent>> {
+    core.store.list_setup_events(device_id).await
 }

@@ -10,6 +10,19 @@ pub struct StatusReport {
     pub message: Option<String>,
 }
 
+/// The device's current update attempt (the latest, final or not), if it ever had one.
+pub async fn current_attempt(core: &Core, device_id: &str) -> Result<Option<UpdateAttempt>> {
+    core.store.current_attempt(device_id).await
+}
+
+/// The build of the device's update in progress (its current attempt, while not final).
+pub async fn pending_build(core: &Core, device_id: &str) -> Result<Option<Artifact>> {
+    match core.store.current_attempt(device_id).await? {
+        Some(attempt) if !attempt.state.is_final() => core.store.find_artifact(&attempt.artifact_id).await,
+        _ => Ok(None),
+    }
+}
+
 /// Records a device's report on its current update.
 pub async fn report_update(core: &Core, device: &ActiveDevice, report: StatusReport) -> Result<UpdateAttempt> {
     if report.release_id.as_deref().is_some_and(|id| id.trim().is_empty()) {

@@ -89,7 +89,7 @@ pub(super) fn publish_metrics(rollout: &Rollout, tallies: &[Tally], sizes: &[u64
 
 /// Loads the view, then keeps it current (each second) and runs the evaluator.
 pub fn spawn_background(core: Core) {
-    tokio::spawn(async move {
+    core.tasks.clone().spawn("rollout evaluator", async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut last_evaluation = Instant::now() - core.rollouts.policy.evaluate_every;
         loop {

@@ -28,6 +28,11 @@ pub(super) async fn resolve_devices(core: &Core, ids_or_macs: &[String]) -> Resu
     Ok(ids)
 }
 
+/// Every group, by name, with its size.
+pub async fn list_groups(core: &Core) -> Result<Vec<Group>> {
+    core.store.list_groups().await
+}
+
 pub async fn create_group(core: &Core, name: &str, devices: &[String]) -> Result<Group> {
     let name = check_group_name(name)?;
     let ids = resolve_devices(core, devices).await?;

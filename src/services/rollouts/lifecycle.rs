@@ -233,6 +233,11 @@ pub(super) async fn target_fractions(core: &Core, rollout: &Rollout, registered_
     Ok(fractions)
 }
 
+/// Rollouts in any of `states` (all when empty), of one product if given, newest first.
+pub async fn list_rollouts(core: &Core, states: &[RolloutState], product: Option<&str>) -> Result<Vec<Rollout>> {
+    core.store.list_rollouts(states, product).await
+}
+
 pub async fn find_rollout(core: &Core, id: &str) -> Result<Rollout> {
     core.store.find_rollout(id).await?.ok_or_else(|| Error::not_found("rollout", id))
 }

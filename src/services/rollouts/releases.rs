@@ -69,6 +69,11 @@ pub async fn create_release(core: &Core, new: NewRelease) -> Result<Release> {
     Ok(release)
 }
 
+/// Releases (of one product, if given), newest first (at most 500).
+pub async fn list_releases(core: &Core, product: Option<&str>) -> Result<Vec<Release>> {
+    core.store.list_releases(product).await
+}
+
 pub async fn find_release(core: &Core, id: &str) -> Result<Release> {
     core.store.find_release(id).await?.ok_or_else(|| Error::not_found("release", id))
 }

@@ -8,7 +8,9 @@ use sqlx::{Any, AssertSqlSafe, Row};
 use super::row::{self, Corrupt, Table, map_row, map_rows};
 use super::sql::{self, Builder, violates};
 use super::{Store, db_error, now_millis};
-use crate::domain::device::{Device, Product, Provisioning, SetupEvent, SetupStatus, UpdateAttempt, UpdateEvent, UpdateState};
+use crate::domain::device::{
+    Device, DeviceFilter, DevicePatch, DeviceSort, Product, Provisioning, SetupEvent, SetupStatus, UpdateAttempt, UpdateEvent, UpdateState,
+};
 use crate::domain::mac::Mac;
 use crate::domain::{Error, Result};
 
@@ -92,21 +94,6 @@ pub struct NewDevice {
     pub token_hash: Option<String>,
 }
 
-/// Operator changes to a device; `Some(None)` clears a field.
-#[derive(Debug, Default, Clone)]
-pub struct DevicePatch {
-    pub name: Option<String>,
-    pub product: Option<Option<String>>,
-    pub hardware: Option<Option<String>>,
-    pub channel: Option<String>,
-    pub target_version: Option<Option<String>>,
-    pub tags: Option<Vec<String>>,
-    pub metadata: Option<Value>,
-    pub owner: Option<Option<String>>,
-    /// Until then, the device may provision again without its token; `Some(None)` closes it.
-    pub reprovision_until: Option<Option<DateTime<Utc>>>,
-}
-
 /// What a device reported about itself in a check-in.
 #[derive(Debug, Default, Clone)]
 pub struct DeviceReport {
@@ -114,33 +101,6 @@ pub struct DeviceReport {
     pub product: Option<String>,
     pub hardware: Option<String>,
     pub attributes: Option<Value>,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum DeviceSort {
-    #[default]
-    NewestFirst,
-    OldestFirst,
-    LastSeen,
-    Name,
-    Mac,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct DeviceFilter {
-    pub product: Option<String>,
-    pub hardware: Option<String>,
-    pub version: Option<String>,
-    pub tag: Option<String>,
-    /// `Some(true)`: seen since the cut-off; `Some(false)`: not.
-    pub online_since: Option<(bool, i64)>,
-    pub last_seen_before: Option<i64>,
-    pub last_seen_after: Option<i64>,
-    pub owner: Option<String>,
-    pub search: Option<String>,
-    pub sort: DeviceSort,
-    pub limit: u32,
-    pub offset: u64,
 }
 
 pub(super) async fn log_change(tx: &mut sqlx::Transaction<'_, Any>, device_id: &str) -> Result<()> {

@@ -20,9 +20,11 @@ impl Store {
         map_rows::<ProductRow, Product>(&rows)
     }
 
-    /// Creates or replaces a product's policy.
-    pub async fn upsert_product(&self, product: &Product) -> Result<Product> {
+    /// Creates or replaces a product's policy and, when `min_version` is given, sets its
+    /// anti-rollback floor (`Some(None)` removes it), in one transaction.
+    pub async fn upsert_product(&self, product: &Product, min_version: Option<Option<&str>>) -> Result<Product> {
         let now = now_millis();
+        let mut tx = self.pool.begin().await.map_err(|e| db_error(e, "failed to begin a transaction"))?;
         let updated = sqlx::query(
             "UPDATE product SET provisioning = $1, provision_key = $2, provision_secret_hash = $3, poll_interval_s = $4, updated_at = $5, \
              hardware = $6, public_secrets = $7 WHERE name = $8",
@@ -35,7 +37,7 @@ impl Store {
         .bind(hardware_column(&product.hardware))
         .bind(i64::from(product.public_secrets))
         .bind(&product.name)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await;
         let updated = match updated {
             Ok(result) => result.rows_affected(),
@@ -55,16 +57,37 @@ impl Store {
             .bind(i64::from(product.public_secrets))
             .bind(now)
             .bind(now)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await;
             match inserted {
                 Ok(_) => {}
-                // The name was created concurrently: update it.
-                Err(e) if violates(&e, "product_pkey") => return Box::pin(self.upsert_product(product)).await,
+                Err(e) if violates(&e, "product_pkey") => {
+                    // The name was created concurrently: update it. The failed statement ends
+                    // this transaction (PostgreSQL aborts it).
+                    drop(tx);
+                    return Box::pin(self.upsert_product(product, min_version)).await;
+                }
                 Err(e) => return Err(db_error(e, "failed to insert a product")),
             }
         }
-        self.find_product(&product.name).await?.ok_or_else(|| Error::Internal(anyhow::anyhow!("product vanished after upsert")))
+        if let Some(min_version) = min_version {
+            sqlx::query("UPDATE product SET min_version = $1, updated_at = $2 WHERE name = $3")
+                .bind(min_version.map(str::to_string))
+                .bind(now)
+                .bind(&product.name)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| db_error(e, "failed to set the anti-rollback floor"))?;
+        }
+        let row = sqlx::query(AssertSqlSafe(format!("SELECT {PRODUCT_COLUMNS} FROM product WHERE name = $1")))
+            .bind(&product.name)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| db_error(e, "failed to read a product"))?;
+        tx.commit().await.map_err(|e| db_error(e, "failed to commit a product"))?;
+        row.map(|r| map_row::<ProductRow, Product>(&r))
+            .transpose()?
+            .ok_or_else(|| Error::Internal(anyhow::anyhow!("product vanished after upsert")))
     }
 
     pub async fn find_product_by_provision_key(&self, key: &str) -> Result<Option<Product>> {

@@ -108,10 +108,10 @@ async fn each_client_facing_constraint_is_its_own_conflict() {
         created_at: Utc::now(),
         updated_at: Utc::now(),
     };
-    store.upsert_product(&product("lamp")).await.unwrap();
-    assert_eq!(conflict_code(&store.upsert_product(&product("plug")).await.unwrap_err()), "provision_key_taken");
+    store.upsert_product(&product("lamp"), None).await.unwrap();
+    assert_eq!(conflict_code(&store.upsert_product(&product("plug"), None).await.unwrap_err()), "provision_key_taken");
     // The same product again is an update, not a conflict.
-    store.upsert_product(&product("lamp")).await.unwrap();
+    store.upsert_product(&product("lamp"), None).await.unwrap();
 
     assert!(store.insert_server_secret("admin", "a").await.unwrap());
     assert!(!store.insert_server_secret("admin", "b").await.unwrap());

@@ -7,6 +7,7 @@ use serde_json::json;
 
 use super::*;
 use crate::domain::Error;
+use crate::domain::device::{DeviceFilter, DevicePatch, DeviceSort};
 use crate::domain::mac::Mac;
 
 mod constraints;

@@ -38,7 +38,7 @@ async fn an_unknown_provisioning_mode_is_an_error_not_preregistered() {
         created_at: Utc::now(),
         updated_at: Utc::now(),
     };
-    store.upsert_product(&product).await.unwrap();
+    store.upsert_product(&product, None).await.unwrap();
     execute(&store, "UPDATE product SET provisioning = 'whoever-asks'").await;
     assert_names(&corrupt_row(store.find_product("lamp").await.unwrap_err()), "product", "lamp", "provisioning");
     assert_names(&corrupt_row(store.list_products().await.unwrap_err()), "product", "lamp", "provisioning");

@@ -302,6 +302,71 @@ async fn admin_firmware_files_are_uploaded_listed_described_and_deleted() {
 }
 
 #[tokio::test]
+async fn a_build_goes_with_the_last_of_its_names() {
+    let app = app().await;
+    let admin = |method: Method, path: &str| app.client.request(method, app.url(path)).header("X-Admin-API-Key", ADMIN_KEY);
+    let bytes = image("panic", "2.1.0", CHIP_ESP32C6, 20_000);
+    upload_file(&app, "first.bin", bytes.clone()).await;
+    upload_file(&app, "second.bin", bytes).await;
+    assert_eq!(app.list_artifacts("product=panic").await["total"], 1, "one build, two names");
+
+    let deleted = admin(Method::DELETE, "/admin/api/firmware/first.bin").send().await.unwrap();
+
+    assert_eq!(deleted.json::<Value>().await.unwrap(), json!({"success": true}));
+    assert_eq!(admin(Method::GET, "/admin/api/firmware/first.bin/info").send().await.unwrap().status(), 404);
+    assert_eq!(admin(Method::GET, "/admin/api/firmware/second.bin/info").send().await.unwrap().status(), 200);
+    assert_eq!(app.list_artifacts("product=panic").await["total"], 1, "another name still refers to the build");
+    let deleted = admin(Method::DELETE, "/admin/api/firmware/second.bin").send().await.unwrap();
+    assert_eq!(deleted.json::<Value>().await.unwrap(), json!({"success": true}));
+    assert_eq!(app.list_artifacts("product=panic").await["total"], 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_file_whose_build_devices_are_updating_to_is_not_deleted() {
+    let app = app().await;
+    fleet(&app).await;
+    let admin = |method: Method, path: &str| app.client.request(method, app.url(path)).header("X-Admin-API-Key", ADMIN_KEY);
+    // The pinned device is offered 1.3.8: its update to that build is in progress.
+    let response = send(&app, &check_request(&app, "1.3.7", MAC, Some(FIRMWARE_TOKEN))).await;
+    assert_eq!(response.status, 200);
+
+    let refused = admin(Method::DELETE, "/admin/api/firmware/panic_1.3.8.bin").send().await.unwrap();
+
+    assert_eq!(refused.status(), 409);
+    let detail = refused.json::<Value>().await.unwrap()["detail"].as_str().unwrap().to_string();
+    assert!(detail.contains("being updated"), "{detail}");
+    // Nothing went: the name still names the build, and the build is still there.
+    assert_eq!(admin(Method::GET, "/admin/api/firmware/panic_1.3.8.bin/info").send().await.unwrap().status(), 200);
+    assert_eq!(app.list_artifacts("product=panic&version=1.3.8").await["total"], 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn names_of_one_build_deleted_at_once_leave_no_build_behind() {
+    let app = app().await;
+    let admin = |method: Method, path: &str| app.client.request(method, app.url(path)).header("X-Admin-API-Key", ADMIN_KEY);
+    for round in 0..5 {
+        let version = format!("3.0.{round}");
+        let bytes = image("panic", &version, CHIP_ESP32C6, 20_000);
+        let (a, b) = (format!("a_{round}.bin"), format!("b_{round}.bin"));
+        upload_file(&app, &a, bytes.clone()).await;
+        upload_file(&app, &b, bytes).await;
+
+        let (first, second) = tokio::join!(
+            admin(Method::DELETE, &format!("/admin/api/firmware/{a}")).send(),
+            admin(Method::DELETE, &format!("/admin/api/firmware/{b}")).send()
+        );
+
+        assert_eq!(first.unwrap().status(), 200);
+        assert_eq!(second.unwrap().status(), 200);
+        // Whichever went second saw no other name and took the build with it.
+        assert_eq!(app.list_artifacts(&format!("product=panic&version={version}")).await["total"], 0, "round {round}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn the_surface_can_be_switched_off() {
     let app = spawn_app_with(|s| s.compat.ota_server = false).await;
 

@@ -1,0 +1,128 @@
+//! The architecture's rules, checked as tests (in the manner of rust-analyzer's `tidy.rs`): the
+//! invariants docs/ARCHITECTURE.md states fail the build when code breaks them, instead of
+//! waiting for a reviewer to notice.
+
+use std::path::{Path, PathBuf};
+
+/// Every `.rs` file under `dir` (relative to the package), with its text.
+fn sources(dir: &str) -> Vec<(PathBuf, String)> {
+    fn walk(dir: &Path, out: &mut Vec<(PathBuf, String)>) {
+        for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                out.push((path, text));
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(&Path::new(env!("CARGO_MANIFEST_DIR")).join(dir), &mut files);
+    assert!(!files.is_empty(), "no sources under {dir}");
+    files
+}
+
+/// The code of a file: its lines without comments (`//`, `///`, `//!`), numbered from 1.
+fn code_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    text.lines().enumerate().map(|(i, line)| (i + 1, line)).filter(|(_, line)| !line.trim_start().starts_with("//"))
+}
+
+/// Whether `line` names `word` as a path segment (not as part of a longer identifier).
+fn names(line: &str, word: &str) -> bool {
+    line.match_indices(word).any(|(at, _)| {
+        let before = line[..at].chars().next_back();
+        let after = line[at + word.len()..].chars().next();
+        let ident = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+        !ident(before) && !ident(after)
+    })
+}
+
+fn violations(dir: &str, forbidden: &[&str]) -> Vec<String> {
+    let mut found = Vec::new();
+    for (path, text) in sources(dir) {
+        for (number, line) in code_lines(&text) {
+            for word in forbidden {
+                if names(line, word) {
+                    found.push(format!("{}:{number}: `{word}` in `{}`", path.display(), line.trim()));
+                }
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn the_domain_does_no_io() {
+    let found =
+        violations("src/domain", &["tokio", "sqlx", "reqwest", "object_store", "std::fs", "std::net", "hyper", "axum", "rmqtt", "rumqttc"]);
+    assert!(found.is_empty(), "src/domain must do no IO (docs/ARCHITECTURE.md):\n{}", found.join("\n"));
+}
+
+#[test]
+fn only_storage_names_sqlx() {
+    let mut found = Vec::new();
+    for dir in ["src/domain", "src/services", "src/http", "src/mqtt", "src/blob"] {
+        found.extend(violations(dir, &["sqlx"]));
+    }
+    for file in ["src/startup.rs", "src/cli.rs", "src/config.rs", "src/net.rs", "src/telemetry.rs", "src/main.rs", "src/lib.rs"] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+        let Ok(text) = std::fs::read_to_string(&path) else { continue };
+        for (number, line) in code_lines(&text) {
+            if names(line, "sqlx") {
+                found.push(format!("{file}:{number}: `{}`", line.trim()));
+            }
+        }
+    }
+    assert!(found.is_empty(), "only src/storage may hold SQL (docs/ARCHITECTURE.md):\n{}", found.join("\n"));
+}
+
+/// Lines of `text` that compare something that looks like a credential with `==` or `!=`.
+fn secret_comparisons(text: &str) -> Vec<(usize, String)> {
+    let secretive = ["token", "secret", "password", "passwd", "api_key", "signature", "credential"];
+    // Fine on either side: presence checks, lengths, digests (of random secrets: not secret),
+    // times, counts, kinds and states.
+    let harmless = [".is_some", ".is_none", ".len", "digest", "_at", "count", "kind", "type", "state"];
+    let is_delimiter = |c: char| matches!(c, '(' | ')' | '{' | '}' | ',' | ';' | '|' | '&' | '!' | '=' | '<' | '>');
+    let mut found = Vec::new();
+    for (number, line) in code_lines(text) {
+        for operator in ["==", "!="] {
+            for (at, _) in line.match_indices(operator) {
+                let left = line[..at].rsplit(is_delimiter).next().unwrap_or("").to_ascii_lowercase();
+                let right = line[at + 2..].split(is_delimiter).next().unwrap_or("").to_ascii_lowercase();
+                let suspicious = |side: &str| secretive.iter().any(|w| side.contains(w)) && !harmless.iter().any(|h| side.contains(h));
+                if suspicious(&left) || suspicious(&right) {
+                    found.push((number, line.trim().to_string()));
+                }
+            }
+        }
+    }
+    found.dedup();
+    found
+}
+
+#[test]
+fn no_secret_is_compared_with_equals() {
+    // A credential is compared in constant time (`secret::verify`, `secret::constant_time_eq`,
+    // an HMAC's `verify_slice`), never with `==`, whose early exit tells an attacker how much of
+    // a guess was right.
+    let mut found = Vec::new();
+    for (path, text) in sources("src") {
+        for (number, line) in secret_comparisons(&text) {
+            found.push(format!("{}:{number}: `{line}`", path.display()));
+        }
+    }
+    assert!(found.is_empty(), "compare secrets in constant time (domain::secret):\n{}", found.join("\n"));
+}
+
+#[test]
+fn the_rules_above_see_what_they_look_for() {
+    // The checks must be able to fail: a line that breaks each rule is caught.
+    assert!(names("use sqlx::Row;", "sqlx") && !names("let sqlx_like = 1;", "sqlx"));
+    assert!(names("let f = std::fs::read(p);", "std::fs"));
+    assert!(code_lines("// tokio is mentioned here\nlet x = 1;").all(|(_, l)| !names(l, "tokio")));
+    let caught = secret_comparisons("if presented_token == stored.token {}\nif key != admin_api_key {}\nlet ok = signature == expected;");
+    assert_eq!(caught.len(), 3, "{caught:?}");
+    let fine = secret_comparisons("if a.is_some() != secret.is_some() {}\nif token_digest == other {}\nif secret::verify(t, &d) {}");
+    assert!(fine.is_empty(), "{fine:?}");
+}
