@@ -1,5 +1,7 @@
 //! The `updraft` command line: `serve`, and maintenance subcommands.
 
+#![allow(clippy::print_stdout, clippy::print_stderr, reason = "the command line talks to its user on the terminal")]
+
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
@@ -17,7 +19,7 @@ struct Cli {
 }
 
 // Parsed once per run: the size of its variants does not matter.
-#[allow(clippy::large_enum_variant)]
+#[allow(clippy::large_enum_variant, reason = "parsed once at start; boxing the serve arguments buys nothing")]
 #[derive(Subcommand)]
 enum Command {
     /// Run the server: the HTTP API, the device protocols and the MQTT broker.

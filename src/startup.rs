@@ -222,7 +222,7 @@ async fn resolve_admin_key(store: &Store, configured: Option<&str>) -> anyhow::R
     secret::parse_digest_hex(&stored).context("the stored admin key digest is corrupt")
 }
 
-#[allow(clippy::print_stderr)]
+#[allow(clippy::print_stderr, reason = "the generated key is shown to the operator once, on the terminal, not in the log")]
 fn print_generated_key(key: &str) {
     eprintln!(
         "\n  Generated admin API key (shown only now; only its hash is stored):\n\n    {key}\n\n  \

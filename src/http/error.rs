@@ -417,7 +417,7 @@ mod tests {
 
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields)]
-    #[allow(dead_code)]
+    #[allow(dead_code, reason = "a test type: only its deserialisation is exercised")]
     struct Body {
         mac: String,
         limit: Option<u32>,
@@ -428,7 +428,7 @@ mod tests {
 
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields)]
-    #[allow(dead_code)]
+    #[allow(dead_code, reason = "a test type: only its deserialisation is exercised")]
     struct Nested {
         enabled: bool,
     }
@@ -477,7 +477,7 @@ mod tests {
 
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields)]
-    #[allow(dead_code)]
+    #[allow(dead_code, reason = "a test type: only its deserialisation is exercised")]
     struct Query {
         product: String,
         limit: Option<u32>,

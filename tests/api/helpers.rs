@@ -25,7 +25,7 @@ pub struct TestApp {
     pub base: String,
     pub client: reqwest::Client,
     /// Kept so the folder lives as long as the server.
-    #[allow(dead_code)]
+    #[allow(dead_code, reason = "kept so that the folder lives as long as the server")]
     pub data_dir: tempfile::TempDir,
     pub settings: Settings,
     /// The server's background loops (for tests that check they stop).
