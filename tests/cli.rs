@@ -4,7 +4,11 @@
 //! Every run gets a fresh temporary working directory (the binary reads `.env` from there)
 //! and an environment without any `UPDRAFT_*` variable of the developer's shell.
 
-#![allow(clippy::print_stderr, clippy::disallowed_methods, reason = "tests report figures on stderr and drive blocking helpers from plain threads")]
+#![allow(
+    clippy::print_stderr,
+    clippy::disallowed_methods,
+    reason = "tests report figures on stderr and drive blocking helpers from plain threads"
+)]
 
 use std::io::Read;
 use std::net::SocketAddr;
