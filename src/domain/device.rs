@@ -72,6 +72,69 @@ impl Product {
     }
 }
 
+/// The shortest provisioning secret accepted.
+pub const MIN_PROVISION_SECRET_LEN: usize = 16;
+/// The most hardware ids a product admits by name.
+pub const MAX_PRODUCT_HARDWARE: usize = 100;
+
+/// A new provisioning secret (only its digest is stored): at least 16 characters.
+pub fn check_provision_secret(secret: &str) -> Result<()> {
+    if secret.len() < MIN_PROVISION_SECRET_LEN {
+        return Err(Error::invalid(
+            "invalid_provision_secret",
+            format!("provision_secret must be at least {MIN_PROVISION_SECRET_LEN} characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// The hardware a product admits, as an operator lists it: each a valid hardware id, sorted,
+/// without repeats, at most `MAX_PRODUCT_HARDWARE`.
+pub fn hardware_list(list: &[String]) -> Result<Vec<String>> {
+    if list.len() > MAX_PRODUCT_HARDWARE {
+        return Err(Error::invalid("invalid_hardware", format!("a product admits at most {MAX_PRODUCT_HARDWARE} hardware ids")));
+    }
+    let mut parsed =
+        list.iter().map(|h| super::firmware::HardwareId::parse(h).map(|h| h.as_str().to_string())).collect::<Result<Vec<_>>>()?;
+    parsed.sort();
+    parsed.dedup();
+    Ok(parsed)
+}
+
+/// A product policy as it is about to be stored: `key` provisioning has a key and a secret; a
+/// key has 8-128 characters; the poll interval is in range.
+pub fn check_product(product: &Product) -> Result<()> {
+    if product.provisioning == Provisioning::Key && (product.provision_key.is_none() || product.provision_secret_hash.is_none()) {
+        return Err(Error::invalid("invalid_provisioning", "provisioning `key` needs provision_key and provision_secret"));
+    }
+    if let Some(key) = &product.provision_key
+        && !(8..=128).contains(&key.len())
+    {
+        return Err(Error::invalid("invalid_provision_key", "provision_key must be 8-128 characters"));
+    }
+    check_poll_interval(product.poll_interval_s)?;
+    Ok(())
+}
+
+/// What a check-in that reports the version the device runs means for its current update
+/// attempt: the target version completes it (`succeeded`); after `installed`, another version
+/// means the new build did not boot (the bootloader went back: `failed`, with why). `None`:
+/// the attempt goes on (or is over already, or the report says nothing).
+pub fn attempt_outcome(attempt: &UpdateAttempt, reported: Option<&str>) -> Option<(UpdateState, Option<String>)> {
+    let running = reported.and_then(|v| super::version::Version::parse(v).ok())?;
+    if attempt.state.is_final() {
+        return None;
+    }
+    if super::version::Version::parse(&attempt.to_version).ok().as_ref() == Some(&running) {
+        return Some((UpdateState::Succeeded, None));
+    }
+    if attempt.state == UpdateState::Installed {
+        let message = format!("boot failure: the device runs {} after installing {}", reported.unwrap_or_default(), attempt.to_version);
+        return Some((UpdateState::Failed, Some(message)));
+    }
+    None
+}
+
 /// Whether a check-in may name `claimed` as the device's product. A device's product is set by
 /// an operator, or at provisioning under that product's rules: a check-in may repeat it, and a
 /// device without a product may take an `open` product (as provisioning it there would).
@@ -409,6 +472,59 @@ mod tests {
             let error = check_product_claim(current, claimed).unwrap_err();
             assert_eq!(error.code(), "product_mismatch", "{current:?} -> {}", claimed.name);
         }
+    }
+
+    #[test]
+    fn product_policies_are_checked_before_they_are_stored() {
+        let mut keyed = product("meter", Provisioning::Key, &[]);
+        assert_eq!(check_product(&keyed).unwrap_err().code(), "invalid_provisioning");
+        keyed.provision_key = Some("short".into());
+        keyed.provision_secret_hash = Some("digest".into());
+        assert_eq!(check_product(&keyed).unwrap_err().code(), "invalid_provision_key");
+        keyed.provision_key = Some("meter-key-1".into());
+        assert!(check_product(&keyed).is_ok());
+        keyed.poll_interval_s = 1;
+        assert_eq!(check_product(&keyed).unwrap_err().code(), "invalid_poll_interval");
+        assert_eq!(check_provision_secret("too-short").unwrap_err().code(), "invalid_provision_secret");
+        assert!(check_provision_secret("sixteen-chars-ok").is_ok());
+        let listed = hardware_list(&["ESP32-S3".into(), "esp32".into(), "esp32-s3".into()]).unwrap();
+        assert_eq!(listed, ["esp32", "esp32-s3"], "lower case, sorted, once each");
+        assert_eq!(hardware_list(&["bad;name".into()]).unwrap_err().code(), "invalid_hardware");
+        assert_eq!(hardware_list(&vec!["x".to_string(); 101]).unwrap_err().code(), "invalid_hardware");
+    }
+
+    fn attempt(state: UpdateState, to: &str) -> UpdateAttempt {
+        UpdateAttempt {
+            id: "a".into(),
+            device_id: "d".into(),
+            artifact_id: "b".into(),
+            release_id: "r".into(),
+            rollout_id: None,
+            from_version: Some("1.0.0".into()),
+            to_version: to.into(),
+            state,
+            progress: None,
+            message: None,
+            current: true,
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+            events: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_reported_version_completes_or_fails_the_current_attempt() {
+        use UpdateState::*;
+        assert_eq!(attempt_outcome(&attempt(Downloading, "1.1.0"), Some("1.1.0")), Some((Succeeded, None)));
+        assert_eq!(attempt_outcome(&attempt(Offered, "v1.1"), Some("1.1.0")), Some((Succeeded, None)), "versions compare parsed");
+        let (state, why) = attempt_outcome(&attempt(Installed, "1.1.0"), Some("1.0.0")).unwrap();
+        assert_eq!(state, Failed);
+        assert_eq!(why.unwrap(), "boot failure: the device runs 1.0.0 after installing 1.1.0");
+        // Before `installed`, another version is the old one still running: nothing yet.
+        assert_eq!(attempt_outcome(&attempt(Downloading, "1.1.0"), Some("1.0.0")), None);
+        assert_eq!(attempt_outcome(&attempt(Failed, "1.1.0"), Some("1.1.0")), None, "a final attempt stays as it is");
+        assert_eq!(attempt_outcome(&attempt(Installed, "1.1.0"), None), None);
+        assert_eq!(attempt_outcome(&attempt(Installed, "1.1.0"), Some("garbage")), None);
     }
 
     #[test]

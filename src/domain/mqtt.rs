@@ -13,6 +13,10 @@ pub const PREFIX: &str = "updraft";
 /// The group of the server's shared subscriptions: replicas split the device traffic.
 pub const SHARE_GROUP: &str = "updraft";
 pub const SEED003_PREFIX: &str = "iotsupport/updates";
+/// Seed 003's notice that a device's `<mac>.json` changed: `{"filename": "<mac>.json"}`.
+pub const SEED003_CONFIG_TOPIC: &str = "iotsupport/updates/configs";
+/// Seed 003's notice that an asset file was uploaded: `{"filename": "<name>"}`.
+pub const SEED003_ASSET_TOPIC: &str = "iotsupport/updates/assets";
 
 /// What a credential may do on the broker.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -150,6 +150,25 @@ pub const DEFAULT_SUCCESS_PERCENT: f64 = 90.0;
 pub const DEFAULT_ERROR_PERCENT: f64 = 10.0;
 pub const MAX_STAGES: usize = 20;
 
+/// The stages of a rollout created without any: 1 %, 10 %, 50 %, then everyone, each with the
+/// default thresholds.
+pub fn default_stages() -> Vec<Stage> {
+    [1.0, 10.0, 50.0, 100.0]
+        .into_iter()
+        .map(|percent| Stage {
+            size: StageSize::Percent(percent),
+            success_percent: DEFAULT_SUCCESS_PERCENT,
+            error: default_error_threshold(),
+            min_soak_s: 0,
+        })
+        .collect()
+}
+
+/// The error threshold of a stage that sets none.
+pub fn default_error_threshold() -> ErrorThreshold {
+    ErrorThreshold { count: None, percent: Some(DEFAULT_ERROR_PERCENT) }
+}
+
 /// Checks a list of stages: 1-20 stages, sizes growing, thresholds in range.
 pub fn check_stages(stages: &[Stage]) -> Result<()> {
     let bad = |message: String| Err(Error::invalid("invalid_stages", message));
@@ -629,6 +648,15 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    #[test]
+    fn a_rollout_without_stages_goes_1_10_50_100_percent_with_the_default_thresholds() {
+        let stages = default_stages();
+        let sizes: Vec<StageSize> = stages.iter().map(|s| s.size).collect();
+        assert_eq!(sizes, [StageSize::Percent(1.0), StageSize::Percent(10.0), StageSize::Percent(50.0), StageSize::Percent(100.0)]);
+        assert!(stages.iter().all(|s| s.success_percent == DEFAULT_SUCCESS_PERCENT && s.error == default_error_threshold()));
+        assert!(check_stages(&stages).is_ok());
+    }
 
     fn stage(size: StageSize) -> Stage {
         Stage { size, success_percent: 90.0, error: ErrorThreshold { count: None, percent: Some(10.0) }, min_soak_s: 0 }

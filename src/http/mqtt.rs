@@ -166,7 +166,7 @@ fn command_view(c: &Command) -> CommandView {
     security(("bearer" = []), ("admin_key" = []))
 )]
 async fn mqtt_status(State(state): State<AppState>, _admin: Admin) -> Json<MqttStatusView> {
-    let connected_devices = state.core.devices.connected_devices().len();
+    let connected_devices = state.core.devices.connected_count();
     Json(match &state.mqtt {
         Some(mqtt) => {
             let status = mqtt.status();

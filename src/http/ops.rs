@@ -111,7 +111,7 @@ async fn prometheus_metrics(State(state): State<AppState>, ClientIp(ip): ClientI
     }
     metrics::gauge!("updraft_uptime_seconds").set(state.started.elapsed().as_secs_f64());
     metrics::gauge!("updraft_fleet_index_devices").set(state.core.devices.indexed_devices() as f64);
-    metrics::gauge!("updraft_mqtt_connected_devices").set(state.core.devices.connected_devices().len() as f64);
+    metrics::gauge!("updraft_mqtt_connected_devices").set(state.core.devices.connected_count() as f64);
     if let Some(mqtt) = &state.mqtt {
         let status = mqtt.status();
         metrics::gauge!("updraft_mqtt_connected").set(if status.connected { 1.0 } else { 0.0 });

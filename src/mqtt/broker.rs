@@ -32,6 +32,7 @@ use super::thingsboard::{self, ThingsBoard};
 use crate::config::{MqttSettings, TlsSettings};
 use crate::domain::mqtt::{self, Access, ClientId, ClientIdRefusal, Owner, Principal};
 use crate::services::Core;
+use crate::services::events::Event;
 use crate::services::mqtt_auth::{self, Login, Refusal, ServerIdentity};
 
 /// Retained messages kept at most (each topic holds one).
@@ -465,8 +466,8 @@ impl Hooks {
         loop {
             let devices: Option<HashSet<String>> = tokio::select! {
                 event = events.recv() => match event {
-                    Ok(event) => match (event.kind, &event.device_id) {
-                        ("device.token_issued" | "device.token_revoked" | "device.deleted", Some(device_id)) => {
+                    Ok(published) => match &published.event {
+                        Event::TokenIssued { device_id, .. } | Event::TokenRevoked { device_id, .. } | Event::DeviceDeleted { device_id } => {
                             Some(HashSet::from([device_id.clone()]))
                         }
                         _ => continue,

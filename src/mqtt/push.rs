@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use bytes::{Bytes, BytesMut};
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::bus::Bus;
@@ -20,6 +20,7 @@ use crate::domain::mqtt;
 use crate::services::Core;
 use crate::services::config as config_service;
 use crate::services::devices::{self, CheckinAnswer, CheckinReport};
+use crate::services::events::Event;
 use crate::services::fleet::ActiveDevice;
 
 /// Offers published at once during a resync.
@@ -120,7 +121,7 @@ impl Pusher {
             None => Bytes::new(),
         };
         // The signed URL changes with its expiry: compare what the offer is, not its bytes.
-        let identity = answer.offer.as_ref().map(|o| (o.attempt_id.clone(), o.artifact.id.clone(), o.mandatory));
+        let identity = answer.offer.as_ref().map(|o| (o.attempt_id.clone(), o.artifact.id.clone(), o.mandatory, answer.poll_interval_s));
         let digest = digest_of(&identity);
         let changed = self.last_ota.lock().expect("last lock").insert(device.id.clone(), digest) != Some(digest);
         if changed || force {
@@ -282,7 +283,7 @@ impl Pusher {
         let mut events = self.core.events.subscribe_changes();
         loop {
             match events.recv().await {
-                Ok(event) => self.on_event(event.kind, event.device_id.as_deref(), &event.data).await,
+                Ok(published) => self.on_event(&published.event).await,
                 Err(RecvError::Lagged(missed)) => {
                     tracing::warn!(missed, "MQTT pushes fell behind the event stream; re-evaluating every connected device");
                     self.resync(None, false).await;
@@ -292,54 +293,67 @@ impl Pusher {
         }
     }
 
-    async fn on_event(&self, kind: &str, device_id: Option<&str>, data: &Value) {
-        match kind {
-            "firmware.changed" | "release.created" => self.resync(data.get("product").and_then(Value::as_str), false).await,
-            "rollout.created" | "rollout.transition" | "product.updated" => self.resync(None, false).await,
-            "device.updated" => {
-                if let Some(id) = device_id.filter(|id| self.core.devices.is_connected(id)) {
-                    match devices::active_by_id(&self.core, id).await {
+    /// What a change means for connected devices. Every event is named here (no catch-all),
+    /// so that a new kind of event is a decision for this adapter too.
+    async fn on_event(&self, event: &Event) {
+        match event {
+            Event::FirmwareChanged { product } | Event::ReleaseCreated { product, .. } | Event::ProductUpdated { product } => {
+                self.resync(Some(product), false).await
+            }
+            Event::RolloutCreated { .. } | Event::RolloutTransition { .. } => self.resync(None, false).await,
+            Event::DeviceUpdated { device_id, .. } => {
+                if self.core.devices.is_connected(device_id) {
+                    match devices::active_by_id(&self.core, device_id).await {
                         Ok(Some(device)) => {
                             if let Err(e) = self.sync_offer(device, false).await {
-                                tracing::warn!(device_id = id, error = %e, "cannot re-evaluate a device's offer");
+                                tracing::warn!(%device_id, error = %e, "cannot re-evaluate a device's offer");
                             }
                         }
                         Ok(None) => {}
-                        Err(e) => tracing::warn!(device_id = id, error = %e, "cannot read a device"),
+                        Err(e) => tracing::warn!(%device_id, error = %e, "cannot read a device"),
                     }
                 }
             }
-            "config.changed" => {
-                let ids: Vec<String> = data
-                    .get("devices")
-                    .and_then(Value::as_array)
-                    .map(|list| list.iter().filter_map(Value::as_str).map(str::to_string).collect())
-                    .unwrap_or_default();
-                for id in ids.iter().filter(|id| self.core.devices.is_connected(id)) {
+            Event::ConfigChanged(change) => {
+                for id in change.devices.iter().filter(|id| self.core.devices.is_connected(id)) {
                     if let Err(e) = self.sync_config(id, false).await {
                         tracing::warn!(device_id = %id, error = %e, "cannot publish a device's configuration");
                     }
                 }
-                self.publish_notifications(data).await;
+                for mac in &change.seed003_files {
+                    self.notify_seed003(mqtt::SEED003_CONFIG_TOPIC, &format!("{}.json", mac.hyphenated_lower())).await;
+                }
             }
-            "asset.uploaded" => self.publish_notifications(data).await,
-            _ => {}
+            Event::AssetFileUploaded { filename, .. } => self.notify_seed003(mqtt::SEED003_ASSET_TOPIC, filename).await,
+            // Credentials are the broker's to follow (`broker.rs`); the rest changes nothing
+            // connected devices are sent.
+            Event::TokenIssued { .. }
+            | Event::TokenRevoked { .. }
+            | Event::DeviceDeleted { .. }
+            | Event::AssetUploaded { .. }
+            | Event::DeviceCreated { .. }
+            | Event::DeviceOnline { .. }
+            | Event::DeviceOffline { .. }
+            | Event::DeviceConnected { .. }
+            | Event::DeviceDisconnected { .. }
+            | Event::DeviceCheckin { .. }
+            | Event::DeviceTelemetry { .. }
+            | Event::UpdateStatus(_)
+            | Event::SetupStatus { .. }
+            | Event::DevicePaired { .. }
+            | Event::ConfigAcknowledged { .. }
+            | Event::CommandSent { .. }
+            | Event::CommandCompleted { .. } => {}
         }
     }
 
-    /// Seed 003's notifications, as the use case listed them: QoS 1, not retained.
-    async fn publish_notifications(&self, data: &Value) {
-        let Some(list) = data.get("notifications").and_then(Value::as_array) else {
-            return;
-        };
-        for notification in list {
-            let (Some(topic), Some(payload)) = (notification.get("topic").and_then(Value::as_str), notification.get("payload")) else {
-                continue;
-            };
-            match self.bus.publish(topic.to_string(), Bytes::from(payload.to_string()), false).await {
-                Ok(()) => metrics::counter!("updraft_mqtt_pushes_total", "kind" => "notification").increment(1),
-                Err(e) => tracing::warn!(topic, error = %e, "cannot publish a notification"),
-            }
+    /// One of seed 003's notifications, as its use case sent them: `{"filename"}`, QoS 1, not
+    /// retained.
+    async fn notify_seed003(&self, topic: &str, filename: &str) {
+        let payload = json!({"filename": filename});
+        match self.bus.publish(topic.to_string(), Bytes::from(payload.to_string()), false).await {
+            Ok(()) => metrics::counter!("updraft_mqtt_pushes_total", "kind" => "notification").increment(1),
+            Err(e) => tracing::warn!(topic, error = %e, "cannot publish a notification"),
         }
     }
 }

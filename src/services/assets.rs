@@ -9,17 +9,15 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use chrono::{DateTime, FixedOffset, NaiveDateTime, Utc};
-use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::Core;
+use super::events::Event;
 use crate::blob::BlobWriter;
 use crate::domain::firmware::Product as ProductName;
 use crate::domain::{Error, Result};
 use crate::storage::{Asset, AssetFile};
 
-/// Topic of seed 003's asset notifications.
-pub const SEED003_ASSET_TOPIC: &str = "iotsupport/updates/assets";
 /// How far a signed upload timestamp may be from the server's clock.
 pub const TIMESTAMP_TOLERANCE_SECS: i64 = 300;
 
@@ -161,16 +159,7 @@ pub async fn commit_file(core: &Core, staged: StagedUpload, filename: &str) -> R
     {
         tracing::warn!(error = %e, blob = %previous, "cannot delete the replaced asset file's blob");
     }
-    core.events.publish(
-        "asset.uploaded",
-        None,
-        json!({
-            "filename": filename,
-            "size": size,
-            "sha256": file.sha256,
-            "notifications": [{"topic": SEED003_ASSET_TOPIC, "payload": {"filename": filename}}],
-        }),
-    );
+    core.events.publish(Event::AssetFileUploaded { filename: filename.to_string(), size, sha256: file.sha256.clone() });
     Ok(file)
 }
 
@@ -250,11 +239,13 @@ pub async fn create(core: &Core, product: &str, name: &str, content_type: &str, 
             created_at: Utc::now(),
         };
         if core.store.insert_asset(&asset).await? {
-            core.events.publish(
-                "asset.uploaded",
-                None,
-                json!({"product": product, "name": name, "version": version, "sha256": sha256, "size": size, "notifications": []}),
-            );
+            core.events.publish(Event::AssetUploaded {
+                product: product.to_string(),
+                name: name.to_string(),
+                version,
+                sha256: sha256.clone(),
+                size,
+            });
             return Ok(asset);
         }
     }

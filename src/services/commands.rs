@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use super::Core;
+use super::events::Event;
 use crate::domain::command::{self, Command, CommandResult, CommandState};
 use crate::domain::{Error, Result, mqtt};
 
@@ -75,7 +76,11 @@ pub async fn issue(core: &Core, device_id: &str, request: NewCommand, actor: &st
         return Err(e);
     }
     tracing::info!(device_id = %device.id, command_id = %command.id, name = %command.name, actor, "command sent");
-    core.events.publish("command.sent", Some(&device.id), json!({"command_id": command.id, "name": command.name}));
+    core.events.publish(Event::CommandSent {
+        device_id: device.id.to_string(),
+        command_id: command.id.clone(),
+        name: command.name.clone(),
+    });
     Ok(command)
 }
 
@@ -93,7 +98,11 @@ pub async fn complete(core: &Core, device_id: &str, payload: &[u8]) -> Result<Co
         return Err(Error::conflict("command_ended", format!("command {} already ended ({})", command.id, command.state.as_str())));
     }
     core.commands.notify(&command);
-    core.events.publish("command.completed", Some(device_id), json!({"command_id": command.id, "state": command.state.as_str()}));
+    core.events.publish(Event::CommandCompleted {
+        device_id: device_id.to_string(),
+        command_id: command.id.clone(),
+        state: command.state.as_str().to_string(),
+    });
     Ok(command)
 }
 
@@ -102,7 +111,11 @@ pub async fn expire(core: &Core) -> Result<usize> {
     let expired = core.store.expire_commands().await?;
     for command in &expired {
         core.commands.notify(command);
-        core.events.publish("command.completed", Some(&command.device_id), json!({"command_id": command.id, "state": "timed_out"}));
+        core.events.publish(Event::CommandCompleted {
+            device_id: command.device_id.clone(),
+            command_id: command.id.clone(),
+            state: "timed_out".into(),
+        });
     }
     Ok(expired.len())
 }

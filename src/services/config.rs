@@ -9,9 +9,10 @@
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::Core;
+use super::events::{ConfigChanged, Event};
 use crate::domain::config::{self, Change, Merged, Scope};
 use crate::domain::device::Device;
 use crate::domain::mac::Mac;
@@ -20,8 +21,6 @@ use crate::storage::{ConfigWrite, DeviceFilter, StoredDocument, StoredVersion};
 
 /// Author recorded for changes made through the seed-003 API.
 pub const SEED003_AUTHOR: &str = "seed-003 api";
-/// Topic of seed 003's configuration notifications.
-pub const SEED003_CONFIG_TOPIC: &str = "iotsupport/updates/configs";
 
 /// Attempts of a write without `If-Match` that keeps losing races to other writers.
 const MAX_ATTEMPTS: usize = 100;
@@ -216,28 +215,18 @@ fn publish_change(core: &Core, scope: &Scope, document: &StoredDocument, devices
     {
         macs.push(*mac);
     }
-    let notifications: Vec<Value> = if deleted {
-        Vec::new()
-    } else {
-        macs.iter()
-            .map(|mac| json!({"topic": SEED003_CONFIG_TOPIC, "payload": {"filename": format!("{}.json", mac.hyphenated_lower())}}))
-            .collect()
-    };
     let device_id = match devices {
-        [only] => Some(only.id.as_str()),
+        [only] => Some(only.id.clone()),
         _ => None,
     };
-    core.events.publish(
-        "config.changed",
+    core.events.publish(Event::ConfigChanged(ConfigChanged {
         device_id,
-        json!({
-            "scope": scope.key(),
-            "version": document.version,
-            "deleted": deleted,
-            "devices": devices.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
-            "notifications": notifications,
-        }),
-    );
+        scope: scope.key(),
+        version: document.version,
+        deleted,
+        devices: devices.iter().map(|d| d.id.clone()).collect(),
+        seed003_files: if deleted { Vec::new() } else { macs },
+    }));
 }
 
 // ---- reading ----
@@ -418,7 +407,7 @@ pub async fn acknowledge(core: &Core, device_id: &str, version: &str) -> Result<
         return Err(Error::invalid("invalid_version", "version must be the ETag of GET /api/v1/device/config (letters and digits)"));
     }
     core.store.record_config_ack(device_id, version).await?;
-    core.events.publish("config.acknowledged", Some(device_id), json!({"version": version}));
+    core.events.publish(Event::ConfigAcknowledged { device_id: device_id.to_string(), version: version.to_string() });
     Ok(())
 }
 

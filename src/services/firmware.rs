@@ -234,5 +234,5 @@ impl UploadHasher {
 /// Tells live consumers (the MQTT pusher) that a product's builds changed, so that connected
 /// devices are offered what a check-in would now offer them.
 fn announce_builds_changed(core: &Core, product: &str) {
-    core.events.publish("firmware.changed", None, serde_json::json!({"product": product}));
+    core.events.publish(super::events::Event::FirmwareChanged { product: product.to_string() });
 }

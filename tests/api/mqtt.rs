@@ -361,6 +361,7 @@ both_brokers!(
     a_command_round_trip_and_a_timeout,
     a_new_build_is_pushed_only_to_the_devices_concerned,
     update_status_telemetry_and_attributes_flow_in,
+    a_product_s_new_poll_interval_reaches_connected_devices_at_once,
 );
 
 async fn wrong_credentials_are_refused_with_a_connack_code(kind: Broker) {
@@ -556,6 +557,29 @@ async fn a_new_build_is_pushed_only_to_the_devices_concerned(kind: Broker) {
     assert_eq!(response.status(), 200);
     assert_eq!(d2.offer(&a2, Duration::from_secs(10)).await.expect("the pinned device")["update"]["version"], "0.9.0");
     assert!(d1.offer(&a1, Duration::from_millis(1500)).await.is_none(), "the other lamp keeps its offer");
+    s.app.stop().await;
+}
+
+async fn a_product_s_new_poll_interval_reaches_connected_devices_at_once(kind: Broker) {
+    let s = setup(kind).await;
+    let (id, token) = s.device("02:00:00:00:65:11", "lamp", "1.0.0").await;
+    s.app.create_artifact(random_bytes(10_000, 68), "product=lamp&version=1.1.0&hardware=esp32").await;
+    let mut device = s.connect_device(&id, &token).await;
+    let offer = device.offer(&id, Duration::from_secs(10)).await.expect("an offer");
+    assert_eq!(offer["poll_interval_s"], 3600);
+    device.drain(Duration::from_millis(300)).await;
+    let response = s
+        .app
+        .admin(Method::PUT, "/api/v1/products/lamp")
+        .json(&json!({"provisioning": "open", "poll_interval_s": 120}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // Within a second, not at the next periodic resync (60 s by default).
+    let offer = device.offer(&id, Duration::from_secs(1)).await.expect("the offer again, with the new poll interval");
+    assert_eq!(offer["poll_interval_s"], 120);
+    assert_eq!(offer["update"]["version"], "1.1.0");
     s.app.stop().await;
 }
 

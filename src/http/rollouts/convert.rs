@@ -168,12 +168,8 @@ pub(super) fn parse_target(body: &TargetBody) -> Result<Target, Error> {
 }
 
 pub(super) fn parse_stages(bodies: Option<Vec<StageBody>>) -> Result<Vec<Stage>, Error> {
-    let default_error = ErrorThreshold { count: None, percent: Some(DEFAULT_ERROR_PERCENT) };
     let Some(bodies) = bodies else {
-        return Ok([1.0, 10.0, 50.0, 100.0]
-            .into_iter()
-            .map(|p| Stage { size: StageSize::Percent(p), success_percent: DEFAULT_SUCCESS_PERCENT, error: default_error, min_soak_s: 0 })
-            .collect());
+        return Ok(crate::domain::rollout::default_stages());
     };
     bodies
         .into_iter()
@@ -192,7 +188,7 @@ pub(super) fn parse_stages(bodies: Option<Vec<StageBody>>) -> Result<Vec<Stage>,
                     ));
                 }
                 Some(e) => ErrorThreshold { count: e.count, percent: e.percent },
-                None => default_error,
+                None => crate::domain::rollout::default_error_threshold(),
             };
             Ok(Stage {
                 size,

@@ -18,8 +18,8 @@ use super::firmware::timestamp;
 use crate::domain::Error;
 use crate::domain::firmware::HardwareId;
 use crate::domain::rollout::{
-    Action, DEFAULT_ERROR_PERCENT, DEFAULT_SUCCESS_PERCENT, ErrorThreshold, Group, Release, RolloutOptions, RolloutState, Stage, StageSize,
-    Tally, Target, Transition, Window,
+    Action, DEFAULT_SUCCESS_PERCENT, ErrorThreshold, Group, Release, RolloutOptions, RolloutState, Stage, StageSize, Tally, Target,
+    Transition, Window,
 };
 use crate::domain::version::Version;
 use crate::services::rollouts::{self as service, NewRelease, NewRollout, Overlap, RolloutStatus};

@@ -35,7 +35,7 @@ pub async fn identify_by_mac(core: &Core, mac: &Mac, product: &str, hardware: Op
         .await;
     match inserted {
         Ok(device) => {
-            core.events.publish("device.created", Some(&device.id), json!({"mac": device.mac.canonical(), "by": "first contact"}));
+            core.events.publish(Event::DeviceCreated { device_id: device.id.clone(), mac: device.mac, by: "first contact" });
             Ok(device)
         }
         // Registered concurrently by another request of the same device.
@@ -50,10 +50,14 @@ pub async fn identify_by_mac(core: &Core, mac: &Mac, product: &str, hardware: Op
 pub async fn refuse_offer(core: &Core, device_id: &str, offer: &Offer, reason: &str) -> Result<()> {
     let artifact = &offer.artifact;
     core.store.set_attempt_state(&offer.attempt_id, UpdateState::Rejected, None, Some(reason)).await?;
-    core.events.publish(
-        "device.update_status",
-        Some(device_id),
-        json!({"release_id": offer.release_id, "state": "rejected", "message": reason, "version": artifact.version}),
-    );
+    core.events.publish(Event::UpdateStatus(UpdateStatus {
+        device_id: device_id.to_string(),
+        release_id: offer.release_id.clone(),
+        rollout_id: None,
+        state: UpdateState::Rejected,
+        progress: None,
+        message: Some(reason.to_string()),
+        version: artifact.version.clone(),
+    }));
     Ok(())
 }

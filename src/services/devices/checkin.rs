@@ -81,11 +81,14 @@ pub async fn checkin(core: &Core, device: Arc<ActiveDevice>, report: CheckinRepo
         updated.reported_attributes = reported_attributes;
         runtime.fleet.write().expect("fleet lock").replace(updated.clone());
         if anything_changed {
-            core.events.publish(
-                "device.updated",
-                Some(&updated.id),
-                json!({"version": updated.version.as_deref(), "product": updated.product.as_deref(), "hardware": updated.hardware.as_deref()}),
-            );
+            core.events.publish(Event::DeviceUpdated {
+                device_id: updated.id.to_string(),
+                change: DeviceChange::Reported {
+                    version: updated.version.as_deref().map(str::to_string),
+                    product: updated.product.as_deref().map(str::to_string),
+                    hardware: updated.hardware.as_deref().map(str::to_string),
+                },
+            });
         }
         Arc::new(updated)
     } else {
@@ -97,28 +100,19 @@ pub async fn checkin(core: &Core, device: Arc<ActiveDevice>, report: CheckinRepo
     // bootloader went back): the attempt failed.
     if (changed.version.is_some() || (device.awaiting_boot && report.version.is_some()))
         && let Some(attempt) = core.store.current_attempt(&device.id).await?
+        && let Some((state, message)) = device::attempt_outcome(&attempt, device.version.as_deref())
     {
-        let reported = device.version.as_deref().and_then(|v| Version::parse(v).ok());
-        let target = Version::parse(&attempt.to_version).ok();
-        let outcome = if attempt.state.is_final() || reported.is_none() {
-            None
-        } else if reported == target {
-            Some((UpdateState::Succeeded, None))
-        } else if attempt.state == UpdateState::Installed {
-            let running = device.version.as_deref().unwrap_or_default();
-            Some((UpdateState::Failed, Some(format!("boot failure: the device runs {running} after installing {}", attempt.to_version))))
-        } else {
-            None
-        };
-        if let Some((state, message)) = outcome {
-            let progress = (state == UpdateState::Succeeded).then_some(100);
-            core.store.set_attempt_state(&attempt.id, state, progress, message.as_deref()).await?;
-            core.events.publish(
-                "device.update_status",
-                Some(&device.id),
-                json!({"release_id": attempt.release_id, "rollout_id": attempt.rollout_id, "state": state.as_str(), "message": message, "version": attempt.to_version}),
-            );
-        }
+        let progress = (state == UpdateState::Succeeded).then_some(100);
+        core.store.set_attempt_state(&attempt.id, state, progress, message.as_deref()).await?;
+        core.events.publish(Event::UpdateStatus(UpdateStatus {
+            device_id: device.id.to_string(),
+            release_id: attempt.release_id.clone(),
+            rollout_id: attempt.rollout_id.clone(),
+            state,
+            progress,
+            message,
+            version: attempt.to_version.clone(),
+        }));
     }
     let device = if device.awaiting_boot {
         let mut updated = (*device).clone();
@@ -147,11 +141,11 @@ pub async fn checkin(core: &Core, device: Arc<ActiveDevice>, report: CheckinRepo
         },
     };
     if core.events.active() {
-        core.events.publish(
-            "device.checkin",
-            Some(&device.id),
-            json!({"version": device.version.as_deref(), "offered": answer.offer.as_ref().map(|o| o.artifact.version.clone())}),
-        );
+        core.events.publish(Event::DeviceCheckin {
+            device_id: device.id.to_string(),
+            version: device.version.as_deref().map(str::to_string),
+            offered: answer.offer.as_ref().map(|o| o.artifact.version.clone()),
+        });
     }
     Ok(answer)
 }
@@ -283,11 +277,15 @@ pub(super) async fn plan_attempt<'a>(
 }
 
 pub(super) fn publish_offered(core: &Core, device_id: &str, release_id: &str, rollout: Option<&RolloutOffer>, artifact: &Artifact) {
-    core.events.publish(
-        "device.update_status",
-        Some(device_id),
-        json!({"release_id": release_id, "rollout_id": rollout.map(|r| &*r.rollout_id), "state": "offered", "version": artifact.version}),
-    );
+    core.events.publish(Event::UpdateStatus(UpdateStatus {
+        device_id: device_id.to_string(),
+        release_id: release_id.to_string(),
+        rollout_id: rollout.map(|r| r.rollout_id.to_string()),
+        state: UpdateState::Offered,
+        progress: None,
+        message: None,
+        version: artifact.version.clone(),
+    }));
 }
 
 /// The attempt backing an offer (see [`AttemptPlan`]).

@@ -197,7 +197,7 @@ pub async fn provision(core: &Core, request: ProvisionRequest, ip: IpAddr) -> Re
                 .await?;
             if let Some(Reprovision::PairKey(owner)) = &reprovision {
                 core.store.update_device(&device.id, &DevicePatch { owner: Some(Some(owner.clone())), ..Default::default() }).await?;
-                core.events.publish("device.paired", Some(&device.id), json!({"owner": owner}));
+                core.events.publish(Event::DevicePaired { device_id: device.id.clone(), owner: owner.clone() });
             }
             core.devices.forget_device(&device.id);
             let device = core.store.find_device(&device.id).await?.ok_or_else(|| Error::not_found("device", &device.id))?;
@@ -207,7 +207,7 @@ pub async fn provision(core: &Core, request: ProvisionRequest, ip: IpAddr) -> Re
                 Some(Reprovision::OperatorWindow) => "provisioning in an operator's window",
                 Some(Reprovision::PairKey(_)) => "provisioning with a pair key",
             };
-            core.events.publish("device.token_issued", Some(&device.id), json!({"mac": device.mac.canonical(), "by": by}));
+            core.events.publish(Event::TokenIssued { device_id: device.id.clone(), mac: device.mac, by });
             (device, false)
         }
         None => {
@@ -232,7 +232,7 @@ pub async fn provision(core: &Core, request: ProvisionRequest, ip: IpAddr) -> Re
                     token_hash: Some(token_hash),
                 })
                 .await?;
-            core.events.publish("device.created", Some(&device.id), json!({"mac": device.mac.canonical(), "by": "provisioning"}));
+            core.events.publish(Event::DeviceCreated { device_id: device.id.clone(), mac: device.mac, by: "provisioning" });
             (device, true)
         }
     };
@@ -284,7 +284,7 @@ pub async fn issue_token(core: &Core, device_id: &str) -> Result<(Device, String
     }
     core.devices.forget_device(device_id);
     let device = core.store.find_device(device_id).await?.ok_or_else(|| Error::not_found("device", device_id))?;
-    core.events.publish("device.token_issued", Some(device_id), json!({"mac": device.mac.canonical(), "by": "operator"}));
+    core.events.publish(Event::TokenIssued { device_id: device_id.to_string(), mac: device.mac, by: "operator" });
     Ok((device, token))
 }
 
@@ -297,7 +297,7 @@ pub async fn revoke_token(core: &Core, device_id: &str) -> Result<Device> {
     }
     core.devices.forget_device(device_id);
     let device = core.store.find_device(device_id).await?.ok_or_else(|| Error::not_found("device", device_id))?;
-    core.events.publish("device.token_revoked", Some(device_id), json!({"mac": device.mac.canonical(), "by": "operator"}));
+    core.events.publish(Event::TokenRevoked { device_id: device_id.to_string(), mac: device.mac });
     tracing::info!(device_id, "device token revoked");
     Ok(device)
 }

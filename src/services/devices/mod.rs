@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 
 use super::Core;
+use super::events::{DeviceChange, Event, UpdateStatus};
 use super::fleet::{ActiveDevice, FleetIndex};
 use super::limiter::AuthLimiter;
 use super::rollouts;
@@ -66,15 +67,6 @@ const CACHE_TTL: Duration = Duration::from_secs(5);
 type CachedBuilds = (Arc<Vec<Artifact>>, Instant);
 /// A device's latest telemetry message and when it arrived.
 type Telemetry = (DateTime<Utc>, Value);
-/// When a device was last heard from, and from which address.
-type Presence = (DateTime<Utc>, Option<String>);
-/// When a device was last heard from, and the `last_seen` and address last buffered for
-/// writing (or found stored).
-struct Heard {
-    seen: DateTime<Utc>,
-    written: DateTime<Utc>,
-    written_ip: Option<IpAddr>,
-}
 
 /// In-memory state of the device subsystem (per process).
 pub struct DeviceRuntime {
@@ -84,17 +76,11 @@ pub struct DeviceRuntime {
     fleet: RwLock<FleetIndex>,
     builds: RwLock<HashMap<String, CachedBuilds>>,
     products: RwLock<HashMap<String, (Product, Instant)>>,
-    /// `last_seen` values waiting to be written, in the order they first waited.
-    presence: Mutex<IndexMap<Arc<str>, Presence>>,
-    /// Devices heard from recently: when last heard, and when `last_seen` was last buffered
-    /// for writing.
-    online: Mutex<HashMap<Arc<str>, Heard>>,
-    /// Devices with an open MQTT session (as this replica heard through `status`): online
-    /// until they disconnect, however long they stay silent.
-    connected: Mutex<HashSet<Arc<str>>>,
-    /// When MQTT devices disconnected: offline from then on, until heard from again.
-    disconnected: Mutex<HashMap<Arc<str>, DateTime<Utc>>>,
-    /// The latest MQTT telemetry message of each device (at most `cache_entries`).
+    /// Who is online, who holds an MQTT session, and the `last_seen` values waiting to be
+    /// written (see `presence`): one lock.
+    presence: Mutex<Presence>,
+    /// The latest MQTT telemetry message of each device (at most `cache_entries`): a separate
+    /// lock, as telemetry is not presence and arrives at its own pace.
     telemetry: Mutex<IndexMap<Arc<str>, Telemetry>>,
     /// Devices changed on any replica, as `follow_device_changes` reads them from the change
     /// log once a second (the embedded broker re-checks their sessions' tokens).
@@ -105,15 +91,12 @@ impl DeviceRuntime {
     pub fn new(policy: DeviceSettings, signing_key: [u8; 32]) -> Self {
         DeviceRuntime {
             fleet: RwLock::new(FleetIndex::new(policy.cache_entries)),
+            presence: Mutex::new(Presence::new(policy.offline_after, policy.cache_entries)),
             policy,
             limiter: AuthLimiter::default(),
             signing_key,
             builds: RwLock::default(),
             products: RwLock::default(),
-            presence: Mutex::default(),
-            online: Mutex::default(),
-            connected: Mutex::default(),
-            disconnected: Mutex::default(),
             telemetry: Mutex::default(),
             changed: tokio::sync::broadcast::channel(64).0,
         }
@@ -133,48 +116,38 @@ impl DeviceRuntime {
         self.builds.write().expect("cache lock").remove(product);
     }
 
+    /// This replica's presence state (one lock; hold it briefly).
+    pub(super) fn presence(&self) -> std::sync::MutexGuard<'_, Presence> {
+        self.presence.lock().expect("presence lock")
+    }
+
     /// The freshest known `last_seen` of a device (buffered or stored).
     pub fn last_seen(&self, device: &Device) -> Option<DateTime<Utc>> {
-        let buffered = self.presence.lock().expect("presence lock").get(device.id.as_str()).map(|(at, _)| *at);
-        let heard = self.online.lock().expect("online lock").get(device.id.as_str()).map(|heard| heard.seen);
-        let buffered = buffered.max(heard);
-        match (buffered, device.last_seen) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
-        }
+        self.presence().last_seen(&device.id, device.last_seen)
     }
 
     /// The freshest known address of a device (buffered or stored).
     pub fn ip(&self, device: &Device) -> Option<String> {
-        // The buffer, else what this replica last buffered (also while a flush is in flight,
-        // when the value is in neither the buffer nor the database yet), else the database.
-        let buffered = self.presence.lock().expect("presence lock").get(device.id.as_str()).and_then(|(_, ip)| ip.clone());
-        buffered
-            .or_else(|| {
-                self.online.lock().expect("online lock").get(device.id.as_str()).and_then(|heard| heard.written_ip).map(|ip| ip.to_string())
-            })
-            .or_else(|| device.ip.clone())
+        self.presence().ip(&device.id, device.ip.as_deref())
     }
 
     pub fn is_online(&self, device: &Device) -> bool {
-        if self.is_connected(&device.id) {
-            return true;
-        }
-        let offline_after = chrono::Duration::from_std(self.policy.offline_after).unwrap_or(chrono::Duration::MAX);
-        let gone = self.disconnected.lock().expect("disconnected lock").get(device.id.as_str()).copied();
-        self.last_seen(device).is_some_and(|seen| Utc::now() - seen < offline_after && gone.is_none_or(|gone| seen > gone))
+        self.presence().is_online(&device.id, device.last_seen, Utc::now())
     }
-}
 
-impl DeviceRuntime {
     /// True while the device holds an MQTT session.
     pub fn is_connected(&self, device_id: &str) -> bool {
-        self.connected.lock().expect("connected lock").contains(device_id)
+        self.presence().is_connected(device_id)
     }
 
     /// Devices holding an MQTT session, as this replica knows them.
     pub fn connected_devices(&self) -> Vec<Arc<str>> {
-        self.connected.lock().expect("connected lock").iter().cloned().collect()
+        self.presence().connected_devices()
+    }
+
+    /// How many devices hold an MQTT session, as this replica knows them.
+    pub fn connected_count(&self) -> usize {
+        self.presence().connected_count()
     }
 
     /// The latest telemetry message of a device, when this replica received one.

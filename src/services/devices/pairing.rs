@@ -42,7 +42,7 @@ pub async fn pair(core: &Core, device: &ActiveDevice, key: &str, ip: IpAddr) -> 
     };
     // The fleet index does not hold the owner: nothing to forget.
     core.store.update_device(&device.id, &DevicePatch { owner: Some(Some(owner.clone())), ..Default::default() }).await?;
-    core.events.publish("device.paired", Some(&device.id), json!({"owner": owner}));
+    core.events.publish(Event::DevicePaired { device_id: device.id.to_string(), owner: owner.clone() });
     tracing::info!(device_id = %device.id, %owner, "device paired");
     Ok(owner)
 }
@@ -51,6 +51,6 @@ pub async fn report_setup(core: &Core, device: &ActiveDevice, code: i64, title: 
     let (code, title) = device::check_setup_report(code, title)?;
     let description = device::check_text("description", "invalid_setup_status", description.unwrap_or(""), 1024)?;
     core.store.insert_setup_event(&device.id, code, &title, &description).await?;
-    core.events.publish("device.setup_status", Some(&device.id), json!({"status_code": code, "title": title, "description": description}));
+    core.events.publish(Event::SetupStatus { device_id: device.id.to_string(), code, title, description });
     Ok(())
 }

@@ -19,9 +19,7 @@ pub async fn put_product(core: &Core, name: &str, change: ProductChange) -> Resu
     let existing = core.store.find_product(&name).await?;
     let provision_secret_hash = match (&change.provision_secret, &existing) {
         (Some(secret_text), _) => {
-            if secret_text.len() < 16 {
-                return Err(Error::invalid("invalid_provision_secret", "provision_secret must be at least 16 characters"));
-            }
+            device::check_provision_secret(secret_text)?;
             Some(secret::digest_hex(secret_text))
         }
         (None, Some(existing)) => existing.provision_secret_hash.clone(),
@@ -29,47 +27,30 @@ pub async fn put_product(core: &Core, name: &str, change: ProductChange) -> Resu
     };
     let provision_key = change.provision_key.or_else(|| existing.as_ref().and_then(|p| p.provision_key.clone()));
     let provisioning = change.provisioning;
-    if provisioning == Provisioning::Key && (provision_key.is_none() || provision_secret_hash.is_none()) {
-        return Err(Error::invalid("invalid_provisioning", "provisioning `key` needs provision_key and provision_secret"));
-    }
-    if let Some(key) = &provision_key
-        && (key.len() < 8 || key.len() > 128)
-    {
-        return Err(Error::invalid("invalid_provision_key", "provision_key must be 8-128 characters"));
-    }
-    let poll_interval_s = match change.poll_interval_s {
-        Some(s) => device::check_poll_interval(s)?,
-        None => existing.as_ref().map(|p| p.poll_interval_s).unwrap_or(core.devices.policy.default_poll_interval_s),
-    };
+    let poll_interval_s =
+        change.poll_interval_s.or(existing.as_ref().map(|p| p.poll_interval_s)).unwrap_or(core.devices.policy.default_poll_interval_s);
     let hardware = match change.hardware {
-        Some(list) => {
-            if list.len() > 100 {
-                return Err(Error::invalid("invalid_hardware", "a product admits at most 100 hardware ids"));
-            }
-            let mut parsed = list.iter().map(|h| HardwareId::parse(h).map(|h| h.as_str().to_string())).collect::<Result<Vec<_>>>()?;
-            parsed.sort();
-            parsed.dedup();
-            parsed
-        }
+        Some(list) => device::hardware_list(&list)?,
         None => existing.as_ref().map(|p| p.hardware.clone()).unwrap_or_default(),
     };
     let public_secrets = change.public_secrets.or(existing.as_ref().map(|p| p.public_secrets)).unwrap_or(false);
     let now = Utc::now();
-    let product = core
-        .store
-        .upsert_product(&Product {
-            name,
-            provisioning,
-            provision_key,
-            provision_secret_hash,
-            poll_interval_s,
-            hardware,
-            public_secrets,
-            created_at: now,
-            updated_at: now,
-        })
-        .await?;
+    let product = Product {
+        name,
+        provisioning,
+        provision_key,
+        provision_secret_hash,
+        poll_interval_s,
+        hardware,
+        public_secrets,
+        created_at: now,
+        updated_at: now,
+    };
+    device::check_product(&product)?;
+    let product = core.store.upsert_product(&product).await?;
     core.devices.products.write().expect("cache lock").remove(&product.name);
+    // Connected devices get the new poll interval with their next `ota` message, now.
+    core.events.publish(Event::ProductUpdated { product: product.name.clone() });
     if product.public_secrets {
         tracing::warn!(product = %product.name, "product serves secret configuration values to anonymous seed-003 readers (public_secrets)");
     }

@@ -50,7 +50,7 @@ pub async fn register(core: &Core, request: NewDeviceRequest) -> Result<Device> 
             token_hash: None,
         })
         .await?;
-    core.events.publish("device.created", Some(&device.id), json!({"mac": device.mac.canonical(), "by": "operator"}));
+    core.events.publish(Event::DeviceCreated { device_id: device.id.clone(), mac: device.mac, by: "operator" });
     Ok(device)
 }
 
@@ -86,7 +86,10 @@ pub async fn update(core: &Core, id: &str, patch: DevicePatch) -> Result<Device>
     }
     let device = core.store.update_device(id, &patch).await?.ok_or_else(|| Error::not_found("device", id))?;
     core.devices.forget_device(id);
-    core.events.publish("device.updated", Some(id), json!({"target_version": device.target_version, "by": "operator"}));
+    core.events.publish(Event::DeviceUpdated {
+        device_id: id.to_string(),
+        change: DeviceChange::Operator { target_version: device.target_version.clone() },
+    });
     Ok(device)
 }
 
@@ -95,7 +98,7 @@ pub async fn delete(core: &Core, id: &str) -> Result<()> {
         return Err(Error::not_found("device", id));
     }
     core.devices.forget_device(id);
-    core.devices.online.lock().expect("online lock").remove(id);
-    core.events.publish("device.deleted", Some(id), json!({}));
+    core.devices.presence().forget(id);
+    core.events.publish(Event::DeviceDeleted { device_id: id.to_string() });
     Ok(())
 }

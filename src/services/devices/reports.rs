@@ -59,11 +59,15 @@ pub async fn report_update(core: &Core, device: &ActiveDevice, report: StatusRep
         core.devices.fleet.write().expect("fleet lock").replace(updated);
     }
     mark_seen(core, device, Utc::now(), None);
-    core.events.publish(
-        "device.update_status",
-        Some(&device.id),
-        json!({"release_id": attempt.release_id, "state": state.as_str(), "progress": progress, "message": message, "version": attempt.to_version}),
-    );
+    core.events.publish(Event::UpdateStatus(UpdateStatus {
+        device_id: device.id.to_string(),
+        release_id: attempt.release_id.clone(),
+        rollout_id: attempt.rollout_id.clone(),
+        state,
+        progress,
+        message,
+        version: attempt.to_version.clone(),
+    }));
     // The newest attempt is the current one; read it back with its events.
     core.store.list_attempts(&device.id, 1).await?.pop().ok_or_else(|| Error::Internal(anyhow::anyhow!("attempt vanished")))
 }

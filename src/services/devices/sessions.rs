@@ -21,34 +21,24 @@ pub async fn active_by_mac(core: &Core, mac: &Mac) -> Result<Option<Arc<ActiveDe
 /// The device opened an MQTT session: online until `mark_disconnected`. Returns true when
 /// it was not connected before.
 pub fn mark_connected(core: &Core, device: &ActiveDevice, ip: Option<IpAddr>) -> bool {
-    let fresh = core.devices.connected.lock().expect("connected lock").insert(device.id.clone());
-    core.devices.disconnected.lock().expect("disconnected lock").remove(&*device.id);
+    let fresh = core.devices.presence().connected(&device.id);
     mark_seen(core, device, Utc::now(), ip);
     if fresh {
-        core.events.publish("device.connected", Some(&device.id), json!({"via": "mqtt"}));
+        core.events.publish(Event::DeviceConnected { device_id: device.id.to_string() });
     }
     fresh
 }
 
 /// The device's MQTT session ended (it disconnected, or its last will arrived).
 pub fn mark_disconnected(core: &Core, device_id: &str) -> bool {
-    let was = core.devices.connected.lock().expect("connected lock").remove(device_id);
-    if was {
-        let mut disconnected = core.devices.disconnected.lock().expect("disconnected lock");
-        if disconnected.len() >= core.devices.policy.cache_entries.max(1) {
-            // Entries only matter for `offline_after`; drop the oldest half when full.
-            let cutoff = Utc::now() - chrono::Duration::from_std(core.devices.policy.offline_after).unwrap_or(chrono::Duration::MAX);
-            disconnected.retain(|_, at| *at > cutoff);
-        }
-        disconnected.insert(Arc::from(device_id), Utc::now());
-        drop(disconnected);
-        let removed = core.devices.online.lock().expect("online lock").remove(device_id).is_some();
-        core.events.publish("device.disconnected", Some(device_id), json!({"via": "mqtt"}));
-        if removed {
-            core.events.publish("device.offline", Some(device_id), json!({}));
-        }
+    let Some(was_online) = core.devices.presence().disconnected(device_id, Utc::now()) else {
+        return false;
+    };
+    core.events.publish(Event::DeviceDisconnected { device_id: device_id.to_string() });
+    if was_online {
+        core.events.publish(Event::DeviceOffline { device_id: device_id.to_string() });
     }
-    was
+    true
 }
 
 /// A device was heard from over MQTT (a message other than a check-in).
@@ -61,7 +51,7 @@ pub fn record_telemetry(core: &Core, device: &ActiveDevice, value: Value) {
     mark_seen(core, device, Utc::now(), None);
     let now = Utc::now();
     if core.events.active() {
-        core.events.publish("device.telemetry", Some(&device.id), value.clone());
+        core.events.publish(Event::DeviceTelemetry { device_id: device.id.to_string(), value: value.clone() });
     }
     let mut telemetry = core.devices.telemetry.lock().expect("telemetry lock");
     if !telemetry.contains_key(&*device.id) && telemetry.len() >= core.devices.policy.cache_entries.max(1) {

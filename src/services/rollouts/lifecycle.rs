@@ -89,7 +89,7 @@ pub async fn create_rollout(core: &Core, new: NewRollout) -> Result<(Rollout, Ve
     };
     let overlaps = overlaps(core, &rollout, &release).await?;
     core.store.insert_rollout(&rollout).await?;
-    core.events.publish("rollout.created", None, json!({"rollout_id": rollout.id, "release_id": release.id, "overlaps": overlaps.len()}));
+    core.events.publish(Event::RolloutCreated { rollout_id: rollout.id.clone(), release_id: release.id.clone(), overlaps: overlaps.len() });
     let rollout = if new.start { act(core, &rollout.id, Action::Start, "operator", "started at creation").await? } else { rollout };
     Ok((rollout, overlaps))
 }
@@ -302,11 +302,14 @@ pub async fn act(core: &Core, id: &str, action: Action, actor: &str, reason: &st
     }
     refresh(core, true).await?;
     tracing::info!(rollout_id = %rollout.id, from = rollout.state.as_str(), to = to.as_str(), stage = change.to_stage + 1, actor, reason = %reason, "rollout transition");
-    core.events.publish(
-        "rollout.transition",
-        None,
-        json!({"rollout_id": rollout.id, "from": rollout.state.as_str(), "to": to.as_str(), "stage": change.to_stage + 1, "actor": actor, "reason": reason}),
-    );
+    core.events.publish(Event::RolloutTransition {
+        rollout_id: rollout.id.clone(),
+        from: rollout.state.as_str().to_string(),
+        to: to.as_str().to_string(),
+        stage: change.to_stage + 1,
+        actor: actor.to_string(),
+        reason: reason.to_string(),
+    });
     find_rollout(core, id).await
 }
 

@@ -21,10 +21,10 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use serde_json::json;
 
 use super::Core;
 use super::devices;
+use super::events::Event;
 use super::fleet::{ActiveDevice, ProductTargets};
 use crate::config::RolloutSettings;
 use crate::domain::firmware::{Artifact, Channel, Product as ProductName};
@@ -159,4 +159,96 @@ impl ProductRollouts {
 /// The rollouts of a product as this replica last loaded them.
 pub fn of_product(core: &Core, product: &str) -> Option<Arc<ProductRollouts>> {
     core.rollouts.view.read().expect("rollout view lock").get(product).cloned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::mac::Mac;
+
+    fn device(id: &str, version: &str, created_at: i64) -> ActiveDevice {
+        ActiveDevice {
+            id: id.into(),
+            mac: Mac::parse("02:00:00:00:00:01").unwrap(),
+            product: Some("lamp".into()),
+            hardware: Some("esp32".into()),
+            channel: "stable".into(),
+            version: Some(version.into()),
+            target_version: None,
+            stored_last_seen: None,
+            stored_ip: None,
+            reported_attributes: 0,
+            tags: Arc::from(Vec::new()),
+            created_at,
+            awaiting_boot: false,
+        }
+    }
+
+    fn live(rollout_id: &str, version: &str, shares: Vec<f64>) -> LiveRollout {
+        LiveRollout {
+            offer: RolloutOffer {
+                rollout_id: rollout_id.into(),
+                release_id: format!("release-{version}").into(),
+                stage: 0,
+                builds: Arc::from(Vec::new()),
+                mandatory: false,
+            },
+            version: Version::parse(version).unwrap(),
+            matcher: Matcher {
+                target: Target::default(),
+                release_hardware: vec!["esp32".into()],
+                release_channel: "stable".into(),
+                group: None,
+                registered_by: None,
+            },
+            shares,
+            window: None,
+            max_concurrent: None,
+            in_flight: AtomicU64::new(0),
+            deadline_s: 3600,
+            until: None,
+        }
+    }
+
+    fn v(text: &str) -> Version {
+        Version::parse(text).unwrap()
+    }
+
+    #[test]
+    fn a_device_is_offered_the_newest_release_whose_started_stages_hold_it() {
+        // Everyone is in 2.0.0's only stage; 3.0.0 has started no stage yet (share 0).
+        let rollouts =
+            ProductRollouts { held: Held::default(), live: vec![live("r3", "3.0.0", vec![0.0]), live("r2", "2.0.0", vec![1.0])] };
+        let now = Utc::now();
+        let offer = rollouts.offer_for(&device("d1", "1.0.0", 0), Some(&v("1.0.0")), now).unwrap();
+        assert_eq!(&*offer.rollout_id, "r2");
+        // A device at or above a release's version is offered nothing older.
+        assert!(rollouts.offer_for(&device("d1", "2.0.0", 0), Some(&v("2.0.0")), now).is_none());
+    }
+
+    #[test]
+    fn a_rollout_past_its_catch_up_period_or_for_devices_registered_later_offers_nothing() {
+        let now = Utc::now();
+        let mut ended = live("r2", "2.0.0", vec![1.0]);
+        ended.until = Some(now - chrono::Duration::seconds(1));
+        let rollouts = ProductRollouts { held: Held::default(), live: vec![ended] };
+        assert!(rollouts.offer_for(&device("d1", "1.0.0", 0), Some(&v("1.0.0")), now).is_none());
+
+        let mut fixed = live("r2", "2.0.0", vec![1.0]);
+        fixed.matcher.registered_by = Some(1_000);
+        let rollouts = ProductRollouts { held: Held::default(), live: vec![fixed] };
+        assert!(rollouts.offer_for(&device("early", "1.0.0", 999), Some(&v("1.0.0")), now).is_some());
+        assert!(rollouts.offer_for(&device("late", "1.0.0", 1_001), Some(&v("1.0.0")), now).is_none(), "not a dynamic rollout");
+    }
+
+    #[test]
+    fn download_slots_are_capped_per_rollout() {
+        let mut capped = live("r2", "2.0.0", vec![1.0]);
+        capped.max_concurrent = Some(2);
+        let rollouts = ProductRollouts { held: Held::default(), live: vec![capped, live("r9", "1.5.0", vec![1.0])] };
+        assert!(rollouts.take_slot("r2") && rollouts.take_slot("r2"));
+        assert!(!rollouts.take_slot("r2"), "the third download waits");
+        assert!(rollouts.take_slot("r9") && rollouts.take_slot("unknown"), "uncapped and unknown rollouts never wait");
+        assert_eq!(rollouts.deadline_s("r2"), Some(3600));
+    }
 }

@@ -61,7 +61,11 @@ pub async fn create_release(core: &Core, new: NewRelease) -> Result<Release> {
     };
     core.store.insert_release(&release).await?;
     refresh(core, true).await?;
-    core.events.publish("release.created", None, json!({"release_id": release.id, "product": release.product, "version": release.version}));
+    core.events.publish(Event::ReleaseCreated {
+        release_id: release.id.clone(),
+        product: release.product.clone(),
+        version: release.version.to_string(),
+    });
     Ok(release)
 }
 
