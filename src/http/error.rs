@@ -46,6 +46,12 @@ impl From<Error> for ApiError {
     }
 }
 
+impl From<crate::domain::version::VersionError> for ApiError {
+    fn from(error: crate::domain::version::VersionError) -> Self {
+        ApiError(error.into())
+    }
+}
+
 pub type ApiResult<T> = Result<T, ApiError>;
 
 pub fn status_of(error: &Error) -> StatusCode {

@@ -342,7 +342,7 @@ async fn list_firmware(
         }
     };
     let version_key = match &query.version {
-        Some(v) => Some(Version::parse(v).map_err(|e| Error::invalid("invalid_version", e.to_string()))?.canonical()),
+        Some(v) => Some(Version::parse(v)?.canonical()),
         None => None,
     };
     let hardware = match &query.hardware {
