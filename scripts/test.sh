@@ -43,6 +43,14 @@ fi
 if [[ "${CI:-}" == "true" ]]; then
   export CARGO_TERM_COLOR=never
 fi
+# rust-toolchain.toml pins the toolchain. A machine whose rustup cannot download it, but whose
+# `stable` is that same version, uses its `stable` under the pinned name.
+PINNED=$(sed -n 's/^channel = "\(.*\)"/\1/p' rust-toolchain.toml)
+if command -v rustup >/dev/null 2>&1 && [[ -n "$PINNED" ]] && ! rustup toolchain list 2>/dev/null | grep -q "^$PINNED"; then
+  if rustc +stable --version 2>/dev/null | grep -q " $PINNED "; then
+    rustup toolchain link "$PINNED" "$(rustc +stable --print sysroot)" >/dev/null
+  fi
+fi
 
 LOG_DIR=${UPDRAFT_TEST_LOG_DIR:-$ROOT/target/test-logs}
 rm -rf "$LOG_DIR"
@@ -360,7 +368,7 @@ if cargo nextest --version >/dev/null 2>&1; then
   (($# > 0)) && RUN+=(--no-tests=warn)
   [[ $EUID -eq 0 ]] || RUN+=(-E "not test(/$FULL_DISK_TEST/)")
 else
-  say "cargo-nextest is missing: falling back to cargo test, without the retry of the one known flaky test"
+  say "cargo-nextest is missing: falling back to cargo test (tests run one binary at a time, slower)"
   say "install it with: cargo install --locked cargo-nextest"
   BUILD=(cargo test --no-run)
   RUN=(cargo test)
@@ -369,6 +377,13 @@ SKIP=()
 if [[ $EUID -ne 0 ]]; then
   say "not root: skipping $FULL_DISK_TEST (it mounts a tmpfs)"
   [[ ${RUN[1]} == test ]] && SKIP=(-- --skip "$FULL_DISK_TEST")
+fi
+
+if (($# == 0)); then
+  # The code's own rules, as CI checks them: formatted, and clean under Cargo.toml's [lints].
+  say "checking format and lints (cargo fmt --check; cargo clippy --all-targets -- -D warnings)"
+  cargo fmt --check || die "the code is not formatted: run cargo fmt"
+  run_child cargo clippy --all-targets --quiet -- -D warnings || die "clippy found problems (above)"
 fi
 
 say "building tests (${BUILD[*]})"

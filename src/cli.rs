@@ -1,10 +1,12 @@
 //! The `updraft` command line: `serve`, and maintenance subcommands.
 
+#![allow(clippy::print_stdout, clippy::print_stderr, reason = "the command line talks to its user on the terminal")]
+
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{BlobSettings, ServeArgs, Settings};
+use crate::config::{BlobSettings, FlagSet, ServeArgs, SettingFlags, Settings};
 use crate::domain::secret;
 use crate::startup::Application;
 use crate::storage::Store;
@@ -17,7 +19,7 @@ struct Cli {
 }
 
 // Parsed once per run: the size of its variants does not matter.
-#[allow(clippy::large_enum_variant)]
+#[allow(clippy::large_enum_variant, reason = "parsed once at start; boxing the serve arguments buys nothing")]
 #[derive(Subcommand)]
 enum Command {
     /// Run the server: the HTTP API, the device protocols and the MQTT broker.
@@ -26,7 +28,7 @@ enum Command {
     Openapi,
     /// Replace the stored admin API key with a new one and print it once. Works on an existing
     /// installation only: it never creates a data folder or a database.
-    ResetAdminKey(DataArgs),
+    ResetAdminKey(SettingFlags<DatabaseFlags>),
     /// Import the registry and files of another OTA server.
     #[command(subcommand)]
     Import(ImportCommand),
@@ -44,40 +46,18 @@ enum ImportCommand {
 
 /// Where an existing installation keeps its database: the same settings as `serve` (flags,
 /// `UPDRAFT_*` variables, `.env`, the TOML file).
-#[derive(clap::Args)]
-struct DataArgs {
-    /// TOML file with settings, as for `serve`
-    #[arg(long, env = "UPDRAFT_CONFIG", value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// Folder of the embedded database and blobs [default: ./data]
-    #[arg(long, env = "UPDRAFT_DATA_DIR", value_name = "DIR")]
-    data_dir: Option<String>,
-    /// Database URL: sqlite://FILE or postgres://user:pass@host/db [default: sqlite://<data dir>/updraft.db]
-    #[arg(long, env = "UPDRAFT_DATABASE_URL", value_name = "URL")]
-    database_url: Option<String>,
+struct DatabaseFlags;
+
+impl FlagSet for DatabaseFlags {
+    const NAMES: &'static [&'static str] = &["config", "data_dir", "database_url"];
 }
 
-/// Where an existing installation keeps its files.
-#[derive(clap::Args)]
-struct BlobArgs {
-    /// Blob store: a folder (path or file:// URL) or s3://bucket[/prefix] [default: <data dir>/blobs]
-    #[arg(long, env = "UPDRAFT_BLOB_URL", value_name = "URL")]
-    blob_url: Option<String>,
-    /// S3 endpoint for S3-compatible servers (MinIO, Ceph, ...) [default: AWS]
-    #[arg(long, env = "UPDRAFT_S3_ENDPOINT", value_name = "URL")]
-    s3_endpoint: Option<String>,
-    /// S3 region [default: us-east-1]
-    #[arg(long, env = "UPDRAFT_S3_REGION", value_name = "REGION")]
-    s3_region: Option<String>,
-    /// S3 access key id [default: $AWS_ACCESS_KEY_ID]
-    #[arg(long, env = "UPDRAFT_S3_ACCESS_KEY_ID", value_name = "ID")]
-    s3_access_key_id: Option<String>,
-    /// S3 secret access key [default: $AWS_SECRET_ACCESS_KEY]
-    #[arg(long, env = "UPDRAFT_S3_SECRET_ACCESS_KEY", value_name = "SECRET", hide_env_values = true)]
-    s3_secret_access_key: Option<String>,
-    /// Allow plain-HTTP S3 endpoints [default: true when the endpoint starts with http://]
-    #[arg(long, env = "UPDRAFT_S3_ALLOW_HTTP", value_name = "BOOL")]
-    s3_allow_http: Option<String>,
+/// Where an existing installation keeps its files, and the largest it takes.
+struct FileFlags;
+
+impl FlagSet for FileFlags {
+    const NAMES: &'static [&'static str] =
+        &["blob_url", "s3_endpoint", "s3_region", "s3_access_key_id", "s3_secret_access_key", "s3_allow_http", "max_upload_bytes"];
 }
 
 #[derive(clap::Args)]
@@ -95,13 +75,10 @@ struct OtaServerImportArgs {
     /// whose firmware is unknown
     #[arg(long, value_name = "HARDWARE", default_value = "esp32")]
     hardware: String,
-    /// Largest file imported, in bytes [default: 4294967296]
-    #[arg(long, env = "UPDRAFT_MAX_UPLOAD_BYTES", value_name = "BYTES")]
-    max_upload_bytes: Option<String>,
     #[command(flatten)]
-    data: DataArgs,
+    data: SettingFlags<DatabaseFlags>,
     #[command(flatten)]
-    blobs: BlobArgs,
+    files: SettingFlags<FileFlags>,
 }
 
 /// Runs the command line; returns the process exit code.
@@ -115,7 +92,7 @@ pub fn run() -> i32 {
             0
         }
         Command::ResetAdminKey(data) => {
-            let args = maintenance_args(&data, None, None);
+            let args = maintenance_args(&[&data.args]);
             with_settings(args, |settings| {
                 existing_installation(&settings, Uses::Database)?;
                 reset_admin_key(settings)
@@ -134,6 +111,9 @@ fn with_settings(args: anyhow::Result<ServeArgs>, run: impl FnOnce(Settings) -> 
         }
     };
     crate::telemetry::init_logging(&settings.log, settings.log_format);
+    if !settings.unknown_names.is_empty() {
+        tracing::warn!("unknown settings are ignored: {}", settings.unknown_names.join(", "));
+    }
     match run(settings) {
         Ok(()) => 0,
         Err(error) => {
@@ -145,30 +125,11 @@ fn with_settings(args: anyhow::Result<ServeArgs>, run: impl FnOnce(Settings) -> 
 
 /// The settings of a maintenance command: those of `serve` from the environment, `.env` and
 /// the TOML file, with the command's own flags on top.
-fn maintenance_args(data: &DataArgs, blobs: Option<&BlobArgs>, max_upload_bytes: Option<&String>) -> anyhow::Result<ServeArgs> {
-    use clap::{Args, FromArgMatches};
-    let command = ServeArgs::augment_args(clap::Command::new("updraft").no_binary_name(true));
-    let matches = command.try_get_matches_from(std::iter::empty::<String>())?;
-    let mut args = ServeArgs::from_arg_matches(&matches)?;
-    let set = |target: &mut Option<String>, value: &Option<String>| {
-        if value.is_some() {
-            target.clone_from(value);
-        }
-    };
-    if data.config.is_some() {
-        args.config.clone_from(&data.config);
+fn maintenance_args(flags: &[&ServeArgs]) -> anyhow::Result<ServeArgs> {
+    let mut args = ServeArgs::from_env()?;
+    for given in flags {
+        args.overlay(given);
     }
-    set(&mut args.data_dir, &data.data_dir);
-    set(&mut args.database_url, &data.database_url);
-    if let Some(blobs) = blobs {
-        set(&mut args.blob_url, &blobs.blob_url);
-        set(&mut args.s3_endpoint, &blobs.s3_endpoint);
-        set(&mut args.s3_region, &blobs.s3_region);
-        set(&mut args.s3_access_key_id, &blobs.s3_access_key_id);
-        set(&mut args.s3_secret_access_key, &blobs.s3_secret_access_key);
-        set(&mut args.s3_allow_http, &blobs.s3_allow_http);
-    }
-    set(&mut args.max_upload_bytes, &max_upload_bytes.cloned());
     Ok(args)
 }
 
@@ -185,7 +146,7 @@ enum Uses {
 fn existing_installation(settings: &Settings, uses: Uses) -> anyhow::Result<()> {
     let hint = "nothing was changed. Point --data-dir (UPDRAFT_DATA_DIR) or --database-url (UPDRAFT_DATABASE_URL) at an \
                 existing installation, or start `updraft serve` once to create one";
-    if let Some(file) = sqlite_file(&settings.database_url)
+    if let Some(file) = sqlite_file(settings.database_url.expose())
         && !file.is_file()
     {
         anyhow::bail!("no database at {}: {hint}", file.display());
@@ -228,21 +189,21 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
 
 fn reset_admin_key(settings: Settings) -> anyhow::Result<()> {
     runtime()?.block_on(async {
-        let store = Store::connect(&settings.database_url, 1).await?;
+        let store = Store::connect(settings.database_url.expose(), 1).await?;
         let key = secret::generate("upd_admin_");
         store.replace_server_secret("admin_api_key_sha256", &secret::digest_hex(&key)).await?;
         store.close().await;
         println!("{key}");
         eprintln!(
             "updraft: new admin API key stored in {} (only its hash); restart running servers to use it",
-            crate::config::redact_url(&settings.database_url)
+            settings.database_url.redacted()
         );
         Ok(())
     })
 }
 
 fn import_ota_server(args: OtaServerImportArgs) -> i32 {
-    let serve_args = maintenance_args(&args.data, Some(&args.blobs), args.max_upload_bytes.as_ref());
+    let serve_args = maintenance_args(&[&args.data.args, &args.files.args]);
     let mut outcome = None;
     let code = with_settings(serve_args, |settings| {
         existing_installation(&settings, Uses::DatabaseAndFiles)?;

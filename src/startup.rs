@@ -11,7 +11,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 
 use crate::blob::BlobStore;
-use crate::config::Settings;
+use crate::config::{Secret, Settings};
 use crate::domain::secret;
 use crate::http::{self, AppState};
 use crate::net::LimitedListener;
@@ -51,7 +51,7 @@ impl Application {
         };
         let mqtt_listeners = crate::mqtt::Mqtt::bind(&settings)?;
 
-        let store = Store::connect(&settings.database_url, settings.database_max_connections).await?;
+        let store = Store::connect(settings.database_url.expose(), settings.database_max_connections).await?;
         warn_weak_settings(&settings, &store).await?;
         let blobs = BlobStore::open(&settings.blob, settings.blob_cache_bytes).await?;
         let signing_key = resolve_signing_key(&store).await?;
@@ -69,7 +69,7 @@ impl Application {
         core.spawn_background();
         let device_base = DeviceBaseUrl::choose(&settings, http_addr).await;
         let mqtt = crate::mqtt::Mqtt::start(&core, &settings, mqtt_listeners, device_base.url.clone()).await?.map(Arc::new);
-        let admin_key_digest = resolve_admin_key(&core.store, settings.admin_api_key.as_deref()).await?;
+        let admin_key_digest = resolve_admin_key(&core.store, settings.admin_api_key.as_ref().map(Secret::expose)).await?;
         let state = AppState {
             mqtt,
             core,
@@ -222,7 +222,7 @@ async fn resolve_admin_key(store: &Store, configured: Option<&str>) -> anyhow::R
     secret::parse_digest_hex(&stored).context("the stored admin key digest is corrupt")
 }
 
-#[allow(clippy::print_stderr)]
+#[allow(clippy::print_stderr, reason = "the generated key is shown to the operator once, on the terminal, not in the log")]
 fn print_generated_key(key: &str) {
     eprintln!(
         "\n  Generated admin API key (shown only now; only its hash is stored):\n\n    {key}\n\n  \

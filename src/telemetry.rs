@@ -142,6 +142,7 @@ fn spawn_upkeep(handle: PrometheusHandle, every: Duration) {
     std::thread::Builder::new()
         .name("metrics-upkeep".into())
         .spawn(move || {
+            #[allow(clippy::disallowed_methods, reason = "a dedicated thread, not an async worker")]
             loop {
                 std::thread::sleep(every);
                 handle.run_upkeep();
@@ -247,6 +248,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::disallowed_methods, reason = "a plain test thread, not an async worker")]
     fn histogram_samples_do_not_pile_up_when_nobody_scrapes() {
         let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Full("latency".into()), crate::http::LATENCY_BUCKETS)

@@ -102,6 +102,22 @@ fn secret_comparisons(text: &str) -> Vec<(usize, String)> {
 }
 
 #[test]
+fn adapters_never_use_storage() {
+    // HTTP and MQTT decode, call services, and encode; storage is the services' business.
+    let mut found = Vec::new();
+    for dir in ["src/http", "src/mqtt"] {
+        for (path, text) in sources(dir) {
+            for (number, line) in code_lines(&text) {
+                if line.contains("crate::storage") || line.contains(".store.") || line.contains("store::") {
+                    found.push(format!("{}:{number}: `{}`", path.display(), line.trim()));
+                }
+            }
+        }
+    }
+    assert!(found.is_empty(), "src/http and src/mqtt never use storage (docs/ARCHITECTURE.md):\n{}", found.join("\n"));
+}
+
+#[test]
 fn no_secret_is_compared_with_equals() {
     // A credential is compared in constant time (`secret::verify`, `secret::constant_time_eq`,
     // an HMAC's `verify_slice`), never with `==`, whose early exit tells an attacker how much of

@@ -4,6 +4,12 @@
 //! Every run gets a fresh temporary working directory (the binary reads `.env` from there)
 //! and an environment without any `UPDRAFT_*` variable of the developer's shell.
 
+#![allow(
+    clippy::print_stderr,
+    clippy::disallowed_methods,
+    reason = "tests report figures on stderr and drive blocking helpers from plain threads"
+)]
+
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,70 +22,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const ADMIN_KEY: &str = "cli-test-admin-key-0123456789abcdef";
-const SETTINGS: &[&str] = &[
-    "UPDRAFT_CONFIG",
-    "UPDRAFT_LISTEN",
-    "UPDRAFT_DATA_DIR",
-    "UPDRAFT_DATABASE_URL",
-    "UPDRAFT_DATABASE_MAX_CONNECTIONS",
-    "UPDRAFT_BLOB_URL",
-    "UPDRAFT_S3_ENDPOINT",
-    "UPDRAFT_S3_REGION",
-    "UPDRAFT_S3_ACCESS_KEY_ID",
-    "UPDRAFT_S3_SECRET_ACCESS_KEY",
-    "UPDRAFT_S3_ALLOW_HTTP",
-    "UPDRAFT_ADMIN_API_KEY",
-    "UPDRAFT_METRICS_TOKEN",
-    "UPDRAFT_PUBLIC_URL",
-    "UPDRAFT_MAX_UPLOAD_BYTES",
-    "UPDRAFT_MAX_CONNECTIONS",
-    "UPDRAFT_MAX_CONNECTIONS_PER_IP",
-    "UPDRAFT_BODY_READ_TIMEOUT_SECS",
-    "UPDRAFT_BODY_MIN_BYTES_PER_SEC",
-    "UPDRAFT_SHUTDOWN_TIMEOUT_SECS",
-    "UPDRAFT_TRUSTED_PROXIES",
-    "UPDRAFT_TLS_CERT",
-    "UPDRAFT_TLS_KEY",
-    "UPDRAFT_LOG",
-    "UPDRAFT_LOG_FORMAT",
-    "UPDRAFT_COMPAT_OTA_SERVER",
-    "UPDRAFT_COMPAT_OTA_SERVER_DOWNLOADS",
-    "UPDRAFT_COMPAT_SHARED_SECRET",
-    "UPDRAFT_COMPAT_ADMIN_API_KEY",
-    "UPDRAFT_COMPAT_DEFAULT_PRODUCT",
-    "UPDRAFT_COMPAT_CYBERDECK",
-    "UPDRAFT_COMPAT_ARDUINO",
-    "UPDRAFT_COMPAT_ESP32FOTA",
-    "UPDRAFT_COMPAT_ESP32FOTA_KEYS_DIR",
-    "UPDRAFT_COMPAT_SEED004_DEBUG",
-    "UPDRAFT_CONFIG_KEY_FILE",
-    "UPDRAFT_PUBLIC_CONFIG_FILES",
-    "UPDRAFT_SIGNING_KEY_PATH",
-    "UPDRAFT_IMAGE_FETCH_ALLOW_HOSTS",
-    "UPDRAFT_IMAGE_FETCH_MAX_BYTES",
-    "UPDRAFT_IMAGE_FETCH_TIMEOUT_SECS",
-    "UPDRAFT_IMAGE_MAX_PIXELS",
-    "UPDRAFT_IMAGE_MAX_CONCURRENT",
-    "UPDRAFT_MQTT_ENABLED",
-    "UPDRAFT_MQTT_LISTEN",
-    "UPDRAFT_MQTT_TLS_LISTEN",
-    "UPDRAFT_MQTT_WS_LISTEN",
-    "UPDRAFT_MQTT_URL",
-    "UPDRAFT_MQTT_USERNAME",
-    "UPDRAFT_MQTT_PASSWORD",
-    "UPDRAFT_MQTT_AUTH_HOOKS",
-    "UPDRAFT_MQTT_MAX_CONNECTIONS",
-    "UPDRAFT_MQTT_MAX_PACKET_BYTES",
-    "UPDRAFT_MQTT_MAX_INFLIGHT",
-    "UPDRAFT_MQTT_MAX_QUEUED",
-    "UPDRAFT_MQTT_SESSION_EXPIRY_SECS",
-    "UPDRAFT_MQTT_RESYNC_SECS",
-    "UPDRAFT_MQTT_HANDSHAKE_TIMEOUT_SECS",
-    "UPDRAFT_ROLLOUT_EVALUATE_SECS",
-    "UPDRAFT_ROLLOUT_DEVICE_DEADLINE_SECS",
-    "UPDRAFT_ROLLOUT_RECOUNT_SECS",
-    "UPDRAFT_ROLLOUT_CATCH_UP_SECS",
-];
 
 #[test]
 fn serve_help_mentions_every_setting_s_environment_variable() {
@@ -88,13 +30,45 @@ fn serve_help_mentions_every_setting_s_environment_variable() {
     let output = run_to_exit(updraft(workdir.path()).args(["serve", "--help"]));
 
     assert!(output.status.success(), "{}", output.stderr);
-    for name in SETTINGS {
-        assert!(output.stdout.contains(name), "`updraft serve --help` does not mention {name}:\n{}", output.stdout);
+    assert!(updraft::config::SETTINGS.len() >= 70, "the declarations are incomplete");
+    for name in updraft::config::SETTINGS.iter().map(|setting| setting.env()) {
+        assert!(output.stdout.contains(&name), "`updraft serve --help` does not mention {name}:\n{}", output.stdout);
     }
     // The help says what is there, and nothing that is not (there is no dashboard yet).
     let overview = run_to_exit(updraft(workdir.path()).arg("--help"));
     for text in [&output.stdout, &overview.stdout] {
         assert!(!text.to_lowercase().contains("dashboard"), "the help mentions a dashboard:\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn start_up_names_unknown_settings_in_one_warning() {
+    let workdir = tempfile::tempdir().unwrap();
+    let data_dir = workdir.path().join("data");
+    let dotenv = "UPDRAFT_MAX_UPLOD_BYTES=1000\nUPDRAFT_LOG=info\nOTA_SERVER_ADMIN_API_KEY=their-old-key\nNOT_AN_UPDRAFT_SETTING=1\n";
+    std::fs::write(workdir.path().join(".env"), dotenv).unwrap();
+    let mut command = updraft(workdir.path());
+    command.env("UPDRAFT_LISTN", "127.0.0.1:9").env("UPDRAFT_ADMIN_API_KEY", ADMIN_KEY);
+
+    let server = Server::start(command, &data_dir).await;
+    let (status, stderr) = server.stop().await;
+
+    assert!(status.success(), "{status}\n{stderr}");
+    let warnings: Vec<&str> = stderr.lines().filter(|line| line.contains("unknown settings")).collect();
+    assert_eq!(warnings.len(), 1, "expected one warning naming the unknown settings:\n{stderr}");
+    let warning = warnings[0];
+    assert!(warning.contains("WARN"), "{warning}");
+    for unknown in [
+        "UPDRAFT_LISTN (environment; did you mean UPDRAFT_LISTEN?)",
+        "UPDRAFT_MAX_UPLOD_BYTES (.env; did you mean UPDRAFT_MAX_UPLOAD_BYTES?)",
+        "NOT_AN_UPDRAFT_SETTING (.env)",
+    ] {
+        assert!(warning.contains(unknown), "the warning does not name {unknown}: {warning}");
+    }
+    for known in
+        ["UPDRAFT_LOG (", "UPDRAFT_ADMIN_API_KEY", "OTA_SERVER_ADMIN_API_KEY", "UPDRAFT_MQTT_LISTEN", "127.0.0.1:9", "their-old-key"]
+    {
+        assert!(!warning.contains(known), "the warning names {known}: {warning}");
     }
 }
 

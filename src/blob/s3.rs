@@ -34,7 +34,7 @@ impl S3Blobs {
             builder = builder.with_endpoint(endpoint).with_virtual_hosted_style_request(false);
         }
         if let (Some(id), Some(secret)) = (&settings.access_key_id, &settings.secret_access_key) {
-            builder = builder.with_access_key_id(id).with_secret_access_key(secret);
+            builder = builder.with_access_key_id(id.expose()).with_secret_access_key(secret.expose());
         }
         let store = builder.build().map_err(|e| anyhow::anyhow!("invalid S3 settings: {e}"))?;
         Ok(S3Blobs {

@@ -115,7 +115,7 @@ pub fn precheck(meta: &UploadMeta) -> Result<()> {
         Product::parse(product)?;
     }
     if let Some(version) = &meta.version {
-        Version::parse(version).map_err(|e| Error::invalid("invalid_version", e.to_string()))?;
+        Version::parse(version)?;
     }
     parse_hardware_list(&meta.hardware)?;
     if let Some(channel) = &meta.channel {
@@ -151,7 +151,7 @@ pub fn resolve(meta: &UploadMeta, image: Option<&EspImageInfo>) -> Result<Artifa
     let embedded_version = image.map(|i| i.version.as_str()).filter(|v| !v.is_empty());
     let (version, version_label) = match (&meta.version, embedded_version) {
         (Some(given), embedded) => {
-            let version = Version::parse(given).map_err(|e| Error::invalid("invalid_version", e.to_string()))?;
+            let version = Version::parse(given)?;
             if let Some(embedded) = embedded {
                 // An embedded version that is not a version at all (e.g. a git hash) cannot
                 // contradict anything; one that is a version must agree.

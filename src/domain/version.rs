@@ -22,6 +22,19 @@ pub struct VersionError {
     pub reason: &'static str,
 }
 
+impl VersionError {
+    /// The error of a version given in a named field (`target_version: ...`).
+    pub fn in_field(self, field: &str) -> super::Error {
+        super::Error::invalid("invalid_version", format!("{field}: {self}"))
+    }
+}
+
+impl From<VersionError> for super::Error {
+    fn from(error: VersionError) -> Self {
+        super::Error::invalid("invalid_version", error.to_string())
+    }
+}
+
 const MAX_VERSION_LEN: usize = 64;
 
 impl Version {

@@ -300,7 +300,7 @@ pub struct Seed003Config {
 
 /// The body of `PUT /api/configs/{mac}` (`Content-Type: application/json`).
 #[derive(ToSchema)]
-#[allow(dead_code)]
+#[allow(dead_code, reason = "describes the body in the OpenAPI document; the handler parses it itself")]
 pub struct Seed003SaveBody {
     /// The document: a JSON object.
     #[schema(value_type = Object)]
@@ -562,7 +562,7 @@ async fn delete_config(State(state): State<AppState>, _admin: Seed003Admin, Path
 
 /// The multipart form of `POST /api/assets`.
 #[derive(ToSchema)]
-#[allow(dead_code)]
+#[allow(dead_code, reason = "describes the form in the OpenAPI document; the handler reads the multipart stream itself")]
 pub struct Seed003UploadForm {
     #[schema(format = Binary, value_type = String)]
     file: Vec<u8>,
@@ -727,7 +727,7 @@ async fn get_asset(
 /// Query of `GET /api/images/lvgl`; any other parameter is a 400.
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)]
+#[allow(dead_code, reason = "describes the query in the OpenAPI document; the handler parses it itself")]
 pub struct LvglQuery {
     /// The image to fetch (http or https; public addresses unless allow-listed).
     url: String,

@@ -46,6 +46,12 @@ impl From<Error> for ApiError {
     }
 }
 
+impl From<crate::domain::version::VersionError> for ApiError {
+    fn from(error: crate::domain::version::VersionError) -> Self {
+        ApiError(error.into())
+    }
+}
+
 pub type ApiResult<T> = Result<T, ApiError>;
 
 pub fn status_of(error: &Error) -> StatusCode {
@@ -417,7 +423,7 @@ mod tests {
 
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields)]
-    #[allow(dead_code)]
+    #[allow(dead_code, reason = "a test type: only its deserialisation is exercised")]
     struct Body {
         mac: String,
         limit: Option<u32>,
@@ -428,7 +434,7 @@ mod tests {
 
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields)]
-    #[allow(dead_code)]
+    #[allow(dead_code, reason = "a test type: only its deserialisation is exercised")]
     struct Nested {
         enabled: bool,
     }
@@ -477,7 +483,7 @@ mod tests {
 
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields)]
-    #[allow(dead_code)]
+    #[allow(dead_code, reason = "a test type: only its deserialisation is exercised")]
     struct Query {
         product: String,
         limit: Option<u32>,

@@ -102,7 +102,7 @@ pub struct UploadQuery {
 
 /// Multipart form of an upload: the `file` part plus metadata fields.
 #[derive(ToSchema)]
-#[allow(dead_code)]
+#[allow(dead_code, reason = "describes the form in the OpenAPI document; the handler streams the multipart body itself")]
 pub struct UploadForm {
     #[schema(format = Binary, value_type = String)]
     file: Vec<u8>,
@@ -342,7 +342,7 @@ async fn list_firmware(
         }
     };
     let version_key = match &query.version {
-        Some(v) => Some(Version::parse(v).map_err(|e| Error::invalid("invalid_version", e.to_string()))?.canonical()),
+        Some(v) => Some(Version::parse(v)?.canonical()),
         None => None,
     };
     let hardware = match &query.hardware {

@@ -97,7 +97,7 @@ async fn ready(State(state): State<AppState>) -> Response {
 )]
 async fn prometheus_metrics(State(state): State<AppState>, ClientIp(ip): ClientIp, headers: axum::http::HeaderMap) -> Response {
     if let Some(token) = &state.settings.metrics_token
-        && let Err(e) = check_metrics_token(&state, token, &headers, ip)
+        && let Err(e) = check_metrics_token(&state, token.expose(), &headers, ip)
     {
         return super::error::ApiError(e).into_response();
     }

@@ -92,7 +92,7 @@ impl Mqtt {
                     port: url.port().unwrap_or(if tls { 8883 } else { 1883 }),
                     tls,
                     username: mqtt.username.clone(),
-                    password: mqtt.password.clone(),
+                    password: mqtt.password.as_ref().map(|p| p.expose().to_string()),
                     max_packet_bytes: mqtt.max_packet_bytes as usize,
                     split: true,
                 };
@@ -147,9 +147,9 @@ impl Mqtt {
             }
         });
         commands::spawn_background(core.clone());
-        let hook_identity = external
-            .as_ref()
-            .and_then(|_| mqtt.password.as_ref().map(|p| ServerIdentity { username: mqtt.username.clone(), digest: secret::digest(p) }));
+        let hook_identity = external.as_ref().and_then(|_| {
+            mqtt.password.as_ref().map(|p| ServerIdentity { username: mqtt.username.clone(), digest: secret::digest(p.expose()) })
+        });
         Ok(Some(Mqtt { broker, bus, external, hook_identity }))
     }
 

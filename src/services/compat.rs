@@ -181,7 +181,7 @@ pub async fn mark_latest(core: &Core, product: &str, version: Option<&str>) -> R
         core.store.set_product_latest(&product, None).await?;
         return Ok(None);
     };
-    let key = Version::parse(version).map_err(|e| Error::invalid("invalid_version", e.to_string()))?.canonical();
+    let key = Version::parse(version)?.canonical();
     let mut builds = core.store.find_artifacts_by_version(&product, &key).await?;
     builds.sort_by_key(|a| a.created_at);
     let build = builds.pop().ok_or_else(|| Error::not_found("build", format!("{product} {version}")))?;
@@ -395,7 +395,7 @@ pub async fn put_ota_server_device(
     };
     let by_version = match &entry.target_version {
         Some(target) => {
-            let key = Version::parse(target).map_err(|e| Error::invalid("invalid_version", e.to_string()))?.canonical();
+            let key = Version::parse(target)?.canonical();
             core.store.find_artifacts_by_version(product, &key).await?.into_iter().next()
         }
         None => None,

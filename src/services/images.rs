@@ -74,7 +74,7 @@ pub struct ImageFetcher {
 
 /// One of the `UPDRAFT_IMAGE_MAX_CONCURRENT` places for a fetch and conversion; released
 /// when dropped, after the conversion it was moved into has finished.
-pub struct ConversionSlot(#[allow(dead_code)] OwnedSemaphorePermit);
+pub struct ConversionSlot(#[allow(dead_code, reason = "held for its drop: the slot frees when the conversion ends")] OwnedSemaphorePermit);
 
 /// Every conversion slot is taken: answer 503 with `Retry-After: BUSY_RETRY_AFTER_SECS`.
 #[derive(Debug)]

@@ -64,7 +64,7 @@ impl Core {
     /// The storage and blobs of `settings`, without a server: for maintenance commands
     /// (`updraft import ...`). Download links cannot be signed with it.
     pub async fn offline(settings: &crate::config::Settings) -> anyhow::Result<Core> {
-        let store = Store::connect(&settings.database_url, 2).await?;
+        let store = Store::connect(settings.database_url.expose(), 2).await?;
         let blobs = BlobStore::open(&settings.blob, 0).await?;
         Core::build(settings, store, blobs, [0; 32]).await
     }

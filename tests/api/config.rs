@@ -210,7 +210,7 @@ async fn secrets_are_encrypted_at_rest_masked_for_operators_and_delivered_to_the
     ] {
         assert!(!view.to_string().contains("hunter2"), "a secret was shown: {view}");
     }
-    if app.settings.database_url.starts_with("sqlite") {
+    if app.settings.database_url.expose().starts_with("sqlite") {
         for file in std::fs::read_dir(app.data_dir.path()).unwrap().flatten() {
             if file.file_name().to_string_lossy().starts_with("updraft.db") {
                 let bytes = std::fs::read(file.path()).unwrap();

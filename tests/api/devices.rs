@@ -411,10 +411,10 @@ async fn an_expired_pair_key_is_refused() {
 async fn expire_pairings(app: &TestApp) {
     use sqlx::Connection;
     sqlx::any::install_default_drivers();
-    let url = if app.settings.database_url.starts_with("sqlite:") {
-        format!("{}?mode=rw", app.settings.database_url)
+    let url = if app.settings.database_url.expose().starts_with("sqlite:") {
+        format!("{}?mode=rw", app.settings.database_url.expose())
     } else {
-        app.settings.database_url.clone()
+        app.settings.database_url.expose().to_string()
     };
     let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();
     sqlx::query("UPDATE pairing SET expires_at = 0").execute(&mut conn).await.unwrap();

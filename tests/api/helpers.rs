@@ -25,7 +25,7 @@ pub struct TestApp {
     pub base: String,
     pub client: reqwest::Client,
     /// Kept so the folder lives as long as the server.
-    #[allow(dead_code)]
+    #[allow(dead_code, reason = "kept so that the folder lives as long as the server")]
     pub data_dir: tempfile::TempDir,
     pub settings: Settings,
     /// The server's background loops (for tests that check they stop).
@@ -53,7 +53,7 @@ pub async fn test_settings() -> (Settings, tempfile::TempDir) {
     settings.shutdown_timeout = std::time::Duration::from_secs(5);
 
     if let Some(admin_url) = std::env::var("UPDRAFT_TEST_DATABASE").ok().filter(|v| v != "sqlite") {
-        settings.database_url = create_postgres_database(&admin_url).await
+        settings.database_url = create_postgres_database(&admin_url).await.into()
     }
     if !uses_local_blobs() {
         let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} must be set when UPDRAFT_TEST_BLOB=s3"));
@@ -62,8 +62,8 @@ pub async fn test_settings() -> (Settings, tempfile::TempDir) {
             prefix: format!("test-{}", uuid::Uuid::new_v4()),
             endpoint: Some(var("UPDRAFT_TEST_S3_ENDPOINT")),
             region: "us-east-1".into(),
-            access_key_id: Some(var("AWS_ACCESS_KEY_ID")),
-            secret_access_key: Some(var("AWS_SECRET_ACCESS_KEY")),
+            access_key_id: Some(var("AWS_ACCESS_KEY_ID").into()),
+            secret_access_key: Some(var("AWS_SECRET_ACCESS_KEY").into()),
             allow_http: true,
         });
     }
@@ -239,7 +239,7 @@ pub fn esp_image(project: &str, version: &str, chip_id: u16) -> Vec<u8> {
 /// directly (far faster than over HTTP).
 pub async fn core_of(app: &TestApp) -> updraft::services::Core {
     let settings = &app.settings;
-    let store = updraft::storage::Store::connect(&settings.database_url, 16).await.expect("the test database");
+    let store = updraft::storage::Store::connect(settings.database_url.expose(), 16).await.expect("the test database");
     let blobs = updraft::blob::BlobStore::open(&settings.blob, 0).await.expect("the test blobs");
     let core = updraft::services::Core::build(settings, store, blobs, [7; 32]).await.expect("the services");
     updraft::services::rollouts::refresh(&core, true).await.expect("the rollout view");

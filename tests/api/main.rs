@@ -1,5 +1,11 @@
 //! End-to-end tests of the real server over HTTP. See helpers.rs for the harness.
 
+#![allow(
+    clippy::print_stderr,
+    clippy::disallowed_methods,
+    reason = "tests report figures on stderr and drive blocking helpers from plain threads"
+)]
+
 mod assets;
 mod compat;
 mod config;

@@ -518,10 +518,10 @@ async fn a_simulated_fleet_advances_halts_within_the_crossing_stage_and_rolls_ba
     {
         use sqlx::Connection;
         sqlx::any::install_default_drivers();
-        let url = if app.settings.database_url.starts_with("sqlite:") && !app.settings.database_url.contains('?') {
-            format!("{}?mode=rwc", app.settings.database_url)
+        let url = if app.settings.database_url.expose().starts_with("sqlite:") && !app.settings.database_url.expose().contains('?') {
+            format!("{}?mode=rwc", app.settings.database_url.expose())
         } else {
-            app.settings.database_url.clone()
+            app.settings.database_url.expose().to_string()
         };
         let mut conn = sqlx::AnyConnection::connect(&url).await.expect("the test database");
         let mut tx = conn.begin().await.unwrap();

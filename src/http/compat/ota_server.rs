@@ -224,7 +224,7 @@ impl FromRequestParts<AppState> for OtaDevice {
         let limiter = &state.core.devices.limiter;
         limiter.check(ip)?;
         let authenticated = match &state.settings.compat.shared_secret {
-            Some(secret) => ota_server_token_matches(token, &mac_text, secret),
+            Some(secret) => ota_server_token_matches(token, &mac_text, secret.expose()),
             None => {
                 tracing::warn!("a seed-001 device asked for updates, but UPDRAFT_COMPAT_SHARED_SECRET is not set");
                 false
@@ -341,7 +341,7 @@ impl FromRequestParts<AppState> for OtaAdmin {
         let Some(key) = parts.headers.get("x-admin-api-key").and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty()) else {
             return Err(AdminError::BadKey(StatusCode::UNAUTHORIZED, "API key is required"));
         };
-        let compat_key = state.settings.compat.admin_api_key.as_deref().is_some_and(|k| secret::constant_time_eq(key, k));
+        let compat_key = state.settings.compat.admin_api_key.as_ref().is_some_and(|k| secret::constant_time_eq(key, k.expose()));
         if compat_key || crate::http::auth::is_admin_key(state, key) {
             return Ok(OtaAdmin);
         }

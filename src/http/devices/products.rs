@@ -40,12 +40,8 @@ pub(super) async fn put_product(
     ApiJson(body): ApiJson<PutProductBody>,
 ) -> ApiResult<Json<ProductView>> {
     let provisioning = Provisioning::parse(&body.provisioning)?;
-    let min_version = body
-        .min_version
-        .map(|v| {
-            v.as_deref().map(|v| Version::parse(v).map_err(|e| Error::invalid("invalid_version", format!("min_version: {e}")))).transpose()
-        })
-        .transpose()?;
+    let min_version =
+        body.min_version.map(|v| v.as_deref().map(|v| Version::parse(v).map_err(|e| e.in_field("min_version"))).transpose()).transpose()?;
     let change = service::ProductChange {
         provisioning,
         provision_key: body.provision_key,

@@ -33,7 +33,7 @@ pub async fn checkin(core: &Core, device: Arc<ActiveDevice>, report: CheckinRepo
     // Validate what the device reports before anything is recorded: a refused check-in
     // changes nothing.
     if let Some(version) = &report.version {
-        Version::parse(version).map_err(|e| Error::invalid("invalid_version", e.to_string()))?;
+        Version::parse(version)?;
     }
     let product = report.product.as_deref().map(ProductName::parse).transpose()?.map(|p| p.as_str().to_string());
     let hardware = report.hardware.as_deref().map(HardwareId::parse).transpose()?.map(|h| h.as_str().to_string());

@@ -173,7 +173,7 @@ pub async fn provision(core: &Core, request: ProvisionRequest, ip: IpAddr) -> Re
         hardware = product.sole_hardware().map(str::to_string);
     }
     if let Some(version) = &request.version {
-        Version::parse(version).map_err(|e| Error::invalid("invalid_version", e.to_string()))?;
+        Version::parse(version)?;
     }
     let reprovision = match &existing {
         Some(device) if device.has_token => Some(reprovision_proof(core, device, &request, ip).await?),

@@ -22,6 +22,7 @@ use super::events::{DeviceChange, Event, UpdateStatus};
 use super::fleet::{ActiveDevice, FleetIndex};
 use super::limiter::AuthLimiter;
 use super::rollouts;
+use crate::config::DeviceSettings;
 use crate::domain::device::{self, Device, DeviceFilter, DevicePatch, Product, Provisioning, UpdateAttempt, UpdateState};
 use crate::domain::firmware::{Artifact, ArtifactFilter, ArtifactSort, Channel, HardwareId, Product as ProductName};
 use crate::domain::mac::Mac;
@@ -58,36 +59,6 @@ pub use registry::*;
 pub use reports::*;
 pub use sessions::*;
 
-/// Device-related settings.
-#[derive(Debug, Clone)]
-pub struct DevicePolicy {
-    pub offline_after: Duration,
-    pub default_poll_interval_s: u32,
-    pub default_provisioning: Provisioning,
-    pub pairing_ttl: Duration,
-    pub retry_failed_after: Duration,
-    pub download_url_ttl: Duration,
-    /// Devices kept in each replica's fleet index (see `services::fleet`).
-    pub cache_entries: usize,
-    /// Most `last_seen` rows written per second; the rest wait in memory, oldest first.
-    pub presence_writes_per_sec: usize,
-}
-
-impl Default for DevicePolicy {
-    fn default() -> Self {
-        DevicePolicy {
-            offline_after: Duration::from_secs(600),
-            default_poll_interval_s: 3600,
-            default_provisioning: Provisioning::Open,
-            pairing_ttl: Duration::from_secs(600),
-            retry_failed_after: Duration::from_secs(3600),
-            download_url_ttl: Duration::from_secs(24 * 3600),
-            cache_entries: 1_000_000,
-            presence_writes_per_sec: 1_000,
-        }
-    }
-}
-
 /// How long a replica trusts its cached view of a product's builds or policy. Bounds how
 /// stale another replica's change can look here.
 const CACHE_TTL: Duration = Duration::from_secs(5);
@@ -99,7 +70,7 @@ type Telemetry = (DateTime<Utc>, Value);
 
 /// In-memory state of the device subsystem (per process).
 pub struct DeviceRuntime {
-    pub policy: DevicePolicy,
+    pub policy: DeviceSettings,
     pub limiter: AuthLimiter,
     signing_key: [u8; 32],
     fleet: RwLock<FleetIndex>,
@@ -117,7 +88,7 @@ pub struct DeviceRuntime {
 }
 
 impl DeviceRuntime {
-    pub fn new(policy: DevicePolicy, signing_key: [u8; 32]) -> Self {
+    pub fn new(policy: DeviceSettings, signing_key: [u8; 32]) -> Self {
         DeviceRuntime {
             fleet: RwLock::new(FleetIndex::new(policy.cache_entries)),
             presence: Mutex::new(Presence::new(policy.offline_after, policy.cache_entries)),

@@ -27,7 +27,7 @@ pub async fn register(core: &Core, request: NewDeviceRequest) -> Result<Device> 
     let channel = Channel::parse(request.channel.as_deref().unwrap_or(Channel::DEFAULT))?.as_str().to_string();
     for (field, value) in [("version", &request.version), ("target_version", &request.target_version)] {
         if let Some(v) = value {
-            Version::parse(v).map_err(|e| Error::invalid("invalid_version", format!("{field}: {e}")))?;
+            Version::parse(v).map_err(|e| e.in_field(field))?;
         }
     }
     let metadata = request.metadata.unwrap_or_else(|| json!({}));
@@ -107,7 +107,7 @@ pub async fn find(core: &Core, id_or_mac: &str) -> Result<Device> {
 
 pub async fn update(core: &Core, id: &str, patch: DevicePatch) -> Result<Device> {
     if let Some(Some(version)) = &patch.target_version {
-        let pin = Version::parse(version).map_err(|e| Error::invalid("invalid_version", format!("target_version: {e}")))?;
+        let pin = Version::parse(version).map_err(|e| e.in_field("target_version"))?;
         let product = match &patch.product {
             Some(product) => product.clone(),
             None => core.store.find_device(id).await?.and_then(|d| d.product),

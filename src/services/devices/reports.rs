@@ -50,7 +50,7 @@ pub async fn report_update(core: &Core, device: &ActiveDevice, report: StatusRep
         ));
     }
     if let Some(version) = &report.version {
-        let reported = Version::parse(version).map_err(|e| Error::invalid("invalid_version", e.to_string()))?;
+        let reported = Version::parse(version)?;
         if Version::parse(&attempt.to_version).ok().as_ref() != Some(&reported) {
             return Err(Error::conflict(
                 "update_not_current",

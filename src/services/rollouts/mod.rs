@@ -26,6 +26,7 @@ use super::Core;
 use super::devices;
 use super::events::Event;
 use super::fleet::{ActiveDevice, ProductTargets};
+use crate::config::RolloutSettings;
 use crate::domain::firmware::{Artifact, Channel, Product as ProductName};
 use crate::domain::rollout::{
     self, Action, Group, MemberState, Release, Rollout, RolloutOptions, RolloutState, Stage, Tally, Target, TargetFacts, Transition,
@@ -48,34 +49,9 @@ pub use lifecycle::*;
 pub use releases::*;
 pub use view::*;
 
-/// Rollout settings.
-#[derive(Debug, Clone)]
-pub struct RolloutPolicy {
-    /// How often the evaluator runs.
-    pub evaluate_every: Duration,
-    /// Default time a device has to report an outcome before it counts as timed out.
-    pub device_deadline: Duration,
-    /// How often the devices of a running rollout's target are recounted.
-    pub recount_every: Duration,
-    /// How long a completed rollout still offers its release (to devices that were offline,
-    /// and, if dynamic, to devices that match later); then it leaves the view.
-    pub catch_up: Duration,
-}
-
-impl Default for RolloutPolicy {
-    fn default() -> Self {
-        RolloutPolicy {
-            evaluate_every: Duration::from_secs(5),
-            device_deadline: Duration::from_secs(24 * 3600),
-            recount_every: Duration::from_secs(300),
-            catch_up: Duration::from_secs(7 * 24 * 3600),
-        }
-    }
-}
-
 /// Per-process rollout state: the view the check-in path reads.
 pub struct RolloutRuntime {
-    pub policy: RolloutPolicy,
+    pub policy: RolloutSettings,
     view: RwLock<Arc<HashMap<String, Arc<ProductRollouts>>>>,
     loaded_revision: Mutex<Option<i64>>,
     /// When the first completed rollout of the view ends its catch-up period (the view is
@@ -89,7 +65,7 @@ pub struct RolloutRuntime {
 }
 
 impl RolloutRuntime {
-    pub fn new(policy: RolloutPolicy) -> Self {
+    pub fn new(policy: RolloutSettings) -> Self {
         RolloutRuntime {
             policy,
             view: RwLock::default(),

@@ -14,7 +14,7 @@ pub struct NewRelease {
 /// builds are offered only through its rollouts.
 pub async fn create_release(core: &Core, new: NewRelease) -> Result<Release> {
     let product = ProductName::parse(&new.product)?.as_str().to_string();
-    let version = Version::parse(&new.version).map_err(|e| Error::invalid("invalid_version", e.to_string()))?;
+    let version = Version::parse(&new.version)?;
     let channel = Channel::parse(new.channel.as_deref().unwrap_or(Channel::DEFAULT))?.as_str().to_string();
     let notes = new.notes.unwrap_or_default();
     if notes.len() > crate::domain::firmware::MAX_NOTES_LEN {

@@ -89,7 +89,7 @@ pub(super) async fn add_group_members(tx: &mut sqlx::Transaction<'_, Any>, id: &
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments, reason = "one row of the transition history, column by column")]
 pub(super) async fn insert_transition(
     tx: &mut sqlx::Transaction<'_, Any>,
     rollout_id: &str,
