@@ -1,9 +1,10 @@
 //! Assets: seed-003 files by name, and native versioned, signed assets.
 
-use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
 
-use super::{Store, db_error, from_millis, is_unique_violation};
+use super::row::{self, Corrupt, Table, map_row, map_rows};
+use super::sql::{self, Builder, violates};
+use super::{Store, db_error};
 use crate::domain::Result;
 use crate::domain::asset::{Asset, AssetFile};
 
@@ -16,13 +17,7 @@ impl Store {
             .fetch_optional(&self.pool)
             .await
             .map_err(|e| db_error(e, "failed to read an asset file"))?;
-        Ok(row.map(|r| AssetFile {
-            filename: r.get("filename"),
-            blob_key: r.get("blob_key"),
-            size: r.get::<i64, _>("size") as u64,
-            sha256: r.get("sha256"),
-            uploaded_at: from_millis(r.get("uploaded_at")),
-        }))
+        row.map(|r| map_row::<AssetFileRow, AssetFile>(&r)).transpose()
     }
 
     /// Stores or replaces a file; returns the blob key it replaced, if any.
@@ -34,7 +29,9 @@ impl Store {
             .fetch_optional(&mut *tx)
             .await
             .map_err(|e| db_error(e, "failed to replace an asset file"))?
-            .map(|r| r.get::<String, _>("blob_key"));
+            .map(|r| r.try_get::<String, _>("blob_key"))
+            .transpose()
+            .map_err(|e| db_error(e, "failed to replace an asset file"))?;
         sqlx::query("INSERT INTO asset_file (filename, blob_key, size, sha256, uploaded_at) VALUES ($1, $2, $3, $4, $5)")
             .bind(&file.filename)
             .bind(&file.blob_key)
@@ -58,7 +55,7 @@ impl Store {
             .fetch_one(&self.pool)
             .await
             .map_err(|e| db_error(e, "failed to read asset versions"))?;
-        Ok(row.get::<Option<i64>, _>("v").unwrap_or(0))
+        Ok(row.try_get::<Option<i64>, _>("v").map_err(|e| db_error(e, "failed to read asset versions"))?.unwrap_or(0))
     }
 
     /// Inserts a version; `false` when that version number was taken meanwhile.
@@ -81,7 +78,7 @@ impl Store {
         .await;
         match inserted {
             Ok(_) => Ok(true),
-            Err(e) if is_unique_violation(&e) => Ok(false),
+            Err(e) if violates(&e, "asset_version_idx") => Ok(false),
             Err(e) => Err(db_error(e, "failed to store an asset")),
         }
     }
@@ -93,7 +90,7 @@ impl Store {
             .fetch_optional(&self.pool)
             .await
             .map_err(|e| db_error(e, "failed to look up an asset blob"))?;
-        Ok(row.map(|r| r.get("blob_key")))
+        row.map(|r| r.try_get("blob_key")).transpose().map_err(|e| db_error(e, "failed to look up an asset blob"))
     }
 
     pub async fn find_asset(&self, product: &str, name: &str, version: Option<i64>) -> Result<Option<Asset>> {
@@ -117,7 +114,7 @@ impl Store {
             }
         }
         .map_err(|e| db_error(e, "failed to read an asset"))?;
-        Ok(row.map(|r| asset_from_row(&r)))
+        row.map(|r| map_row::<AssetRow, Asset>(&r)).transpose()
     }
 
     /// Versions of one asset, newest first.
@@ -130,38 +127,91 @@ impl Store {
         .fetch_all(&self.pool)
         .await
         .map_err(|e| db_error(e, "failed to list asset versions"))?;
-        Ok(rows.iter().map(asset_from_row).collect())
+        map_rows::<AssetRow, Asset>(&rows)
     }
 
     /// The newest version of every asset (of one product, if given), by product and name.
     pub async fn list_latest_assets(&self, product: Option<&str>) -> Result<Vec<Asset>> {
-        let filter = if product.is_some() { "WHERE a.product = $1" } else { "" };
-        let sql = format!(
+        let mut query = Builder::new(&format!(
             "SELECT {} FROM asset a JOIN (SELECT product, name, MAX(version) AS latest FROM asset GROUP BY product, name) m \
-             ON a.product = m.product AND a.name = m.name AND a.version = m.latest {filter} ORDER BY a.product, a.name LIMIT 10000",
+             ON a.product = m.product AND a.name = m.name AND a.version = m.latest",
             ASSET_COLUMNS.split(", ").map(|c| format!("a.{c}")).collect::<Vec<_>>().join(", ")
-        );
-        let mut query = sqlx::query(AssertSqlSafe(sql));
+        ));
         if let Some(product) = product {
-            query = query.bind(product.to_string());
+            query.push(" WHERE a.product = ").push_bind(product.to_string());
         }
-        let rows = query.fetch_all(&self.pool).await.map_err(|e| db_error(e, "failed to list assets"))?;
-        Ok(rows.iter().map(asset_from_row).collect())
+        query.push(" ORDER BY a.product, a.name LIMIT 10000");
+        let rows = sql::fetch_all(query, &self.pool).await.map_err(|e| db_error(e, "failed to list assets"))?;
+        map_rows::<AssetRow, Asset>(&rows)
     }
 }
 
-fn asset_from_row(row: &AnyRow) -> Asset {
-    Asset {
-        id: row.get("id"),
-        product: row.get("product"),
-        name: row.get("name"),
-        version: row.get("version"),
-        size: row.get::<i64, _>("size") as u64,
-        sha256: row.get("sha256"),
-        content_type: row.get("content_type"),
-        blob_key: row.get("blob_key"),
-        signature: row.get("signature"),
-        comment: row.get("comment"),
-        created_at: from_millis(row.get("created_at")),
+/// An `asset_file` row.
+#[derive(sqlx::FromRow)]
+struct AssetFileRow {
+    filename: String,
+    blob_key: String,
+    size: i64,
+    sha256: String,
+    uploaded_at: i64,
+}
+
+impl Table for AssetFileRow {
+    const TABLE: &'static str = "asset_file";
+    const KEY: &'static [&'static str] = &["filename"];
+}
+
+impl TryFrom<AssetFileRow> for AssetFile {
+    type Error = Corrupt;
+
+    fn try_from(row: AssetFileRow) -> Result<AssetFile, Corrupt> {
+        Ok(AssetFile {
+            size: row::int("size", row.size)?,
+            uploaded_at: row::time("uploaded_at", row.uploaded_at)?,
+            filename: row.filename,
+            blob_key: row.blob_key,
+            sha256: row.sha256,
+        })
+    }
+}
+
+/// An `asset` row.
+#[derive(sqlx::FromRow)]
+struct AssetRow {
+    id: String,
+    product: String,
+    name: String,
+    version: i64,
+    size: i64,
+    sha256: String,
+    content_type: String,
+    blob_key: String,
+    signature: String,
+    comment: String,
+    created_at: i64,
+}
+
+impl Table for AssetRow {
+    const TABLE: &'static str = "asset";
+    const KEY: &'static [&'static str] = &["id"];
+}
+
+impl TryFrom<AssetRow> for Asset {
+    type Error = Corrupt;
+
+    fn try_from(row: AssetRow) -> Result<Asset, Corrupt> {
+        Ok(Asset {
+            size: row::int("size", row.size)?,
+            created_at: row::time("created_at", row.created_at)?,
+            id: row.id,
+            product: row.product,
+            name: row.name,
+            version: row.version,
+            sha256: row.sha256,
+            content_type: row.content_type,
+            blob_key: row.blob_key,
+            signature: row.signature,
+            comment: row.comment,
+        })
     }
 }

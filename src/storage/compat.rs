@@ -4,7 +4,8 @@
 
 use sqlx::Row;
 
-use super::{Store, db_error, from_millis, now_millis};
+use super::row::{self, Corrupt, Table, map_row, map_rows};
+use super::{Store, db_error, now_millis};
 use crate::domain::Result;
 use crate::domain::compat::CompatFile;
 
@@ -48,7 +49,7 @@ impl Store {
         .fetch_optional(&self.pool)
         .await
         .map_err(|e| db_error(e, "failed to read a firmware file name"))?;
-        Ok(row.map(|r| compat_file_from_row(&r)))
+        row.map(|r| map_row::<CompatFileRow, CompatFile>(&r)).transpose()
     }
 
     /// Every named file whose build still exists, by name.
@@ -59,7 +60,7 @@ impl Store {
         .fetch_all(&self.pool)
         .await
         .map_err(|e| db_error(e, "failed to list firmware file names"))?;
-        Ok(rows.iter().map(compat_file_from_row).collect())
+        map_rows::<CompatFileRow, CompatFile>(&rows)
     }
 
     /// The names of one build, oldest first.
@@ -69,7 +70,7 @@ impl Store {
             .fetch_all(&self.pool)
             .await
             .map_err(|e| db_error(e, "failed to read firmware file names"))?;
-        Ok(rows.iter().map(|r| r.get::<String, _>("name")).collect())
+        texts(&rows, "name")
     }
 
     pub async fn delete_compat_file(&self, name: &str) -> Result<bool> {
@@ -161,7 +162,7 @@ impl Store {
             .fetch_optional(&self.pool)
             .await
             .map_err(|e| db_error(e, "failed to read the latest build"))?;
-        Ok(row.map(|r| r.get::<String, _>("artifact_id")))
+        row.map(|r| r.try_get::<String, _>("artifact_id")).transpose().map_err(|e| db_error(e, "failed to read the latest build"))
     }
 
     /// Names of every product with a policy or a build, sorted.
@@ -170,10 +171,31 @@ impl Store {
             .fetch_all(&self.pool)
             .await
             .map_err(|e| db_error(e, "failed to list products"))?;
-        Ok(rows.iter().map(|r| r.get::<String, _>("name")).collect())
+        texts(&rows, "name")
     }
 }
 
-fn compat_file_from_row(row: &sqlx::any::AnyRow) -> CompatFile {
-    CompatFile { name: row.get("name"), artifact_id: row.get("artifact_id"), created_at: from_millis(row.get::<i64, _>("created_at")) }
+fn texts(rows: &[sqlx::any::AnyRow], column: &str) -> Result<Vec<String>> {
+    rows.iter().map(|r| r.try_get::<String, _>(column).map_err(|e| db_error(e, "failed to decode a row"))).collect()
+}
+
+/// A `compat_file` row.
+#[derive(sqlx::FromRow)]
+struct CompatFileRow {
+    name: String,
+    artifact_id: String,
+    created_at: i64,
+}
+
+impl Table for CompatFileRow {
+    const TABLE: &'static str = "compat_file";
+    const KEY: &'static [&'static str] = &["name"];
+}
+
+impl TryFrom<CompatFileRow> for CompatFile {
+    type Error = Corrupt;
+
+    fn try_from(row: CompatFileRow) -> Result<CompatFile, Corrupt> {
+        Ok(CompatFile { created_at: row::time("created_at", row.created_at)?, name: row.name, artifact_id: row.artifact_id })
+    }
 }

@@ -4,12 +4,13 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
 
-use super::{Store, db_error, from_millis, is_unique_violation, now_millis};
+use super::row::{self, Corrupt, Table, map_row, map_rows};
+use super::sql::{self, Builder, violates};
+use super::{Store, db_error, now_millis};
+use crate::domain::Result;
 use crate::domain::config::{StoredDocument, StoredVersion};
-use crate::domain::{Error, Result};
 
 /// A change to write: the new content (`None` deletes) and who made it why.
 pub struct ConfigWrite<'a> {
@@ -28,7 +29,7 @@ impl Store {
             .fetch_optional(&self.pool)
             .await
             .map_err(|e| db_error(e, "failed to read a configuration"))?;
-        row.map(|r| document_from_row(&r)).transpose()
+        row.map(|r| map_row::<DocumentRow, StoredDocument>(&r)).transpose()
     }
 
     /// The documents (deleted ones included) of these scopes, in no particular order.
@@ -36,14 +37,10 @@ impl Store {
         if scopes.is_empty() {
             return Ok(Vec::new());
         }
-        let placeholders: Vec<String> = (1..=scopes.len()).map(|i| format!("${i}")).collect();
-        let sql = format!("SELECT scope, version, content, updated_at FROM config_document WHERE scope IN ({})", placeholders.join(", "));
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        for scope in scopes {
-            query = query.bind(scope.clone());
-        }
-        let rows = query.fetch_all(&self.pool).await.map_err(|e| db_error(e, "failed to read configurations"))?;
-        rows.iter().map(document_from_row).collect()
+        let mut query = Builder::new("SELECT scope, version, content, updated_at FROM config_document WHERE scope IN (");
+        query.push_list(scopes.iter().map(String::as_str)).push(")");
+        let rows = sql::fetch_all(query, &self.pool).await.map_err(|e| db_error(e, "failed to read configurations"))?;
+        map_rows::<DocumentRow, StoredDocument>(&rows)
     }
 
     /// Every document whose scope starts with `prefix` (e.g. `device:`), deleted ones
@@ -56,7 +53,7 @@ impl Store {
                 .fetch_all(&self.pool)
                 .await
                 .map_err(|e| db_error(e, "failed to list configurations"))?;
-        rows.iter().map(document_from_row).collect()
+        map_rows::<DocumentRow, StoredDocument>(&rows)
     }
 
     /// Writes a new version of a layer and its history row in one transaction. Returns
@@ -91,7 +88,7 @@ impl Store {
                     .await;
                 match inserted {
                     Ok(_) => 1,
-                    Err(e) if is_unique_violation(&e) => return Ok(None),
+                    Err(e) if violates(&e, "config_document_pkey") => return Ok(None),
                     Err(e) => return Err(db_error(e, "failed to write a configuration")),
                 }
             }
@@ -111,7 +108,7 @@ impl Store {
             scope: change.scope.to_string(),
             version,
             content: change.content.cloned(),
-            updated_at: from_millis(now),
+            updated_at: DateTime::from_timestamp_millis(now).expect("now is a time"),
         }))
     }
 
@@ -130,7 +127,7 @@ impl Store {
         .fetch_all(&self.pool)
         .await
         .map_err(|e| db_error(e, "failed to list configuration versions"))?;
-        Ok((rows.iter().map(version_from_row).collect::<Result<_>>()?, total as u64))
+        Ok((map_rows::<VersionRow, StoredVersion>(&rows)?, total as u64))
     }
 
     pub async fn find_config_version(&self, scope: &str, version: i64) -> Result<Option<StoredVersion>> {
@@ -142,18 +139,18 @@ impl Store {
         .fetch_optional(&self.pool)
         .await
         .map_err(|e| db_error(e, "failed to read a configuration version"))?;
-        row.map(|r| version_from_row(&r)).transpose()
+        row.map(|r| map_row::<VersionRow, StoredVersion>(&r)).transpose()
     }
 
     // ---- schemas ----
 
     pub async fn find_config_schema(&self, product: &str) -> Result<Option<Value>> {
-        let row = sqlx::query("SELECT body FROM config_schema WHERE product = $1")
+        let row = sqlx::query("SELECT product, body FROM config_schema WHERE product = $1")
             .bind(product)
             .fetch_optional(&self.pool)
             .await
             .map_err(|e| db_error(e, "failed to read a configuration schema"))?;
-        row.map(|r| parse_json(&r.get::<String, _>("body"))).transpose()
+        row.map(|r| map_row::<SchemaRow, Value>(&r)).transpose()
     }
 
     pub async fn put_config_schema(&self, product: &str, schema: &Value) -> Result<()> {
@@ -207,33 +204,106 @@ impl Store {
             .fetch_all(&self.pool)
             .await
             .map_err(|e| db_error(e, "failed to list configuration acknowledgements"))?;
-        Ok(rows
-            .iter()
-            .map(|r| (r.get::<String, _>("device_id"), (r.get::<String, _>("version"), from_millis(r.get::<i64, _>("at")))))
-            .collect())
+        Ok(map_rows::<AckRow, (String, (String, DateTime<Utc>))>(&rows)?.into_iter().collect())
     }
 }
 
-fn parse_json(text: &str) -> Result<Value> {
-    serde_json::from_str(text).map_err(|e| Error::Internal(anyhow::Error::new(e).context("stored configuration JSON is corrupt")))
+/// A `config_document` row.
+#[derive(sqlx::FromRow)]
+struct DocumentRow {
+    scope: String,
+    version: i64,
+    content: Option<String>,
+    updated_at: i64,
 }
 
-fn document_from_row(row: &AnyRow) -> Result<StoredDocument> {
-    Ok(StoredDocument {
-        scope: row.get("scope"),
-        version: row.get("version"),
-        content: row.get::<Option<String>, _>("content").as_deref().map(parse_json).transpose()?,
-        updated_at: from_millis(row.get("updated_at")),
-    })
+impl Table for DocumentRow {
+    const TABLE: &'static str = "config_document";
+    const KEY: &'static [&'static str] = &["scope"];
 }
 
-fn version_from_row(row: &AnyRow) -> Result<StoredVersion> {
-    Ok(StoredVersion {
-        scope: row.get("scope"),
-        version: row.get("version"),
-        content: row.get::<Option<String>, _>("content").as_deref().map(parse_json).transpose()?,
-        author: row.get("author"),
-        comment: row.get("comment"),
-        created_at: from_millis(row.get("created_at")),
-    })
+impl TryFrom<DocumentRow> for StoredDocument {
+    type Error = Corrupt;
+
+    fn try_from(row: DocumentRow) -> Result<StoredDocument, Corrupt> {
+        Ok(StoredDocument {
+            content: row::json_opt("content", row.content.as_deref())?,
+            updated_at: row::time("updated_at", row.updated_at)?,
+            scope: row.scope,
+            version: row.version,
+        })
+    }
+}
+
+/// A `config_version` row.
+#[derive(sqlx::FromRow)]
+struct VersionRow {
+    scope: String,
+    version: i64,
+    content: Option<String>,
+    author: String,
+    comment: String,
+    created_at: i64,
+}
+
+impl Table for VersionRow {
+    const TABLE: &'static str = "config_version";
+    const KEY: &'static [&'static str] = &["scope", "version"];
+}
+
+impl TryFrom<VersionRow> for StoredVersion {
+    type Error = Corrupt;
+
+    fn try_from(row: VersionRow) -> Result<StoredVersion, Corrupt> {
+        Ok(StoredVersion {
+            content: row::json_opt("content", row.content.as_deref())?,
+            created_at: row::time("created_at", row.created_at)?,
+            scope: row.scope,
+            version: row.version,
+            author: row.author,
+            comment: row.comment,
+        })
+    }
+}
+
+/// A `config_schema` row.
+#[derive(sqlx::FromRow)]
+struct SchemaRow {
+    #[allow(dead_code, reason = "read to name the row in errors")]
+    product: String,
+    body: String,
+}
+
+impl Table for SchemaRow {
+    const TABLE: &'static str = "config_schema";
+    const KEY: &'static [&'static str] = &["product"];
+}
+
+impl TryFrom<SchemaRow> for Value {
+    type Error = Corrupt;
+
+    fn try_from(row: SchemaRow) -> Result<Value, Corrupt> {
+        row::json("body", &row.body)
+    }
+}
+
+/// A `config_ack` row.
+#[derive(sqlx::FromRow)]
+struct AckRow {
+    device_id: String,
+    version: String,
+    at: i64,
+}
+
+impl Table for AckRow {
+    const TABLE: &'static str = "config_ack";
+    const KEY: &'static [&'static str] = &["device_id"];
+}
+
+impl TryFrom<AckRow> for (String, (String, DateTime<Utc>)) {
+    type Error = Corrupt;
+
+    fn try_from(row: AckRow) -> Result<(String, (String, DateTime<Utc>)), Corrupt> {
+        Ok((row.device_id, (row.version, row::time("at", row.at)?)))
+    }
 }

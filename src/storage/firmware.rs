@@ -1,11 +1,12 @@
 //! Artifacts: firmware builds and the (product, version, hardware) slots they occupy.
 
 use serde::{Deserialize, Serialize};
-use sqlx::any::AnyRow;
 // Dynamic SQL here is assembled only from constants and `$n` placeholders; values are bound.
-use sqlx::{Any, AssertSqlSafe, Row};
+use sqlx::{AssertSqlSafe, Row};
 
-use super::{Store, db_error, from_millis, is_unique_violation, now_millis};
+use super::row::{self, Corrupt, Table, map_row, map_rows};
+use super::sql::{self, Builder, violates};
+use super::{Store, db_error, now_millis};
 use crate::domain::firmware::{Artifact, ArtifactFilter, ArtifactPatch, ArtifactSort, ArtifactSpec, Digests, ImageFacts};
 use crate::domain::{Error, Result};
 
@@ -63,7 +64,7 @@ impl Store {
                 .await;
             match result {
                 Ok(_) => {}
-                Err(e) if is_unique_violation(&e) => {
+                Err(e) if violates(&e, "artifact_hardware_pkey") => {
                     return Err(Error::conflict(
                         "version_exists",
                         format!(
@@ -86,7 +87,7 @@ impl Store {
             .fetch_optional(&self.pool)
             .await
             .map_err(|e| db_error(e, "failed to read an artifact"))?;
-        row.map(|r| artifact_from_row(&r)).transpose()
+        row.map(|r| map_row::<ArtifactRow, Artifact>(&r)).transpose()
     }
 
     /// Artifacts of a product and version (any hardware).
@@ -97,52 +98,26 @@ impl Store {
             .fetch_all(&self.pool)
             .await
             .map_err(|e| db_error(e, "failed to read artifacts"))?;
-        rows.iter().map(artifact_from_row).collect()
+        map_rows::<ArtifactRow, Artifact>(&rows)
     }
 
     /// A page of artifacts and the total number matching the filter.
     pub async fn list_artifacts(&self, filter: &ArtifactFilter) -> Result<(Vec<Artifact>, u64)> {
-        let mut conditions = Vec::new();
-        let mut params: Vec<String> = Vec::new();
-        let mut add = |condition: &str, value: &str| {
-            params.push(value.to_string());
-            conditions.push(condition.replace('?', &format!("${}", params.len())));
-        };
-        if let Some(product) = &filter.product {
-            add("product = ?", product);
-        }
-        if let Some(version_key) = &filter.version_key {
-            add("version_key = ?", version_key);
-        }
-        if let Some(channel) = &filter.channel {
-            add("channel = ?", channel);
-        }
-        if let Some(hardware) = &filter.hardware {
-            add("id IN (SELECT artifact_id FROM artifact_hardware WHERE hardware = ?)", hardware);
-        }
-        let where_clause = if conditions.is_empty() { String::new() } else { format!("WHERE {}", conditions.join(" AND ")) };
+        let mut count = Builder::new("SELECT COUNT(*) AS n FROM artifact");
+        push_artifact_filter(&mut count, filter);
+        let total: i64 = count.build().fetch_one(&self.pool).await.map_err(|e| db_error(e, "failed to count artifacts"))?.get("n");
         let order = match filter.sort {
             ArtifactSort::NewestFirst => "created_at DESC, id DESC",
             ArtifactSort::OldestFirst => "created_at ASC, id ASC",
             ArtifactSort::Product => "product ASC, created_at DESC, id DESC",
         };
-
-        let count_sql = format!("SELECT COUNT(*) AS n FROM artifact {where_clause}");
-        let mut count_query = sqlx::query::<Any>(AssertSqlSafe(count_sql.clone()));
-        for param in &params {
-            count_query = count_query.bind(param.clone());
-        }
-        let total: i64 = count_query.fetch_one(&self.pool).await.map_err(|e| db_error(e, "failed to count artifacts"))?.get("n");
-
-        let list_sql =
-            format!("SELECT {COLUMNS} FROM artifact {where_clause} ORDER BY {order} LIMIT {} OFFSET {}", filter.limit, filter.offset);
-        let mut list_query = sqlx::query::<Any>(AssertSqlSafe(list_sql.clone()));
-        for param in &params {
-            list_query = list_query.bind(param.clone());
-        }
-        let rows = list_query.fetch_all(&self.pool).await.map_err(|e| db_error(e, "failed to list artifacts"))?;
-        let artifacts = rows.iter().map(artifact_from_row).collect::<Result<Vec<_>>>()?;
-        Ok((artifacts, total as u64))
+        let mut list = Builder::new(&format!("SELECT {COLUMNS} FROM artifact"));
+        push_artifact_filter(&mut list, filter);
+        list.push(" ORDER BY ").push(order);
+        // Written, not bound (they are integers): PostgreSQL plans a known limit better.
+        list.push(&format!(" LIMIT {} OFFSET {}", filter.limit, filter.offset));
+        let rows = sql::fetch_all(list, &self.pool).await.map_err(|e| db_error(e, "failed to list artifacts"))?;
+        Ok((map_rows::<ArtifactRow, Artifact>(&rows)?, total as u64))
     }
 
     pub async fn update_artifact(&self, id: &str, patch: &ArtifactPatch) -> Result<Option<Artifact>> {
@@ -201,37 +176,70 @@ impl Store {
     }
 }
 
-fn artifact_from_row(row: &AnyRow) -> Result<Artifact> {
-    let decode = |e: sqlx::Error| db_error(e, "failed to decode an artifact row");
-    let hardware_json: String = row.try_get("hardware").map_err(decode)?;
-    let image_json: Option<String> = row.try_get("image").map_err(decode)?;
-    let hardware = serde_json::from_str(&hardware_json)
-        .map_err(|e| Error::Internal(anyhow::Error::new(e).context("corrupt hardware list in the database")))?;
-    let image = match image_json {
-        Some(json) => Some(
-            serde_json::from_str::<StoredImage>(&json)
-                .map_err(|e| Error::Internal(anyhow::Error::new(e).context("corrupt image facts in the database")))?
-                .into(),
-        ),
-        None => None,
-    };
-    Ok(Artifact {
-        id: row.try_get("id").map_err(decode)?,
-        product: row.try_get("product").map_err(decode)?,
-        version: row.try_get("version").map_err(decode)?,
-        version_key: row.try_get("version_key").map_err(decode)?,
-        hardware,
-        channel: row.try_get("channel").map_err(decode)?,
-        notes: row.try_get("notes").map_err(decode)?,
-        size: row.try_get::<i64, _>("size").map_err(decode)? as u64,
-        sha256: row.try_get("sha256").map_err(decode)?,
-        sha1: row.try_get("sha1").map_err(decode)?,
-        md5: row.try_get("md5").map_err(decode)?,
-        blob_key: row.try_get("blob_key").map_err(decode)?,
-        image,
-        created_at: from_millis(row.try_get("created_at").map_err(decode)?),
-        updated_at: from_millis(row.try_get("updated_at").map_err(decode)?),
-    })
+/// The `WHERE` clause of an artifact filter, its values bound in place.
+fn push_artifact_filter(query: &mut Builder, filter: &ArtifactFilter) {
+    let mut conditions = query.separated(" WHERE ", " AND ");
+    if let Some(product) = &filter.product {
+        conditions.next().push("product = ").push_bind(product.clone());
+    }
+    if let Some(version_key) = &filter.version_key {
+        conditions.next().push("version_key = ").push_bind(version_key.clone());
+    }
+    if let Some(channel) = &filter.channel {
+        conditions.next().push("channel = ").push_bind(channel.clone());
+    }
+    if let Some(hardware) = &filter.hardware {
+        conditions.next().push("id IN (SELECT artifact_id FROM artifact_hardware WHERE hardware = ").push_bind(hardware.clone()).push(")");
+    }
+}
+
+/// An `artifact` row.
+#[derive(sqlx::FromRow)]
+struct ArtifactRow {
+    id: String,
+    product: String,
+    version: String,
+    version_key: String,
+    hardware: String,
+    channel: String,
+    notes: String,
+    size: i64,
+    sha256: String,
+    sha1: String,
+    md5: String,
+    blob_key: String,
+    image: Option<String>,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl Table for ArtifactRow {
+    const TABLE: &'static str = "artifact";
+    const KEY: &'static [&'static str] = &["id"];
+}
+
+impl TryFrom<ArtifactRow> for Artifact {
+    type Error = Corrupt;
+
+    fn try_from(row: ArtifactRow) -> Result<Artifact, Corrupt> {
+        Ok(Artifact {
+            hardware: row::json("hardware", &row.hardware)?,
+            size: row::int("size", row.size)?,
+            image: row::json_opt::<StoredImage>("image", row.image.as_deref())?.map(ImageFacts::from),
+            created_at: row::time("created_at", row.created_at)?,
+            updated_at: row::time("updated_at", row.updated_at)?,
+            id: row.id,
+            product: row.product,
+            version: row.version,
+            version_key: row.version_key,
+            channel: row.channel,
+            notes: row.notes,
+            sha256: row.sha256,
+            sha1: row.sha1,
+            md5: row.md5,
+            blob_key: row.blob_key,
+        })
+    }
 }
 
 /// The JSON form of `ImageFacts` in the `image` column.

@@ -8,7 +8,11 @@ mod devices;
 mod firmware;
 mod mqtt;
 mod rollouts;
+mod row;
 mod secrets;
+mod sql;
+#[cfg(test)]
+mod tests;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -22,6 +26,7 @@ pub use config::ConfigWrite;
 pub use devices::{ActiveRow, AttemptOffer, DeviceReport, NewDevice, RolloutSlot};
 pub use firmware::NewArtifact;
 pub use rollouts::{MemberRow, TargetRow, TransitionWrite};
+pub use row::CorruptRow;
 
 use crate::domain::{Error, Result};
 
@@ -94,8 +99,11 @@ impl Store {
 fn sqlite_url(database_url: &str) -> anyhow::Result<String> {
     let rest = database_url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
     let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
-    if path != ":memory:"
-        && !path.is_empty()
+    if path == ":memory:" {
+        // A URL must parse before the driver sees it: `sqlite://:memory:` would not.
+        return Ok(if query.is_empty() { "sqlite::memory:".to_string() } else { format!("sqlite::memory:?{query}") });
+    }
+    if !path.is_empty()
         && let Some(parent) = std::path::Path::new(path).parent().filter(|p| !p.as_os_str().is_empty())
     {
         std::fs::create_dir_all(parent).with_context(|| format!("cannot create the database folder {}", parent.display()))?;
@@ -113,24 +121,40 @@ fn sqlite_url(database_url: &str) -> anyhow::Result<String> {
     Ok(url)
 }
 
-/// Turns a database failure into the domain error; unique violations become conflicts.
+/// Turns a database failure into the domain error. A unique violation names its constraint:
+/// one a client can cause is that constraint's conflict (409); any other is internal, and
+/// the log names it.
 fn db_error(error: sqlx::Error, context: &'static str) -> Error {
     match &error {
         sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
             Error::Unavailable(format!("database unavailable: {error}"))
         }
-        _ => Error::Internal(anyhow::Error::new(error).context(context)),
+        _ => match sql::violated_constraint(&error) {
+            Some(constraint) => match conflict_of(&constraint) {
+                Some(conflict) => conflict,
+                None => Error::Internal(anyhow::Error::new(error).context(format!("{context}: unique constraint `{constraint}` violated"))),
+            },
+            None => Error::Internal(anyhow::Error::new(error).context(context)),
+        },
     }
 }
 
-fn is_unique_violation(error: &sqlx::Error) -> bool {
-    matches!(error, sqlx::Error::Database(db) if db.is_unique_violation())
+/// The conflict each unique constraint a client can run into means, where the writing site
+/// does not say more (most do, with the values involved).
+fn conflict_of(constraint: &str) -> Option<Error> {
+    Some(match constraint {
+        "device_mac_idx" => Error::conflict("device_exists", "a device with this MAC is already registered"),
+        "product_provision_key_idx" => devices::provision_key_taken(),
+        "firmware_release_version_idx" => Error::conflict("release_exists", "the product already has a release of this version"),
+        "release_artifact_pkey" => Error::conflict("artifact_in_release", "a build already belongs to another release"),
+        "device_group_name_idx" => Error::conflict("group_exists", "another group has this name"),
+        "artifact_hardware_pkey" => {
+            Error::conflict("version_exists", "this version of the product was stored concurrently for the same hardware")
+        }
+        _ => return None,
+    })
 }
 
 fn now_millis() -> i64 {
     chrono::Utc::now().timestamp_millis()
-}
-
-fn from_millis(millis: i64) -> chrono::DateTime<chrono::Utc> {
-    chrono::DateTime::from_timestamp_millis(millis).unwrap_or_default()
 }

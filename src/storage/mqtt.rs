@@ -2,21 +2,40 @@
 //! device commands.
 
 use serde_json::Value;
-use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
 
-use super::{Store, db_error, from_millis, now_millis};
+use super::row::{self, Corrupt, Table, map_row, map_rows};
+use super::{Store, db_error, now_millis};
 use crate::domain::Result;
 use crate::domain::command::{Command, CommandState};
 use crate::domain::mqtt::MqttUser;
 
-fn user_of(row: AnyRow) -> MqttUser {
-    MqttUser {
-        username: row.get("username"),
-        password_hash: row.get("password_hash"),
-        role: row.get("role"),
-        created_at: from_millis(row.get("created_at")),
-        updated_at: from_millis(row.get("updated_at")),
+/// A `mqtt_user` row.
+#[derive(sqlx::FromRow)]
+struct MqttUserRow {
+    username: String,
+    password_hash: String,
+    role: String,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl Table for MqttUserRow {
+    const TABLE: &'static str = "mqtt_user";
+    const KEY: &'static [&'static str] = &["username"];
+}
+
+impl TryFrom<MqttUserRow> for MqttUser {
+    type Error = Corrupt;
+
+    fn try_from(row: MqttUserRow) -> Result<MqttUser, Corrupt> {
+        Ok(MqttUser {
+            created_at: row::time("created_at", row.created_at)?,
+            updated_at: row::time("updated_at", row.updated_at)?,
+            username: row.username,
+            password_hash: row.password_hash,
+            role: row.role,
+        })
     }
 }
 
@@ -54,7 +73,7 @@ impl Store {
             .fetch_optional(&self.pool)
             .await
             .map_err(|e| db_error(e, "failed to read an MQTT credential"))?;
-        Ok(row.map(user_of))
+        row.map(|r| map_row::<MqttUserRow, MqttUser>(&r)).transpose()
     }
 
     pub async fn list_mqtt_users(&self) -> Result<Vec<MqttUser>> {
@@ -62,7 +81,7 @@ impl Store {
             .fetch_all(&self.pool)
             .await
             .map_err(|e| db_error(e, "failed to list MQTT credentials"))?;
-        Ok(rows.into_iter().map(user_of).collect())
+        map_rows::<MqttUserRow, MqttUser>(&rows)
     }
 
     pub async fn delete_mqtt_user(&self, username: &str) -> Result<bool> {
@@ -77,23 +96,44 @@ impl Store {
 
 const COMMAND_COLUMNS: &str = "id, device_id, name, params, state, result, error, created_by, created_at, expires_at, completed_at";
 
-fn json_of(text: Option<String>) -> Option<Value> {
-    text.and_then(|t| serde_json::from_str(&t).ok())
+/// A `device_command` row.
+#[derive(sqlx::FromRow)]
+struct CommandRow {
+    id: String,
+    device_id: String,
+    name: String,
+    params: Option<String>,
+    state: String,
+    result: Option<String>,
+    error: Option<String>,
+    created_by: String,
+    created_at: i64,
+    expires_at: i64,
+    completed_at: Option<i64>,
 }
 
-fn command_of(row: AnyRow) -> Command {
-    Command {
-        id: row.get("id"),
-        device_id: row.get("device_id"),
-        name: row.get("name"),
-        params: json_of(row.get("params")),
-        state: CommandState::parse(&row.get::<String, _>("state")).unwrap_or(CommandState::Failed),
-        result: json_of(row.get("result")),
-        error: row.get("error"),
-        created_by: row.get("created_by"),
-        created_at: from_millis(row.get("created_at")),
-        expires_at: from_millis(row.get("expires_at")),
-        completed_at: row.get::<Option<i64>, _>("completed_at").map(from_millis),
+impl Table for CommandRow {
+    const TABLE: &'static str = "device_command";
+    const KEY: &'static [&'static str] = &["id"];
+}
+
+impl TryFrom<CommandRow> for Command {
+    type Error = Corrupt;
+
+    fn try_from(row: CommandRow) -> Result<Command, Corrupt> {
+        Ok(Command {
+            params: row::json_opt("params", row.params.as_deref())?,
+            state: row::named("state", &row.state, CommandState::parse)?,
+            result: row::json_opt("result", row.result.as_deref())?,
+            created_at: row::time("created_at", row.created_at)?,
+            expires_at: row::time("expires_at", row.expires_at)?,
+            completed_at: row::time_opt("completed_at", row.completed_at)?,
+            id: row.id,
+            device_id: row.device_id,
+            name: row.name,
+            error: row.error,
+            created_by: row.created_by,
+        })
     }
 }
 
@@ -125,7 +165,7 @@ impl Store {
             .fetch_optional(&self.pool)
             .await
             .map_err(|e| db_error(e, "failed to read a command"))?;
-        Ok(row.map(command_of))
+        row.map(|r| map_row::<CommandRow, Command>(&r)).transpose()
     }
 
     /// The newest commands of a device first.
@@ -145,7 +185,7 @@ impl Store {
             .await
             .map_err(|e| db_error(e, "failed to count commands"))?
             .get("n");
-        Ok((rows.into_iter().map(command_of).collect(), total as u64))
+        Ok((map_rows::<CommandRow, Command>(&rows)?, total as u64))
     }
 
     /// Records a device's answer, unless the command already ended (answered or timed out).
@@ -187,8 +227,7 @@ impl Store {
         .await
         .map_err(|e| db_error(e, "failed to read expired commands"))?;
         let mut expired = Vec::with_capacity(rows.len());
-        for row in rows {
-            let mut command = command_of(row);
+        for mut command in map_rows::<CommandRow, Command>(&rows)? {
             let changed = sqlx::query(
                 "UPDATE device_command SET state = 'timed_out', error = 'no answer before the deadline', completed_at = $1 \
                  WHERE id = $2 AND state = 'sent'",
@@ -202,7 +241,7 @@ impl Store {
             if changed > 0 {
                 command.state = CommandState::TimedOut;
                 command.error = Some("no answer before the deadline".into());
-                command.completed_at = Some(from_millis(now));
+                command.completed_at = chrono::DateTime::from_timestamp_millis(now);
                 expired.push(command);
             }
         }

@@ -2,7 +2,8 @@
 
 use sqlx::Row;
 
-use super::{Store, db_error, is_unique_violation, now_millis};
+use super::sql::violates;
+use super::{Store, db_error, now_millis};
 use crate::domain::Result;
 
 impl Store {
@@ -12,7 +13,7 @@ impl Store {
             .fetch_optional(&self.pool)
             .await
             .map_err(|e| db_error(e, "failed to read a server secret"))?;
-        Ok(row.map(|r| r.get::<String, _>("value")))
+        row.map(|r| r.try_get::<String, _>("value")).transpose().map_err(|e| db_error(e, "failed to read a server secret"))
     }
 
     /// Stores a secret unless one of that name exists. Returns false when another replica
@@ -26,7 +27,7 @@ impl Store {
             .await;
         match result {
             Ok(_) => Ok(true),
-            Err(e) if is_unique_violation(&e) => Ok(false),
+            Err(e) if violates(&e, "server_secret_pkey") => Ok(false),
             Err(e) => Err(db_error(e, "failed to store a server secret")),
         }
     }

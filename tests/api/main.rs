@@ -23,3 +23,4 @@ mod raw;
 mod rollouts;
 mod security;
 mod seed003_contract;
+mod storage;

@@ -196,7 +196,7 @@ pub async fn provision(core: &Core, request: ProvisionRequest, ip: IpAddr) -> Re
                 )
                 .await?;
             if let Some(Reprovision::PairKey(owner)) = &reprovision {
-                core.store.update_device(&device.id, &DevicePatch { owner: Some(Some(owner.clone())), ..Default::default() }).await?;
+                // `pair_device` (in `reprovision_proof`) set the owner with the key.
                 core.events.publish(Event::DevicePaired { device_id: device.id.clone(), owner: owner.clone() });
             }
             core.devices.forget_device(&device.id);
@@ -252,7 +252,7 @@ pub(super) async fn reprovision_proof(core: &Core, device: &Device, request: &Pr
     }
     if let Some(key) = &request.pair_key {
         let digest = secret::digest_hex(&normalize_pair_key(key));
-        return match core.store.claim_pairing(&digest, &device.id).await? {
+        return match core.store.pair_device(&digest, &device.id).await? {
             Some(owner) => Ok(Reprovision::PairKey(owner)),
             None => {
                 core.devices.limiter.record_failure(ip);

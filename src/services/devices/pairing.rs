@@ -36,12 +36,13 @@ pub(super) fn normalize_pair_key(key: &str) -> String {
 pub async fn pair(core: &Core, device: &ActiveDevice, key: &str, ip: IpAddr) -> Result<String> {
     core.devices.limiter.check(ip)?;
     let digest = secret::digest_hex(&normalize_pair_key(key));
-    let Some(owner) = core.store.claim_pairing(&digest, &device.id).await? else {
+    // The key is used and the owner set in one transaction that writes no other field: a
+    // concurrent check-in's report stays. The fleet index does not hold the owner: nothing
+    // to forget.
+    let Some(owner) = core.store.pair_device(&digest, &device.id).await? else {
         core.devices.limiter.record_failure(ip);
         return Err(Error::conflict("invalid_pair_key", "the pair key is unknown, expired or already used"));
     };
-    // The fleet index does not hold the owner: nothing to forget.
-    core.store.update_device(&device.id, &DevicePatch { owner: Some(Some(owner.clone())), ..Default::default() }).await?;
     core.events.publish(Event::DevicePaired { device_id: device.id.to_string(), owner: owner.clone() });
     tracing::info!(device_id = %device.id, %owner, "device paired");
     Ok(owner)

@@ -2,16 +2,17 @@
 
 use super::*;
 
+/// The unique index that allows one current attempt per device.
+const ONE_CURRENT: &str = "update_attempt_one_current_idx";
+
 impl Store {
     pub async fn current_attempt(&self, device_id: &str) -> Result<Option<UpdateAttempt>> {
-        let row = sqlx::query(
-            "SELECT id, device_id, artifact_id, release_id, rollout_id, from_version, to_version, state, progress, message, current, created_at, updated_at FROM update_attempt WHERE device_id = $1 AND current = 1",
-        )
-        .bind(device_id)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(|e| db_error(e, "failed to read an update attempt"))?;
-        row.map(|r| attempt_from_row(&r)).transpose()
+        let row = sqlx::query(AssertSqlSafe(format!("SELECT {ATTEMPT_COLUMNS} FROM update_attempt WHERE device_id = $1 AND current = 1")))
+            .bind(device_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| db_error(e, "failed to read an update attempt"))?;
+        row.map(|r| map_row::<AttemptRow, UpdateAttempt>(&r)).transpose()
     }
 
     /// The current attempts of many devices (those that have one), [`ATTEMPT_BATCH`] devices
@@ -19,20 +20,10 @@ impl Store {
     pub async fn current_attempts(&self, device_ids: &[&str]) -> Result<Vec<UpdateAttempt>> {
         let mut attempts = Vec::new();
         for chunk in device_ids.chunks(ATTEMPT_BATCH) {
-            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-            let sql = format!(
-                "SELECT id, device_id, artifact_id, release_id, rollout_id, from_version, to_version, state, progress, message, current, created_at, updated_at FROM update_attempt WHERE current = 1 AND device_id IN ({})",
-                placeholders.join(", ")
-            );
-            // Only numbered placeholders are formatted in; the ids are bound.
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for id in chunk {
-                query = query.bind(*id);
-            }
-            let rows = query.fetch_all(&self.pool).await.map_err(|e| db_error(e, "failed to read update attempts"))?;
-            for row in &rows {
-                attempts.push(attempt_from_row(row)?);
-            }
+            let mut query = Builder::new(&format!("SELECT {ATTEMPT_COLUMNS} FROM update_attempt WHERE current = 1 AND device_id IN ("));
+            query.push_list(chunk.iter().copied()).push(")");
+            let rows = sql::fetch_all(query, &self.pool).await.map_err(|e| db_error(e, "failed to read update attempts"))?;
+            attempts.extend(map_rows::<AttemptRow, UpdateAttempt>(&rows)?);
         }
         Ok(attempts)
     }
@@ -62,16 +53,16 @@ impl Store {
                 // PostgreSQL: a racing check-in committed a current attempt for one of these
                 // devices, and the unique index aborted the whole transaction. One by one,
                 // the others still open.
-                Err(e) if is_unique_violation(&e) && chunk.len() > 1 => {
+                Err(e) if violates(&e, ONE_CURRENT) && chunk.len() > 1 => {
                     for offer in chunk {
                         match self.open_attempts_once(std::slice::from_ref(offer)).await {
                             Ok(ids) => opened.extend(ids),
-                            Err(e) if is_unique_violation(&e) => opened.push(None),
+                            Err(e) if violates(&e, ONE_CURRENT) => opened.push(None),
                             Err(e) => return Err(db_error(e, "failed to open an update attempt")),
                         }
                     }
                 }
-                Err(e) if is_unique_violation(&e) => opened.push(None),
+                Err(e) if violates(&e, ONE_CURRENT) => opened.push(None),
                 Err(e) => return Err(db_error(e, "failed to open update attempts")),
             }
         }
@@ -192,7 +183,8 @@ impl Store {
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(|e| db_error(e, "failed to read an attempt"))?
-                .get("device_id");
+                .try_get("device_id")
+                .map_err(|e| db_error(e, "failed to read an attempt"))?;
             log_change(&mut tx, &device_id).await?;
         }
         tx.commit().await.map_err(|e| db_error(e, "failed to commit an attempt update"))
@@ -201,28 +193,20 @@ impl Store {
     /// A device's attempts, newest first, each with its events.
     pub async fn list_attempts(&self, device_id: &str, limit: u32) -> Result<Vec<UpdateAttempt>> {
         let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT id, device_id, artifact_id, release_id, rollout_id, from_version, to_version, state, progress, message, current, created_at, updated_at FROM update_attempt WHERE device_id = $1 ORDER BY id DESC LIMIT {limit}"
+            "SELECT {ATTEMPT_COLUMNS} FROM update_attempt WHERE device_id = $1 ORDER BY id DESC LIMIT {limit}"
         )))
         .bind(device_id)
         .fetch_all(&self.pool)
         .await
         .map_err(|e| db_error(e, "failed to read update attempts"))?;
-        let mut attempts = rows.iter().map(attempt_from_row).collect::<Result<Vec<_>>>()?;
+        let mut attempts = map_rows::<AttemptRow, UpdateAttempt>(&rows)?;
         for attempt in &mut attempts {
-            let events = sqlx::query("SELECT state, progress, message, at FROM update_event WHERE attempt_id = $1 ORDER BY id")
+            let events = sqlx::query("SELECT id, state, progress, message, at FROM update_event WHERE attempt_id = $1 ORDER BY id")
                 .bind(&attempt.id)
                 .fetch_all(&self.pool)
                 .await
                 .map_err(|e| db_error(e, "failed to read update events"))?;
-            attempt.events = events
-                .iter()
-                .map(|r| UpdateEvent {
-                    state: UpdateState::parse_stored(&r.get::<String, _>("state")),
-                    progress: r.get::<Option<i64>, _>("progress").map(|p| p.clamp(0, 100) as u8),
-                    message: r.get("message"),
-                    at: from_millis(r.get("at")),
-                })
-                .collect();
+            attempt.events = map_rows::<UpdateEventRow, UpdateEvent>(&events)?;
         }
         Ok(attempts)
     }

@@ -1,11 +1,13 @@
 //! Products, devices, tags, pairing keys, setup reports and update attempts.
 
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sqlx::any::AnyRow;
 use sqlx::{Any, AssertSqlSafe, Row};
 
-use super::{Store, db_error, from_millis, is_unique_violation, now_millis};
+use super::row::{self, Corrupt, Table, map_row, map_rows};
+use super::sql::{self, Builder, violates};
+use super::{Store, db_error, now_millis};
 use crate::domain::device::{
     Device, DeviceFilter, DevicePatch, DeviceSort, Product, Provisioning, SetupEvent, SetupStatus, UpdateAttempt, UpdateEvent, UpdateState,
 };
@@ -28,11 +30,12 @@ pub(super) const DEVICE_SELECT: &str = "id, mac, name, product, hardware, channe
 /// Rows per presence statement (the periodic flush writes about this many at a time).
 pub(super) const PRESENCE_ROWS: usize = 100;
 
-/// The columns of `ActiveRow`.
+/// The columns of [`ActiveDeviceRow`].
 pub(super) const ACTIVE_COLUMNS: &str = "id, mac, product, hardware, channel, version, target_version, last_seen, ip, tags, created_at, \
     (SELECT COUNT(*) FROM update_attempt a WHERE a.device_id = device.id AND a.current = 1 AND a.state = 'installed') AS awaiting_boot";
 
 /// What the fleet index keeps of a device (see `services::fleet`).
+#[derive(Debug)]
 pub struct ActiveRow {
     pub id: String,
     pub mac: Mac,
@@ -151,105 +154,306 @@ pub(super) fn hardware_column(hardware: &[String]) -> Option<String> {
     (!hardware.is_empty()).then(|| serde_json::to_string(hardware).expect("strings serialize"))
 }
 
-pub(super) fn product_from_row(row: &AnyRow) -> Result<Product> {
-    let decode = |e: sqlx::Error| db_error(e, "failed to decode a product row");
-    let provisioning: String = row.try_get("provisioning").map_err(decode)?;
-    Ok(Product {
-        name: row.try_get("name").map_err(decode)?,
-        provisioning: Provisioning::parse(&provisioning).unwrap_or(Provisioning::Preregistered),
-        provision_key: row.try_get("provision_key").map_err(decode)?,
-        provision_secret_hash: row.try_get("provision_secret_hash").map_err(decode)?,
-        poll_interval_s: row.try_get::<i64, _>("poll_interval_s").map_err(decode)? as u32,
-        hardware: match row.try_get::<Option<String>, _>("hardware").map_err(decode)? {
-            Some(text) => serde_json::from_str(&text)
-                .map_err(|e| Error::Internal(anyhow::anyhow!("corrupt hardware list in the product table: {e}")))?,
-            None => Vec::new(),
-        },
-        public_secrets: row.try_get::<i64, _>("public_secrets").map_err(decode)? != 0,
-        created_at: from_millis(row.try_get("created_at").map_err(decode)?),
-        updated_at: from_millis(row.try_get("updated_at").map_err(decode)?),
-    })
+// ---- rows ----
+
+/// A `product` row.
+#[derive(sqlx::FromRow)]
+pub(super) struct ProductRow {
+    name: String,
+    provisioning: String,
+    provision_key: Option<String>,
+    provision_secret_hash: Option<String>,
+    poll_interval_s: i64,
+    hardware: Option<String>,
+    public_secrets: i64,
+    created_at: i64,
+    updated_at: i64,
 }
 
-pub(super) fn active_from_row(row: &AnyRow) -> Result<ActiveRow> {
-    let decode = |e: sqlx::Error| db_error(e, "failed to decode a device row");
-    let mac: String = row.try_get("mac").map_err(decode)?;
-    Ok(ActiveRow {
-        id: row.try_get("id").map_err(decode)?,
-        mac: Mac::parse(&mac).map_err(|_| Error::Internal(anyhow::anyhow!("corrupt MAC in the device table")))?,
-        product: row.try_get("product").map_err(decode)?,
-        hardware: row.try_get("hardware").map_err(decode)?,
-        channel: row.try_get("channel").map_err(decode)?,
-        version: row.try_get("version").map_err(decode)?,
-        target_version: row.try_get("target_version").map_err(decode)?,
-        last_seen: row.try_get::<Option<i64>, _>("last_seen").map_err(decode)?.map(from_millis),
-        ip: row.try_get("ip").map_err(decode)?,
-        tags: serde_json::from_str(&row.try_get::<String, _>("tags").map_err(decode)?).unwrap_or_default(),
-        created_at: from_millis(row.try_get("created_at").map_err(decode)?),
-        awaiting_boot: row.try_get::<i64, _>("awaiting_boot").map_err(decode)? > 0,
-    })
+impl Table for ProductRow {
+    const TABLE: &'static str = "product";
+    const KEY: &'static [&'static str] = &["name"];
 }
 
-pub(super) fn device_from_row(row: &AnyRow) -> Result<Device> {
-    let decode = |e: sqlx::Error| db_error(e, "failed to decode a device row");
-    let corrupt = |what: &str| Error::Internal(anyhow::anyhow!("corrupt {what} in the device table"));
-    let mac: String = row.try_get("mac").map_err(decode)?;
-    let tags: String = row.try_get("tags").map_err(decode)?;
-    let attributes: String = row.try_get("attributes").map_err(decode)?;
-    let metadata: String = row.try_get("metadata").map_err(decode)?;
-    let setup_status: Option<String> = row.try_get("setup_status").map_err(decode)?;
-    let token_hash: Option<String> = row.try_get("token_hash").map_err(decode)?;
-    let setup_status = match setup_status {
-        Some(json) => {
-            let value: Value = serde_json::from_str(&json).map_err(|_| corrupt("setup status"))?;
-            Some(SetupStatus {
-                code: value["code"].as_u64().unwrap_or(0) as u8,
-                title: value["title"].as_str().unwrap_or_default().to_string(),
-                description: value["description"].as_str().unwrap_or_default().to_string(),
-                at: from_millis(value["at"].as_i64().unwrap_or(0)),
-            })
-        }
-        None => None,
+impl TryFrom<ProductRow> for Product {
+    type Error = Corrupt;
+
+    fn try_from(row: ProductRow) -> std::result::Result<Product, Corrupt> {
+        Ok(Product {
+            provisioning: row::named("provisioning", &row.provisioning, |text| Provisioning::parse(text).ok())?,
+            provision_key: row.provision_key,
+            provision_secret_hash: row.provision_secret_hash,
+            poll_interval_s: row::int("poll_interval_s", row.poll_interval_s)?,
+            hardware: row::json_opt::<Vec<String>>("hardware", row.hardware.as_deref())?.unwrap_or_default(),
+            public_secrets: row::flag("public_secrets", row.public_secrets)?,
+            created_at: row::time("created_at", row.created_at)?,
+            updated_at: row::time("updated_at", row.updated_at)?,
+            name: row.name,
+        })
+    }
+}
+
+/// A `device` row, as [`DEVICE_SELECT`] reads it.
+#[derive(sqlx::FromRow)]
+pub(super) struct DeviceRow {
+    id: String,
+    mac: String,
+    name: String,
+    product: Option<String>,
+    hardware: Option<String>,
+    channel: String,
+    version: Option<String>,
+    target_version: Option<String>,
+    tags: String,
+    attributes: String,
+    metadata: String,
+    owner: Option<String>,
+    token_hash: Option<String>,
+    last_seen: Option<i64>,
+    ip: Option<String>,
+    setup_status: Option<String>,
+    created_at: i64,
+    updated_at: i64,
+    reprovision_until: Option<i64>,
+}
+
+impl Table for DeviceRow {
+    const TABLE: &'static str = "device";
+    const KEY: &'static [&'static str] = &["id"];
+}
+
+impl TryFrom<DeviceRow> for Device {
+    type Error = Corrupt;
+
+    fn try_from(row: DeviceRow) -> std::result::Result<Device, Corrupt> {
+        Ok(Device {
+            mac: mac("mac", &row.mac)?,
+            tags: row::json("tags", &row.tags)?,
+            attributes: row::json("attributes", &row.attributes)?,
+            metadata: row::json("metadata", &row.metadata)?,
+            has_token: row.token_hash.is_some(),
+            last_seen: row::time_opt("last_seen", row.last_seen)?,
+            setup_status: row::json_opt::<StoredSetupStatus>("setup_status", row.setup_status.as_deref())?
+                .map(|s| s.into_status("setup_status"))
+                .transpose()?,
+            reprovision_until: row::time_opt("reprovision_until", row.reprovision_until)?,
+            created_at: row::time("created_at", row.created_at)?,
+            updated_at: row::time("updated_at", row.updated_at)?,
+            id: row.id,
+            name: row.name,
+            product: row.product,
+            hardware: row.hardware,
+            channel: row.channel,
+            version: row.version,
+            target_version: row.target_version,
+            owner: row.owner,
+            ip: row.ip,
+        })
+    }
+}
+
+/// The `setup_status` column: the last setup report (JSON).
+#[derive(Serialize, Deserialize)]
+pub(super) struct StoredSetupStatus {
+    pub code: u8,
+    pub title: String,
+    pub description: String,
+    /// Unix milliseconds.
+    pub at: i64,
+}
+
+impl StoredSetupStatus {
+    fn into_status(self, column: &'static str) -> std::result::Result<SetupStatus, Corrupt> {
+        Ok(SetupStatus { code: self.code, title: self.title, description: self.description, at: row::time(column, self.at)? })
+    }
+}
+
+/// A `device` row, as [`ACTIVE_COLUMNS`] reads it (the fleet index's entry).
+#[derive(sqlx::FromRow)]
+pub(super) struct ActiveDeviceRow {
+    id: String,
+    mac: String,
+    product: Option<String>,
+    hardware: Option<String>,
+    channel: String,
+    version: Option<String>,
+    target_version: Option<String>,
+    last_seen: Option<i64>,
+    ip: Option<String>,
+    tags: String,
+    created_at: i64,
+    awaiting_boot: i64,
+}
+
+impl Table for ActiveDeviceRow {
+    const TABLE: &'static str = "device";
+    const KEY: &'static [&'static str] = &["id"];
+}
+
+impl TryFrom<ActiveDeviceRow> for ActiveRow {
+    type Error = Corrupt;
+
+    fn try_from(row: ActiveDeviceRow) -> std::result::Result<ActiveRow, Corrupt> {
+        Ok(ActiveRow {
+            mac: mac("mac", &row.mac)?,
+            last_seen: row::time_opt("last_seen", row.last_seen)?,
+            tags: row::json("tags", &row.tags)?,
+            created_at: row::time("created_at", row.created_at)?,
+            awaiting_boot: row.awaiting_boot > 0,
+            id: row.id,
+            product: row.product,
+            hardware: row.hardware,
+            channel: row.channel,
+            version: row.version,
+            target_version: row.target_version,
+            ip: row.ip,
+        })
+    }
+}
+
+/// [`ActiveDeviceRow`] and the token digest (the fleet index's start-up load).
+#[derive(sqlx::FromRow)]
+pub(super) struct TokenHolderRow {
+    token_hash: String,
+    #[sqlx(flatten)]
+    device: ActiveDeviceRow,
+}
+
+impl Table for TokenHolderRow {
+    const TABLE: &'static str = "device";
+    const KEY: &'static [&'static str] = &["id"];
+}
+
+impl TryFrom<TokenHolderRow> for (String, ActiveRow) {
+    type Error = Corrupt;
+
+    fn try_from(row: TokenHolderRow) -> std::result::Result<(String, ActiveRow), Corrupt> {
+        Ok((row.token_hash, row.device.try_into()?))
+    }
+}
+
+/// The columns of [`AttemptRow`].
+pub(super) const ATTEMPT_COLUMNS: &str = "id, device_id, artifact_id, release_id, rollout_id, from_version, to_version, state, progress, message, current, created_at, updated_at";
+
+/// An `update_attempt` row.
+#[derive(sqlx::FromRow)]
+pub(super) struct AttemptRow {
+    id: String,
+    device_id: String,
+    artifact_id: String,
+    release_id: String,
+    rollout_id: Option<String>,
+    from_version: Option<String>,
+    to_version: String,
+    state: String,
+    progress: Option<i64>,
+    message: Option<String>,
+    current: i64,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl Table for AttemptRow {
+    const TABLE: &'static str = "update_attempt";
+    const KEY: &'static [&'static str] = &["id"];
+}
+
+impl TryFrom<AttemptRow> for UpdateAttempt {
+    type Error = Corrupt;
+
+    fn try_from(row: AttemptRow) -> std::result::Result<UpdateAttempt, Corrupt> {
+        Ok(UpdateAttempt {
+            state: row::named("state", &row.state, update_state)?,
+            progress: progress("progress", row.progress)?,
+            current: row::flag("current", row.current)?,
+            created_at: row::time("created_at", row.created_at)?,
+            updated_at: row::time("updated_at", row.updated_at)?,
+            id: row.id,
+            device_id: row.device_id,
+            artifact_id: row.artifact_id,
+            release_id: row.release_id,
+            rollout_id: row.rollout_id,
+            from_version: row.from_version,
+            to_version: row.to_version,
+            message: row.message,
+            events: Vec::new(),
+        })
+    }
+}
+
+/// An `update_event` row.
+#[derive(sqlx::FromRow)]
+pub(super) struct UpdateEventRow {
+    #[allow(dead_code, reason = "read to name the row in errors")]
+    id: String,
+    state: String,
+    progress: Option<i64>,
+    message: Option<String>,
+    at: i64,
+}
+
+impl Table for UpdateEventRow {
+    const TABLE: &'static str = "update_event";
+    const KEY: &'static [&'static str] = &["id"];
+}
+
+impl TryFrom<UpdateEventRow> for UpdateEvent {
+    type Error = Corrupt;
+
+    fn try_from(row: UpdateEventRow) -> std::result::Result<UpdateEvent, Corrupt> {
+        Ok(UpdateEvent {
+            state: row::named("state", &row.state, update_state)?,
+            progress: progress("progress", row.progress)?,
+            message: row.message,
+            at: row::time("at", row.at)?,
+        })
+    }
+}
+
+/// A `setup_event` row.
+#[derive(sqlx::FromRow)]
+pub(super) struct SetupEventRow {
+    #[allow(dead_code, reason = "read to name the row in errors")]
+    id: String,
+    code: i64,
+    title: String,
+    description: String,
+    at: i64,
+}
+
+impl Table for SetupEventRow {
+    const TABLE: &'static str = "setup_event";
+    const KEY: &'static [&'static str] = &["id"];
+}
+
+impl TryFrom<SetupEventRow> for SetupEvent {
+    type Error = Corrupt;
+
+    fn try_from(row: SetupEventRow) -> std::result::Result<SetupEvent, Corrupt> {
+        Ok(SetupEvent { code: row::int("code", row.code)?, title: row.title, description: row.description, at: row::time("at", row.at)? })
+    }
+}
+
+fn mac(column: &'static str, text: &str) -> std::result::Result<Mac, Corrupt> {
+    Mac::parse(text).map_err(|e| Corrupt::new(column, e.to_string()))
+}
+
+/// A progress in percent (0-100).
+fn progress(column: &'static str, value: Option<i64>) -> std::result::Result<Option<u8>, Corrupt> {
+    match value {
+        Some(p) if !(0..=100).contains(&p) => Err(Corrupt::new(column, format!("{p} is not a percentage"))),
+        Some(p) => Ok(Some(p as u8)),
+        None => Ok(None),
+    }
+}
+
+/// An update state by its stored name (exactly as [`UpdateState::as_str`] writes it).
+pub(super) fn update_state(text: &str) -> Option<UpdateState> {
+    use UpdateState::*;
+    // Exhaustive: a new state fails to compile here until it is added to `ALL`.
+    let _every_state_is_listed = |state: UpdateState| match state {
+        Offered | Downloading | Downloaded | Installing | Installed | Failed | Rejected | Succeeded => (),
     };
-    Ok(Device {
-        id: row.try_get("id").map_err(decode)?,
-        mac: Mac::parse(&mac).map_err(|_| corrupt("MAC"))?,
-        name: row.try_get("name").map_err(decode)?,
-        product: row.try_get("product").map_err(decode)?,
-        hardware: row.try_get("hardware").map_err(decode)?,
-        channel: row.try_get("channel").map_err(decode)?,
-        version: row.try_get("version").map_err(decode)?,
-        target_version: row.try_get("target_version").map_err(decode)?,
-        tags: serde_json::from_str(&tags).map_err(|_| corrupt("tags"))?,
-        attributes: serde_json::from_str(&attributes).map_err(|_| corrupt("attributes"))?,
-        metadata: serde_json::from_str(&metadata).map_err(|_| corrupt("metadata"))?,
-        owner: row.try_get("owner").map_err(decode)?,
-        has_token: token_hash.is_some(),
-        last_seen: row.try_get::<Option<i64>, _>("last_seen").map_err(decode)?.map(from_millis),
-        ip: row.try_get("ip").map_err(decode)?,
-        setup_status,
-        reprovision_until: row.try_get::<Option<i64>, _>("reprovision_until").map_err(decode)?.map(from_millis),
-        created_at: from_millis(row.try_get("created_at").map_err(decode)?),
-        updated_at: from_millis(row.try_get("updated_at").map_err(decode)?),
-    })
-}
-
-pub(super) fn attempt_from_row(row: &AnyRow) -> Result<UpdateAttempt> {
-    let decode = |e: sqlx::Error| db_error(e, "failed to decode an update attempt");
-    Ok(UpdateAttempt {
-        id: row.try_get("id").map_err(decode)?,
-        device_id: row.try_get("device_id").map_err(decode)?,
-        artifact_id: row.try_get("artifact_id").map_err(decode)?,
-        release_id: row.try_get("release_id").map_err(decode)?,
-        rollout_id: row.try_get("rollout_id").map_err(decode)?,
-        from_version: row.try_get("from_version").map_err(decode)?,
-        to_version: row.try_get("to_version").map_err(decode)?,
-        state: UpdateState::parse_stored(&row.try_get::<String, _>("state").map_err(decode)?),
-        progress: row.try_get::<Option<i64>, _>("progress").map_err(decode)?.map(|p| p.clamp(0, 100) as u8),
-        message: row.try_get("message").map_err(decode)?,
-        current: row.try_get::<i64, _>("current").map_err(decode)? == 1,
-        created_at: from_millis(row.try_get("created_at").map_err(decode)?),
-        updated_at: from_millis(row.try_get("updated_at").map_err(decode)?),
-        events: Vec::new(),
-    })
+    const ALL: [UpdateState; 8] = [Offered, Downloading, Downloaded, Installing, Installed, Failed, Rejected, Succeeded];
+    ALL.into_iter().find(|state| state.as_str() == text)
 }

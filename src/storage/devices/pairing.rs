@@ -15,27 +15,37 @@ impl Store {
         Ok(())
     }
 
-    /// Uses a pair key once: returns its owner if the key exists, is unused and has not
-    /// expired; marks it used by `device_id` in the same statement.
-    pub async fn claim_pairing(&self, key_hash: &str, device_id: &str) -> Result<Option<String>> {
+    /// Pairs a device: uses a pair key once (it exists, is unused and has not expired), marks
+    /// it used by `device_id` and makes its owner the device's owner, all in one transaction,
+    /// writing no other column of the device. Returns the owner; `None` (nothing written) when
+    /// the key cannot be used or the device does not exist.
+    pub async fn pair_device(&self, key_hash: &str, device_id: &str) -> Result<Option<String>> {
         let now = now_millis();
-        let claimed =
-            sqlx::query("UPDATE pairing SET used_at = $1, device_id = $2 WHERE key_hash = $3 AND used_at IS NULL AND expires_at > $4")
-                .bind(now)
-                .bind(device_id)
-                .bind(key_hash)
-                .bind(now)
-                .execute(&self.pool)
-                .await
-                .map_err(|e| db_error(e, "failed to use a pair key"))?;
-        if claimed.rows_affected() != 1 {
+        let mut tx = self.pool.begin().await.map_err(|e| db_error(e, "failed to begin a transaction"))?;
+        // A write first: on SQLite, the transaction takes the write lock at once.
+        let claimed = sqlx::query(
+            "UPDATE pairing SET used_at = $1, device_id = $2 WHERE key_hash = $3 AND used_at IS NULL AND expires_at > $1 RETURNING owner",
+        )
+        .bind(now)
+        .bind(device_id)
+        .bind(key_hash)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| db_error(e, "failed to use a pair key"))?;
+        let Some(claimed) = claimed else { return Ok(None) };
+        let owner: String = claimed.try_get("owner").map_err(|e| db_error(e, "failed to read a pair key"))?;
+        let updated = sqlx::query("UPDATE device SET owner = $1, updated_at = $2 WHERE id = $3")
+            .bind(&owner)
+            .bind(now)
+            .bind(device_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_error(e, "failed to set a device's owner"))?;
+        if updated.rows_affected() == 0 {
             return Ok(None);
         }
-        let row = sqlx::query("SELECT owner FROM pairing WHERE key_hash = $1")
-            .bind(key_hash)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| db_error(e, "failed to read a pair key"))?;
-        Ok(Some(row.get("owner")))
+        log_change(&mut tx, device_id).await?;
+        tx.commit().await.map_err(|e| db_error(e, "failed to commit a pairing"))?;
+        Ok(Some(owner))
     }
 }

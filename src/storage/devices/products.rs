@@ -9,7 +9,7 @@ impl Store {
             .fetch_optional(&self.pool)
             .await
             .map_err(|e| db_error(e, "failed to read a product"))?;
-        row.map(|r| product_from_row(&r)).transpose()
+        row.map(|r| map_row::<ProductRow, Product>(&r)).transpose()
     }
 
     pub async fn list_products(&self) -> Result<Vec<Product>> {
@@ -17,7 +17,7 @@ impl Store {
             .fetch_all(&self.pool)
             .await
             .map_err(|e| db_error(e, "failed to list products"))?;
-        rows.iter().map(product_from_row).collect()
+        map_rows::<ProductRow, Product>(&rows)
     }
 
     /// Creates or replaces a product's policy and, when `min_version` is given, sets its
@@ -41,7 +41,6 @@ impl Store {
         .await;
         let updated = match updated {
             Ok(result) => result.rows_affected(),
-            Err(e) if is_unique_violation(&e) => return Err(provision_key_taken()),
             Err(e) => return Err(db_error(e, "failed to update a product")),
         };
         if updated == 0 {
@@ -62,13 +61,10 @@ impl Store {
             .await;
             match inserted {
                 Ok(_) => {}
-                Err(e) if is_unique_violation(&e) => {
-                    // Either the name was created concurrently or the key is taken; the failed
-                    // statement ends this transaction (PostgreSQL aborts it).
+                Err(e) if violates(&e, "product_pkey") => {
+                    // The name was created concurrently: update it. The failed statement ends
+                    // this transaction (PostgreSQL aborts it).
                     drop(tx);
-                    if self.find_product(&product.name).await?.is_none() {
-                        return Err(provision_key_taken());
-                    }
                     return Box::pin(self.upsert_product(product, min_version)).await;
                 }
                 Err(e) => return Err(db_error(e, "failed to insert a product")),
@@ -89,7 +85,9 @@ impl Store {
             .await
             .map_err(|e| db_error(e, "failed to read a product"))?;
         tx.commit().await.map_err(|e| db_error(e, "failed to commit a product"))?;
-        row.map(|r| product_from_row(&r)).transpose()?.ok_or_else(|| Error::Internal(anyhow::anyhow!("product vanished after upsert")))
+        row.map(|r| map_row::<ProductRow, Product>(&r))
+            .transpose()?
+            .ok_or_else(|| Error::Internal(anyhow::anyhow!("product vanished after upsert")))
     }
 
     pub async fn find_product_by_provision_key(&self, key: &str) -> Result<Option<Product>> {
@@ -98,6 +96,6 @@ impl Store {
             .fetch_optional(&self.pool)
             .await
             .map_err(|e| db_error(e, "failed to read a product"))?;
-        row.map(|r| product_from_row(&r)).transpose()
+        row.map(|r| map_row::<ProductRow, Product>(&r)).transpose()
     }
 }

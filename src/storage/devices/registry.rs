@@ -30,7 +30,7 @@ impl Store {
         .await;
         match inserted {
             Ok(_) => {}
-            Err(e) if is_unique_violation(&e) => {
+            Err(e) if violates(&e, "device_mac_idx") => {
                 return Err(Error::conflict("device_exists", format!("a device with MAC {} is already registered", new.mac)));
             }
             Err(e) => return Err(db_error(e, "failed to insert a device")),
@@ -65,7 +65,7 @@ impl Store {
             .fetch_optional(&self.pool)
             .await
             .map_err(|e| db_error(e, "failed to read a device"))?;
-        row.map(|r| device_from_row(&r)).transpose()
+        row.map(|r| map_row::<DeviceRow, Device>(&r)).transpose()
     }
 
     /// The index entry of the device holding a token (by digest), without the device's
@@ -76,7 +76,7 @@ impl Store {
             .fetch_optional(&self.pool)
             .await
             .map_err(|e| db_error(e, "failed to read a device"))?;
-        row.map(|r| active_from_row(&r)).transpose()
+        row.map(|r| map_row::<ActiveDeviceRow, ActiveRow>(&r)).transpose()
     }
 
     /// Index entries of devices holding a token, in id order after `after`: the fleet
@@ -90,66 +90,13 @@ impl Store {
         .fetch_all(&self.pool)
         .await
         .map_err(|e| db_error(e, "failed to list devices"))?;
-        rows.iter()
-            .map(|r| {
-                let token_hash: String = r.try_get("token_hash").map_err(|e| db_error(e, "failed to decode a device row"))?;
-                Ok((token_hash, active_from_row(r)?))
-            })
-            .collect()
+        map_rows::<TokenHolderRow, (String, ActiveRow)>(&rows)
     }
 
     pub async fn list_devices(&self, filter: &DeviceFilter) -> Result<(Vec<Device>, u64)> {
-        let mut conditions: Vec<String> = Vec::new();
-        let mut texts: Vec<String> = Vec::new();
-        let mut numbers: Vec<(usize, i64)> = Vec::new();
-        let mut next = 0usize;
-        let mut text = |condition: &str, value: String, conditions: &mut Vec<String>| {
-            next += 1;
-            texts.push(value);
-            conditions.push(condition.replace('?', &format!("${next}")));
-            next
-        };
-        if let Some(v) = &filter.product {
-            text("product = ?", v.clone(), &mut conditions);
-        }
-        if let Some(v) = &filter.hardware {
-            text("hardware = ?", v.to_ascii_lowercase(), &mut conditions);
-        }
-        if let Some(v) = &filter.version {
-            text("version = ?", v.clone(), &mut conditions);
-        }
-        if let Some(v) = &filter.owner {
-            text("owner = ?", v.clone(), &mut conditions);
-        }
-        if let Some(v) = &filter.tag {
-            text("id IN (SELECT device_id FROM device_tag WHERE tag = ?)", v.clone(), &mut conditions);
-        }
-        if let Some(q) = &filter.search {
-            let pattern = format!("%{}%", q.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
-            // One placeholder, used four times (both databases allow reusing `$n`).
-            text(
-                "(LOWER(name) LIKE ? ESCAPE '\\' OR LOWER(mac) LIKE ? ESCAPE '\\' OR LOWER(COALESCE(owner, '')) LIKE ? ESCAPE '\\' OR id LIKE ? ESCAPE '\\')",
-                pattern,
-                &mut conditions,
-            );
-        }
-        // Numbers are bound after all texts.
-        let mut number_conditions = Vec::new();
-        if let Some((online, cutoff)) = filter.online_since {
-            number_conditions.push((if online { "last_seen >= ?" } else { "(last_seen IS NULL OR last_seen < ?)" }, cutoff));
-        }
-        if let Some(before) = filter.last_seen_before {
-            number_conditions.push(("last_seen < ?", before));
-        }
-        if let Some(after) = filter.last_seen_after {
-            number_conditions.push(("last_seen > ?", after));
-        }
-        for (condition, value) in number_conditions {
-            next += 1;
-            numbers.push((next, value));
-            conditions.push(condition.replace('?', &format!("${next}")));
-        }
-        let where_clause = if conditions.is_empty() { String::new() } else { format!("WHERE {}", conditions.join(" AND ")) };
+        let mut count = Builder::new("SELECT COUNT(*) AS n FROM device");
+        push_device_filter(&mut count, filter);
+        let total: i64 = count.build().fetch_one(&self.pool).await.map_err(|e| db_error(e, "failed to count devices"))?.get("n");
         let order = match filter.sort {
             DeviceSort::NewestFirst => "created_at DESC, id DESC",
             DeviceSort::OldestFirst => "created_at ASC, id ASC",
@@ -157,30 +104,13 @@ impl Store {
             DeviceSort::Name => "name ASC, id ASC",
             DeviceSort::Mac => "mac ASC",
         };
-        let bind_all = |sql: String| {
-            let mut query = sqlx::query::<Any>(AssertSqlSafe(sql));
-            for value in &texts {
-                query = query.bind(value.clone());
-            }
-            for (_, value) in &numbers {
-                query = query.bind(*value);
-            }
-            query
-        };
-        let total: i64 = bind_all(format!("SELECT COUNT(*) AS n FROM device {where_clause}"))
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| db_error(e, "failed to count devices"))?
-            .get("n");
-        let rows = bind_all(format!(
-            "SELECT {DEVICE_SELECT} FROM device {where_clause} ORDER BY {order} LIMIT {} OFFSET {}",
-            filter.limit, filter.offset
-        ))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| db_error(e, "failed to list devices"))?;
-        let devices = rows.iter().map(device_from_row).collect::<Result<Vec<_>>>()?;
-        Ok((devices, total as u64))
+        let mut list = Builder::new(&format!("SELECT {DEVICE_SELECT} FROM device"));
+        push_device_filter(&mut list, filter);
+        list.push(" ORDER BY ").push(order);
+        // Written, not bound (they are integers): PostgreSQL plans a known limit better.
+        list.push(&format!(" LIMIT {} OFFSET {}", filter.limit, filter.offset));
+        let rows = sql::fetch_all(list, &self.pool).await.map_err(|e| db_error(e, "failed to list devices"))?;
+        Ok((map_rows::<DeviceRow, Device>(&rows)?, total as u64))
     }
 
     pub async fn count_devices(&self) -> Result<u64> {
@@ -191,41 +121,46 @@ impl Store {
         Ok(row.get::<i64, _>("n") as u64)
     }
 
+    /// Writes the fields a patch gives, and only those, in one statement (with the tag
+    /// index in the same transaction): a concurrent check-in's report is never overwritten
+    /// by a stale read. `None` when the device does not exist.
     pub async fn update_device(&self, id: &str, patch: &DevicePatch) -> Result<Option<Device>> {
-        let Some(current) = self.find_device(id).await? else { return Ok(None) };
-        let name = patch.name.clone().unwrap_or(current.name);
-        let product = patch.product.clone().unwrap_or(current.product);
-        let hardware = patch.hardware.clone().unwrap_or(current.hardware);
-        let channel = patch.channel.clone().unwrap_or(current.channel);
-        let target_version = patch.target_version.clone().unwrap_or(current.target_version);
-        let metadata = patch.metadata.clone().unwrap_or(current.metadata);
-        let owner = patch.owner.clone().unwrap_or(current.owner);
-        let reprovision_until = patch.reprovision_until.unwrap_or(current.reprovision_until);
-        let mut tx = self.pool.begin().await.map_err(|e| db_error(e, "failed to begin a transaction"))?;
-        sqlx::query(
-            "UPDATE device SET name = $1, product = $2, hardware = $3, channel = $4, target_version = $5, metadata = $6, owner = $7, updated_at = $8, \
-             reprovision_until = $9 WHERE id = $10",
-        )
-        .bind(name)
-        .bind(product)
-        .bind(hardware)
-        .bind(channel)
-        .bind(target_version)
-        .bind(metadata.to_string())
-        .bind(owner)
-        .bind(now_millis())
-        .bind(reprovision_until.map(|t| t.timestamp_millis()))
-        .bind(id)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| db_error(e, "failed to update a device"))?;
+        let mut update = Builder::new("UPDATE device SET updated_at = ");
+        update.push_bind(now_millis());
+        if let Some(name) = &patch.name {
+            update.push(", name = ").push_bind(name.clone());
+        }
+        if let Some(product) = &patch.product {
+            update.push(", product = ").push_bind(product.clone());
+        }
+        if let Some(hardware) = &patch.hardware {
+            update.push(", hardware = ").push_bind(hardware.clone());
+        }
+        if let Some(channel) = &patch.channel {
+            update.push(", channel = ").push_bind(channel.clone());
+        }
+        if let Some(target_version) = &patch.target_version {
+            update.push(", target_version = ").push_bind(target_version.clone());
+        }
         if let Some(tags) = &patch.tags {
-            sqlx::query("UPDATE device SET tags = $1 WHERE id = $2")
-                .bind(serde_json::to_string(tags).expect("tags serialize"))
-                .bind(id)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| db_error(e, "failed to update tags"))?;
+            update.push(", tags = ").push_bind(serde_json::to_string(tags).expect("tags serialize"));
+        }
+        if let Some(metadata) = &patch.metadata {
+            update.push(", metadata = ").push_bind(metadata.to_string());
+        }
+        if let Some(owner) = &patch.owner {
+            update.push(", owner = ").push_bind(owner.clone());
+        }
+        if let Some(until) = &patch.reprovision_until {
+            update.push(", reprovision_until = ").push_bind(until.map(|t| t.timestamp_millis()));
+        }
+        update.push(" WHERE id = ").push_bind(id.to_string());
+        let mut tx = self.pool.begin().await.map_err(|e| db_error(e, "failed to begin a transaction"))?;
+        let updated = sql::execute(update, &mut *tx).await.map_err(|e| db_error(e, "failed to update a device"))?;
+        if updated.rows_affected() == 0 {
+            return Ok(None);
+        }
+        if let Some(tags) = &patch.tags {
             sqlx::query("DELETE FROM device_tag WHERE device_id = $1")
                 .bind(id)
                 .execute(&mut *tx)
@@ -274,18 +209,19 @@ impl Store {
         for rows in batch.chunks(PRESENCE_ROWS) {
             // A VALUES list named by a CTE and joined by primary key: the same statement runs
             // on SQLite (3.33+) and PostgreSQL, in time linear in the rows.
-            let values: Vec<String> = (0..rows.len()).map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3)).collect();
-            let sql = format!(
-                "WITH seen (id, at, ip) AS (VALUES {}) \
-                 UPDATE device SET last_seen = seen.at, ip = COALESCE(seen.ip, device.ip) FROM seen WHERE device.id = seen.id",
-                values.join(", ")
-            );
-            // Only the full-size statement is worth keeping prepared.
-            let mut query = sqlx::query::<Any>(AssertSqlSafe(sql)).persistent(rows.len() == PRESENCE_ROWS);
-            for (id, seen, ip) in rows {
-                query = query.bind(id.as_ref().to_string()).bind(seen.timestamp_millis()).bind(ip.clone());
+            let mut update = Builder::new("WITH seen (id, at, ip) AS (VALUES ");
+            for (i, (id, seen, ip)) in rows.iter().enumerate() {
+                update.push(if i == 0 { "(" } else { ", (" });
+                update.push_bind(id.as_ref()).push(", ").push_bind(seen.timestamp_millis()).push(", ").push_bind(ip.as_deref()).push(")");
             }
-            query.execute(&mut *tx).await.map_err(|e| db_error(e, "failed to record presence"))?;
+            update.push(") UPDATE device SET last_seen = seen.at, ip = COALESCE(seen.ip, device.ip) FROM seen WHERE device.id = seen.id");
+            // Only the full-size statement is worth keeping prepared.
+            update
+                .build()
+                .persistent(rows.len() == PRESENCE_ROWS)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| db_error(e, "failed to record presence"))?;
         }
         tx.commit().await.map_err(|e| db_error(e, "failed to commit presence"))
     }
@@ -345,7 +281,8 @@ impl Store {
             .fetch_all(&self.pool)
             .await
             .map_err(|e| db_error(e, "failed to read device changes"))?;
-        Ok(rows.iter().map(|r| (r.get("device_id"), r.get("at"))).collect())
+        let decode = |e| db_error(e, "failed to decode a device change");
+        rows.iter().map(|r| Ok((r.try_get("device_id").map_err(decode)?, r.try_get("at").map_err(decode)?))).collect()
     }
 
     pub async fn prune_device_changes(&self, before: i64) -> Result<()> {
@@ -355,5 +292,46 @@ impl Store {
             .await
             .map_err(|e| db_error(e, "failed to prune device changes"))?;
         Ok(())
+    }
+}
+
+/// The `WHERE` clause of a device filter, its values bound in place.
+fn push_device_filter(query: &mut Builder, filter: &DeviceFilter) {
+    let mut conditions = query.separated(" WHERE ", " AND ");
+    if let Some(product) = &filter.product {
+        conditions.next().push("product = ").push_bind(product.clone());
+    }
+    if let Some(hardware) = &filter.hardware {
+        conditions.next().push("hardware = ").push_bind(hardware.to_ascii_lowercase());
+    }
+    if let Some(version) = &filter.version {
+        conditions.next().push("version = ").push_bind(version.clone());
+    }
+    if let Some(owner) = &filter.owner {
+        conditions.next().push("owner = ").push_bind(owner.clone());
+    }
+    if let Some(tag) = &filter.tag {
+        conditions.next().push("id IN (SELECT device_id FROM device_tag WHERE tag = ").push_bind(tag.clone()).push(")");
+    }
+    if let Some((online, cutoff)) = filter.online_since {
+        if online {
+            conditions.next().push("last_seen >= ").push_bind(cutoff);
+        } else {
+            conditions.next().push("(last_seen IS NULL OR last_seen < ").push_bind(cutoff).push(")");
+        }
+    }
+    if let Some(before) = filter.last_seen_before {
+        conditions.next().push("last_seen < ").push_bind(before);
+    }
+    if let Some(after) = filter.last_seen_after {
+        conditions.next().push("last_seen > ").push_bind(after);
+    }
+    if let Some(search) = &filter.search {
+        let pattern = format!("%{}%", search.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
+        let query = conditions.next();
+        query.push("(LOWER(name) LIKE ").push_bind(pattern.clone()).push(" ESCAPE '\\'");
+        query.push(" OR LOWER(mac) LIKE ").push_bind(pattern.clone()).push(" ESCAPE '\\'");
+        query.push(" OR LOWER(COALESCE(owner, '')) LIKE ").push_bind(pattern.clone()).push(" ESCAPE '\\'");
+        query.push(" OR id LIKE ").push_bind(pattern).push(" ESCAPE '\\')");
     }
 }

@@ -5,7 +5,7 @@ use super::*;
 impl Store {
     pub async fn insert_setup_event(&self, device_id: &str, code: u8, title: &str, description: &str) -> Result<()> {
         let now = now_millis();
-        let status = serde_json::json!({"code": code, "title": title, "description": description, "at": now});
+        let status = StoredSetupStatus { code, title: title.to_string(), description: description.to_string(), at: now };
         let mut tx = self.pool.begin().await.map_err(|e| db_error(e, "failed to begin a transaction"))?;
         sqlx::query("INSERT INTO setup_event (id, device_id, code, title, description, at) VALUES ($1, $2, $3, $4, $5, $6)")
             .bind(uuid::Uuid::now_v7().to_string())
@@ -18,7 +18,7 @@ impl Store {
             .await
             .map_err(|e| db_error(e, "failed to record a setup report"))?;
         sqlx::query("UPDATE device SET setup_status = $1 WHERE id = $2")
-            .bind(status.to_string())
+            .bind(serde_json::to_string(&status).expect("a setup status serializes"))
             .bind(device_id)
             .execute(&mut *tx)
             .await
@@ -28,19 +28,11 @@ impl Store {
     }
 
     pub async fn list_setup_events(&self, device_id: &str) -> Result<Vec<SetupEvent>> {
-        let rows = sqlx::query("SELECT code, title, description, at FROM setup_event WHERE device_id = $1 ORDER BY id")
+        let rows = sqlx::query("SELECT id, code, title, description, at FROM setup_event WHERE device_id = $1 ORDER BY id")
             .bind(device_id)
             .fetch_all(&self.pool)
             .await
             .map_err(|e| db_error(e, "failed to read setup reports"))?;
-        Ok(rows
-            .iter()
-            .map(|r| SetupEvent {
-                code: r.get::<i64, _>("code") as u8,
-                title: r.get("title"),
-                description: r.get("description"),
-                at: from_millis(r.get("at")),
-            })
-            .collect())
+        map_rows::<SetupEventRow, SetupEvent>(&rows)
     }
 }

@@ -15,7 +15,9 @@ impl Store {
             .await;
         match inserted {
             Ok(_) => {}
-            Err(e) if is_unique_violation(&e) => return Err(Error::conflict("group_exists", format!("a group named `{name}` exists"))),
+            Err(e) if violates(&e, "device_group_name_idx") => {
+                return Err(Error::conflict("group_exists", format!("a group named `{name}` exists")));
+            }
             Err(e) => return Err(db_error(e, "failed to insert a group")),
         }
         add_group_members(&mut tx, id, device_ids).await?;
@@ -31,7 +33,7 @@ impl Store {
         .fetch_optional(&self.pool)
         .await
         .map_err(|e| db_error(e, "failed to read a group"))?;
-        row.map(|r| group_from_row(&r)).transpose()
+        row.map(|r| map_row::<GroupRow, Group>(&r)).transpose()
     }
 
     pub async fn list_groups(&self) -> Result<Vec<Group>> {
@@ -41,7 +43,7 @@ impl Store {
         .fetch_all(&self.pool)
         .await
         .map_err(|e| db_error(e, "failed to list groups"))?;
-        rows.iter().map(group_from_row).collect()
+        map_rows::<GroupRow, Group>(&rows)
     }
 
     pub async fn group_members(&self, id: &str) -> Result<Vec<String>> {
@@ -50,7 +52,7 @@ impl Store {
             .fetch_all(&self.pool)
             .await
             .map_err(|e| db_error(e, "failed to read a group's devices"))?;
-        Ok(rows.iter().map(|r| r.get("device_id")).collect())
+        texts(&rows, "device_id")
     }
 
     /// Adds and removes devices of a group; false if it does not exist.
@@ -65,7 +67,7 @@ impl Store {
         match updated {
             Ok(result) if result.rows_affected() == 0 => return Ok(false),
             Ok(_) => {}
-            Err(e) if is_unique_violation(&e) => return Err(Error::conflict("group_exists", "another group has this name")),
+            Err(e) if violates(&e, "device_group_name_idx") => return Err(Error::conflict("group_exists", "another group has this name")),
             Err(e) => return Err(db_error(e, "failed to update a group")),
         }
         add_group_members(&mut tx, id, add).await?;
@@ -85,14 +87,12 @@ impl Store {
     /// Deletes a group no rollout that may still offer uses; false if it does not exist.
     pub async fn delete_group(&self, id: &str) -> Result<bool> {
         let mut tx = self.pool.begin().await.map_err(|e| db_error(e, "failed to begin a transaction"))?;
-        let rows = sqlx::query("SELECT target FROM rollout WHERE state IN ('draft', 'running', 'paused', 'halted', 'completed')")
+        let rows = sqlx::query("SELECT id, target FROM rollout WHERE state IN ('draft', 'running', 'paused', 'halted', 'completed')")
             .fetch_all(&mut *tx)
             .await
             .map_err(|e| db_error(e, "failed to check a group's rollouts"))?;
-        for row in rows {
-            let target: String = row.get("target");
-            let target: Value = serde_json::from_str(&target).unwrap_or_default();
-            if target["group"].as_str() == Some(id) {
+        for target in map_rows::<RolloutTargetRow, Target>(&rows)? {
+            if target.group.as_deref() == Some(id) {
                 return Err(Error::conflict("group_in_use", "a rollout targets this group; cancel it first"));
             }
         }

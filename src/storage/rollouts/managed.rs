@@ -20,6 +20,10 @@ impl Store {
             .fetch_optional(&self.pool)
             .await
             .map_err(|e| db_error(e, "failed to read the anti-rollback floor"))?;
-        Ok(row.and_then(|r| r.get::<Option<String>, _>("min_version")))
+        Ok(row
+            .map(|r| r.try_get::<Option<String>, _>("min_version"))
+            .transpose()
+            .map_err(|e| db_error(e, "failed to decode a product"))?
+            .flatten())
     }
 }

@@ -12,28 +12,19 @@ impl Store {
         .fetch_all(&self.pool)
         .await
         .map_err(|e| db_error(e, "failed to count a rollout's devices"))?;
-        Ok(rows
-            .iter()
-            .map(|r| {
-                (
-                    r.get::<i64, _>("stage") as usize,
-                    MemberState::parse_stored(&r.get::<String, _>("state")),
-                    r.get::<i64, _>("excused") != 0,
-                    r.get::<i64, _>("n") as u64,
-                )
-            })
-            .collect())
+        map_rows::<TallyRow, (usize, MemberState, bool, u64)>(&rows)
     }
 
     /// Where a device stands in a rollout, if the rollout ever offered it its release.
     pub async fn rollout_member_state(&self, rollout_id: &str, device_id: &str) -> Result<Option<MemberState>> {
-        let row = sqlx::query("SELECT state FROM rollout_member WHERE rollout_id = $1 AND device_id = $2")
-            .bind(rollout_id)
-            .bind(device_id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| db_error(e, "failed to read a rollout's device"))?;
-        Ok(row.map(|r| MemberState::parse_stored(&r.get::<String, _>("state"))))
+        let row =
+            sqlx::query("SELECT rollout_id, device_id, state, from_version FROM rollout_member WHERE rollout_id = $1 AND device_id = $2")
+                .bind(rollout_id)
+                .bind(device_id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| db_error(e, "failed to read a rollout's device"))?;
+        Ok(row.map(|r| map_row::<RolloutMemberRow, MemberRow>(&r)).transpose()?.map(|member| member.state))
     }
 
     /// Devices holding a download slot, per rollout.
@@ -45,7 +36,12 @@ impl Store {
         .fetch_all(&self.pool)
         .await
         .map_err(|e| db_error(e, "failed to count downloads in flight"))?;
-        Ok(rows.iter().map(|r| (r.get("rollout_id"), r.get::<i64, _>("n") as u64)).collect())
+        rows.iter()
+            .map(|r| {
+                let decode = |e| db_error(e, "failed to decode a count");
+                Ok((r.try_get("rollout_id").map_err(decode)?, r.try_get::<i64, _>("n").map_err(decode)? as u64))
+            })
+            .collect()
     }
 
     /// Marks devices that reported no outcome before their deadline as timed out.
@@ -63,19 +59,12 @@ impl Store {
     }
 
     pub async fn rollout_members(&self, id: &str) -> Result<Vec<MemberRow>> {
-        let rows = sqlx::query("SELECT device_id, state, from_version FROM rollout_member WHERE rollout_id = $1")
+        let rows = sqlx::query("SELECT rollout_id, device_id, state, from_version FROM rollout_member WHERE rollout_id = $1")
             .bind(id)
             .fetch_all(&self.pool)
             .await
             .map_err(|e| db_error(e, "failed to read a rollout's devices"))?;
-        Ok(rows
-            .iter()
-            .map(|r| MemberRow {
-                device_id: r.get("device_id"),
-                state: MemberState::parse_stored(&r.get::<String, _>("state")),
-                from_version: r.get("from_version"),
-            })
-            .collect())
+        map_rows::<RolloutMemberRow, MemberRow>(&rows)
     }
 
     /// Rolls back: pins every device of the rollout with a known previous version to that
@@ -136,33 +125,25 @@ impl Store {
 
     /// Devices of a product as target filters see them, in id order after `after`.
     pub async fn target_rows(&self, product: &str, after: &str, limit: u32) -> Result<Vec<TargetRow>> {
-        let rows = sqlx::query(
-            "SELECT id, product, hardware, channel, version, tags, created_at FROM device WHERE product = $1 AND id > $2 ORDER BY id LIMIT $3",
-        )
-        .bind(product)
-        .bind(after)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| db_error(e, "failed to read devices"))?;
-        Ok(rows.iter().map(target_row).collect())
+        let rows =
+            sqlx::query(AssertSqlSafe(format!("SELECT {TARGET_COLUMNS} FROM device WHERE product = $1 AND id > $2 ORDER BY id LIMIT $3")))
+                .bind(product)
+                .bind(after)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| db_error(e, "failed to read devices"))?;
+        map_rows::<TargetDeviceRow, TargetRow>(&rows)
     }
 
     /// The devices of these ids that exist, as target filters see them.
     pub async fn target_rows_by_ids(&self, ids: &[String]) -> Result<Vec<TargetRow>> {
         let mut found = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(500) {
-            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-            let sql = format!(
-                "SELECT id, product, hardware, channel, version, tags, created_at FROM device WHERE id IN ({})",
-                placeholders.join(", ")
-            );
-            let mut query = sqlx::query(AssertSqlSafe(sql));
-            for id in chunk {
-                query = query.bind(id.clone());
-            }
-            let rows = query.fetch_all(&self.pool).await.map_err(|e| db_error(e, "failed to read devices"))?;
-            found.extend(rows.iter().map(target_row));
+            let mut query = Builder::new(&format!("SELECT {TARGET_COLUMNS} FROM device WHERE id IN ("));
+            query.push_list(chunk.iter().map(String::as_str)).push(")");
+            let rows = sql::fetch_all(query, &self.pool).await.map_err(|e| db_error(e, "failed to read devices"))?;
+            found.extend(map_rows::<TargetDeviceRow, TargetRow>(&rows)?);
         }
         Ok(found)
     }

@@ -2,11 +2,13 @@
 //! counter replicas poll. Rollout definitions (target, stages, options) are stored as JSON.
 
 use chrono::{DateTime, Utc};
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 use sqlx::{Any, AssertSqlSafe, Row};
 
-use super::{Store, db_error, from_millis, is_unique_violation, now_millis};
+use super::row::{self, Corrupt, Table, map_row, map_rows};
+use super::sql::{self, Builder, violates};
+use super::{Store, db_error, now_millis};
 use crate::domain::rollout::{
     ErrorThreshold, Group, MemberState, Release, Rollout, RolloutOptions, RolloutState, Stage, StageSize, Target, Transition, Window,
 };
@@ -23,6 +25,7 @@ mod revision;
 pub(super) const ROLLOUT_COLUMNS: &str = "id, name, release_id, product, target, stages, options, state, reason, current_stage, shares, stage_sizes, target_size, start_at, started_at, stage_started_at, counted_at, created_at, updated_at, completed_at";
 
 /// A device of the product, as a target filter sees it (for counting targets).
+#[derive(Debug)]
 pub struct TargetRow {
     pub id: String,
     pub product: Option<String>,
@@ -112,182 +115,443 @@ pub(super) async fn insert_transition(
     Ok(())
 }
 
-pub(super) fn target_row(r: &AnyRow) -> TargetRow {
-    let tags: String = r.get("tags");
-    TargetRow {
-        id: r.get("id"),
-        product: r.get("product"),
-        hardware: r.get("hardware"),
-        channel: r.get("channel"),
-        version: r.get("version"),
-        tags: serde_json::from_str(&tags).unwrap_or_default(),
-        created_at: r.get("created_at"),
-    }
+/// Reads one text column of every row (ids, names).
+pub(super) fn texts(rows: &[AnyRow], column: &str) -> Result<Vec<String>> {
+    rows.iter().map(|r| r.try_get::<String, _>(column).map_err(|e| db_error(e, "failed to decode a row"))).collect()
 }
 
-pub(super) fn release_from_row(row: &AnyRow) -> Result<Release> {
-    let decode = |e: sqlx::Error| db_error(e, "failed to decode a release");
-    Ok(Release {
-        id: row.try_get("id").map_err(decode)?,
-        product: row.try_get("product").map_err(decode)?,
-        version: row.try_get("version").map_err(decode)?,
-        version_key: row.try_get("version_key").map_err(decode)?,
-        channel: row.try_get("channel").map_err(decode)?,
-        notes: row.try_get("notes").map_err(decode)?,
-        artifact_ids: Vec::new(),
-        created_at: from_millis(row.try_get("created_at").map_err(decode)?),
-    })
+// ---- rows ----
+
+/// A `device` row, as target filters see it.
+#[derive(sqlx::FromRow)]
+pub(super) struct TargetDeviceRow {
+    id: String,
+    product: Option<String>,
+    hardware: Option<String>,
+    channel: String,
+    version: Option<String>,
+    tags: String,
+    created_at: i64,
 }
 
-pub(super) fn group_from_row(row: &AnyRow) -> Result<Group> {
-    let decode = |e: sqlx::Error| db_error(e, "failed to decode a group");
-    Ok(Group {
-        id: row.try_get("id").map_err(decode)?,
-        name: row.try_get("name").map_err(decode)?,
-        size: row.try_get::<i64, _>("size").map_err(decode)? as u64,
-        created_at: from_millis(row.try_get("created_at").map_err(decode)?),
-        updated_at: from_millis(row.try_get("updated_at").map_err(decode)?),
-    })
+/// The columns of [`TargetDeviceRow`].
+pub(super) const TARGET_COLUMNS: &str = "id, product, hardware, channel, version, tags, created_at";
+
+impl Table for TargetDeviceRow {
+    const TABLE: &'static str = "device";
+    const KEY: &'static [&'static str] = &["id"];
 }
 
-pub(super) fn rollout_from_row(row: &AnyRow) -> Result<Rollout> {
-    let decode = |e: sqlx::Error| db_error(e, "failed to decode a rollout");
-    let corrupt = |what: &str| Error::Internal(anyhow::anyhow!("corrupt {what} in the rollout table"));
-    let json = |name: &str| -> Result<Value> {
-        let text: String = row.try_get(name).map_err(decode)?;
-        serde_json::from_str(&text).map_err(|_| corrupt(name))
-    };
-    let time = |name: &str| -> Result<Option<DateTime<Utc>>> { Ok(row.try_get::<Option<i64>, _>(name).map_err(decode)?.map(from_millis)) };
-    let state: String = row.try_get("state").map_err(decode)?;
-    let shares = json("shares")?;
-    let sizes = json("stage_sizes")?;
-    Ok(Rollout {
-        id: row.try_get("id").map_err(decode)?,
-        name: row.try_get("name").map_err(decode)?,
-        release_id: row.try_get("release_id").map_err(decode)?,
-        product: row.try_get("product").map_err(decode)?,
-        target: decode_target(&json("target")?).ok_or_else(|| corrupt("target"))?,
-        stages: decode_stages(&json("stages")?).ok_or_else(|| corrupt("stages"))?,
-        options: decode_options(&json("options")?, time("start_at")?).ok_or_else(|| corrupt("options"))?,
-        state: RolloutState::parse(&state).map_err(|_| corrupt("state"))?,
-        reason: row.try_get("reason").map_err(decode)?,
-        current_stage: row.try_get::<i64, _>("current_stage").map_err(decode)? as usize,
-        shares: shares.as_array().map(|a| a.iter().filter_map(Value::as_f64).collect()).unwrap_or_default(),
-        stage_sizes: sizes.as_array().map(|a| a.iter().filter_map(Value::as_u64).collect()).unwrap_or_default(),
-        target_size: row.try_get::<i64, _>("target_size").map_err(decode)? as u64,
-        started_at: time("started_at")?,
-        stage_started_at: time("stage_started_at")?,
-        counted_at: time("counted_at")?,
-        completed_at: time("completed_at")?,
-        created_at: from_millis(row.try_get("created_at").map_err(decode)?),
-        updated_at: from_millis(row.try_get("updated_at").map_err(decode)?),
-    })
-}
+impl TryFrom<TargetDeviceRow> for TargetRow {
+    type Error = Corrupt;
 
-pub(super) fn encode_target(target: &Target) -> Value {
-    let mut devices: Option<Vec<&String>> = target.devices.as_ref().map(|d| d.iter().collect());
-    if let Some(devices) = &mut devices {
-        devices.sort();
-    }
-    json!({
-        "hardware": target.hardware,
-        "channels": target.channels,
-        "tags": target.tags,
-        "version_min": target.version_min.as_ref().map(Version::canonical),
-        "version_max": target.version_max.as_ref().map(Version::canonical),
-        "devices": devices,
-        "group": target.group,
-    })
-}
-
-pub(super) fn decode_target(value: &Value) -> Option<Target> {
-    let strings = |name: &str| -> Vec<String> {
-        value[name].as_array().map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect()).unwrap_or_default()
-    };
-    let version = |name: &str| value[name].as_str().and_then(|v| Version::parse(v).ok());
-    Some(Target {
-        hardware: strings("hardware"),
-        channels: strings("channels"),
-        tags: strings("tags"),
-        version_min: version("version_min"),
-        version_max: version("version_max"),
-        devices: value["devices"].is_array().then(|| strings("devices").into_iter().collect()),
-        group: value["group"].as_str().map(str::to_string),
-    })
-}
-
-pub(super) fn encode_stages(stages: &[Stage]) -> Value {
-    Value::Array(
-        stages
-            .iter()
-            .map(|stage| {
-                let (percent, count) = match stage.size {
-                    StageSize::Percent(p) => (Some(p), None),
-                    StageSize::Count(c) => (None, Some(c)),
-                };
-                json!({
-                    "percent": percent,
-                    "count": count,
-                    "success_percent": stage.success_percent,
-                    "error_count": stage.error.count,
-                    "error_percent": stage.error.percent,
-                    "min_soak_s": stage.min_soak_s,
-                })
-            })
-            .collect(),
-    )
-}
-
-pub(super) fn decode_stages(value: &Value) -> Option<Vec<Stage>> {
-    value
-        .as_array()?
-        .iter()
-        .map(|stage| {
-            let size = match (stage["percent"].as_f64(), stage["count"].as_u64()) {
-                (Some(p), _) => StageSize::Percent(p),
-                (None, Some(c)) => StageSize::Count(c),
-                _ => return None,
-            };
-            Some(Stage {
-                size,
-                success_percent: stage["success_percent"].as_f64()?,
-                error: ErrorThreshold { count: stage["error_count"].as_u64(), percent: stage["error_percent"].as_f64() },
-                min_soak_s: stage["min_soak_s"].as_u64().unwrap_or(0),
-            })
+    fn try_from(row: TargetDeviceRow) -> std::result::Result<TargetRow, Corrupt> {
+        row::time("created_at", row.created_at)?;
+        Ok(TargetRow {
+            tags: row::json("tags", &row.tags)?,
+            created_at: row.created_at,
+            id: row.id,
+            product: row.product,
+            hardware: row.hardware,
+            channel: row.channel,
+            version: row.version,
         })
-        .collect()
+    }
 }
 
-pub(super) fn encode_options(options: &RolloutOptions) -> Value {
-    json!({
-        "window": options.window.as_ref().map(|w| json!({
-            "days": w.day_names(),
-            "start": format!("{:02}:{:02}", w.start_min / 60, w.start_min % 60),
-            "end": format!("{:02}:{:02}", w.end_min / 60, w.end_min % 60),
-            "time_zone": w.time_zone.name(),
-        })),
-        "max_concurrent": options.max_concurrent,
-        "forced": options.forced,
-        "dynamic": options.dynamic,
-        "device_deadline_s": options.device_deadline_s,
-    })
+/// A `firmware_release` row (its builds are read apart).
+#[derive(sqlx::FromRow)]
+pub(super) struct ReleaseRow {
+    id: String,
+    product: String,
+    version: String,
+    version_key: String,
+    channel: String,
+    notes: String,
+    created_at: i64,
 }
 
-pub(super) fn decode_options(value: &Value, start_at: Option<DateTime<Utc>>) -> Option<RolloutOptions> {
-    let window = match &value["window"] {
-        Value::Null => None,
-        w => {
-            let days: Vec<String> =
-                w["days"].as_array().map(|a| a.iter().filter_map(|d| d.as_str().map(str::to_string)).collect()).unwrap_or_default();
-            Some(Window::parse(&days, w["start"].as_str()?, w["end"].as_str()?, w["time_zone"].as_str()).ok()?)
+impl Table for ReleaseRow {
+    const TABLE: &'static str = "firmware_release";
+    const KEY: &'static [&'static str] = &["id"];
+}
+
+impl TryFrom<ReleaseRow> for Release {
+    type Error = Corrupt;
+
+    fn try_from(row: ReleaseRow) -> std::result::Result<Release, Corrupt> {
+        Ok(Release {
+            created_at: row::time("created_at", row.created_at)?,
+            id: row.id,
+            product: row.product,
+            version: row.version,
+            version_key: row.version_key,
+            channel: row.channel,
+            notes: row.notes,
+            artifact_ids: Vec::new(),
+        })
+    }
+}
+
+/// A `device_group` row with its number of members.
+#[derive(sqlx::FromRow)]
+pub(super) struct GroupRow {
+    id: String,
+    name: String,
+    size: i64,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl Table for GroupRow {
+    const TABLE: &'static str = "device_group";
+    const KEY: &'static [&'static str] = &["id"];
+}
+
+impl TryFrom<GroupRow> for Group {
+    type Error = Corrupt;
+
+    fn try_from(row: GroupRow) -> std::result::Result<Group, Corrupt> {
+        Ok(Group {
+            size: row::int("size", row.size)?,
+            created_at: row::time("created_at", row.created_at)?,
+            updated_at: row::time("updated_at", row.updated_at)?,
+            id: row.id,
+            name: row.name,
+        })
+    }
+}
+
+/// A `rollout` row.
+#[derive(sqlx::FromRow)]
+pub(super) struct RolloutRow {
+    id: String,
+    name: String,
+    release_id: String,
+    product: String,
+    target: String,
+    stages: String,
+    options: String,
+    state: String,
+    reason: String,
+    current_stage: i64,
+    shares: String,
+    stage_sizes: String,
+    target_size: i64,
+    start_at: Option<i64>,
+    started_at: Option<i64>,
+    stage_started_at: Option<i64>,
+    counted_at: Option<i64>,
+    created_at: i64,
+    updated_at: i64,
+    completed_at: Option<i64>,
+}
+
+impl Table for RolloutRow {
+    const TABLE: &'static str = "rollout";
+    const KEY: &'static [&'static str] = &["id"];
+}
+
+impl TryFrom<RolloutRow> for Rollout {
+    type Error = Corrupt;
+
+    fn try_from(row: RolloutRow) -> std::result::Result<Rollout, Corrupt> {
+        let start_at = row::time_opt("start_at", row.start_at)?;
+        Ok(Rollout {
+            target: row::json::<StoredTarget>("target", &row.target)?.into_target("target")?,
+            stages: row::json::<Vec<StoredStage>>("stages", &row.stages)?
+                .into_iter()
+                .map(|stage| stage.into_stage("stages"))
+                .collect::<std::result::Result<_, _>>()?,
+            options: row::json::<StoredOptions>("options", &row.options)?.into_options("options", start_at)?,
+            state: row::named("state", &row.state, |text| RolloutState::parse(text).ok())?,
+            current_stage: row::int("current_stage", row.current_stage)?,
+            shares: row::json("shares", &row.shares)?,
+            stage_sizes: row::json("stage_sizes", &row.stage_sizes)?,
+            target_size: row::int("target_size", row.target_size)?,
+            started_at: row::time_opt("started_at", row.started_at)?,
+            stage_started_at: row::time_opt("stage_started_at", row.stage_started_at)?,
+            counted_at: row::time_opt("counted_at", row.counted_at)?,
+            completed_at: row::time_opt("completed_at", row.completed_at)?,
+            created_at: row::time("created_at", row.created_at)?,
+            updated_at: row::time("updated_at", row.updated_at)?,
+            id: row.id,
+            name: row.name,
+            release_id: row.release_id,
+            product: row.product,
+            reason: row.reason,
+        })
+    }
+}
+
+/// A `rollout_member` row, as rollbacks and checks read it.
+#[derive(sqlx::FromRow)]
+pub(super) struct RolloutMemberRow {
+    #[allow(dead_code, reason = "read to name the row in errors")]
+    rollout_id: String,
+    device_id: String,
+    state: String,
+    from_version: Option<String>,
+}
+
+impl Table for RolloutMemberRow {
+    const TABLE: &'static str = "rollout_member";
+    const KEY: &'static [&'static str] = &["rollout_id", "device_id"];
+}
+
+impl TryFrom<RolloutMemberRow> for MemberRow {
+    type Error = Corrupt;
+
+    fn try_from(row: RolloutMemberRow) -> std::result::Result<MemberRow, Corrupt> {
+        Ok(MemberRow { state: member_state(&row.state)?, device_id: row.device_id, from_version: row.from_version })
+    }
+}
+
+/// Devices of a rollout counted by (stage, state, excused).
+#[derive(sqlx::FromRow)]
+pub(super) struct TallyRow {
+    stage: i64,
+    state: String,
+    excused: i64,
+    n: i64,
+}
+
+impl Table for TallyRow {
+    const TABLE: &'static str = "rollout_member";
+    const KEY: &'static [&'static str] = &["stage", "state"];
+}
+
+impl TryFrom<TallyRow> for (usize, MemberState, bool, u64) {
+    type Error = Corrupt;
+
+    fn try_from(row: TallyRow) -> std::result::Result<(usize, MemberState, bool, u64), Corrupt> {
+        Ok((row::int("stage", row.stage)?, member_state(&row.state)?, row::flag("excused", row.excused)?, row::int("n", row.n)?))
+    }
+}
+
+/// A `rollout_transition` row.
+#[derive(sqlx::FromRow)]
+pub(super) struct TransitionRow {
+    #[allow(dead_code, reason = "read to name the row in errors")]
+    id: String,
+    from_state: String,
+    to_state: String,
+    stage: i64,
+    actor: String,
+    reason: String,
+    at: i64,
+}
+
+impl Table for TransitionRow {
+    const TABLE: &'static str = "rollout_transition";
+    const KEY: &'static [&'static str] = &["id"];
+}
+
+impl TryFrom<TransitionRow> for Transition {
+    type Error = Corrupt;
+
+    fn try_from(row: TransitionRow) -> std::result::Result<Transition, Corrupt> {
+        Ok(Transition {
+            stage: row::int("stage", row.stage)?,
+            at: row::time("at", row.at)?,
+            from: row.from_state,
+            to: row.to_state,
+            actor: row.actor,
+            reason: row.reason,
+        })
+    }
+}
+
+/// A `managed_product` row.
+#[derive(sqlx::FromRow)]
+pub(super) struct ManagedProductRow {
+    product: String,
+    since: i64,
+}
+
+impl Table for ManagedProductRow {
+    const TABLE: &'static str = "managed_product";
+    const KEY: &'static [&'static str] = &["product"];
+}
+
+impl TryFrom<ManagedProductRow> for (String, DateTime<Utc>) {
+    type Error = Corrupt;
+
+    fn try_from(row: ManagedProductRow) -> std::result::Result<(String, DateTime<Utc>), Corrupt> {
+        Ok((row.product, row::time("since", row.since)?))
+    }
+}
+
+/// A rollout's target, for checks that read only that (`rollout` table).
+#[derive(sqlx::FromRow)]
+pub(super) struct RolloutTargetRow {
+    #[allow(dead_code, reason = "read to name the row in errors")]
+    id: String,
+    target: String,
+}
+
+impl Table for RolloutTargetRow {
+    const TABLE: &'static str = "rollout";
+    const KEY: &'static [&'static str] = &["id"];
+}
+
+impl TryFrom<RolloutTargetRow> for Target {
+    type Error = Corrupt;
+
+    fn try_from(row: RolloutTargetRow) -> std::result::Result<Target, Corrupt> {
+        row::json::<StoredTarget>("target", &row.target)?.into_target("target")
+    }
+}
+
+/// A member state by its stored name.
+fn member_state(text: &str) -> std::result::Result<MemberState, Corrupt> {
+    row::named("state", text, |text| MemberState::ALL.into_iter().find(|state| state.as_str() == text))
+}
+
+// ---- JSON columns ----
+
+/// The `target` column.
+#[derive(Serialize, Deserialize)]
+pub(super) struct StoredTarget {
+    hardware: Vec<String>,
+    channels: Vec<String>,
+    tags: Vec<String>,
+    /// Canonical versions.
+    version_min: Option<String>,
+    version_max: Option<String>,
+    /// Sorted, so equal targets are equal texts.
+    devices: Option<Vec<String>>,
+    group: Option<String>,
+}
+
+impl StoredTarget {
+    pub fn of(target: &Target) -> StoredTarget {
+        let devices = target.devices.as_ref().map(|devices| {
+            let mut devices: Vec<String> = devices.iter().cloned().collect();
+            devices.sort();
+            devices
+        });
+        StoredTarget {
+            hardware: target.hardware.clone(),
+            channels: target.channels.clone(),
+            tags: target.tags.clone(),
+            version_min: target.version_min.as_ref().map(Version::canonical),
+            version_max: target.version_max.as_ref().map(Version::canonical),
+            devices,
+            group: target.group.clone(),
         }
-    };
-    Some(RolloutOptions {
-        start_at,
-        window,
-        max_concurrent: value["max_concurrent"].as_u64().map(|n| n.min(u64::from(u32::MAX)) as u32),
-        forced: value["forced"].as_bool().unwrap_or(false),
-        dynamic: value["dynamic"].as_bool().unwrap_or(true),
-        device_deadline_s: value["device_deadline_s"].as_u64().unwrap_or(86_400),
-    })
+    }
+
+    fn into_target(self, column: &'static str) -> std::result::Result<Target, Corrupt> {
+        let version = |text: Option<String>| {
+            text.map(|v| Version::parse(&v).map_err(|e| Corrupt::new(column, format!("version `{v}`: {e}")))).transpose()
+        };
+        Ok(Target {
+            version_min: version(self.version_min)?,
+            version_max: version(self.version_max)?,
+            hardware: self.hardware,
+            channels: self.channels,
+            tags: self.tags,
+            devices: self.devices.map(|devices| devices.into_iter().collect()),
+            group: self.group,
+        })
+    }
+}
+
+/// One stage in the `stages` column: exactly one of `percent` and `count`.
+#[derive(Serialize, Deserialize)]
+pub(super) struct StoredStage {
+    percent: Option<f64>,
+    count: Option<u64>,
+    success_percent: f64,
+    error_count: Option<u64>,
+    error_percent: Option<f64>,
+    min_soak_s: u64,
+}
+
+impl StoredStage {
+    pub fn of(stage: &Stage) -> StoredStage {
+        let (percent, count) = match stage.size {
+            StageSize::Percent(p) => (Some(p), None),
+            StageSize::Count(c) => (None, Some(c)),
+        };
+        StoredStage {
+            percent,
+            count,
+            success_percent: stage.success_percent,
+            error_count: stage.error.count,
+            error_percent: stage.error.percent,
+            min_soak_s: stage.min_soak_s,
+        }
+    }
+
+    fn into_stage(self, column: &'static str) -> std::result::Result<Stage, Corrupt> {
+        let size = match (self.percent, self.count) {
+            (Some(p), _) => StageSize::Percent(p),
+            (None, Some(c)) => StageSize::Count(c),
+            (None, None) => return Err(Corrupt::new(column, "a stage has neither a percent nor a count")),
+        };
+        Ok(Stage {
+            size,
+            success_percent: self.success_percent,
+            error: ErrorThreshold { count: self.error_count, percent: self.error_percent },
+            min_soak_s: self.min_soak_s,
+        })
+    }
+}
+
+/// The `options` column (`start_at` has a column of its own).
+#[derive(Serialize, Deserialize)]
+pub(super) struct StoredOptions {
+    window: Option<StoredWindow>,
+    max_concurrent: Option<u32>,
+    forced: bool,
+    dynamic: bool,
+    device_deadline_s: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredWindow {
+    days: Vec<String>,
+    /// `HH:MM`.
+    start: String,
+    end: String,
+    time_zone: String,
+}
+
+impl StoredOptions {
+    pub fn of(options: &RolloutOptions) -> StoredOptions {
+        StoredOptions {
+            window: options.window.as_ref().map(|w| StoredWindow {
+                days: w.day_names().into_iter().map(str::to_string).collect(),
+                start: format!("{:02}:{:02}", w.start_min / 60, w.start_min % 60),
+                end: format!("{:02}:{:02}", w.end_min / 60, w.end_min % 60),
+                time_zone: w.time_zone.name().to_string(),
+            }),
+            max_concurrent: options.max_concurrent,
+            forced: options.forced,
+            dynamic: options.dynamic,
+            device_deadline_s: options.device_deadline_s,
+        }
+    }
+
+    fn into_options(self, column: &'static str, start_at: Option<DateTime<Utc>>) -> std::result::Result<RolloutOptions, Corrupt> {
+        let window = self
+            .window
+            .map(|w| Window::parse(&w.days, &w.start, &w.end, Some(&w.time_zone)).map_err(|e| Corrupt::new(column, format!("window: {e}"))))
+            .transpose()?;
+        Ok(RolloutOptions {
+            start_at,
+            window,
+            max_concurrent: self.max_concurrent,
+            forced: self.forced,
+            dynamic: self.dynamic,
+            device_deadline_s: self.device_deadline_s,
+        })
+    }
+}
+
+/// A value serialized for a JSON column.
+pub(super) fn to_json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("stored JSON types serialize")
 }

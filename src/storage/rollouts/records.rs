@@ -12,9 +12,9 @@ impl Store {
         .bind(&rollout.name)
         .bind(&rollout.release_id)
         .bind(&rollout.product)
-        .bind(encode_target(&rollout.target).to_string())
-        .bind(encode_stages(&rollout.stages).to_string())
-        .bind(encode_options(&rollout.options).to_string())
+        .bind(to_json(&StoredTarget::of(&rollout.target)))
+        .bind(to_json(&rollout.stages.iter().map(StoredStage::of).collect::<Vec<_>>()))
+        .bind(to_json(&StoredOptions::of(&rollout.options)))
         .bind(rollout.state.as_str())
         .bind(&rollout.reason)
         .bind(0i64)
@@ -38,26 +38,22 @@ impl Store {
             .fetch_optional(&self.pool)
             .await
             .map_err(|e| db_error(e, "failed to read a rollout"))?;
-        row.map(|r| rollout_from_row(&r)).transpose()
+        row.map(|r| map_row::<RolloutRow, Rollout>(&r)).transpose()
     }
 
     /// Rollouts in any of `states` (all when empty), of `product` if given, newest first.
     pub async fn list_rollouts(&self, states: &[RolloutState], product: Option<&str>) -> Result<Vec<Rollout>> {
-        let states_sql = if states.is_empty() {
-            String::new()
-        } else {
-            let list: Vec<String> = states.iter().map(|s| format!("'{}'", s.as_str())).collect();
-            format!("AND state IN ({})", list.join(", "))
-        };
-        let product_sql = if product.is_some() { "product = $1" } else { "$1 = $1" };
-        let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {ROLLOUT_COLUMNS} FROM rollout WHERE {product_sql} {states_sql} ORDER BY created_at DESC, id DESC LIMIT 1000"
-        )))
-        .bind(product.unwrap_or_default().to_string())
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| db_error(e, "failed to list rollouts"))?;
-        rows.iter().map(rollout_from_row).collect()
+        let mut query = Builder::new(&format!("SELECT {ROLLOUT_COLUMNS} FROM rollout"));
+        let mut conditions = query.separated(" WHERE ", " AND ");
+        if let Some(product) = product {
+            conditions.next().push("product = ").push_bind(product.to_string());
+        }
+        if !states.is_empty() {
+            conditions.next().push("state IN (").push_list(states.iter().map(|s| s.as_str())).push(")");
+        }
+        query.push(" ORDER BY created_at DESC, id DESC LIMIT 1000");
+        let rows = sql::fetch_all(query, &self.pool).await.map_err(|e| db_error(e, "failed to list rollouts"))?;
+        map_rows::<RolloutRow, Rollout>(&rows)
     }
 
     /// Rollouts that offer their release: running ones, and completed ones that completed at
@@ -71,7 +67,7 @@ impl Store {
         .fetch_all(&self.pool)
         .await
         .map_err(|e| db_error(e, "failed to list live rollouts"))?;
-        rows.iter().map(rollout_from_row).collect()
+        map_rows::<RolloutRow, Rollout>(&rows)
     }
 
     /// Applies a transition if the rollout is still in `from` at `from_stage`; false if
@@ -82,7 +78,7 @@ impl Store {
         let stage_changed = change.to_stage != change.from_stage || change.started;
         let (shares, sizes, target_size) = match change.shares {
             Some((shares, sizes, target_size)) => {
-                (Some(json!(shares).to_string()), Some(json!(sizes).to_string()), Some(i64::try_from(target_size).unwrap_or(i64::MAX)))
+                (Some(to_json(&shares)), Some(to_json(&sizes)), Some(i64::try_from(target_size).unwrap_or(i64::MAX)))
             }
             None => (None, None, None),
         };
@@ -140,7 +136,7 @@ impl Store {
     /// what devices are offered).
     pub async fn record_rollout_count(&self, id: &str, sizes: &[u64], target_size: u64) -> Result<()> {
         sqlx::query("UPDATE rollout SET stage_sizes = $1, target_size = $2, counted_at = $3 WHERE id = $4")
-            .bind(json!(sizes).to_string())
+            .bind(to_json(&sizes))
             .bind(i64::try_from(target_size).unwrap_or(i64::MAX))
             .bind(now_millis())
             .bind(id)
@@ -151,22 +147,13 @@ impl Store {
     }
 
     pub async fn rollout_history(&self, id: &str) -> Result<Vec<Transition>> {
-        let rows =
-            sqlx::query("SELECT from_state, to_state, stage, actor, reason, at FROM rollout_transition WHERE rollout_id = $1 ORDER BY id")
-                .bind(id)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(|e| db_error(e, "failed to read a rollout's history"))?;
-        Ok(rows
-            .iter()
-            .map(|r| Transition {
-                from: r.get("from_state"),
-                to: r.get("to_state"),
-                stage: r.get::<i64, _>("stage") as usize,
-                actor: r.get("actor"),
-                reason: r.get("reason"),
-                at: from_millis(r.get("at")),
-            })
-            .collect())
+        let rows = sqlx::query(
+            "SELECT id, from_state, to_state, stage, actor, reason, at FROM rollout_transition WHERE rollout_id = $1 ORDER BY id",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db_error(e, "failed to read a rollout's history"))?;
+        map_rows::<TransitionRow, Transition>(&rows)
     }
 }

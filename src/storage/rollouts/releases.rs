@@ -19,7 +19,7 @@ impl Store {
         .await;
         match inserted {
             Ok(_) => {}
-            Err(e) if is_unique_violation(&e) => {
+            Err(e) if violates(&e, "firmware_release_version_idx") => {
                 return Err(Error::conflict(
                     "release_exists",
                     format!("product `{}` already has a release {}", release.product, release.version_key),
@@ -35,7 +35,7 @@ impl Store {
                 .await;
             match attached {
                 Ok(_) => {}
-                Err(e) if is_unique_violation(&e) => {
+                Err(e) if violates(&e, "release_artifact_pkey") => {
                     return Err(Error::conflict("artifact_in_release", format!("build {artifact_id} already belongs to another release")));
                 }
                 Err(e) => return Err(db_error(e, "failed to attach a build to a release")),
@@ -58,21 +58,19 @@ impl Store {
             .await
             .map_err(|e| db_error(e, "failed to read a release"))?;
         let Some(row) = row else { return Ok(None) };
-        let mut release = release_from_row(&row)?;
+        let mut release = map_row::<ReleaseRow, Release>(&row)?;
         release.artifact_ids = self.release_artifacts(&release.id).await?;
         Ok(Some(release))
     }
 
     pub async fn list_releases(&self, product: Option<&str>) -> Result<Vec<Release>> {
-        let condition = if product.is_some() { "WHERE product = $1" } else { "WHERE $1 = $1" };
-        let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT id, product, version, version_key, channel, notes, created_at FROM firmware_release {condition} ORDER BY created_at DESC, id DESC LIMIT 500"
-        )))
-        .bind(product.unwrap_or_default().to_string())
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| db_error(e, "failed to list releases"))?;
-        let mut releases = rows.iter().map(release_from_row).collect::<Result<Vec<_>>>()?;
+        let mut query = Builder::new("SELECT id, product, version, version_key, channel, notes, created_at FROM firmware_release");
+        if let Some(product) = product {
+            query.push(" WHERE product = ").push_bind(product.to_string());
+        }
+        query.push(" ORDER BY created_at DESC, id DESC LIMIT 500");
+        let rows = sql::fetch_all(query, &self.pool).await.map_err(|e| db_error(e, "failed to list releases"))?;
+        let mut releases = map_rows::<ReleaseRow, Release>(&rows)?;
         for release in &mut releases {
             release.artifact_ids = self.release_artifacts(&release.id).await?;
         }
@@ -85,7 +83,7 @@ impl Store {
             .fetch_all(&self.pool)
             .await
             .map_err(|e| db_error(e, "failed to read a release's builds"))?;
-        Ok(rows.iter().map(|r| r.get("artifact_id")).collect())
+        texts(&rows, "artifact_id")
     }
 
     /// Deletes a release no rollout uses; false if it does not exist.
@@ -123,7 +121,7 @@ impl Store {
             .fetch_all(&self.pool)
             .await
             .map_err(|e| db_error(e, "failed to read released builds"))?;
-        Ok(rows.iter().map(|r| (r.get("product"), r.get("artifact_id"))).collect())
+        Ok(texts(&rows, "product")?.into_iter().zip(texts(&rows, "artifact_id")?).collect())
     }
 
     /// Products managed by rollouts, with the time (Unix ms) they became so: their first release.
@@ -132,7 +130,7 @@ impl Store {
             .fetch_all(&self.pool)
             .await
             .map_err(|e| db_error(e, "failed to read managed products"))?;
-        Ok(rows.iter().map(|r| (r.get("product"), from_millis(r.get("since")))).collect())
+        map_rows::<ManagedProductRow, (String, DateTime<Utc>)>(&rows)
     }
 
     /// True when a build belongs to a release (so it cannot be deleted).

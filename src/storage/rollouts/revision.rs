@@ -8,6 +8,6 @@ impl Store {
             .fetch_one(&self.pool)
             .await
             .map_err(|e| db_error(e, "failed to read the rollout revision"))?;
-        Ok(row.get("n"))
+        row.try_get("n").map_err(|e| db_error(e, "failed to decode the rollout revision"))
     }
 }
