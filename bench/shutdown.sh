@@ -94,13 +94,13 @@ kill "$WRK" 2>/dev/null || true
 wait "$WRK" 2>/dev/null || true
 
 phase() { # the after_ms of a log line, in s
-  grep -F "$1" "$RAW/server.log" | tail -n 1 | sed -n 's/.*after_ms=\([0-9]*\).*/\1/p' | awk '{ printf "%.2f", $1 / 1000 }'
+  { grep -E "updraft::startup: $1 after_ms=" "$RAW/server.log" || true; } | tail -n 1 | sed -n 's/.*after_ms=\([0-9]*\).*/\1/p' | awk '{ printf "%.2f", $1 / 1000 }'
 }
-WRITTEN=$(grep -F 'device presence written' "$RAW/server.log" | sed -n 's/.*written=\([0-9]*\).*/\1/p' | tail -n 1)
-LOST=$(grep -F 'shutdown deadline reached' "$RAW/server.log" | sed -n 's/.*left=\([0-9]*\).*/\1/p' | tail -n 1)
-log "SIGTERM -> exit: $STOP_S s (drained $(phase 'requests drained') s, tasks stopped $(phase 'background tasks stopped') s, stopped $(phase '"stopped"' ) s)"
+WRITTEN=$(grep -F -e 'device presence written' -e 'shutdown deadline reached' "$RAW/server.log" | sed -n 's/.*written=\([0-9]*\).*/\1/p' | tail -n 1 || true)
+LOST=$(grep -F 'shutdown deadline reached' "$RAW/server.log" | sed -n 's/.*left=\([0-9]*\).*/\1/p' | tail -n 1 || true)
+log "SIGTERM -> exit: $STOP_S s (drained $(phase 'requests drained') s, tasks stopped $(phase 'background tasks stopped') s, stopped $(phase 'stopped') s)"
 result shutdown "$N devices, $COUNT live rollouts, RSS $RSS_MB MiB: ready after start (s)" "$READY_S" "-" "-"
 result shutdown "SIGTERM under check-in load -> exit (s)" "$STOP_S" "< $TIMEOUT" "$( [[ $STOP_S != '>'* ]] && pass_if "$STOP_S < $TIMEOUT" || echo FAIL)"
 result shutdown "phases after SIGTERM: requests drained | tasks stopped | stopped (s)" \
-  "$(phase 'requests drained') | $(phase 'background tasks stopped') | $(phase ' stopped')" "-" "-"
+  "$(phase 'requests drained') | $(phase 'background tasks stopped') | $(phase 'stopped')" "-" "-"
 result shutdown "presence rows written at shutdown | left unwritten" "${WRITTEN:-0} | ${LOST:-0}" "-" "-"
