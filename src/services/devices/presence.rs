@@ -212,17 +212,30 @@ pub(super) fn mark_seen(core: &Core, device: &ActiveDevice, now: DateTime<Utc>, 
 /// devices check in: under a flood the stored values lag, while this replica's own view
 /// (online state, `last_seen` in its answers) stays exact.
 pub async fn flush_presence(core: &Core, limit: Option<usize>) -> Result<usize> {
-    let batch = core.devices.presence().take_backlog(limit.unwrap_or(usize::MAX));
-    let written = batch.len();
-    if let Err(e) = core.store.record_presence(&batch).await {
-        // Put them back so the next flush tries again.
-        core.devices.presence().restore_backlog(batch);
-        return Err(e);
-    }
+    let mut unwritten = Unwritten { core, batch: core.devices.presence().take_backlog(limit.unwrap_or(usize::MAX)) };
+    let written = unwritten.batch.len();
+    // On an error, or when this future is dropped mid-write (shutdown stops the loop that
+    // runs it), `unwritten` puts the values back: the next flush, or the final one, writes them.
+    core.store.record_presence(&unwritten.batch).await?;
+    unwritten.batch.clear();
     if limit.is_some() {
         metrics::gauge!("updraft_presence_backlog").set(core.devices.presence().backlog_len() as f64);
     }
     Ok(written)
+}
+
+/// Buffered values taken for a write that has not succeeded (yet): put back when dropped.
+struct Unwritten<'a> {
+    core: &'a Core,
+    batch: Vec<(Arc<str>, DateTime<Utc>, Option<String>)>,
+}
+
+impl Drop for Unwritten<'_> {
+    fn drop(&mut self) {
+        if !self.batch.is_empty() {
+            self.core.devices.presence().restore_backlog(std::mem::take(&mut self.batch));
+        }
+    }
 }
 
 /// What the final write of buffered presence did.
