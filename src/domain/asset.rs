@@ -2,6 +2,8 @@
 
 use chrono::{DateTime, Utc};
 
+use super::ids::AssetId;
+
 /// A seed-003 asset file.
 #[derive(Debug, Clone)]
 pub struct AssetFile {
@@ -15,7 +17,7 @@ pub struct AssetFile {
 /// One version of a native asset.
 #[derive(Debug, Clone)]
 pub struct Asset {
-    pub id: String,
+    pub id: AssetId,
     pub product: String,
     pub name: String,
     pub version: i64,

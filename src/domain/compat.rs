@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use subtle::ConstantTimeEq;
 
 use super::firmware::Artifact;
+use super::ids::ArtifactId;
 use super::version::Version;
 
 /// The djb2 hash as the seed-001 server and firmware compute it: `h = h * 33 + byte`,
@@ -106,7 +107,7 @@ pub fn cyberdeck_latest<'a>(builds: &'a [Artifact], product: &str, marked: Optio
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CompatFile {
     pub name: String,
-    pub artifact_id: String,
+    pub artifact_id: ArtifactId,
     pub created_at: DateTime<Utc>,
 }
 

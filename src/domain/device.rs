@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use super::error::{Error, Result};
+use super::ids::{ArtifactId, AttemptId, DeviceId, ReleaseId, RolloutId};
 use super::mac::Mac;
 
 /// How unknown devices of a product may obtain a token.
@@ -321,7 +322,7 @@ impl UpdateState {
 /// A registered device.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Device {
-    pub id: String,
+    pub id: DeviceId,
     pub mac: Mac,
     pub name: String,
     pub product: Option<String>,
@@ -592,12 +593,12 @@ mod tests {
 /// One attempt to bring a device to a build, with the states it went through.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UpdateAttempt {
-    pub id: String,
-    pub device_id: String,
-    pub artifact_id: String,
-    pub release_id: String,
+    pub id: AttemptId,
+    pub device_id: DeviceId,
+    pub artifact_id: ArtifactId,
+    pub release_id: ReleaseId,
     /// The rollout that offered it, if any.
-    pub rollout_id: Option<String>,
+    pub rollout_id: Option<RolloutId>,
     pub from_version: Option<String>,
     pub to_version: String,
     pub state: UpdateState,

@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 
 use super::error::{Error, Result};
 use super::esp_image::EspImageInfo;
+use super::ids::ArtifactId;
 use super::version::Version;
 
 /// A product (application) name: 1-64 characters of letters, digits, `.`, `_`, `-`, not
@@ -268,7 +269,7 @@ impl ImageFacts {
 /// A stored firmware build.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Artifact {
-    pub id: String,
+    pub id: ArtifactId,
     pub product: String,
     pub version: String,
     pub version_key: String,

@@ -13,6 +13,7 @@ use std::collections::HashSet;
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use sha2::{Digest, Sha256};
 
+use super::ids::{ArtifactId, DeviceId, GroupId, ReleaseId, RolloutId};
 use super::update::channel_receives;
 use super::version::Version;
 use super::{Error, Result};
@@ -280,9 +281,9 @@ pub struct Target {
     /// Running version below this (exclusive).
     pub version_max: Option<Version>,
     /// Only these devices (ids).
-    pub devices: Option<HashSet<String>>,
+    pub devices: Option<HashSet<DeviceId>>,
     /// Only members of this saved group (id); its members are resolved by the caller.
-    pub group: Option<String>,
+    pub group: Option<GroupId>,
 }
 
 /// What a target filter looks at.
@@ -302,7 +303,7 @@ impl Target {
         device: &TargetFacts<'_>,
         release_hardware: &[String],
         release_channel: &str,
-        group_members: Option<&HashSet<String>>,
+        group_members: Option<&HashSet<DeviceId>>,
     ) -> bool {
         let Some(hardware) = device.hardware else { return false };
         let hardware_ok = if self.hardware.is_empty() {
@@ -563,20 +564,20 @@ pub fn evaluate(stages: &[Stage], current: usize, tallies: &[Tally], sizes: &[u6
 /// Builds of one product shipped together under one version.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Release {
-    pub id: String,
+    pub id: ReleaseId,
     pub product: String,
     pub version: String,
     pub version_key: String,
     pub channel: String,
     pub notes: String,
-    pub artifact_ids: Vec<String>,
+    pub artifact_ids: Vec<ArtifactId>,
     pub created_at: DateTime<Utc>,
 }
 
 /// A saved list of devices that rollouts can target.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Group {
-    pub id: String,
+    pub id: GroupId,
     pub name: String,
     pub size: u64,
     pub created_at: DateTime<Utc>,
@@ -600,9 +601,9 @@ pub struct RolloutOptions {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rollout {
-    pub id: String,
+    pub id: RolloutId,
     pub name: String,
-    pub release_id: String,
+    pub release_id: ReleaseId,
     pub product: String,
     pub target: Target,
     pub stages: Vec<Stage>,
@@ -745,11 +746,11 @@ mod tests {
         assert!(range.matches(&facts, &release_hw, "stable", None));
         let above = Target { version_min: Some(v("1.6")), ..Default::default() };
         assert!(!above.matches(&facts, &release_hw, "stable", None));
-        let list = Target { devices: Some(["d2".to_string()].into()), ..Default::default() };
+        let list = Target { devices: Some([DeviceId::from("d2")].into()), ..Default::default() };
         assert!(!list.matches(&facts, &release_hw, "stable", None));
         let group = Target { group: Some("g".into()), ..Default::default() };
         assert!(!group.matches(&facts, &release_hw, "stable", None));
-        assert!(group.matches(&facts, &release_hw, "stable", Some(&["d1".to_string()].into())));
+        assert!(group.matches(&facts, &release_hw, "stable", Some(&[DeviceId::from("d1")].into())));
     }
 
     #[test]

@@ -233,13 +233,13 @@ async fn provision(
     .await?;
     let device = &provisioned.device;
     let answer = ProvisionAnswer {
-        device_id: device.id.clone(),
+        device_id: device.id.to_string(),
         token: provisioned.token,
         mqtt: MqttInfo {
             enabled: state.settings.mqtt.enabled,
-            username: device.id.clone(),
+            username: device.id.to_string(),
             password_is_token: true,
-            client_id: device.id.clone(),
+            client_id: device.id.to_string(),
             topic_prefix: format!("updraft/{}/", device.id),
         },
         poll_interval_s: provisioned.poll_interval_s,
@@ -290,7 +290,7 @@ async fn checkin_get(
 fn checkin_response(state: &AppState, device_id: &str, answer: CheckinAnswer, headers: &HeaderMap) -> CheckinResponse {
     let update = answer.offer.map(|offer| {
         let artifact = &offer.artifact;
-        let signed = service::sign_download(&state.core, &artifact.id, device_id);
+        let signed = service::sign_download(&state.core, artifact.id.as_str(), device_id);
         UpdateOffer {
             version: artifact.version.clone(),
             url: format!("{}/api/v1/device/firmware/{}?{signed}", state.base_url(Some(headers)), artifact.id),

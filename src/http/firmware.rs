@@ -455,7 +455,7 @@ async fn find(state: &AppState, id: &str) -> Result<Artifact, ApiError> {
 fn artifact_view(state: &AppState, artifact: &Artifact, headers: Option<&HeaderMap>) -> ArtifactView {
     let base = state.base_url(headers);
     ArtifactView {
-        id: artifact.id.clone(),
+        id: artifact.id.to_string(),
         product: artifact.product.clone(),
         version: artifact.version.clone(),
         version_canonical: artifact.version_key.clone(),

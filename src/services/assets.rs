@@ -16,7 +16,7 @@ use super::events::Event;
 use crate::blob::BlobWriter;
 use crate::domain::asset::{Asset, AssetFile};
 use crate::domain::firmware::Product as ProductName;
-use crate::domain::{Error, Result};
+use crate::domain::{AssetId, Error, Result};
 
 /// How far a signed upload timestamp may be from the server's clock.
 pub const TIMESTAMP_TOLERANCE_SECS: i64 = 300;
@@ -226,7 +226,7 @@ pub async fn create(core: &Core, product: &str, name: &str, content_type: &str, 
         let version = core.store.latest_asset_version(product, name).await? + 1;
         let statement = signed_statement(product, name, version, size, &sha256);
         let asset = Asset {
-            id: uuid::Uuid::now_v7().to_string(),
+            id: AssetId::new(),
             product: product.to_string(),
             name: name.to_string(),
             version,

@@ -15,12 +15,12 @@ use tokio::sync::watch;
 use super::Core;
 use super::events::Event;
 use crate::domain::command::{self, Command, CommandResult, CommandState};
-use crate::domain::{Error, Result, mqtt};
+use crate::domain::{CommandId, Error, Result, mqtt};
 
 /// Waiters of this replica, by command id.
 #[derive(Default)]
 pub struct CommandRuntime {
-    waiters: Mutex<HashMap<String, watch::Sender<Option<Command>>>>,
+    waiters: Mutex<HashMap<CommandId, watch::Sender<Option<Command>>>>,
 }
 
 impl CommandRuntime {
@@ -50,7 +50,7 @@ pub async fn issue(core: &Core, device_id: &str, request: NewCommand, actor: &st
     let device = core.store.find_device(device_id).await?.ok_or_else(|| Error::not_found("device", device_id))?;
     let now = Utc::now();
     let command = Command {
-        id: uuid::Uuid::now_v7().to_string(),
+        id: CommandId::new(),
         device_id: device.id.clone(),
         name: request.name,
         params: request.params,
@@ -70,15 +70,17 @@ pub async fn issue(core: &Core, device_id: &str, request: NewCommand, actor: &st
         "expires_at": command.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     });
     // Not retained: a command is for the session that is there now (or its queue).
-    if let Err(e) = core.outbox.publish(mqtt::command_topic(&device.id), Bytes::from(payload.to_string()), false).await {
-        let _ =
-            core.store.complete_command(&command.id, &device.id, CommandState::Failed, None, Some("the broker refused the message")).await;
+    if let Err(e) = core.outbox.publish(mqtt::command_topic(device.id.as_str()), Bytes::from(payload.to_string()), false).await {
+        let _ = core
+            .store
+            .complete_command(command.id.as_str(), device.id.as_str(), CommandState::Failed, None, Some("the broker refused the message"))
+            .await;
         return Err(e);
     }
     tracing::info!(device_id = %device.id, command_id = %command.id, name = %command.name, actor, "command sent");
     core.events.publish(Event::CommandSent {
         device_id: device.id.to_string(),
-        command_id: command.id.clone(),
+        command_id: command.id.to_string(),
         name: command.name.clone(),
     });
     Ok(command)
@@ -91,16 +93,16 @@ pub async fn complete(core: &Core, device_id: &str, payload: &[u8]) -> Result<Co
     let state = if answer.ok { CommandState::Succeeded } else { CommandState::Failed };
     let (command, changed) = core
         .store
-        .complete_command(&answer.id, device_id, state, answer.result.as_ref(), answer.error.as_deref())
+        .complete_command(answer.id.as_str(), device_id, state, answer.result.as_ref(), answer.error.as_deref())
         .await?
-        .ok_or_else(|| Error::not_found("command", &answer.id))?;
+        .ok_or_else(|| Error::not_found("command", answer.id.as_str()))?;
     if !changed {
         return Err(Error::conflict("command_ended", format!("command {} already ended ({})", command.id, command.state.as_str())));
     }
     core.commands.notify(&command);
     core.events.publish(Event::CommandCompleted {
         device_id: device_id.to_string(),
-        command_id: command.id.clone(),
+        command_id: command.id.to_string(),
         state: command.state.as_str().to_string(),
     });
     Ok(command)
@@ -112,8 +114,8 @@ pub async fn expire(core: &Core) -> Result<usize> {
     for command in &expired {
         core.commands.notify(command);
         core.events.publish(Event::CommandCompleted {
-            device_id: command.device_id.clone(),
-            command_id: command.id.clone(),
+            device_id: command.device_id.to_string(),
+            command_id: command.id.to_string(),
             state: "timed_out".into(),
         });
     }
@@ -124,7 +126,7 @@ pub async fn expire(core: &Core) -> Result<usize> {
 pub async fn wait(core: &Core, device_id: &str, id: &str, wait: Duration) -> Result<Command> {
     let mut receiver = {
         let mut waiters = core.commands.waiters.lock().expect("waiters lock");
-        waiters.entry(id.to_string()).or_insert_with(|| watch::channel(None).0).subscribe()
+        waiters.entry(CommandId::from(id)).or_insert_with(|| watch::channel(None).0).subscribe()
     };
     let deadline = tokio::time::Instant::now() + wait;
     loop {

@@ -218,7 +218,7 @@ fn publish_change(core: &Core, scope: &Scope, document: &StoredDocument, devices
         macs.push(*mac);
     }
     let device_id = match devices {
-        [only] => Some(only.id.clone()),
+        [only] => Some(only.id.to_string()),
         _ => None,
     };
     core.events.publish(Event::ConfigChanged(ConfigChanged {
@@ -226,7 +226,7 @@ fn publish_change(core: &Core, scope: &Scope, document: &StoredDocument, devices
         scope: scope.key(),
         version: document.version,
         deleted,
-        devices: devices.iter().map(|d| d.id.clone()).collect(),
+        devices: devices.iter().map(|d| d.id.to_string()).collect(),
         seed003_files: if deleted { Vec::new() } else { macs },
     }));
 }
@@ -443,7 +443,7 @@ pub async fn stale(core: &Core, product: Option<&str>, limit: u32, offset: u64) 
             continue;
         }
         let current_version = config::effective_version(&layers);
-        let acknowledged = acks.get(&device.id).cloned();
+        let acknowledged = acks.get(device.id.as_str()).cloned();
         if acknowledged.as_ref().is_some_and(|(v, _)| *v == current_version) {
             continue;
         }

@@ -63,7 +63,7 @@ impl Store {
         let inserted = sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO asset ({ASSET_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
         )))
-        .bind(&asset.id)
+        .bind(asset.id.as_str())
         .bind(&asset.product)
         .bind(&asset.name)
         .bind(asset.version)
@@ -203,7 +203,7 @@ impl TryFrom<AssetRow> for Asset {
         Ok(Asset {
             size: row::int("size", row.size)?,
             created_at: row::time("created_at", row.created_at)?,
-            id: row.id,
+            id: row.id.into(),
             product: row.product,
             name: row.name,
             version: row.version,

@@ -196,6 +196,6 @@ impl TryFrom<CompatFileRow> for CompatFile {
     type Error = Corrupt;
 
     fn try_from(row: CompatFileRow) -> Result<CompatFile, Corrupt> {
-        Ok(CompatFile { created_at: row::time("created_at", row.created_at)?, name: row.name, artifact_id: row.artifact_id })
+        Ok(CompatFile { created_at: row::time("created_at", row.created_at)?, name: row.name, artifact_id: row.artifact_id.into() })
     }
 }

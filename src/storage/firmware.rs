@@ -228,7 +228,7 @@ impl TryFrom<ArtifactRow> for Artifact {
             image: row::json_opt::<StoredImage>("image", row.image.as_deref())?.map(ImageFacts::from),
             created_at: row::time("created_at", row.created_at)?,
             updated_at: row::time("updated_at", row.updated_at)?,
-            id: row.id,
+            id: row.id.into(),
             product: row.product,
             version: row.version,
             version_key: row.version_key,

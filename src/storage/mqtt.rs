@@ -128,8 +128,8 @@ impl TryFrom<CommandRow> for Command {
             created_at: row::time("created_at", row.created_at)?,
             expires_at: row::time("expires_at", row.expires_at)?,
             completed_at: row::time_opt("completed_at", row.completed_at)?,
-            id: row.id,
-            device_id: row.device_id,
+            id: row.id.into(),
+            device_id: row.device_id.into(),
             name: row.name,
             error: row.error,
             created_by: row.created_by,
@@ -142,8 +142,8 @@ impl Store {
         sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO device_command ({COMMAND_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
         )))
-        .bind(&command.id)
-        .bind(&command.device_id)
+        .bind(command.id.as_str())
+        .bind(command.device_id.as_str())
         .bind(&command.name)
         .bind(command.params.as_ref().map(Value::to_string))
         .bind(command.state.as_str())
@@ -233,7 +233,7 @@ impl Store {
                  WHERE id = $2 AND state = 'sent'",
             )
             .bind(now)
-            .bind(&command.id)
+            .bind(command.id.as_str())
             .execute(&self.pool)
             .await
             .map_err(|e| db_error(e, "failed to expire a command"))?

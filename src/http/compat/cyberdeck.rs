@@ -154,7 +154,7 @@ async fn latest_view(state: &AppState, product: &str) -> ApiResult<LatestView> {
     let latest = service::latest_with_mark(&state.core, &product).await?;
     Ok(LatestView {
         marked: latest.marked,
-        artifact_id: latest.build.as_ref().map(|l| l.id.clone()),
+        artifact_id: latest.build.as_ref().map(|l| l.id.to_string()),
         version: latest.build.map(|l| l.version),
         product,
     })

@@ -5,7 +5,7 @@ use super::*;
 pub fn device_view(state: &AppState, device: &Device) -> DeviceView {
     let runtime = &state.core.devices;
     DeviceView {
-        id: device.id.clone(),
+        id: device.id.to_string(),
         mac: device.mac.canonical(),
         name: device.name.clone(),
         product: device.product.clone(),
@@ -35,9 +35,9 @@ pub fn device_view(state: &AppState, device: &Device) -> DeviceView {
 
 pub fn attempt_view(attempt: &UpdateAttempt) -> AttemptView {
     AttemptView {
-        id: attempt.id.clone(),
-        release_id: attempt.release_id.clone(),
-        artifact_id: attempt.artifact_id.clone(),
+        id: attempt.id.to_string(),
+        release_id: attempt.release_id.to_string(),
+        artifact_id: attempt.artifact_id.to_string(),
         from_version: attempt.from_version.clone(),
         to_version: attempt.to_version.clone(),
         state: attempt.state.as_str(),

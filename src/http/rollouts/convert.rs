@@ -4,19 +4,19 @@ use super::*;
 
 pub(super) fn release_view(release: &Release) -> ReleaseView {
     ReleaseView {
-        id: release.id.clone(),
+        id: release.id.to_string(),
         product: release.product.clone(),
         version: release.version.clone(),
         channel: release.channel.clone(),
         notes: release.notes.clone(),
-        artifact_ids: release.artifact_ids.clone(),
+        artifact_ids: release.artifact_ids.iter().map(ToString::to_string).collect(),
         created_at: timestamp(release.created_at),
     }
 }
 
 pub(super) fn group_view(group: &Group) -> GroupView {
     GroupView {
-        id: group.id.clone(),
+        id: group.id.to_string(),
         name: group.name.clone(),
         size: group.size,
         created_at: timestamp(group.created_at),
@@ -82,9 +82,9 @@ pub(super) fn rollout_view(status: &RolloutStatus) -> RolloutView {
         .collect();
     let started_size: u64 = rollout.stage_sizes.iter().sum();
     RolloutView {
-        id: rollout.id.clone(),
+        id: rollout.id.to_string(),
         name: rollout.name.clone(),
-        release_id: rollout.release_id.clone(),
+        release_id: rollout.release_id.to_string(),
         release_version: status.release.as_ref().map(|r| r.version.clone()),
         product: rollout.product.clone(),
         state: rollout.state.as_str(),
@@ -98,11 +98,11 @@ pub(super) fn rollout_view(status: &RolloutStatus) -> RolloutView {
             version_min: rollout.target.version_min.as_ref().map(Version::canonical),
             version_max: rollout.target.version_max.as_ref().map(Version::canonical),
             devices: rollout.target.devices.as_ref().map(|d| {
-                let mut ids: Vec<String> = d.iter().cloned().collect();
+                let mut ids: Vec<String> = d.iter().map(ToString::to_string).collect();
                 ids.sort();
                 ids
             }),
-            group: rollout.target.group.clone(),
+            group: rollout.target.group.as_ref().map(ToString::to_string),
         },
         options: OptionsView {
             start_at: rollout.options.start_at.map(timestamp),
@@ -163,7 +163,7 @@ pub(super) fn parse_target(body: &TargetBody) -> Result<Target, Error> {
         version_min: parse_version("version_min", &body.version_min)?,
         version_max: parse_version("version_max", &body.version_max)?,
         devices: None,
-        group: body.group.clone(),
+        group: body.group.as_deref().map(GroupId::from),
     })
 }
 

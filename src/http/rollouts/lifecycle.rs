@@ -43,7 +43,7 @@ pub(super) async fn create_rollout(
         },
     )
     .await?;
-    let status = service::status(&state.core, &rollout.id).await?;
+    let status = service::status(&state.core, rollout.id.as_str()).await?;
     Ok((
         StatusCode::CREATED,
         Json(RolloutCreated { rollout: rollout_view(&status), overlaps: overlaps.iter().map(overlap_view).collect() }),
@@ -69,7 +69,7 @@ pub(super) async fn list_rollouts(
     let rollouts = service::list_rollouts(&state.core, &states, query.product.as_deref()).await?;
     let mut items = Vec::with_capacity(rollouts.len());
     for rollout in rollouts.iter().take(100) {
-        items.push(rollout_view(&service::status(&state.core, &rollout.id).await?));
+        items.push(rollout_view(&service::status(&state.core, rollout.id.as_str()).await?));
     }
     Ok(Json(RolloutList { items }))
 }

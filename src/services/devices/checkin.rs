@@ -103,11 +103,11 @@ pub async fn checkin(core: &Core, device: Arc<ActiveDevice>, report: CheckinRepo
         && let Some((state, message)) = device::attempt_outcome(&attempt, device.version.as_deref())
     {
         let progress = (state == UpdateState::Succeeded).then_some(100);
-        core.store.set_attempt_state(&attempt.id, state, progress, message.as_deref()).await?;
+        core.store.set_attempt_state(attempt.id.as_str(), state, progress, message.as_deref()).await?;
         core.events.publish(Event::UpdateStatus(UpdateStatus {
             device_id: device.id.to_string(),
-            release_id: attempt.release_id.clone(),
-            rollout_id: attempt.rollout_id.clone(),
+            release_id: attempt.release_id.to_string(),
+            rollout_id: attempt.rollout_id.as_ref().map(ToString::to_string),
             state,
             progress,
             message,
@@ -130,8 +130,8 @@ pub async fn checkin(core: &Core, device: Arc<ActiveDevice>, report: CheckinRepo
             Some(attempt) => CheckinAnswer {
                 offer: Some(Offer {
                     artifact: chosen.artifact,
-                    attempt_id: attempt.id,
-                    release_id: attempt.release_id,
+                    attempt_id: attempt.id.into(),
+                    release_id: attempt.release_id.into(),
                     mandatory: chosen.mandatory,
                 }),
                 no_update: None,
@@ -273,7 +273,7 @@ pub(super) async fn plan_attempt<'a>(
         }
         _ => None,
     };
-    Ok(AttemptPlan::Open { release_id: rollout.map(|r| &*r.release_id).unwrap_or(&artifact.id), slot })
+    Ok(AttemptPlan::Open { release_id: rollout.map(|r| &*r.release_id).unwrap_or(artifact.id.as_str()), slot })
 }
 
 pub(super) fn publish_offered(core: &Core, device_id: &str, release_id: &str, rollout: Option<&RolloutOffer>, artifact: &Artifact) {
@@ -307,12 +307,12 @@ pub(super) async fn offer_attempt(
         .store
         .open_attempt(&AttemptOffer {
             device_id: &device.id,
-            artifact_id: &artifact.id,
+            artifact_id: artifact.id.as_str(),
             release_id,
             from_version: device.version.as_deref(),
             to_version: &artifact.version,
             rollout: slot,
-            replacing: replacing.as_deref(),
+            replacing: replacing.as_ref().map(AttemptId::as_str),
         })
         .await?;
     let Some(attempt) = opened else {

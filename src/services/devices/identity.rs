@@ -47,7 +47,7 @@ pub async fn preload_fleet(core: &Core) -> Result<usize> {
     loop {
         let page = core.store.list_active_devices(&after, PAGE).await?;
         let Some((_, last)) = page.last() else { break };
-        after = last.id.clone();
+        after = last.id.to_string();
         let last_page = page.len() < PAGE as usize;
         let index_full = {
             let mut fleet = core.devices.fleet.write().expect("fleet lock");
@@ -183,10 +183,10 @@ pub async fn provision(core: &Core, request: ProvisionRequest, ip: IpAddr) -> Re
     let token_hash = secret::digest_hex(&token);
     let (device, created) = match existing {
         Some(device) => {
-            core.store.set_device_token(&device.id, Some(&token_hash)).await?;
+            core.store.set_device_token(device.id.as_str(), Some(&token_hash)).await?;
             core.store
                 .record_report(
-                    &device.id,
+                    device.id.as_str(),
                     &DeviceReport {
                         version: request.version.clone(),
                         product: Some(product.name.clone()),
@@ -197,17 +197,17 @@ pub async fn provision(core: &Core, request: ProvisionRequest, ip: IpAddr) -> Re
                 .await?;
             if let Some(Reprovision::PairKey(owner)) = &reprovision {
                 // `pair_device` (in `reprovision_proof`) set the owner with the key.
-                core.events.publish(Event::DevicePaired { device_id: device.id.clone(), owner: owner.clone() });
+                core.events.publish(Event::DevicePaired { device_id: device.id.to_string(), owner: owner.clone() });
             }
-            core.devices.forget_device(&device.id);
-            let device = core.store.find_device(&device.id).await?.ok_or_else(|| Error::not_found("device", &device.id))?;
+            core.devices.forget_device(device.id.as_str());
+            let device = core.store.find_device(device.id.as_str()).await?.ok_or_else(|| Error::not_found("device", device.id.as_str()))?;
             let by = match reprovision {
                 None => "provisioning",
                 Some(Reprovision::OwnToken) => "provisioning with its token",
                 Some(Reprovision::OperatorWindow) => "provisioning in an operator's window",
                 Some(Reprovision::PairKey(_)) => "provisioning with a pair key",
             };
-            core.events.publish(Event::TokenIssued { device_id: device.id.clone(), mac: device.mac, by });
+            core.events.publish(Event::TokenIssued { device_id: device.id.to_string(), mac: device.mac, by });
             (device, false)
         }
         None => {
@@ -232,7 +232,7 @@ pub async fn provision(core: &Core, request: ProvisionRequest, ip: IpAddr) -> Re
                     token_hash: Some(token_hash),
                 })
                 .await?;
-            core.events.publish(Event::DeviceCreated { device_id: device.id.clone(), mac: device.mac, by: "provisioning" });
+            core.events.publish(Event::DeviceCreated { device_id: device.id.to_string(), mac: device.mac, by: "provisioning" });
             (device, true)
         }
     };
@@ -244,7 +244,7 @@ pub async fn provision(core: &Core, request: ProvisionRequest, ip: IpAddr) -> Re
 /// (counted as a failed authentication: guessing MACs must not pay).
 pub(super) async fn reprovision_proof(core: &Core, device: &Device, request: &ProvisionRequest, ip: IpAddr) -> Result<Reprovision> {
     if let Some(token) = request.current_token.as_deref().filter(|t| !t.is_empty() && t.len() <= 256) {
-        if device_of_token(core, token).await?.is_some_and(|d| *d.id == device.id) {
+        if device_of_token(core, token).await?.is_some_and(|d| device.id == *d.id) {
             return Ok(Reprovision::OwnToken);
         }
         core.devices.limiter.record_failure(ip);
@@ -252,7 +252,7 @@ pub(super) async fn reprovision_proof(core: &Core, device: &Device, request: &Pr
     }
     if let Some(key) = &request.pair_key {
         let digest = secret::digest_hex(&normalize_pair_key(key));
-        return match core.store.pair_device(&digest, &device.id).await? {
+        return match core.store.pair_device(&digest, device.id.as_str()).await? {
             Some(owner) => Ok(Reprovision::PairKey(owner)),
             None => {
                 core.devices.limiter.record_failure(ip);
@@ -260,7 +260,7 @@ pub(super) async fn reprovision_proof(core: &Core, device: &Device, request: &Pr
             }
         };
     }
-    if core.store.take_reprovision_window(&device.id, Utc::now()).await? {
+    if core.store.take_reprovision_window(device.id.as_str(), Utc::now()).await? {
         return Ok(Reprovision::OperatorWindow);
     }
     core.devices.limiter.record_failure(ip);

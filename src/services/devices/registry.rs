@@ -50,7 +50,7 @@ pub async fn register(core: &Core, request: NewDeviceRequest) -> Result<Device> 
             token_hash: None,
         })
         .await?;
-    core.events.publish(Event::DeviceCreated { device_id: device.id.clone(), mac: device.mac, by: "operator" });
+    core.events.publish(Event::DeviceCreated { device_id: device.id.to_string(), mac: device.mac, by: "operator" });
     Ok(device)
 }
 

@@ -64,7 +64,7 @@ pub async fn create_rollout(core: &Core, new: NewRollout) -> Result<(Rollout, Ve
     let now = Utc::now();
     let start_at = new.options.start_at;
     let rollout = Rollout {
-        id: uuid::Uuid::now_v7().to_string(),
+        id: RolloutId::new(),
         name,
         release_id: release.id.clone(),
         product: release.product.clone(),
@@ -89,8 +89,12 @@ pub async fn create_rollout(core: &Core, new: NewRollout) -> Result<(Rollout, Ve
     };
     let overlaps = overlaps(core, &rollout, &release).await?;
     core.store.insert_rollout(&rollout).await?;
-    core.events.publish(Event::RolloutCreated { rollout_id: rollout.id.clone(), release_id: release.id.clone(), overlaps: overlaps.len() });
-    let rollout = if new.start { act(core, &rollout.id, Action::Start, "operator", "started at creation").await? } else { rollout };
+    core.events.publish(Event::RolloutCreated {
+        rollout_id: rollout.id.to_string(),
+        release_id: release.id.to_string(),
+        overlaps: overlaps.len(),
+    });
+    let rollout = if new.start { act(core, rollout.id.as_str(), Action::Start, "operator", "started at creation").await? } else { rollout };
     Ok((rollout, overlaps))
 }
 
@@ -107,7 +111,7 @@ pub(super) async fn overlaps(core: &Core, new: &Rollout, release: &Release) -> R
     let new_matcher = matcher(core, new, release, &builds, &mut groups).await?;
     let mut matchers = Vec::new();
     for other in &others {
-        let Some(other_release) = core.store.find_release(&other.release_id).await? else { continue };
+        let Some(other_release) = core.store.find_release(other.release_id.as_str()).await? else { continue };
         let other_builds = release_builds(core, &other_release).await?;
         matchers.push((other, other_release.version.clone(), matcher(core, other, &other_release, &other_builds, &mut groups).await?));
     }
@@ -127,7 +131,7 @@ pub(super) async fn overlaps(core: &Core, new: &Rollout, release: &Release) -> R
         .zip(shared)
         .filter(|(_, n)| *n > 0)
         .map(|((other, version, _), devices)| Overlap {
-            rollout_id: other.id.clone(),
+            rollout_id: other.id.to_string(),
             name: other.name.clone(),
             state: other.state,
             release_version: version.clone(),
@@ -217,7 +221,7 @@ pub(super) async fn load_targets_after(core: &Core, product: &str, index: &mut P
 
 /// The sorted membership fractions of the devices a rollout targets now.
 pub(super) async fn target_fractions(core: &Core, rollout: &Rollout, registered_by: Option<DateTime<Utc>>) -> Result<Vec<f64>> {
-    let release = find_release(core, &rollout.release_id).await?;
+    let release = find_release(core, rollout.release_id.as_str()).await?;
     let builds = release_builds(core, &release).await?;
     let mut groups = HashMap::new();
     let mut matcher = matcher(core, rollout, &release, &builds, &mut groups).await?;
@@ -225,7 +229,7 @@ pub(super) async fn target_fractions(core: &Core, rollout: &Rollout, registered_
     let mut fractions = Vec::new();
     scan_target(core, &rollout.product, |facts, created_at| {
         if matcher.matches(facts, created_at) {
-            fractions.push(rollout::fraction(&rollout.id, facts.id));
+            fractions.push(rollout::fraction(rollout.id.as_str(), facts.id));
         }
     })
     .await?;
@@ -276,7 +280,7 @@ pub async fn act(core: &Core, id: &str, action: Action, actor: &str, reason: &st
         _ => None,
     };
     let change = TransitionWrite {
-        rollout_id: &rollout.id,
+        rollout_id: rollout.id.as_str(),
         from: rollout.state,
         from_stage: rollout.current_stage,
         to,
@@ -292,7 +296,7 @@ pub async fn act(core: &Core, id: &str, action: Action, actor: &str, reason: &st
             check_floor(core, &rollout).await?;
             let applied = core.store.roll_back(&change).await?;
             if applied {
-                for member in core.store.rollout_members(&rollout.id).await? {
+                for member in core.store.rollout_members(rollout.id.as_str()).await? {
                     if member.from_version.is_some() && member.state != MemberState::Failed {
                         devices::forget_cached_device(core, &member.device_id);
                     }
@@ -308,7 +312,7 @@ pub async fn act(core: &Core, id: &str, action: Action, actor: &str, reason: &st
     refresh(core, true).await?;
     tracing::info!(rollout_id = %rollout.id, from = rollout.state.as_str(), to = to.as_str(), stage = change.to_stage + 1, actor, reason = %reason, "rollout transition");
     core.events.publish(Event::RolloutTransition {
-        rollout_id: rollout.id.clone(),
+        rollout_id: rollout.id.to_string(),
         from: rollout.state.as_str().to_string(),
         to: to.as_str().to_string(),
         stage: change.to_stage + 1,
@@ -338,7 +342,7 @@ pub(super) async fn check_floor(core: &Core, rollout: &Rollout) -> Result<()> {
     let Ok(floor) = Version::parse(&floor) else { return Ok(()) };
     let below = core
         .store
-        .rollout_members(&rollout.id)
+        .rollout_members(rollout.id.as_str())
         .await?
         .iter()
         .filter(|m| m.state != MemberState::Failed)
@@ -367,7 +371,7 @@ pub struct RolloutStatus {
 
 pub async fn status(core: &Core, id: &str) -> Result<RolloutStatus> {
     let rollout = find_rollout(core, id).await?;
-    let release = core.store.find_release(&rollout.release_id).await?;
+    let release = core.store.find_release(rollout.release_id.as_str()).await?;
     let (tallies, total) = tallies(core, &rollout).await?;
     Ok(RolloutStatus { rollout, release, tallies, total })
 }
@@ -375,7 +379,7 @@ pub async fn status(core: &Core, id: &str) -> Result<RolloutStatus> {
 pub(super) async fn tallies(core: &Core, rollout: &Rollout) -> Result<(Vec<Tally>, Tally)> {
     let mut tallies = vec![Tally::default(); rollout.stages.len()];
     let mut total = Tally::default();
-    for (stage, state, excused, n) in core.store.rollout_tally(&rollout.id).await? {
+    for (stage, state, excused, n) in core.store.rollout_tally(rollout.id.as_str()).await? {
         let excused = if excused && state.is_failure() { n } else { 0 };
         if let Some(tally) = tallies.get_mut(stage) {
             tally.add(state, n);

@@ -34,7 +34,7 @@ use crate::domain::rollout::{
 };
 use crate::domain::update::{Held, RolloutOffer};
 use crate::domain::version::Version;
-use crate::domain::{Error, Result, device};
+use crate::domain::{DeviceId, Error, GroupId, ReleaseId, Result, RolloutId, device};
 use crate::storage::TransitionWrite;
 
 mod evaluator;
@@ -90,7 +90,7 @@ struct Matcher {
     target: Target,
     release_hardware: Vec<String>,
     release_channel: String,
-    group: Option<HashSet<String>>,
+    group: Option<HashSet<DeviceId>>,
     /// Non-dynamic rollouts: only devices registered at or before this time (Unix ms).
     registered_by: Option<i64>,
 }

@@ -50,7 +50,7 @@ pub async fn create_release(core: &Core, new: NewRelease) -> Result<Release> {
         }
     }
     let release = Release {
-        id: uuid::Uuid::now_v7().to_string(),
+        id: ReleaseId::new(),
         product,
         version: new.version.trim().to_string(),
         version_key: version.canonical(),
@@ -62,7 +62,7 @@ pub async fn create_release(core: &Core, new: NewRelease) -> Result<Release> {
     core.store.insert_release(&release).await?;
     refresh(core, true).await?;
     core.events.publish(Event::ReleaseCreated {
-        release_id: release.id.clone(),
+        release_id: release.id.to_string(),
         product: release.product.clone(),
         version: release.version.to_string(),
     });

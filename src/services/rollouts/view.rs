@@ -21,8 +21,8 @@ pub async fn refresh(core: &Core, force: bool) -> Result<()> {
     let catch_up = chrono::Duration::from_std(runtime.policy.catch_up).unwrap_or(chrono::Duration::MAX);
     let rollouts = core.store.list_live_rollouts(catch_up_start(now, catch_up)).await?;
     let mut expires: Option<DateTime<Utc>> = None;
-    let mut releases: HashMap<String, Option<Release>> = HashMap::new();
-    let mut groups: HashMap<String, HashSet<String>> = HashMap::new();
+    let mut releases: HashMap<ReleaseId, Option<Release>> = HashMap::new();
+    let mut groups: HashMap<GroupId, HashSet<DeviceId>> = HashMap::new();
     for rollout in rollouts {
         let until = (rollout.state == RolloutState::Completed)
             .then(|| rollout.completed_at.unwrap_or(rollout.updated_at).checked_add_signed(catch_up).unwrap_or(DateTime::<Utc>::MAX_UTC));
@@ -34,7 +34,7 @@ pub async fn refresh(core: &Core, force: bool) -> Result<()> {
             expires = Some(expires.map_or(until, |e| e.min(until)));
         }
         if !releases.contains_key(&rollout.release_id) {
-            releases.insert(rollout.release_id.clone(), core.store.find_release(&rollout.release_id).await?);
+            releases.insert(rollout.release_id.clone(), core.store.find_release(rollout.release_id.as_str()).await?);
         }
         let Some(Some(release)) = releases.get(&rollout.release_id) else { continue };
         let builds = release_builds(core, release).await?;
@@ -105,7 +105,7 @@ pub(super) async fn matcher(
     rollout: &Rollout,
     release: &Release,
     builds: &[Artifact],
-    groups: &mut HashMap<String, HashSet<String>>,
+    groups: &mut HashMap<GroupId, HashSet<DeviceId>>,
 ) -> Result<Matcher> {
     let group = match &rollout.target.group {
         Some(id) => {

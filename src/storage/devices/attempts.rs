@@ -202,7 +202,7 @@ impl Store {
         let mut attempts = map_rows::<AttemptRow, UpdateAttempt>(&rows)?;
         for attempt in &mut attempts {
             let events = sqlx::query("SELECT id, state, progress, message, at FROM update_event WHERE attempt_id = $1 ORDER BY id")
-                .bind(&attempt.id)
+                .bind(attempt.id.as_str())
                 .fetch_all(&self.pool)
                 .await
                 .map_err(|e| db_error(e, "failed to read update events"))?;

@@ -11,6 +11,7 @@ use super::{Store, db_error, now_millis};
 use crate::domain::device::{
     Device, DeviceFilter, DevicePatch, DeviceSort, Product, Provisioning, SetupEvent, SetupStatus, UpdateAttempt, UpdateEvent, UpdateState,
 };
+use crate::domain::ids::DeviceId;
 use crate::domain::mac::Mac;
 use crate::domain::{Error, Result};
 
@@ -37,7 +38,7 @@ pub(super) const ACTIVE_COLUMNS: &str = "id, mac, product, hardware, channel, ve
 /// What the fleet index keeps of a device (see `services::fleet`).
 #[derive(Debug)]
 pub struct ActiveRow {
-    pub id: String,
+    pub id: DeviceId,
     pub mac: Mac,
     pub product: Option<String>,
     pub hardware: Option<String>,
@@ -239,7 +240,7 @@ impl TryFrom<DeviceRow> for Device {
             reprovision_until: row::time_opt("reprovision_until", row.reprovision_until)?,
             created_at: row::time("created_at", row.created_at)?,
             updated_at: row::time("updated_at", row.updated_at)?,
-            id: row.id,
+            id: row.id.into(),
             name: row.name,
             product: row.product,
             hardware: row.hardware,
@@ -300,7 +301,7 @@ impl TryFrom<ActiveDeviceRow> for ActiveRow {
             tags: row::json("tags", &row.tags)?,
             created_at: row::time("created_at", row.created_at)?,
             awaiting_boot: row.awaiting_boot > 0,
-            id: row.id,
+            id: row.id.into(),
             product: row.product,
             hardware: row.hardware,
             channel: row.channel,
@@ -368,11 +369,11 @@ impl TryFrom<AttemptRow> for UpdateAttempt {
             current: row::flag("current", row.current)?,
             created_at: row::time("created_at", row.created_at)?,
             updated_at: row::time("updated_at", row.updated_at)?,
-            id: row.id,
-            device_id: row.device_id,
-            artifact_id: row.artifact_id,
-            release_id: row.release_id,
-            rollout_id: row.rollout_id,
+            id: row.id.into(),
+            device_id: row.device_id.into(),
+            artifact_id: row.artifact_id.into(),
+            release_id: row.release_id.into(),
+            rollout_id: row.rollout_id.map(Into::into),
             from_version: row.from_version,
             to_version: row.to_version,
             message: row.message,

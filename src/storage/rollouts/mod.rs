@@ -13,7 +13,7 @@ use crate::domain::rollout::{
     ErrorThreshold, Group, MemberState, Release, Rollout, RolloutOptions, RolloutState, Stage, StageSize, Target, Transition, Window,
 };
 use crate::domain::version::Version;
-use crate::domain::{Error, Result};
+use crate::domain::{ArtifactId, DeviceId, Error, GroupId, ReleaseId, Result};
 
 mod groups;
 mod managed;
@@ -68,19 +68,19 @@ pub(super) async fn bump_revision(tx: &mut sqlx::Transaction<'_, Any>) -> Result
     Ok(())
 }
 
-pub(super) async fn add_group_members(tx: &mut sqlx::Transaction<'_, Any>, id: &str, device_ids: &[String]) -> Result<()> {
+pub(super) async fn add_group_members(tx: &mut sqlx::Transaction<'_, Any>, id: &GroupId, device_ids: &[DeviceId]) -> Result<()> {
     for device_id in device_ids {
         let exists: i64 = sqlx::query("SELECT COUNT(*) AS n FROM device_group_member WHERE group_id = $1 AND device_id = $2")
-            .bind(id)
-            .bind(device_id)
+            .bind(id.as_str())
+            .bind(device_id.as_str())
             .fetch_one(&mut **tx)
             .await
             .map_err(|e| db_error(e, "failed to read a group member"))?
             .get("n");
         if exists == 0 {
             sqlx::query("INSERT INTO device_group_member (group_id, device_id) VALUES ($1, $2)")
-                .bind(id)
-                .bind(device_id)
+                .bind(id.as_str())
+                .bind(device_id.as_str())
                 .execute(&mut **tx)
                 .await
                 .map_err(|e| db_error(e, "failed to add a group member"))?;
@@ -182,7 +182,7 @@ impl TryFrom<ReleaseRow> for Release {
     fn try_from(row: ReleaseRow) -> std::result::Result<Release, Corrupt> {
         Ok(Release {
             created_at: row::time("created_at", row.created_at)?,
-            id: row.id,
+            id: row.id.into(),
             product: row.product,
             version: row.version,
             version_key: row.version_key,
@@ -216,7 +216,7 @@ impl TryFrom<GroupRow> for Group {
             size: row::int("size", row.size)?,
             created_at: row::time("created_at", row.created_at)?,
             updated_at: row::time("updated_at", row.updated_at)?,
-            id: row.id,
+            id: row.id.into(),
             name: row.name,
         })
     }
@@ -275,9 +275,9 @@ impl TryFrom<RolloutRow> for Rollout {
             completed_at: row::time_opt("completed_at", row.completed_at)?,
             created_at: row::time("created_at", row.created_at)?,
             updated_at: row::time("updated_at", row.updated_at)?,
-            id: row.id,
+            id: row.id.into(),
             name: row.name,
-            release_id: row.release_id,
+            release_id: row.release_id.into(),
             product: row.product,
             reason: row.reason,
         })
@@ -420,14 +420,14 @@ pub(super) struct StoredTarget {
     version_min: Option<String>,
     version_max: Option<String>,
     /// Sorted, so equal targets are equal texts.
-    devices: Option<Vec<String>>,
-    group: Option<String>,
+    devices: Option<Vec<DeviceId>>,
+    group: Option<GroupId>,
 }
 
 impl StoredTarget {
     pub fn of(target: &Target) -> StoredTarget {
         let devices = target.devices.as_ref().map(|devices| {
-            let mut devices: Vec<String> = devices.iter().cloned().collect();
+            let mut devices: Vec<DeviceId> = devices.iter().cloned().collect();
             devices.sort();
             devices
         });

@@ -8,7 +8,7 @@ impl Store {
         let inserted = sqlx::query(
             "INSERT INTO firmware_release (id, product, version, version_key, channel, notes, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
-        .bind(&release.id)
+        .bind(release.id.as_str())
         .bind(&release.product)
         .bind(&release.version)
         .bind(&release.version_key)
@@ -29,8 +29,8 @@ impl Store {
         }
         for artifact_id in &release.artifact_ids {
             let attached = sqlx::query("INSERT INTO release_artifact (artifact_id, release_id) VALUES ($1, $2)")
-                .bind(artifact_id)
-                .bind(&release.id)
+                .bind(artifact_id.as_str())
+                .bind(release.id.as_str())
                 .execute(&mut *tx)
                 .await;
             match attached {
@@ -77,13 +77,13 @@ impl Store {
         Ok(releases)
     }
 
-    async fn release_artifacts(&self, release_id: &str) -> Result<Vec<String>> {
+    async fn release_artifacts(&self, release_id: &ReleaseId) -> Result<Vec<ArtifactId>> {
         let rows = sqlx::query("SELECT artifact_id FROM release_artifact WHERE release_id = $1 ORDER BY artifact_id")
-            .bind(release_id)
+            .bind(release_id.as_str())
             .fetch_all(&self.pool)
             .await
             .map_err(|e| db_error(e, "failed to read a release's builds"))?;
-        texts(&rows, "artifact_id")
+        Ok(texts(&rows, "artifact_id")?.into_iter().map(ArtifactId::from).collect())
     }
 
     /// Deletes a release no rollout uses; false if it does not exist.

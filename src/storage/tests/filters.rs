@@ -31,7 +31,7 @@ async fn fleet(store: &Store) -> Vec<String> {
         if let Some(minutes) = minutes_ago {
             seen.push((device.id.clone(), now - Duration::minutes(minutes), Some("10.0.0.1".to_string())));
         }
-        ids.push(device.id);
+        ids.push(device.id.into());
     }
     store.record_presence(&seen).await.unwrap();
     ids
@@ -135,7 +135,7 @@ async fn rollouts_and_releases_filter_by_product_and_state() {
         store.insert_release(&release).await.unwrap();
     }
     assert_eq!(store.list_releases(None).await.unwrap().len(), 2);
-    let lamp: Vec<String> = store.list_releases(Some("lamp")).await.unwrap().into_iter().map(|r| r.id).collect();
+    let lamp: Vec<String> = store.list_releases(Some("lamp")).await.unwrap().into_iter().map(|r| r.id.into()).collect();
     assert_eq!(lamp, vec!["r1".to_string()]);
     assert!(store.list_rollouts(&[RolloutState::Running, RolloutState::Paused], Some("lamp")).await.unwrap().is_empty());
     assert!(store.list_rollouts(&[], None).await.unwrap().is_empty());

@@ -58,7 +58,7 @@ async fn bad_tags_are_the_same_error_in_every_reader_of_the_device() {
         store.find_active_device("digest").await.unwrap_err(),
         store.list_active_devices("", 10).await.unwrap_err(),
         store.target_rows("lamp", "", 10).await.unwrap_err(),
-        store.target_rows_by_ids(std::slice::from_ref(&device.id)).await.unwrap_err(),
+        store.target_rows_by_ids(&[device.id.to_string()]).await.unwrap_err(),
     ];
     for error in errors {
         assert_names(&corrupt_row(error), "device", &device.id, "tags");
