@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, Utc};
 
+use super::firmware::ProductName;
 use super::ids::AssetId;
 
 /// A seed-003 asset file.
@@ -18,7 +19,7 @@ pub struct AssetFile {
 #[derive(Debug, Clone)]
 pub struct Asset {
     pub id: AssetId,
-    pub product: String,
+    pub product: ProductName,
     pub name: String,
     pub version: i64,
     pub size: u64,

@@ -7,7 +7,7 @@
 use chrono::{DateTime, Utc};
 use subtle::ConstantTimeEq;
 
-use super::firmware::Artifact;
+use super::firmware::{Artifact, HardwareId};
 use super::ids::ArtifactId;
 use super::version::Version;
 
@@ -59,8 +59,8 @@ pub fn esp32fota_version(version: &Version) -> Option<String> {
 /// The one hardware identifier all of a product's builds share, for devices that never say
 /// which hardware they are (esp32FOTA, the seed servers). `None` when builds for several
 /// hardware identifiers exist: the device's hardware must then be set by an operator.
-pub fn sole_hardware(builds: &[Artifact], product: &str) -> Option<String> {
-    let mut found: Option<&str> = None;
+pub fn sole_hardware(builds: &[Artifact], product: &str) -> Option<HardwareId> {
+    let mut found: Option<&HardwareId> = None;
     for hardware in builds.iter().filter(|a| a.product == product).flat_map(|a| a.hardware.iter()) {
         match found {
             None => found = Some(hardware),
@@ -68,7 +68,7 @@ pub fn sole_hardware(builds: &[Artifact], product: &str) -> Option<String> {
             Some(_) => return None,
         }
     }
-    found.map(str::to_string)
+    found.cloned()
 }
 
 /// The build a device runs, recognised by the digests Arduino's `HTTPUpdate` sends:
@@ -114,15 +114,16 @@ pub struct CompatFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::firmware::ProductName;
 
     fn artifact(id: &str, version: &str, hardware: &[&str]) -> Artifact {
         let created_at = chrono::DateTime::from_timestamp_millis(1_700_000_000_000).unwrap();
         Artifact {
             id: id.into(),
-            product: "app".into(),
+            product: ProductName::parse("app").unwrap(),
             version: version.into(),
             version_key: Version::parse(version).unwrap().canonical(),
-            hardware: hardware.iter().map(|h| h.to_string()).collect(),
+            hardware: hardware.iter().map(|h| HardwareId::parse(h).unwrap()).collect(),
             channel: "stable".into(),
             notes: String::new(),
             size: 1,

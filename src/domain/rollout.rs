@@ -13,6 +13,7 @@ use std::collections::HashSet;
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use sha2::{Digest, Sha256};
 
+use super::firmware::{HardwareId, ProductName};
 use super::ids::{ArtifactId, DeviceId, GroupId, ReleaseId, RolloutId};
 use super::update::channel_receives;
 use super::version::Version;
@@ -271,7 +272,7 @@ pub fn stage_sizes(sorted_fractions: &[f64], shares: &[f64]) -> Vec<u64> {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Target {
     /// Hardware ids; empty: every hardware the release has a build for.
-    pub hardware: Vec<String>,
+    pub hardware: Vec<HardwareId>,
     /// Device channels; empty: every channel that receives the release's channel.
     pub channels: Vec<String>,
     /// The device has every one of these tags.
@@ -565,7 +566,7 @@ pub fn evaluate(stages: &[Stage], current: usize, tallies: &[Tally], sizes: &[u6
 #[derive(Debug, Clone, PartialEq)]
 pub struct Release {
     pub id: ReleaseId,
-    pub product: String,
+    pub product: ProductName,
     pub version: String,
     pub version_key: String,
     pub channel: String,
@@ -604,7 +605,7 @@ pub struct Rollout {
     pub id: RolloutId,
     pub name: String,
     pub release_id: ReleaseId,
-    pub product: String,
+    pub product: ProductName,
     pub target: Target,
     pub stages: Vec<Stage>,
     pub options: RolloutOptions,

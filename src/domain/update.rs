@@ -158,15 +158,16 @@ pub fn decide<'a>(device: &DeviceFacts, artifacts: &'a [Artifact], releases: Rel
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::firmware::{HardwareId, ProductName};
 
     fn artifact(id: &str, version: &str, hardware: &[&str], channel: &str) -> Artifact {
         let created_at = chrono::DateTime::from_timestamp_millis(1_700_000_000_000).unwrap();
         Artifact {
             id: id.into(),
-            product: "app".into(),
+            product: ProductName::parse("app").unwrap(),
             version: version.into(),
             version_key: Version::parse(version).unwrap().canonical(),
-            hardware: hardware.iter().map(|h| h.to_string()).collect(),
+            hardware: hardware.iter().map(|h| HardwareId::parse(h).unwrap()).collect(),
             channel: channel.into(),
             notes: String::new(),
             size: 1,
@@ -253,7 +254,7 @@ mod tests {
     #[test]
     fn builds_of_other_products_are_never_offered() {
         let mut foreign = artifact("x", "5.0.0", &["esp32"], "stable");
-        foreign.product = "other".into();
+        foreign.product = ProductName::parse("other").unwrap();
         assert_eq!(decide(&device(Some("1.0.0")), &[foreign], Releases::default()), Decision::None(NoUpdate::NoBuilds));
     }
 

@@ -572,7 +572,7 @@ async fn stale_configs(State(state): State<AppState>, _admin: Admin, ApiQuery(qu
             device_id: s.device.id.to_string(),
             mac: s.device.mac.canonical(),
             name: s.device.name.clone(),
-            product: s.device.product.clone(),
+            product: s.device.product.as_ref().map(ToString::to_string),
             current_version: s.current_version,
             acknowledged_version: s.acknowledged.as_ref().map(|(v, _)| v.clone()),
             acknowledged_at: s.acknowledged.map(|(_, at)| timestamp(at)),

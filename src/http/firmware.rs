@@ -456,10 +456,10 @@ fn artifact_view(state: &AppState, artifact: &Artifact, headers: Option<&HeaderM
     let base = state.base_url(headers);
     ArtifactView {
         id: artifact.id.to_string(),
-        product: artifact.product.clone(),
+        product: artifact.product.to_string(),
         version: artifact.version.clone(),
         version_canonical: artifact.version_key.clone(),
-        hardware: artifact.hardware.clone(),
+        hardware: artifact.hardware.iter().map(ToString::to_string).collect(),
         channel: artifact.channel.clone(),
         notes: artifact.notes.clone(),
         size: artifact.size,

@@ -7,7 +7,9 @@ use sqlx::{AssertSqlSafe, Row};
 use super::row::{self, Corrupt, Table, map_row, map_rows};
 use super::sql::{self, Builder, violates};
 use super::{Store, db_error, now_millis};
-use crate::domain::firmware::{Artifact, ArtifactFilter, ArtifactPatch, ArtifactSort, ArtifactSpec, Digests, ImageFacts};
+use crate::domain::firmware::{
+    Artifact, ArtifactFilter, ArtifactPatch, ArtifactSort, ArtifactSpec, Digests, HardwareId, ImageFacts, ProductName,
+};
 use crate::domain::{Error, Result};
 
 /// Everything needed to record a new artifact.
@@ -223,13 +225,13 @@ impl TryFrom<ArtifactRow> for Artifact {
 
     fn try_from(row: ArtifactRow) -> Result<Artifact, Corrupt> {
         Ok(Artifact {
-            hardware: row::json("hardware", &row.hardware)?,
+            hardware: row::parsed_list("hardware", row::json("hardware", &row.hardware)?, HardwareId::parse)?,
             size: row::int("size", row.size)?,
             image: row::json_opt::<StoredImage>("image", row.image.as_deref())?.map(ImageFacts::from),
             created_at: row::time("created_at", row.created_at)?,
             updated_at: row::time("updated_at", row.updated_at)?,
             id: row.id.into(),
-            product: row.product,
+            product: row::parsed("product", &row.product, ProductName::parse)?,
             version: row.version,
             version_key: row.version_key,
             channel: row.channel,

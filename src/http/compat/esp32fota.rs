@@ -26,7 +26,7 @@ use super::{AppState, failure};
 use crate::domain::Error;
 use crate::domain::compat::esp32fota_version;
 use crate::domain::device::Provisioning;
-use crate::domain::firmware::{Artifact, Product as ProductName};
+use crate::domain::firmware::{Artifact, ProductName};
 use crate::domain::mac::Mac;
 use crate::domain::version::Version;
 use crate::http::device_api::ClientIp;
@@ -81,7 +81,7 @@ async fn manifest(
     RawQuery(query): RawQuery,
 ) -> Result<Response, FotaError> {
     let name = manifest.strip_suffix(".json").unwrap_or(&manifest);
-    let product = ProductName::parse(name)?.as_str().to_string();
+    let product = ProductName::parse(name)?;
     let params = query_params(query.as_deref());
     let param = |key: &str| params.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
     let base = state.base_url(Some(&headers));
@@ -90,7 +90,7 @@ async fn manifest(
         Some(id) => {
             let request = MacCheckin {
                 mac: Mac::parse(id)?,
-                product: Some(product.clone()),
+                product: Some(product.to_string()),
                 register: true,
                 version: None,
                 sketch_sha256: None,

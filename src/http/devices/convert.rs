@@ -8,8 +8,8 @@ pub fn device_view(state: &AppState, device: &Device) -> DeviceView {
         id: device.id.to_string(),
         mac: device.mac.canonical(),
         name: device.name.clone(),
-        product: device.product.clone(),
-        hardware: device.hardware.clone(),
+        product: device.product.as_ref().map(ToString::to_string),
+        hardware: device.hardware.as_ref().map(ToString::to_string),
         channel: device.channel.clone(),
         version: device.version.clone(),
         target_version: device.target_version.clone(),
@@ -58,12 +58,12 @@ pub(super) fn product_view(settings: &service::ProductSettings) -> ProductView {
     let product = &settings.product;
     ProductView {
         min_version: settings.min_version.clone(),
-        name: product.name.clone(),
+        name: product.name.to_string(),
         provisioning: product.provisioning.as_str(),
         provision_key: product.provision_key.clone(),
         has_provision_secret: product.provision_secret_hash.is_some(),
         poll_interval_s: product.poll_interval_s,
-        hardware: product.hardware.clone(),
+        hardware: product.hardware.iter().map(ToString::to_string).collect(),
         public_secrets: product.public_secrets,
         configured: settings.configured,
     }

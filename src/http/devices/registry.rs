@@ -112,12 +112,12 @@ pub(super) async fn patch_device(
     ApiJson(body): ApiJson<PatchDeviceBody>,
 ) -> ApiResult<Json<DeviceView>> {
     use crate::domain::device::{check_json_object, check_tags, check_text};
-    use crate::domain::firmware::Product as ProductName;
+    use crate::domain::firmware::ProductName;
     let device = service::find(&state.core, &id).await?;
     let patch = DevicePatch {
         name: body.name.as_deref().map(|n| check_text("name", "invalid_name", n, 128)).transpose()?,
-        product: body.product.map(|p| p.map(|p| ProductName::parse(&p).map(|p| p.as_str().to_string())).transpose()).transpose()?,
-        hardware: body.hardware.map(|h| h.map(|h| HardwareId::parse(&h).map(|h| h.as_str().to_string())).transpose()).transpose()?,
+        product: body.product.map(|p| p.as_deref().map(ProductName::parse).transpose()).transpose()?,
+        hardware: body.hardware.map(|h| h.as_deref().map(HardwareId::parse).transpose()).transpose()?,
         channel: body.channel.as_deref().map(Channel::parse).transpose()?.map(|c| c.as_str().to_string()),
         target_version: body.target_version,
         tags: body.tags.as_deref().map(check_tags).transpose()?,

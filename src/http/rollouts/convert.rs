@@ -5,7 +5,7 @@ use super::*;
 pub(super) fn release_view(release: &Release) -> ReleaseView {
     ReleaseView {
         id: release.id.to_string(),
-        product: release.product.clone(),
+        product: release.product.to_string(),
         version: release.version.clone(),
         channel: release.channel.clone(),
         notes: release.notes.clone(),
@@ -86,13 +86,13 @@ pub(super) fn rollout_view(status: &RolloutStatus) -> RolloutView {
         name: rollout.name.clone(),
         release_id: rollout.release_id.to_string(),
         release_version: status.release.as_ref().map(|r| r.version.clone()),
-        product: rollout.product.clone(),
+        product: rollout.product.to_string(),
         state: rollout.state.as_str(),
         reason: rollout.reason.clone(),
         current_stage: if started { rollout.current_stage + 1 } else { 0 },
         stages,
         target: TargetBody {
-            hardware: rollout.target.hardware.clone(),
+            hardware: rollout.target.hardware.iter().map(ToString::to_string).collect(),
             channels: rollout.target.channels.clone(),
             tags: rollout.target.tags.clone(),
             version_min: rollout.target.version_min.as_ref().map(Version::canonical),
@@ -149,7 +149,7 @@ pub(super) fn parse_version(field: &str, value: &Option<String>) -> Result<Optio
 }
 
 pub(super) fn parse_target(body: &TargetBody) -> Result<Target, Error> {
-    let hardware = body.hardware.iter().map(|h| HardwareId::parse(h).map(|h| h.as_str().to_string())).collect::<Result<Vec<_>, _>>()?;
+    let hardware = body.hardware.iter().map(|h| HardwareId::parse(h)).collect::<Result<Vec<_>, _>>()?;
     let channels = body
         .channels
         .iter()

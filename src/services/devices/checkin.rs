@@ -35,8 +35,8 @@ pub async fn checkin(core: &Core, device: Arc<ActiveDevice>, report: CheckinRepo
     if let Some(version) = &report.version {
         Version::parse(version)?;
     }
-    let product = report.product.as_deref().map(ProductName::parse).transpose()?.map(|p| p.as_str().to_string());
-    let hardware = report.hardware.as_deref().map(HardwareId::parse).transpose()?.map(|h| h.as_str().to_string());
+    let product = report.product.as_deref().map(ProductName::parse).transpose()?;
+    let hardware = report.hardware.as_deref().map(HardwareId::parse).transpose()?;
     check_claims(core, &device, product.as_deref(), hardware.as_deref()).await?;
     mark_seen(core, &device, now, ip);
 

@@ -122,7 +122,7 @@ pub async fn provision(core: &Core, request: ProvisionRequest, ip: IpAddr) -> Re
     };
     let product_name = match (&keyed_product, &request.product, existing.as_ref().and_then(|d| d.product.clone())) {
         (Some(product), _, _) => product.name.clone(),
-        (None, Some(name), _) => ProductName::parse(name)?.as_str().to_string(),
+        (None, Some(name), _) => ProductName::parse(name)?,
         (None, None, Some(name)) => name,
         (None, None, None) => return Err(Error::invalid("missing_product", "`product` is required to provision a device")),
     };
@@ -166,11 +166,11 @@ pub async fn provision(core: &Core, request: ProvisionRequest, ip: IpAddr) -> Re
         ));
     }
 
-    let mut hardware = request.hardware.as_deref().map(HardwareId::parse).transpose()?.map(|h| h.as_str().to_string());
+    let mut hardware = request.hardware.as_deref().map(HardwareId::parse).transpose()?;
     if let Some(claimed) = &hardware {
         device::check_hardware_claim(existing.as_ref().and_then(|d| d.hardware.as_deref()), claimed, Some(&product))?;
     } else if existing.as_ref().is_none_or(|d| d.hardware.is_none()) {
-        hardware = product.sole_hardware().map(str::to_string);
+        hardware = product.sole_hardware().cloned();
     }
     if let Some(version) = &request.version {
         Version::parse(version)?;

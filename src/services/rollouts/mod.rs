@@ -27,7 +27,7 @@ use super::devices;
 use super::events::Event;
 use super::fleet::{ActiveDevice, ProductTargets};
 use crate::config::RolloutSettings;
-use crate::domain::firmware::{Artifact, Channel, Product as ProductName};
+use crate::domain::firmware::{Artifact, Channel, ProductName};
 use crate::domain::rollout::{
     self, Action, Group, MemberState, Release, Rollout, RolloutOptions, RolloutState, Stage, Tally, Target, TargetFacts, Transition,
     Verdict,

@@ -13,7 +13,7 @@ pub struct NewRelease {
 /// Creates a release from uploaded builds of one product and one version. From now on its
 /// builds are offered only through its rollouts.
 pub async fn create_release(core: &Core, new: NewRelease) -> Result<Release> {
-    let product = ProductName::parse(&new.product)?.as_str().to_string();
+    let product = ProductName::parse(&new.product)?;
     let version = Version::parse(&new.version)?;
     let channel = Channel::parse(new.channel.as_deref().unwrap_or(Channel::DEFAULT))?.as_str().to_string();
     let notes = new.notes.unwrap_or_default();
@@ -63,7 +63,7 @@ pub async fn create_release(core: &Core, new: NewRelease) -> Result<Release> {
     refresh(core, true).await?;
     core.events.publish(Event::ReleaseCreated {
         release_id: release.id.to_string(),
-        product: release.product.clone(),
+        product: release.product.to_string(),
         version: release.version.to_string(),
     });
     Ok(release)

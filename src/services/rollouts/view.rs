@@ -57,7 +57,7 @@ pub async fn refresh(core: &Core, force: bool) -> Result<()> {
             deadline_s: rollout.options.device_deadline_s,
             until,
         };
-        products.entry(rollout.product.clone()).or_default().live.push(live);
+        products.entry(rollout.product.to_string()).or_default().live.push(live);
     }
     for product in products.values_mut() {
         product.live.sort_by(|a, b| b.version.cmp(&a.version));
@@ -116,7 +116,7 @@ pub(super) async fn matcher(
         }
         None => None,
     };
-    let mut release_hardware: Vec<String> = builds.iter().flat_map(|b| b.hardware.iter().cloned()).collect();
+    let mut release_hardware: Vec<String> = builds.iter().flat_map(|b| b.hardware.iter().map(ToString::to_string)).collect();
     release_hardware.sort();
     release_hardware.dedup();
     Ok(Matcher {

@@ -11,6 +11,7 @@ use super::{Store, db_error, now_millis};
 use crate::domain::device::{
     Device, DeviceFilter, DevicePatch, DeviceSort, Product, Provisioning, SetupEvent, SetupStatus, UpdateAttempt, UpdateEvent, UpdateState,
 };
+use crate::domain::firmware::{HardwareId, ProductName};
 use crate::domain::ids::DeviceId;
 use crate::domain::mac::Mac;
 use crate::domain::{Error, Result};
@@ -83,8 +84,8 @@ pub struct RolloutSlot<'a> {
 pub struct NewDevice {
     pub mac: Mac,
     pub name: String,
-    pub product: Option<String>,
-    pub hardware: Option<String>,
+    pub product: Option<ProductName>,
+    pub hardware: Option<HardwareId>,
     pub channel: String,
     pub version: Option<String>,
     pub target_version: Option<String>,
@@ -99,8 +100,8 @@ pub struct NewDevice {
 #[derive(Debug, Default, Clone)]
 pub struct DeviceReport {
     pub version: Option<String>,
-    pub product: Option<String>,
-    pub hardware: Option<String>,
+    pub product: Option<ProductName>,
+    pub hardware: Option<HardwareId>,
     pub attributes: Option<Value>,
 }
 
@@ -151,7 +152,7 @@ pub(super) fn provision_key_taken() -> Error {
 }
 
 /// The `hardware` column: a JSON array, or NULL for "any".
-pub(super) fn hardware_column(hardware: &[String]) -> Option<String> {
+pub(super) fn hardware_column(hardware: &[HardwareId]) -> Option<String> {
     (!hardware.is_empty()).then(|| serde_json::to_string(hardware).expect("strings serialize"))
 }
 
@@ -185,11 +186,15 @@ impl TryFrom<ProductRow> for Product {
             provision_key: row.provision_key,
             provision_secret_hash: row.provision_secret_hash,
             poll_interval_s: row::int("poll_interval_s", row.poll_interval_s)?,
-            hardware: row::json_opt::<Vec<String>>("hardware", row.hardware.as_deref())?.unwrap_or_default(),
+            hardware: row::parsed_list(
+                "hardware",
+                row::json_opt::<Vec<String>>("hardware", row.hardware.as_deref())?.unwrap_or_default(),
+                HardwareId::parse,
+            )?,
             public_secrets: row::flag("public_secrets", row.public_secrets)?,
             created_at: row::time("created_at", row.created_at)?,
             updated_at: row::time("updated_at", row.updated_at)?,
-            name: row.name,
+            name: row::parsed("name", &row.name, ProductName::parse)?,
         })
     }
 }
@@ -242,8 +247,8 @@ impl TryFrom<DeviceRow> for Device {
             updated_at: row::time("updated_at", row.updated_at)?,
             id: row.id.into(),
             name: row.name,
-            product: row.product,
-            hardware: row.hardware,
+            product: row::parsed_opt("product", row.product.as_deref(), ProductName::parse)?,
+            hardware: row::parsed_opt("hardware", row.hardware.as_deref(), HardwareId::parse)?,
             channel: row.channel,
             version: row.version,
             target_version: row.target_version,

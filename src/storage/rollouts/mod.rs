@@ -9,6 +9,7 @@ use sqlx::{Any, AssertSqlSafe, Row};
 use super::row::{self, Corrupt, Table, map_row, map_rows};
 use super::sql::{self, Builder, violates};
 use super::{Store, db_error, now_millis};
+use crate::domain::firmware::{HardwareId, ProductName};
 use crate::domain::rollout::{
     ErrorThreshold, Group, MemberState, Release, Rollout, RolloutOptions, RolloutState, Stage, StageSize, Target, Transition, Window,
 };
@@ -183,7 +184,7 @@ impl TryFrom<ReleaseRow> for Release {
         Ok(Release {
             created_at: row::time("created_at", row.created_at)?,
             id: row.id.into(),
-            product: row.product,
+            product: row::parsed("product", &row.product, ProductName::parse)?,
             version: row.version,
             version_key: row.version_key,
             channel: row.channel,
@@ -278,7 +279,7 @@ impl TryFrom<RolloutRow> for Rollout {
             id: row.id.into(),
             name: row.name,
             release_id: row.release_id.into(),
-            product: row.product,
+            product: row::parsed("product", &row.product, ProductName::parse)?,
             reason: row.reason,
         })
     }
@@ -413,7 +414,7 @@ fn member_state(text: &str) -> std::result::Result<MemberState, Corrupt> {
 /// The `target` column.
 #[derive(Serialize, Deserialize)]
 pub(super) struct StoredTarget {
-    hardware: Vec<String>,
+    hardware: Vec<HardwareId>,
     channels: Vec<String>,
     tags: Vec<String>,
     /// Canonical versions.

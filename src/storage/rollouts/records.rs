@@ -9,9 +9,9 @@ impl Store {
             "INSERT INTO rollout ({ROLLOUT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, NULL, NULL, NULL, $15, $16, NULL)"
         )))
         .bind(rollout.id.as_str())
-        .bind(&rollout.name)
+        .bind(rollout.name.as_str())
         .bind(rollout.release_id.as_str())
-        .bind(&rollout.product)
+        .bind(rollout.product.as_str())
         .bind(to_json(&StoredTarget::of(&rollout.target)))
         .bind(to_json(&rollout.stages.iter().map(StoredStage::of).collect::<Vec<_>>()))
         .bind(to_json(&StoredOptions::of(&rollout.options)))

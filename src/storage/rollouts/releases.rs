@@ -9,7 +9,7 @@ impl Store {
             "INSERT INTO firmware_release (id, product, version, version_key, channel, notes, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(release.id.as_str())
-        .bind(&release.product)
+        .bind(release.product.as_str())
         .bind(&release.version)
         .bind(&release.version_key)
         .bind(&release.channel)
@@ -42,7 +42,7 @@ impl Store {
             }
         }
         sqlx::query("INSERT INTO managed_product (product, since) VALUES ($1, $2) ON CONFLICT (product) DO NOTHING")
-            .bind(&release.product)
+            .bind(release.product.as_str())
             .bind(release.created_at.timestamp_millis())
             .execute(&mut *tx)
             .await

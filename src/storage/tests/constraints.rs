@@ -84,7 +84,7 @@ async fn each_client_facing_constraint_is_its_own_conflict() {
 
     let release = |id: &str, version: &str, artifacts: &[&str]| Release {
         id: id.into(),
-        product: "lamp".into(),
+        product: "lamp".parse().unwrap(),
         version: version.into(),
         version_key: version.into(),
         channel: "stable".into(),
@@ -98,7 +98,7 @@ async fn each_client_facing_constraint_is_its_own_conflict() {
     assert_eq!(conflict_code(&store.insert_release(&release("r3", "1.1.0", &["build-1"])).await.unwrap_err()), "artifact_in_release");
 
     let product = |name: &str| Product {
-        name: name.into(),
+        name: name.parse().unwrap(),
         provisioning: Provisioning::Key,
         provision_key: Some("shared-key".into()),
         provision_secret_hash: Some("digest".into()),

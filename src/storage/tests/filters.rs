@@ -22,8 +22,8 @@ async fn fleet(store: &Store) -> Vec<String> {
     let mut seen = Vec::new();
     for (mac, product, hardware, version, owner, tags, minutes_ago) in specs {
         let mut new = new_device(mac);
-        new.product = Some(product.into());
-        new.hardware = Some(hardware.into());
+        new.product = Some(product.parse().unwrap());
+        new.hardware = Some(hardware.parse().unwrap());
         new.version = Some(version.into());
         new.owner = owner.map(str::to_string);
         new.tags = tags.iter().map(|t| t.to_string()).collect();
@@ -124,7 +124,7 @@ async fn rollouts_and_releases_filter_by_product_and_state() {
     for (id, product, version) in [("r1", "lamp", "1.0.0"), ("r2", "plug", "1.0.0")] {
         let release = Release {
             id: id.into(),
-            product: product.into(),
+            product: product.parse().unwrap(),
             version: version.into(),
             version_key: version.into(),
             channel: "stable".into(),
