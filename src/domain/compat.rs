@@ -96,7 +96,7 @@ pub fn cyberdeck_latest<'a>(builds: &'a [Artifact], product: &str, marked: Optio
     builds
         .iter()
         .filter(|a| a.product == product && a.channel == super::firmware::Channel::DEFAULT)
-        .filter_map(|a| Version::parse(&a.version_key).ok().map(|v| (v, a)))
+        .map(|a| (&a.version_key, a))
         .max_by(|(va, a), (vb, b)| va.cmp(vb).then_with(|| a.created_at.cmp(&b.created_at)))
         .map(|(_, a)| a)
 }
@@ -122,7 +122,7 @@ mod tests {
             id: id.into(),
             product: ProductName::parse("app").unwrap(),
             version: version.into(),
-            version_key: Version::parse(version).unwrap().canonical(),
+            version_key: Version::parse(version).unwrap(),
             hardware: hardware.iter().map(|h| HardwareId::parse(h).unwrap()).collect(),
             channel: "stable".into(),
             notes: String::new(),

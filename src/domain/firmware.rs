@@ -380,7 +380,8 @@ pub struct Artifact {
     pub id: ArtifactId,
     pub product: ProductName,
     pub version: String,
-    pub version_key: String,
+    /// The version, parsed; it prints as its canonical text (the stored `version_key`).
+    pub version_key: Version,
     pub hardware: Vec<HardwareId>,
     pub channel: String,
     pub notes: String,
@@ -417,7 +418,7 @@ pub enum Existing<'a> {
 pub fn classify_existing<'a>(candidates: &'a [Artifact], spec: &ArtifactSpec, digests: &Digests) -> Existing<'a> {
     let overlapping = candidates.iter().filter(|a| {
         a.product == spec.product.as_str()
-            && a.version_key == spec.version.canonical()
+            && a.version_key.is_identical(&spec.version)
             && a.hardware.iter().any(|h| spec.hardware.contains(h))
     });
     let mut first = None;

@@ -568,7 +568,8 @@ pub struct Release {
     pub id: ReleaseId,
     pub product: ProductName,
     pub version: String,
-    pub version_key: String,
+    /// The version, parsed; it prints as its canonical text (the stored `version_key`).
+    pub version_key: Version,
     pub channel: String,
     pub notes: String,
     pub artifact_ids: Vec<ArtifactId>,

@@ -458,7 +458,7 @@ fn artifact_view(state: &AppState, artifact: &Artifact, headers: Option<&HeaderM
         id: artifact.id.to_string(),
         product: artifact.product.to_string(),
         version: artifact.version.clone(),
-        version_canonical: artifact.version_key.clone(),
+        version_canonical: artifact.version_key.canonical(),
         hardware: artifact.hardware.iter().map(ToString::to_string).collect(),
         channel: artifact.channel.clone(),
         notes: artifact.notes.clone(),

@@ -10,6 +10,7 @@ use super::{Store, db_error, now_millis};
 use crate::domain::firmware::{
     Artifact, ArtifactFilter, ArtifactPatch, ArtifactSort, ArtifactSpec, Digests, HardwareId, ImageFacts, ProductName,
 };
+use crate::domain::version::Version;
 use crate::domain::{Error, Result};
 
 /// Everything needed to record a new artifact.
@@ -233,7 +234,7 @@ impl TryFrom<ArtifactRow> for Artifact {
             id: row.id.into(),
             product: row::parsed("product", &row.product, ProductName::parse)?,
             version: row.version,
-            version_key: row.version_key,
+            version_key: row::parsed("version_key", &row.version_key, |text| Ok(Version::parse(text)?))?,
             channel: row.channel,
             notes: row.notes,
             sha256: row.sha256,

@@ -28,7 +28,6 @@ use crate::domain::compat::esp32fota_version;
 use crate::domain::device::Provisioning;
 use crate::domain::firmware::{Artifact, ProductName};
 use crate::domain::mac::Mac;
-use crate::domain::version::Version;
 use crate::http::device_api::ClientIp;
 use crate::http::download::{serve_artifact, serve_with_prefix};
 use crate::services::compat::{self as service, MacCheckin};
@@ -110,7 +109,7 @@ async fn manifest(
     };
     let Some(artifact) = offer else { return Ok(StatusCode::NO_CONTENT.into_response()) };
     // A device's product may differ from the manifest's name; the image route checks it.
-    let Some(version) = Version::parse(&artifact.version_key).ok().as_ref().and_then(esp32fota_version) else {
+    let Some(version) = esp32fota_version(&artifact.version_key) else {
         tracing::info!(version = %artifact.version, "esp32FOTA cannot express a pre-release version; no update offered");
         return Ok(StatusCode::NO_CONTENT.into_response());
     };

@@ -37,7 +37,7 @@ pub async fn create_release(core: &Core, new: NewRelease) -> Result<Release> {
                 format!("build `{id}` is of product `{}`, not `{product}`", artifact.product),
             ));
         }
-        if Version::parse(&artifact.version_key).ok().as_ref() != Some(&version) {
+        if artifact.version_key != version {
             return Err(Error::unprocessable("artifact_mismatch", format!("build `{id}` is version {}, not {version}", artifact.version)));
         }
         for hardware in &artifact.hardware {
@@ -53,7 +53,7 @@ pub async fn create_release(core: &Core, new: NewRelease) -> Result<Release> {
         id: ReleaseId::new(),
         product,
         version: new.version.trim().to_string(),
-        version_key: version.canonical(),
+        version_key: version,
         channel,
         notes,
         artifact_ids,

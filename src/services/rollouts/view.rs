@@ -39,7 +39,7 @@ pub async fn refresh(core: &Core, force: bool) -> Result<()> {
         let Some(Some(release)) = releases.get(&rollout.release_id) else { continue };
         let builds = release_builds(core, release).await?;
         let matcher = matcher(core, &rollout, release, &builds, &mut groups).await?;
-        let Ok(version) = Version::parse(&release.version_key) else { continue };
+        let version = release.version_key.clone();
         let live = LiveRollout {
             offer: RolloutOffer {
                 rollout_id: rollout.id.as_str().into(),

@@ -186,7 +186,7 @@ impl TryFrom<ReleaseRow> for Release {
             id: row.id.into(),
             product: row::parsed("product", &row.product, ProductName::parse)?,
             version: row.version,
-            version_key: row.version_key,
+            version_key: row::parsed("version_key", &row.version_key, |text| Ok(Version::parse(text)?))?,
             channel: row.channel,
             notes: row.notes,
             artifact_ids: Vec::new(),

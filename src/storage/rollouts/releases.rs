@@ -11,7 +11,7 @@ impl Store {
         .bind(release.id.as_str())
         .bind(release.product.as_str())
         .bind(&release.version)
-        .bind(&release.version_key)
+        .bind(release.version_key.canonical())
         .bind(&release.channel)
         .bind(&release.notes)
         .bind(release.created_at.timestamp_millis())

@@ -86,7 +86,7 @@ async fn each_client_facing_constraint_is_its_own_conflict() {
         id: id.into(),
         product: "lamp".parse().unwrap(),
         version: version.into(),
-        version_key: version.into(),
+        version_key: version.parse().unwrap(),
         channel: "stable".into(),
         notes: String::new(),
         artifact_ids: artifacts.iter().map(|a| (*a).into()).collect(),

@@ -126,7 +126,7 @@ async fn rollouts_and_releases_filter_by_product_and_state() {
             id: id.into(),
             product: product.parse().unwrap(),
             version: version.into(),
-            version_key: version.into(),
+            version_key: version.parse().unwrap(),
             channel: "stable".into(),
             notes: String::new(),
             artifact_ids: Vec::new(),
