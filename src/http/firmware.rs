@@ -15,10 +15,10 @@ use super::AppState;
 use super::auth::Admin;
 use super::download::serve_artifact;
 use super::error::{ApiError, ApiJson, ApiQuery, ApiResult, ErrorBody};
-use crate::domain::Error;
 use crate::domain::firmware::{self, Artifact, Channel, ImageFacts, UploadMeta};
 use crate::domain::firmware::{ArtifactFilter, ArtifactPatch, ArtifactSort};
 use crate::domain::version::Version;
+use crate::domain::{ArtifactId, Error};
 use crate::services::firmware::{self as service, BodyError};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -414,7 +414,7 @@ async fn patch_firmware(
     responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, description = "Still in use", body = ErrorBody)),
     security(("bearer" = []), ("admin_key" = []))
 )]
-async fn delete_firmware(State(state): State<AppState>, _admin: Admin, Path(id): Path<String>) -> ApiResult<StatusCode> {
+async fn delete_firmware(State(state): State<AppState>, _admin: Admin, Path(id): Path<ArtifactId>) -> ApiResult<StatusCode> {
     service::delete(&state.core, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -14,7 +14,7 @@ use super::Core;
 use crate::blob::BlobWriter;
 use crate::domain::esp_image::{EspImageInfo, EspImageParser};
 use crate::domain::firmware::{self, Artifact, ArtifactFilter, Digests, Existing, ImageFacts, UploadMeta};
-use crate::domain::{Error, Result};
+use crate::domain::{ArtifactId, Error, Result};
 use crate::storage::NewArtifact;
 
 /// Why a body stream ended early, as reported by the adapter.
@@ -192,7 +192,7 @@ pub async fn totals(core: &Core) -> Result<(u64, u64)> {
 
 /// Deletes an artifact and its blob. The record goes first, so a failure to remove the
 /// blob leaves an orphan blob (logged) rather than a record without bytes.
-pub async fn delete(core: &Core, id: &str) -> Result<Artifact> {
+pub async fn delete(core: &Core, id: &ArtifactId) -> Result<Artifact> {
     if core.store.artifact_in_use(id).await? {
         return Err(in_use());
     }

@@ -21,7 +21,7 @@ use crate::domain::rollout::{
     Transition, Window,
 };
 use crate::domain::version::Version;
-use crate::domain::{Error, GroupId};
+use crate::domain::{Error, GroupId, ReleaseId, RolloutId};
 use crate::services::rollouts::{self as service, NewRelease, NewRollout, Overlap, RolloutStatus};
 
 mod convert;

@@ -259,7 +259,12 @@ pub(super) async fn plan_attempt<'a>(
         (Some(offer), Some(rollouts)) => {
             // A device that failed (or timed out) in this rollout is not offered its release by
             // it again: it stays failed. A pin or another rollout can include it again.
-            if core.store.rollout_member_state(&offer.rollout_id, device_id).await?.is_some_and(|state| state.is_failure()) {
+            if core
+                .store
+                .rollout_member_state(&RolloutId::from(&*offer.rollout_id), &DeviceId::from(device_id))
+                .await?
+                .is_some_and(|state| state.is_failure())
+            {
                 return Ok(AttemptPlan::Refuse);
             }
             if !rollouts.take_slot(&offer.rollout_id) {

@@ -28,7 +28,7 @@ use crate::domain::firmware::{Artifact, ArtifactFilter, ArtifactSort, Channel, H
 use crate::domain::mac::Mac;
 use crate::domain::update::{self, Decision, NoUpdate, Releases, RolloutOffer};
 use crate::domain::version::Version;
-use crate::domain::{AttemptId, Error, Result, secret};
+use crate::domain::{AttemptId, DeviceId, Error, Result, RolloutId, secret};
 use crate::storage::{AttemptOffer, DeviceReport, NewDevice, RolloutSlot};
 
 mod background;

@@ -26,11 +26,11 @@ pub(super) async fn evaluate_one(core: &Core, rollout: &Rollout, now: DateTime<U
         if let Some(at) = rollout.options.start_at
             && at <= now
         {
-            act(core, rollout.id.as_str(), Action::Start, "rule:schedule", &format!("scheduled start at {}", at.to_rfc3339())).await?;
+            act(core, &rollout.id, Action::Start, "rule:schedule", &format!("scheduled start at {}", at.to_rfc3339())).await?;
         }
         return Ok(());
     }
-    let timed_out = core.store.time_out_members(rollout.id.as_str(), now).await?;
+    let timed_out = core.store.time_out_members(&rollout.id, now).await?;
     if timed_out > 0 {
         tracing::info!(rollout_id = %rollout.id, devices = timed_out, "devices timed out");
     }
@@ -41,7 +41,7 @@ pub(super) async fn evaluate_one(core: &Core, rollout: &Rollout, now: DateTime<U
     if rollout.state == RolloutState::Running && recount_due {
         let fractions = target_fractions(core, rollout, rollout.started_at).await?;
         sizes = rollout::stage_sizes(&fractions, &rollout.shares);
-        core.store.record_rollout_count(rollout.id.as_str(), &sizes, fractions.len() as u64).await?;
+        core.store.record_rollout_count(&rollout.id, &sizes, fractions.len() as u64).await?;
     }
     publish_metrics(rollout, &tallies, &sizes);
     if rollout.state != RolloutState::Running {
@@ -52,7 +52,7 @@ pub(super) async fn evaluate_one(core: &Core, rollout: &Rollout, now: DateTime<U
     match rollout::evaluate(&rollout.stages, rollout.current_stage, &tallies, &sizes, soaked) {
         Verdict::Wait => {}
         Verdict::Halt(reason) => {
-            act(core, rollout.id.as_str(), Action::Halt, "rule:error_threshold", &reason).await?;
+            act(core, &rollout.id, Action::Halt, "rule:error_threshold", &reason).await?;
         }
         Verdict::Advance(reason) => {
             let reason = if rollout.last_stage() {
@@ -60,7 +60,7 @@ pub(super) async fn evaluate_one(core: &Core, rollout: &Rollout, now: DateTime<U
             } else {
                 format!("{reason}; stage {} opened", rollout.current_stage + 2)
             };
-            act(core, rollout.id.as_str(), Action::Advance, "rule:success_threshold", &reason).await?;
+            act(core, &rollout.id, Action::Advance, "rule:success_threshold", &reason).await?;
         }
     }
     Ok(())

@@ -4,7 +4,7 @@ use super::*;
 
 pub struct NewRollout {
     pub name: Option<String>,
-    pub release_id: String,
+    pub release_id: ReleaseId,
     pub target: Target,
     /// Ids or MACs of an explicit device list.
     pub devices: Option<Vec<String>>,
@@ -94,7 +94,7 @@ pub async fn create_rollout(core: &Core, new: NewRollout) -> Result<(Rollout, Ve
         release_id: release.id.to_string(),
         overlaps: overlaps.len(),
     });
-    let rollout = if new.start { act(core, rollout.id.as_str(), Action::Start, "operator", "started at creation").await? } else { rollout };
+    let rollout = if new.start { act(core, &rollout.id, Action::Start, "operator", "started at creation").await? } else { rollout };
     Ok((rollout, overlaps))
 }
 
@@ -111,7 +111,7 @@ pub(super) async fn overlaps(core: &Core, new: &Rollout, release: &Release) -> R
     let new_matcher = matcher(core, new, release, &builds, &mut groups).await?;
     let mut matchers = Vec::new();
     for other in &others {
-        let Some(other_release) = core.store.find_release(other.release_id.as_str()).await? else { continue };
+        let Some(other_release) = core.store.find_release(&other.release_id).await? else { continue };
         let other_builds = release_builds(core, &other_release).await?;
         matchers.push((other, other_release.version.clone(), matcher(core, other, &other_release, &other_builds, &mut groups).await?));
     }
@@ -221,7 +221,7 @@ pub(super) async fn load_targets_after(core: &Core, product: &str, index: &mut P
 
 /// The sorted membership fractions of the devices a rollout targets now.
 pub(super) async fn target_fractions(core: &Core, rollout: &Rollout, registered_by: Option<DateTime<Utc>>) -> Result<Vec<f64>> {
-    let release = find_release(core, rollout.release_id.as_str()).await?;
+    let release = find_release(core, &rollout.release_id).await?;
     let builds = release_builds(core, &release).await?;
     let mut groups = HashMap::new();
     let mut matcher = matcher(core, rollout, &release, &builds, &mut groups).await?;
@@ -242,12 +242,14 @@ pub async fn list_rollouts(core: &Core, states: &[RolloutState], product: Option
     core.store.list_rollouts(states, product).await
 }
 
+/// The rollout with this id (any text: an id that names no rollout is 404).
 pub async fn find_rollout(core: &Core, id: &str) -> Result<Rollout> {
-    core.store.find_rollout(id).await?.ok_or_else(|| Error::not_found("rollout", id))
+    let id = RolloutId::from(id);
+    core.store.find_rollout(&id).await?.ok_or_else(|| Error::not_found("rollout", id))
 }
 
 /// Applies an operator's or a rule's action; returns the rollout as it is afterwards.
-pub async fn act(core: &Core, id: &str, action: Action, actor: &str, reason: &str) -> Result<Rollout> {
+pub async fn act(core: &Core, id: &RolloutId, action: Action, actor: &str, reason: &str) -> Result<Rollout> {
     let rollout = find_rollout(core, id).await?;
     let to = rollout::next_state(rollout.state, action, rollout.last_stage())?;
     let mut reason = if reason.is_empty() { default_reason(action, &rollout) } else { reason.to_string() };
@@ -296,7 +298,7 @@ pub async fn act(core: &Core, id: &str, action: Action, actor: &str, reason: &st
             check_floor(core, &rollout).await?;
             let applied = core.store.roll_back(&change).await?;
             if applied {
-                for member in core.store.rollout_members(rollout.id.as_str()).await? {
+                for member in core.store.rollout_members(&rollout.id).await? {
                     if member.from_version.is_some() && member.state != MemberState::Failed {
                         devices::forget_cached_device(core, &member.device_id);
                     }
@@ -342,7 +344,7 @@ pub(super) async fn check_floor(core: &Core, rollout: &Rollout) -> Result<()> {
     let Ok(floor) = Version::parse(&floor) else { return Ok(()) };
     let below = core
         .store
-        .rollout_members(rollout.id.as_str())
+        .rollout_members(&rollout.id)
         .await?
         .iter()
         .filter(|m| m.state != MemberState::Failed)
@@ -369,9 +371,9 @@ pub struct RolloutStatus {
     pub total: Tally,
 }
 
-pub async fn status(core: &Core, id: &str) -> Result<RolloutStatus> {
+pub async fn status(core: &Core, id: &RolloutId) -> Result<RolloutStatus> {
     let rollout = find_rollout(core, id).await?;
-    let release = core.store.find_release(rollout.release_id.as_str()).await?;
+    let release = core.store.find_release(&rollout.release_id).await?;
     let (tallies, total) = tallies(core, &rollout).await?;
     Ok(RolloutStatus { rollout, release, tallies, total })
 }
@@ -379,7 +381,7 @@ pub async fn status(core: &Core, id: &str) -> Result<RolloutStatus> {
 pub(super) async fn tallies(core: &Core, rollout: &Rollout) -> Result<(Vec<Tally>, Tally)> {
     let mut tallies = vec![Tally::default(); rollout.stages.len()];
     let mut total = Tally::default();
-    for (stage, state, excused, n) in core.store.rollout_tally(rollout.id.as_str()).await? {
+    for (stage, state, excused, n) in core.store.rollout_tally(&rollout.id).await? {
         let excused = if excused && state.is_failure() { n } else { 0 };
         if let Some(tally) = tallies.get_mut(stage) {
             tally.add(state, n);
@@ -391,7 +393,7 @@ pub(super) async fn tallies(core: &Core, rollout: &Rollout) -> Result<(Vec<Tally
     Ok((tallies, total))
 }
 
-pub async fn history(core: &Core, id: &str) -> Result<Vec<Transition>> {
+pub async fn history(core: &Core, id: &RolloutId) -> Result<Vec<Transition>> {
     find_rollout(core, id).await?;
     core.store.rollout_history(id).await
 }

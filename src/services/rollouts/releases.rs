@@ -74,11 +74,11 @@ pub async fn list_releases(core: &Core, product: Option<&str>) -> Result<Vec<Rel
     core.store.list_releases(product).await
 }
 
-pub async fn find_release(core: &Core, id: &str) -> Result<Release> {
+pub async fn find_release(core: &Core, id: &ReleaseId) -> Result<Release> {
     core.store.find_release(id).await?.ok_or_else(|| Error::not_found("release", id))
 }
 
-pub async fn delete_release(core: &Core, id: &str) -> Result<()> {
+pub async fn delete_release(core: &Core, id: &ReleaseId) -> Result<()> {
     if !core.store.delete_release(id).await? {
         return Err(Error::not_found("release", id));
     }

@@ -34,7 +34,7 @@ pub async fn refresh(core: &Core, force: bool) -> Result<()> {
             expires = Some(expires.map_or(until, |e| e.min(until)));
         }
         if !releases.contains_key(&rollout.release_id) {
-            releases.insert(rollout.release_id.clone(), core.store.find_release(rollout.release_id.as_str()).await?);
+            releases.insert(rollout.release_id.clone(), core.store.find_release(&rollout.release_id).await?);
         }
         let Some(Some(release)) = releases.get(&rollout.release_id) else { continue };
         let builds = release_builds(core, release).await?;

@@ -14,7 +14,7 @@ use crate::domain::rollout::{
     ErrorThreshold, Group, MemberState, Release, Rollout, RolloutOptions, RolloutState, Stage, StageSize, Target, Transition, Window,
 };
 use crate::domain::version::Version;
-use crate::domain::{ArtifactId, DeviceId, Error, GroupId, ReleaseId, Result};
+use crate::domain::{ArtifactId, DeviceId, Error, GroupId, ReleaseId, Result, RolloutId};
 
 mod groups;
 mod managed;

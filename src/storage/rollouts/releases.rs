@@ -51,9 +51,9 @@ impl Store {
         tx.commit().await.map_err(|e| db_error(e, "failed to commit a release"))
     }
 
-    pub async fn find_release(&self, id: &str) -> Result<Option<Release>> {
+    pub async fn find_release(&self, id: &ReleaseId) -> Result<Option<Release>> {
         let row = sqlx::query("SELECT id, product, version, version_key, channel, notes, created_at FROM firmware_release WHERE id = $1")
-            .bind(id)
+            .bind(id.as_str())
             .fetch_optional(&self.pool)
             .await
             .map_err(|e| db_error(e, "failed to read a release"))?;
@@ -87,13 +87,13 @@ impl Store {
     }
 
     /// Deletes a release no rollout uses; false if it does not exist.
-    pub async fn delete_release(&self, id: &str) -> Result<bool> {
+    pub async fn delete_release(&self, id: &ReleaseId) -> Result<bool> {
         let mut tx = self.pool.begin().await.map_err(|e| db_error(e, "failed to begin a transaction"))?;
         // A write first: on SQLite, a transaction that reads first and then writes fails at
         // once (no busy wait) when another connection wrote in between.
         bump_revision(&mut tx).await?;
         let used: i64 = sqlx::query("SELECT COUNT(*) AS n FROM rollout WHERE release_id = $1")
-            .bind(id)
+            .bind(id.as_str())
             .fetch_one(&mut *tx)
             .await
             .map_err(|e| db_error(e, "failed to check a release's rollouts"))?
@@ -102,12 +102,12 @@ impl Store {
             return Err(Error::conflict("release_in_use", "a rollout uses this release; releases with rollouts are kept as history"));
         }
         sqlx::query("DELETE FROM release_artifact WHERE release_id = $1")
-            .bind(id)
+            .bind(id.as_str())
             .execute(&mut *tx)
             .await
             .map_err(|e| db_error(e, "failed to delete a release"))?;
         let deleted = sqlx::query("DELETE FROM firmware_release WHERE id = $1")
-            .bind(id)
+            .bind(id.as_str())
             .execute(&mut *tx)
             .await
             .map_err(|e| db_error(e, "failed to delete a release"))?;
@@ -134,9 +134,9 @@ impl Store {
     }
 
     /// True when a build belongs to a release (so it cannot be deleted).
-    pub async fn artifact_released(&self, artifact_id: &str) -> Result<bool> {
+    pub async fn artifact_released(&self, artifact_id: &ArtifactId) -> Result<bool> {
         let row = sqlx::query("SELECT COUNT(*) AS n FROM release_artifact WHERE artifact_id = $1")
-            .bind(artifact_id)
+            .bind(artifact_id.as_str())
             .fetch_one(&self.pool)
             .await
             .map_err(|e| db_error(e, "failed to check a build's release"))?;
