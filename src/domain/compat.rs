@@ -114,7 +114,7 @@ pub struct CompatFile {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::firmware::ProductName;
+    use crate::domain::firmware::{Channel, ProductName};
 
     fn artifact(id: &str, version: &str, hardware: &[&str]) -> Artifact {
         let created_at = chrono::DateTime::from_timestamp_millis(1_700_000_000_000).unwrap();
@@ -124,7 +124,7 @@ mod tests {
             version: version.into(),
             version_key: Version::parse(version).unwrap(),
             hardware: hardware.iter().map(|h| HardwareId::parse(h).unwrap()).collect(),
-            channel: "stable".into(),
+            channel: Channel::stable(),
             notes: String::new(),
             size: 1,
             sha256: String::new(),
@@ -219,7 +219,7 @@ mod tests {
     #[test]
     fn latest_is_the_marked_build_else_the_newest_stable_one() {
         let mut beta = artifact("c", "9.0.0", &["esp32"]);
-        beta.channel = "beta".into();
+        beta.channel = "beta".parse().unwrap();
         let builds = [artifact("a", "1.00", &["esp32"]), artifact("b", "1.02", &["esp32"]), beta];
         assert_eq!(cyberdeck_latest(&builds, "app", None).map(|a| a.id.as_str()), Some("b"));
         assert_eq!(cyberdeck_latest(&builds, "app", Some("a")).map(|a| a.id.as_str()), Some("a"));

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use super::error::{Error, Result};
-use super::firmware::{HardwareId, ProductName};
+use super::firmware::{Channel, HardwareId, ProductName};
 use super::ids::{ArtifactId, AttemptId, DeviceId, ReleaseId, RolloutId};
 use super::mac::Mac;
 
@@ -327,7 +327,7 @@ pub struct Device {
     pub name: String,
     pub product: Option<ProductName>,
     pub hardware: Option<HardwareId>,
-    pub channel: String,
+    pub channel: Channel,
     pub version: Option<String>,
     pub target_version: Option<String>,
     pub tags: Vec<String>,
@@ -423,7 +423,7 @@ pub struct DevicePatch {
     pub name: Option<String>,
     pub product: Option<Option<ProductName>>,
     pub hardware: Option<Option<HardwareId>>,
-    pub channel: Option<String>,
+    pub channel: Option<Channel>,
     pub target_version: Option<Option<String>>,
     pub tags: Option<Vec<String>>,
     pub metadata: Option<Value>,
@@ -447,7 +447,7 @@ pub enum DeviceSort {
 #[derive(Debug, Clone, Default)]
 pub struct DeviceFilter {
     pub product: Option<String>,
-    pub hardware: Option<String>,
+    pub hardware: Option<HardwareId>,
     pub version: Option<String>,
     pub tag: Option<String>,
     /// `Some(true)`: seen since the cut-off; `Some(false)`: not. Set by the operator's listing

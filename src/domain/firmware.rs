@@ -72,6 +72,11 @@ pub struct Channel(String);
 impl Channel {
     pub const DEFAULT: &'static str = "stable";
 
+    /// The default channel, `stable`.
+    pub fn stable() -> Channel {
+        Channel(Channel::DEFAULT.into())
+    }
+
     pub fn parse(input: &str) -> Result<Channel> {
         let text = input.trim().to_ascii_lowercase();
         let ok = !text.is_empty() && text.len() <= 32 && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
@@ -304,7 +309,7 @@ pub fn resolve(meta: &UploadMeta, image: Option<&EspImageInfo>) -> Result<Artifa
 
     let channel = match &meta.channel {
         Some(channel) => Channel::parse(channel)?,
-        None => Channel(Channel::DEFAULT.into()),
+        None => Channel::stable(),
     };
     Ok(ArtifactSpec { product, version, version_label, hardware, notes: meta.notes.clone().unwrap_or_default(), channel })
 }
@@ -383,7 +388,7 @@ pub struct Artifact {
     /// The version, parsed; it prints as its canonical text (the stored `version_key`).
     pub version_key: Version,
     pub hardware: Vec<HardwareId>,
-    pub channel: String,
+    pub channel: Channel,
     pub notes: String,
     pub size: u64,
     pub sha256: String,
@@ -444,7 +449,7 @@ fn clip(text: &str) -> String {
 #[derive(Debug, Clone, Default)]
 pub struct ArtifactFilter {
     pub product: Option<String>,
-    pub hardware: Option<String>,
+    pub hardware: Option<HardwareId>,
     /// Canonical version.
     pub version_key: Option<String>,
     pub channel: Option<String>,
@@ -466,7 +471,7 @@ pub enum ArtifactSort {
 #[derive(Debug, Clone, Default)]
 pub struct ArtifactPatch {
     pub notes: Option<String>,
-    pub channel: Option<String>,
+    pub channel: Option<Channel>,
 }
 
 #[cfg(test)]

@@ -137,14 +137,6 @@ ids! {
     CommandId;
 }
 
-impl ReleaseId {
-    /// The release id an attempt records for a build that belongs to no release: the build's
-    /// own id.
-    pub fn of_lone_build(artifact: &ArtifactId) -> ReleaseId {
-        ReleaseId(artifact.as_str().to_string())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,11 +169,5 @@ mod tests {
         assert!(serde_json::from_str::<RolloutId>("1").is_err());
         let ids = vec![ReleaseId::from("a"), ReleaseId::from("b")];
         assert_eq!(serde_json::to_string(&ids).unwrap(), r#"["a","b"]"#);
-    }
-
-    #[test]
-    fn a_lone_build_is_its_own_release() {
-        let artifact = ArtifactId::from("b-1");
-        assert_eq!(ReleaseId::of_lone_build(&artifact).as_str(), "b-1");
     }
 }

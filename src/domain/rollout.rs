@@ -13,7 +13,7 @@ use std::collections::HashSet;
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use sha2::{Digest, Sha256};
 
-use super::firmware::{HardwareId, ProductName};
+use super::firmware::{Channel, HardwareId, ProductName};
 use super::ids::{ArtifactId, DeviceId, GroupId, ReleaseId, RolloutId};
 use super::update::channel_receives;
 use super::version::Version;
@@ -274,7 +274,7 @@ pub struct Target {
     /// Hardware ids; empty: every hardware the release has a build for.
     pub hardware: Vec<HardwareId>,
     /// Device channels; empty: every channel that receives the release's channel.
-    pub channels: Vec<String>,
+    pub channels: Vec<Channel>,
     /// The device has every one of these tags.
     pub tags: Vec<String>,
     /// Running version at least this (inclusive).
@@ -570,7 +570,7 @@ pub struct Release {
     pub version: String,
     /// The version, parsed; it prints as its canonical text (the stored `version_key`).
     pub version_key: Version,
-    pub channel: String,
+    pub channel: Channel,
     pub notes: String,
     pub artifact_ids: Vec<ArtifactId>,
     pub created_at: DateTime<Utc>,

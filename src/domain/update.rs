@@ -165,7 +165,7 @@ mod tests {
             version: version.into(),
             version_key: Version::parse(version).unwrap(),
             hardware: hardware.iter().map(|h| HardwareId::parse(h).unwrap()).collect(),
-            channel: channel.into(),
+            channel: channel.parse().unwrap(),
             notes: String::new(),
             size: 1,
             sha256: String::new(),

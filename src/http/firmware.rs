@@ -346,7 +346,7 @@ async fn list_firmware(
         None => None,
     };
     let hardware = match &query.hardware {
-        Some(h) => Some(firmware::HardwareId::parse(h)?.as_str().to_string()),
+        Some(h) => Some(firmware::HardwareId::parse(h)?),
         None => None,
     };
     let filter = ArtifactFilter {
@@ -399,7 +399,7 @@ async fn patch_firmware(
         return Err(Error::invalid("invalid_notes", format!("notes must be at most {} bytes", firmware::MAX_NOTES_LEN)).into());
     }
     let channel = match &body.channel {
-        Some(c) => Some(Channel::parse(c)?.as_str().to_string()),
+        Some(c) => Some(Channel::parse(c)?),
         None => None,
     };
     let patch = ArtifactPatch { notes: body.notes, channel };
@@ -460,7 +460,7 @@ fn artifact_view(state: &AppState, artifact: &Artifact, headers: Option<&HeaderM
         version: artifact.version.clone(),
         version_canonical: artifact.version_key.canonical(),
         hardware: artifact.hardware.iter().map(ToString::to_string).collect(),
-        channel: artifact.channel.clone(),
+        channel: artifact.channel.to_string(),
         notes: artifact.notes.clone(),
         size: artifact.size,
         sha256: artifact.sha256.clone(),

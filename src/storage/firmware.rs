@@ -8,7 +8,7 @@ use super::row::{self, Corrupt, Table, map_row, map_rows};
 use super::sql::{self, Builder, violates};
 use super::{Store, db_error, now_millis};
 use crate::domain::firmware::{
-    Artifact, ArtifactFilter, ArtifactPatch, ArtifactSort, ArtifactSpec, Digests, HardwareId, ImageFacts, ProductName,
+    Artifact, ArtifactFilter, ArtifactPatch, ArtifactSort, ArtifactSpec, Channel, Digests, HardwareId, ImageFacts, ProductName,
 };
 use crate::domain::version::Version;
 use crate::domain::{Error, Result};
@@ -127,7 +127,7 @@ impl Store {
         let result =
             sqlx::query("UPDATE artifact SET notes = COALESCE($1, notes), channel = COALESCE($2, channel), updated_at = $3 WHERE id = $4")
                 .bind(patch.notes.clone())
-                .bind(patch.channel.clone())
+                .bind(patch.channel.as_deref().map(str::to_string))
                 .bind(now_millis())
                 .bind(id)
                 .execute(&self.pool)
@@ -192,7 +192,11 @@ fn push_artifact_filter(query: &mut Builder, filter: &ArtifactFilter) {
         conditions.next().push("channel = ").push_bind(channel.clone());
     }
     if let Some(hardware) = &filter.hardware {
-        conditions.next().push("id IN (SELECT artifact_id FROM artifact_hardware WHERE hardware = ").push_bind(hardware.clone()).push(")");
+        conditions
+            .next()
+            .push("id IN (SELECT artifact_id FROM artifact_hardware WHERE hardware = ")
+            .push_bind(hardware.to_string())
+            .push(")");
     }
 }
 
@@ -235,7 +239,7 @@ impl TryFrom<ArtifactRow> for Artifact {
             product: row::parsed("product", &row.product, ProductName::parse)?,
             version: row.version,
             version_key: row::parsed("version_key", &row.version_key, |text| Ok(Version::parse(text)?))?,
-            channel: row.channel,
+            channel: row::parsed("channel", &row.channel, Channel::parse)?,
             notes: row.notes,
             sha256: row.sha256,
             sha1: row.sha1,

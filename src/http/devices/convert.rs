@@ -10,7 +10,7 @@ pub fn device_view(state: &AppState, device: &Device) -> DeviceView {
         name: device.name.clone(),
         product: device.product.as_ref().map(ToString::to_string),
         hardware: device.hardware.as_ref().map(ToString::to_string),
-        channel: device.channel.clone(),
+        channel: device.channel.to_string(),
         version: device.version.clone(),
         target_version: device.target_version.clone(),
         tags: device.tags.clone(),

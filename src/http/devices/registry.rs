@@ -66,7 +66,7 @@ pub(super) async fn list_devices(
         Some("offline") => Some(service::PresenceFilter::Offline),
         Some(other) => return Err(Error::invalid("invalid_query", format!("status `{other}` is not one of online, offline")).into()),
     };
-    let hardware = query.hardware.as_deref().map(HardwareId::parse).transpose()?.map(|h| h.as_str().to_string());
+    let hardware = query.hardware.as_deref().map(HardwareId::parse).transpose()?;
     let filter = DeviceFilter {
         product: query.product.clone(),
         hardware,
@@ -118,7 +118,7 @@ pub(super) async fn patch_device(
         name: body.name.as_deref().map(|n| check_text("name", "invalid_name", n, 128)).transpose()?,
         product: body.product.map(|p| p.as_deref().map(ProductName::parse).transpose()).transpose()?,
         hardware: body.hardware.map(|h| h.as_deref().map(HardwareId::parse).transpose()).transpose()?,
-        channel: body.channel.as_deref().map(Channel::parse).transpose()?.map(|c| c.as_str().to_string()),
+        channel: body.channel.as_deref().map(Channel::parse).transpose()?,
         target_version: body.target_version,
         tags: body.tags.as_deref().map(check_tags).transpose()?,
         metadata: match body.metadata {

@@ -7,7 +7,7 @@ pub(super) fn release_view(release: &Release) -> ReleaseView {
         id: release.id.to_string(),
         product: release.product.to_string(),
         version: release.version.clone(),
-        channel: release.channel.clone(),
+        channel: release.channel.to_string(),
         notes: release.notes.clone(),
         artifact_ids: release.artifact_ids.iter().map(ToString::to_string).collect(),
         created_at: timestamp(release.created_at),
@@ -93,7 +93,7 @@ pub(super) fn rollout_view(status: &RolloutStatus) -> RolloutView {
         stages,
         target: TargetBody {
             hardware: rollout.target.hardware.iter().map(ToString::to_string).collect(),
-            channels: rollout.target.channels.clone(),
+            channels: rollout.target.channels.iter().map(ToString::to_string).collect(),
             tags: rollout.target.tags.clone(),
             version_min: rollout.target.version_min.as_ref().map(Version::canonical),
             version_max: rollout.target.version_max.as_ref().map(Version::canonical),
@@ -150,11 +150,7 @@ pub(super) fn parse_version(field: &str, value: &Option<String>) -> Result<Optio
 
 pub(super) fn parse_target(body: &TargetBody) -> Result<Target, Error> {
     let hardware = body.hardware.iter().map(|h| HardwareId::parse(h)).collect::<Result<Vec<_>, _>>()?;
-    let channels = body
-        .channels
-        .iter()
-        .map(|c| crate::domain::firmware::Channel::parse(c).map(|c| c.as_str().to_string()))
-        .collect::<Result<Vec<_>, _>>()?;
+    let channels = body.channels.iter().map(|c| crate::domain::firmware::Channel::parse(c)).collect::<Result<Vec<_>, _>>()?;
     let tags = crate::domain::device::check_tags(&body.tags)?;
     Ok(Target {
         hardware,

@@ -23,7 +23,7 @@ pub async fn identify_by_mac(core: &Core, mac: &Mac, product: &str, hardware: Op
             name: mac.canonical(),
             product: Some(product),
             hardware,
-            channel: Channel::DEFAULT.into(),
+            channel: Channel::stable(),
             version,
             target_version: None,
             tags: Vec::new(),

@@ -222,7 +222,7 @@ pub async fn provision(core: &Core, request: ProvisionRequest, ip: IpAddr) -> Re
                     name,
                     product: Some(product.name.clone()),
                     hardware,
-                    channel: Channel::DEFAULT.into(),
+                    channel: Channel::stable(),
                     version: request.version.clone(),
                     target_version: None,
                     tags: Vec::new(),

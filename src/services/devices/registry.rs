@@ -24,7 +24,7 @@ pub async fn register(core: &Core, request: NewDeviceRequest) -> Result<Device> 
     };
     let product = request.product.as_deref().map(ProductName::parse).transpose()?;
     let hardware = request.hardware.as_deref().map(HardwareId::parse).transpose()?;
-    let channel = Channel::parse(request.channel.as_deref().unwrap_or(Channel::DEFAULT))?.as_str().to_string();
+    let channel = Channel::parse(request.channel.as_deref().unwrap_or(Channel::DEFAULT))?;
     for (field, value) in [("version", &request.version), ("target_version", &request.target_version)] {
         if let Some(v) = value {
             Version::parse(v).map_err(|e| e.in_field(field))?;

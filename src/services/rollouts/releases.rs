@@ -15,7 +15,7 @@ pub struct NewRelease {
 pub async fn create_release(core: &Core, new: NewRelease) -> Result<Release> {
     let product = ProductName::parse(&new.product)?;
     let version = Version::parse(&new.version)?;
-    let channel = Channel::parse(new.channel.as_deref().unwrap_or(Channel::DEFAULT))?.as_str().to_string();
+    let channel = Channel::parse(new.channel.as_deref().unwrap_or(Channel::DEFAULT))?;
     let notes = new.notes.unwrap_or_default();
     if notes.len() > crate::domain::firmware::MAX_NOTES_LEN {
         return Err(Error::invalid("invalid_notes", "notes must be at most 16 KiB"));

@@ -122,7 +122,7 @@ pub(super) async fn matcher(
     Ok(Matcher {
         target: rollout.target.clone(),
         release_hardware,
-        release_channel: release.channel.clone(),
+        release_channel: release.channel.to_string(),
         group,
         registered_by: if rollout.options.dynamic { None } else { Some(rollout.started_at.unwrap_or_else(Utc::now).timestamp_millis()) },
     })

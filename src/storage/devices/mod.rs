@@ -11,7 +11,7 @@ use super::{Store, db_error, now_millis};
 use crate::domain::device::{
     Device, DeviceFilter, DevicePatch, DeviceSort, Product, Provisioning, SetupEvent, SetupStatus, UpdateAttempt, UpdateEvent, UpdateState,
 };
-use crate::domain::firmware::{HardwareId, ProductName};
+use crate::domain::firmware::{Channel, HardwareId, ProductName};
 use crate::domain::ids::DeviceId;
 use crate::domain::mac::Mac;
 use crate::domain::{Error, Result};
@@ -86,7 +86,7 @@ pub struct NewDevice {
     pub name: String,
     pub product: Option<ProductName>,
     pub hardware: Option<HardwareId>,
-    pub channel: String,
+    pub channel: Channel,
     pub version: Option<String>,
     pub target_version: Option<String>,
     pub tags: Vec<String>,
@@ -249,7 +249,7 @@ impl TryFrom<DeviceRow> for Device {
             name: row.name,
             product: row::parsed_opt("product", row.product.as_deref(), ProductName::parse)?,
             hardware: row::parsed_opt("hardware", row.hardware.as_deref(), HardwareId::parse)?,
-            channel: row.channel,
+            channel: row::parsed("channel", &row.channel, Channel::parse)?,
             version: row.version,
             target_version: row.target_version,
             owner: row.owner,

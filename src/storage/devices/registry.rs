@@ -15,7 +15,7 @@ impl Store {
         .bind(&new.name)
         .bind(new.product.as_deref().map(str::to_string))
         .bind(new.hardware.as_deref().map(str::to_string))
-        .bind(&new.channel)
+        .bind(new.channel.as_str())
         .bind(new.version.clone())
         .bind(new.target_version.clone())
         .bind(serde_json::to_string(&new.tags).expect("tags serialize"))
@@ -137,7 +137,7 @@ impl Store {
             update.push(", hardware = ").push_bind(hardware.as_deref().map(str::to_string));
         }
         if let Some(channel) = &patch.channel {
-            update.push(", channel = ").push_bind(channel.clone());
+            update.push(", channel = ").push_bind(channel.to_string());
         }
         if let Some(target_version) = &patch.target_version {
             update.push(", target_version = ").push_bind(target_version.clone());
@@ -302,7 +302,7 @@ fn push_device_filter(query: &mut Builder, filter: &DeviceFilter) {
         conditions.next().push("product = ").push_bind(product.clone());
     }
     if let Some(hardware) = &filter.hardware {
-        conditions.next().push("hardware = ").push_bind(hardware.to_ascii_lowercase());
+        conditions.next().push("hardware = ").push_bind(hardware.to_string());
     }
     if let Some(version) = &filter.version {
         conditions.next().push("version = ").push_bind(version.clone());

@@ -9,7 +9,7 @@ use sqlx::{Any, AssertSqlSafe, Row};
 use super::row::{self, Corrupt, Table, map_row, map_rows};
 use super::sql::{self, Builder, violates};
 use super::{Store, db_error, now_millis};
-use crate::domain::firmware::{HardwareId, ProductName};
+use crate::domain::firmware::{Channel, HardwareId, ProductName};
 use crate::domain::rollout::{
     ErrorThreshold, Group, MemberState, Release, Rollout, RolloutOptions, RolloutState, Stage, StageSize, Target, Transition, Window,
 };
@@ -187,7 +187,7 @@ impl TryFrom<ReleaseRow> for Release {
             product: row::parsed("product", &row.product, ProductName::parse)?,
             version: row.version,
             version_key: row::parsed("version_key", &row.version_key, |text| Ok(Version::parse(text)?))?,
-            channel: row.channel,
+            channel: row::parsed("channel", &row.channel, Channel::parse)?,
             notes: row.notes,
             artifact_ids: Vec::new(),
         })
@@ -415,7 +415,7 @@ fn member_state(text: &str) -> std::result::Result<MemberState, Corrupt> {
 #[derive(Serialize, Deserialize)]
 pub(super) struct StoredTarget {
     hardware: Vec<HardwareId>,
-    channels: Vec<String>,
+    channels: Vec<Channel>,
     tags: Vec<String>,
     /// Canonical versions.
     version_min: Option<String>,

@@ -12,7 +12,7 @@ impl Store {
         .bind(release.product.as_str())
         .bind(&release.version)
         .bind(release.version_key.canonical())
-        .bind(&release.channel)
+        .bind(release.channel.as_str())
         .bind(&release.notes)
         .bind(release.created_at.timestamp_millis())
         .execute(&mut *tx)

@@ -87,7 +87,7 @@ async fn each_client_facing_constraint_is_its_own_conflict() {
         product: "lamp".parse().unwrap(),
         version: version.into(),
         version_key: version.parse().unwrap(),
-        channel: "stable".into(),
+        channel: Channel::stable(),
         notes: String::new(),
         artifact_ids: artifacts.iter().map(|a| (*a).into()).collect(),
         created_at: Utc::now(),

@@ -71,7 +71,7 @@ async fn device_filters_combine_texts_and_numbers_in_any_order() {
     assert_eq!(found(&store, between).await, (macs(&["02"]), 1));
     let exact = DeviceFilter {
         product: Some("lamp".into()),
-        hardware: Some("ESP32".into()),
+        hardware: Some("ESP32".parse().unwrap()),
         version: Some("1.0.0".into()),
         owner: None,
         tag: Some("north".into()),
@@ -127,7 +127,7 @@ async fn rollouts_and_releases_filter_by_product_and_state() {
             product: product.parse().unwrap(),
             version: version.into(),
             version_key: version.parse().unwrap(),
-            channel: "stable".into(),
+            channel: Channel::stable(),
             notes: String::new(),
             artifact_ids: Vec::new(),
             created_at: Utc::now(),
