@@ -108,7 +108,7 @@ start_updraft() {
   mkdir -p "$data"
   (
     cd "$(dirname -- "$data")" &&
-      exec env "${unset_args[@]}" UPDRAFT_ADMIN_API_KEY="$BENCH_KEY" UPDRAFT_LOG=warn \
+      exec env "${unset_args[@]}" UPDRAFT_ADMIN_API_KEY="$BENCH_KEY" UPDRAFT_LOG="${BENCH_SERVER_LOG:-warn}" \
         "$bin" serve --listen "127.0.0.1:$port" --data-dir "$data"
   ) >"$logfile" 2>&1 9>&- &
   SERVER_PID=$!

@@ -147,18 +147,26 @@ impl Application {
             Some(config) => crate::net::serve(crate::net::TlsListener::new(listener, config)?, app, stop_rx, grace).await,
             None => crate::net::serve(listener, app, stop_rx, grace).await,
         }
-        let deadline = stopping.get().copied().unwrap_or_else(Instant::now) + grace;
+        let began = stopping.get().copied().unwrap_or_else(Instant::now);
+        let deadline = began + grace;
+        let since = |at: Instant| at.duration_since(began).as_millis() as u64;
+        tracing::info!(after_ms = since(Instant::now()), "requests drained");
         if let Some(mqtt) = &mqtt {
             mqtt.stop();
         }
         // The loops stop before the final presence flush, so that none races it.
         let remaining = deadline.saturating_duration_since(Instant::now());
-        if !core.tasks.stop(remaining.min(Duration::from_secs(5))).await {
+        if core.tasks.stop(remaining.min(Duration::from_secs(5))).await {
+            tracing::info!(after_ms = since(Instant::now()), "background tasks stopped");
+        } else {
             tracing::warn!(running = core.tasks.running(), "background tasks did not stop in time");
         }
-        write_presence_until(&core, deadline).await;
+        // Closing the database (and rolling back a batch cut off by the deadline) takes a
+        // moment: the presence write stops early enough for the exit to keep the deadline.
+        let margin = (grace / 10).min(Duration::from_secs(1));
+        write_presence_until(&core, deadline.checked_sub(margin).unwrap_or(deadline)).await;
         store.close().await;
-        tracing::info!("stopped");
+        tracing::info!(after_ms = since(Instant::now()), "stopped");
         Ok(())
     }
 }
