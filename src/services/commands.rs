@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use super::Core;
 use super::events::Event;
 use crate::domain::command::{self, Command, CommandResult, CommandState};
-use crate::domain::{CommandId, Error, Result, mqtt};
+use crate::domain::{CommandId, DeviceId, Error, Result, mqtt};
 
 /// Waiters of this replica, by command id.
 #[derive(Default)]
@@ -71,10 +71,8 @@ pub async fn issue(core: &Core, device_id: &str, request: NewCommand, actor: &st
     });
     // Not retained: a command is for the session that is there now (or its queue).
     if let Err(e) = core.outbox.publish(mqtt::command_topic(device.id.as_str()), Bytes::from(payload.to_string()), false).await {
-        let _ = core
-            .store
-            .complete_command(command.id.as_str(), device.id.as_str(), CommandState::Failed, None, Some("the broker refused the message"))
-            .await;
+        let _ =
+            core.store.complete_command(&command.id, &device.id, CommandState::Failed, None, Some("the broker refused the message")).await;
         return Err(e);
     }
     tracing::info!(device_id = %device.id, command_id = %command.id, name = %command.name, actor, "command sent");
@@ -88,12 +86,12 @@ pub async fn issue(core: &Core, device_id: &str, request: NewCommand, actor: &st
 
 /// Records a device's `cmd/result`. Unknown ids, other devices' commands and answers after
 /// the deadline are refused (and logged by the caller).
-pub async fn complete(core: &Core, device_id: &str, payload: &[u8]) -> Result<Command> {
+pub async fn complete(core: &Core, device_id: &DeviceId, payload: &[u8]) -> Result<Command> {
     let answer = CommandResult::parse(payload)?;
     let state = if answer.ok { CommandState::Succeeded } else { CommandState::Failed };
     let (command, changed) = core
         .store
-        .complete_command(answer.id.as_str(), device_id, state, answer.result.as_ref(), answer.error.as_deref())
+        .complete_command(&answer.id, device_id, state, answer.result.as_ref(), answer.error.as_deref())
         .await?
         .ok_or_else(|| Error::not_found("command", answer.id.as_str()))?;
     if !changed {

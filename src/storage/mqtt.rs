@@ -6,9 +6,9 @@ use sqlx::{AssertSqlSafe, Row};
 
 use super::row::{self, Corrupt, Table, map_row, map_rows};
 use super::{Store, db_error, now_millis};
-use crate::domain::Result;
 use crate::domain::command::{Command, CommandState};
 use crate::domain::mqtt::MqttUser;
+use crate::domain::{CommandId, DeviceId, Result};
 
 /// A `mqtt_user` row.
 #[derive(sqlx::FromRow)]
@@ -192,8 +192,8 @@ impl Store {
     /// Returns the command as it is now, or None when it does not exist for this device.
     pub async fn complete_command(
         &self,
-        id: &str,
-        device_id: &str,
+        id: &CommandId,
+        device_id: &DeviceId,
         state: CommandState,
         result: Option<&Value>,
         error: Option<&str>,
@@ -206,14 +206,14 @@ impl Store {
         .bind(result.map(Value::to_string))
         .bind(error)
         .bind(now_millis())
-        .bind(id)
-        .bind(device_id)
+        .bind(id.as_str())
+        .bind(device_id.as_str())
         .execute(&self.pool)
         .await
         .map_err(|e| db_error(e, "failed to record a command result"))?
         .rows_affected()
             > 0;
-        Ok(self.find_command(id).await?.filter(|c| c.device_id == device_id).map(|c| (c, changed)))
+        Ok(self.find_command(id).await?.filter(|c| c.device_id == *device_id).map(|c| (c, changed)))
     }
 
     /// Ends every command whose deadline passed; returns them.
