@@ -290,7 +290,7 @@ async fn checkin_get(
 fn checkin_response(state: &AppState, device_id: &str, answer: CheckinAnswer, headers: &HeaderMap) -> CheckinResponse {
     let update = answer.offer.map(|offer| {
         let artifact = &offer.artifact;
-        let signed = service::sign_download(&state.core, artifact.id.as_str(), device_id);
+        let signed = service::sign_download(&state.core, &artifact.id, device_id);
         UpdateOffer {
             version: artifact.version.clone(),
             url: format!("{}/api/v1/device/firmware/{}?{signed}", state.base_url(Some(headers)), artifact.id),

@@ -254,7 +254,7 @@ async fn send_command(
     }
     let timeout = Duration::from_secs(body.timeout_s.unwrap_or(command::DEFAULT_TIMEOUT_SECS));
     let sent = commands::issue(&state.core, &id, NewCommand { name: body.name, params: body.params, timeout }, "admin").await?;
-    let command = if wait > 0 { commands::wait(&state.core, &id, sent.id.as_str(), Duration::from_secs(wait)).await? } else { sent };
+    let command = if wait > 0 { commands::wait(&state.core, &id, &sent.id, Duration::from_secs(wait)).await? } else { sent };
     let status = if command.state.is_final() { StatusCode::OK } else { StatusCode::ACCEPTED };
     Ok((status, Json(command_view(&command))))
 }

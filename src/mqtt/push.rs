@@ -103,7 +103,7 @@ impl Pusher {
         let payload = match &answer.offer {
             Some(offer) => {
                 let artifact = &offer.artifact;
-                let signed = devices::sign_download(&self.core, artifact.id.as_str(), &device.id);
+                let signed = devices::sign_download(&self.core, &artifact.id, &device.id);
                 let message = OtaMessage {
                     update: OtaOffer {
                         version: artifact.version.clone(),

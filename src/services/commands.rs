@@ -70,7 +70,7 @@ pub async fn issue(core: &Core, device_id: &str, request: NewCommand, actor: &st
         "expires_at": command.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     });
     // Not retained: a command is for the session that is there now (or its queue).
-    if let Err(e) = core.outbox.publish(mqtt::command_topic(device.id.as_str()), Bytes::from(payload.to_string()), false).await {
+    if let Err(e) = core.outbox.publish(mqtt::command_topic(&device.id), Bytes::from(payload.to_string()), false).await {
         let _ =
             core.store.complete_command(&command.id, &device.id, CommandState::Failed, None, Some("the broker refused the message")).await;
         return Err(e);
@@ -93,7 +93,7 @@ pub async fn complete(core: &Core, device_id: &DeviceId, payload: &[u8]) -> Resu
         .store
         .complete_command(&answer.id, device_id, state, answer.result.as_ref(), answer.error.as_deref())
         .await?
-        .ok_or_else(|| Error::not_found("command", answer.id.as_str()))?;
+        .ok_or_else(|| Error::not_found("command", &answer.id))?;
     if !changed {
         return Err(Error::conflict("command_ended", format!("command {} already ended ({})", command.id, command.state.as_str())));
     }

@@ -185,7 +185,7 @@ pub async fn mark_latest(core: &Core, product: &str, version: Option<&str>) -> R
     let mut builds = core.store.find_artifacts_by_version(&product, &key).await?;
     builds.sort_by_key(|a| a.created_at);
     let build = builds.pop().ok_or_else(|| Error::not_found("build", format!("{product} {version}")))?;
-    core.store.set_product_latest(&product, Some(build.id.as_str())).await?;
+    core.store.set_product_latest(&product, Some(&build.id)).await?;
     Ok(Some(build))
 }
 
@@ -290,7 +290,7 @@ pub async fn commit_named_file(
         meta.hardware.extend(default_hardware.map(str::to_string));
     }
     let ingested = firmware_service::commit(core, staged, &meta).await?;
-    core.store.put_compat_file(name, ingested.artifact.id.as_str()).await?;
+    core.store.put_compat_file(name, &ingested.artifact.id).await?;
     Ok(ingested.artifact)
 }
 
@@ -309,7 +309,7 @@ pub fn check_file_name(name: &str) -> Result<()> {
 pub async fn build_by_file_url(core: &Core, url_or_name: &str) -> Result<Option<Artifact>> {
     let name = url_or_name.rsplit('/').next().unwrap_or(url_or_name);
     match core.store.find_compat_file(name).await? {
-        Some(file) => core.store.find_artifact(file.artifact_id.as_str()).await,
+        Some(file) => core.store.find_artifact(&file.artifact_id).await,
         None => Ok(None),
     }
 }
@@ -317,14 +317,14 @@ pub async fn build_by_file_url(core: &Core, url_or_name: &str) -> Result<Option<
 /// A seed-001 file name and its build.
 pub async fn named_file(core: &Core, name: &str) -> Result<Option<(CompatFile, Artifact)>> {
     let Some(file) = core.store.find_compat_file(name).await? else { return Ok(None) };
-    Ok(core.store.find_artifact(file.artifact_id.as_str()).await?.map(|artifact| (file, artifact)))
+    Ok(core.store.find_artifact(&file.artifact_id).await?.map(|artifact| (file, artifact)))
 }
 
 /// Every seed-001 file name whose build exists, by name, with its build.
 pub async fn named_files(core: &Core) -> Result<Vec<(CompatFile, Artifact)>> {
     let mut named = Vec::new();
     for file in core.store.list_compat_files().await? {
-        if let Some(artifact) = core.store.find_artifact(file.artifact_id.as_str()).await? {
+        if let Some(artifact) = core.store.find_artifact(&file.artifact_id).await? {
             named.push((file, artifact));
         }
     }
@@ -341,7 +341,7 @@ pub async fn first_file_name(core: &Core, artifact_id: &str) -> Result<Option<St
 /// nothing is removed (409). `Ok(false)`: no file has this name.
 pub async fn delete_named_file(core: &Core, name: &str) -> Result<bool> {
     let Some((_, build)) = named_file(core, name).await? else { return Ok(false) };
-    match core.store.remove_compat_file(name, build.id.as_str()).await? {
+    match core.store.remove_compat_file(name, &build.id).await? {
         CompatFileRemoval::NotFound => Ok(false),
         CompatFileRemoval::Name => Ok(true),
         CompatFileRemoval::NameAndBuild => {
@@ -425,7 +425,7 @@ pub async fn put_ota_server_device(
                 metadata: Some(merged),
                 ..Default::default()
             };
-            Ok((devices::update(core, existing.id.as_str(), patch).await?, false))
+            Ok((devices::update(core, &existing.id, patch).await?, false))
         }
         Some(_) => Err(Error::conflict("device_exists", "Device already exists")),
         None => {

@@ -66,7 +66,7 @@ impl Store {
         )))
         .bind(asset.id.as_str())
         .bind(asset.product.as_str())
-        .bind(asset.name.as_str())
+        .bind(&asset.name)
         .bind(asset.version)
         .bind(asset.size as i64)
         .bind(&asset.sha256)

@@ -190,7 +190,7 @@ async fn sketch(
             "the build ({} bytes) does not fit the device's free sketch space ({free} bytes, x-ESP32-free-space)",
             offer.artifact.size
         );
-        device_service::refuse_offer(&state.core, answer.device.id.as_str(), &offer, &reason).await?;
+        device_service::refuse_offer(&state.core, &answer.device.id, &offer, &reason).await?;
         tracing::info!(device_id = %answer.device.id, version = %offer.artifact.version, "{reason}");
         return Ok(not_modified());
     }

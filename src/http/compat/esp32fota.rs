@@ -99,7 +99,7 @@ async fn manifest(
             let answer = service::checkin_by_mac(&state.core, request, Some(ip)).await?;
             match answer.answer.offer {
                 Some(offer) => {
-                    let signed = device_service::sign_download(&state.core, offer.artifact.id.as_str(), answer.device.id.as_str());
+                    let signed = device_service::sign_download(&state.core, &offer.artifact.id, &answer.device.id);
                     (Some(offer.artifact), Some(signed))
                 }
                 None => (None, None),
@@ -181,7 +181,7 @@ impl FotaLink {
         if let Some((device_id, expires, signature)) = &self.signed {
             let limiter = &state.core.devices.limiter;
             limiter.check(self.ip)?;
-            if let Err(e) = device_service::verify_download(&state.core, artifact.id.as_str(), device_id, *expires, signature) {
+            if let Err(e) = device_service::verify_download(&state.core, &artifact.id, device_id, *expires, signature) {
                 limiter.record_failure(self.ip);
                 return Err(e);
             }

@@ -284,7 +284,7 @@ async fn check(
     })?;
     let body = match answer.answer.offer {
         Some(offer) => {
-            let signed = device_service::sign_download(&state.core, offer.artifact.id.as_str(), answer.device.id.as_str());
+            let signed = device_service::sign_download(&state.core, &offer.artifact.id, &answer.device.id);
             UpdateCheckResponse {
                 update_available: true,
                 firmware_version: Some(offer.artifact.version),
@@ -370,7 +370,7 @@ async fn device_view(state: &AppState, device: &Device, headers: &HeaderMap) -> 
     let mut checksum = text("checksum");
     if let Some(build) = &pinned {
         checksum = Some(build.md5.clone());
-        if let Ok(Some(name)) = service::first_file_name(&state.core, build.id.as_str()).await {
+        if let Ok(Some(name)) = service::first_file_name(&state.core, &build.id).await {
             firmware_url = Some(format!("{}/firmware/{name}", state.base_url(Some(headers))));
         }
     }
@@ -508,7 +508,7 @@ async fn put_device(
         metadata: Some(metadata),
         ..Default::default()
     };
-    let device = device_service::update(&state.core, device.id.as_str(), patch).await?;
+    let device = device_service::update(&state.core, &device.id, patch).await?;
     Ok(Json(json!({"success": true, "device": device_view(&state, &device, &headers).await})))
 }
 
@@ -519,7 +519,7 @@ async fn delete_device(State(state): State<AppState>, _admin: OtaAdmin, Path(mac
         }
         other => other,
     })?;
-    device_service::delete(&state.core, device.id.as_str()).await?;
+    device_service::delete(&state.core, &device.id).await?;
     Ok(Json(json!({"success": true})))
 }
 

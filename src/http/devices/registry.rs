@@ -18,7 +18,7 @@ pub(super) async fn create_device(
     let mut device = service::register(&state.core, body.into_request()).await?;
     let mut token = None;
     if issue_token {
-        let (with_token, issued) = service::issue_token(&state.core, device.id.as_str()).await?;
+        let (with_token, issued) = service::issue_token(&state.core, &device.id).await?;
         device = with_token;
         token = Some(issued);
     }
@@ -131,7 +131,7 @@ pub(super) async fn patch_device(
         owner: body.owner.map(|o| o.map(|o| check_text("owner", "invalid_owner", &o, 128)).transpose()).transpose()?,
         reprovision_until: body.reprovision_until.map(|until| until.as_deref().map(reprovision_window).transpose()).transpose()?,
     };
-    let device = service::update(&state.core, device.id.as_str(), patch).await?;
+    let device = service::update(&state.core, &device.id, patch).await?;
     Ok(Json(device_view(&state, &device)))
 }
 
@@ -144,7 +144,7 @@ pub(super) async fn patch_device(
 )]
 pub(super) async fn delete_device(State(state): State<AppState>, _admin: Admin, Path(id): Path<String>) -> ApiResult<StatusCode> {
     let device = service::find(&state.core, &id).await?;
-    service::delete(&state.core, device.id.as_str()).await?;
+    service::delete(&state.core, &device.id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -157,7 +157,7 @@ pub(super) async fn delete_device(State(state): State<AppState>, _admin: Admin, 
 )]
 pub(super) async fn issue_token(State(state): State<AppState>, _admin: Admin, Path(id): Path<String>) -> ApiResult<Json<TokenIssued>> {
     let device = service::find(&state.core, &id).await?;
-    let (device, token) = service::issue_token(&state.core, device.id.as_str()).await?;
+    let (device, token) = service::issue_token(&state.core, &device.id).await?;
     Ok(Json(TokenIssued { device_id: device.id.into(), token }))
 }
 
@@ -172,7 +172,7 @@ pub(super) async fn issue_token(State(state): State<AppState>, _admin: Admin, Pa
 )]
 pub(super) async fn revoke_token(State(state): State<AppState>, _admin: Admin, Path(id): Path<String>) -> ApiResult<StatusCode> {
     let device = service::find(&state.core, &id).await?;
-    service::revoke_token(&state.core, device.id.as_str()).await?;
+    service::revoke_token(&state.core, &device.id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -251,7 +251,7 @@ pub(super) fn parse_csv(body: &[u8]) -> Result<Vec<NewDeviceRequest>, Error> {
 )]
 pub(super) async fn device_updates(State(state): State<AppState>, _admin: Admin, Path(id): Path<String>) -> ApiResult<Json<AttemptList>> {
     let device = service::find(&state.core, &id).await?;
-    let attempts = service::update_history(&state.core, device.id.as_str()).await?;
+    let attempts = service::update_history(&state.core, &device.id).await?;
     Ok(Json(AttemptList { items: attempts.iter().map(attempt_view).collect() }))
 }
 
@@ -268,6 +268,6 @@ pub(super) async fn device_setup_history(
     Path(id): Path<String>,
 ) -> ApiResult<Json<SetupHistory>> {
     let device = service::find(&state.core, &id).await?;
-    let events = service::setup_history(&state.core, device.id.as_str()).await?;
+    let events = service::setup_history(&state.core, &device.id).await?;
     Ok(Json(SetupHistory { items: events.iter().map(setup_view).collect() }))
 }

@@ -103,7 +103,7 @@ pub async fn checkin(core: &Core, device: Arc<ActiveDevice>, report: CheckinRepo
         && let Some((state, message)) = device::attempt_outcome(&attempt, device.version.as_deref())
     {
         let progress = (state == UpdateState::Succeeded).then_some(100);
-        core.store.set_attempt_state(attempt.id.as_str(), state, progress, message.as_deref()).await?;
+        core.store.set_attempt_state(&attempt.id, state, progress, message.as_deref()).await?;
         core.events.publish(Event::UpdateStatus(UpdateStatus {
             device_id: device.id.to_string(),
             release_id: attempt.release_id.to_string(),
@@ -278,7 +278,7 @@ pub(super) async fn plan_attempt<'a>(
         }
         _ => None,
     };
-    Ok(AttemptPlan::Open { release_id: rollout.map(|r| &*r.release_id).unwrap_or(artifact.id.as_str()), slot })
+    Ok(AttemptPlan::Open { release_id: rollout.map(|r| &*r.release_id).unwrap_or(&artifact.id), slot })
 }
 
 pub(super) fn publish_offered(core: &Core, device_id: &str, release_id: &str, rollout: Option<&RolloutOffer>, artifact: &Artifact) {
@@ -312,12 +312,12 @@ pub(super) async fn offer_attempt(
         .store
         .open_attempt(&AttemptOffer {
             device_id: &device.id,
-            artifact_id: artifact.id.as_str(),
+            artifact_id: &artifact.id,
             release_id,
             from_version: device.version.as_deref(),
             to_version: &artifact.version,
             rollout: slot,
-            replacing: replacing.as_ref().map(AttemptId::as_str),
+            replacing: replacing.as_deref(),
         })
         .await?;
     let Some(attempt) = opened else {

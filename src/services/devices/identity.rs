@@ -183,10 +183,10 @@ pub async fn provision(core: &Core, request: ProvisionRequest, ip: IpAddr) -> Re
     let token_hash = secret::digest_hex(&token);
     let (device, created) = match existing {
         Some(device) => {
-            core.store.set_device_token(device.id.as_str(), Some(&token_hash)).await?;
+            core.store.set_device_token(&device.id, Some(&token_hash)).await?;
             core.store
                 .record_report(
-                    device.id.as_str(),
+                    &device.id,
                     &DeviceReport {
                         version: request.version.clone(),
                         product: Some(product.name.clone()),
@@ -199,8 +199,8 @@ pub async fn provision(core: &Core, request: ProvisionRequest, ip: IpAddr) -> Re
                 // `pair_device` (in `reprovision_proof`) set the owner with the key.
                 core.events.publish(Event::DevicePaired { device_id: device.id.to_string(), owner: owner.clone() });
             }
-            core.devices.forget_device(device.id.as_str());
-            let device = core.store.find_device(device.id.as_str()).await?.ok_or_else(|| Error::not_found("device", device.id.as_str()))?;
+            core.devices.forget_device(&device.id);
+            let device = core.store.find_device(&device.id).await?.ok_or_else(|| Error::not_found("device", &device.id))?;
             let by = match reprovision {
                 None => "provisioning",
                 Some(Reprovision::OwnToken) => "provisioning with its token",
@@ -252,7 +252,7 @@ pub(super) async fn reprovision_proof(core: &Core, device: &Device, request: &Pr
     }
     if let Some(key) = &request.pair_key {
         let digest = secret::digest_hex(&normalize_pair_key(key));
-        return match core.store.pair_device(&digest, device.id.as_str()).await? {
+        return match core.store.pair_device(&digest, &device.id).await? {
             Some(owner) => Ok(Reprovision::PairKey(owner)),
             None => {
                 core.devices.limiter.record_failure(ip);
@@ -260,7 +260,7 @@ pub(super) async fn reprovision_proof(core: &Core, device: &Device, request: &Pr
             }
         };
     }
-    if core.store.take_reprovision_window(device.id.as_str(), Utc::now()).await? {
+    if core.store.take_reprovision_window(&device.id, Utc::now()).await? {
         return Ok(Reprovision::OperatorWindow);
     }
     core.devices.limiter.record_failure(ip);

@@ -28,7 +28,7 @@ use crate::domain::firmware::{Artifact, ArtifactFilter, ArtifactSort, Channel, H
 use crate::domain::mac::Mac;
 use crate::domain::update::{self, Decision, NoUpdate, Releases, RolloutOffer};
 use crate::domain::version::Version;
-use crate::domain::{AttemptId, DeviceId, Error, Result, RolloutId, secret};
+use crate::domain::{DeviceId, Error, Result, RolloutId, secret};
 use crate::storage::{AttemptOffer, DeviceReport, NewDevice, RolloutSlot};
 
 mod background;
@@ -123,16 +123,16 @@ impl DeviceRuntime {
 
     /// The freshest known `last_seen` of a device (buffered or stored).
     pub fn last_seen(&self, device: &Device) -> Option<DateTime<Utc>> {
-        self.presence().last_seen(device.id.as_str(), device.last_seen)
+        self.presence().last_seen(&device.id, device.last_seen)
     }
 
     /// The freshest known address of a device (buffered or stored).
     pub fn ip(&self, device: &Device) -> Option<String> {
-        self.presence().ip(device.id.as_str(), device.ip.as_deref())
+        self.presence().ip(&device.id, device.ip.as_deref())
     }
 
     pub fn is_online(&self, device: &Device) -> bool {
-        self.presence().is_online(device.id.as_str(), device.last_seen, Utc::now())
+        self.presence().is_online(&device.id, device.last_seen, Utc::now())
     }
 
     /// True while the device holds an MQTT session.

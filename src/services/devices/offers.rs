@@ -61,12 +61,12 @@ pub async fn offers_for(core: &Core, devices: &[Arc<ActiveDevice>]) -> Result<Ve
         .zip(&to_open)
         .map(|((p, replacing), (release_id, slot))| AttemptOffer {
             device_id: &devices[p.index].id,
-            artifact_id: p.artifact.id.as_str(),
+            artifact_id: &p.artifact.id,
             release_id,
             from_version: devices[p.index].version.as_deref(),
             to_version: &p.artifact.version,
             rollout: *slot,
-            replacing: replacing.as_ref().map(AttemptId::as_str),
+            replacing: replacing.as_deref(),
         })
         .collect();
     let opened = core.store.open_attempts(&offers).await?;

@@ -18,7 +18,7 @@ pub async fn current_attempt(core: &Core, device_id: &str) -> Result<Option<Upda
 /// The build of the device's update in progress (its current attempt, while not final).
 pub async fn pending_build(core: &Core, device_id: &str) -> Result<Option<Artifact>> {
     match core.store.current_attempt(device_id).await? {
-        Some(attempt) if !attempt.state.is_final() => core.store.find_artifact(attempt.artifact_id.as_str()).await,
+        Some(attempt) if !attempt.state.is_final() => core.store.find_artifact(&attempt.artifact_id).await,
         _ => Ok(None),
     }
 }
@@ -64,7 +64,7 @@ pub async fn report_update(core: &Core, device: &ActiveDevice, report: StatusRep
             format!("the update to {} is already {}", attempt.to_version, attempt.state.as_str()),
         ));
     }
-    core.store.set_attempt_state(attempt.id.as_str(), state, progress, message.as_deref()).await?;
+    core.store.set_attempt_state(&attempt.id, state, progress, message.as_deref()).await?;
     if state == UpdateState::Installed {
         // Its next check-in tells whether the new build booted.
         let mut updated = device.clone();

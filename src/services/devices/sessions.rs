@@ -15,7 +15,7 @@ pub async fn active_by_mac(core: &Core, mac: &Mac) -> Result<Option<Arc<ActiveDe
     let Some(device) = core.store.find_device_by_mac(mac).await? else {
         return Ok(None);
     };
-    Ok(Some(active_by_id(core, device.id.as_str()).await?.unwrap_or_else(|| Arc::new(ActiveDevice::of(&device)))))
+    Ok(Some(active_by_id(core, &device.id).await?.unwrap_or_else(|| Arc::new(ActiveDevice::of(&device)))))
 }
 
 /// The device opened an MQTT session: online until `mark_disconnected`. Returns true when

@@ -229,7 +229,7 @@ pub(super) async fn target_fractions(core: &Core, rollout: &Rollout, registered_
     let mut fractions = Vec::new();
     scan_target(core, &rollout.product, |facts, created_at| {
         if matcher.matches(facts, created_at) {
-            fractions.push(rollout::fraction(rollout.id.as_str(), facts.id));
+            fractions.push(rollout::fraction(&rollout.id, facts.id));
         }
     })
     .await?;
@@ -282,7 +282,7 @@ pub async fn act(core: &Core, id: &RolloutId, action: Action, actor: &str, reaso
         _ => None,
     };
     let change = TransitionWrite {
-        rollout_id: rollout.id.as_str(),
+        rollout_id: &rollout.id,
         from: rollout.state,
         from_stage: rollout.current_stage,
         to,

@@ -9,7 +9,7 @@ impl Store {
             "INSERT INTO rollout ({ROLLOUT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, NULL, NULL, NULL, $15, $16, NULL)"
         )))
         .bind(rollout.id.as_str())
-        .bind(rollout.name.as_str())
+        .bind(&rollout.name)
         .bind(rollout.release_id.as_str())
         .bind(rollout.product.as_str())
         .bind(to_json(&StoredTarget::of(&rollout.target)))
@@ -27,7 +27,7 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(|e| db_error(e, "failed to insert a rollout"))?;
-        insert_transition(&mut tx, rollout.id.as_str(), "", rollout.state.as_str(), 0, "operator", &rollout.reason, now_millis()).await?;
+        insert_transition(&mut tx, &rollout.id, "", rollout.state.as_str(), 0, "operator", &rollout.reason, now_millis()).await?;
         bump_revision(&mut tx).await?;
         tx.commit().await.map_err(|e| db_error(e, "failed to commit a rollout"))
     }
