@@ -19,7 +19,7 @@ use super::auth::bearer_or_header;
 use super::devices::AttemptView;
 use super::download::serve_artifact;
 use super::error::{ApiError, ApiJson, ApiQuery, ApiResult, ErrorBody};
-use crate::domain::Error;
+use crate::domain::{ArtifactId, Error};
 use crate::net::ClientAddr;
 use crate::services::devices::{self as service, CheckinAnswer, CheckinReport, ProvisionRequest, StatusReport};
 use crate::services::fleet::ActiveDevice;
@@ -381,7 +381,7 @@ async fn download(
     ClientIp(ip): ClientIp,
     method: Method,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    Path(id): Path<ArtifactId>,
     ApiQuery(query): ApiQuery<DownloadQuery>,
 ) -> ApiResult<Response> {
     let device = match (&query.device, query.expires, &query.signature) {

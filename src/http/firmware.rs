@@ -374,7 +374,7 @@ async fn get_firmware(
     State(state): State<AppState>,
     _admin: Admin,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    Path(id): Path<ArtifactId>,
 ) -> ApiResult<Json<ArtifactView>> {
     let artifact = find(&state, &id).await?;
     Ok(Json(artifact_view(&state, &artifact, Some(&headers))))
@@ -392,7 +392,7 @@ async fn patch_firmware(
     State(state): State<AppState>,
     _admin: Admin,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    Path(id): Path<ArtifactId>,
     ApiJson(body): ApiJson<PatchArtifactBody>,
 ) -> ApiResult<Json<ArtifactView>> {
     if body.notes.as_ref().is_some_and(|n| n.len() > firmware::MAX_NOTES_LEN) {
@@ -442,13 +442,13 @@ async fn download_firmware(
     _admin: Admin,
     method: Method,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    Path(id): Path<ArtifactId>,
 ) -> ApiResult<Response> {
     let artifact = find(&state, &id).await?;
     serve_artifact(&state.core.blobs, &artifact, &method, &headers).await
 }
 
-async fn find(state: &AppState, id: &str) -> Result<Artifact, ApiError> {
+async fn find(state: &AppState, id: &ArtifactId) -> Result<Artifact, ApiError> {
     Ok(service::find(&state.core, id).await?)
 }
 

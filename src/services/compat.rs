@@ -332,7 +332,7 @@ pub async fn named_files(core: &Core) -> Result<Vec<(CompatFile, Artifact)>> {
 }
 
 /// The oldest seed-001 name of a build.
-pub async fn first_file_name(core: &Core, artifact_id: &str) -> Result<Option<String>> {
+pub async fn first_file_name(core: &Core, artifact_id: &ArtifactId) -> Result<Option<String>> {
     Ok(core.store.compat_file_names(artifact_id).await?.into_iter().next())
 }
 

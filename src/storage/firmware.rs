@@ -11,11 +11,11 @@ use crate::domain::firmware::{
     Artifact, ArtifactFilter, ArtifactPatch, ArtifactSort, ArtifactSpec, Channel, Digests, HardwareId, ImageFacts, ProductName,
 };
 use crate::domain::version::Version;
-use crate::domain::{Error, Result};
+use crate::domain::{ArtifactId, Error, Result};
 
 /// Everything needed to record a new artifact.
 pub struct NewArtifact<'a> {
-    pub id: &'a str,
+    pub id: &'a ArtifactId,
     pub spec: &'a ArtifactSpec,
     pub digests: &'a Digests,
     pub blob_key: &'a str,
@@ -39,7 +39,7 @@ impl Store {
         sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO artifact ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
         )))
-        .bind(new.id)
+        .bind(new.id.as_str())
         .bind(new.spec.product.as_str())
         .bind(&new.spec.version_label)
         .bind(&version_key)
@@ -62,7 +62,7 @@ impl Store {
                 .bind(new.spec.product.as_str())
                 .bind(&version_key)
                 .bind(hardware_id)
-                .bind(new.id)
+                .bind(new.id.as_str())
                 .execute(&mut *tx)
                 .await;
             match result {
@@ -84,9 +84,9 @@ impl Store {
         self.find_artifact(new.id).await?.ok_or_else(|| Error::Internal(anyhow::anyhow!("artifact vanished after insert")))
     }
 
-    pub async fn find_artifact(&self, id: &str) -> Result<Option<Artifact>> {
+    pub async fn find_artifact(&self, id: &ArtifactId) -> Result<Option<Artifact>> {
         let row = sqlx::query(AssertSqlSafe(format!("SELECT {COLUMNS} FROM artifact WHERE id = $1")))
-            .bind(id)
+            .bind(id.as_str())
             .fetch_optional(&self.pool)
             .await
             .map_err(|e| db_error(e, "failed to read an artifact"))?;
@@ -123,13 +123,13 @@ impl Store {
         Ok((map_rows::<ArtifactRow, Artifact>(&rows)?, total as u64))
     }
 
-    pub async fn update_artifact(&self, id: &str, patch: &ArtifactPatch) -> Result<Option<Artifact>> {
+    pub async fn update_artifact(&self, id: &ArtifactId, patch: &ArtifactPatch) -> Result<Option<Artifact>> {
         let result =
             sqlx::query("UPDATE artifact SET notes = COALESCE($1, notes), channel = COALESCE($2, channel), updated_at = $3 WHERE id = $4")
                 .bind(patch.notes.clone())
                 .bind(patch.channel.as_deref().map(str::to_string))
                 .bind(now_millis())
-                .bind(id)
+                .bind(id.as_str())
                 .execute(&self.pool)
                 .await
                 .map_err(|e| db_error(e, "failed to update an artifact"))?;
@@ -140,18 +140,18 @@ impl Store {
     }
 
     /// Removes an artifact's record and slots. Returns the removed artifact.
-    pub async fn delete_artifact(&self, id: &str) -> Result<Option<Artifact>> {
+    pub async fn delete_artifact(&self, id: &ArtifactId) -> Result<Option<Artifact>> {
         let Some(artifact) = self.find_artifact(id).await? else {
             return Ok(None);
         };
         let mut tx = self.pool.begin().await.map_err(|e| db_error(e, "failed to begin a transaction"))?;
         sqlx::query("DELETE FROM artifact_hardware WHERE artifact_id = $1")
-            .bind(id)
+            .bind(id.as_str())
             .execute(&mut *tx)
             .await
             .map_err(|e| db_error(e, "failed to delete artifact slots"))?;
         let deleted = sqlx::query("DELETE FROM artifact WHERE id = $1")
-            .bind(id)
+            .bind(id.as_str())
             .execute(&mut *tx)
             .await
             .map_err(|e| db_error(e, "failed to delete an artifact"))?;

@@ -23,11 +23,11 @@ use axum::routing::get;
 use serde_json::json;
 
 use super::{AppState, failure};
-use crate::domain::Error;
 use crate::domain::compat::esp32fota_version;
 use crate::domain::device::Provisioning;
 use crate::domain::firmware::{Artifact, ProductName};
 use crate::domain::mac::Mac;
+use crate::domain::{ArtifactId, Error};
 use crate::http::device_api::ClientIp;
 use crate::http::download::{serve_artifact, serve_with_prefix};
 use crate::services::compat::{self as service, MacCheckin};
@@ -165,7 +165,7 @@ async fn image(
 /// The build, if the link is signed for a device of its product, or if its product lets
 /// any device in (`open`).
 async fn authorised_build(state: &AppState, link: &FotaLink, product: &str, id: &str) -> crate::domain::Result<Artifact> {
-    let artifact = Some(firmware_service::find(&state.core, id).await?)
+    let artifact = Some(firmware_service::find(&state.core, &ArtifactId::from(id)).await?)
         .filter(|a| a.product == product)
         .ok_or_else(|| Error::not_found("artifact", id))?;
     link.admits(state, &artifact).await?;

@@ -34,7 +34,7 @@ use crate::domain::rollout::{
 };
 use crate::domain::update::{Held, RolloutOffer};
 use crate::domain::version::Version;
-use crate::domain::{DeviceId, Error, GroupId, ReleaseId, Result, RolloutId, device};
+use crate::domain::{ArtifactId, DeviceId, Error, GroupId, ReleaseId, Result, RolloutId, device};
 use crate::storage::TransitionWrite;
 
 mod evaluator;

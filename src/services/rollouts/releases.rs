@@ -28,7 +28,7 @@ pub async fn create_release(core: &Core, new: NewRelease) -> Result<Release> {
     for id in &new.artifact_ids {
         let artifact = core
             .store
-            .find_artifact(id)
+            .find_artifact(&ArtifactId::from(id))
             .await?
             .ok_or_else(|| Error::unprocessable("unknown_artifact", format!("build `{id}` does not exist")))?;
         if artifact.product != product {

@@ -212,9 +212,9 @@ impl Store {
     }
 
     /// True when an update attempt refers to this artifact (so it cannot be deleted).
-    pub async fn artifact_in_use(&self, artifact_id: &str) -> Result<bool> {
+    pub async fn artifact_in_use(&self, artifact_id: &ArtifactId) -> Result<bool> {
         let row = sqlx::query("SELECT COUNT(*) AS n FROM update_attempt WHERE artifact_id = $1 AND current = 1 AND state NOT IN ('succeeded', 'failed', 'rejected')")
-            .bind(artifact_id)
+            .bind(artifact_id.as_str())
             .fetch_one(&self.pool)
             .await
             .map_err(|e| db_error(e, "failed to check artifact use"))?;

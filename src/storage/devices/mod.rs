@@ -12,7 +12,7 @@ use crate::domain::device::{
     Device, DeviceFilter, DevicePatch, DeviceSort, Product, Provisioning, SetupEvent, SetupStatus, UpdateAttempt, UpdateEvent, UpdateState,
 };
 use crate::domain::firmware::{Channel, HardwareId, ProductName};
-use crate::domain::ids::DeviceId;
+use crate::domain::ids::{ArtifactId, DeviceId};
 use crate::domain::mac::Mac;
 use crate::domain::{Error, Result};
 
