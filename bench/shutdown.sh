@@ -54,7 +54,7 @@ start_updraft_with_config() {
   (
     cd "$TMP" &&
       exec env "${unset_args[@]}" UPDRAFT_ADMIN_API_KEY="$BENCH_KEY" UPDRAFT_LOG=info \
-        "$BIN" serve --config "$TMP/updraft.toml" --listen "127.0.0.1:$PORT" --data-dir "$DATA"
+        "$BIN" serve --config "$TMP/updraft.toml" --listen "127.0.0.1:$PORT" --mqtt-listen "127.0.0.1:$(free_port)" --data-dir "$DATA"
   ) >"$RAW/server.log" 2>&1 9>&- &
   SERVER_PID=$!
   BENCH_PIDS+=("$SERVER_PID")

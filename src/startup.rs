@@ -171,32 +171,20 @@ impl Application {
     }
 }
 
-/// Writes the `last_seen` values still waiting, in batches, until they are all written or the
-/// shutdown deadline comes; what is left then is lost (only how recently devices were seen,
-/// which their next check-in restores), and counted in the log.
+/// Writes the `last_seen` values still waiting until they are all written or the shutdown
+/// deadline comes; what is left then is lost (only how recently devices were seen, which
+/// their next check-in restores), and counted in the log.
 async fn write_presence_until(core: &Core, deadline: Instant) {
-    const BATCH: usize = 5_000;
     let started = Instant::now();
-    let mut written = 0;
-    loop {
-        if Instant::now() >= deadline {
-            let left = core.devices.backlog_len();
-            tracing::warn!(written, left, "shutdown deadline reached: the last_seen of {left} devices is not written");
-            return;
+    match devices::write_all_presence(core, deadline.into()).await {
+        Ok(devices::FinalWrite { written, left: 0 }) => {
+            tracing::info!(written, elapsed_ms = started.elapsed().as_millis() as u64, "device presence written")
         }
-        let step =
-            tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), devices::flush_presence(core, Some(BATCH))).await;
-        match step {
-            Ok(Ok(0)) => break,
-            Ok(Ok(n)) => written += n,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "cannot write device presence at shutdown");
-                return;
-            }
-            Err(_) => continue,
+        Ok(devices::FinalWrite { written, left }) => {
+            tracing::warn!(written, left, "shutdown deadline reached: the last_seen of {left} devices is not written")
         }
+        Err(e) => tracing::warn!(error = %e, "cannot write device presence at shutdown"),
     }
-    tracing::info!(written, elapsed_ms = started.elapsed().as_millis() as u64, "device presence written");
 }
 
 /// The key that signs device download links: generated once, shared by replicas through
