@@ -428,7 +428,7 @@ impl Kind for ProductName {
     type Value = String;
 
     fn parse(text: &str, _setting: &'static Setting) -> Result<String, String> {
-        crate::domain::firmware::Product::parse(text).map_err(|e| e.to_string())?;
+        crate::domain::firmware::ProductName::parse(text).map_err(|e| e.to_string())?;
         Ok(text.to_string())
     }
 }

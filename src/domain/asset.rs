@@ -2,6 +2,9 @@
 
 use chrono::{DateTime, Utc};
 
+use super::firmware::ProductName;
+use super::ids::AssetId;
+
 /// A seed-003 asset file.
 #[derive(Debug, Clone)]
 pub struct AssetFile {
@@ -15,8 +18,8 @@ pub struct AssetFile {
 /// One version of a native asset.
 #[derive(Debug, Clone)]
 pub struct Asset {
-    pub id: String,
-    pub product: String,
+    pub id: AssetId,
+    pub product: ProductName,
     pub name: String,
     pub version: i64,
     pub size: u64,

@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
+use super::ids::{CommandId, DeviceId};
 use super::{Error, Result};
 
 /// Names every device client should know; others are passed through to the device.
@@ -43,8 +44,8 @@ impl CommandState {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Command {
-    pub id: String,
-    pub device_id: String,
+    pub id: CommandId,
+    pub device_id: DeviceId,
     pub name: String,
     pub params: Option<Value>,
     pub state: CommandState,
@@ -91,7 +92,7 @@ pub fn check_document(field: &str, value: &Value) -> Result<()> {
 /// `{"id": "...", "ok": false, "error": "..."}`. `status: "ok" | "error"` is accepted for `ok`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CommandResult {
-    pub id: String,
+    pub id: CommandId,
     pub ok: bool,
     pub result: Option<Value>,
     pub error: Option<String>,
@@ -115,7 +116,7 @@ impl CommandResult {
             Some(text) => text.chars().take(1024).collect(),
             None => e.to_string().chars().take(1024).collect(),
         });
-        Ok(CommandResult { id, ok, result: value.get("result").cloned(), error })
+        Ok(CommandResult { id: id.into(), ok, result: value.get("result").cloned(), error })
     }
 }
 

@@ -7,7 +7,8 @@
 use chrono::{DateTime, Utc};
 use subtle::ConstantTimeEq;
 
-use super::firmware::Artifact;
+use super::firmware::{Artifact, HardwareId};
+use super::ids::ArtifactId;
 use super::version::Version;
 
 /// The djb2 hash as the seed-001 server and firmware compute it: `h = h * 33 + byte`,
@@ -58,8 +59,8 @@ pub fn esp32fota_version(version: &Version) -> Option<String> {
 /// The one hardware identifier all of a product's builds share, for devices that never say
 /// which hardware they are (esp32FOTA, the seed servers). `None` when builds for several
 /// hardware identifiers exist: the device's hardware must then be set by an operator.
-pub fn sole_hardware(builds: &[Artifact], product: &str) -> Option<String> {
-    let mut found: Option<&str> = None;
+pub fn sole_hardware(builds: &[Artifact], product: &str) -> Option<HardwareId> {
+    let mut found: Option<&HardwareId> = None;
     for hardware in builds.iter().filter(|a| a.product == product).flat_map(|a| a.hardware.iter()) {
         match found {
             None => found = Some(hardware),
@@ -67,7 +68,7 @@ pub fn sole_hardware(builds: &[Artifact], product: &str) -> Option<String> {
             Some(_) => return None,
         }
     }
-    found.map(str::to_string)
+    found.cloned()
 }
 
 /// The build a device runs, recognised by the digests Arduino's `HTTPUpdate` sends:
@@ -95,7 +96,7 @@ pub fn cyberdeck_latest<'a>(builds: &'a [Artifact], product: &str, marked: Optio
     builds
         .iter()
         .filter(|a| a.product == product && a.channel == super::firmware::Channel::DEFAULT)
-        .filter_map(|a| Version::parse(&a.version_key).ok().map(|v| (v, a)))
+        .map(|a| (&a.version_key, a))
         .max_by(|(va, a), (vb, b)| va.cmp(vb).then_with(|| a.created_at.cmp(&b.created_at)))
         .map(|(_, a)| a)
 }
@@ -106,23 +107,24 @@ pub fn cyberdeck_latest<'a>(builds: &'a [Artifact], product: &str, marked: Optio
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CompatFile {
     pub name: String,
-    pub artifact_id: String,
+    pub artifact_id: ArtifactId,
     pub created_at: DateTime<Utc>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::firmware::{Channel, ProductName};
 
     fn artifact(id: &str, version: &str, hardware: &[&str]) -> Artifact {
         let created_at = chrono::DateTime::from_timestamp_millis(1_700_000_000_000).unwrap();
         Artifact {
             id: id.into(),
-            product: "app".into(),
+            product: ProductName::parse("app").unwrap(),
             version: version.into(),
-            version_key: Version::parse(version).unwrap().canonical(),
-            hardware: hardware.iter().map(|h| h.to_string()).collect(),
-            channel: "stable".into(),
+            version_key: Version::parse(version).unwrap(),
+            hardware: hardware.iter().map(|h| HardwareId::parse(h).unwrap()).collect(),
+            channel: Channel::stable(),
             notes: String::new(),
             size: 1,
             sha256: String::new(),
@@ -217,7 +219,7 @@ mod tests {
     #[test]
     fn latest_is_the_marked_build_else_the_newest_stable_one() {
         let mut beta = artifact("c", "9.0.0", &["esp32"]);
-        beta.channel = "beta".into();
+        beta.channel = "beta".parse().unwrap();
         let builds = [artifact("a", "1.00", &["esp32"]), artifact("b", "1.02", &["esp32"]), beta];
         assert_eq!(cyberdeck_latest(&builds, "app", None).map(|a| a.id.as_str()), Some("b"));
         assert_eq!(cyberdeck_latest(&builds, "app", Some("a")).map(|a| a.id.as_str()), Some("a"));

@@ -28,7 +28,7 @@ use sha2::{Digest, Sha256};
 
 use super::device::check_tag;
 use super::error::{Error, Result};
-use super::firmware::Product as ProductName;
+use super::firmware::ProductName;
 use super::mac::Mac;
 
 pub const SECRET_KEY: &str = "$secret";
@@ -42,7 +42,7 @@ pub const MAX_DEPTH: usize = 32;
 /// Whose document it is.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Scope {
-    Product(String),
+    Product(ProductName),
     Tag(String),
     Device(Mac),
 }
@@ -51,7 +51,7 @@ impl Scope {
     /// `product`, `tag` or `device` and the name (a product name, a tag, a MAC).
     pub fn parse(kind: &str, name: &str) -> Result<Scope> {
         match kind {
-            "product" | "products" => Ok(Scope::Product(ProductName::parse(name)?.as_str().to_string())),
+            "product" | "products" => Ok(Scope::Product(ProductName::parse(name)?)),
             "tag" | "tags" => Ok(Scope::Tag(check_tag(name)?)),
             "device" | "devices" => Ok(Scope::Device(Mac::parse(name)?)),
             other => Err(Error::invalid(
@@ -85,10 +85,10 @@ impl Scope {
 }
 
 /// The layers that apply to a device, in merge order.
-pub fn device_layers(product: Option<&str>, tags: &[String], mac: &Mac) -> Vec<Scope> {
+pub fn device_layers(product: Option<&ProductName>, tags: &[String], mac: &Mac) -> Vec<Scope> {
     let mut layers = Vec::with_capacity(tags.len() + 2);
     if let Some(product) = product {
-        layers.push(Scope::Product(product.to_string()));
+        layers.push(Scope::Product(product.clone()));
     }
     let mut sorted: Vec<&String> = tags.iter().collect();
     sorted.sort();
@@ -533,8 +533,10 @@ mod tests {
     #[test]
     fn layers_are_product_then_sorted_tags_then_device() {
         let mac = Mac::parse("aa:bb:cc:dd:ee:ff").unwrap();
-        let keys: Vec<String> =
-            device_layers(Some("lamp"), &["zz".into(), "aa".into(), "aa".into()], &mac).iter().map(Scope::key).collect();
+        let keys: Vec<String> = device_layers(Some(&ProductName::parse("lamp").unwrap()), &["zz".into(), "aa".into(), "aa".into()], &mac)
+            .iter()
+            .map(Scope::key)
+            .collect();
         assert_eq!(keys, vec!["product:lamp", "tag:aa", "tag:zz", "device:AA:BB:CC:DD:EE:FF"]);
         assert_eq!(Scope::from_key("device:AA:BB:CC:DD:EE:FF"), Some(Scope::Device(mac)));
     }

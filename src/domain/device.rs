@@ -5,6 +5,8 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use super::error::{Error, Result};
+use super::firmware::{Channel, HardwareId, ProductName};
+use super::ids::{ArtifactId, AttemptId, DeviceId, ReleaseId, RolloutId};
 use super::mac::Mac;
 
 /// How unknown devices of a product may obtain a token.
@@ -40,7 +42,7 @@ impl Provisioning {
 /// A product's device policy.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Product {
-    pub name: String,
+    pub name: ProductName,
     pub provisioning: Provisioning,
     pub provision_key: Option<String>,
     /// SHA-256 hex of the provisioning secret.
@@ -48,7 +50,7 @@ pub struct Product {
     pub poll_interval_s: u32,
     /// The hardware ids the product admits; empty admits any. When set, a device's hardware
     /// is fixed by an operator or at provisioning, never changed by a check-in.
-    pub hardware: Vec<String>,
+    pub hardware: Vec<HardwareId>,
     /// Anonymous reads of seed 003's configuration files include secret values (for devices
     /// that cannot send a token). Off by default.
     pub public_secrets: bool,
@@ -59,12 +61,12 @@ pub struct Product {
 impl Product {
     /// Whether the product lets devices of `hardware` in.
     pub fn admits_hardware(&self, hardware: &str) -> bool {
-        self.hardware.is_empty() || self.hardware.iter().any(|h| h == hardware)
+        self.hardware.is_empty() || self.hardware.iter().any(|h| *h == hardware)
     }
 
     /// The hardware of a device provisioned without naming one: the product's only admitted
     /// hardware, if it admits exactly one.
-    pub fn sole_hardware(&self) -> Option<&str> {
+    pub fn sole_hardware(&self) -> Option<&HardwareId> {
         match self.hardware.as_slice() {
             [only] => Some(only),
             _ => None,
@@ -90,12 +92,11 @@ pub fn check_provision_secret(secret: &str) -> Result<()> {
 
 /// The hardware a product admits, as an operator lists it: each a valid hardware id, sorted,
 /// without repeats, at most `MAX_PRODUCT_HARDWARE`.
-pub fn hardware_list(list: &[String]) -> Result<Vec<String>> {
+pub fn hardware_list(list: &[String]) -> Result<Vec<HardwareId>> {
     if list.len() > MAX_PRODUCT_HARDWARE {
         return Err(Error::invalid("invalid_hardware", format!("a product admits at most {MAX_PRODUCT_HARDWARE} hardware ids")));
     }
-    let mut parsed =
-        list.iter().map(|h| super::firmware::HardwareId::parse(h).map(|h| h.as_str().to_string())).collect::<Result<Vec<_>>>()?;
+    let mut parsed = list.iter().map(|h| HardwareId::parse(h)).collect::<Result<Vec<_>>>()?;
     parsed.sort();
     parsed.dedup();
     Ok(parsed)
@@ -142,7 +143,7 @@ pub fn attempt_outcome(attempt: &UpdateAttempt, reported: Option<&str>) -> Optio
 /// `product_mismatch`.
 pub fn check_product_claim(current: Option<&str>, claimed: &Product) -> Result<bool> {
     match current {
-        Some(current) if current == claimed.name => Ok(false),
+        Some(current) if claimed.name == current => Ok(false),
         Some(current) => Err(Error::conflict(
             "product_mismatch",
             format!("this device belongs to product `{current}`, not `{}`; only an operator can move it", claimed.name),
@@ -321,12 +322,12 @@ impl UpdateState {
 /// A registered device.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Device {
-    pub id: String,
+    pub id: DeviceId,
     pub mac: Mac,
     pub name: String,
-    pub product: Option<String>,
-    pub hardware: Option<String>,
-    pub channel: String,
+    pub product: Option<ProductName>,
+    pub hardware: Option<HardwareId>,
+    pub channel: Channel,
     pub version: Option<String>,
     pub target_version: Option<String>,
     pub tags: Vec<String>,
@@ -420,9 +421,9 @@ pub fn merge_attributes(stored: &Value, reported: &Value) -> Value {
 #[derive(Debug, Default, Clone)]
 pub struct DevicePatch {
     pub name: Option<String>,
-    pub product: Option<Option<String>>,
-    pub hardware: Option<Option<String>>,
-    pub channel: Option<String>,
+    pub product: Option<Option<ProductName>>,
+    pub hardware: Option<Option<HardwareId>>,
+    pub channel: Option<Channel>,
     pub target_version: Option<Option<String>>,
     pub tags: Option<Vec<String>>,
     pub metadata: Option<Value>,
@@ -446,7 +447,7 @@ pub enum DeviceSort {
 #[derive(Debug, Clone, Default)]
 pub struct DeviceFilter {
     pub product: Option<String>,
-    pub hardware: Option<String>,
+    pub hardware: Option<HardwareId>,
     pub version: Option<String>,
     pub tag: Option<String>,
     /// `Some(true)`: seen since the cut-off; `Some(false)`: not. Set by the operator's listing
@@ -497,12 +498,12 @@ mod tests {
 
     fn product(name: &str, provisioning: Provisioning, hardware: &[&str]) -> Product {
         Product {
-            name: name.into(),
+            name: ProductName::parse(name).unwrap(),
             provisioning,
             provision_key: None,
             provision_secret_hash: None,
             poll_interval_s: 60,
-            hardware: hardware.iter().map(|h| h.to_string()).collect(),
+            hardware: hardware.iter().map(|h| HardwareId::parse(h).unwrap()).collect(),
             public_secrets: false,
             created_at: Utc::now(),
             updated_at: Utc::now(),
@@ -585,19 +586,19 @@ mod tests {
         assert_eq!(check_hardware_claim(Some("esp32"), "esp32s3", Some(&strict)).unwrap_err().code(), "hardware_mismatch");
         assert_eq!(check_hardware_claim(None, "esp8266", Some(&strict)).unwrap_err().code(), "hardware_mismatch");
         assert_eq!(strict.sole_hardware(), None);
-        assert_eq!(product("x", Provisioning::Open, &["esp32"]).sole_hardware(), Some("esp32"));
+        assert_eq!(product("x", Provisioning::Open, &["esp32"]).sole_hardware().map(|h| h.as_str()), Some("esp32"));
     }
 }
 
 /// One attempt to bring a device to a build, with the states it went through.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UpdateAttempt {
-    pub id: String,
-    pub device_id: String,
-    pub artifact_id: String,
-    pub release_id: String,
+    pub id: AttemptId,
+    pub device_id: DeviceId,
+    pub artifact_id: ArtifactId,
+    pub release_id: ReleaseId,
     /// The rollout that offered it, if any.
-    pub rollout_id: Option<String>,
+    pub rollout_id: Option<RolloutId>,
     pub from_version: Option<String>,
     pub to_version: String,
     pub state: UpdateState,

@@ -1,27 +1,31 @@
 //! Firmware artifacts: what an upload must carry, and how metadata given by the uploader
 //! is merged with what the ESP image itself says ("automatic versioning").
 
+use std::fmt;
+use std::str::FromStr;
+
 use chrono::{DateTime, Utc};
 
 use super::error::{Error, Result};
 use super::esp_image::EspImageInfo;
+use super::ids::ArtifactId;
 use super::version::Version;
 
 /// A product (application) name: 1-64 characters of letters, digits, `.`, `_`, `-`, not
 /// starting with `.` (names like `..` and `.staging` are reserved: product names become
 /// parts of paths and keys).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Product(String);
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProductName(String);
 
-impl Product {
-    pub fn parse(input: &str) -> Result<Product> {
+impl ProductName {
+    pub fn parse(input: &str) -> Result<ProductName> {
         let text = input.trim();
         let ok = !text.is_empty()
             && text.len() <= 64
             && !text.starts_with('.')
             && text.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
         if ok {
-            Ok(Product(text.to_string()))
+            Ok(ProductName(text.to_string()))
         } else {
             Err(Error::invalid(
                 "invalid_product",
@@ -37,7 +41,7 @@ impl Product {
 
 /// A board or chip identifier, compared case-insensitively and stored in lower case.
 /// Spaces are allowed because boards in the field report names like "FireBeetle 2 ESP32-C6".
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct HardwareId(String);
 
 impl HardwareId {
@@ -62,11 +66,16 @@ impl HardwareId {
 }
 
 /// A release channel such as `stable` or `beta`: 1-32 lower-case letters, digits or `-`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Channel(String);
 
 impl Channel {
     pub const DEFAULT: &'static str = "stable";
+
+    /// The default channel, `stable`.
+    pub fn stable() -> Channel {
+        Channel(Channel::DEFAULT.into())
+    }
 
     pub fn parse(input: &str) -> Result<Channel> {
         let text = input.trim().to_ascii_lowercase();
@@ -82,6 +91,111 @@ impl Channel {
         &self.0
     }
 }
+
+/// The traits every parsed name shares: it reads and prints as its (normalised) text,
+/// serialises as that text, and deserialises only through `parse`.
+macro_rules! parsed_text {
+    ($($name:ident),*) => {$(
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl std::ops::Deref for $name {
+            type Target = str;
+
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.0 == other
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.0 == *other
+            }
+        }
+
+        impl PartialEq<String> for $name {
+            fn eq(&self, other: &String) -> bool {
+                self.0 == *other
+            }
+        }
+
+        impl PartialEq<$name> for str {
+            fn eq(&self, other: &$name) -> bool {
+                self == other.0
+            }
+        }
+
+        impl PartialEq<$name> for &str {
+            fn eq(&self, other: &$name) -> bool {
+                *self == other.0
+            }
+        }
+
+        impl PartialEq<$name> for String {
+            fn eq(&self, other: &$name) -> bool {
+                *self == other.0
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = Error;
+
+            fn from_str(text: &str) -> Result<Self> {
+                $name::parse(text)
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = Error;
+
+            fn try_from(text: String) -> Result<Self> {
+                $name::parse(&text)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(value: $name) -> String {
+                value.0
+            }
+        }
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+                serializer.serialize_str(&self.0)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+                let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+                $name::parse(&text).map_err(serde::de::Error::custom)
+            }
+        }
+    )*};
+}
+
+parsed_text!(ProductName, HardwareId, Channel);
 
 pub const MAX_NOTES_LEN: usize = 16 * 1024;
 
@@ -99,7 +213,7 @@ pub struct UploadMeta {
 /// Validated metadata of a new artifact.
 #[derive(Debug, Clone)]
 pub struct ArtifactSpec {
-    pub product: Product,
+    pub product: ProductName,
     pub version: Version,
     /// The version as the uploader (or the image) wrote it, e.g. `1.02`.
     pub version_label: String,
@@ -112,7 +226,7 @@ pub struct ArtifactSpec {
 /// refused before any byte is stored.
 pub fn precheck(meta: &UploadMeta) -> Result<()> {
     if let Some(product) = &meta.product {
-        Product::parse(product)?;
+        ProductName::parse(product)?;
     }
     if let Some(version) = &meta.version {
         Version::parse(version)?;
@@ -133,8 +247,8 @@ pub fn precheck(meta: &UploadMeta) -> Result<()> {
 pub fn resolve(meta: &UploadMeta, image: Option<&EspImageInfo>) -> Result<ArtifactSpec> {
     precheck(meta)?;
     let product = match (&meta.product, image) {
-        (Some(product), _) => Product::parse(product)?,
-        (None, Some(image)) if !image.project_name.is_empty() => Product::parse(&image.project_name).map_err(|_| {
+        (Some(product), _) => ProductName::parse(product)?,
+        (None, Some(image)) if !image.project_name.is_empty() => ProductName::parse(&image.project_name).map_err(|_| {
             Error::invalid(
                 "missing_product",
                 format!(
@@ -195,7 +309,7 @@ pub fn resolve(meta: &UploadMeta, image: Option<&EspImageInfo>) -> Result<Artifa
 
     let channel = match &meta.channel {
         Some(channel) => Channel::parse(channel)?,
-        None => Channel(Channel::DEFAULT.into()),
+        None => Channel::stable(),
     };
     Ok(ArtifactSpec { product, version, version_label, hardware, notes: meta.notes.clone().unwrap_or_default(), channel })
 }
@@ -268,12 +382,13 @@ impl ImageFacts {
 /// A stored firmware build.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Artifact {
-    pub id: String,
-    pub product: String,
+    pub id: ArtifactId,
+    pub product: ProductName,
     pub version: String,
-    pub version_key: String,
-    pub hardware: Vec<String>,
-    pub channel: String,
+    /// The version, parsed; it prints as its canonical text (the stored `version_key`).
+    pub version_key: Version,
+    pub hardware: Vec<HardwareId>,
+    pub channel: Channel,
     pub notes: String,
     pub size: u64,
     pub sha256: String,
@@ -308,8 +423,8 @@ pub enum Existing<'a> {
 pub fn classify_existing<'a>(candidates: &'a [Artifact], spec: &ArtifactSpec, digests: &Digests) -> Existing<'a> {
     let overlapping = candidates.iter().filter(|a| {
         a.product == spec.product.as_str()
-            && a.version_key == spec.version.canonical()
-            && a.hardware.iter().any(|h| spec.hardware.iter().any(|s| s.as_str() == h))
+            && a.version_key.is_identical(&spec.version)
+            && a.hardware.iter().any(|h| spec.hardware.contains(h))
     });
     let mut first = None;
     for artifact in overlapping {
@@ -334,7 +449,7 @@ fn clip(text: &str) -> String {
 #[derive(Debug, Clone, Default)]
 pub struct ArtifactFilter {
     pub product: Option<String>,
-    pub hardware: Option<String>,
+    pub hardware: Option<HardwareId>,
     /// Canonical version.
     pub version_key: Option<String>,
     pub channel: Option<String>,
@@ -356,7 +471,7 @@ pub enum ArtifactSort {
 #[derive(Debug, Clone, Default)]
 pub struct ArtifactPatch {
     pub notes: Option<String>,
-    pub channel: Option<String>,
+    pub channel: Option<Channel>,
 }
 
 #[cfg(test)]
@@ -370,6 +485,38 @@ mod tests {
             hardware: hardware.iter().map(|s| s.to_string()).collect(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn names_print_as_their_normalised_text_and_parse_back() {
+        let product: ProductName = " lamp.v2 ".parse().unwrap();
+        assert_eq!(product.to_string(), "lamp.v2");
+        let printed = format!("{product}");
+        assert_eq!(ProductName::parse(&printed).unwrap(), product);
+        assert_eq!(product, "lamp.v2");
+        let hardware = HardwareId::parse("FireBeetle 2 ESP32-C6").unwrap();
+        assert_eq!(hardware.as_ref() as &str, "firebeetle 2 esp32-c6");
+        assert_eq!(String::from(hardware.clone()), "firebeetle 2 esp32-c6");
+        assert_eq!(HardwareId::try_from(hardware.to_string()).unwrap(), hardware);
+        assert_eq!(Channel::parse("Beta").unwrap().to_string(), "beta");
+    }
+
+    #[test]
+    fn bad_text_is_refused_with_the_code_of_its_type() {
+        assert_eq!("..".parse::<ProductName>().unwrap_err().code(), "invalid_product");
+        assert_eq!(HardwareId::try_from("esp32;rm".to_string()).unwrap_err().code(), "invalid_hardware");
+        assert_eq!("a_b".parse::<Channel>().unwrap_err().code(), "invalid_channel");
+    }
+
+    #[test]
+    fn names_serialise_as_bare_text_and_deserialise_only_when_valid() {
+        let product = ProductName::parse("lamp").unwrap();
+        assert_eq!(serde_json::to_string(&product).unwrap(), "\"lamp\"");
+        assert_eq!(serde_json::from_str::<ProductName>("\"lamp\"").unwrap(), product);
+        assert!(serde_json::from_str::<ProductName>("\".hidden\"").is_err());
+        let hardware: Vec<HardwareId> = serde_json::from_str(r#"["ESP32","esp32-s3"]"#).unwrap();
+        assert_eq!(serde_json::to_string(&hardware).unwrap(), r#"["esp32","esp32-s3"]"#);
+        assert!(serde_json::from_str::<HardwareId>("\"\"").is_err());
     }
 
     #[test]
@@ -391,11 +538,11 @@ mod tests {
 
     #[test]
     fn bad_names_are_refused_with_their_own_codes() {
-        assert_eq!(Product::parse("my app").unwrap_err().code(), "invalid_product");
+        assert_eq!(ProductName::parse("my app").unwrap_err().code(), "invalid_product");
         for reserved in ["..", ".", ".staging", ".hidden"] {
-            assert_eq!(Product::parse(reserved).unwrap_err().code(), "invalid_product", "{reserved}");
+            assert_eq!(ProductName::parse(reserved).unwrap_err().code(), "invalid_product", "{reserved}");
         }
-        assert!(Product::parse("lamp.v2").is_ok() && Product::parse("lamp..x").is_ok());
+        assert!(ProductName::parse("lamp.v2").is_ok() && ProductName::parse("lamp..x").is_ok());
         assert_eq!(HardwareId::parse("esp32;rm").unwrap_err().code(), "invalid_hardware");
         assert_eq!(Channel::parse("be ta").unwrap_err().code(), "invalid_channel");
         assert_eq!(precheck(&meta(None, Some("one"), &[])).unwrap_err().code(), "invalid_version");

@@ -9,6 +9,7 @@ pub mod device;
 pub mod error;
 pub mod esp_image;
 pub mod firmware;
+pub mod ids;
 pub mod lvgl;
 pub mod mac;
 pub mod mqtt;
@@ -18,3 +19,4 @@ pub mod update;
 pub mod version;
 
 pub use error::{Error, Result};
+pub use ids::{ArtifactId, AssetId, AttemptId, CommandId, DeviceId, GroupId, ReleaseId, RolloutId};

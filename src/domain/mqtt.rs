@@ -9,6 +9,7 @@
 
 use chrono::{DateTime, Utc};
 
+use super::ids::DeviceId;
 use super::mac::Mac;
 
 pub const PREFIX: &str = "updraft";
@@ -309,19 +310,19 @@ pub fn legacy_mac(topic: &str) -> Option<Mac> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inbound {
     Status {
-        device_id: String,
+        device_id: DeviceId,
     },
     Telemetry {
-        device_id: String,
+        device_id: DeviceId,
     },
     Attributes {
-        device_id: String,
+        device_id: DeviceId,
     },
     OtaStatus {
-        device_id: String,
+        device_id: DeviceId,
     },
     CommandResult {
-        device_id: String,
+        device_id: DeviceId,
     },
     /// Seed 000: `flashing`, `idle`, `done` or `failed`. `mac_text` is the MAC as the topic
     /// spells it, so that answers go to the topic the device subscribed to.
@@ -340,7 +341,7 @@ impl Inbound {
         let levels: Vec<&str> = topic.split('/').collect();
         match levels.as_slice() {
             [PREFIX, id, rest @ ..] if !id.is_empty() => {
-                let device_id = id.to_string();
+                let device_id = DeviceId::from(*id);
                 match rest {
                     ["status"] => Some(Inbound::Status { device_id }),
                     ["telemetry"] => Some(Inbound::Telemetry { device_id }),

@@ -13,6 +13,8 @@ use std::collections::HashSet;
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use sha2::{Digest, Sha256};
 
+use super::firmware::{Channel, HardwareId, ProductName};
+use super::ids::{ArtifactId, DeviceId, GroupId, ReleaseId, RolloutId};
 use super::update::channel_receives;
 use super::version::Version;
 use super::{Error, Result};
@@ -270,9 +272,9 @@ pub fn stage_sizes(sorted_fractions: &[f64], shares: &[f64]) -> Vec<u64> {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Target {
     /// Hardware ids; empty: every hardware the release has a build for.
-    pub hardware: Vec<String>,
+    pub hardware: Vec<HardwareId>,
     /// Device channels; empty: every channel that receives the release's channel.
-    pub channels: Vec<String>,
+    pub channels: Vec<Channel>,
     /// The device has every one of these tags.
     pub tags: Vec<String>,
     /// Running version at least this (inclusive).
@@ -280,9 +282,9 @@ pub struct Target {
     /// Running version below this (exclusive).
     pub version_max: Option<Version>,
     /// Only these devices (ids).
-    pub devices: Option<HashSet<String>>,
+    pub devices: Option<HashSet<DeviceId>>,
     /// Only members of this saved group (id); its members are resolved by the caller.
-    pub group: Option<String>,
+    pub group: Option<GroupId>,
 }
 
 /// What a target filter looks at.
@@ -302,7 +304,7 @@ impl Target {
         device: &TargetFacts<'_>,
         release_hardware: &[String],
         release_channel: &str,
-        group_members: Option<&HashSet<String>>,
+        group_members: Option<&HashSet<DeviceId>>,
     ) -> bool {
         let Some(hardware) = device.hardware else { return false };
         let hardware_ok = if self.hardware.is_empty() {
@@ -563,20 +565,21 @@ pub fn evaluate(stages: &[Stage], current: usize, tallies: &[Tally], sizes: &[u6
 /// Builds of one product shipped together under one version.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Release {
-    pub id: String,
-    pub product: String,
+    pub id: ReleaseId,
+    pub product: ProductName,
     pub version: String,
-    pub version_key: String,
-    pub channel: String,
+    /// The version, parsed; it prints as its canonical text (the stored `version_key`).
+    pub version_key: Version,
+    pub channel: Channel,
     pub notes: String,
-    pub artifact_ids: Vec<String>,
+    pub artifact_ids: Vec<ArtifactId>,
     pub created_at: DateTime<Utc>,
 }
 
 /// A saved list of devices that rollouts can target.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Group {
-    pub id: String,
+    pub id: GroupId,
     pub name: String,
     pub size: u64,
     pub created_at: DateTime<Utc>,
@@ -600,10 +603,10 @@ pub struct RolloutOptions {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rollout {
-    pub id: String,
+    pub id: RolloutId,
     pub name: String,
-    pub release_id: String,
-    pub product: String,
+    pub release_id: ReleaseId,
+    pub product: ProductName,
     pub target: Target,
     pub stages: Vec<Stage>,
     pub options: RolloutOptions,
@@ -745,11 +748,11 @@ mod tests {
         assert!(range.matches(&facts, &release_hw, "stable", None));
         let above = Target { version_min: Some(v("1.6")), ..Default::default() };
         assert!(!above.matches(&facts, &release_hw, "stable", None));
-        let list = Target { devices: Some(["d2".to_string()].into()), ..Default::default() };
+        let list = Target { devices: Some([DeviceId::from("d2")].into()), ..Default::default() };
         assert!(!list.matches(&facts, &release_hw, "stable", None));
         let group = Target { group: Some("g".into()), ..Default::default() };
         assert!(!group.matches(&facts, &release_hw, "stable", None));
-        assert!(group.matches(&facts, &release_hw, "stable", Some(&["d1".to_string()].into())));
+        assert!(group.matches(&facts, &release_hw, "stable", Some(&[DeviceId::from("d1")].into())));
     }
 
     #[test]

@@ -123,8 +123,7 @@ pub fn decide<'a>(device: &DeviceFacts, artifacts: &'a [Artifact], releases: Rel
     let builds = || artifacts.iter().filter(move |a| a.product == product && fits_hardware(a, hardware));
 
     if let Some(target) = &device.target_version {
-        let canonical = target.canonical();
-        let Some(artifact) = builds().find(|a| a.version_key == canonical) else {
+        let Some(artifact) = builds().find(|a| a.version_key.is_identical(target)) else {
             return Decision::None(NoUpdate::PinnedBuildMissing);
         };
         return if device.version.as_ref() == Some(target) {
@@ -134,15 +133,13 @@ pub fn decide<'a>(device: &DeviceFacts, artifacts: &'a [Artifact], releases: Rel
         };
     }
 
-    let open = builds()
-        .filter(|a| channel_receives(&device.channel, &a.channel) && !releases.holds(a))
-        .filter_map(|a| Version::parse(&a.version_key).ok().map(|v| (v, a, None)));
+    let open = builds().filter(|a| channel_receives(&device.channel, &a.channel) && !releases.holds(a)).map(|a| (&a.version_key, a, None));
     let released = releases.offers.iter().flat_map(|offer| {
         offer
             .builds
             .iter()
             .filter(move |a| a.product == product && fits_hardware(a, hardware))
-            .filter_map(move |a| Version::parse(&a.version_key).ok().map(|v| (v, a, Some(offer))))
+            .map(move |a| (&a.version_key, a, Some(offer)))
     });
     // Newest version first; between equal versions, a rollout's release, then the newer upload.
     let newest = open.chain(released).max_by(|(va, a, ra), (vb, b, rb)| {
@@ -150,7 +147,7 @@ pub fn decide<'a>(device: &DeviceFacts, artifacts: &'a [Artifact], releases: Rel
     });
     let Some((newest_version, artifact, rollout)) = newest else { return Decision::None(NoUpdate::NoBuilds) };
     match &device.version {
-        Some(current) if *current >= newest_version => Decision::None(NoUpdate::UpToDate),
+        Some(current) if current >= newest_version => Decision::None(NoUpdate::UpToDate),
         _ => Decision::Offer { artifact, pinned: false, mandatory: rollout.is_some_and(|r| r.mandatory), rollout },
     }
 }
@@ -158,16 +155,17 @@ pub fn decide<'a>(device: &DeviceFacts, artifacts: &'a [Artifact], releases: Rel
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::firmware::{HardwareId, ProductName};
 
     fn artifact(id: &str, version: &str, hardware: &[&str], channel: &str) -> Artifact {
         let created_at = chrono::DateTime::from_timestamp_millis(1_700_000_000_000).unwrap();
         Artifact {
             id: id.into(),
-            product: "app".into(),
+            product: ProductName::parse("app").unwrap(),
             version: version.into(),
-            version_key: Version::parse(version).unwrap().canonical(),
-            hardware: hardware.iter().map(|h| h.to_string()).collect(),
-            channel: channel.into(),
+            version_key: Version::parse(version).unwrap(),
+            hardware: hardware.iter().map(|h| HardwareId::parse(h).unwrap()).collect(),
+            channel: channel.parse().unwrap(),
             notes: String::new(),
             size: 1,
             sha256: String::new(),
@@ -253,7 +251,7 @@ mod tests {
     #[test]
     fn builds_of_other_products_are_never_offered() {
         let mut foreign = artifact("x", "5.0.0", &["esp32"], "stable");
-        foreign.product = "other".into();
+        foreign.product = ProductName::parse("other").unwrap();
         assert_eq!(decide(&device(Some("1.0.0")), &[foreign], Releases::default()), Decision::None(NoUpdate::NoBuilds));
     }
 

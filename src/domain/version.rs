@@ -94,8 +94,22 @@ impl Version {
         format!("{}.{}.{}", self.semver.major, self.semver.minor, self.semver.patch)
     }
 
+    /// The same canonical text: equal precedence *and* equal build metadata (`1.0.0+a` and
+    /// `1.0.0+b` are equal versions but not the same build's version).
+    pub fn is_identical(&self, other: &Version) -> bool {
+        self.semver == other.semver
+    }
+
     pub fn is_prerelease(&self) -> bool {
         !self.semver.pre.is_empty()
+    }
+}
+
+impl std::str::FromStr for Version {
+    type Err = VersionError;
+
+    fn from_str(text: &str) -> Result<Version, VersionError> {
+        Version::parse(text)
     }
 }
 
@@ -159,6 +173,16 @@ mod tests {
         }
         assert_eq!(Version::parse("1.0.0+a").unwrap(), Version::parse("1.0.0+b").unwrap());
         assert_eq!(Version::parse("1.0").unwrap(), Version::parse("v1.0.0").unwrap());
+    }
+
+    #[test]
+    fn identical_versions_share_their_build_metadata_too() {
+        let a: Version = "1.0.0+a".parse().unwrap();
+        let b: Version = "v1.0+b".parse().unwrap();
+        assert_eq!(a, b);
+        assert!(!a.is_identical(&b));
+        assert!(a.is_identical(&a.canonical().parse().unwrap()));
+        assert!("1.x".parse::<Version>().is_err());
     }
 
     #[test]

@@ -126,7 +126,7 @@ pub struct ConvertQuery {
 
 fn asset_view(asset: &Asset) -> AssetView {
     AssetView {
-        product: asset.product.clone(),
+        product: asset.product.to_string(),
         name: asset.name.clone(),
         version: asset.version,
         size: asset.size,

@@ -299,7 +299,7 @@ async fn effective_of(state: &AppState, name: &str) -> ApiResult<Response> {
         return Ok(Json(effective_view(None, mac.canonical(), effective)).into_response());
     };
     let effective = service::effective(&state.core, &device).await?;
-    Ok(Json(effective_view(Some(device.id.clone()), device.mac.canonical(), effective)).into_response())
+    Ok(Json(effective_view(Some(device.id.to_string()), device.mac.canonical(), effective)).into_response())
 }
 
 // ---- handlers: layers ----
@@ -569,10 +569,10 @@ async fn stale_configs(State(state): State<AppState>, _admin: Admin, ApiQuery(qu
     let items = stale
         .into_iter()
         .map(|s| StaleView {
-            device_id: s.device.id.clone(),
+            device_id: s.device.id.to_string(),
             mac: s.device.mac.canonical(),
             name: s.device.name.clone(),
-            product: s.device.product.clone(),
+            product: s.device.product.as_ref().map(ToString::to_string),
             current_version: s.current_version,
             acknowledged_version: s.acknowledged.as_ref().map(|(v, _)| v.clone()),
             acknowledged_at: s.acknowledged.map(|(_, at)| timestamp(at)),

@@ -19,7 +19,7 @@ use super::auth::bearer_or_header;
 use super::devices::AttemptView;
 use super::download::serve_artifact;
 use super::error::{ApiError, ApiJson, ApiQuery, ApiResult, ErrorBody};
-use crate::domain::Error;
+use crate::domain::{ArtifactId, Error};
 use crate::net::ClientAddr;
 use crate::services::devices::{self as service, CheckinAnswer, CheckinReport, ProvisionRequest, StatusReport};
 use crate::services::fleet::ActiveDevice;
@@ -233,13 +233,13 @@ async fn provision(
     .await?;
     let device = &provisioned.device;
     let answer = ProvisionAnswer {
-        device_id: device.id.clone(),
+        device_id: device.id.to_string(),
         token: provisioned.token,
         mqtt: MqttInfo {
             enabled: state.settings.mqtt.enabled,
-            username: device.id.clone(),
+            username: device.id.to_string(),
             password_is_token: true,
-            client_id: device.id.clone(),
+            client_id: device.id.to_string(),
             topic_prefix: format!("updraft/{}/", device.id),
         },
         poll_interval_s: provisioned.poll_interval_s,
@@ -381,7 +381,7 @@ async fn download(
     ClientIp(ip): ClientIp,
     method: Method,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    Path(id): Path<ArtifactId>,
     ApiQuery(query): ApiQuery<DownloadQuery>,
 ) -> ApiResult<Response> {
     let device = match (&query.device, query.expires, &query.signature) {

@@ -15,10 +15,10 @@ use super::AppState;
 use super::auth::Admin;
 use super::download::serve_artifact;
 use super::error::{ApiError, ApiJson, ApiQuery, ApiResult, ErrorBody};
-use crate::domain::Error;
 use crate::domain::firmware::{self, Artifact, Channel, ImageFacts, UploadMeta};
 use crate::domain::firmware::{ArtifactFilter, ArtifactPatch, ArtifactSort};
 use crate::domain::version::Version;
+use crate::domain::{ArtifactId, Error};
 use crate::services::firmware::{self as service, BodyError};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -346,7 +346,7 @@ async fn list_firmware(
         None => None,
     };
     let hardware = match &query.hardware {
-        Some(h) => Some(firmware::HardwareId::parse(h)?.as_str().to_string()),
+        Some(h) => Some(firmware::HardwareId::parse(h)?),
         None => None,
     };
     let filter = ArtifactFilter {
@@ -374,7 +374,7 @@ async fn get_firmware(
     State(state): State<AppState>,
     _admin: Admin,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    Path(id): Path<ArtifactId>,
 ) -> ApiResult<Json<ArtifactView>> {
     let artifact = find(&state, &id).await?;
     Ok(Json(artifact_view(&state, &artifact, Some(&headers))))
@@ -392,14 +392,14 @@ async fn patch_firmware(
     State(state): State<AppState>,
     _admin: Admin,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    Path(id): Path<ArtifactId>,
     ApiJson(body): ApiJson<PatchArtifactBody>,
 ) -> ApiResult<Json<ArtifactView>> {
     if body.notes.as_ref().is_some_and(|n| n.len() > firmware::MAX_NOTES_LEN) {
         return Err(Error::invalid("invalid_notes", format!("notes must be at most {} bytes", firmware::MAX_NOTES_LEN)).into());
     }
     let channel = match &body.channel {
-        Some(c) => Some(Channel::parse(c)?.as_str().to_string()),
+        Some(c) => Some(Channel::parse(c)?),
         None => None,
     };
     let patch = ArtifactPatch { notes: body.notes, channel };
@@ -414,7 +414,7 @@ async fn patch_firmware(
     responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, description = "Still in use", body = ErrorBody)),
     security(("bearer" = []), ("admin_key" = []))
 )]
-async fn delete_firmware(State(state): State<AppState>, _admin: Admin, Path(id): Path<String>) -> ApiResult<StatusCode> {
+async fn delete_firmware(State(state): State<AppState>, _admin: Admin, Path(id): Path<ArtifactId>) -> ApiResult<StatusCode> {
     service::delete(&state.core, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -442,25 +442,25 @@ async fn download_firmware(
     _admin: Admin,
     method: Method,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    Path(id): Path<ArtifactId>,
 ) -> ApiResult<Response> {
     let artifact = find(&state, &id).await?;
     serve_artifact(&state.core.blobs, &artifact, &method, &headers).await
 }
 
-async fn find(state: &AppState, id: &str) -> Result<Artifact, ApiError> {
+async fn find(state: &AppState, id: &ArtifactId) -> Result<Artifact, ApiError> {
     Ok(service::find(&state.core, id).await?)
 }
 
 fn artifact_view(state: &AppState, artifact: &Artifact, headers: Option<&HeaderMap>) -> ArtifactView {
     let base = state.base_url(headers);
     ArtifactView {
-        id: artifact.id.clone(),
-        product: artifact.product.clone(),
+        id: artifact.id.to_string(),
+        product: artifact.product.to_string(),
         version: artifact.version.clone(),
-        version_canonical: artifact.version_key.clone(),
-        hardware: artifact.hardware.clone(),
-        channel: artifact.channel.clone(),
+        version_canonical: artifact.version_key.canonical(),
+        hardware: artifact.hardware.iter().map(ToString::to_string).collect(),
+        channel: artifact.channel.to_string(),
         notes: artifact.notes.clone(),
         size: artifact.size,
         sha256: artifact.sha256.clone(),

@@ -143,8 +143,8 @@ fn user_view(user: &MqttUser) -> MqttUserView {
 
 fn command_view(c: &Command) -> CommandView {
     CommandView {
-        id: c.id.clone(),
-        device_id: c.device_id.clone(),
+        id: c.id.to_string(),
+        device_id: c.device_id.to_string(),
         name: c.name.clone(),
         params: c.params.clone(),
         state: c.state.as_str().into(),

@@ -569,7 +569,7 @@ impl Hooks {
             None => tracing::warn!(device_id, online, "a device's MQTT status changed before Updraft's client was up"),
         }
         if let Some(workers) = self.workers.get() {
-            let inbound = crate::domain::mqtt::Inbound::Status { device_id: device_id.to_string() };
+            let inbound = crate::domain::mqtt::Inbound::Status { device_id: device_id.into() };
             let worker = &workers[super::bus::shard(&inbound)];
             let payload = bytes::Bytes::from_static(if online { b"online" } else { b"offline" });
             // Waiting slows a connection storm down to what the handler keeps up with.

@@ -140,7 +140,7 @@ impl Handler {
                     return Err(Error::conflict("no_update", "the device reported flashing without an update in progress"));
                 };
                 let report = |state: &str, message: Option<&str>| StatusReport {
-                    release_id: Some(attempt.release_id.clone()),
+                    release_id: Some(attempt.release_id.to_string()),
                     version: Some(attempt.to_version.clone()),
                     state: state.to_string(),
                     progress: None,

@@ -152,7 +152,7 @@ impl ThingsBoard {
             return Ok(());
         };
         let report = |state: &str, message: Option<String>| StatusReport {
-            release_id: Some(attempt.release_id.clone()),
+            release_id: Some(attempt.release_id.to_string()),
             version: Some(attempt.to_version.clone()),
             state: state.to_string(),
             progress: None,

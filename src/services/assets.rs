@@ -15,8 +15,8 @@ use super::Core;
 use super::events::Event;
 use crate::blob::BlobWriter;
 use crate::domain::asset::{Asset, AssetFile};
-use crate::domain::firmware::Product as ProductName;
-use crate::domain::{Error, Result};
+use crate::domain::firmware::ProductName;
+use crate::domain::{AssetId, Error, Result};
 
 /// How far a signed upload timestamp may be from the server's clock.
 pub const TIMESTAMP_TOLERANCE_SECS: i64 = 300;
@@ -188,8 +188,8 @@ pub fn check_name(name: &str) -> Result<String> {
     }
 }
 
-pub fn check_product(product: &str) -> Result<String> {
-    Ok(ProductName::parse(product)?.as_str().to_string())
+pub fn check_product(product: &str) -> Result<ProductName> {
+    ProductName::parse(product)
 }
 
 /// What the Ed25519 signature of an asset version covers (UTF-8, each line ending in `\n`).
@@ -199,7 +199,14 @@ pub fn signed_statement(product: &str, name: &str, version: i64, size: u64, sha2
 
 /// Creates the next version of an asset from a finished upload; an empty one is refused
 /// (`empty_file`).
-pub async fn create(core: &Core, product: &str, name: &str, content_type: &str, comment: &str, staged: StagedUpload) -> Result<Asset> {
+pub async fn create(
+    core: &Core,
+    product: &ProductName,
+    name: &str,
+    content_type: &str,
+    comment: &str,
+    staged: StagedUpload,
+) -> Result<Asset> {
     let staged = staged.refuse_empty().await?;
     let comment = comment.trim();
     if comment.chars().count() > 1000 || comment.chars().any(char::is_control) {
@@ -226,8 +233,8 @@ pub async fn create(core: &Core, product: &str, name: &str, content_type: &str, 
         let version = core.store.latest_asset_version(product, name).await? + 1;
         let statement = signed_statement(product, name, version, size, &sha256);
         let asset = Asset {
-            id: uuid::Uuid::now_v7().to_string(),
-            product: product.to_string(),
+            id: AssetId::new(),
+            product: product.clone(),
             name: name.to_string(),
             version,
             size,

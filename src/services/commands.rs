@@ -15,12 +15,12 @@ use tokio::sync::watch;
 use super::Core;
 use super::events::Event;
 use crate::domain::command::{self, Command, CommandResult, CommandState};
-use crate::domain::{Error, Result, mqtt};
+use crate::domain::{CommandId, DeviceId, Error, Result, mqtt};
 
 /// Waiters of this replica, by command id.
 #[derive(Default)]
 pub struct CommandRuntime {
-    waiters: Mutex<HashMap<String, watch::Sender<Option<Command>>>>,
+    waiters: Mutex<HashMap<CommandId, watch::Sender<Option<Command>>>>,
 }
 
 impl CommandRuntime {
@@ -50,7 +50,7 @@ pub async fn issue(core: &Core, device_id: &str, request: NewCommand, actor: &st
     let device = core.store.find_device(device_id).await?.ok_or_else(|| Error::not_found("device", device_id))?;
     let now = Utc::now();
     let command = Command {
-        id: uuid::Uuid::now_v7().to_string(),
+        id: CommandId::new(),
         device_id: device.id.clone(),
         name: request.name,
         params: request.params,
@@ -78,7 +78,7 @@ pub async fn issue(core: &Core, device_id: &str, request: NewCommand, actor: &st
     tracing::info!(device_id = %device.id, command_id = %command.id, name = %command.name, actor, "command sent");
     core.events.publish(Event::CommandSent {
         device_id: device.id.to_string(),
-        command_id: command.id.clone(),
+        command_id: command.id.to_string(),
         name: command.name.clone(),
     });
     Ok(command)
@@ -86,7 +86,7 @@ pub async fn issue(core: &Core, device_id: &str, request: NewCommand, actor: &st
 
 /// Records a device's `cmd/result`. Unknown ids, other devices' commands and answers after
 /// the deadline are refused (and logged by the caller).
-pub async fn complete(core: &Core, device_id: &str, payload: &[u8]) -> Result<Command> {
+pub async fn complete(core: &Core, device_id: &DeviceId, payload: &[u8]) -> Result<Command> {
     let answer = CommandResult::parse(payload)?;
     let state = if answer.ok { CommandState::Succeeded } else { CommandState::Failed };
     let (command, changed) = core
@@ -100,7 +100,7 @@ pub async fn complete(core: &Core, device_id: &str, payload: &[u8]) -> Result<Co
     core.commands.notify(&command);
     core.events.publish(Event::CommandCompleted {
         device_id: device_id.to_string(),
-        command_id: command.id.clone(),
+        command_id: command.id.to_string(),
         state: command.state.as_str().to_string(),
     });
     Ok(command)
@@ -112,8 +112,8 @@ pub async fn expire(core: &Core) -> Result<usize> {
     for command in &expired {
         core.commands.notify(command);
         core.events.publish(Event::CommandCompleted {
-            device_id: command.device_id.clone(),
-            command_id: command.id.clone(),
+            device_id: command.device_id.to_string(),
+            command_id: command.id.to_string(),
             state: "timed_out".into(),
         });
     }
@@ -124,7 +124,7 @@ pub async fn expire(core: &Core) -> Result<usize> {
 pub async fn wait(core: &Core, device_id: &str, id: &str, wait: Duration) -> Result<Command> {
     let mut receiver = {
         let mut waiters = core.commands.waiters.lock().expect("waiters lock");
-        waiters.entry(id.to_string()).or_insert_with(|| watch::channel(None).0).subscribe()
+        waiters.entry(CommandId::from(id)).or_insert_with(|| watch::channel(None).0).subscribe()
     };
     let deadline = tokio::time::Instant::now() + wait;
     loop {

@@ -25,11 +25,11 @@ use super::fleet::ActiveDevice;
 use super::rollouts;
 use crate::domain::compat::{self, CompatFile};
 use crate::domain::device::{Device, DevicePatch};
-use crate::domain::firmware::{Artifact, Channel, Product as ProductName, UploadMeta};
+use crate::domain::firmware::{Artifact, Channel, HardwareId, ProductName, UploadMeta};
 use crate::domain::mac::Mac;
 use crate::domain::update::{self, Decision, DeviceFacts, Held, Releases};
 use crate::domain::version::Version;
-use crate::domain::{Error, Result};
+use crate::domain::{ArtifactId, Error, Result};
 use crate::storage::CompatFileRemoval;
 
 /// The product of protocols that name none: the configured one, else the only product the
@@ -82,7 +82,7 @@ pub async fn checkin_by_mac(core: &Core, request: MacCheckin, ip: Option<IpAddr>
     } else {
         core.store.find_device_by_mac(&request.mac).await?.ok_or_else(|| Error::Forbidden(format!("{} is not registered", request.mac)))?
     };
-    let product = device.product.clone().or(request.product);
+    let product = device.product.as_ref().map(ToString::to_string).or(request.product);
     let builds = match &product {
         Some(product) => devices::builds_of(core, product).await?,
         None => Arc::new(Vec::new()),
@@ -92,8 +92,8 @@ pub async fn checkin_by_mac(core: &Core, request: MacCheckin, ip: Option<IpAddr>
     let hardware = match (&device.hardware, &product) {
         (None, Some(product)) => running
             .filter(|build| build.hardware.len() == 1)
-            .map(|build| build.hardware[0].clone())
-            .or_else(|| compat::sole_hardware(&builds, product)),
+            .map(|build| build.hardware[0].to_string())
+            .or_else(|| compat::sole_hardware(&builds, product).map(String::from)),
         _ => None,
     };
     let report = CheckinReport {
@@ -127,8 +127,8 @@ pub fn decide_anonymous<'a>(
     };
     let hardware = hardware
         .map(str::to_string)
-        .or_else(|| only.and_then(|b| b.hardware.first().cloned()))
-        .or_else(|| compat::sole_hardware(builds, product));
+        .or_else(|| only.and_then(|b| b.hardware.first().map(ToString::to_string)))
+        .or_else(|| compat::sole_hardware(builds, product).map(String::from));
     let facts = DeviceFacts {
         product: Some(product.to_string()),
         hardware,
@@ -171,12 +171,12 @@ pub struct Latest {
 pub async fn latest_with_mark(core: &Core, product: &str) -> Result<Latest> {
     let marked = core.store.find_product_latest(product).await?;
     let build = cyberdeck_latest(core, product).await?;
-    Ok(Latest { marked: marked.is_some() && marked == build.as_ref().map(|b| b.id.clone()), build })
+    Ok(Latest { marked: marked.is_some() && marked.as_deref() == build.as_ref().map(|b| b.id.as_str()), build })
 }
 
 /// Marks a build of `product` as the one seed-002 devices receive (`None` unmarks).
 pub async fn mark_latest(core: &Core, product: &str, version: Option<&str>) -> Result<Option<Artifact>> {
-    let product = ProductName::parse(product)?.as_str().to_string();
+    let product = ProductName::parse(product)?;
     let Some(version) = version else {
         core.store.set_product_latest(&product, None).await?;
         return Ok(None);
@@ -200,8 +200,8 @@ pub async fn mark_latest(core: &Core, product: &str, version: Option<&str>) -> R
 /// signatures are deterministic and cached, so the private key is not exercised per request.
 #[derive(Default)]
 pub struct FotaSigner {
-    keys: HashMap<String, RsaPrivateKey>,
-    signatures: Mutex<HashMap<String, Arc<[u8]>>>,
+    keys: HashMap<ProductName, RsaPrivateKey>,
+    signatures: Mutex<HashMap<ArtifactId, Arc<[u8]>>>,
 }
 
 impl FotaSigner {
@@ -220,13 +220,13 @@ impl FotaSigner {
             let key = RsaPrivateKey::from_pkcs8_pem(&pem)
                 .or_else(|_| RsaPrivateKey::from_pkcs1_pem(&pem))
                 .map_err(|e| anyhow::anyhow!("{} is not an RSA private key in PEM form: {e}", path.display()))?;
-            keys.insert(product.as_str().to_string(), key);
+            keys.insert(product, key);
         }
         Ok(FotaSigner { keys, signatures: Mutex::default() })
     }
 
     pub fn products(&self) -> Vec<&str> {
-        self.keys.keys().map(String::as_str).collect()
+        self.keys.keys().map(|product| product.as_str()).collect()
     }
 
     pub fn signs(&self, product: &str) -> bool {
@@ -332,7 +332,7 @@ pub async fn named_files(core: &Core) -> Result<Vec<(CompatFile, Artifact)>> {
 }
 
 /// The oldest seed-001 name of a build.
-pub async fn first_file_name(core: &Core, artifact_id: &str) -> Result<Option<String>> {
+pub async fn first_file_name(core: &Core, artifact_id: &ArtifactId) -> Result<Option<String>> {
     Ok(core.store.compat_file_names(artifact_id).await?.into_iter().next())
 }
 
@@ -400,7 +400,10 @@ pub async fn put_ota_server_device(
         }
         None => None,
     };
-    let hardware = by_url.or(by_version).and_then(|b| b.hardware.first().cloned()).or_else(|| default_hardware.map(str::to_string));
+    let hardware = match by_url.or(by_version).and_then(|b| b.hardware.first().cloned()) {
+        Some(hardware) => Some(hardware),
+        None => default_hardware.map(HardwareId::parse).transpose()?,
+    };
     let metadata = json!({ OTA_SERVER_METADATA: {
         "device_id": entry.device_id,
         "hardware_version": entry.hardware_version.clone().unwrap_or_else(|| "1.0".into()),
@@ -416,7 +419,7 @@ pub async fn put_ota_server_device(
             }
             let patch = DevicePatch {
                 name: entry.device_id.clone(),
-                product: existing.product.is_none().then(|| Some(product.to_string())),
+                product: if existing.product.is_none() { Some(Some(ProductName::parse(product)?)) } else { None },
                 hardware: existing.hardware.is_none().then_some(hardware),
                 target_version: Some(entry.target_version.clone()),
                 metadata: Some(merged),
@@ -432,7 +435,7 @@ pub async fn put_ota_server_device(
                     mac: mac.canonical(),
                     name: entry.device_id.clone(),
                     product: Some(product.to_string()),
-                    hardware,
+                    hardware: hardware.map(String::from),
                     channel: None,
                     version: entry.current_version.clone().filter(|v| Version::parse(v).is_ok()),
                     target_version: entry.target_version.clone(),
@@ -468,7 +471,7 @@ pub async fn import_ota_server(
     default_hardware: &str,
     limit: u64,
 ) -> Result<ImportReport> {
-    let product = ProductName::parse(product)?.as_str().to_string();
+    let product = ProductName::parse(product)?;
     let registry: serde_json::Map<String, Value> = serde_json::from_str(devices_json)
         .map_err(|e| Error::invalid("invalid_json", format!("devices.json is not a JSON object of devices by MAC: {e}")))?;
     let entries: Vec<OtaServerDevice> = registry.iter().map(|(mac, value)| ota_server_entry(mac, value)).collect();
@@ -487,7 +490,7 @@ pub async fn import_ota_server(
                 .iter()
                 .find(|d| d.firmware_url.as_deref().is_some_and(|u| u.rsplit('/').next() == Some(name.as_str())))
                 .and_then(|d| d.target_version.clone());
-            let meta = UploadMeta { product: Some(product.clone()), version, ..Default::default() };
+            let meta = UploadMeta { product: Some(product.to_string()), version, ..Default::default() };
             let file = match tokio::fs::File::open(dir.join(&name)).await {
                 Ok(file) => file,
                 Err(e) => {

@@ -188,7 +188,7 @@ fn check_label(field: &str, value: &str, max: usize) -> Result<String> {
 pub async fn affected_devices(core: &Core, scope: &Scope) -> Result<Vec<Device>> {
     match scope {
         Scope::Device(mac) => Ok(core.store.find_device_by_mac(mac).await?.into_iter().collect()),
-        Scope::Product(product) => all_devices(core, DeviceFilter { product: Some(product.clone()), ..Default::default() }).await,
+        Scope::Product(product) => all_devices(core, DeviceFilter { product: Some(product.to_string()), ..Default::default() }).await,
         Scope::Tag(tag) => all_devices(core, DeviceFilter { tag: Some(tag.clone()), ..Default::default() }).await,
     }
 }
@@ -218,7 +218,7 @@ fn publish_change(core: &Core, scope: &Scope, document: &StoredDocument, devices
         macs.push(*mac);
     }
     let device_id = match devices {
-        [only] => Some(only.id.clone()),
+        [only] => Some(only.id.to_string()),
         _ => None,
     };
     core.events.publish(Event::ConfigChanged(ConfigChanged {
@@ -226,7 +226,7 @@ fn publish_change(core: &Core, scope: &Scope, document: &StoredDocument, devices
         scope: scope.key(),
         version: document.version,
         deleted,
-        devices: devices.iter().map(|d| d.id.clone()).collect(),
+        devices: devices.iter().map(|d| d.id.to_string()).collect(),
         seed003_files: if deleted { Vec::new() } else { macs },
     }));
 }
@@ -257,7 +257,7 @@ pub async fn diff(core: &Core, scope: &Scope, from: i64, to: i64) -> Result<Vec<
 
 /// The effective configuration of a registered device.
 pub async fn effective(core: &Core, device: &Device) -> Result<Effective> {
-    let scopes = config::device_layers(device.product.as_deref(), &device.tags, &device.mac);
+    let scopes = config::device_layers(device.product.as_ref(), &device.tags, &device.mac);
     let documents = core.store.find_configs(&scopes.iter().map(Scope::key).collect::<Vec<_>>()).await?;
     let by_scope: HashMap<String, StoredDocument> = documents.into_iter().map(|d| (d.scope.clone(), d)).collect();
     Ok(merge_layers(&scopes, &|key| by_scope.get(key)))
@@ -355,7 +355,7 @@ async fn check_schemas(core: &Core, scope: &Scope, content: &Value, devices: &[D
     let mut errors = Vec::new();
     for device in devices {
         let Some(Some(validator)) = device.product.as_deref().map(|p| &schemas[p]) else { continue };
-        let scopes = config::device_layers(device.product.as_deref(), &device.tags, &device.mac);
+        let scopes = config::device_layers(device.product.as_ref(), &device.tags, &device.mac);
         let documents = core.store.find_configs(&scopes.iter().map(Scope::key).collect::<Vec<_>>()).await?;
         let by_scope: HashMap<String, StoredDocument> = documents.into_iter().map(|d| (d.scope.clone(), d)).collect();
         // A device without a document of its own is not configured yet: product and tag
@@ -436,14 +436,14 @@ pub async fn stale(core: &Core, product: Option<&str>, limit: u32, offset: u64) 
     let mut stale = Vec::new();
     let mut total = 0u64;
     for device in devices {
-        let scopes = config::device_layers(device.product.as_deref(), &device.tags, &device.mac);
+        let scopes = config::device_layers(device.product.as_ref(), &device.tags, &device.mac);
         let layers: Vec<(String, i64)> =
             scopes.iter().filter_map(|s| by_scope.get(&s.key()).map(|d| (d.scope.clone(), d.version))).collect();
         if layers.is_empty() {
             continue;
         }
         let current_version = config::effective_version(&layers);
-        let acknowledged = acks.get(&device.id).cloned();
+        let acknowledged = acks.get(device.id.as_str()).cloned();
         if acknowledged.as_ref().is_some_and(|(v, _)| *v == current_version) {
             continue;
         }

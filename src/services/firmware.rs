@@ -14,7 +14,7 @@ use super::Core;
 use crate::blob::BlobWriter;
 use crate::domain::esp_image::{EspImageInfo, EspImageParser};
 use crate::domain::firmware::{self, Artifact, ArtifactFilter, Digests, Existing, ImageFacts, UploadMeta};
-use crate::domain::{Error, Result};
+use crate::domain::{ArtifactId, Error, Result};
 use crate::storage::NewArtifact;
 
 /// Why a body stream ended early, as reported by the adapter.
@@ -30,7 +30,7 @@ pub enum BodyError {
 
 /// A fully received upload, not yet visible.
 pub struct StagedUpload {
-    id: String,
+    id: ArtifactId,
     blob_key: String,
     writer: BlobWriter,
     digests: Digests,
@@ -57,7 +57,7 @@ pub async fn stage<S>(core: &Core, mut body: S, limit: u64) -> Result<StagedUplo
 where
     S: Stream<Item = std::result::Result<Bytes, BodyError>> + Unpin,
 {
-    let id = uuid::Uuid::now_v7().to_string();
+    let id = ArtifactId::new();
     let blob_key = format!("artifacts/{id}");
     let mut writer = core.blobs.create(&blob_key).await?;
     let mut hasher = UploadHasher::default();
@@ -168,7 +168,7 @@ fn conflict(product: &str, version: &str, existing: &Artifact) -> Error {
 }
 
 /// Edits an artifact's notes or channel.
-pub async fn update(core: &Core, id: &str, patch: &firmware::ArtifactPatch) -> Result<Artifact> {
+pub async fn update(core: &Core, id: &ArtifactId, patch: &firmware::ArtifactPatch) -> Result<Artifact> {
     let artifact = core.store.update_artifact(id, patch).await?.ok_or_else(|| Error::not_found("artifact", id))?;
     core.devices.forget_builds(&artifact.product);
     announce_builds_changed(core, &artifact.product);
@@ -176,7 +176,7 @@ pub async fn update(core: &Core, id: &str, patch: &firmware::ArtifactPatch) -> R
 }
 
 /// A build by id.
-pub async fn find(core: &Core, id: &str) -> Result<Artifact> {
+pub async fn find(core: &Core, id: &ArtifactId) -> Result<Artifact> {
     core.store.find_artifact(id).await?.ok_or_else(|| Error::not_found("artifact", id))
 }
 
@@ -192,7 +192,7 @@ pub async fn totals(core: &Core) -> Result<(u64, u64)> {
 
 /// Deletes an artifact and its blob. The record goes first, so a failure to remove the
 /// blob leaves an orphan blob (logged) rather than a record without bytes.
-pub async fn delete(core: &Core, id: &str) -> Result<Artifact> {
+pub async fn delete(core: &Core, id: &ArtifactId) -> Result<Artifact> {
     if core.store.artifact_in_use(id).await? {
         return Err(in_use());
     }

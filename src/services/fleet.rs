@@ -196,7 +196,7 @@ impl ActiveDevice {
     /// An entry from the columns the storage layer reads for the index.
     pub fn from_row(row: ActiveRow) -> Self {
         ActiveDevice {
-            id: row.id.into(),
+            id: row.id.into_string().into(),
             mac: row.mac,
             product: row.product.map(Arc::from),
             hardware: row.hardware.map(Arc::from),

@@ -205,7 +205,7 @@ pub async fn principal_of(core: &Core, server: Option<&ServerIdentity>, username
     }
     // A ThingsBoard-style connection: the username is the token.
     if let Some(device) = core.store.find_device_by_token_hash(&secret::digest_hex(username)).await? {
-        return Ok(Some(Principal::Device { id: device.id.clone(), mac: device.mac }));
+        return Ok(Some(Principal::Device { id: device.id.to_string(), mac: device.mac }));
     }
     Ok(None)
 }

@@ -7,6 +7,7 @@ use super::sql::{self, Builder, violates};
 use super::{Store, db_error};
 use crate::domain::Result;
 use crate::domain::asset::{Asset, AssetFile};
+use crate::domain::firmware::ProductName;
 
 const ASSET_COLUMNS: &str = "id, product, name, version, size, sha256, content_type, blob_key, signature, comment, created_at";
 
@@ -63,8 +64,8 @@ impl Store {
         let inserted = sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO asset ({ASSET_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
         )))
-        .bind(&asset.id)
-        .bind(&asset.product)
+        .bind(asset.id.as_str())
+        .bind(asset.product.as_str())
         .bind(&asset.name)
         .bind(asset.version)
         .bind(asset.size as i64)
@@ -203,8 +204,8 @@ impl TryFrom<AssetRow> for Asset {
         Ok(Asset {
             size: row::int("size", row.size)?,
             created_at: row::time("created_at", row.created_at)?,
-            id: row.id,
-            product: row.product,
+            id: row.id.into(),
+            product: row::parsed("product", &row.product, ProductName::parse)?,
             name: row.name,
             version: row.version,
             sha256: row.sha256,

@@ -6,8 +6,8 @@ use sqlx::Row;
 
 use super::row::{self, Corrupt, Table, map_row, map_rows};
 use super::{Store, db_error, now_millis};
-use crate::domain::Result;
 use crate::domain::compat::CompatFile;
+use crate::domain::{ArtifactId, Result};
 
 /// What `remove_compat_file` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,13 +27,13 @@ pub enum CompatFileRemoval {
 impl Store {
     /// Names `artifact_id` `name`, replacing what the name pointed at before (the seed-001
     /// server overwrote files of the same name).
-    pub async fn put_compat_file(&self, name: &str, artifact_id: &str) -> Result<()> {
+    pub async fn put_compat_file(&self, name: &str, artifact_id: &ArtifactId) -> Result<()> {
         sqlx::query(
             "INSERT INTO compat_file (name, artifact_id, created_at) VALUES ($1, $2, $3) \
              ON CONFLICT (name) DO UPDATE SET artifact_id = excluded.artifact_id, created_at = excluded.created_at",
         )
         .bind(name)
-        .bind(artifact_id)
+        .bind(artifact_id.as_str())
         .bind(now_millis())
         .execute(&self.pool)
         .await
@@ -64,9 +64,9 @@ impl Store {
     }
 
     /// The names of one build, oldest first.
-    pub async fn compat_file_names(&self, artifact_id: &str) -> Result<Vec<String>> {
+    pub async fn compat_file_names(&self, artifact_id: &ArtifactId) -> Result<Vec<String>> {
         let rows = sqlx::query("SELECT name FROM compat_file WHERE artifact_id = $1 ORDER BY created_at, name")
-            .bind(artifact_id)
+            .bind(artifact_id.as_str())
             .fetch_all(&self.pool)
             .await
             .map_err(|e| db_error(e, "failed to read firmware file names"))?;
@@ -87,18 +87,18 @@ impl Store {
     /// would go while an update to it is in progress or it belongs to a release (the
     /// conditions of `artifact_in_use` and `artifact_released`). Concurrent removals of a
     /// build's names are serialised, so that the last one removes the build.
-    pub async fn remove_compat_file(&self, name: &str, artifact_id: &str) -> Result<CompatFileRemoval> {
+    pub async fn remove_compat_file(&self, name: &str, artifact_id: &ArtifactId) -> Result<CompatFileRemoval> {
         let mut tx = self.pool.begin().await.map_err(|e| db_error(e, "failed to begin a transaction"))?;
         // A write first: it takes SQLite's write lock, and on PostgreSQL it locks the build's
         // names until the end of the transaction.
         sqlx::query("UPDATE compat_file SET artifact_id = artifact_id WHERE artifact_id = $1")
-            .bind(artifact_id)
+            .bind(artifact_id.as_str())
             .execute(&mut *tx)
             .await
             .map_err(|e| db_error(e, "failed to lock firmware file names"))?;
         let removed = sqlx::query("DELETE FROM compat_file WHERE name = $1 AND artifact_id = $2")
             .bind(name)
-            .bind(artifact_id)
+            .bind(artifact_id.as_str())
             .execute(&mut *tx)
             .await
             .map_err(|e| db_error(e, "failed to delete a firmware file name"))?;
@@ -141,14 +141,14 @@ impl Store {
     }
 
     /// Marks (or with `None` unmarks) the build a product's seed-002 devices receive.
-    pub async fn set_product_latest(&self, product: &str, artifact_id: Option<&str>) -> Result<()> {
+    pub async fn set_product_latest(&self, product: &str, artifact_id: Option<&ArtifactId>) -> Result<()> {
         let query = match artifact_id {
             Some(id) => sqlx::query(
                 "INSERT INTO product_latest (product, artifact_id, updated_at) VALUES ($1, $2, $3) \
                  ON CONFLICT (product) DO UPDATE SET artifact_id = excluded.artifact_id, updated_at = excluded.updated_at",
             )
             .bind(product)
-            .bind(id)
+            .bind(id.as_str())
             .bind(now_millis()),
             None => sqlx::query("DELETE FROM product_latest WHERE product = $1").bind(product),
         };
@@ -196,6 +196,6 @@ impl TryFrom<CompatFileRow> for CompatFile {
     type Error = Corrupt;
 
     fn try_from(row: CompatFileRow) -> Result<CompatFile, Corrupt> {
-        Ok(CompatFile { created_at: row::time("created_at", row.created_at)?, name: row.name, artifact_id: row.artifact_id })
+        Ok(CompatFile { created_at: row::time("created_at", row.created_at)?, name: row.name, artifact_id: row.artifact_id.into() })
     }
 }

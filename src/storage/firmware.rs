@@ -7,12 +7,15 @@ use sqlx::{AssertSqlSafe, Row};
 use super::row::{self, Corrupt, Table, map_row, map_rows};
 use super::sql::{self, Builder, violates};
 use super::{Store, db_error, now_millis};
-use crate::domain::firmware::{Artifact, ArtifactFilter, ArtifactPatch, ArtifactSort, ArtifactSpec, Digests, ImageFacts};
-use crate::domain::{Error, Result};
+use crate::domain::firmware::{
+    Artifact, ArtifactFilter, ArtifactPatch, ArtifactSort, ArtifactSpec, Channel, Digests, HardwareId, ImageFacts, ProductName,
+};
+use crate::domain::version::Version;
+use crate::domain::{ArtifactId, Error, Result};
 
 /// Everything needed to record a new artifact.
 pub struct NewArtifact<'a> {
-    pub id: &'a str,
+    pub id: &'a ArtifactId,
     pub spec: &'a ArtifactSpec,
     pub digests: &'a Digests,
     pub blob_key: &'a str,
@@ -36,7 +39,7 @@ impl Store {
         sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO artifact ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
         )))
-        .bind(new.id)
+        .bind(new.id.as_str())
         .bind(new.spec.product.as_str())
         .bind(&new.spec.version_label)
         .bind(&version_key)
@@ -59,7 +62,7 @@ impl Store {
                 .bind(new.spec.product.as_str())
                 .bind(&version_key)
                 .bind(hardware_id)
-                .bind(new.id)
+                .bind(new.id.as_str())
                 .execute(&mut *tx)
                 .await;
             match result {
@@ -81,9 +84,9 @@ impl Store {
         self.find_artifact(new.id).await?.ok_or_else(|| Error::Internal(anyhow::anyhow!("artifact vanished after insert")))
     }
 
-    pub async fn find_artifact(&self, id: &str) -> Result<Option<Artifact>> {
+    pub async fn find_artifact(&self, id: &ArtifactId) -> Result<Option<Artifact>> {
         let row = sqlx::query(AssertSqlSafe(format!("SELECT {COLUMNS} FROM artifact WHERE id = $1")))
-            .bind(id)
+            .bind(id.as_str())
             .fetch_optional(&self.pool)
             .await
             .map_err(|e| db_error(e, "failed to read an artifact"))?;
@@ -120,13 +123,13 @@ impl Store {
         Ok((map_rows::<ArtifactRow, Artifact>(&rows)?, total as u64))
     }
 
-    pub async fn update_artifact(&self, id: &str, patch: &ArtifactPatch) -> Result<Option<Artifact>> {
+    pub async fn update_artifact(&self, id: &ArtifactId, patch: &ArtifactPatch) -> Result<Option<Artifact>> {
         let result =
             sqlx::query("UPDATE artifact SET notes = COALESCE($1, notes), channel = COALESCE($2, channel), updated_at = $3 WHERE id = $4")
                 .bind(patch.notes.clone())
-                .bind(patch.channel.clone())
+                .bind(patch.channel.as_deref().map(str::to_string))
                 .bind(now_millis())
-                .bind(id)
+                .bind(id.as_str())
                 .execute(&self.pool)
                 .await
                 .map_err(|e| db_error(e, "failed to update an artifact"))?;
@@ -137,18 +140,18 @@ impl Store {
     }
 
     /// Removes an artifact's record and slots. Returns the removed artifact.
-    pub async fn delete_artifact(&self, id: &str) -> Result<Option<Artifact>> {
+    pub async fn delete_artifact(&self, id: &ArtifactId) -> Result<Option<Artifact>> {
         let Some(artifact) = self.find_artifact(id).await? else {
             return Ok(None);
         };
         let mut tx = self.pool.begin().await.map_err(|e| db_error(e, "failed to begin a transaction"))?;
         sqlx::query("DELETE FROM artifact_hardware WHERE artifact_id = $1")
-            .bind(id)
+            .bind(id.as_str())
             .execute(&mut *tx)
             .await
             .map_err(|e| db_error(e, "failed to delete artifact slots"))?;
         let deleted = sqlx::query("DELETE FROM artifact WHERE id = $1")
-            .bind(id)
+            .bind(id.as_str())
             .execute(&mut *tx)
             .await
             .map_err(|e| db_error(e, "failed to delete an artifact"))?;
@@ -189,7 +192,11 @@ fn push_artifact_filter(query: &mut Builder, filter: &ArtifactFilter) {
         conditions.next().push("channel = ").push_bind(channel.clone());
     }
     if let Some(hardware) = &filter.hardware {
-        conditions.next().push("id IN (SELECT artifact_id FROM artifact_hardware WHERE hardware = ").push_bind(hardware.clone()).push(")");
+        conditions
+            .next()
+            .push("id IN (SELECT artifact_id FROM artifact_hardware WHERE hardware = ")
+            .push_bind(hardware.to_string())
+            .push(")");
     }
 }
 
@@ -223,16 +230,16 @@ impl TryFrom<ArtifactRow> for Artifact {
 
     fn try_from(row: ArtifactRow) -> Result<Artifact, Corrupt> {
         Ok(Artifact {
-            hardware: row::json("hardware", &row.hardware)?,
+            hardware: row::parsed_list("hardware", row::json("hardware", &row.hardware)?, HardwareId::parse)?,
             size: row::int("size", row.size)?,
             image: row::json_opt::<StoredImage>("image", row.image.as_deref())?.map(ImageFacts::from),
             created_at: row::time("created_at", row.created_at)?,
             updated_at: row::time("updated_at", row.updated_at)?,
-            id: row.id,
-            product: row.product,
+            id: row.id.into(),
+            product: row::parsed("product", &row.product, ProductName::parse)?,
             version: row.version,
-            version_key: row.version_key,
-            channel: row.channel,
+            version_key: row::parsed("version_key", &row.version_key, |text| Ok(Version::parse(text)?))?,
+            channel: row::parsed("channel", &row.channel, Channel::parse)?,
             notes: row.notes,
             sha256: row.sha256,
             sha1: row.sha1,

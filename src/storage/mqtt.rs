@@ -6,9 +6,9 @@ use sqlx::{AssertSqlSafe, Row};
 
 use super::row::{self, Corrupt, Table, map_row, map_rows};
 use super::{Store, db_error, now_millis};
-use crate::domain::Result;
 use crate::domain::command::{Command, CommandState};
 use crate::domain::mqtt::MqttUser;
+use crate::domain::{CommandId, DeviceId, Result};
 
 /// A `mqtt_user` row.
 #[derive(sqlx::FromRow)]
@@ -128,8 +128,8 @@ impl TryFrom<CommandRow> for Command {
             created_at: row::time("created_at", row.created_at)?,
             expires_at: row::time("expires_at", row.expires_at)?,
             completed_at: row::time_opt("completed_at", row.completed_at)?,
-            id: row.id,
-            device_id: row.device_id,
+            id: row.id.into(),
+            device_id: row.device_id.into(),
             name: row.name,
             error: row.error,
             created_by: row.created_by,
@@ -142,8 +142,8 @@ impl Store {
         sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO device_command ({COMMAND_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
         )))
-        .bind(&command.id)
-        .bind(&command.device_id)
+        .bind(command.id.as_str())
+        .bind(command.device_id.as_str())
         .bind(&command.name)
         .bind(command.params.as_ref().map(Value::to_string))
         .bind(command.state.as_str())
@@ -192,8 +192,8 @@ impl Store {
     /// Returns the command as it is now, or None when it does not exist for this device.
     pub async fn complete_command(
         &self,
-        id: &str,
-        device_id: &str,
+        id: &CommandId,
+        device_id: &DeviceId,
         state: CommandState,
         result: Option<&Value>,
         error: Option<&str>,
@@ -206,14 +206,14 @@ impl Store {
         .bind(result.map(Value::to_string))
         .bind(error)
         .bind(now_millis())
-        .bind(id)
-        .bind(device_id)
+        .bind(id.as_str())
+        .bind(device_id.as_str())
         .execute(&self.pool)
         .await
         .map_err(|e| db_error(e, "failed to record a command result"))?
         .rows_affected()
             > 0;
-        Ok(self.find_command(id).await?.filter(|c| c.device_id == device_id).map(|c| (c, changed)))
+        Ok(self.find_command(id).await?.filter(|c| c.device_id == *device_id).map(|c| (c, changed)))
     }
 
     /// Ends every command whose deadline passed; returns them.
@@ -233,7 +233,7 @@ impl Store {
                  WHERE id = $2 AND state = 'sent'",
             )
             .bind(now)
-            .bind(&command.id)
+            .bind(command.id.as_str())
             .execute(&self.pool)
             .await
             .map_err(|e| db_error(e, "failed to expire a command"))?

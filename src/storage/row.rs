@@ -133,6 +133,30 @@ pub(super) fn flag(column: &'static str, value: i64) -> Result<bool, Corrupt> {
 }
 
 /// A text column naming one of a few values (a state, a mode).
+/// A text column that holds a parsed domain value (a product name, a hardware id...): text
+/// that no longer parses is corrupt, with the parser's reason.
+pub(super) fn parsed<T>(column: &'static str, text: &str, parse: impl FnOnce(&str) -> crate::domain::Result<T>) -> Result<T, Corrupt> {
+    parse(text).map_err(|e| Corrupt::new(column, e.to_string()))
+}
+
+/// [`parsed`] for a nullable column.
+pub(super) fn parsed_opt<T>(
+    column: &'static str,
+    text: Option<&str>,
+    parse: impl FnOnce(&str) -> crate::domain::Result<T>,
+) -> Result<Option<T>, Corrupt> {
+    text.map(|text| parsed(column, text, parse)).transpose()
+}
+
+/// [`parsed`] for each entry of a JSON array of texts.
+pub(super) fn parsed_list<T>(
+    column: &'static str,
+    texts: Vec<String>,
+    parse: impl Fn(&str) -> crate::domain::Result<T>,
+) -> Result<Vec<T>, Corrupt> {
+    texts.iter().map(|text| parsed(column, text, &parse)).collect()
+}
+
 pub(super) fn named<T>(column: &'static str, text: &str, parse: impl FnOnce(&str) -> Option<T>) -> Result<T, Corrupt> {
     parse(text).ok_or_else(|| Corrupt::new(column, format!("unknown value `{}`", text.chars().take(64).collect::<String>())))
 }

@@ -226,7 +226,7 @@ async fn filesystem(
             device_service::find_by_mac(&state.core, &mac).await?.ok_or_else(|| Error::Forbidden(format!("{mac} is not registered")))?
         }
     };
-    let Some(app_product) = registered.product.clone().or(product) else { return Ok(not_modified()) };
+    let Some(app_product) = registered.product.as_ref().map(ToString::to_string).or(product) else { return Ok(not_modified()) };
     let fs_product = format!("{app_product}.{}", device.mode);
     let builds = device_service::builds_of(&state.core, &fs_product).await?;
     let version = device.version.as_deref().and_then(|v| Version::parse(v).ok());

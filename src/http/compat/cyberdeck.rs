@@ -150,13 +150,13 @@ pub struct LatestBody {
 }
 
 async fn latest_view(state: &AppState, product: &str) -> ApiResult<LatestView> {
-    let product = crate::domain::firmware::Product::parse(product)?.as_str().to_string();
+    let product = crate::domain::firmware::ProductName::parse(product)?;
     let latest = service::latest_with_mark(&state.core, &product).await?;
     Ok(LatestView {
         marked: latest.marked,
-        artifact_id: latest.build.as_ref().map(|l| l.id.clone()),
+        artifact_id: latest.build.as_ref().map(|l| l.id.to_string()),
         version: latest.build.map(|l| l.version),
-        product,
+        product: product.into(),
     })
 }
 

@@ -23,12 +23,11 @@ use axum::routing::get;
 use serde_json::json;
 
 use super::{AppState, failure};
-use crate::domain::Error;
 use crate::domain::compat::esp32fota_version;
 use crate::domain::device::Provisioning;
-use crate::domain::firmware::{Artifact, Product as ProductName};
+use crate::domain::firmware::{Artifact, ProductName};
 use crate::domain::mac::Mac;
-use crate::domain::version::Version;
+use crate::domain::{ArtifactId, Error};
 use crate::http::device_api::ClientIp;
 use crate::http::download::{serve_artifact, serve_with_prefix};
 use crate::services::compat::{self as service, MacCheckin};
@@ -81,7 +80,7 @@ async fn manifest(
     RawQuery(query): RawQuery,
 ) -> Result<Response, FotaError> {
     let name = manifest.strip_suffix(".json").unwrap_or(&manifest);
-    let product = ProductName::parse(name)?.as_str().to_string();
+    let product = ProductName::parse(name)?;
     let params = query_params(query.as_deref());
     let param = |key: &str| params.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
     let base = state.base_url(Some(&headers));
@@ -90,7 +89,7 @@ async fn manifest(
         Some(id) => {
             let request = MacCheckin {
                 mac: Mac::parse(id)?,
-                product: Some(product.clone()),
+                product: Some(product.to_string()),
                 register: true,
                 version: None,
                 sketch_sha256: None,
@@ -110,7 +109,7 @@ async fn manifest(
     };
     let Some(artifact) = offer else { return Ok(StatusCode::NO_CONTENT.into_response()) };
     // A device's product may differ from the manifest's name; the image route checks it.
-    let Some(version) = Version::parse(&artifact.version_key).ok().as_ref().and_then(esp32fota_version) else {
+    let Some(version) = esp32fota_version(&artifact.version_key) else {
         tracing::info!(version = %artifact.version, "esp32FOTA cannot express a pre-release version; no update offered");
         return Ok(StatusCode::NO_CONTENT.into_response());
     };
@@ -166,7 +165,7 @@ async fn image(
 /// The build, if the link is signed for a device of its product, or if its product lets
 /// any device in (`open`).
 async fn authorised_build(state: &AppState, link: &FotaLink, product: &str, id: &str) -> crate::domain::Result<Artifact> {
-    let artifact = Some(firmware_service::find(&state.core, id).await?)
+    let artifact = Some(firmware_service::find(&state.core, &ArtifactId::from(id)).await?)
         .filter(|a| a.product == product)
         .ok_or_else(|| Error::not_found("artifact", id))?;
     link.admits(state, &artifact).await?;

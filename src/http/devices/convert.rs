@@ -5,12 +5,12 @@ use super::*;
 pub fn device_view(state: &AppState, device: &Device) -> DeviceView {
     let runtime = &state.core.devices;
     DeviceView {
-        id: device.id.clone(),
+        id: device.id.to_string(),
         mac: device.mac.canonical(),
         name: device.name.clone(),
-        product: device.product.clone(),
-        hardware: device.hardware.clone(),
-        channel: device.channel.clone(),
+        product: device.product.as_ref().map(ToString::to_string),
+        hardware: device.hardware.as_ref().map(ToString::to_string),
+        channel: device.channel.to_string(),
         version: device.version.clone(),
         target_version: device.target_version.clone(),
         tags: device.tags.clone(),
@@ -35,9 +35,9 @@ pub fn device_view(state: &AppState, device: &Device) -> DeviceView {
 
 pub fn attempt_view(attempt: &UpdateAttempt) -> AttemptView {
     AttemptView {
-        id: attempt.id.clone(),
-        release_id: attempt.release_id.clone(),
-        artifact_id: attempt.artifact_id.clone(),
+        id: attempt.id.to_string(),
+        release_id: attempt.release_id.to_string(),
+        artifact_id: attempt.artifact_id.to_string(),
         from_version: attempt.from_version.clone(),
         to_version: attempt.to_version.clone(),
         state: attempt.state.as_str(),
@@ -58,12 +58,12 @@ pub(super) fn product_view(settings: &service::ProductSettings) -> ProductView {
     let product = &settings.product;
     ProductView {
         min_version: settings.min_version.clone(),
-        name: product.name.clone(),
+        name: product.name.to_string(),
         provisioning: product.provisioning.as_str(),
         provision_key: product.provision_key.clone(),
         has_provision_secret: product.provision_secret_hash.is_some(),
         poll_interval_s: product.poll_interval_s,
-        hardware: product.hardware.clone(),
+        hardware: product.hardware.iter().map(ToString::to_string).collect(),
         public_secrets: product.public_secrets,
         configured: settings.configured,
     }

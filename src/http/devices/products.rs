@@ -21,7 +21,7 @@ pub(super) async fn list_products(State(state): State<AppState>, _admin: Admin) 
     security(("bearer" = []), ("admin_key" = []))
 )]
 pub(super) async fn get_product(State(state): State<AppState>, _admin: Admin, Path(name): Path<String>) -> ApiResult<Json<ProductView>> {
-    let name = crate::domain::firmware::Product::parse(&name)?;
+    let name = crate::domain::firmware::ProductName::parse(&name)?;
     Ok(Json(product_view(&service::get_product(&state.core, &name).await?)))
 }
 

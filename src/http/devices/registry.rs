@@ -66,7 +66,7 @@ pub(super) async fn list_devices(
         Some("offline") => Some(service::PresenceFilter::Offline),
         Some(other) => return Err(Error::invalid("invalid_query", format!("status `{other}` is not one of online, offline")).into()),
     };
-    let hardware = query.hardware.as_deref().map(HardwareId::parse).transpose()?.map(|h| h.as_str().to_string());
+    let hardware = query.hardware.as_deref().map(HardwareId::parse).transpose()?;
     let filter = DeviceFilter {
         product: query.product.clone(),
         hardware,
@@ -112,13 +112,13 @@ pub(super) async fn patch_device(
     ApiJson(body): ApiJson<PatchDeviceBody>,
 ) -> ApiResult<Json<DeviceView>> {
     use crate::domain::device::{check_json_object, check_tags, check_text};
-    use crate::domain::firmware::Product as ProductName;
+    use crate::domain::firmware::ProductName;
     let device = service::find(&state.core, &id).await?;
     let patch = DevicePatch {
         name: body.name.as_deref().map(|n| check_text("name", "invalid_name", n, 128)).transpose()?,
-        product: body.product.map(|p| p.map(|p| ProductName::parse(&p).map(|p| p.as_str().to_string())).transpose()).transpose()?,
-        hardware: body.hardware.map(|h| h.map(|h| HardwareId::parse(&h).map(|h| h.as_str().to_string())).transpose()).transpose()?,
-        channel: body.channel.as_deref().map(Channel::parse).transpose()?.map(|c| c.as_str().to_string()),
+        product: body.product.map(|p| p.as_deref().map(ProductName::parse).transpose()).transpose()?,
+        hardware: body.hardware.map(|h| h.as_deref().map(HardwareId::parse).transpose()).transpose()?,
+        channel: body.channel.as_deref().map(Channel::parse).transpose()?,
         target_version: body.target_version,
         tags: body.tags.as_deref().map(check_tags).transpose()?,
         metadata: match body.metadata {
@@ -158,7 +158,7 @@ pub(super) async fn delete_device(State(state): State<AppState>, _admin: Admin, 
 pub(super) async fn issue_token(State(state): State<AppState>, _admin: Admin, Path(id): Path<String>) -> ApiResult<Json<TokenIssued>> {
     let device = service::find(&state.core, &id).await?;
     let (device, token) = service::issue_token(&state.core, &device.id).await?;
-    Ok(Json(TokenIssued { device_id: device.id, token }))
+    Ok(Json(TokenIssued { device_id: device.id.into(), token }))
 }
 
 /// Revoke a device's token. It stops working at once: HTTP requests with it get 401 and the
@@ -202,7 +202,7 @@ pub(super) async fn import_devices(
     let outcome = service::import(&state.core, rows).await?;
     Ok(Json(ImportResult {
         created: outcome.created.len(),
-        device_ids: outcome.created.iter().map(|d| d.id.clone()).collect(),
+        device_ids: outcome.created.iter().map(|d| d.id.to_string()).collect(),
         errors: outcome.errors.into_iter().map(|(row, code, message)| ImportError { row, code, message }).collect(),
     }))
 }

@@ -4,19 +4,19 @@ use super::*;
 
 pub(super) fn release_view(release: &Release) -> ReleaseView {
     ReleaseView {
-        id: release.id.clone(),
-        product: release.product.clone(),
+        id: release.id.to_string(),
+        product: release.product.to_string(),
         version: release.version.clone(),
-        channel: release.channel.clone(),
+        channel: release.channel.to_string(),
         notes: release.notes.clone(),
-        artifact_ids: release.artifact_ids.clone(),
+        artifact_ids: release.artifact_ids.iter().map(ToString::to_string).collect(),
         created_at: timestamp(release.created_at),
     }
 }
 
 pub(super) fn group_view(group: &Group) -> GroupView {
     GroupView {
-        id: group.id.clone(),
+        id: group.id.to_string(),
         name: group.name.clone(),
         size: group.size,
         created_at: timestamp(group.created_at),
@@ -82,27 +82,27 @@ pub(super) fn rollout_view(status: &RolloutStatus) -> RolloutView {
         .collect();
     let started_size: u64 = rollout.stage_sizes.iter().sum();
     RolloutView {
-        id: rollout.id.clone(),
+        id: rollout.id.to_string(),
         name: rollout.name.clone(),
-        release_id: rollout.release_id.clone(),
+        release_id: rollout.release_id.to_string(),
         release_version: status.release.as_ref().map(|r| r.version.clone()),
-        product: rollout.product.clone(),
+        product: rollout.product.to_string(),
         state: rollout.state.as_str(),
         reason: rollout.reason.clone(),
         current_stage: if started { rollout.current_stage + 1 } else { 0 },
         stages,
         target: TargetBody {
-            hardware: rollout.target.hardware.clone(),
-            channels: rollout.target.channels.clone(),
+            hardware: rollout.target.hardware.iter().map(ToString::to_string).collect(),
+            channels: rollout.target.channels.iter().map(ToString::to_string).collect(),
             tags: rollout.target.tags.clone(),
             version_min: rollout.target.version_min.as_ref().map(Version::canonical),
             version_max: rollout.target.version_max.as_ref().map(Version::canonical),
             devices: rollout.target.devices.as_ref().map(|d| {
-                let mut ids: Vec<String> = d.iter().cloned().collect();
+                let mut ids: Vec<String> = d.iter().map(ToString::to_string).collect();
                 ids.sort();
                 ids
             }),
-            group: rollout.target.group.clone(),
+            group: rollout.target.group.as_ref().map(ToString::to_string),
         },
         options: OptionsView {
             start_at: rollout.options.start_at.map(timestamp),
@@ -149,12 +149,8 @@ pub(super) fn parse_version(field: &str, value: &Option<String>) -> Result<Optio
 }
 
 pub(super) fn parse_target(body: &TargetBody) -> Result<Target, Error> {
-    let hardware = body.hardware.iter().map(|h| HardwareId::parse(h).map(|h| h.as_str().to_string())).collect::<Result<Vec<_>, _>>()?;
-    let channels = body
-        .channels
-        .iter()
-        .map(|c| crate::domain::firmware::Channel::parse(c).map(|c| c.as_str().to_string()))
-        .collect::<Result<Vec<_>, _>>()?;
+    let hardware = body.hardware.iter().map(|h| HardwareId::parse(h)).collect::<Result<Vec<_>, _>>()?;
+    let channels = body.channels.iter().map(|c| crate::domain::firmware::Channel::parse(c)).collect::<Result<Vec<_>, _>>()?;
     let tags = crate::domain::device::check_tags(&body.tags)?;
     Ok(Target {
         hardware,
@@ -163,7 +159,7 @@ pub(super) fn parse_target(body: &TargetBody) -> Result<Target, Error> {
         version_min: parse_version("version_min", &body.version_min)?,
         version_max: parse_version("version_max", &body.version_max)?,
         devices: None,
-        group: body.group.clone(),
+        group: body.group.as_deref().map(GroupId::from),
     })
 }
 
@@ -220,7 +216,7 @@ pub(super) fn action_reason(body: &Bytes) -> Result<String, Error> {
     crate::domain::device::check_text("reason", "invalid_reason", body.reason.as_deref().unwrap_or(""), 1024)
 }
 
-pub(super) async fn act(state: &AppState, id: &str, action: Action, body: &Bytes) -> ApiResult<Json<RolloutView>> {
+pub(super) async fn act(state: &AppState, id: &RolloutId, action: Action, body: &Bytes) -> ApiResult<Json<RolloutView>> {
     let reason = action_reason(body)?;
     service::act(&state.core, id, action, "operator", &reason).await?;
     let status = service::status(&state.core, id).await?;

@@ -35,9 +35,9 @@ pub(super) async fn list_groups(State(state): State<AppState>, _admin: Admin) ->
     responses((status = 200, body = GroupDetail), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = []), ("admin_key" = []))
 )]
-pub(super) async fn get_group(State(state): State<AppState>, _admin: Admin, Path(id): Path<String>) -> ApiResult<Json<GroupDetail>> {
+pub(super) async fn get_group(State(state): State<AppState>, _admin: Admin, Path(id): Path<GroupId>) -> ApiResult<Json<GroupDetail>> {
     let (group, devices) = service::find_group(&state.core, &id).await?;
-    Ok(Json(GroupDetail { group: group_view(&group), devices }))
+    Ok(Json(GroupDetail { group: group_view(&group), devices: devices.iter().map(ToString::to_string).collect() }))
 }
 
 /// Rename a group, add or remove devices. Running rollouts that target it follow at once.
@@ -51,7 +51,7 @@ pub(super) async fn get_group(State(state): State<AppState>, _admin: Admin, Path
 pub(super) async fn patch_group(
     State(state): State<AppState>,
     _admin: Admin,
-    Path(id): Path<String>,
+    Path(id): Path<GroupId>,
     ApiJson(body): ApiJson<PatchGroupBody>,
 ) -> ApiResult<Json<GroupView>> {
     let group = service::change_group(&state.core, &id, body.name.as_deref(), &body.add, &body.remove).await?;
@@ -65,7 +65,7 @@ pub(super) async fn patch_group(
     responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("bearer" = []), ("admin_key" = []))
 )]
-pub(super) async fn delete_group(State(state): State<AppState>, _admin: Admin, Path(id): Path<String>) -> ApiResult<StatusCode> {
+pub(super) async fn delete_group(State(state): State<AppState>, _admin: Admin, Path(id): Path<GroupId>) -> ApiResult<StatusCode> {
     service::delete_group(&state.core, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

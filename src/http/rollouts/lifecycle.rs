@@ -34,7 +34,7 @@ pub(super) async fn create_rollout(
         &state.core,
         NewRollout {
             name: body.name,
-            release_id: body.release_id,
+            release_id: body.release_id.into(),
             target,
             devices: body.target.devices,
             stages,
@@ -81,7 +81,7 @@ pub(super) async fn list_rollouts(
     responses((status = 200, body = RolloutView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = []), ("admin_key" = []))
 )]
-pub(super) async fn get_rollout(State(state): State<AppState>, _admin: Admin, Path(id): Path<String>) -> ApiResult<Json<RolloutView>> {
+pub(super) async fn get_rollout(State(state): State<AppState>, _admin: Admin, Path(id): Path<RolloutId>) -> ApiResult<Json<RolloutView>> {
     Ok(Json(rollout_view(&service::status(&state.core, &id).await?)))
 }
 
@@ -92,7 +92,7 @@ pub(super) async fn get_rollout(State(state): State<AppState>, _admin: Admin, Pa
     responses((status = 200, body = History), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = []), ("admin_key" = []))
 )]
-pub(super) async fn rollout_history(State(state): State<AppState>, _admin: Admin, Path(id): Path<String>) -> ApiResult<Json<History>> {
+pub(super) async fn rollout_history(State(state): State<AppState>, _admin: Admin, Path(id): Path<RolloutId>) -> ApiResult<Json<History>> {
     let history = service::history(&state.core, &id).await?;
     Ok(Json(History { items: history.iter().map(transition_view).collect() }))
 }
@@ -107,7 +107,7 @@ macro_rules! action_endpoint {
             responses((status = 200, body = RolloutView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, description = "Not allowed in the rollout's state", body = ErrorBody)),
             security(("bearer" = []), ("admin_key" = []))
         )]
-        pub(super) async fn $name(State(state): State<AppState>, _admin: Admin, Path(id): Path<String>, body: Bytes) -> ApiResult<Json<RolloutView>> {
+        pub(super) async fn $name(State(state): State<AppState>, _admin: Admin, Path(id): Path<RolloutId>, body: Bytes) -> ApiResult<Json<RolloutView>> {
             act(&state, &id, $action, &body).await
         }
     };

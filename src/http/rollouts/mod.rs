@@ -15,13 +15,13 @@ use super::AppState;
 use super::auth::Admin;
 use super::error::{ApiJson, ApiQuery, ApiResult, ErrorBody};
 use super::firmware::timestamp;
-use crate::domain::Error;
 use crate::domain::firmware::HardwareId;
 use crate::domain::rollout::{
     Action, DEFAULT_SUCCESS_PERCENT, ErrorThreshold, Group, Release, RolloutOptions, RolloutState, Stage, StageSize, Tally, Target,
     Transition, Window,
 };
 use crate::domain::version::Version;
+use crate::domain::{Error, GroupId, ReleaseId, RolloutId};
 use crate::services::rollouts::{self as service, NewRelease, NewRollout, Overlap, RolloutStatus};
 
 mod convert;

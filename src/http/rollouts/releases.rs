@@ -51,7 +51,7 @@ pub(super) async fn list_releases(
     responses((status = 200, body = ReleaseView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = []), ("admin_key" = []))
 )]
-pub(super) async fn get_release(State(state): State<AppState>, _admin: Admin, Path(id): Path<String>) -> ApiResult<Json<ReleaseView>> {
+pub(super) async fn get_release(State(state): State<AppState>, _admin: Admin, Path(id): Path<ReleaseId>) -> ApiResult<Json<ReleaseView>> {
     Ok(Json(release_view(&service::find_release(&state.core, &id).await?)))
 }
 
@@ -62,7 +62,7 @@ pub(super) async fn get_release(State(state): State<AppState>, _admin: Admin, Pa
     responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("bearer" = []), ("admin_key" = []))
 )]
-pub(super) async fn delete_release(State(state): State<AppState>, _admin: Admin, Path(id): Path<String>) -> ApiResult<StatusCode> {
+pub(super) async fn delete_release(State(state): State<AppState>, _admin: Admin, Path(id): Path<ReleaseId>) -> ApiResult<StatusCode> {
     service::delete_release(&state.core, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

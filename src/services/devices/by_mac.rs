@@ -9,12 +9,12 @@ pub async fn identify_by_mac(core: &Core, mac: &Mac, product: &str, hardware: Op
     if let Some(device) = core.store.find_device_by_mac(mac).await? {
         return Ok(device);
     }
-    let product = ProductName::parse(product)?.as_str().to_string();
+    let product = ProductName::parse(product)?;
     let policy = product_policy(core, &product).await?;
     if policy.provisioning != Provisioning::Open {
         return Err(Error::Forbidden(format!("{mac} is not registered, and product `{product}` only serves registered devices")));
     }
-    let hardware = hardware.map(HardwareId::parse).transpose()?.map(|h| h.as_str().to_string());
+    let hardware = hardware.map(HardwareId::parse).transpose()?;
     let version = version.filter(|v| Version::parse(v).is_ok()).map(str::to_string);
     let inserted = core
         .store
@@ -23,7 +23,7 @@ pub async fn identify_by_mac(core: &Core, mac: &Mac, product: &str, hardware: Op
             name: mac.canonical(),
             product: Some(product),
             hardware,
-            channel: Channel::DEFAULT.into(),
+            channel: Channel::stable(),
             version,
             target_version: None,
             tags: Vec::new(),
@@ -35,7 +35,7 @@ pub async fn identify_by_mac(core: &Core, mac: &Mac, product: &str, hardware: Op
         .await;
     match inserted {
         Ok(device) => {
-            core.events.publish(Event::DeviceCreated { device_id: device.id.clone(), mac: device.mac, by: "first contact" });
+            core.events.publish(Event::DeviceCreated { device_id: device.id.to_string(), mac: device.mac, by: "first contact" });
             Ok(device)
         }
         // Registered concurrently by another request of the same device.

@@ -35,8 +35,8 @@ pub async fn checkin(core: &Core, device: Arc<ActiveDevice>, report: CheckinRepo
     if let Some(version) = &report.version {
         Version::parse(version)?;
     }
-    let product = report.product.as_deref().map(ProductName::parse).transpose()?.map(|p| p.as_str().to_string());
-    let hardware = report.hardware.as_deref().map(HardwareId::parse).transpose()?.map(|h| h.as_str().to_string());
+    let product = report.product.as_deref().map(ProductName::parse).transpose()?;
+    let hardware = report.hardware.as_deref().map(HardwareId::parse).transpose()?;
     check_claims(core, &device, product.as_deref(), hardware.as_deref()).await?;
     mark_seen(core, &device, now, ip);
 
@@ -106,8 +106,8 @@ pub async fn checkin(core: &Core, device: Arc<ActiveDevice>, report: CheckinRepo
         core.store.set_attempt_state(&attempt.id, state, progress, message.as_deref()).await?;
         core.events.publish(Event::UpdateStatus(UpdateStatus {
             device_id: device.id.to_string(),
-            release_id: attempt.release_id.clone(),
-            rollout_id: attempt.rollout_id.clone(),
+            release_id: attempt.release_id.to_string(),
+            rollout_id: attempt.rollout_id.as_ref().map(ToString::to_string),
             state,
             progress,
             message,
@@ -130,8 +130,8 @@ pub async fn checkin(core: &Core, device: Arc<ActiveDevice>, report: CheckinRepo
             Some(attempt) => CheckinAnswer {
                 offer: Some(Offer {
                     artifact: chosen.artifact,
-                    attempt_id: attempt.id,
-                    release_id: attempt.release_id,
+                    attempt_id: attempt.id.into(),
+                    release_id: attempt.release_id.into(),
                     mandatory: chosen.mandatory,
                 }),
                 no_update: None,
@@ -259,7 +259,12 @@ pub(super) async fn plan_attempt<'a>(
         (Some(offer), Some(rollouts)) => {
             // A device that failed (or timed out) in this rollout is not offered its release by
             // it again: it stays failed. A pin or another rollout can include it again.
-            if core.store.rollout_member_state(&offer.rollout_id, device_id).await?.is_some_and(|state| state.is_failure()) {
+            if core
+                .store
+                .rollout_member_state(&RolloutId::from(&*offer.rollout_id), &DeviceId::from(device_id))
+                .await?
+                .is_some_and(|state| state.is_failure())
+            {
                 return Ok(AttemptPlan::Refuse);
             }
             if !rollouts.take_slot(&offer.rollout_id) {

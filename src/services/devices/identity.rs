@@ -47,7 +47,7 @@ pub async fn preload_fleet(core: &Core) -> Result<usize> {
     loop {
         let page = core.store.list_active_devices(&after, PAGE).await?;
         let Some((_, last)) = page.last() else { break };
-        after = last.id.clone();
+        after = last.id.to_string();
         let last_page = page.len() < PAGE as usize;
         let index_full = {
             let mut fleet = core.devices.fleet.write().expect("fleet lock");
@@ -122,7 +122,7 @@ pub async fn provision(core: &Core, request: ProvisionRequest, ip: IpAddr) -> Re
     };
     let product_name = match (&keyed_product, &request.product, existing.as_ref().and_then(|d| d.product.clone())) {
         (Some(product), _, _) => product.name.clone(),
-        (None, Some(name), _) => ProductName::parse(name)?.as_str().to_string(),
+        (None, Some(name), _) => ProductName::parse(name)?,
         (None, None, Some(name)) => name,
         (None, None, None) => return Err(Error::invalid("missing_product", "`product` is required to provision a device")),
     };
@@ -166,11 +166,11 @@ pub async fn provision(core: &Core, request: ProvisionRequest, ip: IpAddr) -> Re
         ));
     }
 
-    let mut hardware = request.hardware.as_deref().map(HardwareId::parse).transpose()?.map(|h| h.as_str().to_string());
+    let mut hardware = request.hardware.as_deref().map(HardwareId::parse).transpose()?;
     if let Some(claimed) = &hardware {
         device::check_hardware_claim(existing.as_ref().and_then(|d| d.hardware.as_deref()), claimed, Some(&product))?;
     } else if existing.as_ref().is_none_or(|d| d.hardware.is_none()) {
-        hardware = product.sole_hardware().map(str::to_string);
+        hardware = product.sole_hardware().cloned();
     }
     if let Some(version) = &request.version {
         Version::parse(version)?;
@@ -197,7 +197,7 @@ pub async fn provision(core: &Core, request: ProvisionRequest, ip: IpAddr) -> Re
                 .await?;
             if let Some(Reprovision::PairKey(owner)) = &reprovision {
                 // `pair_device` (in `reprovision_proof`) set the owner with the key.
-                core.events.publish(Event::DevicePaired { device_id: device.id.clone(), owner: owner.clone() });
+                core.events.publish(Event::DevicePaired { device_id: device.id.to_string(), owner: owner.clone() });
             }
             core.devices.forget_device(&device.id);
             let device = core.store.find_device(&device.id).await?.ok_or_else(|| Error::not_found("device", &device.id))?;
@@ -207,7 +207,7 @@ pub async fn provision(core: &Core, request: ProvisionRequest, ip: IpAddr) -> Re
                 Some(Reprovision::OperatorWindow) => "provisioning in an operator's window",
                 Some(Reprovision::PairKey(_)) => "provisioning with a pair key",
             };
-            core.events.publish(Event::TokenIssued { device_id: device.id.clone(), mac: device.mac, by });
+            core.events.publish(Event::TokenIssued { device_id: device.id.to_string(), mac: device.mac, by });
             (device, false)
         }
         None => {
@@ -222,7 +222,7 @@ pub async fn provision(core: &Core, request: ProvisionRequest, ip: IpAddr) -> Re
                     name,
                     product: Some(product.name.clone()),
                     hardware,
-                    channel: Channel::DEFAULT.into(),
+                    channel: Channel::stable(),
                     version: request.version.clone(),
                     target_version: None,
                     tags: Vec::new(),
@@ -232,7 +232,7 @@ pub async fn provision(core: &Core, request: ProvisionRequest, ip: IpAddr) -> Re
                     token_hash: Some(token_hash),
                 })
                 .await?;
-            core.events.publish(Event::DeviceCreated { device_id: device.id.clone(), mac: device.mac, by: "provisioning" });
+            core.events.publish(Event::DeviceCreated { device_id: device.id.to_string(), mac: device.mac, by: "provisioning" });
             (device, true)
         }
     };
@@ -244,7 +244,7 @@ pub async fn provision(core: &Core, request: ProvisionRequest, ip: IpAddr) -> Re
 /// (counted as a failed authentication: guessing MACs must not pay).
 pub(super) async fn reprovision_proof(core: &Core, device: &Device, request: &ProvisionRequest, ip: IpAddr) -> Result<Reprovision> {
     if let Some(token) = request.current_token.as_deref().filter(|t| !t.is_empty() && t.len() <= 256) {
-        if device_of_token(core, token).await?.is_some_and(|d| *d.id == device.id) {
+        if device_of_token(core, token).await?.is_some_and(|d| device.id == *d.id) {
             return Ok(Reprovision::OwnToken);
         }
         core.devices.limiter.record_failure(ip);

@@ -24,11 +24,11 @@ use super::limiter::AuthLimiter;
 use super::rollouts;
 use crate::config::DeviceSettings;
 use crate::domain::device::{self, Device, DeviceFilter, DevicePatch, Product, Provisioning, UpdateAttempt, UpdateState};
-use crate::domain::firmware::{Artifact, ArtifactFilter, ArtifactSort, Channel, HardwareId, Product as ProductName};
+use crate::domain::firmware::{Artifact, ArtifactFilter, ArtifactSort, Channel, HardwareId, ProductName};
 use crate::domain::mac::Mac;
 use crate::domain::update::{self, Decision, NoUpdate, Releases, RolloutOffer};
 use crate::domain::version::Version;
-use crate::domain::{Error, Result, secret};
+use crate::domain::{DeviceId, Error, Result, RolloutId, secret};
 use crate::storage::{AttemptOffer, DeviceReport, NewDevice, RolloutSlot};
 
 mod background;

@@ -32,7 +32,7 @@ pub async fn offers_for(core: &Core, devices: &[Arc<ActiveDevice>]) -> Result<Ve
     }
     let ids: Vec<&str> = pending.iter().map(|p| &*devices[p.index].id).collect();
     let mut current: HashMap<String, UpdateAttempt> =
-        core.store.current_attempts(&ids).await?.into_iter().map(|a| (a.device_id.clone(), a)).collect();
+        core.store.current_attempts(&ids).await?.into_iter().map(|a| (a.device_id.to_string(), a)).collect();
     let mut to_open = Vec::new();
     let mut opening = Vec::new();
     for p in &pending {
@@ -43,8 +43,8 @@ pub async fn offers_for(core: &Core, devices: &[Arc<ActiveDevice>]) -> Result<Ve
             AttemptPlan::Reuse(attempt) => {
                 answers[p.index].offer = Some(Offer {
                     artifact: p.artifact.clone(),
-                    attempt_id: attempt.id,
-                    release_id: attempt.release_id,
+                    attempt_id: attempt.id.into(),
+                    release_id: attempt.release_id.into(),
                     mandatory: p.mandatory,
                 });
                 answers[p.index].no_update = None;
@@ -91,7 +91,7 @@ pub async fn offers_for(core: &Core, devices: &[Arc<ActiveDevice>]) -> Result<Ve
         // for the same build, as a check-in losing the same race does.
         let ids: Vec<&str> = raced.iter().map(|p| &*devices[p.index].id).collect();
         let current: HashMap<String, UpdateAttempt> =
-            core.store.current_attempts(&ids).await?.into_iter().map(|a| (a.device_id.clone(), a)).collect();
+            core.store.current_attempts(&ids).await?.into_iter().map(|a| (a.device_id.to_string(), a)).collect();
         for p in raced {
             if let Some(attempt) = current.get(&*devices[p.index].id)
                 && attempt.artifact_id == p.artifact.id
@@ -99,8 +99,8 @@ pub async fn offers_for(core: &Core, devices: &[Arc<ActiveDevice>]) -> Result<Ve
             {
                 answers[p.index].offer = Some(Offer {
                     artifact: p.artifact.clone(),
-                    attempt_id: attempt.id.clone(),
-                    release_id: attempt.release_id.clone(),
+                    attempt_id: attempt.id.to_string(),
+                    release_id: attempt.release_id.to_string(),
                     mandatory: p.mandatory,
                 });
                 answers[p.index].no_update = None;

@@ -46,7 +46,7 @@ pub async fn get_product(core: &Core, name: &ProductName) -> Result<ProductSetti
 /// Creates or replaces a product's device policy, and its anti-rollback floor when the change
 /// names one, in one transaction.
 pub async fn put_product(core: &Core, name: &str, change: ProductChange) -> Result<ProductSettings> {
-    let name = ProductName::parse(name)?.as_str().to_string();
+    let name = ProductName::parse(name)?;
     let existing = core.store.find_product(&name).await?;
     let provision_secret_hash = match (&change.provision_secret, &existing) {
         (Some(secret_text), _) => {
@@ -80,9 +80,9 @@ pub async fn put_product(core: &Core, name: &str, change: ProductChange) -> Resu
     };
     device::check_product(&product)?;
     let product = core.store.upsert_product(&product, min_version.as_ref().map(Option::as_deref)).await?;
-    core.devices.products.write().expect("cache lock").remove(&product.name);
+    core.devices.products.write().expect("cache lock").remove(product.name.as_str());
     // Connected devices get the new poll interval with their next `ota` message, now.
-    core.events.publish(Event::ProductUpdated { product: product.name.clone() });
+    core.events.publish(Event::ProductUpdated { product: product.name.to_string() });
     if product.public_secrets {
         tracing::warn!(product = %product.name, "product serves secret configuration values to anonymous seed-003 readers (public_secrets)");
     }
@@ -109,7 +109,7 @@ pub(super) async fn load_product_policy(core: &Core, name: &str) -> Result<Produ
     }
     let now = Utc::now();
     Ok(Product {
-        name: name.to_string(),
+        name: ProductName::parse(name)?,
         provisioning: core.devices.policy.default_provisioning,
         provision_key: None,
         provision_secret_hash: None,

@@ -22,9 +22,9 @@ pub async fn register(core: &Core, request: NewDeviceRequest) -> Result<Device> 
         Some(name) => device::check_text("name", "invalid_name", name, 128)?,
         None => mac.canonical(),
     };
-    let product = request.product.as_deref().map(ProductName::parse).transpose()?.map(|p| p.as_str().to_string());
-    let hardware = request.hardware.as_deref().map(HardwareId::parse).transpose()?.map(|h| h.as_str().to_string());
-    let channel = Channel::parse(request.channel.as_deref().unwrap_or(Channel::DEFAULT))?.as_str().to_string();
+    let product = request.product.as_deref().map(ProductName::parse).transpose()?;
+    let hardware = request.hardware.as_deref().map(HardwareId::parse).transpose()?;
+    let channel = Channel::parse(request.channel.as_deref().unwrap_or(Channel::DEFAULT))?;
     for (field, value) in [("version", &request.version), ("target_version", &request.target_version)] {
         if let Some(v) = value {
             Version::parse(v).map_err(|e| e.in_field(field))?;
@@ -50,7 +50,7 @@ pub async fn register(core: &Core, request: NewDeviceRequest) -> Result<Device> 
             token_hash: None,
         })
         .await?;
-    core.events.publish(Event::DeviceCreated { device_id: device.id.clone(), mac: device.mac, by: "operator" });
+    core.events.publish(Event::DeviceCreated { device_id: device.id.to_string(), mac: device.mac, by: "operator" });
     Ok(device)
 }
 

@@ -42,7 +42,7 @@ pub async fn report_update(core: &Core, device: &ActiveDevice, report: StatusRep
         return Err(Error::conflict("update_not_current", "this device has no update in progress"));
     };
     if let Some(release_id) = &report.release_id
-        && *release_id != attempt.release_id
+        && attempt.release_id != *release_id.as_str()
     {
         return Err(Error::conflict(
             "update_not_current",
@@ -74,8 +74,8 @@ pub async fn report_update(core: &Core, device: &ActiveDevice, report: StatusRep
     mark_seen(core, device, Utc::now(), None);
     core.events.publish(Event::UpdateStatus(UpdateStatus {
         device_id: device.id.to_string(),
-        release_id: attempt.release_id.clone(),
-        rollout_id: attempt.rollout_id.clone(),
+        release_id: attempt.release_id.to_string(),
+        rollout_id: attempt.rollout_id.as_ref().map(ToString::to_string),
         state,
         progress,
         message,

@@ -81,7 +81,7 @@ pub(super) fn publish_metrics(rollout: &Rollout, tallies: &[Tally], sizes: &[u64
             ("timed_out", tally.timed_out),
         ];
         for (state, n) in values {
-            metrics::gauge!("updraft_rollout_devices", "rollout" => rollout.id.clone(), "stage" => stage.clone(), "state" => state)
+            metrics::gauge!("updraft_rollout_devices", "rollout" => rollout.id.to_string(), "stage" => stage.clone(), "state" => state)
                 .set(n as f64);
         }
     }

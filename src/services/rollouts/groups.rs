@@ -11,7 +11,7 @@ pub(super) fn check_group_name(name: &str) -> Result<String> {
 }
 
 /// Device ids for ids or MACs; unknown ones are refused.
-pub(super) async fn resolve_devices(core: &Core, ids_or_macs: &[String]) -> Result<Vec<String>> {
+pub(super) async fn resolve_devices(core: &Core, ids_or_macs: &[String]) -> Result<Vec<DeviceId>> {
     if ids_or_macs.len() > 100_000 {
         return Err(Error::invalid("too_many_devices", "at most 100000 devices per request"));
     }
@@ -36,13 +36,13 @@ pub async fn list_groups(core: &Core) -> Result<Vec<Group>> {
 pub async fn create_group(core: &Core, name: &str, devices: &[String]) -> Result<Group> {
     let name = check_group_name(name)?;
     let ids = resolve_devices(core, devices).await?;
-    let id = uuid::Uuid::now_v7().to_string();
+    let id = GroupId::new();
     core.store.insert_group(&id, &name, &ids).await?;
     refresh(core, true).await?;
     core.store.find_group(&id).await?.ok_or_else(|| Error::Internal(anyhow::anyhow!("group vanished after insert")))
 }
 
-pub async fn change_group(core: &Core, id: &str, name: Option<&str>, add: &[String], remove: &[String]) -> Result<Group> {
+pub async fn change_group(core: &Core, id: &GroupId, name: Option<&str>, add: &[String], remove: &[String]) -> Result<Group> {
     let name = name.map(check_group_name).transpose()?;
     let add = resolve_devices(core, add).await?;
     // Removing needs no resolution beyond MACs: unknown ids are simply not members.
@@ -50,26 +50,26 @@ pub async fn change_group(core: &Core, id: &str, name: Option<&str>, add: &[Stri
     for id_or_mac in remove {
         match devices::find(core, id_or_mac).await {
             Ok(device) => remove_ids.push(device.id),
-            Err(Error::NotFound { .. }) => remove_ids.push(id_or_mac.clone()),
+            Err(Error::NotFound { .. }) => remove_ids.push(DeviceId::from(id_or_mac)),
             Err(e) => return Err(e),
         }
     }
     if !core.store.change_group(id, name.as_deref(), &add, &remove_ids).await? {
-        return Err(Error::not_found("group", id));
+        return Err(Error::not_found("group", id.as_str()));
     }
     refresh(core, true).await?;
-    core.store.find_group(id).await?.ok_or_else(|| Error::not_found("group", id))
+    core.store.find_group(id).await?.ok_or_else(|| Error::not_found("group", id.as_str()))
 }
 
-pub async fn find_group(core: &Core, id: &str) -> Result<(Group, Vec<String>)> {
-    let group = core.store.find_group(id).await?.ok_or_else(|| Error::not_found("group", id))?;
+pub async fn find_group(core: &Core, id: &GroupId) -> Result<(Group, Vec<DeviceId>)> {
+    let group = core.store.find_group(id).await?.ok_or_else(|| Error::not_found("group", id.as_str()))?;
     let members = core.store.group_members(id).await?;
     Ok((group, members))
 }
 
-pub async fn delete_group(core: &Core, id: &str) -> Result<()> {
+pub async fn delete_group(core: &Core, id: &GroupId) -> Result<()> {
     if !core.store.delete_group(id).await? {
-        return Err(Error::not_found("group", id));
+        return Err(Error::not_found("group", id.as_str()));
     }
     refresh(core, true).await
 }

@@ -4,7 +4,7 @@ use super::*;
 
 pub struct NewRollout {
     pub name: Option<String>,
-    pub release_id: String,
+    pub release_id: ReleaseId,
     pub target: Target,
     /// Ids or MACs of an explicit device list.
     pub devices: Option<Vec<String>>,
@@ -64,7 +64,7 @@ pub async fn create_rollout(core: &Core, new: NewRollout) -> Result<(Rollout, Ve
     let now = Utc::now();
     let start_at = new.options.start_at;
     let rollout = Rollout {
-        id: uuid::Uuid::now_v7().to_string(),
+        id: RolloutId::new(),
         name,
         release_id: release.id.clone(),
         product: release.product.clone(),
@@ -89,7 +89,11 @@ pub async fn create_rollout(core: &Core, new: NewRollout) -> Result<(Rollout, Ve
     };
     let overlaps = overlaps(core, &rollout, &release).await?;
     core.store.insert_rollout(&rollout).await?;
-    core.events.publish(Event::RolloutCreated { rollout_id: rollout.id.clone(), release_id: release.id.clone(), overlaps: overlaps.len() });
+    core.events.publish(Event::RolloutCreated {
+        rollout_id: rollout.id.to_string(),
+        release_id: release.id.to_string(),
+        overlaps: overlaps.len(),
+    });
     let rollout = if new.start { act(core, &rollout.id, Action::Start, "operator", "started at creation").await? } else { rollout };
     Ok((rollout, overlaps))
 }
@@ -127,7 +131,7 @@ pub(super) async fn overlaps(core: &Core, new: &Rollout, release: &Release) -> R
         .zip(shared)
         .filter(|(_, n)| *n > 0)
         .map(|((other, version, _), devices)| Overlap {
-            rollout_id: other.id.clone(),
+            rollout_id: other.id.to_string(),
             name: other.name.clone(),
             state: other.state,
             release_version: version.clone(),
@@ -238,12 +242,14 @@ pub async fn list_rollouts(core: &Core, states: &[RolloutState], product: Option
     core.store.list_rollouts(states, product).await
 }
 
+/// The rollout with this id (any text: an id that names no rollout is 404).
 pub async fn find_rollout(core: &Core, id: &str) -> Result<Rollout> {
-    core.store.find_rollout(id).await?.ok_or_else(|| Error::not_found("rollout", id))
+    let id = RolloutId::from(id);
+    core.store.find_rollout(&id).await?.ok_or_else(|| Error::not_found("rollout", id))
 }
 
 /// Applies an operator's or a rule's action; returns the rollout as it is afterwards.
-pub async fn act(core: &Core, id: &str, action: Action, actor: &str, reason: &str) -> Result<Rollout> {
+pub async fn act(core: &Core, id: &RolloutId, action: Action, actor: &str, reason: &str) -> Result<Rollout> {
     let rollout = find_rollout(core, id).await?;
     let to = rollout::next_state(rollout.state, action, rollout.last_stage())?;
     let mut reason = if reason.is_empty() { default_reason(action, &rollout) } else { reason.to_string() };
@@ -308,7 +314,7 @@ pub async fn act(core: &Core, id: &str, action: Action, actor: &str, reason: &st
     refresh(core, true).await?;
     tracing::info!(rollout_id = %rollout.id, from = rollout.state.as_str(), to = to.as_str(), stage = change.to_stage + 1, actor, reason = %reason, "rollout transition");
     core.events.publish(Event::RolloutTransition {
-        rollout_id: rollout.id.clone(),
+        rollout_id: rollout.id.to_string(),
         from: rollout.state.as_str().to_string(),
         to: to.as_str().to_string(),
         stage: change.to_stage + 1,
@@ -365,7 +371,7 @@ pub struct RolloutStatus {
     pub total: Tally,
 }
 
-pub async fn status(core: &Core, id: &str) -> Result<RolloutStatus> {
+pub async fn status(core: &Core, id: &RolloutId) -> Result<RolloutStatus> {
     let rollout = find_rollout(core, id).await?;
     let release = core.store.find_release(&rollout.release_id).await?;
     let (tallies, total) = tallies(core, &rollout).await?;
@@ -387,7 +393,7 @@ pub(super) async fn tallies(core: &Core, rollout: &Rollout) -> Result<(Vec<Tally
     Ok((tallies, total))
 }
 
-pub async fn history(core: &Core, id: &str) -> Result<Vec<Transition>> {
+pub async fn history(core: &Core, id: &RolloutId) -> Result<Vec<Transition>> {
     find_rollout(core, id).await?;
     core.store.rollout_history(id).await
 }

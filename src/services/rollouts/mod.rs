@@ -27,14 +27,14 @@ use super::devices;
 use super::events::Event;
 use super::fleet::{ActiveDevice, ProductTargets};
 use crate::config::RolloutSettings;
-use crate::domain::firmware::{Artifact, Channel, Product as ProductName};
+use crate::domain::firmware::{Artifact, Channel, ProductName};
 use crate::domain::rollout::{
     self, Action, Group, MemberState, Release, Rollout, RolloutOptions, RolloutState, Stage, Tally, Target, TargetFacts, Transition,
     Verdict,
 };
 use crate::domain::update::{Held, RolloutOffer};
 use crate::domain::version::Version;
-use crate::domain::{Error, Result, device};
+use crate::domain::{ArtifactId, DeviceId, Error, GroupId, ReleaseId, Result, RolloutId, device};
 use crate::storage::TransitionWrite;
 
 mod evaluator;
@@ -90,7 +90,7 @@ struct Matcher {
     target: Target,
     release_hardware: Vec<String>,
     release_channel: String,
-    group: Option<HashSet<String>>,
+    group: Option<HashSet<DeviceId>>,
     /// Non-dynamic rollouts: only devices registered at or before this time (Unix ms).
     registered_by: Option<i64>,
 }

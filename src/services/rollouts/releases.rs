@@ -13,9 +13,9 @@ pub struct NewRelease {
 /// Creates a release from uploaded builds of one product and one version. From now on its
 /// builds are offered only through its rollouts.
 pub async fn create_release(core: &Core, new: NewRelease) -> Result<Release> {
-    let product = ProductName::parse(&new.product)?.as_str().to_string();
+    let product = ProductName::parse(&new.product)?;
     let version = Version::parse(&new.version)?;
-    let channel = Channel::parse(new.channel.as_deref().unwrap_or(Channel::DEFAULT))?.as_str().to_string();
+    let channel = Channel::parse(new.channel.as_deref().unwrap_or(Channel::DEFAULT))?;
     let notes = new.notes.unwrap_or_default();
     if notes.len() > crate::domain::firmware::MAX_NOTES_LEN {
         return Err(Error::invalid("invalid_notes", "notes must be at most 16 KiB"));
@@ -28,7 +28,7 @@ pub async fn create_release(core: &Core, new: NewRelease) -> Result<Release> {
     for id in &new.artifact_ids {
         let artifact = core
             .store
-            .find_artifact(id)
+            .find_artifact(&ArtifactId::from(id))
             .await?
             .ok_or_else(|| Error::unprocessable("unknown_artifact", format!("build `{id}` does not exist")))?;
         if artifact.product != product {
@@ -37,7 +37,7 @@ pub async fn create_release(core: &Core, new: NewRelease) -> Result<Release> {
                 format!("build `{id}` is of product `{}`, not `{product}`", artifact.product),
             ));
         }
-        if Version::parse(&artifact.version_key).ok().as_ref() != Some(&version) {
+        if artifact.version_key != version {
             return Err(Error::unprocessable("artifact_mismatch", format!("build `{id}` is version {}, not {version}", artifact.version)));
         }
         for hardware in &artifact.hardware {
@@ -50,10 +50,10 @@ pub async fn create_release(core: &Core, new: NewRelease) -> Result<Release> {
         }
     }
     let release = Release {
-        id: uuid::Uuid::now_v7().to_string(),
+        id: ReleaseId::new(),
         product,
         version: new.version.trim().to_string(),
-        version_key: version.canonical(),
+        version_key: version,
         channel,
         notes,
         artifact_ids,
@@ -62,8 +62,8 @@ pub async fn create_release(core: &Core, new: NewRelease) -> Result<Release> {
     core.store.insert_release(&release).await?;
     refresh(core, true).await?;
     core.events.publish(Event::ReleaseCreated {
-        release_id: release.id.clone(),
-        product: release.product.clone(),
+        release_id: release.id.to_string(),
+        product: release.product.to_string(),
         version: release.version.to_string(),
     });
     Ok(release)
@@ -74,11 +74,11 @@ pub async fn list_releases(core: &Core, product: Option<&str>) -> Result<Vec<Rel
     core.store.list_releases(product).await
 }
 
-pub async fn find_release(core: &Core, id: &str) -> Result<Release> {
+pub async fn find_release(core: &Core, id: &ReleaseId) -> Result<Release> {
     core.store.find_release(id).await?.ok_or_else(|| Error::not_found("release", id))
 }
 
-pub async fn delete_release(core: &Core, id: &str) -> Result<()> {
+pub async fn delete_release(core: &Core, id: &ReleaseId) -> Result<()> {
     if !core.store.delete_release(id).await? {
         return Err(Error::not_found("release", id));
     }

@@ -21,8 +21,8 @@ pub async fn refresh(core: &Core, force: bool) -> Result<()> {
     let catch_up = chrono::Duration::from_std(runtime.policy.catch_up).unwrap_or(chrono::Duration::MAX);
     let rollouts = core.store.list_live_rollouts(catch_up_start(now, catch_up)).await?;
     let mut expires: Option<DateTime<Utc>> = None;
-    let mut releases: HashMap<String, Option<Release>> = HashMap::new();
-    let mut groups: HashMap<String, HashSet<String>> = HashMap::new();
+    let mut releases: HashMap<ReleaseId, Option<Release>> = HashMap::new();
+    let mut groups: HashMap<GroupId, HashSet<DeviceId>> = HashMap::new();
     for rollout in rollouts {
         let until = (rollout.state == RolloutState::Completed)
             .then(|| rollout.completed_at.unwrap_or(rollout.updated_at).checked_add_signed(catch_up).unwrap_or(DateTime::<Utc>::MAX_UTC));
@@ -39,7 +39,7 @@ pub async fn refresh(core: &Core, force: bool) -> Result<()> {
         let Some(Some(release)) = releases.get(&rollout.release_id) else { continue };
         let builds = release_builds(core, release).await?;
         let matcher = matcher(core, &rollout, release, &builds, &mut groups).await?;
-        let Ok(version) = Version::parse(&release.version_key) else { continue };
+        let version = release.version_key.clone();
         let live = LiveRollout {
             offer: RolloutOffer {
                 rollout_id: rollout.id.as_str().into(),
@@ -57,7 +57,7 @@ pub async fn refresh(core: &Core, force: bool) -> Result<()> {
             deadline_s: rollout.options.device_deadline_s,
             until,
         };
-        products.entry(rollout.product.clone()).or_default().live.push(live);
+        products.entry(rollout.product.to_string()).or_default().live.push(live);
     }
     for product in products.values_mut() {
         product.live.sort_by(|a, b| b.version.cmp(&a.version));
@@ -105,7 +105,7 @@ pub(super) async fn matcher(
     rollout: &Rollout,
     release: &Release,
     builds: &[Artifact],
-    groups: &mut HashMap<String, HashSet<String>>,
+    groups: &mut HashMap<GroupId, HashSet<DeviceId>>,
 ) -> Result<Matcher> {
     let group = match &rollout.target.group {
         Some(id) => {
@@ -116,13 +116,13 @@ pub(super) async fn matcher(
         }
         None => None,
     };
-    let mut release_hardware: Vec<String> = builds.iter().flat_map(|b| b.hardware.iter().cloned()).collect();
+    let mut release_hardware: Vec<String> = builds.iter().flat_map(|b| b.hardware.iter().map(ToString::to_string)).collect();
     release_hardware.sort();
     release_hardware.dedup();
     Ok(Matcher {
         target: rollout.target.clone(),
         release_hardware,
-        release_channel: release.channel.clone(),
+        release_channel: release.channel.to_string(),
         group,
         registered_by: if rollout.options.dynamic { None } else { Some(rollout.started_at.unwrap_or_else(Utc::now).timestamp_millis()) },
     })

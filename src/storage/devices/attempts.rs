@@ -202,7 +202,7 @@ impl Store {
         let mut attempts = map_rows::<AttemptRow, UpdateAttempt>(&rows)?;
         for attempt in &mut attempts {
             let events = sqlx::query("SELECT id, state, progress, message, at FROM update_event WHERE attempt_id = $1 ORDER BY id")
-                .bind(&attempt.id)
+                .bind(attempt.id.as_str())
                 .fetch_all(&self.pool)
                 .await
                 .map_err(|e| db_error(e, "failed to read update events"))?;
@@ -212,9 +212,9 @@ impl Store {
     }
 
     /// True when an update attempt refers to this artifact (so it cannot be deleted).
-    pub async fn artifact_in_use(&self, artifact_id: &str) -> Result<bool> {
+    pub async fn artifact_in_use(&self, artifact_id: &ArtifactId) -> Result<bool> {
         let row = sqlx::query("SELECT COUNT(*) AS n FROM update_attempt WHERE artifact_id = $1 AND current = 1 AND state NOT IN ('succeeded', 'failed', 'rejected')")
-            .bind(artifact_id)
+            .bind(artifact_id.as_str())
             .fetch_one(&self.pool)
             .await
             .map_err(|e| db_error(e, "failed to check artifact use"))?;

@@ -11,6 +11,8 @@ use super::{Store, db_error, now_millis};
 use crate::domain::device::{
     Device, DeviceFilter, DevicePatch, DeviceSort, Product, Provisioning, SetupEvent, SetupStatus, UpdateAttempt, UpdateEvent, UpdateState,
 };
+use crate::domain::firmware::{Channel, HardwareId, ProductName};
+use crate::domain::ids::{ArtifactId, DeviceId};
 use crate::domain::mac::Mac;
 use crate::domain::{Error, Result};
 
@@ -37,7 +39,7 @@ pub(super) const ACTIVE_COLUMNS: &str = "id, mac, product, hardware, channel, ve
 /// What the fleet index keeps of a device (see `services::fleet`).
 #[derive(Debug)]
 pub struct ActiveRow {
-    pub id: String,
+    pub id: DeviceId,
     pub mac: Mac,
     pub product: Option<String>,
     pub hardware: Option<String>,
@@ -82,9 +84,9 @@ pub struct RolloutSlot<'a> {
 pub struct NewDevice {
     pub mac: Mac,
     pub name: String,
-    pub product: Option<String>,
-    pub hardware: Option<String>,
-    pub channel: String,
+    pub product: Option<ProductName>,
+    pub hardware: Option<HardwareId>,
+    pub channel: Channel,
     pub version: Option<String>,
     pub target_version: Option<String>,
     pub tags: Vec<String>,
@@ -98,8 +100,8 @@ pub struct NewDevice {
 #[derive(Debug, Default, Clone)]
 pub struct DeviceReport {
     pub version: Option<String>,
-    pub product: Option<String>,
-    pub hardware: Option<String>,
+    pub product: Option<ProductName>,
+    pub hardware: Option<HardwareId>,
     pub attributes: Option<Value>,
 }
 
@@ -150,7 +152,7 @@ pub(super) fn provision_key_taken() -> Error {
 }
 
 /// The `hardware` column: a JSON array, or NULL for "any".
-pub(super) fn hardware_column(hardware: &[String]) -> Option<String> {
+pub(super) fn hardware_column(hardware: &[HardwareId]) -> Option<String> {
     (!hardware.is_empty()).then(|| serde_json::to_string(hardware).expect("strings serialize"))
 }
 
@@ -184,11 +186,15 @@ impl TryFrom<ProductRow> for Product {
             provision_key: row.provision_key,
             provision_secret_hash: row.provision_secret_hash,
             poll_interval_s: row::int("poll_interval_s", row.poll_interval_s)?,
-            hardware: row::json_opt::<Vec<String>>("hardware", row.hardware.as_deref())?.unwrap_or_default(),
+            hardware: row::parsed_list(
+                "hardware",
+                row::json_opt::<Vec<String>>("hardware", row.hardware.as_deref())?.unwrap_or_default(),
+                HardwareId::parse,
+            )?,
             public_secrets: row::flag("public_secrets", row.public_secrets)?,
             created_at: row::time("created_at", row.created_at)?,
             updated_at: row::time("updated_at", row.updated_at)?,
-            name: row.name,
+            name: row::parsed("name", &row.name, ProductName::parse)?,
         })
     }
 }
@@ -239,11 +245,11 @@ impl TryFrom<DeviceRow> for Device {
             reprovision_until: row::time_opt("reprovision_until", row.reprovision_until)?,
             created_at: row::time("created_at", row.created_at)?,
             updated_at: row::time("updated_at", row.updated_at)?,
-            id: row.id,
+            id: row.id.into(),
             name: row.name,
-            product: row.product,
-            hardware: row.hardware,
-            channel: row.channel,
+            product: row::parsed_opt("product", row.product.as_deref(), ProductName::parse)?,
+            hardware: row::parsed_opt("hardware", row.hardware.as_deref(), HardwareId::parse)?,
+            channel: row::parsed("channel", &row.channel, Channel::parse)?,
             version: row.version,
             target_version: row.target_version,
             owner: row.owner,
@@ -300,7 +306,7 @@ impl TryFrom<ActiveDeviceRow> for ActiveRow {
             tags: row::json("tags", &row.tags)?,
             created_at: row::time("created_at", row.created_at)?,
             awaiting_boot: row.awaiting_boot > 0,
-            id: row.id,
+            id: row.id.into(),
             product: row.product,
             hardware: row.hardware,
             channel: row.channel,
@@ -368,11 +374,11 @@ impl TryFrom<AttemptRow> for UpdateAttempt {
             current: row::flag("current", row.current)?,
             created_at: row::time("created_at", row.created_at)?,
             updated_at: row::time("updated_at", row.updated_at)?,
-            id: row.id,
-            device_id: row.device_id,
-            artifact_id: row.artifact_id,
-            release_id: row.release_id,
-            rollout_id: row.rollout_id,
+            id: row.id.into(),
+            device_id: row.device_id.into(),
+            artifact_id: row.artifact_id.into(),
+            release_id: row.release_id.into(),
+            rollout_id: row.rollout_id.map(Into::into),
             from_version: row.from_version,
             to_version: row.to_version,
             message: row.message,

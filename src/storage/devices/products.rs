@@ -36,7 +36,7 @@ impl Store {
         .bind(now)
         .bind(hardware_column(&product.hardware))
         .bind(i64::from(product.public_secrets))
-        .bind(&product.name)
+        .bind(product.name.as_str())
         .execute(&mut *tx)
         .await;
         let updated = match updated {
@@ -48,7 +48,7 @@ impl Store {
                 "INSERT INTO product (name, provisioning, provision_key, provision_secret_hash, poll_interval_s, hardware, public_secrets, created_at, updated_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             )
-            .bind(&product.name)
+            .bind(product.name.as_str())
             .bind(product.provisioning.as_str())
             .bind(product.provision_key.clone())
             .bind(product.provision_secret_hash.clone())
@@ -74,13 +74,13 @@ impl Store {
             sqlx::query("UPDATE product SET min_version = $1, updated_at = $2 WHERE name = $3")
                 .bind(min_version.map(str::to_string))
                 .bind(now)
-                .bind(&product.name)
+                .bind(product.name.as_str())
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| db_error(e, "failed to set the anti-rollback floor"))?;
         }
         let row = sqlx::query(AssertSqlSafe(format!("SELECT {PRODUCT_COLUMNS} FROM product WHERE name = $1")))
-            .bind(&product.name)
+            .bind(product.name.as_str())
             .fetch_optional(&mut *tx)
             .await
             .map_err(|e| db_error(e, "failed to read a product"))?;

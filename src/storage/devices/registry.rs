@@ -13,9 +13,9 @@ impl Store {
         .bind(&id)
         .bind(new.mac.canonical())
         .bind(&new.name)
-        .bind(new.product.clone())
-        .bind(new.hardware.clone())
-        .bind(&new.channel)
+        .bind(new.product.as_deref().map(str::to_string))
+        .bind(new.hardware.as_deref().map(str::to_string))
+        .bind(new.channel.as_str())
         .bind(new.version.clone())
         .bind(new.target_version.clone())
         .bind(serde_json::to_string(&new.tags).expect("tags serialize"))
@@ -131,13 +131,13 @@ impl Store {
             update.push(", name = ").push_bind(name.clone());
         }
         if let Some(product) = &patch.product {
-            update.push(", product = ").push_bind(product.clone());
+            update.push(", product = ").push_bind(product.as_deref().map(str::to_string));
         }
         if let Some(hardware) = &patch.hardware {
-            update.push(", hardware = ").push_bind(hardware.clone());
+            update.push(", hardware = ").push_bind(hardware.as_deref().map(str::to_string));
         }
         if let Some(channel) = &patch.channel {
-            update.push(", channel = ").push_bind(channel.clone());
+            update.push(", channel = ").push_bind(channel.to_string());
         }
         if let Some(target_version) = &patch.target_version {
             update.push(", target_version = ").push_bind(target_version.clone());
@@ -187,8 +187,8 @@ impl Store {
             "UPDATE device SET version = COALESCE($1, version), product = COALESCE($2, product), hardware = COALESCE($3, hardware), attributes = COALESCE($4, attributes), updated_at = $5 WHERE id = $6",
         )
         .bind(report.version.clone())
-        .bind(report.product.clone())
-        .bind(report.hardware.clone())
+        .bind(report.product.as_deref().map(str::to_string))
+        .bind(report.hardware.as_deref().map(str::to_string))
         .bind(report.attributes.as_ref().map(|a| a.to_string()))
         .bind(now_millis())
         .bind(id)
@@ -306,7 +306,7 @@ fn push_device_filter(query: &mut Builder, filter: &DeviceFilter) {
         conditions.next().push("product = ").push_bind(product.clone());
     }
     if let Some(hardware) = &filter.hardware {
-        conditions.next().push("hardware = ").push_bind(hardware.to_ascii_lowercase());
+        conditions.next().push("hardware = ").push_bind(hardware.to_string());
     }
     if let Some(version) = &filter.version {
         conditions.next().push("version = ").push_bind(version.clone());

@@ -4,11 +4,11 @@ use super::*;
 
 impl Store {
     /// Devices per (stage, state, excused).
-    pub async fn rollout_tally(&self, id: &str) -> Result<Vec<(usize, MemberState, bool, u64)>> {
+    pub async fn rollout_tally(&self, id: &RolloutId) -> Result<Vec<(usize, MemberState, bool, u64)>> {
         let rows = sqlx::query(
             "SELECT stage, state, excused, COUNT(*) AS n FROM rollout_member WHERE rollout_id = $1 GROUP BY stage, state, excused",
         )
-        .bind(id)
+        .bind(id.as_str())
         .fetch_all(&self.pool)
         .await
         .map_err(|e| db_error(e, "failed to count a rollout's devices"))?;
@@ -16,11 +16,11 @@ impl Store {
     }
 
     /// Where a device stands in a rollout, if the rollout ever offered it its release.
-    pub async fn rollout_member_state(&self, rollout_id: &str, device_id: &str) -> Result<Option<MemberState>> {
+    pub async fn rollout_member_state(&self, rollout_id: &RolloutId, device_id: &DeviceId) -> Result<Option<MemberState>> {
         let row =
             sqlx::query("SELECT rollout_id, device_id, state, from_version FROM rollout_member WHERE rollout_id = $1 AND device_id = $2")
-                .bind(rollout_id)
-                .bind(device_id)
+                .bind(rollout_id.as_str())
+                .bind(device_id.as_str())
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(|e| db_error(e, "failed to read a rollout's device"))?;
@@ -45,22 +45,22 @@ impl Store {
     }
 
     /// Marks devices that reported no outcome before their deadline as timed out.
-    pub async fn time_out_members(&self, id: &str, now: DateTime<Utc>) -> Result<u64> {
+    pub async fn time_out_members(&self, id: &RolloutId, now: DateTime<Utc>) -> Result<u64> {
         let result = sqlx::query(
             "UPDATE rollout_member SET state = 'timed_out', message = 'no outcome reported before the deadline', updated_at = $1 \
              WHERE rollout_id = $2 AND state IN ('offered', 'downloading', 'installing', 'installed') AND deadline_at < $1",
         )
         .bind(now.timestamp_millis())
-        .bind(id)
+        .bind(id.as_str())
         .execute(&self.pool)
         .await
         .map_err(|e| db_error(e, "failed to time out devices"))?;
         Ok(result.rows_affected())
     }
 
-    pub async fn rollout_members(&self, id: &str) -> Result<Vec<MemberRow>> {
+    pub async fn rollout_members(&self, id: &RolloutId) -> Result<Vec<MemberRow>> {
         let rows = sqlx::query("SELECT rollout_id, device_id, state, from_version FROM rollout_member WHERE rollout_id = $1")
-            .bind(id)
+            .bind(id.as_str())
             .fetch_all(&self.pool)
             .await
             .map_err(|e| db_error(e, "failed to read a rollout's devices"))?;

@@ -9,11 +9,12 @@ use sqlx::{Any, AssertSqlSafe, Row};
 use super::row::{self, Corrupt, Table, map_row, map_rows};
 use super::sql::{self, Builder, violates};
 use super::{Store, db_error, now_millis};
+use crate::domain::firmware::{Channel, HardwareId, ProductName};
 use crate::domain::rollout::{
     ErrorThreshold, Group, MemberState, Release, Rollout, RolloutOptions, RolloutState, Stage, StageSize, Target, Transition, Window,
 };
 use crate::domain::version::Version;
-use crate::domain::{Error, Result};
+use crate::domain::{ArtifactId, DeviceId, Error, GroupId, ReleaseId, Result, RolloutId};
 
 mod groups;
 mod managed;
@@ -68,19 +69,19 @@ pub(super) async fn bump_revision(tx: &mut sqlx::Transaction<'_, Any>) -> Result
     Ok(())
 }
 
-pub(super) async fn add_group_members(tx: &mut sqlx::Transaction<'_, Any>, id: &str, device_ids: &[String]) -> Result<()> {
+pub(super) async fn add_group_members(tx: &mut sqlx::Transaction<'_, Any>, id: &GroupId, device_ids: &[DeviceId]) -> Result<()> {
     for device_id in device_ids {
         let exists: i64 = sqlx::query("SELECT COUNT(*) AS n FROM device_group_member WHERE group_id = $1 AND device_id = $2")
-            .bind(id)
-            .bind(device_id)
+            .bind(id.as_str())
+            .bind(device_id.as_str())
             .fetch_one(&mut **tx)
             .await
             .map_err(|e| db_error(e, "failed to read a group member"))?
             .get("n");
         if exists == 0 {
             sqlx::query("INSERT INTO device_group_member (group_id, device_id) VALUES ($1, $2)")
-                .bind(id)
-                .bind(device_id)
+                .bind(id.as_str())
+                .bind(device_id.as_str())
                 .execute(&mut **tx)
                 .await
                 .map_err(|e| db_error(e, "failed to add a group member"))?;
@@ -182,11 +183,11 @@ impl TryFrom<ReleaseRow> for Release {
     fn try_from(row: ReleaseRow) -> std::result::Result<Release, Corrupt> {
         Ok(Release {
             created_at: row::time("created_at", row.created_at)?,
-            id: row.id,
-            product: row.product,
+            id: row.id.into(),
+            product: row::parsed("product", &row.product, ProductName::parse)?,
             version: row.version,
-            version_key: row.version_key,
-            channel: row.channel,
+            version_key: row::parsed("version_key", &row.version_key, |text| Ok(Version::parse(text)?))?,
+            channel: row::parsed("channel", &row.channel, Channel::parse)?,
             notes: row.notes,
             artifact_ids: Vec::new(),
         })
@@ -216,7 +217,7 @@ impl TryFrom<GroupRow> for Group {
             size: row::int("size", row.size)?,
             created_at: row::time("created_at", row.created_at)?,
             updated_at: row::time("updated_at", row.updated_at)?,
-            id: row.id,
+            id: row.id.into(),
             name: row.name,
         })
     }
@@ -275,10 +276,10 @@ impl TryFrom<RolloutRow> for Rollout {
             completed_at: row::time_opt("completed_at", row.completed_at)?,
             created_at: row::time("created_at", row.created_at)?,
             updated_at: row::time("updated_at", row.updated_at)?,
-            id: row.id,
+            id: row.id.into(),
             name: row.name,
-            release_id: row.release_id,
-            product: row.product,
+            release_id: row.release_id.into(),
+            product: row::parsed("product", &row.product, ProductName::parse)?,
             reason: row.reason,
         })
     }
@@ -413,21 +414,21 @@ fn member_state(text: &str) -> std::result::Result<MemberState, Corrupt> {
 /// The `target` column.
 #[derive(Serialize, Deserialize)]
 pub(super) struct StoredTarget {
-    hardware: Vec<String>,
-    channels: Vec<String>,
+    hardware: Vec<HardwareId>,
+    channels: Vec<Channel>,
     tags: Vec<String>,
     /// Canonical versions.
     version_min: Option<String>,
     version_max: Option<String>,
     /// Sorted, so equal targets are equal texts.
-    devices: Option<Vec<String>>,
-    group: Option<String>,
+    devices: Option<Vec<DeviceId>>,
+    group: Option<GroupId>,
 }
 
 impl StoredTarget {
     pub fn of(target: &Target) -> StoredTarget {
         let devices = target.devices.as_ref().map(|devices| {
-            let mut devices: Vec<String> = devices.iter().cloned().collect();
+            let mut devices: Vec<DeviceId> = devices.iter().cloned().collect();
             devices.sort();
             devices
         });

@@ -8,10 +8,10 @@ impl Store {
         sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO rollout ({ROLLOUT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, NULL, NULL, NULL, $15, $16, NULL)"
         )))
-        .bind(&rollout.id)
+        .bind(rollout.id.as_str())
         .bind(&rollout.name)
-        .bind(&rollout.release_id)
-        .bind(&rollout.product)
+        .bind(rollout.release_id.as_str())
+        .bind(rollout.product.as_str())
         .bind(to_json(&StoredTarget::of(&rollout.target)))
         .bind(to_json(&rollout.stages.iter().map(StoredStage::of).collect::<Vec<_>>()))
         .bind(to_json(&StoredOptions::of(&rollout.options)))
@@ -32,9 +32,9 @@ impl Store {
         tx.commit().await.map_err(|e| db_error(e, "failed to commit a rollout"))
     }
 
-    pub async fn find_rollout(&self, id: &str) -> Result<Option<Rollout>> {
+    pub async fn find_rollout(&self, id: &RolloutId) -> Result<Option<Rollout>> {
         let row = sqlx::query(AssertSqlSafe(format!("SELECT {ROLLOUT_COLUMNS} FROM rollout WHERE id = $1")))
-            .bind(id)
+            .bind(id.as_str())
             .fetch_optional(&self.pool)
             .await
             .map_err(|e| db_error(e, "failed to read a rollout"))?;
@@ -134,23 +134,23 @@ impl Store {
 
     /// Stores recounted target sizes (no transition; no revision bump: sizes do not change
     /// what devices are offered).
-    pub async fn record_rollout_count(&self, id: &str, sizes: &[u64], target_size: u64) -> Result<()> {
+    pub async fn record_rollout_count(&self, id: &RolloutId, sizes: &[u64], target_size: u64) -> Result<()> {
         sqlx::query("UPDATE rollout SET stage_sizes = $1, target_size = $2, counted_at = $3 WHERE id = $4")
             .bind(to_json(&sizes))
             .bind(i64::try_from(target_size).unwrap_or(i64::MAX))
             .bind(now_millis())
-            .bind(id)
+            .bind(id.as_str())
             .execute(&self.pool)
             .await
             .map_err(|e| db_error(e, "failed to record a rollout count"))?;
         Ok(())
     }
 
-    pub async fn rollout_history(&self, id: &str) -> Result<Vec<Transition>> {
+    pub async fn rollout_history(&self, id: &RolloutId) -> Result<Vec<Transition>> {
         let rows = sqlx::query(
             "SELECT id, from_state, to_state, stage, actor, reason, at FROM rollout_transition WHERE rollout_id = $1 ORDER BY id",
         )
-        .bind(id)
+        .bind(id.as_str())
         .fetch_all(&self.pool)
         .await
         .map_err(|e| db_error(e, "failed to read a rollout's history"))?;

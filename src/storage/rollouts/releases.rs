@@ -8,11 +8,11 @@ impl Store {
         let inserted = sqlx::query(
             "INSERT INTO firmware_release (id, product, version, version_key, channel, notes, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
-        .bind(&release.id)
-        .bind(&release.product)
+        .bind(release.id.as_str())
+        .bind(release.product.as_str())
         .bind(&release.version)
-        .bind(&release.version_key)
-        .bind(&release.channel)
+        .bind(release.version_key.canonical())
+        .bind(release.channel.as_str())
         .bind(&release.notes)
         .bind(release.created_at.timestamp_millis())
         .execute(&mut *tx)
@@ -29,8 +29,8 @@ impl Store {
         }
         for artifact_id in &release.artifact_ids {
             let attached = sqlx::query("INSERT INTO release_artifact (artifact_id, release_id) VALUES ($1, $2)")
-                .bind(artifact_id)
-                .bind(&release.id)
+                .bind(artifact_id.as_str())
+                .bind(release.id.as_str())
                 .execute(&mut *tx)
                 .await;
             match attached {
@@ -42,7 +42,7 @@ impl Store {
             }
         }
         sqlx::query("INSERT INTO managed_product (product, since) VALUES ($1, $2) ON CONFLICT (product) DO NOTHING")
-            .bind(&release.product)
+            .bind(release.product.as_str())
             .bind(release.created_at.timestamp_millis())
             .execute(&mut *tx)
             .await
@@ -51,9 +51,9 @@ impl Store {
         tx.commit().await.map_err(|e| db_error(e, "failed to commit a release"))
     }
 
-    pub async fn find_release(&self, id: &str) -> Result<Option<Release>> {
+    pub async fn find_release(&self, id: &ReleaseId) -> Result<Option<Release>> {
         let row = sqlx::query("SELECT id, product, version, version_key, channel, notes, created_at FROM firmware_release WHERE id = $1")
-            .bind(id)
+            .bind(id.as_str())
             .fetch_optional(&self.pool)
             .await
             .map_err(|e| db_error(e, "failed to read a release"))?;
@@ -77,23 +77,23 @@ impl Store {
         Ok(releases)
     }
 
-    async fn release_artifacts(&self, release_id: &str) -> Result<Vec<String>> {
+    async fn release_artifacts(&self, release_id: &ReleaseId) -> Result<Vec<ArtifactId>> {
         let rows = sqlx::query("SELECT artifact_id FROM release_artifact WHERE release_id = $1 ORDER BY artifact_id")
-            .bind(release_id)
+            .bind(release_id.as_str())
             .fetch_all(&self.pool)
             .await
             .map_err(|e| db_error(e, "failed to read a release's builds"))?;
-        texts(&rows, "artifact_id")
+        Ok(texts(&rows, "artifact_id")?.into_iter().map(ArtifactId::from).collect())
     }
 
     /// Deletes a release no rollout uses; false if it does not exist.
-    pub async fn delete_release(&self, id: &str) -> Result<bool> {
+    pub async fn delete_release(&self, id: &ReleaseId) -> Result<bool> {
         let mut tx = self.pool.begin().await.map_err(|e| db_error(e, "failed to begin a transaction"))?;
         // A write first: on SQLite, a transaction that reads first and then writes fails at
         // once (no busy wait) when another connection wrote in between.
         bump_revision(&mut tx).await?;
         let used: i64 = sqlx::query("SELECT COUNT(*) AS n FROM rollout WHERE release_id = $1")
-            .bind(id)
+            .bind(id.as_str())
             .fetch_one(&mut *tx)
             .await
             .map_err(|e| db_error(e, "failed to check a release's rollouts"))?
@@ -102,12 +102,12 @@ impl Store {
             return Err(Error::conflict("release_in_use", "a rollout uses this release; releases with rollouts are kept as history"));
         }
         sqlx::query("DELETE FROM release_artifact WHERE release_id = $1")
-            .bind(id)
+            .bind(id.as_str())
             .execute(&mut *tx)
             .await
             .map_err(|e| db_error(e, "failed to delete a release"))?;
         let deleted = sqlx::query("DELETE FROM firmware_release WHERE id = $1")
-            .bind(id)
+            .bind(id.as_str())
             .execute(&mut *tx)
             .await
             .map_err(|e| db_error(e, "failed to delete a release"))?;
@@ -134,9 +134,9 @@ impl Store {
     }
 
     /// True when a build belongs to a release (so it cannot be deleted).
-    pub async fn artifact_released(&self, artifact_id: &str) -> Result<bool> {
+    pub async fn artifact_released(&self, artifact_id: &ArtifactId) -> Result<bool> {
         let row = sqlx::query("SELECT COUNT(*) AS n FROM release_artifact WHERE artifact_id = $1")
-            .bind(artifact_id)
+            .bind(artifact_id.as_str())
             .fetch_one(&self.pool)
             .await
             .map_err(|e| db_error(e, "failed to check a build's release"))?;

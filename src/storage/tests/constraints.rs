@@ -77,19 +77,19 @@ async fn a_duplicate_mac_is_device_exists_and_a_duplicate_token_is_not() {
 #[tokio::test]
 async fn each_client_facing_constraint_is_its_own_conflict() {
     let store = memory_store().await;
-    store.insert_group("g1", "kitchen", &[]).await.unwrap();
-    assert_eq!(conflict_code(&store.insert_group("g2", "kitchen", &[]).await.unwrap_err()), "group_exists");
-    store.insert_group("g3", "hall", &[]).await.unwrap();
-    assert_eq!(conflict_code(&store.change_group("g3", Some("kitchen"), &[], &[]).await.unwrap_err()), "group_exists");
+    store.insert_group(&"g1".into(), "kitchen", &[]).await.unwrap();
+    assert_eq!(conflict_code(&store.insert_group(&"g2".into(), "kitchen", &[]).await.unwrap_err()), "group_exists");
+    store.insert_group(&"g3".into(), "hall", &[]).await.unwrap();
+    assert_eq!(conflict_code(&store.change_group(&"g3".into(), Some("kitchen"), &[], &[]).await.unwrap_err()), "group_exists");
 
     let release = |id: &str, version: &str, artifacts: &[&str]| Release {
         id: id.into(),
-        product: "lamp".into(),
+        product: "lamp".parse().unwrap(),
         version: version.into(),
-        version_key: version.into(),
-        channel: "stable".into(),
+        version_key: version.parse().unwrap(),
+        channel: Channel::stable(),
         notes: String::new(),
-        artifact_ids: artifacts.iter().map(|a| a.to_string()).collect(),
+        artifact_ids: artifacts.iter().map(|a| (*a).into()).collect(),
         created_at: Utc::now(),
     };
     execute(&store, "PRAGMA foreign_keys = OFF").await;
@@ -98,7 +98,7 @@ async fn each_client_facing_constraint_is_its_own_conflict() {
     assert_eq!(conflict_code(&store.insert_release(&release("r3", "1.1.0", &["build-1"])).await.unwrap_err()), "artifact_in_release");
 
     let product = |name: &str| Product {
-        name: name.into(),
+        name: name.parse().unwrap(),
         provisioning: Provisioning::Key,
         provision_key: Some("shared-key".into()),
         provision_secret_hash: Some("digest".into()),
@@ -122,7 +122,7 @@ async fn sqlite_messages_map_to_constraint_names() {
     let store = memory_store().await;
     let device = store.insert_device(&new_device("02:00:00:00:03:03")).await.unwrap();
     let error = sqlx::query("INSERT INTO device_tag (device_id, tag) VALUES ($1, 't'), ($1, 't')")
-        .bind(&device.id)
+        .bind(device.id.as_str())
         .execute(&store.pool)
         .await
         .unwrap_err();

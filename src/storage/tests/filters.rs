@@ -22,8 +22,8 @@ async fn fleet(store: &Store) -> Vec<String> {
     let mut seen = Vec::new();
     for (mac, product, hardware, version, owner, tags, minutes_ago) in specs {
         let mut new = new_device(mac);
-        new.product = Some(product.into());
-        new.hardware = Some(hardware.into());
+        new.product = Some(product.parse().unwrap());
+        new.hardware = Some(hardware.parse().unwrap());
         new.version = Some(version.into());
         new.owner = owner.map(str::to_string);
         new.tags = tags.iter().map(|t| t.to_string()).collect();
@@ -31,7 +31,7 @@ async fn fleet(store: &Store) -> Vec<String> {
         if let Some(minutes) = minutes_ago {
             seen.push((device.id.clone(), now - Duration::minutes(minutes), Some("10.0.0.1".to_string())));
         }
-        ids.push(device.id);
+        ids.push(device.id.into());
     }
     store.record_presence(&seen).await.unwrap();
     ids
@@ -71,7 +71,7 @@ async fn device_filters_combine_texts_and_numbers_in_any_order() {
     assert_eq!(found(&store, between).await, (macs(&["02"]), 1));
     let exact = DeviceFilter {
         product: Some("lamp".into()),
-        hardware: Some("ESP32".into()),
+        hardware: Some("ESP32".parse().unwrap()),
         version: Some("1.0.0".into()),
         owner: None,
         tag: Some("north".into()),
@@ -124,10 +124,10 @@ async fn rollouts_and_releases_filter_by_product_and_state() {
     for (id, product, version) in [("r1", "lamp", "1.0.0"), ("r2", "plug", "1.0.0")] {
         let release = Release {
             id: id.into(),
-            product: product.into(),
+            product: product.parse().unwrap(),
             version: version.into(),
-            version_key: version.into(),
-            channel: "stable".into(),
+            version_key: version.parse().unwrap(),
+            channel: Channel::stable(),
             notes: String::new(),
             artifact_ids: Vec::new(),
             created_at: Utc::now(),
@@ -135,7 +135,7 @@ async fn rollouts_and_releases_filter_by_product_and_state() {
         store.insert_release(&release).await.unwrap();
     }
     assert_eq!(store.list_releases(None).await.unwrap().len(), 2);
-    let lamp: Vec<String> = store.list_releases(Some("lamp")).await.unwrap().into_iter().map(|r| r.id).collect();
+    let lamp: Vec<String> = store.list_releases(Some("lamp")).await.unwrap().into_iter().map(|r| r.id.into()).collect();
     assert_eq!(lamp, vec!["r1".to_string()]);
     assert!(store.list_rollouts(&[RolloutState::Running, RolloutState::Paused], Some("lamp")).await.unwrap().is_empty());
     assert!(store.list_rollouts(&[], None).await.unwrap().is_empty());

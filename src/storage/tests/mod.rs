@@ -8,6 +8,7 @@ use serde_json::json;
 use super::*;
 use crate::domain::Error;
 use crate::domain::device::{DeviceFilter, DevicePatch, DeviceSort};
+use crate::domain::firmware::Channel;
 use crate::domain::mac::Mac;
 
 mod constraints;
@@ -27,7 +28,7 @@ fn new_device(mac: &str) -> NewDevice {
         name: mac.to_string(),
         product: None,
         hardware: None,
-        channel: "stable".into(),
+        channel: Channel::stable(),
         version: None,
         target_version: None,
         tags: Vec::new(),

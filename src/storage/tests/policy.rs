@@ -28,7 +28,7 @@ async fn a_time_out_of_range_is_an_error_not_1970() {
 async fn an_unknown_provisioning_mode_is_an_error_not_preregistered() {
     let store = memory_store().await;
     let product = Product {
-        name: "lamp".into(),
+        name: "lamp".parse().unwrap(),
         provisioning: Provisioning::Open,
         provision_key: None,
         provision_secret_hash: None,
@@ -49,7 +49,7 @@ async fn bad_tags_are_the_same_error_in_every_reader_of_the_device() {
     let store = memory_store().await;
     let mut new = new_device("02:00:00:00:00:02");
     new.token_hash = Some("digest".into());
-    new.product = Some("lamp".into());
+    new.product = Some("lamp".parse().unwrap());
     let device = store.insert_device(&new).await.unwrap();
     execute(&store, "UPDATE device SET tags = 'not json'").await;
     // The registry, the fleet index (miss path and start-up load) and the target counts.
@@ -58,11 +58,23 @@ async fn bad_tags_are_the_same_error_in_every_reader_of_the_device() {
         store.find_active_device("digest").await.unwrap_err(),
         store.list_active_devices("", 10).await.unwrap_err(),
         store.target_rows("lamp", "", 10).await.unwrap_err(),
-        store.target_rows_by_ids(std::slice::from_ref(&device.id)).await.unwrap_err(),
+        store.target_rows_by_ids(&[device.id.to_string()]).await.unwrap_err(),
     ];
     for error in errors {
         assert_names(&corrupt_row(error), "device", &device.id, "tags");
     }
+}
+
+#[tokio::test]
+async fn a_stored_name_that_no_longer_parses_is_an_error_naming_its_column() {
+    let store = memory_store().await;
+    let device = store.insert_device(&new_device("02:00:00:00:00:07")).await.unwrap();
+    execute(&store, "UPDATE device SET product = '..'").await;
+    let corrupt = corrupt_row(store.find_device(&device.id).await.unwrap_err());
+    assert_names(&corrupt, "device", &device.id, "product");
+    assert!(corrupt.problem.contains("product `..`"), "{corrupt}");
+    execute(&store, "UPDATE device SET product = NULL, hardware = 'esp32;rm'").await;
+    assert_names(&corrupt_row(store.find_device(&device.id).await.unwrap_err()), "device", &device.id, "hardware");
 }
 
 #[tokio::test]

@@ -14,8 +14,12 @@ async fn a_patch_writes_only_its_fields() {
     new.tags = vec!["old".into()];
     let device = store.insert_device(&new).await.unwrap();
     // A report written after the caller read the device (a concurrent check-in).
-    let report =
-        DeviceReport { version: Some("1.2.0".into()), product: Some("lamp".into()), hardware: Some("esp32".into()), attributes: None };
+    let report = DeviceReport {
+        version: Some("1.2.0".into()),
+        product: Some("lamp".parse().unwrap()),
+        hardware: Some("esp32".parse().unwrap()),
+        attributes: None,
+    };
     store.record_report(&device.id, &report).await.unwrap();
 
     let renamed =
@@ -51,7 +55,7 @@ async fn patching_a_device_that_does_not_exist_writes_nothing() {
 async fn pairing_uses_the_key_and_sets_the_owner_together() {
     let store = memory_store().await;
     let device = store.insert_device(&new_device("02:00:00:00:01:02")).await.unwrap();
-    store.record_report(&device.id, &DeviceReport { hardware: Some("esp32".into()), ..Default::default() }).await.unwrap();
+    store.record_report(&device.id, &DeviceReport { hardware: Some("esp32".parse().unwrap()), ..Default::default() }).await.unwrap();
     store.insert_pairing("key-1", "bob", in_a_minute()).await.unwrap();
     let before = changes_of(&store, &device.id).await;
 
