@@ -110,8 +110,8 @@ start_updraft() {
   mkdir -p "$data"
   (
     cd "$(dirname -- "$data")" &&
-      exec env "${unset_args[@]}" UPDRAFT_ADMIN_API_KEY="$BENCH_KEY" UPDRAFT_LOG=warn "${BENCH_SERVER_ENV[@]}" \
-        "$bin" serve --listen "127.0.0.1:$port" --data-dir "$data"
+      exec env "${unset_args[@]}" UPDRAFT_ADMIN_API_KEY="$BENCH_KEY" UPDRAFT_LOG="${BENCH_SERVER_LOG:-warn}" "${BENCH_SERVER_ENV[@]}" \
+        "$bin" serve --listen "127.0.0.1:$port" --mqtt-listen "127.0.0.1:${BENCH_MQTT_PORT:-$(free_port)}" --data-dir "$data"
   ) >"$logfile" 2>&1 9>&- &
   SERVER_PID=$!
   BENCH_PIDS+=("$SERVER_PID")

@@ -147,48 +147,44 @@ impl Application {
             Some(config) => crate::net::serve(crate::net::TlsListener::new(listener, config)?, app, stop_rx, grace).await,
             None => crate::net::serve(listener, app, stop_rx, grace).await,
         }
-        let deadline = stopping.get().copied().unwrap_or_else(Instant::now) + grace;
+        let began = stopping.get().copied().unwrap_or_else(Instant::now);
+        let deadline = began + grace;
+        let since = |at: Instant| at.duration_since(began).as_millis() as u64;
+        tracing::info!(after_ms = since(Instant::now()), "requests drained");
         if let Some(mqtt) = &mqtt {
             mqtt.stop();
         }
         // The loops stop before the final presence flush, so that none races it.
         let remaining = deadline.saturating_duration_since(Instant::now());
-        if !core.tasks.stop(remaining.min(Duration::from_secs(5))).await {
+        if core.tasks.stop(remaining.min(Duration::from_secs(5))).await {
+            tracing::info!(after_ms = since(Instant::now()), "background tasks stopped");
+        } else {
             tracing::warn!(running = core.tasks.running(), "background tasks did not stop in time");
         }
-        write_presence_until(&core, deadline).await;
+        // Closing the database (and rolling back a batch cut off by the deadline) takes a
+        // moment: the presence write stops early enough for the exit to keep the deadline.
+        let margin = (grace / 10).min(Duration::from_secs(1));
+        write_presence_until(&core, deadline.checked_sub(margin).unwrap_or(deadline)).await;
         store.close().await;
-        tracing::info!("stopped");
+        tracing::info!(after_ms = since(Instant::now()), "stopped");
         Ok(())
     }
 }
 
-/// Writes the `last_seen` values still waiting, in batches, until they are all written or the
-/// shutdown deadline comes; what is left then is lost (only how recently devices were seen,
-/// which their next check-in restores), and counted in the log.
+/// Writes the `last_seen` values still waiting until they are all written or the shutdown
+/// deadline comes; what is left then is lost (only how recently devices were seen, which
+/// their next check-in restores), and counted in the log.
 async fn write_presence_until(core: &Core, deadline: Instant) {
-    const BATCH: usize = 5_000;
     let started = Instant::now();
-    let mut written = 0;
-    loop {
-        if Instant::now() >= deadline {
-            let left = core.devices.backlog_len();
-            tracing::warn!(written, left, "shutdown deadline reached: the last_seen of {left} devices is not written");
-            return;
+    match devices::write_all_presence(core, deadline.into()).await {
+        Ok(devices::FinalWrite { written, left: 0 }) => {
+            tracing::info!(written, elapsed_ms = started.elapsed().as_millis() as u64, "device presence written")
         }
-        let step =
-            tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), devices::flush_presence(core, Some(BATCH))).await;
-        match step {
-            Ok(Ok(0)) => break,
-            Ok(Ok(n)) => written += n,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "cannot write device presence at shutdown");
-                return;
-            }
-            Err(_) => continue,
+        Ok(devices::FinalWrite { written, left }) => {
+            tracing::warn!(written, left, "shutdown deadline reached: the last_seen of {left} devices is not written")
         }
+        Err(e) => tracing::warn!(error = %e, "cannot write device presence at shutdown"),
     }
-    tracing::info!(written, elapsed_ms = started.elapsed().as_millis() as u64, "device presence written");
 }
 
 /// The key that signs device download links: generated once, shared by replicas through

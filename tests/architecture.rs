@@ -62,10 +62,10 @@ fn the_domain_does_no_io() {
 #[test]
 fn only_storage_names_sqlx() {
     let mut found = Vec::new();
-    for dir in ["src/domain", "src/services", "src/http", "src/mqtt", "src/blob"] {
+    for dir in ["src/domain", "src/services", "src/http", "src/mqtt", "src/blob", "src/config"] {
         found.extend(violations(dir, &["sqlx"]));
     }
-    for file in ["src/startup.rs", "src/cli.rs", "src/config.rs", "src/net.rs", "src/telemetry.rs", "src/main.rs", "src/lib.rs"] {
+    for file in ["src/startup.rs", "src/cli.rs", "src/net.rs", "src/telemetry.rs", "src/main.rs", "src/lib.rs"] {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
         let Ok(text) = std::fs::read_to_string(&path) else { continue };
         for (number, line) in code_lines(&text) {
@@ -115,6 +115,20 @@ fn adapters_never_use_storage() {
         }
     }
     assert!(found.is_empty(), "src/http and src/mqtt never use storage (docs/ARCHITECTURE.md):\n{}", found.join("\n"));
+}
+
+#[test]
+fn settings_do_not_depend_on_services() {
+    // The services' policies are built from the settings, not the other way round.
+    let mut found = Vec::new();
+    for (path, text) in sources("src/config") {
+        for (number, line) in code_lines(&text) {
+            if line.contains("crate::services") || line.contains("services::") {
+                found.push(format!("{}:{number}: `{}`", path.display(), line.trim()));
+            }
+        }
+    }
+    assert!(found.is_empty(), "src/config imports no service (docs/ARCHITECTURE.md):\n{}", found.join("\n"));
 }
 
 #[test]

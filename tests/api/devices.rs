@@ -762,6 +762,30 @@ async fn reported_attributes_are_merged_each_time_they_differ() {
 }
 
 #[tokio::test]
+async fn a_stopping_server_writes_every_buffered_last_seen_before_it_exits() {
+    // The periodic write is held to 100 rows a second, so most of these check-ins are still
+    // buffered when the server stops: only the final write at shutdown stores them.
+    let app = spawn_app_with(|s| s.devices.presence_writes_per_sec = 100).await;
+    let mut devices = Vec::new();
+    for i in 0..500 {
+        devices.push(provisioned(&app, &format!("02:00:00:00:{:02X}:{:02X}", i / 256, i % 256), "lamp", "esp32", "1.0.0").await);
+    }
+    for (_, token) in &devices {
+        assert_eq!(checkin(&app, token, json!({"version": "1.0.0"})).await["update"], Value::Null);
+    }
+    let (settings, data_dir) = app.stop_keeping_data().await;
+    let app = start(settings, data_dir).await;
+    let mut missing = 0;
+    for (id, _) in &devices {
+        if get_device(&app, id).await["last_seen"].is_null() {
+            missing += 1;
+        }
+    }
+    assert_eq!(missing, 0, "{missing} of {} check-ins left no last_seen after a clean stop", devices.len());
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn presence_writes_are_rate_limited_but_all_reach_the_database() {
     let app = spawn_app_with(|s| s.devices.presence_writes_per_sec = 100).await;
     let mut ids = Vec::new();

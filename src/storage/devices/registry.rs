@@ -205,8 +205,12 @@ impl Store {
         if batch.is_empty() {
             return Ok(());
         }
+        // In key order, so that neighbouring rows share pages: on a large table several times
+        // faster than arrival order (bench/shutdown.sh).
+        let mut sorted: Vec<_> = batch.iter().collect();
+        sorted.sort_unstable_by(|a, b| a.0.as_ref().cmp(b.0.as_ref()));
         let mut tx = self.pool.begin().await.map_err(|e| db_error(e, "failed to begin a transaction"))?;
-        for rows in batch.chunks(PRESENCE_ROWS) {
+        for rows in sorted.chunks(PRESENCE_ROWS) {
             // A VALUES list named by a CTE and joined by primary key: the same statement runs
             // on SQLite (3.33+) and PostgreSQL, in time linear in the rows.
             let mut update = Builder::new("WITH seen (id, at, ip) AS (VALUES ");
