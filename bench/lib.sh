@@ -15,6 +15,8 @@ mkdir -p "$OUT_DIR"
 
 BENCH_PIDS=()
 BENCH_TMPS=()
+# Extra NAME=value settings of the next servers `start_updraft` starts (e.g. UPDRAFT_COMPAT_*).
+BENCH_SERVER_ENV=()
 
 # One benchmark run at a time on this machine: two at once skew each other's figures and
 # write over each other's results in bench/out. The lock (fd 9 on bench/out/.lock) is taken
@@ -108,7 +110,7 @@ start_updraft() {
   mkdir -p "$data"
   (
     cd "$(dirname -- "$data")" &&
-      exec env "${unset_args[@]}" UPDRAFT_ADMIN_API_KEY="$BENCH_KEY" UPDRAFT_LOG="${BENCH_SERVER_LOG:-warn}" \
+      exec env "${unset_args[@]}" UPDRAFT_ADMIN_API_KEY="$BENCH_KEY" UPDRAFT_LOG="${BENCH_SERVER_LOG:-warn}" "${BENCH_SERVER_ENV[@]}" \
         "$bin" serve --listen "127.0.0.1:$port" --mqtt-listen "127.0.0.1:${BENCH_MQTT_PORT:-$(free_port)}" --data-dir "$data"
   ) >"$logfile" 2>&1 9>&- &
   SERVER_PID=$!
@@ -197,4 +199,17 @@ wait_quiet() {
     fi
     sleep 5
   done
+}
+
+# perf_report DATA OUT: the flat profile of a `perf record -g` file (by DSO, by symbol, and the
+# callers of the hottest symbols), as bench/profile.sh and bench/hotpaths.sh write it.
+perf_report() {
+  local data=$1 out=$2
+  {
+    perf report -i "$data" --no-children --sort dso --stdio -g none 2>/dev/null | grep -E '^ +[0-9]'
+    echo
+    perf report -i "$data" --no-children --sort symbol --stdio -g none --percent-limit 0.3 2>/dev/null | grep -E '^ +[0-9]'
+    echo
+    perf report -i "$data" --no-children --sort symbol --stdio -g caller --percent-limit 5 2>/dev/null | grep -v '^#' | grep -v '^$'
+  } | sed -E 's/[[:space:]]+-[[:space:]]+-[[:space:]]*$//; s/[[:space:]]+$//' | cut -c1-160 >"$out"
 }

@@ -6,6 +6,8 @@
 #   bench/profile.sh download   # perf during `wrk -t2 -c64 -d10s` on the 4 MiB download
 #
 # Writes bench/out/profile-<load>.txt (perf report, flat, by symbol) and .data.
+# The hot paths of devices (check-ins, seed-001, seed-003) are profiled by bench/hotpaths.sh:
+#   HOTPATHS_PERF=1 bench/hotpaths.sh   # bench/out/hotpaths/perf-<binary>-<scenario>.txt
 set -euo pipefail
 source "$(dirname -- "${BASH_SOURCE[0]}")/lib.sh"
 trap bench_cleanup EXIT
@@ -39,12 +41,6 @@ else
 fi
 kill -INT "$PERF_PID"
 wait "$PERF_PID" || true
-{
-  perf report -i "$DATA" --no-children --sort dso --stdio -g none 2>/dev/null | grep -E '^ +[0-9]'
-  echo
-  perf report -i "$DATA" --no-children --sort symbol --stdio -g none --percent-limit 0.3 2>/dev/null | grep -E '^ +[0-9]'
-  echo
-  perf report -i "$DATA" --no-children --sort symbol --stdio -g caller --percent-limit 5 2>/dev/null | grep -v '^#' | grep -v '^$'
-} | sed -E 's/[[:space:]]+-[[:space:]]+-[[:space:]]*$//; s/[[:space:]]+$//' | cut -c1-160 >"$OUT_DIR/profile-$LOAD.txt"
+perf_report "$DATA" "$OUT_DIR/profile-$LOAD.txt"
 head -30 "$OUT_DIR/profile-$LOAD.txt" >&2
 log "profile: bench/out/profile-$LOAD.txt"

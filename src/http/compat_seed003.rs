@@ -465,19 +465,17 @@ async fn device_document(state: &AppState, ip: IpAddr, headers: &HeaderMap, mac:
     if !anonymous {
         authorize_device_or_admin(state, headers, &mac, ip).await?;
     }
-    let effective = config_service::effective_for_mac(&state.core, &mac)
-        .await?
-        .ok_or_else(|| Error::not_found("Device config", mac.hyphenated_lower()))?;
-    if effective.merged.content.as_object().is_none_or(|m| m.is_empty()) && !config_service::has_device_document(&state.core, &mac).await? {
-        return Err(Error::not_found("Device config", mac.hyphenated_lower()).into());
-    }
-    let whole = !anonymous || config_service::secrets_public_for(&state.core, &mac).await?;
-    let (content, etag) = if whole {
-        (config_service::reveal(&state.core, &effective.merged.content)?, format!("\"{}\"", effective.version))
+    let (product, file) =
+        config_service::device_file(&state.core, &mac).await?.ok_or_else(|| Error::not_found("Device config", mac.hyphenated_lower()))?;
+    let whole = !anonymous || config_service::secrets_public(&state.core, product.as_ref()).await?;
+    let (body, etag) = if whole {
+        let revealed = config_service::reveal(&state.core, &file.content)?;
+        let body = serde_json::to_vec(&revealed).map_err(|e| Error::Internal(anyhow::anyhow!("cannot serialise a configuration: {e}")))?;
+        (Bytes::from(body), format!("\"{}\"", file.version))
     } else {
-        (crate::domain::config::without_secrets(&effective.merged.content), format!("\"{}-public\"", effective.version))
+        (file.public_body.clone(), format!("\"{}-public\"", file.version))
     };
-    let mut response = Json(content).into_response();
+    let mut response = ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response();
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     response.headers_mut().insert(header::VARY, HeaderValue::from_static("Authorization, X-Admin-API-Key, X-Device-Token"));
     if let Ok(etag) = HeaderValue::from_str(&etag) {

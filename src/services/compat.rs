@@ -38,8 +38,8 @@ pub async fn default_product(core: &Core, configured: Option<&str>) -> Result<Op
     if let Some(product) = configured {
         return Ok(Some(product.to_string()));
     }
-    let mut names = core.store.product_names().await?;
-    Ok(if names.len() == 1 { names.pop() } else { None })
+    let names = devices::product_names(core).await?;
+    Ok(if names.len() == 1 { names.first().cloned() } else { None })
 }
 
 /// What a device that identifies itself by MAC said in a request.
@@ -78,9 +78,12 @@ pub async fn checkin_by_mac(core: &Core, request: MacCheckin, ip: Option<IpAddr>
                 "this request names no product and no default product is known; set UPDRAFT_COMPAT_DEFAULT_PRODUCT",
             ));
         };
-        devices::identify_by_mac(core, &request.mac, product, None, version.as_deref()).await?
+        match devices::device_by_mac(core, &request.mac).await? {
+            Some(device) => device,
+            None => Arc::new(devices::identify_by_mac(core, &request.mac, product, None, version.as_deref()).await?),
+        }
     } else {
-        core.store.find_device_by_mac(&request.mac).await?.ok_or_else(|| Error::Forbidden(format!("{} is not registered", request.mac)))?
+        devices::device_by_mac(core, &request.mac).await?.ok_or_else(|| Error::Forbidden(format!("{} is not registered", request.mac)))?
     };
     let product = device.product.as_ref().map(ToString::to_string).or(request.product);
     let builds = match &product {
@@ -96,15 +99,17 @@ pub async fn checkin_by_mac(core: &Core, request: MacCheckin, ip: Option<IpAddr>
             .or_else(|| compat::sole_hardware(&builds, product).map(String::from)),
         _ => None,
     };
-    let report = CheckinReport {
-        version: version.clone(),
-        product: if device.product.is_none() { product } else { None },
-        hardware,
-        attributes: request.attributes,
-    };
+    // Attributes that would change nothing are not reported: the check-in would read the
+    // stored ones again only to find that out (the device record at hand is current: see
+    // `devices::device_by_mac`).
+    let attributes = request.attributes.filter(|reported| {
+        !reported.is_object() || crate::domain::device::merge_attributes(&device.attributes, reported) != device.attributes
+    });
+    let report =
+        CheckinReport { version: version.clone(), product: if device.product.is_none() { product } else { None }, hardware, attributes };
     let answer = devices::checkin(core, Arc::new(ActiveDevice::of(&device)), report, ip).await?;
     // Read back what the check-in recorded, for adapters that answer with device facts.
-    let device = Arc::new(Device { version: version.clone().or(device.version.clone()), ..device });
+    let device = Arc::new(Device { version: version.clone().or(device.version.clone()), ..(*device).clone() });
     Ok(MacCheckinAnswer { device, answer, version })
 }
 

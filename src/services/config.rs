@@ -7,16 +7,19 @@
 //! forwards (see docs/ARCHITECTURE.md).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use super::Core;
+use super::devices::ConfigFile;
 use super::events::{ConfigChanged, Event};
 use crate::domain::config::{self, Change, Merged, Scope};
 use crate::domain::config::{StoredDocument, StoredVersion};
 use crate::domain::device::Device;
 use crate::domain::device::DeviceFilter;
+use crate::domain::firmware::ProductName;
 use crate::domain::mac::Mac;
 use crate::domain::{Error, Result};
 use crate::storage::ConfigWrite;
@@ -152,6 +155,9 @@ async fn apply(
                 comment: &comment,
             })
             .await?;
+        if written.is_some() {
+            core.devices.caches.config_changed();
+        }
         match written {
             Some(document) => {
                 publish_change(core, scope, &document, &devices);
@@ -292,21 +298,48 @@ fn merge_layers<'a>(scopes: &[Scope], document: &dyn Fn(&str) -> Option<&'a Stor
     Effective { version: config::effective_version(&layers), merged: config::merge(&contents), layers }
 }
 
-/// True when the device with this MAC has a document of its own (not deleted).
-pub async fn has_device_document(core: &Core, mac: &Mac) -> Result<bool> {
-    Ok(core.store.find_config(&Scope::Device(*mac).key()).await?.is_some_and(|d| d.content.is_some()))
+/// A MAC's seed-003 configuration file (`GET /api/configs/{mac}.json`) and the product of its
+/// device, or `None` when it has none (no layer applies, or only empty ones and no document of
+/// its own). Kept in the device's entry of the hot-path caches (`devices::HotCaches`) until a
+/// configuration layer or the device changes, for registered devices; the file of a MAC no
+/// device has is computed each time.
+pub async fn device_file(core: &Core, mac: &Mac) -> Result<Option<(Option<ProductName>, Arc<ConfigFile>)>> {
+    let caches = &core.devices.caches;
+    if let Some((device, file)) = caches.config_file(mac) {
+        return Ok(Some((device.product.clone(), file)));
+    }
+    let (generation, config_generation) = (caches.generation(), caches.config_generation());
+    let device = super::devices::device_by_mac(core, mac).await?;
+    let scopes = match &device {
+        Some(device) => config::device_layers(device.product.as_ref(), &device.tags, &device.mac),
+        None => vec![Scope::Device(*mac)],
+    };
+    let documents = core.store.find_configs(&scopes.iter().map(Scope::key).collect::<Vec<_>>()).await?;
+    let by_scope: HashMap<String, StoredDocument> = documents.into_iter().map(|d| (d.scope.clone(), d)).collect();
+    let effective = merge_layers(&scopes, &|key| by_scope.get(key));
+    let own = by_scope.get(&Scope::Device(*mac).key()).is_some_and(|d| d.content.is_some());
+    if effective.layers.is_empty() || (effective.merged.content.as_object().is_none_or(|m| m.is_empty()) && !own) {
+        return Ok(None);
+    }
+    let public = serde_json::to_vec(&config::without_secrets(&effective.merged.content))
+        .map_err(|e| Error::Internal(anyhow::anyhow!("cannot serialise a configuration: {e}")))?;
+    let file = Arc::new(ConfigFile::new(effective.version, effective.merged.content, public.into(), config_generation));
+    if let Some(device) = &device {
+        caches.store_config_file(device, file.clone(), generation);
+    }
+    Ok(Some((device.and_then(|d| d.product.clone()), file)))
+}
+
+/// Whether anonymous readers of a seed-003 configuration file of a device of `product` see
+/// its secret values: only when the product opted in (`public_secrets`).
+pub async fn secrets_public(core: &Core, product: Option<&ProductName>) -> Result<bool> {
+    match product {
+        Some(product) => Ok(super::devices::product_policy(core, product).await?.public_secrets),
+        None => Ok(false),
+    }
 }
 
 /// The device's view of a stored document: secrets decrypted.
-/// Whether anonymous readers of this device's seed-003 configuration file see its secret
-/// values: only when its product opted in (`public_secrets`).
-pub async fn secrets_public_for(core: &Core, mac: &Mac) -> Result<bool> {
-    let Some(product) = core.store.find_device_by_mac(mac).await?.and_then(|d| d.product) else {
-        return Ok(false);
-    };
-    Ok(super::devices::product_policy(core, &product).await?.public_secrets)
-}
-
 pub fn reveal(core: &Core, stored: &Value) -> Result<Value> {
     config::reveal(stored, &mut |token| core.keys.decrypt_secret(token))
 }

@@ -15,6 +15,7 @@ mod download;
 mod firmware;
 mod first_use;
 mod helpers;
+mod hot_paths;
 mod lvgl;
 mod lvgl_reference;
 mod mqtt;

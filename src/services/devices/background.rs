@@ -53,6 +53,7 @@ pub(super) async fn follow_device_changes(core: Core) {
                     let mut fleet = core.devices.fleet.write().expect("fleet lock");
                     for (device_id, _) in &changes {
                         fleet.forget(device_id);
+                        core.devices.caches.forget_device(device_id);
                     }
                     drop(fleet);
                     let _ = core.devices.changed.send(changes.into_iter().map(|(device_id, _)| device_id).collect());

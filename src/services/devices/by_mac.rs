@@ -49,7 +49,9 @@ pub async fn identify_by_mac(core: &Core, mac: &Mac, product: &str, hardware: Op
 /// reason, and the build is not offered again for `UPDRAFT_UPDATE_RETRY_AFTER_SECS`.
 pub async fn refuse_offer(core: &Core, device_id: &str, offer: &Offer, reason: &str) -> Result<()> {
     let artifact = &offer.artifact;
-    core.store.set_attempt_state(&offer.attempt_id, UpdateState::Rejected, None, Some(reason)).await?;
+    let written = core.store.set_attempt_state(&offer.attempt_id, UpdateState::Rejected, None, Some(reason)).await;
+    core.devices.caches.forget_attempt(device_id);
+    written?;
     core.events.publish(Event::UpdateStatus(UpdateStatus {
         device_id: device_id.to_string(),
         release_id: offer.release_id.clone(),

@@ -67,7 +67,9 @@ pub async fn checkin(core: &Core, device: Arc<ActiveDevice>, report: CheckinRepo
     let device = if anything_changed || reported_attributes != device.reported_attributes {
         let mut updated = (*device).clone();
         if anything_changed {
-            core.store.record_report(&device.id, &changed).await?;
+            let written = core.store.record_report(&device.id, &changed).await;
+            runtime.caches.forget_device(&device.id);
+            written?;
         }
         if let Some(v) = &changed.version {
             updated.version = Some(v.as_str().into());
@@ -103,7 +105,9 @@ pub async fn checkin(core: &Core, device: Arc<ActiveDevice>, report: CheckinRepo
         && let Some((state, message)) = device::attempt_outcome(&attempt, device.version.as_deref())
     {
         let progress = (state == UpdateState::Succeeded).then_some(100);
-        core.store.set_attempt_state(&attempt.id, state, progress, message.as_deref()).await?;
+        let written = core.store.set_attempt_state(&attempt.id, state, progress, message.as_deref()).await;
+        runtime.caches.forget_attempt(&device.id);
+        written?;
         core.events.publish(Event::UpdateStatus(UpdateStatus {
             device_id: device.id.to_string(),
             release_id: attempt.release_id.to_string(),
@@ -293,7 +297,10 @@ pub(super) fn publish_offered(core: &Core, device_id: &str, release_id: &str, ro
     }));
 }
 
-/// The attempt backing an offer (see [`AttemptPlan`]).
+/// The attempt backing an offer (see [`AttemptPlan`]). The device's current attempt comes
+/// from the attempt cache (`caches`): a device offered an update checks in again and again
+/// while its attempt stays the same, and reading it each time was most of such a check-in's
+/// cost. Every write below drops the cached attempt.
 pub(super) async fn offer_attempt(
     core: &Core,
     device: &ActiveDevice,
@@ -301,7 +308,7 @@ pub(super) async fn offer_attempt(
     rollout: Option<&RolloutOffer>,
     rollouts: Option<&rollouts::ProductRollouts>,
 ) -> Result<Option<UpdateAttempt>> {
-    let current = core.store.current_attempt(&device.id).await?;
+    let current = current_attempt_cached(core, &device.id).await?;
     let replacing = current.as_ref().map(|a| a.id.clone());
     let (release_id, slot) = match plan_attempt(core, &device.id, artifact, rollout, rollouts, current).await? {
         AttemptPlan::Reuse(attempt) => return Ok(Some(attempt)),
@@ -319,8 +326,9 @@ pub(super) async fn offer_attempt(
             rollout: slot,
             replacing: replacing.as_deref(),
         })
-        .await?;
-    let Some(attempt) = opened else {
+        .await;
+    core.devices.caches.forget_attempt(&device.id);
+    let Some(attempt) = opened? else {
         // A concurrent check-in of this device opened an attempt first: answer with it when
         // it is for this build (the download slot, if one was taken, is recounted later).
         let current = core.store.current_attempt(&device.id).await?;

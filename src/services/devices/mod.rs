@@ -33,6 +33,7 @@ use crate::storage::{AttemptOffer, DeviceReport, NewDevice, RolloutSlot};
 
 mod background;
 mod by_mac;
+mod caches;
 mod checkin;
 mod identity;
 mod import;
@@ -47,6 +48,7 @@ mod sessions;
 
 pub use background::*;
 pub use by_mac::*;
+pub use caches::*;
 pub use checkin::*;
 pub use identity::*;
 pub use import::*;
@@ -85,6 +87,8 @@ pub struct DeviceRuntime {
     /// Devices changed on any replica, as `follow_device_changes` reads them from the change
     /// log once a second (the embedded broker re-checks their sessions' tokens).
     pub changed: tokio::sync::broadcast::Sender<Arc<[String]>>,
+    /// The hot paths' caches (current attempts, devices by MAC, configuration files).
+    pub caches: HotCaches,
 }
 
 impl DeviceRuntime {
@@ -99,11 +103,13 @@ impl DeviceRuntime {
             products: RwLock::default(),
             telemetry: Mutex::default(),
             changed: tokio::sync::broadcast::channel(64).0,
+            caches: HotCaches::default(),
         }
     }
 
     pub(super) fn forget_device(&self, device_id: &str) {
         self.fleet.write().expect("fleet lock").forget(device_id);
+        self.caches.forget_device(device_id);
     }
 
     /// Devices in this replica's fleet index.
@@ -114,6 +120,8 @@ impl DeviceRuntime {
     /// Drops cached builds of a product (after an upload, edit or delete on this replica).
     pub fn forget_builds(&self, product: &str) {
         self.builds.write().expect("cache lock").remove(product);
+        // A first build names a new product; deleting the last one may remove a name.
+        self.caches.forget_product_names();
     }
 
     /// This replica's presence state (one lock; hold it briefly).

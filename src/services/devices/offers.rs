@@ -69,7 +69,11 @@ pub async fn offers_for(core: &Core, devices: &[Arc<ActiveDevice>]) -> Result<Ve
             replacing: replacing.as_deref(),
         })
         .collect();
-    let opened = core.store.open_attempts(&offers).await?;
+    let opened = core.store.open_attempts(&offers).await;
+    for offer in &offers {
+        core.devices.caches.forget_attempt(offer.device_id);
+    }
+    let opened = opened?;
     let mut raced = Vec::new();
     for (((p, _), offer), id) in opening.iter().zip(&offers).zip(opened) {
         match id {

@@ -81,6 +81,7 @@ pub async fn put_product(core: &Core, name: &str, change: ProductChange) -> Resu
     device::check_product(&product)?;
     let product = core.store.upsert_product(&product, min_version.as_ref().map(Option::as_deref)).await?;
     core.devices.products.write().expect("cache lock").remove(product.name.as_str());
+    core.devices.caches.forget_product_names();
     // Connected devices get the new poll interval with their next `ota` message, now.
     core.events.publish(Event::ProductUpdated { product: product.name.to_string() });
     if product.public_secrets {

@@ -64,7 +64,9 @@ pub async fn report_update(core: &Core, device: &ActiveDevice, report: StatusRep
             format!("the update to {} is already {}", attempt.to_version, attempt.state.as_str()),
         ));
     }
-    core.store.set_attempt_state(&attempt.id, state, progress, message.as_deref()).await?;
+    let written = core.store.set_attempt_state(&attempt.id, state, progress, message.as_deref()).await;
+    core.devices.caches.forget_attempt(&device.id);
+    written?;
     if state == UpdateState::Installed {
         // Its next check-in tells whether the new build booted.
         let mut updated = device.clone();
