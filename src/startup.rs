@@ -70,7 +70,7 @@ impl Application {
         let device_base = DeviceBaseUrl::choose(&settings, http_addr).await;
         let mqtt = crate::mqtt::Mqtt::start(&core, &settings, mqtt_listeners, device_base.url.clone()).await?.map(Arc::new);
         let admin_key_digest = resolve_admin_key(&core.store, settings.admin_api_key.as_ref().map(Secret::expose)).await?;
-        let state = AppState {
+        let state = AppState::from(crate::http::AppStateParts {
             mqtt,
             core,
             settings: Arc::new(settings),
@@ -78,7 +78,7 @@ impl Application {
             metrics: telemetry::metrics_handle(),
             started,
             fota_signer: Arc::new(fota_signer),
-        };
+        });
         let mqtt_addrs = state.mqtt.as_ref().and_then(|m| m.broker_addrs());
         tracing::info!(
             http = %http_addr,

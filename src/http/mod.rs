@@ -44,9 +44,27 @@ use error::ApiError;
 /// Largest JSON request body.
 pub const MAX_JSON_BYTES: usize = 1 << 20;
 
-/// Shared state of every handler.
+/// Shared state of every handler. Cheap to clone (one reference count): axum clones it for
+/// every extractor of every request.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppStateParts>);
+
+impl std::ops::Deref for AppState {
+    type Target = AppStateParts;
+
+    fn deref(&self) -> &AppStateParts {
+        &self.0
+    }
+}
+
+impl From<AppStateParts> for AppState {
+    fn from(parts: AppStateParts) -> AppState {
+        AppState(Arc::new(parts))
+    }
+}
+
+/// What an `AppState` holds; reached through its `Deref`.
+pub struct AppStateParts {
     pub core: Core,
     pub settings: Arc<Settings>,
     pub admin_key_digest: [u8; 32],

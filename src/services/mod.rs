@@ -27,8 +27,13 @@ use crate::storage::Store;
 /// What every use case may need: the database, the blob store, the event bus, the
 /// in-memory device and rollout state, the content keys, the image fetcher, and the owner of
 /// background work.
+///
+/// Cheap to clone (one reference count): handlers clone it for every request.
 #[derive(Clone)]
-pub struct Core {
+pub struct Core(Arc<CoreParts>);
+
+/// What a `Core` holds; reached through `Core`'s `Deref` (`core.store`, `core.devices`, ...).
+pub struct CoreParts {
     pub store: Store,
     pub blobs: BlobStore,
     pub events: events::EventBus,
@@ -41,13 +46,21 @@ pub struct Core {
     pub tasks: tasks::Tasks,
 }
 
+impl std::ops::Deref for Core {
+    type Target = CoreParts;
+
+    fn deref(&self) -> &CoreParts {
+        &self.0
+    }
+}
+
 impl Core {
     /// The one place a `Core` is assembled: from the settings, an open store and blob store, and
     /// the key that signs download links. Starts nothing (see `spawn_background`).
     pub async fn build(settings: &crate::config::Settings, store: Store, blobs: BlobStore, signing_key: [u8; 32]) -> anyhow::Result<Core> {
         let keys = Arc::new(keys::ServerKeys::load(&settings.content, &store).await?);
         let fetcher = Arc::new(images::ImageFetcher::new(&settings.content)?);
-        Ok(Core {
+        Ok(Core(Arc::new(CoreParts {
             store,
             blobs,
             events: events::EventBus::default(),
@@ -58,7 +71,7 @@ impl Core {
             outbox: outbox::Outbox::default(),
             commands: Arc::default(),
             tasks: tasks::Tasks::default(),
-        })
+        })))
     }
 
     /// The storage and blobs of `settings`, without a server: for maintenance commands
