@@ -111,7 +111,8 @@ start_updraft() {
   (
     cd "$(dirname -- "$data")" &&
       exec env "${unset_args[@]}" UPDRAFT_ADMIN_API_KEY="$BENCH_KEY" UPDRAFT_LOG="${BENCH_SERVER_LOG:-warn}" "${BENCH_SERVER_ENV[@]}" \
-        "$bin" serve --listen "127.0.0.1:$port" --mqtt-listen "127.0.0.1:${BENCH_MQTT_PORT:-$(free_port)}" --data-dir "$data"
+        "$bin" serve --listen "127.0.0.1:$port" --mqtt-listen "127.0.0.1:${BENCH_MQTT_PORT:-$(free_port)}" --data-dir "$data" \
+        ${BENCH_SERVER_ARGS:-}
   ) >"$logfile" 2>&1 9>&- &
   SERVER_PID=$!
   BENCH_PIDS+=("$SERVER_PID")
@@ -212,4 +213,43 @@ perf_report() {
     echo
     perf report -i "$data" --no-children --sort symbol --stdio -g caller --percent-limit 5 2>/dev/null | grep -v '^#' | grep -v '^$'
   } | sed -E 's/[[:space:]]+-[[:space:]]+-[[:space:]]*$//; s/[[:space:]]+$//' | cut -c1-160 >"$out"
+}
+
+# seed_release_fleet BIN PORT DATA_DIR N RINGS LOG -> RELEASE: a server on DATA_DIR gets the
+# schema, builds 1.0.0 and 2.0.0 of product `bench` (hardware esp32) and release 2.0.0 of the
+# second; it is stopped, and N devices on 1.0.0 are seeded (tags ring-0 .. ring-<RINGS-1>).
+seed_release_fleet() {
+  local bin=$1 port=$2 data=$3 n=$4 rings=$5 logfile=$6 v code build2 dir
+  local base=http://127.0.0.1:$port
+  dir=$(dirname -- "$data")
+  start_updraft "$bin" "$port" "$data" "$logfile"
+  wait_ready "$port" "$SERVER_PID"
+  for v in 1 2; do
+    head -c 100000 /dev/urandom >"$dir/fw$v.bin"
+    code=$(curl -s -o "$dir/build$v.json" -w '%{http_code}' -H "Authorization: Bearer $BENCH_KEY" -H 'Content-Type: application/octet-stream' \
+      --data-binary @"$dir/fw$v.bin" "$base/api/v1/firmware?product=bench&version=$v.0.0&hardware=esp32")
+    [[ $code == 201 ]] || die "upload answered $code"
+  done
+  build2=$(json_field "$dir/build2.json" id)
+  code=$(curl -s -o "$dir/release.json" -w '%{http_code}' -H "Authorization: Bearer $BENCH_KEY" -H 'Content-Type: application/json' \
+    -d "{\"product\":\"bench\",\"version\":\"2.0.0\",\"artifact_ids\":[\"$build2\"]}" "$base/api/v1/releases")
+  [[ $code == 201 ]] || die "creating the release answered $code"
+  RELEASE=$(json_field "$dir/release.json" id)
+  stop_pid "$SERVER_PID"
+  python3 "$BENCH_DIR/checkin_seed.py" "$data/updraft.db" "$n" "$rings" 2>>"$(dirname -- "$logfile")/seed.log"
+}
+
+# start_ring_rollouts PORT RELEASE COUNT -> ROLLOUTS: rollout k of RELEASE targets tag ring-k
+# and hardware esp32, started at creation.
+start_ring_rollouts() {
+  local port=$1 release=$2 count=$3 k code dir
+  dir=$(mktemp -d "${TMP:-/tmp}/rollouts.XXXXXX")
+  ROLLOUTS=()
+  for ((k = 0; k < count; k++)); do
+    code=$(curl -s -o "$dir/rollout$k.json" -w '%{http_code}' -H "Authorization: Bearer $BENCH_KEY" -H 'Content-Type: application/json' \
+      -d "{\"release_id\":\"$release\",\"name\":\"ring $k\",\"target\":{\"tags\":[\"ring-$k\"],\"hardware\":[\"esp32\"]},\"start\":true}" \
+      "http://127.0.0.1:$port/api/v1/rollouts")
+    [[ $code == 201 ]] || die "creating rollout $k answered $code: $(cat "$dir/rollout$k.json")"
+    ROLLOUTS+=("$(json_field "$dir/rollout$k.json" id)")
+  done
 }

@@ -32,21 +32,7 @@ PORT=$(free_port)
 DATA=$TMP/data
 BASE=http://127.0.0.1:$PORT
 log "fleet of $N devices: schema, build 1.0.0, release 2.0.0"
-start_updraft "$BIN" "$PORT" "$DATA" "$RAW/server.log"
-wait_ready "$PORT" "$SERVER_PID"
-head -c 100000 /dev/urandom >"$TMP/fw1.bin"
-head -c 100000 /dev/urandom >"$TMP/fw2.bin"
-for v in 1 2; do
-  code=$(curl -s -o "$TMP/build$v.json" -w '%{http_code}' -H "Authorization: Bearer $BENCH_KEY" -H 'Content-Type: application/octet-stream' --data-binary @"$TMP/fw$v.bin" \
-    "$BASE/api/v1/firmware?product=bench&version=$v.0.0&hardware=esp32")
-  [[ $code == 201 ]] || die "upload answered $code"
-done
-BUILD2=$(json_field "$TMP/build2.json" id)
-code=$(api -o "$TMP/release.json" -w '%{http_code}' -d "{\"product\":\"bench\",\"version\":\"2.0.0\",\"artifact_ids\":[\"$BUILD2\"]}" "$BASE/api/v1/releases")
-[[ $code == 201 ]] || die "creating the release answered $code"
-RELEASE=$(json_field "$TMP/release.json" id)
-stop_pid "$SERVER_PID"
-python3 "$BENCH_DIR/checkin_seed.py" "$DATA/updraft.db" "$N" "$COUNT" 2>>"$RAW/seed.log"
+seed_release_fleet "$BIN" "$PORT" "$DATA" "$N" "$COUNT" "$RAW/server.log"
 start_updraft "$BIN" "$PORT" "$DATA" "$RAW/server.log"
 wait_ready "$PORT" "$SERVER_PID" 120
 answer=$(curl -s -H "Authorization: Bearer upd_dev_bench_1" "$BASE/api/v1/device/checkin?version=1.0.0")
@@ -61,15 +47,8 @@ run() { # run LABEL WARM_S
 }
 
 run without "$WARM"
-ROLLOUTS=()
 started=$(now)
-for ((k = 0; k < COUNT; k++)); do
-  code=$(api -o "$TMP/rollout$k.json" -w '%{http_code}' \
-    -d "{\"release_id\":\"$RELEASE\",\"name\":\"ring $k\",\"target\":{\"tags\":[\"ring-$k\"],\"hardware\":[\"esp32\"]},\"start\":true}" \
-    "$BASE/api/v1/rollouts")
-  [[ $code == 201 ]] || die "creating rollout $k answered $code: $(cat "$TMP/rollout$k.json")"
-  ROLLOUTS+=("$(json_field "$TMP/rollout$k.json" id)")
-done
+start_ring_rollouts "$PORT" "$RELEASE" "$COUNT"
 CREATE_S=$(calc "$(now) - $started" 1)
 log "$COUNT rollouts created and started in $CREATE_S s (each start counts its target: a scan of the fleet)"
 run with 30

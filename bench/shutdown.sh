@@ -20,56 +20,22 @@ need_tools wrk python3 curl
 RAW=$OUT_DIR/shutdown
 rm -rf "$RAW" && mkdir -p "$RAW"
 echo "loadavg at start: $(cat /proc/loadavg)" >"$RAW/info.txt"
-api() { curl -s -H "Authorization: Bearer $BENCH_KEY" -H 'Content-Type: application/json' "$@"; }
 
 bench_tmpdir
 PORT=$(free_port)
 DATA=$TMP/data
 BASE=http://127.0.0.1:$PORT
-export BENCH_SERVER_LOG=info
-# The timeout is passed as a setting file, since start_updraft passes no UPDRAFT_* variable.
-printf 'shutdown_timeout_secs = %s\n' "$TIMEOUT" >"$TMP/updraft.toml"
-
 log "fleet of $N devices: schema, builds 1.0.0 and 2.0.0, release 2.0.0"
-start_updraft "$BIN" "$PORT" "$DATA" "$RAW/server-setup.log"
-wait_ready "$PORT" "$SERVER_PID"
-head -c 100000 /dev/urandom >"$TMP/fw1.bin"
-head -c 100000 /dev/urandom >"$TMP/fw2.bin"
-for v in 1 2; do
-  code=$(curl -s -o "$TMP/build$v.json" -w '%{http_code}' -H "Authorization: Bearer $BENCH_KEY" -H 'Content-Type: application/octet-stream' --data-binary @"$TMP/fw$v.bin" \
-    "$BASE/api/v1/firmware?product=bench&version=$v.0.0&hardware=esp32")
-  [[ $code == 201 ]] || die "upload answered $code"
-done
-BUILD2=$(json_field "$TMP/build2.json" id)
-code=$(api -o "$TMP/release.json" -w '%{http_code}' -d "{\"product\":\"bench\",\"version\":\"2.0.0\",\"artifact_ids\":[\"$BUILD2\"]}" "$BASE/api/v1/releases")
-[[ $code == 201 ]] || die "creating the release answered $code"
-RELEASE=$(json_field "$TMP/release.json" id)
-stop_pid "$SERVER_PID"
-python3 "$BENCH_DIR/checkin_seed.py" "$DATA/updraft.db" "$N" "$COUNT" 2>>"$RAW/seed.log"
-
-# The server under test reads the timeout from its setting file (--config).
-start_updraft_with_config() {
-  local unset_args=() name
-  while IFS= read -r name; do unset_args+=(-u "$name"); done < <(env | sed -n 's/^\(UPDRAFT_[A-Za-z0-9_]*\)=.*/\1/p')
-  (
-    cd "$TMP" &&
-      exec env "${unset_args[@]}" UPDRAFT_ADMIN_API_KEY="$BENCH_KEY" UPDRAFT_LOG=info \
-        "$BIN" serve --config "$TMP/updraft.toml" --listen "127.0.0.1:$PORT" --mqtt-listen "127.0.0.1:$(free_port)" --data-dir "$DATA"
-  ) >"$RAW/server.log" 2>&1 9>&- &
-  SERVER_PID=$!
-  BENCH_PIDS+=("$SERVER_PID")
-}
-start_updraft_with_config
+seed_release_fleet "$BIN" "$PORT" "$DATA" "$N" "$COUNT" "$RAW/server-setup.log"
+# The server under test logs its shutdown phases (INFO) and reads the timeout from a setting
+# file, since start_updraft passes no UPDRAFT_* variable of this shell.
+printf 'shutdown_timeout_secs = %s\n' "$TIMEOUT" >"$TMP/updraft.toml"
+BENCH_SERVER_LOG=info BENCH_SERVER_ARGS="--config $TMP/updraft.toml" start_updraft "$BIN" "$PORT" "$DATA" "$RAW/server.log"
 started=$(now)
 wait_ready "$PORT" "$SERVER_PID" 300
 READY_S=$(calc "$(now) - $started" 1)
 log "ready in $READY_S s; $COUNT rollouts of release 2.0.0"
-for ((k = 0; k < COUNT; k++)); do
-  code=$(api -o "$TMP/rollout$k.json" -w '%{http_code}' \
-    -d "{\"release_id\":\"$RELEASE\",\"name\":\"ring $k\",\"target\":{\"tags\":[\"ring-$k\"],\"hardware\":[\"esp32\"]},\"start\":true}" \
-    "$BASE/api/v1/rollouts")
-  [[ $code == 201 ]] || die "creating rollout $k answered $code: $(cat "$TMP/rollout$k.json")"
-done
+start_ring_rollouts "$PORT" "$RELEASE" "$COUNT"
 
 log "check-ins for $SECS s (fills the presence buffer), then SIGTERM under load"
 BENCH_DEVICES=$N wrk -t2 -c64 -d"$((SECS + 20))s" -s "$BENCH_DIR/checkin.lua" "$BASE" >"$RAW/checkin.txt" 2>&1 &
