@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tokio::sync::broadcast;
 
-use crate::domain::device::UpdateState;
+use crate::domain::device::{UpdateAttempt, UpdateState};
 use crate::domain::mac::Mac;
 
 const CAPACITY: usize = 1024;
@@ -156,6 +156,21 @@ pub struct UpdateStatus {
     pub message: Option<String>,
     /// The version the attempt brings the device to.
     pub version: String,
+}
+
+impl UpdateStatus {
+    /// The status of `attempt` (its device, release, rollout and target version) in `state`.
+    pub fn of(attempt: &UpdateAttempt, state: UpdateState, progress: Option<u8>, message: Option<String>) -> UpdateStatus {
+        UpdateStatus {
+            device_id: attempt.device_id.to_string(),
+            release_id: attempt.release_id.to_string(),
+            rollout_id: attempt.rollout_id.as_ref().map(ToString::to_string),
+            state,
+            progress,
+            message,
+            version: attempt.to_version.clone(),
+        }
+    }
 }
 
 /// A configuration layer changed.

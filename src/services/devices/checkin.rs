@@ -108,15 +108,7 @@ pub async fn checkin(core: &Core, device: Arc<ActiveDevice>, report: CheckinRepo
         let written = core.store.set_attempt_state(&attempt.id, state, progress, message.as_deref()).await;
         runtime.caches.forget_attempt(&device.id);
         written?;
-        core.events.publish(Event::UpdateStatus(UpdateStatus {
-            device_id: device.id.to_string(),
-            release_id: attempt.release_id.to_string(),
-            rollout_id: attempt.rollout_id.as_ref().map(ToString::to_string),
-            state,
-            progress,
-            message,
-            version: attempt.to_version.clone(),
-        }));
+        core.events.publish(Event::UpdateStatus(UpdateStatus::of(&attempt, state, progress, message)));
     }
     let device = if device.awaiting_boot {
         let mut updated = (*device).clone();

@@ -74,15 +74,7 @@ pub async fn report_update(core: &Core, device: &ActiveDevice, report: StatusRep
         core.devices.fleet.write().expect("fleet lock").replace(updated);
     }
     mark_seen(core, device, Utc::now(), None);
-    core.events.publish(Event::UpdateStatus(UpdateStatus {
-        device_id: device.id.to_string(),
-        release_id: attempt.release_id.to_string(),
-        rollout_id: attempt.rollout_id.as_ref().map(ToString::to_string),
-        state,
-        progress,
-        message,
-        version: attempt.to_version.clone(),
-    }));
+    core.events.publish(Event::UpdateStatus(UpdateStatus::of(&attempt, state, progress, message)));
     // The newest attempt is the current one; read it back with its events.
     core.store.list_attempts(&device.id, 1).await?.pop().ok_or_else(|| Error::Internal(anyhow::anyhow!("attempt vanished")))
 }
