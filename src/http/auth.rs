@@ -12,18 +12,41 @@ use axum::http::request::Parts;
 use super::AppState;
 use super::error::ApiError;
 use super::forwarded::ClientView;
+use crate::domain::auth::{Principal, PrincipalKind, Role};
 use crate::domain::{Error, secret};
 use crate::net::ClientAddr;
 
-/// Proof that the request carries the admin key.
-pub struct Admin;
+/// Proof that the request carries the admin key, and who it is.
+pub struct Admin(pub Principal);
 
 impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         require_admin(state, bearer_or_header(parts, "x-admin-api-key"), client_ip(parts))?;
-        Ok(Admin)
+        let principal = Principal::new(PrincipalKind::ApiKey, "admin", Role::Admin);
+        ActorSlot::fill(parts, &principal);
+        Ok(Admin(principal))
+    }
+}
+
+/// Where an authentication extractor leaves the principal it found, for the layers around
+/// the handler (the audit log): a middleware puts an empty slot into the request's
+/// extensions before the handler runs, and reads it once the response is made.
+#[derive(Clone, Default)]
+pub struct ActorSlot(std::sync::Arc<std::sync::OnceLock<Principal>>);
+
+impl ActorSlot {
+    /// Records `principal` in the request's slot, if a layer put one there.
+    pub fn fill(parts: &Parts, principal: &Principal) {
+        if let Some(slot) = parts.extensions.get::<ActorSlot>() {
+            let _ = slot.0.set(principal.clone());
+        }
+    }
+
+    /// The principal an extractor recorded, if any.
+    pub fn get(&self) -> Option<&Principal> {
+        self.0.get()
     }
 }
 
