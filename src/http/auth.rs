@@ -12,22 +12,65 @@ use axum::http::request::Parts;
 use super::AppState;
 use super::error::ApiError;
 use super::forwarded::ClientView;
-use crate::domain::auth::{Principal, PrincipalKind, Role};
+use crate::domain::auth::{Need, Principal, PrincipalKind, Role};
 use crate::domain::{Error, secret};
 use crate::net::ClientAddr;
 
-/// Proof that the request carries the admin key, and who it is.
-pub struct Admin(pub Principal);
+/// What a route needs, as a type: the parameter of `Authorized`.
+pub trait RouteNeed: Send + Sync + 'static {
+    const NEED: Need;
+}
 
-impl FromRequestParts<AppState> for Admin {
+macro_rules! route_needs {
+    ($($(#[$doc:meta])* $marker:ident => $need:ident, $alias:ident;)*) => {$(
+        $(#[$doc])*
+        pub struct $marker;
+        impl RouteNeed for $marker {
+            const NEED: Need = Need::$need;
+        }
+        $(#[$doc])*
+        pub type $alias = Authorized<$marker>;
+    )*};
+}
+
+route_needs! {
+    /// Any operator role (reading).
+    NeedRead => Read, Viewer;
+    /// Devices, firmware, releases, rollouts, configuration, commands.
+    NeedOperate => Operate, Operator;
+    /// Products, provisioning, pairing.
+    NeedProvision => Provision, Provisioner;
+    /// Registering a device.
+    NeedRegister => Register, Registrar;
+    /// Accounts, keys, MQTT credentials, audit.
+    NeedAdmin => Admin, Admin;
+}
+
+/// Proof that the request carries a credential whose role allows `N::NEED`, and who it is.
+/// No credential or a wrong one: 401; a role too weak: 403.
+pub struct Authorized<N: RouteNeed>(pub Principal, std::marker::PhantomData<N>);
+
+impl<N: RouteNeed> Authorized<N> {
+    pub fn principal(&self) -> &Principal {
+        &self.0
+    }
+}
+
+impl<N: RouteNeed> FromRequestParts<AppState> for Authorized<N> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        require_admin(state, bearer_or_header(parts, "x-admin-api-key"), client_ip(parts))?;
-        let principal = Principal::new(PrincipalKind::ApiKey, "admin", Role::Admin);
+        let principal = authenticate(parts, state).await?;
         ActorSlot::fill(parts, &principal);
-        Ok(Admin(principal))
+        principal.require(N::NEED)?;
+        Ok(Authorized(principal, std::marker::PhantomData))
     }
+}
+
+/// Who the request's operator credential names, or 401.
+pub async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, Error> {
+    require_admin(state, bearer_or_header(parts, "x-admin-api-key"), client_ip(parts))?;
+    Ok(Principal::new(PrincipalKind::ApiKey, "admin", Role::Admin))
 }
 
 /// Where an authentication extractor leaves the principal it found, for the layers around
