@@ -4,6 +4,7 @@
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
@@ -14,15 +15,16 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
-use super::auth::{Admin, credential};
+use super::auth::{Operator, Viewer};
 use super::compat_seed003::{image_params, image_response};
-use super::device_api::ClientIp;
 use super::error::{ApiError, ApiQuery, ApiResult, ErrorBody};
 use super::firmware::timestamp;
 use super::range::{self, RangeRequest};
+use super::roles::{Reader, operator_or_device};
 use crate::blob::BlobStore;
 use crate::domain::Error;
 use crate::domain::asset::Asset;
+use crate::domain::auth::Need;
 use crate::domain::lvgl::SizeRule;
 use crate::services::assets::{self as service, StagedUpload};
 use crate::services::images;
@@ -151,19 +153,13 @@ fn parse_version(text: &str) -> Result<Option<i64>, Error> {
         .ok_or_else(|| Error::invalid("invalid_version", "version must be a number or `latest`"))
 }
 
-/// The admin key, or the token of a device of `product`.
-async fn authorize_reader(state: &AppState, headers: &HeaderMap, ip: std::net::IpAddr, product: &str) -> Result<(), Error> {
-    if let Some(key) = credential(headers, "x-admin-api-key")
-        && super::auth::is_admin_key(state, key)
-    {
-        return Ok(());
+/// Any operator credential (reading), or the token of a device of `product`.
+async fn authorize_reader(state: &AppState, parts: &Parts, product: &str) -> Result<(), Error> {
+    match operator_or_device(parts, state, Need::Read).await? {
+        Reader::Operator(_) => Ok(()),
+        Reader::Device(device) if device.product.as_deref() == Some(product) => Ok(()),
+        Reader::Device(_) => Err(Error::not_found("asset", product)),
     }
-    // Not the admin key: a device token, whose failure counts against the address.
-    let device = crate::services::devices::authenticate(&state.core, credential(headers, "x-device-token"), ip).await?;
-    if device.product.as_deref() != Some(product) {
-        return Err(Error::not_found("asset", product));
-    }
-    Ok(())
 }
 
 /// Serves a blob: `Content-Length`, a strong `ETag` (the SHA-256), `If-None-Match` → 304,
@@ -253,9 +249,9 @@ fn conversions_busy() -> Response {
     get, path = "/api/v1/assets", tag = "assets",
     params(ListQuery),
     responses((status = 200, body = AssetList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
-    security(("bearer" = []), ("admin_key" = []))
+    security(("bearer" = ["admin", "operator", "viewer", "provisioner"]), ("admin_key" = ["admin", "operator", "viewer", "provisioner"]))
 )]
-async fn list_assets(State(state): State<AppState>, _admin: Admin, ApiQuery(query): ApiQuery<ListQuery>) -> ApiResult<Json<AssetList>> {
+async fn list_assets(State(state): State<AppState>, _viewer: Viewer, ApiQuery(query): ApiQuery<ListQuery>) -> ApiResult<Json<AssetList>> {
     let product = query.product.as_deref().map(service::check_product).transpose()?;
     let assets = service::list_latest(&state.core, product.as_deref()).await?;
     Ok(Json(AssetList { items: assets.iter().map(asset_view).collect() }))
@@ -268,11 +264,11 @@ async fn list_assets(State(state): State<AppState>, _admin: Admin, ApiQuery(quer
     params(("product" = String, Path), ("name" = String, Path), UploadQuery),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses((status = 201, body = AssetView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 413, body = ErrorBody), (status = 507, body = ErrorBody)),
-    security(("bearer" = []), ("admin_key" = []))
+    security(("bearer" = ["admin", "operator"]), ("admin_key" = ["admin", "operator"]))
 )]
 async fn upload_asset(
     State(state): State<AppState>,
-    _admin: Admin,
+    _who: Operator,
     Path((product, name)): Path<(String, String)>,
     ApiQuery(query): ApiQuery<UploadQuery>,
     request: Request,
@@ -317,11 +313,11 @@ async fn upload_asset(
     get, path = "/api/v1/assets/{product}/{name}", tag = "assets",
     params(("product" = String, Path), ("name" = String, Path)),
     responses((status = 200, body = AssetList), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
-    security(("bearer" = []), ("admin_key" = []))
+    security(("bearer" = ["admin", "operator", "viewer", "provisioner"]), ("admin_key" = ["admin", "operator", "viewer", "provisioner"]))
 )]
 async fn list_versions(
     State(state): State<AppState>,
-    _admin: Admin,
+    _viewer: Viewer,
     Path((product, name)): Path<(String, String)>,
 ) -> ApiResult<Json<AssetList>> {
     let versions = service::versions(&state.core, &product, &name).await?;
@@ -338,19 +334,18 @@ async fn list_versions(
         (status = 304, description = "Unchanged (If-None-Match)"),
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
     ),
-    security(("bearer" = []), ("admin_key" = []), ("device_token" = []))
+    security(("bearer" = ["admin", "operator", "viewer", "provisioner"]), ("admin_key" = ["admin", "operator", "viewer", "provisioner"]), ("device_token" = []))
 )]
 async fn download_asset(
     State(state): State<AppState>,
-    ClientIp(ip): ClientIp,
-    method: Method,
-    headers: HeaderMap,
     Path((product, name, version)): Path<(String, String, String)>,
+    parts: Parts,
 ) -> ApiResult<Response> {
-    authorize_reader(&state, &headers, ip, &product).await?;
+    authorize_reader(&state, &parts, &product).await?;
+    let (method, headers) = (&parts.method, &parts.headers);
     let asset = service::find(&state.core, &product, &name, parse_version(&version)?).await?;
     let mut response =
-        serve_blob(&state.core.blobs, &asset.blob_key, asset.size, &asset.sha256, &asset.content_type, &method, &headers).await?;
+        serve_blob(&state.core.blobs, &asset.blob_key, asset.size, &asset.sha256, &asset.content_type, method, headers).await?;
     let extra = response.headers_mut();
     extra.insert("x-updraft-signature", HeaderValue::from_str(&asset.signature).map_err(|e| Error::Internal(e.into()))?);
     extra.insert("x-updraft-asset-version", HeaderValue::from(asset.version));
@@ -366,15 +361,14 @@ async fn download_asset(
     get, path = "/api/v1/assets/{product}/{name}/{version}/signature", tag = "assets",
     params(("product" = String, Path), ("name" = String, Path), ("version" = String, Path, description = "A version number or `latest`")),
     responses((status = 200, body = AssetSignature), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
-    security(("bearer" = []), ("admin_key" = []), ("device_token" = []))
+    security(("bearer" = ["admin", "operator", "viewer", "provisioner"]), ("admin_key" = ["admin", "operator", "viewer", "provisioner"]), ("device_token" = []))
 )]
 async fn asset_signature(
     State(state): State<AppState>,
-    ClientIp(ip): ClientIp,
-    headers: HeaderMap,
     Path((product, name, version)): Path<(String, String, String)>,
+    parts: Parts,
 ) -> ApiResult<Json<AssetSignature>> {
-    authorize_reader(&state, &headers, ip, &product).await?;
+    authorize_reader(&state, &parts, &product).await?;
     let asset = service::find(&state.core, &product, &name, parse_version(&version)?).await?;
     Ok(Json(AssetSignature {
         algorithm: "Ed25519".into(),
@@ -418,11 +412,11 @@ async fn keys(State(state): State<AppState>) -> Json<KeyList> {
         (status = 422, description = "Not a decodable image", body = ErrorBody),
         (status = 503, description = "Every conversion slot is in use; see Retry-After", body = ErrorBody),
     ),
-    security(("bearer" = []), ("admin_key" = []))
+    security(("bearer" = ["admin", "operator"]), ("admin_key" = ["admin", "operator"]))
 )]
 async fn convert_image(
     State(state): State<AppState>,
-    _admin: Admin,
+    _who: Operator,
     ApiQuery(query): ApiQuery<ConvertQuery>,
     request: Request,
 ) -> ApiResult<Response> {

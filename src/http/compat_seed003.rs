@@ -14,7 +14,7 @@
 //! and, for a request its schema refuses (spectree's validation of query and JSON body), 400
 //! with pydantic's list of errors, `[{"loc": ["url"], "msg": "Field required", "type": "missing", "input": …}]`.
 
-use std::net::IpAddr;
+use std::marker::PhantomData;
 use std::sync::Arc;
 
 use axum::Json;
@@ -33,15 +33,16 @@ use utoipa_axum::routes;
 
 use super::AppState;
 use super::assets::{content_disposition, serve_blob};
-use super::auth::credential;
-use super::device_api::ClientIp;
+use super::auth::{NeedOperate, NeedRead, RouteNeed};
 use super::error::status_of;
+use super::roles::{Reader, authorize, operator_or_device};
 use crate::domain::Error;
+use crate::domain::auth::{Need, Principal};
 use crate::domain::config::{self, Scope};
 use crate::domain::lvgl::{ColorFormat, LvglVersion, SizeRule};
 use crate::domain::mac::Mac;
 use crate::services::assets::{self as assets_service, StagedUpload};
-use crate::services::config::{self as config_service, ChangeRequest, SEED003_AUTHOR};
+use crate::services::config::{self as config_service, ChangeRequest};
 use crate::services::images::{self, ConvertOptions};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -229,22 +230,21 @@ async fn correlate(request: Request, next: Next) -> Response {
     }
 }
 
-/// Proof that a seed-003 admin request carries the admin key (`X-Admin-API-Key` or
-/// `Authorization: Bearer`); refusals come in seed 003's error body.
-pub struct Seed003Admin;
+/// Proof that a seed-003 admin request carries an operator credential whose role allows `N`
+/// (`X-Admin-API-Key` or `Authorization: Bearer` with an API key or the admin key, a session
+/// cookie); refusals come in seed 003's error body (401, 403, 429).
+pub struct Seed003Admin<N: RouteNeed>(Principal, PhantomData<N>);
 
-impl Seed003Admin {
-    fn check(state: &AppState, headers: &HeaderMap, ip: IpAddr) -> Result<Seed003Admin, Error> {
-        super::auth::require_admin(state, credential(headers, "x-admin-api-key"), ip)?;
-        Ok(Seed003Admin)
-    }
-}
+/// Reading seed 003's configurations (secrets masked): any role.
+pub type Seed003Viewer = Seed003Admin<NeedRead>;
+/// Writing them: operator or admin.
+pub type Seed003Operator = Seed003Admin<NeedOperate>;
 
-impl FromRequestParts<AppState> for Seed003Admin {
+impl<N: RouteNeed> FromRequestParts<AppState> for Seed003Admin<N> {
     type Rejection = Seed003Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Seed003Error> {
-        Ok(Seed003Admin::check(state, &parts.headers, super::auth::client_ip(parts))?)
+        Ok(Seed003Admin(authorize(parts, state, N::NEED).await?, PhantomData))
     }
 }
 
@@ -411,9 +411,9 @@ fn detail(mac: &Mac, content: &Value) -> Seed003Config {
 #[utoipa::path(
     get, path = "/api/configs", tag = "seed-003",
     responses((status = 200, body = Seed003List), (status = 401, body = Seed003ErrorBody)),
-    security(("bearer" = []), ("admin_key" = []))
+    security(("bearer" = ["admin", "operator", "viewer", "provisioner"]), ("admin_key" = ["admin", "operator", "viewer", "provisioner"]))
 )]
-async fn list_configs(State(state): State<AppState>, _admin: Seed003Admin) -> Seed003Result<Json<Seed003List>> {
+async fn list_configs(State(state): State<AppState>, _viewer: Seed003Viewer) -> Seed003Result<Json<Seed003List>> {
     let documents = config_service::device_documents(&state.core).await?;
     let configs: Vec<Seed003Summary> = documents.iter().map(|(mac, content)| summary(mac, content)).collect();
     Ok(Json(Seed003List { count: configs.len(), configs }))
@@ -434,19 +434,14 @@ async fn list_configs(State(state): State<AppState>, _admin: Seed003Admin) -> Se
         (status = 401, body = Seed003ErrorBody),
         (status = 404, body = Seed003ErrorBody),
     ),
-    security((), ("bearer" = []), ("admin_key" = []))
+security((), ("bearer" = ["admin", "operator", "viewer", "provisioner"]), ("admin_key" = ["admin", "operator", "viewer", "provisioner"]))
 )]
-async fn get_config(
-    State(state): State<AppState>,
-    ClientIp(ip): ClientIp,
-    headers: HeaderMap,
-    Path(mac): Path<String>,
-) -> Seed003Result<Response> {
+async fn get_config(State(state): State<AppState>, Path(mac): Path<String>, parts: Parts) -> Seed003Result<Response> {
     if let Some(mac) = mac.strip_suffix(".json") {
-        return device_document(&state, ip, &headers, mac).await;
+        return device_document(&state, &parts, mac).await;
     }
-    // The admin key is checked before the MAC, as on the other admin routes.
-    Seed003Admin::check(&state, &headers, ip)?;
+    // The credential is checked before the MAC, as on the other admin routes.
+    authorize(&parts, &state, Need::Read).await?;
     let mac = parse_mac(&mac, "get configuration")?;
     let (_, content) = config_service::get(&state.core, &Scope::Device(mac))
         .await
@@ -455,7 +450,8 @@ async fn get_config(
 }
 
 /// `GET /api/configs/{mac}.json`: the raw document a device reads.
-async fn device_document(state: &AppState, ip: IpAddr, headers: &HeaderMap, mac: &str) -> Seed003Result<Response> {
+async fn device_document(state: &AppState, parts: &Parts, mac: &str) -> Seed003Result<Response> {
+    let headers = &parts.headers;
     let mac = parse_mac(mac, "get configuration")?;
     // A reader that sends a credential gets the whole document, once it is checked;
     // an anonymous one (allowed while UPDRAFT_PUBLIC_CONFIG_FILES is on) gets it
@@ -463,7 +459,7 @@ async fn device_document(state: &AppState, ip: IpAddr, headers: &HeaderMap, mac:
     let anonymous = state.settings.content.public_config_files
         && ["authorization", "x-admin-api-key", "x-device-token"].iter().all(|h| !headers.contains_key(*h));
     if !anonymous {
-        authorize_device_or_admin(state, headers, &mac, ip).await?;
+        authorize_device_or_admin(state, parts, &mac).await?;
     }
     let (product, file) =
         config_service::device_file(&state.core, &mac).await?.ok_or_else(|| Error::not_found("Device config", mac.hyphenated_lower()))?;
@@ -484,18 +480,15 @@ async fn device_document(state: &AppState, ip: IpAddr, headers: &HeaderMap, mac:
     Ok(response)
 }
 
-/// With public config files off: the token of the device with this MAC, or the admin key.
-async fn authorize_device_or_admin(state: &AppState, headers: &HeaderMap, mac: &Mac, ip: std::net::IpAddr) -> Result<(), Error> {
-    if let Some(key) = credential(headers, "x-admin-api-key")
-        && super::auth::is_admin_key(state, key)
-    {
-        return Ok(());
+/// A reader that sends a credential: the token of the device with this MAC, or an operator
+/// credential with the admin role (the whole document reveals secret values, which only
+/// the device itself and admins may read).
+async fn authorize_device_or_admin(state: &AppState, parts: &Parts, mac: &Mac) -> Result<(), Error> {
+    match operator_or_device(parts, state, Need::Admin).await? {
+        Reader::Operator(_) => Ok(()),
+        Reader::Device(device) if device.mac == *mac => Ok(()),
+        Reader::Device(_) => Err(Error::Forbidden("a device may read only its own configuration".into())),
     }
-    let device = crate::services::devices::authenticate(&state.core, credential(headers, "x-device-token"), ip).await?;
-    if device.mac != *mac {
-        return Err(Error::Forbidden("a device may read only its own configuration".into()));
-    }
-    Ok(())
 }
 
 /// Create or replace a device's configuration (seed 003). `content` must be a JSON object;
@@ -511,11 +504,11 @@ async fn authorize_device_or_admin(state: &AppState, headers: &HeaderMap, mac: &
         (status = 401, body = Seed003ErrorBody),
         (status = 409, description = "Exists and allow_overwrite is false", body = Seed003ErrorBody),
     ),
-    security(("bearer" = []), ("admin_key" = []))
+    security(("bearer" = ["admin", "operator"]), ("admin_key" = ["admin", "operator"]))
 )]
 async fn put_config(
     State(state): State<AppState>,
-    _admin: Seed003Admin,
+    who: Seed003Operator,
     headers: HeaderMap,
     Path(mac): Path<String>,
     body: Bytes,
@@ -525,7 +518,7 @@ async fn put_config(
     let mac = parse_mac(&mac, "save configuration")?;
     let request = ChangeRequest {
         content: Some(content),
-        author: SEED003_AUTHOR.into(),
+        author: who.0.actor(),
         comment: String::new(),
         if_match: None,
         create_only: !allow_overwrite,
@@ -544,12 +537,11 @@ async fn put_config(
     delete, path = "/api/configs/{mac}", tag = "seed-003",
     params(("mac" = String, Path, description = "aa-bb-cc-dd-ee-ff")),
     responses((status = 204, description = "Deleted"), (status = 400, body = Seed003ErrorBody), (status = 401, body = Seed003ErrorBody), (status = 404, body = Seed003ErrorBody)),
-    security(("bearer" = []), ("admin_key" = []))
+    security(("bearer" = ["admin", "operator"]), ("admin_key" = ["admin", "operator"]))
 )]
-async fn delete_config(State(state): State<AppState>, _admin: Seed003Admin, Path(mac): Path<String>) -> Seed003Result<StatusCode> {
+async fn delete_config(State(state): State<AppState>, who: Seed003Operator, Path(mac): Path<String>) -> Seed003Result<StatusCode> {
     let mac = parse_mac(&mac, "delete configuration")?;
-    let request =
-        ChangeRequest { content: None, author: SEED003_AUTHOR.into(), comment: String::new(), if_match: None, create_only: false };
+    let request = ChangeRequest { content: None, author: who.0.actor(), comment: String::new(), if_match: None, create_only: false };
     config_service::put(&state.core, &Scope::Device(mac), request)
         .await
         .map_err(|e| if let Error::NotFound { .. } = e { Error::not_found("Device config", mac.hyphenated_lower()) } else { e })?;

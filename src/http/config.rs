@@ -14,7 +14,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
-use super::auth::Admin;
+use super::auth::{Operator, Viewer};
 use super::device_api::DeviceAuth;
 use super::error::{ApiJson, ApiQuery, ApiResult, ErrorBody};
 use super::firmware::timestamp;
@@ -83,7 +83,8 @@ pub struct PutConfigBody {
     #[schema(value_type = Object)]
     pub content: Value,
     pub comment: Option<String>,
-    /// Who made the change, as recorded in the history [default: admin].
+    /// Ignored: accepted for compatibility only. The history records the authenticated
+    /// principal (`key:<name>`, `user:<name>`, `oidc:<name>`), never what a client says.
     pub author: Option<String>,
 }
 
@@ -93,6 +94,7 @@ pub struct RevertBody {
     /// The version whose content becomes the new version.
     pub version: i64,
     pub comment: Option<String>,
+    /// Ignored (accepted for compatibility): the authenticated principal is recorded.
     pub author: Option<String>,
 }
 
@@ -101,6 +103,7 @@ pub struct RevertBody {
 #[serde(deny_unknown_fields)]
 pub struct DeleteQuery {
     pub comment: Option<String>,
+    /// Ignored (accepted for compatibility): the authenticated principal is recorded.
     pub author: Option<String>,
 }
 
@@ -116,6 +119,7 @@ pub struct GetQuery {
 #[derive(Serialize, ToSchema)]
 pub struct VersionView {
     pub version: i64,
+    /// Who wrote this version: the principal's actor (`key:ci`, `user:alice`, `oidc:bob`).
     pub author: String,
     pub comment: String,
     pub created_at: String,
@@ -276,10 +280,11 @@ async fn get_scope(state: &AppState, scope: &Scope) -> ApiResult<Response> {
     Ok(with_etag(document_view(&document, &content)))
 }
 
-async fn put_scope(state: &AppState, scope: &Scope, headers: &HeaderMap, body: PutConfigBody) -> ApiResult<Response> {
+/// Writes a new version as `actor` (the principal's; a client's `author` is ignored).
+async fn put_scope(state: &AppState, actor: String, scope: &Scope, headers: &HeaderMap, body: PutConfigBody) -> ApiResult<Response> {
     let request = ChangeRequest {
         content: Some(body.content),
-        author: body.author.unwrap_or_else(|| "admin".into()),
+        author: actor,
         comment: body.comment.unwrap_or_default(),
         if_match: if_match(headers)?,
         create_only: false,
@@ -311,11 +316,11 @@ async fn effective_of(state: &AppState, name: &str) -> ApiResult<Response> {
     get, path = "/api/v1/configs/{kind}/{name}", tag = "configuration",
     params(("kind" = String, Path, description = "product, tag or device"), ("name" = String, Path), GetQuery),
     responses((status = 200, body = ConfigView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
-    security(("bearer" = []), ("admin_key" = []))
+    security(("bearer" = ["admin", "operator", "viewer", "provisioner"]), ("admin_key" = ["admin", "operator", "viewer", "provisioner"]))
 )]
 async fn get_config(
     State(state): State<AppState>,
-    _admin: Admin,
+    _viewer: Viewer,
     Path((kind, name)): Path<(String, String)>,
     ApiQuery(query): ApiQuery<GetQuery>,
 ) -> ApiResult<Response> {
@@ -342,17 +347,17 @@ async fn get_config(
         (status = 412, description = "The document changed since If-Match's version", body = ErrorBody),
         (status = 422, description = "Schema violations", body = ErrorBody),
     ),
-    security(("bearer" = []), ("admin_key" = []))
+    security(("bearer" = ["admin", "operator"]), ("admin_key" = ["admin", "operator"]))
 )]
 async fn put_config(
     State(state): State<AppState>,
-    _admin: Admin,
+    who: Operator,
     Path((kind, name)): Path<(String, String)>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<PutConfigBody>,
 ) -> ApiResult<Response> {
     let scope = resolve_scope(&state, &kind, &name).await?;
-    put_scope(&state, &scope, &headers, body).await
+    put_scope(&state, who.principal().actor(), &scope, &headers, body).await
 }
 
 /// Delete a layer's document (a new version that records the deletion).
@@ -360,11 +365,11 @@ async fn put_config(
     delete, path = "/api/v1/configs/{kind}/{name}", tag = "configuration",
     params(("kind" = String, Path), ("name" = String, Path), DeleteQuery, ("If-Match" = Option<String>, Header)),
     responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 412, body = ErrorBody)),
-    security(("bearer" = []), ("admin_key" = []))
+    security(("bearer" = ["admin", "operator"]), ("admin_key" = ["admin", "operator"]))
 )]
 async fn delete_config(
     State(state): State<AppState>,
-    _admin: Admin,
+    who: Operator,
     Path((kind, name)): Path<(String, String)>,
     headers: HeaderMap,
     ApiQuery(query): ApiQuery<DeleteQuery>,
@@ -372,7 +377,7 @@ async fn delete_config(
     let scope = resolve_scope(&state, &kind, &name).await?;
     let request = ChangeRequest {
         content: None,
-        author: query.author.unwrap_or_else(|| "admin".into()),
+        author: who.principal().actor(),
         comment: query.comment.unwrap_or_default(),
         if_match: if_match(&headers)?,
         create_only: false,
@@ -386,11 +391,11 @@ async fn delete_config(
     get, path = "/api/v1/configs/{kind}/{name}/history", tag = "configuration",
     params(("kind" = String, Path), ("name" = String, Path), PageQuery),
     responses((status = 200, body = HistoryPage), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
-    security(("bearer" = []), ("admin_key" = []))
+    security(("bearer" = ["admin", "operator", "viewer", "provisioner"]), ("admin_key" = ["admin", "operator", "viewer", "provisioner"]))
 )]
 async fn config_history(
     State(state): State<AppState>,
-    _admin: Admin,
+    _viewer: Viewer,
     Path((kind, name)): Path<(String, String)>,
     ApiQuery(query): ApiQuery<PageQuery>,
 ) -> ApiResult<Json<HistoryPage>> {
@@ -405,11 +410,11 @@ async fn config_history(
     get, path = "/api/v1/configs/{kind}/{name}/versions/{version}", tag = "configuration",
     params(("kind" = String, Path), ("name" = String, Path), ("version" = i64, Path)),
     responses((status = 200, body = VersionView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
-    security(("bearer" = []), ("admin_key" = []))
+    security(("bearer" = ["admin", "operator", "viewer", "provisioner"]), ("admin_key" = ["admin", "operator", "viewer", "provisioner"]))
 )]
 async fn config_version(
     State(state): State<AppState>,
-    _admin: Admin,
+    _viewer: Viewer,
     Path((kind, name, version)): Path<(String, String, String)>,
 ) -> ApiResult<Json<VersionView>> {
     let scope = resolve_scope(&state, &kind, &name).await?;
@@ -423,11 +428,11 @@ async fn config_version(
     get, path = "/api/v1/configs/{kind}/{name}/diff", tag = "configuration",
     params(("kind" = String, Path), ("name" = String, Path), DiffQuery),
     responses((status = 200, body = DiffView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
-    security(("bearer" = []), ("admin_key" = []))
+    security(("bearer" = ["admin", "operator", "viewer", "provisioner"]), ("admin_key" = ["admin", "operator", "viewer", "provisioner"]))
 )]
 async fn config_diff(
     State(state): State<AppState>,
-    _admin: Admin,
+    _viewer: Viewer,
     Path((kind, name)): Path<(String, String)>,
     ApiQuery(query): ApiQuery<DiffQuery>,
 ) -> ApiResult<Json<DiffView>> {
@@ -447,17 +452,17 @@ async fn config_diff(
     params(("kind" = String, Path), ("name" = String, Path), ("If-Match" = Option<String>, Header)),
     request_body = RevertBody,
     responses((status = 200, body = ConfigView), (status = 204, description = "The reverted-to version was a deletion"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 412, body = ErrorBody), (status = 422, body = ErrorBody)),
-    security(("bearer" = []), ("admin_key" = []))
+    security(("bearer" = ["admin", "operator"]), ("admin_key" = ["admin", "operator"]))
 )]
 async fn revert_config(
     State(state): State<AppState>,
-    _admin: Admin,
+    who: Operator,
     Path((kind, name)): Path<(String, String)>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<RevertBody>,
 ) -> ApiResult<Response> {
     let scope = resolve_scope(&state, &kind, &name).await?;
-    let author = body.author.unwrap_or_else(|| "admin".into());
+    let author = who.principal().actor();
     let document =
         service::revert(&state.core, &scope, body.version, &author, body.comment.as_deref().unwrap_or(""), if_match(&headers)?).await?;
     match &document.content {
@@ -472,11 +477,11 @@ async fn revert_config(
     get, path = "/api/v1/devices/{id}/config", tag = "configuration",
     params(("id" = String, Path, description = "Device id or MAC"), GetQuery),
     responses((status = 200, description = "ConfigView, or EffectiveView with effective=true", body = EffectiveView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
-    security(("bearer" = []), ("admin_key" = []))
+    security(("bearer" = ["admin", "operator", "viewer", "provisioner"]), ("admin_key" = ["admin", "operator", "viewer", "provisioner"]))
 )]
 async fn get_device_config(
     State(state): State<AppState>,
-    _admin: Admin,
+    _viewer: Viewer,
     Path(id): Path<String>,
     ApiQuery(query): ApiQuery<GetQuery>,
 ) -> ApiResult<Response> {
@@ -493,17 +498,17 @@ async fn get_device_config(
     params(("id" = String, Path, description = "Device id or MAC"), ("If-Match" = Option<String>, Header)),
     request_body = PutConfigBody,
     responses((status = 200, body = ConfigView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 412, body = ErrorBody), (status = 422, body = ErrorBody)),
-    security(("bearer" = []), ("admin_key" = []))
+    security(("bearer" = ["admin", "operator"]), ("admin_key" = ["admin", "operator"]))
 )]
 async fn put_device_config(
     State(state): State<AppState>,
-    _admin: Admin,
+    who: Operator,
     Path(id): Path<String>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<PutConfigBody>,
 ) -> ApiResult<Response> {
     let (scope, _) = service::device_scope(&state.core, &id).await?;
-    put_scope(&state, &scope, &headers, body).await
+    put_scope(&state, who.principal().actor(), &scope, &headers, body).await
 }
 
 // ---- handlers: schemas ----
@@ -513,9 +518,9 @@ async fn put_device_config(
     get, path = "/api/v1/products/{name}/config-schema", tag = "configuration",
     params(("name" = String, Path)),
     responses((status = 200, description = "The JSON Schema", body = Object), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
-    security(("bearer" = []), ("admin_key" = []))
+    security(("bearer" = ["admin", "operator", "viewer", "provisioner"]), ("admin_key" = ["admin", "operator", "viewer", "provisioner"]))
 )]
-async fn get_schema(State(state): State<AppState>, _admin: Admin, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+async fn get_schema(State(state): State<AppState>, _viewer: Viewer, Path(name): Path<String>) -> ApiResult<Json<Value>> {
     let product = crate::services::assets::check_product(&name)?;
     Ok(Json(service::get_schema(&state.core, &product).await?))
 }
@@ -527,11 +532,11 @@ async fn get_schema(State(state): State<AppState>, _admin: Admin, Path(name): Pa
     params(("name" = String, Path)),
     request_body(content = Object, description = "A JSON Schema (draft 2020-12 unless `$schema` says otherwise)"),
     responses((status = 204, description = "Stored"), (status = 400, description = "Not a JSON Schema", body = ErrorBody), (status = 401, body = ErrorBody)),
-    security(("bearer" = []), ("admin_key" = []))
+    security(("bearer" = ["admin", "operator"]), ("admin_key" = ["admin", "operator"]))
 )]
 async fn put_schema(
     State(state): State<AppState>,
-    _admin: Admin,
+    _who: Operator,
     Path(name): Path<String>,
     ApiJson(schema): ApiJson<Value>,
 ) -> ApiResult<StatusCode> {
@@ -544,9 +549,9 @@ async fn put_schema(
     delete, path = "/api/v1/products/{name}/config-schema", tag = "configuration",
     params(("name" = String, Path)),
     responses((status = 204, description = "Removed"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
-    security(("bearer" = []), ("admin_key" = []))
+    security(("bearer" = ["admin", "operator"]), ("admin_key" = ["admin", "operator"]))
 )]
-async fn delete_schema(State(state): State<AppState>, _admin: Admin, Path(name): Path<String>) -> ApiResult<StatusCode> {
+async fn delete_schema(State(state): State<AppState>, _who: Operator, Path(name): Path<String>) -> ApiResult<StatusCode> {
     let product = crate::services::assets::check_product(&name)?;
     service::delete_schema(&state.core, &product).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -560,9 +565,13 @@ async fn delete_schema(State(state): State<AppState>, _admin: Admin, Path(name):
     get, path = "/api/v1/configs/stale", tag = "configuration",
     params(StaleQuery),
     responses((status = 200, body = StalePage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
-    security(("bearer" = []), ("admin_key" = []))
+    security(("bearer" = ["admin", "operator", "viewer", "provisioner"]), ("admin_key" = ["admin", "operator", "viewer", "provisioner"]))
 )]
-async fn stale_configs(State(state): State<AppState>, _admin: Admin, ApiQuery(query): ApiQuery<StaleQuery>) -> ApiResult<Json<StalePage>> {
+async fn stale_configs(
+    State(state): State<AppState>,
+    _viewer: Viewer,
+    ApiQuery(query): ApiQuery<StaleQuery>,
+) -> ApiResult<Json<StalePage>> {
     let super::page::Page { limit, offset } = super::page::page(query.limit, query.offset)?;
     let product = query.product.as_deref().map(crate::services::assets::check_product).transpose()?;
     let (stale, total) = service::stale(&state.core, product.as_deref(), limit, offset).await?;

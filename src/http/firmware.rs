@@ -12,7 +12,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
-use super::auth::Admin;
+use super::auth::{Operator, Viewer};
 use super::download::serve_artifact;
 use super::error::{ApiError, ApiJson, ApiQuery, ApiResult, ErrorBody};
 use crate::domain::firmware::{self, Artifact, Channel, ImageFacts, UploadMeta};
@@ -165,9 +165,9 @@ const MULTIPART_OVERHEAD: u64 = 1 << 20;
         (status = 422, description = "Corrupt ESP image or contradicting version", body = ErrorBody),
         (status = 507, description = "Storage full; nothing stored", body = ErrorBody),
     ),
-    security(("bearer" = []), ("admin_key" = []))
+    security(("bearer" = ["admin", "operator"]), ("admin_key" = ["admin", "operator"]))
 )]
-async fn upload_firmware(State(state): State<AppState>, _admin: Admin, request: Request) -> ApiResult<Response> {
+async fn upload_firmware(State(state): State<AppState>, _who: Operator, request: Request) -> ApiResult<Response> {
     let limit = state.settings.max_upload_bytes;
     let headers = request.headers().clone();
     let content_type = request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
@@ -324,11 +324,11 @@ pub(crate) fn body_error(error: axum::Error) -> BodyError {
         (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody),
     ),
-    security(("bearer" = []), ("admin_key" = []))
+    security(("bearer" = ["admin", "operator", "viewer", "provisioner"]), ("admin_key" = ["admin", "operator", "viewer", "provisioner"]))
 )]
 async fn list_firmware(
     State(state): State<AppState>,
-    _admin: Admin,
+    _viewer: Viewer,
     headers: HeaderMap,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<ArtifactPage>> {
@@ -368,11 +368,11 @@ async fn list_firmware(
     get, path = "/api/v1/firmware/{id}", tag = "firmware",
     params(("id" = String, Path, description = "Artifact id")),
     responses((status = 200, body = ArtifactView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
-    security(("bearer" = []), ("admin_key" = []))
+    security(("bearer" = ["admin", "operator", "viewer", "provisioner"]), ("admin_key" = ["admin", "operator", "viewer", "provisioner"]))
 )]
 async fn get_firmware(
     State(state): State<AppState>,
-    _admin: Admin,
+    _viewer: Viewer,
     headers: HeaderMap,
     Path(id): Path<ArtifactId>,
 ) -> ApiResult<Json<ArtifactView>> {
@@ -386,11 +386,11 @@ async fn get_firmware(
     params(("id" = String, Path, description = "Artifact id")),
     request_body = PatchArtifactBody,
     responses((status = 200, body = ArtifactView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
-    security(("bearer" = []), ("admin_key" = []))
+    security(("bearer" = ["admin", "operator"]), ("admin_key" = ["admin", "operator"]))
 )]
 async fn patch_firmware(
     State(state): State<AppState>,
-    _admin: Admin,
+    _who: Operator,
     headers: HeaderMap,
     Path(id): Path<ArtifactId>,
     ApiJson(body): ApiJson<PatchArtifactBody>,
@@ -412,9 +412,9 @@ async fn patch_firmware(
     delete, path = "/api/v1/firmware/{id}", tag = "firmware",
     params(("id" = String, Path, description = "Artifact id")),
     responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, description = "Still in use", body = ErrorBody)),
-    security(("bearer" = []), ("admin_key" = []))
+    security(("bearer" = ["admin", "operator"]), ("admin_key" = ["admin", "operator"]))
 )]
-async fn delete_firmware(State(state): State<AppState>, _admin: Admin, Path(id): Path<ArtifactId>) -> ApiResult<StatusCode> {
+async fn delete_firmware(State(state): State<AppState>, _who: Operator, Path(id): Path<ArtifactId>) -> ApiResult<StatusCode> {
     service::delete(&state.core, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -435,11 +435,11 @@ async fn delete_firmware(State(state): State<AppState>, _admin: Admin, Path(id):
         (status = 404, body = ErrorBody),
         (status = 416, description = "Range not satisfiable", body = ErrorBody),
     ),
-    security(("bearer" = []), ("admin_key" = []))
+    security(("bearer" = ["admin", "operator", "viewer", "provisioner"]), ("admin_key" = ["admin", "operator", "viewer", "provisioner"]))
 )]
 async fn download_firmware(
     State(state): State<AppState>,
-    _admin: Admin,
+    _viewer: Viewer,
     method: Method,
     headers: HeaderMap,
     Path(id): Path<ArtifactId>,

@@ -17,6 +17,7 @@ pub mod mqtt;
 pub mod ops;
 pub mod page;
 pub mod range;
+pub mod roles;
 pub mod rollouts;
 
 use std::sync::Arc;
@@ -126,6 +127,8 @@ impl Modify for SecuritySchemes {
         components.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
         components.add_security_scheme("admin_key", SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-Admin-API-Key"))));
         components.add_security_scheme("device_token", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+        // The browser session (scopes: the roles allowed, as for `bearer`; see `roles`).
+        components.add_security_scheme("session", SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new(roles::SESSION_COOKIE))));
     }
 }
 
@@ -145,12 +148,15 @@ fn api_router() -> OpenApiRouter<AppState> {
 
 /// The OpenAPI document, generated from the handlers' annotations.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    api_router().split_for_parts().1
+    let mut openapi = api_router().split_for_parts().1;
+    roles::describe_roles(&mut openapi);
+    openapi
 }
 
 /// The complete application router.
 pub fn router(state: AppState) -> Router {
-    let (api, openapi) = api_router().split_for_parts();
+    let (api, mut openapi) = api_router().split_for_parts();
+    roles::describe_roles(&mut openapi);
     let openapi = Arc::new(openapi);
     let sensitive: Arc<[HeaderName]> =
         Arc::new([header::AUTHORIZATION, HeaderName::from_static("x-admin-api-key"), HeaderName::from_static("x-device-token")]);

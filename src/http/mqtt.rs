@@ -17,7 +17,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
-use super::auth::Admin;
+use super::auth::{Admin, Operator, Viewer};
 use super::device_api::ClientIp;
 use super::error::{ApiJson, ApiQuery, ApiResult, ErrorBody};
 use crate::domain::Error;
@@ -163,9 +163,9 @@ fn command_view(c: &Command) -> CommandView {
 #[utoipa::path(
     get, path = "/api/v1/mqtt", tag = "mqtt",
     responses((status = 200, body = MqttStatusView), (status = 401, body = ErrorBody)),
-    security(("bearer" = []), ("admin_key" = []))
+    security(("bearer" = ["admin", "operator", "viewer", "provisioner"]), ("admin_key" = ["admin", "operator", "viewer", "provisioner"]))
 )]
-async fn mqtt_status(State(state): State<AppState>, _admin: Admin) -> Json<MqttStatusView> {
+async fn mqtt_status(State(state): State<AppState>, _viewer: Viewer) -> Json<MqttStatusView> {
     let connected_devices = state.core.devices.connected_count();
     Json(match &state.mqtt {
         Some(mqtt) => {
@@ -196,9 +196,9 @@ async fn mqtt_status(State(state): State<AppState>, _admin: Admin) -> Json<MqttS
 #[utoipa::path(
     get, path = "/api/v1/mqtt/users", tag = "mqtt",
     responses((status = 200, body = MqttUserList), (status = 401, body = ErrorBody)),
-    security(("bearer" = []), ("admin_key" = []))
+    security(("bearer" = ["admin"]), ("admin_key" = ["admin"]))
 )]
-async fn list_users(State(state): State<AppState>, _admin: Admin) -> ApiResult<Json<MqttUserList>> {
+async fn list_users(State(state): State<AppState>, _who: Admin) -> ApiResult<Json<MqttUserList>> {
     let users = mqtt_auth::list_users(&state.core).await?;
     Ok(Json(MqttUserList { items: users.iter().map(user_view).collect() }))
 }
@@ -209,11 +209,11 @@ async fn list_users(State(state): State<AppState>, _admin: Admin) -> ApiResult<J
     params(("username" = String, Path)),
     request_body = PutUserBody,
     responses((status = 200, body = MqttUserView), (status = 201, body = MqttUserView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
-    security(("bearer" = []), ("admin_key" = []))
+    security(("bearer" = ["admin"]), ("admin_key" = ["admin"]))
 )]
 async fn put_user(
     State(state): State<AppState>,
-    _admin: Admin,
+    _who: Admin,
     Path(username): Path<String>,
     ApiJson(body): ApiJson<PutUserBody>,
 ) -> ApiResult<(StatusCode, Json<MqttUserView>)> {
@@ -226,9 +226,9 @@ async fn put_user(
     delete, path = "/api/v1/mqtt/users/{username}", tag = "mqtt",
     params(("username" = String, Path)),
     responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
-    security(("bearer" = []), ("admin_key" = []))
+    security(("bearer" = ["admin"]), ("admin_key" = ["admin"]))
 )]
-async fn delete_user(State(state): State<AppState>, _admin: Admin, Path(username): Path<String>) -> ApiResult<StatusCode> {
+async fn delete_user(State(state): State<AppState>, _who: Admin, Path(username): Path<String>) -> ApiResult<StatusCode> {
     mqtt_auth::delete_user(&state.core, &username).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -240,11 +240,11 @@ async fn delete_user(State(state): State<AppState>, _admin: Admin, Path(username
     params(("id" = String, Path, description = "Device id")),
     request_body = CommandBody,
     responses((status = 200, body = CommandView), (status = 202, body = CommandView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, description = "MQTT is off", body = ErrorBody)),
-    security(("bearer" = []), ("admin_key" = []))
+    security(("bearer" = ["admin", "operator"]), ("admin_key" = ["admin", "operator"]))
 )]
 async fn send_command(
     State(state): State<AppState>,
-    _admin: Admin,
+    who: Operator,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<CommandBody>,
 ) -> ApiResult<(StatusCode, Json<CommandView>)> {
@@ -253,7 +253,8 @@ async fn send_command(
         return Err(Error::invalid("invalid_wait", "wait_s is at most 60").into());
     }
     let timeout = Duration::from_secs(body.timeout_s.unwrap_or(command::DEFAULT_TIMEOUT_SECS));
-    let sent = commands::issue(&state.core, &id, NewCommand { name: body.name, params: body.params, timeout }, "admin").await?;
+    let sent =
+        commands::issue(&state.core, &id, NewCommand { name: body.name, params: body.params, timeout }, &who.principal().actor()).await?;
     let command = if wait > 0 { commands::wait(&state.core, &id, &sent.id, Duration::from_secs(wait)).await? } else { sent };
     let status = if command.state.is_final() { StatusCode::OK } else { StatusCode::ACCEPTED };
     Ok((status, Json(command_view(&command))))
@@ -264,11 +265,11 @@ async fn send_command(
     get, path = "/api/v1/devices/{id}/commands", tag = "mqtt",
     params(("id" = String, Path, description = "Device id"), PageQuery),
     responses((status = 200, body = CommandPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
-    security(("bearer" = []), ("admin_key" = []))
+    security(("bearer" = ["admin", "operator", "viewer", "provisioner"]), ("admin_key" = ["admin", "operator", "viewer", "provisioner"]))
 )]
 async fn list_commands(
     State(state): State<AppState>,
-    _admin: Admin,
+    _viewer: Viewer,
     Path(id): Path<String>,
     ApiQuery(query): ApiQuery<PageQuery>,
 ) -> ApiResult<Json<CommandPage>> {
@@ -282,11 +283,11 @@ async fn list_commands(
     get, path = "/api/v1/devices/{id}/commands/{command_id}", tag = "mqtt",
     params(("id" = String, Path, description = "Device id"), ("command_id" = String, Path)),
     responses((status = 200, body = CommandView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
-    security(("bearer" = []), ("admin_key" = []))
+    security(("bearer" = ["admin", "operator", "viewer", "provisioner"]), ("admin_key" = ["admin", "operator", "viewer", "provisioner"]))
 )]
 async fn get_command(
     State(state): State<AppState>,
-    _admin: Admin,
+    _viewer: Viewer,
     Path((id, command_id)): Path<(String, String)>,
 ) -> ApiResult<Json<CommandView>> {
     Ok(Json(command_view(&commands::find(&state.core, &id, &command_id).await?)))
@@ -297,9 +298,9 @@ async fn get_command(
     get, path = "/api/v1/devices/{id}/telemetry", tag = "mqtt",
     params(("id" = String, Path, description = "Device id")),
     responses((status = 200, body = TelemetryView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
-    security(("bearer" = []), ("admin_key" = []))
+    security(("bearer" = ["admin", "operator", "viewer", "provisioner"]), ("admin_key" = ["admin", "operator", "viewer", "provisioner"]))
 )]
-async fn get_telemetry(State(state): State<AppState>, _admin: Admin, Path(id): Path<String>) -> ApiResult<Json<TelemetryView>> {
+async fn get_telemetry(State(state): State<AppState>, _viewer: Viewer, Path(id): Path<String>) -> ApiResult<Json<TelemetryView>> {
     let (received_at, telemetry) = state.core.devices.latest_telemetry(&id).ok_or_else(|| Error::not_found("telemetry of device", &id))?;
     Ok(Json(TelemetryView { device_id: id, received_at, telemetry }))
 }

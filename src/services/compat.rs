@@ -262,6 +262,10 @@ fn sign_prehashed(key: &RsaPrivateKey, digest: &[u8]) -> Result<Vec<u8>> {
 /// The seed-001 fields Updraft keeps in a device's `metadata.ota_server`.
 pub const OTA_SERVER_METADATA: &str = "ota_server";
 
+/// The actor of what `updraft import ota-server` records (it runs with the server stopped,
+/// without an operator credential).
+pub const IMPORT_ACTOR: &str = "cli:import";
+
 /// Stores a file under its seed-001 name: an artifact of `product` (version and hardware
 /// from the ESP image when not given), then the name, replacing what it named before.
 pub async fn ingest_named_file<S>(
@@ -387,6 +391,7 @@ pub async fn put_ota_server_device(
     entry: &OtaServerDevice,
     default_hardware: Option<&str>,
     update_existing: bool,
+    actor: &str,
 ) -> Result<(Device, bool)> {
     let mac = Mac::parse(&entry.mac)?;
     if let Some(target) = &entry.target_version
@@ -430,7 +435,7 @@ pub async fn put_ota_server_device(
                 metadata: Some(merged),
                 ..Default::default()
             };
-            Ok((devices::update(core, &existing.id, patch).await?, false))
+            Ok((devices::update(core, &existing.id, patch, actor).await?, false))
         }
         Some(_) => Err(Error::conflict("device_exists", "Device already exists")),
         None => {
@@ -448,6 +453,7 @@ pub async fn put_ota_server_device(
                     metadata: Some(metadata),
                     owner: None,
                 },
+                actor,
             )
             .await?;
             Ok((device, true))
@@ -513,7 +519,7 @@ pub async fn import_ota_server(
     }
 
     for entry in &entries {
-        match put_ota_server_device(core, &product, entry, Some(default_hardware), true).await {
+        match put_ota_server_device(core, &product, entry, Some(default_hardware), true, IMPORT_ACTOR).await {
             Ok((_, true)) => report.devices_created += 1,
             Ok((_, false)) => report.devices_updated += 1,
             Err(Error::Internal(e)) => return Err(Error::Internal(e)),

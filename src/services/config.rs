@@ -24,9 +24,6 @@ use crate::domain::mac::Mac;
 use crate::domain::{Error, Result};
 use crate::storage::ConfigWrite;
 
-/// Author recorded for changes made through the seed-003 API.
-pub const SEED003_AUTHOR: &str = "seed-003 api";
-
 /// Attempts of a write without `If-Match` that keeps losing races to other writers.
 const MAX_ATTEMPTS: usize = 100;
 const MAX_SCHEMA_ERRORS: usize = 20;

@@ -25,7 +25,9 @@ pub enum Event {
     DeviceCreated {
         device_id: String,
         mac: Mac,
-        by: &'static str,
+        /// The operator's actor (`key:ci`, `user:alice`), or how the device came
+        /// (`provisioning`, `first contact`).
+        by: String,
     },
     DeviceUpdated {
         device_id: String,
@@ -74,11 +76,14 @@ pub enum Event {
     TokenIssued {
         device_id: String,
         mac: Mac,
-        by: &'static str,
+        /// The operator's actor, or the provisioning path that issued it.
+        by: String,
     },
     TokenRevoked {
         device_id: String,
         mac: Mac,
+        /// The operator's actor.
+        by: String,
     },
     ProductUpdated {
         product: String,
@@ -141,8 +146,8 @@ pub enum Event {
 pub enum DeviceChange {
     /// The device reported these in a check-in.
     Reported { version: Option<String>, product: Option<String>, hardware: Option<String> },
-    /// An operator changed the device (its pin, possibly).
-    Operator { target_version: Option<String> },
+    /// An operator changed the device (its pin, possibly); `by` is the operator's actor.
+    Operator { target_version: Option<String>, by: String },
 }
 
 /// An update attempt moved to a new state.

@@ -78,7 +78,7 @@ async fn the_effective_configuration_merges_product_tags_and_device_and_names_ea
 }
 
 #[tokio::test]
-async fn every_change_is_a_version_with_author_comment_history_diff_and_revert() {
+async fn every_change_is_a_version_with_its_principal_comment_history_diff_and_revert() {
     let app = spawn_app().await;
     let path = "/api/v1/configs/product/lamp";
     let first = put_ok(&app, path, json!({"content": {"a": 1, "b": {"c": 2}}, "comment": "initial", "author": "alice"})).await;
@@ -95,9 +95,11 @@ async fn every_change_is_a_version_with_author_comment_history_diff_and_revert()
     assert_eq!(items.iter().map(|v| v["version"].as_i64().unwrap()).collect::<Vec<_>>(), [3, 2, 1]);
     assert_eq!(
         (items[0]["author"].as_str(), items[0]["comment"].as_str(), items[0]["deleted"].as_bool()),
-        (Some("carol"), Some("retire"), Some(true))
+        (Some("key:admin"), Some("retire"), Some(true))
     );
-    assert_eq!((items[1]["author"].as_str(), items[1]["comment"].as_str()), (Some("bob"), Some("tune c")));
+    // A client's `author` is accepted but not trusted: every version names the principal.
+    assert_eq!((items[1]["author"].as_str(), items[1]["comment"].as_str()), (Some("key:admin"), Some("tune c")));
+    assert!(items.iter().all(|v| v["author"] == "key:admin"), "{items:?}");
     assert!(items[2]["created_at"].as_str().unwrap().ends_with('Z'));
 
     let diff = get_json(&app, &format!("{path}/diff?from=1&to=2")).await;
@@ -111,7 +113,7 @@ async fn every_change_is_a_version_with_author_comment_history_diff_and_revert()
     let reverted: Value = reverted.json().await.unwrap();
     assert_eq!((reverted["version"].as_i64(), &reverted["content"]), (Some(4), &json!({"a": 1, "b": {"c": 2}})));
     let latest = &get_json(&app, &format!("{path}/history?limit=1")).await["items"][0];
-    assert_eq!((latest["author"].as_str(), latest["comment"].as_str()), (Some("dave"), Some("revert to version 1")));
+    assert_eq!((latest["author"].as_str(), latest["comment"].as_str()), (Some("key:admin"), Some("revert to version 1")));
     assert_eq!(error_code(app.admin(Method::GET, &format!("{path}/diff?from=1&to=9")).send().await.unwrap(), 404).await, "not_found");
     app.stop().await;
 }

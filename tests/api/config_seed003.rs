@@ -94,7 +94,7 @@ async fn configs_are_created_listed_read_served_raw_and_deleted_as_seed_003_does
     let history: Value =
         app.admin(Method::GET, "/api/v1/configs/device/aa-bb-cc-00-00-01/history").send().await.unwrap().json().await.unwrap();
     assert_eq!(history["total"], 2);
-    assert_eq!(history["items"][1]["author"], "seed-003 api");
+    assert_eq!(history["items"][1]["author"], "key:admin", "the principal, whatever the API");
     app.stop().await;
 }
 

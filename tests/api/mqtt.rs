@@ -1093,10 +1093,11 @@ async fn mqtt_over_tls_and_websocket_listen_when_configured() {
             metadata: None,
             owner: None,
         },
+        "key:test",
     )
     .await
     .unwrap();
-    let (_, token) = updraft::services::devices::issue_token(&core, &device.id).await.unwrap();
+    let (_, token) = updraft::services::devices::issue_token(&core, &device.id, "key:test").await.unwrap();
     let id = device.id.clone();
 
     let mut options = MqttOptions::new(id.clone(), "localhost", tls.port());
@@ -1412,7 +1413,7 @@ async fn a_token_rotated_or_a_device_deleted_on_another_replica_ends_the_session
     // Another replica shares only the database: this one learns of the change from the
     // device change log.
     let replica = core_of(&s.app).await;
-    updraft::services::devices::issue_token(&replica, &a).await.unwrap();
+    updraft::services::devices::issue_token(&replica, &a, "key:test").await.unwrap();
     updraft::services::devices::delete(&replica, &b).await.unwrap();
     assert!(device_a.closed_within(Duration::from_secs(15)).await, "the rotated token's connection is closed");
     assert!(device_b.closed_within(Duration::from_secs(15)).await, "the deleted device's connection is closed");

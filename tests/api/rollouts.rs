@@ -199,7 +199,7 @@ async fn the_life_cycle_is_enforced_and_every_transition_recorded() {
         .collect();
     let expected = ["draft", "running", "paused", "running", "running", "completed"];
     assert_eq!(steps.iter().map(|(to, _)| to.as_str()).collect::<Vec<_>>(), expected);
-    assert!(steps.iter().all(|(_, actor)| actor == "operator"));
+    assert!(steps.iter().all(|(_, actor)| actor == "key:admin"), "the principal made every transition: {steps:?}");
     assert_eq!(history["items"][5]["reason"], "all good in the lab");
     assert!(history["items"].as_array().unwrap().iter().all(|t| t["at"].as_str().is_some()));
 
@@ -736,7 +736,7 @@ async fn a_resumed_halted_rollout_counts_only_new_failures_and_records_who_resum
     assert_eq!(body["counts"]["excused"], 1);
     let resumed = history_items(&app, &id).await.last().unwrap().clone();
     assert_eq!((resumed["from"].as_str(), resumed["to"].as_str()), (Some("halted"), Some("running")));
-    assert_eq!(resumed["actor"], "operator");
+    assert_eq!(resumed["actor"], "key:admin");
     let reason = resumed["reason"].as_str().unwrap();
     assert!(reason.contains("flat battery") && reason.contains("1 failures so far excused"), "{reason}");
     // Several evaluations later it is still running, and it offers again.

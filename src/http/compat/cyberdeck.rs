@@ -25,7 +25,7 @@ use super::{AppState, default_product, failure};
 use crate::domain::Error;
 use crate::domain::firmware::Artifact;
 use crate::domain::version::Version;
-use crate::http::auth::Admin;
+use crate::http::auth::{Operator, Viewer};
 use crate::http::device_api::ClientIp;
 use crate::http::download::serve_artifact;
 use crate::http::error::{ApiJson, ApiResult, ErrorBody};
@@ -165,9 +165,9 @@ async fn latest_view(state: &AppState, product: &str) -> ApiResult<LatestView> {
     get, path = "/api/v1/products/{name}/latest", tag = "devices",
     params(("name" = String, Path, description = "Product")),
     responses((status = 200, body = LatestView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
-    security(("bearer" = []), ("admin_key" = []))
+    security(("bearer" = ["admin", "operator", "viewer", "provisioner"]), ("admin_key" = ["admin", "operator", "viewer", "provisioner"]))
 )]
-async fn get_latest(State(state): State<AppState>, _admin: Admin, Path(name): Path<String>) -> ApiResult<Json<LatestView>> {
+async fn get_latest(State(state): State<AppState>, _viewer: Viewer, Path(name): Path<String>) -> ApiResult<Json<LatestView>> {
     Ok(Json(latest_view(&state, &name).await?))
 }
 
@@ -177,11 +177,11 @@ async fn get_latest(State(state): State<AppState>, _admin: Admin, Path(name): Pa
     params(("name" = String, Path, description = "Product")),
     request_body = LatestBody,
     responses((status = 200, body = LatestView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, description = "No build of that version", body = ErrorBody)),
-    security(("bearer" = []), ("admin_key" = []))
+    security(("bearer" = ["admin", "operator"]), ("admin_key" = ["admin", "operator"]))
 )]
 async fn put_latest(
     State(state): State<AppState>,
-    _admin: Admin,
+    _who: Operator,
     Path(name): Path<String>,
     ApiJson(body): ApiJson<LatestBody>,
 ) -> ApiResult<Json<LatestView>> {
@@ -194,9 +194,9 @@ async fn put_latest(
     delete, path = "/api/v1/products/{name}/latest", tag = "devices",
     params(("name" = String, Path, description = "Product")),
     responses((status = 204, description = "Unmarked"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
-    security(("bearer" = []), ("admin_key" = []))
+    security(("bearer" = ["admin", "operator"]), ("admin_key" = ["admin", "operator"]))
 )]
-async fn delete_latest(State(state): State<AppState>, _admin: Admin, Path(name): Path<String>) -> ApiResult<StatusCode> {
+async fn delete_latest(State(state): State<AppState>, _who: Operator, Path(name): Path<String>) -> ApiResult<StatusCode> {
     service::mark_latest(&state.core, &name, None).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -13,6 +13,7 @@
 //! firmware file is a build plus its file name (`compat_file`).
 
 use std::collections::BTreeMap;
+use std::marker::PhantomData;
 
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Multipart, Path, State};
 use axum::http::request::Parts;
@@ -24,13 +25,16 @@ use futures::StreamExt;
 use serde_json::{Map, Value, json};
 
 use super::{AppState, default_product, failure, python_isoformat};
+use crate::domain::auth::{Principal, PrincipalKind, Role};
 use crate::domain::compat::{CompatFile, ota_server_token_matches, ota_server_version_valid};
 use crate::domain::device::{Device, DeviceFilter, DevicePatch};
 use crate::domain::firmware::{Artifact, UploadMeta};
 use crate::domain::mac::Mac;
 use crate::domain::{Error, secret};
+use crate::http::auth::{ActorSlot, NeedOperate, NeedRead, RouteNeed};
 use crate::http::device_api::ClientIp;
 use crate::http::download::serve_artifact;
+use crate::http::roles::authorize;
 use crate::services::compat::{self as service, MacCheckin, OTA_SERVER_METADATA, OtaServerDevice};
 use crate::services::devices as device_service;
 use crate::services::firmware as firmware_service;
@@ -323,13 +327,30 @@ async fn named_build(state: &AppState, filename: &str) -> crate::domain::Result<
 
 // ---- admin API ----
 
-/// The seed-001 admin API's credential: `X-Admin-API-Key` with Updraft's admin key or
-/// `UPDRAFT_COMPAT_ADMIN_API_KEY`. Refusals answer in that API's own form (`{"detail"}`): 401
-/// without a key, 403 with a wrong one, 429 (`Retry-After`) for an address that sent too
-/// many wrong keys (the limiter every credential shares).
-struct OtaAdmin;
+/// The seed-001 admin API's credential, with the role `N` needs: `X-Admin-API-Key` with
+/// `UPDRAFT_COMPAT_ADMIN_API_KEY` (the key `compat-admin`, role operator, on these routes
+/// only), or any operator credential (`X-Admin-API-Key` or `Authorization: Bearer` with an
+/// API key or the admin key, a session cookie). Refusals answer in that API's own form
+/// (`{"detail"}`): 401 without a credential, 403 with a wrong one or a role too weak, 429
+/// (`Retry-After`) for an address that sent too many wrong keys (the limiter every
+/// credential shares).
+struct OtaAdmin<N: RouteNeed>(Principal, PhantomData<N>);
 
-impl FromRequestParts<AppState> for OtaAdmin {
+/// Reading the seed-001 devices and files: any role.
+type OtaViewer = OtaAdmin<NeedRead>;
+/// Changing them (devices with their pins, firmware files): operator or admin.
+type OtaOperator = OtaAdmin<NeedOperate>;
+
+/// The principal of `UPDRAFT_COMPAT_ADMIN_API_KEY`.
+pub const COMPAT_ADMIN_KEY_NAME: &str = "compat-admin";
+
+impl<N: RouteNeed> OtaAdmin<N> {
+    fn actor(&self) -> String {
+        self.0.actor()
+    }
+}
+
+impl<N: RouteNeed> FromRequestParts<AppState> for OtaAdmin<N> {
     type Rejection = AdminError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AdminError> {
@@ -338,16 +359,27 @@ impl FromRequestParts<AppState> for OtaAdmin {
         if let Err(Error::TooManyRequests { retry_after_secs }) = limiter.check(ip) {
             return Err(AdminError::TooManyAttempts { retry_after_secs });
         }
-        let Some(key) = parts.headers.get("x-admin-api-key").and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty()) else {
-            return Err(AdminError::BadKey(StatusCode::UNAUTHORIZED, "API key is required"));
-        };
-        let compat_key = state.settings.compat.admin_api_key.as_ref().is_some_and(|k| secret::constant_time_eq(key, k.expose()));
-        if compat_key || crate::http::auth::is_admin_key(state, key) {
-            return Ok(OtaAdmin);
+        let key = parts.headers.get("x-admin-api-key").and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty());
+        if let Some(key) = key
+            && state.settings.compat.admin_api_key.as_ref().is_some_and(|k| secret::constant_time_eq(key, k.expose()))
+        {
+            let principal = Principal::new(PrincipalKind::ApiKey, COMPAT_ADMIN_KEY_NAME, Role::Operator);
+            ActorSlot::fill(parts, &principal);
+            principal.require(N::NEED).map_err(|e| AdminError::Refused(StatusCode::FORBIDDEN, e.to_string()))?;
+            return Ok(OtaAdmin(principal, PhantomData));
         }
-        limiter.record_failure(ip);
-        tracing::info!(%ip, "wrong seed-001 admin API key");
-        Err(AdminError::BadKey(StatusCode::FORBIDDEN, "Invalid API key"))
+        let presented = key.is_some() || parts.headers.contains_key(header::AUTHORIZATION) || parts.headers.contains_key(header::COOKIE);
+        match authorize(parts, state, N::NEED).await {
+            Ok(principal) => Ok(OtaAdmin(principal, PhantomData)),
+            Err(Error::TooManyRequests { retry_after_secs }) => Err(AdminError::TooManyAttempts { retry_after_secs }),
+            Err(Error::Unauthenticated(_)) if !presented => Err(AdminError::BadKey(StatusCode::UNAUTHORIZED, "API key is required")),
+            Err(Error::Unauthenticated(_)) => {
+                tracing::info!(%ip, "wrong seed-001 admin API key");
+                Err(AdminError::BadKey(StatusCode::FORBIDDEN, "Invalid API key"))
+            }
+            Err(Error::Forbidden(message)) => Err(AdminError::Refused(StatusCode::FORBIDDEN, message)),
+            Err(other) => Err(other.into()),
+        }
     }
 }
 
@@ -388,7 +420,7 @@ async fn device_view(state: &AppState, device: &Device, headers: &HeaderMap) -> 
     })
 }
 
-async fn list_devices(State(state): State<AppState>, _admin: OtaAdmin, headers: HeaderMap) -> Result<Json<Value>, AdminError> {
+async fn list_devices(State(state): State<AppState>, _who: OtaViewer, headers: HeaderMap) -> Result<Json<Value>, AdminError> {
     let product = default_product(&state).await?;
     let mut all = Map::new();
     let mut offset = 0;
@@ -408,7 +440,7 @@ async fn list_devices(State(state): State<AppState>, _admin: OtaAdmin, headers: 
 
 async fn get_device(
     State(state): State<AppState>,
-    _admin: OtaAdmin,
+    _who: OtaViewer,
     headers: HeaderMap,
     Path(mac): Path<String>,
 ) -> Result<Json<Value>, AdminError> {
@@ -433,7 +465,7 @@ fn object_body(body: &[u8]) -> Result<Map<String, Value>, Validation> {
 }
 
 /// `POST /admin/api/devices` `{mac_address, device_id, target_version, firmware_url, checksum, hardware_version?}`.
-async fn add_device(State(state): State<AppState>, _admin: OtaAdmin, body: axum::body::Bytes) -> Result<Json<Value>, AdminError> {
+async fn add_device(State(state): State<AppState>, who: OtaOperator, body: axum::body::Bytes) -> Result<Json<Value>, AdminError> {
     let fields = object_body(&body)?;
     let text = |key: &str| fields.get(key).and_then(Value::as_str).map(str::to_string);
     let required = ["device_id", "target_version", "firmware_url", "checksum", "mac_address"];
@@ -459,10 +491,11 @@ async fn add_device(State(state): State<AppState>, _admin: OtaAdmin, body: axum:
         current_version: None,
         last_update: None,
     };
-    let (device, _) = service::put_ota_server_device(&state.core, &product, &entry, None, false).await.map_err(|e| match e {
-        Error::Conflict { .. } => AdminError::refused(StatusCode::CONFLICT, "Device already exists"),
-        other => other.into(),
-    })?;
+    let (device, _) =
+        service::put_ota_server_device(&state.core, &product, &entry, None, false, &who.actor()).await.map_err(|e| match e {
+            Error::Conflict { .. } => AdminError::refused(StatusCode::CONFLICT, "Device already exists"),
+            other => other.into(),
+        })?;
     Ok(Json(json!({
         "success": true,
         "mac_address": device.mac.canonical(),
@@ -479,7 +512,7 @@ async fn add_device(State(state): State<AppState>, _admin: OtaAdmin, body: axum:
 /// `PUT /admin/api/devices/{mac}` with any partial object, merged into the device.
 async fn put_device(
     State(state): State<AppState>,
-    _admin: OtaAdmin,
+    who: OtaOperator,
     headers: HeaderMap,
     Path(mac): Path<String>,
     body: axum::body::Bytes,
@@ -508,11 +541,11 @@ async fn put_device(
         metadata: Some(metadata),
         ..Default::default()
     };
-    let device = device_service::update(&state.core, &device.id, patch).await?;
+    let device = device_service::update(&state.core, &device.id, patch, &who.actor()).await?;
     Ok(Json(json!({"success": true, "device": device_view(&state, &device, &headers).await})))
 }
 
-async fn delete_device(State(state): State<AppState>, _admin: OtaAdmin, Path(mac): Path<String>) -> Result<Json<Value>, AdminError> {
+async fn delete_device(State(state): State<AppState>, _who: OtaOperator, Path(mac): Path<String>) -> Result<Json<Value>, AdminError> {
     let device = find_device(&state, &mac).await.map_err(|e| match e {
         AdminError::Refused(StatusCode::NOT_FOUND, _) => {
             AdminError::refused(StatusCode::NOT_FOUND, "Device not found or could not be deleted")
@@ -529,7 +562,7 @@ fn file_view(file: &CompatFile, artifact: &Artifact) -> Value {
 
 /// `GET /admin/api/firmware`: `[{filename, checksum, size, uploaded_at}]` (the original's
 /// intended answer; it returned 500).
-async fn list_firmware(State(state): State<AppState>, _admin: OtaAdmin) -> Result<Json<Value>, AdminError> {
+async fn list_firmware(State(state): State<AppState>, _who: OtaViewer) -> Result<Json<Value>, AdminError> {
     let files = service::named_files(&state.core).await?;
     Ok(Json(Value::Array(files.iter().map(|(file, artifact)| file_view(file, artifact)).collect())))
 }
@@ -538,7 +571,7 @@ async fn list_firmware(State(state): State<AppState>, _admin: OtaAdmin) -> Resul
 /// `hardware`, which the original did not have: without them both come from the ESP image).
 async fn upload_firmware(
     State(state): State<AppState>,
-    _admin: OtaAdmin,
+    _who: OtaOperator,
     headers: HeaderMap,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Result<Json<Value>, AdminError> {
@@ -612,7 +645,7 @@ async fn read_text_field(mut field: axum::extract::multipart::Field<'_>) -> Resu
     String::from_utf8(bytes).map_err(|_| "this field is not UTF-8")
 }
 
-async fn firmware_info(State(state): State<AppState>, _admin: OtaAdmin, Path(filename): Path<String>) -> Result<Json<Value>, AdminError> {
+async fn firmware_info(State(state): State<AppState>, _who: OtaViewer, Path(filename): Path<String>) -> Result<Json<Value>, AdminError> {
     if filename.contains('/') || filename.contains('\\') {
         return Err(AdminError::refused(StatusCode::BAD_REQUEST, "Invalid filename"));
     }
@@ -625,7 +658,7 @@ async fn firmware_info(State(state): State<AppState>, _admin: OtaAdmin, Path(fil
 /// `GET /admin/api/firmware/{filename}`: the file itself, for the operator.
 async fn download_admin(
     State(state): State<AppState>,
-    _admin: OtaAdmin,
+    _who: OtaViewer,
     method: Method,
     headers: HeaderMap,
     Path(filename): Path<String>,
@@ -647,7 +680,11 @@ async fn admin_named_build(state: &AppState, filename: &str) -> Result<Artifact,
 
 /// `DELETE /admin/api/firmware/{filename}`: removes the name, and the build when no other
 /// name refers to it (refused with 409 while devices are being updated to it).
-async fn delete_firmware(State(state): State<AppState>, _admin: OtaAdmin, Path(filename): Path<String>) -> Result<Json<Value>, AdminError> {
+async fn delete_firmware(
+    State(state): State<AppState>,
+    _who: OtaOperator,
+    Path(filename): Path<String>,
+) -> Result<Json<Value>, AdminError> {
     admin_named_build(&state, &filename).await?;
     if !service::delete_named_file(&state.core, &filename).await? {
         return Err(AdminError::refused(StatusCode::NOT_FOUND, "Firmware file not found"));

@@ -11,9 +11,9 @@ use crate::services::events::{DeviceChange, Event, Published};
 #[utoipa::path(
     get, path = "/api/v1/events", tag = "devices",
     responses((status = 200, description = "An event stream", content_type = "text/event-stream", body = String), (status = 401, body = ErrorBody)),
-    security(("bearer" = []), ("admin_key" = []))
+    security(("bearer" = ["admin", "operator", "viewer", "provisioner"]), ("admin_key" = ["admin", "operator", "viewer", "provisioner"]))
 )]
-pub(super) async fn events(State(state): State<AppState>, _admin: Admin) -> Response {
+pub(super) async fn events(State(state): State<AppState>, _viewer: Viewer) -> Response {
     let receiver = state.core.events.subscribe();
     let bus = state.core.events.clone();
     let stream = futures::StreamExt::take_until(event_stream(receiver), Box::pin(async move { bus.closed().await }));
@@ -55,8 +55,8 @@ fn event_data(event: &Event) -> Value {
         Event::DeviceUpdated { change: DeviceChange::Reported { version, product, hardware }, .. } => {
             json!({"version": version, "product": product, "hardware": hardware})
         }
-        Event::DeviceUpdated { change: DeviceChange::Operator { target_version }, .. } => {
-            json!({"target_version": target_version, "by": "operator"})
+        Event::DeviceUpdated { change: DeviceChange::Operator { target_version, by }, .. } => {
+            json!({"target_version": target_version, "by": by})
         }
         Event::DeviceDeleted { .. } | Event::DeviceOffline { .. } => json!({}),
         Event::DeviceOnline { mac, .. } => json!({"mac": mac.canonical()}),
@@ -74,7 +74,7 @@ fn event_data(event: &Event) -> Value {
         Event::SetupStatus { code, title, description, .. } => json!({"status_code": code, "title": title, "description": description}),
         Event::DevicePaired { owner, .. } => json!({"owner": owner}),
         Event::TokenIssued { mac, by, .. } => json!({"mac": mac.canonical(), "by": by}),
-        Event::TokenRevoked { mac, .. } => json!({"mac": mac.canonical(), "by": "operator"}),
+        Event::TokenRevoked { mac, by, .. } => json!({"mac": mac.canonical(), "by": by}),
         Event::ProductUpdated { product } | Event::FirmwareChanged { product } => json!({"product": product}),
         Event::ReleaseCreated { release_id, product, version } => json!({"release_id": release_id, "product": product, "version": version}),
         Event::RolloutCreated { rollout_id, release_id, overlaps } => {

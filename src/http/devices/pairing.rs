@@ -8,11 +8,11 @@ use super::*;
     post, path = "/api/v1/pairing", tag = "devices",
     request_body = CreatePairingBody,
     responses((status = 201, body = PairKey), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
-    security(("bearer" = []), ("admin_key" = []))
+    security(("bearer" = ["admin", "provisioner"]), ("admin_key" = ["admin", "provisioner"]))
 )]
 pub(super) async fn create_pairing(
     State(state): State<AppState>,
-    _admin: Admin,
+    _who: Provisioner,
     ApiJson(body): ApiJson<CreatePairingBody>,
 ) -> ApiResult<(StatusCode, Json<PairKey>)> {
     let (pair_key, expires_at) = service::create_pair_key(&state.core, &body.owner, body.ttl_s.map(Duration::from_secs)).await?;

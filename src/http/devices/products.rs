@@ -6,9 +6,9 @@ use super::*;
 #[utoipa::path(
     get, path = "/api/v1/products", tag = "devices",
     responses((status = 200, body = ProductList), (status = 401, body = ErrorBody)),
-    security(("bearer" = []), ("admin_key" = []))
+    security(("bearer" = ["admin", "operator", "viewer", "provisioner"]), ("admin_key" = ["admin", "operator", "viewer", "provisioner"]))
 )]
-pub(super) async fn list_products(State(state): State<AppState>, _admin: Admin) -> ApiResult<Json<ProductList>> {
+pub(super) async fn list_products(State(state): State<AppState>, _viewer: Viewer) -> ApiResult<Json<ProductList>> {
     let products = service::list_products(&state.core).await?;
     Ok(Json(ProductList { items: products.iter().map(product_view).collect() }))
 }
@@ -18,27 +18,32 @@ pub(super) async fn list_products(State(state): State<AppState>, _admin: Admin) 
     get, path = "/api/v1/products/{name}", tag = "devices",
     params(("name" = String, Path, description = "Product name")),
     responses((status = 200, body = ProductView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
-    security(("bearer" = []), ("admin_key" = []))
+    security(("bearer" = ["admin", "operator", "viewer", "provisioner"]), ("admin_key" = ["admin", "operator", "viewer", "provisioner"]))
 )]
-pub(super) async fn get_product(State(state): State<AppState>, _admin: Admin, Path(name): Path<String>) -> ApiResult<Json<ProductView>> {
+pub(super) async fn get_product(State(state): State<AppState>, _viewer: Viewer, Path(name): Path<String>) -> ApiResult<Json<ProductView>> {
     let name = crate::domain::firmware::ProductName::parse(&name)?;
     Ok(Json(product_view(&service::get_product(&state.core, &name).await?)))
 }
 
-/// Create or change a product's provisioning policy and poll interval.
+/// Create or change a product's provisioning policy and poll interval. Setting
+/// `public_secrets` to true needs the admin role (it publishes configuration secrets).
 #[utoipa::path(
     put, path = "/api/v1/products/{name}", tag = "devices",
     params(("name" = String, Path, description = "Product name")),
     request_body = PutProductBody,
     responses((status = 200, body = ProductView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody)),
-    security(("bearer" = []), ("admin_key" = []))
+    security(("bearer" = ["admin", "provisioner"]), ("admin_key" = ["admin", "provisioner"]))
 )]
 pub(super) async fn put_product(
     State(state): State<AppState>,
-    _admin: Admin,
+    who: Provisioner,
     Path(name): Path<String>,
     ApiJson(body): ApiJson<PutProductBody>,
 ) -> ApiResult<Json<ProductView>> {
+    if body.public_secrets == Some(true) {
+        // Publishing configuration secrets to anonymous readers reveals credentials: admin only.
+        who.principal().require(crate::domain::auth::Need::Admin)?;
+    }
     let provisioning = Provisioning::parse(&body.provisioning)?;
     let min_version =
         body.min_version.map(|v| v.as_deref().map(|v| Version::parse(v).map_err(|e| e.in_field("min_version"))).transpose()).transpose()?;

@@ -7,18 +7,19 @@ use super::*;
     post, path = "/api/v1/devices", tag = "devices",
     request_body = CreateDeviceBody,
     responses((status = 201, body = DeviceCreated), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 409, description = "MAC already registered", body = ErrorBody)),
-    security(("bearer" = []), ("admin_key" = []))
+    security(("bearer" = ["admin", "operator", "provisioner"]), ("admin_key" = ["admin", "operator", "provisioner"]))
 )]
 pub(super) async fn create_device(
     State(state): State<AppState>,
-    _admin: Admin,
+    who: Registrar,
     ApiJson(body): ApiJson<CreateDeviceBody>,
 ) -> ApiResult<(StatusCode, Json<DeviceCreated>)> {
     let issue_token = body.issue_token;
-    let mut device = service::register(&state.core, body.into_request()).await?;
+    let actor = who.principal().actor();
+    let mut device = service::register(&state.core, body.into_request(), &actor).await?;
     let mut token = None;
     if issue_token {
-        let (with_token, issued) = service::issue_token(&state.core, &device.id).await?;
+        let (with_token, issued) = service::issue_token(&state.core, &device.id, &actor).await?;
         device = with_token;
         token = Some(issued);
     }
@@ -30,11 +31,11 @@ pub(super) async fn create_device(
     get, path = "/api/v1/devices", tag = "devices",
     params(DeviceListQuery),
     responses((status = 200, body = DevicePage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
-    security(("bearer" = []), ("admin_key" = []))
+    security(("bearer" = ["admin", "operator", "viewer", "provisioner"]), ("admin_key" = ["admin", "operator", "viewer", "provisioner"]))
 )]
 pub(super) async fn list_devices(
     State(state): State<AppState>,
-    _admin: Admin,
+    _viewer: Viewer,
     ApiQuery(query): ApiQuery<DeviceListQuery>,
 ) -> ApiResult<Json<DevicePage>> {
     let crate::http::page::Page { limit, offset } = crate::http::page::page(query.limit, query.offset)?;
@@ -90,9 +91,9 @@ pub(super) async fn list_devices(
     get, path = "/api/v1/devices/{id}", tag = "devices",
     params(("id" = String, Path, description = "Device id or MAC")),
     responses((status = 200, body = DeviceView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
-    security(("bearer" = []), ("admin_key" = []))
+    security(("bearer" = ["admin", "operator", "viewer", "provisioner"]), ("admin_key" = ["admin", "operator", "viewer", "provisioner"]))
 )]
-pub(super) async fn get_device(State(state): State<AppState>, _admin: Admin, Path(id): Path<String>) -> ApiResult<Json<DeviceView>> {
+pub(super) async fn get_device(State(state): State<AppState>, _viewer: Viewer, Path(id): Path<String>) -> ApiResult<Json<DeviceView>> {
     let device = service::find(&state.core, &id).await?;
     Ok(Json(device_view(&state, &device)))
 }
@@ -103,11 +104,11 @@ pub(super) async fn get_device(State(state): State<AppState>, _admin: Admin, Pat
     params(("id" = String, Path, description = "Device id or MAC")),
     request_body = PatchDeviceBody,
     responses((status = 200, body = DeviceView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
-    security(("bearer" = []), ("admin_key" = []))
+    security(("bearer" = ["admin", "operator"]), ("admin_key" = ["admin", "operator"]))
 )]
 pub(super) async fn patch_device(
     State(state): State<AppState>,
-    _admin: Admin,
+    who: Operator,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<PatchDeviceBody>,
 ) -> ApiResult<Json<DeviceView>> {
@@ -131,7 +132,7 @@ pub(super) async fn patch_device(
         owner: body.owner.map(|o| o.map(|o| check_text("owner", "invalid_owner", &o, 128)).transpose()).transpose()?,
         reprovision_until: body.reprovision_until.map(|until| until.as_deref().map(reprovision_window).transpose()).transpose()?,
     };
-    let device = service::update(&state.core, &device.id, patch).await?;
+    let device = service::update(&state.core, &device.id, patch, &who.principal().actor()).await?;
     Ok(Json(device_view(&state, &device)))
 }
 
@@ -140,9 +141,9 @@ pub(super) async fn patch_device(
     delete, path = "/api/v1/devices/{id}", tag = "devices",
     params(("id" = String, Path, description = "Device id or MAC")),
     responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
-    security(("bearer" = []), ("admin_key" = []))
+    security(("bearer" = ["admin", "operator"]), ("admin_key" = ["admin", "operator"]))
 )]
-pub(super) async fn delete_device(State(state): State<AppState>, _admin: Admin, Path(id): Path<String>) -> ApiResult<StatusCode> {
+pub(super) async fn delete_device(State(state): State<AppState>, _who: Operator, Path(id): Path<String>) -> ApiResult<StatusCode> {
     let device = service::find(&state.core, &id).await?;
     service::delete(&state.core, &device.id).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -153,11 +154,11 @@ pub(super) async fn delete_device(State(state): State<AppState>, _admin: Admin, 
     post, path = "/api/v1/devices/{id}/token", tag = "devices",
     params(("id" = String, Path, description = "Device id or MAC")),
     responses((status = 200, body = TokenIssued), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
-    security(("bearer" = []), ("admin_key" = []))
+    security(("bearer" = ["admin", "operator"]), ("admin_key" = ["admin", "operator"]))
 )]
-pub(super) async fn issue_token(State(state): State<AppState>, _admin: Admin, Path(id): Path<String>) -> ApiResult<Json<TokenIssued>> {
+pub(super) async fn issue_token(State(state): State<AppState>, who: Operator, Path(id): Path<String>) -> ApiResult<Json<TokenIssued>> {
     let device = service::find(&state.core, &id).await?;
-    let (device, token) = service::issue_token(&state.core, &device.id).await?;
+    let (device, token) = service::issue_token(&state.core, &device.id, &who.principal().actor()).await?;
     Ok(Json(TokenIssued { device_id: device.id.into(), token }))
 }
 
@@ -168,11 +169,11 @@ pub(super) async fn issue_token(State(state): State<AppState>, _admin: Admin, Pa
     delete, path = "/api/v1/devices/{id}/token", tag = "devices",
     params(("id" = String, Path, description = "Device id or MAC")),
     responses((status = 204, description = "Revoked"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
-    security(("bearer" = []), ("admin_key" = []))
+    security(("bearer" = ["admin", "operator"]), ("admin_key" = ["admin", "operator"]))
 )]
-pub(super) async fn revoke_token(State(state): State<AppState>, _admin: Admin, Path(id): Path<String>) -> ApiResult<StatusCode> {
+pub(super) async fn revoke_token(State(state): State<AppState>, who: Operator, Path(id): Path<String>) -> ApiResult<StatusCode> {
     let device = service::find(&state.core, &id).await?;
-    service::revoke_token(&state.core, &device.id).await?;
+    service::revoke_token(&state.core, &device.id, &who.principal().actor()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -181,11 +182,11 @@ pub(super) async fn revoke_token(State(state): State<AppState>, _admin: Admin, P
     post, path = "/api/v1/devices/import", tag = "devices",
     request_body(content((String = "text/csv"), (Vec<CreateDeviceBody> = "application/json"))),
     responses((status = 200, body = ImportResult), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 415, body = ErrorBody)),
-    security(("bearer" = []), ("admin_key" = []))
+    security(("bearer" = ["admin", "operator", "provisioner"]), ("admin_key" = ["admin", "operator", "provisioner"]))
 )]
 pub(super) async fn import_devices(
     State(state): State<AppState>,
-    _admin: Admin,
+    who: Registrar,
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Json<ImportResult>> {
@@ -199,7 +200,7 @@ pub(super) async fn import_devices(
     } else {
         return Err(Error::UnsupportedMediaType("send text/csv or application/json".into()).into());
     };
-    let outcome = service::import(&state.core, rows).await?;
+    let outcome = service::import(&state.core, rows, &who.principal().actor()).await?;
     Ok(Json(ImportResult {
         created: outcome.created.len(),
         device_ids: outcome.created.iter().map(|d| d.id.to_string()).collect(),
@@ -247,9 +248,9 @@ pub(super) fn parse_csv(body: &[u8]) -> Result<Vec<NewDeviceRequest>, Error> {
     get, path = "/api/v1/devices/{id}/updates", tag = "devices",
     params(("id" = String, Path, description = "Device id or MAC")),
     responses((status = 200, body = AttemptList), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
-    security(("bearer" = []), ("admin_key" = []))
+    security(("bearer" = ["admin", "operator", "viewer", "provisioner"]), ("admin_key" = ["admin", "operator", "viewer", "provisioner"]))
 )]
-pub(super) async fn device_updates(State(state): State<AppState>, _admin: Admin, Path(id): Path<String>) -> ApiResult<Json<AttemptList>> {
+pub(super) async fn device_updates(State(state): State<AppState>, _viewer: Viewer, Path(id): Path<String>) -> ApiResult<Json<AttemptList>> {
     let device = service::find(&state.core, &id).await?;
     let attempts = service::update_history(&state.core, &device.id).await?;
     Ok(Json(AttemptList { items: attempts.iter().map(attempt_view).collect() }))
@@ -260,11 +261,11 @@ pub(super) async fn device_updates(State(state): State<AppState>, _admin: Admin,
     get, path = "/api/v1/devices/{id}/setup-history", tag = "devices",
     params(("id" = String, Path, description = "Device id or MAC")),
     responses((status = 200, body = SetupHistory), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
-    security(("bearer" = []), ("admin_key" = []))
+    security(("bearer" = ["admin", "operator", "viewer", "provisioner"]), ("admin_key" = ["admin", "operator", "viewer", "provisioner"]))
 )]
 pub(super) async fn device_setup_history(
     State(state): State<AppState>,
-    _admin: Admin,
+    _viewer: Viewer,
     Path(id): Path<String>,
 ) -> ApiResult<Json<SetupHistory>> {
     let device = service::find(&state.core, &id).await?;

@@ -216,9 +216,9 @@ pub(super) fn action_reason(body: &Bytes) -> Result<String, Error> {
     crate::domain::device::check_text("reason", "invalid_reason", body.reason.as_deref().unwrap_or(""), 1024)
 }
 
-pub(super) async fn act(state: &AppState, id: &RolloutId, action: Action, body: &Bytes) -> ApiResult<Json<RolloutView>> {
+pub(super) async fn act(state: &AppState, actor: &str, id: &RolloutId, action: Action, body: &Bytes) -> ApiResult<Json<RolloutView>> {
     let reason = action_reason(body)?;
-    service::act(&state.core, id, action, "operator", &reason).await?;
+    service::act(&state.core, id, action, actor, &reason).await?;
     let status = service::status(&state.core, id).await?;
     Ok(Json(rollout_view(&status)))
 }

@@ -9,11 +9,11 @@ use super::*;
     post, path = "/api/v1/rollouts", tag = "rollouts",
     request_body = CreateRolloutBody,
     responses((status = 201, body = RolloutCreated), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 422, body = ErrorBody)),
-    security(("bearer" = []), ("admin_key" = []))
+    security(("bearer" = ["admin", "operator"]), ("admin_key" = ["admin", "operator"]))
 )]
 pub(super) async fn create_rollout(
     State(state): State<AppState>,
-    _admin: Admin,
+    who: Operator,
     ApiJson(body): ApiJson<CreateRolloutBody>,
 ) -> ApiResult<(StatusCode, Json<RolloutCreated>)> {
     let target = parse_target(&body.target)?;
@@ -40,6 +40,7 @@ pub(super) async fn create_rollout(
             stages,
             options,
             start: body.start,
+            actor: who.principal().actor(),
         },
     )
     .await?;
@@ -55,11 +56,11 @@ pub(super) async fn create_rollout(
     get, path = "/api/v1/rollouts", tag = "rollouts",
     params(RolloutListQuery),
     responses((status = 200, body = RolloutList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
-    security(("bearer" = []), ("admin_key" = []))
+    security(("bearer" = ["admin", "operator", "viewer", "provisioner"]), ("admin_key" = ["admin", "operator", "viewer", "provisioner"]))
 )]
 pub(super) async fn list_rollouts(
     State(state): State<AppState>,
-    _admin: Admin,
+    _viewer: Viewer,
     ApiQuery(query): ApiQuery<RolloutListQuery>,
 ) -> ApiResult<Json<RolloutList>> {
     let states = match &query.state {
@@ -79,9 +80,9 @@ pub(super) async fn list_rollouts(
     get, path = "/api/v1/rollouts/{id}", tag = "rollouts",
     params(("id" = String, Path, description = "Rollout id")),
     responses((status = 200, body = RolloutView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
-    security(("bearer" = []), ("admin_key" = []))
+    security(("bearer" = ["admin", "operator", "viewer", "provisioner"]), ("admin_key" = ["admin", "operator", "viewer", "provisioner"]))
 )]
-pub(super) async fn get_rollout(State(state): State<AppState>, _admin: Admin, Path(id): Path<RolloutId>) -> ApiResult<Json<RolloutView>> {
+pub(super) async fn get_rollout(State(state): State<AppState>, _viewer: Viewer, Path(id): Path<RolloutId>) -> ApiResult<Json<RolloutView>> {
     Ok(Json(rollout_view(&service::status(&state.core, &id).await?)))
 }
 
@@ -90,9 +91,9 @@ pub(super) async fn get_rollout(State(state): State<AppState>, _admin: Admin, Pa
     get, path = "/api/v1/rollouts/{id}/history", tag = "rollouts",
     params(("id" = String, Path, description = "Rollout id")),
     responses((status = 200, body = History), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
-    security(("bearer" = []), ("admin_key" = []))
+    security(("bearer" = ["admin", "operator", "viewer", "provisioner"]), ("admin_key" = ["admin", "operator", "viewer", "provisioner"]))
 )]
-pub(super) async fn rollout_history(State(state): State<AppState>, _admin: Admin, Path(id): Path<RolloutId>) -> ApiResult<Json<History>> {
+pub(super) async fn rollout_history(State(state): State<AppState>, _viewer: Viewer, Path(id): Path<RolloutId>) -> ApiResult<Json<History>> {
     let history = service::history(&state.core, &id).await?;
     Ok(Json(History { items: history.iter().map(transition_view).collect() }))
 }
@@ -105,10 +106,10 @@ macro_rules! action_endpoint {
             params(("id" = String, Path, description = "Rollout id")),
             request_body(content = Option<ActionBody>, description = "Optional: a reason recorded in the history"),
             responses((status = 200, body = RolloutView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, description = "Not allowed in the rollout's state", body = ErrorBody)),
-            security(("bearer" = []), ("admin_key" = []))
+            security(("bearer" = ["admin", "operator"]), ("admin_key" = ["admin", "operator"]))
         )]
-        pub(super) async fn $name(State(state): State<AppState>, _admin: Admin, Path(id): Path<RolloutId>, body: Bytes) -> ApiResult<Json<RolloutView>> {
-            act(&state, &id, $action, &body).await
+        pub(super) async fn $name(State(state): State<AppState>, who: Operator, Path(id): Path<RolloutId>, body: Bytes) -> ApiResult<Json<RolloutView>> {
+            act(&state, &who.principal().actor(), &id, $action, &body).await
         }
     };
 }

@@ -12,7 +12,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
-use super::auth::Admin;
+use super::auth::{Operator, Viewer};
 use super::error::{ApiJson, ApiQuery, ApiResult, ErrorBody};
 use super::firmware::timestamp;
 use crate::domain::firmware::HardwareId;

@@ -8,11 +8,11 @@ use super::*;
     post, path = "/api/v1/releases", tag = "rollouts",
     request_body = CreateReleaseBody,
     responses((status = 201, body = ReleaseView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
-    security(("bearer" = []), ("admin_key" = []))
+    security(("bearer" = ["admin", "operator"]), ("admin_key" = ["admin", "operator"]))
 )]
 pub(super) async fn create_release(
     State(state): State<AppState>,
-    _admin: Admin,
+    _who: Operator,
     ApiJson(body): ApiJson<CreateReleaseBody>,
 ) -> ApiResult<(StatusCode, Json<ReleaseView>)> {
     let release = service::create_release(
@@ -34,11 +34,11 @@ pub(super) async fn create_release(
     get, path = "/api/v1/releases", tag = "rollouts",
     params(ReleaseListQuery),
     responses((status = 200, body = ReleaseList), (status = 401, body = ErrorBody)),
-    security(("bearer" = []), ("admin_key" = []))
+    security(("bearer" = ["admin", "operator", "viewer", "provisioner"]), ("admin_key" = ["admin", "operator", "viewer", "provisioner"]))
 )]
 pub(super) async fn list_releases(
     State(state): State<AppState>,
-    _admin: Admin,
+    _viewer: Viewer,
     ApiQuery(query): ApiQuery<ReleaseListQuery>,
 ) -> ApiResult<Json<ReleaseList>> {
     let releases = service::list_releases(&state.core, query.product.as_deref()).await?;
@@ -49,9 +49,9 @@ pub(super) async fn list_releases(
     get, path = "/api/v1/releases/{id}", tag = "rollouts",
     params(("id" = String, Path, description = "Release id")),
     responses((status = 200, body = ReleaseView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
-    security(("bearer" = []), ("admin_key" = []))
+    security(("bearer" = ["admin", "operator", "viewer", "provisioner"]), ("admin_key" = ["admin", "operator", "viewer", "provisioner"]))
 )]
-pub(super) async fn get_release(State(state): State<AppState>, _admin: Admin, Path(id): Path<ReleaseId>) -> ApiResult<Json<ReleaseView>> {
+pub(super) async fn get_release(State(state): State<AppState>, _viewer: Viewer, Path(id): Path<ReleaseId>) -> ApiResult<Json<ReleaseView>> {
     Ok(Json(release_view(&service::find_release(&state.core, &id).await?)))
 }
 
@@ -60,9 +60,9 @@ pub(super) async fn get_release(State(state): State<AppState>, _admin: Admin, Pa
     delete, path = "/api/v1/releases/{id}", tag = "rollouts",
     params(("id" = String, Path, description = "Release id")),
     responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
-    security(("bearer" = []), ("admin_key" = []))
+    security(("bearer" = ["admin", "operator"]), ("admin_key" = ["admin", "operator"]))
 )]
-pub(super) async fn delete_release(State(state): State<AppState>, _admin: Admin, Path(id): Path<ReleaseId>) -> ApiResult<StatusCode> {
+pub(super) async fn delete_release(State(state): State<AppState>, _who: Operator, Path(id): Path<ReleaseId>) -> ApiResult<StatusCode> {
     service::delete_release(&state.core, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -35,7 +35,7 @@ pub async fn identify_by_mac(core: &Core, mac: &Mac, product: &str, hardware: Op
         .await;
     match inserted {
         Ok(device) => {
-            core.events.publish(Event::DeviceCreated { device_id: device.id.to_string(), mac: device.mac, by: "first contact" });
+            core.events.publish(Event::DeviceCreated { device_id: device.id.to_string(), mac: device.mac, by: "first contact".into() });
             Ok(device)
         }
         // Registered concurrently by another request of the same device.

@@ -207,7 +207,7 @@ pub async fn provision(core: &Core, request: ProvisionRequest, ip: IpAddr) -> Re
                 Some(Reprovision::OperatorWindow) => "provisioning in an operator's window",
                 Some(Reprovision::PairKey(_)) => "provisioning with a pair key",
             };
-            core.events.publish(Event::TokenIssued { device_id: device.id.to_string(), mac: device.mac, by });
+            core.events.publish(Event::TokenIssued { device_id: device.id.to_string(), mac: device.mac, by: by.into() });
             (device, false)
         }
         None => {
@@ -232,7 +232,7 @@ pub async fn provision(core: &Core, request: ProvisionRequest, ip: IpAddr) -> Re
                     token_hash: Some(token_hash),
                 })
                 .await?;
-            core.events.publish(Event::DeviceCreated { device_id: device.id.to_string(), mac: device.mac, by: "provisioning" });
+            core.events.publish(Event::DeviceCreated { device_id: device.id.to_string(), mac: device.mac, by: "provisioning".into() });
             (device, true)
         }
     };
@@ -276,28 +276,30 @@ pub(super) async fn reprovision_proof(core: &Core, device: &Device, request: &Pr
     ))
 }
 
-/// Issues (or rotates) a device's token from the admin API.
-pub async fn issue_token(core: &Core, device_id: &str) -> Result<(Device, String)> {
+/// Issues (or rotates) a device's token from the admin API; `actor` is the operator's
+/// (`Principal::actor`), recorded in the event and the log.
+pub async fn issue_token(core: &Core, device_id: &str, actor: &str) -> Result<(Device, String)> {
     let token = secret::generate("upd_dev_");
     if !core.store.set_device_token(device_id, Some(&secret::digest_hex(&token))).await? {
         return Err(Error::not_found("device", device_id));
     }
     core.devices.forget_device(device_id);
     let device = core.store.find_device(device_id).await?.ok_or_else(|| Error::not_found("device", device_id))?;
-    core.events.publish(Event::TokenIssued { device_id: device_id.to_string(), mac: device.mac, by: "operator" });
+    core.events.publish(Event::TokenIssued { device_id: device_id.to_string(), mac: device.mac, by: actor.to_string() });
+    tracing::info!(device_id, actor, "device token issued");
     Ok((device, token))
 }
 
 /// Revokes a device's token from the admin API: it stops working at once, over HTTP and MQTT.
 /// The device can get a new one only through an operator (a new token, or a re-provisioning
 /// window).
-pub async fn revoke_token(core: &Core, device_id: &str) -> Result<Device> {
+pub async fn revoke_token(core: &Core, device_id: &str, actor: &str) -> Result<Device> {
     if !core.store.set_device_token(device_id, None).await? {
         return Err(Error::not_found("device", device_id));
     }
     core.devices.forget_device(device_id);
     let device = core.store.find_device(device_id).await?.ok_or_else(|| Error::not_found("device", device_id))?;
-    core.events.publish(Event::TokenRevoked { device_id: device_id.to_string(), mac: device.mac });
-    tracing::info!(device_id, "device token revoked");
+    core.events.publish(Event::TokenRevoked { device_id: device_id.to_string(), mac: device.mac, by: actor.to_string() });
+    tracing::info!(device_id, actor, "device token revoked");
     Ok(device)
 }

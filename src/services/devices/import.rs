@@ -8,7 +8,7 @@ pub struct ImportOutcome {
 }
 
 /// Registers many devices; each row succeeds or fails on its own.
-pub async fn import(core: &Core, rows: Vec<NewDeviceRequest>) -> Result<ImportOutcome> {
+pub async fn import(core: &Core, rows: Vec<NewDeviceRequest>, actor: &str) -> Result<ImportOutcome> {
     if rows.len() > 10_000 {
         return Err(Error::invalid("too_many_rows", "at most 10000 devices per import"));
     }
@@ -21,7 +21,7 @@ pub async fn import(core: &Core, rows: Vec<NewDeviceRequest>) -> Result<ImportOu
             outcome.errors.push((index, "duplicate_mac".into(), format!("{mac} appears more than once in the import")));
             continue;
         }
-        match register(core, row).await {
+        match register(core, row, actor).await {
             Ok(device) => outcome.created.push(device),
             Err(Error::Internal(e)) => return Err(Error::Internal(e)),
             Err(e) => outcome.errors.push((index, e.code().to_string(), e.to_string())),

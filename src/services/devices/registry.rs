@@ -15,8 +15,9 @@ pub struct NewDeviceRequest {
     pub owner: Option<String>,
 }
 
-/// Validates and registers a device (no token; see `issue_token`).
-pub async fn register(core: &Core, request: NewDeviceRequest) -> Result<Device> {
+/// Validates and registers a device (no token; see `issue_token`). `actor` is who registered
+/// it (`Principal::actor`, or a system actor such as `cli:import`).
+pub async fn register(core: &Core, request: NewDeviceRequest, actor: &str) -> Result<Device> {
     let mac = Mac::parse(&request.mac)?;
     let name = match &request.name {
         Some(name) => device::check_text("name", "invalid_name", name, 128)?,
@@ -50,7 +51,10 @@ pub async fn register(core: &Core, request: NewDeviceRequest) -> Result<Device> 
             token_hash: None,
         })
         .await?;
-    core.events.publish(Event::DeviceCreated { device_id: device.id.to_string(), mac: device.mac, by: "operator" });
+    core.events.publish(Event::DeviceCreated { device_id: device.id.to_string(), mac: device.mac, by: actor.to_string() });
+    if device.target_version.is_some() {
+        tracing::info!(device_id = %device.id, target_version = ?device.target_version, actor, "device pinned at registration");
+    }
     Ok(device)
 }
 
@@ -105,7 +109,9 @@ pub async fn find(core: &Core, id_or_mac: &str) -> Result<Device> {
     Err(Error::not_found("device", id_or_mac))
 }
 
-pub async fn update(core: &Core, id: &str, patch: DevicePatch) -> Result<Device> {
+/// Changes a device as `actor` (`Principal::actor`): recorded in the event and, for a pin,
+/// in the log.
+pub async fn update(core: &Core, id: &str, patch: DevicePatch, actor: &str) -> Result<Device> {
     if let Some(Some(version)) = &patch.target_version {
         let pin = Version::parse(version).map_err(|e| e.in_field("target_version"))?;
         let product = match &patch.product {
@@ -124,9 +130,12 @@ pub async fn update(core: &Core, id: &str, patch: DevicePatch) -> Result<Device>
     }
     let device = core.store.update_device(id, &patch).await?.ok_or_else(|| Error::not_found("device", id))?;
     core.devices.forget_device(id);
+    if patch.target_version.is_some() {
+        tracing::info!(device_id = id, target_version = ?device.target_version, actor, "device pin set");
+    }
     core.events.publish(Event::DeviceUpdated {
         device_id: id.to_string(),
-        change: DeviceChange::Operator { target_version: device.target_version.clone() },
+        change: DeviceChange::Operator { target_version: device.target_version.clone(), by: actor.to_string() },
     });
     Ok(device)
 }

@@ -11,6 +11,8 @@ pub struct NewRollout {
     pub stages: Vec<Stage>,
     pub options: RolloutOptions,
     pub start: bool,
+    /// Who creates it (`Principal::actor`): recorded on its first transitions.
+    pub actor: String,
 }
 
 /// Another rollout whose target shares devices with a new one.
@@ -88,13 +90,13 @@ pub async fn create_rollout(core: &Core, new: NewRollout) -> Result<(Rollout, Ve
         updated_at: now,
     };
     let overlaps = overlaps(core, &rollout, &release).await?;
-    core.store.insert_rollout(&rollout).await?;
+    core.store.insert_rollout(&rollout, &new.actor).await?;
     core.events.publish(Event::RolloutCreated {
         rollout_id: rollout.id.to_string(),
         release_id: release.id.to_string(),
         overlaps: overlaps.len(),
     });
-    let rollout = if new.start { act(core, &rollout.id, Action::Start, "operator", "started at creation").await? } else { rollout };
+    let rollout = if new.start { act(core, &rollout.id, Action::Start, &new.actor, "started at creation").await? } else { rollout };
     Ok((rollout, overlaps))
 }
 

@@ -3,7 +3,8 @@
 use super::*;
 
 impl Store {
-    pub async fn insert_rollout(&self, rollout: &Rollout) -> Result<()> {
+    /// Inserts a new rollout with its first transition, recorded as `actor`'s.
+    pub async fn insert_rollout(&self, rollout: &Rollout, actor: &str) -> Result<()> {
         let mut tx = self.pool.begin().await.map_err(|e| db_error(e, "failed to begin a transaction"))?;
         sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO rollout ({ROLLOUT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, NULL, NULL, NULL, $15, $16, NULL)"
@@ -27,7 +28,7 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(|e| db_error(e, "failed to insert a rollout"))?;
-        insert_transition(&mut tx, &rollout.id, "", rollout.state.as_str(), 0, "operator", &rollout.reason, now_millis()).await?;
+        insert_transition(&mut tx, &rollout.id, "", rollout.state.as_str(), 0, actor, &rollout.reason, now_millis()).await?;
         bump_revision(&mut tx).await?;
         tx.commit().await.map_err(|e| db_error(e, "failed to commit a rollout"))
     }
