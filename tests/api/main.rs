@@ -6,6 +6,7 @@
     reason = "tests report figures on stderr and drive blocking helpers from plain threads"
 )]
 
+mod accounts;
 mod assets;
 mod compat;
 mod config;
