@@ -19,9 +19,6 @@ use crate::domain::Error;
 use crate::domain::auth::{Need, Principal};
 use crate::services::fleet::ActiveDevice;
 
-/// The name of the browser session cookie in the OpenAPI document's security schemes.
-pub const SESSION_COOKIE: &str = "updraft_session";
-
 /// Authenticates the request's operator credential, records its principal for the layers
 /// around the handler (the audit log), then checks `need`: 401 without a valid credential,
 /// 403 when the role does not allow `need`. What `auth::Authorized` does, for extractors
@@ -57,8 +54,9 @@ pub async fn operator_or_device(parts: &Parts, state: &AppState, need: Need) -> 
     authorize(parts, state, need).await.map(Reader::Operator)
 }
 
-/// Adds the session cookie to every operation secured by the `bearer` scheme, with the same
-/// roles (the cookie is accepted wherever a key is), and the 403 answer such an operation
+/// Adds the session cookie (`accounts::SESSION_COOKIE`) to every operation secured by the
+/// `bearer` scheme that does not name it, with the same roles (the cookie is accepted wherever
+/// a key is), and the 403 answer such an operation
 /// gives a role its scopes do not list (in the form of its 401). Run on the merged document.
 pub fn describe_roles(openapi: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::RefOr;
@@ -83,7 +81,9 @@ pub fn describe_roles(openapi: &mut utoipa::openapi::OpenApi) {
                 // No operator credential here (a device token, the metrics token).
                 continue;
             }
-            security.push(SecurityRequirement::new("session", scopes.clone()));
+            if !value.as_array().into_iter().flatten().any(|requirement| requirement.get("session").is_some()) {
+                security.push(SecurityRequirement::new("session", scopes.clone()));
+            }
             let responses = &mut operation.responses.responses;
             if !responses.contains_key("403")
                 && let Some(RefOr::T(unauthorized)) = responses.get("401")

@@ -12,8 +12,13 @@ use serde_json::{Value, json};
 use crate::helpers::*;
 
 /// A credential with the operator role, and the actor that records must name.
-async fn operator(_app: &TestApp) -> (String, String) {
-    (ADMIN_KEY.to_string(), "key:admin".to_string())
+async fn operator(app: &TestApp) -> (String, String) {
+    let response =
+        app.admin(Method::POST, "/api/v1/api-keys").json(&json!({"name": "deploy-bot", "role": "operator"})).send().await.unwrap();
+    let status = response.status();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(status, 201, "{body}");
+    (body["key"].as_str().unwrap().to_string(), "key:deploy-bot".to_string())
 }
 
 fn with(app: &TestApp, key: &str, method: Method, path: &str) -> reqwest::RequestBuilder {

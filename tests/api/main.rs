@@ -7,6 +7,7 @@
 )]
 
 mod accountability;
+mod accounts;
 mod assets;
 mod compat;
 mod config;

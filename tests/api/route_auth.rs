@@ -33,6 +33,7 @@ const PUBLIC: &[(&str, &str, &str)] = &[
     ("POST", "/api/assets", "seed 003's asset upload: an RSA-signed timestamp is the authorisation"),
     ("GET", "/api/assets/{filename}", "seed 003's asset files, read by its devices without credentials (they check the signature)"),
     ("GET", "/api/images/lvgl", "seed 003's public LVGL image proxy (SSRF-guarded, bounded)"),
+    ("POST", "/api/v1/session", "the login: a username and password, or an API key, in the body"),
 ];
 
 /// Operations of the document that devices call with their own token (or a signed link).
@@ -63,9 +64,17 @@ const SEED001_ADMIN: &[(&str, &str, &[&str])] = &[
 ];
 
 /// An API key with each role (the admin key is the first admin key).
-/// Until the API keys route is merged (h14-accounts): the admin key only.
-async fn role_keys(_app: &TestApp) -> BTreeMap<&'static str, String> {
-    BTreeMap::from([("admin", ADMIN_KEY.to_string())])
+async fn role_keys(app: &TestApp) -> BTreeMap<&'static str, String> {
+    let mut keys = BTreeMap::new();
+    for role in ROLES {
+        let body = json!({"name": format!("route-auth-{role}"), "role": role});
+        let response = app.admin(Method::POST, "/api/v1/api-keys").json(&body).send().await.unwrap();
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(status, 201, "{body}");
+        keys.insert(role, body["key"].as_str().unwrap().to_string());
+    }
+    keys
 }
 
 /// A plausible value for a path parameter (a 404 after authentication is fine).
@@ -99,17 +108,19 @@ fn client_from(n: usize) -> reqwest::Client {
     reqwest::Client::builder().no_proxy().local_address(address).build().unwrap()
 }
 
-/// The roles the operation's `bearer` requirement lists, if it names one with roles.
+/// The roles the operation's operator credentials (`bearer`, `admin_key`, `session`) may
+/// have, if it takes one.
 fn scopes(operation: &Value) -> Option<Vec<String>> {
-    let roles: Vec<String> = operation["security"]
-        .as_array()?
-        .iter()
-        .find_map(|requirement| requirement.get("bearer"))?
-        .as_array()?
-        .iter()
-        .map(|r| r.as_str().unwrap().to_string())
-        .collect();
-    (!roles.is_empty()).then_some(roles)
+    operation["security"].as_array()?.iter().find_map(|requirement| {
+        let roles: Vec<String> = ["bearer", "admin_key", "session"]
+            .iter()
+            .find_map(|scheme| requirement.get(*scheme))?
+            .as_array()?
+            .iter()
+            .map(|r| r.as_str().unwrap().to_string())
+            .collect();
+        (!roles.is_empty()).then_some(roles)
+    })
 }
 
 /// A device token (of a device of product `lamp`).
@@ -267,11 +278,59 @@ async fn the_seed_001_admin_api_needs_roles_too() {
             failures.push(format!("{method} {path}: UPDRAFT_COMPAT_ADMIN_API_KEY got {status}"));
         }
         let bearer = Check { header: "authorization", ..check };
-        let status = bearer.send(&app.client, Some(&keys["admin"])).await;
+        let status = bearer.send(&app.client, Some(&keys["operator"])).await;
         if status == 401 || status == 403 {
             failures.push(format!("{method} {path}: an operator key as a bearer got {status}"));
         }
     }
     assert!(failures.is_empty(), "{} problems:\n{}", failures.len(), failures.join("\n"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn seed_003_raw_configuration_files_are_public_only_while_public_config_files_is_on() {
+    // On (the default, as in seed 003): anonymous readers get the file without secret values.
+    let app = spawn_app().await;
+    let keys = role_keys(&app).await;
+    let put = app
+        .admin(Method::PUT, "/api/configs/aa-bb-cc-dd-ee-02")
+        .json(&json!({"content": {"wifi": {"password": {"$secret": "hunter2"}}, "name": "hall"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200);
+    let path = "/api/configs/aa-bb-cc-dd-ee-02.json";
+    let anonymous = app.client.get(app.url(path)).send().await.unwrap();
+    assert_eq!(anonymous.status(), 200);
+    assert!(!anonymous.text().await.unwrap().contains("hunter2"));
+    // A credential gets the whole file, secrets included: admins only (and the device itself).
+    for role in ["operator", "viewer", "provisioner"] {
+        let response = app.client.get(app.url(path)).bearer_auth(&keys[role]).send().await.unwrap();
+        assert_eq!(response.status(), 403, "{role} may not read secret values");
+    }
+    let whole = app.client.get(app.url(path)).bearer_auth(&keys["admin"]).send().await.unwrap();
+    assert_eq!(whole.status(), 200);
+    assert!(whole.text().await.unwrap().contains("hunter2"));
+    app.stop().await;
+
+    // Off: a credential is needed.
+    let app = spawn_app_with(|s| s.content.public_config_files = false).await;
+    let response = app.client.get(app.url(path)).send().await.unwrap();
+    assert_eq!(response.status(), 401);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn making_configuration_secrets_public_needs_the_admin_role() {
+    let app = spawn_app().await;
+    let keys = role_keys(&app).await;
+    let body = json!({"provisioning": "open", "public_secrets": true});
+    let response = app.client.put(app.url("/api/v1/products/lamp")).bearer_auth(&keys["provisioner"]).json(&body).send().await.unwrap();
+    assert_eq!(response.status(), 403);
+    let private = json!({"provisioning": "open", "public_secrets": false});
+    let response = app.client.put(app.url("/api/v1/products/lamp")).bearer_auth(&keys["provisioner"]).json(&private).send().await.unwrap();
+    assert_eq!(response.status(), 200, "the rest of the product is the provisioner's");
+    let response = app.client.put(app.url("/api/v1/products/lamp")).bearer_auth(&keys["admin"]).json(&body).send().await.unwrap();
+    assert_eq!(response.status(), 200);
     app.stop().await;
 }
