@@ -278,7 +278,8 @@ settings! {
         }
 
         /// An extra key accepted by the seed-001 admin API (`X-Admin-API-Key` on `/admin/api`)
-        /// besides Updraft's own admin key, so its frontend and scripts keep working.
+        /// besides Updraft's own keys, so its frontend and scripts keep working; it acts there
+        /// as the key `compat-admin` with the role operator.
         compat_admin_api_key: Option<Secret> {
             value_name: "KEY",
             default_doc: "none: only the Updraft admin key",
