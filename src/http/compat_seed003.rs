@@ -457,7 +457,8 @@ async fn device_document(state: &AppState, parts: &Parts, mac: &str) -> Seed003R
     // an anonymous one (allowed while UPDRAFT_PUBLIC_CONFIG_FILES is on) gets it
     // without secret values, unless the device's product opted in (`public_secrets`).
     let anonymous = state.settings.content.public_config_files
-        && ["authorization", "x-admin-api-key", "x-device-token"].iter().all(|h| !headers.contains_key(*h));
+        && ["authorization", "x-admin-api-key", "x-device-token"].iter().all(|h| !headers.contains_key(*h))
+        && super::accounts::session_cookie(headers).is_none();
     if !anonymous {
         authorize_device_or_admin(state, parts, &mac).await?;
     }
@@ -473,7 +474,7 @@ async fn device_document(state: &AppState, parts: &Parts, mac: &str) -> Seed003R
     };
     let mut response = ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response();
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    response.headers_mut().insert(header::VARY, HeaderValue::from_static("Authorization, X-Admin-API-Key, X-Device-Token"));
+    response.headers_mut().insert(header::VARY, HeaderValue::from_static("Authorization, X-Admin-API-Key, X-Device-Token, Cookie"));
     if let Ok(etag) = HeaderValue::from_str(&etag) {
         response.headers_mut().insert(header::ETAG, etag);
     }

@@ -334,3 +334,25 @@ async fn making_configuration_secrets_public_needs_the_admin_role() {
     assert_eq!(response.status(), 200);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_session_cookie_carries_its_role_to_every_surface() {
+    let app = spawn_app().await;
+    let keys = role_keys(&app).await;
+    let login = app.client.post(app.url("/api/v1/session")).json(&json!({"api_key": keys["viewer"]})).send().await.unwrap();
+    assert_eq!(login.status(), 201);
+    let cookies: Vec<String> =
+        login.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap().split(';').next().unwrap().to_string()).collect();
+    let cookie = cookies.join("; ");
+    let get = |path: &str| app.client.get(app.url(path)).header("cookie", &cookie).send();
+    // Reads pass on the native API and on the compatibility admin routes (each in its own form).
+    for path in ["/api/v1/devices", "/api/configs", "/admin/api/devices", "/api/v1/products/lamp/latest"] {
+        assert_eq!(get(path).await.unwrap().status(), 200, "{path}");
+    }
+    assert_eq!(get("/api/v1/assets/lamp/logo/1").await.unwrap().status(), 404, "authenticated, then no such asset");
+    // Credentials and secrets do not.
+    for path in ["/api/v1/mqtt/users", "/api/v1/api-keys", "/api/configs/aa-bb-cc-dd-ee-03.json"] {
+        assert_eq!(get(path).await.unwrap().status(), 403, "{path}");
+    }
+    app.stop().await;
+}
