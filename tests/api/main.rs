@@ -23,6 +23,7 @@ mod mqtt;
 mod ops;
 mod raw;
 mod rollouts;
+mod secrets_in_logs;
 mod security;
 mod seed003_contract;
 mod storage;
