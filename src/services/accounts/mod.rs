@@ -47,6 +47,9 @@ pub(crate) struct CachedSession {
     loaded: Instant,
 }
 
+/// Uses to write: (key or session id, Unix ms).
+type Uses = Vec<(String, i64)>;
+
 /// The accounts' in-memory state (one per replica).
 pub struct AccountsRuntime {
     pub settings: AccountSettings,
@@ -186,7 +189,7 @@ impl AccountsRuntime {
         self.sessions.lock().expect("session cache lock").retain(|_, s| !which(&s.session));
     }
 
-    fn take_uses(&self) -> (Vec<(String, i64)>, Vec<(String, i64)>) {
+    fn take_uses(&self) -> (Uses, Uses) {
         let keys = std::mem::take(&mut *self.key_uses.lock().expect("key use lock"));
         let sessions = std::mem::take(&mut *self.session_uses.lock().expect("session use lock"));
         let millis = |map: HashMap<String, DateTime<Utc>>| map.into_iter().map(|(id, at)| (id, at.timestamp_millis())).collect();
