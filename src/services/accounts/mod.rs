@@ -164,8 +164,7 @@ impl AccountsRuntime {
                 sessions.clear();
             }
         }
-        let loaded = sessions.get(&key).map(|s| s.loaded).unwrap_or_else(Instant::now);
-        sessions.insert(key, CachedSession { session, last_seen, loaded });
+        sessions.insert(key, CachedSession { session, last_seen, loaded: Instant::now() });
     }
 
     /// Records a use of a session: extends its idle expiry here at once, and in the database
