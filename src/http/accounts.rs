@@ -104,7 +104,7 @@ pub fn check_origin(headers: &HeaderMap, state: &AppState) -> Result<(), Error> 
     let origin = origin.to_str().unwrap_or("").trim_end_matches('/').to_ascii_lowercase();
     let own = state.base_url(Some(headers)).to_ascii_lowercase();
     let own = url::Url::parse(&own).map(|u| u.origin().ascii_serialization()).unwrap_or(own);
-    if origin == own || state.settings.accounts.cors_origins.iter().any(|allowed| *allowed == origin) {
+    if origin == own || state.settings.accounts.cors_origins.contains(&origin) {
         return Ok(());
     }
     Err(Error::denied(

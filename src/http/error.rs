@@ -535,7 +535,7 @@ mod code_table {
         ("method_not_allowed", "the route exists, the method does not"),
         (
             "too_many_requests",
-            "repeated failed authentication from one address: device tokens, admin keys, MQTT passwords; `Retry-After` says when to retry",
+            "repeated failed authentication from one address (device tokens, API keys, session cookies, MQTT passwords, logins) or of one username at login; `Retry-After` says when to retry",
         ),
         ("precondition_failed", "`If-Match` names a version that is no longer current"),
         ("request_timeout", "the body came too slowly; the connection is closed"),

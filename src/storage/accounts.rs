@@ -295,13 +295,26 @@ impl Store {
     /// lifts a revocation; the same digest leaves a revocation in place.
     pub async fn sync_admin_key(&self, digest_hex: &str) -> Result<()> {
         let now = now_millis();
-        let updated = sqlx::query("UPDATE api_key SET digest = $1, revoked_at = NULL WHERE id = $2 AND digest <> $1")
+        let result = sqlx::query("UPDATE api_key SET digest = $1, revoked_at = NULL WHERE id = $2 AND digest <> $1")
             .bind(digest_hex)
             .bind(ADMIN_KEY_ID)
             .execute(&self.pool)
-            .await
-            .map_err(|e| db_error(e, "failed to store the admin key"))?
-            .rows_affected();
+            .await;
+        let updated = match result {
+            Ok(done) => done.rows_affected(),
+            // A named key took the name `admin` while the original was revoked: the new digest
+            // is kept, and the key stays revoked.
+            Err(e) if super::sql::violated_constraint(&e).as_deref() == Some("api_key_name_idx") => {
+                sqlx::query("UPDATE api_key SET digest = $1 WHERE id = $2")
+                    .bind(digest_hex)
+                    .bind(ADMIN_KEY_ID)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| db_error(e, "failed to store the admin key"))?;
+                return Ok(());
+            }
+            Err(e) => return Err(db_error(e, "failed to store the admin key")),
+        };
         if updated > 0 {
             return Ok(());
         }

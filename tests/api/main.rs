@@ -25,6 +25,7 @@ mod ops;
 mod raw;
 mod rollouts;
 mod route_auth;
+mod secrets_in_logs;
 mod security;
 mod seed003_contract;
 mod storage;

@@ -107,6 +107,20 @@ pub async fn sync_admin_key(store: &Store, digest: &[u8; 32]) -> Result<()> {
     store.sync_admin_key(&hex::encode(digest)).await
 }
 
+/// At start-up: makes the original admin key the key `admin`, and learns whether it is
+/// revoked (for the routes that check that key alone).
+pub async fn start(core: &Core, digest: &[u8; 32]) -> Result<()> {
+    sync_admin_key(&core.store, digest).await?;
+    let revoked = core.store.find_key(ADMIN_KEY_ID).await?.is_some_and(|(key, _)| key.revoked_at.is_some());
+    core.accounts.set_admin_revoked(revoked);
+    if revoked {
+        tracing::warn!(
+            "the original admin key (the key `admin`) is revoked; set a new UPDRAFT_ADMIN_API_KEY or run `updraft reset-admin-key` to restore one"
+        );
+    }
+    Ok(())
+}
+
 /// Who a presented key is, if it is a usable key: a named key by its lookup id, any other
 /// text as the original admin key. From memory when verified recently; the database
 /// otherwise. Records the use (written later).

@@ -47,6 +47,9 @@ pub(crate) struct CachedSession {
     loaded: Instant,
 }
 
+/// Uses to write: (key or session id, Unix ms).
+type Uses = Vec<(String, i64)>;
+
 /// The accounts' in-memory state (one per replica).
 pub struct AccountsRuntime {
     pub settings: AccountSettings,
@@ -161,8 +164,7 @@ impl AccountsRuntime {
                 sessions.clear();
             }
         }
-        let loaded = sessions.get(&key).map(|s| s.loaded).unwrap_or_else(Instant::now);
-        sessions.insert(key, CachedSession { session, last_seen, loaded });
+        sessions.insert(key, CachedSession { session, last_seen, loaded: Instant::now() });
     }
 
     /// Records a use of a session: extends its idle expiry here at once, and in the database
@@ -186,7 +188,7 @@ impl AccountsRuntime {
         self.sessions.lock().expect("session cache lock").retain(|_, s| !which(&s.session));
     }
 
-    fn take_uses(&self) -> (Vec<(String, i64)>, Vec<(String, i64)>) {
+    fn take_uses(&self) -> (Uses, Uses) {
         let keys = std::mem::take(&mut *self.key_uses.lock().expect("key use lock"));
         let sessions = std::mem::take(&mut *self.session_uses.lock().expect("session use lock"));
         let millis = |map: HashMap<String, DateTime<Utc>>| map.into_iter().map(|(id, at)| (id, at.timestamp_millis())).collect();

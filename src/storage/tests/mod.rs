@@ -11,6 +11,7 @@ use crate::domain::device::{DeviceFilter, DevicePatch, DeviceSort};
 use crate::domain::firmware::Channel;
 use crate::domain::mac::Mac;
 
+mod accounts;
 mod constraints;
 mod filters;
 mod policy;
