@@ -14,7 +14,7 @@ use axum::http::HeaderMap;
 use axum::http::request::Parts;
 
 use super::AppState;
-use super::auth::{ActorSlot, authenticate, client_ip, credential};
+use super::auth::{ActorSlot, authenticate, client_ip};
 use crate::domain::Error;
 use crate::domain::auth::{Need, Principal};
 use crate::services::fleet::ActiveDevice;
@@ -30,13 +30,29 @@ pub async fn authorize(parts: &Parts, state: &AppState, need: Need) -> Result<Pr
     Ok(principal)
 }
 
-/// Whether the request presents a device token rather than an operator credential: an
-/// `X-Device-Token` header, or a bearer credential with the device tokens' prefix. Only
-/// chooses which verifier looks at the credential; both compare in constant time and count a
-/// miss against the caller's address.
-pub fn presents_device_token(headers: &HeaderMap) -> bool {
-    headers.contains_key("x-device-token") || credential(headers, "x-device-token").is_some_and(|c| c.starts_with("upd_dev_"))
+/// The device token a request presents instead of an operator credential: a bearer with the
+/// device tokens' prefix, or else `X-Device-Token` when no operator credential (a bearer,
+/// `X-Admin-API-Key`, the session cookie) is there. This only chooses which verifier looks at
+/// the credential; both compare in constant time and count a miss against the address.
+pub fn device_token(headers: &HeaderMap) -> Option<&str> {
+    let bearer = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().split_once(' '))
+        .and_then(|(scheme, credential)| scheme.eq_ignore_ascii_case("bearer").then_some(credential.trim()))
+        .filter(|credential| !credential.is_empty());
+    if let Some(token) = bearer.filter(|b| b.starts_with(DEVICE_TOKEN_PREFIX)) {
+        return Some(token);
+    }
+    let operator = bearer.is_some() || headers.contains_key("x-admin-api-key") || super::accounts::session_cookie(headers).is_some();
+    if operator {
+        return None;
+    }
+    headers.get("x-device-token").and_then(|v| v.to_str().ok()).map(str::trim).filter(|token| !token.is_empty())
 }
+
+/// How every device token begins (`services::devices` issues them).
+const DEVICE_TOKEN_PREFIX: &str = "upd_dev_";
 
 /// Who reads a resource that both operators and devices may read.
 pub enum Reader {
@@ -46,9 +62,8 @@ pub enum Reader {
 
 /// A device's token (the device itself), or an operator credential whose role allows `need`.
 pub async fn operator_or_device(parts: &Parts, state: &AppState, need: Need) -> Result<Reader, Error> {
-    if presents_device_token(&parts.headers) {
-        let token = credential(&parts.headers, "x-device-token");
-        let device = crate::services::devices::authenticate(&state.core, token, client_ip(parts)).await?;
+    if let Some(token) = device_token(&parts.headers) {
+        let device = crate::services::devices::authenticate(&state.core, Some(token), client_ip(parts)).await?;
         return Ok(Reader::Device(device));
     }
     authorize(parts, state, need).await.map(Reader::Operator)
@@ -93,5 +108,33 @@ pub fn describe_roles(openapi: &mut utoipa::openapi::OpenApi) {
                 responses.insert("403".into(), RefOr::T(forbidden));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::{HeaderMap, HeaderValue};
+
+    use super::device_token;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    #[test]
+    fn a_device_token_is_told_from_an_operator_credential() {
+        assert_eq!(device_token(&headers(&[("authorization", "Bearer upd_dev_abc")])), Some("upd_dev_abc"));
+        assert_eq!(device_token(&headers(&[("x-device-token", "upd_dev_abc")])), Some("upd_dev_abc"));
+        assert_eq!(device_token(&headers(&[("x-device-token", "anything")])), Some("anything"), "a wrong device token is a device's");
+        // An operator credential wins over a device-token header sent alongside it.
+        assert_eq!(device_token(&headers(&[("authorization", "Bearer upd_0123_key"), ("x-device-token", "upd_dev_abc")])), None);
+        assert_eq!(device_token(&headers(&[("x-admin-api-key", "key"), ("x-device-token", "upd_dev_abc")])), None);
+        assert_eq!(device_token(&headers(&[("cookie", "updraft_session=s"), ("x-device-token", "upd_dev_abc")])), None);
+        assert_eq!(device_token(&headers(&[("authorization", "Bearer upd_0123_key")])), None);
+        assert_eq!(device_token(&HeaderMap::new()), None);
     }
 }

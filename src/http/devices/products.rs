@@ -40,7 +40,7 @@ pub(super) async fn put_product(
     Path(name): Path<String>,
     ApiJson(body): ApiJson<PutProductBody>,
 ) -> ApiResult<Json<ProductView>> {
-    if body.public_secrets == Some(true) {
+    if body.public_secrets.unwrap_or(false) {
         // Publishing configuration secrets to anonymous readers reveals credentials: admin only.
         who.principal().require(crate::domain::auth::Need::Admin)?;
     }
