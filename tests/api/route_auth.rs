@@ -48,6 +48,30 @@ const DEVICE_FACING: &[(&str, &str, &str)] = &[
     ("POST", "/api/v1/device/update-status", "a device reports an update"),
 ];
 
+/// Routes outside the document that take no operator credential, on purpose. The compatibility
+/// surfaces are other servers' device protocols (docs/CLIENT.md), each switched off by its
+/// `UPDRAFT_COMPAT_*` setting.
+const OUTSIDE_THE_DOCUMENT: &[(&str, &str, &str)] = &[
+    ("GET", "/api/openapi.json", "the API description"),
+    ("GET", "/api/docs/", "the API description's page (Swagger UI, served from the binary)"),
+    (
+        "GET",
+        "/api/configs/{mac}.json",
+        "seed 003's raw configuration files: public without secret values while UPDRAFT_PUBLIC_CONFIG_FILES is on, else the device's token (see below)",
+    ),
+    ("GET", "/api/firmware", "seed 001's device check, with its djb2 X-Device-Auth"),
+    ("GET", "/firmware/{filename}", "seed 001's downloads, unauthenticated as in the original (UPDRAFT_COMPAT_OTA_SERVER_DOWNLOADS)"),
+    ("GET", "/firmware_files/{filename}", "the same, under seed 001's static mount"),
+    ("GET", "/status", "seed 001's liveness route"),
+    ("GET", "/ota", "seed 002's devices (Cyberdeck), by version or Arduino HTTPUpdate headers"),
+    ("GET", "/ota/info", "seed 002's description of its latest build"),
+    ("GET", "/api/v1/arduino/update", "Arduino HTTPUpdate devices, identified by their MAC headers"),
+    ("GET", "/api/v1/arduino/{product}/update", "the same, for one product"),
+    ("GET", "/api/v1/esp32fota/{manifest}", "esp32FOTA manifests"),
+    ("GET", "/api/v1/esp32fota/{product}/{file}", "esp32FOTA images, by signed link"),
+    ("GET", "/debug/provisioning", "seed 004's debug provisioning call (off unless UPDRAFT_COMPAT_SEED004_DEBUG)"),
+];
+
 /// The seed-001 admin API (not in the document: its wire forms are that server's). It answers
 /// a wrong key with 403, as the original did; everything else as the native API.
 const SEED001_ADMIN: &[(&str, &str, &[&str])] = &[
@@ -254,6 +278,19 @@ async fn every_operation_of_the_document_needs_the_roles_its_security_lists() {
     }
     assert!(checked > 60, "only {checked} operations take an operator credential");
     assert!(failures.is_empty(), "{} problems:\n{}", failures.len(), failures.join("\n"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_api_description_is_public() {
+    let app = spawn_app().await;
+    for (method, path, reason) in
+        OUTSIDE_THE_DOCUMENT.iter().filter(|(_, path, _)| path.starts_with("/api/docs") || path.ends_with("openapi.json"))
+    {
+        assert_eq!(*method, "GET");
+        let response = app.client.get(app.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{path}: {reason}");
+    }
     app.stop().await;
 }
 
