@@ -706,6 +706,19 @@ impl Listener {
         Ok(self)
     }
 
+    /// Upgrades listener to TLS-secured TCP with a rustls configuration built by the caller
+    /// instead of from `tls_cert`/`tls_key`: for example one whose certificate resolver follows
+    /// renewed files, or whose client certificate verifier makes certificates optional.
+    #[cfg(feature = "tls")]
+    pub fn tls_with_config(mut self, config: Arc<ServerConfig>) -> Result<Listener> {
+        if !matches!(self.typ, ListenerType::TCP) {
+            return Err(anyhow!("only a TCP listener can be upgraded to TLS"));
+        }
+        self.tls_acceptor = Some(TlsAcceptor::from(config));
+        self.typ = ListenerType::TLS;
+        Ok(self)
+    }
+
     /// Accepts incoming client connections
     pub async fn accept(&self) -> Result<Acceptor<TcpStream>> {
         if let Some(tcp_listener) = &self.tcp_listener {
