@@ -29,11 +29,12 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::bus::Bus;
 use super::thingsboard::{self, ThingsBoard};
-use crate::config::{MqttSettings, TlsSettings};
+use crate::config::MqttSettings;
 use crate::domain::mqtt::{self, Access, ClientId, ClientIdRefusal, Owner, Principal};
 use crate::services::Core;
 use crate::services::events::Event;
 use crate::services::mqtt_auth::{self, Login, Refusal, ServerIdentity};
+use crate::tls::Certificates;
 
 /// Retained messages kept at most (each topic holds one).
 const MAX_RETAINED: isize = 2_000_000;
@@ -119,7 +120,9 @@ impl Broker {
     }
 
     /// Binds the listeners without serving. An error names the setting of the listener.
-    pub fn bind(settings: &MqttSettings, tls: Option<&TlsSettings>) -> anyhow::Result<BrokerListeners> {
+    /// `tls`: MQTT over TLS serves these certificates (reloaded when their files change, with
+    /// optional client certificates for devices).
+    pub fn bind(settings: &MqttSettings, tls: Option<&Arc<Certificates>>) -> anyhow::Result<BrokerListeners> {
         let base = |name: &str, addr: SocketAddr| {
             Builder::new()
                 .name(name)
@@ -143,12 +146,12 @@ impl Broker {
             .map_err(|e| anyhow::anyhow!("{}: {e}", failed("MQTT", settings.listen, "UPDRAFT_MQTT_LISTEN")))?;
         let mut addrs = BrokerAddrs { tcp: tcp.local_addr()?, tls: None, ws: None };
         let mut bound = vec![(tcp, 1)];
-        if let Some(tls) = tls {
+        if let Some(certificates) = tls {
+            // rmqtt hands a verified client certificate's subject to the authentication hook.
             let listener = base("tls", settings.tls_listen)
-                .tls_cert(Some(tls.cert.display().to_string()))
-                .tls_key(Some(tls.key.display().to_string()))
+                .collect_cert_info(certificates.asks_for_client_certs())
                 .bind()
-                .and_then(|l| l.tls())
+                .and_then(|l| l.tls_with_config(certificates.server_config(&[])))
                 .map_err(|e| anyhow::anyhow!("{}: {e}", failed("MQTT over TLS", settings.tls_listen, "UPDRAFT_MQTT_TLS_LISTEN")))?;
             addrs.tls = Some(listener.local_addr()?);
             bound.push((listener, 2));
