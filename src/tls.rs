@@ -42,6 +42,33 @@ pub struct Certificates {
     /// The client CA's subjects as loaded at start, sent to clients as hints of which
     /// certificate to present (rustls borrows them from the verifier).
     hints: Vec<DistinguishedName>,
+    /// With `san` identities: the identities of recently verified client certificates by
+    /// serial and subject, for MQTT, whose hooks see only those (rmqtt's `CertInfo`).
+    recent: Mutex<RecentIdentities>,
+}
+
+/// Identities of the latest verified client certificates, oldest dropped first.
+#[derive(Default)]
+struct RecentIdentities {
+    by_certificate: std::collections::HashMap<(String, String), Arc<str>>,
+    order: std::collections::VecDeque<(String, String)>,
+}
+
+/// Client certificates whose identity MQTT can look up: more than can complete a handshake
+/// and send CONNECT within the handshake timeout at any realistic rate.
+const RECENT_IDENTITIES: usize = 16_384;
+
+impl RecentIdentities {
+    fn insert(&mut self, key: (String, String), identity: Arc<str>) {
+        if self.by_certificate.insert(key.clone(), identity).is_none() {
+            self.order.push_back(key);
+            while self.order.len() > RECENT_IDENTITIES {
+                if let Some(oldest) = self.order.pop_front() {
+                    self.by_certificate.remove(&oldest);
+                }
+            }
+        }
+    }
 }
 
 struct Files {
@@ -145,12 +172,27 @@ impl Certificates {
             current: RwLock::new(Arc::new(loaded)),
             tried: Mutex::new(contents.digest()),
             hints,
+            recent: Mutex::default(),
         }))
     }
 
     /// Which part of a client certificate names the device.
     pub fn client_identity(&self) -> ClientIdentity {
         self.identity
+    }
+
+    /// The identity of a verified client certificate as an MQTT connection sees it (rmqtt's
+    /// `CertInfo`: subject, common name, serial): `cn` reads the common name; `san` finds the
+    /// identity noted when the certificate was verified, by serial and subject (a CA issues
+    /// one serial once).
+    pub fn mqtt_identity(&self, common_name: Option<&str>, subject: &str, serial: Option<&str>) -> Option<Arc<str>> {
+        match self.identity {
+            ClientIdentity::Cn => common_name.map(str::trim).filter(|cn| !cn.is_empty() && cn.len() <= 128).map(Arc::from),
+            ClientIdentity::San => {
+                let key = (serial?.to_ascii_lowercase(), subject.to_string());
+                self.recent.lock().expect("recent lock").by_certificate.get(&key).cloned()
+            }
+        }
     }
 
     /// Whether clients are asked for a certificate (UPDRAFT_TLS_CLIENT_CA is set).
@@ -380,8 +422,18 @@ impl ClientCertVerifier for ClientVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         let verified = self.current()?.verify_client_cert(end_entity, intermediates, now);
-        if verified.is_err() {
-            metrics::counter!("updraft_tls_client_certs_refused_total").increment(1);
+        match &verified {
+            Ok(_) if self.0.identity == ClientIdentity::San => {
+                if let Ok((_, cert)) = x509_parser::parse_x509_certificate(end_entity.as_ref())
+                    && let Some(identity) = identity_of(&cert, ClientIdentity::San)
+                {
+                    // As rmqtt writes them: the serial in hexadecimal, the subject as text.
+                    let key = (cert.serial.to_str_radix(16), cert.subject().to_string());
+                    self.0.recent.lock().expect("recent lock").insert(key, identity.into());
+                }
+            }
+            Ok(_) => {}
+            Err(_) => metrics::counter!("updraft_tls_client_certs_refused_total").increment(1),
         }
         verified
     }
