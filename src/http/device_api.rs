@@ -3,11 +3,11 @@
 
 use std::net::IpAddr;
 
-use axum::{Extension, Json};
 use axum::extract::{ConnectInfo, FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::Response;
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
@@ -19,12 +19,12 @@ use super::auth::bearer_or_header;
 use super::devices::AttemptView;
 use super::download::serve_artifact;
 use super::error::{ApiError, ApiJson, ApiQuery, ApiResult, ErrorBody};
+use crate::config::ClientIdentity;
 use crate::domain::{ArtifactId, Error};
 use crate::net::ClientAddr;
+use crate::services::devices::CertificateIdentity;
 use crate::services::devices::{self as service, CheckinAnswer, CheckinReport, ProvisionRequest, StatusReport};
 use crate::services::fleet::ActiveDevice;
-use crate::config::ClientIdentity;
-use crate::services::devices::CertificateIdentity;
 use crate::tls::ClientCert;
 
 pub fn router() -> OpenApiRouter<AppState> {

@@ -33,8 +33,8 @@ use crate::config::MqttSettings;
 use crate::domain::mqtt::{self, Access, ClientId, ClientIdRefusal, Owner, Principal};
 use crate::services::Core;
 use crate::services::devices::{self, CertificateIdentity};
-use crate::services::fleet::ActiveDevice;
 use crate::services::events::Event;
+use crate::services::fleet::ActiveDevice;
 use crate::services::mqtt_auth::{self, Login, Refusal, ServerIdentity};
 use crate::tls::Certificates;
 

@@ -25,3 +25,4 @@ mod rollouts;
 mod security;
 mod seed003_contract;
 mod storage;
+mod tls_certs;
