@@ -25,4 +25,5 @@ mod rollouts;
 mod security;
 mod seed003_contract;
 mod storage;
+mod tls;
 mod tls_certs;
