@@ -8,7 +8,10 @@
 //! device's sessions end as soon as its token stops being valid (rotated, revoked, device
 //! deleted), whichever replica made the change.
 //!
-//! rmqtt is vendored with four small patches (vendor/rmqtt/UPDRAFT-PATCHES.md).
+//! rmqtt is vendored with four small patches (vendor/rmqtt/UPDRAFT-PATCHES.md), and rmqtt-net
+//! with one (vendor/rmqtt-net/UPDRAFT-PATCHES.md): the TLS listener takes Updraft's own rustls
+//! configuration (`crate::tls`), so that renewed certificates are served without a restart
+//! and devices may log in with a client certificate.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
