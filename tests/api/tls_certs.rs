@@ -432,6 +432,38 @@ async fn devices_log_in_to_mqtt_over_tls_with_client_certificates() {
     assert_eq!(paho(&app, &pki, None, "", "").await, json!({"connack": 134}));
     // Another CA's certificate ends the handshake.
     assert!(paho(&app, &pki, Some(&other_ca), "", "").await.get("error").is_some());
+
+    // A certificate session is device A's: its own topics, not B's; a token issued to A does
+    // not end it (it was not opened with a token); deleting A does.
+    let mut options = rumqttc::MqttOptions::new(a.clone(), "localhost", app.mqtt_tls_addr.unwrap().port());
+    let client_auth = (std::fs::read(&cert_a.0).unwrap(), std::fs::read(&cert_a.1).unwrap());
+    options.set_transport(rumqttc::Transport::tls(std::fs::read(pki.ca("server-ca")).unwrap(), Some(client_auth), None));
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 10);
+    let mut next = async || tokio::time::timeout(Duration::from_secs(10), eventloop.poll()).await.expect("an MQTT event in time");
+    loop {
+        if let rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(ack)) = next().await.unwrap() {
+            assert_eq!(ack.code, rumqttc::ConnectReturnCode::Success);
+            break;
+        }
+    }
+    let mut suback = async |topic: String| {
+        client.subscribe(topic, rumqttc::QoS::AtLeastOnce).await.unwrap();
+        loop {
+            if let rumqttc::Event::Incoming(rumqttc::Packet::SubAck(ack)) = next().await.unwrap() {
+                return ack.return_codes;
+            }
+        }
+    };
+    assert_eq!(suback(format!("updraft/{a}/cmd")).await, [rumqttc::SubscribeReasonCode::Success(rumqttc::QoS::AtLeastOnce)]);
+    assert_eq!(suback(format!("updraft/{b}/cmd")).await, [rumqttc::SubscribeReasonCode::Failure]);
+    let issued = app.admin(Method::POST, &format!("/api/v1/devices/{a}/token")).send().await.unwrap();
+    assert!(issued.status().is_success());
+    let closed = async |eventloop: &mut rumqttc::EventLoop, wait: Duration| {
+        tokio::time::timeout(wait, async { while eventloop.poll().await.is_ok() {} }).await.is_ok()
+    };
+    assert!(!closed(&mut eventloop, Duration::from_secs(3)).await, "a token issued to the device ended its certificate session");
+    assert_eq!(app.admin(Method::DELETE, &format!("/api/v1/devices/{a}")).send().await.unwrap().status(), 204);
+    assert!(closed(&mut eventloop, Duration::from_secs(10)).await, "deleting the device ends its certificate session");
     app.stop().await;
 }
 
