@@ -87,8 +87,8 @@ async fn certificate_device(
     let named = CertificateIdentity { identity: certificate.identity.as_deref(), field };
     let device = service::authenticate_certificate(&state.core, named, ip).await?;
     if let Some(token) = token.filter(|t| !t.is_empty()) {
-        let by_token = service::authenticate(&state.core, Some(token), ip).await?;
-        if by_token.id != device.id {
+        let by_header = service::authenticate(&state.core, Some(token), ip).await?;
+        if by_header.id != device.id {
             return Err(Error::Forbidden("the device token and the client certificate name different devices".into()));
         }
     }
