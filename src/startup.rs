@@ -45,7 +45,7 @@ impl Application {
         let tls = match &settings.tls {
             Some(tls) => Some(
                 crate::tls::Certificates::load(tls, &settings.tls_policy)
-                    .context("cannot use the TLS certificate and key (UPDRAFT_TLS_CERT, UPDRAFT_TLS_KEY)")?,
+                    .context("cannot use the TLS files (UPDRAFT_TLS_CERT, UPDRAFT_TLS_KEY, UPDRAFT_TLS_CLIENT_CA, UPDRAFT_TLS_CLIENT_CRL)")?,
             ),
             None => None,
         };
