@@ -42,13 +42,13 @@ impl Application {
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {} for HTTP (UPDRAFT_LISTEN): {e}", settings.listen))?;
         let http_addr = listener.local_addr()?;
-        let tls = match &settings.tls {
-            Some(tls) => Some(
-                crate::tls::Certificates::load(tls, &settings.tls_policy)
-                    .context("cannot use the TLS files (UPDRAFT_TLS_CERT, UPDRAFT_TLS_KEY, UPDRAFT_TLS_CLIENT_CA, UPDRAFT_TLS_CLIENT_CRL)")?,
-            ),
-            None => None,
-        };
+        let tls =
+            match &settings.tls {
+                Some(tls) => Some(crate::tls::Certificates::load(tls, &settings.tls_policy).context(
+                    "cannot use the TLS files (UPDRAFT_TLS_CERT, UPDRAFT_TLS_KEY, UPDRAFT_TLS_CLIENT_CA, UPDRAFT_TLS_CLIENT_CRL)",
+                )?),
+                None => None,
+            };
         let mqtt_listeners = crate::mqtt::Mqtt::bind(&settings, tls.as_ref())?;
 
         let store = Store::connect(settings.database_url.expose(), settings.database_max_connections).await?;

@@ -460,3 +460,35 @@ impl ClientCertVerifier for ClientVerifier {
         self.0.provider.signature_verification_algorithms.supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recent_identities_are_bounded_and_keep_the_newest() {
+        let mut recent = RecentIdentities::default();
+        for n in 0..RECENT_IDENTITIES + 10 {
+            recent.insert((format!("{n:x}"), "CN=x".into()), Arc::from(format!("device-{n}")));
+        }
+        assert_eq!(recent.by_certificate.len(), RECENT_IDENTITIES);
+        assert_eq!(recent.order.len(), RECENT_IDENTITIES);
+        assert!(!recent.by_certificate.contains_key(&("0".into(), "CN=x".into())), "the oldest went first");
+        let newest = (format!("{:x}", RECENT_IDENTITIES + 9), "CN=x".to_string());
+        assert_eq!(recent.by_certificate.get(&newest).map(|i| &**i), Some(format!("device-{}", RECENT_IDENTITIES + 9).as_str()));
+    }
+
+    #[test]
+    fn the_contents_digest_tells_missing_unreadable_and_changed_files_apart() {
+        let read = |cert: &[u8], key: std::io::Result<Vec<u8>>, ca: Option<&[u8]>| {
+            Contents { cert: Ok(cert.to_vec()), key, client_ca: ca.map(|c| Ok(c.to_vec())), client_crl: None }.digest()
+        };
+        let base = read(b"cert", Ok(b"key".to_vec()), None);
+        assert_eq!(base, read(b"cert", Ok(b"key".to_vec()), None));
+        assert_ne!(base, read(b"cert2", Ok(b"key".to_vec()), None));
+        assert_ne!(base, read(b"cert", Err(std::io::ErrorKind::NotFound.into()), None));
+        assert_ne!(base, read(b"cert", Ok(b"key".to_vec()), Some(b"")));
+        // Moving bytes between files changes the digest (lengths are part of it).
+        assert_ne!(read(b"ab", Ok(b"c".to_vec()), None), read(b"a", Ok(b"bc".to_vec()), None));
+    }
+}
