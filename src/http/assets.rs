@@ -152,14 +152,21 @@ fn parse_version(text: &str) -> Result<Option<i64>, Error> {
 }
 
 /// The admin key, or the token of a device of `product`.
-async fn authorize_reader(state: &AppState, headers: &HeaderMap, ip: std::net::IpAddr, product: &str) -> Result<(), Error> {
+async fn authorize_reader(
+    state: &AppState,
+    headers: &HeaderMap,
+    certificate: Option<&crate::tls::ClientCert>,
+    ip: std::net::IpAddr,
+    product: &str,
+) -> Result<(), Error> {
     if let Some(key) = credential(headers, "x-admin-api-key")
         && super::auth::is_admin_key(state, key)
     {
         return Ok(());
     }
-    // Not the admin key: a device token, whose failure counts against the address.
-    let device = crate::services::devices::authenticate(&state.core, credential(headers, "x-device-token"), ip).await?;
+    // Not the admin key: a device token (or client certificate), whose failure counts against
+    // the address.
+    let device = super::device_api::device_of(state, certificate, credential(headers, "x-device-token"), ip).await?;
     if device.product.as_deref() != Some(product) {
         return Err(Error::not_found("asset", product));
     }
@@ -343,11 +350,12 @@ async fn list_versions(
 async fn download_asset(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
+    certificate: Option<axum::Extension<crate::tls::ClientCert>>,
     method: Method,
     headers: HeaderMap,
     Path((product, name, version)): Path<(String, String, String)>,
 ) -> ApiResult<Response> {
-    authorize_reader(&state, &headers, ip, &product).await?;
+    authorize_reader(&state, &headers, certificate.as_deref(), ip, &product).await?;
     let asset = service::find(&state.core, &product, &name, parse_version(&version)?).await?;
     let mut response =
         serve_blob(&state.core.blobs, &asset.blob_key, asset.size, &asset.sha256, &asset.content_type, &method, &headers).await?;
@@ -371,10 +379,11 @@ async fn download_asset(
 async fn asset_signature(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
+    certificate: Option<axum::Extension<crate::tls::ClientCert>>,
     headers: HeaderMap,
     Path((product, name, version)): Path<(String, String, String)>,
 ) -> ApiResult<Json<AssetSignature>> {
-    authorize_reader(&state, &headers, ip, &product).await?;
+    authorize_reader(&state, &headers, certificate.as_deref(), ip, &product).await?;
     let asset = service::find(&state.core, &product, &name, parse_version(&version)?).await?;
     Ok(Json(AssetSignature {
         algorithm: "Ed25519".into(),

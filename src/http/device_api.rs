@@ -64,11 +64,22 @@ impl FromRequestParts<AppState> for DeviceAuth {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let ClientIp(ip) = ClientIp::from_request_parts(parts, state).await?;
         let token = bearer_or_header(parts, "x-device-token");
-        let device = match parts.extensions.get::<ClientCert>() {
-            None => service::authenticate(&state.core, token, ip).await?,
-            Some(certificate) => certificate_device(state, certificate, token, ip).await?,
-        };
+        let device = device_of(state, parts.extensions.get::<ClientCert>(), token, ip).await?;
         Ok(DeviceAuth(device, ip))
+    }
+}
+
+/// The device of a request: its connection's client certificate (with a token, if one is
+/// sent, of the same device), else its token.
+pub async fn device_of(
+    state: &AppState,
+    certificate: Option<&ClientCert>,
+    token: Option<&str>,
+    ip: IpAddr,
+) -> Result<std::sync::Arc<ActiveDevice>, Error> {
+    match certificate {
+        None => service::authenticate(&state.core, token, ip).await,
+        Some(certificate) => certificate_device(state, certificate, token, ip).await,
     }
 }
 
@@ -455,10 +466,7 @@ async fn download(
                 .ok_or_else(|| Error::Forbidden("the device of this link no longer exists".into()))?;
             std::sync::Arc::new(ActiveDevice::of(&device))
         }
-        _ => match certificate.as_deref() {
-            Some(certificate) => certificate_device(&state, certificate, token, ip).await?,
-            None => service::authenticate(&state.core, token, ip).await?,
-        },
+        _ => device_of(&state, certificate.as_deref(), token, ip).await?,
     };
     let artifact = crate::services::firmware::find(&state.core, &id).await?;
     // A device reaches only its own product's builds.
