@@ -8,11 +8,14 @@
 #   plain-reload  HTTPS, UPDRAFT_TLS_RELOAD_SECS=1 (the watcher checks the files every second)
 #   plain-static  HTTPS, UPDRAFT_TLS_RELOAD_SECS=0 (no watcher)
 #   mtls          HTTPS with UPDRAFT_TLS_CLIENT_CA (optional client certificates), reload 1 s
-# Measured (client and server share this machine's cores):
+# Measured (client and server share this machine's cores, so each figure also has the
+# server's own CPU time per request or connection, from /proc, which the client's share
+# does not skew):
 #   - keep-alive token check-ins: wrk -t2 -c64 (bench/checkin.lua), TLS_ROUNDS rounds
-#     alternating plain-reload and plain-static, medians: the watcher's cost;
-#   - new TLS connections per second (`openssl s_time -new`, one client): without a client
-#     certificate on each configuration, and with the device certificate on mtls;
+#     alternating the three configurations, medians: the watcher's cost, and what offering
+#     client certificates costs token devices;
+#   - new TLS connections (`openssl s_time -new`, one client): without a client certificate
+#     on each configuration, and with the device certificate on mtls;
 #   - a check-in per new connection with the certificate (`s_time -new -www`), mtls;
 #   - keep-alive check-ins from one Python client (bench/tls_keepalive.py): token vs
 #     certificate on mtls (same client, so the ratio is the server's difference).
@@ -78,51 +81,57 @@ start_config() {
   [[ $answer == *'"update":null'* ]] || die "unexpected check-in answer: $answer"
 }
 rps_of() { awk '/^Requests\/sec:/ { print $2 }' "$1"; }
-# s_time_rate OUT ARGS...: new connections per real second of `openssl s_time -new`.
+requests_of() { awk '/requests in/ { print $1 }' "$1"; }
+# wrk_run OUT: keep-alive token check-ins for SECS; prints "req/s server-CPU-us-per-request".
+wrk_run() {
+  local out=$1 before after
+  before=$(cpu_seconds "$SERVER_PID")
+  BENCH_DEVICES=$N wrk -t2 -c64 -d"${SECS}s" -s "$BENCH_DIR/checkin.lua" "$BASE" >"$out" 2>&1
+  after=$(cpu_seconds "$SERVER_PID")
+  printf '%s %s\n' "$(rps_of "$out")" "$(calc "($after - $before) * 1000000 / $(requests_of "$out")" 1)"
+}
+# s_time_rate OUT ARGS...: `openssl s_time -new` (one client, a new TLS connection each
+# time); prints "connections per real second, server CPU us per connection".
 s_time_rate() {
-  local out=$1
+  local out=$1 before after
   shift
+  before=$(cpu_seconds "$SERVER_PID")
   openssl s_time -connect "127.0.0.1:$PORT" -new -time "$SECS" -CAfile "$PKI/server-ca.pem" "$@" >"$out" 2>&1 || true
-  awk '/connections in [0-9]+ real seconds/ { printf "%.0f", $1 / $4 }' "$out"
+  after=$(cpu_seconds "$SERVER_PID")
+  awk -v cpu="$(calc "$after - $before" 3)" '/connections in [0-9]+ real seconds/ { printf "%.0f/s, %.0f us", $1 / $4, cpu * 1000000 / $1 }' "$out"
 }
 
 wait_quiet 60
-declare -A KEEPALIVE HANDSHAKES
+declare -A KEEPALIVE CPU HANDSHAKES
 for ((r = 1; r <= ROUNDS; r++)); do
-  for config in plain-reload plain-static; do
+  for config in plain-reload plain-static mtls; do
     start_config "$config"
     BENCH_DEVICES=$N wrk -t2 -c64 -d3s -s "$BENCH_DIR/checkin.lua" "$BASE" >/dev/null 2>&1 # warm-up (connections, fleet index)
-    BENCH_DEVICES=$N wrk -t2 -c64 -d"${SECS}s" -s "$BENCH_DIR/checkin.lua" "$BASE" >"$RAW/wrk-$config-$r.txt" 2>&1
-    KEEPALIVE[$config]+="$(rps_of "$RAW/wrk-$config-$r.txt") "
-    if ((r == 1)); then
-      HANDSHAKES[$config]=$(s_time_rate "$RAW/s_time-$config.txt")
-    fi
+    read -r rps us < <(wrk_run "$RAW/wrk-$config-$r.txt")
+    KEEPALIVE[$config]+="$rps "
+    CPU[$config]+="$us "
+    HANDSHAKES[$config]+="$(s_time_rate "$RAW/s_time-$config-$r.txt") | "
     stop_pid "$SERVER_PID"
   done
 done
 # shellcheck disable=SC2086
-RELOAD=$(median ${KEEPALIVE[plain-reload]}) STATIC=$(median ${KEEPALIVE[plain-static]})
-result tls "keep-alive token check-ins over HTTPS, watcher every 1 s (req/s, median of $ROUNDS; runs: ${KEEPALIVE[plain-reload]% })" "$RELOAD" "-" "-"
-result tls "keep-alive token check-ins over HTTPS, no watcher (req/s, median of $ROUNDS; runs: ${KEEPALIVE[plain-static]% })" "$STATIC" "-" "-"
-result tls "watcher / no watcher (keep-alive check-ins)" "$(calc "$RELOAD / $STATIC" 3)" "within noise" "-"
+for config in plain-reload plain-static mtls; do
+  result tls "$config: keep-alive token check-ins over HTTPS, wrk -c64 (req/s median; runs: ${KEEPALIVE[$config]% })" "$(median ${KEEPALIVE[$config]})" "-" "-"
+  result tls "$config: server CPU per keep-alive check-in (us median; runs: ${CPU[$config]% })" "$(median ${CPU[$config]})" "-" "-"
+  result tls "$config: new TLS connections without a client certificate (s_time; per run: rate, server CPU per connection)" "${HANDSHAKES[$config]% | }" "-" "-"
+done
+# shellcheck disable=SC2086
+result tls "watcher / no watcher: server CPU per keep-alive check-in" "$(calc "$(median ${CPU[plain-reload]}) / $(median ${CPU[plain-static]})" 3)" "within noise" "-"
 
 start_config mtls
-BENCH_DEVICES=$N wrk -t2 -c64 -d3s -s "$BENCH_DIR/checkin.lua" "$BASE" >/dev/null 2>&1
-BENCH_DEVICES=$N wrk -t2 -c64 -d"${SECS}s" -s "$BENCH_DIR/checkin.lua" "$BASE" >"$RAW/wrk-mtls.txt" 2>&1
-MTLS_TOKEN=$(rps_of "$RAW/wrk-mtls.txt")
 code=$(curl -s -o /dev/null -w '%{http_code}' "${CURL_TLS[@]}" --cert "$PKI/device.pem" --key "$PKI/device.key" "$BASE/api/v1/device/checkin?version=1.0.0")
 [[ $code == 200 ]] || die "a check-in with the client certificate answered $code"
-NEW_NO_CERT=$(s_time_rate "$RAW/s_time-mtls-no-cert.txt")
 NEW_CERT=$(s_time_rate "$RAW/s_time-mtls-cert.txt" -cert "$PKI/device.pem" -key "$PKI/device.key")
 NEW_CHECKIN=$(s_time_rate "$RAW/s_time-mtls-checkin.txt" -cert "$PKI/device.pem" -key "$PKI/device.key" -www '/api/v1/device/checkin?version=1.0.0')
-grep -q '"update":null' "$RAW/s_time-mtls-checkin.txt" 2>/dev/null || log "note: s_time does not print answers; the check-in path was checked with curl above"
 read -r PY_TOKEN PY_TOKEN_BAD < <(python3 "$BENCH_DIR/tls_keepalive.py" "$PORT" "$PKI/server-ca.pem" token "$SECS" 4 "$N")
 read -r PY_CERT PY_CERT_BAD < <(python3 "$BENCH_DIR/tls_keepalive.py" "$PORT" "$PKI/server-ca.pem" cert "$SECS" 4 "$N" "$PKI/device.pem" "$PKI/device.key")
 stop_pid "$SERVER_PID"
 
-result tls "keep-alive token check-ins over HTTPS with client certificates offered (wrk, req/s)" "$MTLS_TOKEN" "-" "-"
-result tls "new TLS connections/s, no client CA (s_time -new)" "${HANDSHAKES[plain-reload]}" "-" "-"
-result tls "new TLS connections/s, client CA set, no certificate presented" "$NEW_NO_CERT" "-" "-"
-result tls "new TLS connections/s, client CA set, device certificate presented (mTLS)" "$NEW_CERT" "-" "-"
-result tls "mTLS check-ins on a new connection each (s_time -new -www)" "$NEW_CHECKIN" "-" "-"
-result tls "keep-alive check-ins, one Python client, token | certificate (req/s; non-200: $PY_TOKEN_BAD | $PY_CERT_BAD)" "$PY_TOKEN | $PY_CERT" "-" "$( ((PY_TOKEN_BAD + PY_CERT_BAD == 0)) && echo - || echo FAIL)"
+result tls "mtls: new TLS connections with the device certificate (s_time: rate, server CPU per connection)" "$NEW_CERT" "-" "-"
+result tls "mtls: a check-in on a new connection each, by certificate (s_time -www: rate, server CPU per check-in)" "$NEW_CHECKIN" "-" "-"
+result tls "mtls: keep-alive check-ins, one Python client (4 processes), token | certificate (req/s; non-200: $PY_TOKEN_BAD | $PY_CERT_BAD)" "$PY_TOKEN | $PY_CERT" "-" "$( ((PY_TOKEN_BAD + PY_CERT_BAD == 0)) && echo - || echo FAIL)"

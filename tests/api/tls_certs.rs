@@ -341,6 +341,10 @@ async fn devices_authenticate_with_client_certificates_over_https() {
     // Device A's certificate never acts for device B: not with B's token, not naming B.
     assert_eq!(curl(&app, &pki, checkin_2, Some(&cert_a), Some(&b_token), None).await, Some(403));
     assert_eq!(version_of(&app, &b).await, "1.1.0");
+    // Other routes devices read take the certificate as well (no such asset: 404, not 401).
+    let asset = "/api/v1/assets/sensor/logo/latest";
+    assert_eq!(curl(&app, &pki, asset, None, None, None).await, Some(401));
+    assert_eq!(curl(&app, &pki, asset, Some(&cert_a), None, None).await, Some(404));
     let provision_b = json!({"mac": "02:00:00:00:b1:01", "product": "sensor"});
     assert_eq!(curl(&app, &pki, "/api/v1/device/provision", Some(&cert_a), None, Some(provision_b)).await, Some(403));
 
