@@ -25,3 +25,5 @@ pub mod startup;
 pub mod storage;
 /// Logs and metrics.
 pub mod telemetry;
+/// TLS certificates (reloaded when their files change) and devices' client certificates.
+pub mod tls;

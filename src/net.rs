@@ -84,7 +84,8 @@ impl axum::serve::Listener for LimitedListener {
                     }
                     let _ = stream.set_nodelay(true);
                     metrics::gauge!("updraft_http_connections").increment(1.0);
-                    let stream = LimitedStream { stream, _permit: permit, ip: addr.ip(), per_address: self.per_address.clone() };
+                    let stream =
+                        LimitedStream { stream, _permit: permit, ip: addr.ip(), per_address: self.per_address.clone(), client_cert: None };
                     return (stream, addr);
                 }
                 Err(e) => {
@@ -107,6 +108,25 @@ pub struct LimitedStream {
     _permit: OwnedSemaphorePermit,
     ip: IpAddr,
     per_address: Arc<PerAddress>,
+    /// The verified client certificate of a TLS connection (set after its handshake).
+    client_cert: Option<crate::tls::ClientCert>,
+}
+
+/// What a connection tells its requests besides the peer address.
+pub trait Connection {
+    fn client_cert(&self) -> Option<crate::tls::ClientCert>;
+}
+
+impl Connection for LimitedStream {
+    fn client_cert(&self) -> Option<crate::tls::ClientCert> {
+        self.client_cert.clone()
+    }
+}
+
+impl Connection for tokio_rustls::server::TlsStream<LimitedStream> {
+    fn client_cert(&self) -> Option<crate::tls::ClientCert> {
+        self.get_ref().0.client_cert.clone()
+    }
 }
 
 impl Drop for LimitedStream {
@@ -158,10 +178,14 @@ pub struct TlsListener {
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl TlsListener {
-    pub fn new(mut plain: LimitedListener, config: Arc<rustls::ServerConfig>) -> io::Result<Self> {
+    /// Serves `certificates` (the current ones at each handshake); with client certificates
+    /// configured, a verified one is kept with the connection for its requests.
+    pub fn new(mut plain: LimitedListener, certificates: Arc<crate::tls::Certificates>) -> io::Result<Self> {
         use axum::serve::Listener;
         let local_addr = plain.local_addr()?;
-        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let identity = certificates.client_identity();
+        let asks_for_client_certs = certificates.asks_for_client_certs();
+        let acceptor = tokio_rustls::TlsAcceptor::from(certificates.server_config(&[b"http/1.1"]));
         let (sender, ready) = tokio::sync::mpsc::channel(256);
         tokio::spawn(async move {
             loop {
@@ -170,7 +194,11 @@ impl TlsListener {
                 let handshake_sender = sender.clone();
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => {
+                        Ok(Ok(mut tls)) => {
+                            if asks_for_client_certs {
+                                let (stream, session) = tls.get_mut();
+                                stream.client_cert = crate::tls::ClientCert::of(session.peer_certificates(), identity);
+                            }
                             let _ = handshake_sender.send((tls, addr)).await;
                         }
                         Ok(Err(e)) => tracing::debug!(%addr, error = %e, "TLS handshake failed"),
@@ -203,31 +231,6 @@ impl axum::serve::Listener for TlsListener {
     }
 }
 
-/// Loads a PEM certificate chain and private key into a TLS server configuration
-/// (TLS 1.2 and 1.3, HTTP/1.1 via ALPN).
-pub fn tls_config(cert_path: &std::path::Path, key_path: &std::path::Path) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-    use anyhow::Context;
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let certs = CertificateDer::pem_file_iter(cert_path)
-        .with_context(|| format!("cannot read the TLS certificate {}", cert_path.display()))?
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("cannot parse the TLS certificate {}", cert_path.display()))?;
-    if certs.is_empty() {
-        anyhow::bail!("no certificate found in {}", cert_path.display());
-    }
-    let key = PrivateKeyDer::from_pem_file(key_path).with_context(|| format!("cannot read the TLS key {}", key_path.display()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .context("TLS protocol versions")?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .context("the TLS certificate and key do not match or are unsupported")?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
-}
-
 const HTTP1_MAX_BUFFER: usize = 8 * 1024;
 
 /// Seconds a client gets to send a request's headers (slow-loris protection).
@@ -239,6 +242,7 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 pub async fn serve<L>(mut listener: L, router: axum::Router, mut stop: tokio::sync::watch::Receiver<bool>, grace: Duration)
 where
     L: axum::serve::Listener<Addr = SocketAddr>,
+    L::Io: Connection,
 {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use tower::ServiceExt;
@@ -256,8 +260,12 @@ where
             _ = stop.wait_for(|stopped| *stopped) => break,
         };
         let router = router.clone();
+        let client_cert = io.client_cert();
         let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
             request.extensions_mut().insert(axum::extract::ConnectInfo(ClientAddr(addr)));
+            if let Some(client_cert) = &client_cert {
+                request.extensions_mut().insert(client_cert.clone());
+            }
             router.clone().oneshot(request.map(axum::body::Body::new))
         });
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();

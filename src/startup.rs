@@ -27,7 +27,7 @@ const ADMIN_KEY_SECRET: &str = "admin_api_key_sha256";
 /// A server that is bound and ready to run.
 pub struct Application {
     listener: TcpListener,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<Arc<crate::tls::Certificates>>,
     state: AppState,
 }
 
@@ -42,14 +42,14 @@ impl Application {
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {} for HTTP (UPDRAFT_LISTEN): {e}", settings.listen))?;
         let http_addr = listener.local_addr()?;
-        let tls = match &settings.tls {
-            Some(tls) => Some(
-                crate::net::tls_config(&tls.cert, &tls.key)
-                    .context("cannot use the TLS certificate and key (UPDRAFT_TLS_CERT, UPDRAFT_TLS_KEY)")?,
-            ),
-            None => None,
-        };
-        let mqtt_listeners = crate::mqtt::Mqtt::bind(&settings)?;
+        let tls =
+            match &settings.tls {
+                Some(tls) => Some(crate::tls::Certificates::load(tls, &settings.tls_policy).context(
+                    "cannot use the TLS files (UPDRAFT_TLS_CERT, UPDRAFT_TLS_KEY, UPDRAFT_TLS_CLIENT_CA, UPDRAFT_TLS_CLIENT_CRL)",
+                )?),
+                None => None,
+            };
+        let mqtt_listeners = crate::mqtt::Mqtt::bind(&settings, tls.as_ref())?;
 
         let store = Store::connect(settings.database_url.expose(), settings.database_max_connections).await?;
         warn_weak_settings(&settings, &store).await?;
@@ -67,6 +67,9 @@ impl Application {
         // The rollout view is loaded before serving, so that no check-in is answered without it.
         rollouts::refresh(&core, true).await?;
         core.spawn_background();
+        if let (Some(certificates), Some(every)) = (&tls, settings.tls_policy.reload_every) {
+            core.tasks.spawn("TLS certificate reload", certificates.clone().watch(every));
+        }
         let device_base = DeviceBaseUrl::choose(&settings, http_addr).await;
         let mqtt = crate::mqtt::Mqtt::start(&core, &settings, mqtt_listeners, device_base.url.clone()).await?.map(Arc::new);
         let admin_key_digest = resolve_admin_key(&core.store, settings.admin_api_key.as_ref().map(Secret::expose)).await?;
@@ -145,7 +148,7 @@ impl Application {
             std::future::pending::<()>().await;
         });
         match tls {
-            Some(config) => crate::net::serve(crate::net::TlsListener::new(listener, config)?, app, stop_rx, grace).await,
+            Some(certificates) => crate::net::serve(crate::net::TlsListener::new(listener, certificates)?, app, stop_rx, grace).await,
             None => crate::net::serve(listener, app, stop_rx, grace).await,
         }
         let began = stopping.get().copied().unwrap_or_else(Instant::now);

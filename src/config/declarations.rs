@@ -15,12 +15,12 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use super::LogFormat;
 use super::kinds::{
     BaseUrl, BrokerUrl, DatabaseUrl, Deferred, Endpoint, ExistingFile, ExistingFolder, Hosts, LogFilter, Networks, Origins, ProductName,
     Secret, Secs, Token,
 };
 use super::setting::{Setting, settings};
+use super::{ClientIdentity, LogFormat};
 use crate::domain::device::Provisioning;
 
 const DAY: u64 = 86400;
@@ -469,5 +469,35 @@ settings! {
         /// Unset: no CORS headers at all, and only the server's own origin (UPDRAFT_PUBLIC_URL, else
         /// the request's Host) may send state-changing requests with the session cookie.
         cors_origins: Origins { value_name: "LIST", default_doc: "none (no CORS)", example: "https://dash.example.com" }
+    }
+
+    group "TLS reload and client certificates" {
+        /// Every how many seconds the TLS files (UPDRAFT_TLS_CERT, UPDRAFT_TLS_KEY,
+        /// UPDRAFT_TLS_CLIENT_CA, UPDRAFT_TLS_CLIENT_CRL) are checked for changes; 0 reads them
+        /// only at start.
+        ///
+        /// A renewed certificate (certbot, cert-manager: files rewritten or symlinks swapped) is
+        /// used for new HTTPS and MQTT-over-TLS connections without a restart. A pair that does
+        /// not load (half written, key and certificate not matching) keeps the previous one in
+        /// use, with a warning and `updraft_tls_reload_failures_total`.
+        tls_reload_secs: Secs { value_name: "SECS", default: "5", min: 0, max: DAY }
+
+        /// PEM bundle of the CA certificates that sign devices' client certificates: turns on
+        /// optional mutual TLS (HTTPS and MQTT over TLS).
+        ///
+        /// A client may present a certificate, and one that does not chain to this bundle, has
+        /// expired or is revoked ends the handshake; a client without one (browsers, operators,
+        /// token devices) is served as before. A verified certificate is a device credential:
+        /// its identity (UPDRAFT_TLS_CLIENT_IDENTITY) must name a registered device.
+        tls_client_ca: Option<ExistingFile> { value_name: "FILE", default_doc: "none (no client certificates)", example: "/etc/updraft/tls/devices-ca.pem" }
+
+        /// PEM certificate revocation lists of the client CA (UPDRAFT_TLS_CLIENT_CA): a revoked
+        /// device certificate ends the handshake.
+        tls_client_crl: Option<ExistingFile> { value_name: "FILE", default_doc: "none", example: "/etc/updraft/tls/devices-ca.crl" }
+
+        /// Which part of a device's client certificate names the device: `cn` (the subject's
+        /// common name) or `san` (the first DNS-name subject alternative name, else the first
+        /// URI one). Its value is a device id or MAC.
+        tls_client_identity: ClientIdentity { value_name: "FIELD", default: "cn", example: "san" }
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use url::Url;
 
-use super::{ConfigError, LogFormat, Setting, redact_url};
+use super::{ClientIdentity, ConfigError, LogFormat, Setting, redact_url};
 use crate::domain::device::Provisioning;
 
 /// What `Debug` shows in place of a secret.
@@ -437,6 +437,18 @@ impl Kind for LogFormat {
             "text" => Ok(LogFormat::Text),
             "json" => Ok(LogFormat::Json),
             other => Err(format!("`{other}` is not one of: text, json")),
+        }
+    }
+}
+
+impl Kind for ClientIdentity {
+    type Value = ClientIdentity;
+
+    fn parse(text: &str, _setting: &'static Setting) -> Result<ClientIdentity, String> {
+        match text {
+            "cn" => Ok(ClientIdentity::Cn),
+            "san" => Ok(ClientIdentity::San),
+            other => Err(format!("`{other}` is not one of: cn, san")),
         }
     }
 }

@@ -89,6 +89,28 @@ pub struct TlsSettings {
     pub key: PathBuf,
 }
 
+/// Reloading the TLS files, and devices' client certificates (see `crate::tls`).
+#[derive(Debug, Clone, Default)]
+pub struct TlsPolicy {
+    /// Every how long the files are checked for changes (None: read only at start).
+    pub reload_every: Option<Duration>,
+    /// The CA bundle of devices' client certificates (None: no client certificates).
+    pub client_ca: Option<PathBuf>,
+    /// Revocation lists of that CA.
+    pub client_crl: Option<PathBuf>,
+    pub client_identity: ClientIdentity,
+}
+
+/// The part of a client certificate that names the device.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ClientIdentity {
+    /// The subject's common name.
+    #[default]
+    Cn,
+    /// The first DNS-name subject alternative name, else the first URI one.
+    San,
+}
+
 /// Device settings (`services::devices` reads them).
 #[derive(Debug, Clone)]
 pub struct DeviceSettings {
@@ -180,6 +202,7 @@ pub struct Settings {
     /// Reverse proxies whose forwarding headers are believed (see `http::forwarded`).
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub tls: Option<TlsSettings>,
+    pub tls_policy: TlsPolicy,
     pub log: String,
     pub log_format: LogFormat,
     pub devices: DeviceSettings,
@@ -344,6 +367,18 @@ impl Settings {
             (None, Some(_)) => return Err(ConfigError::new("tls_cert", "is required when UPDRAFT_TLS_KEY is set")),
             (None, None) => None,
         };
+        if values.tls_client_ca.is_some() && tls.is_none() {
+            return Err(ConfigError::new("tls_client_ca", "needs UPDRAFT_TLS_CERT and UPDRAFT_TLS_KEY (client certificates need TLS)"));
+        }
+        if values.tls_client_crl.is_some() && values.tls_client_ca.is_none() {
+            return Err(ConfigError::new("tls_client_crl", "needs UPDRAFT_TLS_CLIENT_CA"));
+        }
+        let tls_policy = TlsPolicy {
+            reload_every: (!values.tls_reload_secs.is_zero()).then_some(values.tls_reload_secs),
+            client_ca: values.tls_client_ca,
+            client_crl: values.tls_client_crl,
+            client_identity: values.tls_client_identity,
+        };
 
         let devices = DeviceSettings {
             offline_after: values.device_offline_after_secs,
@@ -419,6 +454,7 @@ impl Settings {
             shutdown_timeout: values.shutdown_timeout_secs,
             trusted_proxies: values.trusted_proxies,
             tls,
+            tls_policy,
             log: values.log,
             log_format: values.log_format,
             devices,
@@ -651,7 +687,8 @@ mod tests {
         let mut args = ServeArgs::default();
         for setting in SETTINGS {
             // Files and folders that must exist here, and the TLS pair, which needs both.
-            let skip = ["signing_key_path", "compat_esp32fota_keys_dir", "tls_cert", "tls_key", "config"];
+            let skip =
+                ["signing_key_path", "compat_esp32fota_keys_dir", "tls_cert", "tls_key", "config", "tls_client_ca", "tls_client_crl"];
             if !setting.example.is_empty() && !skip.contains(&setting.name) {
                 *args.field(setting.name).unwrap() = Some(setting.example.to_string());
             }

@@ -3,11 +3,11 @@
 
 use std::net::IpAddr;
 
-use axum::Json;
 use axum::extract::{ConnectInfo, FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::Response;
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
@@ -19,10 +19,13 @@ use super::auth::bearer_or_header;
 use super::devices::AttemptView;
 use super::download::serve_artifact;
 use super::error::{ApiError, ApiJson, ApiQuery, ApiResult, ErrorBody};
+use crate::config::ClientIdentity;
 use crate::domain::{ArtifactId, Error};
 use crate::net::ClientAddr;
+use crate::services::devices::CertificateIdentity;
 use crate::services::devices::{self as service, CheckinAnswer, CheckinReport, ProvisionRequest, StatusReport};
 use crate::services::fleet::ActiveDevice;
+use crate::tls::ClientCert;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -51,7 +54,8 @@ impl FromRequestParts<AppState> for ClientIp {
     }
 }
 
-/// An authenticated device: `Authorization: Bearer <token>` or `X-Device-Token: <token>`.
+/// An authenticated device: `Authorization: Bearer <token>` or `X-Device-Token: <token>`, or
+/// a verified client certificate of the connection (mutual TLS, `UPDRAFT_TLS_CLIENT_CA`).
 pub struct DeviceAuth(pub std::sync::Arc<ActiveDevice>, pub IpAddr);
 
 impl FromRequestParts<AppState> for DeviceAuth {
@@ -60,9 +64,70 @@ impl FromRequestParts<AppState> for DeviceAuth {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let ClientIp(ip) = ClientIp::from_request_parts(parts, state).await?;
         let token = bearer_or_header(parts, "x-device-token");
-        let device = service::authenticate(&state.core, token, ip).await?;
+        let device = device_of(state, parts.extensions.get::<ClientCert>(), token, ip).await?;
         Ok(DeviceAuth(device, ip))
     }
+}
+
+/// The device of a request: its connection's client certificate (with a token, if one is
+/// sent, of the same device), else its token.
+pub async fn device_of(
+    state: &AppState,
+    certificate: Option<&ClientCert>,
+    token: Option<&str>,
+    ip: IpAddr,
+) -> Result<std::sync::Arc<ActiveDevice>, Error> {
+    match certificate {
+        None => service::authenticate(&state.core, token, ip).await,
+        Some(certificate) => certificate_device(state, certificate, token, ip).await,
+    }
+}
+
+/// The device a connection's client certificate names (it must be registered). A token sent
+/// with it must be that same device's: a certificate never acts for another device.
+async fn certificate_device(
+    state: &AppState,
+    certificate: &ClientCert,
+    token: Option<&str>,
+    ip: IpAddr,
+) -> Result<std::sync::Arc<ActiveDevice>, Error> {
+    let field = match state.settings.tls_policy.client_identity {
+        ClientIdentity::Cn => "subject common name",
+        ClientIdentity::San => "subject alternative name",
+    };
+    let named = CertificateIdentity { identity: certificate.identity.as_deref(), field };
+    let device = service::authenticate_certificate(&state.core, named, ip).await?;
+    if let Some(token) = token.filter(|t| !t.is_empty()) {
+        let by_header = service::authenticate(&state.core, Some(token), ip).await?;
+        if by_header.id != device.id {
+            return Err(Error::Forbidden("the device token and the client certificate name different devices".into()));
+        }
+    }
+    Ok(device)
+}
+
+/// Refuses a request whose client certificate names another device than `device_id` (or
+/// `mac`): a path, query or body naming device B is refused on a connection of device A.
+async fn certificate_names(
+    state: &AppState,
+    certificate: Option<&ClientCert>,
+    ip: IpAddr,
+    device_id: Option<&str>,
+    mac: Option<&str>,
+) -> Result<(), Error> {
+    let Some(certificate) = certificate else { return Ok(()) };
+    let other = || Error::Forbidden("the client certificate names another device".into());
+    // A MAC in the certificate and in the request: compared as MACs, registered or not (a
+    // device may provision itself with its certificate).
+    if let (Some(mac), Some(named)) = (mac, certificate.identity.as_deref())
+        && let (Ok(mac), Ok(named)) = (crate::domain::mac::Mac::parse(mac), crate::domain::mac::Mac::parse(named))
+    {
+        return if mac == named { Ok(()) } else { Err(other()) };
+    }
+    let device = certificate_device(state, certificate, None, ip).await?;
+    let same_id = device_id.is_none_or(|id| *device.id == *id);
+    let same_mac = mac.is_none_or(|mac| crate::domain::mac::Mac::parse(mac).is_ok_and(|mac| mac == device.mac));
+    if same_id && same_mac { Ok(()) } else { Err(other()) }
 }
 
 // ---- wire types ----
@@ -211,9 +276,11 @@ pub struct DownloadQuery {
 async fn provision(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
+    certificate: Option<Extension<ClientCert>>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<ProvisionBody>,
 ) -> ApiResult<(StatusCode, Json<ProvisionAnswer>)> {
+    certificate_names(&state, certificate.as_deref(), ip, None, Some(&body.mac)).await?;
     let current_token = super::auth::credential(&headers, "x-device-token").map(str::to_string);
     let provisioned = service::provision(
         &state.core,
@@ -379,13 +446,16 @@ async fn setup_status(
 async fn download(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
+    certificate: Option<Extension<ClientCert>>,
     method: Method,
     headers: HeaderMap,
     Path(id): Path<ArtifactId>,
     ApiQuery(query): ApiQuery<DownloadQuery>,
 ) -> ApiResult<Response> {
+    let token = super::auth::credential(&headers, "x-device-token");
     let device = match (&query.device, query.expires, &query.signature) {
         (Some(device_id), Some(expires), Some(signature)) => {
+            certificate_names(&state, certificate.as_deref(), ip, Some(device_id), None).await?;
             state.core.devices.limiter.check(ip)?;
             if let Err(e) = service::verify_download(&state.core, &id, device_id, expires, signature) {
                 state.core.devices.limiter.record_failure(ip);
@@ -396,7 +466,7 @@ async fn download(
                 .ok_or_else(|| Error::Forbidden("the device of this link no longer exists".into()))?;
             std::sync::Arc::new(ActiveDevice::of(&device))
         }
-        _ => service::authenticate(&state.core, super::auth::credential(&headers, "x-device-token"), ip).await?,
+        _ => device_of(&state, certificate.as_deref(), token, ip).await?,
     };
     let artifact = crate::services::firmware::find(&state.core, &id).await?;
     // A device reaches only its own product's builds.

@@ -44,8 +44,7 @@ pub fn device_token(headers: &HeaderMap) -> Option<&str> {
     if let Some(token) = bearer.filter(|b| b.starts_with(DEVICE_TOKEN_PREFIX)) {
         return Some(token);
     }
-    let operator = bearer.is_some() || headers.contains_key("x-admin-api-key") || super::accounts::session_cookie(headers).is_some();
-    if operator {
+    if bearer.is_some() || has_operator_credential(headers) {
         return None;
     }
     headers.get("x-device-token").and_then(|v| v.to_str().ok()).map(str::trim).filter(|token| !token.is_empty())
@@ -61,12 +60,24 @@ pub enum Reader {
 }
 
 /// A device's token (the device itself), or an operator credential whose role allows `need`.
+/// A verified client certificate (mutual TLS) is the device's credential when the request
+/// carries no operator credential.
 pub async fn operator_or_device(parts: &Parts, state: &AppState, need: Need) -> Result<Reader, Error> {
-    if let Some(token) = device_token(&parts.headers) {
-        let device = crate::services::devices::authenticate(&state.core, Some(token), client_ip(parts)).await?;
+    let certificate = parts.extensions.get::<crate::tls::ClientCert>();
+    let token = device_token(&parts.headers);
+    if token.is_some() || (certificate.is_some() && !has_operator_credential(&parts.headers)) {
+        let device = super::device_api::device_of(state, certificate, token, client_ip(parts)).await?;
         return Ok(Reader::Device(device));
     }
     authorize(parts, state, need).await.map(Reader::Operator)
+}
+
+/// Whether the request carries something that may be an operator credential (a bearer,
+/// `X-Admin-API-Key`, the session cookie).
+fn has_operator_credential(headers: &HeaderMap) -> bool {
+    headers.contains_key(axum::http::header::AUTHORIZATION)
+        || headers.contains_key("x-admin-api-key")
+        || super::accounts::session_cookie(headers).is_some()
 }
 
 /// Adds the session cookie (`accounts::SESSION_COOKIE`) to every operation secured by the

@@ -8,7 +8,10 @@
 //! device's sessions end as soon as its token stops being valid (rotated, revoked, device
 //! deleted), whichever replica made the change.
 //!
-//! rmqtt is vendored with four small patches (vendor/rmqtt/UPDRAFT-PATCHES.md).
+//! rmqtt is vendored with four small patches (vendor/rmqtt/UPDRAFT-PATCHES.md), and rmqtt-net
+//! with one (vendor/rmqtt-net/UPDRAFT-PATCHES.md): the TLS listener takes Updraft's own rustls
+//! configuration (`crate::tls`), so that renewed certificates are served without a restart
+//! and devices may log in with a client certificate.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -29,11 +32,14 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::bus::Bus;
 use super::thingsboard::{self, ThingsBoard};
-use crate::config::{MqttSettings, TlsSettings};
+use crate::config::MqttSettings;
 use crate::domain::mqtt::{self, Access, ClientId, ClientIdRefusal, Owner, Principal};
 use crate::services::Core;
+use crate::services::devices::{self, CertificateIdentity};
 use crate::services::events::Event;
+use crate::services::fleet::ActiveDevice;
 use crate::services::mqtt_auth::{self, Login, Refusal, ServerIdentity};
+use crate::tls::Certificates;
 
 /// Retained messages kept at most (each topic holds one).
 const MAX_RETAINED: isize = 2_000_000;
@@ -60,6 +66,8 @@ pub struct BrokerListeners {
     pub addrs: BrokerAddrs,
     /// With their listener ids, which must be unique (ports may be 0, so they are numbered).
     bound: Vec<(rmqtt::net::Listener, rmqtt::types::ListenerId)>,
+    /// The TLS listener's certificates, when devices may present client certificates.
+    client_certs: Option<Arc<Certificates>>,
 }
 
 impl Broker {
@@ -72,6 +80,7 @@ impl Broker {
         bus: Arc<OnceLock<Bus>>,
         workers: Arc<OnceLock<Vec<tokio::sync::mpsc::Sender<super::bus::Incoming>>>>,
     ) -> anyhow::Result<Broker> {
+        let client_certs = listeners.client_certs.clone();
         let scx = ServerContext::new().mqtt_max_sessions(settings.max_connections as isize).build().await;
         *scx.extends.retain_mut().await = Box::new(MemoryRetain(DefaultRetainStorage::new()));
 
@@ -87,6 +96,7 @@ impl Broker {
             tb,
             scx: scx.clone(),
             handshake_timeout: settings.handshake_timeout,
+            client_certs,
         });
         let register = scx.extends.hook_mgr().register();
         for typ in [
@@ -102,7 +112,7 @@ impl Broker {
         }
         register.start().await;
 
-        let BrokerListeners { addrs, bound } = listeners;
+        let BrokerListeners { addrs, bound, .. } = listeners;
         let mut server = MqttServer::new(scx.clone());
         for (listener, id) in bound {
             server = server.listener_by_id(listener, id);
@@ -119,7 +129,9 @@ impl Broker {
     }
 
     /// Binds the listeners without serving. An error names the setting of the listener.
-    pub fn bind(settings: &MqttSettings, tls: Option<&TlsSettings>) -> anyhow::Result<BrokerListeners> {
+    /// `tls`: MQTT over TLS serves these certificates (reloaded when their files change, with
+    /// optional client certificates for devices).
+    pub fn bind(settings: &MqttSettings, tls: Option<&Arc<Certificates>>) -> anyhow::Result<BrokerListeners> {
         let base = |name: &str, addr: SocketAddr| {
             Builder::new()
                 .name(name)
@@ -143,12 +155,13 @@ impl Broker {
             .map_err(|e| anyhow::anyhow!("{}: {e}", failed("MQTT", settings.listen, "UPDRAFT_MQTT_LISTEN")))?;
         let mut addrs = BrokerAddrs { tcp: tcp.local_addr()?, tls: None, ws: None };
         let mut bound = vec![(tcp, 1)];
-        if let Some(tls) = tls {
+        let client_certs = tls.filter(|c| c.asks_for_client_certs()).cloned();
+        if let Some(certificates) = tls {
+            // rmqtt hands a verified client certificate's subject to the authentication hook.
             let listener = base("tls", settings.tls_listen)
-                .tls_cert(Some(tls.cert.display().to_string()))
-                .tls_key(Some(tls.key.display().to_string()))
+                .collect_cert_info(certificates.asks_for_client_certs())
                 .bind()
-                .and_then(|l| l.tls())
+                .and_then(|l| l.tls_with_config(certificates.server_config(&[])))
                 .map_err(|e| anyhow::anyhow!("{}: {e}", failed("MQTT over TLS", settings.tls_listen, "UPDRAFT_MQTT_TLS_LISTEN")))?;
             addrs.tls = Some(listener.local_addr()?);
             bound.push((listener, 2));
@@ -161,7 +174,7 @@ impl Broker {
             addrs.ws = Some(listener.local_addr()?);
             bound.push((listener, 3));
         }
-        Ok(BrokerListeners { addrs, bound })
+        Ok(BrokerListeners { addrs, bound, client_certs })
     }
 
     /// Open sessions (connected or kept for a persistent client).
@@ -205,6 +218,8 @@ struct Hooks {
     owners: Mutex<HashMap<String, Owned>>,
     scx: ServerContext,
     handshake_timeout: Duration,
+    /// Set when devices may log in with a client certificate (MQTT over TLS).
+    client_certs: Option<Arc<Certificates>>,
 }
 
 /// The session of a client id, as its last accepted login left it.
@@ -214,6 +229,9 @@ struct Owned {
     id: Id,
     /// A device's token (digest): the session ends once the token is no longer valid.
     token_digest: Option<String>,
+    /// A device's client certificate identity: the session ends once it names no device (or
+    /// another one).
+    certificate: Option<Arc<str>>,
     /// The connection completed its handshake: its session exists until `SessionTerminated`.
     connected: bool,
     since: Instant,
@@ -409,26 +427,73 @@ impl Hooks {
     async fn check_login(&self, info: &ConnectInfo) -> Result<Principal, Refused> {
         let username = info.username().map(|u| u.to_string());
         let password = info.password().map(|p| p.to_vec());
+        let ip = info.ipaddress().map(|a| a.ip());
+        // A verified client certificate (MQTT over TLS with UPDRAFT_TLS_CLIENT_CA): Some(None)
+        // when it has no identity.
+        let certificate = match (&self.client_certs, info.cert()) {
+            (Some(certs), Some(cert)) => Some(certs.mqtt_identity(cert.common_name.as_deref(), &cert.subject, cert.serial.as_deref())),
+            _ => None,
+        };
+        let no_password = password.as_deref().is_none_or(|p| p.is_empty());
         // ThingsBoard provisioning: username (or client id) `provision`, no password.
         let provisioning = username.as_deref() == Some("provision") || (username.is_none() && &**info.client_id() == "provision");
-        let login = if provisioning && password.as_deref().is_none_or(|p| p.is_empty()) {
+        let login = if provisioning && no_password && certificate.is_none() {
             Login { principal: Principal::Provision, token_digest: None }
+        } else if let (Some(identity), true) = (&certificate, no_password) {
+            // The certificate is the credential; a user name, if any, must name its device.
+            let device = self.certificate_device(identity.as_deref(), ip).await?;
+            if let Some(username) = username.as_deref().filter(|u| !u.is_empty())
+                && username != &*device.id
+                && crate::domain::mac::Mac::parse(username).ok() != Some(device.mac)
+            {
+                return Err(Refused::Login(Refusal::BadCredentials));
+            }
+            Login { principal: Principal::Device { id: device.id.to_string(), mac: device.mac }, token_digest: None }
         } else {
-            let ip = info.ipaddress().map(|a| a.ip());
-            mqtt_auth::authenticate(&self.core, Some(&self.server), username.as_deref(), password.as_deref(), ip)
+            let login = mqtt_auth::authenticate(&self.core, Some(&self.server), username.as_deref(), password.as_deref(), ip)
                 .await
-                .map_err(Refused::Login)?
+                .map_err(Refused::Login)?;
+            // A device's token on a connection with a client certificate: the same device's.
+            if let (Some(identity), Principal::Device { id, .. }) = (&certificate, &login.principal) {
+                let device = self.certificate_device(identity.as_deref(), ip).await?;
+                if *device.id != **id {
+                    tracing::info!(certificate = %device.id, token = %id, "MQTT login refused: the token and the client certificate name different devices");
+                    return Err(Refused::Login(Refusal::BadCredentials));
+                }
+            }
+            login
         };
         let client_id: &str = info.client_id();
         let named = if assigned_by_broker(client_id) { ClientId::Assigned } else { ClientId::Chosen(client_id) };
         mqtt_auth::check_client_id(&self.core, &login.principal, named).await.map_err(Refused::ClientId)?;
-        self.claim(info.id(), &login).await.map_err(Refused::ClientId)?;
+        let by_certificate = match (&login.principal, &certificate) {
+            (Principal::Device { .. }, Some(Some(identity))) if login.token_digest.is_none() => Some(identity.clone()),
+            _ => None,
+        };
+        self.claim(info.id(), &login, by_certificate).await.map_err(Refused::ClientId)?;
         Ok(login.principal)
+    }
+
+    /// The registered device a client certificate's identity names.
+    async fn certificate_device(&self, identity: Option<&str>, ip: Option<std::net::IpAddr>) -> Result<Arc<ActiveDevice>, Refused> {
+        let field = match self.client_certs.as_ref().map(|c| c.client_identity()) {
+            Some(crate::config::ClientIdentity::San) => "subject alternative name",
+            _ => "subject common name",
+        };
+        let ip = ip.unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+        devices::authenticate_certificate(&self.core, CertificateIdentity { identity, field }, ip).await.map_err(|e| match e {
+            crate::domain::Error::TooManyRequests { .. } => Refused::Login(Refusal::RateLimited),
+            e => {
+                tracing::info!(error = %e, "MQTT client certificate refused");
+                Refused::Login(Refusal::BadCredentials)
+            }
+        })
     }
 
     /// Records `login` as the owner of its client id's session, unless that session (kept
     /// for a persistent client, connected, or being connected right now) is someone else's.
-    async fn claim(&self, id: &Id, login: &Login) -> Result<(), ClientIdRefusal> {
+    /// `certificate`: the device logged in with this client certificate identity.
+    async fn claim(&self, id: &Id, login: &Login, certificate: Option<Arc<str>>) -> Result<(), ClientIdRefusal> {
         let client_id = id.client_id.to_string();
         let exists = self.scx.extends.shared().await.exist(&client_id);
         let mut owners = self.owners.lock().expect("owners lock");
@@ -442,6 +507,7 @@ impl Hooks {
             owner: login.principal.owner(),
             id: id.clone(),
             token_digest: login.token_digest.clone(),
+            certificate,
             connected: false,
             since: Instant::now(),
         };
@@ -504,22 +570,26 @@ impl Hooks {
     /// Ends the sessions (connected or kept) of `devices` (None: every device) whose token
     /// is no longer valid.
     async fn end_invalid_sessions(&self, devices: Option<&HashSet<String>>) {
-        let sessions: Vec<(Id, String, Option<String>)> = {
+        type Session = (Id, String, Option<String>, Option<Arc<str>>);
+        let sessions: Vec<Session> = {
             let owners = self.owners.lock().expect("owners lock");
             owners
                 .values()
                 .filter_map(|owned| match &owned.owner {
                     Owner::Device(device_id) if devices.is_none_or(|d| d.contains(device_id)) => {
-                        Some((owned.id.clone(), device_id.clone(), owned.token_digest.clone()))
+                        Some((owned.id.clone(), device_id.clone(), owned.token_digest.clone(), owned.certificate.clone()))
                     }
                     _ => None,
                 })
                 .collect()
         };
-        for (id, device_id, token_digest) in sessions {
-            let valid = match &token_digest {
-                Some(digest) => mqtt_auth::token_still_valid(&self.core, &device_id, digest).await,
-                None => Ok(false),
+        for (id, device_id, token_digest, certificate) in sessions {
+            let valid = match (&token_digest, &certificate) {
+                (Some(digest), _) => mqtt_auth::token_still_valid(&self.core, &device_id, digest).await,
+                (None, Some(identity)) => {
+                    devices::device_of_certificate(&self.core, identity).await.map(|device| device.is_some_and(|d| *d.id == *device_id))
+                }
+                (None, None) => Ok(false),
             };
             match valid {
                 Ok(true) => {}

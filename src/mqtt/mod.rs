@@ -40,12 +40,13 @@ pub struct Mqtt {
 impl Mqtt {
     /// Binds the embedded broker's listeners (none when MQTT is off or the broker external),
     /// before anything else starts: an error names the setting of the listener.
-    pub fn bind(settings: &Settings) -> anyhow::Result<Option<BrokerListeners>> {
+    /// `tls`: the certificates of MQTT over TLS (the HTTPS ones), when TLS is configured.
+    pub fn bind(settings: &Settings, tls: Option<&std::sync::Arc<crate::tls::Certificates>>) -> anyhow::Result<Option<BrokerListeners>> {
         let mqtt = &settings.mqtt;
         if !mqtt.enabled || mqtt.url.is_some() {
             return Ok(None);
         }
-        Broker::bind(mqtt, settings.tls.as_ref()).map(Some)
+        Broker::bind(mqtt, tls).map(Some)
     }
 
     /// Starts the embedded broker on `listeners` (from `bind`; none with an external broker),

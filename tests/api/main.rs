@@ -29,3 +29,5 @@ mod secrets_in_logs;
 mod security;
 mod seed003_contract;
 mod storage;
+mod tls;
+mod tls_certs;

@@ -79,6 +79,25 @@ impl Store {
         row.map(|r| map_row::<ActiveDeviceRow, ActiveRow>(&r)).transpose()
     }
 
+    /// The index entry of a device by id, or by MAC, whether or not it holds a token: the
+    /// miss path of devices that authenticate with a client certificate.
+    pub async fn find_active_device_by_id(&self, id: &str) -> Result<Option<ActiveRow>> {
+        self.find_active_device_where("id = $1", id).await
+    }
+
+    pub async fn find_active_device_by_mac(&self, mac: &Mac) -> Result<Option<ActiveRow>> {
+        self.find_active_device_where("mac = $1", &mac.canonical()).await
+    }
+
+    async fn find_active_device_where(&self, condition: &str, value: &str) -> Result<Option<ActiveRow>> {
+        let row = sqlx::query(AssertSqlSafe(format!("SELECT {ACTIVE_COLUMNS} FROM device WHERE {condition}")))
+            .bind(value)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| db_error(e, "failed to read a device"))?;
+        row.map(|r| map_row::<ActiveDeviceRow, ActiveRow>(&r)).transpose()
+    }
+
     /// Index entries of devices holding a token, in id order after `after`: the fleet
     /// index's start-up load, a page at a time.
     pub async fn list_active_devices(&self, after: &str, limit: u32) -> Result<Vec<(String, ActiveRow)>> {
