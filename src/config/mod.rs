@@ -132,6 +132,28 @@ impl Default for RolloutSettings {
     }
 }
 
+/// Settings of the audit log (`services::audit`).
+#[derive(Debug, Clone)]
+pub struct AuditSettings {
+    /// Records older than this are pruned.
+    pub retention: Duration,
+}
+
+/// A token bucket's settings: `per_minute` requests on average, `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub per_minute: u32,
+    pub burst: u32,
+}
+
+/// Per-credential limits of the expensive routes (`http::limits`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitSettings {
+    pub uploads: Rate,
+    pub lvgl: Rate,
+    pub rollouts: Rate,
+}
+
 /// Fully parsed settings of a running server. `Debug` shows no secret.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -164,6 +186,8 @@ pub struct Settings {
     pub rollouts: RolloutSettings,
     pub compat: CompatSettings,
     pub mqtt: MqttSettings,
+    pub audit: AuditSettings,
+    pub limits: LimitSettings,
     /// `UPDRAFT_*` variables and `.env` keys that are no setting, each with where it was
     /// found (never its value): start-up names them in one warning.
     pub unknown_names: Vec<String>,
@@ -402,6 +426,12 @@ impl Settings {
             rollouts,
             compat,
             mqtt,
+            audit: AuditSettings { retention: Duration::from_secs(values.audit_retention_days.saturating_mul(86400)) },
+            limits: LimitSettings {
+                uploads: Rate { per_minute: values.limit_uploads_per_min, burst: values.limit_uploads_burst },
+                lvgl: Rate { per_minute: values.limit_lvgl_per_min, burst: values.limit_lvgl_burst },
+                rollouts: Rate { per_minute: values.limit_rollouts_per_min, burst: values.limit_rollouts_burst },
+            },
             unknown_names: sources.unknown.clone(),
         })
     }

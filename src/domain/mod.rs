@@ -2,6 +2,7 @@
 //! MQTT or SQL; adapters and storage convert to and from these types.
 
 pub mod asset;
+pub mod audit;
 pub mod auth;
 pub mod command;
 pub mod compat;

@@ -37,6 +37,7 @@ use super::auth::credential;
 use super::device_api::ClientIp;
 use super::error::status_of;
 use crate::domain::Error;
+use crate::domain::auth::{Principal, PrincipalKind, Role};
 use crate::domain::config::{self, Scope};
 use crate::domain::lvgl::{ColorFormat, LvglVersion, SizeRule};
 use crate::domain::mac::Mac;
@@ -207,6 +208,21 @@ fn error_body(status: StatusCode, code: &str, message: String, details: &str) ->
     response
 }
 
+/// `error` in seed 003's error body, its `correlationId` already `request_id`: for layers
+/// outside the seed-003 routes' own (the per-credential limits).
+pub fn error_response(error: Error, request_id: &str) -> Response {
+    let mut response = Seed003Error::Failed(error).into_response();
+    let Some(Uncorrelated(body)) = response.extensions_mut().remove::<Uncorrelated>() else {
+        return response;
+    };
+    let body = Seed003ErrorBody { correlation_id: request_id.to_string(), ..Arc::unwrap_or_clone(body) };
+    let (parts, _) = response.into_parts();
+    match serde_json::to_vec(&body) {
+        Ok(bytes) => Response::from_parts(parts, axum::body::Body::from(bytes)),
+        Err(_) => Response::from_parts(parts, axum::body::Body::empty()),
+    }
+}
+
 /// A seed-003 error body without its `correlationId` yet.
 #[derive(Clone)]
 struct Uncorrelated(Arc<Seed003ErrorBody>);
@@ -244,7 +260,10 @@ impl FromRequestParts<AppState> for Seed003Admin {
     type Rejection = Seed003Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Seed003Error> {
-        Ok(Seed003Admin::check(state, &parts.headers, super::auth::client_ip(parts))?)
+        let admin = Seed003Admin::check(state, &parts.headers, super::auth::client_ip(parts))?;
+        // For the audit log (the admin key is the only credential of these routes).
+        super::auth::ActorSlot::fill(parts, &Principal::new(PrincipalKind::ApiKey, "admin", Role::Admin));
+        Ok(admin)
     }
 }
 

@@ -2,6 +2,7 @@
 //! `services` (never `storage`), and encode responses; each module owns its wire types.
 
 pub mod assets;
+pub mod audit;
 pub mod auth;
 pub mod body_guard;
 pub mod compat;
@@ -13,6 +14,7 @@ pub mod download;
 pub mod error;
 pub mod firmware;
 pub mod forwarded;
+pub mod limits;
 pub mod mqtt;
 pub mod ops;
 pub mod page;
@@ -114,6 +116,7 @@ impl AppState {
         (name = "seed-003", description = "Compatibility with seed 003 (IoT Support Backend): configs, signed assets, LVGL image proxy"),
         (name = "mqtt", description = "MQTT: broker status, credentials, device commands and telemetry, auth hooks for external brokers"),
         (name = "operations", description = "Health, readiness, metrics"),
+        (name = "audit", description = "The audit log of operator actions (admin)"),
     )
 )]
 struct ApiDoc;
@@ -141,6 +144,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(compat_seed003::router())
         .merge(mqtt::router())
         .merge(ops::router())
+        .merge(audit::router())
 }
 
 /// The OpenAPI document, generated from the handlers' annotations.
@@ -151,6 +155,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// The complete application router.
 pub fn router(state: AppState) -> Router {
     let (api, openapi) = api_router().split_for_parts();
+    let audited = audit::AuditLayer::new(state.clone(), &openapi);
     let openapi = Arc::new(openapi);
     let sensitive: Arc<[HeaderName]> =
         Arc::new([header::AUTHORIZATION, HeaderName::from_static("x-admin-api-key"), HeaderName::from_static("x-device-token")]);
@@ -164,6 +169,8 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(MAX_JSON_BYTES))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(Arc::new(limits::Limits::new(&state.settings.limits)), limits::limit))
+        .layer(middleware::from_fn_with_state(audited, audit::record))
         .layer(middleware::from_fn(record_metrics))
         .layer(middleware::from_fn_with_state(state.clone(), body_guard::guard))
         .layer(middleware::from_fn_with_state(state.clone(), forwarded::resolve))

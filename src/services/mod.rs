@@ -3,6 +3,7 @@
 //! never touch storage for writes themselves.
 
 pub mod assets;
+pub mod audit;
 pub mod commands;
 pub mod compat;
 pub mod config;
@@ -44,6 +45,8 @@ pub struct CoreParts {
     pub outbox: outbox::Outbox,
     pub commands: Arc<commands::CommandRuntime>,
     pub tasks: tasks::Tasks,
+    /// The audit log's queue (see `audit`).
+    pub audit: Arc<audit::AuditLog>,
 }
 
 impl std::ops::Deref for Core {
@@ -71,6 +74,7 @@ impl Core {
             outbox: outbox::Outbox::default(),
             commands: Arc::default(),
             tasks: tasks::Tasks::default(),
+            audit: Arc::new(audit::AuditLog::new(settings.audit.clone())),
         })))
     }
 
@@ -88,5 +92,6 @@ impl Core {
         devices::spawn_background(self.clone());
         rollouts::spawn_background(self.clone());
         commands::spawn_background(self.clone());
+        audit::spawn_background(self.clone());
     }
 }

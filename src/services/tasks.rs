@@ -31,6 +31,19 @@ impl Tasks {
         });
     }
 
+    /// Runs `work` to its end, even after `stop`: for work that must finish what it holds
+    /// (the audit writer drains its queue). It watches `cancelled()` itself; `stop` waits for
+    /// it like for the others.
+    pub fn spawn_draining<F>(&self, name: &'static str, work: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.tracker.spawn(async move {
+            work.await;
+            tracing::debug!(task = name, "background task drained and ended");
+        });
+    }
+
     /// Resolves once `stop` was called (for work that stops at a point of its own choosing).
     pub fn cancelled(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
         self.cancel.clone().cancelled_owned()

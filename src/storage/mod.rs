@@ -2,6 +2,7 @@
 //! and PostgreSQL (scale-out), through sqlx's `Any` driver and portable SQL.
 
 mod assets;
+mod audit;
 mod compat;
 mod config;
 mod devices;
@@ -21,6 +22,7 @@ use anyhow::Context;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
+pub use audit::AuditCursor;
 pub use compat::CompatFileRemoval;
 pub use config::ConfigWrite;
 pub use devices::{ActiveRow, AttemptOffer, DeviceReport, NewDevice, RolloutSlot};

@@ -7,6 +7,7 @@
 )]
 
 mod assets;
+mod audit;
 mod compat;
 mod config;
 mod config_seed003;

@@ -24,6 +24,7 @@ use futures::StreamExt;
 use serde_json::{Map, Value, json};
 
 use super::{AppState, default_product, failure, python_isoformat};
+use crate::domain::auth::{Principal, PrincipalKind, Role};
 use crate::domain::compat::{CompatFile, ota_server_token_matches, ota_server_version_valid};
 use crate::domain::device::{Device, DeviceFilter, DevicePatch};
 use crate::domain::firmware::{Artifact, UploadMeta};
@@ -343,6 +344,9 @@ impl FromRequestParts<AppState> for OtaAdmin {
         };
         let compat_key = state.settings.compat.admin_api_key.as_ref().is_some_and(|k| secret::constant_time_eq(key, k.expose()));
         if compat_key || crate::http::auth::is_admin_key(state, key) {
+            // For the audit log: which of the two keys it was.
+            let name = if compat_key { "compat-admin" } else { "admin" };
+            crate::http::auth::ActorSlot::fill(parts, &Principal::new(PrincipalKind::ApiKey, name, Role::Admin));
             return Ok(OtaAdmin);
         }
         limiter.record_failure(ip);
