@@ -228,6 +228,19 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
         if !is_json(req.headers()) {
             return Err(ApiError(Error::UnsupportedMediaType("expected a JSON body with `Content-Type: application/json`".into())));
         }
+        let ApiBytes(bytes) = ApiBytes::from_request(req, state).await?;
+        Ok(ApiJson(from_json_slice(&bytes)?))
+    }
+}
+
+/// The whole body (at most `MAX_JSON_BYTES`) as `Bytes`, for handlers that parse it
+/// themselves; its rejections (too large, too slow, cut off) use the error format above.
+pub struct ApiBytes(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for ApiBytes {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
             ApiError(if let Some(slow) = super::body_guard::SlowBody::find(&rejection) {
                 slow.into()
@@ -237,7 +250,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                 Error::invalid("invalid_body", "the request body could not be read completely")
             })
         })?;
-        Ok(ApiJson(from_json_slice(&bytes)?))
+        Ok(ApiBytes(bytes))
     }
 }
 

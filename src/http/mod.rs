@@ -18,6 +18,7 @@ pub mod limits;
 pub mod mqtt;
 pub mod ops;
 pub mod page;
+pub mod path_guard;
 pub mod range;
 pub mod rollouts;
 
@@ -170,6 +171,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(Arc::new(limits::Limits::new(&state.settings.limits)), limits::limit))
+        .layer(middleware::from_fn(path_guard::reject_undecodable))
         .layer(middleware::from_fn_with_state(audited, audit::record))
         .layer(middleware::from_fn(record_metrics))
         .layer(middleware::from_fn_with_state(state.clone(), body_guard::guard))

@@ -8,6 +8,7 @@
 
 mod assets;
 mod audit;
+mod bad_input;
 mod compat;
 mod config;
 mod config_seed003;

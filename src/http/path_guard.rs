@@ -1,0 +1,54 @@
+//! Paths whose percent-encoding decodes to no UTF-8 text (`/api/v1/devices/%ff`) are refused
+//! with 400 `invalid_path` in the JSON error shape, before any extractor sees them (axum's
+//! own `Path` rejection would answer in plain text).
+
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::error::ApiError;
+use crate::domain::Error;
+
+/// The middleware: costs a scan for `%` on paths without one.
+pub async fn reject_undecodable(request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    if path.contains('%') && !decodes_to_text(path) {
+        return ApiError(Error::invalid("invalid_path", "the path is not UTF-8 text once percent-decoded")).into_response();
+    }
+    next.run(request).await
+}
+
+/// Whether `path` percent-decodes to UTF-8 (a `%` without two hex digits stays as it is).
+fn decodes_to_text(path: &str) -> bool {
+    let bytes = path.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(high), Some(low)) => {
+                decoded.push((high * 16 + low) as u8);
+                i += 3;
+            }
+            (byte, _, _) => {
+                decoded.push(byte);
+                i += 1;
+            }
+        }
+    }
+    std::str::from_utf8(&decoded).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_paths_that_decode_to_text_pass() {
+        assert!(decodes_to_text("/api/v1/devices/d1"));
+        assert!(decodes_to_text("/api/v1/assets/lamp/%C3%A9t%C3%A9"));
+        assert!(decodes_to_text("/a/%2e%2e/%zz/%"));
+        assert!(!decodes_to_text("/api/v1/devices/%ff%fe"));
+        assert!(!decodes_to_text("/a/%C3"));
+    }
+}
