@@ -613,6 +613,8 @@ const MAX_FIELD_BYTES: usize = 4096;
     )
 )]
 async fn upload_asset(State(state): State<AppState>, request: Request) -> Seed003Result<Json<Seed003Uploaded>> {
+    // The audit log's actor is `anonymous`: no credential, the signature is the authority.
+    super::audit::AuditNote::set(request.extensions(), "seed-003 upload authorised by a signed timestamp");
     Ok(upload(&state, request).await?)
 }
 

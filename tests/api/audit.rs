@@ -82,6 +82,16 @@ async fn every_kind_of_operator_action_is_recorded_with_who_what_target_where_an
     let record = only(&app, "DELETE /admin/api/devices/{mac}").await;
     assert_eq!((record["actor"].clone(), record["resource"].clone()), (json!("key:admin"), json!("aabbccddee01")));
 
+    // Seed 003's upload, authorised by its signature rather than a credential: recorded
+    // with a note saying so (here refused: no signature).
+    let form = reqwest::multipart::Form::new().part("file", reqwest::multipart::Part::bytes(vec![1, 2, 3]).file_name("a.bin"));
+    let response = app.client.post(app.url("/api/assets")).multipart(form).send().await.unwrap();
+    assert!(response.status().is_client_error());
+    let (uploads, _) = audit(&app, "actor=anonymous").await;
+    let upload = uploads.iter().find(|r| r["route"] == "/api/assets").expect("the seed-003 upload is recorded");
+    assert_eq!(upload["action"], "upload_asset");
+    assert!(upload["note"].as_str().is_some_and(|n| n.contains("signed")), "{upload}");
+
     // A rollout transition and a device write.
     let response =
         app.admin(Method::POST, "/api/v1/devices").json(&json!({"mac": "02:00:00:14:00:01", "product": "lamp"})).send().await.unwrap();
