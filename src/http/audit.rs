@@ -17,7 +17,9 @@
 //! but the request id (see `domain::audit`).
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::body::{Body, Bytes};
@@ -148,16 +150,88 @@ impl AuditedRoutes {
     }
 }
 
-/// What the middleware needs: the services and the audited routes.
+/// Refusals of anonymous requests (no or a wrong credential) recorded per address per
+/// minute, and in all per second, at most; the rest are counted in
+/// `updraft_audit_refusals_unrecorded_total` and summed up in a warning once a minute. A
+/// flood of unauthenticated requests must not fill the database or hold operators' records
+/// back in the queue.
+pub const REFUSALS_PER_ADDRESS_PER_MIN: u32 = 30;
+pub const REFUSALS_PER_SEC: u32 = 100;
+/// Addresses whose refusals are counted at once, at most.
+const REFUSAL_ADDRESSES: usize = 10_000;
+
+/// The budget of recorded anonymous refusals (see `REFUSALS_PER_ADDRESS_PER_MIN`).
+#[derive(Default)]
+struct RefusalBudget {
+    per_address: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    /// This second's count, and when it began.
+    global: Mutex<(u32, Option<Instant>)>,
+    /// Unrecorded since the last warning, and when that was.
+    unrecorded: Mutex<(u64, Option<Instant>)>,
+}
+
+impl RefusalBudget {
+    /// Whether a refusal of `ip` at `now` is recorded.
+    fn allow(&self, ip: Option<IpAddr>, now: Instant) -> bool {
+        let minute = Duration::from_secs(60);
+        if let Some(ip) = ip {
+            let mut per_address = self.per_address.lock().expect("refusal budget lock");
+            if per_address.len() >= REFUSAL_ADDRESSES && !per_address.contains_key(&ip) {
+                per_address.retain(|_, (_, start)| now.duration_since(*start) < minute);
+                if per_address.len() >= REFUSAL_ADDRESSES {
+                    per_address.clear();
+                }
+            }
+            let entry = per_address.entry(ip).or_insert((0, now));
+            if now.duration_since(entry.1) >= minute {
+                *entry = (0, now);
+            }
+            if entry.0 >= REFUSALS_PER_ADDRESS_PER_MIN {
+                drop(per_address);
+                return self.unrecorded(now);
+            }
+            entry.0 += 1;
+        }
+        let mut global = self.global.lock().expect("refusal budget lock");
+        if global.1.is_none_or(|start| now.duration_since(start) >= Duration::from_secs(1)) {
+            *global = (0, Some(now));
+        }
+        if global.0 >= REFUSALS_PER_SEC {
+            drop(global);
+            return self.unrecorded(now);
+        }
+        global.0 += 1;
+        true
+    }
+
+    /// Counts a refusal left unrecorded; false.
+    fn unrecorded(&self, now: Instant) -> bool {
+        metrics::counter!("updraft_audit_refusals_unrecorded_total").increment(1);
+        let mut unrecorded = self.unrecorded.lock().expect("refusal budget lock");
+        unrecorded.0 += 1;
+        if unrecorded.1.is_none_or(|last| now.duration_since(last) >= Duration::from_secs(60)) {
+            tracing::warn!(
+                unrecorded = unrecorded.0,
+                "a flood of unauthenticated requests to operator routes: their refusals beyond {REFUSALS_PER_ADDRESS_PER_MIN} \
+                 per address per minute and {REFUSALS_PER_SEC} per second are counted, not recorded one by one"
+            );
+            *unrecorded = (0, Some(now));
+        }
+        false
+    }
+}
+
+/// What the middleware needs: the services, the audited routes and the refusal budget.
 #[derive(Clone)]
 pub struct AuditLayer {
     state: AppState,
     routes: Arc<AuditedRoutes>,
+    refusals: Arc<RefusalBudget>,
 }
 
 impl AuditLayer {
     pub fn new(state: AppState, openapi: &OpenApi) -> AuditLayer {
-        AuditLayer { state, routes: Arc::new(AuditedRoutes::from_openapi(openapi)) }
+        AuditLayer { state, routes: Arc::new(AuditedRoutes::from_openapi(openapi)), refusals: Arc::default() }
     }
 }
 
@@ -192,6 +266,9 @@ pub async fn record(State(layer): State<AuditLayer>, mut request: Request, next:
         return response;
     }
     let principal = slot.get();
+    if principal.is_none() && outcome == Outcome::Denied && !always && !layer.refusals.allow(ip, Instant::now()) {
+        return response;
+    }
     let record = AuditRecord {
         id: uuid::Uuid::now_v7().to_string(),
         at: Utc::now(),
@@ -363,6 +440,21 @@ async fn export_audit(State(state): State<AppState>, _admin: Admin, ApiQuery(que
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn anonymous_refusals_are_recorded_up_to_a_budget_per_address_and_in_all() {
+        let budget = RefusalBudget::default();
+        let now = Instant::now();
+        let attacker: IpAddr = "10.0.0.1".parse().unwrap();
+        let recorded = (0..100).filter(|_| budget.allow(Some(attacker), now)).count();
+        assert_eq!(recorded, REFUSALS_PER_ADDRESS_PER_MIN as usize);
+        assert!(budget.allow(Some("10.0.0.2".parse().unwrap()), now), "another address has its own budget");
+        assert!(budget.allow(Some(attacker), now + Duration::from_secs(61)), "a minute later the address is recorded again");
+        // Many addresses at once: at most REFUSALS_PER_SEC a second in all.
+        let later = now + Duration::from_secs(200);
+        let recorded = (0..1000u32).filter(|i| budget.allow(Some(IpAddr::from(i.to_be_bytes())), later)).count();
+        assert_eq!(recorded, REFUSALS_PER_SEC as usize);
+    }
 
     #[test]
     fn operator_routes_are_audited_and_device_and_public_ones_are_not() {

@@ -406,3 +406,22 @@ async fn the_public_lvgl_route_is_limited_per_address_whatever_credential_is_sen
     assert_ne!(response.status(), 429);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_flood_of_unauthenticated_attempts_is_recorded_up_to_a_budget_per_address() {
+    let app = spawn_app().await;
+    let attacker = reqwest::Client::builder().no_proxy().local_address(std::net::IpAddr::from([127, 0, 0, 5])).build().unwrap();
+    for _ in 0..45 {
+        let response = attacker.post(app.url("/api/v1/devices")).bearer_auth("guess").json(&json!({})).send().await.unwrap();
+        assert!(matches!(response.status().as_u16(), 401 | 429));
+    }
+    // The 401s, then the limiter's 429s: 30 recorded (the budget per address and minute).
+    let (records, total) = audit(&app, "actor=anonymous&limit=500").await;
+    assert_eq!(total, 30);
+    assert!(records.iter().any(|r| r["status"] == 429) && records.iter().any(|r| r["status"] == 401));
+    // An operator's own actions are still recorded.
+    let response = app.admin(Method::POST, "/api/v1/groups").json(&json!({"name": "after-the-flood"})).send().await.unwrap();
+    assert_eq!(response.status(), 201);
+    assert_eq!(only(&app, "create_group").await["actor"], "key:admin");
+    app.stop().await;
+}
