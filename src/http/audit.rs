@@ -56,6 +56,10 @@ const SEED001_ADMIN: &str = "/admin/api/";
 /// (`AuditNote::set(&parts.extensions, format!("username={name}"))`). Never a secret: the
 /// note is stored as given (cut and escaped). Only requests of audited routes carry one; on
 /// others `set` does nothing.
+///
+/// A handler that authenticates by itself rather than through the `Authorized` extractors
+/// (a successful login) names its principal with `auth::ActorSlot::fill`, so that the record's
+/// actor is the user who logged in rather than `anonymous`.
 #[derive(Clone, Default)]
 pub struct AuditNote(Arc<OnceLock<String>>);
 
@@ -266,7 +270,7 @@ pub async fn record(State(layer): State<AuditLayer>, mut request: Request, next:
         return response;
     }
     let principal = slot.get();
-    if principal.is_none() && outcome == Outcome::Denied && !always && !layer.refusals.allow(ip, Instant::now()) {
+    if principal.is_none() && outcome == Outcome::Denied && !layer.refusals.allow(ip, Instant::now()) {
         return response;
     }
     let record = AuditRecord {
