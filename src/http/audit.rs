@@ -247,15 +247,16 @@ pub async fn record(State(layer): State<AuditLayer>, mut request: Request, next:
     let Some((action, always)) = layer.routes.action(request.method(), template.as_str()) else {
         return next.run(request).await;
     };
-    let route = template.as_str().to_string();
+    // Cheap clones (reference counts): the text is made only for requests that are recorded.
+    let template = template.clone();
+    let uri = request.uri().clone();
+    let request_id = request.headers().get("x-request-id").cloned();
     let method = request.method().clone();
     let safe = matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
     let slot = ActorSlot::default();
     let note = AuditNote::default();
     request.extensions_mut().insert(slot.clone());
     request.extensions_mut().insert(note.clone());
-    let target = request.uri().path().to_string();
-    let request_id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).map(rules::clean);
     let ip = request
         .extensions()
         .get::<ClientView>()
@@ -273,6 +274,9 @@ pub async fn record(State(layer): State<AuditLayer>, mut request: Request, next:
     if principal.is_none() && outcome == Outcome::Denied && !layer.refusals.allow(ip, Instant::now()) {
         return response;
     }
+    let route = template.as_str().to_string();
+    let target = uri.path();
+    let request_id = request_id.as_ref().and_then(|v| v.to_str().ok()).map(rules::clean);
     let record = AuditRecord {
         id: uuid::Uuid::now_v7().to_string(),
         at: Utc::now(),
@@ -280,8 +284,8 @@ pub async fn record(State(layer): State<AuditLayer>, mut request: Request, next:
         role: principal.map(|p| p.role.as_str().to_string()),
         action: action.to_string(),
         method: method.to_string(),
-        resource: rules::resource_of(&route, &target),
-        target: rules::clean(&target),
+        resource: rules::resource_of(&route, target),
+        target: rules::clean(target),
         route,
         ip: ip.map_or_else(|| "unknown".to_string(), |ip| ip.to_string()),
         status,
