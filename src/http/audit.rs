@@ -25,7 +25,6 @@ use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{Extensions, Method, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
@@ -239,62 +238,78 @@ impl AuditLayer {
     }
 }
 
-/// The middleware (see the module documentation).
-pub async fn record(State(layer): State<AuditLayer>, mut request: Request, next: Next) -> Response {
-    let Some(template) = request.extensions().get::<MatchedPath>() else {
-        return next.run(request).await;
-    };
-    let Some((action, always)) = layer.routes.action(request.method(), template.as_str()) else {
-        return next.run(request).await;
-    };
-    // Cheap clones (reference counts): the text is made only for requests that are recorded.
-    let template = template.clone();
-    let uri = request.uri().clone();
-    let request_id = request.headers().get("x-request-id").cloned();
-    let method = request.method().clone();
-    let safe = matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
-    let slot = ActorSlot::default();
-    let note = AuditNote::default();
-    request.extensions_mut().insert(slot.clone());
-    request.extensions_mut().insert(note.clone());
-    let ip = request
-        .extensions()
-        .get::<ClientView>()
-        .map(|view| view.ip)
-        .or_else(|| request.extensions().get::<ConnectInfo<ClientAddr>>().map(|ConnectInfo(addr)| addr.0.ip()));
-
-    let response = next.run(request).await;
-
-    let status = response.status().as_u16();
-    let outcome = Outcome::of_status(status);
-    if safe && !always && outcome != Outcome::Denied {
-        return response;
+impl AuditLayer {
+    /// Runs `inner` (the rest of the request) and records the request when it is audited
+    /// (see the module documentation); `http::guards` calls it around every route.
+    pub async fn around<F, Fut>(&self, request: Request, inner: F) -> Response
+    where
+        F: FnOnce(Request) -> Fut,
+        Fut: std::future::Future<Output = Response>,
+    {
+        let Some(template) = request.extensions().get::<MatchedPath>() else {
+            return inner(request).await;
+        };
+        let Some((action, always)) = self.routes.action(request.method(), template.as_str()) else {
+            return inner(request).await;
+        };
+        let template = template.clone();
+        self.record(request, template, action, always, inner).await
     }
-    let principal = slot.get();
-    if principal.is_none() && outcome == Outcome::Denied && !layer.refusals.allow(ip, Instant::now()) {
-        return response;
+
+    async fn record<F, Fut>(&self, mut request: Request, template: MatchedPath, action: Arc<str>, always: bool, inner: F) -> Response
+    where
+        F: FnOnce(Request) -> Fut,
+        Fut: std::future::Future<Output = Response>,
+    {
+        let layer = self;
+        // Cheap clones (reference counts): the text is made only for requests that are recorded.
+        let uri = request.uri().clone();
+        let request_id = request.headers().get("x-request-id").cloned();
+        let method = request.method().clone();
+        let safe = matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
+        let slot = ActorSlot::default();
+        let note = AuditNote::default();
+        request.extensions_mut().insert(slot.clone());
+        request.extensions_mut().insert(note.clone());
+        let ip = request
+            .extensions()
+            .get::<ClientView>()
+            .map(|view| view.ip)
+            .or_else(|| request.extensions().get::<ConnectInfo<ClientAddr>>().map(|ConnectInfo(addr)| addr.0.ip()));
+
+        let response = inner(request).await;
+
+        let status = response.status().as_u16();
+        let outcome = Outcome::of_status(status);
+        if safe && !always && outcome != Outcome::Denied {
+            return response;
+        }
+        let principal = slot.get();
+        if principal.is_none() && outcome == Outcome::Denied && !layer.refusals.allow(ip, Instant::now()) {
+            return response;
+        }
+        let route = template.as_str().to_string();
+        let target = uri.path();
+        let request_id = request_id.as_ref().and_then(|v| v.to_str().ok()).map(rules::clean);
+        let record = AuditRecord {
+            id: uuid::Uuid::now_v7().to_string(),
+            at: Utc::now(),
+            actor: principal.map_or_else(|| ANONYMOUS.to_string(), |p| rules::clean(&p.actor())),
+            role: principal.map(|p| p.role.as_str().to_string()),
+            action: action.to_string(),
+            method: method.to_string(),
+            resource: rules::resource_of(&route, target),
+            target: rules::clean(target),
+            route,
+            ip: ip.map_or_else(|| "unknown".to_string(), |ip| ip.to_string()),
+            status,
+            outcome,
+            request_id,
+            note: note.0.get().cloned(),
+        };
+        layer.state.core.audit.record(&layer.state.core.store, record).await;
+        response
     }
-    let route = template.as_str().to_string();
-    let target = uri.path();
-    let request_id = request_id.as_ref().and_then(|v| v.to_str().ok()).map(rules::clean);
-    let record = AuditRecord {
-        id: uuid::Uuid::now_v7().to_string(),
-        at: Utc::now(),
-        actor: principal.map_or_else(|| ANONYMOUS.to_string(), |p| rules::clean(&p.actor())),
-        role: principal.map(|p| p.role.as_str().to_string()),
-        action: action.to_string(),
-        method: method.to_string(),
-        resource: rules::resource_of(&route, target),
-        target: rules::clean(target),
-        route,
-        ip: ip.map_or_else(|| "unknown".to_string(), |ip| ip.to_string()),
-        status,
-        outcome,
-        request_id,
-        note: note.0.get().cloned(),
-    };
-    layer.state.core.audit.record(&layer.state.core.store, record).await;
-    response
 }
 
 // ---- the routes ----

@@ -5,18 +5,17 @@
 //! buy a fresh bucket). Over the limit, the answer is 429 with `Retry-After`, in the route's
 //! own error form (the JSON error shape; seed 001's `{"detail"}`; seed 003's error body).
 //!
-//! The check runs before the handler, so a refused upload is not read. Memory is bounded:
+//! The check (`check`, run by `http::guards`) runs before the handler, so a refused upload is not read. Memory is bounded:
 //! each class keeps at most `MAX_BUCKETS` buckets; when full, the buckets that refilled (the
 //! same as absent) go first, then an arbitrary half.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderMap, HeaderValue, Method, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -188,27 +187,18 @@ fn session_cookie(headers: &HeaderMap) -> Option<&str> {
         .filter(|value| !value.is_empty())
 }
 
-/// The middleware (see the module documentation).
-pub async fn limit(State(limits): State<Arc<Limits>>, request: Request, next: Next) -> Response {
-    let Some(template) = request.extensions().get::<MatchedPath>() else {
-        return next.run(request).await;
-    };
-    let Some((_, _, class, form, key_by)) =
-        LIMITED.iter().find(|(method, path, ..)| *path == template.as_str() && method == request.method())
-    else {
-        return next.run(request).await;
-    };
+/// The refusal of a request over its credential's limit, if it is one (see the module
+/// documentation); `http::guards` runs it before the handler.
+pub fn check(limits: &Limits, request: &Request) -> Option<Response> {
+    let template = request.extensions().get::<MatchedPath>()?;
+    let (_, _, class, form, key_by) = LIMITED.iter().find(|(method, path, ..)| method == request.method() && *path == template.as_str())?;
     let ip = request.extensions().get::<ClientView>().map_or(IpAddr::from([127, 0, 0, 1]), |view| view.ip);
     let key = key_of(request.headers(), ip, *key_by);
-    match limits.of(*class).take(key, Instant::now()) {
-        Ok(()) => next.run(request).await,
-        Err(retry_after_secs) => {
-            metrics::counter!("updraft_rate_limited_total", "class" => format!("{class:?}").to_lowercase()).increment(1);
-            tracing::info!(class = ?class, %ip, retry_after_secs, "request over its credential's limit");
-            let request_id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-            refusal(*form, retry_after_secs, &request_id)
-        }
-    }
+    let retry_after_secs = limits.of(*class).take(key, Instant::now()).err()?;
+    metrics::counter!("updraft_rate_limited_total", "class" => format!("{class:?}").to_lowercase()).increment(1);
+    tracing::info!(class = ?class, %ip, retry_after_secs, "request over its credential's limit");
+    let request_id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
+    Some(refusal(*form, retry_after_secs, request_id))
 }
 
 fn refusal(form: Form, retry_after_secs: u64, request_id: &str) -> Response {

@@ -14,6 +14,7 @@ pub mod download;
 pub mod error;
 pub mod firmware;
 pub mod forwarded;
+pub mod guards;
 pub mod limits;
 pub mod mqtt;
 pub mod ops;
@@ -156,7 +157,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// The complete application router.
 pub fn router(state: AppState) -> Router {
     let (api, openapi) = api_router().split_for_parts();
-    let audited = audit::AuditLayer::new(state.clone(), &openapi);
+    let guards = guards::Guards::new(state.clone(), &openapi);
     let openapi = Arc::new(openapi);
     let sensitive: Arc<[HeaderName]> =
         Arc::new([header::AUTHORIZATION, HeaderName::from_static("x-admin-api-key"), HeaderName::from_static("x-device-token")]);
@@ -170,9 +171,7 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(MAX_JSON_BYTES))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(Arc::new(limits::Limits::new(&state.settings.limits)), limits::limit))
-        .layer(middleware::from_fn(path_guard::reject_undecodable))
-        .layer(middleware::from_fn_with_state(audited, audit::record))
+        .layer(middleware::from_fn_with_state(guards, guards::guard))
         .layer(middleware::from_fn(record_metrics))
         .layer(middleware::from_fn_with_state(state.clone(), body_guard::guard))
         .layer(middleware::from_fn_with_state(state.clone(), forwarded::resolve))

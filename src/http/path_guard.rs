@@ -3,19 +3,19 @@
 //! own `Path` rejection would answer in plain text).
 
 use axum::extract::Request;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
 use crate::domain::Error;
 
-/// The middleware: costs a scan for `%` on paths without one.
-pub async fn reject_undecodable(request: Request, next: Next) -> Response {
+/// The refusal of a path that does not decode to text, if it is one (`http::guards` runs it
+/// first); costs a scan for `%` on paths without one.
+pub fn check(request: &Request) -> Option<Response> {
     let path = request.uri().path();
     if path.contains('%') && !decodes_to_text(path) {
-        return ApiError(Error::invalid("invalid_path", "the path is not UTF-8 text once percent-decoded")).into_response();
+        return Some(ApiError(Error::invalid("invalid_path", "the path is not UTF-8 text once percent-decoded")).into_response());
     }
-    next.run(request).await
+    None
 }
 
 /// Whether `path` percent-decodes to UTF-8 (a `%` without two hex digits stays as it is).
