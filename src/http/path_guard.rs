@@ -1,6 +1,7 @@
-//! Paths whose percent-encoding decodes to no UTF-8 text (`/api/v1/devices/%ff`) are refused
-//! with 400 `invalid_path` in the JSON error shape, before any extractor sees them (axum's
-//! own `Path` rejection would answer in plain text).
+//! Paths whose percent-encoding decodes to no UTF-8 text (`/api/v1/devices/%ff`), or to
+//! control characters (`%00`, `%0d%0a`), are refused with 400 `invalid_path` in the JSON
+//! error shape, before any extractor sees them: axum's own `Path` rejection would answer in
+//! plain text, and PostgreSQL refuses a NUL in any text (a 500 otherwise).
 
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
@@ -13,12 +14,16 @@ use crate::domain::Error;
 pub fn check(request: &Request) -> Option<Response> {
     let path = request.uri().path();
     if path.contains('%') && !decodes_to_text(path) {
-        return Some(ApiError(Error::invalid("invalid_path", "the path is not UTF-8 text once percent-decoded")).into_response());
+        return Some(
+            ApiError(Error::invalid("invalid_path", "the path is not UTF-8 text without control characters once percent-decoded"))
+                .into_response(),
+        );
     }
     None
 }
 
-/// Whether `path` percent-decodes to UTF-8 (a `%` without two hex digits stays as it is).
+/// Whether `path` percent-decodes to UTF-8 without control characters (a `%` without two hex
+/// digits stays as it is).
 fn decodes_to_text(path: &str) -> bool {
     let bytes = path.as_bytes();
     let mut decoded = Vec::with_capacity(bytes.len());
@@ -36,7 +41,7 @@ fn decodes_to_text(path: &str) -> bool {
             }
         }
     }
-    std::str::from_utf8(&decoded).is_ok()
+    std::str::from_utf8(&decoded).is_ok_and(|text| !text.chars().any(char::is_control))
 }
 
 #[cfg(test)]
@@ -50,5 +55,7 @@ mod tests {
         assert!(decodes_to_text("/a/%2e%2e/%zz/%"));
         assert!(!decodes_to_text("/api/v1/devices/%ff%fe"));
         assert!(!decodes_to_text("/a/%C3"));
+        assert!(!decodes_to_text("/api/v1/devices/x%00y"));
+        assert!(!decodes_to_text("/api/v1/devices/x%0d%0aX-Injected:%20yes"));
     }
 }
