@@ -500,4 +500,30 @@ settings! {
         /// URI one). Its value is a device id or MAC.
         tls_client_identity: ClientIdentity { value_name: "FIELD", default: "cn", example: "san" }
     }
+
+    group "Audit and limits" {
+        /// Days an audit record is kept; older ones are pruned (hourly, in batches).
+        audit_retention_days: u64 { value_name: "DAYS", default: "365", min: 1, max: 36500 }
+
+        /// Uploads (firmware, assets, seed-001 and seed-003 uploads, device imports) each
+        /// credential may start per minute, or each address without one.
+        limit_uploads_per_min: u32 { value_name: "N", default: "60", min: 1, max: 1_000_000 }
+
+        /// Uploads a credential may start at once before the per-minute rate applies.
+        limit_uploads_burst: u32 { value_name: "N", default: "30", min: 1, max: 1_000_000 }
+
+        /// LVGL image conversions (`POST /api/v1/images/lvgl`, the public
+        /// `GET /api/images/lvgl`) each credential, or each address without one, may ask for
+        /// per minute.
+        limit_lvgl_per_min: u32 { value_name: "N", default: "120", min: 1, max: 1_000_000 }
+
+        /// LVGL conversions asked for at once before the per-minute rate applies.
+        limit_lvgl_burst: u32 { value_name: "N", default: "30", min: 1, max: 1_000_000 }
+
+        /// Rollouts each credential may create per minute.
+        limit_rollouts_per_min: u32 { value_name: "N", default: "30", min: 1, max: 1_000_000 }
+
+        /// Rollouts a credential may create at once before the per-minute rate applies.
+        limit_rollouts_burst: u32 { value_name: "N", default: "10", min: 1, max: 1_000_000 }
+    }
 }

@@ -177,6 +177,28 @@ impl Default for AccountSettings {
     }
 }
 
+/// Settings of the audit log (`services::audit`).
+#[derive(Debug, Clone)]
+pub struct AuditSettings {
+    /// Records older than this are pruned.
+    pub retention: Duration,
+}
+
+/// A token bucket's settings: `per_minute` requests on average, `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub per_minute: u32,
+    pub burst: u32,
+}
+
+/// Per-credential limits of the expensive routes (`http::limits`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitSettings {
+    pub uploads: Rate,
+    pub lvgl: Rate,
+    pub rollouts: Rate,
+}
+
 /// Fully parsed settings of a running server. `Debug` shows no secret.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -211,6 +233,8 @@ pub struct Settings {
     pub compat: CompatSettings,
     pub mqtt: MqttSettings,
     pub accounts: AccountSettings,
+    pub audit: AuditSettings,
+    pub limits: LimitSettings,
     /// `UPDRAFT_*` variables and `.env` keys that are no setting, each with where it was
     /// found (never its value): start-up names them in one warning.
     pub unknown_names: Vec<String>,
@@ -469,6 +493,12 @@ impl Settings {
                 login_window: values.login_lockout_secs,
                 credential_cache: values.credential_cache_secs,
                 cors_origins: values.cors_origins,
+            },
+            audit: AuditSettings { retention: Duration::from_secs(values.audit_retention_days.saturating_mul(86400)) },
+            limits: LimitSettings {
+                uploads: Rate { per_minute: values.limit_uploads_per_min, burst: values.limit_uploads_burst },
+                lvgl: Rate { per_minute: values.limit_lvgl_per_min, burst: values.limit_lvgl_burst },
+                rollouts: Rate { per_minute: values.limit_rollouts_per_min, burst: values.limit_rollouts_burst },
             },
             unknown_names: sources.unknown.clone(),
         })

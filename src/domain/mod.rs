@@ -3,6 +3,7 @@
 
 pub mod accounts;
 pub mod asset;
+pub mod audit;
 pub mod auth;
 pub mod command;
 pub mod compat;

@@ -208,6 +208,21 @@ fn error_body(status: StatusCode, code: &str, message: String, details: &str) ->
     response
 }
 
+/// `error` in seed 003's error body, its `correlationId` already `request_id`: for layers
+/// outside the seed-003 routes' own (the per-credential limits).
+pub fn error_response(error: Error, request_id: &str) -> Response {
+    let mut response = Seed003Error::Failed(error).into_response();
+    let Some(Uncorrelated(body)) = response.extensions_mut().remove::<Uncorrelated>() else {
+        return response;
+    };
+    let body = Seed003ErrorBody { correlation_id: request_id.to_string(), ..Arc::unwrap_or_clone(body) };
+    let (parts, _) = response.into_parts();
+    match serde_json::to_vec(&body) {
+        Ok(bytes) => Response::from_parts(parts, axum::body::Body::from(bytes)),
+        Err(_) => Response::from_parts(parts, axum::body::Body::empty()),
+    }
+}
+
 /// A seed-003 error body without its `correlationId` yet.
 #[derive(Clone)]
 struct Uncorrelated(Arc<Seed003ErrorBody>);
@@ -587,6 +602,8 @@ const MAX_FIELD_BYTES: usize = 4096;
     )
 )]
 async fn upload_asset(State(state): State<AppState>, request: Request) -> Seed003Result<Json<Seed003Uploaded>> {
+    // The audit log's actor is `anonymous`: no credential, the signature is the authority.
+    super::audit::AuditNote::set(request.extensions(), "seed-003 upload authorised by a signed timestamp");
     Ok(upload(&state, request).await?)
 }
 

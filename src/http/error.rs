@@ -228,6 +228,19 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
         if !is_json(req.headers()) {
             return Err(ApiError(Error::UnsupportedMediaType("expected a JSON body with `Content-Type: application/json`".into())));
         }
+        let ApiBytes(bytes) = ApiBytes::from_request(req, state).await?;
+        Ok(ApiJson(from_json_slice(&bytes)?))
+    }
+}
+
+/// The whole body (at most `MAX_JSON_BYTES`) as `Bytes`, for handlers that parse it
+/// themselves; its rejections (too large, too slow, cut off) use the error format above.
+pub struct ApiBytes(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for ApiBytes {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
             ApiError(if let Some(slow) = super::body_guard::SlowBody::find(&rejection) {
                 slow.into()
@@ -237,7 +250,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                 Error::invalid("invalid_body", "the request body could not be read completely")
             })
         })?;
-        Ok(ApiJson(from_json_slice(&bytes)?))
+        Ok(ApiBytes(bytes))
     }
 }
 
@@ -253,6 +266,10 @@ fn is_json(headers: &axum::http::HeaderMap) -> bool {
 /// Parses a JSON request body; a body that does not fit gets `400 invalid_json` naming the
 /// field and what was expected (for handlers that read the body themselves).
 pub fn from_json_slice<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+    if has_escaped_nul(bytes) {
+        // PostgreSQL stores no NUL in text: refused here for every field alike.
+        return Err(Error::invalid("invalid_json", "text in the request body may not contain the NUL character (\\u0000)"));
+    }
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
         let path = e.path().to_string();
@@ -264,6 +281,22 @@ pub fn from_json_slice<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     })?;
     deserializer.end().map_err(|e| json_syntax_error(&e))?;
     Ok(value)
+}
+
+/// Whether a JSON text holds the escape `\u0000` (a raw NUL is no valid JSON anyway).
+fn has_escaped_nul(bytes: &[u8]) -> bool {
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' {
+            if bytes.get(i + 1) == Some(&b'u') && bytes.get(i + 2..i + 6) == Some(b"0000".as_slice()) {
+                return true;
+            }
+            i += 2;
+        } else {
+            i += 1;
+        }
+    }
+    false
 }
 
 fn json_syntax_error(error: &serde_json::Error) -> Error {
@@ -692,5 +725,19 @@ mod code_table {
         panic!(
             "docs/API.md's error table is out of date: run `UPDRAFT_BLESS=1 cargo nextest run --lib code_table` to rewrite it.\nIt should be:\n{generated}"
         );
+    }
+}
+
+#[cfg(test)]
+mod nul_tests {
+    use super::*;
+
+    #[test]
+    fn an_escaped_nul_is_found_and_an_escaped_backslash_before_u0000_is_not() {
+        assert!(has_escaped_nul(br#"{"notes": "x\u0000y"}"#));
+        assert!(!has_escaped_nul(br#"{"notes": "x\\u0000y"}"#));
+        assert!(has_escaped_nul(br#"{"notes": "x\\\u0000y"}"#));
+        assert!(!has_escaped_nul(br#"{"notes": "x\u0001y"}"#));
+        assert_eq!(from_json_slice::<serde_json::Value>(br#"{"a": "\u0000"}"#).unwrap_err().code(), "invalid_json");
     }
 }

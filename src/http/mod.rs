@@ -3,6 +3,7 @@
 
 pub mod accounts;
 pub mod assets;
+pub mod audit;
 pub mod auth;
 pub mod body_guard;
 pub mod compat;
@@ -14,9 +15,12 @@ pub mod download;
 pub mod error;
 pub mod firmware;
 pub mod forwarded;
+pub mod guards;
+pub mod limits;
 pub mod mqtt;
 pub mod ops;
 pub mod page;
+pub mod path_guard;
 pub mod range;
 pub mod roles;
 pub mod rollouts;
@@ -117,6 +121,7 @@ impl AppState {
         (name = "mqtt", description = "MQTT: broker status, credentials, device commands and telemetry, auth hooks for external brokers"),
         (name = "operations", description = "Health, readiness, metrics"),
         (name = "accounts", description = "Operators: users, API keys, browser sessions (admin; own session: any role)"),
+        (name = "audit", description = "The audit log of operator actions (admin)"),
     )
 )]
 struct ApiDoc;
@@ -146,6 +151,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(mqtt::router())
         .merge(ops::router())
         .merge(accounts::router())
+        .merge(audit::router())
 }
 
 /// The OpenAPI document, generated from the handlers' annotations.
@@ -159,6 +165,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 pub fn router(state: AppState) -> Router {
     let (api, mut openapi) = api_router().split_for_parts();
     roles::describe_roles(&mut openapi);
+    let guards = guards::Guards::new(state.clone(), &openapi);
     let openapi = Arc::new(openapi);
     let sensitive: Arc<[HeaderName]> = Arc::new([
         header::AUTHORIZATION,
@@ -178,6 +185,7 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(MAX_JSON_BYTES))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(guards, guards::guard))
         .layer(middleware::from_fn(record_metrics))
         .layer(middleware::from_fn_with_state(state.clone(), body_guard::guard))
         .layer(middleware::from_fn_with_state(state.clone(), forwarded::resolve))

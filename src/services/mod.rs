@@ -4,6 +4,7 @@
 
 pub mod accounts;
 pub mod assets;
+pub mod audit;
 pub mod commands;
 pub mod compat;
 pub mod config;
@@ -46,6 +47,8 @@ pub struct CoreParts {
     pub commands: Arc<commands::CommandRuntime>,
     pub tasks: tasks::Tasks,
     pub accounts: Arc<accounts::AccountsRuntime>,
+    /// The audit log's queue (see `audit`).
+    pub audit: Arc<audit::AuditLog>,
 }
 
 impl std::ops::Deref for Core {
@@ -74,6 +77,7 @@ impl Core {
             commands: Arc::default(),
             tasks: tasks::Tasks::default(),
             accounts: Arc::new(accounts::AccountsRuntime::new(settings.accounts.clone())),
+            audit: Arc::new(audit::AuditLog::new(settings.audit.clone())),
         })))
     }
 
@@ -92,5 +96,6 @@ impl Core {
         rollouts::spawn_background(self.clone());
         commands::spawn_background(self.clone());
         accounts::spawn_background(self.clone());
+        audit::spawn_background(self.clone());
     }
 }

@@ -214,13 +214,17 @@ pub async fn principal_of(core: &Core, server: Option<&ServerIdentity>, username
 
 /// `[A-Za-z0-9._-]{1,64}`, not starting with `$` (reserved for Updraft).
 pub fn check_username(username: &str) -> Result<()> {
-    let ok = !username.is_empty()
-        && username.len() <= 64
+    // It starts with a letter or digit, so that no name is `.`, `..` or looks like a path.
+    let ok = username.len() <= 64
+        && username.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
         && username.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@'));
     if ok {
         Ok(())
     } else {
-        Err(Error::invalid("invalid_username", "an MQTT username is 1-64 characters of A-Z, a-z, 0-9, '.', '_', '-' or '@'"))
+        Err(Error::invalid(
+            "invalid_username",
+            "an MQTT username is 1-64 characters of A-Z, a-z, 0-9, '.', '_', '-' or '@', starting with a letter or digit",
+        ))
     }
 }
 

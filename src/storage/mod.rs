@@ -4,6 +4,7 @@
 mod accounts;
 pub use accounts::{UserChange, UserWithHash};
 mod assets;
+mod audit;
 mod compat;
 mod config;
 mod devices;
@@ -23,6 +24,7 @@ use anyhow::Context;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
+pub use audit::AuditCursor;
 pub use compat::CompatFileRemoval;
 pub use config::ConfigWrite;
 pub use devices::{ActiveRow, AttemptOffer, DeviceReport, NewDevice, RolloutSlot};

@@ -163,6 +163,7 @@ pub(super) const UNIQUE_CONSTRAINTS: &[UniqueConstraint] = &[
     UniqueConstraint { name: "config_schema_pkey", sqlite_columns: "config_schema.product" },
     UniqueConstraint { name: "config_ack_pkey", sqlite_columns: "config_ack.device_id" },
     UniqueConstraint { name: "managed_product_pkey", sqlite_columns: "managed_product.product" },
+    UniqueConstraint { name: "audit_event_pkey", sqlite_columns: "audit_event.id" },
 ];
 
 /// The unique constraint a failed write violated, named as in [`UNIQUE_CONSTRAINTS`]; `None`

@@ -51,6 +51,10 @@ pub async fn test_settings() -> (Settings, tempfile::TempDir) {
     };
     let mut settings = Settings::load_with_dotenv(&args, &data_dir.path().join(".env")).expect("test settings are valid");
     settings.shutdown_timeout = std::time::Duration::from_secs(5);
+    // Tests send bursts of uploads, conversions and rollouts on purpose; the limits have
+    // their own tests (audit.rs), which set them low.
+    let unlimited = updraft::config::Rate { per_minute: 1_000_000, burst: 1_000_000 };
+    settings.limits = updraft::config::LimitSettings { uploads: unlimited, lvgl: unlimited, rollouts: unlimited };
 
     if let Some(admin_url) = std::env::var("UPDRAFT_TEST_DATABASE").ok().filter(|v| v != "sqlite") {
         settings.database_url = create_postgres_database(&admin_url).await.into()

@@ -9,6 +9,8 @@
 mod accountability;
 mod accounts;
 mod assets;
+mod audit;
+mod bad_input;
 mod compat;
 mod config;
 mod config_seed003;

@@ -36,7 +36,12 @@ impl RawResponse {
 
 impl RawConnection {
     pub async fn open(app: &TestApp) -> RawConnection {
-        RawConnection { stream: TcpStream::connect(app.addr).await.expect("connect"), buffered: Vec::new() }
+        RawConnection::from_stream(TcpStream::connect(app.addr).await.expect("connect"))
+    }
+
+    /// A connection opened by the caller (from an address of its choosing).
+    pub fn from_stream(stream: TcpStream) -> RawConnection {
+        RawConnection { stream, buffered: Vec::new() }
     }
 
     pub async fn send(&mut self, request: &str) {

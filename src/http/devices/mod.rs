@@ -5,7 +5,6 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -20,7 +19,7 @@ use utoipa_axum::routes;
 
 use super::AppState;
 use super::auth::{Operator, Provisioner, Registrar, Viewer};
-use super::error::{ApiJson, ApiQuery, ApiResult, ErrorBody};
+use super::error::{ApiBytes, ApiJson, ApiQuery, ApiResult, ErrorBody};
 use super::firmware::timestamp;
 use crate::domain::Error;
 use crate::domain::device::{Device, DeviceFilter, DevicePatch, DeviceSort, Provisioning, SetupEvent, UpdateAttempt};

@@ -188,7 +188,7 @@ pub(super) async fn import_devices(
     State(state): State<AppState>,
     who: Registrar,
     headers: HeaderMap,
-    body: Bytes,
+    ApiBytes(body): ApiBytes,
 ) -> ApiResult<Json<ImportResult>> {
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
     let rows: Vec<NewDeviceRequest> = if content_type.starts_with("application/json") {

@@ -108,7 +108,7 @@ macro_rules! action_endpoint {
             responses((status = 200, body = RolloutView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, description = "Not allowed in the rollout's state", body = ErrorBody)),
             security(("bearer" = ["admin", "operator"]), ("admin_key" = ["admin", "operator"]))
         )]
-        pub(super) async fn $name(State(state): State<AppState>, who: Operator, Path(id): Path<RolloutId>, body: Bytes) -> ApiResult<Json<RolloutView>> {
+        pub(super) async fn $name(State(state): State<AppState>, who: Operator, Path(id): Path<RolloutId>, ApiBytes(body): ApiBytes) -> ApiResult<Json<RolloutView>> {
             act(&state, &who.principal().actor(), &id, $action, &body).await
         }
     };

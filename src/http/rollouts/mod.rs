@@ -13,7 +13,7 @@ use utoipa_axum::routes;
 
 use super::AppState;
 use super::auth::{Operator, Viewer};
-use super::error::{ApiJson, ApiQuery, ApiResult, ErrorBody};
+use super::error::{ApiBytes, ApiJson, ApiQuery, ApiResult, ErrorBody};
 use super::firmware::timestamp;
 use crate::domain::firmware::HardwareId;
 use crate::domain::rollout::{

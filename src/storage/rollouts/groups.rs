@@ -87,6 +87,10 @@ impl Store {
     /// Deletes a group no rollout that may still offer uses; false if it does not exist.
     pub async fn delete_group(&self, id: &GroupId) -> Result<bool> {
         let mut tx = self.pool.begin().await.map_err(|e| db_error(e, "failed to begin a transaction"))?;
+        // A write first: on SQLite a transaction that reads and then writes fails at once
+        // (SQLITE_BUSY, a 500) when another connection wrote in between (the audit writer,
+        // presence); one that writes first waits for the lock instead.
+        bump_revision(&mut tx).await?;
         let rows = sqlx::query("SELECT id, target FROM rollout WHERE state IN ('draft', 'running', 'paused', 'halted', 'completed')")
             .fetch_all(&mut *tx)
             .await
@@ -106,7 +110,6 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(|e| db_error(e, "failed to delete a group"))?;
-        bump_revision(&mut tx).await?;
         tx.commit().await.map_err(|e| db_error(e, "failed to commit a group deletion"))?;
         Ok(deleted.rows_affected() == 1)
     }
