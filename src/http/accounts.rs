@@ -23,7 +23,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
-use super::auth::{Admin, Viewer};
+use super::audit::AuditNote;
+use super::auth::{ActorSlot, Admin, Viewer};
 use super::device_api::ClientIp;
 use super::error::{ApiJson, ApiQuery, ApiResult, ErrorBody};
 use crate::domain::accounts::{ApiKey, Session, User};
@@ -464,6 +465,7 @@ async fn patch_user(
 async fn login(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
+    extensions: axum::http::Extensions,
     headers: HeaderMap,
     ApiJson(body): ApiJson<LoginBody>,
 ) -> ApiResult<Response> {
@@ -481,7 +483,14 @@ async fn login(
         return Err(Error::invalid("invalid_login", "the username or password is too long").into());
     }
     let user_agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok());
+    // For the audit log: who tried (never the password or key's secret), and who got in.
+    let attempted = match &credentials {
+        Credentials::Password { username, .. } => format!("username={username}"),
+        Credentials::ApiKey(key) => format!("api_key_id={}", rules::key_id(key).unwrap_or("admin")),
+    };
+    AuditNote::set(&extensions, attempted);
     let new = sessions::login(&state.core, credentials, ip, user_agent).await?;
+    ActorSlot::record(&extensions, &new.session.principal);
     Ok(session_response(&state, &headers, &new, StatusCode::CREATED))
 }
 

@@ -112,6 +112,14 @@ impl ActorSlot {
         }
     }
 
+    /// Records `principal` in the slot of the request whose extensions these are (for handlers
+    /// that authenticate by themselves, such as a login).
+    pub fn record(extensions: &axum::http::Extensions, principal: &Principal) {
+        if let Some(slot) = extensions.get::<ActorSlot>() {
+            let _ = slot.0.set(principal.clone());
+        }
+    }
+
     /// The principal an extractor recorded, if any.
     pub fn get(&self) -> Option<&Principal> {
         self.0.get()

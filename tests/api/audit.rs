@@ -425,3 +425,27 @@ async fn a_flood_of_unauthenticated_attempts_is_recorded_up_to_a_budget_per_addr
     assert_eq!(only(&app, "create_group").await["actor"], "key:admin");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn logins_are_recorded_with_who_tried_and_who_got_in_and_never_the_password() {
+    let app = spawn_app().await;
+    let user = json!({"username": "alice", "password": "correct horse battery", "role": "viewer"});
+    assert_eq!(app.admin(Method::POST, "/api/v1/users").json(&user).send().await.unwrap().status(), 201);
+
+    let wrong = json!({"username": "alice", "password": "wrong horse battery"});
+    let response = app.client.post(app.url("/api/v1/session")).json(&wrong).send().await.unwrap();
+    assert_eq!(response.status(), 401);
+    let right = json!({"username": "alice", "password": "correct horse battery"});
+    let response = app.client.post(app.url("/api/v1/session")).json(&right).send().await.unwrap();
+    assert_eq!(response.status(), 201);
+
+    let (items, total) = audit(&app, "action=login").await;
+    assert_eq!(total, 2, "{items:?}");
+    // Newest first.
+    assert_eq!((items[0]["actor"].clone(), items[0]["result"].clone()), (json!("user:alice"), json!("ok")), "{items:?}");
+    assert_eq!(items[0]["role"], "viewer");
+    assert_eq!((items[1]["actor"].clone(), items[1]["result"].clone()), (json!("anonymous"), json!("denied")), "{items:?}");
+    assert_eq!(items[1]["note"], "username=alice");
+    let text = serde_json::to_string(&items).unwrap();
+    assert!(!text.contains("horse"), "a password reached the audit log: {text}");
+}
