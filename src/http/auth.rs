@@ -69,6 +69,9 @@ impl<N: RouteNeed> FromRequestParts<AppState> for Authorized<N> {
 
 /// Who the request's operator credential names, or 401.
 pub async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, Error> {
+    if let Some(principal) = super::oidc::operator(parts, state).await? {
+        return Ok(principal);
+    }
     require_admin(state, bearer_or_header(parts, "x-admin-api-key"), client_ip(parts))?;
     Ok(Principal::new(PrincipalKind::ApiKey, "admin", Role::Admin))
 }

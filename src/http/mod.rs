@@ -14,6 +14,7 @@ pub mod error;
 pub mod firmware;
 pub mod forwarded;
 pub mod mqtt;
+pub mod oidc;
 pub mod ops;
 pub mod page;
 pub mod range;

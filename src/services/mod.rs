@@ -14,6 +14,7 @@ pub mod images;
 pub mod keys;
 pub mod limiter;
 pub mod mqtt_auth;
+pub mod oidc;
 pub mod ops;
 pub mod outbox;
 pub mod rollouts;
@@ -44,6 +45,8 @@ pub struct CoreParts {
     pub outbox: outbox::Outbox,
     pub commands: Arc<commands::CommandRuntime>,
     pub tasks: tasks::Tasks,
+    /// Single sign-on (None when no OpenID provider is configured).
+    pub oidc: Option<Arc<oidc::Oidc>>,
 }
 
 impl std::ops::Deref for Core {
@@ -60,6 +63,7 @@ impl Core {
     pub async fn build(settings: &crate::config::Settings, store: Store, blobs: BlobStore, signing_key: [u8; 32]) -> anyhow::Result<Core> {
         let keys = Arc::new(keys::ServerKeys::load(&settings.content, &store).await?);
         let fetcher = Arc::new(images::ImageFetcher::new(&settings.content)?);
+        let oidc = settings.oidc.clone().map(|oidc| oidc::Oidc::new(oidc, &signing_key)).transpose()?.map(Arc::new);
         Ok(Core(Arc::new(CoreParts {
             store,
             blobs,
@@ -71,6 +75,7 @@ impl Core {
             outbox: outbox::Outbox::default(),
             commands: Arc::default(),
             tasks: tasks::Tasks::default(),
+            oidc,
         })))
     }
 
@@ -88,5 +93,6 @@ impl Core {
         devices::spawn_background(self.clone());
         rollouts::spawn_background(self.clone());
         commands::spawn_background(self.clone());
+        oidc::spawn_background(self);
     }
 }

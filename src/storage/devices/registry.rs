@@ -79,6 +79,17 @@ impl Store {
         row.map(|r| map_row::<ActiveDeviceRow, ActiveRow>(&r)).transpose()
     }
 
+    /// The index entry of a registered device by id (token or not): for devices that
+    /// authenticate with an OpenID provider's token instead of an Updraft token.
+    pub async fn find_active_device_by_id(&self, id: &str) -> Result<Option<ActiveRow>> {
+        let row = sqlx::query(AssertSqlSafe(format!("SELECT {ACTIVE_COLUMNS} FROM device WHERE id = $1")))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| db_error(e, "failed to read a device"))?;
+        row.map(|r| map_row::<ActiveDeviceRow, ActiveRow>(&r)).transpose()
+    }
+
     /// Index entries of devices holding a token, in id order after `after`: the fleet
     /// index's start-up load, a page at a time.
     pub async fn list_active_devices(&self, after: &str, limit: u32) -> Result<Vec<(String, ActiveRow)>> {
