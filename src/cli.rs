@@ -32,6 +32,76 @@ enum Command {
     /// Import the registry and files of another OTA server.
     #[command(subcommand)]
     Import(ImportCommand),
+    /// Operator accounts, on the database (works with the server stopped; passwords are read
+    /// from standard input, never from the command line).
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Named API keys, on the database (works with the server stopped).
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create a user; its password is read from standard input (a prompt on a terminal).
+    Add {
+        username: String,
+        /// admin, operator, viewer or provisioner
+        #[arg(long)]
+        role: String,
+        #[command(flatten)]
+        data: SettingFlags<DatabaseFlags>,
+    },
+    /// Set a user's password (read from standard input) and end its sessions.
+    Passwd {
+        username: String,
+        #[command(flatten)]
+        data: SettingFlags<DatabaseFlags>,
+    },
+    /// List the users.
+    List {
+        #[command(flatten)]
+        data: SettingFlags<DatabaseFlags>,
+    },
+    /// Disable a user (or enable it again with --enable); disabling ends its sessions.
+    Disable {
+        username: String,
+        /// Enable the user instead.
+        #[arg(long)]
+        enable: bool,
+        #[command(flatten)]
+        data: SettingFlags<DatabaseFlags>,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Create a named API key and print it once (only its digest is stored).
+    Create {
+        name: String,
+        /// admin, operator, viewer or provisioner
+        #[arg(long)]
+        role: String,
+        /// Days until the key stops working [default: never]
+        #[arg(long, value_name = "DAYS")]
+        expires_in_days: Option<u32>,
+        #[command(flatten)]
+        data: SettingFlags<DatabaseFlags>,
+    },
+    /// Revoke a key by name or id (running servers refuse it within UPDRAFT_CREDENTIAL_CACHE_SECS).
+    Revoke {
+        name: String,
+        #[command(flatten)]
+        data: SettingFlags<DatabaseFlags>,
+    },
+    /// List the keys (never their secrets).
+    List {
+        /// Include revoked keys.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        data: SettingFlags<DatabaseFlags>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -99,6 +169,118 @@ pub fn run() -> i32 {
             })
         }
         Command::Import(ImportCommand::OtaServer(args)) => import_ota_server(args),
+        Command::User(command) => user_command(command),
+        Command::Key(command) => key_command(command),
+    }
+}
+
+/// Runs `work` on the database of an existing installation.
+fn on_database<F>(data: &SettingFlags<DatabaseFlags>, work: impl FnOnce(Store) -> F) -> i32
+where
+    F: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let args = maintenance_args(&[&data.args]);
+    with_settings(args, |settings| {
+        existing_installation(&settings, Uses::Database)?;
+        runtime()?.block_on(async {
+            let store = Store::connect(settings.database_url.expose(), 1).await?;
+            let outcome = work(store.clone()).await;
+            store.close().await;
+            outcome
+        })
+    })
+}
+
+fn role(text: &str) -> anyhow::Result<crate::domain::auth::Role> {
+    crate::domain::auth::Role::parse(text).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// A password from standard input: one line (a prompt first on a terminal).
+fn read_password(prompt: &str) -> anyhow::Result<String> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprint!("{prompt}");
+        let _ = std::io::stderr().flush();
+    }
+    let mut line = String::new();
+    stdin.lock().read_line(&mut line)?;
+    let password = line.trim_end_matches(['\n', '\r']).to_string();
+    if password.is_empty() {
+        anyhow::bail!("no password on standard input");
+    }
+    Ok(password)
+}
+
+fn user_command(command: UserCommand) -> i32 {
+    use crate::services::accounts::users;
+    match command {
+        UserCommand::Add { username, role: role_name, data } => on_database(&data, |store| async move {
+            let role = role(&role_name)?;
+            let password = read_password(&format!("Password for {username}: "))?;
+            let user = users::create_in(&store, &username, &password, role).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("user {} created with the role {}", user.username, user.role);
+            Ok(())
+        }),
+        UserCommand::Passwd { username, data } => on_database(&data, |store| async move {
+            let password = read_password(&format!("New password for {username}: "))?;
+            let patch = users::UserPatch { password: Some(password), ..Default::default() };
+            users::change_in(&store, &username, patch).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("password of {username} changed; its sessions are ended");
+            Ok(())
+        }),
+        UserCommand::List { data } => on_database(&data, |store| async move {
+            for user in users::list_in(&store).await.map_err(|e| anyhow::anyhow!("{e}"))? {
+                let state = if user.disabled { "disabled" } else { "enabled" };
+                println!("{}\t{}\t{state}", user.username, user.role);
+            }
+            Ok(())
+        }),
+        UserCommand::Disable { username, enable, data } => on_database(&data, |store| async move {
+            let patch = users::UserPatch { disabled: Some(!enable), ..Default::default() };
+            users::change_in(&store, &username, patch).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            if enable {
+                println!("user {username} enabled");
+            } else {
+                println!("user {username} disabled; its sessions are ended");
+            }
+            Ok(())
+        }),
+    }
+}
+
+fn key_command(command: KeyCommand) -> i32 {
+    use crate::services::accounts::keys;
+    match command {
+        KeyCommand::Create { name, role: role_name, expires_in_days, data } => on_database(&data, |store| async move {
+            let role = role(&role_name)?;
+            let expires_at = expires_in_days.map(|days| chrono::Utc::now() + chrono::Duration::days(i64::from(days)));
+            let spec = keys::KeySpec { name: &name, role, expires_at, created_by: "cli", owner: None };
+            let new = keys::create_in(&store, spec).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("{}", new.secret);
+            eprintln!("updraft: key {} ({}) created with the role {}; it is shown only now", new.key.name, new.key.id, new.key.role);
+            Ok(())
+        }),
+        KeyCommand::Revoke { name, data } => on_database(&data, |store| async move {
+            let key = keys::revoke_in(&store, &name).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("key {} ({}) revoked", key.name, key.id);
+            Ok(())
+        }),
+        KeyCommand::List { all, data } => on_database(&data, |store| async move {
+            for key in keys::list_in(&store, all).await.map_err(|e| anyhow::anyhow!("{e}"))? {
+                let time = |t: Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.to_rfc3339()).unwrap_or_else(|| "-".into());
+                let state = if key.revoked_at.is_some() { "revoked" } else { "active" };
+                println!(
+                    "{}\t{}\t{}\t{state}\texpires {}\tlast used {}",
+                    key.name,
+                    key.id,
+                    key.role,
+                    time(key.expires_at),
+                    time(key.last_used_at)
+                );
+            }
+            Ok(())
+        }),
     }
 }
 
@@ -192,6 +374,7 @@ fn reset_admin_key(settings: Settings) -> anyhow::Result<()> {
         let store = Store::connect(settings.database_url.expose(), 1).await?;
         let key = secret::generate("upd_admin_");
         store.replace_server_secret("admin_api_key_sha256", &secret::digest_hex(&key)).await?;
+        crate::services::accounts::keys::sync_admin_key(&store, &secret::digest(&key)).await?;
         store.close().await;
         println!("{key}");
         eprintln!(

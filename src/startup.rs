@@ -70,6 +70,7 @@ impl Application {
         let device_base = DeviceBaseUrl::choose(&settings, http_addr).await;
         let mqtt = crate::mqtt::Mqtt::start(&core, &settings, mqtt_listeners, device_base.url.clone()).await?.map(Arc::new);
         let admin_key_digest = resolve_admin_key(&core.store, settings.admin_api_key.as_ref().map(Secret::expose)).await?;
+        crate::services::accounts::keys::start(&core, &admin_key_digest).await?;
         let state = AppState::from(crate::http::AppStateParts {
             mqtt,
             core,

@@ -927,3 +927,84 @@ async fn start_up_warns_once_for_each_weak_setting_in_use_and_not_for_closed_one
     let (_, stderr) = closed.stop().await;
     assert!(!stderr.contains("weak setting in use"), "{stderr}");
 }
+
+/// Runs a command with `input` on its standard input.
+fn run_with_stdin(command: &mut Command, input: &str) -> Output {
+    use std::io::Write;
+    let mut child = command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start updraft");
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    Output {
+        status: output.status,
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+#[tokio::test]
+async fn users_and_keys_are_managed_from_the_command_line_with_the_server_stopped() {
+    let workdir = tempfile::tempdir().unwrap();
+    let data_dir = workdir.path().join("data");
+    let cli = |args: &[&str]| {
+        let mut command = updraft(workdir.path());
+        command.args(args).arg("--data-dir").arg(&data_dir);
+        command
+    };
+    // Nothing is created before the first start.
+    let early = run_with_stdin(&mut cli(&["user", "add", "alice", "--role", "operator"]), "a long enough password\n");
+    assert!(!early.status.success() && !data_dir.exists(), "{}", early.stderr);
+    let mut first = updraft(workdir.path());
+    first.env("UPDRAFT_ADMIN_API_KEY", ADMIN_KEY);
+    Server::start(first, &data_dir).await.expect_clean_stop().await;
+
+    let password = "a long enough password";
+    let added = run_with_stdin(&mut cli(&["user", "add", "alice", "--role", "operator"]), &format!("{password}\n"));
+    assert!(added.status.success(), "{}", added.stderr);
+    let short = run_with_stdin(&mut cli(&["user", "add", "bob", "--role", "viewer"]), "short\n");
+    assert!(!short.status.success() && short.stderr.contains("password"), "{}", short.stderr);
+    let created = run_to_exit(&mut cli(&["key", "create", "ci", "--role", "viewer", "--expires-in-days", "30"]));
+    assert!(created.status.success(), "{}", created.stderr);
+    let key = created.stdout.trim().to_string();
+    assert!(key.starts_with("upd_") && !key.contains(char::is_whitespace), "stdout is not one key: {:?}", created.stdout);
+    let users = run_to_exit(&mut cli(&["user", "list"]));
+    assert!(users.stdout.contains("alice\toperator\tenabled"), "{}", users.stdout);
+    let keys = run_to_exit(&mut cli(&["key", "list"]));
+    assert!(keys.stdout.contains("ci\t") && keys.stdout.contains("admin\t") && !keys.stdout.contains(&key), "{}", keys.stdout);
+    for output in [&added, &created, &users, &keys] {
+        assert!(!output.stdout.contains(password) && !output.stderr.contains(password), "the password was printed");
+    }
+
+    let mut serve = updraft(workdir.path());
+    serve.env("UPDRAFT_ADMIN_API_KEY", ADMIN_KEY);
+    let server = Server::start(serve, &data_dir).await;
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let login = |addr: SocketAddr, body: Value| {
+        let client = client.clone();
+        async move { client.post(format!("http://{addr}/api/v1/session")).json(&body).send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(login(server.addr, serde_json::json!({"username": "alice", "password": password})).await, 201);
+    assert_eq!(server.get("/api/v1/session", Some(&key)).await.status(), 200);
+    server.expect_clean_stop().await;
+
+    let new_password = "another long enough password";
+    let changed = run_with_stdin(&mut cli(&["user", "passwd", "alice"]), &format!("{new_password}\n"));
+    assert!(changed.status.success(), "{}", changed.stderr);
+    let mut serve = updraft(workdir.path());
+    serve.env("UPDRAFT_ADMIN_API_KEY", ADMIN_KEY);
+    let server = Server::start(serve, &data_dir).await;
+    assert_eq!(login(server.addr, serde_json::json!({"username": "alice", "password": password})).await, 401);
+    assert_eq!(login(server.addr, serde_json::json!({"username": "alice", "password": new_password})).await, 201);
+    server.expect_clean_stop().await;
+
+    assert!(run_to_exit(&mut cli(&["user", "disable", "alice"])).status.success());
+    let revoked = run_to_exit(&mut cli(&["key", "revoke", "ci"]));
+    assert!(revoked.status.success(), "{}", revoked.stderr);
+    assert!(run_to_exit(&mut cli(&["user", "list"])).stdout.contains("alice\toperator\tdisabled"));
+    let mut serve = updraft(workdir.path());
+    serve.env("UPDRAFT_ADMIN_API_KEY", ADMIN_KEY);
+    let server = Server::start(serve, &data_dir).await;
+    assert_eq!(login(server.addr, serde_json::json!({"username": "alice", "password": new_password})).await, 401);
+    assert_eq!(server.get("/api/v1/session", Some(&key)).await.status(), 401);
+    assert_eq!(server.get("/api/v1/session", Some(ADMIN_KEY)).await.status(), 200);
+    server.expect_clean_stop().await;
+}

@@ -17,8 +17,8 @@ use std::path::PathBuf;
 
 use super::LogFormat;
 use super::kinds::{
-    BaseUrl, BrokerUrl, DatabaseUrl, Deferred, Endpoint, ExistingFile, ExistingFolder, Hosts, LogFilter, Networks, ProductName, Secret,
-    Secs, Token,
+    BaseUrl, BrokerUrl, DatabaseUrl, Deferred, Endpoint, ExistingFile, ExistingFolder, Hosts, LogFilter, Networks, Origins, ProductName,
+    Secret, Secs, Token,
 };
 use super::setting::{Setting, settings};
 use crate::domain::device::Provisioning;
@@ -431,6 +431,43 @@ settings! {
         /// Seconds a new MQTT connection to the embedded broker has to send its CONNECT; silent
         /// or slow ones are closed then.
         mqtt_handshake_timeout_secs: Secs { value_name: "SECS", default: "10", min: 1, max: 300 }
+    }
+
+    group "Operators" {
+        /// Seconds a browser session lasts without being used; each use extends it, up to
+        /// UPDRAFT_SESSION_ABSOLUTE_SECS.
+        ///
+        /// Other replicas learn of a use within about a minute (uses are written in batches).
+        session_idle_secs: Secs { value_name: "SECS", default: "3600", min: 1, max: 30 * DAY }
+
+        /// Seconds after login a browser session ends, however active: then the user logs in
+        /// again.
+        session_absolute_secs: Secs { value_name: "SECS", default: "43200", min: 1, max: 365 * DAY }
+
+        /// Failed logins (password or API key at POST /api/v1/session) for one username within
+        /// UPDRAFT_LOGIN_LOCKOUT_SECS after which that username is refused with 429 to every
+        /// address that failed a login in that time; addresses without a failure still log in.
+        ///
+        /// Every address is also limited on its own, like wrong admin keys and device tokens
+        /// (ten failures a minute).
+        login_max_failures: u32 { value_name: "N", default: "10", min: 1, max: 10000 }
+
+        /// The window of UPDRAFT_LOGIN_MAX_FAILURES, in seconds: a username's failures are
+        /// forgotten this long after the first of them.
+        login_lockout_secs: Secs { value_name: "SECS", default: "900", min: 1, max: DAY }
+
+        /// Seconds a verified API key or session is trusted from memory before it is read
+        /// again: how long a revocation, a disabled user or an expiry set on another replica
+        /// takes to reach this one (on this replica, at once).
+        credential_cache_secs: Secs { value_name: "SECS", default: "10", min: 0, max: 300 }
+
+        /// Origins (comma-separated, e.g. `https://dash.example.com`) whose pages may call the API
+        /// from a browser with credentials (CORS), and whose `Origin` passes the CSRF check of
+        /// session cookies.
+        ///
+        /// Unset: no CORS headers at all, and only the server's own origin (UPDRAFT_PUBLIC_URL, else
+        /// the request's Host) may send state-changing requests with the session cookie.
+        cors_origins: Origins { value_name: "LIST", default_doc: "none (no CORS)", example: "https://dash.example.com" }
     }
 
     group "Single sign-on" {

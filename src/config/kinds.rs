@@ -387,6 +387,34 @@ impl Kind for Hosts {
     }
 }
 
+/// A comma-separated list of web origins (`https://host[:port]`), each kept as
+/// `scheme://host[:port]` in lower case without a trailing slash. Empty when unset.
+pub struct Origins;
+
+impl Kind for Origins {
+    type Value = Vec<String>;
+
+    fn parse(text: &str, _setting: &'static Setting) -> Result<Vec<String>, String> {
+        text.split(',')
+            .map(str::trim)
+            .filter(|entry| !entry.is_empty())
+            .map(|entry| {
+                let problem = || format!("`{entry}` is not an origin like https://dash.example.com");
+                let url = Url::parse(entry).map_err(|_| problem())?;
+                let plain = url.path() == "/" && url.query().is_none() && url.fragment().is_none() && url.username().is_empty();
+                if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() || !plain {
+                    return Err(problem());
+                }
+                Ok(url.origin().ascii_serialization())
+            })
+            .collect()
+    }
+
+    fn absent(_setting: &'static Setting) -> Option<Self::Value> {
+        Some(Vec::new())
+    }
+}
+
 /// A log filter (`info`, `info,updraft=debug`).
 pub struct LogFilter;
 

@@ -132,6 +132,29 @@ impl Default for RolloutSettings {
     }
 }
 
+/// Operator accounts, API keys and browser sessions (group "Operators").
+#[derive(Debug, Clone)]
+pub struct AccountSettings {
+    /// A session ends after this long without use...
+    pub session_idle: Duration,
+    /// ...and this long after login in any case.
+    pub session_absolute: Duration,
+    /// Failed logins of one username in `login_window` before it is locked for addresses that failed.
+    pub login_max_failures: u32,
+    pub login_window: Duration,
+    /// How long a verified key or session is trusted from memory.
+    pub credential_cache: Duration,
+    /// Origins allowed by CORS and by the CSRF origin check (`scheme://host[:port]`).
+    pub cors_origins: Vec<String>,
+}
+
+impl Default for AccountSettings {
+    /// The declared defaults.
+    fn default() -> Self {
+        Settings::defaults().accounts
+    }
+}
+
 /// Fully parsed settings of a running server. `Debug` shows no secret.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -164,6 +187,7 @@ pub struct Settings {
     pub rollouts: RolloutSettings,
     pub compat: CompatSettings,
     pub mqtt: MqttSettings,
+    pub accounts: AccountSettings,
     /// Single sign-on (None when UPDRAFT_OIDC_ISSUER is unset).
     pub oidc: Option<OidcSettings>,
     /// `UPDRAFT_*` variables and `.env` keys that are no setting, each with where it was
@@ -456,6 +480,14 @@ impl Settings {
             rollouts,
             compat,
             mqtt,
+            accounts: AccountSettings {
+                session_idle: values.session_idle_secs,
+                session_absolute: values.session_absolute_secs,
+                login_max_failures: values.login_max_failures,
+                login_window: values.login_lockout_secs,
+                credential_cache: values.credential_cache_secs,
+                cors_origins: values.cors_origins,
+            },
             oidc,
             unknown_names: sources.unknown.clone(),
         })

@@ -17,6 +17,10 @@ pub enum Error {
     /// Credentials are valid but do not allow this (403).
     #[error("{0}")]
     Forbidden(String),
+    /// Refused for a reason a client can act on, named by `code` (403): a session-cookie
+    /// request without its CSRF token, or from a foreign origin.
+    #[error("{message}")]
+    Denied { code: &'static str, message: String },
     /// No such resource (404).
     #[error("{what} `{id}` not found")]
     NotFound { what: &'static str, id: String },
@@ -70,6 +74,10 @@ impl Error {
         Error::Conflict { code, message: message.into() }
     }
 
+    pub fn denied(code: &'static str, message: impl Into<String>) -> Self {
+        Error::Denied { code, message: message.into() }
+    }
+
     pub fn not_found(what: &'static str, id: impl Into<String>) -> Self {
         Error::NotFound { what, id: id.into() }
     }
@@ -77,7 +85,9 @@ impl Error {
     /// A stable machine-readable code for the error body.
     pub fn code(&self) -> &'static str {
         match self {
-            Error::Invalid { code, .. } | Error::Unprocessable { code, .. } | Error::Conflict { code, .. } => code,
+            Error::Invalid { code, .. } | Error::Unprocessable { code, .. } | Error::Conflict { code, .. } | Error::Denied { code, .. } => {
+                code
+            }
             Error::Unauthenticated(_) => "unauthenticated",
             Error::Forbidden(_) => "forbidden",
             Error::NotFound { .. } => "not_found",

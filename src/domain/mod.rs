@@ -1,6 +1,7 @@
 //! The domain: types, rules and decisions. Nothing here does IO or knows about HTTP,
 //! MQTT or SQL; adapters and storage convert to and from these types.
 
+pub mod accounts;
 pub mod asset;
 pub mod auth;
 pub mod command;

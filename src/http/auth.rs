@@ -1,5 +1,6 @@
-//! Admin authentication: `Authorization: Bearer <key>` or `X-Admin-API-Key: <key>`,
-//! checked against the stored digest in constant time. Wrong keys count against the caller's
+//! Operator authentication: an API key in `Authorization: Bearer <key>` or
+//! `X-Admin-API-Key: <key>` (checked against its stored digest in constant time, see
+//! `services::accounts::keys`), or the session cookie (`http::accounts`). Wrong keys count against the caller's
 //! address in the same limiter as wrong device tokens: after ten in a minute, that address
 //! gets 429 with `Retry-After`, whatever it sends.
 
@@ -12,9 +13,10 @@ use axum::http::request::Parts;
 use super::AppState;
 use super::error::ApiError;
 use super::forwarded::ClientView;
-use crate::domain::auth::{Need, Principal, PrincipalKind, Role};
+use crate::domain::auth::{Need, Principal};
 use crate::domain::{Error, secret};
 use crate::net::ClientAddr;
+use crate::services::accounts;
 
 /// What a route needs, as a type: the parameter of `Authorized`.
 pub trait RouteNeed: Send + Sync + 'static {
@@ -67,13 +69,36 @@ impl<N: RouteNeed> FromRequestParts<AppState> for Authorized<N> {
     }
 }
 
-/// Who the request's operator credential names, or 401.
+/// Who the request's operator credential names, or 401: an API key (a named key or the
+/// original admin key) in `Authorization: Bearer` or `X-Admin-API-Key`, else the session
+/// cookie (with the CSRF checks on state-changing methods). A wrong credential counts as a
+/// failed authentication of the caller's address.
 pub async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, Error> {
+    let ip = client_ip(parts);
+    let limiter = &state.core.devices.limiter;
+    limiter.check(ip)?;
+    let Some(presented) = bearer_or_header(parts, "x-admin-api-key") else {
+        return match super::accounts::session_cookie(&parts.headers) {
+            Some(token) => super::accounts::authenticate_session(parts, state, token, ip).await,
+            None => Err(Error::Unauthenticated(
+                "a credential is required: send `Authorization: Bearer <key>` or `X-Admin-API-Key: <key>`, or log in \
+                 (POST /api/v1/session) for a session cookie"
+                    .into(),
+            )),
+        };
+    };
+    // OpenID Connect (h14-oidc): a bearer that looks like a JWT is verified here, in one call.
     if let Some(principal) = super::oidc::operator(parts, state).await? {
         return Ok(principal);
     }
-    require_admin(state, bearer_or_header(parts, "x-admin-api-key"), client_ip(parts))?;
-    Ok(Principal::new(PrincipalKind::ApiKey, "admin", Role::Admin))
+    match accounts::keys::verify(&state.core, presented).await? {
+        Some(principal) => Ok(principal),
+        None => {
+            limiter.record_failure(ip);
+            tracing::info!(%ip, "wrong API key");
+            Err(Error::Unauthenticated("the API key is not valid (unknown, revoked or expired)".into()))
+        }
+    }
 }
 
 /// Where an authentication extractor leaves the principal it found, for the layers around
@@ -127,7 +152,7 @@ pub fn require_admin(state: &AppState, presented: Option<&str>, ip: IpAddr) -> R
 /// Whether `presented` is the admin key, without counting a miss (for routes that accept the
 /// admin key or another credential, and count a failure once both missed).
 pub fn is_admin_key(state: &AppState, presented: &str) -> bool {
-    secret::verify(presented, &state.admin_key_digest)
+    secret::verify(presented, &state.admin_key_digest) && !state.core.accounts.admin_key_revoked()
 }
 
 /// The credential of `Authorization: Bearer <x>`, or else the value of `header`.

@@ -59,7 +59,7 @@ pub fn status_of(error: &Error) -> StatusCode {
         Error::Invalid { .. } => StatusCode::BAD_REQUEST,
         Error::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         Error::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-        Error::Forbidden(_) => StatusCode::FORBIDDEN,
+        Error::Forbidden(_) | Error::Denied { .. } => StatusCode::FORBIDDEN,
         Error::NotFound { .. } => StatusCode::NOT_FOUND,
         Error::Conflict { .. } => StatusCode::CONFLICT,
         Error::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
@@ -535,7 +535,7 @@ mod code_table {
         ("method_not_allowed", "the route exists, the method does not"),
         (
             "too_many_requests",
-            "repeated failed authentication from one address: device tokens, admin keys, MQTT passwords; `Retry-After` says when to retry",
+            "repeated failed authentication from one address (device tokens, API keys, session cookies, MQTT passwords, logins) or of one username at login; `Retry-After` says when to retry",
         ),
         ("precondition_failed", "`If-Match` names a version that is no longer current"),
         ("request_timeout", "the body came too slowly; the connection is closed"),
@@ -601,6 +601,8 @@ mod code_table {
                 ("Error::Unprocessable { code: ", 422),
                 ("Error::conflict(", 409),
                 ("Error::Conflict { code: ", 409),
+                ("Error::denied(", 403),
+                ("Error::Denied { code: ", 403),
             ] {
                 for after in text.split(constructor).skip(1) {
                     if let Some(code) = leading_code(after) {

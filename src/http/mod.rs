@@ -1,6 +1,7 @@
 //! The HTTP adapter: routes, shared state and middleware. Handlers decode requests, call
 //! `services` (never `storage`), and encode responses; each module owns its wire types.
 
+pub mod accounts;
 pub mod assets;
 pub mod auth;
 pub mod body_guard;
@@ -115,6 +116,7 @@ impl AppState {
         (name = "seed-003", description = "Compatibility with seed 003 (IoT Support Backend): configs, signed assets, LVGL image proxy"),
         (name = "mqtt", description = "MQTT: broker status, credentials, device commands and telemetry, auth hooks for external brokers"),
         (name = "operations", description = "Health, readiness, metrics"),
+        (name = "accounts", description = "Operators: users, API keys, browser sessions (admin; own session: any role)"),
     )
 )]
 struct ApiDoc;
@@ -126,6 +128,7 @@ impl Modify for SecuritySchemes {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
         components.add_security_scheme("admin_key", SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-Admin-API-Key"))));
+        components.add_security_scheme("session", SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new(accounts::SESSION_COOKIE))));
         components.add_security_scheme("device_token", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
     }
 }
@@ -142,6 +145,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(compat_seed003::router())
         .merge(mqtt::router())
         .merge(ops::router())
+        .merge(accounts::router())
 }
 
 /// The OpenAPI document, generated from the handlers' annotations.
@@ -153,12 +157,18 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 pub fn router(state: AppState) -> Router {
     let (api, openapi) = api_router().split_for_parts();
     let openapi = Arc::new(openapi);
-    let sensitive: Arc<[HeaderName]> =
-        Arc::new([header::AUTHORIZATION, HeaderName::from_static("x-admin-api-key"), HeaderName::from_static("x-device-token")]);
+    let sensitive: Arc<[HeaderName]> = Arc::new([
+        header::AUTHORIZATION,
+        header::COOKIE,
+        HeaderName::from_static("x-admin-api-key"),
+        HeaderName::from_static("x-device-token"),
+        HeaderName::from_static(accounts::CSRF_HEADER),
+    ]);
     let request_id = HeaderName::from_static("x-request-id");
 
     let compat = compat::router(&state.settings.compat);
-    api.merge(ops::docs_router(openapi))
+    let router = api
+        .merge(ops::docs_router(openapi))
         .merge(compat)
         // Upload bodies are limited by the handler itself (UPDRAFT_MAX_UPLOAD_BYTES); everything
         // else by this layer.
@@ -176,8 +186,37 @@ pub fn router(state: AppState) -> Router {
         }))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
-        .layer(SetSensitiveRequestHeadersLayer::from_shared(sensitive))
-        .with_state(state)
+        .layer(SetSensitiveRequestHeadersLayer::from_shared(sensitive));
+    let router = match cors_layer(&state.settings.accounts.cors_origins) {
+        Some(cors) => router.layer(cors),
+        None => router,
+    };
+    router.with_state(state)
+}
+
+/// CORS for `UPDRAFT_CORS_ORIGINS` (None without origins: no CORS headers at all): exactly
+/// those origins, with credentials (the session cookie), and the headers operators send.
+fn cors_layer(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return None;
+    }
+    let origins: Vec<axum::http::HeaderValue> = origins.iter().filter_map(|o| axum::http::HeaderValue::from_str(o).ok()).collect();
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_credentials(true)
+            .allow_methods([Method::GET, Method::HEAD, Method::POST, Method::PUT, Method::PATCH, Method::DELETE])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                header::IF_MATCH,
+                HeaderName::from_static("x-admin-api-key"),
+                HeaderName::from_static(accounts::CSRF_HEADER),
+            ])
+            .expose_headers([header::ETAG, header::RETRY_AFTER, HeaderName::from_static("x-request-id")])
+            .max_age(Duration::from_secs(600)),
+    )
 }
 
 async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {

@@ -2,6 +2,7 @@
 //! with storage and blobs. Adapters (HTTP, device protocols, MQTT, CLI) call these and
 //! never touch storage for writes themselves.
 
+pub mod accounts;
 pub mod assets;
 pub mod commands;
 pub mod compat;
@@ -45,6 +46,7 @@ pub struct CoreParts {
     pub outbox: outbox::Outbox,
     pub commands: Arc<commands::CommandRuntime>,
     pub tasks: tasks::Tasks,
+    pub accounts: Arc<accounts::AccountsRuntime>,
     /// Single sign-on (None when no OpenID provider is configured).
     pub oidc: Option<Arc<oidc::Oidc>>,
 }
@@ -75,6 +77,7 @@ impl Core {
             outbox: outbox::Outbox::default(),
             commands: Arc::default(),
             tasks: tasks::Tasks::default(),
+            accounts: Arc::new(accounts::AccountsRuntime::new(settings.accounts.clone())),
             oidc,
         })))
     }
@@ -88,11 +91,12 @@ impl Core {
     }
 
     /// Starts the services' background loops (under `tasks`): the device subsystem's, the
-    /// rollouts', the commands'.
+    /// rollouts', the commands', the accounts'.
     pub fn spawn_background(&self) {
         devices::spawn_background(self.clone());
         rollouts::spawn_background(self.clone());
         commands::spawn_background(self.clone());
+        accounts::spawn_background(self.clone());
         oidc::spawn_background(self);
     }
 }

@@ -288,7 +288,8 @@ pub async fn delete_user(core: &Core, username: &str) -> Result<()> {
     Ok(())
 }
 
-fn hash_password(password: &str) -> Result<String> {
+/// An Argon2id PHC string of `password` (slow: call it off the async threads).
+pub fn hash_password(password: &str) -> Result<String> {
     let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>()).map_err(|e| Error::Internal(anyhow::anyhow!("salt: {e}")))?;
     Argon2::default()
         .hash_password(password.as_bytes(), &salt)
@@ -296,7 +297,8 @@ fn hash_password(password: &str) -> Result<String> {
         .map_err(|e| Error::Internal(anyhow::anyhow!("password hashing failed: {e}")))
 }
 
-fn verify_password(password: &str, stored: &str) -> bool {
+/// Whether `password` matches an Argon2 PHC string (slow: call it off the async threads).
+pub fn verify_password(password: &str, stored: &str) -> bool {
     // Argon2's verification compares in constant time.
     PasswordHash::new(stored).is_ok_and(|hash| Argon2::default().verify_password(password.as_bytes(), &hash).is_ok())
 }

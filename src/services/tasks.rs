@@ -31,6 +31,18 @@ impl Tasks {
         });
     }
 
+    /// Runs `work` to its end, which it chooses itself (watching `cancelled`): for loops that
+    /// write something once more when the server stops. `stop` waits for it like for others.
+    pub fn spawn_until_done<F>(&self, name: &'static str, work: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.tracker.spawn(async move {
+            work.await;
+            tracing::debug!(task = name, "background task ended");
+        });
+    }
+
     /// Resolves once `stop` was called (for work that stops at a point of its own choosing).
     pub fn cancelled(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
         self.cancel.clone().cancelled_owned()

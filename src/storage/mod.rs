@@ -1,6 +1,8 @@
 //! Storage: the only module that holds SQL. One code path for SQLite (embedded default)
 //! and PostgreSQL (scale-out), through sqlx's `Any` driver and portable SQL.
 
+mod accounts;
+pub use accounts::{UserChange, UserWithHash};
 mod assets;
 mod compat;
 mod config;
@@ -148,6 +150,8 @@ fn conflict_of(constraint: &str) -> Option<Error> {
         "firmware_release_version_idx" => Error::conflict("release_exists", "the product already has a release of this version"),
         "release_artifact_pkey" => Error::conflict("artifact_in_release", "a build already belongs to another release"),
         "device_group_name_idx" => Error::conflict("group_exists", "another group has this name"),
+        "operator_user_pkey" => Error::conflict("user_exists", "a user with this name exists"),
+        "api_key_name_idx" => Error::conflict("key_exists", "a key that is not revoked has this name"),
         "artifact_hardware_pkey" => {
             Error::conflict("version_exists", "this version of the product was stored concurrently for the same hardware")
         }

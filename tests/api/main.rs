@@ -6,6 +6,7 @@
     reason = "tests report figures on stderr and drive blocking helpers from plain threads"
 )]
 
+mod accounts;
 mod assets;
 mod compat;
 mod config;
@@ -23,6 +24,7 @@ mod oidc;
 mod ops;
 mod raw;
 mod rollouts;
+mod secrets_in_logs;
 mod security;
 mod seed003_contract;
 mod storage;
