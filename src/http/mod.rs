@@ -144,6 +144,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(assets::router())
         .merge(compat_seed003::router())
         .merge(mqtt::router())
+        .merge(oidc::router())
         .merge(ops::router())
         .merge(accounts::router())
 }

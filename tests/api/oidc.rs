@@ -373,3 +373,151 @@ async fn devices_connect_to_mqtt_with_their_token_as_the_password() {
     let operator = provider.token("ops-admin", OPERATORS).await;
     assert_eq!(connect(&app, "op", &id_1, &operator).await, ConnectReturnCode::BadUserNamePassword, "an operator token");
 }
+
+// ---- the dashboard's login (authorization code flow with PKCE) ----
+
+/// A browser: keeps cookies, follows no redirect by itself.
+fn browser() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().cookie_store(true).redirect(reqwest::redirect::Policy::none()).build().unwrap()
+}
+
+fn location(response: &reqwest::Response) -> String {
+    response.headers().get("location").unwrap_or_else(|| panic!("no Location ({})", response.status())).to_str().unwrap().to_string()
+}
+
+fn absolute(base: &str, location: &str) -> String {
+    if location.starts_with("http") { location.to_string() } else { format!("{base}{location}") }
+}
+
+/// Starts a login at the server; returns the provider URL it redirects to.
+async fn start_login(browser: &reqwest::Client, app: &TestApp, return_to: &str) -> String {
+    let response = browser.get(app.url("/api/v1/session/oidc/login")).query(&[("return_to", return_to)]).send().await.unwrap();
+    assert_eq!(response.status(), 303, "{}", response.text().await.unwrap());
+    location(&response)
+}
+
+/// Signs `user` in at the provider's dev login form, from `auth_url`; returns the callback
+/// URL the provider sends the browser to.
+async fn provider_login(browser: &reqwest::Client, provider: &Provider, auth_url: &str, user: &str) -> String {
+    let mut url = auth_url.to_string();
+    for _ in 0..10 {
+        if url.contains("/api/v1/session/oidc/callback") {
+            return url;
+        }
+        let response = browser.get(&url).send().await.unwrap();
+        if response.status().is_redirection() {
+            url = absolute(&provider.issuer, &location(&response));
+            continue;
+        }
+        let page = response.text().await.unwrap();
+        let action = page.split("action=\"").nth(1).and_then(|rest| rest.split('"').next()).unwrap_or_else(|| panic!("no form in {page}"));
+        let form = [("prompt", "login"), ("login", user), ("password", "any")];
+        let response = browser.post(absolute(&provider.issuer, action)).form(&form).send().await.unwrap();
+        assert!(response.status().is_redirection(), "the login form was refused: {}", response.status());
+        url = absolute(&provider.issuer, &location(&response));
+    }
+    panic!("the provider never sent the browser back");
+}
+
+#[tokio::test]
+async fn the_dashboard_signs_in_with_the_code_flow_and_gets_a_working_session() {
+    let (provider, app) = setup(|_| {}).await;
+    let browser = browser();
+    let auth_url = start_login(&browser, &app, "/devices?view=all").await;
+    assert!(auth_url.starts_with(&format!("{}/auth?", provider.issuer)), "{auth_url}");
+    for part in ["code_challenge_method=S256", "code_challenge=", "nonce=", "state=", "response_type=code", "client_id=updraft-dashboard"] {
+        assert!(auth_url.contains(part), "{part} in {auth_url}");
+    }
+    let callback = provider_login(&browser, &provider, &auth_url, "alice").await;
+    let response = browser.get(&callback).send().await.unwrap();
+    assert_eq!(response.status(), 303, "{}", response.text().await.unwrap());
+    assert_eq!(location(&response), "/devices?view=all");
+    let cookies: Vec<String> = response.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_string()).collect();
+    assert!(cookies.iter().any(|c| c.starts_with("updraft_session=") && c.contains("HttpOnly")), "{cookies:?}");
+
+    // The session works wherever a key does.
+    let me: Value = browser.get(app.url("/api/v1/session")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(me["role"], "admin", "{me}");
+    assert!(me.to_string().contains("alice"), "{me}");
+    assert_eq!(browser.get(app.url("/api/v1/devices")).send().await.unwrap().status(), 200);
+
+    // The code was used once: replaying the callback fails.
+    let replay = browser.get(&callback).send().await.unwrap();
+    assert!(replay.status().is_client_error(), "{}", replay.status());
+}
+
+#[tokio::test]
+async fn a_login_without_an_updraft_role_is_refused_with_403() {
+    let (provider, app) = setup(|_| {}).await;
+    let browser = browser();
+    let auth_url = start_login(&browser, &app, "/").await;
+    let callback = provider_login(&browser, &provider, &auth_url, "nobody").await;
+    let (status, message) = status_and_message(browser.get(&callback).send().await.unwrap()).await;
+    assert_eq!(status, 403, "{message}");
+    assert!(message.contains("oidc:nobody") && message.contains("no Updraft role"), "{message}");
+    assert_eq!(browser.get(app.url("/api/v1/session")).send().await.unwrap().status(), 401, "no session was opened");
+}
+
+#[tokio::test]
+async fn tampered_logins_and_open_redirects_are_refused() {
+    let (provider, app) = setup(|_| {}).await;
+
+    // Open redirects: only a path on this server.
+    for target in ["https://evil.example/", "//evil.example/", "/\\evil.example", "evil"] {
+        let response = browser().get(app.url("/api/v1/session/oidc/login")).query(&[("return_to", target)]).send().await.unwrap();
+        assert_eq!(response.status(), 400, "{target}");
+    }
+
+    // Another `state` than the login's.
+    let browser_1 = browser();
+    let auth_url = start_login(&browser_1, &app, "/").await;
+    let callback = provider_login(&browser_1, &provider, &auth_url, "alice").await;
+    let url = reqwest::Url::parse(&callback).unwrap();
+    let forged: Vec<(String, String)> =
+        url.query_pairs().map(|(k, v)| (k.to_string(), if k == "state" { "forged".to_string() } else { v.to_string() })).collect();
+    let mut forged_url = url.clone();
+    forged_url.query_pairs_mut().clear().extend_pairs(&forged);
+    assert_eq!(browser_1.get(forged_url).send().await.unwrap().status(), 400, "a forged state");
+
+    // The callback in a browser that did not start the login (no cookie: login CSRF).
+    assert_eq!(browser().get(&callback).send().await.unwrap().status(), 400, "no login cookie");
+
+    // A login cookie changed by the client.
+    let browser_2 = browser();
+    let response = browser_2.get(app.url("/api/v1/session/oidc/login")).send().await.unwrap();
+    let cookie = response.headers().get("set-cookie").unwrap().to_str().unwrap().split(';').next().unwrap().to_string();
+    let (name, value) = cookie.split_once('=').unwrap();
+    let tampered = format!("{name}={}x", value);
+    let response = browser().get(app.url("/api/v1/session/oidc/callback?code=x&state=y")).header("cookie", tampered).send().await.unwrap();
+    assert_eq!(response.status(), 400, "a changed login cookie");
+
+    // A nonce changed on the way to the provider: the ID token's nonce is not the login's.
+    let browser_3 = browser();
+    let auth_url = start_login(&browser_3, &app, "/").await;
+    let mut url = reqwest::Url::parse(&auth_url).unwrap();
+    let pairs: Vec<(String, String)> =
+        url.query_pairs().map(|(k, v)| (k.to_string(), if k == "nonce" { "attacker-nonce".to_string() } else { v.to_string() })).collect();
+    url.query_pairs_mut().clear().extend_pairs(&pairs);
+    let callback = provider_login(&browser_3, &provider, url.as_str(), "alice").await;
+    let (status, message) = status_and_message(browser_3.get(&callback).send().await.unwrap()).await;
+    assert_eq!(status, 401, "{message}");
+    assert!(message.contains("nonce"), "{message}");
+
+    // A code challenge changed on the way: the server's verifier no longer fits (PKCE).
+    let browser_4 = browser();
+    let auth_url = start_login(&browser_4, &app, "/").await;
+    let mut url = reqwest::Url::parse(&auth_url).unwrap();
+    let pairs: Vec<(String, String)> = url
+        .query_pairs()
+        .map(|(k, v)| {
+            (k.to_string(), if k == "code_challenge" { "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM".to_string() } else { v.to_string() })
+        })
+        .collect();
+    url.query_pairs_mut().clear().extend_pairs(&pairs);
+    let callback = provider_login(&browser_4, &provider, url.as_str(), "alice").await;
+    let (status, message) = status_and_message(browser_4.get(&callback).send().await.unwrap()).await;
+    assert_eq!(status, 401, "{message}");
+    for browser in [browser_1, browser_2, browser_3, browser_4] {
+        assert_eq!(browser.get(app.url("/api/v1/session")).send().await.unwrap().status(), 401, "no session was opened");
+    }
+}

@@ -30,6 +30,11 @@ import { createServer } from 'node:http';
 import { generateKeyPairSync, randomUUID } from 'node:crypto';
 import Provider from 'oidc-provider';
 
+// Stdout carries the one ready line (the test stops reading then): logs go to stderr.
+console.log = console.error;
+console.info = console.error;
+process.stdout.on('error', () => {});
+
 const port = Number(process.env.PORT || 0);
 const redirectUri = process.env.REDIRECT_URI || 'http://127.0.0.1:1/api/v1/session/oidc/callback';
 const devices = (process.env.DEVICES || '').split(',').filter(Boolean);

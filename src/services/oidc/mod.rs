@@ -46,8 +46,12 @@ const DEVICE_NAME_TTL: Duration = Duration::from_secs(60);
 /// Which audience a token is checked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Audience {
+    /// An operator's access token: UPDRAFT_OIDC_AUDIENCE.
     Operator,
+    /// A device's client-credentials token: UPDRAFT_OIDC_DEVICE_AUDIENCE.
     Device,
+    /// The dashboard login's ID token: UPDRAFT_OIDC_CLIENT_ID.
+    Login,
 }
 
 /// The provider's state in this process.
@@ -189,6 +193,7 @@ impl Oidc {
         let audience_name = match audience {
             Audience::Operator => self.settings.audience.as_str(),
             Audience::Device => self.settings.device_audience.as_deref().ok_or_else(|| invalid("device tokens are not accepted"))?,
+            Audience::Login => self.settings.client_id.as_deref().ok_or_else(|| invalid("no dashboard client is configured"))?,
         };
         let mut validation = Validation::new(header.alg);
         validation.leeway = self.settings.leeway.as_secs();
@@ -218,10 +223,11 @@ impl Oidc {
         // Two audiences: a token for the other one is not for this purpose.
         if let Some(device_audience) = &self.settings.device_audience
             && *device_audience != self.settings.audience
+            && audience != Audience::Login
         {
             let other = match audience {
-                Audience::Operator => device_audience.as_str(),
                 Audience::Device => self.settings.audience.as_str(),
+                _ => device_audience.as_str(),
             };
             if claims::audiences(&claims).contains(&other) {
                 return Err(invalid("it is meant for devices and operators at once"));
