@@ -158,7 +158,7 @@ async fn setup(configure: impl FnOnce(&mut updraft::config::OidcSettings)) -> (P
             roles: updraft::config::OidcRoleMap::Prefix("updraft-".into()),
             name_claim: "preferred_username".into(),
             leeway: Duration::from_secs(30),
-            jwks_min_refresh: Duration::from_secs(1),
+            jwks_min_refresh: Duration::from_secs(3600),
             jwks_max_age: Duration::from_secs(3600),
             device_audience: Some(DEVICES.into()),
             device_claim: "client_id".into(),
@@ -270,7 +270,9 @@ async fn forged_expired_and_misdirected_tokens_are_refused() {
 
 #[tokio::test]
 async fn a_new_signing_key_is_picked_up_when_a_token_names_it() {
-    let (provider, app) = setup(|_| {}).await;
+    // No least interval between fetches here (`forged_key_ids_do_not_make_the_server_flood_the_provider`
+    // covers it).
+    let (provider, app) = setup(|oidc| oidc.jwks_min_refresh = Duration::ZERO).await;
     let before = provider.token("ops-admin", OPERATORS).await;
     assert_eq!(app.client.get(app.url("/api/v1/devices")).bearer_auth(&before).send().await.unwrap().status(), 200);
     let new_kid = provider.rotate().await;
@@ -280,6 +282,31 @@ async fn a_new_signing_key_is_picked_up_when_a_token_names_it() {
     let response = app.client.get(app.url("/api/v1/devices")).bearer_auth(&after).send().await.unwrap();
     assert_eq!(response.status(), 200, "the server fetched the provider's keys again for the unknown key id");
     assert_eq!(app.client.get(app.url("/api/v1/devices")).bearer_auth(&before).send().await.unwrap().status(), 200);
+}
+
+/// The server's count of key fetches (its /metrics).
+async fn key_fetches(app: &TestApp) -> u64 {
+    let text = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    text.lines().find_map(|l| l.strip_prefix("updraft_oidc_key_fetches_total ")).map(|v| v.trim().parse().unwrap()).unwrap_or(0)
+}
+
+#[tokio::test]
+async fn forged_key_ids_do_not_make_the_server_flood_the_provider() {
+    // The default least interval between two fetches (UPDRAFT_OIDC_JWKS_MIN_REFRESH_SECS) is
+    // far longer than this test: after the start's fetch, unknown key ids fetch nothing.
+    let (provider, app) = setup(|_| {}).await;
+    let admin = provider.token("ops-admin", OPERATORS).await;
+    assert_eq!(app.client.get(app.url("/api/v1/devices")).bearer_auth(&admin).send().await.unwrap().status(), 200);
+    let fetched = key_fetches(&app).await;
+    assert!(fetched >= 1, "the keys were fetched");
+    for (octet, i) in (40u8..).zip(0..30) {
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some(format!("forged-{i}"));
+        let token = jsonwebtoken::encode(&header, &provider.claims(json!({})), &provider.test_key).unwrap();
+        let response = from(&app, octet, Method::GET, "/api/v1/devices").bearer_auth(&token).send().await.unwrap();
+        assert_eq!(response.status(), 401);
+    }
+    assert_eq!(key_fetches(&app).await, fetched, "no fetch for forged key ids within the interval");
 }
 
 async fn register(app: &TestApp, mac: &str) -> String {

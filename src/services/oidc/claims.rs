@@ -71,9 +71,24 @@ pub fn audiences(claims: &Map<String, Value>) -> Vec<&str> {
     }
 }
 
-/// Whether `token` has a JWT's shape: three base64url parts joined by dots (Updraft's own
-/// tokens and keys never hold a dot).
+/// Whether `token` is meant as a JWT: three base64url parts joined by dots, the first a JSON
+/// header naming an `alg` (so an admin key or an MQTT password that happens to hold two dots
+/// is still taken for what it is).
 pub fn looks_like_jwt(token: &str) -> bool {
+    use base64::Engine;
+    if !has_jwt_shape(token) {
+        return false;
+    }
+    let header = token.split('.').next().unwrap_or_default();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header.trim_end_matches('='))
+        .ok()
+        .and_then(|json| serde_json::from_slice::<Map<String, Value>>(&json).ok())
+        .is_some_and(|header| header.get("alg").is_some_and(Value::is_string))
+}
+
+/// Three base64url parts joined by dots (Updraft's own tokens and keys never hold a dot).
+fn has_jwt_shape(token: &str) -> bool {
     let mut parts = 0;
     for part in token.split('.') {
         parts += 1;
@@ -127,12 +142,13 @@ mod tests {
 
     #[test]
     fn jwt_shapes() {
-        assert!(looks_like_jwt("eyJh.eyJz.c2ln"));
-        assert!(looks_like_jwt("eyJh.eyJz."), "an unsigned token has the shape (and is refused later)");
+        // {"alg":"RS256","kid":"k"} and {"alg":"none"}
+        assert!(looks_like_jwt("eyJhbGciOiJSUzI1NiIsImtpZCI6ImsifQ.eyJz.c2ln"));
+        assert!(looks_like_jwt("eyJhbGciOiJub25lIn0.eyJz."), "an unsigned token is a JWT (refused later)");
         assert!(!looks_like_jwt("upd_admin_abc-DEF_123"));
-        assert!(!looks_like_jwt("a.b"));
-        assert!(!looks_like_jwt("a.b.c.d"));
-        assert!(!looks_like_jwt(".b.c"));
-        assert!(!looks_like_jwt("a.b c.d"));
+        assert!(!looks_like_jwt("my.admin.key-that-has-dots"), "a key with two dots is a key");
+        assert!(!looks_like_jwt("eyJh.eyJz.c2ln"), "not a JSON header");
+        assert!(!has_jwt_shape("a.b") && !has_jwt_shape("a.b.c.d") && !has_jwt_shape(".b.c") && !has_jwt_shape("a.b c.d"));
+        assert!(has_jwt_shape("a.b.c") && has_jwt_shape("a.b."));
     }
 }

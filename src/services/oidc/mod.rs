@@ -114,7 +114,7 @@ impl Oidc {
         if let Some(metadata) = known {
             return Ok(metadata);
         }
-        self.refresh(true).await;
+        self.refresh().await;
         self.metadata
             .read()
             .expect("oidc lock")
@@ -123,16 +123,11 @@ impl Oidc {
     }
 
     /// Fetches the metadata (if missing) and the keys, unless a fetch started less than
-    /// `jwks_min_refresh` ago (`force` skips that wait only when nothing was ever fetched).
-    /// Returns whether new keys were stored.
-    pub async fn refresh(self: &Arc<Self>, force: bool) -> bool {
+    /// `jwks_min_refresh` ago (whatever its outcome: a provider that is down is not asked
+    /// more often either). Returns whether new keys were stored.
+    pub async fn refresh(self: &Arc<Self>) -> bool {
         let mut last = self.refreshing.lock().await;
-        let never = self.fetched.read().expect("oidc lock").is_none();
-        let undiscovered = self.metadata.read().expect("oidc lock").is_none();
-        if let Some(started) = *last
-            && started.elapsed() < self.settings.jwks_min_refresh
-            && !(force && never && undiscovered)
-        {
+        if last.is_some_and(|started| started.elapsed() < self.settings.jwks_min_refresh) {
             return false;
         }
         *last = Some(Instant::now());
@@ -182,7 +177,7 @@ impl Oidc {
             None => {
                 // An unknown key: the provider may have rotated its keys. At most one fetch
                 // per `jwks_min_refresh`, whatever the number of such tokens.
-                self.refresh(true).await;
+                self.refresh().await;
                 self.key_set_with(kid).ok_or_else(|| invalid("it is signed with a key the provider does not publish"))?
             }
         };
@@ -250,7 +245,7 @@ impl Oidc {
             if !recent {
                 let this = self.clone();
                 tokio::spawn(async move {
-                    this.refresh(false).await;
+                    this.refresh().await;
                 });
             }
         }
@@ -361,7 +356,7 @@ fn index_key(oidc: &Oidc, device_id: &str) -> [u8; 32] {
 pub fn spawn_background(core: &Core) {
     if let Some(oidc) = core.oidc.clone() {
         core.tasks.spawn("oidc-keys", async move {
-            oidc.refresh(true).await;
+            oidc.refresh().await;
         });
     }
 }
