@@ -478,22 +478,22 @@ settings! {
         /// endpoints and signing keys (JWKS), keeps the keys in memory, and fetches them again
         /// when a token names a key it does not know (at most once per
         /// UPDRAFT_OIDC_JWKS_MIN_REFRESH_SECS). Operators then send the provider's access
-        /// tokens as `Authorization: Bearer`, and the dashboard signs in with the authorization
+        /// tokens as `Authorization: Bearer`, and browsers sign in with the authorization
         /// code flow (PKCE). docs/DEPLOYMENT.md, "Single sign-on", has Keycloak's set-up.
         oidc_issuer: Option<Endpoint> { value_name: "URL", default_doc: "none (single sign-on off)", example: "https://keycloak.example.com/realms/iot" }
 
         /// The audience operators' tokens must name (`aud`).
         oidc_audience: Option<String> { value_name: "NAME", default_doc: "UPDRAFT_OIDC_CLIENT_ID", example: "updraft" }
 
-        /// The client id of Updraft's dashboard login at the provider (authorization code flow
-        /// with PKCE).
-        oidc_client_id: Option<String> { value_name: "ID", default_doc: "none (no dashboard login)", example: "updraft" }
+        /// The client id of the browser login (`/api/v1/session/oidc/login`) at the provider
+        /// (authorization code flow with PKCE).
+        oidc_client_id: Option<String> { value_name: "ID", default_doc: "none (no browser login)", example: "updraft" }
 
-        /// The client secret of a confidential dashboard client; leave it unset for a public
+        /// The client secret of a confidential browser-login client; leave it unset for a public
         /// client (PKCE alone).
         oidc_client_secret: Option<Secret> { value_name: "SECRET", default_doc: "none (a public client)" }
 
-        /// Scopes the dashboard login asks for (space-separated; `openid` is always added).
+        /// Scopes the browser login asks for (space-separated; `openid` is always added).
         oidc_scopes: String { value_name: "SCOPES", default: "openid profile email" }
 
         /// Where an operator token's roles are: a claim name, or a dotted path into nested
