@@ -63,6 +63,7 @@ struct Provider {
 impl Provider {
     fn start(redirect_uri: &str) -> Provider {
         let dir = provider_dir();
+        let log = tempfile::NamedTempFile::new().unwrap();
         let mut child = Command::new("node")
             .arg(dir.join("provider.mjs"))
             .current_dir(&dir)
@@ -70,11 +71,25 @@ impl Provider {
             .env("REDIRECT_URI", redirect_uri)
             .env("DEVICES", [DEVICE_1, DEVICE_2, UNREGISTERED].join(","))
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(log.reopen().unwrap())
             .spawn()
             .expect("node runs (node 20+ is needed by the OIDC tests)");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).expect("the provider's first line");
+        // Its first line, within a minute (a thread reads it: a stuck node fails the test).
+        let stdout = child.stdout.take().unwrap();
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = sender.send(line);
+        });
+        let line = receiver.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "the OpenID provider did not start within a minute; its log:\n{}",
+                std::fs::read_to_string(log.path()).unwrap_or_default()
+            )
+        });
         let ready: Value = serde_json::from_str(&line).unwrap_or_else(|_| panic!("the provider did not start: `{line}`"));
         let der = base64::engine::general_purpose::STANDARD.decode(ready["test_key"]["der"].as_str().unwrap()).unwrap();
         Provider {
@@ -82,7 +97,7 @@ impl Provider {
             issuer: ready["issuer"].as_str().unwrap().to_string(),
             test_kid: ready["test_key"]["kid"].as_str().unwrap().to_string(),
             test_key: EncodingKey::from_rsa_der(&der),
-            http: reqwest::Client::builder().no_proxy().build().unwrap(),
+            http: reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build().unwrap(),
         }
     }
 
@@ -368,7 +383,7 @@ async fn with_one_audience_for_both_roles_keep_devices_and_operators_apart() {
     assert_eq!(response.status(), 401, "a token with an operator role is not a device credential");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devices_connect_to_mqtt_with_their_token_as_the_password() {
     use rumqttc::{AsyncClient, ConnectReturnCode, Event, MqttOptions, Packet};
 
@@ -405,7 +420,13 @@ async fn devices_connect_to_mqtt_with_their_token_as_the_password() {
 
 /// A browser: keeps cookies, follows no redirect by itself.
 fn browser() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().cookie_store(true).redirect(reqwest::redirect::Policy::none()).build().unwrap()
+    reqwest::Client::builder()
+        .no_proxy()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
 }
 
 fn location(response: &reqwest::Response) -> String {
