@@ -10,7 +10,8 @@
 #   1. installs what is missing: the PostgreSQL server, Mosquitto and nginx from apt (their
 #      own services are kept from starting: they would take ports 1883 and 80), moto[server] (the S3
 #      stand-in), the ThingsBoard device SDK and paho-mqtt 2.1.0 from PyPI, each in a venv
-#      under target/, and cargo-nextest (cargo install). Installing from apt needs root or
+#      under target/, the test OpenID provider (npm package oidc-provider, with npm ci under
+#      target/oidc-provider; node and npm must be there), and cargo-nextest (cargo install). Installing from apt needs root or
 #      passwordless sudo; without either, it lists what to install and stops before
 #      starting anything,
 #   2. starts a throwaway PostgreSQL cluster and a moto S3 server on free loopback ports,
@@ -277,6 +278,20 @@ if [[ -z "$MOTO_SERVER" ]]; then
   make_venv "$MOTO_VENV" 'moto.server' 'moto[server]'
   MOTO_SERVER="$MOTO_VENV/bin/moto_server"
   [[ -x "$MOTO_SERVER" ]] || die "moto installed but $MOTO_SERVER not found (see $LOG_DIR/pip-install.log)"
+fi
+
+# The OpenID provider of the single sign-on tests (tests/oidc: the npm package oidc-provider,
+# run by node): its node modules in target/oidc-provider, installed again only when
+# tests/oidc/package-lock.json changes. The tests need it: no node or npm is an error.
+OIDC_DIR="$ROOT/target/oidc-provider"
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  die "the single sign-on tests need node (20 or later) and npm: install them (e.g. apt-get install nodejs npm, or from nodejs.org)"
+fi
+if ! cmp -s "$ROOT/tests/oidc/package-lock.json" "$OIDC_DIR/package-lock.json" || [[ ! -f "$OIDC_DIR/node_modules/oidc-provider/package.json" ]]; then
+  say "installing the test OpenID provider (npm ci, in $OIDC_DIR)"
+  mkdir -p "$OIDC_DIR"
+  cp "$ROOT/tests/oidc/package.json" "$ROOT/tests/oidc/package-lock.json" "$OIDC_DIR/"
+  run_logged npm-install flock "$OIDC_DIR.lock" npm ci --prefix "$OIDC_DIR" --no-audit --no-fund
 fi
 
 # cargo-nextest runs the suites (and retries the one known flaky test, see .config/nextest.toml).

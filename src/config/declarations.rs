@@ -526,4 +526,85 @@ settings! {
         /// Rollouts a credential may create at once before the per-minute rate applies.
         limit_rollouts_burst: u32 { value_name: "N", default: "10", min: 1, max: 1_000_000 }
     }
+
+    group "Single sign-on" {
+        /// The OpenID provider's issuer URL, exactly as its tokens name it (Keycloak:
+        /// `https://keycloak.example.com/realms/<realm>`); setting it turns single sign-on on.
+        ///
+        /// Updraft reads `<issuer>/.well-known/openid-configuration` for the provider's
+        /// endpoints and signing keys (JWKS), keeps the keys in memory, and fetches them again
+        /// when a token names a key it does not know (at most once per
+        /// UPDRAFT_OIDC_JWKS_MIN_REFRESH_SECS). Operators then send the provider's access
+        /// tokens as `Authorization: Bearer`, and browsers sign in with the authorization
+        /// code flow (PKCE). docs/DEPLOYMENT.md, "Single sign-on", has Keycloak's set-up.
+        oidc_issuer: Option<Endpoint> { value_name: "URL", default_doc: "none (single sign-on off)", example: "https://keycloak.example.com/realms/iot" }
+
+        /// The audience operators' tokens must name (`aud`).
+        oidc_audience: Option<String> { value_name: "NAME", default_doc: "UPDRAFT_OIDC_CLIENT_ID", example: "updraft" }
+
+        /// The client id of the browser login (`/api/v1/session/oidc/login`) at the provider
+        /// (authorization code flow with PKCE).
+        oidc_client_id: Option<String> { value_name: "ID", default_doc: "none (no browser login)", example: "updraft" }
+
+        /// The client secret of a confidential browser-login client; leave it unset for a public
+        /// client (PKCE alone).
+        oidc_client_secret: Option<Secret> { value_name: "SECRET", default_doc: "none (a public client)" }
+
+        /// Scopes the browser login asks for (space-separated; `openid` is always added).
+        oidc_scopes: String { value_name: "SCOPES", default: "openid profile email" }
+
+        /// Where an operator token's roles are: a claim name, or a dotted path into nested
+        /// claims.
+        ///
+        /// Keycloak's realm roles are `realm_access.roles`, a client's roles
+        /// `resource_access.<client id>.roles`. The claim may be a list of strings or one
+        /// string of space-separated names.
+        oidc_role_claim: String { value_name: "PATH", default: "realm_access.roles", example: "resource_access.updraft.roles" }
+
+        /// How role names in the token become Updraft roles: the name is this prefix followed
+        /// by an Updraft role (admin, operator, viewer, provisioner).
+        ///
+        /// With the default `updraft-`, the Keycloak role `updraft-operator` gives the role
+        /// operator; an empty prefix takes names equal to Updraft's roles. Ignored when
+        /// UPDRAFT_OIDC_ROLE_MAP is set. A token naming several roles gets the strongest
+        /// (admin, then operator, provisioner, viewer); a token naming none is refused with 403.
+        oidc_role_prefix: String { value_name: "PREFIX", default: "updraft-", example: "fleet-" }
+
+        /// An explicit map from the token's role names to Updraft roles, as
+        /// `name=role,name=role` (e.g. `fleet-admins=admin,support=viewer`); only these
+        /// names count.
+        oidc_role_map: Option<String> { value_name: "MAP", default_doc: "none (UPDRAFT_OIDC_ROLE_PREFIX)", example: "fleet-admins=admin,support=viewer" }
+
+        /// The claim that names an operator in records and the audit log (`oidc:<name>`);
+        /// tokens without it are named by `sub`.
+        oidc_name_claim: String { value_name: "CLAIM", default: "preferred_username", example: "email" }
+
+        /// Seconds of clock difference tolerated when checking a token's `exp`, `nbf` and `iat`.
+        oidc_leeway_secs: Secs { value_name: "SECS", default: "30", min: 0, max: 300 }
+
+        /// Least seconds between two fetches of the provider's keys when tokens name an unknown
+        /// key (so forged key ids cannot flood the provider).
+        oidc_jwks_min_refresh_secs: Secs { value_name: "SECS", default: "10", min: 1, max: 3600 }
+
+        /// Seconds after which the provider's keys are fetched again in the background (keys
+        /// the provider removed stop working then).
+        oidc_jwks_max_age_secs: Secs { value_name: "SECS", default: "3600", min: 60, max: 7 * DAY }
+
+        /// The audience devices' client-credentials tokens must name; setting it lets devices
+        /// authenticate with such tokens (HTTP `Authorization: Bearer`, MQTT password).
+        ///
+        /// Use an audience of its own (e.g. a Keycloak client scope `iot-device-audience` whose
+        /// audience mapper adds `updraft-devices`): a token for this audience is never an
+        /// operator credential, and an operator token never a device's. When it equals
+        /// UPDRAFT_OIDC_AUDIENCE (seed 003's single audience), a token that carries an Updraft
+        /// role is refused as a device credential, and one without is refused as an operator's.
+        oidc_device_audience: Option<String> { value_name: "NAME", default_doc: "none (device tokens refused)", example: "updraft-devices" }
+
+        /// The claim of a device token that names the device: its Updraft id or its MAC (any
+        /// common form); the device must be registered.
+        ///
+        /// Keycloak puts the client id of a client-credentials token in `azp` (and `client_id`);
+        /// name each device's client after the device, or add a claim mapper.
+        oidc_device_claim: String { value_name: "CLAIM", default: "azp", example: "client_id" }
+    }
 }

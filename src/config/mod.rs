@@ -235,6 +235,8 @@ pub struct Settings {
     pub accounts: AccountSettings,
     pub audit: AuditSettings,
     pub limits: LimitSettings,
+    /// Single sign-on (None when UPDRAFT_OIDC_ISSUER is unset).
+    pub oidc: Option<OidcSettings>,
     /// `UPDRAFT_*` variables and `.env` keys that are no setting, each with where it was
     /// found (never its value): start-up names them in one warning.
     pub unknown_names: Vec<String>,
@@ -292,6 +294,57 @@ impl Settings {
             weak.push(("UPDRAFT_COMPAT_SEED004_DEBUG", "GET /debug/provisioning hands a token to any unknown MAC of an open product"));
         }
         weak
+    }
+}
+
+/// Single sign-on through an OpenID provider (docs/DEPLOYMENT.md, "Single sign-on").
+#[derive(Debug, Clone)]
+pub struct OidcSettings {
+    /// Exactly as the provider's tokens name it.
+    pub issuer: String,
+    /// What operators' tokens must name in `aud`.
+    pub audience: String,
+    /// The dashboard's client (authorization code flow), when configured.
+    pub client_id: Option<String>,
+    pub client_secret: Option<Secret>,
+    pub scopes: String,
+    pub role_claim: String,
+    pub roles: OidcRoleMap,
+    pub name_claim: String,
+    pub leeway: Duration,
+    pub jwks_min_refresh: Duration,
+    pub jwks_max_age: Duration,
+    /// What devices' tokens must name in `aud` (None: device tokens are refused).
+    pub device_audience: Option<String>,
+    pub device_claim: String,
+}
+
+/// How the role names of a token become Updraft roles.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OidcRoleMap {
+    /// `<prefix><role>` (an empty prefix: the role names themselves).
+    Prefix(String),
+    /// Only these names, each to its role.
+    Table(Vec<(String, crate::domain::auth::Role)>),
+}
+
+impl OidcRoleMap {
+    /// Parses `name=role,name=role`.
+    pub fn parse_table(text: &str) -> Result<OidcRoleMap, String> {
+        let mut table = Vec::new();
+        for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (name, role) = pair.split_once('=').ok_or_else(|| format!("`{pair}` is not `name=role`"))?;
+            let role = crate::domain::auth::Role::parse(role.trim()).map_err(|e| e.to_string())?;
+            let name = name.trim();
+            if name.is_empty() {
+                return Err(format!("`{pair}` has no name before `=`"));
+            }
+            table.push((name.to_string(), role));
+        }
+        if table.is_empty() {
+            return Err("names no role: write `name=role,name=role`".into());
+        }
+        Ok(OidcRoleMap::Table(table))
     }
 }
 
@@ -357,6 +410,7 @@ impl Settings {
     fn from_sources(sources: &Sources) -> Result<Settings, ConfigError> {
         let values = Values::resolve(sources)?;
         let blob = blob_settings(&values)?;
+        let oidc = oidc_settings(&values)?;
         let data_dir = values.data_dir;
         let database_url =
             values.database_url.unwrap_or_else(|| DatabaseUrl::from(format!("sqlite://{}", data_dir.join("updraft.db").display())));
@@ -500,9 +554,63 @@ impl Settings {
                 lvgl: Rate { per_minute: values.limit_lvgl_per_min, burst: values.limit_lvgl_burst },
                 rollouts: Rate { per_minute: values.limit_rollouts_per_min, burst: values.limit_rollouts_burst },
             },
+            oidc,
             unknown_names: sources.unknown.clone(),
         })
     }
+}
+
+/// Single sign-on, when UPDRAFT_OIDC_ISSUER is set; the other single sign-on settings are
+/// checked against it.
+fn oidc_settings(values: &Values) -> Result<Option<OidcSettings>, ConfigError> {
+    let Some(issuer) = values.oidc_issuer.clone() else {
+        for (name, set) in [
+            ("oidc_client_id", values.oidc_client_id.is_some()),
+            ("oidc_audience", values.oidc_audience.is_some()),
+            ("oidc_device_audience", values.oidc_device_audience.is_some()),
+        ] {
+            if set {
+                return Err(ConfigError::new(name, "needs UPDRAFT_OIDC_ISSUER (the OpenID provider)"));
+            }
+        }
+        return Ok(None);
+    };
+    let nonempty = |v: &Option<String>| v.as_deref().map(str::trim).filter(|v| !v.is_empty()).map(str::to_string);
+    let client_id = nonempty(&values.oidc_client_id);
+    let Some(audience) = nonempty(&values.oidc_audience).or_else(|| client_id.clone()) else {
+        return Err(ConfigError::new("oidc_audience", "is required with UPDRAFT_OIDC_ISSUER (or set UPDRAFT_OIDC_CLIENT_ID)"));
+    };
+    if values.oidc_client_secret.is_some() && client_id.is_none() {
+        return Err(ConfigError::new("oidc_client_secret", "needs UPDRAFT_OIDC_CLIENT_ID"));
+    }
+    let roles = match &values.oidc_role_map {
+        Some(map) => OidcRoleMap::parse_table(map).map_err(|e| ConfigError::new("oidc_role_map", e))?,
+        None => OidcRoleMap::Prefix(values.oidc_role_prefix.trim().to_string()),
+    };
+    for (name, claim) in [
+        ("oidc_role_claim", &values.oidc_role_claim),
+        ("oidc_name_claim", &values.oidc_name_claim),
+        ("oidc_device_claim", &values.oidc_device_claim),
+    ] {
+        if claim.trim().is_empty() {
+            return Err(ConfigError::new(name, "must name a claim"));
+        }
+    }
+    Ok(Some(OidcSettings {
+        issuer,
+        audience,
+        client_id,
+        client_secret: values.oidc_client_secret.clone(),
+        scopes: values.oidc_scopes.clone(),
+        role_claim: values.oidc_role_claim.trim().to_string(),
+        roles,
+        name_claim: values.oidc_name_claim.trim().to_string(),
+        leeway: values.oidc_leeway_secs,
+        jwks_min_refresh: values.oidc_jwks_min_refresh_secs,
+        jwks_max_age: values.oidc_jwks_max_age_secs,
+        device_audience: nonempty(&values.oidc_device_audience),
+        device_claim: values.oidc_device_claim.trim().to_string(),
+    }))
 }
 
 /// The blob store: a folder (the data folder's `blobs` by default) or S3, whose settings are

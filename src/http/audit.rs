@@ -45,7 +45,8 @@ use crate::services::audit as service;
 
 /// Public routes (no operator credential) that are operator actions all the same: logins and
 /// logouts, and seed 003's signed asset upload. Every method listed is audited.
-pub const ALWAYS: &[(&str, &str)] = &[("POST", "/api/v1/session"), ("DELETE", "/api/v1/session"), ("POST", "/api/assets")];
+pub const ALWAYS: &[(&str, &str)] =
+    &[("POST", "/api/v1/session"), ("DELETE", "/api/v1/session"), ("GET", "/api/v1/session/oidc/callback"), ("POST", "/api/assets")];
 
 /// The prefix of seed 001's admin API, which the OpenAPI document does not list.
 const SEED001_ADMIN: &str = "/admin/api/";

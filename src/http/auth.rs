@@ -88,6 +88,9 @@ pub async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, 
         };
     };
     // OpenID Connect (h14-oidc): a bearer that looks like a JWT is verified here, in one call.
+    if let Some(principal) = super::oidc::operator(parts, state).await? {
+        return Ok(principal);
+    }
     match accounts::keys::verify(&state.core, presented).await? {
         Some(principal) => Ok(principal),
         None => {

@@ -18,6 +18,7 @@ pub mod forwarded;
 pub mod guards;
 pub mod limits;
 pub mod mqtt;
+pub mod oidc;
 pub mod ops;
 pub mod page;
 pub mod path_guard;
@@ -149,6 +150,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(assets::router())
         .merge(compat_seed003::router())
         .merge(mqtt::router())
+        .merge(oidc::router())
         .merge(ops::router())
         .merge(accounts::router())
         .merge(audit::router())

@@ -16,6 +16,7 @@ pub mod images;
 pub mod keys;
 pub mod limiter;
 pub mod mqtt_auth;
+pub mod oidc;
 pub mod ops;
 pub mod outbox;
 pub mod rollouts;
@@ -49,6 +50,8 @@ pub struct CoreParts {
     pub accounts: Arc<accounts::AccountsRuntime>,
     /// The audit log's queue (see `audit`).
     pub audit: Arc<audit::AuditLog>,
+    /// Single sign-on (None when no OpenID provider is configured).
+    pub oidc: Option<Arc<oidc::Oidc>>,
 }
 
 impl std::ops::Deref for Core {
@@ -65,6 +68,7 @@ impl Core {
     pub async fn build(settings: &crate::config::Settings, store: Store, blobs: BlobStore, signing_key: [u8; 32]) -> anyhow::Result<Core> {
         let keys = Arc::new(keys::ServerKeys::load(&settings.content, &store).await?);
         let fetcher = Arc::new(images::ImageFetcher::new(&settings.content)?);
+        let oidc = settings.oidc.clone().map(|oidc| oidc::Oidc::new(oidc, &signing_key)).transpose()?.map(Arc::new);
         Ok(Core(Arc::new(CoreParts {
             store,
             blobs,
@@ -78,6 +82,7 @@ impl Core {
             tasks: tasks::Tasks::default(),
             accounts: Arc::new(accounts::AccountsRuntime::new(settings.accounts.clone())),
             audit: Arc::new(audit::AuditLog::new(settings.audit.clone())),
+            oidc,
         })))
     }
 
@@ -97,5 +102,6 @@ impl Core {
         commands::spawn_background(self.clone());
         accounts::spawn_background(self.clone());
         audit::spawn_background(self.clone());
+        oidc::spawn_background(self);
     }
 }

@@ -43,9 +43,13 @@ impl Refusal {
 pub struct Login {
     pub principal: Principal,
     /// A device's login: the digest (hex) of the token it presented, so that its sessions
-    /// can be ended once that token is no longer valid.
+    /// can be ended once that token is no longer valid; `OIDC_LOGIN` for a device that
+    /// presented an OpenID provider's token (its sessions end once it is no longer registered).
     pub token_digest: Option<String>,
 }
+
+/// The `token_digest` of a device login with an OpenID provider's token (never a hex digest).
+pub const OIDC_LOGIN: &str = "oidc";
 
 /// Resolves a CONNECT's credentials:
 /// - username = device id or MAC, password = device token;
@@ -83,6 +87,26 @@ pub async fn authenticate(
         return refuse();
     }
     match password {
+        // A device's client-credentials token from the OpenID provider as the password: the
+        // username must name the device that the token names.
+        Some(password)
+            if core.oidc.as_ref().is_some_and(|o| o.accepts_devices()) && crate::services::oidc::claims::looks_like_jwt(password) =>
+        {
+            match devices::authenticate(core, Some(password), ip).await {
+                Ok(device) if *device.id == *username || Mac::parse(username).is_ok_and(|m| m == device.mac) => {
+                    let principal = Principal::Device { id: device.id.to_string(), mac: device.mac };
+                    Ok(Login { principal, token_digest: Some(OIDC_LOGIN.to_string()) })
+                }
+                Ok(device) => {
+                    tracing::info!(device_id = %device.id, "MQTT login refused: the username names another device than the OpenID token");
+                    refuse()
+                }
+                Err(_) => {
+                    metrics::counter!("updraft_mqtt_auth_failures_total").increment(1);
+                    Err(Refusal::BadCredentials)
+                }
+            }
+        }
         Some(password) => {
             // A device token presented as the password: the username must name that device.
             // (A miss is not a failure yet: the password may be an operator's.)
@@ -176,6 +200,9 @@ async fn names_another_device(core: &Core, principal: &Principal, client_id: &st
 /// Whether the token a device logged in with (its digest, see [`Login`]) is still the one
 /// it holds: false once the token was rotated or revoked, or the device deleted.
 pub async fn token_still_valid(core: &Core, device_id: &str, token_digest: &str) -> Result<bool> {
+    if token_digest == OIDC_LOGIN {
+        return Ok(core.store.find_device(device_id).await?.is_some());
+    }
     Ok(core.store.find_active_device(token_digest).await?.is_some_and(|row| row.id == device_id))
 }
 

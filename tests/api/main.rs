@@ -23,6 +23,7 @@ mod hot_paths;
 mod lvgl;
 mod lvgl_reference;
 mod mqtt;
+mod oidc;
 mod ops;
 mod raw;
 mod rollouts;

@@ -6,6 +6,13 @@ use super::*;
 /// Failures count against the caller's address.
 pub async fn authenticate(core: &Core, token: Option<&str>, ip: IpAddr) -> Result<Arc<ActiveDevice>> {
     let runtime = &core.devices;
+    // A device's client-credentials token from the OpenID provider (services::oidc).
+    if let Some(token) = token
+        && let Some(oidc) = core.oidc.as_ref().filter(|o| o.accepts_devices())
+        && crate::services::oidc::claims::looks_like_jwt(token)
+    {
+        return crate::services::oidc::authenticate_device(core, oidc, token, ip).await;
+    }
     runtime.limiter.check(ip)?;
     let Some(token) = token.filter(|t| !t.is_empty() && t.len() <= 256) else {
         return Err(Error::Unauthenticated(
@@ -36,6 +43,20 @@ pub async fn device_of_token(core: &Core, token: &str) -> Result<Option<Arc<Acti
         .find_active_device(&hex::encode(digest))
         .await?
         .map(|row| runtime.fleet.write().expect("fleet lock").insert(digest, ActiveDevice::from_row(row))))
+}
+
+/// A registered device by id, for a credential that is not an Updraft token (an OpenID
+/// provider's token): from the fleet index, else read and indexed under `index_key`, a key
+/// that no token's digest can equal (see `services::oidc`), so that its next requests read
+/// memory and its check-ins keep the entry current as token holders' do.
+pub async fn active_for_external_credential(core: &Core, device_id: &str, index_key: [u8; 32]) -> Result<Option<Arc<ActiveDevice>>> {
+    if let Some(device) = core.devices.fleet.read().expect("fleet lock").get_by_id(device_id) {
+        return Ok(Some(device));
+    }
+    let Some(row) = core.store.find_active_device_by_id(device_id).await? else {
+        return Ok(None);
+    };
+    Ok(Some(core.devices.fleet.write().expect("fleet lock").insert(index_key, ActiveDevice::from_row(row))))
 }
 
 /// Loads every device that holds a token into the fleet index (up to its capacity), so that
