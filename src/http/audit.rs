@@ -426,7 +426,7 @@ fn filter_of(query: AuditQuery) -> Result<AuditFilter, Error> {
     get, path = "/api/v1/audit", tag = "audit",
     params(AuditQuery),
     responses((status = 200, body = AuditPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
-    security(("bearer" = []), ("admin_key" = []))
+    security(("bearer" = ["admin"]), ("admin_key" = ["admin"]))
 )]
 async fn list_audit(State(state): State<AppState>, _admin: Admin, ApiQuery(query): ApiQuery<AuditQuery>) -> ApiResult<Json<AuditPage>> {
     let super::page::Page { limit, offset } = super::page::page(query.limit, query.offset)?;
@@ -444,7 +444,7 @@ async fn list_audit(State(state): State<AppState>, _admin: Admin, ApiQuery(query
         (status = 200, description = "One JSON record per line", content_type = "application/x-ndjson", body = AuditRecordView),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)
     ),
-    security(("bearer" = []), ("admin_key" = []))
+    security(("bearer" = ["admin"]), ("admin_key" = ["admin"]))
 )]
 async fn export_audit(State(state): State<AppState>, _admin: Admin, ApiQuery(query): ApiQuery<ExportQuery>) -> Response {
     let filter = AuditFilter { since: query.since, until: query.until, ..Default::default() };
