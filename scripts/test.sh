@@ -11,7 +11,7 @@
 #      own services are kept from starting: they would take ports 1883 and 80), moto[server] (the S3
 #      stand-in), the ThingsBoard device SDK and paho-mqtt 2.1.0 from PyPI, each in a venv
 #      under target/, the test OpenID provider (npm package oidc-provider, with npm ci under
-#      target/oidc-provider; node and npm must be there), and cargo-nextest (cargo install). Installing from apt needs root or
+#      target/oidc-provider; node and npm from apt when missing), and cargo-nextest (cargo install). Installing from apt needs root or
 #      passwordless sudo; without either, it lists what to install and stops before
 #      starting anything,
 #   2. starts a throwaway PostgreSQL cluster and a moto S3 server on free loopback ports,
@@ -284,6 +284,10 @@ fi
 # run by node): its node modules in target/oidc-provider, installed again only when
 # tests/oidc/package-lock.json changes. The tests need it: no node or npm is an error.
 OIDC_DIR="$ROOT/target/oidc-provider"
+if { ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; } && [[ $CAN_APT -eq 1 ]]; then
+  say "installing node and npm (apt)"
+  apt_install nodejs npm
+fi
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   die "the single sign-on tests need node (20 or later) and npm: install them (e.g. apt-get install nodejs npm, or from nodejs.org)"
 fi
