@@ -13,17 +13,22 @@ use utoipa::openapi::OpenApi;
 
 use super::{AppState, audit, limits, path_guard};
 
-/// What the middleware needs.
+/// What the middleware needs. One reference count: axum clones the state of a middleware for
+/// every request, and each atomic increment and decrement of a count shared by all cores
+/// shows up on the check-in path (with four separate `Arc`s here, dropping them was 2% of
+/// the server's CPU on check-ins; docs/PERFORMANCE.md, "auth").
 #[derive(Clone)]
-pub struct Guards {
+pub struct Guards(Arc<GuardParts>);
+
+struct GuardParts {
     audit: audit::AuditLayer,
-    limits: Arc<limits::Limits>,
+    limits: limits::Limits,
 }
 
 impl Guards {
     pub fn new(state: AppState, openapi: &OpenApi) -> Guards {
-        let limits = Arc::new(limits::Limits::new(&state.settings.limits));
-        Guards { audit: audit::AuditLayer::new(state, openapi), limits }
+        let limits = limits::Limits::new(&state.settings.limits);
+        Guards(Arc::new(GuardParts { audit: audit::AuditLayer::new(state, openapi), limits }))
     }
 }
 
@@ -32,11 +37,12 @@ pub async fn guard(State(guards): State<Guards>, request: Request, next: Next) -
     if let Some(refusal) = path_guard::check(&request) {
         return refusal;
     }
-    let limits = guards.limits.clone();
+    let limits = &guards.0.limits;
     guards
+        .0
         .audit
         .around(request, move |request| async move {
-            match limits::check(&limits, &request) {
+            match limits::check(limits, &request) {
                 Some(refusal) => refusal,
                 None => next.run(request).await,
             }
