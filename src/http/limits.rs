@@ -29,9 +29,6 @@ use crate::domain::Error;
 /// Buckets kept per class, at most.
 pub const MAX_BUCKETS: usize = 50_000;
 
-/// The session cookie's name (`POST /api/v1/session` sets it).
-pub const SESSION_COOKIE: &str = "updraft_session";
-
 /// What a limited route costs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Class {
@@ -176,15 +173,7 @@ fn key_of(headers: &HeaderMap, ip: IpAddr, key_by: KeyBy) -> [u8; 16] {
 }
 
 fn session_cookie(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == SESSION_COOKIE)
-        .map(|(_, value)| value)
-        .filter(|value| !value.is_empty())
+    super::accounts::session_cookie(headers)
 }
 
 /// The refusal of a request over its credential's limit, if it is one (see the module

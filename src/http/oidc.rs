@@ -66,15 +66,7 @@ fn login_cookie(state: &AppState, headers: &HeaderMap, value: &str, max_age: i64
 
 /// The value of the login cookie, if the request has one.
 fn login_cookie_value(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == LOGIN_COOKIE)
-        .map(|(_, value)| value.trim())
-        .filter(|v| !v.is_empty())
+    super::accounts::cookie(headers, LOGIN_COOKIE)
 }
 
 fn redirect(location: &str) -> Response {
