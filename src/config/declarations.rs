@@ -607,4 +607,14 @@ settings! {
         /// name each device's client after the device, or add a claim mapper.
         oidc_device_claim: String { value_name: "CLAIM", default: "azp", example: "client_id" }
     }
+
+    group "Dashboard" {
+        /// Serve the web dashboard at `/` (the API and the device protocols answer either way).
+        dashboard_enabled: bool { value_name: "BOOL", default: "true" }
+
+        /// Serve the dashboard's files from this folder (a `web/` build, `npm run build`)
+        /// instead of the copy built into the binary: for working on the dashboard without
+        /// rebuilding the server.
+        web_dir: Option<PathBuf> { value_name: "DIR", default_doc: "the copy built into the binary", example: "./web/dist" }
+    }
 }

@@ -237,6 +237,10 @@ pub struct Settings {
     pub limits: LimitSettings,
     /// Single sign-on (None when UPDRAFT_OIDC_ISSUER is unset).
     pub oidc: Option<OidcSettings>,
+    /// Serve the web dashboard at `/`.
+    pub dashboard_enabled: bool,
+    /// Serve the dashboard's files from this folder instead of the embedded copy.
+    pub web_dir: Option<PathBuf>,
     /// `UPDRAFT_*` variables and `.env` keys that are no setting, each with where it was
     /// found (never its value): start-up names them in one warning.
     pub unknown_names: Vec<String>,
@@ -555,6 +559,8 @@ impl Settings {
                 rollouts: Rate { per_minute: values.limit_rollouts_per_min, burst: values.limit_rollouts_burst },
             },
             oidc,
+            dashboard_enabled: values.dashboard_enabled,
+            web_dir: values.web_dir,
             unknown_names: sources.unknown.clone(),
         })
     }

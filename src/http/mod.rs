@@ -25,6 +25,7 @@ pub mod path_guard;
 pub mod range;
 pub mod roles;
 pub mod rollouts;
+pub mod web;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -182,6 +183,7 @@ pub fn router(state: AppState) -> Router {
     let router = api
         .merge(ops::docs_router(openapi))
         .merge(compat)
+        .merge(web::router(state.settings.dashboard_enabled))
         // Upload bodies are limited by the handler itself (UPDRAFT_MAX_UPLOAD_BYTES); everything
         // else by this layer.
         .layer(DefaultBodyLimit::max(MAX_JSON_BYTES))
@@ -232,9 +234,13 @@ fn cors_layer(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
     )
 }
 
-async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {
-    let _ = method;
-    Error::not_found("route", uri.path()).into()
+/// Unmatched requests: a browser navigating to one of the dashboard's own routes gets the
+/// app (`web::wants_app`); everyone else the JSON 404.
+async fn not_found(state: axum::extract::State<AppState>, method: Method, headers: HeaderMap, uri: axum::http::Uri) -> Response {
+    if web::wants_app(&state, &method, &uri, &headers) {
+        return web::index(state).await;
+    }
+    ApiError(Error::not_found("route", uri.path())).into_response()
 }
 
 async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> Response {

@@ -1,0 +1,76 @@
+//! Builds the web dashboard (`web/`, Svelte + Vite) into `$OUT_DIR/web`, which
+//! `src/http/web.rs` embeds into the binary.
+//!
+//! - It runs only when the dashboard's sources change (`rerun-if-changed`).
+//! - `npm ci` runs first when `web/node_modules` is missing or older than the lock file.
+//! - Without npm, or with `UPDRAFT_SKIP_WEB_BUILD=1`, the folder stays empty and the server's
+//!   `/` is a short page saying how to build the dashboard: a `cargo build` always gives a
+//!   working server.
+//! - With npm, a failed web build fails the cargo build (a type error in the dashboard is a
+//!   build error, like one in Rust), unless `UPDRAFT_WEB_BUILD_OPTIONAL=1`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::{env, fs};
+
+fn main() {
+    let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let web = root.join("web");
+    let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR")).join("web");
+    println!("cargo:rerun-if-env-changed=UPDRAFT_SKIP_WEB_BUILD");
+    println!("cargo:rerun-if-env-changed=UPDRAFT_WEB_BUILD_OPTIONAL");
+    for input in ["src", "index.html", "package.json", "package-lock.json", "vite.config.ts", "tsconfig.json"] {
+        println!("cargo:rerun-if-changed=web/{input}");
+    }
+    println!("cargo:rerun-if-changed=docs/openapi.json");
+
+    let _ = fs::remove_dir_all(&out);
+    fs::create_dir_all(&out).expect("create OUT_DIR/web");
+
+    if env::var("UPDRAFT_SKIP_WEB_BUILD").is_ok_and(|v| v == "1" || v == "true") {
+        println!("cargo:warning=UPDRAFT_SKIP_WEB_BUILD is set: the dashboard is not built into this binary");
+        return;
+    }
+    if !web.join("package.json").exists() {
+        return;
+    }
+    let npm = if cfg!(windows) { "npm.cmd" } else { "npm" };
+    if Command::new(npm).arg("--version").output().is_err() {
+        println!(
+            "cargo:warning=npm was not found: the dashboard is not built into this binary (install Node.js 20+ and npm, \
+             then build again)"
+        );
+        return;
+    }
+    let optional = env::var("UPDRAFT_WEB_BUILD_OPTIONAL").is_ok_and(|v| v == "1" || v == "true");
+    let fail = |what: &str| {
+        if optional {
+            println!("cargo:warning={what}: the dashboard is not built into this binary");
+            let _ = fs::remove_dir_all(&out);
+            let _ = fs::create_dir_all(&out);
+        } else {
+            panic!("{what} (set UPDRAFT_WEB_BUILD_OPTIONAL=1 to build the server without the dashboard)");
+        }
+    };
+
+    if needs_install(&web) {
+        let status = Command::new(npm).args(["ci", "--no-audit", "--no-fund", "--loglevel=error"]).current_dir(&web).status();
+        if !status.is_ok_and(|s| s.success()) {
+            fail("`npm ci` in web/ failed");
+            return;
+        }
+    }
+    let status = Command::new(npm).args(["run", "--silent", "build"]).env("UPDRAFT_WEB_OUT", &out).current_dir(&web).status();
+    if !status.is_ok_and(|s| s.success()) {
+        fail("the dashboard's build (`npm run build` in web/) failed");
+    }
+}
+
+/// `npm ci` is needed when node_modules is missing or older than the lock file.
+fn needs_install(web: &Path) -> bool {
+    let modified = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
+    match (modified(&web.join("node_modules/.package-lock.json")), modified(&web.join("package-lock.json"))) {
+        (Some(installed), Some(lock)) => installed < lock,
+        _ => true,
+    }
+}
