@@ -53,6 +53,26 @@ pub const KNOWN_CHIPS: [(u16, &str); 10] = [
     (0x0017, "esp32c5"),
 ];
 
+/// The chip family as ESP Web Tools and ESPHome manifests name it (`esp32s3` → `ESP32-S3`),
+/// for an ESP-IDF target name (any case) or `esp8266`; `None` for anything else.
+pub fn chip_family(target: &str) -> Option<&'static str> {
+    const FAMILIES: [(&str, &str); 11] = [
+        ("esp32", "ESP32"),
+        ("esp32s2", "ESP32-S2"),
+        ("esp32s3", "ESP32-S3"),
+        ("esp32c2", "ESP32-C2"),
+        ("esp32c3", "ESP32-C3"),
+        ("esp32c5", "ESP32-C5"),
+        ("esp32c6", "ESP32-C6"),
+        ("esp32c61", "ESP32-C61"),
+        ("esp32h2", "ESP32-H2"),
+        ("esp32p4", "ESP32-P4"),
+        ("esp8266", "ESP8266"),
+    ];
+    let target = target.trim().to_ascii_lowercase().replace('-', "");
+    FAMILIES.iter().find(|(name, _)| *name == target).map(|(_, family)| *family)
+}
+
 /// Returns the ESP-IDF target name of a header chip id, or `None` for an unknown id.
 pub fn chip_name(chip_id: u16) -> Option<&'static str> {
     KNOWN_CHIPS.iter().find(|(id, _)| *id == chip_id).map(|(_, name)| *name)
@@ -860,6 +880,19 @@ pub mod builder {
 mod tests {
     use super::builder::{EspImageBuilder, prng_bytes};
     use super::*;
+
+    #[test]
+    fn chip_families_are_named_as_esp_web_tools_names_them() {
+        assert_eq!(chip_family("esp32"), Some("ESP32"));
+        assert_eq!(chip_family("esp32s3"), Some("ESP32-S3"));
+        assert_eq!(chip_family("ESP32-C61"), Some("ESP32-C61"));
+        assert_eq!(chip_family("esp8266"), Some("ESP8266"));
+        for (_, name) in KNOWN_CHIPS {
+            assert!(chip_family(name).is_some(), "{name}");
+        }
+        assert_eq!(chip_family("esp33"), None);
+        assert_eq!(chip_family(""), None);
+    }
 
     /// Feeds `image` to a fresh parser in chunks of `size` bytes.
     fn parse_in_chunks(image: &[u8], size: usize) -> Result<Option<EspImageInfo>, EspImageError> {

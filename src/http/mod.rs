@@ -14,6 +14,7 @@ pub mod devices;
 pub mod download;
 pub mod error;
 pub mod firmware;
+pub mod flash;
 pub mod forwarded;
 pub mod guards;
 pub mod limits;
@@ -143,6 +144,7 @@ impl Modify for SecuritySchemes {
 fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(firmware::router())
+        .merge(flash::router())
         .merge(devices::router())
         .merge(rollouts::router())
         .merge(device_api::router())

@@ -841,6 +841,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/firmware/{id}/flash-manifest": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** An ESP Web Tools manifest for flashing one build over USB from the dashboard. */
+        get: operations["flash_manifest"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/groups": {
         parameters: {
             query?: never;
@@ -1931,6 +1948,25 @@ export interface components {
              * @description Halt when this percentage of a stage's devices failed.
              */
             percent?: number | null;
+        };
+        FlashBuild: {
+            /** @description `ESP32`, `ESP32-S3`, `ESP32-C3`, ... (ESP Web Tools' names). */
+            chipFamily: string;
+            parts: components["schemas"]["FlashPart"][];
+        };
+        /** @description An ESP Web Tools manifest (its `Manifest` type). */
+        FlashManifest: {
+            name: string;
+            version: string;
+            /** @description Asks whether to erase the flash first. */
+            new_install_prompt_erase: boolean;
+            builds: components["schemas"]["FlashBuild"][];
+        };
+        FlashPart: {
+            /** @description The build's file (a path on this server, fetched with the browser's session). */
+            path: string;
+            /** Format: int64 */
+            offset: number;
         };
         GroupDetail: components["schemas"]["GroupView"] & {
             /** @description Device ids. */
@@ -5880,6 +5916,74 @@ export interface operations {
             };
             /** @description Range not satisfiable */
             416: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    flash_manifest: {
+        parameters: {
+            query?: {
+                /**
+                 * @description Flash offset of the file, decimal or `0x` hex. Default: `0x10000` for an ESP32 app
+                 *     image (after the bootloader and partition table), `0` for any other file (a merged
+                 *     image with bootloader and partition table, from `esptool merge_bin`).
+                 */
+                offset?: string;
+                /**
+                 * @description The chip family, required when the file is not an ESP32 app image (which names its
+                 *     chip): an ESP-IDF target such as `esp32s3`, or `esp8266`.
+                 */
+                chip?: string;
+            };
+            header?: never;
+            path: {
+                /** @description Artifact id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["FlashManifest"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The credential's role is not one of admin, operator, viewer, provisioner */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The chip is unknown (give `chip`), or the offset is not a flash offset */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };
