@@ -193,6 +193,7 @@ if [[ $CAN_APT -eq 0 ]]; then
   [[ $HAVE_MOSQUITTO -eq 1 ]] || missing+=(mosquitto)
   [[ $HAVE_NGINX -eq 1 ]] || missing+=(nginx-light)
   [[ $HAVE_VENV -eq 1 ]] || missing+=(python3-venv)
+  [[ -x ${CHROMIUM:-/usr/bin/chromium} ]] || missing+=(chromium)
   if [[ ${#missing[@]} -gt 0 ]]; then
     printf '== ERROR: the tests need %s, and installing them needs root (or passwordless sudo).\n' "${missing[*]}" >&2
     printf '   Install them, then run this script again:\n\n' >&2
