@@ -16,6 +16,7 @@ mod secrets;
 mod sql;
 #[cfg(test)]
 mod tests;
+mod usage;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -27,10 +28,11 @@ use sqlx::{AnyPool, Executor};
 pub use audit::AuditCursor;
 pub use compat::CompatFileRemoval;
 pub use config::ConfigWrite;
-pub use devices::{ActiveRow, AttemptOffer, DeviceReport, NewDevice, RolloutSlot};
+pub use devices::{ActiveRow, AttemptOffer, DeviceReport, NewDevice, RolloutSlot, SummaryRow};
 pub use firmware::NewArtifact;
 pub use rollouts::{MemberRow, TargetRow, TransitionWrite};
 pub use row::CorruptRow;
+pub use usage::{VersionColumn, VersionCount};
 
 use crate::domain::{Error, Result};
 
