@@ -10,3 +10,6 @@ CREATE INDEX device_name_idx ON device (name, id);
 -- Update attempts across the fleet, by state and time of the last change, newest first.
 CREATE INDEX update_attempt_state_updated_idx ON update_attempt (state, updated_at);
 CREATE INDEX update_attempt_updated_idx ON update_attempt (updated_at);
+
+-- The device list filtered by owner.
+CREATE INDEX device_owner_idx ON device (owner);
