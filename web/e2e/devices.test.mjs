@@ -172,6 +172,10 @@ test('filters, search, sort and pages live in the address bar and survive a relo
   await page.goto('/devices?product=meter&sort=name');
   await page.locator('table.devices').waitFor();
   await eventually(async () => (await rowNames(page)).length === 31, 10_000, 'all meters');
+  // Two selected: the bulk actions bar.
+  await page.getByLabel('Select Meter 02').check();
+  await page.getByLabel('Select Meter 04').check();
+  assert.match(await page.getByTestId('selection-count').innerText(), /^2 selected devices$/);
   await checkA11y(page);
   await screenshot(page, 'devices-list');
 
