@@ -49,3 +49,17 @@ export interface StreamMessage {
   at?: string;
   data?: Record<string, unknown>;
 }
+
+/** `GET /api/v1/devices/summary` (h15-api's FleetSummary): used for the filters' suggestions. */
+export interface SummaryBucket {
+  key: string | null;
+  count: number;
+}
+export interface FleetSummary {
+  total: number;
+  online: number;
+  offline: number;
+  by_version: SummaryBucket[];
+  by_product: SummaryBucket[];
+  by_hardware: SummaryBucket[];
+}
