@@ -58,21 +58,29 @@ async function rowNames(page) {
 test('a device appears live in the open table when it is registered and checks in', async () => {
   const page = await newPage(browser, server);
   await signInAs(page, server, 'operator');
-  await page.goto('/devices');
+  // The table filtered on a tag: only devices that match it may appear.
+  await page.goto('/devices?tag=live');
   await page.getByRole('heading', { name: 'Devices', level: 1 }).waitFor();
-  await page.locator('[data-state="empty"], table.devices').first().waitFor();
+  await page.getByText('No device matches these filters.').waitFor();
   // A marker that a reload would wipe.
   await page.evaluate(() => ((window).__noReload = true));
 
+  const other = await register({ name: 'Other lamp', product: 'lamp', hardware: 'esp32', tags: ['elsewhere'] });
   const device = await register({ name: 'Live lamp', product: 'lamp', hardware: 'esp32', tags: ['live'] });
-  const checkin = await asDevice(device.token, '/api/v1/device/checkin', { version: '1.0.0', attributes: { rssi: -58 } });
-  assert.equal(checkin.status, 200);
-
   const live = row(page, device.id);
   await live.waitFor();
+  assert.match(await live.locator('td.status').innerText(), /offline\s+never/);
+
+  // It checks in through the device API: the row turns online, with its version, in place.
+  const checkin = await asDevice(device.token, '/api/v1/device/checkin', { version: '1.0.0', attributes: { rssi: -58 } });
+  assert.equal(checkin.status, 200);
+  await asDevice(other.token, '/api/v1/device/checkin', { version: '1.0.0' });
   await eventually(async () => /online/.test(await live.locator('td.status').innerText()), 10_000, 'the row to show online');
   assert.match(await live.innerText(), /Live lamp/);
-  assert.match(await live.innerText(), /1\.0\.0/);
+  assert.match(await live.locator('td.version').innerText(), /1\.0\.0/);
+  assert.match(await live.locator('td.status').innerText(), /just now|s ago/);
+  assert.deepEqual(await visibleIds(page), [device.id], 'the device outside the filter stays out');
+  assert.equal(await page.getByTestId('devices-total').innerText(), '1 device matches');
   assert.equal(await page.evaluate(() => (window).__noReload), true, 'the page was not reloaded');
   assert.deepEqual(page.pageErrors, []);
 });
@@ -168,6 +176,16 @@ test('filters, search, sort and pages live in the address bar and survive a relo
   await page.getByLabel('Search').fill('no-such-device');
   await page.getByText('No device matches these filters.').waitFor();
   await checkA11y(page);
+
+  // A bad link: the server's message, not a blank page; the device page of an unknown id too.
+  await page.goto('/devices?last_seen_after=yesterday');
+  const alert = page.getByRole('alert');
+  await alert.waitFor();
+  assert.match(await alert.innerText(), /last_seen_after/);
+  assert.match(await alert.innerText(), /invalid_query/);
+  await page.goto('/devices/AA:BB:CC:00:00:99');
+  await page.getByRole('alert').waitFor();
+  assert.match(await page.getByRole('alert').innerText(), /not found/);
 
   await page.goto('/devices?product=meter&sort=name');
   await page.locator('table.devices').waitFor();
