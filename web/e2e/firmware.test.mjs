@@ -107,6 +107,41 @@ test('upload with a progress bar to 100%, the build listed with SHA-256 and chip
   assert.deepEqual(page.pageErrors, []);
 });
 
+test('on a slow link the bar shows the bytes sent as they go, and an upload can be cancelled', async () => {
+  const page = await newPage(browser, server);
+  await signInAs(page, server, 'operator');
+  await page.goto('/firmware');
+  await page.getByRole('heading', { name: 'Upload builds' }).waitFor();
+  // Slow the page's network down (Chromium's own throttling) so the upload takes seconds.
+  const cdp = await page.context().newCDPSession(page);
+  await cdp.send('Network.enable');
+  await cdp.send('Network.emulateNetworkConditions', { offline: false, latency: 20, downloadThroughput: 4 * 1024 * 1024, uploadThroughput: 256 * 1024 });
+
+  const slow = imageFile('slow-4.0.0.bin', { version: '4.0.0', project: 'slow', payload: 2 * 1024 * 1024 });
+  await page.getByLabel('Firmware files', { exact: true }).setInputFiles(slow.path);
+  const item = page.locator('li.item[data-file="slow-4.0.0.bin"]');
+  await item.getByRole('button', { name: 'Upload', exact: true }).click();
+  const bar = item.getByRole('progressbar');
+  // Part of the bytes are sent: the bar is between 0 and 100, and says how much.
+  const partial = await eventually(async () => {
+    const v = Number(await bar.getAttribute('value').catch(() => 0));
+    return v > 0 && v < 100 ? v : 0;
+  }, 15_000, 'a partial progress');
+  assert.ok(partial > 0 && partial < 100);
+  assert.match(await item.innerText(), /\d+(\.\d)? (B|KiB|MiB) of 2\.0 MiB sent \(\d+%\)/);
+  await item.getByRole('button', { name: 'Cancel the upload of slow-4.0.0.bin' }).click();
+  await eventually(async () => (await item.getAttribute('data-status')) === 'cancelled', 5000, 'the cancellation');
+  assert.match(await item.innerText(), /Cancelled: nothing was stored/);
+  await cdp.send('Network.emulateNetworkConditions', { offline: false, latency: 0, downloadThroughput: -1, uploadThroughput: -1 });
+  const list = await server.api('GET', '/api/v1/firmware?product=slow');
+  assert.equal(list.total, 0, 'nothing stored');
+  // Try again: it goes through.
+  await item.getByRole('button', { name: 'Try again' }).click();
+  await eventually(async () => (await item.getAttribute('data-status')) === 'done', 30_000, 'the second upload');
+  assert.equal(await bar.getAttribute('value'), '100');
+  assert.deepEqual(page.pageErrors, []);
+});
+
 test('edit notes and channel, mark latest, delete refused while in a release (409), delete an unused build; phone width', async () => {
   const bin = espImage({ version: '3.0.0', project: 'fan', payload: 4096 });
   const form = new FormData();
