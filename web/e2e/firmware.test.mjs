@@ -5,7 +5,7 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { checkA11y, espImage, eventually, launchBrowser, newPage, screenshot, signInAs, startServer } from './harness.mjs';
@@ -98,7 +98,19 @@ test('upload with a progress bar to 100%, the build listed with SHA-256 and chip
   const a = imageFile('lamp-1.1.0.bin', { version: '1.1.0', project: 'lamp', payload: 65536 });
   const b = imageFile('lamp-1.2.0.bin', { version: '1.2.0', project: 'lamp', payload: 65536 });
   await dupItem.getByRole('button', { name: /Remove/ }).click();
-  await page.getByLabel('Firmware files', { exact: true }).setInputFiles([a.path, b.path]);
+  await page.getByLabel('Firmware files', { exact: true }).setInputFiles(a.path);
+  // The second one is dropped on the drop area (a real DataTransfer with a File).
+  const b64 = readFileSync(b.path).toString('base64');
+  const transfer = await page.evaluateHandle((data) => {
+    const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+    const dt = new DataTransfer();
+    dt.items.add(new File([bytes], 'lamp-1.2.0.bin', { type: 'application/octet-stream' }));
+    return dt;
+  }, b64);
+  const drop = page.getByRole('group', { name: 'Drop area' });
+  await drop.dispatchEvent('dragenter', { dataTransfer: transfer });
+  await drop.dispatchEvent('drop', { dataTransfer: transfer });
+  await page.locator('li.item[data-file="lamp-1.2.0.bin"]').waitFor();
   await page.getByRole('button', { name: 'Upload all (2)' }).click();
   await page.locator('article.build', { hasText: 'lamp 1.2.0' }).waitFor();
   await page.locator('article.build', { hasText: 'lamp 1.1.0' }).waitFor();
@@ -228,8 +240,8 @@ test('the list shows the build usage (releases, devices), and the details', asyn
   await card.waitFor();
   await eventually(async () => /1 release,\s*3 devices run it/.test(await card.locator('[data-usage]').innerText()), 5000, 'the usage counts');
   await card.getByRole('button', { name: /Details/ }).click();
-  await card.getByRole('link', { name: /heater 2\.0\.0/ }).waitFor();
-  assert.match(await card.getByRole('link', { name: /heater 2\.0\.0/ }).getAttribute('href'), /\/releases/);
+  await card.getByRole('link', { name: 'heater 2.0.0 (stable)' }).waitFor();
+  assert.match(await card.getByRole('link', { name: 'heater 2.0.0 (stable)' }).getAttribute('href'), /\/releases/);
   assert.match(await card.innerText(), /3 running it/);
   void release;
   // A viewer sees no write buttons.

@@ -266,8 +266,21 @@ test('the devices page prefills: ?devices= lists them, ?filter= becomes criteria
   await list.waitFor();
   assert.deepEqual((await list.inputValue()).split('\n'), two);
   assert.match(await page.getByRole('status').filter({ hasText: 'selected' }).innerText(), /2 selected devices/);
+  const [release] = (await server.api('GET', '/api/v1/releases?product=lamp')).items;
+  await page.getByLabel('Release', { exact: true }).selectOption(release.id);
   if (hasPreview) {
     await eventually(async () => (await page.locator('[data-preview-count]').innerText().catch(() => '')) === '2', 10_000, 'the preview of the selection');
+  }
+
+  if (hasPreview) {
+    // A running rollout on the us lamps: the preview lists the overlap.
+    const running = await server.api('POST', '/api/v1/rollouts', { release_id: release.id, name: 'us wave', target: { tags: ['us'] }, start: true });
+    await page.goto(`/rollouts/new?release=${release.id}&devices=${two.join(',')}`);
+    const overlap = page.getByRole('note');
+    await overlap.waitFor();
+    assert.match(await overlap.innerText(), /us wave \(running, 2\.0\.0\): 2 devices in both/);
+    assert.equal(await overlap.getByRole('link', { name: 'us wave' }).getAttribute('href'), `/rollouts/${running.id}`);
+    await server.api('POST', `/api/v1/rollouts/${running.id}/cancel`, {});
   }
 
   // Criteria the rollout understands become criteria (and the product picks its release).
