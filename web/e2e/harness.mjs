@@ -6,7 +6,8 @@
 //   UPDRAFT_WEB_DIR   serve the dashboard from this folder instead of the embedded copy
 //                     (default: web/dist when it exists, so `npm run build` is enough)
 //   CHROMIUM          the browser (default: /usr/bin/chromium)
-//   UPDRAFT_E2E_SCREENSHOTS  folder for screenshots (default: docs/screenshots)
+//   UPDRAFT_E2E_SCREENSHOTS  folder for screenshots (default: target/screenshots; set it to
+//                     docs/screenshots to refresh the documentation's)
 import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -193,7 +194,7 @@ export async function checkA11y(page, { exclude = [] } = {}) {
 
 /** Saves a full-page screenshot as docs/screenshots/<name>.png. */
 export async function screenshot(page, name) {
-  const dir = process.env.UPDRAFT_E2E_SCREENSHOTS ?? join(ROOT, 'docs/screenshots');
+  const dir = process.env.UPDRAFT_E2E_SCREENSHOTS || join(ROOT, 'target/screenshots');
   mkdirSync(dir, { recursive: true });
   await page.screenshot({ path: join(dir, `${name}.png`), fullPage: true });
 }
