@@ -46,8 +46,9 @@ async function device(product, version, hardware = 'esp32') {
 
 async function upload(product, version) {
   const form = new FormData();
+  form.append('product', product);
   form.append('file', new Blob([espImage({ version, project: product })]), `${product}-${version}.bin`);
-  return server.api('POST', `/api/v1/firmware?product=${product}`, form);
+  return server.api('POST', '/api/v1/firmware', form);
 }
 
 const numbers = async (page) => ({
