@@ -29,8 +29,9 @@ async function device(product, version, hardware = 'esp32') {
     headers: { 'Content-Type': 'application/json' },
     body: JSON.stringify({ mac, product, hardware, version }),
   });
-  assert.ok(r.ok, `provision: ${r.status} ${await r.text()}`);
-  const { device_id: id, token } = await r.json();
+  const text = await r.text();
+  assert.ok(r.ok, `provision: ${r.status} ${text}`);
+  const { device_id: id, token } = JSON.parse(text);
   const call = async (path, body) => {
     const res = await fetch(`${server.url}${path}`, {
       method: 'POST',
@@ -125,7 +126,7 @@ test('a running rollout shows its progress and a failed update appears live in r
   await page.goto('/');
   await page.getByText('No update failed in the last 24 hours.').waitFor();
 
-  const rollout = await server.api('POST', '/api/v1/rollouts', { name: 'lamp 1.1.0 everywhere', release_id: release.id, stages: [{ percent: 100 }], start: true });
+  const rollout = await server.api('POST', '/api/v1/rollouts', { name: 'lamp 1.1.0 everywhere', release_id: release.id, stages: [{ percent: 100, error_threshold: { count: 5 } }], start: true });
   // The rollout appears live (rollout.transition), with its numbers.
   const item = page.locator(`li[data-rollout="${rollout.id}"]`);
   await item.waitFor();
@@ -153,6 +154,32 @@ test('a running rollout shows its progress and a failed update appears live in r
   await page.setViewportSize({ width: 390, height: 844 });
   await checkA11y(page);
   await screenshot(page, 'overview-phone');
+  assert.deepEqual(page.pageErrors, []);
+  await page.context().close();
+});
+
+test('a rollout that a failure halts is shown as waiting for an operator, live', async () => {
+  await server.api('PUT', '/api/v1/products/fan', { provisioning: 'open' });
+  const build = await upload('fan', '3.0.0');
+  const release = await server.api('POST', '/api/v1/releases', { product: 'fan', version: '3.0.0', artifact_ids: [build.id] });
+  const fan = await device('fan', '2.0.0');
+  await fan.checkin();
+  const rollout = await server.api('POST', '/api/v1/rollouts', { name: 'fan 3.0.0', release_id: release.id, stages: [{ percent: 100, error_threshold: { count: 1 } }], start: true });
+
+  const page = await newPage(browser, server);
+  await signInAs(page, server, 'viewer');
+  await page.goto('/');
+  await page.locator(`li[data-rollout="${rollout.id}"]`).waitFor();
+  assert.equal(await page.getByTestId('halted').count(), 0);
+
+  const answer = await fan.checkin();
+  await fan.report({ release_id: answer.update.release_id, version: '3.0.0', state: 'failed', message: 'brownout during install' });
+  const halted = page.getByTestId('halted');
+  await halted.waitFor();
+  assert.equal(await halted.getByRole('link', { name: 'fan 3.0.0' }).getAttribute('href'), `/rollouts/${rollout.id}`);
+  await page.locator(`li[data-rollout="${rollout.id}"]`).waitFor({ state: 'detached' });
+  assert.equal((await server.api('GET', `/api/v1/rollouts/${rollout.id}`)).state, 'halted');
+  await checkA11y(page);
   assert.deepEqual(page.pageErrors, []);
   await page.context().close();
 });
