@@ -8,6 +8,8 @@
 //!   working server.
 //! - With npm, a failed web build fails the cargo build (a type error in the dashboard is a
 //!   build error, like one in Rust), unless `UPDRAFT_WEB_BUILD_OPTIONAL=1`.
+//! - `UPDRAFT_WEB_PREBUILT=DIR` embeds a dashboard built elsewhere (`npm run build`'s output,
+//!   e.g. in a Node stage of the container build) instead of running npm.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,6 +21,7 @@ fn main() {
     let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR")).join("web");
     println!("cargo:rerun-if-env-changed=UPDRAFT_SKIP_WEB_BUILD");
     println!("cargo:rerun-if-env-changed=UPDRAFT_WEB_BUILD_OPTIONAL");
+    println!("cargo:rerun-if-env-changed=UPDRAFT_WEB_PREBUILT");
     for input in ["src", "index.html", "package.json", "package-lock.json", "vite.config.ts", "tsconfig.json"] {
         println!("cargo:rerun-if-changed=web/{input}");
     }
@@ -27,6 +30,12 @@ fn main() {
     let _ = fs::remove_dir_all(&out);
     fs::create_dir_all(&out).expect("create OUT_DIR/web");
 
+    if let Some(prebuilt) = env::var_os("UPDRAFT_WEB_PREBUILT").map(PathBuf::from) {
+        assert!(prebuilt.join("index.html").exists(), "UPDRAFT_WEB_PREBUILT={} has no index.html", prebuilt.display());
+        println!("cargo:rerun-if-changed={}", prebuilt.display());
+        copy_dir(&prebuilt, &out).expect("copy UPDRAFT_WEB_PREBUILT");
+        return;
+    }
     if env::var("UPDRAFT_SKIP_WEB_BUILD").is_ok_and(|v| v == "1" || v == "true") {
         println!("cargo:warning=UPDRAFT_SKIP_WEB_BUILD is set: the dashboard is not built into this binary");
         return;
@@ -73,4 +82,18 @@ fn needs_install(web: &Path) -> bool {
         (Some(installed), Some(lock)) => installed < lock,
         _ => true,
     }
+}
+
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    fs::create_dir_all(to)?;
+    for entry in fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
 }

@@ -11,7 +11,8 @@
 #      own services are kept from starting: they would take ports 1883 and 80), moto[server] (the S3
 #      stand-in), the ThingsBoard device SDK and paho-mqtt 2.1.0 from PyPI, each in a venv
 #      under target/, the test OpenID provider (npm package oidc-provider, with npm ci under
-#      target/oidc-provider; node and npm from apt when missing), and cargo-nextest (cargo install). Installing from apt needs root or
+#      target/oidc-provider; node and npm from apt when missing), Chromium for the dashboard's
+#      browser tests (apt), and cargo-nextest (cargo install). Installing from apt needs root or
 #      passwordless sudo; without either, it lists what to install and stops before
 #      starting anything,
 #   2. starts a throwaway PostgreSQL cluster and a moto S3 server on free loopback ports,
@@ -192,6 +193,7 @@ if [[ $CAN_APT -eq 0 ]]; then
   [[ $HAVE_MOSQUITTO -eq 1 ]] || missing+=(mosquitto)
   [[ $HAVE_NGINX -eq 1 ]] || missing+=(nginx-light)
   [[ $HAVE_VENV -eq 1 ]] || missing+=(python3-venv)
+  [[ -x ${CHROMIUM:-/usr/bin/chromium} ]] || missing+=(chromium)
   if [[ ${#missing[@]} -gt 0 ]]; then
     printf '== ERROR: the tests need %s, and installing them needs root (or passwordless sudo).\n' "${missing[*]}" >&2
     printf '   Install them, then run this script again:\n\n' >&2
@@ -297,6 +299,16 @@ if ! cmp -s "$ROOT/tests/oidc/package-lock.json" "$OIDC_DIR/package-lock.json" |
   cp "$ROOT/tests/oidc/package.json" "$ROOT/tests/oidc/package-lock.json" "$OIDC_DIR/"
   run_logged npm-install flock "$OIDC_DIR.lock" npm ci --prefix "$OIDC_DIR" --no-audit --no-fund
 fi
+
+# The dashboard's browser tests (tests/browser.rs: playwright-core, from web/node_modules, which
+# `cargo build` installs with npm ci) drive Debian's Chromium.
+CHROMIUM=${CHROMIUM:-/usr/bin/chromium}
+if [[ ! -x "$CHROMIUM" ]]; then
+  [[ $CAN_APT -eq 1 ]] || die "the browser tests need Chromium: sudo apt-get install chromium (or set CHROMIUM to a Chromium binary)"
+  say "installing chromium (apt)"
+  apt_install chromium
+fi
+export CHROMIUM
 
 # cargo-nextest runs the suites (and retries the one known flaky test, see .config/nextest.toml).
 if ! cargo nextest --version >/dev/null 2>&1; then

@@ -89,9 +89,14 @@ async fn flash_manifest(
     let image_chip = artifact.image.as_ref().and_then(|i| i.chip.clone());
     let chip = match (&query.chip, &image_chip) {
         (Some(asked), _) => chip_family(asked).ok_or_else(|| {
-            Error::unprocessable("unknown_chip", format!("`{asked}` is not a chip ESP Web Tools can flash (esp32, esp32s3, esp32c3, ..., esp8266)"))
+            Error::unprocessable(
+                "unknown_chip",
+                format!("`{asked}` is not a chip ESP Web Tools can flash (esp32, esp32s3, esp32c3, ..., esp8266)"),
+            )
         })?,
-        (None, Some(chip)) => chip_family(chip).ok_or_else(|| Error::unprocessable("unknown_chip", format!("ESP Web Tools cannot flash a {chip}")))?,
+        (None, Some(chip)) => {
+            chip_family(chip).ok_or_else(|| Error::unprocessable("unknown_chip", format!("ESP Web Tools cannot flash a {chip}")))?
+        }
         (None, None) => {
             return Err(Error::unprocessable(
                 "unknown_chip",

@@ -34,3 +34,4 @@ mod seed003_contract;
 mod storage;
 mod tls;
 mod tls_certs;
+mod web;

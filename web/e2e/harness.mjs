@@ -9,7 +9,7 @@
 //   UPDRAFT_E2E_SCREENSHOTS  folder for screenshots (default: docs/screenshots)
 import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -35,14 +35,15 @@ export function freePort() {
 }
 
 /**
- * Starts a server. `env` adds settings (e.g. `{ UPDRAFT_MQTT_ENABLED: 'false' }`).
+ * Starts a server. `env` adds settings (e.g. `{ UPDRAFT_MQTT_ENABLED: 'false' }`); `port`
+ * chooses its HTTP port (default: a free one).
  * Returns `{ url, adminKey, dataDir, mqttPort, api, stop, log }`.
  */
-export async function startServer(env = {}) {
+export async function startServer(env = {}, { port: chosenPort } = {}) {
   const bin = process.env.UPDRAFT_BIN ?? join(ROOT, 'target/debug/updraft');
   if (!existsSync(bin)) throw new Error(`no server binary at ${bin}: build it (cargo build) or set UPDRAFT_BIN`);
   const dataDir = mkdtempSync(join(tmpdir(), 'updraft-e2e-'));
-  const port = await freePort();
+  const port = chosenPort ?? (await freePort());
   const mqttPort = await freePort();
   const webDir = process.env.UPDRAFT_WEB_DIR ?? (existsSync(join(WEB, 'dist/index.html')) ? join(WEB, 'dist') : undefined);
   const childEnv = {
@@ -254,4 +255,41 @@ export async function eventually(fn, ms = 10_000, what = 'condition') {
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 100));
   }
+}
+
+/**
+ * The test OpenID provider of the single sign-on tests (tests/oidc/provider.mjs, its node
+ * modules in target/oidc-provider, which scripts/test.sh installs), sending browsers back to
+ * `redirectUri`. Returns `{ issuer, stop }`.
+ */
+export async function startOpenIdProvider(redirectUri) {
+  const dir = join(ROOT, 'target/oidc-provider');
+  if (!existsSync(join(dir, 'node_modules/oidc-provider/package.json'))) {
+    throw new Error(`no test OpenID provider in ${dir}: scripts/test.sh installs it (npm ci of tests/oidc there)`);
+  }
+  const script = join(dir, `provider-e2e-${process.pid}.mjs`);
+  writeFileSync(script, readFileSync(join(ROOT, 'tests/oidc/provider.mjs')));
+  const child = spawn('node', [script], { cwd: dir, env: { ...process.env, PORT: '0', REDIRECT_URI: redirectUri }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let log = '';
+  child.stderr.on('data', (d) => (log += d));
+  const line = await new Promise((ok, fail) => {
+    let out = '';
+    const timer = setTimeout(() => fail(new Error(`the OpenID provider did not start in 60 s:\n${log}`)), 60_000);
+    child.stdout.on('data', (d) => {
+      out += d;
+      if (out.includes('\n')) {
+        clearTimeout(timer);
+        ok(out.split('\n')[0]);
+      }
+    });
+    child.on('exit', (code) => fail(new Error(`the OpenID provider exited (${code}):\n${log}`)));
+  });
+  const { issuer } = JSON.parse(line);
+  return {
+    issuer,
+    stop: async () => {
+      child.kill('SIGTERM');
+      rmSync(script, { force: true });
+    },
+  };
 }

@@ -1,7 +1,12 @@
 // The live event stream (`GET /api/v1/events`, server-sent events with the session cookie).
 // One EventSource for the whole page, shared by every subscriber; it reconnects by itself.
 export interface LiveEvent {
+  /** The SSE event name, e.g. `device.online`. */
   type: string;
+  /**
+   * The whole SSE message as the server sends it (docs/API.md, "Live events"):
+   * `{type, device_id?, at, data}`; the event's own fields are in `data.data`.
+   */
   data: any;
 }
 
