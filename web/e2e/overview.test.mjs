@@ -184,6 +184,27 @@ test('a rollout that a failure halts is shown as waiting for an operator, live',
   await page.context().close();
 });
 
+test('an error of the summary shows the server message and a retry, never a blank page', async () => {
+  const page = await newPage(browser, server);
+  await signInAs(page, server, 'viewer');
+  // The one faked answer of these tests: a database outage is hard to cause on purpose.
+  await page.route('**/api/v1/devices/summary*', (route) =>
+    route.fulfill({ status: 503, json: { error: { code: 'unavailable', message: 'the database does not answer' } } }),
+  );
+  await page.goto('/');
+  const alert = page.getByRole('alert').filter({ hasText: 'the database does not answer' });
+  await alert.waitFor();
+  assert.match(await alert.innerText(), /unavailable/);
+  // The other sections still load.
+  await page.locator('#rollouts-h').waitFor();
+  await page.unroute('**/api/v1/devices/summary*');
+  await alert.getByRole('button', { name: 'Try again' }).click();
+  await page.locator('[data-stat="total"]').waitFor();
+  assert.equal(await page.getByRole('alert').count(), 0);
+  assert.deepEqual(page.pageErrors, []);
+  await page.context().close();
+});
+
 test('the server page names the database, blob store, MQTT mode and readiness', async () => {
   const info = await server.api('GET', '/api/v1/server');
   const page = await newPage(browser, server);
