@@ -85,6 +85,11 @@ test('a viewer sees no write buttons, and no Users & keys in the navigation', as
     await page.getByRole('heading', { level: 1 }).first().waitFor();
     // Let the page's data arrive (its loading states end).
     await page.waitForFunction(() => !document.querySelector('main [data-state="loading"]'), null, { timeout: 10_000 }).catch(() => {});
+    if (path === '/devices') {
+      // Bulk actions appear once rows are selected: select one if the page lets a viewer.
+      const box = page.locator('main tbody input[type="checkbox"]:visible').first();
+      if ((await box.count()) > 0) await box.check();
+    }
     const controls = await writeControls(page);
     if (controls.length) found[path] = controls;
     if (path === '/firmware') assert.equal(await page.locator('main input[type="file"]').count(), 0, 'no upload on /firmware');
