@@ -300,6 +300,23 @@ impl UpdateState {
         }
     }
 
+    /// Every state, in the order of an update.
+    pub const ALL: [UpdateState; 8] = [
+        UpdateState::Offered,
+        UpdateState::Downloading,
+        UpdateState::Downloaded,
+        UpdateState::Installing,
+        UpdateState::Installed,
+        UpdateState::Succeeded,
+        UpdateState::Failed,
+        UpdateState::Rejected,
+    ];
+
+    /// The state of this exact name (`as_str`), if there is one.
+    pub fn parse_name(text: &str) -> Option<UpdateState> {
+        UpdateState::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
     pub fn as_str(&self) -> &'static str {
         match self {
             UpdateState::Offered => "offered",
@@ -430,6 +447,25 @@ pub struct DevicePatch {
     pub owner: Option<Option<String>>,
     /// Until then, the device may provision again without its token; `Some(None)` closes it.
     pub reprovision_until: Option<Option<DateTime<Utc>>>,
+}
+
+/// What the fleet-wide attempt list selects.
+pub struct AttemptFilter {
+    /// Any of these states (all when empty).
+    pub states: Vec<UpdateState>,
+    /// Attempts changed at or after this time (Unix ms).
+    pub since: Option<i64>,
+    pub product: Option<String>,
+    pub limit: u32,
+    pub offset: u64,
+}
+
+/// An attempt with the device it belongs to.
+pub struct FleetAttempt {
+    pub attempt: UpdateAttempt,
+    pub device_name: String,
+    pub mac: String,
+    pub product: Option<String>,
 }
 
 /// The order of a device listing.

@@ -46,6 +46,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(create_user, list_users))
         .routes(routes!(get_user, patch_user))
         .routes(routes!(login, whoami, logout))
+        .routes(routes!(login_methods))
         .routes(routes!(list_sessions))
         .routes(routes!(revoke_session))
 }
@@ -493,6 +494,30 @@ async fn login(
     let new = sessions::login(&state.core, credentials, ip, user_agent).await?;
     ActorSlot::record(&extensions, &new.session.principal);
     Ok(session_response(&state, &headers, &new, StatusCode::CREATED))
+}
+
+/// How operators can sign in here (the dashboard's sign-in page asks before anyone is signed in).
+#[derive(Serialize, ToSchema)]
+pub struct LoginMethods {
+    /// A username and password (`POST /api/v1/session`).
+    pub password: bool,
+    /// An API key (`POST /api/v1/session` with `api_key`).
+    pub api_key: bool,
+    /// Single sign-on: `GET /api/v1/session/oidc/login?return_to=/path` starts it.
+    pub oidc: bool,
+}
+
+/// How one may sign in: password and API key always; single sign-on when an OpenID provider
+/// and the dashboard's client (UPDRAFT_OIDC_CLIENT_ID) are configured. No credential needed;
+/// it tells nothing secret.
+#[utoipa::path(
+    get, path = "/api/v1/session/methods", tag = "accounts",
+    responses((status = 200, body = LoginMethods)),
+    security(())
+)]
+async fn login_methods(State(state): State<AppState>) -> Json<LoginMethods> {
+    let oidc = state.core.oidc.as_ref().is_some_and(|oidc| oidc.settings.client_id.is_some());
+    Json(LoginMethods { password: true, api_key: true, oidc })
 }
 
 /// Who the request's credential is (any role): with the session cookie, the session's

@@ -20,6 +20,7 @@ use crate::domain::firmware::{ArtifactFilter, ArtifactPatch, ArtifactSort};
 use crate::domain::version::Version;
 use crate::domain::{ArtifactId, Error};
 use crate::services::firmware::{self as service, BodyError};
+use crate::services::usage;
 
 pub fn router() -> OpenApiRouter<AppState> {
     // Uploads stream under their own limit (`UPDRAFT_MAX_UPLOAD_BYTES`), not the JSON body limit.
@@ -27,7 +28,11 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(upload_firmware, list_firmware))
         .layer(DefaultBodyLimit::disable())
         .layer(axum::middleware::from_fn(super::error::drain_rejected_body));
-    OpenApiRouter::new().merge(uploads).routes(routes!(get_firmware, patch_firmware, delete_firmware)).routes(routes!(download_firmware))
+    OpenApiRouter::new()
+        .merge(uploads)
+        .routes(routes!(get_firmware, patch_firmware, delete_firmware))
+        .routes(routes!(download_firmware))
+        .routes(routes!(firmware_usage))
 }
 
 /// A stored firmware build.
@@ -52,6 +57,54 @@ pub struct ArtifactView {
     pub image: Option<ImageView>,
     /// Admin download link.
     pub download_url: String,
+    /// How much the build is used (in lists and `GET /api/v1/firmware/{id}`; absent in the
+    /// answers of uploads and changes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<UsageCounts>,
+}
+
+/// How much a build is used, in short.
+#[derive(Serialize, ToSchema)]
+pub struct UsageCounts {
+    /// Releases that ship it (a build belongs to at most one).
+    pub releases: u64,
+    /// Devices of its product that report its version (and, when it names hardware, have one
+    /// of those).
+    pub devices_running: u64,
+}
+
+/// A release that ships a build.
+#[derive(Serialize, ToSchema)]
+pub struct UsageRelease {
+    pub id: String,
+    pub product: String,
+    pub version: String,
+    pub channel: String,
+}
+
+/// A rollout of a release that ships a build.
+#[derive(Serialize, ToSchema)]
+pub struct UsageRollout {
+    pub id: String,
+    pub name: String,
+    /// draft, running, paused, completed, cancelled, halted, rolled_back.
+    pub state: &'static str,
+    pub release_id: String,
+}
+
+/// Who uses a build.
+#[derive(Serialize, ToSchema)]
+pub struct ArtifactUsage {
+    pub releases: Vec<UsageRelease>,
+    /// Rollouts of those releases, newest first.
+    pub rollouts: Vec<UsageRollout>,
+    /// Devices of its product that report its version (and, when it names hardware, have one
+    /// of those).
+    pub devices_running: u64,
+    /// Devices of its product pinned to its version.
+    pub devices_pinned: u64,
+    /// Devices being updated to it now (offered, not finished).
+    pub devices_offered: u64,
 }
 
 /// Facts read from an ESP32 app image header and app descriptor.
@@ -359,7 +412,15 @@ async fn list_firmware(
         offset,
     };
     let (artifacts, total) = service::list(&state.core, &filter).await?;
-    let items = artifacts.iter().map(|a| artifact_view(&state, a, Some(&headers))).collect();
+    let counts = usage::usage_counts(&state.core, &artifacts).await?;
+    let items = artifacts
+        .iter()
+        .zip(counts)
+        .map(|(a, c)| ArtifactView {
+            usage: Some(UsageCounts { releases: c.releases, devices_running: c.devices_running }),
+            ..artifact_view(&state, a, Some(&headers))
+        })
+        .collect();
     Ok(Json(ArtifactPage { items, total, limit, offset: filter.offset }))
 }
 
@@ -377,7 +438,47 @@ async fn get_firmware(
     Path(id): Path<ArtifactId>,
 ) -> ApiResult<Json<ArtifactView>> {
     let artifact = find(&state, &id).await?;
-    Ok(Json(artifact_view(&state, &artifact, Some(&headers))))
+    let counts = usage::usage_counts(&state.core, std::slice::from_ref(&artifact)).await?.pop().unwrap_or_default();
+    let usage = Some(UsageCounts { releases: counts.releases, devices_running: counts.devices_running });
+    Ok(Json(ArtifactView { usage, ..artifact_view(&state, &artifact, Some(&headers)) }))
+}
+
+/// Who uses a build: the releases that ship it and their rollouts, and how many devices run
+/// it, are pinned to its version, or are being updated to it.
+#[utoipa::path(
+    get, path = "/api/v1/firmware/{id}/usage", tag = "firmware",
+    params(("id" = String, Path, description = "Artifact id")),
+    responses((status = 200, body = ArtifactUsage), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = ["admin", "operator", "viewer", "provisioner"]), ("admin_key" = ["admin", "operator", "viewer", "provisioner"]))
+)]
+async fn firmware_usage(State(state): State<AppState>, _viewer: Viewer, Path(id): Path<ArtifactId>) -> ApiResult<Json<ArtifactUsage>> {
+    let artifact = find(&state, &id).await?;
+    let found = usage::artifact_usage(&state.core, &artifact).await?;
+    Ok(Json(ArtifactUsage {
+        releases: found
+            .releases
+            .iter()
+            .map(|r| UsageRelease {
+                id: r.id.to_string(),
+                product: r.product.to_string(),
+                version: r.version.clone(),
+                channel: r.channel.to_string(),
+            })
+            .collect(),
+        rollouts: found
+            .rollouts
+            .iter()
+            .map(|r| UsageRollout {
+                id: r.id.to_string(),
+                name: r.name.clone(),
+                state: r.state.as_str(),
+                release_id: r.release_id.to_string(),
+            })
+            .collect(),
+        devices_running: found.devices_running,
+        devices_pinned: found.devices_pinned,
+        devices_offered: found.devices_offered,
+    }))
 }
 
 /// Edit the notes or channel of a firmware build.
@@ -470,6 +571,7 @@ fn artifact_view(state: &AppState, artifact: &Artifact, headers: Option<&HeaderM
         updated_at: timestamp(artifact.updated_at),
         image: artifact.image.as_ref().map(image_view),
         download_url: format!("{base}/api/v1/firmware/{}/download", artifact.id),
+        usage: None,
     }
 }
 

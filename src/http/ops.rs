@@ -15,11 +15,12 @@ use utoipa_axum::routes;
 use utoipa_swagger_ui::SwaggerUi;
 
 use super::AppState;
+use super::auth::Viewer;
 use super::device_api::ClientIp;
 use crate::domain::{Error, secret};
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(health)).routes(routes!(ready)).routes(routes!(prometheus_metrics))
+    OpenApiRouter::new().routes(routes!(health)).routes(routes!(ready)).routes(routes!(prometheus_metrics)).routes(routes!(server_info))
 }
 
 /// `/api/openapi.json` and the Swagger UI at `/api/docs`, served from the binary (no CDN).
@@ -45,6 +46,56 @@ pub struct Health {
 #[utoipa::path(get, path = "/api/health", tag = "operations", responses((status = 200, body = Health)))]
 async fn health(State(state): State<AppState>) -> Json<Health> {
     Json(Health { status: "ok", version: env!("CARGO_PKG_VERSION"), uptime_s: state.started.elapsed().as_secs() })
+}
+
+/// What the server runs on.
+#[derive(Serialize, ToSchema)]
+pub struct ServerInfo {
+    pub version: &'static str,
+    /// `sqlite` or `postgres`.
+    pub database: &'static str,
+    /// `local` (a folder) or `s3`.
+    pub blob_store: &'static str,
+    /// `embedded` (the built-in broker), `external` (UPDRAFT_MQTT_URL) or `off`.
+    pub mqtt: &'static str,
+    pub uptime_s: u64,
+    pub started_at: String,
+    /// UPDRAFT_PUBLIC_URL, when set.
+    pub public_url: Option<String>,
+    /// Single sign-on (OpenID Connect) is configured.
+    pub oidc: bool,
+    /// Registered devices.
+    pub devices: u64,
+}
+
+/// What the server runs on: version, database, blob store, MQTT mode, uptime. Any role.
+#[utoipa::path(
+    get, path = "/api/v1/server", tag = "operations",
+    responses((status = 200, body = ServerInfo), (status = 401, body = super::error::ErrorBody)),
+    security(("bearer" = ["admin", "operator", "viewer", "provisioner"]), ("admin_key" = ["admin", "operator", "viewer", "provisioner"]))
+)]
+async fn server_info(State(state): State<AppState>, _viewer: Viewer) -> super::error::ApiResult<Json<ServerInfo>> {
+    let settings = &state.settings;
+    let uptime = state.started.elapsed();
+    let started_at = chrono::Utc::now() - chrono::Duration::from_std(uptime).unwrap_or_default();
+    Ok(Json(ServerInfo {
+        version: env!("CARGO_PKG_VERSION"),
+        database: crate::services::ops::database_kind(&state.core),
+        blob_store: match settings.blob {
+            crate::config::BlobSettings::Local { .. } => "local",
+            crate::config::BlobSettings::S3(_) => "s3",
+        },
+        mqtt: match (settings.mqtt.enabled, &settings.mqtt.url) {
+            (false, _) => "off",
+            (true, Some(_)) => "external",
+            (true, None) => "embedded",
+        },
+        uptime_s: uptime.as_secs(),
+        started_at: super::firmware::timestamp(started_at),
+        public_url: settings.public_url.as_ref().map(|u| u.as_str().trim_end_matches('/').to_string()),
+        oidc: state.core.oidc.is_some(),
+        devices: crate::services::ops::device_count(&state.core).await?,
+    }))
 }
 
 #[derive(Serialize, ToSchema)]

@@ -16,6 +16,7 @@ mod secrets;
 mod sql;
 #[cfg(test)]
 mod tests;
+mod usage;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -27,10 +28,11 @@ use sqlx::{AnyPool, Executor};
 pub use audit::AuditCursor;
 pub use compat::CompatFileRemoval;
 pub use config::ConfigWrite;
-pub use devices::{ActiveRow, AttemptOffer, DeviceReport, NewDevice, RolloutSlot};
+pub use devices::{ActiveRow, AttemptOffer, DeviceReport, NewDevice, RolloutSlot, SummaryRow};
 pub use firmware::NewArtifact;
 pub use rollouts::{MemberRow, TargetRow, TransitionWrite};
 pub use row::CorruptRow;
+pub use usage::{VersionColumn, VersionCount};
 
 use crate::domain::{Error, Result};
 
@@ -82,6 +84,16 @@ impl Store {
             .await
             .with_context(|| format!("cannot connect to the database at {}", crate::config::redact_url(database_url)))?;
         MIGRATOR.run(&pool).await.context("cannot apply database migrations")?;
+        if backend == Backend::Sqlite {
+            // Statistics for SQLite's query planner, sampled (`analysis_limit`) so that this takes
+            // milliseconds at any size. Without them it takes every index for selective, and a
+            // device list filtered on a common value (a product, `status=online`) fetches and sorts
+            // a large part of the table instead of walking the index of its sort (bench/dashboard.sh).
+            // PostgreSQL keeps its own statistics (autovacuum).
+            let mut conn = pool.acquire().await.context("cannot connect to the database")?;
+            conn.execute("PRAGMA analysis_limit = 1000").await.context("cannot set the analysis limit")?;
+            conn.execute("ANALYZE").await.context("cannot gather the query planner's statistics")?;
+        }
         Ok(Store { pool, backend })
     }
 

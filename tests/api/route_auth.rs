@@ -34,6 +34,7 @@ const PUBLIC: &[(&str, &str, &str)] = &[
     ("GET", "/api/assets/{filename}", "seed 003's asset files, read by its devices without credentials (they check the signature)"),
     ("GET", "/api/images/lvgl", "seed 003's public LVGL image proxy (SSRF-guarded, bounded)"),
     ("POST", "/api/v1/session", "the login: a username and password, or an API key, in the body"),
+    ("GET", "/api/v1/session/methods", "the sign-in page asks how one may sign in before anyone is signed in; nothing secret"),
     ("GET", "/api/v1/session/oidc/login", "the start of the OpenID login: a redirect to the provider (404 unless single sign-on is on)"),
     ("GET", "/api/v1/session/oidc/callback", "the end of the OpenID login: the provider's code and the login's signed state cookie"),
 ];

@@ -27,24 +27,33 @@ use crate::domain::firmware::{Channel, HardwareId};
 use crate::domain::version::Version;
 use crate::services::devices::{self as service, NewDeviceRequest};
 
+mod bulk;
 mod convert;
 mod events;
 mod pairing;
 mod products;
 mod registry;
+mod summary;
+mod updates;
 mod wire;
 
+pub use bulk::*;
 pub use convert::*;
 pub use events::*;
 pub use pairing::*;
 pub use products::*;
 pub use registry::*;
+pub use summary::*;
+pub use updates::*;
 pub use wire::*;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create_device, list_devices))
         .routes(routes!(import_devices))
+        .routes(routes!(device_summary))
+        .routes(routes!(bulk_devices))
+        .routes(routes!(fleet_updates))
         .routes(routes!(get_device, patch_device, delete_device))
         .routes(routes!(issue_token, revoke_token))
         .routes(routes!(device_updates))

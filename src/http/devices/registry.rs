@@ -53,6 +53,30 @@ pub(super) async fn list_devices(
             .into());
         }
     };
+    let fields = DeviceFilterBody {
+        product: query.product.clone(),
+        hardware: query.hardware.clone(),
+        version: query.version.clone(),
+        tag: query.tag.clone(),
+        status: query.status.clone(),
+        last_seen_before: query.last_seen_before.clone(),
+        last_seen_after: query.last_seen_after.clone(),
+        owner: query.owner.clone(),
+        q: query.q.clone(),
+    };
+    let (filter, presence) = device_filter(&fields, sort, limit, offset)?;
+    let (devices, total) = service::list_devices(&state.core, filter, presence).await?;
+    Ok(Json(DevicePage { items: devices.iter().map(|d| device_view(&state, d)).collect(), total, limit, offset }))
+}
+
+/// The listing's filters as the storage query takes them, and the presence cut: shared by the
+/// listing and bulk changes, so both select the same devices for the same filter.
+pub(super) fn device_filter(
+    fields: &DeviceFilterBody,
+    sort: DeviceSort,
+    limit: u32,
+    offset: u64,
+) -> Result<(DeviceFilter, Option<service::PresenceFilter>), Error> {
     let time = |name: &str, value: &Option<String>| -> Result<Option<i64>, Error> {
         match value {
             None => Ok(None),
@@ -61,29 +85,28 @@ pub(super) async fn list_devices(
                 .map_err(|_| Error::invalid("invalid_query", format!("{name} must be an RFC 3339 time such as 2026-11-23T12:00:00Z"))),
         }
     };
-    let presence = match query.status.as_deref() {
+    let presence = match fields.status.as_deref() {
         None => None,
         Some("online") => Some(service::PresenceFilter::Online),
         Some("offline") => Some(service::PresenceFilter::Offline),
-        Some(other) => return Err(Error::invalid("invalid_query", format!("status `{other}` is not one of online, offline")).into()),
+        Some(other) => return Err(Error::invalid("invalid_query", format!("status `{other}` is not one of online, offline"))),
     };
-    let hardware = query.hardware.as_deref().map(HardwareId::parse).transpose()?;
+    let hardware = fields.hardware.as_deref().map(HardwareId::parse).transpose()?;
     let filter = DeviceFilter {
-        product: query.product.clone(),
+        product: fields.product.clone(),
         hardware,
-        version: query.version.clone(),
-        tag: query.tag.clone(),
+        version: fields.version.clone(),
+        tag: fields.tag.clone(),
         online_since: None,
-        last_seen_before: time("last_seen_before", &query.last_seen_before)?,
-        last_seen_after: time("last_seen_after", &query.last_seen_after)?,
-        owner: query.owner.clone(),
-        search: query.q.clone().filter(|q| !q.trim().is_empty()),
+        last_seen_before: time("last_seen_before", &fields.last_seen_before)?,
+        last_seen_after: time("last_seen_after", &fields.last_seen_after)?,
+        owner: fields.owner.clone(),
+        search: fields.q.clone().filter(|q| !q.trim().is_empty()),
         sort,
         limit,
         offset,
     };
-    let (devices, total) = service::list_devices(&state.core, filter, presence).await?;
-    Ok(Json(DevicePage { items: devices.iter().map(|d| device_view(&state, d)).collect(), total, limit, offset }))
+    Ok((filter, presence))
 }
 
 /// Show a device (by id or MAC).

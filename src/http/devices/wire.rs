@@ -178,6 +178,26 @@ pub struct DeviceListQuery {
     pub offset: Option<u64>,
 }
 
+/// The device list's filters (`GET /api/v1/devices`), every one optional; all given must hold.
+#[derive(Deserialize, ToSchema, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceFilterBody {
+    pub product: Option<String>,
+    pub hardware: Option<String>,
+    /// Reported version, exactly as reported.
+    pub version: Option<String>,
+    pub tag: Option<String>,
+    /// `online` or `offline`.
+    pub status: Option<String>,
+    /// RFC 3339 time: devices last seen before it.
+    pub last_seen_before: Option<String>,
+    /// RFC 3339 time: devices last seen after it.
+    pub last_seen_after: Option<String>,
+    pub owner: Option<String>,
+    /// Case-insensitive text search in name, MAC, owner and id.
+    pub q: Option<String>,
+}
+
 #[derive(Serialize, ToSchema)]
 pub struct ImportResult {
     pub created: usize,

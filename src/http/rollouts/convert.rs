@@ -126,6 +126,7 @@ pub(super) fn rollout_view(status: &RolloutStatus) -> RolloutView {
 pub(super) fn overlap_view(overlap: &Overlap) -> OverlapView {
     OverlapView {
         rollout_id: overlap.rollout_id.clone(),
+        release_id: overlap.release_id.clone(),
         name: overlap.name.clone(),
         state: overlap.state.as_str(),
         release_version: overlap.release_version.clone(),

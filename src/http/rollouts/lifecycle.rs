@@ -16,6 +16,17 @@ pub(super) async fn create_rollout(
     who: Operator,
     ApiJson(body): ApiJson<CreateRolloutBody>,
 ) -> ApiResult<(StatusCode, Json<RolloutCreated>)> {
+    let new = new_rollout(&state, body, who.principal().actor())?;
+    let (rollout, overlaps) = service::create_rollout(&state.core, new).await?;
+    let status = service::status(&state.core, &rollout.id).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(RolloutCreated { rollout: rollout_view(&status), overlaps: overlaps.iter().map(overlap_view).collect() }),
+    ))
+}
+
+/// The service's request from the body of `POST /api/v1/rollouts` (also the preview's).
+fn new_rollout(state: &AppState, body: CreateRolloutBody, actor: String) -> Result<NewRollout, Error> {
     let target = parse_target(&body.target)?;
     let stages = parse_stages(body.stages)?;
     let window = match &body.window {
@@ -30,25 +41,64 @@ pub(super) async fn create_rollout(
         dynamic: body.dynamic.unwrap_or(true),
         device_deadline_s: body.device_deadline_s.unwrap_or(state.core.rollouts.policy.device_deadline.as_secs()),
     };
-    let (rollout, overlaps) = service::create_rollout(
-        &state.core,
-        NewRollout {
-            name: body.name,
-            release_id: body.release_id.into(),
-            target,
-            devices: body.target.devices,
-            stages,
-            options,
-            start: body.start,
-            actor: who.principal().actor(),
-        },
-    )
-    .await?;
-    let status = service::status(&state.core, &rollout.id).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(RolloutCreated { rollout: rollout_view(&status), overlaps: overlaps.iter().map(overlap_view).collect() }),
-    ))
+    Ok(NewRollout {
+        name: body.name,
+        release_id: body.release_id.into(),
+        target,
+        devices: body.target.devices,
+        stages,
+        options,
+        start: body.start,
+        actor,
+    })
+}
+
+/// What `POST /api/v1/rollouts` with this body would target, without creating anything: the
+/// devices it matches now, how many each stage would add, and the overlaps with other
+/// rollouts. The same checks and errors as the creation. Any role may ask (it writes
+/// nothing and shows only counts a viewer can read from the device list). Percent stages of
+/// the rollout created afterwards may differ by a few devices (membership hashes the new
+/// rollout's id); count stages are exact.
+#[utoipa::path(
+    post, path = "/api/v1/rollouts/preview", tag = "rollouts",
+    request_body = CreateRolloutBody,
+    responses((status = 200, body = RolloutPreview), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = ["admin", "operator", "viewer", "provisioner"]), ("admin_key" = ["admin", "operator", "viewer", "provisioner"]))
+)]
+pub(super) async fn preview_rollout(
+    State(state): State<AppState>,
+    who: Viewer,
+    ApiJson(body): ApiJson<CreateRolloutBody>,
+) -> ApiResult<Json<RolloutPreview>> {
+    let new = new_rollout(&state, body, who.principal().actor())?;
+    let preview = service::preview_rollout(&state.core, new).await?;
+    let stages = preview
+        .stages
+        .iter()
+        .zip(&preview.stage_sizes)
+        .enumerate()
+        .map(|(index, (stage, devices))| {
+            let (percent, count) = match stage.size {
+                StageSize::Percent(p) => (Some(p), None),
+                StageSize::Count(c) => (None, Some(c)),
+            };
+            PreviewStage { number: index + 1, percent, count, devices: *devices }
+        })
+        .collect();
+    Ok(Json(RolloutPreview { target_size: preview.target_size, stages, overlaps: preview.overlaps.iter().map(overlap_view).collect() }))
+}
+
+/// Delete a draft (a rollout never started), with its history. A rollout that started is kept
+/// as history: 409 `rollout_not_draft` (cancel it instead).
+#[utoipa::path(
+    delete, path = "/api/v1/rollouts/{id}", tag = "rollouts",
+    params(("id" = String, Path, description = "Rollout id")),
+    responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, description = "Not a draft", body = ErrorBody)),
+    security(("bearer" = ["admin", "operator"]), ("admin_key" = ["admin", "operator"]))
+)]
+pub(super) async fn delete_rollout(State(state): State<AppState>, who: Operator, Path(id): Path<RolloutId>) -> ApiResult<StatusCode> {
+    service::delete_draft(&state.core, &id, &who.principal().actor()).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// List rollouts, newest first.

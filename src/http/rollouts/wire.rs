@@ -254,10 +254,32 @@ pub struct RolloutView {
 #[derive(Serialize, ToSchema)]
 pub struct OverlapView {
     pub rollout_id: String,
+    pub release_id: String,
     pub name: String,
     pub state: &'static str,
     pub release_version: String,
     pub devices: u64,
+}
+
+/// One stage of a preview.
+#[derive(Serialize, ToSchema)]
+pub struct PreviewStage {
+    /// 1-based.
+    pub number: usize,
+    pub percent: Option<f64>,
+    pub count: Option<u64>,
+    /// Devices this stage would add (not cumulative), if the rollout started now.
+    pub devices: u64,
+}
+
+/// What a rollout would target (`POST /api/v1/rollouts/preview`).
+#[derive(Serialize, ToSchema)]
+pub struct RolloutPreview {
+    /// Devices matching the target now.
+    pub target_size: u64,
+    pub stages: Vec<PreviewStage>,
+    /// Other rollouts of the product whose targets share devices with this one.
+    pub overlaps: Vec<OverlapView>,
 }
 
 #[derive(Serialize, ToSchema)]

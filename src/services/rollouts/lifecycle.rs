@@ -18,6 +18,7 @@ pub struct NewRollout {
 /// Another rollout whose target shares devices with a new one.
 pub struct Overlap {
     pub rollout_id: String,
+    pub release_id: String,
     pub name: String,
     pub state: RolloutState,
     pub release_version: String,
@@ -27,6 +28,67 @@ pub struct Overlap {
 /// Creates a rollout (a draft, or running with `start`), and reports the rollouts of the same
 /// product whose targets share devices with it (such devices get the newer release).
 pub async fn create_rollout(core: &Core, new: NewRollout) -> Result<(Rollout, Vec<Overlap>)> {
+    let start = new.start;
+    let actor = new.actor.clone();
+    let (rollout, release) = prepare_rollout(core, new).await?;
+    let overlaps = overlaps(core, &rollout, &release).await?;
+    core.store.insert_rollout(&rollout, &actor).await?;
+    core.events.publish(Event::RolloutCreated {
+        rollout_id: rollout.id.to_string(),
+        release_id: release.id.to_string(),
+        overlaps: overlaps.len(),
+    });
+    let rollout = if start { act(core, &rollout.id, Action::Start, &actor, "started at creation").await? } else { rollout };
+    Ok((rollout, overlaps))
+}
+
+/// What creating `new` would target: the devices it matches now, how many each stage would
+/// add if it started now, and the overlaps `create_rollout` would report. Creates nothing;
+/// the same checks as `create_rollout` (it validates through the same code). Percent stages
+/// of the rollout created afterwards may differ by a few devices: membership hashes the
+/// rollout's id, which the created rollout draws anew.
+pub async fn preview_rollout(core: &Core, new: NewRollout) -> Result<RolloutPreview> {
+    let (rollout, release) = prepare_rollout(core, new).await?;
+    let fractions = target_fractions(core, &rollout, Some(Utc::now())).await?;
+    let mut shares = Vec::with_capacity(rollout.stages.len());
+    let mut previous = 0.0;
+    for stage in &rollout.stages {
+        previous = rollout::share_of(stage.size, &fractions, previous);
+        shares.push(previous);
+    }
+    let stage_sizes = rollout::stage_sizes(&fractions, &shares);
+    let overlaps = overlaps(core, &rollout, &release).await?;
+    Ok(RolloutPreview { target_size: fractions.len() as u64, stages: rollout.stages, stage_sizes, overlaps })
+}
+
+/// What a rollout would target (see `preview_rollout`).
+pub struct RolloutPreview {
+    pub target_size: u64,
+    pub stages: Vec<Stage>,
+    /// Devices each stage adds.
+    pub stage_sizes: Vec<u64>,
+    pub overlaps: Vec<Overlap>,
+}
+
+/// Deletes a draft with its history (nothing else refers to a draft): 409
+/// `rollout_not_draft` once it started, 404 if there is none.
+pub async fn delete_draft(core: &Core, id: &RolloutId, actor: &str) -> Result<()> {
+    match core.store.delete_draft_rollout(id).await? {
+        None => Err(Error::not_found("rollout", id)),
+        Some(false) => Err(Error::conflict(
+            "rollout_not_draft",
+            "only a draft can be deleted; a rollout that started is kept as history (cancel it instead)",
+        )),
+        Some(true) => {
+            refresh(core, true).await?;
+            tracing::info!(rollout_id = %id, actor, "draft rollout deleted");
+            Ok(())
+        }
+    }
+}
+
+/// Validates `new` and builds the draft it describes, with its release (nothing stored).
+async fn prepare_rollout(core: &Core, new: NewRollout) -> Result<(Rollout, Release)> {
     let release = core
         .store
         .find_release(&new.release_id)
@@ -89,15 +151,7 @@ pub async fn create_rollout(core: &Core, new: NewRollout) -> Result<(Rollout, Ve
         created_at: now,
         updated_at: now,
     };
-    let overlaps = overlaps(core, &rollout, &release).await?;
-    core.store.insert_rollout(&rollout, &new.actor).await?;
-    core.events.publish(Event::RolloutCreated {
-        rollout_id: rollout.id.to_string(),
-        release_id: release.id.to_string(),
-        overlaps: overlaps.len(),
-    });
-    let rollout = if new.start { act(core, &rollout.id, Action::Start, &new.actor, "started at creation").await? } else { rollout };
-    Ok((rollout, overlaps))
+    Ok((rollout, release))
 }
 
 pub(super) async fn overlaps(core: &Core, new: &Rollout, release: &Release) -> Result<Vec<Overlap>> {
@@ -134,6 +188,7 @@ pub(super) async fn overlaps(core: &Core, new: &Rollout, release: &Release) -> R
         .filter(|(_, n)| *n > 0)
         .map(|((other, version, _), devices)| Overlap {
             rollout_id: other.id.to_string(),
+            release_id: other.release_id.to_string(),
             name: other.name.clone(),
             state: other.state,
             release_version: version.clone(),

@@ -17,10 +17,13 @@ use crate::domain::mac::Mac;
 use crate::domain::{Error, Result};
 
 mod attempts;
+mod dashboard;
 mod pairing;
 mod products;
 mod registry;
 mod setup;
+
+pub use dashboard::SummaryRow;
 
 pub(super) const PRODUCT_COLUMNS: &str =
     "name, provisioning, provision_key, provision_secret_hash, poll_interval_s, hardware, public_secrets, created_at, updated_at";

@@ -33,6 +33,32 @@ impl Store {
         tx.commit().await.map_err(|e| db_error(e, "failed to commit a rollout"))
     }
 
+    /// Deletes a rollout that is still a draft, with its history: `None` when there is no such
+    /// rollout, `Some(false)` when it is no longer a draft (nothing is deleted then).
+    pub async fn delete_draft_rollout(&self, id: &RolloutId) -> Result<Option<bool>> {
+        let mut tx = self.pool.begin().await.map_err(|e| db_error(e, "failed to begin a transaction"))?;
+        sqlx::query(
+            "DELETE FROM rollout_transition WHERE rollout_id = $1 AND EXISTS (SELECT 1 FROM rollout WHERE id = $1 AND state = 'draft')",
+        )
+        .bind(id.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| db_error(e, "failed to delete a rollout's history"))?;
+        // Conditional on the state again: a draft started meanwhile is kept, history and all.
+        let deleted = sqlx::query("DELETE FROM rollout WHERE id = $1 AND state = 'draft'")
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_error(e, "failed to delete a rollout"))?;
+        if deleted.rows_affected() == 0 {
+            tx.rollback().await.map_err(|e| db_error(e, "failed to roll back a rollout deletion"))?;
+            return Ok(self.find_rollout(id).await?.map(|_| false));
+        }
+        bump_revision(&mut tx).await?;
+        tx.commit().await.map_err(|e| db_error(e, "failed to commit a rollout deletion"))?;
+        Ok(Some(true))
+    }
+
     pub async fn find_rollout(&self, id: &RolloutId) -> Result<Option<Rollout>> {
         let row = sqlx::query(AssertSqlSafe(format!("SELECT {ROLLOUT_COLUMNS} FROM rollout WHERE id = $1")))
             .bind(id.as_str())
