@@ -590,6 +590,28 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/devices/bulk": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Add or remove tags and pin or unpin many devices: a list of ids or MACs, or every device a
+         *     filter of the device list selects (at most 10,000, else 422). Each device is changed as
+         *     `PATCH /api/v1/devices/{id}` would (the anti-rollback floor included) and succeeds or fails
+         *     on its own.
+         */
+        post: operations["bulk_devices"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/devices/import": {
         parameters: {
             query?: never;
@@ -601,6 +623,26 @@ export interface paths {
         put?: never;
         /** Register many devices from CSV (`text/csv`, header row `mac,name,product,hardware,channel,version,target_version,tags,owner`; tags separated by `;`) or JSON (an array of device objects). Each row succeeds or fails on its own. */
         post: operations["import_devices"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/devices/summary": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Counts of the fleet (or of one product's devices): online and offline, and by version,
+         *     product and hardware, in one pass.
+         */
+        get: operations["device_summary"];
+        put?: never;
+        post?: never;
         delete?: never;
         options?: never;
         head?: never;
@@ -850,6 +892,26 @@ export interface paths {
         };
         /** An ESP Web Tools manifest for flashing one build over USB from the dashboard. */
         get: operations["flash_manifest"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/firmware/{id}/usage": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Who uses a build: the releases that ship it and their rollouts, and how many devices run
+         *     it, are pinned to its version, or are being updated to it.
+         */
+        get: operations["firmware_usage"];
         put?: never;
         post?: never;
         delete?: never;
@@ -1227,6 +1289,30 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/rollouts/preview": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * What `POST /api/v1/rollouts` with this body would target, without creating anything: the
+         *     devices it matches now, how many each stage would add, and the overlaps with other
+         *     rollouts. The same checks and errors as the creation. Any role may ask (it writes
+         *     nothing and shows only counts a viewer can read from the device list). Percent stages of
+         *     the rollout created afterwards may differ by a few devices (membership hashes the new
+         *     rollout's id); count stages are exact.
+         */
+        post: operations["preview_rollout"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/rollouts/{id}": {
         parameters: {
             query?: never;
@@ -1238,7 +1324,11 @@ export interface paths {
         get: operations["get_rollout"];
         put?: never;
         post?: never;
-        delete?: never;
+        /**
+         * Delete a draft (a rollout never started), with its history. A rollout that started is kept
+         *     as history: 409 `rollout_not_draft` (cancel it instead).
+         */
+        delete: operations["delete_rollout"];
         options?: never;
         head?: never;
         patch?: never;
@@ -1363,6 +1453,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/server": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** What the server runs on: version, database, blob store, MQTT mode, uptime. Any role. */
+        get: operations["server_info"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/session": {
         parameters: {
             query?: never;
@@ -1387,6 +1494,27 @@ export interface paths {
          *     `X-CSRF-Token`).
          */
         delete: operations["logout"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/session/methods": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * How one may sign in: password and API key always; single sign-on when an OpenID provider
+         *     and the dashboard's client (UPDRAFT_OIDC_CLIENT_ID) are configured. No credential needed;
+         *     it tells nothing secret.
+         */
+        get: operations["login_methods"];
+        put?: never;
+        post?: never;
+        delete?: never;
         options?: never;
         head?: never;
         patch?: never;
@@ -1464,6 +1592,26 @@ export interface paths {
         post?: never;
         /** Revoke a session: an admin any, others their own. */
         delete: operations["revoke_session"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/updates": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Update attempts across the fleet, most recently changed first: for example the recent
+         *     failures (`?state=failed&since=2026-11-23T00:00:00Z`).
+         */
+        get: operations["fleet_updates"];
+        put?: never;
+        post?: never;
+        delete?: never;
         options?: never;
         head?: never;
         patch?: never;
@@ -1555,6 +1703,28 @@ export interface components {
             /** Format: int64 */
             offset: number;
         };
+        /** @description Who uses a build. */
+        ArtifactUsage: {
+            releases: components["schemas"]["UsageRelease"][];
+            /** @description Rollouts of those releases, newest first. */
+            rollouts: components["schemas"]["UsageRollout"][];
+            /**
+             * Format: int64
+             * @description Devices of its product that report its version (and, when it names hardware, have one
+             *     of those).
+             */
+            devices_running: number;
+            /**
+             * Format: int64
+             * @description Devices of its product pinned to its version.
+             */
+            devices_pinned: number;
+            /**
+             * Format: int64
+             * @description Devices being updated to it now (offered, not finished).
+             */
+            devices_offered: number;
+        };
         /** @description A stored firmware build. */
         ArtifactView: {
             id: string;
@@ -1576,6 +1746,7 @@ export interface components {
             image?: components["schemas"]["ImageView"] | null;
             /** @description Admin download link. */
             download_url: string;
+            usage?: components["schemas"]["UsageCounts"] | null;
         };
         AssetList: {
             items: components["schemas"]["AssetView"][];
@@ -1676,6 +1847,43 @@ export interface components {
             request_id?: string | null;
             /** @description What the handler added, e.g. the user name a failed login tried. */
             note?: string | null;
+        };
+        /** @description `devices` or `filter` (exactly one), and what to set. */
+        BulkDevicesBody: {
+            /** @description Device ids or MACs (any accepted form). */
+            devices?: string[] | null;
+            filter?: components["schemas"]["DeviceFilterBody"] | null;
+            set: components["schemas"]["BulkSetBody"];
+        };
+        /** @description One device's result. */
+        BulkItem: {
+            /** @description The device's id (or, for an entry of `devices` that names no device, the text given). */
+            device_id: string;
+            ok: boolean;
+            /** @description Written: false when the device already was as asked (or was refused). */
+            changed: boolean;
+            /** @description Why it was refused: the code a single `PATCH /api/v1/devices/{id}` would give. */
+            code?: string | null;
+            message?: string | null;
+        };
+        BulkResult: {
+            /** @description Devices selected (for `devices`: entries given, duplicates of one device counted once). */
+            matched: number;
+            /** @description Devices written. */
+            changed: number;
+            results: components["schemas"]["BulkItem"][];
+        };
+        /** @description What to change on each device; give at least one field. */
+        BulkSetBody: {
+            /** @description Tags to add. */
+            tags_add?: string[];
+            /** @description Tags to remove. */
+            tags_remove?: string[];
+            /**
+             * @description Pin this version (refused per device below its product's anti-rollback floor); `null`
+             *     unpins; omit to leave pins alone.
+             */
+            target_version?: string | null;
         };
         /** @description One difference between two versions. */
         ChangeView: {
@@ -1865,6 +2073,23 @@ export interface components {
         DeviceCreated: components["schemas"]["DeviceView"] & {
             token?: string | null;
         };
+        /** @description The device list's filters (`GET /api/v1/devices`), every one optional; all given must hold. */
+        DeviceFilterBody: {
+            product?: string | null;
+            hardware?: string | null;
+            /** @description Reported version, exactly as reported. */
+            version?: string | null;
+            tag?: string | null;
+            /** @description `online` or `offline`. */
+            status?: string | null;
+            /** @description RFC 3339 time: devices last seen before it. */
+            last_seen_before?: string | null;
+            /** @description RFC 3339 time: devices last seen after it. */
+            last_seen_after?: string | null;
+            owner?: string | null;
+            /** @description Case-insensitive text search in name, MAC, owner and id. */
+            q?: string | null;
+        };
         DevicePage: {
             items: components["schemas"]["DeviceView"][];
             /** Format: int64 */
@@ -1967,6 +2192,18 @@ export interface components {
             path: string;
             /** Format: int64 */
             offset: number;
+        };
+        /** @description The fleet at a glance. Every list is sorted by count, largest first. */
+        FleetSummary: {
+            /** Format: int64 */
+            total: number;
+            /** Format: int64 */
+            online: number;
+            /** Format: int64 */
+            offline: number;
+            by_version: components["schemas"]["SummaryBucket"][];
+            by_product: components["schemas"]["SummaryBucket"][];
+            by_hardware: components["schemas"]["SummaryBucket"][];
         };
         GroupDetail: components["schemas"]["GroupView"] & {
             /** @description Device ids. */
@@ -2114,6 +2351,15 @@ export interface components {
             password?: string | null;
             api_key?: string | null;
         };
+        /** @description How operators can sign in here (the dashboard's sign-in page asks before anyone is signed in). */
+        LoginMethods: {
+            /** @description A username and password (`POST /api/v1/session`). */
+            password: boolean;
+            /** @description An API key (`POST /api/v1/session` with `api_key`). */
+            api_key: boolean;
+            /** @description Single sign-on: `GET /api/v1/session/oidc/login?return_to=/path` starts it. */
+            oidc: boolean;
+        };
         /** @description How the device connects to MQTT (docs/CLIENT.md). `enabled` is false when MQTT is off. */
         MqttInfo: {
             enabled: boolean;
@@ -2167,6 +2413,7 @@ export interface components {
          */
         OverlapView: {
             rollout_id: string;
+            release_id: string;
             name: string;
             state: string;
             release_version: string;
@@ -2220,6 +2467,20 @@ export interface components {
             disabled?: boolean | null;
             /** @description A new password (12-256 characters); ends the user's sessions. */
             password?: string | null;
+        };
+        /** @description One stage of a preview. */
+        PreviewStage: {
+            /** @description 1-based. */
+            number: number;
+            /** Format: double */
+            percent?: number | null;
+            /** Format: int64 */
+            count?: number | null;
+            /**
+             * Format: int64
+             * @description Devices this stage would add (not cumulative), if the rollout started now.
+             */
+            devices: number;
         };
         /**
          * @description How a principal proved who it is.
@@ -2370,6 +2631,17 @@ export interface components {
         RolloutList: {
             items: components["schemas"]["RolloutView"][];
         };
+        /** @description What a rollout would target (`POST /api/v1/rollouts/preview`). */
+        RolloutPreview: {
+            /**
+             * Format: int64
+             * @description Devices matching the target now.
+             */
+            target_size: number;
+            stages: components["schemas"]["PreviewStage"][];
+            /** @description Other rollouts of the product whose targets share devices with this one. */
+            overlaps: components["schemas"]["OverlapView"][];
+        };
         RolloutView: {
             id: string;
             name: string;
@@ -2480,6 +2752,28 @@ export interface components {
              *     it had none), as seed 003 answered.
              */
             uploaded_at: string;
+        };
+        /** @description What the server runs on. */
+        ServerInfo: {
+            version: string;
+            /** @description `sqlite` or `postgres`. */
+            database: string;
+            /** @description `local` (a folder) or `s3`. */
+            blob_store: string;
+            /** @description `embedded` (the built-in broker), `external` (UPDRAFT_MQTT_URL) or `off`. */
+            mqtt: string;
+            /** Format: int64 */
+            uptime_s: number;
+            started_at: string;
+            /** @description UPDRAFT_PUBLIC_URL, when set. */
+            public_url?: string | null;
+            /** @description Single sign-on (OpenID Connect) is configured. */
+            oidc: boolean;
+            /**
+             * Format: int64
+             * @description Registered devices.
+             */
+            devices: number;
         };
         SessionInfo: {
             id: string;
@@ -2628,6 +2922,15 @@ export interface components {
             acknowledged_at?: string | null;
         };
         /**
+         * @description Devices with one value of a field; `key` is null for devices without one (a version never
+         *     reported, no product or hardware set).
+         */
+        SummaryBucket: {
+            key?: string | null;
+            /** Format: int64 */
+            count: number;
+        };
+        /**
          * @description Which devices a rollout is for; every given criterion must hold. The product is the
          *     release's.
          */
@@ -2669,6 +2972,13 @@ export interface components {
             reason: string;
             at: string;
         };
+        /** @description An update attempt with its device. */
+        UpdateItem: components["schemas"]["AttemptView"] & {
+            device_id: string;
+            device_name: string;
+            mac: string;
+            product?: string | null;
+        };
         UpdateOffer: {
             version: string;
             /** @description Download URL; works with the device token or on its own (signed, expiring). */
@@ -2687,6 +2997,15 @@ export interface components {
              *     it: install without asking. False: a hint the device may defer (e.g. to ask its user).
              */
             mandatory: boolean;
+        };
+        UpdatePage: {
+            items: components["schemas"]["UpdateItem"][];
+            /** Format: int64 */
+            total: number;
+            /** Format: int32 */
+            limit: number;
+            /** Format: int64 */
+            offset: number;
         };
         UpdateStatusBody: {
             release_id?: string | null;
@@ -2711,6 +3030,35 @@ export interface components {
             hardware?: string | null;
             notes?: string | null;
             channel?: string | null;
+        };
+        /** @description How much a build is used, in short. */
+        UsageCounts: {
+            /**
+             * Format: int64
+             * @description Releases that ship it (a build belongs to at most one).
+             */
+            releases: number;
+            /**
+             * Format: int64
+             * @description Devices of its product that report its version (and, when it names hardware, have one
+             *     of those).
+             */
+            devices_running: number;
+        };
+        /** @description A release that ships a build. */
+        UsageRelease: {
+            id: string;
+            product: string;
+            version: string;
+            channel: string;
+        };
+        /** @description A rollout of a release that ships a build. */
+        UsageRollout: {
+            id: string;
+            name: string;
+            /** @description draft, running, paused, completed, cancelled, halted, rolled_back. */
+            state: string;
+            release_id: string;
         };
         UserList: {
             items: components["schemas"]["UserView"][];
@@ -4733,6 +5081,62 @@ export interface operations {
             };
         };
     };
+    bulk_devices: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["BulkDevicesBody"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["BulkResult"];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description More than 10,000 devices */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     import_devices: {
         parameters: {
             query?: never;
@@ -4781,6 +5185,53 @@ export interface operations {
                 };
             };
             415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    device_summary: {
+        parameters: {
+            query?: {
+                /** @description Only this product's devices. */
+                product?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["FleetSummary"];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The credential's role is not one of admin, operator, viewer, provisioner */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -5984,6 +6435,53 @@ export interface operations {
             };
             /** @description The chip is unknown (give `chip`), or the offset is not a flash offset */
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    firmware_usage: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Artifact id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ArtifactUsage"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The credential's role is not one of admin, operator, viewer, provisioner */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            404: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -7519,6 +8017,62 @@ export interface operations {
             };
         };
     };
+    preview_rollout: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["CreateRolloutBody"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RolloutPreview"];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The credential's role is not one of admin, operator, viewer, provisioner */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     get_rollout: {
         parameters: {
             query?: never;
@@ -7557,6 +8111,60 @@ export interface operations {
                 };
             };
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    delete_rollout: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Rollout id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Deleted */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not a draft */
+            409: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -8027,6 +8635,42 @@ export interface operations {
             };
         };
     };
+    server_info: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ServerInfo"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The credential's role is not one of admin, operator, viewer, provisioner */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     whoami: {
         parameters: {
             query?: never;
@@ -8150,6 +8794,25 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    login_methods: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["LoginMethods"];
                 };
             };
         };
@@ -8335,6 +8998,63 @@ export interface operations {
                 };
             };
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    fleet_updates: {
+        parameters: {
+            query?: {
+                /**
+                 * @description One state or a comma-separated list: offered, downloading, downloaded, installing,
+                 *     installed, succeeded, failed, rejected [default: any].
+                 */
+                state?: string;
+                /** @description RFC 3339 time: attempts that changed at or after it. */
+                since?: string;
+                /** @description Only devices of this product. */
+                product?: string;
+                /** @description Page size, 1-500 [default: 50]. */
+                limit?: number;
+                offset?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UpdatePage"];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The credential's role is not one of admin, operator, viewer, provisioner */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
