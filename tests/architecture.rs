@@ -156,3 +156,34 @@ fn the_rules_above_see_what_they_look_for() {
     let fine = secret_comparisons("if a.is_some() != secret.is_some() {}\nif token_digest == other {}\nif secret::verify(t, &d) {}");
     assert!(fine.is_empty(), "{fine:?}");
 }
+
+/// The OpenAPI document names each schema by its type's name, and utoipa keeps only one of
+/// two types with the same name: a route would then be documented with another route's shape
+/// (this happened to `GET /api/v1/api-keys`). Every type deriving `ToSchema` has its own name.
+#[test]
+fn every_schema_type_has_its_own_name() {
+    let mut seen: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    let mut duplicates = Vec::new();
+    for (path, text) in sources("src") {
+        let mut derives_schema = false;
+        for line in text.lines() {
+            let line = line.trim();
+            if line.starts_with("#[derive(") && line.contains("ToSchema") {
+                derives_schema = true;
+                continue;
+            }
+            if derives_schema && !line.starts_with("#[") && !line.starts_with("///") && !line.starts_with("//") {
+                derives_schema = false;
+                let rest = line.trim_start_matches("pub(crate) ").trim_start_matches("pub(super) ").trim_start_matches("pub ");
+                let Some(name) = rest.strip_prefix("struct ").or_else(|| rest.strip_prefix("enum ")) else { continue };
+                let name: String = name.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+                // `#[schema(as = Other)]` renames; none of ours does.
+                if let Some(first) = seen.insert(name.clone(), path.display().to_string()) {
+                    duplicates.push(format!("{name}: {first} and {}", path.display()));
+                }
+            }
+        }
+    }
+    assert!(duplicates.is_empty(), "schema types sharing a name: {duplicates:#?}");
+    assert!(seen.len() > 50 && seen.contains_key("DeviceView"), "the scan finds the schema types ({} found)", seen.len());
+}

@@ -190,7 +190,7 @@ pub struct KeyView {
 }
 
 #[derive(Serialize, ToSchema)]
-pub struct KeyList {
+pub struct ApiKeyList {
     pub items: Vec<KeyView>,
 }
 
@@ -369,12 +369,12 @@ async fn create_key(State(state): State<AppState>, admin: Admin, ApiJson(body): 
 #[utoipa::path(
     get, path = "/api/v1/api-keys", tag = "accounts",
     params(KeyListQuery),
-    responses((status = 200, body = KeyList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    responses((status = 200, body = ApiKeyList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
     security(("bearer" = ["admin"]), ("admin_key" = ["admin"]), ("session" = ["admin"]))
 )]
-async fn list_keys(State(state): State<AppState>, _admin: Admin, ApiQuery(query): ApiQuery<KeyListQuery>) -> ApiResult<Json<KeyList>> {
+async fn list_keys(State(state): State<AppState>, _admin: Admin, ApiQuery(query): ApiQuery<KeyListQuery>) -> ApiResult<Json<ApiKeyList>> {
     let keys = keys::list(&state.core, query.include_revoked.unwrap_or(false)).await?;
-    Ok(Json(KeyList { items: keys.iter().map(key_view).collect() }))
+    Ok(Json(ApiKeyList { items: keys.iter().map(key_view).collect() }))
 }
 
 /// Revoke a key (by name or id): it stops working at once on this replica, and the sessions

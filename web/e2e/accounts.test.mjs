@@ -145,7 +145,7 @@ test('someone who is not an admin sees only their own session, and no audit', as
   await signInAs(page, server, 'operator');
   assert.equal(await page.getByRole('link', { name: 'Users & keys' }).count(), 0, 'not in the navigation');
   assert.equal(await page.getByRole('link', { name: 'Audit' }).count(), 0, 'not in the navigation');
-  await page.goto('/users');
+  await page.getByRole('navigation', { name: 'Main' }).getByRole('link', { name: 'Your account' }).click();
   await page.getByRole('heading', { name: 'Your account' }).waitFor();
   await page.getByTestId('sessions').getByText('this session').waitFor();
   assert.equal(await page.getByRole('form', { name: 'Create a user' }).count(), 0);

@@ -1691,6 +1691,9 @@ export interface components {
             /** @description Recorded in the history. */
             reason?: string | null;
         };
+        ApiKeyList: {
+            items: components["schemas"]["KeyView"][];
+        };
         ArtifactPage: {
             items: components["schemas"]["ArtifactView"][];
             /**
@@ -3543,7 +3546,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["KeyList"];
+                    "application/json": components["schemas"]["ApiKeyList"];
                 };
             };
             401: {
