@@ -1,6 +1,7 @@
 //! Devices: rows, lists and filters, reports, presence, tokens, the change log.
 
 use super::*;
+use crate::storage::Backend;
 
 impl Store {
     pub async fn insert_device(&self, new: &NewDevice) -> Result<Device> {
@@ -114,7 +115,7 @@ impl Store {
 
     pub async fn list_devices(&self, filter: &DeviceFilter) -> Result<(Vec<Device>, u64)> {
         let mut count = Builder::new("SELECT COUNT(*) AS n FROM device");
-        push_device_filter(&mut count, filter);
+        push_device_filter(&mut count, filter, Purpose::Count, self.backend);
         let total: i64 = count.build().fetch_one(&self.pool).await.map_err(|e| db_error(e, "failed to count devices"))?.get("n");
         let order = match filter.sort {
             DeviceSort::NewestFirst => "created_at DESC, id DESC",
@@ -124,7 +125,7 @@ impl Store {
             DeviceSort::Mac => "mac ASC",
         };
         let mut list = Builder::new(&format!("SELECT {DEVICE_SELECT} FROM device"));
-        push_device_filter(&mut list, filter);
+        push_device_filter(&mut list, filter, Purpose::Page, self.backend);
         list.push(" ORDER BY ").push(order);
         // Written, not bound (they are integers): PostgreSQL plans a known limit better.
         list.push(&format!(" LIMIT {} OFFSET {}", filter.limit, filter.offset));
@@ -319,7 +320,19 @@ impl Store {
 }
 
 /// The `WHERE` clause of a device filter, its values bound in place.
-fn push_device_filter(query: &mut Builder, filter: &DeviceFilter) {
+/// What a device filter is for: its SQL differs where the planners need it to (measured at
+/// 100,000 devices, bench/dashboard.sh).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    /// `COUNT(*)`: a tag is an `IN` over the tag index (one lookup per tagged device).
+    Count,
+    /// A sorted page: a tag is an `EXISTS` probe, so the planner walks the sort's index and
+    /// stops after the page, instead of sorting every tagged device's row (SQLite: 1 ms instead
+    /// of 40 for a tag on 10 % of 100,000 devices).
+    Page,
+}
+
+fn push_device_filter(query: &mut Builder, filter: &DeviceFilter, purpose: Purpose, backend: Backend) {
     let mut conditions = query.separated(" WHERE ", " AND ");
     if let Some(product) = &filter.product {
         conditions.next().push("product = ").push_bind(product.clone());
@@ -334,7 +347,14 @@ fn push_device_filter(query: &mut Builder, filter: &DeviceFilter) {
         conditions.next().push("owner = ").push_bind(owner.clone());
     }
     if let Some(tag) = &filter.tag {
-        conditions.next().push("id IN (SELECT device_id FROM device_tag WHERE tag = ").push_bind(tag.clone()).push(")");
+        match purpose {
+            Purpose::Count => conditions.next().push("id IN (SELECT device_id FROM device_tag WHERE tag = ").push_bind(tag.clone()).push(")"),
+            Purpose::Page => conditions
+                .next()
+                .push("EXISTS (SELECT 1 FROM device_tag WHERE device_tag.device_id = device.id AND device_tag.tag = ")
+                .push_bind(tag.clone())
+                .push(")"),
+        };
     }
     if let Some((online, cutoff)) = filter.online_since {
         if online {
@@ -351,10 +371,17 @@ fn push_device_filter(query: &mut Builder, filter: &DeviceFilter) {
     }
     if let Some(search) = &filter.search {
         let pattern = format!("%{}%", search.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
+        // SQLite's LIKE ignores ASCII case by itself (and its LOWER folds only ASCII too):
+        // without LOWER a search reads the covering index several times faster.
+        // PostgreSQL's LIKE is case-sensitive: there the columns are lowered.
+        let column = |name: &str| match backend {
+            Backend::Sqlite => name.to_string(),
+            Backend::Postgres => format!("LOWER({name})"),
+        };
         let query = conditions.next();
-        query.push("(LOWER(name) LIKE ").push_bind(pattern.clone()).push(" ESCAPE '\\'");
-        query.push(" OR LOWER(mac) LIKE ").push_bind(pattern.clone()).push(" ESCAPE '\\'");
-        query.push(" OR LOWER(COALESCE(owner, '')) LIKE ").push_bind(pattern.clone()).push(" ESCAPE '\\'");
+        query.push(&format!("({} LIKE ", column("name"))).push_bind(pattern.clone()).push(" ESCAPE '\\'");
+        query.push(&format!(" OR {} LIKE ", column("mac"))).push_bind(pattern.clone()).push(" ESCAPE '\\'");
+        query.push(&format!(" OR {} LIKE ", column("owner"))).push_bind(pattern.clone()).push(" ESCAPE '\\'");
         query.push(" OR id LIKE ").push_bind(pattern).push(" ESCAPE '\\')");
     }
 }
