@@ -11,6 +11,10 @@ CREATE INDEX device_name_idx ON device (name, id);
 CREATE INDEX update_attempt_state_updated_idx ON update_attempt (state, updated_at);
 CREATE INDEX update_attempt_updated_idx ON update_attempt (updated_at);
 
+-- The device list of one product, newest first (the default order): walked in order and
+-- stopped after the page, whatever the share of the product.
+CREATE INDEX device_product_created_idx ON device (product, created_at, id);
+
 -- The device list filtered by owner.
 CREATE INDEX device_owner_idx ON device (owner);
 
