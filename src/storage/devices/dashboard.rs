@@ -23,7 +23,8 @@ impl Store {
         if let Some(product) = product {
             query.push(" WHERE product = ").push_bind(product.to_string());
         }
-        query.push(" GROUP BY product, hardware, version, CASE WHEN last_seen >= ").push_bind(online_cutoff).push(" THEN 1 ELSE 0 END");
+        // By position: PostgreSQL would see a second bound cutoff as another expression.
+        query.push(" GROUP BY 1, 2, 3, 4");
         let rows = sql::fetch_all(query, &self.pool).await.map_err(|e| db_error(e, "failed to summarise devices"))?;
         let decode = |e| db_error(e, "failed to decode a device summary");
         rows.iter()
