@@ -3,6 +3,14 @@
 use super::*;
 
 /// A registered device.
+/// Why a device gets no update, and what to do about it.
+#[derive(Serialize, ToSchema)]
+pub struct NoUpdateView {
+    /// `unknown_product`, `unknown_hardware`, `no_builds`, `pinned_build_missing` or `held_by_rollout`.
+    pub reason: &'static str,
+    pub remedy: &'static str,
+}
+
 #[derive(Serialize, ToSchema)]
 pub struct DeviceView {
     pub id: String,
@@ -37,6 +45,10 @@ pub struct DeviceView {
     pub reprovision_until: Option<String>,
     pub created_at: String,
     pub updated_at: String,
+    /// Why the last update decision offered this device nothing, when an operator can fix
+    /// it (null when it is up to date, was offered a build, or was not decided on by this
+    /// replica since it started).
+    pub no_update: Option<NoUpdateView>,
 }
 
 #[derive(Serialize, ToSchema)]

@@ -192,7 +192,7 @@ pub async fn provision(core: &Core, request: ProvisionRequest, ip: IpAddr) -> Re
     if let Some(claimed) = &hardware {
         device::check_hardware_claim(existing.as_ref().and_then(|d| d.hardware.as_deref()), claimed, Some(&product))?;
     } else if existing.as_ref().is_none_or(|d| d.hardware.is_none()) {
-        hardware = product.sole_hardware().cloned();
+        hardware = super::checkin::inferred_hardware(core, Some(&product.name)).await?;
     }
     if let Some(version) = &request.version {
         Version::parse(version)?;

@@ -1884,7 +1884,6 @@ export interface components {
             /** Format: int64 */
             offset: number;
         };
-        /** @description A registered device. */
         DeviceView: {
             id: string;
             /** @description Canonical MAC, `AA:BB:CC:DD:EE:FF`; null for a device known only by its `uid`. */
@@ -1918,6 +1917,7 @@ export interface components {
             reprovision_until?: string | null;
             created_at: string;
             updated_at: string;
+            no_update?: components["schemas"]["NoUpdateView"] | null;
         };
         DiffView: {
             scope: string;
@@ -2165,6 +2165,15 @@ export interface components {
             created_at: string;
             /** Format: date-time */
             updated_at: string;
+        };
+        /**
+         * @description A registered device.
+         *     Why a device gets no update, and what to do about it.
+         */
+        NoUpdateView: {
+            /** @description `unknown_product`, `unknown_hardware`, `no_builds`, `pinned_build_missing` or `held_by_rollout`. */
+            reason: string;
+            remedy: string;
         };
         OptionsView: {
             start_at?: string | null;
