@@ -52,16 +52,74 @@ pub struct ThingsBoard {
     sessions: Mutex<HashMap<String, ClientId>>,
     /// The chunk size each firmware request id asked for, per session.
     chunk_sizes: Mutex<HashMap<ClientId, HashMap<u64, usize>>>,
+    /// The shared attributes (effective configuration) each session was last told, per
+    /// device with a session: a configuration change sends only the keys that changed.
+    shared: Mutex<HashMap<String, Map<String, Value>>>,
+    /// Server-side RPCs awaiting their reply, per device: request number → command id.
+    rpc: Mutex<HashMap<String, PendingRpc>>,
+}
+
+/// A device's server-side RPCs: the next request number and those awaiting a reply (at most
+/// [`MAX_PENDING_RPC`]; the oldest is forgotten first, and times out as a command).
+#[derive(Default)]
+struct PendingRpc {
+    next: u64,
+    waiting: std::collections::BTreeMap<u64, String>,
+}
+
+const MAX_PENDING_RPC: usize = 64;
+
+/// The [`DeviceRpc`](crate::services::outbox::DeviceRpc) port over ThingsBoard sessions.
+pub struct Rpc(pub Arc<ThingsBoard>);
+
+impl crate::services::outbox::DeviceRpc for Rpc {
+    fn send(&self, device_id: &str, command_id: &str, method: &str, params: &Value) -> futures::future::BoxFuture<'static, bool> {
+        let (tb, device_id, command_id) = (self.0.clone(), device_id.to_string(), command_id.to_string());
+        let payload = json!({"method": method, "params": params}).to_string();
+        Box::pin(async move {
+            let Some(client_id) = tb.sessions.lock().expect("tb lock").get(&device_id).cloned() else { return false };
+            let n = {
+                let mut rpc = tb.rpc.lock().expect("tb lock");
+                let pending = rpc.entry(device_id).or_default();
+                pending.next += 1;
+                let n = pending.next;
+                if pending.waiting.len() >= MAX_PENDING_RPC {
+                    pending.waiting.pop_first();
+                }
+                pending.waiting.insert(n, command_id);
+                n
+            };
+            tb.send(&client_id, format!("v1/devices/me/rpc/request/{n}"), Bytes::from(payload)).await;
+            true
+        })
+    }
 }
 
 impl ThingsBoard {
     pub fn new(core: Core, scx: ServerContext, max_payload: usize) -> Arc<ThingsBoard> {
-        Arc::new(ThingsBoard { core, scx, max_payload, sessions: Mutex::default(), chunk_sizes: Mutex::default() })
+        Arc::new(ThingsBoard {
+            core,
+            scx,
+            max_payload,
+            sessions: Mutex::default(),
+            chunk_sizes: Mutex::default(),
+            shared: Mutex::default(),
+            rpc: Mutex::default(),
+        })
     }
 
-    /// A device subscribed to one of the ThingsBoard topics.
-    pub fn subscribed(&self, device_id: &str, client_id: &ClientId, filter: &str) {
+    /// A device subscribed to one of the ThingsBoard topics. Its shared attributes as they
+    /// are now are what later changes are compared with.
+    pub async fn subscribed(&self, device_id: &str, client_id: &ClientId, filter: &str) {
         if filter == "v1/devices/me/attributes" {
+            let baseline = match self.shared_attributes(device_id).await {
+                Ok(map) => map,
+                Err(e) => {
+                    tracing::warn!(device_id, error = %e, "cannot read a ThingsBoard session's shared attributes");
+                    Map::new()
+                }
+            };
+            self.shared.lock().expect("tb lock").insert(device_id.to_string(), baseline);
             self.sessions.lock().expect("tb lock").insert(device_id.to_string(), client_id.clone());
         }
     }
@@ -71,6 +129,8 @@ impl ThingsBoard {
             let mut sessions = self.sessions.lock().expect("tb lock");
             if sessions.get(device_id) == Some(client_id) {
                 sessions.remove(device_id);
+                self.shared.lock().expect("tb lock").remove(device_id);
+                self.rpc.lock().expect("tb lock").remove(device_id);
             }
         }
         self.chunk_sizes.lock().expect("tb lock").remove(client_id);
@@ -88,6 +148,35 @@ impl ThingsBoard {
             let attributes = Value::Object(firmware_attributes(&offer.artifact));
             self.send(&client_id, "v1/devices/me/attributes".into(), Bytes::from(attributes.to_string())).await;
         }
+    }
+
+    /// The device's configuration changed: its ThingsBoard session gets the shared attributes
+    /// that changed on `v1/devices/me/attributes`, and the removed ones as
+    /// `{"deleted": [...]}` (as ThingsBoard sends them).
+    pub async fn push_config(&self, device_id: &str) -> Result<()> {
+        let Some(client_id) = self.sessions.lock().expect("tb lock").get(device_id).cloned() else { return Ok(()) };
+        let current = self.shared_attributes(device_id).await?;
+        let previous = self.shared.lock().expect("tb lock").insert(device_id.to_string(), current.clone()).unwrap_or_default();
+        let changed: Map<String, Value> =
+            current.iter().filter(|(k, v)| previous.get(*k) != Some(*v)).map(|(k, v)| (k.clone(), v.clone())).collect();
+        let deleted: Vec<&String> = previous.keys().filter(|k| !current.contains_key(*k)).collect();
+        if !changed.is_empty() {
+            self.send(&client_id, "v1/devices/me/attributes".into(), Bytes::from(Value::Object(changed).to_string())).await;
+        }
+        if !deleted.is_empty() {
+            self.send(&client_id, "v1/devices/me/attributes".into(), Bytes::from(json!({ "deleted": deleted }).to_string())).await;
+        }
+        Ok(())
+    }
+
+    /// A device's shared attributes: its effective configuration, secrets revealed (it is the
+    /// device's own).
+    async fn shared_attributes(&self, device_id: &str) -> Result<Map<String, Value>> {
+        let stored = devices::find_by_id(&self.core, device_id).await?.ok_or_else(|| Error::not_found("device", device_id))?;
+        Ok(match config_service::reveal(&self.core, &config_service::effective(&self.core, &stored).await?.merged.content)? {
+            Value::Object(map) => map,
+            _ => Map::new(),
+        })
     }
 
     /// Handles a device's publish on a ThingsBoard topic. Errors are logged by the caller.
@@ -120,8 +209,23 @@ impl ThingsBoard {
                 self.send(client_id, format!("v1/devices/me/rpc/response/{n}"), Bytes::from(answer.to_string())).await;
                 Ok(())
             }
-            // Answers to server-side RPC: Updraft sends commands on `updraft/{id}/cmd` only.
-            ["v1", "devices", "me", "rpc", "response", _] | ["v1", "devices", "me", "claim"] => Ok(()),
+            // The reply to a server-side RPC (a command): completes it.
+            ["v1", "devices", "me", "rpc", "response", n] => {
+                let n = n.parse::<u64>().map_err(|_| Error::invalid("invalid_topic", "the RPC request id is a number"))?;
+                let command_id = self.rpc.lock().expect("tb lock").get_mut(device_id).and_then(|p| p.waiting.remove(&n));
+                let Some(command_id) = command_id else {
+                    return Err(Error::not_found("RPC request", n.to_string()));
+                };
+                if payload.len() > 64 * 1024 {
+                    return Err(Error::invalid("invalid_message", "the RPC reply is larger than 64 KiB"));
+                }
+                let reply =
+                    serde_json::from_slice(payload).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(payload).into_owned()));
+                crate::services::commands::complete_rpc(&self.core, &crate::domain::DeviceId::from(device_id), &command_id, reply)
+                    .await
+                    .map(drop)
+            }
+            ["v1", "devices", "me", "claim"] => Ok(()),
             ["v2", "fw" | "sw", "request", rid, "chunk", chunk] => self.chunk(&device, client_id, levels[1], rid, chunk, payload).await,
             _ => Err(Error::invalid("invalid_topic", format!("`{topic}` is not a ThingsBoard device topic"))),
         }
@@ -196,10 +300,10 @@ impl ThingsBoard {
         };
         let (client_keys, shared_keys) = (keys("clientKeys"), keys("sharedKeys"));
         let stored = devices::find_by_id(&self.core, &device.id).await?.ok_or_else(|| Error::not_found("device", &*device.id))?;
-        let mut shared = match config_service::reveal(&self.core, &config_service::effective(&self.core, &stored).await?.merged.content)? {
-            Value::Object(map) => map,
-            _ => Map::new(),
-        };
+        let mut shared = self.shared_attributes(&device.id).await?;
+        if self.has_session(&device.id) {
+            self.shared.lock().expect("tb lock").insert(device.id.to_string(), shared.clone());
+        }
         let answer = devices::checkin(&self.core, device.clone(), CheckinReport::default(), None).await?;
         if let Some(offer) = &answer.offer {
             shared.extend(firmware_attributes(&offer.artifact));

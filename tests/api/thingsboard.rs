@@ -65,3 +65,54 @@ async fn the_sdk_provisions_an_unknown_device_and_updates_it() {
     }
     s.app.stop().await;
 }
+
+/// Shared attributes follow the configuration (changed keys pushed, removed keys as
+/// `{"deleted": [...]}`), and `POST /api/v1/devices/{id}/commands` reaches the SDK as a
+/// server-side RPC whose reply completes the command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_follows_shared_attributes_and_answers_server_side_rpc() {
+    use tokio::io::AsyncBufReadExt;
+    let s = setup(Broker::Embedded).await;
+    let (id, token) = s.device("02:00:00:00:16:81", "tbattr", "1.0.0").await;
+    let put = |content: Value| s.app.admin(Method::PUT, "/api/v1/configs/product/tbattr").json(&json!({"content": content})).send();
+    assert!(put(json!({"interval": 10, "mode": "eco"})).await.unwrap().status().is_success());
+
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/tb_attributes_rpc.py");
+    let mut child = tokio::process::Command::new(thingsboard_python())
+        .arg(script)
+        .args([&s.broker.ip().to_string(), &s.broker.port().to_string(), &token, "30"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next = async || -> Value {
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await.expect("the SDK says something").unwrap();
+        serde_json::from_str(&line.expect("the SDK is running")).unwrap()
+    };
+    assert_eq!(next().await, json!({"ready": true}));
+
+    // A change: only the changed and new keys; then a removal.
+    assert!(put(json!({"interval": 30, "mode": "eco", "led": true})).await.unwrap().status().is_success());
+    assert_eq!(next().await, json!({"attributes": {"interval": 30, "led": true}}));
+    assert!(put(json!({"interval": 30, "led": true})).await.unwrap().status().is_success());
+    assert_eq!(next().await, json!({"attributes": {"deleted": ["mode"]}}));
+
+    // A command, waited for: the SDK's reply is its result.
+    let response = s
+        .app
+        .admin(Method::POST, &format!("/api/v1/devices/{id}/commands"))
+        .json(&json!({"name": "set-led", "params": {"on": true}, "timeout_s": 20, "wait_s": 15}))
+        .send()
+        .await
+        .unwrap();
+    let command: Value = response.json().await.unwrap();
+    let rpc = next().await;
+    assert_eq!(rpc["rpc"]["method"], "set-led", "{rpc}");
+    assert!(rpc["rpc"]["id"].as_str().unwrap().parse::<u64>().is_ok(), "an integer request id: {rpc}");
+    assert_eq!(command["state"], "succeeded", "{command}");
+    assert_eq!(command["result"], json!({"echo": {"on": true}, "method": "set-led"}));
+    let _ = child.kill().await;
+    s.app.stop().await;
+}
