@@ -17,11 +17,9 @@ use rmqtt::types::{ClientId, From, Id, Publish, QoS};
 use serde_json::{Map, Value, json};
 
 use crate::domain::device::DeviceKey;
-use crate::domain::firmware::Artifact;
 use crate::domain::{Error, Result};
 use crate::services::Core;
-use crate::services::config as config_service;
-use crate::services::devices::{self, CheckinReport, Offer, ProvisionRequest, StatusReport};
+use crate::services::devices::{self, CheckinReport, Offer, ProvisionRequest};
 use crate::services::fleet::ActiveDevice;
 
 /// Topics of the per-session ThingsBoard API that a device may subscribe to.
@@ -145,7 +143,7 @@ impl ThingsBoard {
     pub async fn push_offer(&self, device_id: &str, offer: &Offer) {
         let client_id = self.sessions.lock().expect("tb lock").get(device_id).cloned();
         if let Some(client_id) = client_id {
-            let attributes = Value::Object(firmware_attributes(&offer.artifact));
+            let attributes = Value::Object(crate::services::thingsboard::firmware_attributes(&offer.artifact));
             self.send(&client_id, "v1/devices/me/attributes".into(), Bytes::from(attributes.to_string())).await;
         }
     }
@@ -172,11 +170,7 @@ impl ThingsBoard {
     /// A device's shared attributes: its effective configuration, secrets revealed (it is the
     /// device's own).
     async fn shared_attributes(&self, device_id: &str) -> Result<Map<String, Value>> {
-        let stored = devices::find_by_id(&self.core, device_id).await?.ok_or_else(|| Error::not_found("device", device_id))?;
-        Ok(match config_service::reveal(&self.core, &config_service::effective(&self.core, &stored).await?.merged.content)? {
-            Value::Object(map) => map,
-            _ => Map::new(),
-        })
+        crate::services::thingsboard::shared_attributes(&self.core, device_id).await
     }
 
     /// Handles a device's publish on a ThingsBoard topic. Errors are logged by the caller.
@@ -233,96 +227,24 @@ impl ThingsBoard {
 
     /// Telemetry in any of ThingsBoard's shapes; `fw_state` reports drive the update history.
     async fn telemetry(&self, device: &Arc<ActiveDevice>, payload: &[u8]) -> Result<()> {
-        let value = parse_json(payload)?;
-        let mut flat = Map::new();
-        let mut absorb = |item: &Value| {
-            let values = item.get("values").filter(|_| item.get("ts").is_some()).unwrap_or(item);
-            if let Some(object) = values.as_object() {
-                flat.extend(object.iter().map(|(k, v)| (k.clone(), v.clone())));
-            }
-        };
-        match &value {
-            Value::Array(items) => items.iter().for_each(&mut absorb),
-            other => absorb(other),
-        }
-        if flat.is_empty() {
-            return Err(Error::invalid("invalid_message", "telemetry is an object, an array of objects, or {ts, values}"));
-        }
-        devices::record_telemetry(&self.core, device, Value::Object(flat.clone()));
-        let Some(state) = flat.get("fw_state").and_then(Value::as_str) else {
-            return Ok(());
-        };
-        let Some(attempt) = devices::current_attempt(&self.core, &device.id).await? else {
-            return Ok(());
-        };
-        let report = |state: &str, message: Option<String>| StatusReport {
-            release_id: Some(attempt.release_id.to_string()),
-            version: Some(attempt.to_version.clone()),
-            state: state.to_string(),
-            progress: None,
-            message,
-        };
-        match state {
-            "DOWNLOADING" => devices::report_update(&self.core, device, report("downloading", None)).await.map(drop),
-            "DOWNLOADED" | "VERIFIED" => devices::report_update(&self.core, device, report("downloaded", None)).await.map(drop),
-            "UPDATING" => devices::report_update(&self.core, device, report("installing", None)).await.map(drop),
-            "UPDATED" => {
-                devices::report_update(&self.core, device, report("installed", None)).await?;
-                // Success needs the device to say what it runs, as everywhere.
-                if let Some(version) = flat.get("current_fw_version").and_then(Value::as_str) {
-                    devices::checkin(
-                        &self.core,
-                        device.clone(),
-                        CheckinReport { version: Some(version.to_string()), ..Default::default() },
-                        None,
-                    )
-                    .await?;
-                }
-                Ok(())
-            }
-            "FAILED" => {
-                let message = flat.get("fw_error").and_then(Value::as_str).unwrap_or("the device reported FAILED").to_string();
-                devices::report_update(&self.core, device, report("failed", Some(message))).await.map(drop)
-            }
-            _ => Ok(()),
-        }
+        crate::services::thingsboard::telemetry(&self.core, device, parse_json(payload)?).await
     }
 
     /// `{"clientKeys": "a,b", "sharedKeys": "c,d"}` → `{"client": {...}, "shared": {...}}`.
-    /// Shared attributes are the effective configuration plus the pending firmware offer.
     async fn attribute_request(&self, device: Arc<ActiveDevice>, client_id: &ClientId, n: &str, payload: &[u8]) -> Result<()> {
         let request = parse_json(payload)?;
-        let keys = |name: &str| -> Option<Vec<String>> {
-            request
-                .get(name)
-                .and_then(Value::as_str)
-                .map(|list| list.split(',').map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).collect())
-        };
-        let (client_keys, shared_keys) = (keys("clientKeys"), keys("sharedKeys"));
-        let stored = devices::find_by_id(&self.core, &device.id).await?.ok_or_else(|| Error::not_found("device", &*device.id))?;
-        let mut shared = self.shared_attributes(&device.id).await?;
+        let keys = |name: &str| request.get(name).and_then(Value::as_str).map(str::to_string);
+        let (body, shared) = crate::services::thingsboard::attributes(
+            &self.core,
+            device.clone(),
+            keys("clientKeys").as_deref(),
+            keys("sharedKeys").as_deref(),
+        )
+        .await?;
         if self.has_session(&device.id) {
-            self.shared.lock().expect("tb lock").insert(device.id.to_string(), shared.clone());
+            self.shared.lock().expect("tb lock").insert(device.id.to_string(), shared);
         }
-        let answer = devices::checkin(&self.core, device.clone(), CheckinReport::default(), None).await?;
-        if let Some(offer) = &answer.offer {
-            shared.extend(firmware_attributes(&offer.artifact));
-        }
-        let client = stored.attributes.as_object().cloned().unwrap_or_default();
-        let pick = |map: Map<String, Value>, wanted: &Option<Vec<String>>| -> Map<String, Value> {
-            match wanted {
-                Some(keys) => map.into_iter().filter(|(k, _)| keys.contains(k)).collect(),
-                None => map,
-            }
-        };
-        let mut body = Map::new();
-        if client_keys.is_some() || shared_keys.is_none() {
-            body.insert("client".into(), Value::Object(pick(client, &client_keys)));
-        }
-        if shared_keys.is_some() || client_keys.is_none() {
-            body.insert("shared".into(), Value::Object(pick(shared, &shared_keys)));
-        }
-        self.send(client_id, format!("v1/devices/me/attributes/response/{n}"), Bytes::from(Value::Object(body).to_string())).await;
+        self.send(client_id, format!("v1/devices/me/attributes/response/{n}"), Bytes::from(body.to_string())).await;
         Ok(())
     }
 
@@ -440,17 +362,6 @@ impl ThingsBoard {
         }
         metrics::counter!("updraft_mqtt_pushes_total", "kind" => "thingsboard").increment(1);
     }
-}
-
-/// The shared attributes announcing a build (checksum lowercase SHA-256, as the SDK compares).
-fn firmware_attributes(artifact: &Artifact) -> Map<String, Value> {
-    let mut map = Map::new();
-    map.insert("fw_title".into(), json!(artifact.product));
-    map.insert("fw_version".into(), json!(artifact.version));
-    map.insert("fw_size".into(), json!(artifact.size));
-    map.insert("fw_checksum".into(), json!(artifact.sha256.to_ascii_lowercase()));
-    map.insert("fw_checksum_algorithm".into(), json!("SHA256"));
-    map
 }
 
 fn parse_json(payload: &[u8]) -> Result<Value> {

@@ -21,6 +21,7 @@ pub mod ops;
 pub mod outbox;
 pub mod rollouts;
 pub mod tasks;
+pub mod thingsboard;
 
 use std::sync::Arc;
 

@@ -116,3 +116,40 @@ async fn the_sdk_follows_shared_attributes_and_answers_server_side_rpc() {
     let _ = child.kill().await;
     s.app.stop().await;
 }
+
+/// ThingsBoard's HTTP device API: its status codes, and the same build as MQTT, whole and in
+/// chunks. (tests/api/secrets_in_logs.rs checks the token stays out of logs, metrics and bodies.)
+#[tokio::test]
+async fn the_http_device_api_answers_with_thingsboard_s_codes() {
+    let app = spawn_app().await;
+    let body = json!({"mac": "02:00:00:00:16:91", "product": "tbhttp", "version": "1.0.0", "issue_token": true});
+    let created: Value = app.admin(Method::POST, "/api/v1/devices").json(&body).send().await.unwrap().json().await.unwrap();
+    let token = created["token"].as_str().unwrap();
+    let url = |path: &str| app.url(&format!("/api/v1/{token}/{path}"));
+    let status = |r: reqwest::Response| r.status().as_u16();
+    assert_eq!(status(app.client.post(url("telemetry")).json(&json!({"t": 1})).send().await.unwrap()), 200);
+    assert_eq!(status(app.client.post(url("attributes")).json(&json!({"sdk": "http"})).send().await.unwrap()), 200);
+    assert_eq!(status(app.client.post(app.url("/api/v1/upd_dev_nope/telemetry")).json(&json!({"t": 1})).send().await.unwrap()), 401);
+    assert_eq!(status(app.client.get(url("firmware?title=tbhttp&version=2.0.0")).send().await.unwrap()), 404, "nothing offered");
+
+    let build = random_bytes(10_000, 191);
+    app.create_artifact(build.clone(), "product=tbhttp&version=2.0.0&hardware=esp32").await;
+    let attributes: Value =
+        app.client.get(url("attributes?clientKeys=sdk&sharedKeys=fw_version,fw_size")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(attributes, json!({"client": {"sdk": "http"}, "shared": {"fw_version": "2.0.0", "fw_size": 10_000}}));
+    assert_eq!(status(app.client.get(url("firmware?title=tbhttp&version=1.9.9")).send().await.unwrap()), 400);
+    let whole = app.client.get(url("firmware?title=tbhttp&version=2.0.0")).send().await.unwrap().bytes().await.unwrap();
+    assert_eq!(whole.as_ref(), build.as_slice());
+    let mut chunks = Vec::new();
+    for n in 0.. {
+        let chunk = app.client.get(url(&format!("firmware?title=tbhttp&version=2.0.0&size=4096&chunk={n}"))).send().await.unwrap();
+        assert_eq!(chunk.status(), 200);
+        let bytes = chunk.bytes().await.unwrap();
+        if bytes.is_empty() {
+            break;
+        }
+        chunks.extend_from_slice(&bytes);
+    }
+    assert_eq!(chunks, build, "4096-byte chunks, then an empty body past the end");
+    app.stop().await;
+}
