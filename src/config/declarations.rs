@@ -617,4 +617,12 @@ settings! {
         /// rebuilding the server.
         web_dir: Option<PathBuf> { value_name: "DIR", default_doc: "the copy built into the binary", example: "./web/dist" }
     }
+
+    group "ThingsBoard HTTP device API" {
+        /// Serve ThingsBoard's HTTP device API (the token in the path): `POST
+        /// /api/v1/{token}/telemetry`, `GET`/`POST /api/v1/{token}/attributes` and `GET
+        /// /api/v1/{token}/firmware`, for devices using `tb_device_http`. Tokens never appear in
+        /// log lines, metric labels or error bodies.
+        compat_thingsboard_http: bool { value_name: "BOOL", default: "true", example: "false" }
+    }
 }

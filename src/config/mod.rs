@@ -390,6 +390,8 @@ pub struct CompatSettings {
     pub cyberdeck: bool,
     pub arduino: bool,
     pub esp32fota: bool,
+    /// ThingsBoard's HTTP device API: `/api/v1/{token}/...`.
+    pub thingsboard_http: bool,
     pub esp32fota_keys_dir: Option<PathBuf>,
     /// Seed 004: `/debug/provisioning` (off by default).
     pub seed004_debug: bool,
@@ -487,6 +489,7 @@ impl Settings {
             cyberdeck: values.compat_cyberdeck,
             arduino: values.compat_arduino,
             esp32fota: values.compat_esp32fota,
+            thingsboard_http: values.compat_thingsboard_http,
             esp32fota_keys_dir: values.compat_esp32fota_keys_dir,
             seed004_debug: values.compat_seed004_debug,
         };

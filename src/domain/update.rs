@@ -49,6 +49,40 @@ pub enum NoUpdate {
     PinnedBuildMissing,
     /// No build of the product fits the device's hardware and channel.
     NoBuilds,
+    /// A newer build for this device exists, but it belongs to a release that no running
+    /// rollout offers this device yet.
+    HeldByRollout,
+}
+
+impl NoUpdate {
+    /// Stable name, for the device record and logs.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            NoUpdate::UnknownProduct => "unknown_product",
+            NoUpdate::UnknownHardware => "unknown_hardware",
+            NoUpdate::UpToDate => "up_to_date",
+            NoUpdate::PinnedBuildMissing => "pinned_build_missing",
+            NoUpdate::NoBuilds => "no_builds",
+            NoUpdate::HeldByRollout => "held_by_rollout",
+        }
+    }
+
+    /// What an operator can do about it; `None` for a device that is up to date.
+    pub fn remedy(&self) -> Option<&'static str> {
+        match self {
+            NoUpdate::UnknownProduct => Some("the device has no product: set `product` on it, or provision it with a product"),
+            NoUpdate::UnknownHardware => Some(
+                "the device's hardware is unknown and its product has builds for several hardware ids (or none): set `hardware` \
+                 on it, or admit one hardware in its product",
+            ),
+            NoUpdate::UpToDate => None,
+            NoUpdate::PinnedBuildMissing => Some("no build of the pinned version fits its hardware: upload one or change the pin"),
+            NoUpdate::NoBuilds => Some("no build of its product fits its hardware and channel: upload one"),
+            NoUpdate::HeldByRollout => {
+                Some("a newer build belongs to a release no running rollout offers it yet: start or widen a rollout")
+            }
+        }
+    }
 }
 
 /// A release a running rollout offers this device.
@@ -145,9 +179,20 @@ pub fn decide<'a>(device: &DeviceFacts, artifacts: &'a [Artifact], releases: Rel
     let newest = open.chain(released).max_by(|(va, a, ra), (vb, b, rb)| {
         va.cmp(vb).then_with(|| ra.is_some().cmp(&rb.is_some())).then_with(|| a.created_at.cmp(&b.created_at))
     });
-    let Some((newest_version, artifact, rollout)) = newest else { return Decision::None(NoUpdate::NoBuilds) };
+    // A held build newer than what the device runs (and than anything offered) explains
+    // why nothing is: the operator's rollout has not reached the device.
+    let held_newer = || {
+        builds().any(|a| {
+            channel_receives(&device.channel, &a.channel) && releases.holds(a) && device.version.as_ref().is_none_or(|v| a.version_key > *v)
+        })
+    };
+    let Some((newest_version, artifact, rollout)) = newest else {
+        return Decision::None(if held_newer() { NoUpdate::HeldByRollout } else { NoUpdate::NoBuilds });
+    };
     match &device.version {
-        Some(current) if current >= newest_version => Decision::None(NoUpdate::UpToDate),
+        Some(current) if current >= newest_version => {
+            Decision::None(if held_newer() { NoUpdate::HeldByRollout } else { NoUpdate::UpToDate })
+        }
         _ => Decision::Offer { artifact, pinned: false, mandatory: rollout.is_some_and(|r| r.mandatory), rollout },
     }
 }
@@ -298,7 +343,8 @@ mod tests {
         let held = Held { released: ["r".into()].into(), since: None };
         let gated = Releases { held: Some(&held), offers: &[] };
         assert_eq!(offered(&decide(&device(Some("0.9.0")), &builds, gated)), Some("a"), "the open build, not the held one");
-        assert_eq!(decide(&device(Some("1.0.0")), &builds, gated), Decision::None(NoUpdate::UpToDate));
+        assert_eq!(decide(&device(Some("1.0.0")), &builds, gated), Decision::None(NoUpdate::HeldByRollout), "held, and said so");
+        assert_eq!(decide(&device(Some("2.0.0")), &builds, gated), Decision::None(NoUpdate::UpToDate));
         let offers = [offer("ro", std::slice::from_ref(&released), true)];
         let through = Releases { held: Some(&held), offers: &offers };
         match decide(&device(Some("1.0.0")), &builds, through) {
@@ -321,7 +367,7 @@ mod tests {
         let held = Held { released: HashSet::new(), since: Some(old.created_at + chrono::Duration::hours(1)) };
         let managed = Releases { held: Some(&held), offers: &[] };
         assert_eq!(offered(&decide(&device(Some("0.9.0")), &builds, managed)), Some("old"), "uploaded before the first release");
-        assert_eq!(decide(&device(Some("1.0.0")), &builds, managed), Decision::None(NoUpdate::UpToDate), "the fresh upload is held");
+        assert_eq!(decide(&device(Some("1.0.0")), &builds, managed), Decision::None(NoUpdate::HeldByRollout), "the fresh upload is held");
         let mut pinned = device(Some("1.0.0"));
         pinned.target_version = Some(Version::parse("3.0.0").unwrap());
         assert_eq!(offered(&decide(&pinned, &builds, managed)), Some("fresh"), "a pin still reaches it");

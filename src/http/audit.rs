@@ -290,7 +290,8 @@ impl AuditLayer {
             return response;
         }
         let route = template.as_str().to_string();
-        let target = uri.path();
+        let redacted = super::redact_path(uri.path());
+        let target = redacted.as_ref();
         let request_id = request_id.as_ref().and_then(|v| v.to_str().ok()).map(rules::clean);
         let record = AuditRecord {
             id: uuid::Uuid::now_v7().to_string(),

@@ -199,7 +199,8 @@ pub fn router(state: AppState) -> Router {
         .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
             let request_id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
             // The path only: query strings may carry signed download tokens.
-            tracing::info_span!("http", method = %request.method(), path = %request.uri().path(), request_id)
+            // Device tokens in paths (ThingsBoard's HTTP API) are cut (`redact_path`).
+            tracing::info_span!("http", method = %request.method(), path = %redact_path(request.uri().path()), request_id)
         }))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
@@ -242,11 +243,23 @@ async fn not_found(state: axum::extract::State<AppState>, method: Method, header
     if web::wants_app(&state, &method, &uri, &headers) {
         return web::index(state).await;
     }
-    ApiError(Error::not_found("route", uri.path())).into_response()
+    ApiError(Error::not_found("route", redact_path(uri.path()))).into_response()
+}
+
+/// A path as logs, metrics and error bodies may show it: a segment holding a device token
+/// (ThingsBoard's HTTP API puts it in the path) is cut to its prefix, `upd_dev_…`.
+pub fn redact_path(path: &str) -> std::borrow::Cow<'_, str> {
+    const PREFIX: &str = "upd_dev_";
+    if !path.contains(PREFIX) {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    let redacted: Vec<&str> = path.split('/').map(|segment| if segment.contains(PREFIX) { "upd_dev_\u{2026}" } else { segment }).collect();
+    std::borrow::Cow::Owned(redacted.join("/"))
 }
 
 async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> Response {
-    let mut response = ApiError(Error::invalid("method_not_allowed", format!("{method} is not allowed on {}", uri.path()))).into_response();
+    let mut response =
+        ApiError(Error::invalid("method_not_allowed", format!("{method} is not allowed on {}", redact_path(uri.path())))).into_response();
     *response.status_mut() = axum::http::StatusCode::METHOD_NOT_ALLOWED;
     response
 }

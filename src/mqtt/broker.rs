@@ -261,7 +261,7 @@ impl Handler for HookHandler {
                 let filter: &str = &subscribe.topic_filter;
                 let device = hooks.device_of(&session.id);
                 if let Some(device_id) = device.as_deref().filter(|_| thingsboard::device_filter(filter)) {
-                    hooks.tb.subscribed(device_id, &session.id.client_id, filter);
+                    hooks.tb.subscribed(device_id, &session.id.client_id, filter).await;
                     return (false, Some(HookResult::SubscribeAclResult(SubscribeAclResult::new_success(subscribe.opts.qos(), None))));
                 }
                 let allowed = hooks.allowed(&session.id, Access::Subscribe, filter);
@@ -444,7 +444,7 @@ impl Hooks {
             let device = self.certificate_device(identity.as_deref(), ip).await?;
             if let Some(username) = username.as_deref().filter(|u| !u.is_empty())
                 && username != &*device.id
-                && crate::domain::mac::Mac::parse(username).ok() != Some(device.mac)
+                && crate::domain::mac::Mac::parse(username).ok().is_none_or(|m| Some(m) != device.mac)
             {
                 return Err(Refused::Login(Refusal::BadCredentials));
             }

@@ -110,6 +110,9 @@ impl Mqtt {
         core.outbox.install(Arc::new(bus.clone()));
 
         let tb = broker.as_ref().map(Broker::thingsboard);
+        if let Some(tb) = &tb {
+            core.outbox.install_rpc(Arc::new(thingsboard::Rpc(tb.clone())));
+        }
         let pusher = Arc::new(push::Pusher::new(core.clone(), bus.clone(), base_url, mqtt.max_packet_bytes as usize, tb));
         let handler = Arc::new(handler::Handler {
             pusher: pusher.clone(),

@@ -319,6 +319,11 @@ impl Pusher {
                     if let Err(e) = self.sync_config(id, false).await {
                         tracing::warn!(device_id = %id, error = %e, "cannot publish a device's configuration");
                     }
+                    if let Some(tb) = self.tb.as_ref().filter(|tb| tb.has_session(id))
+                        && let Err(e) = tb.push_config(id).await
+                    {
+                        tracing::warn!(device_id = %id, error = %e, "cannot push a device's shared attributes");
+                    }
                 }
                 for mac in &change.seed003_files {
                     self.notify_seed003(mqtt::SEED003_CONFIG_TOPIC, &format!("{}.json", mac.hyphenated_lower())).await;

@@ -16,12 +16,10 @@ use rmqtt::session::SessionState;
 use rmqtt::types::{ClientId, From, Id, Publish, QoS};
 use serde_json::{Map, Value, json};
 
-use crate::domain::firmware::Artifact;
-use crate::domain::mac::Mac;
+use crate::domain::device::DeviceKey;
 use crate::domain::{Error, Result};
 use crate::services::Core;
-use crate::services::config as config_service;
-use crate::services::devices::{self, CheckinReport, Offer, ProvisionRequest, StatusReport};
+use crate::services::devices::{self, CheckinReport, Offer, ProvisionRequest};
 use crate::services::fleet::ActiveDevice;
 
 /// Topics of the per-session ThingsBoard API that a device may subscribe to.
@@ -52,16 +50,74 @@ pub struct ThingsBoard {
     sessions: Mutex<HashMap<String, ClientId>>,
     /// The chunk size each firmware request id asked for, per session.
     chunk_sizes: Mutex<HashMap<ClientId, HashMap<u64, usize>>>,
+    /// The shared attributes (effective configuration) each session was last told, per
+    /// device with a session: a configuration change sends only the keys that changed.
+    shared: Mutex<HashMap<String, Map<String, Value>>>,
+    /// Server-side RPCs awaiting their reply, per device: request number → command id.
+    rpc: Mutex<HashMap<String, PendingRpc>>,
+}
+
+/// A device's server-side RPCs: the next request number and those awaiting a reply (at most
+/// [`MAX_PENDING_RPC`]; the oldest is forgotten first, and times out as a command).
+#[derive(Default)]
+struct PendingRpc {
+    next: u64,
+    waiting: std::collections::BTreeMap<u64, String>,
+}
+
+const MAX_PENDING_RPC: usize = 64;
+
+/// The [`DeviceRpc`](crate::services::outbox::DeviceRpc) port over ThingsBoard sessions.
+pub struct Rpc(pub Arc<ThingsBoard>);
+
+impl crate::services::outbox::DeviceRpc for Rpc {
+    fn send(&self, device_id: &str, command_id: &str, method: &str, params: &Value) -> futures::future::BoxFuture<'static, bool> {
+        let (tb, device_id, command_id) = (self.0.clone(), device_id.to_string(), command_id.to_string());
+        let payload = json!({"method": method, "params": params}).to_string();
+        Box::pin(async move {
+            let Some(client_id) = tb.sessions.lock().expect("tb lock").get(&device_id).cloned() else { return false };
+            let n = {
+                let mut rpc = tb.rpc.lock().expect("tb lock");
+                let pending = rpc.entry(device_id).or_default();
+                pending.next += 1;
+                let n = pending.next;
+                if pending.waiting.len() >= MAX_PENDING_RPC {
+                    pending.waiting.pop_first();
+                }
+                pending.waiting.insert(n, command_id);
+                n
+            };
+            tb.send(&client_id, format!("v1/devices/me/rpc/request/{n}"), Bytes::from(payload)).await;
+            true
+        })
+    }
 }
 
 impl ThingsBoard {
     pub fn new(core: Core, scx: ServerContext, max_payload: usize) -> Arc<ThingsBoard> {
-        Arc::new(ThingsBoard { core, scx, max_payload, sessions: Mutex::default(), chunk_sizes: Mutex::default() })
+        Arc::new(ThingsBoard {
+            core,
+            scx,
+            max_payload,
+            sessions: Mutex::default(),
+            chunk_sizes: Mutex::default(),
+            shared: Mutex::default(),
+            rpc: Mutex::default(),
+        })
     }
 
-    /// A device subscribed to one of the ThingsBoard topics.
-    pub fn subscribed(&self, device_id: &str, client_id: &ClientId, filter: &str) {
+    /// A device subscribed to one of the ThingsBoard topics. Its shared attributes as they
+    /// are now are what later changes are compared with.
+    pub async fn subscribed(&self, device_id: &str, client_id: &ClientId, filter: &str) {
         if filter == "v1/devices/me/attributes" {
+            let baseline = match self.shared_attributes(device_id).await {
+                Ok(map) => map,
+                Err(e) => {
+                    tracing::warn!(device_id, error = %e, "cannot read a ThingsBoard session's shared attributes");
+                    Map::new()
+                }
+            };
+            self.shared.lock().expect("tb lock").insert(device_id.to_string(), baseline);
             self.sessions.lock().expect("tb lock").insert(device_id.to_string(), client_id.clone());
         }
     }
@@ -71,6 +127,8 @@ impl ThingsBoard {
             let mut sessions = self.sessions.lock().expect("tb lock");
             if sessions.get(device_id) == Some(client_id) {
                 sessions.remove(device_id);
+                self.shared.lock().expect("tb lock").remove(device_id);
+                self.rpc.lock().expect("tb lock").remove(device_id);
             }
         }
         self.chunk_sizes.lock().expect("tb lock").remove(client_id);
@@ -85,9 +143,34 @@ impl ThingsBoard {
     pub async fn push_offer(&self, device_id: &str, offer: &Offer) {
         let client_id = self.sessions.lock().expect("tb lock").get(device_id).cloned();
         if let Some(client_id) = client_id {
-            let attributes = Value::Object(firmware_attributes(&offer.artifact));
+            let attributes = Value::Object(crate::services::thingsboard::firmware_attributes(&offer.artifact));
             self.send(&client_id, "v1/devices/me/attributes".into(), Bytes::from(attributes.to_string())).await;
         }
+    }
+
+    /// The device's configuration changed: its ThingsBoard session gets the shared attributes
+    /// that changed on `v1/devices/me/attributes`, and the removed ones as
+    /// `{"deleted": [...]}` (as ThingsBoard sends them).
+    pub async fn push_config(&self, device_id: &str) -> Result<()> {
+        let Some(client_id) = self.sessions.lock().expect("tb lock").get(device_id).cloned() else { return Ok(()) };
+        let current = self.shared_attributes(device_id).await?;
+        let previous = self.shared.lock().expect("tb lock").insert(device_id.to_string(), current.clone()).unwrap_or_default();
+        let changed: Map<String, Value> =
+            current.iter().filter(|(k, v)| previous.get(*k) != Some(*v)).map(|(k, v)| (k.clone(), v.clone())).collect();
+        let deleted: Vec<&String> = previous.keys().filter(|k| !current.contains_key(*k)).collect();
+        if !changed.is_empty() {
+            self.send(&client_id, "v1/devices/me/attributes".into(), Bytes::from(Value::Object(changed).to_string())).await;
+        }
+        if !deleted.is_empty() {
+            self.send(&client_id, "v1/devices/me/attributes".into(), Bytes::from(json!({ "deleted": deleted }).to_string())).await;
+        }
+        Ok(())
+    }
+
+    /// A device's shared attributes: its effective configuration, secrets revealed (it is the
+    /// device's own).
+    async fn shared_attributes(&self, device_id: &str) -> Result<Map<String, Value>> {
+        crate::services::thingsboard::shared_attributes(&self.core, device_id).await
     }
 
     /// Handles a device's publish on a ThingsBoard topic. Errors are logged by the caller.
@@ -120,8 +203,23 @@ impl ThingsBoard {
                 self.send(client_id, format!("v1/devices/me/rpc/response/{n}"), Bytes::from(answer.to_string())).await;
                 Ok(())
             }
-            // Answers to server-side RPC: Updraft sends commands on `updraft/{id}/cmd` only.
-            ["v1", "devices", "me", "rpc", "response", _] | ["v1", "devices", "me", "claim"] => Ok(()),
+            // The reply to a server-side RPC (a command): completes it.
+            ["v1", "devices", "me", "rpc", "response", n] => {
+                let n = n.parse::<u64>().map_err(|_| Error::invalid("invalid_topic", "the RPC request id is a number"))?;
+                let command_id = self.rpc.lock().expect("tb lock").get_mut(device_id).and_then(|p| p.waiting.remove(&n));
+                let Some(command_id) = command_id else {
+                    return Err(Error::not_found("RPC request", n.to_string()));
+                };
+                if payload.len() > 64 * 1024 {
+                    return Err(Error::invalid("invalid_message", "the RPC reply is larger than 64 KiB"));
+                }
+                let reply =
+                    serde_json::from_slice(payload).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(payload).into_owned()));
+                crate::services::commands::complete_rpc(&self.core, &crate::domain::DeviceId::from(device_id), &command_id, reply)
+                    .await
+                    .map(drop)
+            }
+            ["v1", "devices", "me", "claim"] => Ok(()),
             ["v2", "fw" | "sw", "request", rid, "chunk", chunk] => self.chunk(&device, client_id, levels[1], rid, chunk, payload).await,
             _ => Err(Error::invalid("invalid_topic", format!("`{topic}` is not a ThingsBoard device topic"))),
         }
@@ -129,96 +227,24 @@ impl ThingsBoard {
 
     /// Telemetry in any of ThingsBoard's shapes; `fw_state` reports drive the update history.
     async fn telemetry(&self, device: &Arc<ActiveDevice>, payload: &[u8]) -> Result<()> {
-        let value = parse_json(payload)?;
-        let mut flat = Map::new();
-        let mut absorb = |item: &Value| {
-            let values = item.get("values").filter(|_| item.get("ts").is_some()).unwrap_or(item);
-            if let Some(object) = values.as_object() {
-                flat.extend(object.iter().map(|(k, v)| (k.clone(), v.clone())));
-            }
-        };
-        match &value {
-            Value::Array(items) => items.iter().for_each(&mut absorb),
-            other => absorb(other),
-        }
-        if flat.is_empty() {
-            return Err(Error::invalid("invalid_message", "telemetry is an object, an array of objects, or {ts, values}"));
-        }
-        devices::record_telemetry(&self.core, device, Value::Object(flat.clone()));
-        let Some(state) = flat.get("fw_state").and_then(Value::as_str) else {
-            return Ok(());
-        };
-        let Some(attempt) = devices::current_attempt(&self.core, &device.id).await? else {
-            return Ok(());
-        };
-        let report = |state: &str, message: Option<String>| StatusReport {
-            release_id: Some(attempt.release_id.to_string()),
-            version: Some(attempt.to_version.clone()),
-            state: state.to_string(),
-            progress: None,
-            message,
-        };
-        match state {
-            "DOWNLOADING" => devices::report_update(&self.core, device, report("downloading", None)).await.map(drop),
-            "DOWNLOADED" | "VERIFIED" => devices::report_update(&self.core, device, report("downloaded", None)).await.map(drop),
-            "UPDATING" => devices::report_update(&self.core, device, report("installing", None)).await.map(drop),
-            "UPDATED" => {
-                devices::report_update(&self.core, device, report("installed", None)).await?;
-                // Success needs the device to say what it runs, as everywhere.
-                if let Some(version) = flat.get("current_fw_version").and_then(Value::as_str) {
-                    devices::checkin(
-                        &self.core,
-                        device.clone(),
-                        CheckinReport { version: Some(version.to_string()), ..Default::default() },
-                        None,
-                    )
-                    .await?;
-                }
-                Ok(())
-            }
-            "FAILED" => {
-                let message = flat.get("fw_error").and_then(Value::as_str).unwrap_or("the device reported FAILED").to_string();
-                devices::report_update(&self.core, device, report("failed", Some(message))).await.map(drop)
-            }
-            _ => Ok(()),
-        }
+        crate::services::thingsboard::telemetry(&self.core, device, parse_json(payload)?).await
     }
 
     /// `{"clientKeys": "a,b", "sharedKeys": "c,d"}` → `{"client": {...}, "shared": {...}}`.
-    /// Shared attributes are the effective configuration plus the pending firmware offer.
     async fn attribute_request(&self, device: Arc<ActiveDevice>, client_id: &ClientId, n: &str, payload: &[u8]) -> Result<()> {
         let request = parse_json(payload)?;
-        let keys = |name: &str| -> Option<Vec<String>> {
-            request
-                .get(name)
-                .and_then(Value::as_str)
-                .map(|list| list.split(',').map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).collect())
-        };
-        let (client_keys, shared_keys) = (keys("clientKeys"), keys("sharedKeys"));
-        let stored = devices::find_by_id(&self.core, &device.id).await?.ok_or_else(|| Error::not_found("device", &*device.id))?;
-        let mut shared = match config_service::reveal(&self.core, &config_service::effective(&self.core, &stored).await?.merged.content)? {
-            Value::Object(map) => map,
-            _ => Map::new(),
-        };
-        let answer = devices::checkin(&self.core, device.clone(), CheckinReport::default(), None).await?;
-        if let Some(offer) = &answer.offer {
-            shared.extend(firmware_attributes(&offer.artifact));
+        let keys = |name: &str| request.get(name).and_then(Value::as_str).map(str::to_string);
+        let (body, shared) = crate::services::thingsboard::attributes(
+            &self.core,
+            device.clone(),
+            keys("clientKeys").as_deref(),
+            keys("sharedKeys").as_deref(),
+        )
+        .await?;
+        if self.has_session(&device.id) {
+            self.shared.lock().expect("tb lock").insert(device.id.to_string(), shared);
         }
-        let client = stored.attributes.as_object().cloned().unwrap_or_default();
-        let pick = |map: Map<String, Value>, wanted: &Option<Vec<String>>| -> Map<String, Value> {
-            match wanted {
-                Some(keys) => map.into_iter().filter(|(k, _)| keys.contains(k)).collect(),
-                None => map,
-            }
-        };
-        let mut body = Map::new();
-        if client_keys.is_some() || shared_keys.is_none() {
-            body.insert("client".into(), Value::Object(pick(client, &client_keys)));
-        }
-        if shared_keys.is_some() || client_keys.is_none() {
-            body.insert("shared".into(), Value::Object(pick(shared, &shared_keys)));
-        }
-        self.send(client_id, format!("v1/devices/me/attributes/response/{n}"), Bytes::from(Value::Object(body).to_string())).await;
+        self.send(client_id, format!("v1/devices/me/attributes/response/{n}"), Bytes::from(body.to_string())).await;
         Ok(())
     }
 
@@ -294,13 +320,15 @@ impl ThingsBoard {
     async fn try_provision(&self, ip: Option<std::net::IpAddr>, payload: &[u8]) -> Result<String> {
         let request = parse_json(payload)?;
         let text = |k: &str| request.get(k).and_then(Value::as_str).map(str::to_string);
-        let name =
-            text("deviceName").ok_or_else(|| Error::invalid("missing_device_name", "deviceName (the device's MAC address) is required"))?;
-        Mac::parse(&name).map_err(|_| Error::invalid("invalid_device_name", "deviceName must be the device's MAC address"))?;
+        let name = text("deviceName")
+            .ok_or_else(|| Error::invalid("missing_device_name", "deviceName (the device's MAC address or unique name) is required"))?;
+        let key = DeviceKey::parse(&name).map_err(|_| {
+            Error::invalid("invalid_device_name", "deviceName must be a MAC address or a name of 1-128 letters, digits or `._-:@~`")
+        })?;
         let provisioned = devices::provision(
             &self.core,
             ProvisionRequest {
-                mac: name.clone(),
+                device: key,
                 product: None,
                 hardware: None,
                 version: None,
@@ -334,17 +362,6 @@ impl ThingsBoard {
         }
         metrics::counter!("updraft_mqtt_pushes_total", "kind" => "thingsboard").increment(1);
     }
-}
-
-/// The shared attributes announcing a build (checksum lowercase SHA-256, as the SDK compares).
-fn firmware_attributes(artifact: &Artifact) -> Map<String, Value> {
-    let mut map = Map::new();
-    map.insert("fw_title".into(), json!(artifact.product));
-    map.insert("fw_version".into(), json!(artifact.version));
-    map.insert("fw_size".into(), json!(artifact.size));
-    map.insert("fw_checksum".into(), json!(artifact.sha256.to_ascii_lowercase()));
-    map.insert("fw_checksum_algorithm".into(), json!("SHA256"));
-    map
 }
 
 fn parse_json(payload: &[u8]) -> Result<Value> {

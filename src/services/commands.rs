@@ -69,6 +69,17 @@ pub async fn issue(core: &Core, device_id: &str, request: NewCommand, actor: &st
         "params": command.params.clone().unwrap_or(Value::Null),
         "expires_at": command.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     });
+    // A ThingsBoard session gets it as a server-side RPC; others on `updraft/{id}/cmd`.
+    let params = command.params.clone().unwrap_or(Value::Object(Default::default()));
+    if core.outbox.rpc(&device.id, command.id.as_ref(), &command.name, &params).await {
+        tracing::info!(device_id = %device.id, command_id = %command.id, name = %command.name, actor, "command sent as an RPC");
+        core.events.publish(Event::CommandSent {
+            device_id: device.id.to_string(),
+            command_id: command.id.to_string(),
+            name: command.name.clone(),
+        });
+        return Ok(command);
+    }
     // Not retained: a command is for the session that is there now (or its queue).
     if let Err(e) = core.outbox.publish(mqtt::command_topic(&device.id), Bytes::from(payload.to_string()), false).await {
         let _ =
@@ -104,6 +115,17 @@ pub async fn complete(core: &Core, device_id: &DeviceId, payload: &[u8]) -> Resu
         state: command.state.as_str().to_string(),
     });
     Ok(command)
+}
+
+/// Records the reply to a command sent as another protocol's RPC: `result` is the device's
+/// answer (a JSON object with `error` fails it).
+pub async fn complete_rpc(core: &Core, device_id: &DeviceId, command_id: &str, reply: Value) -> Result<Command> {
+    let failed = reply.get("error").cloned();
+    let answer = match failed {
+        Some(error) => json!({"id": command_id, "ok": false, "error": error, "result": reply}),
+        None => json!({"id": command_id, "ok": true, "result": reply}),
+    };
+    complete(core, device_id, answer.to_string().as_bytes()).await
 }
 
 /// Ends overdue commands; runs every second.

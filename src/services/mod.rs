@@ -21,6 +21,7 @@ pub mod ops;
 pub mod outbox;
 pub mod rollouts;
 pub mod tasks;
+pub mod thingsboard;
 pub mod usage;
 
 use std::sync::Arc;

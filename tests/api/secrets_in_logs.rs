@@ -165,6 +165,29 @@ async fn no_token_key_password_cookie_or_csrf_token_appears_in_the_debug_log() {
     assert_eq!(mqtt_connect(mqtt, "nodered-1", "nodered", mqtt_password).await, ConnectReturnCode::Success);
     assert_ne!(mqtt_connect(mqtt, "nodered-2", "nodered", wrong_password).await, ConnectReturnCode::Success);
 
+    // ThingsBoard's HTTP device API has the token in the path: served, refused, unknown
+    // routes, an unknown token; then the bodies and the metrics must not hold it either.
+    let unknown_token = "upd_dev_ThisTokenIsUnknownButStillASecret0123";
+    secrets.push(unknown_token.to_string());
+    let mut bodies = String::new();
+    for (method, path) in [
+        (Method::POST, format!("/api/v1/{token}/telemetry")),
+        (Method::GET, format!("/api/v1/{token}/attributes?sharedKeys=a")),
+        (Method::GET, format!("/api/v1/{token}/firmware?title=lamp&version=9")),
+        (Method::GET, format!("/api/v1/{token}/nothing-here")),
+        (Method::DELETE, format!("/api/v1/{token}/telemetry")),
+        (Method::POST, format!("/api/v1/{unknown_token}/telemetry")),
+        (Method::POST, format!("/api/v1/{first_token}/telemetry")),
+    ] {
+        let response = client.request(method, url(&path)).json(&json!({"temperature": 20})).send().await.unwrap();
+        bodies.push_str(&response.text().await.unwrap());
+    }
+    bodies.push_str(&client.get(url("/metrics")).send().await.unwrap().text().await.unwrap());
+    for secret in [&token, &first_token, &unknown_token.to_string()] {
+        assert!(!bodies.contains(&secret[8..]), "a body or the metrics hold a token:\n{bodies}");
+    }
+    assert!(bodies.contains("route=\"/api/v1/{token}/telemetry\""), "the metric label is the template");
+
     // Stop, and read everything it wrote.
     let status = Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().unwrap();
     assert!(status.success());

@@ -17,6 +17,7 @@ pub mod cyberdeck;
 pub mod esp32fota;
 pub mod ota_server;
 pub mod provisioning;
+pub mod thingsboard;
 
 use axum::Router;
 use axum::http::{HeaderMap, StatusCode};
@@ -41,6 +42,9 @@ pub fn router(settings: &CompatSettings) -> Router<AppState> {
     }
     if settings.esp32fota {
         router = router.merge(esp32fota::router());
+    }
+    if settings.thingsboard_http {
+        router = router.merge(thingsboard::router());
     }
     if settings.seed004_debug {
         router = router.merge(provisioning::router());

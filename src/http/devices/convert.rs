@@ -6,7 +6,8 @@ pub fn device_view(state: &AppState, device: &Device) -> DeviceView {
     let runtime = &state.core.devices;
     DeviceView {
         id: device.id.to_string(),
-        mac: device.mac.canonical(),
+        mac: device.mac.map(|m| m.canonical()),
+        uid: device.uid.as_ref().map(ToString::to_string),
         name: device.name.clone(),
         product: device.product.as_ref().map(ToString::to_string),
         hardware: device.hardware.as_ref().map(ToString::to_string),
@@ -27,6 +28,9 @@ pub fn device_view(state: &AppState, device: &Device) -> DeviceView {
             at: timestamp(s.at),
         }),
         has_token: device.has_token,
+        no_update: runtime
+            .no_update(&device.id)
+            .and_then(|reason| reason.remedy().map(|remedy| NoUpdateView { reason: reason.as_str(), remedy })),
         reprovision_until: device.reprovision_until.filter(|until| *until > Utc::now()).map(timestamp),
         created_at: timestamp(device.created_at),
         updated_at: timestamp(device.updated_at),

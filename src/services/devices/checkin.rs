@@ -36,7 +36,13 @@ pub async fn checkin(core: &Core, device: Arc<ActiveDevice>, report: CheckinRepo
         Version::parse(version)?;
     }
     let product = report.product.as_deref().map(ProductName::parse).transpose()?;
-    let hardware = report.hardware.as_deref().map(HardwareId::parse).transpose()?;
+    let mut hardware = report.hardware.as_deref().map(HardwareId::parse).transpose()?;
+    if hardware.is_none() && device.hardware.is_none() {
+        hardware = inferred_hardware(core, product.as_deref().or(device.product.as_deref())).await?;
+        if let Some(inferred) = &hardware {
+            tracing::info!(device_id = %device.id, hardware = %inferred, "hardware unknown: set to the only one its product has");
+        }
+    }
     check_claims(core, &device, product.as_deref(), hardware.as_deref()).await?;
     mark_seen(core, &device, now, ip);
 
@@ -175,6 +181,18 @@ pub(super) async fn check_claims(core: &Core, device: &ActiveDevice, product: Op
     Ok(())
 }
 
+/// The hardware of a device that never said which it is (a ThingsBoard SDK device, seed 000,
+/// a device registered without one): its product's only admitted hardware, else the one
+/// hardware all the product's builds share (`compat::sole_hardware`, as compatibility
+/// adapters do). `None` when the product has several, or none yet.
+pub(super) async fn inferred_hardware(core: &Core, product: Option<&str>) -> Result<Option<HardwareId>> {
+    let Some(product) = product else { return Ok(None) };
+    if let Some(only) = product_policy(core, product).await?.sole_hardware() {
+        return Ok(Some(only.clone()));
+    }
+    Ok(crate::domain::compat::sole_hardware(&builds_of(core, product).await?, product))
+}
+
 /// A hash of a reported attributes object, to notice a device reporting the same one again.
 pub(super) fn attributes_hash(value: &Value) -> u64 {
     use std::hash::{Hash, Hasher};
@@ -217,6 +235,7 @@ pub(super) async fn decide_for(
             Ok(Chosen { artifact: artifact.clone(), mandatory, rollout: rollout.cloned(), rollouts: rollouts.clone() })
         }
     };
+    core.devices.note_decision(&device.id, decided.as_ref().err());
     Ok((poll_interval_s, decided))
 }
 

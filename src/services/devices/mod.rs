@@ -23,7 +23,9 @@ use super::fleet::{ActiveDevice, FleetIndex};
 use super::limiter::AuthLimiter;
 use super::rollouts;
 use crate::config::DeviceSettings;
-use crate::domain::device::{self, Device, DeviceFilter, DevicePatch, Product, Provisioning, UpdateAttempt, UpdateState};
+use crate::domain::device::{
+    self, Device, DeviceFilter, DeviceKey, DevicePatch, DeviceUid, Product, Provisioning, UpdateAttempt, UpdateState,
+};
 use crate::domain::firmware::{Artifact, ArtifactFilter, ArtifactSort, Channel, HardwareId, ProductName};
 use crate::domain::mac::Mac;
 use crate::domain::update::{self, Decision, NoUpdate, Releases, RolloutOffer};
@@ -93,6 +95,9 @@ pub struct DeviceRuntime {
     pub changed: tokio::sync::broadcast::Sender<Arc<[String]>>,
     /// The hot paths' caches (current attempts, devices by MAC, configuration files).
     pub caches: HotCaches,
+    /// Why the last decision for a device offered nothing, when an operator can fix it
+    /// (this replica; at most `cache_entries` devices): shown in the device record.
+    no_update: Mutex<HashMap<Arc<str>, NoUpdate>>,
 }
 
 impl DeviceRuntime {
@@ -108,7 +113,30 @@ impl DeviceRuntime {
             telemetry: Mutex::default(),
             changed: tokio::sync::broadcast::channel(64).0,
             caches: HotCaches::default(),
+            no_update: Mutex::default(),
         }
+    }
+
+    /// Remembers why a decision offered nothing (only reasons an operator can fix), with one
+    /// debug line when the reason for a device changes.
+    pub(super) fn note_decision(&self, device_id: &Arc<str>, reason: Option<&NoUpdate>) {
+        let mut noted = self.no_update.lock().expect("no-update lock");
+        match reason.filter(|r| r.remedy().is_some()) {
+            Some(reason) => {
+                if noted.get(device_id) != Some(reason) && (noted.len() < self.policy.cache_entries || noted.contains_key(device_id)) {
+                    tracing::debug!(device_id = %device_id, reason = reason.as_str(), remedy = reason.remedy(), "no update for the device");
+                    noted.insert(device_id.clone(), reason.clone());
+                }
+            }
+            None => {
+                noted.remove(device_id);
+            }
+        }
+    }
+
+    /// Why the last decision for this device offered nothing, if an operator can fix it.
+    pub fn no_update(&self, device_id: &str) -> Option<NoUpdate> {
+        self.no_update.lock().expect("no-update lock").get(device_id).cloned()
     }
 
     pub(super) fn forget_device(&self, device_id: &str) {

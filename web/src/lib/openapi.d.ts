@@ -1987,8 +1987,18 @@ export interface components {
             excused: number;
         };
         CreateDeviceBody: {
-            /** @description Any common form: `AA:BB:CC:DD:EE:FF`, `aa-bb-cc-dd-ee-ff`, `aabbccddeeff`, or the decimal eFuse MAC. */
-            mac: string;
+            /**
+             * @description Any common form: `AA:BB:CC:DD:EE:FF`, `aa-bb-cc-dd-ee-ff`, `aabbccddeeff`, or the decimal eFuse MAC.
+             *     A device needs a `mac`, a `uid`, or both.
+             */
+            mac?: string | null;
+            /**
+             * @description The unique name the device calls itself by, for a device without a MAC or whose
+             *     protocol names it otherwise (ThingsBoard `deviceName`, hawkBit `controllerId`):
+             *     1-128 letters, digits or `._-:@~`, not a MAC.
+             */
+            uid?: string | null;
+            /** @description Display name (default: the MAC, else the `uid`). */
             name?: string | null;
             product?: string | null;
             hardware?: string | null;
@@ -2102,11 +2112,15 @@ export interface components {
             /** Format: int64 */
             offset: number;
         };
-        /** @description A registered device. */
         DeviceView: {
             id: string;
-            /** @description Canonical MAC, `AA:BB:CC:DD:EE:FF`. */
-            mac: string;
+            /** @description Canonical MAC, `AA:BB:CC:DD:EE:FF`; null for a device known only by its `uid`. */
+            mac?: string | null;
+            /**
+             * @description The unique name the device calls itself by (ThingsBoard `deviceName`, hawkBit
+             *     `controllerId`), if it has one.
+             */
+            uid?: string | null;
             name: string;
             product?: string | null;
             hardware?: string | null;
@@ -2131,6 +2145,7 @@ export interface components {
             reprovision_until?: string | null;
             created_at: string;
             updated_at: string;
+            no_update?: components["schemas"]["NoUpdateView"] | null;
         };
         DiffView: {
             scope: string;
@@ -2399,6 +2414,15 @@ export interface components {
             created_at: string;
             /** Format: date-time */
             updated_at: string;
+        };
+        /**
+         * @description A registered device.
+         *     Why a device gets no update, and what to do about it.
+         */
+        NoUpdateView: {
+            /** @description `unknown_product`, `unknown_hardware`, `no_builds`, `pinned_build_missing` or `held_by_rollout`. */
+            reason: string;
+            remedy: string;
         };
         OptionsView: {
             start_at?: string | null;
@@ -2916,7 +2940,8 @@ export interface components {
         /** @description A device that has not acknowledged its current configuration. */
         StaleView: {
             device_id: string;
-            mac: string;
+            /** @description Null for a device known only by its unique name. */
+            mac?: string | null;
             name: string;
             product?: string | null;
             current_version: string;
@@ -4978,7 +5003,7 @@ export interface operations {
                 /** @description RFC 3339 time: devices last seen after it. */
                 last_seen_after?: string;
                 owner?: string;
-                /** @description Case-insensitive text search in name, MAC, owner and id. */
+                /** @description Case-insensitive text search in name, MAC, unique name (`uid`), owner and id. */
                 q?: string;
                 /** @description `-created_at` (default), `created_at`, `-last_seen`, `name`, `mac`. */
                 sort?: string;

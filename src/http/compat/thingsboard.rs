@@ -1,0 +1,160 @@
+//! ThingsBoard's HTTP device API, as `tb_device_http` (tb-mqtt-client) speaks it: the device
+//! token is a path segment. `POST /api/v1/{token}/telemetry`, `GET`/`POST
+//! /api/v1/{token}/attributes` and `GET /api/v1/{token}/firmware`. ThingsBoard answers with
+//! status codes and empty bodies: 401 for an unknown token, 404 when nothing is offered, 400
+//! for a title or version that is not the offer's. The token never reaches a log line, a
+//! metric label (the route is the template) or an error body (`http::redact_path` cuts it
+//! from the request span and the fallback's body).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures::TryStreamExt;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::super::AppState;
+use super::failure;
+use crate::domain::Error;
+use crate::net::ClientAddr;
+use crate::services::devices;
+use crate::services::fleet::ActiveDevice;
+use crate::services::thingsboard as service;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/{token}/telemetry", post(telemetry))
+        .route("/api/v1/{token}/attributes", get(get_attributes).post(post_attributes))
+        .route("/api/v1/{token}/firmware", get(firmware))
+}
+
+/// ThingsBoard's error form: the status alone, no body (nothing echoes the token).
+pub struct TbError(StatusCode);
+
+impl From<Error> for TbError {
+    fn from(error: Error) -> TbError {
+        let (status, _) = failure(&error);
+        TbError(status)
+    }
+}
+
+impl IntoResponse for TbError {
+    fn into_response(self) -> Response {
+        self.0.into_response()
+    }
+}
+
+type TbResult<T> = Result<T, TbError>;
+
+/// The device a path token names, or 401. Only `upd_dev_` tokens are device tokens: other
+/// first segments are Updraft's own `/api/v1/...` routes, which never reach here.
+async fn device(state: &AppState, token: &str, extensions: &axum::http::Extensions) -> TbResult<Arc<ActiveDevice>> {
+    if !token.starts_with("upd_dev_") || token.len() > 256 {
+        return Err(TbError(StatusCode::NOT_FOUND));
+    }
+    let ip = extensions.get::<ConnectInfo<ClientAddr>>().map(|ConnectInfo(a)| a.0.ip()).unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    devices::authenticate(&state.core, Some(token), ip).await.map_err(|e| match e {
+        Error::Unauthenticated(_) => TbError(StatusCode::UNAUTHORIZED),
+        other => other.into(),
+    })
+}
+
+fn json_body(body: &Bytes) -> TbResult<Value> {
+    if body.len() > 64 * 1024 {
+        return Err(TbError(StatusCode::PAYLOAD_TOO_LARGE));
+    }
+    serde_json::from_slice(body).map_err(|_| TbError(StatusCode::BAD_REQUEST))
+}
+
+async fn telemetry(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+    extensions: axum::http::Extensions,
+    body: Bytes,
+) -> TbResult<StatusCode> {
+    let device = device(&state, &token, &extensions).await?;
+    service::telemetry(&state.core, &device, json_body(&body)?).await?;
+    Ok(StatusCode::OK)
+}
+
+async fn post_attributes(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+    extensions: axum::http::Extensions,
+    body: Bytes,
+) -> TbResult<StatusCode> {
+    let device = device(&state, &token, &extensions).await?;
+    let value = json_body(&body)?;
+    if !value.is_object() {
+        return Err(TbError(StatusCode::BAD_REQUEST));
+    }
+    devices::checkin(&state.core, device, devices::CheckinReport { attributes: Some(value), ..Default::default() }, None).await?;
+    Ok(StatusCode::OK)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AttributeKeys {
+    client_keys: Option<String>,
+    shared_keys: Option<String>,
+}
+
+async fn get_attributes(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+    extensions: axum::http::Extensions,
+    Query(keys): Query<AttributeKeys>,
+) -> TbResult<Response> {
+    let device = device(&state, &token, &extensions).await?;
+    let (body, _) = service::attributes(&state.core, device, keys.client_keys.as_deref(), keys.shared_keys.as_deref()).await?;
+    Ok(axum::Json(body).into_response())
+}
+
+#[derive(Deserialize)]
+struct FirmwareQuery {
+    title: Option<String>,
+    version: Option<String>,
+    /// Chunk size in bytes; absent or 0: the whole image.
+    size: Option<u64>,
+    chunk: Option<u64>,
+}
+
+/// The offered build, whole or one chunk (`size` bytes at `chunk * size`): 404 when nothing
+/// is offered, 400 when `title`/`version` are not the offer's, 200 with an empty body past
+/// the end.
+async fn firmware(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+    extensions: axum::http::Extensions,
+    Query(query): Query<FirmwareQuery>,
+) -> TbResult<Response> {
+    let device = device(&state, &token, &extensions).await?;
+    let Some(artifact) = devices::pending_build(&state.core, &device.id).await? else {
+        return Err(TbError(StatusCode::NOT_FOUND));
+    };
+    if query.title.as_deref().is_some_and(|t| t != artifact.product.as_str())
+        || query.version.as_deref().is_some_and(|v| v != artifact.version)
+    {
+        return Err(TbError(StatusCode::BAD_REQUEST));
+    }
+    let total = artifact.size;
+    let (start, end) = match query.size.filter(|s| *s > 0) {
+        None => (0, total),
+        Some(size) => {
+            let start = size.saturating_mul(query.chunk.unwrap_or(0)).min(total);
+            (start, start.saturating_add(size).min(total))
+        }
+    };
+    if start >= end {
+        return Ok((StatusCode::OK, Bytes::new()).into_response());
+    }
+    let stream = state.core.blobs.read(&artifact.blob_key, artifact.size, start..end).await?;
+    let body = Body::from_stream(stream.map_err(std::io::Error::other));
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/octet-stream")], body).into_response())
+}
