@@ -14,6 +14,7 @@ mod bad_input;
 mod compat;
 mod config;
 mod config_seed003;
+mod ddi;
 mod devices;
 mod download;
 mod firmware;

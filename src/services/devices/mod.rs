@@ -36,6 +36,7 @@ mod by_mac;
 mod caches;
 mod certificates;
 mod checkin;
+pub mod ddi;
 mod identity;
 mod import;
 mod links;
