@@ -415,3 +415,128 @@ async fn the_ddi_api_can_be_switched_off_and_moved_to_another_tenant() {
     assert_eq!(poll("acme").await.unwrap().status(), 200);
     assert_eq!(poll("DEFAULT").await.unwrap().status(), 404);
 }
+
+/// A running SWUpdate (its own process group, so that its helper processes stop with it).
+struct Swupdate {
+    child: std::process::Child,
+}
+
+impl Swupdate {
+    fn start(dir: &std::path::Path, url: &str, controller: &str, token: &str, confirm: Option<u8>, log: &str) -> Swupdate {
+        use std::os::unix::process::CommandExt;
+        let client = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/swupdate");
+        let mut suricatta = format!("-t DEFAULT -u {url} -i {controller} -p 1 -r 2 -w 2 -k {token}");
+        if let Some(code) = confirm {
+            suricatta.push_str(&format!(" -c {code}"));
+        }
+        let log = std::fs::File::create(dir.join(log)).unwrap();
+        let child = std::process::Command::new("swupdate")
+            .args(["-v", "-f", &format!("{client}/swupdate.cfg"), "-H", "board:1.0", "-k"])
+            .arg(dir.join("signer.pem"))
+            .args(["-u", &suricatta])
+            .env("TMPDIR", dir)
+            .current_dir(dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .expect("swupdate is installed (apt-get install swupdate cpio; scripts/test.sh does it)");
+        Swupdate { child }
+    }
+}
+
+impl Drop for Swupdate {
+    fn drop(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let _ = std::process::Command::new("kill").args(["-KILL", "--", &group]).status();
+        let _ = self.child.wait();
+    }
+}
+
+/// The unmodified Debian SWUpdate (suricatta, hawkBit mode) installs a CMS-signed `.swu`
+/// offered by a rollout with its target token, then, restarted with `-c 2`, reports success.
+#[tokio::test]
+async fn swupdate_installs_a_rollout_over_ddi() {
+    let app = spawn_app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let installed = dir.path().join("installed.bin");
+    let made = std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/swupdate/make_swu.sh"))
+        .arg(dir.path())
+        .arg("2.0.0")
+        .arg(&installed)
+        .status()
+        .expect("bash, openssl and cpio are installed");
+    assert!(made.success());
+    let swu = std::fs::read(dir.path().join("update.swu")).unwrap();
+    let payload = std::fs::read(dir.path().join("payload.bin")).unwrap();
+
+    admin_json(&app, Method::PUT, "/api/v1/products/swu", Some(json!({"provisioning": "preregistered", "poll_interval_s": 10}))).await;
+    let (device_id, token) = register(&app, "02:00:00:00:5A:01", "swu").await;
+    let artifact = app.create_artifact(swu, "product=swu&version=2.0.0&hardware=board").await;
+    let release = admin_json(
+        &app,
+        Method::POST,
+        "/api/v1/releases",
+        Some(json!({"product": "swu", "version": "2.0.0", "artifact_ids": [artifact["id"]]})),
+    )
+    .await;
+    let rollout = admin_json(
+        &app,
+        Method::POST,
+        "/api/v1/rollouts",
+        Some(json!({"release_id": release["id"], "stages": [{"percent": 100}], "start": true})),
+    )
+    .await;
+    let updates =
+        || async { admin_json(&app, Method::GET, &format!("/api/v1/devices/{device_id}/updates"), None).await["items"][0].clone() };
+    let messages = |attempt: &Value| -> Vec<String> {
+        attempt["events"].as_array().into_iter().flatten().filter_map(|e| e["message"].as_str().map(str::to_string)).collect()
+    };
+    let url = app.url("");
+
+    // First run: it downloads, installs with rawfile, reports its progress and waits for a reboot.
+    let first = Swupdate::start(dir.path(), &url, &device_id, &token, None, "first.log");
+    let mut attempt = Value::Null;
+    for _ in 0..600 {
+        attempt = updates().await;
+        if messages(&attempt).iter().any(|m| m.contains("All Chunks Installed")) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let log = || std::fs::read_to_string(dir.path().join("first.log")).unwrap_or_default();
+    assert!(messages(&attempt).iter().any(|m| m.contains("All Chunks Installed")), "{attempt}\n{}", log());
+    assert_eq!(std::fs::read(&installed).unwrap(), payload, "rawfile wrote the payload");
+    assert_eq!(attempt["state"], "installing", "{attempt}");
+    let action = attempt["action_id"].as_i64().unwrap();
+    drop(first);
+
+    // Restarted after the "reboot" with -c 2: it reports closed/success for the same action.
+    let second = Swupdate::start(dir.path(), &url, &device_id, &token, Some(2), "second.log");
+    for _ in 0..600 {
+        attempt = updates().await;
+        if attempt["state"] == "succeeded" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    drop(second);
+    let log = std::fs::read_to_string(dir.path().join("second.log")).unwrap_or_default();
+    assert_eq!(attempt["state"], "succeeded", "{attempt}\n{log}");
+    assert_eq!(attempt["action_id"], action);
+    // Every feedback line is in the history, in order.
+    let lines = messages(&attempt);
+    let installed_chunk = lines.iter().position(|m| m.contains("Installed Chunk")).expect("Installed Chunk.");
+    let all_installed = lines.iter().position(|m| m.contains("All Chunks Installed")).unwrap();
+    assert!(installed_chunk < all_installed, "{lines:?}");
+    let states: Vec<&str> = attempt["events"].as_array().unwrap().iter().map(|e| e["state"].as_str().unwrap()).collect();
+    assert_eq!(states.first(), Some(&"offered"));
+    assert_eq!(states.last(), Some(&"succeeded"), "{attempt}");
+    let rollout = admin_json(&app, Method::GET, &format!("/api/v1/rollouts/{}", rollout["id"].as_str().unwrap()), None).await;
+    assert_eq!(rollout["counts"]["succeeded"], 1, "{rollout}");
+    let device = admin_json(&app, Method::GET, &format!("/api/v1/devices/{device_id}"), None).await;
+    assert_eq!(device["version"], "2.0.0");
+    // Its configData (the `identify` entries of swupdate.cfg) became attributes.
+    assert_eq!(device["attributes"]["board"], "updraft-test", "{device}");
+}

@@ -258,9 +258,15 @@ fn deployment_body(state: &AppState, headers: &HeaderMap, controller: &str, depl
     body
 }
 
-/// The file name a DDI client sees for a build.
+/// The file name a DDI client sees for a build: `<product>-<version>.bin` for an ESP image,
+/// else `<product>-<version>.swu` (SWUpdate refuses an artifact whose name does not end in
+/// `.swu`; rauc-hawkbit-updater and Zephyr do not look at the name).
 fn file_name(artifact: &Artifact) -> String {
-    download_file_name(artifact)
+    let name = download_file_name(artifact);
+    match (&artifact.image, name.strip_suffix(".bin")) {
+        (None, Some(stem)) => format!("{stem}.swu"),
+        _ => name,
+    }
 }
 
 fn artifact_json(state: &AppState, headers: &HeaderMap, controller: &str, artifact: &Artifact) -> Value {
@@ -344,7 +350,9 @@ fn deployment_state(status: &FeedbackStatus) -> DdiResult<Option<UpdateState>> {
             "success" | "none" => Some(UpdateState::Succeeded),
             "failure" => Some(UpdateState::Failed),
             other => {
-                return Err(Error::invalid("invalid_feedback", format!("`finished` must be success, failure or none, not `{other}`")).into());
+                return Err(
+                    Error::invalid("invalid_feedback", format!("`finished` must be success, failure or none, not `{other}`")).into()
+                );
             }
         },
         "rejected" => Some(UpdateState::Rejected),
