@@ -85,7 +85,8 @@ impl Scope {
 }
 
 /// The layers that apply to a device, in merge order.
-pub fn device_layers(product: Option<&ProductName>, tags: &[String], mac: &Mac) -> Vec<Scope> {
+/// A device without a MAC has no document of its own (`device:` layers are keyed by MAC).
+pub fn device_layers(product: Option<&ProductName>, tags: &[String], mac: Option<&Mac>) -> Vec<Scope> {
     let mut layers = Vec::with_capacity(tags.len() + 2);
     if let Some(product) = product {
         layers.push(Scope::Product(product.clone()));
@@ -94,7 +95,7 @@ pub fn device_layers(product: Option<&ProductName>, tags: &[String], mac: &Mac) 
     sorted.sort();
     sorted.dedup();
     layers.extend(sorted.into_iter().map(|t| Scope::Tag(t.clone())));
-    layers.push(Scope::Device(*mac));
+    layers.extend(mac.map(|mac| Scope::Device(*mac)));
     layers
 }
 
@@ -533,10 +534,11 @@ mod tests {
     #[test]
     fn layers_are_product_then_sorted_tags_then_device() {
         let mac = Mac::parse("aa:bb:cc:dd:ee:ff").unwrap();
-        let keys: Vec<String> = device_layers(Some(&ProductName::parse("lamp").unwrap()), &["zz".into(), "aa".into(), "aa".into()], &mac)
-            .iter()
-            .map(Scope::key)
-            .collect();
+        let keys: Vec<String> =
+            device_layers(Some(&ProductName::parse("lamp").unwrap()), &["zz".into(), "aa".into(), "aa".into()], Some(&mac))
+                .iter()
+                .map(Scope::key)
+                .collect();
         assert_eq!(keys, vec!["product:lamp", "tag:aa", "tag:zz", "device:AA:BB:CC:DD:EE:FF"]);
         assert_eq!(Scope::from_key("device:AA:BB:CC:DD:EE:FF"), Some(Scope::Device(mac)));
     }

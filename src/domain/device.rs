@@ -328,7 +328,10 @@ impl UpdateState {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Device {
     pub id: DeviceId,
-    pub mac: Mac,
+    /// Absent for a device known only by its unique name (`uid`).
+    pub mac: Option<Mac>,
+    /// The unique name the device calls itself by, when it has one (see [`DeviceUid`]).
+    pub uid: Option<DeviceUid>,
     pub name: String,
     pub product: Option<ProductName>,
     pub hardware: Option<HardwareId>,
@@ -350,9 +353,110 @@ pub struct Device {
 }
 
 impl Device {
+    /// How the device names itself: its MAC, else its unique name (messages and logs).
+    pub fn label(&self) -> String {
+        match (&self.mac, &self.uid) {
+            (Some(mac), _) => mac.canonical(),
+            (None, Some(uid)) => uid.to_string(),
+            (None, None) => self.id.to_string(),
+        }
+    }
+
     /// Online while the device has been heard from within `offline_after`.
     pub fn is_online(&self, now: DateTime<Utc>, offline_after: chrono::Duration) -> bool {
         self.last_seen.is_some_and(|seen| now - seen < offline_after)
+    }
+}
+
+/// A device's unique name, for a device known by a name rather than (or beside) a MAC:
+/// ThingsBoard's `deviceName`, a hawkBit DDI `controllerId`. 1-128 ASCII letters, digits
+/// and `._-:@~` (safe in a URL path segment, an MQTT topic and a log line), and not a MAC
+/// in any accepted form (a MAC is a device's MAC, see [`DeviceKey`]). Case-sensitive.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DeviceUid(String);
+
+impl DeviceUid {
+    pub const MAX_LEN: usize = 128;
+
+    pub fn parse(text: &str) -> Result<DeviceUid> {
+        let text = text.trim();
+        let valid = !text.is_empty()
+            && text.len() <= Self::MAX_LEN
+            && text.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':' | b'@' | b'~'));
+        if !valid {
+            return Err(Error::invalid(
+                "invalid_uid",
+                format!(
+                    "`{}` is not a device name: 1-{} letters, digits or `._-:@~`",
+                    text.chars().take(40).filter(|c| !c.is_control()).collect::<String>(),
+                    Self::MAX_LEN
+                ),
+            ));
+        }
+        if Mac::parse(text).is_ok() {
+            return Err(Error::invalid("invalid_uid", format!("`{text}` is a MAC address: send it as the device's MAC")));
+        }
+        Ok(DeviceUid(text.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for DeviceUid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// How a device names itself to a protocol: a MAC (in any accepted form), else a unique
+/// name. The one rule every adapter applies to a name it receives.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum DeviceKey {
+    Mac(Mac),
+    Uid(DeviceUid),
+}
+
+impl DeviceKey {
+    pub fn parse(text: &str) -> Result<DeviceKey> {
+        match Mac::parse(text) {
+            Ok(mac) => Ok(DeviceKey::Mac(mac)),
+            Err(_) => DeviceUid::parse(text).map(DeviceKey::Uid),
+        }
+    }
+
+    /// The MAC, or `None` for a name.
+    pub fn mac(&self) -> Option<Mac> {
+        match self {
+            DeviceKey::Mac(mac) => Some(*mac),
+            DeviceKey::Uid(_) => None,
+        }
+    }
+
+    /// The unique name, or `None` for a MAC.
+    pub fn uid(&self) -> Option<&DeviceUid> {
+        match self {
+            DeviceKey::Mac(_) => None,
+            DeviceKey::Uid(uid) => Some(uid),
+        }
+    }
+
+    /// Whether it names `device`.
+    pub fn names(&self, device: &Device) -> bool {
+        match self {
+            DeviceKey::Mac(mac) => device.mac == Some(*mac),
+            DeviceKey::Uid(uid) => device.uid.as_ref() == Some(uid),
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceKey::Mac(mac) => f.write_str(&mac.canonical()),
+            DeviceKey::Uid(uid) => f.write_str(uid.as_str()),
+        }
     }
 }
 
@@ -470,6 +574,17 @@ pub struct DeviceFilter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_device_key_is_a_mac_in_any_form_else_a_checked_name() {
+        assert_eq!(DeviceKey::parse("aabbccddeeff").unwrap().mac(), Some(Mac::parse("AA:BB:CC:DD:EE:FF").unwrap()));
+        assert_eq!(DeviceKey::parse(" sensor-1.lab ").unwrap().uid().map(DeviceUid::as_str), Some("sensor-1.lab"));
+        for bad in ["", "a b", "a/b", "a+b", "a#b", "x\u{7}", &"x".repeat(129), "caf\u{e9}"] {
+            assert_eq!(DeviceKey::parse(bad).unwrap_err().code(), "invalid_uid", "{bad:?}");
+        }
+        assert_eq!(DeviceUid::parse("AA-BB-CC-DD-EE-FF").unwrap_err().code(), "invalid_uid", "a MAC is not a name");
+        assert!(DeviceUid::parse(&"x".repeat(128)).is_ok());
+    }
 
     #[test]
     fn setup_reports_follow_the_seed_codes_and_titles() {

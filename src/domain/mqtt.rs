@@ -26,7 +26,8 @@ pub const SEED003_ASSET_TOPIC: &str = "iotsupport/updates/assets";
 pub enum Principal {
     /// A device, by its token: its own topic tree, its MAC's seed-000 topics and the seed-003
     /// notifications.
-    Device { id: String, mac: Mac },
+    /// `mac` is absent for a device known only by its unique name.
+    Device { id: String, mac: Option<Mac> },
     /// An operator or service credential (`/api/v1/mqtt/users`).
     User { name: String, role: Role },
     /// Updraft itself (its own client connection).
@@ -106,7 +107,7 @@ pub fn allowed(principal: &Principal, access: Access, topic: &str) -> bool {
         },
         Principal::Device { id, mac } => {
             let own = |suffixes: &[&str]| suffixes.iter().map(|t| format!("{PREFIX}/{id}/{t}")).collect::<Vec<_>>();
-            let legacy_mine = legacy_mac(topic).is_some_and(|m| m == *mac);
+            let legacy_mine = legacy_mac(topic).is_some_and(|m| Some(m) == *mac);
             match access {
                 Access::Publish => {
                     fits(&own(&DEVICE_PUBLISHES)) || (legacy_mine && fits(&["+/flashing/status".into(), "+/keepalive".into()]))
@@ -201,8 +202,8 @@ fn mac_prefixes(client_id: &str) -> Vec<Mac> {
 
 /// Whether `client_id` names this device: it is, or starts with, the device's id or its MAC
 /// in a common form.
-pub fn names_device(client_id: &str, device_id: &str, mac: &Mac) -> bool {
-    (!device_id.is_empty() && client_id.starts_with(device_id)) || mac_prefixes(client_id).contains(mac)
+pub fn names_device(client_id: &str, device_id: &str, mac: Option<&Mac>) -> bool {
+    (!device_id.is_empty() && client_id.starts_with(device_id)) || mac.is_some_and(|mac| mac_prefixes(client_id).contains(mac))
 }
 
 /// The client id rule, besides session ownership ([`may_resume`]):
@@ -219,7 +220,7 @@ pub fn check_client_id(principal: &Principal, client_id: ClientId<'_>, names_ano
         _ if names_another_device => Err(ClientIdRefusal::AnotherDevice),
         Principal::Device { id, mac } => match client_id {
             ClientId::Assigned | ClientId::Unknown(_) => Ok(()),
-            ClientId::Chosen(chosen) if names_device(chosen, id, mac) => Ok(()),
+            ClientId::Chosen(chosen) if names_device(chosen, id, mac.as_ref()) => Ok(()),
             ClientId::Chosen(_) => Err(ClientIdRefusal::NotTheDevice),
         },
         Principal::User { .. } | Principal::Provision => Ok(()),
@@ -451,7 +452,7 @@ mod tests {
     use super::*;
 
     fn device() -> Principal {
-        Principal::Device { id: "dev_1".into(), mac: Mac::parse("AA:BB:CC:DD:EE:01").unwrap() }
+        Principal::Device { id: "dev_1".into(), mac: Some(Mac::parse("AA:BB:CC:DD:EE:01").unwrap()) }
     }
 
     #[test]
@@ -497,7 +498,7 @@ mod tests {
     #[test]
     fn a_device_s_client_id_is_its_id_or_mac_or_starts_with_one() {
         let id = "0190a3c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d";
-        let d = Principal::Device { id: id.into(), mac: Mac::parse("AA:BB:CC:DD:EE:01").unwrap() };
+        let d = Principal::Device { id: id.into(), mac: Some(Mac::parse("AA:BB:CC:DD:EE:01").unwrap()) };
         let ok = |c: ClientId| check_client_id(&d, c, false);
         assert_eq!(ok(ClientId::Assigned), Ok(()));
         for chosen in [
@@ -544,8 +545,8 @@ mod tests {
 
     #[test]
     fn sessions_are_resumed_only_by_their_creator() {
-        let a = Principal::Device { id: "a".into(), mac: Mac::parse("aabbccddee01").unwrap() };
-        let b = Principal::Device { id: "b".into(), mac: Mac::parse("aabbccddee02").unwrap() };
+        let a = Principal::Device { id: "a".into(), mac: Some(Mac::parse("aabbccddee01").unwrap()) };
+        let b = Principal::Device { id: "b".into(), mac: Some(Mac::parse("aabbccddee02").unwrap()) };
         let reader = Principal::User { name: "a".into(), role: Role::FleetRead };
         assert!(may_resume(&a.owner(), &a));
         assert!(!may_resume(&a.owner(), &b));

@@ -502,7 +502,7 @@ async fn device_document(state: &AppState, parts: &Parts, mac: &str) -> Seed003R
 async fn authorize_device_or_admin(state: &AppState, parts: &Parts, mac: &Mac) -> Result<(), Error> {
     match operator_or_device(parts, state, Need::Admin).await? {
         Reader::Operator(_) => Ok(()),
-        Reader::Device(device) if device.mac == *mac => Ok(()),
+        Reader::Device(device) if device.mac == Some(*mac) => Ok(()),
         Reader::Device(_) => Err(Error::Forbidden("a device may read only its own configuration".into())),
     }
 }

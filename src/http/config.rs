@@ -194,7 +194,8 @@ pub struct StaleQuery {
 #[derive(Serialize, ToSchema)]
 pub struct StaleView {
     pub device_id: String,
-    pub mac: String,
+    /// Null for a device known only by its unique name.
+    pub mac: Option<String>,
     pub name: String,
     pub product: Option<String>,
     pub current_version: String,
@@ -304,7 +305,7 @@ async fn effective_of(state: &AppState, name: &str) -> ApiResult<Response> {
         return Ok(Json(effective_view(None, mac.canonical(), effective)).into_response());
     };
     let effective = service::effective(&state.core, &device).await?;
-    Ok(Json(effective_view(Some(device.id.to_string()), device.mac.canonical(), effective)).into_response())
+    Ok(Json(effective_view(Some(device.id.to_string()), mac.canonical(), effective)).into_response())
 }
 
 // ---- handlers: layers ----
@@ -579,7 +580,7 @@ async fn stale_configs(
         .into_iter()
         .map(|s| StaleView {
             device_id: s.device.id.to_string(),
-            mac: s.device.mac.canonical(),
+            mac: s.device.mac.map(|m| m.canonical()),
             name: s.device.name.clone(),
             product: s.device.product.as_ref().map(ToString::to_string),
             current_version: s.current_version,

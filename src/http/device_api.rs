@@ -126,7 +126,7 @@ async fn certificate_names(
     }
     let device = certificate_device(state, certificate, None, ip).await?;
     let same_id = device_id.is_none_or(|id| *device.id == *id);
-    let same_mac = mac.is_none_or(|mac| crate::domain::mac::Mac::parse(mac).is_ok_and(|mac| mac == device.mac));
+    let same_mac = mac.is_none_or(|mac| crate::domain::mac::Mac::parse(mac).is_ok_and(|mac| Some(mac) == device.mac));
     if same_id && same_mac { Ok(()) } else { Err(other()) }
 }
 
@@ -285,7 +285,7 @@ async fn provision(
     let provisioned = service::provision(
         &state.core,
         ProvisionRequest {
-            mac: body.mac,
+            device: crate::domain::device::DeviceKey::Mac(crate::domain::mac::Mac::parse(&body.mac)?),
             product: body.product,
             hardware: body.hardware,
             version: body.version,

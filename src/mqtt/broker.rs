@@ -444,7 +444,7 @@ impl Hooks {
             let device = self.certificate_device(identity.as_deref(), ip).await?;
             if let Some(username) = username.as_deref().filter(|u| !u.is_empty())
                 && username != &*device.id
-                && crate::domain::mac::Mac::parse(username).ok() != Some(device.mac)
+                && crate::domain::mac::Mac::parse(username).ok().is_none_or(|m| Some(m) != device.mac)
             {
                 return Err(Refused::Login(Refusal::BadCredentials));
             }

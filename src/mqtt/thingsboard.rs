@@ -16,8 +16,8 @@ use rmqtt::session::SessionState;
 use rmqtt::types::{ClientId, From, Id, Publish, QoS};
 use serde_json::{Map, Value, json};
 
+use crate::domain::device::DeviceKey;
 use crate::domain::firmware::Artifact;
-use crate::domain::mac::Mac;
 use crate::domain::{Error, Result};
 use crate::services::Core;
 use crate::services::config as config_service;
@@ -294,13 +294,15 @@ impl ThingsBoard {
     async fn try_provision(&self, ip: Option<std::net::IpAddr>, payload: &[u8]) -> Result<String> {
         let request = parse_json(payload)?;
         let text = |k: &str| request.get(k).and_then(Value::as_str).map(str::to_string);
-        let name =
-            text("deviceName").ok_or_else(|| Error::invalid("missing_device_name", "deviceName (the device's MAC address) is required"))?;
-        Mac::parse(&name).map_err(|_| Error::invalid("invalid_device_name", "deviceName must be the device's MAC address"))?;
+        let name = text("deviceName")
+            .ok_or_else(|| Error::invalid("missing_device_name", "deviceName (the device's MAC address or unique name) is required"))?;
+        let key = DeviceKey::parse(&name).map_err(|_| {
+            Error::invalid("invalid_device_name", "deviceName must be a MAC address or a name of 1-128 letters, digits or `._-:@~`")
+        })?;
         let provisioned = devices::provision(
             &self.core,
             ProvisionRequest {
-                mac: name.clone(),
+                device: key,
                 product: None,
                 hardware: None,
                 version: None,

@@ -442,7 +442,8 @@ pub async fn put_ota_server_device(
             let device = devices::register(
                 core,
                 NewDeviceRequest {
-                    mac: mac.canonical(),
+                    mac: Some(mac.canonical()),
+                    uid: None,
                     name: entry.device_id.clone(),
                     product: Some(product.to_string()),
                     hardware: hardware.map(String::from),

@@ -53,8 +53,19 @@ pub struct Effective {
 /// The scope of a device's own document: by device id or any MAC form. A MAC need not
 /// belong to a registered device (seed 003 keeps configurations of any MAC).
 pub async fn device_scope(core: &Core, id_or_mac: &str) -> Result<(Scope, Option<Device>)> {
-    if let Some(device) = core.store.find_device(id_or_mac).await? {
-        return Ok((Scope::Device(device.mac), Some(device)));
+    let found = match super::devices::find(core, id_or_mac).await {
+        Ok(device) => Some(device),
+        Err(Error::NotFound { .. }) => None,
+        Err(e) => return Err(e),
+    };
+    if let Some(device) = found {
+        let Some(mac) = device.mac else {
+            return Err(Error::conflict(
+                "no_device_layer",
+                format!("{} has no MAC, so no configuration of its own: use its product's or a tag's", device.label()),
+            ));
+        };
+        return Ok((Scope::Device(mac), Some(device)));
     }
     let mac = Mac::parse(id_or_mac).map_err(|_| Error::not_found("device", id_or_mac))?;
     let device = core.store.find_device_by_mac(&mac).await?;
@@ -214,7 +225,7 @@ fn publish_change(core: &Core, scope: &Scope, document: &StoredDocument, devices
     let deleted = document.content.is_none();
     // Seed 003 announces saves (not deletions) of `<mac>.json`; that file is the effective
     // configuration, so every affected MAC is announced.
-    let mut macs: Vec<Mac> = devices.iter().map(|d| d.mac).collect();
+    let mut macs: Vec<Mac> = devices.iter().filter_map(|d| d.mac).collect();
     if let Scope::Device(mac) = scope
         && macs.is_empty()
     {
@@ -260,7 +271,7 @@ pub async fn diff(core: &Core, scope: &Scope, from: i64, to: i64) -> Result<Vec<
 
 /// The effective configuration of a registered device.
 pub async fn effective(core: &Core, device: &Device) -> Result<Effective> {
-    let scopes = config::device_layers(device.product.as_ref(), &device.tags, &device.mac);
+    let scopes = config::device_layers(device.product.as_ref(), &device.tags, device.mac.as_ref());
     let documents = core.store.find_configs(&scopes.iter().map(Scope::key).collect::<Vec<_>>()).await?;
     let by_scope: HashMap<String, StoredDocument> = documents.into_iter().map(|d| (d.scope.clone(), d)).collect();
     Ok(merge_layers(&scopes, &|key| by_scope.get(key)))
@@ -308,7 +319,7 @@ pub async fn device_file(core: &Core, mac: &Mac) -> Result<Option<(Option<Produc
     let (generation, config_generation) = (caches.generation(), caches.config_generation());
     let device = super::devices::device_by_mac(core, mac).await?;
     let scopes = match &device {
-        Some(device) => config::device_layers(device.product.as_ref(), &device.tags, &device.mac),
+        Some(device) => config::device_layers(device.product.as_ref(), &device.tags, device.mac.as_ref()),
         None => vec![Scope::Device(*mac)],
     };
     let documents = core.store.find_configs(&scopes.iter().map(Scope::key).collect::<Vec<_>>()).await?;
@@ -385,13 +396,13 @@ async fn check_schemas(core: &Core, scope: &Scope, content: &Value, devices: &[D
     let mut errors = Vec::new();
     for device in devices {
         let Some(Some(validator)) = device.product.as_deref().map(|p| &schemas[p]) else { continue };
-        let scopes = config::device_layers(device.product.as_ref(), &device.tags, &device.mac);
+        let scopes = config::device_layers(device.product.as_ref(), &device.tags, device.mac.as_ref());
         let documents = core.store.find_configs(&scopes.iter().map(Scope::key).collect::<Vec<_>>()).await?;
         let by_scope: HashMap<String, StoredDocument> = documents.into_iter().map(|d| (d.scope.clone(), d)).collect();
         // A device without a document of its own is not configured yet: product and tag
         // defaults alone need not satisfy a schema whose required keys are per device.
-        let own = Scope::Device(device.mac).key();
-        if own != key && by_scope.get(&own).is_none_or(|d| d.content.is_none()) {
+        let own = device.mac.map(|mac| Scope::Device(mac).key());
+        if own.as_ref().is_none_or(|own| *own != key && by_scope.get(own).is_none_or(|d| d.content.is_none())) {
             continue;
         }
         let effective = merge_layers(&scopes, &|k| if k == key { Some(&replacement) } else { by_scope.get(k) });
@@ -466,7 +477,7 @@ pub async fn stale(core: &Core, product: Option<&str>, limit: u32, offset: u64) 
     let mut stale = Vec::new();
     let mut total = 0u64;
     for device in devices {
-        let scopes = config::device_layers(device.product.as_ref(), &device.tags, &device.mac);
+        let scopes = config::device_layers(device.product.as_ref(), &device.tags, device.mac.as_ref());
         let layers: Vec<(String, i64)> =
             scopes.iter().filter_map(|s| by_scope.get(&s.key()).map(|d| (d.scope.clone(), d.version))).collect();
         if layers.is_empty() {

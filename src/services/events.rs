@@ -24,7 +24,7 @@ const CHANGE_CAPACITY: usize = 4096;
 pub enum Event {
     DeviceCreated {
         device_id: String,
-        mac: Mac,
+        mac: Option<Mac>,
         /// The operator's actor (`key:ci`, `user:alice`), or how the device came
         /// (`provisioning`, `first contact`).
         by: String,
@@ -38,7 +38,7 @@ pub enum Event {
     },
     DeviceOnline {
         device_id: String,
-        mac: Mac,
+        mac: Option<Mac>,
     },
     DeviceOffline {
         device_id: String,
@@ -75,13 +75,13 @@ pub enum Event {
     },
     TokenIssued {
         device_id: String,
-        mac: Mac,
+        mac: Option<Mac>,
         /// The operator's actor, or the provisioning path that issued it.
         by: String,
     },
     TokenRevoked {
         device_id: String,
-        mac: Mac,
+        mac: Option<Mac>,
         /// The operator's actor.
         by: String,
     },

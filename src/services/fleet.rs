@@ -27,7 +27,7 @@ use crate::storage::ActiveRow;
 #[derive(Debug, Clone)]
 pub struct ActiveDevice {
     pub id: Arc<str>,
-    pub mac: Mac,
+    pub mac: Option<Mac>,
     pub product: Option<Arc<str>>,
     pub hardware: Option<Arc<str>>,
     pub channel: Arc<str>,
@@ -272,7 +272,7 @@ mod tests {
     fn device(id: &str, version: &str) -> ActiveDevice {
         ActiveDevice {
             id: id.into(),
-            mac: Mac::parse("02:00:00:00:00:01").unwrap(),
+            mac: Some(Mac::parse("02:00:00:00:00:01").unwrap()),
             product: Some("p".into()),
             hardware: None,
             channel: "stable".into(),

@@ -93,7 +93,7 @@ pub async fn authenticate(
             if core.oidc.as_ref().is_some_and(|o| o.accepts_devices()) && crate::services::oidc::claims::looks_like_jwt(password) =>
         {
             match devices::authenticate(core, Some(password), ip).await {
-                Ok(device) if *device.id == *username || Mac::parse(username).is_ok_and(|m| m == device.mac) => {
+                Ok(device) if *device.id == *username || Mac::parse(username).is_ok_and(|m| Some(m) == device.mac) => {
                     let principal = Principal::Device { id: device.id.to_string(), mac: device.mac };
                     Ok(Login { principal, token_digest: Some(OIDC_LOGIN.to_string()) })
                 }
@@ -118,7 +118,7 @@ pub async fn authenticate(
                 }
             };
             if let Some(device) = device {
-                let names_it = *device.id == *username || Mac::parse(username).is_ok_and(|m| m == device.mac);
+                let names_it = *device.id == *username || Mac::parse(username).is_ok_and(|m| Some(m) == device.mac);
                 if names_it {
                     let principal = Principal::Device { id: device.id.to_string(), mac: device.mac };
                     return Ok(Login { principal, token_digest: Some(secret::digest_hex(password)) });
@@ -173,7 +173,7 @@ async fn names_another_device(core: &Core, principal: &Principal, client_id: &st
         return false;
     }
     let (own_id, own_mac) = match principal {
-        Principal::Device { id, mac } => (Some(id.as_str()), Some(*mac)),
+        Principal::Device { id, mac } => (Some(id.as_str()), *mac),
         _ => (None, None),
     };
     let failed = |e: Error| {

@@ -148,6 +148,7 @@ fn db_error(error: sqlx::Error, context: &'static str) -> Error {
 fn conflict_of(constraint: &str) -> Option<Error> {
     Some(match constraint {
         "device_mac_idx" => Error::conflict("device_exists", "a device with this MAC is already registered"),
+        "device_uid_idx" => Error::conflict("device_exists", "a device with this name is already registered"),
         "product_provision_key_idx" => devices::provision_key_taken(),
         "firmware_release_version_idx" => Error::conflict("release_exists", "the product already has a release of this version"),
         "release_artifact_pkey" => Error::conflict("artifact_in_release", "a build already belongs to another release"),

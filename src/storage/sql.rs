@@ -120,6 +120,7 @@ pub(super) struct UniqueConstraint {
 pub(super) const UNIQUE_CONSTRAINTS: &[UniqueConstraint] = &[
     UniqueConstraint { name: "device_pkey", sqlite_columns: "device.id" },
     UniqueConstraint { name: "device_mac_idx", sqlite_columns: "device.mac" },
+    UniqueConstraint { name: "device_uid_idx", sqlite_columns: "device.uid" },
     UniqueConstraint { name: "device_token_hash_idx", sqlite_columns: "device.token_hash" },
     UniqueConstraint { name: "device_tag_pkey", sqlite_columns: "device_tag.device_id, device_tag.tag" },
     UniqueConstraint { name: "product_pkey", sqlite_columns: "product.name" },

@@ -379,6 +379,12 @@ async fn gateway_tokens_register_controllers_of_their_own_product_only() {
     assert_eq!(response.status(), 200);
     let devices = admin_json(app, Method::GET, "/api/v1/devices?product=gw", None).await;
     assert!(devices["items"].as_array().unwrap().iter().any(|d| d["mac"] == "02:00:00:00:DD:33"), "{devices}");
+    // A controller id that is not a MAC becomes the new device's unique name.
+    assert_eq!(poll("gateway-cabinet-7", gateway).await.unwrap().status(), 200);
+    let named = admin_json(app, Method::GET, "/api/v1/devices/gateway-cabinet-7", None).await;
+    assert_eq!(named["uid"], "gateway-cabinet-7");
+    assert_eq!(named["product"], "gw");
+    assert_eq!(named["mac"], Value::Null);
     // A preregistered product refuses unknown controllers.
     admin_json(app, Method::PUT, "/api/v1/products/gw", Some(json!({"provisioning": "preregistered"}))).await;
     assert_eq!(poll("02:00:00:00:DD:34", gateway).await.unwrap().status(), 403);
@@ -539,4 +545,28 @@ async fn swupdate_installs_a_rollout_over_ddi() {
     assert_eq!(device["version"], "2.0.0");
     // Its configData (the `identify` entries of swupdate.cfg) became attributes.
     assert_eq!(device["attributes"]["board"], "updraft-test", "{device}");
+}
+
+#[tokio::test]
+async fn a_device_known_by_its_name_polls_with_its_name_as_controller_id() {
+    let (ddi, _, _) = setup().await;
+    let app = &ddi.app;
+    let body = json!({"uid": "rauc-box-01", "product": "gw", "hardware": "board", "version": "1.0.0", "issue_token": true});
+    let response = app.admin(Method::POST, "/api/v1/devices").json(&body).send().await.unwrap();
+    assert_eq!(response.status(), 201);
+    let created: Value = response.json().await.unwrap();
+    let token = created["token"].as_str().unwrap();
+    let poll = |controller: &str, token: &str| {
+        app.client
+            .get(app.url(&format!("/DEFAULT/controller/v1/{controller}")))
+            .header("Authorization", format!("TargetToken {token}"))
+            .send()
+    };
+    let response = poll("rauc-box-01", token).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert!(body["_links"]["deploymentBase"]["href"].as_str().unwrap().contains("/controller/v1/rauc-box-01/deploymentBase/"), "{body}");
+    // Another device's name, or its own name with another device's token: 401.
+    assert_eq!(poll("rauc-box-01", &ddi.token).await.unwrap().status(), 401);
+    assert_eq!(poll("no-such-box", token).await.unwrap().status(), 401);
 }

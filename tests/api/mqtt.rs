@@ -17,7 +17,7 @@ const UPDRAFT_USER: &str = "updraft";
 const UPDRAFT_PASSWORD: &str = "updraft-broker-password";
 
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum Broker {
+pub(crate) enum Broker {
     Embedded,
     Mosquitto,
 }
@@ -93,13 +93,13 @@ fn free_port() -> u16 {
 }
 
 /// Updraft plus the broker its devices talk to.
-struct Setup {
-    app: TestApp,
-    broker: SocketAddr,
+pub(crate) struct Setup {
+    pub(crate) app: TestApp,
+    pub(crate) broker: SocketAddr,
     mosquitto: Option<Mosquitto>,
 }
 
-async fn setup(kind: Broker) -> Setup {
+pub(crate) async fn setup(kind: Broker) -> Setup {
     match kind {
         Broker::Embedded => {
             let app = spawn_app().await;
@@ -125,7 +125,7 @@ async fn setup(kind: Broker) -> Setup {
 }
 
 impl Setup {
-    async fn wait_until_connected(&self) {
+    pub(crate) async fn wait_until_connected(&self) {
         for _ in 0..100 {
             let status: Value = self.app.admin(Method::GET, "/api/v1/mqtt").send().await.unwrap().json().await.unwrap();
             if status["connected"] == true {
@@ -137,7 +137,7 @@ impl Setup {
     }
 
     /// Registers a device with a token (and lets it into Mosquitto).
-    async fn device(&self, mac: &str, product: &str, version: &str) -> (String, String) {
+    pub(crate) async fn device(&self, mac: &str, product: &str, version: &str) -> (String, String) {
         let response = self
             .app
             .admin(Method::POST, "/api/v1/devices")
@@ -156,7 +156,7 @@ impl Setup {
 
     /// A device connected the documented way: client id and username = id, password =
     /// token, a retained `offline` last will, then `online`, then subscribed to its own tree.
-    async fn connect_device(&self, id: &str, token: &str) -> Client {
+    pub(crate) async fn connect_device(&self, id: &str, token: &str) -> Client {
         let mut options = self.options(id, id, token);
         options.set_keep_alive(Duration::from_secs(30));
         options.set_last_will(LastWill::new(format!("updraft/{id}/status"), "offline", QoS::AtLeastOnce, true));
@@ -168,21 +168,21 @@ impl Setup {
     }
 
     /// MQTT 3.1.1 options for this broker.
-    fn options(&self, client_id: &str, username: &str, password: &str) -> MqttOptions {
+    pub(crate) fn options(&self, client_id: &str, username: &str, password: &str) -> MqttOptions {
         let mut options = MqttOptions::new(client_id, self.broker.ip().to_string(), self.broker.port());
         options.set_credentials(username, password);
         options
     }
 
     /// MQTT 5 options for this broker.
-    fn options_v5(&self, client_id: &str, username: &str, password: &str) -> rumqttc::v5::MqttOptions {
+    pub(crate) fn options_v5(&self, client_id: &str, username: &str, password: &str) -> rumqttc::v5::MqttOptions {
         let mut options = rumqttc::v5::MqttOptions::new(client_id, self.broker.ip().to_string(), self.broker.port());
         options.set_credentials(username, password);
         options
     }
 
     /// Waits until the server has seen every device's MQTT connection end.
-    async fn wait_until_no_device_is_connected(&self) {
+    pub(crate) async fn wait_until_no_device_is_connected(&self) {
         for _ in 0..200 {
             let text = self.app.client.get(self.app.url("/metrics")).send().await.unwrap().text().await.unwrap();
             if text.lines().any(|l| l == "updraft_mqtt_connected_devices 0") {
@@ -194,7 +194,7 @@ impl Setup {
     }
 
     /// Sends a command (not waiting for its answer); returns its id.
-    async fn send_command(&self, id: &str, name: &str) -> String {
+    pub(crate) async fn send_command(&self, id: &str, name: &str) -> String {
         let response =
             self.app.admin(Method::POST, &format!("/api/v1/devices/{id}/commands")).json(&json!({"name": name})).send().await.unwrap();
         assert_eq!(response.status(), 202);
@@ -202,7 +202,7 @@ impl Setup {
     }
 
     /// An operator or service credential.
-    async fn user(&self, username: &str, password: &str, role: &str) {
+    pub(crate) async fn user(&self, username: &str, password: &str, role: &str) {
         let response = self
             .app
             .admin(Method::PUT, &format!("/api/v1/mqtt/users/{username}"))
@@ -213,11 +213,11 @@ impl Setup {
         assert!(response.status().is_success(), "{}", response.text().await.unwrap());
     }
 
-    async fn device_view(&self, id: &str) -> Value {
+    pub(crate) async fn device_view(&self, id: &str) -> Value {
         self.app.admin(Method::GET, &format!("/api/v1/devices/{id}")).send().await.unwrap().json().await.unwrap()
     }
 
-    async fn wait_for_status(&self, id: &str, status: &str) {
+    pub(crate) async fn wait_for_status(&self, id: &str, status: &str) {
         for _ in 0..200 {
             if self.device_view(id).await["status"] == status {
                 return;
@@ -229,15 +229,15 @@ impl Setup {
 }
 
 /// A test MQTT client that records what it receives.
-struct Client {
-    client: AsyncClient,
-    eventloop: EventLoop,
+pub(crate) struct Client {
+    pub(crate) client: AsyncClient,
+    pub(crate) eventloop: EventLoop,
     /// The CONNACK said the broker resumed a session.
-    session_present: bool,
+    pub(crate) session_present: bool,
 }
 
 impl Client {
-    async fn connect(options: MqttOptions) -> Result<Client, ConnectReturnCode> {
+    pub(crate) async fn connect(options: MqttOptions) -> Result<Client, ConnectReturnCode> {
         let (client, mut eventloop) = AsyncClient::new(options, 100);
         loop {
             match tokio::time::timeout(Duration::from_secs(10), eventloop.poll()).await.expect("CONNACK in time") {
@@ -257,11 +257,11 @@ impl Client {
 
     /// True when the broker closes the connection within `wait` (what arrives until then is
     /// skipped).
-    async fn closed_within(&mut self, wait: Duration) -> bool {
+    pub(crate) async fn closed_within(&mut self, wait: Duration) -> bool {
         tokio::time::timeout(wait, async { while self.eventloop.poll().await.is_ok() {} }).await.is_ok()
     }
 
-    async fn expect_suback(&mut self) -> Vec<rumqttc::SubscribeReasonCode> {
+    pub(crate) async fn expect_suback(&mut self) -> Vec<rumqttc::SubscribeReasonCode> {
         loop {
             if let Event::Incoming(Packet::SubAck(ack)) = self.next_event(Duration::from_secs(10)).await.expect("SUBACK in time") {
                 return ack.return_codes;
@@ -269,7 +269,7 @@ impl Client {
         }
     }
 
-    async fn next_event(&mut self, wait: Duration) -> Option<Event> {
+    pub(crate) async fn next_event(&mut self, wait: Duration) -> Option<Event> {
         match tokio::time::timeout(wait, self.eventloop.poll()).await {
             Ok(Ok(event)) => Some(event),
             Ok(Err(e)) => panic!("the connection broke: {e}"),
@@ -278,7 +278,7 @@ impl Client {
     }
 
     /// The next message on `topic` within `wait` (others are skipped).
-    async fn message_on(&mut self, topic: &str, wait: Duration) -> Option<rumqttc::Publish> {
+    pub(crate) async fn message_on(&mut self, topic: &str, wait: Duration) -> Option<rumqttc::Publish> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -294,7 +294,7 @@ impl Client {
     }
 
     /// The next non-empty `ota` message within `wait`.
-    async fn offer(&mut self, id: &str, wait: Duration) -> Option<Value> {
+    pub(crate) async fn offer(&mut self, id: &str, wait: Duration) -> Option<Value> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -306,7 +306,7 @@ impl Client {
     }
 
     /// Keeps the connection serviced for a while (acks, pings), returning what arrived.
-    async fn drain(&mut self, wait: Duration) -> Vec<rumqttc::Publish> {
+    pub(crate) async fn drain(&mut self, wait: Duration) -> Vec<rumqttc::Publish> {
         let deadline = tokio::time::Instant::now() + wait;
         let mut received = Vec::new();
         loop {
@@ -324,7 +324,7 @@ impl Client {
 }
 
 /// An MQTT 5 connection: the client and its event loop, or the CONNACK's refusal.
-async fn connect_v5(
+pub(crate) async fn connect_v5(
     options: rumqttc::v5::MqttOptions,
 ) -> Result<(rumqttc::v5::AsyncClient, rumqttc::v5::EventLoop), rumqttc::v5::mqttbytes::v5::ConnectReturnCode> {
     use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode as Code, Packet as PacketV5};
@@ -828,7 +828,7 @@ async fn external_broker_auth_hooks_answer_like_mosquitto_go_auth_and_emqx() {
 
 /// A Python with a real client library in its own venv: `$env_var`, else a venv made once
 /// under target/ (each library in its own: tb-mqtt-client ships its own paho).
-fn client_python(env_var: &str, venv: &str, packages: &[&str]) -> String {
+pub(crate) fn client_python(env_var: &str, venv: &str, packages: &[&str]) -> String {
     if let Ok(python) = std::env::var(env_var) {
         return python;
     }
@@ -846,7 +846,7 @@ fn client_python(env_var: &str, venv: &str, packages: &[&str]) -> String {
     python.display().to_string()
 }
 
-fn thingsboard_python() -> String {
+pub(crate) fn thingsboard_python() -> String {
     client_python("UPDRAFT_TEST_TB_PYTHON", "venv-tb", &["tb-mqtt-client", "mmh3"])
 }
 
@@ -1017,11 +1017,11 @@ async fn the_packet_size_and_connection_limits_are_enforced() {
     s.app.stop().await;
 }
 
-fn uuid() -> String {
+pub(crate) fn uuid() -> String {
     format!("c-{}", rand_suffix())
 }
 
-fn rand_suffix() -> u64 {
+pub(crate) fn rand_suffix() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u64(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64);
@@ -1082,7 +1082,8 @@ async fn mqtt_over_tls_and_websocket_listen_when_configured() {
     let device = updraft::services::devices::register(
         &core,
         updraft::services::devices::NewDeviceRequest {
-            mac: "02:00:00:00:74:01".into(),
+            mac: Some("02:00:00:00:74:01".into()),
+            uid: None,
             name: None,
             product: Some("lamp".into()),
             hardware: Some("esp32".into()),

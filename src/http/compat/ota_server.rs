@@ -428,8 +428,9 @@ async fn list_devices(State(state): State<AppState>, _who: OtaViewer, headers: H
         let filter = DeviceFilter { product: product.clone(), limit: 500, offset, ..Default::default() };
         let (page, total) = device_service::find_devices(&state.core, &filter).await?;
         offset += page.len() as u64;
-        for device in &page {
-            all.insert(device.mac.canonical(), device_view(&state, device, &headers).await);
+        // Seed 001 names devices by MAC: devices known only by a name are not its.
+        for device in page.iter().filter(|d| d.mac.is_some()) {
+            all.insert(device.label(), device_view(&state, device, &headers).await);
         }
         if page.is_empty() || offset >= total {
             break;
@@ -498,7 +499,7 @@ async fn add_device(State(state): State<AppState>, who: OtaOperator, body: axum:
         })?;
     Ok(Json(json!({
         "success": true,
-        "mac_address": device.mac.canonical(),
+        "mac_address": device.label(),
         "device": {
             "device_id": entry.device_id,
             "hardware_version": entry.hardware_version,

@@ -53,7 +53,7 @@ async fn provision(
         (None, None) => default_product(&state).await?,
     };
     let request = ProvisionRequest {
-        mac,
+        device: crate::domain::device::DeviceKey::Mac(crate::domain::mac::Mac::parse(&mac)?),
         product,
         hardware: param("hardware"),
         version: param("version"),

@@ -6,7 +6,8 @@ pub fn device_view(state: &AppState, device: &Device) -> DeviceView {
     let runtime = &state.core.devices;
     DeviceView {
         id: device.id.to_string(),
-        mac: device.mac.canonical(),
+        mac: device.mac.map(|m| m.canonical()),
+        uid: device.uid.as_ref().map(ToString::to_string),
         name: device.name.clone(),
         product: device.product.as_ref().map(ToString::to_string),
         hardware: device.hardware.as_ref().map(ToString::to_string),

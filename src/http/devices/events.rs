@@ -51,7 +51,7 @@ fn event_data(event: &Event) -> Value {
     use crate::domain::mqtt::{SEED003_ASSET_TOPIC, SEED003_CONFIG_TOPIC};
     use serde_json::json;
     match event {
-        Event::DeviceCreated { mac, by, .. } => json!({"mac": mac.canonical(), "by": by}),
+        Event::DeviceCreated { mac, by, .. } => json!({"mac": mac.map(|m| m.canonical()), "by": by}),
         Event::DeviceUpdated { change: DeviceChange::Reported { version, product, hardware }, .. } => {
             json!({"version": version, "product": product, "hardware": hardware})
         }
@@ -59,7 +59,7 @@ fn event_data(event: &Event) -> Value {
             json!({"target_version": target_version, "by": by})
         }
         Event::DeviceDeleted { .. } | Event::DeviceOffline { .. } => json!({}),
-        Event::DeviceOnline { mac, .. } => json!({"mac": mac.canonical()}),
+        Event::DeviceOnline { mac, .. } => json!({"mac": mac.map(|m| m.canonical())}),
         Event::DeviceConnected { .. } | Event::DeviceDisconnected { .. } => json!({"via": "mqtt"}),
         Event::DeviceCheckin { version, offered, .. } => json!({"version": version, "offered": offered}),
         Event::DeviceTelemetry { value, .. } => value.clone(),
@@ -73,8 +73,8 @@ fn event_data(event: &Event) -> Value {
         }),
         Event::SetupStatus { code, title, description, .. } => json!({"status_code": code, "title": title, "description": description}),
         Event::DevicePaired { owner, .. } => json!({"owner": owner}),
-        Event::TokenIssued { mac, by, .. } => json!({"mac": mac.canonical(), "by": by}),
-        Event::TokenRevoked { mac, by, .. } => json!({"mac": mac.canonical(), "by": by}),
+        Event::TokenIssued { mac, by, .. } => json!({"mac": mac.map(|m| m.canonical()), "by": by}),
+        Event::TokenRevoked { mac, by, .. } => json!({"mac": mac.map(|m| m.canonical()), "by": by}),
         Event::ProductUpdated { product } | Event::FirmwareChanged { product } => json!({"product": product}),
         Event::ReleaseCreated { release_id, product, version } => json!({"release_id": release_id, "product": product, "version": version}),
         Event::RolloutCreated { rollout_id, release_id, overlaps } => {

@@ -211,14 +211,14 @@ pub(super) async fn import_devices(
 pub(super) fn parse_csv(body: &[u8]) -> Result<Vec<NewDeviceRequest>, Error> {
     let mut reader = csv::ReaderBuilder::new().trim(csv::Trim::All).flexible(false).from_reader(body);
     let headers = reader.headers().map_err(|e| Error::invalid("invalid_csv", format!("cannot read the CSV header: {e}")))?.clone();
-    const KNOWN: &[&str] = &["mac", "name", "product", "hardware", "channel", "version", "target_version", "tags", "owner"];
+    const KNOWN: &[&str] = &["mac", "uid", "name", "product", "hardware", "channel", "version", "target_version", "tags", "owner"];
     for h in headers.iter() {
         if !KNOWN.contains(&h) {
             return Err(Error::invalid("invalid_csv", format!("unknown CSV column `{h}`; known: {}", KNOWN.join(","))));
         }
     }
-    if !headers.iter().any(|h| h == "mac") {
-        return Err(Error::invalid("invalid_csv", "the CSV header must have a `mac` column"));
+    if !headers.iter().any(|h| h == "mac" || h == "uid") {
+        return Err(Error::invalid("invalid_csv", "the CSV header must have a `mac` or a `uid` column"));
     }
     let mut rows = Vec::new();
     for (index, record) in reader.records().enumerate() {
@@ -226,7 +226,8 @@ pub(super) fn parse_csv(body: &[u8]) -> Result<Vec<NewDeviceRequest>, Error> {
         let field =
             |name: &str| headers.iter().position(|h| h == name).and_then(|i| record.get(i)).filter(|v| !v.is_empty()).map(str::to_string);
         rows.push(NewDeviceRequest {
-            mac: field("mac").unwrap_or_default(),
+            mac: field("mac"),
+            uid: field("uid"),
             name: field("name"),
             product: field("product"),
             hardware: field("hardware"),

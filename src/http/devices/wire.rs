@@ -6,8 +6,11 @@ use super::*;
 #[derive(Serialize, ToSchema)]
 pub struct DeviceView {
     pub id: String,
-    /// Canonical MAC, `AA:BB:CC:DD:EE:FF`.
-    pub mac: String,
+    /// Canonical MAC, `AA:BB:CC:DD:EE:FF`; null for a device known only by its `uid`.
+    pub mac: Option<String>,
+    /// The unique name the device calls itself by (ThingsBoard `deviceName`, hawkBit
+    /// `controllerId`), if it has one.
+    pub uid: Option<String>,
     pub name: String,
     pub product: Option<String>,
     pub hardware: Option<String>,
@@ -71,7 +74,13 @@ pub struct TokenIssued {
 #[serde(deny_unknown_fields)]
 pub struct CreateDeviceBody {
     /// Any common form: `AA:BB:CC:DD:EE:FF`, `aa-bb-cc-dd-ee-ff`, `aabbccddeeff`, or the decimal eFuse MAC.
-    pub mac: String,
+    /// A device needs a `mac`, a `uid`, or both.
+    pub mac: Option<String>,
+    /// The unique name the device calls itself by, for a device without a MAC or whose
+    /// protocol names it otherwise (ThingsBoard `deviceName`, hawkBit `controllerId`):
+    /// 1-128 letters, digits or `._-:@~`, not a MAC.
+    pub uid: Option<String>,
+    /// Display name (default: the MAC, else the `uid`).
     pub name: Option<String>,
     pub product: Option<String>,
     pub hardware: Option<String>,
@@ -93,6 +102,7 @@ impl CreateDeviceBody {
     pub(super) fn into_request(self) -> NewDeviceRequest {
         NewDeviceRequest {
             mac: self.mac,
+            uid: self.uid,
             name: self.name,
             product: self.product,
             hardware: self.hardware,
@@ -169,7 +179,7 @@ pub struct DeviceListQuery {
     /// RFC 3339 time: devices last seen after it.
     pub last_seen_after: Option<String>,
     pub owner: Option<String>,
-    /// Case-insensitive text search in name, MAC, owner and id.
+    /// Case-insensitive text search in name, MAC, unique name (`uid`), owner and id.
     pub q: Option<String>,
     /// `-created_at` (default), `created_at`, `-last_seen`, `name`, `mac`.
     pub sort: Option<String>,

@@ -19,7 +19,8 @@ pub async fn identify_by_mac(core: &Core, mac: &Mac, product: &str, hardware: Op
     let inserted = core
         .store
         .insert_device(&NewDevice {
-            mac: *mac,
+            mac: Some(*mac),
+            uid: None,
             name: mac.canonical(),
             product: Some(product),
             hardware,

@@ -162,7 +162,7 @@ struct MacIndex {
 
 impl MacIndex {
     fn insert(&mut self, entry: MacEntry, weight: usize, stored: Instant) {
-        let (mac, id) = (entry.device.mac, entry.device.id.clone());
+        let (Some(mac), id) = (entry.device.mac, entry.device.id.clone()) else { return };
         if let Some(old) = self.map.remove(&mac) {
             self.mac_of.remove(old.device.id.as_ref());
         }
@@ -295,8 +295,9 @@ impl HotCaches {
         if self.generation() != generation || self.config_generation() != file.config_generation {
             return;
         }
-        let Some(stored) = index.map.stored_at(&device.mac) else { return };
-        let Some(entry) = index.map.remove(&device.mac) else { return };
+        let Some(mac) = device.mac else { return };
+        let Some(stored) = index.map.stored_at(&mac) else { return };
+        let Some(entry) = index.map.remove(&mac) else { return };
         if entry.device.id != device.id {
             index.mac_of.remove(entry.device.id.as_ref());
             return;
@@ -418,7 +419,8 @@ mod tests {
         let now = Utc::now();
         Device {
             id: format!("device-{n}").into(),
-            mac: Mac::parse(&format!("02:00:00:00:00:{n:02x}")).unwrap(),
+            mac: Some(Mac::parse(&format!("02:00:00:00:00:{n:02x}")).unwrap()),
+            uid: None,
             name: format!("d{n}"),
             product: Some(ProductName::parse("p").unwrap()),
             hardware: None,
@@ -445,15 +447,15 @@ mod tests {
         let one = Arc::new(device(1));
         let generation = caches.generation();
         caches.store_device(one.clone(), generation);
-        assert_eq!(caches.device_by_mac(&one.mac).map(|d| d.id.clone()), Some(one.id.clone()));
+        assert_eq!(caches.device_by_mac(&one.mac.unwrap()).map(|d| d.id.clone()), Some(one.id.clone()));
         caches.forget_device(&one.id);
-        assert!(caches.device_by_mac(&one.mac).is_none());
+        assert!(caches.device_by_mac(&one.mac.unwrap()).is_none());
 
         // A fill that started before a drop is not stored.
         let generation = caches.generation();
         caches.forget_device("someone else");
         caches.store_device(one.clone(), generation);
-        assert!(caches.device_by_mac(&one.mac).is_none());
+        assert!(caches.device_by_mac(&one.mac.unwrap()).is_none());
 
         // Attempts likewise.
         let generation = caches.generation();
@@ -472,23 +474,23 @@ mod tests {
             Arc::new(ConfigFile::new("v1".into(), json!({"a": 1}), Bytes::from_static(b"{\"a\":1}"), config_generation))
         };
         caches.store_config_file(&one, file(caches.config_generation()), caches.generation());
-        assert_eq!(caches.config_file(&one.mac).map(|(_, f)| f.version.clone()), Some("v1".into()));
+        assert_eq!(caches.config_file(&one.mac.unwrap()).map(|(_, f)| f.version.clone()), Some("v1".into()));
         caches.config_changed();
-        assert!(caches.config_file(&one.mac).is_none(), "stale after a configuration change");
-        assert!(caches.device_by_mac(&one.mac).is_some(), "the device itself did not change");
+        assert!(caches.config_file(&one.mac.unwrap()).is_none(), "stale after a configuration change");
+        assert!(caches.device_by_mac(&one.mac.unwrap()).is_some(), "the device itself did not change");
 
         // A file computed from layers read before a change is not stored.
         let config_generation = caches.config_generation();
         let generation = caches.generation();
         caches.config_changed();
         caches.store_config_file(&one, file(config_generation), generation);
-        assert!(caches.config_file(&one.mac).is_none());
+        assert!(caches.config_file(&one.mac.unwrap()).is_none());
 
         // Nor one for another device than the one cached for the MAC.
         let mut other = device(1);
         other.id = "another".into();
         caches.store_config_file(&other, file(caches.config_generation()), caches.generation());
-        assert!(caches.config_file(&one.mac).is_none());
+        assert!(caches.config_file(&one.mac.unwrap()).is_none());
     }
 
     #[test]
@@ -497,7 +499,7 @@ mod tests {
         for n in 0..(MAC_ENTRIES + 100) {
             let mut d = device(0);
             d.id = format!("device-{n}").into();
-            d.mac = Mac::parse(&format!("02:00:00:{:02x}:{:02x}:{:02x}", n >> 16 & 0xff, n >> 8 & 0xff, n & 0xff)).unwrap();
+            d.mac = Some(Mac::parse(&format!("02:00:00:{:02x}:{:02x}:{:02x}", n >> 16 & 0xff, n >> 8 & 0xff, n & 0xff)).unwrap());
             caches.store_device(Arc::new(d), caches.generation());
         }
         let index = caches.by_mac();

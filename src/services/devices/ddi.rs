@@ -4,6 +4,7 @@
 //! base. The adapter (`http::compat::ddi`) owns the wire forms.
 
 use super::*;
+use crate::domain::device::DeviceKey;
 
 /// How a DDI request authenticates (`Authorization: TargetToken|GatewayToken <token>`).
 pub enum DdiCredential<'a> {
@@ -14,14 +15,14 @@ pub enum DdiCredential<'a> {
     Gateway(&'a str),
 }
 
-/// The device a DDI request acts for. A controller id names a device by its id or MAC. Every
+/// The device a DDI request acts for. A controller id names a device by its id, MAC or name. Every
 /// refusal is a 401 that does not say whether the device exists.
 pub async fn ddi_device(core: &Core, credential: DdiCredential<'_>, controller_id: &str, ip: IpAddr) -> Result<Arc<ActiveDevice>> {
     let refused = || Error::Unauthenticated("the token does not authorise this controller".into());
     match credential {
         DdiCredential::Target(token) => {
             let device = authenticate(core, Some(token), ip).await?;
-            if names_device(controller_id, &device) {
+            if names_device(core, controller_id, &device).await? {
                 Ok(device)
             } else {
                 core.devices.limiter.record_failure(ip);
@@ -55,9 +56,17 @@ pub async fn ddi_device(core: &Core, credential: DdiCredential<'_>, controller_i
     }
 }
 
-/// Whether a controller id names this device: its id or its MAC (any common form).
-fn names_device(controller_id: &str, device: &ActiveDevice) -> bool {
-    *device.id == *controller_id || Mac::parse(controller_id).is_ok_and(|mac| mac == device.mac)
+/// Whether a controller id names this device: its id, its MAC (any common form) or its
+/// unique name (read from the registry: the fleet index holds no names).
+async fn names_device(core: &Core, controller_id: &str, device: &ActiveDevice) -> Result<bool> {
+    if *device.id == *controller_id {
+        return Ok(true);
+    }
+    Ok(match DeviceKey::parse(controller_id) {
+        Ok(DeviceKey::Mac(mac)) => device.mac == Some(mac),
+        Ok(key) => find_by_key(core, &key).await?.is_some_and(|named| *named.id == *device.id),
+        Err(_) => false,
+    })
 }
 
 /// Registers an unknown controller presented with its product's gateway token: `open` and
@@ -68,12 +77,13 @@ async fn register_controller(core: &Core, product: &str, controller_id: &str) ->
     if policy.provisioning == Provisioning::Preregistered {
         return Err(Error::Forbidden(format!("product `{product}` serves only registered devices: register this controller first")));
     }
-    let mac = Mac::parse(controller_id)
-        .map_err(|_| Error::invalid("invalid_mac", "an unknown controller id must be a MAC to be registered: register the device first"))?;
+    // A MAC is the device's MAC; any other controller id becomes its unique name.
+    let key = DeviceKey::parse(controller_id)?;
     let inserted = core
         .store
         .insert_device(&NewDevice {
-            mac,
+            mac: key.mac(),
+            uid: key.uid().cloned(),
             name: controller_id.to_string(),
             product: Some(policy.name.clone()),
             hardware: policy.sole_hardware().cloned(),

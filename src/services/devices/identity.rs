@@ -94,7 +94,8 @@ pub async fn preload_fleet(core: &Core) -> Result<usize> {
 }
 
 pub struct ProvisionRequest {
-    pub mac: String,
+    /// The device's MAC, or its unique name (each adapter parses what its clients send).
+    pub device: DeviceKey,
     pub product: Option<String>,
     pub hardware: Option<String>,
     pub version: Option<String>,
@@ -133,8 +134,8 @@ pub(super) enum Reprovision {
 /// device's MAC is not enough to take its identity.
 pub async fn provision(core: &Core, request: ProvisionRequest, ip: IpAddr) -> Result<Provisioned> {
     core.devices.limiter.check(ip)?;
-    let mac = Mac::parse(&request.mac)?;
-    let existing = core.store.find_device_by_mac(&mac).await?;
+    let key = request.device.clone();
+    let existing = find_by_key(core, &key).await?;
 
     // With a provisioning key, the key names the product.
     let keyed_product = match &request.provision_key {
@@ -171,7 +172,7 @@ pub async fn provision(core: &Core, request: ProvisionRequest, ip: IpAddr) -> Re
             if existing.is_none() {
                 core.devices.limiter.record_failure(ip);
                 return Err(Error::Forbidden(format!(
-                    "product `{}` only provisions devices an operator registered; {mac} is not registered",
+                    "product `{}` only provisions devices an operator registered; {key} is not registered",
                     product.name
                 )));
             }
@@ -183,7 +184,7 @@ pub async fn provision(core: &Core, request: ProvisionRequest, ip: IpAddr) -> Re
     {
         return Err(Error::conflict(
             "product_mismatch",
-            format!("{mac} is registered for product `{product_of_device}`, not `{}`", product.name),
+            format!("{key} is registered for product `{product_of_device}`, not `{}`", product.name),
         ));
     }
 
@@ -234,12 +235,13 @@ pub async fn provision(core: &Core, request: ProvisionRequest, ip: IpAddr) -> Re
         None => {
             let name = match &request.name {
                 Some(name) => device::check_text("name", "invalid_name", name, 128)?,
-                None => mac.canonical(),
+                None => key.to_string(),
             };
             let device = core
                 .store
                 .insert_device(&NewDevice {
-                    mac,
+                    mac: key.mac(),
+                    uid: key.uid().cloned(),
                     name,
                     product: Some(product.name.clone()),
                     hardware,
@@ -257,7 +259,7 @@ pub async fn provision(core: &Core, request: ProvisionRequest, ip: IpAddr) -> Re
             (device, true)
         }
     };
-    tracing::info!(device_id = %device.id, mac = %device.mac, product = %product.name, created, "device provisioned");
+    tracing::info!(device_id = %device.id, device = %device.label(), product = %product.name, created, "device provisioned");
     Ok(Provisioned { device, token, poll_interval_s: product.poll_interval_s, created })
 }
 
@@ -269,7 +271,7 @@ pub(super) async fn reprovision_proof(core: &Core, device: &Device, request: &Pr
             return Ok(Reprovision::OwnToken);
         }
         core.devices.limiter.record_failure(ip);
-        return Err(Error::Unauthenticated(format!("the token sent is not {}'s current token", device.mac)));
+        return Err(Error::Unauthenticated(format!("the token sent is not {}'s current token", device.label())));
     }
     if let Some(key) = &request.pair_key {
         let digest = secret::digest_hex(&normalize_pair_key(key));
@@ -285,14 +287,14 @@ pub(super) async fn reprovision_proof(core: &Core, device: &Device, request: &Pr
         return Ok(Reprovision::OperatorWindow);
     }
     core.devices.limiter.record_failure(ip);
-    tracing::warn!(device_id = %device.id, mac = %device.mac, %ip, "provisioning refused: the device already holds a token");
+    tracing::warn!(device_id = %device.id, device = %device.label(), %ip, "provisioning refused: the device already holds a token");
     Err(Error::conflict(
         "device_has_token",
         format!(
             "{} already has a token. To provision it again, send its current token (`Authorization: Bearer`) or a pair key \
              (`pair_key`); or an operator allows it (PATCH /api/v1/devices/{{id}} with `reprovision_until`) or issues a token \
              (POST /api/v1/devices/{{id}}/token)",
-            device.mac
+            device.label()
         ),
     ))
 }

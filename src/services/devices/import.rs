@@ -15,10 +15,16 @@ pub async fn import(core: &Core, rows: Vec<NewDeviceRequest>, actor: &str) -> Re
     let mut outcome = ImportOutcome { created: Vec::new(), errors: Vec::new() };
     let mut seen = HashSet::new();
     for (index, row) in rows.into_iter().enumerate() {
-        if let Ok(mac) = Mac::parse(&row.mac)
-            && !seen.insert(mac)
+        if let Some(Ok(mac)) = row.mac.as_deref().map(Mac::parse)
+            && !seen.insert(DeviceKey::Mac(mac))
         {
             outcome.errors.push((index, "duplicate_mac".into(), format!("{mac} appears more than once in the import")));
+            continue;
+        }
+        if let Some(Ok(uid)) = row.uid.as_deref().map(DeviceUid::parse)
+            && !seen.insert(DeviceKey::Uid(uid.clone()))
+        {
+            outcome.errors.push((index, "duplicate_uid".into(), format!("{uid} appears more than once in the import")));
             continue;
         }
         match register(core, row, actor).await {

@@ -23,7 +23,9 @@ use super::fleet::{ActiveDevice, FleetIndex};
 use super::limiter::AuthLimiter;
 use super::rollouts;
 use crate::config::DeviceSettings;
-use crate::domain::device::{self, Device, DeviceFilter, DevicePatch, Product, Provisioning, UpdateAttempt, UpdateState};
+use crate::domain::device::{
+    self, Device, DeviceFilter, DeviceKey, DevicePatch, DeviceUid, Product, Provisioning, UpdateAttempt, UpdateState,
+};
 use crate::domain::firmware::{Artifact, ArtifactFilter, ArtifactSort, Channel, HardwareId, ProductName};
 use crate::domain::mac::Mac;
 use crate::domain::update::{self, Decision, NoUpdate, Releases, RolloutOffer};

@@ -3,7 +3,10 @@
 use super::*;
 
 pub struct NewDeviceRequest {
-    pub mac: String,
+    /// The MAC (any accepted form); a device needs a MAC, a `uid`, or both.
+    pub mac: Option<String>,
+    /// The unique name the device calls itself by (see `DeviceUid`).
+    pub uid: Option<String>,
     pub name: Option<String>,
     pub product: Option<String>,
     pub hardware: Option<String>,
@@ -18,10 +21,16 @@ pub struct NewDeviceRequest {
 /// Validates and registers a device (no token; see `issue_token`). `actor` is who registered
 /// it (`Principal::actor`, or a system actor such as `cli:import`).
 pub async fn register(core: &Core, request: NewDeviceRequest, actor: &str) -> Result<Device> {
-    let mac = Mac::parse(&request.mac)?;
+    let mac = request.mac.as_deref().map(Mac::parse).transpose()?;
+    let uid = request.uid.as_deref().map(DeviceUid::parse).transpose()?;
+    let default_name = match (&mac, &uid) {
+        (Some(mac), _) => mac.canonical(),
+        (None, Some(uid)) => uid.to_string(),
+        (None, None) => return Err(Error::invalid("missing_identity", "a device needs a `mac`, a `uid`, or both")),
+    };
     let name = match &request.name {
         Some(name) => device::check_text("name", "invalid_name", name, 128)?,
-        None => mac.canonical(),
+        None => default_name,
     };
     let product = request.product.as_deref().map(ProductName::parse).transpose()?;
     let hardware = request.hardware.as_deref().map(HardwareId::parse).transpose()?;
@@ -38,6 +47,7 @@ pub async fn register(core: &Core, request: NewDeviceRequest, actor: &str) -> Re
         .store
         .insert_device(&NewDevice {
             mac,
+            uid,
             name,
             product,
             hardware,
@@ -96,17 +106,26 @@ pub async fn find_devices(core: &Core, filter: &DeviceFilter) -> Result<(Vec<Dev
     core.store.list_devices(filter).await
 }
 
-/// Finds a device by id or by MAC (any accepted form).
-pub async fn find(core: &Core, id_or_mac: &str) -> Result<Device> {
-    if let Some(device) = core.store.find_device(id_or_mac).await? {
+/// The device a protocol names by its MAC or unique name, if it is registered.
+pub async fn find_by_key(core: &Core, key: &DeviceKey) -> Result<Option<Device>> {
+    match key {
+        DeviceKey::Mac(mac) => core.store.find_device_by_mac(mac).await,
+        DeviceKey::Uid(uid) => core.store.find_device_by_uid(uid).await,
+    }
+}
+
+/// Finds a device by id, by MAC (any accepted form) or by unique name: the one lookup of
+/// every route that names a device. An id wins over a name that happens to equal it.
+pub async fn find(core: &Core, id_mac_or_name: &str) -> Result<Device> {
+    if let Some(device) = core.store.find_device(id_mac_or_name).await? {
         return Ok(device);
     }
-    if let Ok(mac) = Mac::parse(id_or_mac)
-        && let Some(device) = core.store.find_device_by_mac(&mac).await?
+    if let Ok(key) = DeviceKey::parse(id_mac_or_name)
+        && let Some(device) = find_by_key(core, &key).await?
     {
         return Ok(device);
     }
-    Err(Error::not_found("device", id_or_mac))
+    Err(Error::not_found("device", id_mac_or_name))
 }
 
 /// Changes a device as `actor` (`Principal::actor`): recorded in the event and, for a pin,

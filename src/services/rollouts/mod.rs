@@ -176,7 +176,7 @@ mod tests {
     fn device(id: &str, version: &str, created_at: i64) -> ActiveDevice {
         ActiveDevice {
             id: id.into(),
-            mac: Mac::parse("02:00:00:00:00:01").unwrap(),
+            mac: Some(Mac::parse("02:00:00:00:00:01").unwrap()),
             product: Some("lamp".into()),
             hardware: Some("esp32".into()),
             channel: "stable".into(),

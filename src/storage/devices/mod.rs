@@ -9,7 +9,8 @@ use super::row::{self, Corrupt, Table, map_row, map_rows};
 use super::sql::{self, Builder, violates};
 use super::{Store, db_error, now_millis};
 use crate::domain::device::{
-    Device, DeviceFilter, DevicePatch, DeviceSort, Product, Provisioning, SetupEvent, SetupStatus, UpdateAttempt, UpdateEvent, UpdateState,
+    Device, DeviceFilter, DevicePatch, DeviceSort, DeviceUid, Product, Provisioning, SetupEvent, SetupStatus, UpdateAttempt, UpdateEvent,
+    UpdateState,
 };
 use crate::domain::firmware::{Channel, HardwareId, ProductName};
 use crate::domain::ids::{ArtifactId, DeviceId};
@@ -25,9 +26,9 @@ mod setup;
 pub(super) const PRODUCT_COLUMNS: &str =
     "name, provisioning, provision_key, provision_secret_hash, poll_interval_s, hardware, public_secrets, created_at, updated_at";
 
-pub(super) const DEVICE_COLUMNS: &str = "id, mac, name, product, hardware, channel, version, target_version, tags, attributes, metadata, owner, token_hash, last_seen, ip, setup_status, created_at, updated_at";
+pub(super) const DEVICE_COLUMNS: &str = "id, mac, uid, name, product, hardware, channel, version, target_version, tags, attributes, metadata, owner, token_hash, last_seen, ip, setup_status, created_at, updated_at";
 /// What reads of a device select: `DEVICE_COLUMNS` and the columns an insert leaves empty.
-pub(super) const DEVICE_SELECT: &str = "id, mac, name, product, hardware, channel, version, target_version, tags, attributes, metadata, owner, token_hash, last_seen, ip, setup_status, created_at, updated_at, reprovision_until";
+pub(super) const DEVICE_SELECT: &str = "id, mac, uid, name, product, hardware, channel, version, target_version, tags, attributes, metadata, owner, token_hash, last_seen, ip, setup_status, created_at, updated_at, reprovision_until";
 
 /// Rows per presence statement (the periodic flush writes about this many at a time).
 pub(super) const PRESENCE_ROWS: usize = 100;
@@ -40,7 +41,7 @@ pub(super) const ACTIVE_COLUMNS: &str = "id, mac, product, hardware, channel, ve
 #[derive(Debug)]
 pub struct ActiveRow {
     pub id: DeviceId,
-    pub mac: Mac,
+    pub mac: Option<Mac>,
     pub product: Option<String>,
     pub hardware: Option<String>,
     pub channel: String,
@@ -82,7 +83,8 @@ pub struct RolloutSlot<'a> {
 
 /// Fields of a new device.
 pub struct NewDevice {
-    pub mac: Mac,
+    pub mac: Option<Mac>,
+    pub uid: Option<DeviceUid>,
     pub name: String,
     pub product: Option<ProductName>,
     pub hardware: Option<HardwareId>,
@@ -203,7 +205,8 @@ impl TryFrom<ProductRow> for Product {
 #[derive(sqlx::FromRow)]
 pub(super) struct DeviceRow {
     id: String,
-    mac: String,
+    mac: Option<String>,
+    uid: Option<String>,
     name: String,
     product: Option<String>,
     hardware: Option<String>,
@@ -233,7 +236,8 @@ impl TryFrom<DeviceRow> for Device {
 
     fn try_from(row: DeviceRow) -> std::result::Result<Device, Corrupt> {
         Ok(Device {
-            mac: mac("mac", &row.mac)?,
+            mac: row.mac.as_deref().map(|m| mac("mac", m)).transpose()?,
+            uid: row::parsed_opt("uid", row.uid.as_deref(), DeviceUid::parse)?,
             tags: row::json("tags", &row.tags)?,
             attributes: row::json("attributes", &row.attributes)?,
             metadata: row::json("metadata", &row.metadata)?,
@@ -278,7 +282,7 @@ impl StoredSetupStatus {
 #[derive(sqlx::FromRow)]
 pub(super) struct ActiveDeviceRow {
     id: String,
-    mac: String,
+    mac: Option<String>,
     product: Option<String>,
     hardware: Option<String>,
     channel: String,
@@ -301,7 +305,7 @@ impl TryFrom<ActiveDeviceRow> for ActiveRow {
 
     fn try_from(row: ActiveDeviceRow) -> std::result::Result<ActiveRow, Corrupt> {
         Ok(ActiveRow {
-            mac: mac("mac", &row.mac)?,
+            mac: row.mac.as_deref().map(|m| mac("mac", m)).transpose()?,
             last_seen: row::time_opt("last_seen", row.last_seen)?,
             tags: row::json("tags", &row.tags)?,
             created_at: row::time("created_at", row.created_at)?,

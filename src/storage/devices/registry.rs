@@ -8,10 +8,11 @@ impl Store {
         let now = now_millis();
         let mut tx = self.pool.begin().await.map_err(|e| db_error(e, "failed to begin a transaction"))?;
         let inserted = sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO device ({DEVICE_COLUMNS}, token_created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, NULL, NULL, NULL, $14, $15, $16)"
+            "INSERT INTO device ({DEVICE_COLUMNS}, token_created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, NULL, NULL, NULL, $15, $16, $17)"
         )))
         .bind(&id)
-        .bind(new.mac.canonical())
+        .bind(new.mac.map(|m| m.canonical()))
+        .bind(new.uid.as_ref().map(|u| u.to_string()))
         .bind(&new.name)
         .bind(new.product.as_deref().map(str::to_string))
         .bind(new.hardware.as_deref().map(str::to_string))
@@ -31,7 +32,12 @@ impl Store {
         match inserted {
             Ok(_) => {}
             Err(e) if violates(&e, "device_mac_idx") => {
-                return Err(Error::conflict("device_exists", format!("a device with MAC {} is already registered", new.mac)));
+                let mac = new.mac.map(|m| m.canonical()).unwrap_or_default();
+                return Err(Error::conflict("device_exists", format!("a device with MAC {mac} is already registered")));
+            }
+            Err(e) if violates(&e, "device_uid_idx") => {
+                let uid = new.uid.as_ref().map(|u| u.to_string()).unwrap_or_default();
+                return Err(Error::conflict("device_exists", format!("a device named {uid} is already registered")));
             }
             Err(e) => return Err(db_error(e, "failed to insert a device")),
         }
@@ -53,6 +59,10 @@ impl Store {
 
     pub async fn find_device_by_mac(&self, mac: &Mac) -> Result<Option<Device>> {
         self.find_device_where("mac = $1", &mac.canonical()).await
+    }
+
+    pub async fn find_device_by_uid(&self, uid: &DeviceUid) -> Result<Option<Device>> {
+        self.find_device_where("uid = $1", uid.as_str()).await
     }
 
     pub async fn find_device_by_token_hash(&self, token_hash: &str) -> Result<Option<Device>> {
@@ -121,7 +131,7 @@ impl Store {
             DeviceSort::OldestFirst => "created_at ASC, id ASC",
             DeviceSort::LastSeen => "last_seen DESC, id DESC",
             DeviceSort::Name => "name ASC, id ASC",
-            DeviceSort::Mac => "mac ASC",
+            DeviceSort::Mac => "(mac IS NULL), mac ASC, uid ASC, id ASC",
         };
         let mut list = Builder::new(&format!("SELECT {DEVICE_SELECT} FROM device"));
         push_device_filter(&mut list, filter);
@@ -353,7 +363,8 @@ fn push_device_filter(query: &mut Builder, filter: &DeviceFilter) {
         let pattern = format!("%{}%", search.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
         let query = conditions.next();
         query.push("(LOWER(name) LIKE ").push_bind(pattern.clone()).push(" ESCAPE '\\'");
-        query.push(" OR LOWER(mac) LIKE ").push_bind(pattern.clone()).push(" ESCAPE '\\'");
+        query.push(" OR LOWER(COALESCE(mac, '')) LIKE ").push_bind(pattern.clone()).push(" ESCAPE '\\'");
+        query.push(" OR LOWER(COALESCE(uid, '')) LIKE ").push_bind(pattern.clone()).push(" ESCAPE '\\'");
         query.push(" OR LOWER(COALESCE(owner, '')) LIKE ").push_bind(pattern.clone()).push(" ESCAPE '\\'");
         query.push(" OR id LIKE ").push_bind(pattern).push(" ESCAPE '\\')");
     }

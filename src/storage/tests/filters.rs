@@ -40,7 +40,7 @@ async fn fleet(store: &Store) -> Vec<String> {
 /// The MACs' last bytes a filter finds (sorted) and the total it counts.
 async fn found(store: &Store, filter: DeviceFilter) -> (Vec<String>, u64) {
     let (devices, total) = store.list_devices(&DeviceFilter { limit: filter.limit.max(1), ..filter }).await.unwrap();
-    let mut macs: Vec<String> = devices.iter().map(|d| d.mac.canonical()[15..].to_string()).collect();
+    let mut macs: Vec<String> = devices.iter().map(|d| d.label()[15..].to_string()).collect();
     macs.sort();
     (macs, total)
 }
@@ -97,7 +97,7 @@ async fn the_search_escapes_like_patterns_and_pages_count_every_match() {
     assert_eq!(found(&store, search).await.1, 5);
     let page = DeviceFilter { search: Some("ALICE".into()), sort: DeviceSort::Mac, limit: 1, offset: 1, ..Default::default() };
     let (devices, total) = store.list_devices(&page).await.unwrap();
-    assert_eq!((devices.len(), total, devices[0].mac.canonical()), (1, 2, "02:00:00:00:02:04".to_string()));
+    assert_eq!((devices.len(), total, devices[0].label()), (1, 2, "02:00:00:00:02:04".to_string()));
 }
 
 #[tokio::test]

@@ -25,7 +25,8 @@ async fn memory_store() -> Store {
 
 fn new_device(mac: &str) -> NewDevice {
     NewDevice {
-        mac: Mac::parse(mac).expect("a MAC"),
+        mac: Some(Mac::parse(mac).expect("a MAC")),
+        uid: None,
         name: mac.to_string(),
         product: None,
         hardware: None,

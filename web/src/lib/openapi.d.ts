@@ -1785,8 +1785,18 @@ export interface components {
             excused: number;
         };
         CreateDeviceBody: {
-            /** @description Any common form: `AA:BB:CC:DD:EE:FF`, `aa-bb-cc-dd-ee-ff`, `aabbccddeeff`, or the decimal eFuse MAC. */
-            mac: string;
+            /**
+             * @description Any common form: `AA:BB:CC:DD:EE:FF`, `aa-bb-cc-dd-ee-ff`, `aabbccddeeff`, or the decimal eFuse MAC.
+             *     A device needs a `mac`, a `uid`, or both.
+             */
+            mac?: string | null;
+            /**
+             * @description The unique name the device calls itself by, for a device without a MAC or whose
+             *     protocol names it otherwise (ThingsBoard `deviceName`, hawkBit `controllerId`):
+             *     1-128 letters, digits or `._-:@~`, not a MAC.
+             */
+            uid?: string | null;
+            /** @description Display name (default: the MAC, else the `uid`). */
             name?: string | null;
             product?: string | null;
             hardware?: string | null;
@@ -1886,8 +1896,13 @@ export interface components {
         /** @description A registered device. */
         DeviceView: {
             id: string;
-            /** @description Canonical MAC, `AA:BB:CC:DD:EE:FF`. */
-            mac: string;
+            /** @description Canonical MAC, `AA:BB:CC:DD:EE:FF`; null for a device known only by its `uid`. */
+            mac?: string | null;
+            /**
+             * @description The unique name the device calls itself by (ThingsBoard `deviceName`, hawkBit
+             *     `controllerId`), if it has one.
+             */
+            uid?: string | null;
             name: string;
             product?: string | null;
             hardware?: string | null;
@@ -2636,7 +2651,8 @@ export interface components {
         /** @description A device that has not acknowledged its current configuration. */
         StaleView: {
             device_id: string;
-            mac: string;
+            /** @description Null for a device known only by its unique name. */
+            mac?: string | null;
             name: string;
             product?: string | null;
             current_version: string;
@@ -4644,7 +4660,7 @@ export interface operations {
                 /** @description RFC 3339 time: devices last seen after it. */
                 last_seen_after?: string;
                 owner?: string;
-                /** @description Case-insensitive text search in name, MAC, owner and id. */
+                /** @description Case-insensitive text search in name, MAC, unique name (`uid`), owner and id. */
                 q?: string;
                 /** @description `-created_at` (default), `created_at`, `-last_seen`, `name`, `mac`. */
                 sort?: string;
