@@ -251,6 +251,16 @@ if [[ $HAVE_VENV -eq 0 ]]; then
   say "installing python3-venv (apt)"
   apt_install python3-venv
 fi
+# SWUpdate (suricatta, hawkBit mode) and cpio: the hawkBit DDI acceptance test runs the
+# unmodified Debian client against the server (tests/clients/swupdate/).
+if ! command -v swupdate >/dev/null 2>&1 || ! command -v cpio >/dev/null 2>&1; then
+  if [[ $CAN_APT -eq 1 ]]; then
+    say "installing swupdate and cpio (apt)"
+    apt_install swupdate cpio
+  else
+    die "the DDI tests need swupdate and cpio: sudo apt-get install swupdate cpio"
+  fi
+fi
 
 # A venv under target/ with `packages` importable as `module`; made (again) when missing.
 make_venv() {

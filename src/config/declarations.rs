@@ -625,4 +625,21 @@ settings! {
         /// log lines, metric labels or error bodies.
         compat_thingsboard_http: bool { value_name: "BOOL", default: "true", example: "false" }
     }
+
+    group "hawkBit DDI" {
+        /// Serve hawkBit's Direct Device Integration API at `/{tenant}/controller/v1/...`
+        /// (SWUpdate's suricatta, rauc-hawkbit-updater, Zephyr's hawkBit client).
+        ///
+        /// Devices authenticate with `Authorization: TargetToken <device token>` or with their
+        /// product's `GatewayToken` (`PUT /api/v1/products/{name}`); nothing is served anonymously.
+        compat_ddi: bool { value_name: "BOOL", default: "true", example: "false" }
+
+        /// The tenant of the DDI paths (`-t` of SWUpdate): other tenants answer 404.
+        ddi_tenant: String { value_name: "NAME", default: "DEFAULT", example: "acme" }
+
+        /// Jitter added to the poll interval told to DDI devices, in percent of it (hawkBit's
+        /// `~N%`): each poll answer says the interval plus up to this share, so a fleet that
+        /// restarted together spreads out.
+        ddi_poll_jitter_percent: u32 { value_name: "PERCENT", default: "0", min: 0, max: 50, example: "10" }
+    }
 }

@@ -395,6 +395,10 @@ pub struct CompatSettings {
     pub esp32fota_keys_dir: Option<PathBuf>,
     /// Seed 004: `/debug/provisioning` (off by default).
     pub seed004_debug: bool,
+    /// hawkBit DDI: `/{tenant}/controller/v1/...`.
+    pub ddi: bool,
+    pub ddi_tenant: String,
+    pub ddi_poll_jitter_percent: u32,
 }
 
 impl Settings {
@@ -428,6 +432,12 @@ impl Settings {
                 "max_connections_per_ip",
                 format!("must be between 1 and UPDRAFT_MAX_CONNECTIONS ({max_connections})"),
             ));
+        }
+        if values.ddi_tenant.is_empty()
+            || values.ddi_tenant.len() > 64
+            || !values.ddi_tenant.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        {
+            return Err(ConfigError::new("ddi_tenant", "must be 1-64 of A-Z a-z 0-9 . _ -"));
         }
         if let Some(old) = sources.retired_switch() {
             return Err(ConfigError::new(
@@ -492,6 +502,9 @@ impl Settings {
             thingsboard_http: values.compat_thingsboard_http,
             esp32fota_keys_dir: values.compat_esp32fota_keys_dir,
             seed004_debug: values.compat_seed004_debug,
+            ddi: values.compat_ddi,
+            ddi_tenant: values.ddi_tenant,
+            ddi_poll_jitter_percent: values.ddi_poll_jitter_percent,
         };
         let content = ContentSettings {
             config_key_file: values.config_key_file.unwrap_or_else(|| data_dir.join("config.key")),

@@ -270,6 +270,9 @@ pub enum UpdateState {
     Failed,
     Rejected,
     Succeeded,
+    /// Withdrawn by the server (the offer changed) and acknowledged by the device (hawkBit
+    /// DDI's `cancelAction`): final, but not a failure.
+    Cancelled,
 }
 
 impl UpdateState {
@@ -296,6 +299,7 @@ impl UpdateState {
             "failed" => UpdateState::Failed,
             "rejected" => UpdateState::Rejected,
             "succeeded" => UpdateState::Succeeded,
+            "cancelled" => UpdateState::Cancelled,
             _ => UpdateState::Offered,
         }
     }
@@ -327,12 +331,13 @@ impl UpdateState {
             UpdateState::Failed => "failed",
             UpdateState::Rejected => "rejected",
             UpdateState::Succeeded => "succeeded",
+            UpdateState::Cancelled => "cancelled",
         }
     }
 
     /// An attempt in a final state takes no more reports.
     pub fn is_final(&self) -> bool {
-        matches!(self, UpdateState::Failed | UpdateState::Rejected | UpdateState::Succeeded)
+        matches!(self, UpdateState::Failed | UpdateState::Rejected | UpdateState::Succeeded | UpdateState::Cancelled)
     }
 }
 
@@ -699,6 +704,7 @@ mod tests {
             artifact_id: "b".into(),
             release_id: "r".into(),
             rollout_id: None,
+            action_id: None,
             from_version: Some("1.0.0".into()),
             to_version: to.into(),
             state,
@@ -750,6 +756,9 @@ pub struct UpdateAttempt {
     pub release_id: ReleaseId,
     /// The rollout that offered it, if any.
     pub rollout_id: Option<RolloutId>,
+    /// The hawkBit DDI action id (a number; `None` for attempts opened before numbers existed,
+    /// until a DDI device asks for one).
+    pub action_id: Option<i64>,
     pub from_version: Option<String>,
     pub to_version: String,
     pub state: UpdateState,

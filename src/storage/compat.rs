@@ -115,7 +115,7 @@ impl Store {
             return Ok(CompatFileRemoval::Name);
         }
         let in_use = by_artifact(
-            "SELECT COUNT(*) AS n FROM update_attempt WHERE artifact_id = $1 AND current = 1 AND state NOT IN ('succeeded', 'failed', 'rejected')",
+            "SELECT COUNT(*) AS n FROM update_attempt WHERE artifact_id = $1 AND current = 1 AND state NOT IN ('succeeded', 'failed', 'rejected', 'cancelled')",
         )
         .fetch_one(&mut *tx)
         .await

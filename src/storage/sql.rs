@@ -139,6 +139,8 @@ pub(super) const UNIQUE_CONSTRAINTS: &[UniqueConstraint] = &[
     UniqueConstraint { name: "device_group_member_pkey", sqlite_columns: "device_group_member.group_id, device_group_member.device_id" },
     UniqueConstraint { name: "rollout_pkey", sqlite_columns: "rollout.id" },
     UniqueConstraint { name: "update_attempt_one_current_idx", sqlite_columns: "update_attempt.device_id" },
+    UniqueConstraint { name: "update_attempt_action_idx", sqlite_columns: "update_attempt.action_id" },
+    UniqueConstraint { name: "action_sequence_pkey", sqlite_columns: "action_sequence.id" },
     UniqueConstraint { name: "config_document_pkey", sqlite_columns: "config_document.scope" },
     UniqueConstraint { name: "config_version_pkey", sqlite_columns: "config_version.scope, config_version.version" },
     UniqueConstraint { name: "asset_pkey", sqlite_columns: "asset.id" },

@@ -15,6 +15,7 @@ mod compat;
 mod config;
 mod config_seed003;
 mod dashboard_api;
+mod ddi;
 mod device_names;
 mod devices;
 mod download;

@@ -14,6 +14,7 @@
 
 pub mod arduino;
 pub mod cyberdeck;
+pub mod ddi;
 pub mod esp32fota;
 pub mod ota_server;
 pub mod provisioning;
@@ -48,6 +49,9 @@ pub fn router(settings: &CompatSettings) -> Router<AppState> {
     }
     if settings.seed004_debug {
         router = router.merge(provisioning::router());
+    }
+    if settings.ddi {
+        router = router.merge(ddi::router(&settings.ddi_tenant));
     }
     router
 }

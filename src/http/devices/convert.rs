@@ -48,6 +48,7 @@ pub fn attempt_view(attempt: &UpdateAttempt) -> AttemptView {
         progress: attempt.progress,
         message: attempt.message.clone(),
         current: attempt.current,
+        action_id: attempt.action_id,
         created_at: timestamp(attempt.created_at),
         updated_at: timestamp(attempt.updated_at),
         events: attempt
@@ -70,6 +71,7 @@ pub(super) fn product_view(settings: &service::ProductSettings) -> ProductView {
         hardware: product.hardware.iter().map(ToString::to_string).collect(),
         public_secrets: product.public_secrets,
         configured: settings.configured,
+        has_ddi_gateway_token: settings.has_ddi_gateway_token,
     }
 }
 

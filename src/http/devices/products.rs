@@ -55,6 +55,7 @@ pub(super) async fn put_product(
         hardware: body.hardware,
         public_secrets: body.public_secrets,
         min_version,
+        ddi_gateway_token: body.ddi_gateway_token,
     };
     Ok(Json(product_view(&service::put_product(&state.core, &name, change).await?)))
 }

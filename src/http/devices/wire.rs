@@ -242,11 +242,15 @@ pub struct AttemptView {
     pub artifact_id: String,
     pub from_version: Option<String>,
     pub to_version: String,
-    /// offered, downloading, downloaded, installing, installed, succeeded, failed, rejected.
+    /// offered, downloading, downloaded, installing, installed, succeeded, failed, rejected,
+    /// cancelled (withdrawn by the server and acknowledged by the device: hawkBit DDI).
     pub state: &'static str,
     pub progress: Option<u8>,
     pub message: Option<String>,
     pub current: bool,
+    /// The hawkBit DDI action id of this attempt (null for attempts opened before they
+    /// existed, until a DDI device asks for one).
+    pub action_id: Option<i64>,
     pub created_at: String,
     pub updated_at: String,
     pub events: Vec<AttemptEventView>,
@@ -288,6 +292,8 @@ pub struct ProductView {
     pub min_version: Option<String>,
     /// False when the product was never configured and the defaults apply.
     pub configured: bool,
+    /// A hawkBit DDI gateway token is set (`ddi_gateway_token`).
+    pub has_ddi_gateway_token: bool,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -309,6 +315,12 @@ pub struct PutProductBody {
     #[serde(default, deserialize_with = "clearable")]
     #[schema(value_type = Option<String>)]
     pub min_version: Option<Option<String>>,
+    /// The product's hawkBit DDI gateway token (`Authorization: GatewayToken <token>`), at
+    /// least 16 characters, stored only as a hash: it acts for any device of this product and
+    /// registers unknown controller ids per `provisioning`. `null` removes it; omit to keep it.
+    #[serde(default, deserialize_with = "clearable")]
+    #[schema(value_type = Option<String>)]
+    pub ddi_gateway_token: Option<Option<String>>,
 }
 
 #[derive(Serialize, ToSchema)]

@@ -246,7 +246,7 @@ pub(super) async fn decide_for(
 /// it again. A rollout's offer to a device it did not offer before takes one of its download
 /// slots; none left, no offer this time.
 pub(super) enum AttemptPlan<'a> {
-    Reuse(UpdateAttempt),
+    Reuse(Box<UpdateAttempt>),
     Refuse,
     Open { release_id: &'a str, slot: Option<RolloutSlot<'a>> },
 }
@@ -263,7 +263,7 @@ pub(super) async fn plan_attempt<'a>(
         && attempt.artifact_id == artifact.id
     {
         if !attempt.state.is_final() {
-            return Ok(AttemptPlan::Reuse(attempt));
+            return Ok(AttemptPlan::Reuse(Box::new(attempt)));
         }
         let retry_after = chrono::Duration::from_std(core.devices.policy.retry_failed_after).unwrap_or(chrono::Duration::MAX);
         if matches!(attempt.state, UpdateState::Failed | UpdateState::Rejected) && Utc::now() - attempt.updated_at < retry_after {
@@ -322,7 +322,7 @@ pub(super) async fn offer_attempt(
     let current = current_attempt_cached(core, &device.id).await?;
     let replacing = current.as_ref().map(|a| a.id.clone());
     let (release_id, slot) = match plan_attempt(core, &device.id, artifact, rollout, rollouts, current).await? {
-        AttemptPlan::Reuse(attempt) => return Ok(Some(attempt)),
+        AttemptPlan::Reuse(attempt) => return Ok(Some(*attempt)),
         AttemptPlan::Refuse => return Ok(None),
         AttemptPlan::Open { release_id, slot } => (release_id, slot),
     };

@@ -39,6 +39,7 @@ mod caches;
 mod certificates;
 mod checkin;
 mod dashboard;
+pub mod ddi;
 mod identity;
 mod import;
 mod links;

@@ -13,6 +13,8 @@ pub struct ProductChange {
     pub public_secrets: Option<bool>,
     /// The anti-rollback floor: no pin or rollback below it (`Some(None)` removes it).
     pub min_version: Option<Option<Version>>,
+    /// The hawkBit DDI gateway token (`Some(None)` removes it).
+    pub ddi_gateway_token: Option<Option<String>>,
 }
 
 /// A product's device policy as the operator sees it.
@@ -22,6 +24,8 @@ pub struct ProductSettings {
     pub configured: bool,
     /// The anti-rollback floor (canonical version).
     pub min_version: Option<String>,
+    /// A hawkBit DDI gateway token is set.
+    pub has_ddi_gateway_token: bool,
 }
 
 /// Every configured product, by name.
@@ -30,7 +34,8 @@ pub async fn list_products(core: &Core) -> Result<Vec<ProductSettings>> {
     let mut settings = Vec::with_capacity(products.len());
     for product in products {
         let min_version = core.store.product_min_version(&product.name).await?;
-        settings.push(ProductSettings { product, configured: true, min_version });
+        let has_ddi_gateway_token = core.store.has_ddi_gateway_token(&product.name).await?;
+        settings.push(ProductSettings { product, configured: true, min_version, has_ddi_gateway_token });
     }
     Ok(settings)
 }
@@ -40,7 +45,8 @@ pub async fn get_product(core: &Core, name: &ProductName) -> Result<ProductSetti
     let configured = core.store.find_product(name.as_str()).await?.is_some();
     let product = product_policy(core, name.as_str()).await?;
     let min_version = core.store.product_min_version(&product.name).await?;
-    Ok(ProductSettings { product, configured, min_version })
+    let has_ddi_gateway_token = core.store.has_ddi_gateway_token(&product.name).await?;
+    Ok(ProductSettings { product, configured, min_version, has_ddi_gateway_token })
 }
 
 /// Creates or replaces a product's device policy, and its anti-rollback floor when the change
@@ -67,6 +73,19 @@ pub async fn put_product(core: &Core, name: &str, change: ProductChange) -> Resu
     let public_secrets = change.public_secrets.or(existing.as_ref().map(|p| p.public_secrets)).unwrap_or(false);
     let now = Utc::now();
     let min_version = change.min_version.map(|floor| floor.map(|v| v.canonical()));
+    let gateway_token_hash = match &change.ddi_gateway_token {
+        Some(Some(token)) => {
+            if token.len() < device::MIN_PROVISION_SECRET_LEN
+                || token.len() > 128
+                || token.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(Error::invalid("invalid_ddi_gateway_token", "ddi_gateway_token must be 16 to 128 characters without spaces"));
+            }
+            Some(Some(secret::digest_hex(token)))
+        }
+        Some(None) => Some(None),
+        None => None,
+    };
     let product = Product {
         name,
         provisioning,
@@ -80,6 +99,9 @@ pub async fn put_product(core: &Core, name: &str, change: ProductChange) -> Resu
     };
     device::check_product(&product)?;
     let product = core.store.upsert_product(&product, min_version.as_ref().map(Option::as_deref)).await?;
+    if let Some(hash) = gateway_token_hash {
+        core.store.set_ddi_gateway_token(&product.name, hash.as_deref()).await?;
+    }
     core.devices.products.write().expect("cache lock").remove(product.name.as_str());
     core.devices.caches.forget_product_names();
     // Connected devices get the new poll interval with their next `ota` message, now.
@@ -88,7 +110,8 @@ pub async fn put_product(core: &Core, name: &str, change: ProductChange) -> Resu
         tracing::warn!(product = %product.name, "product serves secret configuration values to anonymous seed-003 readers (public_secrets)");
     }
     let min_version = core.store.product_min_version(&product.name).await?;
-    Ok(ProductSettings { product, configured: true, min_version })
+    let has_ddi_gateway_token = core.store.has_ddi_gateway_token(&product.name).await?;
+    Ok(ProductSettings { product, configured: true, min_version, has_ddi_gateway_token })
 }
 
 /// The product's policy, or the default policy for products nobody configured. Cached

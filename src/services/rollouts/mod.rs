@@ -151,6 +151,13 @@ impl ProductRollouts {
         live.in_flight.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < u64::from(max)).then_some(n + 1)).is_ok()
     }
 
+    /// Whether a live rollout's maintenance window is open at `now`: `None` when the rollout
+    /// is not live here or has no window.
+    pub fn window_open(&self, rollout_id: &str, now: DateTime<Utc>) -> Option<bool> {
+        let live = self.live.iter().find(|l| &*l.offer.rollout_id == rollout_id)?;
+        live.window.as_ref().map(|w| w.is_open(now))
+    }
+
     pub fn deadline_s(&self, rollout_id: &str) -> Option<u64> {
         self.live.iter().find(|l| &*l.offer.rollout_id == rollout_id).map(|l| l.deadline_s)
     }

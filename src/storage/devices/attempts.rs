@@ -91,8 +91,9 @@ impl Store {
                 continue;
             }
             let id = uuid::Uuid::now_v7().to_string();
+            let action_id = next_action_id(&mut tx).await?;
             sqlx::query(
-                "INSERT INTO update_attempt (id, device_id, artifact_id, release_id, rollout_id, from_version, to_version, state, progress, message, current, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 'offered', NULL, NULL, 1, $8, $9)",
+                "INSERT INTO update_attempt (id, device_id, artifact_id, release_id, rollout_id, from_version, to_version, state, progress, message, current, created_at, updated_at, action_id) VALUES ($1, $2, $3, $4, $5, $6, $7, 'offered', NULL, NULL, 1, $8, $9, $10)",
             )
             .bind(&id)
             .bind(offer.device_id)
@@ -103,6 +104,7 @@ impl Store {
             .bind(offer.to_version)
             .bind(now)
             .bind(now)
+            .bind(action_id)
             .execute(&mut *tx)
             .await?;
             insert_event_raw(&mut tx, &id, UpdateState::Offered, None, None, now).await?;
@@ -163,6 +165,9 @@ impl Store {
             UpdateState::Installed => Some("installed"),
             UpdateState::Failed | UpdateState::Rejected => Some("failed"),
             UpdateState::Succeeded => Some("succeeded"),
+            // The offer was withdrawn (the rollout was cancelled or rolled back, or the device
+            // was pinned elsewhere): the rollout's record of the device stays as it was.
+            UpdateState::Cancelled => None,
         };
         if let Some(member_state) = member_state {
             // A success is final; a late report after a time-out still counts.
@@ -213,11 +218,73 @@ impl Store {
 
     /// True when an update attempt refers to this artifact (so it cannot be deleted).
     pub async fn artifact_in_use(&self, artifact_id: &ArtifactId) -> Result<bool> {
-        let row = sqlx::query("SELECT COUNT(*) AS n FROM update_attempt WHERE artifact_id = $1 AND current = 1 AND state NOT IN ('succeeded', 'failed', 'rejected')")
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM update_attempt WHERE artifact_id = $1 AND current = 1 AND state NOT IN ('succeeded', 'failed', 'rejected', 'cancelled')")
             .bind(artifact_id.as_str())
             .fetch_one(&self.pool)
             .await
             .map_err(|e| db_error(e, "failed to check artifact use"))?;
         Ok(row.get::<i64, _>("n") > 0)
     }
+
+    /// A device's attempt with this DDI action id, with its events.
+    pub async fn attempt_by_action(&self, device_id: &str, action_id: i64) -> Result<Option<UpdateAttempt>> {
+        let row =
+            sqlx::query(AssertSqlSafe(format!("SELECT {ATTEMPT_COLUMNS} FROM update_attempt WHERE device_id = $1 AND action_id = $2")))
+                .bind(device_id)
+                .bind(action_id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| db_error(e, "failed to read an update attempt"))?;
+        let Some(row) = row else { return Ok(None) };
+        let mut attempt = map_row::<AttemptRow, UpdateAttempt>(&row)?;
+        let events = sqlx::query("SELECT id, state, progress, message, at FROM update_event WHERE attempt_id = $1 ORDER BY id")
+            .bind(attempt.id.as_str())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db_error(e, "failed to read update events"))?;
+        attempt.events = map_rows::<UpdateEventRow, UpdateEvent>(&events)?;
+        Ok(Some(attempt))
+    }
+
+    /// A device's newest succeeded attempt, if any (without its events).
+    pub async fn last_succeeded_attempt(&self, device_id: &str) -> Result<Option<UpdateAttempt>> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {ATTEMPT_COLUMNS} FROM update_attempt WHERE device_id = $1 AND state = 'succeeded' ORDER BY id DESC LIMIT 1"
+        )))
+        .bind(device_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| db_error(e, "failed to read an update attempt"))?;
+        row.map(|r| map_row::<AttemptRow, UpdateAttempt>(&r)).transpose()
+    }
+
+    /// The DDI action id of an attempt, numbering an attempt opened before numbers existed.
+    pub async fn ensure_action_id(&self, attempt_id: &str) -> Result<i64> {
+        let mut tx = self.pool.begin().await.map_err(|e| db_error(e, "failed to begin a transaction"))?;
+        let existing: Option<i64> = sqlx::query("SELECT action_id FROM update_attempt WHERE id = $1")
+            .bind(attempt_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| db_error(e, "failed to read an update attempt"))?
+            .and_then(|row| row.try_get::<Option<i64>, _>("action_id").ok().flatten());
+        if let Some(id) = existing {
+            return Ok(id);
+        }
+        let id = next_action_id(&mut tx).await.map_err(|e| db_error(e, "failed to number an action"))?;
+        sqlx::query("UPDATE update_attempt SET action_id = $1 WHERE id = $2 AND action_id IS NULL")
+            .bind(id)
+            .bind(attempt_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_error(e, "failed to number an action"))?;
+        tx.commit().await.map_err(|e| db_error(e, "failed to number an action"))?;
+        Ok(id)
+    }
+}
+
+/// The next DDI action id (see migrations/0017_ddi.sql): the one-row sequence, locked until
+/// the transaction ends.
+async fn next_action_id(tx: &mut sqlx::Transaction<'_, Any>) -> std::result::Result<i64, sqlx::Error> {
+    let row = sqlx::query("UPDATE action_sequence SET next_id = next_id + 1 WHERE id = 1 RETURNING next_id").fetch_one(&mut **tx).await?;
+    Ok(row.try_get::<i64, _>("next_id")? - 1)
 }

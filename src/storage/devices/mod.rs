@@ -346,7 +346,7 @@ impl TryFrom<TokenHolderRow> for (String, ActiveRow) {
 }
 
 /// The columns of [`AttemptRow`].
-pub(super) const ATTEMPT_COLUMNS: &str = "id, device_id, artifact_id, release_id, rollout_id, from_version, to_version, state, progress, message, current, created_at, updated_at";
+pub(super) const ATTEMPT_COLUMNS: &str = "id, device_id, artifact_id, release_id, rollout_id, action_id, from_version, to_version, state, progress, message, current, created_at, updated_at";
 
 /// An `update_attempt` row.
 #[derive(sqlx::FromRow)]
@@ -356,6 +356,7 @@ pub(super) struct AttemptRow {
     artifact_id: String,
     release_id: String,
     rollout_id: Option<String>,
+    action_id: Option<i64>,
     from_version: Option<String>,
     to_version: String,
     state: String,
@@ -386,6 +387,7 @@ impl TryFrom<AttemptRow> for UpdateAttempt {
             artifact_id: row.artifact_id.into(),
             release_id: row.release_id.into(),
             rollout_id: row.rollout_id.map(Into::into),
+            action_id: row.action_id,
             from_version: row.from_version,
             to_version: row.to_version,
             message: row.message,
@@ -465,8 +467,8 @@ pub(super) fn update_state(text: &str) -> Option<UpdateState> {
     use UpdateState::*;
     // Exhaustive: a new state fails to compile here until it is added to `ALL`.
     let _every_state_is_listed = |state: UpdateState| match state {
-        Offered | Downloading | Downloaded | Installing | Installed | Failed | Rejected | Succeeded => (),
+        Offered | Downloading | Downloaded | Installing | Installed | Failed | Rejected | Succeeded | Cancelled => (),
     };
-    const ALL: [UpdateState; 8] = [Offered, Downloading, Downloaded, Installing, Installed, Failed, Rejected, Succeeded];
+    const ALL: [UpdateState; 9] = [Offered, Downloading, Downloaded, Installing, Installed, Failed, Rejected, Succeeded, Cancelled];
     ALL.into_iter().find(|state| state.as_str() == text)
 }

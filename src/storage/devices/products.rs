@@ -3,6 +3,39 @@
 use super::*;
 
 impl Store {
+    /// Sets (or with `None` removes) a product's DDI gateway token digest.
+    pub async fn set_ddi_gateway_token(&self, name: &str, digest_hex: Option<&str>) -> Result<()> {
+        sqlx::query("UPDATE product SET ddi_gateway_token_hash = $1, updated_at = $2 WHERE name = $3")
+            .bind(digest_hex.map(str::to_string))
+            .bind(now_millis())
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db_error(e, "failed to set a gateway token"))?;
+        Ok(())
+    }
+
+    /// Whether a product has a DDI gateway token.
+    pub async fn has_ddi_gateway_token(&self, name: &str) -> Result<bool> {
+        let row = sqlx::query("SELECT ddi_gateway_token_hash FROM product WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| db_error(e, "failed to read a product"))?;
+        Ok(row.and_then(|r| r.try_get::<Option<String>, _>("ddi_gateway_token_hash").ok().flatten()).is_some())
+    }
+
+    /// The product whose DDI gateway token has this digest. An exact match on digests of
+    /// long secrets: timing reveals nothing usable.
+    pub async fn product_of_gateway_token(&self, digest_hex: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT name FROM product WHERE ddi_gateway_token_hash = $1")
+            .bind(digest_hex)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| db_error(e, "failed to read a product"))?;
+        Ok(row.and_then(|r| r.try_get::<String, _>("name").ok()))
+    }
+
     pub async fn find_product(&self, name: &str) -> Result<Option<Product>> {
         let row = sqlx::query(AssertSqlSafe(format!("SELECT {PRODUCT_COLUMNS} FROM product WHERE name = $1")))
             .bind(name)

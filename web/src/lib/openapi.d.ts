@@ -1801,12 +1801,21 @@ export interface components {
             artifact_id: string;
             from_version?: string | null;
             to_version: string;
-            /** @description offered, downloading, downloaded, installing, installed, succeeded, failed, rejected. */
+            /**
+             * @description offered, downloading, downloaded, installing, installed, succeeded, failed, rejected,
+             *     cancelled (withdrawn by the server and acknowledged by the device: hawkBit DDI).
+             */
             state: string;
             /** Format: int32 */
             progress?: number | null;
             message?: string | null;
             current: boolean;
+            /**
+             * Format: int64
+             * @description The hawkBit DDI action id of this attempt (null for attempts opened before they
+             *     existed, until a DDI device asks for one).
+             */
+            action_id?: number | null;
             created_at: string;
             updated_at: string;
             events: components["schemas"]["AttemptEventView"][];
@@ -2537,6 +2546,8 @@ export interface components {
             min_version?: string | null;
             /** @description False when the product was never configured and the defaults apply. */
             configured: boolean;
+            /** @description A hawkBit DDI gateway token is set (`ddi_gateway_token`). */
+            has_ddi_gateway_token: boolean;
         };
         ProvisionAnswer: {
             device_id: string;
@@ -2603,6 +2614,12 @@ export interface components {
             public_secrets?: boolean | null;
             /** @description The anti-rollback floor (a version); `null` removes it; omit to keep the current one. */
             min_version?: string | null;
+            /**
+             * @description The product's hawkBit DDI gateway token (`Authorization: GatewayToken <token>`), at
+             *     least 16 characters, stored only as a hash: it acts for any device of this product and
+             *     registers unknown controller ids per `provisioning`. `null` removes it; omit to keep it.
+             */
+            ddi_gateway_token?: string | null;
         };
         PutUserBody: {
             /** @description 6-256 characters (prefer long ones); stored only as an Argon2id hash. */
