@@ -11,12 +11,13 @@ CREATE UNIQUE INDEX device_uid_idx ON device (uid);
 -- give the new one its name and index back.
 ALTER TABLE device ADD COLUMN mac_address TEXT;
 UPDATE device SET mac_address = mac;
+-- (The search index of migration 0015 names `mac`: dropped here, made again below.)
+DROP INDEX device_created_search_idx;
 DROP INDEX device_mac_idx;
 ALTER TABLE device DROP COLUMN mac;
 ALTER TABLE device RENAME COLUMN mac_address TO mac;
 CREATE UNIQUE INDEX device_mac_idx ON device (mac);
 
 -- The device list's text search (`q`) also matches the name: the covering index of the
--- default order carries it too (migration 0015), so a search still reads no table row.
-DROP INDEX device_created_search_idx;
+-- default order (migration 0015) carries it too, so a search still reads no table row.
 CREATE INDEX device_created_search_idx ON device (created_at, id, name, mac, uid, owner);
