@@ -81,7 +81,7 @@ pub fn wants_app(state: &AppState, method: &Method, uri: &Uri, headers: &HeaderM
 /// `index.html`, never cached without revalidation (it names the current hashed assets).
 pub async fn index(State(state): State<AppState>) -> Response {
     match read(&state, "index.html").await {
-        Some(bytes) => {
+        Some((bytes, _)) => {
             let mut response = (StatusCode::OK, bytes).into_response();
             let headers = response.headers_mut();
             headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
@@ -95,10 +95,10 @@ pub async fn index(State(state): State<AppState>) -> Response {
 
 async fn file(State(state): State<AppState>, headers: HeaderMap, folder: &str, path: String) -> Response {
     let name = format!("{folder}/{path}");
-    let Some(bytes) = read(&state, &name).await else {
+    let Some((bytes, digest)) = read(&state, &name).await else {
         return super::ApiError(crate::domain::Error::not_found("file", &name)).into_response();
     };
-    let etag = format!("\"{}\"", hex::encode(&Sha256::digest(&bytes)[..12]));
+    let etag = format!("\"{}\"", hex::encode(&digest[..12]));
     let cache = if folder == "assets" { IMMUTABLE } else { "no-cache" };
     let mime = mime_guess::from_path(&name).first_or_octet_stream();
     let fresh =
@@ -116,15 +116,29 @@ async fn file(State(state): State<AppState>, headers: HeaderMap, folder: &str, p
     response
 }
 
-/// A file of the dashboard: from `UPDRAFT_WEB_DIR` when set, else from the binary.
-async fn read(state: &AppState, name: &str) -> Option<Cow<'static, [u8]>> {
+/// A file of the dashboard and its SHA-256 (the ETag): from `UPDRAFT_WEB_DIR` when set,
+/// else from the binary, whose digests rust-embed computed at build time.
+async fn read(state: &AppState, name: &str) -> Option<(Cow<'static, [u8]>, [u8; 32])> {
     if !safe(name) {
         return None;
     }
     match &state.settings.web_dir {
-        Some(dir) => tokio::fs::read(dir.join(name)).await.ok().map(Cow::Owned),
-        None => Dist::get(name).map(|f| f.data),
+        Some(dir) => {
+            let bytes = tokio::fs::read(dir.join(name)).await.ok()?;
+            let digest = Sha256::digest(&bytes).into();
+            Some((Cow::Owned(bytes), digest))
+        }
+        None => Dist::get(name).map(|f| (f.data, f.metadata.sha256_hash())),
     }
+}
+
+/// Whether the dashboard has a file, without reading it.
+async fn exists(state: &AppState, name: &str) -> bool {
+    safe(name)
+        && match &state.settings.web_dir {
+            Some(dir) => tokio::fs::try_exists(dir.join(name)).await.unwrap_or(false),
+            None => Dist::get(name).is_some(),
+        }
 }
 
 /// A relative path of plain segments: no `..`, no hidden files, no backslashes or NULs.
@@ -164,7 +178,7 @@ fn not_built() -> Response {
 
 /// Seed 001's ReDoc page, with ReDoc served by this server (no CDN).
 async fn redoc(State(state): State<AppState>) -> Response {
-    let have = read(&state, "vendor/redoc/redoc.standalone.js").await.is_some();
+    let have = exists(&state, "vendor/redoc/redoc.standalone.js").await;
     let body = if have {
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Updraft API (ReDoc)</title>\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"></head><body>\
