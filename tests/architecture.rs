@@ -62,10 +62,10 @@ fn the_domain_does_no_io() {
 #[test]
 fn only_storage_names_sqlx() {
     let mut found = Vec::new();
-    for dir in ["src/domain", "src/services", "src/http", "src/mqtt", "src/blob", "src/config"] {
+    for dir in ["src/domain", "src/services", "src/http", "src/mqtt", "src/blob", "src/config", "src/cli"] {
         found.extend(violations(dir, &["sqlx"]));
     }
-    for file in ["src/startup.rs", "src/cli.rs", "src/net.rs", "src/telemetry.rs", "src/main.rs", "src/lib.rs"] {
+    for file in ["src/startup.rs", "src/net.rs", "src/telemetry.rs", "src/main.rs", "src/lib.rs"] {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
         let Ok(text) = std::fs::read_to_string(&path) else { continue };
         for (number, line) in code_lines(&text) {
