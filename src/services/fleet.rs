@@ -13,6 +13,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use chrono::{DateTime, Utc};
 use indexmap::IndexMap;
@@ -49,6 +50,54 @@ pub struct ActiveDevice {
     /// The device reported `installed` and has not checked in since: its next check-in tells
     /// whether the new build booted.
     pub awaiting_boot: bool,
+    /// What a hawkBit DDI poll needs of the device's update attempts while none is open.
+    pub settled: Settled,
+}
+
+/// What is known of a device's update attempts while none is open: nothing, or that it has no
+/// open attempt and (maybe) the action id of its last success (`installedBase`). It lets a DDI
+/// poll of a settled device read no attempt row (`devices::ddi`).
+///
+/// Kept exact: this replica resets it whenever it changes one of the device's attempts
+/// (`DeviceRuntime::attempt_changed`, after bumping the caches' generation, so a racing fill
+/// is undone), and another replica's change (opening an attempt, a success) is logged in
+/// `device_change`, which drops the whole entry here. A copy starts unknown.
+#[derive(Debug)]
+pub struct Settled(AtomicI64);
+
+impl Settled {
+    const UNKNOWN: i64 = i64::MIN;
+    const NONE_INSTALLED: i64 = -1;
+
+    pub fn unknown() -> Self {
+        Settled(AtomicI64::new(Self::UNKNOWN))
+    }
+
+    /// `Some(installed)` when the device is known to have no open attempt.
+    pub fn get(&self) -> Option<Option<i64>> {
+        match self.0.load(Ordering::SeqCst) {
+            Self::UNKNOWN => None,
+            Self::NONE_INSTALLED => Some(None),
+            action_id => Some(Some(action_id)),
+        }
+    }
+
+    /// Records that the device has no open attempt, and its last success (action ids are
+    /// positive).
+    pub fn set(&self, installed: Option<i64>) {
+        self.0.store(installed.filter(|id| *id >= 0).unwrap_or(Self::NONE_INSTALLED), Ordering::SeqCst);
+    }
+
+    pub fn reset(&self) {
+        self.0.store(Self::UNKNOWN, Ordering::SeqCst);
+    }
+}
+
+impl Clone for Settled {
+    /// A changed copy of an entry may describe changed attempts: it starts unknown.
+    fn clone(&self) -> Self {
+        Settled::unknown()
+    }
 }
 
 impl ActiveDevice {
@@ -68,6 +117,7 @@ impl ActiveDevice {
             tags: device.tags.iter().map(|t| Arc::from(t.as_str())).collect(),
             created_at: device.created_at.timestamp_millis(),
             awaiting_boot: false,
+            settled: Settled::unknown(),
         }
     }
 
@@ -209,6 +259,7 @@ impl ActiveDevice {
             tags: row.tags.iter().map(|t| Arc::from(t.as_str())).collect(),
             created_at: row.created_at.timestamp_millis(),
             awaiting_boot: row.awaiting_boot,
+            settled: Settled::unknown(),
         }
     }
 }
@@ -284,11 +335,25 @@ mod tests {
             tags: Arc::from(Vec::new()),
             created_at: 0,
             awaiting_boot: false,
+            settled: Settled::unknown(),
         }
     }
 
     fn digest(n: u8) -> [u8; 32] {
         [n; 32]
+    }
+
+    #[test]
+    fn settled_attempts_are_known_until_reset_and_a_copy_starts_unknown() {
+        let entry = device("a", "1.0.0");
+        assert_eq!(entry.settled.get(), None);
+        entry.settled.set(None);
+        assert_eq!(entry.settled.get(), Some(None));
+        entry.settled.set(Some(7));
+        assert_eq!(entry.settled.get(), Some(Some(7)));
+        assert_eq!(entry.clone().settled.get(), None, "a changed copy may describe changed attempts");
+        entry.settled.reset();
+        assert_eq!(entry.settled.get(), None);
     }
 
     #[test]

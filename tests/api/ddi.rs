@@ -570,3 +570,51 @@ async fn a_device_known_by_its_name_polls_with_its_name_as_controller_id() {
     assert_eq!(poll("rauc-box-01", &ddi.token).await.unwrap().status(), 401);
     assert_eq!(poll("no-such-box", token).await.unwrap().status(), 401);
 }
+
+/// A replica that knew the device had no open attempt learns of one opened on another replica
+/// (through the device change log): the cancellation of that attempt's rollout reaches it.
+#[tokio::test]
+async fn a_cancellation_reaches_a_poll_on_another_replica() {
+    let app = spawn_app().await;
+    let (device_id, token) = register(&app, MAC, "gw").await;
+    let artifact = app.create_artifact(random_bytes(4096, 7), "product=gw&version=2.0.0&hardware=board").await;
+    let release = admin_json(
+        &app,
+        Method::POST,
+        "/api/v1/releases",
+        Some(json!({"product": "gw", "version": "2.0.0", "artifact_ids": [artifact["id"]]})),
+    )
+    .await;
+    let replica = start(app.settings.clone(), tempfile::tempdir().unwrap()).await;
+    let on_replica = Ddi { app: replica, device_id: device_id.clone(), token: token.clone() };
+    let on_first = Ddi { app, device_id, token };
+    // The replica settles the device (no attempt at all) once the registration has left the
+    // change log's overlap window (5 s) and stops dropping its entry.
+    tokio::time::sleep(std::time::Duration::from_secs(7)).await;
+    for _ in 0..2 {
+        let poll = on_replica.poll().await;
+        assert!(poll["_links"].get("deploymentBase").is_none() && poll["_links"].get("cancelAction").is_none(), "{poll}");
+    }
+
+    let rollout = admin_json(
+        &on_first.app,
+        Method::POST,
+        "/api/v1/rollouts",
+        Some(json!({"release_id": release["id"], "stages": [{"percent": 100}], "start": true, "forced": true})),
+    )
+    .await;
+    let action = action_of(&on_first.poll().await["_links"]["deploymentBase"]);
+    admin_json(&on_first.app, Method::POST, &format!("/api/v1/rollouts/{}/cancel", rollout["id"].as_str().unwrap()), None).await;
+
+    let mut last = Value::Null;
+    for _ in 0..60 {
+        last = on_replica.poll().await;
+        if last["_links"].get("cancelAction").is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    assert_eq!(action_of(&last["_links"]["cancelAction"]), action, "the replica never showed the cancellation: {last}");
+    on_replica.app.stop().await;
+    on_first.app.stop().await;
+}

@@ -51,7 +51,7 @@ pub async fn identify_by_mac(core: &Core, mac: &Mac, product: &str, hardware: Op
 pub async fn refuse_offer(core: &Core, device_id: &str, offer: &Offer, reason: &str) -> Result<()> {
     let artifact = &offer.artifact;
     let written = core.store.set_attempt_state(&offer.attempt_id, UpdateState::Rejected, None, Some(reason)).await;
-    core.devices.caches.forget_attempt(device_id);
+    core.devices.attempt_changed(device_id);
     written?;
     core.events.publish(Event::UpdateStatus(UpdateStatus {
         device_id: device_id.to_string(),

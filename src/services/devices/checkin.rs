@@ -112,7 +112,7 @@ pub async fn checkin(core: &Core, device: Arc<ActiveDevice>, report: CheckinRepo
     {
         let progress = (state == UpdateState::Succeeded).then_some(100);
         let written = core.store.set_attempt_state(&attempt.id, state, progress, message.as_deref()).await;
-        runtime.caches.forget_attempt(&device.id);
+        runtime.attempt_changed(&device.id);
         written?;
         core.events.publish(Event::UpdateStatus(UpdateStatus::of(&attempt, state, progress, message)));
     }
@@ -338,7 +338,7 @@ pub(super) async fn offer_attempt(
             replacing: replacing.as_deref(),
         })
         .await;
-    core.devices.caches.forget_attempt(&device.id);
+    core.devices.attempt_changed(&device.id);
     let Some(attempt) = opened? else {
         // A concurrent check-in of this device opened an attempt first: answer with it when
         // it is for this build (the download slot, if one was taken, is recounted later).

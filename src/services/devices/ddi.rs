@@ -139,6 +139,17 @@ pub struct DdiPoll {
 pub async fn ddi_poll(core: &Core, device: Arc<ActiveDevice>, ip: IpAddr) -> Result<DdiPoll> {
     let now = Utc::now();
     let request_attributes = device.reported_attributes == 0;
+    // Read before the attempts are: a change since then means what was read may be stale.
+    let generation = core.devices.caches.generation();
+    if let Some(installed) = device.settled.get() {
+        // No open attempt, so nothing to cancel: a settled device that is offered nothing
+        // reads no attempt row.
+        let answer = checkin(core, device.clone(), CheckinReport::default(), Some(ip)).await?;
+        if answer.offer.is_none() {
+            return Ok(DdiPoll { poll_interval_s: answer.poll_interval_s, action: None, installed, request_attributes });
+        }
+        return offered_poll(core, &device, answer, now, request_attributes).await;
+    }
     let current = current_attempt_cached(core, &device.id).await?;
     if let Some(open) = current.as_ref().filter(|a| !a.state.is_final()) {
         let (poll_interval_s, decided) = decide_for(core, &device, now).await?;
@@ -157,17 +168,48 @@ pub async fn ddi_poll(core: &Core, device: Arc<ActiveDevice>, ip: IpAddr) -> Res
         }
     }
     let answer = checkin(core, device.clone(), CheckinReport::default(), Some(ip)).await?;
+    if answer.offer.is_some() {
+        return offered_poll(core, &device, answer, now, request_attributes).await;
+    }
+    let current = current_attempt_cached(core, &device.id).await?;
+    let installed = installed_action(core, &device.id, current.as_ref()).await?;
+    if current.as_ref().is_none_or(|attempt| attempt.state.is_final()) {
+        remember_settled(core, &device.id, installed, generation);
+    }
+    Ok(DdiPoll { poll_interval_s: answer.poll_interval_s, action: None, installed, request_attributes })
+}
+
+/// A poll whose check-in offered a build: the action of the attempt the offer opened.
+async fn offered_poll(
+    core: &Core,
+    device: &ActiveDevice,
+    answer: CheckinAnswer,
+    now: DateTime<Utc>,
+    request_attributes: bool,
+) -> Result<DdiPoll> {
     let current = current_attempt_cached(core, &device.id).await?;
     let action = match (&answer.offer, &current) {
         (Some(offer), Some(attempt)) if *attempt.id == *offer.attempt_id => Some(DdiAction::Deploy {
             action_id: action_id_of(core, attempt).await?,
             forced: offer.mandatory,
-            window: rollout_window(core, &device, attempt, now),
+            window: rollout_window(core, device, attempt, now),
         }),
         _ => None,
     };
     let installed = installed_action(core, &device.id, current.as_ref()).await?;
     Ok(DdiPoll { poll_interval_s: answer.poll_interval_s, action, installed, request_attributes })
+}
+
+/// Records in the fleet index that a device has no open attempt (`fleet::Settled`), unless one
+/// of the caches' entries changed since `generation` was read: the attempts read may be stale.
+/// Stored first and checked after, so a change racing with the store is never hidden (its
+/// reset follows its generation bump).
+fn remember_settled(core: &Core, device_id: &str, installed: Option<i64>, generation: u64) {
+    let Some(entry) = core.devices.fleet.read().expect("fleet lock").get_by_id(device_id) else { return };
+    entry.settled.set(installed);
+    if core.devices.caches.generation() != generation {
+        entry.settled.reset();
+    }
 }
 
 /// Whether the maintenance window of the rollout that opened an attempt is open now (`None`:
@@ -183,7 +225,7 @@ async fn action_id_of(core: &Core, attempt: &UpdateAttempt) -> Result<i64> {
         Some(id) => Ok(id),
         None => {
             let id = core.store.ensure_action_id(&attempt.id).await;
-            core.devices.caches.forget_attempt(&attempt.device_id);
+            core.devices.attempt_changed(&attempt.device_id);
             id
         }
     }
@@ -273,7 +315,7 @@ pub async fn ddi_feedback(
         _ => progress.or(attempt.progress),
     };
     let written = core.store.set_attempt_state(&attempt.id, state, progress, details.as_deref()).await;
-    core.devices.caches.forget_attempt(&device.id);
+    core.devices.attempt_changed(&device.id);
     written?;
     mark_seen(core, &device, Utc::now(), Some(ip));
     core.events.publish(Event::UpdateStatus(UpdateStatus::of(&attempt, state, progress, details)));

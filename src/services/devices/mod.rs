@@ -118,6 +118,15 @@ impl DeviceRuntime {
         }
     }
 
+    /// This replica changed one of a device's update attempts (opened one, or moved one to
+    /// another state): what the caches and the fleet index knew of its attempts is dropped.
+    pub fn attempt_changed(&self, device_id: &str) {
+        self.caches.forget_attempt(device_id);
+        if let Some(device) = self.fleet.read().expect("fleet lock").get_by_id(device_id) {
+            device.settled.reset();
+        }
+    }
+
     /// Remembers why a decision offered nothing (only reasons an operator can fix), with one
     /// debug line when the reason for a device changes.
     pub(super) fn note_decision(&self, device_id: &Arc<str>, reason: Option<&NoUpdate>) {

@@ -71,7 +71,7 @@ pub async fn offers_for(core: &Core, devices: &[Arc<ActiveDevice>]) -> Result<Ve
         .collect();
     let opened = core.store.open_attempts(&offers).await;
     for offer in &offers {
-        core.devices.caches.forget_attempt(offer.device_id);
+        core.devices.attempt_changed(offer.device_id);
     }
     let opened = opened?;
     let mut raced = Vec::new();

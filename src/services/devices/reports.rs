@@ -65,7 +65,7 @@ pub async fn report_update(core: &Core, device: &ActiveDevice, report: StatusRep
         ));
     }
     let written = core.store.set_attempt_state(&attempt.id, state, progress, message.as_deref()).await;
-    core.devices.caches.forget_attempt(&device.id);
+    core.devices.attempt_changed(&device.id);
     written?;
     if state == UpdateState::Installed {
         // Its next check-in tells whether the new build booted.

@@ -188,6 +188,7 @@ mod tests {
             tags: Arc::from(Vec::new()),
             created_at,
             awaiting_boot: false,
+            settled: crate::services::fleet::Settled::unknown(),
         }
     }
 

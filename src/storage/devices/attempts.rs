@@ -108,6 +108,13 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             insert_event_raw(&mut tx, &id, UpdateState::Offered, None, None, now).await?;
+            // Every replica drops what it knew of this device's attempts (`fleet::Settled`).
+            sqlx::query("INSERT INTO device_change (id, device_id, at) VALUES ($1, $2, $3)")
+                .bind(uuid::Uuid::now_v7().to_string())
+                .bind(offer.device_id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
             if let Some(rollout) = offer.rollout {
                 sqlx::query(
                     "INSERT INTO rollout_member (rollout_id, device_id, stage, state, attempt_id, from_version, message, offered_at, deadline_at, updated_at) \
@@ -144,7 +151,8 @@ impl Store {
 
     /// Moves an attempt to a state (and the rollout's record of the device with it). An
     /// `installed` attempt is logged as a device change: every replica then knows that the
-    /// device's next check-in tells whether the new build booted.
+    /// device's next check-in tells whether the new build booted. So is a success: every
+    /// replica then knows the device's last installed build (`fleet::Settled`).
     pub async fn set_attempt_state(&self, attempt_id: &str, state: UpdateState, progress: Option<u8>, message: Option<&str>) -> Result<()> {
         let now = now_millis();
         let mut tx = self.pool.begin().await.map_err(|e| db_error(e, "failed to begin a transaction"))?;
@@ -182,7 +190,7 @@ impl Store {
             .await
             .map_err(|e| db_error(e, "failed to update a rollout's device"))?;
         }
-        if state == UpdateState::Installed {
+        if matches!(state, UpdateState::Installed | UpdateState::Succeeded) {
             let device_id: String = sqlx::query("SELECT device_id FROM update_attempt WHERE id = $1")
                 .bind(attempt_id)
                 .fetch_one(&mut *tx)

@@ -1,6 +1,7 @@
 //! Partial updates write only what changes; pairing is one transaction.
 
 use super::*;
+use crate::domain::device::UpdateState;
 
 async fn changes_of(store: &Store, device_id: &str) -> usize {
     store.changed_devices_since(0).await.unwrap().iter().filter(|(id, _)| id == device_id).count()
@@ -73,4 +74,27 @@ async fn pairing_uses_the_key_and_sets_the_owner_together() {
     store.insert_pairing("key-3", "carol", Utc::now() - Duration::seconds(1)).await.unwrap();
     assert_eq!(store.pair_device("key-3", &other.id).await.unwrap(), None);
     assert_eq!(store.find_device(&other.id).await.unwrap().unwrap().owner, None);
+}
+
+#[tokio::test]
+async fn opening_an_attempt_and_its_success_are_device_changes_other_replicas_see() {
+    let store = memory_store().await;
+    let device = store.insert_device(&new_device("02:00:00:00:01:04")).await.unwrap();
+    let before = changes_of(&store, &device.id).await;
+    let offer = AttemptOffer {
+        device_id: &device.id,
+        artifact_id: "a1",
+        release_id: "a1",
+        from_version: None,
+        to_version: "2.0.0",
+        rollout: None,
+        replacing: None,
+    };
+    let attempt = store.open_attempt(&offer).await.unwrap().unwrap();
+    assert_eq!(changes_of(&store, &device.id).await, before + 1, "an opened attempt is in the device change log");
+    // Progress changes nothing another replica keeps; a success changes the installed build.
+    store.set_attempt_state(&attempt.id, UpdateState::Downloading, Some(10), None).await.unwrap();
+    assert_eq!(changes_of(&store, &device.id).await, before + 1);
+    store.set_attempt_state(&attempt.id, UpdateState::Succeeded, Some(100), None).await.unwrap();
+    assert_eq!(changes_of(&store, &device.id).await, before + 2, "a success is in the device change log");
 }
