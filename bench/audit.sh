@@ -15,7 +15,7 @@
 # Binaries alternate for AUDIT_ROUNDS rounds (default 2), so that load from elsewhere on the
 # machine falls on both. Prints req/s and server CPU µs per request of each.
 #
-#   UPDRAFT_BIN_BEFORE=/path/to/updraft-before bench/audit.sh
+#   UPDRAFT_BIN_BEFORE=/path/to/updraft-before bench/audit.sh   # without it: the current build only
 #   AUDIT_SECONDS=10 AUDIT_ROUNDS=3 UPDRAFT_BIN_BEFORE=... bench/audit.sh
 set -euo pipefail
 source "$(dirname -- "${BASH_SOURCE[0]}")/lib.sh"
@@ -72,11 +72,19 @@ scenario() {
   echo "$(rps_of "$out") $(calc "($after - $before) * 1000000 / $(requests_of "$out")" 1) $(errors_of "$out")"
 }
 
-BEFORE=${UPDRAFT_BIN_BEFORE:?set UPDRAFT_BIN_BEFORE to a build without the audit log}
+# Without UPDRAFT_BIN_BEFORE only the current build is measured (no comparison).
+BEFORE=${UPDRAFT_BIN_BEFORE:-}
+LABELS=(current)
+if [[ -n $BEFORE ]]; then
+  [[ -x $BEFORE ]] || die "UPDRAFT_BIN_BEFORE=$BEFORE is not an executable"
+  LABELS=(before current)
+else
+  log "UPDRAFT_BIN_BEFORE not set: measuring the current build only (no before/after comparison)"
+fi
 CURRENT=$(updraft_bin)
 log "load before: $(cat /proc/loadavg)"
 for ((round = 1; round <= ROUNDS; round++)); do
-  for label in before current; do
+  for label in "${LABELS[@]}"; do
     bin=$BEFORE
     [[ $label == current ]] && bin=$CURRENT
     prepare "$label" "$bin"
@@ -104,6 +112,6 @@ for name in dict.fromkeys(r[2] for r in rows):
     for column in (3, 4):
         for label in ("before", "current"):
             values = [float(r[column]) for r in rows if r[1] == label and r[2] == name]
-            cells.append(f"{statistics.median(values):.0f} [{', '.join(f'{v:.0f}' for v in values)}]")
+            cells.append(f"{statistics.median(values):.0f} [{', '.join(f'{v:.0f}' for v in values)}]" if values else "-")
     print(f"{name:<10} {cells[0]:>24} {cells[1]:>24} {cells[2]:>22} {cells[3]:>22}")
 PY
