@@ -153,3 +153,76 @@ async fn the_http_device_api_answers_with_thingsboard_s_codes() {
     assert_eq!(chunks, build, "4096-byte chunks, then an empty body past the end");
     app.stop().await;
 }
+
+/// The next PUBLISH an MQTT 5 client receives, or why none came within 10 s.
+async fn next_publish_v5(eventloop: &mut rumqttc::v5::EventLoop) -> Result<rumqttc::v5::mqttbytes::v5::Publish, String> {
+    use rumqttc::v5::{Event, mqttbytes::v5::Packet};
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::time::timeout_at(deadline, eventloop.poll()).await {
+            Err(_) => return Err("nothing within 10 s".into()),
+            Ok(Err(e)) => return Err(format!("the connection broke: {e}")),
+            Ok(Ok(Event::Incoming(Packet::Publish(publish)))) => return Ok(publish),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// Issue 16: `v2/fw` chunks fit the smaller of `UPDRAFT_MQTT_MAX_PACKET_BYTES` and the
+/// session's MQTT 5 Maximum Packet Size, topic and header included. A client that allows
+/// 2048-byte packets and asks for 4096-byte chunks (or the whole image) gets
+/// `PAYLOAD_TOO_LARGE` on `v2/fw/error` and stays connected (before, the chunk was sent too
+/// big and the connection dropped); at the documented largest size (2048 − topic − 32) it
+/// gets every chunk, each within its limit, and the exact image. A session without the
+/// property gets 4096-byte chunks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn firmware_chunks_fit_the_session_s_maximum_packet_size() {
+    use rumqttc::v5::mqttbytes::QoS;
+    let s = setup(Broker::Embedded).await;
+    let (id, token) = s.device("02:00:00:00:16:a1", "tbchunk", "1.0.0").await;
+    let build = random_bytes(10_000, 1601);
+    s.app.create_artifact(build.clone(), "product=tbchunk&version=2.0.0&hardware=esp32").await;
+
+    let connect = |max_packet: Option<u32>| {
+        let mut options = s.options_v5(&id, &id, &token);
+        options.set_max_packet_size(max_packet);
+        crate::mqtt::connect_v5(options)
+    };
+    let (client, mut eventloop) = connect(Some(2048)).await.expect("the device connects");
+    // Ask for the offer first: that opens the update the chunks are read from.
+    client.publish("v1/devices/me/attributes/request/1", QoS::AtLeastOnce, false, r#"{"sharedKeys":"fw_version,fw_size"}"#).await.unwrap();
+    let offer = next_publish_v5(&mut eventloop).await.unwrap();
+    assert_eq!(offer.topic, "v1/devices/me/attributes/response/1");
+    assert_eq!(serde_json::from_slice::<Value>(&offer.payload).unwrap()["shared"]["fw_size"], 10_000);
+
+    // The largest chunk the limit allows for these topics (`v2/fw/response/N/chunk/M`, N and
+    // M < 10); one byte more is too large.
+    let size = 2048 - "v2/fw/response/4/chunk/0".len() - 32;
+    for (rid, asked) in [(1, "4096".to_string()), (2, String::new()), (3, (size + 1).to_string())] {
+        client.publish(format!("v2/fw/request/{rid}/chunk/0"), QoS::AtLeastOnce, false, asked.clone()).await.unwrap();
+        let answer = next_publish_v5(&mut eventloop).await.unwrap_or_else(|e| panic!("asked {asked:?}: {e}"));
+        assert_eq!((answer.topic.as_ref(), answer.payload.as_ref()), (&b"v2/fw/error"[..], &b"PAYLOAD_TOO_LARGE"[..]), "asked {asked:?}");
+    }
+
+    let mut image = Vec::new();
+    for n in 0.. {
+        client.publish(format!("v2/fw/request/4/chunk/{n}"), QoS::AtLeastOnce, false, size.to_string()).await.unwrap();
+        let chunk = next_publish_v5(&mut eventloop).await.unwrap_or_else(|e| panic!("chunk {n}: {e}"));
+        assert_eq!(chunk.topic, format!("v2/fw/response/4/chunk/{n}"));
+        assert!(chunk.payload.len() <= size);
+        image.extend_from_slice(&chunk.payload);
+        if image.len() >= build.len() {
+            break;
+        }
+    }
+    assert_eq!(image, build, "every chunk arrived, in order");
+    drop(client);
+    drop(eventloop);
+
+    // Without a Maximum Packet Size, only UPDRAFT_MQTT_MAX_PACKET_BYTES (4 MiB) counts.
+    let (client, mut eventloop) = connect(None).await.expect("the device reconnects");
+    client.publish("v2/fw/request/5/chunk/0", QoS::AtLeastOnce, false, "4096").await.unwrap();
+    let chunk = next_publish_v5(&mut eventloop).await.unwrap();
+    assert_eq!((chunk.topic.as_ref(), chunk.payload.as_ref()), (&b"v2/fw/response/5/chunk/0"[..], &build[..4096]));
+    s.app.stop().await;
+}
