@@ -128,6 +128,8 @@ async fn the_http_device_api_answers_with_thingsboard_s_codes() {
     let url = |path: &str| app.url(&format!("/api/v1/{token}/{path}"));
     let status = |r: reqwest::Response| r.status().as_u16();
     assert_eq!(status(app.client.post(url("telemetry")).json(&json!({"t": 1})).send().await.unwrap()), 200);
+    assert_eq!(status(app.client.post(url("telemetry")).json(&json!({})).send().await.unwrap()), 200, "tb_device_http's connection test");
+    assert_eq!(status(app.client.post(url("telemetry")).json(&json!(42)).send().await.unwrap()), 400);
     assert_eq!(status(app.client.post(url("attributes")).json(&json!({"sdk": "http"})).send().await.unwrap()), 200);
     assert_eq!(status(app.client.post(app.url("/api/v1/upd_dev_nope/telemetry")).json(&json!({"t": 1})).send().await.unwrap()), 401);
     assert_eq!(status(app.client.get(url("firmware?title=tbhttp&version=2.0.0")).send().await.unwrap()), 404, "nothing offered");
@@ -137,6 +139,9 @@ async fn the_http_device_api_answers_with_thingsboard_s_codes() {
     let attributes: Value =
         app.client.get(url("attributes?clientKeys=sdk&sharedKeys=fw_version,fw_size")).send().await.unwrap().json().await.unwrap();
     assert_eq!(attributes, json!({"client": {"sdk": "http"}, "shared": {"fw_version": "2.0.0", "fw_size": 10_000}}));
+    let repeated: Value =
+        app.client.get(url("attributes?sharedKeys=fw_version&sharedKeys=fw_size")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(repeated, json!({"shared": {"fw_version": "2.0.0", "fw_size": 10_000}}), "repeated keys, as tb_device_http sends them");
     assert_eq!(status(app.client.get(url("firmware?title=tbhttp&version=1.9.9")).send().await.unwrap()), 400);
     let whole = app.client.get(url("firmware?title=tbhttp&version=2.0.0")).send().await.unwrap().bytes().await.unwrap();
     assert_eq!(whole.as_ref(), build.as_slice());
@@ -225,4 +230,120 @@ async fn firmware_chunks_fit_the_session_s_maximum_packet_size() {
     let chunk = next_publish_v5(&mut eventloop).await.unwrap();
     assert_eq!((chunk.topic.as_ref(), chunk.payload.as_ref()), (&b"v2/fw/response/5/chunk/0"[..], &build[..4096]));
     s.app.stop().await;
+}
+
+/// A product with the provisioning key, a build of `size` bytes in a release, and a running
+/// rollout of it to every device; returns the build and the rollout's id.
+async fn rolled_out_build(app: &TestApp, product: &str, size: usize, seed: u64) -> (Vec<u8>, Value, String) {
+    keyed_product(app, product).await;
+    let build = random_bytes(size, seed);
+    let artifact = app.create_artifact(build.clone(), &format!("product={product}&version=2.0.0&hardware=esp32")).await;
+    let body = json!({"product": product, "version": "2.0.0", "artifact_ids": [artifact["id"]]});
+    let release: Value = app.admin(Method::POST, "/api/v1/releases").json(&body).send().await.unwrap().json().await.unwrap();
+    let body = json!({"release_id": release["id"], "stages": [{"percent": 100}], "start": true});
+    let response = app.admin(Method::POST, "/api/v1/rollouts").json(&body).send().await.unwrap();
+    assert_eq!(response.status(), 201);
+    let rollout: Value = response.json().await.unwrap();
+    assert_eq!(rollout["state"], "running", "{rollout}");
+    (build, artifact, rollout["id"].as_str().unwrap().to_string())
+}
+
+async fn rollout_counts(app: &TestApp, id: &str) -> Value {
+    app.admin(Method::GET, &format!("/api/v1/rollouts/{id}")).send().await.unwrap().json::<Value>().await.unwrap()["counts"].clone()
+}
+
+/// Issue 16's acceptance: the unmodified SDK gets a build that a rollout offers, in 4096-byte
+/// chunks and whole, and the rollout counts both devices `succeeded`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_updates_from_a_rollout_in_chunks_and_whole() {
+    let s = setup(Broker::Embedded).await;
+    let (build, _, rollout) = rolled_out_build(&s.app, "tbroll", 20_000, 1611).await;
+    let release_id = s.app.admin(Method::GET, &format!("/api/v1/rollouts/{rollout}")).send().await.unwrap().json::<Value>().await.unwrap()
+        ["release_id"]
+        .clone();
+    for (name, chunk_size) in [("02:00:00:00:16:b1", 4096), ("02:00:00:00:16:b2", 0)] {
+        let (result, workdir, stderr) = run_sdk(&s, "tbroll", name, chunk_size).await;
+        assert_eq!(result["state"], "UPDATED", "{name}: {result}\n{stderr}");
+        assert_eq!(std::fs::read(workdir.path().join("tbroll")).unwrap(), build, "chunks of {chunk_size}");
+        let history = history(&s.app, name).await;
+        assert_eq!(history["items"][0]["state"], "succeeded", "{history}");
+        assert_eq!(history["items"][0]["release_id"], release_id, "offered by the rollout's release");
+    }
+    let counts = rollout_counts(&s.app, &rollout).await;
+    assert_eq!((counts["succeeded"].clone(), counts["failed"].clone()), (json!(2), json!(0)), "{counts}");
+    s.app.stop().await;
+}
+
+/// Issue 16's acceptance: a build whose stored blob was damaged after upload fails the SDK's
+/// checksum; it reports `FAILED`, the rollout counts it failed, and the server does not offer
+/// the build again (the SDK asks again at once: no second `DOWNLOADING`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_build_fails_once_and_is_not_offered_again() {
+    let s = setup(Broker::Embedded).await;
+    let (build, artifact, rollout) = rolled_out_build(&s.app, "tbbad", 12_000, 1621).await;
+    // Damage the stored blob, same size, through the blob store (a local file or an S3
+    // object alike), before anything has read it.
+    let core = core_of(&s.app).await;
+    let id = updraft::domain::ArtifactId::from(artifact["id"].as_str().unwrap());
+    let stored = core.store.find_artifact(&id).await.unwrap().unwrap();
+    let mut damaged = build.clone();
+    damaged[5_000..5_016].copy_from_slice(&[0xAA; 16]);
+    let mut writer = core.blobs.create(&stored.blob_key).await.unwrap();
+    writer.write(damaged.into()).await.unwrap();
+    writer.commit().await.unwrap();
+
+    let name = "02:00:00:00:16:c1";
+    let (result, _workdir, stderr) = run_sdk(&s, "tbbad", name, 4096).await;
+    assert_eq!(result["state"], "FAILED", "{result}\n{stderr}");
+    assert_eq!(result["after_failed"], json!({"state": "FAILED", "offered": false}), "{result}\n{stderr}");
+    let history = history(&s.app, name).await;
+    let items = history["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "one attempt: {history}");
+    assert_eq!(items[0]["state"], "failed", "{history}");
+    let events: Vec<&str> = items[0]["events"].as_array().unwrap().iter().map(|e| e["state"].as_str().unwrap()).collect();
+    let failed_at = events.iter().position(|e| *e == "failed").expect("a failed event");
+    assert!(!events[failed_at..].contains(&"downloading"), "no download after the failure: {history}");
+    let counts = rollout_counts(&s.app, &rollout).await;
+    assert_eq!((counts["failed"].clone(), counts["succeeded"].clone()), (json!(1), json!(0)), "{counts}");
+    s.app.stop().await;
+}
+
+/// Issue 16's acceptance: the SDK's own HTTP client (`tb_device_http.TBHTTPDevice`) downloads
+/// the build a rollout offers from the HTTP device API, whole and in 4096-byte chunks, checks
+/// its checksum and reports it installed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_s_http_client_downloads_the_same_build() {
+    let app = spawn_app_with(|s| s.compat.thingsboard_http = true).await;
+    let (build, _, rollout) = rolled_out_build(&app, "tbweb", 10_000, 1631).await;
+    for (mac, chunk_size) in [("02:00:00:00:16:d1", "4096"), ("02:00:00:00:16:d2", "0")] {
+        let body = json!({"mac": mac, "product": "tbweb", "hardware": "esp32", "version": "1.0.0", "issue_token": true});
+        let created: Value = app.admin(Method::POST, "/api/v1/devices").json(&body).send().await.unwrap().json().await.unwrap();
+        let workdir = tempfile::tempdir().unwrap();
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/tb_http_device.py");
+        let output = tokio::process::Command::new(thingsboard_python())
+            .arg(script)
+            .args([&app.base, created["token"].as_str().unwrap(), chunk_size])
+            .arg(workdir.path())
+            .output();
+        let output = tokio::time::timeout(Duration::from_secs(120), output).await.expect("the SDK finishes").unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+        let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+        let result: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+            .unwrap_or_else(|_| panic!("no result from the SDK: {stdout}\n{stderr}"));
+        assert_eq!(result["connected"], true, "{result}\n{stderr}");
+        assert_eq!(result["state"], "UPDATING", "the checksum matched (else FAILED): {result}\n{stderr}");
+        assert_eq!(std::fs::read(workdir.path().join("tbweb")).unwrap(), build, "chunks of {chunk_size}");
+        // Its last report (`UPDATED` with `current_fw_version`) completes the update.
+        let mut state = Value::Null;
+        for _ in 0..100 {
+            state = history(&app, mac).await["items"][0]["state"].clone();
+            if state == "succeeded" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(state, "succeeded");
+    }
+    assert_eq!(rollout_counts(&app, &rollout).await["succeeded"], 2);
+    app.stop().await;
 }
