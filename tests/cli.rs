@@ -917,6 +917,7 @@ async fn start_up_warns_once_for_each_weak_setting_in_use_and_not_for_closed_one
         ("UPDRAFT_COMPAT_CYBERDECK", "false"),
         ("UPDRAFT_COMPAT_ARDUINO", "false"),
         ("UPDRAFT_COMPAT_ESP32FOTA", "false"),
+        ("UPDRAFT_COMPAT_ESPHOME", "false"),
     ]);
     let closed = Server::start(command, &data_dir).await;
     let (_, stderr) = closed.stop().await;

@@ -316,6 +316,10 @@ settings! {
             example: "/etc/updraft/esp32fota-keys",
         }
 
+        /// Serve ESPHome update manifests (`http_request` update platform, ESP Web Tools) and
+        /// their images at `/api/v1/esphome/{product}/manifest.json`.
+        compat_esphome: bool { value_name: "BOOL", default: "true", example: "false" }
+
         /// Serve seed 004's `GET /debug/provisioning`, which hands a token to any unknown MAC of
         /// an `open` product (weak: see docs/CLIENT.md).
         ///

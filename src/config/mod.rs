@@ -294,6 +294,12 @@ impl Settings {
                 "esp32FOTA identifies devices by their eFuse MAC alone: anyone who knows it can pose as the device",
             ));
         }
+        if compat.esphome {
+            weak.push((
+                "UPDRAFT_COMPAT_ESPHOME",
+                "ESPHome manifests identify devices by the MAC in `?device=` alone: anyone who knows it can pose as the device",
+            ));
+        }
         if compat.seed004_debug {
             weak.push(("UPDRAFT_COMPAT_SEED004_DEBUG", "GET /debug/provisioning hands a token to any unknown MAC of an open product"));
         }
@@ -393,6 +399,8 @@ pub struct CompatSettings {
     /// ThingsBoard's HTTP device API: `/api/v1/{token}/...`.
     pub thingsboard_http: bool,
     pub esp32fota_keys_dir: Option<PathBuf>,
+    /// ESPHome manifests: `/api/v1/esphome/{product}/manifest.json`.
+    pub esphome: bool,
     /// Seed 004: `/debug/provisioning` (off by default).
     pub seed004_debug: bool,
     /// hawkBit DDI: `/{tenant}/controller/v1/...`.
@@ -501,6 +509,7 @@ impl Settings {
             esp32fota: values.compat_esp32fota,
             thingsboard_http: values.compat_thingsboard_http,
             esp32fota_keys_dir: values.compat_esp32fota_keys_dir,
+            esphome: values.compat_esphome,
             seed004_debug: values.compat_seed004_debug,
             ddi: values.compat_ddi,
             ddi_tenant: values.ddi_tenant,

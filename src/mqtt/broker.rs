@@ -288,7 +288,9 @@ impl Handler for HookHandler {
                     )
                 };
                 if let Some(device_id) = hooks.device_of(&session.id).filter(|_| thingsboard::device_topic(topic)) {
-                    if let Err(e) = hooks.tb.on_device_publish(&device_id, &session.id.client_id, topic, &publish.payload).await {
+                    let max_packet = session.connect_info().await.ok().and_then(|c| c.max_packet_size()).map(|m| m.get());
+                    if let Err(e) = hooks.tb.on_device_publish(&device_id, &session.id.client_id, max_packet, topic, &publish.payload).await
+                    {
                         metrics::counter!("updraft_mqtt_messages_refused_total", "kind" => "thingsboard").increment(1);
                         tracing::info!(%device_id, topic, error = %e, "ThingsBoard-style message refused");
                     }

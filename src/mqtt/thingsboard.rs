@@ -41,10 +41,17 @@ pub fn device_topic(topic: &str) -> bool {
 pub const PROVISION_REQUEST: &str = "/provision/request";
 pub const PROVISION_RESPONSE: &str = "/provision/response";
 
+/// What a PUBLISH adds to its topic and payload, rounded up: the fixed header (at most 5
+/// bytes), the topic's length, the packet id, and the properties the broker may add (MQTT 5:
+/// message expiry, topic alias). A firmware chunk is sent only when payload + topic + this
+/// fits the session's packet limit, so no packet is ever too big for the device to take.
+pub const PUBLISH_OVERHEAD: usize = 32;
+
 pub struct ThingsBoard {
     core: Core,
     scx: ServerContext,
-    max_payload: usize,
+    /// `UPDRAFT_MQTT_MAX_PACKET_BYTES`.
+    max_packet: usize,
     /// Devices with a ThingsBoard-style session (subscribed to `v1/devices/me/attributes`):
     /// firmware offers are pushed to them as shared attributes.
     sessions: Mutex<HashMap<String, ClientId>>,
@@ -94,11 +101,11 @@ impl crate::services::outbox::DeviceRpc for Rpc {
 }
 
 impl ThingsBoard {
-    pub fn new(core: Core, scx: ServerContext, max_payload: usize) -> Arc<ThingsBoard> {
+    pub fn new(core: Core, scx: ServerContext, max_packet: usize) -> Arc<ThingsBoard> {
         Arc::new(ThingsBoard {
             core,
             scx,
-            max_payload,
+            max_packet,
             sessions: Mutex::default(),
             chunk_sizes: Mutex::default(),
             shared: Mutex::default(),
@@ -173,8 +180,16 @@ impl ThingsBoard {
         crate::services::thingsboard::shared_attributes(&self.core, device_id).await
     }
 
-    /// Handles a device's publish on a ThingsBoard topic. Errors are logged by the caller.
-    pub async fn on_device_publish(&self, device_id: &str, client_id: &ClientId, topic: &str, payload: &[u8]) -> Result<()> {
+    /// Handles a device's publish on a ThingsBoard topic. `max_packet` is the Maximum Packet
+    /// Size the session sent in its CONNECT (MQTT 5), if any. Errors are logged by the caller.
+    pub async fn on_device_publish(
+        &self,
+        device_id: &str,
+        client_id: &ClientId,
+        max_packet: Option<u32>,
+        topic: &str,
+        payload: &[u8],
+    ) -> Result<()> {
         let device = devices::active_by_id(&self.core, device_id).await?.ok_or_else(|| Error::not_found("device", device_id))?;
         let levels: Vec<&str> = topic.split('/').collect();
         match levels.as_slice() {
@@ -192,7 +207,7 @@ impl ThingsBoard {
                 let request = parse_json(payload)?;
                 let answer = match request.get("method").and_then(Value::as_str) {
                     Some("getSessionLimits") => json!({
-                        "maxPayloadSize": self.max_payload,
+                        "maxPayloadSize": self.max_packet,
                         "maxInflightMessages": 100,
                         "rateLimits": {"messages": "0:0,", "telemetryMessages": "0:0,", "telemetryDataPoints": "0:0,"},
                     }),
@@ -220,7 +235,10 @@ impl ThingsBoard {
                     .map(drop)
             }
             ["v1", "devices", "me", "claim"] => Ok(()),
-            ["v2", "fw" | "sw", "request", rid, "chunk", chunk] => self.chunk(&device, client_id, levels[1], rid, chunk, payload).await,
+            ["v2", "fw" | "sw", "request", rid, "chunk", chunk] => {
+                let limit = max_packet.map_or(self.max_packet, |m| (m as usize).min(self.max_packet));
+                self.chunk(&device, client_id, limit, levels[1], rid, chunk, payload).await
+            }
             _ => Err(Error::invalid("invalid_topic", format!("`{topic}` is not a ThingsBoard device topic"))),
         }
     }
@@ -250,7 +268,20 @@ impl ThingsBoard {
 
     /// `v2/fw/request/{rid}/chunk/{n}` with the chunk size as ASCII (empty: the size this
     /// request id used before, else the whole image) → `v2/fw/response/{rid}/chunk/{n}`.
-    async fn chunk(&self, device: &ActiveDevice, client_id: &ClientId, kind: &str, rid: &str, chunk: &str, payload: &[u8]) -> Result<()> {
+    /// A chunk whose packet would exceed `limit` (the smaller of `UPDRAFT_MQTT_MAX_PACKET_BYTES`
+    /// and the session's own Maximum Packet Size) is answered `PAYLOAD_TOO_LARGE` on
+    /// `v2/fw/error`, as ThingsBoard does, rather than sent and dropped on the way.
+    #[allow(clippy::too_many_arguments, reason = "one request's parts, taken apart by the caller's topic match")]
+    async fn chunk(
+        &self,
+        device: &ActiveDevice,
+        client_id: &ClientId,
+        limit: usize,
+        kind: &str,
+        rid: &str,
+        chunk: &str,
+        payload: &[u8],
+    ) -> Result<()> {
         let (Ok(rid), Ok(chunk)) = (rid.parse::<u64>(), chunk.parse::<u64>()) else {
             return Err(Error::invalid("invalid_topic", "request id and chunk are numbers"));
         };
@@ -282,9 +313,16 @@ impl ThingsBoard {
             let start = (size as u64).saturating_mul(chunk).min(total);
             (start, (start + size as u64).min(total))
         };
-        if (end - start) as usize + 128 > self.max_payload {
+        let topic = format!("v2/{kind}/response/{rid}/chunk/{chunk}");
+        if (end - start) as usize + topic.len() + PUBLISH_OVERHEAD > limit {
             self.send(client_id, error_topic, Bytes::from_static(b"PAYLOAD_TOO_LARGE")).await;
-            return Err(Error::invalid("payload_too_large", format!("a chunk of {} bytes exceeds the packet limit", end - start)));
+            return Err(Error::invalid(
+                "payload_too_large",
+                format!(
+                    "a chunk of {} bytes does not fit the session's packet limit of {limit} bytes (chunk + topic + {PUBLISH_OVERHEAD})",
+                    end - start
+                ),
+            ));
         }
         let data = if start < end {
             let stream = self.core.blobs.read(&artifact.blob_key, artifact.size, start..end).await?;
@@ -299,7 +337,7 @@ impl ThingsBoard {
         } else {
             Bytes::new()
         };
-        self.send(client_id, format!("v2/{kind}/response/{rid}/chunk/{chunk}"), data).await;
+        self.send(client_id, topic, data).await;
         Ok(())
     }
 

@@ -126,6 +126,20 @@ pub fn decide_anonymous<'a>(
     hardware: Option<&str>,
     only: Option<&'a Artifact>,
 ) -> Option<&'a Artifact> {
+    decide_anonymous_on(builds, held, product, Channel::DEFAULT, version, hardware, only)
+}
+
+/// [`decide_anonymous`] for a device on `channel` (ESPHome manifests name one): builds of
+/// that channel and of `stable`, as for a known device on it.
+pub fn decide_anonymous_on<'a>(
+    builds: &'a [Artifact],
+    held: Option<&Held>,
+    product: &str,
+    channel: &str,
+    version: Option<&Version>,
+    hardware: Option<&str>,
+    only: Option<&'a Artifact>,
+) -> Option<&'a Artifact> {
     let candidates: Vec<Artifact> = match only {
         Some(build) => vec![build.clone()],
         None => builds.to_vec(),
@@ -137,7 +151,7 @@ pub fn decide_anonymous<'a>(
     let facts = DeviceFacts {
         product: Some(product.to_string()),
         hardware,
-        channel: Channel::DEFAULT.into(),
+        channel: channel.into(),
         version: version.cloned(),
         target_version: None,
     };

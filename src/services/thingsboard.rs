@@ -17,18 +17,25 @@ use crate::domain::{Error, Result};
 /// `fw_state` reports drive the update history.
 pub async fn telemetry(core: &Core, device: &Arc<ActiveDevice>, value: Value) -> Result<()> {
     let mut flat = Map::new();
+    let mut shaped = true;
     let mut absorb = |item: &Value| {
         let values = item.get("values").filter(|_| item.get("ts").is_some()).unwrap_or(item);
-        if let Some(object) = values.as_object() {
-            flat.extend(object.iter().map(|(k, v)| (k.clone(), v.clone())));
+        match values.as_object() {
+            Some(object) => flat.extend(object.iter().map(|(k, v)| (k.clone(), v.clone()))),
+            None => shaped = false,
         }
     };
     match &value {
         Value::Array(items) => items.iter().for_each(&mut absorb),
         other => absorb(other),
     }
-    if flat.is_empty() {
+    if !shaped {
         return Err(Error::invalid("invalid_message", "telemetry is an object, an array of objects, or {ts, values}"));
+    }
+    // Nothing to record, and no error: ThingsBoard takes `{}` too, and tb_device_http's
+    // `connect()` sends it to test the connection.
+    if flat.is_empty() {
+        return Ok(());
     }
     devices::record_telemetry(core, device, Value::Object(flat.clone()));
     let Some(state) = flat.get("fw_state").and_then(Value::as_str) else {

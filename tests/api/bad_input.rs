@@ -78,6 +78,8 @@ const COMPAT_ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/arduino/{product}/update"),
     ("GET", "/api/v1/esp32fota/{manifest}"),
     ("GET", "/api/v1/esp32fota/{product}/{file}"),
+    ("GET", "/api/v1/esphome/{product}/manifest.json"),
+    ("GET", "/api/v1/esphome/{product}/{file}"),
 ];
 
 static NEXT_SOURCE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);

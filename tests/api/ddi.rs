@@ -618,3 +618,77 @@ async fn a_cancellation_reaches_a_poll_on_another_replica() {
     on_replica.app.stop().await;
     on_first.app.stop().await;
 }
+
+/// A device of `gw` on 1.0.0 and a forced rollout of 2.0.0 to it with `window`.
+async fn windowed(window: Value) -> (Ddi, String) {
+    let app = spawn_app().await;
+    let (device_id, token) = register(&app, MAC, "gw").await;
+    let artifact = app.create_artifact(random_bytes(4096, 8), "product=gw&version=2.0.0&hardware=board").await;
+    let body = json!({"product": "gw", "version": "2.0.0", "artifact_ids": [artifact["id"]]});
+    let release = admin_json(&app, Method::POST, "/api/v1/releases", Some(body)).await;
+    let body = json!({"release_id": release["id"], "stages": [{"percent": 100}], "start": true, "forced": true, "window": window});
+    let rollout = admin_json(&app, Method::POST, "/api/v1/rollouts", Some(body)).await;
+    (Ddi { app, device_id, token }, rollout["id"].as_str().unwrap().to_string())
+}
+
+/// Issue 16: a rollout's `window` reaches the deployment as hawkBit sends a maintenance
+/// window (`DdiDeployment.maintenanceWindow`, `DataConversionHelper`): `available` inside it,
+/// with the update as the action says; once it closes on an action already under way,
+/// `unavailable` with `update: skip` (the download may go on), and the link's `c=` changes.
+/// The window is in its own time zone (Kathmandu, UTC+05:45: read as UTC it would be shut).
+/// It closes at the next minute boundary at least 10 s away, so the test waits up to ~70 s.
+#[tokio::test]
+async fn a_rollout_s_maintenance_window_reaches_the_deployment() {
+    use chrono::Timelike;
+    let now = chrono::Utc::now().with_timezone(&chrono_tz::Asia::Kathmandu);
+    let closes = now + chrono::Duration::seconds(70 - i64::from((now + chrono::Duration::seconds(10)).second()));
+    let window = json!({"start": (now - chrono::Duration::hours(1)).format("%H:%M").to_string(),
+                        "end": closes.format("%H:%M").to_string(), "time_zone": "Asia/Kathmandu"});
+    let (ddi, _) = windowed(window.clone()).await;
+    let deployment = async || -> (String, Value) {
+        let poll = ddi.poll().await;
+        let href =
+            poll["_links"]["deploymentBase"]["href"].as_str().unwrap_or_else(|| panic!("a deployment ({window}): {poll}")).to_string();
+        let body: Value = ddi.request(Method::GET, &href).send().await.unwrap().json().await.unwrap();
+        (href, body["deployment"].clone())
+    };
+    let (open_href, open) = deployment().await;
+    let fields = |d: &Value| json!({"download": d["download"], "update": d["update"], "maintenanceWindow": d["maintenanceWindow"]});
+    assert_eq!(fields(&open), json!({"download": "forced", "update": "forced", "maintenanceWindow": "available"}), "{window} at {now}");
+
+    let mut closed = (open_href.clone(), open);
+    for _ in 0..200 {
+        if closed.1["maintenanceWindow"] == "unavailable" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        closed = deployment().await;
+    }
+    let (closed_href, closed) = closed;
+    assert_eq!((closed["maintenanceWindow"].clone(), closed["update"].clone()), (json!("unavailable"), json!("skip")), "{closed}");
+    assert_ne!(closed["download"], "skip", "the download may go on: {closed}");
+    assert_ne!(open_href, closed_href, "the link changes with the window");
+    assert_eq!(open_href.split('?').next(), closed_href.split('?').next(), "the same action");
+    ddi.app.stop().await;
+}
+
+/// Issue 16: `closed` with `finished: none` is a finished action in hawkBit
+/// (docs/direct-device-integration-api.md: closed + success or none → FINISHED; only
+/// `failure` is an error): Updraft counts it a success too.
+#[tokio::test]
+async fn closed_with_finished_none_counts_as_a_success_as_in_hawkbit() {
+    let (ddi, rollout_id, _) = setup().await;
+    let action = action_of(&ddi.poll().await["_links"]["deploymentBase"]);
+    let closed = json!({"id": action, "status": {"execution": "closed", "result": {"finished": "none"}, "details": ["Done"]}});
+    assert_eq!(ddi.feedback(action, closed).await.status(), 200);
+    let updates = admin_json(&ddi.app, Method::GET, &format!("/api/v1/devices/{}/updates", ddi.device_id), None).await;
+    assert_eq!(updates["items"][0]["state"], "succeeded", "{updates}");
+    let rollout = admin_json(&ddi.app, Method::GET, &format!("/api/v1/rollouts/{rollout_id}"), None).await;
+    assert_eq!((rollout["counts"]["succeeded"].clone(), rollout["counts"]["failed"].clone()), (json!(1), json!(0)), "{rollout}");
+    // The same without any `result`.
+    let (ddi, _, _) = setup().await;
+    let action = action_of(&ddi.poll().await["_links"]["deploymentBase"]);
+    assert_eq!(ddi.feedback(action, json!({"id": action, "status": {"execution": "closed"}})).await.status(), 200);
+    let updates = admin_json(&ddi.app, Method::GET, &format!("/api/v1/devices/{}/updates", ddi.device_id), None).await;
+    assert_eq!(updates["items"][0]["state"], "succeeded", "{updates}");
+}

@@ -19,6 +19,7 @@ mod ddi;
 mod device_names;
 mod devices;
 mod download;
+mod esphome;
 mod firmware;
 mod first_use;
 mod helpers;

@@ -72,6 +72,8 @@ const OUTSIDE_THE_DOCUMENT: &[(&str, &str, &str)] = &[
     ("GET", "/api/v1/arduino/{product}/update", "the same, for one product"),
     ("GET", "/api/v1/esp32fota/{manifest}", "esp32FOTA manifests"),
     ("GET", "/api/v1/esp32fota/{product}/{file}", "esp32FOTA images, by signed link"),
+    ("GET", "/api/v1/esphome/{product}/manifest.json", "ESPHome manifests"),
+    ("GET", "/api/v1/esphome/{product}/{file}", "ESPHome images, by signed link or what an open product offers anyone"),
     ("GET", "/debug/provisioning", "seed 004's debug provisioning call (off unless UPDRAFT_COMPAT_SEED004_DEBUG)"),
 ];
 

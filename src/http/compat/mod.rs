@@ -16,6 +16,7 @@ pub mod arduino;
 pub mod cyberdeck;
 pub mod ddi;
 pub mod esp32fota;
+pub mod esphome;
 pub mod ota_server;
 pub mod provisioning;
 pub mod thingsboard;
@@ -43,6 +44,9 @@ pub fn router(settings: &CompatSettings) -> Router<AppState> {
     }
     if settings.esp32fota {
         router = router.merge(esp32fota::router());
+    }
+    if settings.esphome {
+        router = router.merge(esphome::router());
     }
     if settings.thingsboard_http {
         router = router.merge(thingsboard::router());

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -98,21 +98,25 @@ async fn post_attributes(
     Ok(StatusCode::OK)
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct AttributeKeys {
-    client_keys: Option<String>,
-    shared_keys: Option<String>,
+/// `clientKeys` and `sharedKeys`, each a comma-separated list or repeated (as ThingsBoard,
+/// a Spring server, takes them: `tb_device_http` sends `sharedKeys=a&sharedKeys=b`).
+fn attribute_keys(query: Option<&str>, name: &str) -> Option<String> {
+    let values: Vec<String> = url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .filter(|(key, _)| key == name)
+        .map(|(_, value)| value.into_owned())
+        .collect();
+    (!values.is_empty()).then(|| values.join(","))
 }
 
 async fn get_attributes(
     State(state): State<AppState>,
     Path(token): Path<String>,
     extensions: axum::http::Extensions,
-    Query(keys): Query<AttributeKeys>,
+    RawQuery(query): RawQuery,
 ) -> TbResult<Response> {
     let device = device(&state, &token, &extensions).await?;
-    let (body, _) = service::attributes(&state.core, device, keys.client_keys.as_deref(), keys.shared_keys.as_deref()).await?;
+    let (client_keys, shared_keys) = (attribute_keys(query.as_deref(), "clientKeys"), attribute_keys(query.as_deref(), "sharedKeys"));
+    let (body, _) = service::attributes(&state.core, device, client_keys.as_deref(), shared_keys.as_deref()).await?;
     Ok(axum::Json(body).into_response())
 }
 
