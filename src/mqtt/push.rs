@@ -20,6 +20,7 @@ use crate::domain::mqtt;
 use crate::services::Core;
 use crate::services::config as config_service;
 use crate::services::devices::{self, CheckinAnswer, CheckinReport};
+use crate::services::events::DeviceChange;
 use crate::services::events::Event;
 use crate::services::fleet::ActiveDevice;
 
@@ -97,8 +98,24 @@ impl Pusher {
         self.publish_offer(&device, answer, force).await
     }
 
+    /// [`Pusher::sync_offer`] when the device connects or reports: a ThingsBoard session is not
+    /// told of an offer this opens, as it asks for its firmware attributes itself when it
+    /// connects (the SDK starts a download for every announcement; ThingsBoard pushes shared
+    /// attributes only when operators change them).
+    async fn sync_offer_unannounced(&self, device: Arc<ActiveDevice>, force: bool) -> Result<()> {
+        let Some(answer) = devices::offers_for(&self.core, std::slice::from_ref(&device)).await?.pop() else {
+            return Ok(());
+        };
+        self.publish(&device, answer, force, false).await
+    }
+
     /// Publishes the decision of a check-in as the device's retained `ota` (empty: none).
     pub async fn publish_offer(&self, device: &ActiveDevice, answer: CheckinAnswer, force: bool) -> Result<()> {
+        self.publish(device, answer, force, true).await
+    }
+
+    /// [`Pusher::publish_offer`]; `announce`: a ThingsBoard session is told of a changed offer.
+    async fn publish(&self, device: &ActiveDevice, answer: CheckinAnswer, force: bool, announce: bool) -> Result<()> {
         let legacy = self.legacy.lock().expect("legacy lock").get(&device.id).cloned();
         let payload = match &answer.offer {
             Some(offer) => {
@@ -127,7 +144,12 @@ impl Pusher {
         if changed || force {
             self.bus.publish(mqtt::ota_topic(&device.id), payload, true).await?;
             metrics::counter!("updraft_mqtt_pushes_total", "kind" => "ota").increment(1);
+            // ThingsBoard sessions hear of an offer when it changes, never again at (re)connection
+            // (ThingsBoard pushes shared attributes on change only, and its clients ask for them
+            // when they connect): the SDK starts a download for each announcement.
             if let (Some(tb), Some(offer)) = (&self.tb, &answer.offer)
+                && changed
+                && announce
                 && tb.has_session(&device.id)
             {
                 tb.push_offer(&device.id, offer).await;
@@ -165,7 +187,7 @@ impl Pusher {
 
     /// Everything a device needs when it connects: its offer and its configuration.
     pub async fn device_connected(&self, device: Arc<ActiveDevice>) {
-        if let Err(e) = self.sync_offer(device.clone(), true).await {
+        if let Err(e) = self.sync_offer_unannounced(device.clone(), true).await {
             tracing::warn!(device_id = %device.id, error = %e, "cannot publish a connected device's offer");
         }
         if let Err(e) = self.sync_config(&device.id, true).await {
@@ -301,11 +323,15 @@ impl Pusher {
                 self.resync(Some(product), false).await
             }
             Event::RolloutCreated { .. } | Event::RolloutTransition { .. } => self.resync(None, false).await,
-            Event::DeviceUpdated { device_id, .. } => {
+            Event::DeviceUpdated { device_id, change } => {
                 if self.core.devices.is_connected(device_id) {
                     match devices::active_by_id(&self.core, device_id).await {
                         Ok(Some(device)) => {
-                            if let Err(e) = self.sync_offer(device, false).await {
+                            let synced = match change {
+                                DeviceChange::Reported { .. } => self.sync_offer_unannounced(device, false).await,
+                                DeviceChange::Operator { .. } => self.sync_offer(device, false).await,
+                            };
+                            if let Err(e) = synced {
                                 tracing::warn!(%device_id, error = %e, "cannot re-evaluate a device's offer");
                             }
                         }

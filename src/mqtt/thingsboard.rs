@@ -62,6 +62,10 @@ pub struct ThingsBoard {
     shared: Mutex<HashMap<String, Map<String, Value>>>,
     /// Server-side RPCs awaiting their reply, per device: request number → command id.
     rpc: Mutex<HashMap<String, PendingRpc>>,
+    /// The attempt whose `fw_*` attributes each session was last told (pushed, or in the answer
+    /// to its own attribute request): the SDK starts a download for every such message, so
+    /// the same offer is never announced twice.
+    announced: Mutex<HashMap<String, String>>,
 }
 
 /// A device's server-side RPCs: the next request number and those awaiting a reply (at most
@@ -110,6 +114,7 @@ impl ThingsBoard {
             chunk_sizes: Mutex::default(),
             shared: Mutex::default(),
             rpc: Mutex::default(),
+            announced: Mutex::default(),
         })
     }
 
@@ -136,6 +141,7 @@ impl ThingsBoard {
                 sessions.remove(device_id);
                 self.shared.lock().expect("tb lock").remove(device_id);
                 self.rpc.lock().expect("tb lock").remove(device_id);
+                self.announced.lock().expect("tb lock").remove(device_id);
             }
         }
         self.chunk_sizes.lock().expect("tb lock").remove(client_id);
@@ -150,6 +156,10 @@ impl ThingsBoard {
     pub async fn push_offer(&self, device_id: &str, offer: &Offer) {
         let client_id = self.sessions.lock().expect("tb lock").get(device_id).cloned();
         if let Some(client_id) = client_id {
+            let told = self.announced.lock().expect("tb lock").insert(device_id.to_string(), offer.attempt_id.to_string());
+            if told.as_deref() == Some(&*offer.attempt_id) {
+                return;
+            }
             let attributes = Value::Object(crate::services::thingsboard::firmware_attributes(&offer.artifact));
             self.send(&client_id, "v1/devices/me/attributes".into(), Bytes::from(attributes.to_string())).await;
         }
@@ -252,7 +262,7 @@ impl ThingsBoard {
     async fn attribute_request(&self, device: Arc<ActiveDevice>, client_id: &ClientId, n: &str, payload: &[u8]) -> Result<()> {
         let request = parse_json(payload)?;
         let keys = |name: &str| request.get(name).and_then(Value::as_str).map(str::to_string);
-        let (body, shared) = crate::services::thingsboard::attributes(
+        let answer = crate::services::thingsboard::attributes(
             &self.core,
             device.clone(),
             keys("clientKeys").as_deref(),
@@ -260,9 +270,12 @@ impl ThingsBoard {
         )
         .await?;
         if self.has_session(&device.id) {
-            self.shared.lock().expect("tb lock").insert(device.id.to_string(), shared);
+            self.shared.lock().expect("tb lock").insert(device.id.to_string(), answer.configuration);
+            if let Some(attempt) = answer.announced_attempt {
+                self.announced.lock().expect("tb lock").insert(device.id.to_string(), attempt);
+            }
         }
-        self.send(client_id, format!("v1/devices/me/attributes/response/{n}"), Bytes::from(body.to_string())).await;
+        self.send(client_id, format!("v1/devices/me/attributes/response/{n}"), Bytes::from(answer.body.to_string())).await;
         Ok(())
     }
 

@@ -82,6 +82,16 @@ pub async fn shared_attributes(core: &Core, device_id: &str) -> Result<Map<Strin
     })
 }
 
+/// The answer to an attribute request.
+pub struct AttributesAnswer {
+    /// `{"client": {...}, "shared": {...}}`.
+    pub body: Value,
+    /// The configuration part of the shared attributes.
+    pub configuration: Map<String, Value>,
+    /// The attempt whose `fw_*` keys the body announces, if it does.
+    pub announced_attempt: Option<String>,
+}
+
 /// An attribute request (`clientKeys`, `sharedKeys`: comma-separated, absent for all) →
 /// `{"client": {...}, "shared": {...}}` (only the asked-for halves when one list is given),
 /// and the configuration part of the shared attributes. It is a check-in: shared attributes
@@ -91,7 +101,7 @@ pub async fn attributes(
     device: Arc<ActiveDevice>,
     client_keys: Option<&str>,
     shared_keys: Option<&str>,
-) -> Result<(Value, Map<String, Value>)> {
+) -> Result<AttributesAnswer> {
     let keys = |list: Option<&str>| -> Option<Vec<String>> {
         list.map(|list| list.split(',').map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).collect())
     };
@@ -114,10 +124,15 @@ pub async fn attributes(
     if client_keys.is_some() || shared_keys.is_none() {
         body.insert("client".into(), Value::Object(pick(client, &client_keys)));
     }
+    let mut announced_attempt = None;
     if shared_keys.is_some() || client_keys.is_none() {
-        body.insert("shared".into(), Value::Object(pick(shared, &shared_keys)));
+        let shared = pick(shared, &shared_keys);
+        if shared.keys().any(|k| k.starts_with("fw_")) {
+            announced_attempt = answer.offer.as_ref().map(|offer| offer.attempt_id.to_string());
+        }
+        body.insert("shared".into(), Value::Object(shared));
     }
-    Ok((Value::Object(body), configuration))
+    Ok(AttributesAnswer { body: Value::Object(body), configuration, announced_attempt })
 }
 
 /// The shared attributes announcing a build (checksum lowercase SHA-256, as the SDK compares).

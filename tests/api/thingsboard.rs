@@ -268,6 +268,10 @@ async fn the_sdk_updates_from_a_rollout_in_chunks_and_whole() {
         let history = history(&s.app, name).await;
         assert_eq!(history["items"][0]["state"], "succeeded", "{history}");
         assert_eq!(history["items"][0]["release_id"], release_id, "offered by the rollout's release");
+        // The offer is announced once (the answer to the SDK's own attribute request is not
+        // pushed again), so the SDK downloads once.
+        let events: Vec<&str> = history["items"][0]["events"].as_array().unwrap().iter().map(|e| e["state"].as_str().unwrap()).collect();
+        assert_eq!(events.iter().filter(|e| **e == "downloading").count(), 1, "{name}: one download: {history}");
     }
     let counts = rollout_counts(&s.app, &rollout).await;
     assert_eq!((counts["succeeded"].clone(), counts["failed"].clone()), (json!(2), json!(0)), "{counts}");

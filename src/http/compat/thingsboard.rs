@@ -116,8 +116,8 @@ async fn get_attributes(
 ) -> TbResult<Response> {
     let device = device(&state, &token, &extensions).await?;
     let (client_keys, shared_keys) = (attribute_keys(query.as_deref(), "clientKeys"), attribute_keys(query.as_deref(), "sharedKeys"));
-    let (body, _) = service::attributes(&state.core, device, client_keys.as_deref(), shared_keys.as_deref()).await?;
-    Ok(axum::Json(body).into_response())
+    let answer = service::attributes(&state.core, device, client_keys.as_deref(), shared_keys.as_deref()).await?;
+    Ok(axum::Json(answer.body).into_response())
 }
 
 #[derive(Deserialize)]
