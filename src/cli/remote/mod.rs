@@ -62,6 +62,7 @@ pub struct EventsGroup {
 
 /// Where the server is, how to authenticate, how to print.
 #[derive(Args, Clone)]
+#[command(next_help_heading = "Connection")]
 pub struct Connection {
     /// The server's base URL, e.g. https://updraft.example.com
     #[arg(long, env = "UPDRAFT_SERVER", value_name = "URL", global = true)]

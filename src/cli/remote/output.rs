@@ -41,7 +41,7 @@ impl Output {
         for row in rows {
             table.add_row(row);
         }
-        println!("{table}");
+        println!("{}", tidy(&table));
     }
 
     /// Without `--json`: `name  value` lines, aligned.
@@ -53,7 +53,7 @@ impl Output {
         for (name, value) in fields {
             table.add_row(vec![name.to_string(), value.clone()]);
         }
-        println!("{table}");
+        println!("{}", tidy(&table));
     }
 }
 
@@ -62,6 +62,12 @@ fn plain_table() -> Table {
     let mut table = Table::new();
     table.load_preset(presets::NOTHING).set_content_arrangement(ContentArrangement::Disabled);
     table
+}
+
+/// The table's text without the padding before its first column and after its last.
+fn tidy(table: &Table) -> String {
+    let text = table.to_string();
+    text.lines().map(|line| line.strip_prefix(' ').unwrap_or(line).trim_end()).collect::<Vec<_>>().join("\n")
 }
 
 /// A size in bytes, for people: `1.5 MiB (1572864 bytes)`.
