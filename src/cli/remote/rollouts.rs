@@ -252,30 +252,17 @@ fn create_body(args: CreateArgs) -> Value {
         }
     }
     body.insert("target".into(), Value::Object(target));
-    if !args.stages.is_empty() {
-        let stages: Vec<Value> = args
-            .stages
+    // Thresholds and soak are per stage: without --stages, the server's default stages get them.
+    let per_stage = args.success_threshold.is_some() || args.error_threshold.is_some() || args.soak.is_some();
+    let stages = if args.stages.is_empty() && per_stage {
+        DEFAULT_STAGES.iter().map(|s| parse_stage(s).expect("the default stages parse")).collect()
+    } else {
+        args.stages
+    };
+    if !stages.is_empty() {
+        let stages: Vec<Value> = stages
             .into_iter()
             .map(|mut stage| {
-                if let Some(threshold) = args.success_threshold {
-                    stage["success_threshold"] = json!(threshold);
-                }
-                if let Some(threshold) = &args.error_threshold {
-                    stage["error_threshold"] = threshold.clone();
-                }
-                if let Some(soak) = args.soak {
-                    stage["min_soak_s"] = json!(soak.as_secs());
-                }
-                stage
-            })
-            .collect();
-        body.insert("stages".into(), Value::Array(stages));
-    } else if args.success_threshold.is_some() || args.error_threshold.is_some() || args.soak.is_some() {
-        // Thresholds apply per stage: give the server's default stages, each with them.
-        let stages: Vec<Value> = ["1%", "10%", "50%", "100%"]
-            .iter()
-            .map(|s| {
-                let mut stage = parse_stage(s).expect("the default stages parse");
                 if let Some(threshold) = args.success_threshold {
                     stage["success_threshold"] = json!(threshold);
                 }
@@ -463,6 +450,9 @@ fn show(output: &Output, rollout: &Rollout) {
     output.table(&["stage", "size", "status", "devices", "succeeded", "failed", "timed out", "failure rate"], rows);
 }
 
+/// The server's default stages (docs/API.md).
+const DEFAULT_STAGES: [&str; 4] = ["1%", "10%", "50%", "100%"];
+
 /// `1%` → `{"percent": 1}`, `5` → `{"count": 5}`.
 fn parse_stage(text: &str) -> Result<Value, String> {
     let text = text.trim();
@@ -474,10 +464,9 @@ fn parse_stage(text: &str) -> Result<Value, String> {
     Ok(json!({"count": count}))
 }
 
-/// `5%` → `{"percent": 5}`, `3` → `{"count": 3}`.
+/// `5%` → `{"percent": 5}`, `3` → `{"count": 3}`: a stage's form.
 fn parse_error_threshold(text: &str) -> Result<Value, String> {
-    let stage = parse_stage(text)?;
-    Ok(stage)
+    parse_stage(text)
 }
 
 #[cfg(test)]
@@ -492,5 +481,31 @@ mod tests {
         assert!(parse_stage("ten").is_err());
         assert!(parse_stage("-1").is_err());
         assert_eq!(parse_error_threshold("3").unwrap(), json!({"count": 3}));
+    }
+
+    fn body(flags: &[&str]) -> Value {
+        #[derive(clap::Parser)]
+        struct Flags {
+            #[command(flatten)]
+            args: CreateArgs,
+        }
+        let flags = <Flags as clap::Parser>::try_parse_from(["create", "rel-1"].iter().chain(flags)).unwrap();
+        create_body(flags.args)
+    }
+
+    #[test]
+    fn per_stage_flags_apply_to_every_stage_the_default_ones_included() {
+        assert_eq!(body(&[]), json!({"release_id": "rel-1", "target": {}}), "absent flags leave the server's defaults");
+        let given = body(&["--stages", "1%,5,100%", "--soak", "1h", "--start"]);
+        assert_eq!(
+            given["stages"],
+            json!([{"percent": 1.0, "min_soak_s": 3600}, {"count": 5, "min_soak_s": 3600}, {"percent": 100.0, "min_soak_s": 3600}])
+        );
+        assert_eq!(given["start"], true);
+        let defaults = body(&["--error-threshold", "5%", "--device", "a,b", "--tag", "eu"]);
+        let stages = defaults["stages"].as_array().unwrap();
+        assert_eq!(stages.len(), 4);
+        assert!(stages.iter().all(|s| s["error_threshold"] == json!({"percent": 5.0})), "{defaults}");
+        assert_eq!(defaults["target"], json!({"devices": ["a", "b"], "tags": ["eu"]}));
     }
 }
