@@ -187,3 +187,21 @@ fn every_schema_type_has_its_own_name() {
     assert!(duplicates.is_empty(), "schema types sharing a name: {duplicates:#?}");
     assert!(seen.len() > 50 && seen.contains_key("DeviceView"), "the scan finds the schema types ({} found)", seen.len());
 }
+
+#[test]
+fn the_operator_commands_are_clients_of_the_api_and_use_no_server_internals() {
+    // `updraft firmware|device|release|rollout|events` talk HTTP to a running server: they
+    // never open its database or call its services, and decode answers with their own types
+    // (so a change of the API fails their tests instead of silently changing their output).
+    // Pure domain types are allowed.
+    let mut found = Vec::new();
+    for (path, text) in sources("src/cli/remote") {
+        for (number, line) in code_lines(&text) {
+            let internal = line.match_indices("crate::").any(|(at, _)| !line[at..].starts_with("crate::domain"));
+            if internal || names(line, "sqlx") || names(line, "axum") {
+                found.push(format!("{}:{number}: `{}`", path.display(), line.trim()));
+            }
+        }
+    }
+    assert!(found.is_empty(), "src/cli/remote uses server internals (docs/ARCHITECTURE.md):\n{}", found.join("\n"));
+}

@@ -11,6 +11,8 @@ use crate::domain::secret;
 use crate::startup::Application;
 use crate::storage::Store;
 
+mod remote;
+
 #[derive(Parser)]
 #[command(name = "updraft", version, about = "Fleet server for ESP32-class devices: OTA firmware, registry, rollouts, configuration, MQTT")]
 struct Cli {
@@ -39,6 +41,8 @@ enum Command {
     /// Named API keys, on the database (works with the server stopped).
     #[command(subcommand)]
     Key(KeyCommand),
+    #[command(flatten)]
+    Remote(remote::Command),
 }
 
 #[derive(Subcommand)]
@@ -171,6 +175,7 @@ pub fn run() -> i32 {
         Command::Import(ImportCommand::OtaServer(args)) => import_ota_server(args),
         Command::User(command) => user_command(command),
         Command::Key(command) => key_command(command),
+        Command::Remote(command) => remote::run(command),
     }
 }
 

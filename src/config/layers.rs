@@ -82,9 +82,15 @@ impl<'a> Sources<'a> {
     }
 }
 
-/// Whether `UPDRAFT_<NAME>` is a setting's variable.
+/// Variables of the operator commands (`updraft firmware|device|…`, docs/CLI.md), not of the
+/// server: an operator's shell that holds them may start a server too.
+const CLIENT_VARIABLES: &[&str] = &["UPDRAFT_SERVER", "UPDRAFT_API_KEY"];
+
+/// Whether `UPDRAFT_<NAME>` is a setting's variable (or the command line's).
 fn known_variable(variable: &str) -> bool {
-    variable == "UPDRAFT_TRUST_PROXY_HEADERS" || SETTINGS.iter().any(|setting| setting.env() == variable)
+    variable == "UPDRAFT_TRUST_PROXY_HEADERS"
+        || CLIENT_VARIABLES.contains(&variable)
+        || SETTINGS.iter().any(|setting| setting.env() == variable)
 }
 
 /// `NAME (where)`, with the setting it was probably meant to be.
@@ -175,5 +181,6 @@ mod tests {
         assert_eq!(describe_unknown("UPDRAFT_SOMETHING_ELSE_ENTIRELY", ".env"), "UPDRAFT_SOMETHING_ELSE_ENTIRELY (.env)");
         assert!(known_variable("UPDRAFT_MQTT_URL") && known_variable("UPDRAFT_CONFIG") && known_variable("UPDRAFT_TRUST_PROXY_HEADERS"));
         assert!(!known_variable("UPDRAFT_MQTT_UR") && !known_variable("UPDRAFT_mqtt_url"));
+        assert!(known_variable("UPDRAFT_SERVER") && known_variable("UPDRAFT_API_KEY"), "the operator commands' variables");
     }
 }
