@@ -161,8 +161,10 @@ fn conflict(product: &str, version: &str, existing: &Artifact) -> Error {
     Error::conflict(
         "version_exists",
         format!(
-            "{product} {version} is already stored with different bytes (artifact {}, sha256 {}) for an overlapping hardware set {:?}; upload it under a new version",
-            existing.id, existing.sha256, existing.hardware
+            "{product} {version} is already stored with different bytes (artifact {}, sha256 {}) for an overlapping hardware set ({}); upload it under a new version",
+            existing.id,
+            existing.sha256,
+            existing.hardware.iter().map(|h| h.as_str()).collect::<Vec<_>>().join(", ")
         ),
     )
 }

@@ -92,7 +92,11 @@ async fn the_same_version_with_different_bytes_is_a_conflict() {
     app.create_artifact(random_bytes(5000, 3), "product=p&version=1.0.0&hardware=esp32,esp32s3").await;
 
     let conflict = app.upload_raw(random_bytes(5000, 4), "product=p&version=1.0.0&hardware=esp32s3").await;
-    assert_eq!(error_code(conflict, 409).await, "version_exists");
+    assert_eq!(conflict.status(), 409);
+    let body: Value = conflict.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "version_exists");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("hardware set (esp32, esp32s3)"), "the hardware ids as an operator wrote them: {message}");
 
     // Another board's build of the same version does not overlap and is stored.
     app.create_artifact(random_bytes(5000, 5), "product=p&version=1.0.0&hardware=esp32c3").await;
