@@ -158,9 +158,10 @@ pub async fn ddi_poll(core: &Core, device: Arc<ActiveDevice>, ip: IpAddr) -> Res
         if !still_offered {
             mark_seen(core, &device, now, Some(ip));
             let action_id = action_id_of(core, open).await?;
-            // Outside its rollout's window the offer pauses; it is not withdrawn.
+            // Outside its rollout's window the offer pauses (a forced one stays forced, as in
+            // hawkBit); it is not withdrawn.
             let action = match window {
-                Some(false) => DdiAction::Deploy { action_id, forced: false, window },
+                Some(false) => DdiAction::Deploy { action_id, forced: rollout_forced(core, &device, open), window },
                 _ => DdiAction::Cancel { action_id },
             };
             let installed = installed_action(core, &device.id, current.as_ref()).await?;
@@ -220,6 +221,12 @@ fn rollout_window(core: &Core, device: &ActiveDevice, attempt: &UpdateAttempt, n
     rollouts::of_product(core, product)?.window_open(rollout_id, now)
 }
 
+/// Whether the rollout that opened an attempt is forced.
+fn rollout_forced(core: &Core, device: &ActiveDevice, attempt: &UpdateAttempt) -> bool {
+    let (Some(rollout_id), Some(product)) = (attempt.rollout_id.as_deref(), device.product.as_deref()) else { return false };
+    rollouts::of_product(core, product).is_some_and(|view| view.forced(rollout_id))
+}
+
 async fn action_id_of(core: &Core, attempt: &UpdateAttempt) -> Result<i64> {
     match attempt.action_id {
         Some(id) => Ok(id),
@@ -259,12 +266,15 @@ pub async fn ddi_action(core: &Core, device: &ActiveDevice, action_id: i64) -> R
     let Some(attempt) = core.store.attempt_by_action(&device.id, action_id).await? else { return Ok(None) };
     let Some(artifact) = core.store.find_artifact(&attempt.artifact_id).await? else { return Ok(None) };
     let now = Utc::now();
+    let window = rollout_window(core, device, &attempt, now);
     let forced = if attempt.state.is_final() {
         false
+    } else if window == Some(false) {
+        // Paused by the window: the decision offers nothing now; the rollout says.
+        rollout_forced(core, device, &attempt)
     } else {
         matches!(decide_for(core, device, now).await?.1, Ok(chosen) if chosen.artifact.id == attempt.artifact_id && chosen.mandatory)
     };
-    let window = rollout_window(core, device, &attempt, now);
     Ok(Some(DdiDeployment { attempt, artifact, forced, window }))
 }
 

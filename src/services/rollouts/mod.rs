@@ -158,6 +158,11 @@ impl ProductRollouts {
         live.window.as_ref().map(|w| w.is_open(now))
     }
 
+    /// Whether a live rollout is forced (its offers are mandatory).
+    pub fn forced(&self, rollout_id: &str) -> bool {
+        self.live.iter().any(|l| &*l.offer.rollout_id == rollout_id && l.offer.mandatory)
+    }
+
     pub fn deadline_s(&self, rollout_id: &str) -> Option<u64> {
         self.live.iter().find(|l| &*l.offer.rollout_id == rollout_id).map(|l| l.deadline_s)
     }
