@@ -130,11 +130,32 @@ print(line(head))
 print("  ".join("-" * w for w in widths))
 for r in rows:
     print(line(r))
+# Memory under load, in one table: the server's RSS in each situation this run measured.
+def find(bench, *words):
+    for r in rows:
+        if r[0] == bench and all(w in r[1] for w in words):
+            return r
+memory = [
+    ("idle, fresh server", find("idle", "idle VmRSS", "median")),
+    ("stalled downloads, CONCURRENT_CLIENTS (peak)", find("concurrent", "server RSS peak")),
+    ("idle MQTT sessions (held)", find("mqtt", "Updraft: VmRSS with", "idle sessions")),
+    ("simulated polling devices (end | peak)", find("simulate", "server RSS with", "simulated polling devices")),
+]
+memory = [(label, r) for label, r in memory if r]
 with open(sys.argv[2], "w") as md:
     md.write("```\n" + open(sys.argv[3]).read() + "```\n\n")
     md.write("| " + " | ".join(head) + " |\n|" + "---|" * 5 + "\n")
     for r in rows:
         md.write("| " + " | ".join(c.replace("|", "\\|") for c in r) + " |\n")
+    if memory:
+        md.write("\n## Server memory under load (the latest figure of each)\n\n| situation | measured as | MiB |\n|---|---|---|\n")
+        for label, r in memory:
+            md.write(f"| {label} | {r[0]}: {r[1]} | {r[2].replace('|', '/')} |\n")
+if memory:
+    print()
+    print("server memory under load (the latest figure of each, from results.tsv):")
+    for label, r in memory:
+        print(f"  {label:<42} {r[2]:<16} ({r[0]}: {r[1]})")
 PY
 
 # A dated copy, so that a later run (of other benchmarks) does not hide this one's figures.
