@@ -11,6 +11,8 @@ use crate::domain::secret;
 use crate::startup::Application;
 use crate::storage::Store;
 
+mod simulate;
+
 #[derive(Parser)]
 #[command(name = "updraft", version, about = "Fleet server for ESP32-class devices: OTA firmware, registry, rollouts, configuration, MQTT")]
 struct Cli {
@@ -39,6 +41,8 @@ enum Command {
     /// Named API keys, on the database (works with the server stopped).
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Simulate a fleet of devices against a running server, over the device protocols.
+    Simulate(simulate::SimulateArgs),
 }
 
 #[derive(Subcommand)]
@@ -171,6 +175,7 @@ pub fn run() -> i32 {
         Command::Import(ImportCommand::OtaServer(args)) => import_ota_server(args),
         Command::User(command) => user_command(command),
         Command::Key(command) => key_command(command),
+        Command::Simulate(args) => simulate::run(args),
     }
 }
 
