@@ -19,7 +19,7 @@ use rand::{Rng, SeedableRng};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use super::{EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_USAGE, ProtocolArg, SimulateArgs};
+use super::{EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_USAGE, SimulateArgs};
 use super::{arduino, ddi, esp32fota, native_http, native_mqtt, report, seed001, summary, thingsboard, wire};
 
 /// Devices start (provision and check in for the first time) at most this many a second.
@@ -270,16 +270,19 @@ impl Plan {
         if args.provision_key.is_some() != args.provision_secret.is_some() {
             return Err("--provision-key and --provision-secret go together".into());
         }
+        if !(1..=1_000_000).contains(&args.devices) {
+            return Err(format!("--devices must be from 1 to 1000000, not {}", args.devices));
+        }
         let with_key = args.provision_key.is_some();
-        let protocols = match args.protocol {
-            ProtocolArg::NativeHttp => vec![Protocol::NativeHttp],
-            ProtocolArg::NativeMqtt => vec![Protocol::NativeMqtt],
-            ProtocolArg::Arduino => vec![Protocol::Arduino],
-            ProtocolArg::Seed001 => vec![Protocol::Seed001],
-            ProtocolArg::Esp32fota => vec![Protocol::Esp32fota],
-            ProtocolArg::Thingsboard => vec![Protocol::Thingsboard],
-            ProtocolArg::Ddi => vec![Protocol::Ddi],
-            ProtocolArg::Mix => {
+        let protocols = match args.protocol.as_str() {
+            "native-http" => vec![Protocol::NativeHttp],
+            "native-mqtt" => vec![Protocol::NativeMqtt],
+            "arduino" => vec![Protocol::Arduino],
+            "seed-001" => vec![Protocol::Seed001],
+            "esp32fota" => vec![Protocol::Esp32fota],
+            "thingsboard" => vec![Protocol::Thingsboard],
+            "ddi" => vec![Protocol::Ddi],
+            "mix" => {
                 let mut all = vec![Protocol::NativeHttp, Protocol::NativeMqtt, Protocol::Arduino, Protocol::Esp32fota, Protocol::Ddi];
                 if args.shared_secret.is_some() {
                     all.push(Protocol::Seed001);
@@ -288,6 +291,11 @@ impl Plan {
                     all.push(Protocol::Thingsboard);
                 }
                 all
+            }
+            other => {
+                return Err(format!(
+                    "unknown --protocol `{other}`: use native-http, native-mqtt, arduino, seed-001, esp32fota, thingsboard, ddi or mix"
+                ));
             }
         };
         if protocols == [Protocol::Thingsboard] && !with_key {
@@ -305,7 +313,7 @@ impl Plan {
         let mac_prefix = [(seed_rng.random::<u8>() & 0xFC) | 0x02, seed_rng.random(), seed_rng.random()];
         Ok(Plan {
             base,
-            devices: args.devices,
+            devices: u32::try_from(args.devices).unwrap_or(u32::MAX),
             product: args.product.clone(),
             hardware: args.hardware.clone(),
             version: args.version.clone(),
@@ -328,10 +336,12 @@ impl Plan {
         })
     }
 
-    /// Device `index`'s MAC: the seed's locally administered prefix, then the index.
+    /// Device `index`'s MAC: the seed's locally administered prefix, the index, and a last
+    /// byte from the seed with its top bit set (so the eFuse form, which reads the MAC
+    /// backwards, has 15 digits as a real one mostly does).
     pub fn mac(&self, index: u32) -> [u8; 6] {
         let [_, a, b, c] = index.to_be_bytes();
-        [self.mac_prefix[0], self.mac_prefix[1], self.mac_prefix[2], a, b, c]
+        [self.mac_prefix[0], self.mac_prefix[1], a, b, c, self.mac_prefix[2] | 0x80]
     }
 
     /// The fate of device `index` when it installs `version`.
@@ -482,7 +492,7 @@ pub async fn run(plan: Plan, report_path: Option<PathBuf>) -> Result<(), Fatal> 
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(Device, Next)>();
     let mut out = 0usize;
     let mut spare = None;
-    let mut ticks = tokio::time::interval(summary.every());
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + summary.every(), summary.every());
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let now = Instant::now();
