@@ -17,14 +17,14 @@
 set -euo pipefail
 source "$(dirname -- "${BASH_SOURCE[0]}")/lib.sh"
 
-ALL=(upload download concurrent idle checkin rollouts mqtt metrics hotpaths shutdown auth admin_auth oidc tls audit web dashboard ddi)
+ALL=(upload download concurrent idle checkin rollouts mqtt metrics hotpaths shutdown auth admin_auth oidc tls audit web dashboard ddi simulate)
 if (($# == 0)); then
   selected=("${ALL[@]}")
 else
   selected=()
   for name in "$@"; do
     case $name in
-      upload | download | concurrent | idle | checkin | rollouts | mqtt | metrics | hotpaths | shutdown | auth | admin_auth | oidc | tls | audit | web | dashboard ddi) selected+=("$name") ;;
+      upload | download | concurrent | idle | checkin | rollouts | mqtt | metrics | hotpaths | shutdown | auth | admin_auth | oidc | tls | audit | web | dashboard ddi | simulate) selected+=("$name") ;;
       -h | --help) sed -n '2,16p' "$0"; exit 0 ;;
       *) die "unknown benchmark '$name' (expected: ${ALL[*]})" ;;
     esac

@@ -26,6 +26,10 @@ pub async fn session(shared: &Shared, device: &mut Device) -> Next {
             tokio::time::sleep(device.poll_wait(shared)).await;
             continue;
         }
+        if matches!(device.phase, Phase::Reboot { .. }) && !boot_checkin(shared, device).await {
+            tokio::time::sleep(device.poll_wait(shared)).await;
+            continue;
+        }
         let device_id = device.device_id.as_deref().unwrap_or_default().to_string();
         let mut options = mqtt::options(shared, &device_id, &device_id, device.token.as_deref().unwrap_or_default());
         options.set_last_will(mqtt::will(&device_id));
@@ -80,6 +84,32 @@ async fn connected(shared: &Shared, device: &mut Device, session: &mut Session, 
                 pending = checkin(shared, device, session).await;
                 next_poll = tokio::time::Instant::now() + device.poll_wait(shared);
             }
+        }
+    }
+}
+
+/// After a reboot, the device says what it runs before it connects (so the broker's view of
+/// the device when it comes online is already the new one).
+async fn boot_checkin(shared: &Shared, device: &mut Device) -> bool {
+    let rebooted = update::reboot(shared, device);
+    let answer = {
+        let _permit = shared.slots.acquire().await;
+        wire::checkin(shared, device).await
+    };
+    match answer {
+        Ok(_) => {
+            if let Some(boots) = rebooted {
+                device.set_state(shared, if boots { UpdateState::Succeeded } else { UpdateState::Failed });
+            }
+            true
+        }
+        Err(e) => {
+            // It tries again at the next boot check-in; the reboot is still to be reported.
+            if let Some(boots) = rebooted {
+                device.phase = Phase::Reboot { boots };
+            }
+            wire::failed(shared, device, &e);
+            false
         }
     }
 }
