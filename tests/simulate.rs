@@ -458,7 +458,8 @@ async fn bad_input_exits_non_zero_with_one_line_naming_the_problem() {
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert_one_line(&stderr, "--provision-key");
 
-    let (status, stderr) = refused(&["--server", &base, "--devices", "2", "--product", "lamp", "--protocol", "native-mqtt", "--mqtt", &unused.to_string()]);
+    let (status, stderr) =
+        refused(&["--server", &base, "--devices", "2", "--product", "lamp", "--protocol", "native-mqtt", "--mqtt", &unused.to_string()]);
     assert_eq!(status.code(), Some(3), "{stderr}");
     assert_one_line(&stderr, "MQTT broker");
 }

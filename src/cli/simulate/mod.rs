@@ -111,7 +111,6 @@ pub struct SimulateArgs {
     summary_every: Duration,
 }
 
-
 /// Runs the simulation; returns the process exit code.
 pub fn run(args: SimulateArgs) -> i32 {
     let plan = match fleet::Plan::from_args(&args) {
