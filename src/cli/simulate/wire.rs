@@ -12,6 +12,9 @@ use super::fleet::{Device, Fatal, Shared, UpdateState};
 use super::update::Offer;
 use super::{EXIT_REFUSED, EXIT_UNREACHABLE};
 
+/// The server's code for a device that was provisioned before (by an earlier run's seed).
+const ALREADY_PROVISIONED: &str = "device_has_token";
+
 /// Why a request did not get what it wanted.
 #[derive(Debug)]
 pub enum WireError {
@@ -35,7 +38,7 @@ impl WireError {
     pub fn fatal(&self, doing: &str) -> Fatal {
         match self {
             WireError::Unreachable(e) => Fatal::new(EXIT_UNREACHABLE, format!("cannot {doing}: {e}")),
-            WireError::Refused { status, code, message } if code == "device_has_token" => Fatal::new(
+            WireError::Refused { status, code, message } if code == ALREADY_PROVISIONED => Fatal::new(
                 EXIT_REFUSED,
                 format!(
                     "the server refused to {doing} ({status} {code}: {message}); a fleet of this --seed ran against this server \
