@@ -27,7 +27,7 @@ if [[ ${1:-} == --quick ]]; then
 fi
 source "$(dirname -- "${BASH_SOURCE[0]}")/lib.sh"
 
-ALL=(upload download concurrent idle checkin rollouts mqtt metrics hotpaths shutdown auth admin_auth oidc tls audit web dashboard ddi)
+ALL=(upload download concurrent idle checkin rollouts mqtt metrics hotpaths shutdown auth admin_auth oidc tls audit web dashboard ddi simulate)
 if (($# == 0)); then
   selected=("${ALL[@]}")
 else
@@ -52,7 +52,7 @@ if [[ -z $QUICK ]]; then
     ROLLOUT_DEVICES=100000 ROLLOUT_COUNT=10 MQTT_PUB_RUNS=2 METRICS_SECONDS=30 METRICS_IDLE=10 HOTPATHS_SECONDS=8 \
     HOTPATHS_WARMUP=2 SHUTDOWN_DEVICES=100000 SHUTDOWN_CHECKIN_SECONDS=15 AUTH_SECONDS=8 AUTH_WARMUP=2 AUTH_ROUNDS=2 \
     ADMIN_AUTH_SECONDS=5 OIDC_SECONDS=5 TLS_ROUNDS=2 TLS_SECONDS=5 AUDIT_SECONDS=5 AUDIT_ROUNDS=1 \
-    DASHBOARD_SECONDS=5 DDI_SECONDS=10 GOOSEBIT_DEVICES=500; do
+    DASHBOARD_SECONDS=5 DDI_SECONDS=10 GOOSEBIT_DEVICES=500 SIMULATE_SECONDS=60; do
     default "$setting"
   done
 fi
@@ -66,7 +66,7 @@ if [[ -n $QUICK ]]; then
     SHUTDOWN_DEVICES=1000 SHUTDOWN_ROLLOUTS=2 SHUTDOWN_CHECKIN_SECONDS=3 AUTH_SECONDS=2 AUTH_WARMUP=1 AUTH_ROUNDS=1 \
     AUTH_DEVICES=100 ADMIN_AUTH_SECONDS=2 OIDC_SECONDS=2 TLS_DEVICES=100 TLS_ROUNDS=1 TLS_SECONDS=2 \
     AUDIT_DEVICES=100 AUDIT_ROUNDS=1 AUDIT_SECONDS=2 AUDIT_WARMUP=1 WEB_RUNS=1 DASHBOARD_DEVICES=1000 \
-    DASHBOARD_SECONDS=2 DDI_DEVICES=1000 DDI_SECONDS=2 GOOSEBIT_DEVICES=20; do
+    DASHBOARD_SECONDS=2 DDI_DEVICES=1000 DDI_SECONDS=2 GOOSEBIT_DEVICES=20 SIMULATE_QUICK=1; do
     default "$setting"
   done
   if [[ -z ${UPDRAFT_BIN:-} ]]; then

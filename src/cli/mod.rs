@@ -12,6 +12,7 @@ use crate::startup::Application;
 use crate::storage::Store;
 
 mod remote;
+mod simulate;
 
 #[derive(Parser)]
 #[command(name = "updraft", version, about = "Fleet server for ESP32-class devices: OTA firmware, registry, rollouts, configuration, MQTT")]
@@ -43,6 +44,8 @@ enum Command {
     Key(KeyCommand),
     #[command(flatten)]
     Remote(remote::Command),
+    /// Simulate a fleet of devices against a running server, over the device protocols.
+    Simulate(simulate::SimulateArgs),
 }
 
 #[derive(Subcommand)]
@@ -176,6 +179,7 @@ pub fn run() -> i32 {
         Command::User(command) => user_command(command),
         Command::Key(command) => key_command(command),
         Command::Remote(command) => remote::run(command),
+        Command::Simulate(args) => simulate::run(args),
     }
 }
 
