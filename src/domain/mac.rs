@@ -51,6 +51,19 @@ impl Mac {
         Err(invalid())
     }
 
+    /// esp32FOTA's `id`: always the decimal eFuse MAC when it is all digits, whatever its
+    /// length (a MAC whose last bytes are zero has a short value, and 12 digits would
+    /// otherwise read as hex); any other form as [`Mac::parse`] takes it.
+    pub fn parse_esp32fota_id(input: &str) -> Result<Mac> {
+        let text = input.trim();
+        if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+            return Mac::from_efuse_decimal(text).ok_or_else(|| {
+                Error::invalid("invalid_mac", format!("`{}` is not a 48-bit eFuse MAC", text.chars().take(40).collect::<String>()))
+            });
+        }
+        Mac::parse(text)
+    }
+
     /// The MAC of a decimal eFuse value.
     pub fn from_efuse_decimal(text: &str) -> Option<Mac> {
         if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
@@ -110,6 +123,19 @@ mod tests {
         {
             assert_eq!(Mac::parse(input).unwrap().canonical(), expected, "{input}");
         }
+    }
+
+    #[test]
+    fn an_esp32fota_id_of_any_length_is_the_decimal_efuse_mac() {
+        for mac in ["24:0A:C4:12:34:00", "24:0A:C4:00:00:00", "24:0A:C4:12:34:56", "01:00:00:00:00:00"] {
+            let mac = Mac::parse(mac).unwrap();
+            assert_eq!(Mac::parse_esp32fota_id(&mac.efuse_decimal()).unwrap(), mac, "{}", mac.efuse_decimal());
+        }
+        // 12 digits: hex for `Mac::parse`, the eFuse value for esp32FOTA.
+        assert_eq!(Mac::parse_esp32fota_id("223653136932").unwrap().canonical(), "24:0A:C4:12:34:00");
+        assert_eq!(Mac::parse_esp32fota_id("24:0a:c4:12:34:56").unwrap().canonical(), "24:0A:C4:12:34:56");
+        assert!(Mac::parse_esp32fota_id("281474976710656").is_err(), "more than 48 bits");
+        assert!(Mac::parse_esp32fota_id("").is_err());
     }
 
     #[test]

@@ -88,7 +88,7 @@ async fn manifest(
     let (offer, signed_query) = match param("id") {
         Some(id) => {
             let request = MacCheckin {
-                mac: Mac::parse(id)?,
+                mac: Mac::parse_esp32fota_id(id)?,
                 product: Some(product.to_string()),
                 register: true,
                 version: None,

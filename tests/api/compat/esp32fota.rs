@@ -63,6 +63,20 @@ async fn a_device_gets_a_small_manifest_with_a_plain_version_and_a_working_url()
     app.stop().await;
 }
 
+/// A MAC whose last bytes are zero has a short eFuse value: 12 digits (which would read as a
+/// hex MAC) or fewer. It is still that device.
+#[tokio::test]
+async fn short_efuse_values_name_their_device() {
+    let app = spawn_app().await;
+    app.create_artifact(image("fota", "2.0.0", 0, 5000), "").await;
+    for (mac, efuse) in [("24:0A:C4:12:34:00", 0x0034_12C4_0A24u64), ("24:0A:C4:00:00:00", 0x0000_00C4_0A24u64)] {
+        let response = send(&app, &get(&app, &format!("/api/v1/esp32fota/fota.json?id={efuse}"))).await;
+        assert_eq!(response.status, 200, "{mac} ({efuse}): {}", response.head);
+        assert_eq!(device(&app, mac).await["product"], "fota", "{efuse} registered {mac}");
+    }
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn nothing_to_offer_or_a_pre_release_is_204() {
     let app = spawn_app().await;
