@@ -91,6 +91,10 @@ pub struct DeviceRuntime {
     /// The latest MQTT telemetry message of each device (at most `cache_entries`): a separate
     /// lock, as telemetry is not presence and arrives at its own pace.
     telemetry: Mutex<IndexMap<Arc<str>, Telemetry>>,
+    /// Held by a presence write from taking the backlog to its commit: a reader that flushes
+    /// first (the device listing, the summary) then waits for a write already under way, so it
+    /// never reads before values taken by the background writer are in the database.
+    presence_flush: tokio::sync::Mutex<()>,
     /// Devices changed on any replica, as `follow_device_changes` reads them from the change
     /// log once a second (the embedded broker re-checks their sessions' tokens).
     pub changed: tokio::sync::broadcast::Sender<Arc<[String]>>,
@@ -112,6 +116,7 @@ impl DeviceRuntime {
             builds: RwLock::default(),
             products: RwLock::default(),
             telemetry: Mutex::default(),
+            presence_flush: tokio::sync::Mutex::const_new(()),
             changed: tokio::sync::broadcast::channel(64).0,
             caches: HotCaches::default(),
             no_update: Mutex::default(),

@@ -212,6 +212,7 @@ pub(super) fn mark_seen(core: &Core, device: &ActiveDevice, now: DateTime<Utc>, 
 /// devices check in: under a flood the stored values lag, while this replica's own view
 /// (online state, `last_seen` in its answers) stays exact.
 pub async fn flush_presence(core: &Core, limit: Option<usize>) -> Result<usize> {
+    let _writing = core.devices.presence_flush.lock().await;
     let mut unwritten = Unwritten { core, batch: core.devices.presence().take_backlog(limit.unwrap_or(usize::MAX)) };
     let written = unwritten.batch.len();
     // On an error, or when this future is dropped mid-write (shutdown stops the loop that
