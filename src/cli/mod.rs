@@ -450,7 +450,7 @@ fn import_ota_server_with(args: &OtaServerImportArgs, settings: &Settings) -> i3
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

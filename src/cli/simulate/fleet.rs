@@ -593,21 +593,9 @@ fn watch_for_the_end(shared: &Arc<Shared>) {
                 None => std::future::pending().await,
             }
         };
-        #[cfg(unix)]
-        let terminate = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut signal) => {
-                    signal.recv().await;
-                }
-                Err(_) => std::future::pending::<()>().await,
-            }
-        };
-        #[cfg(not(unix))]
-        let terminate = std::future::pending::<()>();
         tokio::select! {
             () = elapsed => {},
-            _ = tokio::signal::ctrl_c() => {},
-            () = terminate => {},
+            () = crate::cli::shutdown_signal() => {},
         }
         stop.cancel();
     });

@@ -20,9 +20,8 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use serde_json::json;
 
-use super::{AppState, failure};
+use super::{AppState, CodedError, query_params};
 use crate::domain::compat::esp32fota_version;
 use crate::domain::device::Provisioning;
 use crate::domain::firmware::{Artifact, ProductName};
@@ -36,27 +35,6 @@ use crate::services::firmware as firmware_service;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/api/v1/esp32fota/{manifest}", get(manifest)).route("/api/v1/esp32fota/{product}/{file}", get(image))
-}
-
-/// An esp32FOTA answer that is not a success: `{"error": {"code", "message"}}` with the
-/// error's status (the message generic for 5xx; see `failure`).
-struct FotaError(Error);
-
-impl From<Error> for FotaError {
-    fn from(error: Error) -> Self {
-        FotaError(error)
-    }
-}
-
-impl IntoResponse for FotaError {
-    fn into_response(self) -> Response {
-        let (status, message) = failure(&self.0);
-        (status, axum::Json(json!({"error": {"code": self.0.code(), "message": message}}))).into_response()
-    }
-}
-
-fn query_params(query: Option<&str>) -> Vec<(String, String)> {
-    url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect()
 }
 
 /// The manifest esp32FOTA reads (`checkJSONManifest`): a single object.
@@ -78,7 +56,7 @@ async fn manifest(
     headers: HeaderMap,
     Path(manifest): Path<String>,
     RawQuery(query): RawQuery,
-) -> Result<Response, FotaError> {
+) -> Result<Response, CodedError> {
     let name = manifest.strip_suffix(".json").unwrap_or(&manifest);
     let product = ProductName::parse(name)?;
     let params = query_params(query.as_deref());
@@ -132,9 +110,9 @@ struct FotaLink {
 }
 
 impl FromRequestParts<AppState> for FotaLink {
-    type Rejection = FotaError;
+    type Rejection = CodedError;
 
-    async fn from_request_parts(parts: &mut Parts, _state: &AppState) -> Result<Self, FotaError> {
+    async fn from_request_parts(parts: &mut Parts, _state: &AppState) -> Result<Self, CodedError> {
         let params = query_params(parts.uri.query());
         let param = |key: &str| params.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
         let signed = match (param("device"), param("expires").and_then(|e| e.parse::<i64>().ok()), param("signature")) {
@@ -152,7 +130,7 @@ async fn image(
     headers: HeaderMap,
     Path((product, file)): Path<(String, String)>,
     link: FotaLink,
-) -> Result<Response, FotaError> {
+) -> Result<Response, CodedError> {
     let id = file.strip_suffix(".bin").unwrap_or(&file);
     let artifact = authorised_build(&state, &link, &product, id).await?;
     let served = match state.fota_signer.signature(&artifact)? {

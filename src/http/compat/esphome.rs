@@ -25,9 +25,8 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use serde_json::json;
 
-use super::{AppState, failure};
+use super::{AppState, CodedError, query_params};
 use crate::domain::device::Provisioning;
 use crate::domain::esp_image::chip_family;
 use crate::domain::firmware::{Artifact, Channel, ProductName};
@@ -42,27 +41,6 @@ use crate::services::firmware as firmware_service;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/api/v1/esphome/{product}/manifest.json", get(manifest)).route("/api/v1/esphome/{product}/{file}", get(image))
-}
-
-/// An answer that is not a success: `{"error": {"code", "message"}}` with the error's status
-/// (ESPHome reads only the status; the message is for people).
-struct EspHomeError(Error);
-
-impl From<Error> for EspHomeError {
-    fn from(error: Error) -> Self {
-        EspHomeError(error)
-    }
-}
-
-impl IntoResponse for EspHomeError {
-    fn into_response(self) -> Response {
-        let (status, message) = failure(&self.0);
-        (status, axum::Json(json!({"error": {"code": self.0.code(), "message": message}}))).into_response()
-    }
-}
-
-fn query_params(query: Option<&str>) -> Vec<(String, String)> {
-    url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect()
 }
 
 /// ESP Web Tools' `Manifest`, with ESPHome's `ota` in each build.
@@ -101,7 +79,7 @@ async fn manifest(
     headers: HeaderMap,
     Path(product): Path<String>,
     RawQuery(query): RawQuery,
-) -> Result<Response, EspHomeError> {
+) -> Result<Response, CodedError> {
     let product = ProductName::parse(&product)?;
     let params = query_params(query.as_deref());
     let param = |key: &str| params.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
@@ -189,9 +167,9 @@ struct ImageLink {
 }
 
 impl FromRequestParts<AppState> for ImageLink {
-    type Rejection = EspHomeError;
+    type Rejection = CodedError;
 
-    async fn from_request_parts(parts: &mut Parts, _state: &AppState) -> Result<Self, EspHomeError> {
+    async fn from_request_parts(parts: &mut Parts, _state: &AppState) -> Result<Self, CodedError> {
         let params = query_params(parts.uri.query());
         let param = |key: &str| params.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
         let signed = match (param("device"), param("expires").and_then(|e| e.parse::<i64>().ok()), param("signature")) {
@@ -210,7 +188,7 @@ async fn image(
     headers: HeaderMap,
     Path((product, file)): Path<(String, String)>,
     link: ImageLink,
-) -> Result<Response, EspHomeError> {
+) -> Result<Response, CodedError> {
     let id = file.strip_suffix(".bin").unwrap_or(&file);
     let artifact = Some(firmware_service::find(&state.core, &ArtifactId::from(id)).await?)
         .filter(|a| a.product == product.as_str())

@@ -23,6 +23,7 @@ pub mod thingsboard;
 
 use axum::Router;
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 
 use super::AppState;
 use super::error::status_of;
@@ -71,6 +72,29 @@ pub fn failure(error: &Error) -> (StatusCode, String) {
         tracing::info!(status = status.as_u16(), code = error.code(), message = %error, "request refused");
         (status, error.to_string())
     }
+}
+
+/// The error form of the esp32FOTA and ESPHome adapters: `{"error": {"code", "message"}}`
+/// with the error's status (those clients read only the status; the message is for people,
+/// generic for 5xx, see [`failure`]).
+pub struct CodedError(Error);
+
+impl From<Error> for CodedError {
+    fn from(error: Error) -> Self {
+        CodedError(error)
+    }
+}
+
+impl IntoResponse for CodedError {
+    fn into_response(self) -> Response {
+        let (status, message) = failure(&self.0);
+        (status, axum::Json(serde_json::json!({"error": {"code": self.0.code(), "message": message}}))).into_response()
+    }
+}
+
+/// A query string's parameters, in order, percent-decoded (repeated names kept).
+pub fn query_params(query: Option<&str>) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect()
 }
 
 /// A header's text value (names are case-insensitive), trimmed, if present and not empty.
