@@ -419,6 +419,8 @@ struct Ledger {
     /// Uploads and deletions whose answer a kill cut off: either outcome is right.
     unsure_artifacts: usize,
     unsure_deletions: HashSet<String>,
+    /// Asset names written to (acknowledged or not).
+    asset_names: HashSet<String>,
     /// (asset name, version) → SHA-256.
     assets: HashMap<(String, i64), String>,
     unsure_assets: usize,
@@ -634,7 +636,9 @@ impl Load {
     /// Native asset versions, half of them repeating earlier bytes (content addressing).
     async fn assets(mut self) {
         while !self.stopped() {
-            let name = format!("data-{}.bin", self.rng.random_range(0..3));
+            // A few names per cycle, so that no name has more versions than its list shows.
+            let name = format!("data-{}-{}.bin", self.cycle, self.rng.random_range(0..3));
+            self.ledger.lock().unwrap().asset_names.insert(name.clone());
             // Eight contents in all: most uploads repeat bytes stored before.
             let pick = self.rng.random_range(0..8);
             let bytes = random_bytes(1000 + pick * 7000, pick as u64);
@@ -852,21 +856,21 @@ async fn check_assets(server: &Server, ledger: &Arc<Mutex<Ledger>>) {
         let ledger = ledger.lock().unwrap();
         (ledger.assets.clone(), ledger.unsure_assets)
     };
+    let names = ledger.lock().unwrap().asset_names.clone();
     let mut unknown = 0;
-    for n in 0..3 {
-        let name = format!("data-{n}.bin");
-        let response = server.get(&format!("/api/v1/assets/tool/{name}?limit=500")).await;
-        if response.status() == 404 {
-            assert!(!assets.keys().any(|(asset, _)| *asset == name), "every version of {name} is gone");
-            continue;
-        }
-        let versions: Value = response.json().await.unwrap();
-        let listed: HashMap<i64, String> = versions["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|item| (item["version"].as_i64().unwrap(), item["sha256"].as_str().unwrap().to_string()))
-            .collect();
+    for name in names {
+        let response = server.get(&format!("/api/v1/assets/tool/{name}")).await;
+        let listed: HashMap<i64, String> = match response.status().as_u16() {
+            404 => HashMap::new(),
+            200 => {
+                let versions: Value = response.json().await.unwrap();
+                let items = versions["items"].as_array().unwrap();
+                // The list holds at most 1000 versions: stay below, so that none is hidden.
+                assert!(items.len() < 1000, "{name} has too many versions for this check");
+                items.iter().map(|item| (item["version"].as_i64().unwrap(), item["sha256"].as_str().unwrap().to_string())).collect()
+            }
+            status => panic!("GET versions of {name}: {status}"),
+        };
         for ((asset, version), sha) in assets.iter().filter(|((asset, _), _)| *asset == name) {
             assert_eq!(listed.get(version), Some(sha), "acknowledged asset {asset} version {version}");
         }
