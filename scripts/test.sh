@@ -18,7 +18,8 @@
 #   2. starts a throwaway PostgreSQL cluster and a moto S3 server on free loopback ports,
 #   3. builds the tests once,
 #   4. suite 1/2: all tests (unit + integration) on the embedded backends (SQLite + local folder),
-#   5. suite 2/2: only the integration tests (`--test api`) on the scale-out backends (PostgreSQL + S3),
+#   5. suite 2/2: only the integration tests and the crash harness (`--test api --test crash`) on the
+#      scale-out backends (PostgreSQL + S3),
 #   6. stops both servers and deletes their temp dirs on exit, whatever happened.
 #
 # Not root: the one test that mounts a tmpfs (a full disk) needs root and is skipped.
@@ -438,7 +439,7 @@ if run_child env UPDRAFT_TEST_DATABASE=sqlite UPDRAFT_TEST_BLOB=fs "${RUN[@]}" "
   SUITE1=passed
 fi
 
-say "suite 2/2: postgres + s3 (integration tests: --test api)"
+say "suite 2/2: postgres + s3 (integration tests and the crash harness: --test api --test crash)"
 if run_child env \
     UPDRAFT_TEST_DATABASE="$DATABASE_URL" \
     UPDRAFT_TEST_BLOB=s3 \
@@ -447,7 +448,7 @@ if run_child env \
     AWS_ACCESS_KEY_ID=test \
     AWS_SECRET_ACCESS_KEY=test \
     AWS_DEFAULT_REGION=us-east-1 \
-    "${RUN[@]}" --test api "$@" "${SKIP[@]}"; then
+    "${RUN[@]}" --test api --test crash "$@" "${SKIP[@]}"; then
   SUITE2=passed
 fi
 

@@ -38,6 +38,9 @@ impl Application {
     /// that a start that fails never loses a key it printed; and logs `ready`.
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         let started = Instant::now();
+        // The metrics recorder first: what background tasks count before it is installed (the
+        // orphan-blob collector's run at start) would be lost.
+        let metrics = telemetry::metrics_handle();
         let listener = TcpListener::bind(settings.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {} for HTTP (UPDRAFT_LISTEN): {e}", settings.listen))?;
@@ -79,7 +82,7 @@ impl Application {
             core,
             settings: Arc::new(settings),
             admin_key_digest,
-            metrics: telemetry::metrics_handle(),
+            metrics,
             started,
             fota_signer: Arc::new(fota_signer),
         });

@@ -163,6 +163,9 @@ fn describe_metrics() {
         "updraft_fleet_index_devices",
         "Devices in this replica's in-memory fleet index (check-ins served without a database read)"
     );
+    metrics::describe_counter!("updraft_orphan_blobs_deleted_total", "Stored blobs deleted because no record pointed at them");
+    metrics::describe_counter!("updraft_orphan_blob_scans_total", "Completed runs of the orphan-blob collector");
+    metrics::describe_counter!("updraft_orphan_blob_scan_failures_total", "Runs of the orphan-blob collector that failed");
     metrics::describe_gauge!("updraft_uptime_seconds", metrics::Unit::Seconds, "Seconds since the server started");
 }
 

@@ -12,7 +12,7 @@ use futures::StreamExt;
 use tokio::fs;
 use tokio::io::{AsyncWriteExt, BufWriter};
 
-use super::{ByteStream, io_error};
+use super::{BlobEntry, ByteStream, io_error};
 use crate::domain::{Error, Result};
 
 const STAGING: &str = ".staging";
@@ -73,6 +73,36 @@ impl LocalBlobs {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io_error(e, "cannot delete a blob")),
         }
+    }
+
+    /// The files under `<root>/<prefix>`, as keys (`<prefix>/...`).
+    pub async fn list(&self, prefix: &str) -> Result<Vec<BlobEntry>> {
+        let mut entries = Vec::new();
+        let mut folders = vec![(self.root.join(prefix), prefix.to_string())];
+        while let Some((folder, key_prefix)) = folders.pop() {
+            let mut listing = match fs::read_dir(&folder).await {
+                Ok(listing) => listing,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_error(e, "cannot list the blob folder")),
+            };
+            while let Some(entry) = listing.next_entry().await.map_err(|e| io_error(e, "cannot list the blob folder"))? {
+                let Some(name) = entry.file_name().to_str().map(str::to_string) else { continue };
+                let key = format!("{key_prefix}/{name}");
+                let metadata = match entry.metadata().await {
+                    Ok(metadata) => metadata,
+                    // Deleted since the listing.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(io_error(e, "cannot read a blob's metadata")),
+                };
+                if metadata.is_dir() {
+                    folders.push((entry.path(), key));
+                } else if metadata.is_file() {
+                    let modified = metadata.modified().map_err(|e| io_error(e, "cannot read a blob's time"))?;
+                    entries.push(BlobEntry { key, modified: modified.into() });
+                }
+            }
+        }
+        Ok(entries)
     }
 
     pub async fn check(&self) -> Result<()> {

@@ -1,17 +1,23 @@
 //! Blob storage behind one interface, with two backends: a local folder (default) and
 //! S3-compatible object storage. Writes are staged and become visible only on `commit`;
 //! a writer dropped without commit (client gone, shutdown, error) leaves nothing behind.
+//!
+//! A committed blob becomes reachable once its record is written, a moment later. Until then
+//! the writer's `BlobLease` marks it in use, so that the orphan-blob collector
+//! (`services::orphan_blobs`), which deletes blobs no record points at, leaves it alone.
 
 mod cache;
 mod local;
 mod s3;
 
+use std::collections::HashMap;
 use std::io;
 use std::ops::Range;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 
@@ -25,6 +31,55 @@ pub type ByteStream = BoxStream<'static, io::Result<Bytes>>;
 pub struct BlobStore {
     backend: Arc<Backend>,
     cache: Arc<cache::BlobCache>,
+    leases: Arc<Leases>,
+}
+
+/// The prefixes under which the server creates blobs (`artifacts/<id>`, `assets/<uuid>`):
+/// listing looks only there, so nothing else in a shared folder or bucket is ever touched.
+pub const KEY_PREFIXES: [&str; 2] = ["artifacts", "assets"];
+
+/// A stored blob, as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobEntry {
+    pub key: String,
+    /// When its bytes were last written.
+    pub modified: DateTime<Utc>,
+}
+
+/// Keys in use by this process without a record yet (being written, or committed and waiting
+/// for their record), each with the number of leases held on it.
+#[derive(Default)]
+struct Leases(Mutex<HashMap<String, usize>>);
+
+impl Leases {
+    fn take(self: &Arc<Self>, key: &str) -> BlobLease {
+        *self.0.lock().expect("blob leases lock").entry(key.to_string()).or_insert(0) += 1;
+        BlobLease { leases: self.clone(), key: key.to_string() }
+    }
+
+    fn held(&self) -> std::collections::HashSet<String> {
+        self.0.lock().expect("blob leases lock").keys().cloned().collect()
+    }
+}
+
+/// Marks a blob as in use by this process until dropped: hold it until the blob's record is
+/// written (or the blob deleted).
+#[must_use = "the blob is protected from the orphan-blob collector only while its lease is held"]
+pub struct BlobLease {
+    leases: Arc<Leases>,
+    key: String,
+}
+
+impl Drop for BlobLease {
+    fn drop(&mut self) {
+        let mut held = self.leases.0.lock().expect("blob leases lock");
+        if let Some(count) = held.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&self.key);
+            }
+        }
+    }
 }
 
 /// Size of the slices a cached blob is sent in.
@@ -43,7 +98,7 @@ impl BlobStore {
             BlobSettings::Local { root } => Backend::Local(local::LocalBlobs::open(root).await?),
             BlobSettings::S3(s3) => Backend::S3(s3::S3Blobs::open(s3)?),
         };
-        Ok(BlobStore { backend: Arc::new(backend), cache: Arc::new(cache::BlobCache::new(cache_bytes)) })
+        Ok(BlobStore { backend: Arc::new(backend), cache: Arc::new(cache::BlobCache::new(cache_bytes)), leases: Arc::default() })
     }
 
     /// A human description for logs, without credentials.
@@ -54,14 +109,41 @@ impl BlobStore {
         }
     }
 
-    /// Starts writing a new blob under `key`. It is invisible until `commit`.
+    /// Starts writing a new blob under `key`. It is invisible until `commit`, and leased
+    /// (see `BlobLease`) from now on.
     pub async fn create(&self, key: &str) -> Result<BlobWriter> {
         check_key(key)?;
+        let lease = self.leases.take(key);
         let inner = match &*self.backend {
             Backend::Local(local) => WriterInner::Local(local.create(key).await?),
             Backend::S3(s3) => WriterInner::S3(s3.create(key).await?),
         };
-        Ok(BlobWriter { inner })
+        Ok(BlobWriter { inner, lease })
+    }
+
+    /// Leases a stored blob that a record is about to point at again (content addressing).
+    pub fn lease(&self, key: &str) -> BlobLease {
+        self.leases.take(key)
+    }
+
+    /// The keys this process holds a lease on (read before the records, see
+    /// `services::orphan_blobs`).
+    pub fn leased(&self) -> std::collections::HashSet<String> {
+        self.leases.held()
+    }
+
+    /// Every stored blob under `KEY_PREFIXES`, with when it was written (staging data and
+    /// unfinished uploads are not blobs).
+    pub async fn list(&self) -> Result<Vec<BlobEntry>> {
+        let mut entries = Vec::new();
+        for prefix in KEY_PREFIXES {
+            let found = match &*self.backend {
+                Backend::Local(local) => local.list(prefix).await?,
+                Backend::S3(s3) => s3.list(prefix).await?,
+            };
+            entries.extend(found.into_iter().filter(|entry| check_key(&entry.key).is_ok()));
+        }
+        Ok(entries)
     }
 
     /// Streams the bytes `range` of a blob of `size` bytes (the caller has checked the range).
@@ -121,6 +203,7 @@ impl BlobStore {
 /// A blob being written.
 pub struct BlobWriter {
     inner: WriterInner,
+    lease: BlobLease,
 }
 
 enum WriterInner {
@@ -136,12 +219,14 @@ impl BlobWriter {
         }
     }
 
-    /// Makes the blob durable and visible under its key.
-    pub async fn commit(self) -> Result<()> {
+    /// Makes the blob durable and visible under its key. Keep the lease until the blob's
+    /// record is written.
+    pub async fn commit(self) -> Result<BlobLease> {
         match self.inner {
-            WriterInner::Local(w) => w.commit().await,
-            WriterInner::S3(w) => w.commit().await,
+            WriterInner::Local(w) => w.commit().await?,
+            WriterInner::S3(w) => w.commit().await?,
         }
+        Ok(self.lease)
     }
 
     /// Discards everything written.

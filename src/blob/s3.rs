@@ -11,7 +11,7 @@ use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, WriteMultipart};
 
-use super::ByteStream;
+use super::{BlobEntry, ByteStream};
 use crate::config::S3Settings;
 use crate::domain::{Error, Result};
 
@@ -76,6 +76,22 @@ impl S3Blobs {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(s3_error(e, "cannot delete from S3")),
         }
+    }
+
+    /// The objects under `<prefix>/<key prefix>/`, as keys. Unfinished multipart uploads
+    /// are not objects and are not listed.
+    pub async fn list(&self, key_prefix: &str) -> Result<Vec<BlobEntry>> {
+        use futures::TryStreamExt;
+        let store_prefix = if self.prefix.is_empty() { String::new() } else { format!("{}/", self.prefix) };
+        let objects: Vec<_> =
+            self.store.list(Some(&self.path(key_prefix))).try_collect().await.map_err(|e| s3_error(e, "cannot list S3 objects"))?;
+        Ok(objects
+            .into_iter()
+            .filter_map(|object| {
+                let key = object.location.as_ref().strip_prefix(&store_prefix)?.to_string();
+                Some(BlobEntry { key, modified: object.last_modified })
+            })
+            .collect())
     }
 
     pub async fn check(&self) -> Result<()> {

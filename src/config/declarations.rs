@@ -646,4 +646,20 @@ settings! {
         /// restarted together spreads out.
         ddi_poll_jitter_percent: u32 { value_name: "PERCENT", default: "0", min: 0, max: 50, example: "10" }
     }
+
+    group "Orphan blobs" {
+        /// Seconds a stored blob must be old, with no artifact or asset record pointing at it,
+        /// before the orphan-blob collector deletes it.
+        ///
+        /// Such blobs are left by a crash between an upload's bytes being stored and its record
+        /// being written, or by a removal that failed after a deletion. This server's own uploads
+        /// in progress are never collected, whatever the grace; it protects those of other
+        /// replicas sharing the blob store (and of `updraft import`), so keep it well above the
+        /// moment an upload takes from stored bytes to record. 0 collects at once: for a single
+        /// server, and for tests.
+        orphan_blob_grace_secs: Secs { value_name: "SECS", default: "3600", min: 0, max: 30 * DAY, example: "86400" }
+
+        /// Seconds between two runs of the orphan-blob collector, which also runs once at start.
+        orphan_blob_scan_secs: Secs { value_name: "SECS", default: "3600", min: 1, max: 7 * DAY }
+    }
 }

@@ -184,6 +184,15 @@ pub struct AuditSettings {
     pub retention: Duration,
 }
 
+/// Settings of the orphan-blob collector (`services::orphan_blobs`).
+#[derive(Debug, Clone, Copy)]
+pub struct OrphanBlobSettings {
+    /// A blob without a record is deleted once it is older than this.
+    pub grace: Duration,
+    /// Time between two runs (the first runs at start).
+    pub every: Duration,
+}
+
 /// A token bucket's settings: `per_minute` requests on average, `burst` at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rate {
@@ -235,6 +244,7 @@ pub struct Settings {
     pub accounts: AccountSettings,
     pub audit: AuditSettings,
     pub limits: LimitSettings,
+    pub orphan_blobs: OrphanBlobSettings,
     /// Single sign-on (None when UPDRAFT_OIDC_ISSUER is unset).
     pub oidc: Option<OidcSettings>,
     /// Serve the web dashboard at `/`.
@@ -583,6 +593,7 @@ impl Settings {
                 lvgl: Rate { per_minute: values.limit_lvgl_per_min, burst: values.limit_lvgl_burst },
                 rollouts: Rate { per_minute: values.limit_rollouts_per_min, burst: values.limit_rollouts_burst },
             },
+            orphan_blobs: OrphanBlobSettings { grace: values.orphan_blob_grace_secs, every: values.orphan_blob_scan_secs },
             oidc,
             dashboard_enabled: values.dashboard_enabled,
             web_dir: values.web_dir,

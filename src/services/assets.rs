@@ -145,7 +145,8 @@ pub fn check_signed_timestamp(core: &Core, timestamp: &str, signature: &str, now
 /// An empty file is refused (`empty_file`).
 pub async fn commit_file(core: &Core, staged: StagedUpload, filename: &str) -> Result<AssetFile> {
     let (writer, blob_key, size, sha256) = staged.refuse_empty().await?.finish();
-    writer.commit().await?;
+    // Held until the record is written: the orphan-blob collector leaves the blob alone.
+    let _lease = writer.commit().await?;
     let file = AssetFile { filename: filename.to_string(), blob_key: blob_key.clone(), size, sha256, uploaded_at: Utc::now() };
     let previous = match core.store.put_asset_file(&file).await {
         Ok(previous) => previous,
@@ -215,14 +216,16 @@ pub async fn create(
     }
     let (writer, staged_key, size, sha256) = staged.finish();
     // Content addressing: bytes already stored are not stored twice.
-    let blob_key = match core.store.find_asset_blob_by_sha256(&sha256).await {
+    // The blob is leased until its record is written: the orphan-blob collector leaves it alone.
+    let (blob_key, _lease) = match core.store.find_asset_blob_by_sha256(&sha256).await {
         Ok(Some(existing)) => {
             writer.abort().await;
-            existing
+            let lease = core.blobs.lease(&existing);
+            (existing, lease)
         }
         Ok(None) => {
-            writer.commit().await?;
-            staged_key.clone()
+            let lease = writer.commit().await?;
+            (staged_key.clone(), lease)
         }
         Err(e) => {
             writer.abort().await;

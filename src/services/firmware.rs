@@ -127,7 +127,8 @@ pub async fn commit(core: &Core, staged: StagedUpload, meta: &UploadMeta) -> Res
         }
         Existing::None => {}
     }
-    writer.commit().await?;
+    // Held until the record is written: the orphan-blob collector leaves the blob alone.
+    let _lease = writer.commit().await?;
     let facts = image.as_ref().map(ImageFacts::from_esp);
     let inserted = core
         .store

@@ -18,6 +18,7 @@ pub mod limiter;
 pub mod mqtt_auth;
 pub mod oidc;
 pub mod ops;
+pub mod orphan_blobs;
 pub mod outbox;
 pub mod rollouts;
 pub mod tasks;
@@ -54,6 +55,8 @@ pub struct CoreParts {
     pub audit: Arc<audit::AuditLog>,
     /// Single sign-on (None when no OpenID provider is configured).
     pub oidc: Option<Arc<oidc::Oidc>>,
+    /// When the orphan-blob collector runs and what it spares (see `orphan_blobs`).
+    pub orphan_blobs: crate::config::OrphanBlobSettings,
 }
 
 impl std::ops::Deref for Core {
@@ -85,6 +88,7 @@ impl Core {
             accounts: Arc::new(accounts::AccountsRuntime::new(settings.accounts.clone())),
             audit: Arc::new(audit::AuditLog::new(settings.audit.clone())),
             oidc,
+            orphan_blobs: settings.orphan_blobs,
         })))
     }
 
@@ -105,5 +109,6 @@ impl Core {
         accounts::spawn_background(self.clone());
         audit::spawn_background(self.clone());
         oidc::spawn_background(self);
+        orphan_blobs::spawn_background(self.clone());
     }
 }

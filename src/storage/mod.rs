@@ -10,6 +10,7 @@ mod config;
 mod devices;
 mod firmware;
 mod mqtt;
+mod orphan_blobs;
 mod rollouts;
 mod row;
 mod secrets;

@@ -294,7 +294,7 @@ async fn a_corrupted_build_fails_once_and_is_not_offered_again() {
     damaged[5_000..5_016].copy_from_slice(&[0xAA; 16]);
     let mut writer = core.blobs.create(&stored.blob_key).await.unwrap();
     writer.write(damaged.into()).await.unwrap();
-    writer.commit().await.unwrap();
+    drop(writer.commit().await.unwrap());
 
     let name = "02:00:00:00:16:c1";
     let (result, _workdir, stderr) = run_sdk(&s, "tbbad", name, 4096).await;
