@@ -154,6 +154,8 @@ test('edit a product layer, see history and diff, revert; the secret stays maske
   assert.equal(v4.version, 4);
   assert.deepEqual(v4.content.led, { brightness: 50, colour: 'warm' });
   assert.equal((await deviceConfig(devices[1].token)).body.wifi.password, SECRET, 'the secret survives the revert');
+  // The history refreshes after the write: wait for its new row before reading the order.
+  await history.getByRole('row').filter({ hasText: 'revert to version 1' }).first().waitFor();
   assert.match((await history.getByRole('row').allInnerTexts())[1], /^4.*revert to version 1/s);
   await assertNoSecret(page);
   assert.deepEqual(page.pageErrors, []);
