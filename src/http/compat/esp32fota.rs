@@ -156,14 +156,8 @@ impl FotaLink {
     /// nobody knows, for the build's hardware (never a build held for a rollout, never
     /// another channel's).
     async fn admits(&self, state: &AppState, artifact: &Artifact) -> crate::domain::Result<()> {
-        if let Some((device_id, expires, signature)) = &self.signed {
-            let limiter = &state.core.devices.limiter;
-            limiter.check(self.ip)?;
-            if let Err(e) = device_service::verify_download(&state.core, &artifact.id, device_id, *expires, signature) {
-                limiter.record_failure(self.ip);
-                return Err(e);
-            }
-            return Ok(());
+        if let Some(link) = &self.signed {
+            return super::check_signed_link(state, self.ip, &artifact.id, link);
         }
         let product = &artifact.product;
         let hardware: Vec<Option<&str>> =

@@ -202,14 +202,8 @@ impl ImageLink {
     /// caller's address), or an unsigned request for what an anonymous manifest of the
     /// build's product offers on the link's channel, for the build's hardware.
     async fn admits(&self, state: &AppState, artifact: &Artifact) -> crate::domain::Result<()> {
-        if let Some((device_id, expires, signature)) = &self.signed {
-            let limiter = &state.core.devices.limiter;
-            limiter.check(self.ip)?;
-            if let Err(e) = device_service::verify_download(&state.core, &artifact.id, device_id, *expires, signature) {
-                limiter.record_failure(self.ip);
-                return Err(e);
-            }
-            return Ok(());
+        if let Some(link) = &self.signed {
+            return super::check_signed_link(state, self.ip, &artifact.id, link);
         }
         let channel = Channel::parse(self.channel.as_deref().unwrap_or(Channel::DEFAULT))?;
         let hardware: Vec<Option<&str>> =

@@ -92,6 +92,22 @@ impl IntoResponse for CodedError {
     }
 }
 
+/// Checks a download link signed for a device (`device_id`, `expires`, `signature`) against a
+/// build; a wrong signature counts as a failure of the caller's address, and an address that
+/// failed too often is refused first.
+pub fn check_signed_link(
+    state: &AppState,
+    ip: std::net::IpAddr,
+    artifact_id: &str,
+    link: &(String, i64, String),
+) -> crate::domain::Result<()> {
+    let limiter = &state.core.devices.limiter;
+    limiter.check(ip)?;
+    let (device_id, expires, signature) = link;
+    crate::services::devices::verify_download(&state.core, artifact_id, device_id, *expires, signature)
+        .inspect_err(|_| limiter.record_failure(ip))
+}
+
 /// A query string's parameters, in order, percent-decoded (repeated names kept).
 pub fn query_params(query: Option<&str>) -> Vec<(String, String)> {
     url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect()
