@@ -30,6 +30,7 @@ mod mqtt;
 mod no_update;
 mod oidc;
 mod ops;
+mod properties;
 mod raw;
 mod rollouts;
 mod route_auth;
