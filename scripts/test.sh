@@ -9,8 +9,8 @@
 # What it does:
 #   1. installs what is missing: the PostgreSQL server, Mosquitto and nginx from apt (their
 #      own services are kept from starting: they would take ports 1883 and 80), moto[server] (the S3
-#      stand-in), the ThingsBoard device SDK and paho-mqtt 2.1.0 from PyPI, each in a venv
-#      under target/, the test OpenID provider (npm package oidc-provider, with npm ci under
+#      stand-in), the ThingsBoard device SDK, paho-mqtt 2.1.0 and schemathesis 4.32.5 from PyPI,
+#      each in a venv under target/, the test OpenID provider (npm package oidc-provider, with npm ci under
 #      target/oidc-provider; node and npm from apt when missing), Chromium for the dashboard's
 #      browser tests (apt), and cargo-nextest (cargo install). Installing from apt needs root or
 #      passwordless sudo; without either, it lists what to install and stops before
@@ -282,6 +282,15 @@ export UPDRAFT_TEST_TB_PYTHON="$TB_VENV/bin/python"
 PAHO_VENV="$ROOT/target/venv-paho"
 make_venv "$PAHO_VENV" 'paho.mqtt.client' paho-mqtt==2.1.0
 export UPDRAFT_TEST_PAHO_PYTHON="$PAHO_VENV/bin/python"
+# schemathesis, pinned (the version of tests/api/properties.rs): the API property tests run it
+# against the OpenAPI document. Another version in the venv is replaced.
+ST_VENV="$ROOT/target/venv-st"
+ST_VERSION=4.32.5
+if [[ -x "$ST_VENV/bin/python" ]] && ! "$ST_VENV/bin/python" -c "import importlib.metadata as m; assert m.version('schemathesis') == '$ST_VERSION'" >/dev/null 2>&1; then
+  rm -rf "$ST_VENV"
+fi
+make_venv "$ST_VENV" schemathesis "schemathesis==$ST_VERSION"
+export UPDRAFT_TEST_SCHEMATHESIS_PYTHON="$ST_VENV/bin/python"
 
 # moto, the S3 stand-in: the one on PATH, else its own venv (no system-wide pip install,
 # which Debian refuses anyway).

@@ -42,6 +42,9 @@ pub enum ColorFormat {
 pub const COLOR_FORMATS: &str = "RGB565, RGB565A8, RGB888, XRGB8888, ARGB8888, L8, A8";
 
 impl ColorFormat {
+    /// The names `parse` accepts (in any case).
+    pub const NAMES: &[&str] = &["RGB565", "RGB565A8", "RGB888", "XRGB8888", "ARGB8888", "L8", "A8"];
+
     pub fn parse(text: &str) -> Result<ColorFormat> {
         match text.trim().to_ascii_uppercase().as_str() {
             "RGB565" => Ok(ColorFormat::Rgb565),

@@ -12,6 +12,13 @@ pub struct Mac([u8; 6]);
 const ACCEPTED: &str =
     "accepted forms: AA:BB:CC:DD:EE:FF, aa-bb-cc-dd-ee-ff, aabbccddeeff, or the decimal eFuse MAC (esp32FOTA's ESP.getEfuseMac())";
 
+/// Every text `Mac::parse` accepts, as a regular expression (for the OpenAPI document's
+/// `pattern`): the hex forms, 13 to 15 decimal digits or `efuse:` and decimal digits, each
+/// below 2^48 (281474976710656), with surrounding white space (Unicode's White_Space, which
+/// `str::trim` removes, spelled out: `\s` means more in some regex engines). A unit test
+/// checks it against `Mac::parse` both ways.
+pub const PATTERN: &str = r"^[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*(?:[0-9A-Fa-f]{12}|[0-9A-Fa-f]{2}(?:[:-][0-9A-Fa-f]{2}){5}|[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}|[0-9]{13,14}|[01][0-9]{14}|2[0-7][0-9]{13}|280[0-9]{12}|281[0-3][0-9]{11}|2814[0-6][0-9]{10}|28147[0-3][0-9]{9}|281474[0-8][0-9]{8}|2814749[0-6][0-9]{7}|28147497[0-5][0-9]{6}|281474976[0-6][0-9]{5}|28147497670[0-9]{4}|281474976710[0-5][0-9]{2}|2814749767106[0-4][0-9]|28147497671065[0-4]|281474976710655|efuse:0*(?:[0-9]{1,14}|[01][0-9]{14}|2[0-7][0-9]{13}|280[0-9]{12}|281[0-3][0-9]{11}|2814[0-6][0-9]{10}|28147[0-3][0-9]{9}|281474[0-8][0-9]{8}|2814749[0-6][0-9]{7}|28147497[0-5][0-9]{6}|281474976[0-6][0-9]{5}|28147497670[0-9]{4}|281474976710[0-5][0-9]{2}|2814749767106[0-4][0-9]|28147497671065[0-4]|281474976710655))[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$";
+
 impl Mac {
     /// Parses `AA:BB:CC:DD:EE:FF`, `aa-bb-cc-dd-ee-ff`, `AABB.CCDD.EEFF`, `aabbccddeeff`
     /// (exactly 12 hex digits), or a decimal eFuse MAC (13 to 15 digits, or any decimal
@@ -114,6 +121,53 @@ impl fmt::Display for Mac {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// Every text the document's pattern describes parses.
+        #[test]
+        fn every_text_of_the_pattern_is_a_mac(text in proptest::string::string_regex(&PATTERN[1..PATTERN.len() - 1]).unwrap()) {
+            proptest::prop_assert!(Mac::parse(&text).is_ok(), "{text:?}");
+        }
+
+        /// And nothing else does: texts near the accepted forms, and any text at all.
+        #[test]
+        fn a_text_parses_exactly_when_the_pattern_matches(
+            near in "(efuse:)?[0-9a-fA-F:.\\- ]{0,22}",
+            any in "\\PC{0,20}",
+        ) {
+            let pattern = regex::Regex::new(PATTERN).unwrap();
+            for text in [&near, &any] {
+                proptest::prop_assert_eq!(Mac::parse(text).is_ok(), pattern.is_match(text), "{:?}", text);
+            }
+        }
+    }
+
+    #[test]
+    fn the_pattern_knows_the_limits_of_the_decimal_forms() {
+        let pattern = regex::Regex::new(PATTERN).unwrap();
+        for text in [
+            "281474976710655",
+            "281474976710656",
+            "999999999999999",
+            "1234567890123",
+            "123456789012",
+            "12345678901234567",
+            "efuse:0",
+            "efuse:",
+            "efuse:000000000000000000000281474976710655",
+            "efuse:281474976710656",
+            " aa:bb:cc:dd:ee:ff\n",
+            "aa:bb-cc:dd-ee:ff",
+            "aa:bb:cc:dd:ee.ff",
+            "aabb.ccdd.eeff",
+            "aabb.ccdd.eef",
+            "",
+        ] {
+            assert_eq!(Mac::parse(text).is_ok(), pattern.is_match(text), "{text:?}");
+        }
+    }
 
     #[test]
     fn every_common_form_parses_to_the_same_mac() {

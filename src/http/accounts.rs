@@ -236,14 +236,42 @@ pub struct UserList {
     pub items: Vec<UserView>,
 }
 
-/// `{"username","password"}` or `{"api_key"}`.
-#[derive(Deserialize, ToSchema)]
+/// `{"username","password"}` or `{"api_key"}` (its schema says so: `login_body_schema`).
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoginBody {
     pub username: Option<String>,
     pub password: Option<String>,
     pub api_key: Option<String>,
 }
+
+/// The longest username or password a login reads, in characters.
+const MAX_LOGIN_FIELD_CHARS: usize = 256;
+
+impl utoipa::PartialSchema for LoginBody {
+    /// One of the two forms `login` accepts, each with its fields required and no other.
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, OneOfBuilder, Type};
+        let text = |description: &str, max: Option<usize>| {
+            ObjectBuilder::new().schema_type(Type::String).max_length(max).description(Some(description)).build()
+        };
+        let password = ObjectBuilder::new()
+            .title(Some("Password"))
+            .property("username", text("The user's name", Some(MAX_LOGIN_FIELD_CHARS)))
+            .property("password", text("The user's password", Some(MAX_LOGIN_FIELD_CHARS.max(rules::MAX_PASSWORD_LEN))))
+            .required("username")
+            .required("password")
+            .additional_properties(Some(AdditionalProperties::FreeForm(false)));
+        let key = ObjectBuilder::new()
+            .title(Some("API key"))
+            .property("api_key", text("A named API key or the admin key", None))
+            .required("api_key")
+            .additional_properties(Some(AdditionalProperties::FreeForm(false)));
+        OneOfBuilder::new().item(password).item(key).description(Some("`{\"username\", \"password\"}` or `{\"api_key\"}`")).into()
+    }
+}
+
+impl utoipa::ToSchema for LoginBody {}
 
 /// Who is logged in.
 #[derive(Serialize, ToSchema)]
@@ -480,7 +508,8 @@ async fn login(
         }
     };
     if let Credentials::Password { username, password } = &credentials
-        && (username.len() > 256 || password.len() > rules::MAX_PASSWORD_LEN)
+        && (username.chars().count() > MAX_LOGIN_FIELD_CHARS
+            || password.chars().count() > MAX_LOGIN_FIELD_CHARS.max(rules::MAX_PASSWORD_LEN))
     {
         return Err(Error::invalid("invalid_login", "the username or password is too long").into());
     }

@@ -99,6 +99,9 @@ pub struct KeyList {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
+    #[param(
+        pattern = r"^[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+    )]
     pub product: Option<String>,
 }
 
@@ -114,13 +117,20 @@ pub struct UploadQuery {
 #[serde(deny_unknown_fields)]
 pub struct ConvertQuery {
     /// Largest width; only ever scaled down, keeping the aspect ratio.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 65535)]
     pub width: Option<String>,
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 65535)]
     pub height: Option<String>,
     /// RGB565, RGB565A8, RGB888, XRGB8888, ARGB8888 (default), L8, A8.
+    #[param(schema_with = super::schemas::lvgl_color_format)]
     pub cf: Option<String>,
     /// 8 or 9 (default).
+    #[param(
+        pattern = r"^[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[89][\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+    )]
     pub lvgl: Option<String>,
     /// bin (default) or c.
+    #[param(pattern = r"^(?:[Bb][Ii][Nn]|[Cc])$")]
     pub output: Option<String>,
     /// C identifier for C output [default: image].
     pub name: Option<String>,
@@ -261,7 +271,7 @@ async fn list_assets(State(state): State<AppState>, _viewer: Viewer, ApiQuery(qu
 /// The version is signed with the server's Ed25519 key.
 #[utoipa::path(
     post, path = "/api/v1/assets/{product}/{name}", tag = "assets",
-    params(("product" = String, Path), ("name" = String, Path), UploadQuery),
+    params(("product" = String, Path, pattern = r"^[ \xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}[ \xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"), ("name" = String, Path), UploadQuery),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses((status = 201, body = AssetView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 413, body = ErrorBody), (status = 507, body = ErrorBody)),
     security(("bearer" = ["admin", "operator"]), ("admin_key" = ["admin", "operator"]))
@@ -311,7 +321,7 @@ async fn upload_asset(
 /// The versions of an asset, newest first.
 #[utoipa::path(
     get, path = "/api/v1/assets/{product}/{name}", tag = "assets",
-    params(("product" = String, Path), ("name" = String, Path)),
+    params(("product" = String, Path, pattern = r"^[ \xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}[ \xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"), ("name" = String, Path)),
     responses((status = 200, body = AssetList), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = ["admin", "operator", "viewer", "provisioner"]), ("admin_key" = ["admin", "operator", "viewer", "provisioner"]))
 )]
@@ -328,7 +338,7 @@ async fn list_versions(
 /// device of the product. `X-Updraft-Signature` carries the signature, `ETag` the SHA-256.
 #[utoipa::path(
     get, path = "/api/v1/assets/{product}/{name}/{version}", tag = "assets",
-    params(("product" = String, Path), ("name" = String, Path), ("version" = String, Path, description = "A version number or `latest`")),
+    params(("product" = String, Path, pattern = r"^[ \xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}[ \xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"), ("name" = String, Path), ("version" = String, Path, description = "A version number or `latest`", pattern = r"^(?:latest|\+?0*[1-9][0-9]{0,17})$")),
     responses(
         (status = 200, description = "The bytes", body = Vec<u8>),
         (status = 304, description = "Unchanged (If-None-Match)"),
@@ -359,7 +369,7 @@ async fn download_asset(
 /// The Ed25519 signature of a version and the statement it signs.
 #[utoipa::path(
     get, path = "/api/v1/assets/{product}/{name}/{version}/signature", tag = "assets",
-    params(("product" = String, Path), ("name" = String, Path), ("version" = String, Path, description = "A version number or `latest`")),
+    params(("product" = String, Path, pattern = r"^[ \xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}[ \xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"), ("name" = String, Path), ("version" = String, Path, description = "A version number or `latest`", pattern = r"^(?:latest|\+?0*[1-9][0-9]{0,17})$")),
     responses((status = 200, body = AssetSignature), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = ["admin", "operator", "viewer", "provisioner"]), ("admin_key" = ["admin", "operator", "viewer", "provisioner"]), ("device_token" = []))
 )]

@@ -370,9 +370,12 @@ pub struct AuditQuery {
     /// Before this time (RFC 3339).
     pub until: Option<DateTime<Utc>>,
     /// `ok`, `denied`, `failed`, or a status code such as `403`.
+    #[param(pattern = r"^(?:ok|denied|failed|[1-5][0-9]{2})$")]
     pub result: Option<String>,
     /// 1-500 [default: 50].
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
+    #[param(maximum = 1099511627776_u64)]
     pub offset: Option<u64>,
 }
 

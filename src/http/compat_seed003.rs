@@ -85,9 +85,10 @@ pub struct Seed003FieldError {
     /// `extra_forbidden`, `dict_type`, `bool_parsing`, ...
     #[serde(rename = "type")]
     pub kind: String,
-    /// The value refused (for `missing`: the whole input).
+    /// The value refused: the text of a parameter, a JSON value of the body, or (for
+    /// `missing`) the whole input.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Value)]
     pub input: Option<Value>,
 }
 
@@ -442,7 +443,7 @@ async fn list_configs(State(state): State<AppState>, _viewer: Seed003Viewer) -> 
 /// left out, unless the device's product sets `public_secrets`.
 #[utoipa::path(
     get, path = "/api/configs/{mac}", tag = "seed-003",
-    params(("mac" = String, Path, description = "aa-bb-cc-dd-ee-ff, or aa-bb-cc-dd-ee-ff.json for the raw document")),
+    params(("mac" = String, Path, description = "aa-bb-cc-dd-ee-ff, or aa-bb-cc-dd-ee-ff.json for the raw document", pattern = r"^[0-9A-Fa-f]{2}(?:-[0-9A-Fa-f]{2}){5}(?:\.json)?$")),
     responses(
         (status = 200, body = Seed003Config),
         (status = 400, description = "Malformed MAC", body = Seed003ErrorBody),
@@ -512,7 +513,7 @@ async fn authorize_device_or_admin(state: &AppState, parts: &Parts, mac: &Mac) -
 /// refuses gets 400 with seed 003's list of errors.
 #[utoipa::path(
     put, path = "/api/configs/{mac}", tag = "seed-003",
-    params(("mac" = String, Path, description = "aa-bb-cc-dd-ee-ff")),
+    params(("mac" = String, Path, description = "aa-bb-cc-dd-ee-ff", pattern = r"^[0-9A-Fa-f]{2}(?:-[0-9A-Fa-f]{2}){5}$")),
     request_body = Seed003SaveBody,
     responses(
         (status = 200, body = Seed003Config),
@@ -551,7 +552,7 @@ async fn put_config(
 /// Delete a device's configuration (seed 003): 204.
 #[utoipa::path(
     delete, path = "/api/configs/{mac}", tag = "seed-003",
-    params(("mac" = String, Path, description = "aa-bb-cc-dd-ee-ff")),
+    params(("mac" = String, Path, description = "aa-bb-cc-dd-ee-ff", pattern = r"^[0-9A-Fa-f]{2}(?:-[0-9A-Fa-f]{2}){5}$")),
     responses((status = 204, description = "Deleted"), (status = 400, body = Seed003ErrorBody), (status = 401, body = Seed003ErrorBody), (status = 404, body = Seed003ErrorBody)),
     security(("bearer" = ["admin", "operator"]), ("admin_key" = ["admin", "operator"]))
 )]
@@ -702,11 +703,24 @@ fn multipart_error(error: axum::extract::multipart::MultipartError, limit: u64) 
     }
 }
 
+/// The path of `GET /api/assets/{filename}`.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct AssetFileName {
+    /// A name `POST /api/assets` accepts.
+    #[param(
+        pattern = r"^(?:[^./\\\x00-\x1f\x7f-\x9f]*[^./\\\x00-\x1f\x7f-\x9f\s][^./\\\x00-\x1f\x7f-\x9f]*|\.(?:[^./\\\x00-\x1f\x7f-\x9f]+\.)*[^./\\\x00-\x1f\x7f-\x9f]*|(?:[^./\\\x00-\x1f\x7f-\x9f]+\.)+[^./\\\x00-\x1f\x7f-\x9f]*)$",
+        min_length = 1,
+        max_length = 255
+    )]
+    filename: String,
+}
+
 /// Download an asset uploaded through `POST /api/assets` (public, `Cache-Control: no-cache`,
 /// `Content-Disposition: inline; filename=…`). A name with `..`, `/` or `\` is a 400.
 #[utoipa::path(
     get, path = "/api/assets/{filename}", tag = "seed-003",
-    params(("filename" = String, Path)),
+    params(AssetFileName),
     responses(
         (status = 200, description = "The file", content_type = "application/octet-stream", body = Vec<u8>),
         (status = 304, description = "Unchanged (If-None-Match)"),
@@ -718,7 +732,7 @@ async fn get_asset(
     State(state): State<AppState>,
     method: axum::http::Method,
     headers: HeaderMap,
-    Path(filename): Path<String>,
+    Path(AssetFileName { filename }): Path<AssetFileName>,
 ) -> Seed003Result<Response> {
     let file = assets_service::find_file(&state.core, &filename).await?;
     let mut response =
@@ -738,18 +752,26 @@ async fn get_asset(
 #[allow(dead_code, reason = "describes the query in the OpenAPI document; the handler parses it itself")]
 pub struct LvglQuery {
     /// The image to fetch (http or https; public addresses unless allow-listed).
+    #[param(pattern = r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#@]+(?:[/?#]\S*)?$", max_length = 2083)]
     url: String,
     /// Names of request headers to forward to `url`, comma-separated; each must be present.
     headers: Option<String>,
     /// Largest width; the image is only ever scaled down, keeping its aspect ratio.
+    #[param(minimum = 1, maximum = 65535)]
     width: Option<u32>,
     /// Largest height.
+    #[param(minimum = 1, maximum = 65535)]
     height: Option<u32>,
     /// Colour format: RGB565, RGB565A8, RGB888, XRGB8888, ARGB8888 (default), L8, A8.
+    #[param(schema_with = super::schemas::lvgl_color_format)]
     cf: Option<String>,
     /// LVGL major version of the header: 8 or 9 (default).
+    #[param(
+        pattern = r"^[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[89][\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+    )]
     lvgl: Option<String>,
     /// `bin` (default) or `c` (C source).
+    #[param(pattern = r"^(?:[Bb][Ii][Nn]|[Cc])$")]
     output: Option<String>,
     /// C identifier of the image in C output [default: image].
     name: Option<String>,

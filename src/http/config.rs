@@ -145,7 +145,9 @@ pub struct HistoryPage {
 #[serde(deny_unknown_fields)]
 pub struct PageQuery {
     /// Page size, 1-500 [default: 50].
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
+    #[param(maximum = 1099511627776_u64)]
     pub offset: Option<u64>,
 }
 
@@ -184,9 +186,14 @@ pub struct DiffView {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct StaleQuery {
+    #[param(
+        pattern = r"^[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+    )]
     pub product: Option<String>,
     /// Page size, 1-500 [default: 50].
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
+    #[param(maximum = 1099511627776_u64)]
     pub offset: Option<u64>,
 }
 
@@ -315,7 +322,7 @@ async fn effective_of(state: &AppState, name: &str) -> ApiResult<Response> {
 /// the layer each key came from.
 #[utoipa::path(
     get, path = "/api/v1/configs/{kind}/{name}", tag = "configuration",
-    params(("kind" = String, Path, description = "product, tag or device"), ("name" = String, Path), GetQuery),
+    params(("kind" = String, Path, description = "product, tag or device", pattern = r"^(?:products?|tags?|devices?)$"), ("name" = String, Path), GetQuery),
     responses((status = 200, body = ConfigView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = ["admin", "operator", "viewer", "provisioner"]), ("admin_key" = ["admin", "operator", "viewer", "provisioner"]))
 )]
@@ -341,10 +348,11 @@ async fn get_config(
 /// configuration valid against its product's schema (else 422 listing the errors).
 #[utoipa::path(
     put, path = "/api/v1/configs/{kind}/{name}", tag = "configuration",
-    params(("kind" = String, Path, description = "product, tag or device"), ("name" = String, Path), ("If-Match" = Option<String>, Header, description = "The version the change is based on")),
+    params(("kind" = String, Path, description = "product, tag or device", pattern = r"^(?:products?|tags?|devices?)$"), ("name" = String, Path), ("If-Match" = Option<String>, Header, description = "The version the change is based on")),
     request_body = PutConfigBody,
     responses(
         (status = 200, body = ConfigView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, description = "A device layer of a device that is not registered", body = ErrorBody),
         (status = 412, description = "The document changed since If-Match's version", body = ErrorBody),
         (status = 422, description = "Schema violations", body = ErrorBody),
     ),
@@ -364,7 +372,7 @@ async fn put_config(
 /// Delete a layer's document (a new version that records the deletion).
 #[utoipa::path(
     delete, path = "/api/v1/configs/{kind}/{name}", tag = "configuration",
-    params(("kind" = String, Path), ("name" = String, Path), DeleteQuery, ("If-Match" = Option<String>, Header)),
+    params(("kind" = String, Path, description = "product, tag or device", pattern = r"^(?:products?|tags?|devices?)$"), ("name" = String, Path), DeleteQuery, ("If-Match" = Option<String>, Header)),
     responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 412, body = ErrorBody)),
     security(("bearer" = ["admin", "operator"]), ("admin_key" = ["admin", "operator"]))
 )]
@@ -390,7 +398,7 @@ async fn delete_config(
 /// A layer's versions, newest first (author, time, comment).
 #[utoipa::path(
     get, path = "/api/v1/configs/{kind}/{name}/history", tag = "configuration",
-    params(("kind" = String, Path), ("name" = String, Path), PageQuery),
+    params(("kind" = String, Path, description = "product, tag or device", pattern = r"^(?:products?|tags?|devices?)$"), ("name" = String, Path), PageQuery),
     responses((status = 200, body = HistoryPage), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = ["admin", "operator", "viewer", "provisioner"]), ("admin_key" = ["admin", "operator", "viewer", "provisioner"]))
 )]
@@ -409,7 +417,7 @@ async fn config_history(
 /// One version of a layer, with its document (secrets masked).
 #[utoipa::path(
     get, path = "/api/v1/configs/{kind}/{name}/versions/{version}", tag = "configuration",
-    params(("kind" = String, Path), ("name" = String, Path), ("version" = i64, Path)),
+    params(("kind" = String, Path, description = "product, tag or device", pattern = r"^(?:products?|tags?|devices?)$"), ("name" = String, Path), ("version" = i64, Path)),
     responses((status = 200, body = VersionView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = ["admin", "operator", "viewer", "provisioner"]), ("admin_key" = ["admin", "operator", "viewer", "provisioner"]))
 )]
@@ -427,7 +435,7 @@ async fn config_version(
 /// The differences between two versions of a layer (secrets masked).
 #[utoipa::path(
     get, path = "/api/v1/configs/{kind}/{name}/diff", tag = "configuration",
-    params(("kind" = String, Path), ("name" = String, Path), DiffQuery),
+    params(("kind" = String, Path, description = "product, tag or device", pattern = r"^(?:products?|tags?|devices?)$"), ("name" = String, Path), DiffQuery),
     responses((status = 200, body = DiffView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = ["admin", "operator", "viewer", "provisioner"]), ("admin_key" = ["admin", "operator", "viewer", "provisioner"]))
 )]
@@ -450,7 +458,7 @@ async fn config_diff(
 /// Make an earlier version's document current again (as a new version).
 #[utoipa::path(
     post, path = "/api/v1/configs/{kind}/{name}/revert", tag = "configuration",
-    params(("kind" = String, Path), ("name" = String, Path), ("If-Match" = Option<String>, Header)),
+    params(("kind" = String, Path, description = "product, tag or device", pattern = r"^(?:products?|tags?|devices?)$"), ("name" = String, Path), ("If-Match" = Option<String>, Header)),
     request_body = RevertBody,
     responses((status = 200, body = ConfigView), (status = 204, description = "The reverted-to version was a deletion"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 412, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = ["admin", "operator"]), ("admin_key" = ["admin", "operator"]))
@@ -498,7 +506,7 @@ async fn get_device_config(
     put, path = "/api/v1/devices/{id}/config", tag = "configuration",
     params(("id" = String, Path, description = "Device id or MAC"), ("If-Match" = Option<String>, Header)),
     request_body = PutConfigBody,
-    responses((status = 200, body = ConfigView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 412, body = ErrorBody), (status = 422, body = ErrorBody)),
+    responses((status = 200, body = ConfigView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, description = "No such device", body = ErrorBody), (status = 412, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = ["admin", "operator"]), ("admin_key" = ["admin", "operator"]))
 )]
 async fn put_device_config(
@@ -517,8 +525,8 @@ async fn put_device_config(
 /// A product's configuration JSON Schema.
 #[utoipa::path(
     get, path = "/api/v1/products/{name}/config-schema", tag = "configuration",
-    params(("name" = String, Path)),
-    responses((status = 200, description = "The JSON Schema", body = Object), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    params(("name" = String, Path, description = "Product name", pattern = r"^[ \xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}[ \xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$")),
+    responses((status = 200, description = "The JSON Schema", body = crate::http::schemas::JsonSchemaDocument), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = ["admin", "operator", "viewer", "provisioner"]), ("admin_key" = ["admin", "operator", "viewer", "provisioner"]))
 )]
 async fn get_schema(State(state): State<AppState>, _viewer: Viewer, Path(name): Path<String>) -> ApiResult<Json<Value>> {
@@ -530,8 +538,8 @@ async fn get_schema(State(state): State<AppState>, _viewer: Viewer, Path(name): 
 /// configuration of the product's devices valid; existing documents are not re-checked.
 #[utoipa::path(
     put, path = "/api/v1/products/{name}/config-schema", tag = "configuration",
-    params(("name" = String, Path)),
-    request_body(content = Object, description = "A JSON Schema (draft 2020-12 unless `$schema` says otherwise)"),
+    params(("name" = String, Path, description = "Product name", pattern = r"^[ \xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}[ \xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$")),
+    request_body(content = crate::http::schemas::JsonSchemaDocument, description = "A JSON Schema (draft 2020-12 unless `$schema` says otherwise)"),
     responses((status = 204, description = "Stored"), (status = 400, description = "Not a JSON Schema", body = ErrorBody), (status = 401, body = ErrorBody)),
     security(("bearer" = ["admin", "operator"]), ("admin_key" = ["admin", "operator"]))
 )]
@@ -548,7 +556,7 @@ async fn put_schema(
 
 #[utoipa::path(
     delete, path = "/api/v1/products/{name}/config-schema", tag = "configuration",
-    params(("name" = String, Path)),
+    params(("name" = String, Path, description = "Product name", pattern = r"^[ \xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}[ \xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$")),
     responses((status = 204, description = "Removed"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = ["admin", "operator"]), ("admin_key" = ["admin", "operator"]))
 )]

@@ -136,6 +136,7 @@ async fn certificate_names(
 #[serde(deny_unknown_fields)]
 pub struct ProvisionBody {
     /// Any common MAC form.
+    #[schema(schema_with = super::schemas::mac)]
     pub mac: String,
     pub product: Option<String>,
     pub hardware: Option<String>,
@@ -185,6 +186,9 @@ pub struct CheckinBody {
 #[serde(deny_unknown_fields)]
 pub struct CheckinQuery {
     pub version: Option<String>,
+    #[param(
+        pattern = r"^[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+    )]
     pub product: Option<String>,
     pub hardware: Option<String>,
 }

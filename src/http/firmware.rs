@@ -176,9 +176,12 @@ pub struct ListQuery {
     pub version: Option<String>,
     pub channel: Option<String>,
     /// `-created_at` (default, newest first), `created_at`, or `product`.
+    #[param(pattern = r"^(?:-created_at|created_at|product)$")]
     pub sort: Option<String>,
     /// Page size, 1-500 [default: 50].
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
+    #[param(maximum = 1099511627776_u64)]
     pub offset: Option<u64>,
 }
 

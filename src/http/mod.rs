@@ -26,6 +26,7 @@ pub mod path_guard;
 pub mod range;
 pub mod roles;
 pub mod rollouts;
+pub mod schemas;
 pub mod web;
 
 use std::sync::Arc;
@@ -163,6 +164,7 @@ fn api_router() -> OpenApiRouter<AppState> {
 pub fn openapi() -> utoipa::openapi::OpenApi {
     let mut openapi = api_router().split_for_parts().1;
     roles::describe_roles(&mut openapi);
+    schemas::describe_inputs(&mut openapi);
     openapi
 }
 
@@ -170,6 +172,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 pub fn router(state: AppState) -> Router {
     let (api, mut openapi) = api_router().split_for_parts();
     roles::describe_roles(&mut openapi);
+    schemas::describe_inputs(&mut openapi);
     let guards = guards::Guards::new(state.clone(), &openapi);
     let openapi = Arc::new(openapi);
     let sensitive: Arc<[HeaderName]> = Arc::new([

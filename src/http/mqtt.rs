@@ -125,7 +125,9 @@ pub struct CommandPage {
 #[serde(deny_unknown_fields)]
 pub struct PageQuery {
     /// 1-500 [default: 50].
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
+    #[param(maximum = 1099511627776_u64)]
     pub offset: Option<u64>,
 }
 

@@ -1,7 +1,8 @@
 //! Paths whose percent-encoding decodes to no UTF-8 text (`/api/v1/devices/%ff`), or to
 //! control characters (`%00`, `%0d%0a`), are refused with 400 `invalid_path` in the JSON
-//! error shape, before any extractor sees them: axum's own `Path` rejection would answer in
-//! plain text, and PostgreSQL refuses a NUL in any text (a 500 otherwise).
+//! error shape (seed 003's error body under seed 003's paths), before any extractor sees
+//! them: axum's own `Path` rejection would answer in plain text, and PostgreSQL refuses a NUL
+//! in any text (a 500 otherwise).
 
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
@@ -14,13 +15,18 @@ use crate::domain::Error;
 pub fn check(request: &Request) -> Option<Response> {
     let path = request.uri().path();
     if path.contains('%') && !decodes_to_text(path) {
-        return Some(
-            ApiError(Error::invalid("invalid_path", "the path is not UTF-8 text without control characters once percent-decoded"))
-                .into_response(),
-        );
+        let error = Error::invalid("invalid_path", "the path is not UTF-8 text without control characters once percent-decoded");
+        if SEED_003_PREFIXES.iter().any(|prefix| path.starts_with(prefix)) {
+            let request_id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
+            return Some(super::compat_seed003::error_response(error, request_id));
+        }
+        return Some(ApiError(error).into_response());
     }
     None
 }
+
+/// Where seed 003's routes with a path parameter live: their errors are seed 003's error body.
+const SEED_003_PREFIXES: [&str; 2] = ["/api/assets/", "/api/configs/"];
 
 /// Whether `path` percent-decodes to UTF-8 without control characters (a `%` without two hex
 /// digits stays as it is).

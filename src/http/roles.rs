@@ -83,7 +83,9 @@ fn has_operator_credential(headers: &HeaderMap) -> bool {
 /// Adds the session cookie (`accounts::SESSION_COOKIE`) to every operation secured by the
 /// `bearer` scheme that does not name it, with the same roles (the cookie is accepted wherever
 /// a key is), and the 403 answer such an operation
-/// gives a role its scopes do not list (in the form of its 401). Run on the merged document.
+/// gives a role its scopes do not list (in the form of its 401). Every operation that takes a
+/// credential also gets the 429 of the limiter of failed authentications
+/// (`services::limiter`, in the form of its 401). Run on the merged document.
 pub fn describe_roles(openapi: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::RefOr;
     use utoipa::openapi::security::SecurityRequirement;
@@ -101,6 +103,14 @@ pub fn describe_roles(openapi: &mut utoipa::openapi::OpenApi) {
         for operation in operations.into_iter().flatten() {
             let Some(security) = operation.security.as_mut() else { continue };
             let Ok(value) = serde_json::to_value(&*security) else { continue };
+            let takes_credential = value.as_array().into_iter().flatten().any(|r| r.as_object().is_some_and(|r| !r.is_empty()));
+            let responses = &mut operation.responses.responses;
+            if takes_credential
+                && !responses.contains_key("429")
+                && let Some(RefOr::T(unauthorized)) = responses.get("401")
+            {
+                responses.insert("429".into(), RefOr::T(too_many_failures(unauthorized)));
+            }
             let scopes = value.as_array().into_iter().flatten().find_map(|requirement| requirement.get("bearer")).cloned();
             let scopes: Vec<String> = scopes.and_then(|s| serde_json::from_value(s).ok()).unwrap_or_default();
             if scopes.is_empty() {
@@ -120,6 +130,23 @@ pub fn describe_roles(openapi: &mut utoipa::openapi::OpenApi) {
             }
         }
     }
+}
+
+/// The 429 of an address with too many failed authentications, in the form of `unauthorized`,
+/// with its `Retry-After`.
+fn too_many_failures(unauthorized: &utoipa::openapi::Response) -> utoipa::openapi::Response {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    let mut response = unauthorized.clone();
+    response.description = "Too many failed authentications from this address (ten in a minute): every request from it is refused until \
+         `Retry-After` seconds have passed"
+        .into();
+    let seconds = ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(1)).build();
+    let header = utoipa::openapi::header::HeaderBuilder::new()
+        .schema(Some(seconds))
+        .description(Some("Seconds until the address may authenticate again"))
+        .build();
+    response.headers.insert("Retry-After".into(), utoipa::openapi::RefOr::T(header));
+    response
 }
 
 #[cfg(test)]

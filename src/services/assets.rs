@@ -75,8 +75,9 @@ pub fn check_filename(filename: &str) -> Result<()> {
     if filename.contains("..") || filename.contains('/') || filename.contains('\\') {
         return Err(Error::invalid("invalid_filename", format!("Invalid filename '{filename}': it must not contain '..', '/' or '\\'")));
     }
-    if filename.len() > 255 || filename.chars().any(char::is_control) {
-        return Err(Error::invalid("invalid_filename", "Invalid filename: at most 255 bytes without control characters"));
+    // Characters, not bytes: the OpenAPI document can say characters (`maxLength`).
+    if filename.chars().count() > 255 || filename.chars().any(char::is_control) {
+        return Err(Error::invalid("invalid_filename", "Invalid filename: at most 255 characters without control characters"));
     }
     Ok(())
 }

@@ -31,6 +31,7 @@ mod no_update;
 mod oidc;
 mod ops;
 mod orphan_blobs;
+mod properties;
 mod raw;
 mod rollouts;
 mod route_auth;

@@ -163,7 +163,7 @@ async fn latest_view(state: &AppState, product: &str) -> ApiResult<LatestView> {
 /// The build a product's seed-002 devices (`GET /ota`) receive.
 #[utoipa::path(
     get, path = "/api/v1/products/{name}/latest", tag = "devices",
-    params(("name" = String, Path, description = "Product")),
+    params(("name" = String, Path, description = "Product", pattern = r"^[ \xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}[ \xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$")),
     responses((status = 200, body = LatestView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
     security(("bearer" = ["admin", "operator", "viewer", "provisioner"]), ("admin_key" = ["admin", "operator", "viewer", "provisioner"]))
 )]
@@ -174,7 +174,7 @@ async fn get_latest(State(state): State<AppState>, _viewer: Viewer, Path(name): 
 /// Mark the build seed-002 devices receive (instead of the newest stable build).
 #[utoipa::path(
     put, path = "/api/v1/products/{name}/latest", tag = "devices",
-    params(("name" = String, Path, description = "Product")),
+    params(("name" = String, Path, description = "Product", pattern = r"^[ \xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}[ \xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$")),
     request_body = LatestBody,
     responses((status = 200, body = LatestView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, description = "No build of that version", body = ErrorBody)),
     security(("bearer" = ["admin", "operator"]), ("admin_key" = ["admin", "operator"]))
@@ -192,7 +192,7 @@ async fn put_latest(
 /// Remove the mark: seed-002 devices receive the newest stable build again.
 #[utoipa::path(
     delete, path = "/api/v1/products/{name}/latest", tag = "devices",
-    params(("name" = String, Path, description = "Product")),
+    params(("name" = String, Path, description = "Product", pattern = r"^[ \xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}[ \xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$")),
     responses((status = 204, description = "Unmarked"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
     security(("bearer" = ["admin", "operator"]), ("admin_key" = ["admin", "operator"]))
 )]

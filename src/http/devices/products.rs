@@ -16,7 +16,7 @@ pub(super) async fn list_products(State(state): State<AppState>, _viewer: Viewer
 /// A product's policy (the defaults when it was never configured).
 #[utoipa::path(
     get, path = "/api/v1/products/{name}", tag = "devices",
-    params(("name" = String, Path, description = "Product name")),
+    params(("name" = String, Path, description = "Product name", pattern = r"^[ \xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}[ \xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$")),
     responses((status = 200, body = ProductView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
     security(("bearer" = ["admin", "operator", "viewer", "provisioner"]), ("admin_key" = ["admin", "operator", "viewer", "provisioner"]))
 )]
@@ -29,7 +29,7 @@ pub(super) async fn get_product(State(state): State<AppState>, _viewer: Viewer, 
 /// `public_secrets` to true needs the admin role (it publishes configuration secrets).
 #[utoipa::path(
     put, path = "/api/v1/products/{name}", tag = "devices",
-    params(("name" = String, Path, description = "Product name")),
+    params(("name" = String, Path, description = "Product name", pattern = r"^[ \xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}[ \xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$")),
     request_body = PutProductBody,
     responses((status = 200, body = ProductView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("bearer" = ["admin", "provisioner"]), ("admin_key" = ["admin", "provisioner"]))

@@ -12,11 +12,14 @@ pub struct UpdateListQuery {
     /// installed, succeeded, failed, rejected [default: any].
     pub state: Option<String>,
     /// RFC 3339 time: attempts that changed at or after it.
+    #[param(format = DateTime)]
     pub since: Option<String>,
     /// Only devices of this product.
     pub product: Option<String>,
     /// Page size, 1-500 [default: 50].
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
+    #[param(maximum = 1099511627776_u64)]
     pub offset: Option<u64>,
 }
 

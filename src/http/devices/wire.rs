@@ -85,8 +85,9 @@ pub struct TokenIssued {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateDeviceBody {
-    /// Any common form: `AA:BB:CC:DD:EE:FF`, `aa-bb-cc-dd-ee-ff`, `aabbccddeeff`, or the decimal eFuse MAC.
-    /// A device needs a `mac`, a `uid`, or both.
+    /// A MAC in any common form (see the schema's description); a device needs a `mac`, a
+    /// `uid`, or both.
+    #[schema(schema_with = crate::http::schemas::new_device_mac)]
     pub mac: Option<String>,
     /// The unique name the device calls itself by, for a device without a MAC or whose
     /// protocol names it otherwise (ThingsBoard `deviceName`, hawkBit `controllerId`):
@@ -194,9 +195,12 @@ pub struct DeviceListQuery {
     /// Case-insensitive text search in name, MAC, unique name (`uid`), owner and id.
     pub q: Option<String>,
     /// `-created_at` (default), `created_at`, `-last_seen`, `name`, `mac`.
+    #[param(pattern = r"^(?:-created_at|created_at|-last_seen|name|mac)$")]
     pub sort: Option<String>,
     /// Page size, 1-500 [default: 50].
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
+    #[param(maximum = 1099511627776_u64)]
     pub offset: Option<u64>,
 }
 

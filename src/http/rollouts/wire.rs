@@ -299,6 +299,7 @@ pub struct RolloutList {
 #[serde(deny_unknown_fields)]
 pub struct RolloutListQuery {
     pub product: Option<String>,
+    #[param(pattern = r"^(?:draft|running|paused|completed|cancelled|halted|rolled_back)$")]
     pub state: Option<String>,
 }
 

@@ -1996,10 +1996,7 @@ export interface components {
             excused: number;
         };
         CreateDeviceBody: {
-            /**
-             * @description Any common form: `AA:BB:CC:DD:EE:FF`, `aa-bb-cc-dd-ee-ff`, `aabbccddeeff`, or the decimal eFuse MAC.
-             *     A device needs a `mac`, a `uid`, or both.
-             */
+            /** @description Any common form: `AA:BB:CC:DD:EE:FF`, `aa-bb-cc-dd-ee-ff`, `AABB.CCDD.EEFF`, `aabbccddeeff`, or the decimal eFuse MAC (13 to 15 digits, or `efuse:` and digits; below 2^48). A device needs a `mac`, a `uid`, or both. */
             mac?: string | null;
             /**
              * @description The unique name the device calls itself by, for a device without a MAC or whose
@@ -2318,6 +2315,8 @@ export interface components {
             device_ids: string[];
             errors: components["schemas"]["ImportError"][];
         };
+        /** @description A JSON Schema: an object, or `true` / `false` */
+        JsonSchemaDocument: Record<string, never> | boolean;
         /** @description A new key: `key` is shown only in this answer (only its digest is stored). */
         KeyCreated: {
             id: string;
@@ -2372,11 +2371,15 @@ export interface components {
             /** Format: int64 */
             version: number;
         };
-        /** @description `{"username","password"}` or `{"api_key"}`. */
+        /** @description `{"username", "password"}` or `{"api_key"}` */
         LoginBody: {
-            username?: string | null;
-            password?: string | null;
-            api_key?: string | null;
+            /** @description The user's name */
+            username: string;
+            /** @description The user's password */
+            password: string;
+        } | {
+            /** @description A named API key or the admin key */
+            api_key: string;
         };
         /** @description How operators can sign in here (the dashboard's sign-in page asks before anyone is signed in). */
         LoginMethods: {
@@ -2558,7 +2561,7 @@ export interface components {
             poll_interval_s: number;
         };
         ProvisionBody: {
-            /** @description Any common MAC form. */
+            /** @description Any common form: `AA:BB:CC:DD:EE:FF`, `aa-bb-cc-dd-ee-ff`, `AABB.CCDD.EEFF`, `aabbccddeeff`, or the decimal eFuse MAC (13 to 15 digits, or `efuse:` and digits; below 2^48). */
             mac: string;
             product?: string | null;
             hardware?: string | null;
@@ -2749,8 +2752,11 @@ export interface components {
              *     `extra_forbidden`, `dict_type`, `bool_parsing`, ...
              */
             type: string;
-            /** @description The value refused (for `missing`: the whole input). */
-            input?: Record<string, never>;
+            /**
+             * @description The value refused: the text of a parameter, a JSON value of the body, or (for
+             *     `missing`) the whole input.
+             */
+            input?: unknown;
         };
         Seed003List: {
             configs: components["schemas"]["Seed003Summary"][];
@@ -3204,6 +3210,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @description A name `POST /api/assets` accepts. */
                 filename: string;
             };
             cookie?: never;
@@ -3243,6 +3250,13 @@ export interface operations {
                     "application/json": components["schemas"]["Seed003ErrorBody"];
                 };
             };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
         };
     };
     list_configs: {
@@ -3273,6 +3287,17 @@ export interface operations {
             /** @description The credential's role is not one of admin, operator, viewer, provisioner */
             403: {
                 headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Seed003ErrorBody"];
+                };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -3335,6 +3360,24 @@ export interface operations {
                     "application/json": components["schemas"]["Seed003ErrorBody"];
                 };
             };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Seed003ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
         };
     };
     put_config: {
@@ -3396,6 +3439,33 @@ export interface operations {
                     "application/json": components["schemas"]["Seed003ErrorBody"];
                 };
             };
+            /** @description The body is not sent as `Content-Type: application/json` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Seed003ErrorBody"];
+                };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Seed003ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
         };
     };
     delete_config: {
@@ -3450,6 +3520,24 @@ export interface operations {
                     "application/json": components["schemas"]["Seed003ErrorBody"];
                 };
             };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Seed003ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
         };
     };
     health: {
@@ -3482,7 +3570,6 @@ export interface operations {
                 width?: number;
                 /** @description Largest height. */
                 height?: number;
-                /** @description Colour format: RGB565, RGB565A8, RGB888, XRGB8888, ARGB8888 (default), L8, A8. */
                 cf?: string;
                 /** @description LVGL major version of the header: 8 or 9 (default). */
                 lvgl?: string;
@@ -3514,6 +3601,13 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["Seed003FieldError"][];
                 };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
             /** @description The URL did not return an image (`PROCESSING_ERROR`) */
             500: {
@@ -3591,6 +3685,15 @@ export interface operations {
                     "application/json": components["schemas"]["ApiKeyList"];
                 };
             };
+            /** @description A path that does not decode to text, or a query parameter that is unknown or cannot be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -3606,6 +3709,24 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
         };
     };
@@ -3663,6 +3784,26 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description The body is not sent as `Content-Type: application/json` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
         };
     };
     revoke_key: {
@@ -3683,6 +3824,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["KeyView"];
+                };
+            };
+            /** @description A path that does not decode to text, or a query parameter that is unknown or cannot be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
             401: {
@@ -3708,6 +3858,24 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
         };
     };
@@ -3755,6 +3923,24 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
         };
     };
     list_versions: {
@@ -3775,6 +3961,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["AssetList"];
+                };
+            };
+            /** @description A path that does not decode to text, or a query parameter that is unknown or cannot be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
             401: {
@@ -3801,6 +3996,24 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
         };
     };
@@ -3863,6 +4076,24 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
             507: {
                 headers: {
                     [name: string]: unknown;
@@ -3903,6 +4134,15 @@ export interface operations {
                 };
                 content?: never;
             };
+            /** @description A path that does not decode to text, or a query parameter that is unknown or cannot be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -3927,6 +4167,24 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
         };
     };
@@ -3952,6 +4210,15 @@ export interface operations {
                     "application/json": components["schemas"]["AssetSignature"];
                 };
             };
+            /** @description A path that does not decode to text, or a query parameter that is unknown or cannot be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -3976,6 +4243,24 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
         };
     };
@@ -4034,6 +4319,24 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
         };
     };
     export_audit: {
@@ -4083,6 +4386,24 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
         };
     };
     stale_configs: {
@@ -4131,6 +4452,24 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
         };
     };
@@ -4191,6 +4530,24 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
         };
     };
     put_config: {
@@ -4246,8 +4603,26 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description A device layer of a device that is not registered */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description The document changed since If-Match's version */
             412: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is not sent as `Content-Type: application/json` */
+            415: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -4264,6 +4639,24 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
         };
     };
     delete_config: {
@@ -4277,6 +4670,7 @@ export interface operations {
                 "If-Match"?: string | null;
             };
             path: {
+                /** @description product, tag or device */
                 kind: string;
                 name: string;
             };
@@ -4290,6 +4684,15 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content?: never;
+            };
+            /** @description A path that does not decode to text, or a query parameter that is unknown or cannot be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
             };
             401: {
                 headers: {
@@ -4324,6 +4727,24 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
         };
     };
     config_diff: {
@@ -4334,6 +4755,7 @@ export interface operations {
             };
             header?: never;
             path: {
+                /** @description product, tag or device */
                 kind: string;
                 name: string;
             };
@@ -4382,6 +4804,24 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
         };
     };
     config_history: {
@@ -4393,6 +4833,7 @@ export interface operations {
             };
             header?: never;
             path: {
+                /** @description product, tag or device */
                 kind: string;
                 name: string;
             };
@@ -4406,6 +4847,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["HistoryPage"];
+                };
+            };
+            /** @description A path that does not decode to text, or a query parameter that is unknown or cannot be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
             401: {
@@ -4433,6 +4883,24 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
         };
     };
     revert_config: {
@@ -4442,6 +4910,7 @@ export interface operations {
                 "If-Match"?: string | null;
             };
             path: {
+                /** @description product, tag or device */
                 kind: string;
                 name: string;
             };
@@ -4467,6 +4936,15 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content?: never;
+            };
+            /** @description A path that does not decode to text, or a query parameter that is unknown or cannot be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
             };
             401: {
                 headers: {
@@ -4501,6 +4979,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description The body is not sent as `Content-Type: application/json` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -4509,6 +4996,24 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
         };
     };
     config_version: {
@@ -4516,6 +5021,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @description product, tag or device */
                 kind: string;
                 name: string;
                 version: number;
@@ -4530,6 +5036,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["VersionView"];
+                };
+            };
+            /** @description A path that does not decode to text, or a query parameter that is unknown or cannot be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
             401: {
@@ -4556,6 +5071,24 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
         };
     };
@@ -4604,6 +5137,13 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
         };
     };
     checkin_post: {
@@ -4636,6 +5176,15 @@ export interface operations {
                 };
             };
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is not sent as `Content-Type: application/json` */
+            415: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -4736,6 +5285,26 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description The body is not sent as `Content-Type: application/json` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
         };
     };
     download: {
@@ -4772,6 +5341,15 @@ export interface operations {
                     "application/octet-stream": number[];
                 };
             };
+            /** @description A path that does not decode to text, or a query parameter that is unknown or cannot be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -4803,6 +5381,24 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
         };
     };
@@ -4837,6 +5433,15 @@ export interface operations {
             };
             /** @description Unknown, expired or used key */
             409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is not sent as `Content-Type: application/json` */
+            415: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -4910,6 +5515,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description The body is not sent as `Content-Type: application/json` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             429: {
                 headers: {
                     [name: string]: unknown;
@@ -4950,6 +5564,26 @@ export interface operations {
             };
             401: {
                 headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is not sent as `Content-Type: application/json` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -4997,6 +5631,26 @@ export interface operations {
             };
             409: {
                 headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is not sent as `Content-Type: application/json` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -5067,6 +5721,24 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
         };
     };
     create_device: {
@@ -5124,6 +5796,26 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description The body is not sent as `Content-Type: application/json` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
         };
     };
     bulk_devices: {
@@ -5171,9 +5863,29 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description The body is not sent as `Content-Type: application/json` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description More than 10,000 devices */
             422: {
                 headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -5237,6 +5949,17 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
         };
     };
     device_summary: {
@@ -5284,6 +6007,24 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
         };
     };
     get_device: {
@@ -5304,6 +6045,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["DeviceView"];
+                };
+            };
+            /** @description A path that does not decode to text, or a query parameter that is unknown or cannot be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
             401: {
@@ -5331,6 +6081,24 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
         };
     };
     delete_device: {
@@ -5351,6 +6119,15 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content?: never;
+            };
+            /** @description A path that does not decode to text, or a query parameter that is unknown or cannot be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
             };
             401: {
                 headers: {
@@ -5376,6 +6153,24 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
         };
     };
@@ -5436,6 +6231,33 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description The body is not sent as `Content-Type: application/json` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
         };
     };
     list_commands: {
@@ -5494,6 +6316,24 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
         };
     };
@@ -5562,6 +6402,33 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description The body is not sent as `Content-Type: application/json` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
             /** @description MQTT is off */
             503: {
                 headers: {
@@ -5594,6 +6461,15 @@ export interface operations {
                     "application/json": components["schemas"]["CommandView"];
                 };
             };
+            /** @description A path that does not decode to text, or a query parameter that is unknown or cannot be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -5618,6 +6494,24 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
         };
     };
@@ -5645,6 +6539,15 @@ export interface operations {
                     "application/json": components["schemas"]["EffectiveView"];
                 };
             };
+            /** @description A path that does not decode to text, or a query parameter that is unknown or cannot be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -5669,6 +6572,24 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
         };
     };
@@ -5723,7 +6644,25 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description No such device */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             412: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is not sent as `Content-Type: application/json` */
+            415: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -5738,6 +6677,24 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
         };
     };
@@ -5761,6 +6718,15 @@ export interface operations {
                     "application/json": components["schemas"]["SetupHistory"];
                 };
             };
+            /** @description A path that does not decode to text, or a query parameter that is unknown or cannot be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -5785,6 +6751,24 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
         };
     };
@@ -5808,6 +6792,15 @@ export interface operations {
                     "application/json": components["schemas"]["TelemetryView"];
                 };
             };
+            /** @description A path that does not decode to text, or a query parameter that is unknown or cannot be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -5832,6 +6825,24 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
         };
     };
@@ -5855,6 +6866,15 @@ export interface operations {
                     "application/json": components["schemas"]["TokenIssued"];
                 };
             };
+            /** @description A path that does not decode to text, or a query parameter that is unknown or cannot be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -5879,6 +6899,24 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
         };
     };
@@ -5901,6 +6939,15 @@ export interface operations {
                 };
                 content?: never;
             };
+            /** @description A path that does not decode to text, or a query parameter that is unknown or cannot be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -5926,6 +6973,24 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
         };
     };
     device_updates: {
@@ -5946,6 +7011,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["AttemptList"];
+                };
+            };
+            /** @description A path that does not decode to text, or a query parameter that is unknown or cannot be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
             401: {
@@ -5972,6 +7046,24 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
         };
     };
@@ -6004,6 +7096,17 @@ export interface operations {
             /** @description The credential's role is not one of admin, operator, viewer, provisioner */
             403: {
                 headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -6063,6 +7166,24 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
         };
     };
@@ -6171,6 +7292,24 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
             /** @description Storage full; nothing stored */
             507: {
                 headers: {
@@ -6202,6 +7341,15 @@ export interface operations {
                     "application/json": components["schemas"]["ArtifactView"];
                 };
             };
+            /** @description A path that does not decode to text, or a query parameter that is unknown or cannot be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -6227,6 +7375,24 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
         };
     };
     delete_firmware: {
@@ -6247,6 +7413,15 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content?: never;
+            };
+            /** @description A path that does not decode to text, or a query parameter that is unknown or cannot be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
             };
             401: {
                 headers: {
@@ -6281,6 +7456,24 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
         };
     };
@@ -6341,6 +7534,33 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description The body is not sent as `Content-Type: application/json` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
         };
     };
     download_firmware: {
@@ -6385,6 +7605,15 @@ export interface operations {
                 };
                 content?: never;
             };
+            /** @description A path that does not decode to text, or a query parameter that is unknown or cannot be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -6419,6 +7648,24 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
         };
     };
     flash_manifest: {
@@ -6451,6 +7698,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["FlashManifest"];
+                };
+            };
+            /** @description A path that does not decode to text, or a query parameter that is unknown or cannot be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
             401: {
@@ -6487,6 +7743,24 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
         };
     };
     firmware_usage: {
@@ -6507,6 +7781,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ArtifactUsage"];
+                };
+            };
+            /** @description A path that does not decode to text, or a query parameter that is unknown or cannot be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
             401: {
@@ -6533,6 +7816,24 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
         };
     };
@@ -6564,6 +7865,17 @@ export interface operations {
             /** @description The credential's role is not one of admin, operator, viewer, provisioner */
             403: {
                 headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -6626,8 +7938,28 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description The body is not sent as `Content-Type: application/json` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             422: {
                 headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -6656,6 +7988,15 @@ export interface operations {
                     "application/json": components["schemas"]["GroupDetail"];
                 };
             };
+            /** @description A path that does not decode to text, or a query parameter that is unknown or cannot be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -6681,6 +8022,24 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
         };
     };
     delete_group: {
@@ -6701,6 +8060,15 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content?: never;
+            };
+            /** @description A path that does not decode to text, or a query parameter that is unknown or cannot be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
             };
             401: {
                 headers: {
@@ -6734,6 +8102,24 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
         };
     };
@@ -6794,6 +8180,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description The body is not sent as `Content-Type: application/json` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -6802,15 +8197,32 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
         };
     };
     convert_image: {
         parameters: {
             query?: {
                 /** @description Largest width; only ever scaled down, keeping the aspect ratio. */
-                width?: string;
-                height?: string;
-                /** @description RGB565, RGB565A8, RGB888, XRGB8888, ARGB8888 (default), L8, A8. */
+                width?: number;
+                height?: number;
                 cf?: string;
                 /** @description 8 or 9 (default). */
                 lvgl?: string;
@@ -6881,6 +8293,24 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
             /** @description Every conversion slot is in use; see Retry-After */
             503: {
                 headers: {
@@ -6945,6 +8375,17 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
         };
     };
     emqx_authn: {
@@ -6969,6 +8410,15 @@ export interface operations {
             };
             /** @description Hooks are off */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is not sent as `Content-Type: application/json` */
+            415: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -7015,6 +8465,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description The body is not sent as `Content-Type: application/json` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
         };
     };
     mosquitto_acl: {
@@ -7046,6 +8505,15 @@ export interface operations {
             };
             /** @description Hooks are off */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is not sent as `Content-Type: application/json` */
+            415: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -7091,6 +8559,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description The body is not sent as `Content-Type: application/json` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
         };
     };
     mosquitto_user: {
@@ -7129,6 +8606,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description The body is not sent as `Content-Type: application/json` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
         };
     };
     list_users: {
@@ -7159,6 +8645,17 @@ export interface operations {
             /** @description The credential's role is not one of admin */
             403: {
                 headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -7223,6 +8720,33 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description The body is not sent as `Content-Type: application/json` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
         };
     };
     delete_user: {
@@ -7242,6 +8766,15 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content?: never;
+            };
+            /** @description A path that does not decode to text, or a query parameter that is unknown or cannot be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
             };
             401: {
                 headers: {
@@ -7267,6 +8800,24 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
         };
     };
@@ -7316,6 +8867,26 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description The body is not sent as `Content-Type: application/json` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
         };
     };
     list_products: {
@@ -7346,6 +8917,17 @@ export interface operations {
             /** @description The credential's role is not one of admin, operator, viewer, provisioner */
             403: {
                 headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -7398,6 +8980,24 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
         };
     };
@@ -7458,6 +9058,33 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description The body is not sent as `Content-Type: application/json` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
         };
     };
     get_schema: {
@@ -7465,6 +9092,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @description Product name */
                 name: string;
             };
             cookie?: never;
@@ -7477,7 +9105,16 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": Record<string, never>;
+                    "application/json": components["schemas"]["JsonSchemaDocument"];
+                };
+            };
+            /** @description A path that does not decode to text, or a query parameter that is unknown or cannot be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
             401: {
@@ -7505,6 +9142,24 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
         };
     };
     put_schema: {
@@ -7512,6 +9167,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @description Product name */
                 name: string;
             };
             cookie?: never;
@@ -7519,7 +9175,7 @@ export interface operations {
         /** @description A JSON Schema (draft 2020-12 unless `$schema` says otherwise) */
         requestBody: {
             content: {
-                "application/json": Record<string, never>;
+                "application/json": components["schemas"]["JsonSchemaDocument"];
             };
         };
         responses: {
@@ -7556,6 +9212,33 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description The body is not sent as `Content-Type: application/json` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
         };
     };
     delete_schema: {
@@ -7563,6 +9246,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @description Product name */
                 name: string;
             };
             cookie?: never;
@@ -7575,6 +9259,15 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content?: never;
+            };
+            /** @description A path that does not decode to text, or a query parameter that is unknown or cannot be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
             };
             401: {
                 headers: {
@@ -7600,6 +9293,24 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
         };
     };
@@ -7647,6 +9358,24 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
         };
     };
@@ -7708,6 +9437,33 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description The body is not sent as `Content-Type: application/json` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
         };
     };
     delete_latest: {
@@ -7754,6 +9510,24 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
         };
     };
     list_releases: {
@@ -7775,6 +9549,15 @@ export interface operations {
                     "application/json": components["schemas"]["ReleaseList"];
                 };
             };
+            /** @description A path that does not decode to text, or a query parameter that is unknown or cannot be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -7791,6 +9574,24 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
         };
     };
@@ -7848,8 +9649,28 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description The body is not sent as `Content-Type: application/json` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             422: {
                 headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -7878,6 +9699,15 @@ export interface operations {
                     "application/json": components["schemas"]["ReleaseView"];
                 };
             };
+            /** @description A path that does not decode to text, or a query parameter that is unknown or cannot be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -7903,6 +9733,24 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
         };
     };
     delete_release: {
@@ -7923,6 +9771,15 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content?: never;
+            };
+            /** @description A path that does not decode to text, or a query parameter that is unknown or cannot be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
             };
             401: {
                 headers: {
@@ -7956,6 +9813,24 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
         };
     };
@@ -8003,6 +9878,24 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
         };
     };
@@ -8052,8 +9945,28 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description The body is not sent as `Content-Type: application/json` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             422: {
                 headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -8108,8 +10021,28 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description The body is not sent as `Content-Type: application/json` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             422: {
                 headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -8138,6 +10071,15 @@ export interface operations {
                     "application/json": components["schemas"]["RolloutView"];
                 };
             };
+            /** @description A path that does not decode to text, or a query parameter that is unknown or cannot be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -8163,6 +10105,24 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
         };
     };
     delete_rollout: {
@@ -8183,6 +10143,15 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content?: never;
+            };
+            /** @description A path that does not decode to text, or a query parameter that is unknown or cannot be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
             };
             401: {
                 headers: {
@@ -8216,6 +10185,24 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
         };
     };
@@ -8286,6 +10273,33 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description The body is not sent as `Content-Type: application/json` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
         };
     };
     cancel_rollout: {
@@ -8355,6 +10369,33 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description The body is not sent as `Content-Type: application/json` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
         };
     };
     rollout_history: {
@@ -8375,6 +10416,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["History"];
+                };
+            };
+            /** @description A path that does not decode to text, or a query parameter that is unknown or cannot be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
             401: {
@@ -8401,6 +10451,24 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
         };
     };
@@ -8471,6 +10539,33 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description The body is not sent as `Content-Type: application/json` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
         };
     };
     resume_rollout: {
@@ -8539,6 +10634,33 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
+            };
+            /** @description The body is not sent as `Content-Type: application/json` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
         };
     };
@@ -8609,6 +10731,33 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description The body is not sent as `Content-Type: application/json` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
         };
     };
     start_rollout: {
@@ -8678,6 +10827,33 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description The body is not sent as `Content-Type: application/json` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
         };
     };
     server_info: {
@@ -8714,6 +10890,17 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
         };
     };
     whoami: {
@@ -8744,6 +10931,17 @@ export interface operations {
             /** @description The credential's role is not one of admin, operator, viewer, provisioner */
             403: {
                 headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -8799,6 +10997,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description The body is not sent as `Content-Type: application/json` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             429: {
                 headers: {
                     [name: string]: unknown;
@@ -8835,6 +11042,17 @@ export interface operations {
             };
             403: {
                 headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -8919,6 +11137,13 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
         };
     };
     oidc_login: {
@@ -8958,6 +11183,13 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
             /** @description The provider cannot be reached */
             503: {
                 headers: {
@@ -8989,6 +11221,15 @@ export interface operations {
                     "application/json": components["schemas"]["SessionList"];
                 };
             };
+            /** @description A path that does not decode to text, or a query parameter that is unknown or cannot be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -9004,6 +11245,24 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
         };
     };
@@ -9025,6 +11284,15 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content?: never;
+            };
+            /** @description A path that does not decode to text, or a query parameter that is unknown or cannot be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
             };
             401: {
                 headers: {
@@ -9049,6 +11317,24 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
         };
     };
@@ -9107,6 +11393,24 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
         };
     };
     list_users: {
@@ -9136,6 +11440,17 @@ export interface operations {
             };
             403: {
                 headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -9197,6 +11512,26 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description The body is not sent as `Content-Type: application/json` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
         };
     };
     get_user: {
@@ -9216,6 +11551,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["UserView"];
+                };
+            };
+            /** @description A path that does not decode to text, or a query parameter that is unknown or cannot be read */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
             401: {
@@ -9241,6 +11585,24 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
         };
     };
@@ -9298,6 +11660,33 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
+            };
+            /** @description The body is not sent as `Content-Type: application/json` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many failed authentications from this address (ten in a minute): every request from it is refused until `Retry-After` seconds have passed */
+            429: {
+                headers: {
+                    /** @description Seconds until the address may authenticate again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request line and headers are over 8 KiB */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
         };
     };
