@@ -184,18 +184,18 @@ busy_pct() {
 }
 
 # wait_quiet MAX_S: waits up to MAX_S seconds until the CPUs are less than BENCH_QUIET_PCT
-# (default 10) percent busy over 5 s, so that other work on the machine (builds, tests) does
+# (default 10) percent busy over BENCH_QUIET_SECS (default 5) seconds, so that other work on the machine (builds, tests) does
 # not skew the figures. Logs what it saw either way; never fails.
 wait_quiet() {
-  local max=${1:-0} limit=${BENCH_QUIET_PCT:-10} start=$SECONDS busy
+  local max=${1:-0} limit=${BENCH_QUIET_PCT:-10} sample=${BENCH_QUIET_SECS:-5} start=$SECONDS busy
   while :; do
-    busy=$(busy_pct 5)
+    busy=$(busy_pct "$sample")
     if ((busy < limit)); then
-      log "CPUs ${busy}% busy over 5 s (< ${limit}%): machine quiet; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+      log "CPUs ${busy}% busy over $sample s (< ${limit}%): machine quiet; load average $(cut -d' ' -f1-3 /proc/loadavg)"
       return 0
     fi
     if ((SECONDS - start >= max)); then
-      log "WARNING: CPUs ${busy}% busy over 5 s before this benchmark: other work on this machine may skew the figures"
+      log "WARNING: CPUs ${busy}% busy over $sample s before this benchmark: other work on this machine may skew the figures"
       return 0
     fi
     sleep 5

@@ -10,6 +10,7 @@
 # Target: check-in req/s with rollouts >= 0.8 x without (mean of the two runs without).
 #
 #   ROLLOUT_DEVICES=100000 CHECKIN_SECONDS=15 bench/rollouts.sh
+#   ROLLOUT_WARM_AFTER=30: the warm-up (s) after the rollouts start and after they are cancelled
 set -euo pipefail
 source "$(dirname -- "${BASH_SOURCE[0]}")/lib.sh"
 trap bench_cleanup EXIT
@@ -39,6 +40,9 @@ answer=$(curl -s -H "Authorization: Bearer upd_dev_bench_1" "$BASE/api/v1/device
 [[ $answer == *'"update":null'* ]] || die "unexpected check-in answer: $answer"
 
 WARM=$(( N / 5000 )); ((WARM < 5)) && WARM=5; ((WARM > 120)) && WARM=120
+# The warm-up after the rollouts start, and after they are cancelled (every device's offer
+# changes at each: its first check-ins then compute it).
+WARM_AFTER=${ROLLOUT_WARM_AFTER:-30}
 run() { # run LABEL WARM_S
   log "$1: warm-up ($2 s), then ${SECS} s of check-ins"
   BENCH_DEVICES=$N wrk -t2 -c64 -d"$2s" -s "$LUA" "$BASE" >"$RAW/warmup-$1.txt" 2>&1
@@ -51,11 +55,11 @@ started=$(now)
 start_ring_rollouts "$PORT" "$RELEASE" "$COUNT"
 CREATE_S=$(calc "$(now) - $started" 1)
 log "$COUNT rollouts created and started in $CREATE_S s (each start counts its target: a scan of the fleet)"
-run with 30
+run with "$WARM_AFTER"
 for id in "${ROLLOUTS[@]}"; do
   api -o /dev/null -X POST "$BASE/api/v1/rollouts/$id/cancel"
 done
-run after 30
+run after "$WARM_AFTER"
 OFFERED=$(api "$BASE/api/v1/rollouts/${ROLLOUTS[0]}" | python3 -c 'import json,sys; c = json.load(sys.stdin)["counts"]; print(sum(v for k, v in c.items() if k != "pending"))')
 stop_pid "$SERVER_PID"
 
