@@ -124,9 +124,10 @@ pub fn check_key_name(name: &str) -> Result<(), Error> {
     }
 }
 
-/// A password: `MIN_PASSWORD_LEN` to `MAX_PASSWORD_LEN` bytes, no control characters.
+/// A password: `MIN_PASSWORD_LEN` to `MAX_PASSWORD_LEN` characters, no control characters.
 pub fn check_password(password: &str) -> Result<(), Error> {
-    if password.len() < MIN_PASSWORD_LEN || password.len() > MAX_PASSWORD_LEN {
+    let length = password.chars().count();
+    if !(MIN_PASSWORD_LEN..=MAX_PASSWORD_LEN).contains(&length) {
         return Err(Error::invalid(
             "invalid_password",
             format!("a password is {MIN_PASSWORD_LEN}-{MAX_PASSWORD_LEN} characters (a long passphrase is best)"),

@@ -81,7 +81,7 @@ pub const MAX_PRODUCT_HARDWARE: usize = 100;
 
 /// A new provisioning secret (only its digest is stored): at least 16 characters.
 pub fn check_provision_secret(secret: &str) -> Result<()> {
-    if secret.len() < MIN_PROVISION_SECRET_LEN {
+    if secret.chars().count() < MIN_PROVISION_SECRET_LEN {
         return Err(Error::invalid(
             "invalid_provision_secret",
             format!("provision_secret must be at least {MIN_PROVISION_SECRET_LEN} characters"),

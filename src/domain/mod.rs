@@ -16,6 +16,7 @@ pub mod ids;
 pub mod lvgl;
 pub mod mac;
 pub mod mqtt;
+pub mod patterns;
 pub mod rollout;
 pub mod secret;
 pub mod update;

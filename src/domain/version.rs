@@ -44,7 +44,8 @@ impl Version {
         if text.is_empty() {
             return Err(fail("it is empty"));
         }
-        if text.len() > MAX_VERSION_LEN {
+        // White space around it counts too: the OpenAPI document says `maxLength: 64`.
+        if input.chars().count() > MAX_VERSION_LEN {
             return Err(fail("it is longer than 64 characters"));
         }
         let text = text.strip_prefix(['v', 'V']).unwrap_or(text);

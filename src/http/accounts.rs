@@ -207,7 +207,8 @@ pub struct KeyListQuery {
 pub struct CreateUserBody {
     /// 1-64 characters of a-z, 0-9, `.`, `_`, `-`, `@`, starting with a letter or digit.
     pub username: String,
-    /// 12-256 characters; stored only as an Argon2id hash.
+    /// 12-256 characters, no control characters; stored only as an Argon2id hash.
+    #[schema(min_length = 12, max_length = 256, pattern = r"^[^\x00-\x1f\x7f-\x9f]*$")]
     pub password: String,
     pub role: Role,
 }
@@ -218,7 +219,8 @@ pub struct PatchUserBody {
     pub role: Option<Role>,
     /// True ends the user's sessions and refuses its logins and the keys it owns.
     pub disabled: Option<bool>,
-    /// A new password (12-256 characters); ends the user's sessions.
+    /// A new password (12-256 characters, no control characters); ends the user's sessions.
+    #[schema(min_length = 12, max_length = 256, pattern = r"^[^\x00-\x1f\x7f-\x9f]*$")]
     pub password: Option<String>,
 }
 

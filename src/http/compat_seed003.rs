@@ -75,6 +75,16 @@ pub struct Seed003ErrorDetails {
     pub message: String,
 }
 
+/// Seed 003's `400`: the list of refused fields (pydantic's), or one error (a malformed MAC, a
+/// refused address, a path that is not text: `Seed003ErrorBody`).
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code, reason = "describes the two forms of the answer in the OpenAPI document")]
+pub enum Seed003BadRequest {
+    Fields(Vec<Seed003FieldError>),
+    Error(Seed003ErrorBody),
+}
+
 /// One entry of seed 003's validation answer: what pydantic reports for a field.
 #[derive(Serialize, ToSchema)]
 pub struct Seed003FieldError {
@@ -324,6 +334,7 @@ pub struct Seed003SaveBody {
     /// False: refuse (409) when a configuration exists [default: true]. As pydantic's `bool`:
     /// also `0`/`1` and the strings `true`, `false`, `yes`, `no`, `on`, `off`, `t`, `f`, `y`,
     /// `n`, `1`, `0`; `null` is refused.
+    #[schema(schema_with = crate::http::schemas::pydantic_bool)]
     allow_overwrite: Option<bool>,
 }
 
@@ -517,7 +528,7 @@ async fn authorize_device_or_admin(state: &AppState, parts: &Parts, mac: &Mac) -
     request_body = Seed003SaveBody,
     responses(
         (status = 200, body = Seed003Config),
-        (status = 400, description = "A malformed MAC (`INVALID_OPERATION`), or a list of errors when the body is refused", body = Vec<Seed003FieldError>),
+        (status = 400, description = "A malformed MAC (`INVALID_OPERATION`), or a list of errors when the body is refused", body = Seed003BadRequest),
         (status = 401, body = Seed003ErrorBody),
         (status = 409, description = "Exists and allow_overwrite is false", body = Seed003ErrorBody),
     ),
@@ -990,7 +1001,7 @@ fn check_http_url(text: &str) -> Option<Seed003FieldError> {
     params(LvglQuery),
     responses(
         (status = 200, description = "The LVGL image", content_type = "application/octet-stream", body = Vec<u8>),
-        (status = 400, description = "Parameters refused (a list of errors), a missing forwarded header (`INVALID_OPERATION`), a refused address or an image larger than UPDRAFT_IMAGE_MAX_PIXELS (`VALIDATION_FAILED`)", body = Vec<Seed003FieldError>),
+        (status = 400, description = "Parameters refused (a list of errors), a missing forwarded header (`INVALID_OPERATION`), a refused address or an image larger than UPDRAFT_IMAGE_MAX_PIXELS (`VALIDATION_FAILED`)", body = Seed003BadRequest),
         (status = 500, description = "The URL did not return an image (`PROCESSING_ERROR`)", body = Seed003ErrorBody),
         (status = 502, description = "The fetch failed", body = Seed003ErrorBody),
         (status = 503, description = "Every conversion slot is in use; see Retry-After", body = Seed003ErrorBody),

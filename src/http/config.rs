@@ -222,7 +222,10 @@ pub struct StalePage {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AckBody {
-    /// The `ETag` of the configuration the device applied.
+    /// The `ETag` of the configuration the device applied (quotes allowed).
+    #[schema(
+        pattern = r#"^[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*"*[A-Za-z0-9._-]{1,64}"*[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"#
+    )]
     pub version: String,
 }
 
@@ -348,7 +351,7 @@ async fn get_config(
 /// configuration valid against its product's schema (else 422 listing the errors).
 #[utoipa::path(
     put, path = "/api/v1/configs/{kind}/{name}", tag = "configuration",
-    params(("kind" = String, Path, description = "product, tag or device", pattern = r"^(?:products?|tags?|devices?)$"), ("name" = String, Path), ("If-Match" = Option<String>, Header, description = "The version the change is based on")),
+    params(("kind" = String, Path, description = "product, tag or device", pattern = r"^(?:products?|tags?|devices?)$"), ("name" = String, Path), ("If-Match" = Option<String>, Header, description = "The version the change is based on: the document's ETag, e.g. `\"3\"`", pattern = r#"^[ \t]*(?:W/)*"*[+-]?[0-9]{1,18}"*[ \t]*$"#)),
     request_body = PutConfigBody,
     responses(
         (status = 200, body = ConfigView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
@@ -372,7 +375,7 @@ async fn put_config(
 /// Delete a layer's document (a new version that records the deletion).
 #[utoipa::path(
     delete, path = "/api/v1/configs/{kind}/{name}", tag = "configuration",
-    params(("kind" = String, Path, description = "product, tag or device", pattern = r"^(?:products?|tags?|devices?)$"), ("name" = String, Path), DeleteQuery, ("If-Match" = Option<String>, Header)),
+    params(("kind" = String, Path, description = "product, tag or device", pattern = r"^(?:products?|tags?|devices?)$"), ("name" = String, Path), DeleteQuery, ("If-Match" = Option<String>, Header, description = "The document's ETag, e.g. `\"3\"`", pattern = r#"^[ \t]*(?:W/)*"*[+-]?[0-9]{1,18}"*[ \t]*$"#)),
     responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 412, body = ErrorBody)),
     security(("bearer" = ["admin", "operator"]), ("admin_key" = ["admin", "operator"]))
 )]
@@ -458,7 +461,7 @@ async fn config_diff(
 /// Make an earlier version's document current again (as a new version).
 #[utoipa::path(
     post, path = "/api/v1/configs/{kind}/{name}/revert", tag = "configuration",
-    params(("kind" = String, Path, description = "product, tag or device", pattern = r"^(?:products?|tags?|devices?)$"), ("name" = String, Path), ("If-Match" = Option<String>, Header)),
+    params(("kind" = String, Path, description = "product, tag or device", pattern = r"^(?:products?|tags?|devices?)$"), ("name" = String, Path), ("If-Match" = Option<String>, Header, description = "The document's ETag, e.g. `\"3\"`", pattern = r#"^[ \t]*(?:W/)*"*[+-]?[0-9]{1,18}"*[ \t]*$"#)),
     request_body = RevertBody,
     responses((status = 200, body = ConfigView), (status = 204, description = "The reverted-to version was a deletion"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 412, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = ["admin", "operator"]), ("admin_key" = ["admin", "operator"]))
@@ -504,7 +507,7 @@ async fn get_device_config(
 /// Write a device's own configuration document (as `PUT /api/v1/configs/device/{id}`).
 #[utoipa::path(
     put, path = "/api/v1/devices/{id}/config", tag = "configuration",
-    params(("id" = String, Path, description = "Device id or MAC"), ("If-Match" = Option<String>, Header)),
+    params(("id" = String, Path, description = "Device id or MAC"), ("If-Match" = Option<String>, Header, description = "The document's ETag, e.g. `\"3\"`", pattern = r#"^[ \t]*(?:W/)*"*[+-]?[0-9]{1,18}"*[ \t]*$"#)),
     request_body = PutConfigBody,
     responses((status = 200, body = ConfigView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, description = "No such device", body = ErrorBody), (status = 412, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = ["admin", "operator"]), ("admin_key" = ["admin", "operator"]))
@@ -547,7 +550,8 @@ async fn put_schema(
     State(state): State<AppState>,
     _who: Operator,
     Path(name): Path<String>,
-    ApiJson(schema): ApiJson<Value>,
+    // A schema may be `true` or `false` too: not an `ApiJson` (objects only).
+    crate::http::error::ApiJsonValue(schema): crate::http::error::ApiJsonValue,
 ) -> ApiResult<StatusCode> {
     let product = crate::services::assets::check_product(&name)?;
     service::put_schema(&state.core, &product, &schema).await?;

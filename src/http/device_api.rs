@@ -173,8 +173,11 @@ pub struct MqttInfo {
 #[derive(Deserialize, ToSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub struct CheckinBody {
+    #[schema(schema_with = super::schemas::optional_version)]
     pub version: Option<String>,
+    #[schema(schema_with = super::schemas::optional_product)]
     pub product: Option<String>,
+    #[schema(schema_with = super::schemas::optional_hardware)]
     pub hardware: Option<String>,
     /// Device-reported attributes, merged into the stored ones (`null` removes a key).
     #[schema(value_type = Option<Object>)]
@@ -185,11 +188,11 @@ pub struct CheckinBody {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct CheckinQuery {
+    #[param(schema_with = super::schemas::version)]
     pub version: Option<String>,
-    #[param(
-        pattern = r"^[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
-    )]
+    #[param(schema_with = super::schemas::product)]
     pub product: Option<String>,
+    #[param(schema_with = super::schemas::hardware)]
     pub hardware: Option<String>,
 }
 
@@ -220,12 +223,16 @@ pub struct UpdateOffer {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateStatusBody {
+    /// The offer's `release_id` (not blank), or leave it out.
+    #[schema(pattern = r"[^\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]")]
     pub release_id: Option<String>,
     /// The version being installed.
     pub version: Option<String>,
     /// downloading, downloaded, installing, installed, failed, rejected.
+    #[schema(schema_with = super::schemas::reported_state)]
     pub state: String,
     /// 0-100.
+    #[schema(minimum = 0, maximum = 100)]
     pub progress: Option<i64>,
     pub message: Option<String>,
 }
@@ -248,6 +255,7 @@ pub struct SetupStatusBody {
     /// 1 connecting to Wi-Fi, 2 connected to Wi-Fi, 3 connecting to server, 4 config
     /// finished, 5 error connecting to Wi-Fi, 6 error connecting to the server.
     #[serde(alias = "statusCode")]
+    #[schema(minimum = 1, maximum = 6)]
     pub status_code: i64,
     /// For 5: WIFI_CONNECT_BAD_CREDENTIALS; for 6: MQTT_* or SERVER_* (see docs/CLIENT.md).
     pub title: Option<String>,
@@ -324,7 +332,7 @@ async fn provision(
 #[utoipa::path(
     post, path = "/api/v1/device/checkin", tag = "device",
     request_body = CheckinBody,
-    responses((status = 200, body = CheckinResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)),
+    responses((status = 200, body = CheckinResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 409, description = "The device belongs to another product (only an operator can move it)", body = ErrorBody), (status = 429, body = ErrorBody)),
     security(("device_token" = []))
 )]
 async fn checkin_post(
@@ -343,7 +351,7 @@ async fn checkin_post(
 #[utoipa::path(
     get, path = "/api/v1/device/checkin", tag = "device",
     params(CheckinQuery),
-    responses((status = 200, body = CheckinResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)),
+    responses((status = 200, body = CheckinResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 409, description = "The device belongs to another product (only an operator can move it)", body = ErrorBody), (status = 429, body = ErrorBody)),
     security(("device_token" = []))
 )]
 async fn checkin_get(
@@ -407,7 +415,7 @@ async fn update_status(
 #[utoipa::path(
     post, path = "/api/v1/device/pair", tag = "device",
     request_body = PairBody,
-    responses((status = 200, body = Paired), (status = 401, body = ErrorBody), (status = 409, description = "Unknown, expired or used key", body = ErrorBody), (status = 429, body = ErrorBody)),
+    responses((status = 200, body = Paired), (status = 400, description = "Not a pairing request", body = ErrorBody), (status = 401, body = ErrorBody), (status = 409, description = "Unknown, expired or used key", body = ErrorBody), (status = 429, body = ErrorBody)),
     security(("device_token" = []))
 )]
 async fn pair(

@@ -218,18 +218,43 @@ impl HttpBody for SharedBody {
 }
 
 /// `Json<T>` whose rejections use the error format above and say, in Updraft's words, which
-/// field is wrong and what was expected.
+/// field is wrong and what was expected. The body must be a JSON object: serde would also read
+/// a struct from an array of its fields in order (`[null, "beta"]`), which no document allows.
 pub struct ApiJson<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        ApiJsonValue::check_type(&req)?;
+        let ApiBytes(bytes) = ApiBytes::from_request(req, state).await?;
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(ApiError(Error::invalid("invalid_json", "the request body must be a JSON object (`{...}`)")));
+        }
+        Ok(ApiJson(from_json_slice(&bytes)?))
+    }
+}
+
+/// Any JSON value as the body (`ApiJson` takes objects only), with the same rejections.
+pub struct ApiJsonValue(pub serde_json::Value);
+
+impl ApiJsonValue {
+    /// `415` unless the body is sent as JSON.
+    fn check_type(req: &Request) -> Result<(), ApiError> {
         if !is_json(req.headers()) {
             return Err(ApiError(Error::UnsupportedMediaType("expected a JSON body with `Content-Type: application/json`".into())));
         }
+        Ok(())
+    }
+}
+
+impl<S: Send + Sync> FromRequest<S> for ApiJsonValue {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        ApiJsonValue::check_type(&req)?;
         let ApiBytes(bytes) = ApiBytes::from_request(req, state).await?;
-        Ok(ApiJson(from_json_slice(&bytes)?))
+        Ok(ApiJsonValue(from_json_slice(&bytes)?))
     }
 }
 

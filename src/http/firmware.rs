@@ -171,9 +171,15 @@ pub struct UploadForm {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
+    /// Exactly this product.
     pub product: Option<String>,
+    /// Builds for this hardware.
+    #[param(schema_with = crate::http::schemas::hardware)]
     pub hardware: Option<String>,
+    /// This version (in any spelling of it: `v1.02` is `1.2.0`).
+    #[param(schema_with = crate::http::schemas::version)]
     pub version: Option<String>,
+    /// Exactly this channel (any case).
     pub channel: Option<String>,
     /// `-created_at` (default, newest first), `created_at`, or `product`.
     #[param(pattern = r"^(?:-created_at|created_at|product)$")]
@@ -190,6 +196,7 @@ pub struct ListQuery {
 #[serde(deny_unknown_fields)]
 pub struct PatchArtifactBody {
     pub notes: Option<String>,
+    #[schema(schema_with = crate::http::schemas::optional_channel)]
     pub channel: Option<String>,
 }
 

@@ -77,9 +77,11 @@ pub struct MqttUserList {
 #[serde(deny_unknown_fields)]
 pub struct PutUserBody {
     /// 6-256 characters (prefer long ones); stored only as an Argon2id hash.
+    #[schema(min_length = 6, max_length = 256)]
     pub password: String,
     /// `fleet-read` (subscribe to every device's messages), `gateway` (seed-000 topics of any
     /// MAC) or `admin` (everything).
+    #[schema(pattern = r"^(?:fleet-read|gateway|admin)$")]
     pub role: String,
 }
 
@@ -208,7 +210,7 @@ async fn list_users(State(state): State<AppState>, _who: Admin) -> ApiResult<Jso
 /// Create or replace a credential (201 when created, 200 when replaced).
 #[utoipa::path(
     put, path = "/api/v1/mqtt/users/{username}", tag = "mqtt",
-    params(("username" = String, Path)),
+    params(("username" = String, Path, description = "1-64 characters of A-Z, a-z, 0-9, `.`, `_`, `-` or `@`, starting with a letter or digit", pattern = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")),
     request_body = PutUserBody,
     responses((status = 200, body = MqttUserView), (status = 201, body = MqttUserView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
     security(("bearer" = ["admin"]), ("admin_key" = ["admin"]))
@@ -318,13 +320,76 @@ pub struct HookBody {
     pub clientid: Option<String>,
     pub topic: Option<String>,
     /// mosquitto-go-auth: 1 read, 2 write, 3 read and write, 4 subscribe.
-    #[schema(value_type = Option<Object>)]
+    #[schema(schema_with = crate::http::schemas::hook_acc)]
     pub acc: Option<Value>,
     /// EMQX: `publish` or `subscribe`.
+    #[schema(pattern = r"^(?:publish|subscribe)$")]
     pub action: Option<String>,
 }
 
+/// `HookBody` as mosquitto-go-auth's ACL check sends it: `acc` is required.
+#[derive(ToSchema)]
+#[allow(dead_code, reason = "describes the ACL hook's body in the OpenAPI document")]
+pub struct AclHookBody {
+    username: Option<String>,
+    password: Option<String>,
+    clientid: Option<String>,
+    topic: Option<String>,
+    /// 1 read, 2 write, 3 read and write, 4 subscribe.
+    #[schema(schema_with = crate::http::schemas::hook_acc_given)]
+    acc: Value,
+    #[schema(pattern = r"^(?:publish|subscribe)$")]
+    action: Option<String>,
+}
+
+/// `HookBody` as EMQX's authorization sends it: `action` is required.
+#[derive(ToSchema)]
+#[allow(dead_code, reason = "describes the authorization hook's body in the OpenAPI document")]
+pub struct AuthzHookBody {
+    username: Option<String>,
+    password: Option<String>,
+    clientid: Option<String>,
+    topic: Option<String>,
+    #[schema(schema_with = crate::http::schemas::hook_acc)]
+    acc: Option<Value>,
+    /// `publish` or `subscribe`.
+    #[schema(pattern = r"^(?:publish|subscribe)$")]
+    action: String,
+}
+
+/// A hook's `acc` (a number or its digits), if it is one of 1-4.
+fn hook_acc(acc: &Value) -> Option<u64> {
+    match acc {
+        // JSON Schema's integer: also `1.0`.
+        Value::Number(n) => n.as_u64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && (1.0..=4.0).contains(f)).map(|f| f as u64)),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+    .filter(|acc| (1..=4).contains(acc))
+}
+
+fn invalid_acc() -> Error {
+    Error::invalid("invalid_acc", "acc must be 1 (read), 2 (write), 3 (read and write) or 4 (subscribe)")
+}
+
+fn invalid_action() -> Error {
+    Error::invalid("invalid_action", "action must be publish or subscribe")
+}
+
+/// A hook's request, JSON or a form; an `acc` or `action` that is given must be one the hooks
+/// know, whichever hook reads it.
 fn hook_body(headers: &HeaderMap, body: &Bytes) -> Result<HookBody, Error> {
+    let body = read_hook_body(headers, body)?;
+    if body.acc.as_ref().is_some_and(|acc| hook_acc(acc).is_none()) {
+        return Err(invalid_acc());
+    }
+    if body.action.as_deref().is_some_and(|action| !matches!(action, "publish" | "subscribe")) {
+        return Err(invalid_action());
+    }
+    Ok(body)
+}
+
+fn read_hook_body(headers: &HeaderMap, body: &Bytes) -> Result<HookBody, Error> {
     let form =
         headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|t| t.starts_with("application/x-www-form-urlencoded"));
     if form {
@@ -396,7 +461,7 @@ async fn check_access(state: &AppState, body: &HookBody, access: Access) -> Resu
 #[utoipa::path(
     post, path = "/api/v1/mqtt/hooks/mosquitto/user", tag = "mqtt",
     request_body = HookBody,
-    responses((status = 200, description = "Allowed: {\"ok\":true}"), (status = 403, description = "Refused: {\"ok\":false}"), (status = 404, description = "Hooks are off", body = ErrorBody)),
+    responses((status = 200, description = "Allowed: {\"ok\":true}"), (status = 403, description = "Refused: {\"ok\":false}"), (status = 400, description = "Not a hook request, or an `acc` or `action` no hook knows", body = ErrorBody), (status = 404, description = "Hooks are off", body = ErrorBody)),
 )]
 async fn mosquitto_user(State(state): State<AppState>, ClientIp(ip): ClientIp, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
     hooks_enabled(&state)?;
@@ -408,7 +473,7 @@ async fn mosquitto_user(State(state): State<AppState>, ClientIp(ip): ClientIp, h
 #[utoipa::path(
     post, path = "/api/v1/mqtt/hooks/mosquitto/superuser", tag = "mqtt",
     request_body = HookBody,
-    responses((status = 200, description = "Superuser"), (status = 403, description = "Not a superuser"), (status = 404, description = "Hooks are off", body = ErrorBody)),
+    responses((status = 200, description = "Superuser"), (status = 403, description = "Not a superuser"), (status = 400, description = "Not a hook request, or an `acc` or `action` no hook knows", body = ErrorBody), (status = 404, description = "Hooks are off", body = ErrorBody)),
 )]
 async fn mosquitto_superuser(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
     hooks_enabled(&state)?;
@@ -426,22 +491,17 @@ async fn mosquitto_superuser(State(state): State<AppState>, headers: HeaderMap, 
 /// mosquitto-go-auth HTTP backend, `http_aclcheck_uri`: `acc` 1 read, 2 write, 3 both, 4 subscribe.
 #[utoipa::path(
     post, path = "/api/v1/mqtt/hooks/mosquitto/acl", tag = "mqtt",
-    request_body = HookBody,
-    responses((status = 200, description = "Allowed"), (status = 403, description = "Refused"), (status = 404, description = "Hooks are off", body = ErrorBody)),
+    request_body = AclHookBody,
+    responses((status = 200, description = "Allowed"), (status = 403, description = "Refused"), (status = 400, description = "Not a hook request, or an `acc` or `action` no hook knows", body = ErrorBody), (status = 404, description = "Hooks are off", body = ErrorBody)),
 )]
 async fn mosquitto_acl(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
     hooks_enabled(&state)?;
     let body = hook_body(&headers, &body)?;
-    let acc = match &body.acc {
-        Some(Value::Number(n)) => n.as_u64(),
-        Some(Value::String(s)) => s.parse().ok(),
-        _ => None,
-    };
-    let allowed = match acc {
+    let allowed = match body.acc.as_ref().and_then(hook_acc) {
         Some(1) | Some(4) => check_access(&state, &body, Access::Subscribe).await?,
         Some(2) => check_access(&state, &body, Access::Publish).await?,
         Some(3) => check_access(&state, &body, Access::Subscribe).await? && check_access(&state, &body, Access::Publish).await?,
-        _ => return Err(Error::invalid("invalid_acc", "acc must be 1 (read), 2 (write), 3 (read and write) or 4 (subscribe)").into()),
+        _ => return Err(invalid_acc().into()),
     };
     Ok(hook_answer(allowed, "not allowed"))
 }
@@ -450,7 +510,7 @@ async fn mosquitto_acl(State(state): State<AppState>, headers: HeaderMap, body: 
 #[utoipa::path(
     post, path = "/api/v1/mqtt/hooks/emqx/authn", tag = "mqtt",
     request_body = HookBody,
-    responses((status = 200, description = "The decision"), (status = 404, description = "Hooks are off", body = ErrorBody)),
+    responses((status = 200, description = "The decision"), (status = 400, description = "Not a hook request, or an `acc` or `action` no hook knows", body = ErrorBody), (status = 404, description = "Hooks are off", body = ErrorBody)),
 )]
 async fn emqx_authn(State(state): State<AppState>, ClientIp(ip): ClientIp, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
     hooks_enabled(&state)?;
@@ -468,8 +528,8 @@ async fn emqx_authn(State(state): State<AppState>, ClientIp(ip): ClientIp, heade
 /// EMQX HTTP authorization: `action` is `publish` or `subscribe`; `{"result": "allow" | "deny"}`.
 #[utoipa::path(
     post, path = "/api/v1/mqtt/hooks/emqx/authz", tag = "mqtt",
-    request_body = HookBody,
-    responses((status = 200, description = "The decision"), (status = 400, body = ErrorBody), (status = 404, description = "Hooks are off", body = ErrorBody)),
+    request_body = AuthzHookBody,
+    responses((status = 200, description = "The decision"), (status = 400, description = "Not a hook request, or an `acc` or `action` no hook knows", body = ErrorBody), (status = 404, description = "Hooks are off", body = ErrorBody)),
 )]
 async fn emqx_authz(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
     hooks_enabled(&state)?;
@@ -477,7 +537,7 @@ async fn emqx_authz(State(state): State<AppState>, headers: HeaderMap, body: Byt
     let access = match body.action.as_deref() {
         Some("publish") => Access::Publish,
         Some("subscribe") => Access::Subscribe,
-        _ => return Err(Error::invalid("invalid_action", "action must be publish or subscribe").into()),
+        _ => return Err(invalid_action().into()),
     };
     let allowed = check_access(&state, &body, access).await?;
     Ok(Json(json!({"result": if allowed { "allow" } else { "deny" }})).into_response())

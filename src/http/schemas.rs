@@ -5,7 +5,7 @@
 use utoipa::openapi;
 use utoipa::openapi::schema::{Object, ObjectBuilder, Type};
 
-use crate::domain::mac;
+use crate::domain::{mac, patterns};
 
 const MAC_DESCRIPTION: &str = "Any common form: `AA:BB:CC:DD:EE:FF`, `aa-bb-cc-dd-ee-ff`, `AABB.CCDD.EEFF`, `aabbccddeeff`, or the \
                                decimal eFuse MAC (13 to 15 digits, or `efuse:` and digits; below 2^48).";
@@ -31,6 +31,138 @@ pub fn new_device_mac() -> Object {
     schema
 }
 
+fn text(pattern: String, description: &str) -> ObjectBuilder {
+    ObjectBuilder::new().schema_type(Type::String).pattern(Some(pattern)).description(Some(description))
+}
+
+/// A product name (`domain::firmware::ProductName`).
+pub fn product() -> Object {
+    text(patterns::product(), "A product name: 1-64 letters, digits, `.`, `_` or `-`, not starting with `.`").build()
+}
+
+/// A hardware (board) name (`domain::firmware::HardwareId`).
+pub fn hardware() -> Object {
+    text(patterns::hardware(), "A hardware (board) name: 1-64 letters, digits, inner spaces or `._-:/+()`; compared in any case").build()
+}
+
+/// As `product`, or null.
+pub fn optional_product() -> Object {
+    nullable(product())
+}
+
+/// A state a device reports (`domain::device::UpdateState::parse_reported`), any case.
+pub fn reported_state() -> Object {
+    let names: Vec<&str> = crate::domain::device::UpdateState::REPORTABLE.split(", ").collect();
+    text(any_case(&names), &format!("One of {}", crate::domain::device::UpdateState::REPORTABLE)).build()
+}
+
+/// A hawkBit DDI gateway token: 16-128 characters, no white space or control characters; or
+/// null.
+pub fn optional_gateway_token() -> Object {
+    nullable(
+        text(
+            r"^[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]{16,128}$".into(),
+            "16-128 characters without white space or control characters; stored only as a hash",
+        )
+        .build(),
+    )
+}
+
+/// As `hardware`, or null.
+pub fn optional_hardware() -> Object {
+    nullable(hardware())
+}
+
+/// A list of hardware names, or null.
+pub fn optional_hardware_list() -> openapi::schema::Array {
+    openapi::schema::ArrayBuilder::new()
+        .schema_type(openapi::schema::SchemaType::from_iter([Type::Array, Type::Null]))
+        .items(hardware())
+        .description(Some("Hardware (board) names"))
+        .build()
+}
+
+/// A product's provisioning mode (`domain::device::Provisioning`), any case.
+pub fn provisioning() -> Object {
+    text(any_case(&["open", "key", "preregistered"]), "`open`, `key` or `preregistered`").build()
+}
+
+/// A release channel (`domain::firmware::Channel`).
+pub fn channel() -> Object {
+    text(patterns::channel(), "A release channel: 1-32 letters, digits or `-` (stored in lower case)").build()
+}
+
+/// As `channel`, or null.
+pub fn optional_channel() -> Object {
+    nullable(channel())
+}
+
+/// `schema`, or null.
+fn nullable(mut schema: Object) -> Object {
+    schema.schema_type = openapi::schema::SchemaType::from_iter([Type::String, Type::Null]);
+    schema
+}
+
+/// A device tag (`domain::device::check_tag`).
+pub fn tag() -> Object {
+    text(patterns::tag(), "A tag: 1-64 letters, digits or `._-:/`").build()
+}
+
+/// A version (`domain::version::Version`).
+pub fn version() -> Object {
+    text(
+        patterns::version(),
+        "A version: up to three numeric parts (`v` allowed in front), then a semver pre-release and build, e.g. `1.2.3` or `1.2.3-beta.1`",
+    )
+    .max_length(Some(patterns::VERSION_MAX_LENGTH))
+    .build()
+}
+
+/// Update states, one or a comma-separated list (`GET /api/v1/updates`).
+pub fn update_states() -> Object {
+    let names: Vec<&str> = crate::domain::device::UpdateState::ALL.iter().map(|s| s.as_str()).collect();
+    let item = format!("{WHITE_SPACE}*(?:{})?{WHITE_SPACE}*", names.join("|"));
+    text(format!("^{item}(?:,{item})*$"), &format!("One state or a comma-separated list: {}", names.join(", "))).build()
+}
+
+/// pydantic's lax `bool` (seed 003's `allow_overwrite`): `true`/`false`, the numbers 0 and 1,
+/// or one of its words in any case.
+pub fn pydantic_bool() -> openapi::schema::Schema {
+    let words = ["0", "off", "f", "false", "n", "no", "1", "on", "t", "true", "y", "yes"];
+    let words = format!("^(?:{})$", case_insensitive(&words));
+    openapi::schema::OneOfBuilder::new()
+        .item(ObjectBuilder::new().schema_type(Type::Boolean))
+        .item(ObjectBuilder::new().schema_type(Type::Number).enum_values(Some([0, 1])))
+        .item(ObjectBuilder::new().schema_type(Type::String).pattern(Some(words)))
+        .description(Some("A boolean as pydantic reads one: `true`/`false`, 0 or 1, or `true`, `false`, `yes`, `no`, `on`, `off`, `t`, `f`, `y`, `n`, `1`, `0` in any case"))
+        .build()
+        .into()
+}
+
+/// An MQTT hook's `acc` (mosquitto-go-auth): 1-4, as a number or its digits; or null (as if
+/// absent).
+pub fn hook_acc() -> openapi::schema::Schema {
+    hook_acc_of(true)
+}
+
+/// As `hook_acc`, not null (the ACL check needs it).
+pub fn hook_acc_given() -> openapi::schema::Schema {
+    hook_acc_of(false)
+}
+
+fn hook_acc_of(null: bool) -> openapi::schema::Schema {
+    let one_of = openapi::schema::OneOfBuilder::new()
+        .item(ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(1)).maximum(Some(4)))
+        .item(ObjectBuilder::new().schema_type(Type::String).pattern(Some(r"^\+?0*[1-4]$")));
+    let one_of = if null { one_of.item(ObjectBuilder::new().schema_type(Type::Null)) } else { one_of };
+    one_of.description(Some("1 read, 2 write, 3 read and write, 4 subscribe (a number, or its digits)")).build().into()
+}
+
+/// As `version`, or null.
+pub fn optional_version() -> Object {
+    nullable(version())
+}
+
 /// A JSON Schema document: an object, or `true` / `false` (the schemas that accept, or refuse,
 /// everything), as draft 2020-12 allows.
 pub struct JsonSchemaDocument;
@@ -49,6 +181,11 @@ impl utoipa::ToSchema for JsonSchemaDocument {}
 /// A text matching one of `values` in any letter case, with surrounding white space (as
 /// `domain::lvgl::ColorFormat::parse` reads one).
 fn any_case(values: &[&str]) -> String {
+    format!(r"^{WHITE_SPACE}*(?:{}){WHITE_SPACE}*$", case_insensitive(values))
+}
+
+/// The alternatives `values`, each letter in either case (unanchored).
+fn case_insensitive(values: &[&str]) -> String {
     let alternatives: Vec<String> = values
         .iter()
         .map(|value| {
@@ -60,7 +197,7 @@ fn any_case(values: &[&str]) -> String {
                 .collect()
         })
         .collect();
-    format!(r"^{WHITE_SPACE}*(?:{}){WHITE_SPACE}*$", alternatives.join("|"))
+    alternatives.join("|")
 }
 
 /// An LVGL colour format, any case.
@@ -74,6 +211,7 @@ pub fn lvgl_color_format() -> Object {
 
 /// What every operation's inputs have in common, added to the merged document (as
 /// `roles::describe_roles` does for credentials):
+/// - an optional header is text, never null;
 /// - a path parameter is text without control characters (`path_guard` refuses the others
 ///   with 400 before any handler), so a text parameter without a pattern gets one saying so;
 /// - an operation with a path or query parameter answers 400 to one it cannot read (a path
@@ -129,6 +267,15 @@ pub fn describe_inputs(openapi: &mut openapi::OpenApi) {
                         }
                     }
                     ParameterIn::Query => has_query = true,
+                    ParameterIn::Header => {
+                        // An optional header is absent or text, never null (utoipa makes an
+                        // `Option` header nullable).
+                        if let Some(RefOr::T(Schema::Object(object))) = parameter.schema.as_mut()
+                            && object.schema_type == SchemaType::from_iter([Type::String, Type::Null])
+                        {
+                            object.schema_type = SchemaType::Type(Type::String);
+                        }
+                    }
                     _ => {}
                 }
             }
@@ -157,8 +304,7 @@ pub fn describe_inputs(openapi: &mut openapi::OpenApi) {
     }
 }
 
-/// Unicode's White_Space, which `str::trim` removes (`\s` means more in Python's `re`).
-const WHITE_SPACE: &str = r"[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]";
+use patterns::WHITE_SPACE;
 
 /// Text without control characters.
 const TEXT_PATTERN: &str = r"^[^\x00-\x1f\x7f-\x9f]*$";

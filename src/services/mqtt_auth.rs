@@ -267,7 +267,7 @@ pub async fn put_user(core: &Core, username: &str, password: &str, role: &str) -
     })?;
     // Six characters is weak, but seed 000's device mock uses `test123`; Argon2id and the
     // per-address failure limit slow guessing down. Choose long passwords.
-    if password.len() < 6 || password.len() > 256 {
+    if !(6..=256).contains(&password.chars().count()) {
         return Err(Error::invalid("invalid_password", "a password is 6-256 characters"));
     }
     let password = password.to_string();

@@ -320,3 +320,31 @@ fn walk_names(dir: &Path) -> Vec<String> {
     }
     names
 }
+
+/// serde reads a struct from an array of its fields in order: `[null, "beta"]` would have
+/// changed a build's channel. Every JSON body of the API is an object; an array, a string or
+/// a number is refused, and nothing changes. A configuration schema may still be `true`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_is_not_a_json_object_is_refused_and_changes_nothing() {
+    let app = spawn_app().await;
+    let artifact = app.create_artifact(esp_image("lamp", "1.0.0", 0), "product=lamp&version=1.0.0&hardware=esp32").await;
+    let id = artifact["id"].as_str().unwrap();
+    for body in [json!([null, "beta"]), json!(["notes", "beta"]), json!("beta"), json!(7)] {
+        let response = app.admin(reqwest::Method::PATCH, &format!("/api/v1/firmware/{id}")).json(&body).send().await.unwrap();
+        assert_eq!(response.status(), 400, "{body}");
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["error"]["code"], "invalid_json", "{error}");
+    }
+    let response =
+        app.admin(reqwest::Method::POST, "/api/v1/devices").json(&json!(["24:0A:C4:00:00:09", null, "lamp"])).send().await.unwrap();
+    assert_eq!(response.status(), 400);
+    let shown: Value = app.admin(reqwest::Method::GET, &format!("/api/v1/firmware/{id}")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(shown["channel"], "stable", "{shown}");
+    assert!(shown["notes"].is_null() || shown["notes"] == "", "{shown}");
+    let devices: Value = app.admin(reqwest::Method::GET, "/api/v1/devices").send().await.unwrap().json().await.unwrap();
+    assert_eq!(devices["total"], 0, "{devices}");
+    // A JSON Schema may be a boolean: that body is still taken.
+    let response = app.admin(reqwest::Method::PUT, "/api/v1/products/lamp/config-schema").json(&json!(true)).send().await.unwrap();
+    assert_eq!(response.status(), 204);
+    app.stop().await;
+}

@@ -146,6 +146,7 @@ pub struct LatestView {
 #[serde(deny_unknown_fields)]
 pub struct LatestBody {
     /// A version of the product that has a build, e.g. `1.02`.
+    #[schema(schema_with = crate::http::schemas::version)]
     pub version: String,
 }
 

@@ -10,6 +10,7 @@ use crate::domain::device::UpdateState;
 pub struct UpdateListQuery {
     /// One state or a comma-separated list: offered, downloading, downloaded, installing,
     /// installed, succeeded, failed, rejected [default: any].
+    #[param(schema_with = crate::http::schemas::update_states)]
     pub state: Option<String>,
     /// RFC 3339 time: attempts that changed at or after it.
     #[param(format = DateTime)]

@@ -181,15 +181,19 @@ pub(super) fn clearable<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Op
 #[serde(deny_unknown_fields)]
 pub struct DeviceListQuery {
     pub product: Option<String>,
+    #[param(schema_with = crate::http::schemas::hardware)]
     pub hardware: Option<String>,
     /// Reported version, exactly as reported.
     pub version: Option<String>,
     pub tag: Option<String>,
     /// `online` or `offline`.
+    #[param(pattern = r"^(?:online|offline)$")]
     pub status: Option<String>,
     /// RFC 3339 time: devices last seen before it.
+    #[param(format = DateTime)]
     pub last_seen_before: Option<String>,
     /// RFC 3339 time: devices last seen after it.
+    #[param(format = DateTime)]
     pub last_seen_after: Option<String>,
     pub owner: Option<String>,
     /// Case-insensitive text search in name, MAC, unique name (`uid`), owner and id.
@@ -209,15 +213,19 @@ pub struct DeviceListQuery {
 #[serde(deny_unknown_fields)]
 pub struct DeviceFilterBody {
     pub product: Option<String>,
+    #[schema(schema_with = crate::http::schemas::optional_hardware)]
     pub hardware: Option<String>,
     /// Reported version, exactly as reported.
     pub version: Option<String>,
     pub tag: Option<String>,
     /// `online` or `offline`.
+    #[schema(pattern = r"^(?:online|offline)$")]
     pub status: Option<String>,
     /// RFC 3339 time: devices last seen before it.
+    #[schema(format = DateTime)]
     pub last_seen_before: Option<String>,
     /// RFC 3339 time: devices last seen after it.
+    #[schema(format = DateTime)]
     pub last_seen_after: Option<String>,
     pub owner: Option<String>,
     /// Case-insensitive text search in name, MAC, owner and id.
@@ -304,12 +312,17 @@ pub struct ProductView {
 #[serde(deny_unknown_fields)]
 pub struct PutProductBody {
     /// `open`, `key` or `preregistered`.
+    #[schema(schema_with = crate::http::schemas::provisioning)]
     pub provisioning: String,
     pub provision_key: Option<String>,
     /// At least 16 characters; stored only as a hash. Omit to keep the current one.
+    #[schema(min_length = 16)]
     pub provision_secret: Option<String>,
+    /// Seconds between a device's check-ins, 10-604800.
+    #[schema(minimum = 10, maximum = 604800)]
     pub poll_interval_s: Option<u32>,
     /// The hardware ids the product admits (`[]`: any); omit to keep the current list.
+    #[schema(schema_with = crate::http::schemas::optional_hardware_list)]
     pub hardware: Option<Vec<String>>,
     /// Let anonymous readers of seed 003's `GET /api/configs/{mac}.json` see secret values, for
     /// seed-003 devices that need Wi-Fi credentials and cannot send a token. Weak: anyone who
@@ -317,13 +330,13 @@ pub struct PutProductBody {
     pub public_secrets: Option<bool>,
     /// The anti-rollback floor (a version); `null` removes it; omit to keep the current one.
     #[serde(default, deserialize_with = "clearable")]
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = crate::http::schemas::optional_version)]
     pub min_version: Option<Option<String>>,
     /// The product's hawkBit DDI gateway token (`Authorization: GatewayToken <token>`), at
     /// least 16 characters, stored only as a hash: it acts for any device of this product and
     /// registers unknown controller ids per `provisioning`. `null` removes it; omit to keep it.
     #[serde(default, deserialize_with = "clearable")]
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = crate::http::schemas::optional_gateway_token)]
     pub ddi_gateway_token: Option<Option<String>>,
 }
 

@@ -75,10 +75,8 @@ pub async fn put_product(core: &Core, name: &str, change: ProductChange) -> Resu
     let min_version = change.min_version.map(|floor| floor.map(|v| v.canonical()));
     let gateway_token_hash = match &change.ddi_gateway_token {
         Some(Some(token)) => {
-            if token.len() < device::MIN_PROVISION_SECRET_LEN
-                || token.len() > 128
-                || token.chars().any(|c| c.is_whitespace() || c.is_control())
-            {
+            let length = token.chars().count();
+            if !(device::MIN_PROVISION_SECRET_LEN..=128).contains(&length) || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
                 return Err(Error::invalid("invalid_ddi_gateway_token", "ddi_gateway_token must be 16 to 128 characters without spaces"));
             }
             Some(Some(secret::digest_hex(token)))

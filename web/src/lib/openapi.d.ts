@@ -1683,8 +1683,18 @@ export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
         AckBody: {
-            /** @description The `ETag` of the configuration the device applied. */
+            /** @description The `ETag` of the configuration the device applied (quotes allowed). */
             version: string;
+        };
+        /** @description `HookBody` as mosquitto-go-auth's ACL check sends it: `acc` is required. */
+        AclHookBody: {
+            username?: string | null;
+            password?: string | null;
+            clientid?: string | null;
+            topic?: string | null;
+            /** @description 1 read, 2 write, 3 read and write, 4 subscribe (a number, or its digits) */
+            acc: number | string;
+            action?: string | null;
         };
         /** @description Optional body of the life-cycle actions. */
         ActionBody: {
@@ -1860,6 +1870,17 @@ export interface components {
             /** @description What the handler added, e.g. the user name a failed login tried. */
             note?: string | null;
         };
+        /** @description `HookBody` as EMQX's authorization sends it: `action` is required. */
+        AuthzHookBody: {
+            username?: string | null;
+            password?: string | null;
+            clientid?: string | null;
+            topic?: string | null;
+            /** @description 1 read, 2 write, 3 read and write, 4 subscribe (a number, or its digits) */
+            acc?: number | string | null;
+            /** @description `publish` or `subscribe`. */
+            action: string;
+        };
         /** @description `devices` or `filter` (exactly one), and what to set. */
         BulkDevicesBody: {
             /** @description Device ids or MACs (any accepted form). */
@@ -1907,8 +1928,11 @@ export interface components {
             to?: Record<string, never> | null;
         };
         CheckinBody: {
+            /** @description A version: up to three numeric parts (`v` allowed in front), then a semver pre-release and build, e.g. `1.2.3` or `1.2.3-beta.1` */
             version?: string | null;
+            /** @description A product name: 1-64 letters, digits, `.`, `_` or `-`, not starting with `.` */
             product?: string | null;
+            /** @description A hardware (board) name: 1-64 letters, digits, inner spaces or `._-:/+()`; compared in any case */
             hardware?: string | null;
             /** @description Device-reported attributes, merged into the stored ones (`null` removes a key). */
             attributes?: Record<string, never> | null;
@@ -2084,7 +2108,7 @@ export interface components {
         CreateUserBody: {
             /** @description 1-64 characters of a-z, 0-9, `.`, `_`, `-`, `@`, starting with a letter or digit. */
             username: string;
-            /** @description 12-256 characters; stored only as an Argon2id hash. */
+            /** @description 12-256 characters, no control characters; stored only as an Argon2id hash. */
             password: string;
             role: components["schemas"]["Role"];
         };
@@ -2095,15 +2119,22 @@ export interface components {
         /** @description The device list's filters (`GET /api/v1/devices`), every one optional; all given must hold. */
         DeviceFilterBody: {
             product?: string | null;
+            /** @description A hardware (board) name: 1-64 letters, digits, inner spaces or `._-:/+()`; compared in any case */
             hardware?: string | null;
             /** @description Reported version, exactly as reported. */
             version?: string | null;
             tag?: string | null;
             /** @description `online` or `offline`. */
             status?: string | null;
-            /** @description RFC 3339 time: devices last seen before it. */
+            /**
+             * Format: date-time
+             * @description RFC 3339 time: devices last seen before it.
+             */
             last_seen_before?: string | null;
-            /** @description RFC 3339 time: devices last seen after it. */
+            /**
+             * Format: date-time
+             * @description RFC 3339 time: devices last seen after it.
+             */
             last_seen_after?: string | null;
             owner?: string | null;
             /** @description Case-insensitive text search in name, MAC, owner and id. */
@@ -2274,8 +2305,8 @@ export interface components {
             password?: string | null;
             clientid?: string | null;
             topic?: string | null;
-            /** @description mosquitto-go-auth: 1 read, 2 write, 3 read and write, 4 subscribe. */
-            acc?: Record<string, never> | null;
+            /** @description 1 read, 2 write, 3 read and write, 4 subscribe (a number, or its digits) */
+            acc?: number | string | null;
             /** @description EMQX: `publish` or `subscribe`. */
             action?: string | null;
         };
@@ -2354,7 +2385,7 @@ export interface components {
             owner?: string | null;
         };
         LatestBody: {
-            /** @description A version of the product that has a build, e.g. `1.02`. */
+            /** @description A version: up to three numeric parts (`v` allowed in front), then a semver pre-release and build, e.g. `1.2.3` or `1.2.3-beta.1` */
             version: string;
         };
         LatestView: {
@@ -2473,6 +2504,7 @@ export interface components {
         /** @description Editable fields of an artifact. */
         PatchArtifactBody: {
             notes?: string | null;
+            /** @description A release channel: 1-32 letters, digits or `-` (stored in lower case) */
             channel?: string | null;
         };
         /** @description Fields to change; `null` clears a clearable field. */
@@ -2504,7 +2536,7 @@ export interface components {
             role?: components["schemas"]["Role"] | null;
             /** @description True ends the user's sessions and refuses its logins and the keys it owns. */
             disabled?: boolean | null;
-            /** @description A new password (12-256 characters); ends the user's sessions. */
+            /** @description A new password (12-256 characters, no control characters); ends the user's sessions. */
             password?: string | null;
         };
         /** @description One stage of a preview. */
@@ -2600,14 +2632,17 @@ export interface components {
             author?: string | null;
         };
         PutProductBody: {
-            /** @description `open`, `key` or `preregistered`. */
+            /** @description `open`, `key` or `preregistered` */
             provisioning: string;
             provision_key?: string | null;
             /** @description At least 16 characters; stored only as a hash. Omit to keep the current one. */
             provision_secret?: string | null;
-            /** Format: int32 */
+            /**
+             * Format: int32
+             * @description Seconds between a device's check-ins, 10-604800.
+             */
             poll_interval_s?: number | null;
-            /** @description The hardware ids the product admits (`[]`: any); omit to keep the current list. */
+            /** @description Hardware (board) names */
             hardware?: string[] | null;
             /**
              * @description Let anonymous readers of seed 003's `GET /api/configs/{mac}.json` see secret values, for
@@ -2615,13 +2650,9 @@ export interface components {
              *     knows a MAC reads them. Omit to keep the current value [default: false].
              */
             public_secrets?: boolean | null;
-            /** @description The anti-rollback floor (a version); `null` removes it; omit to keep the current one. */
+            /** @description A version: up to three numeric parts (`v` allowed in front), then a semver pre-release and build, e.g. `1.2.3` or `1.2.3-beta.1` */
             min_version?: string | null;
-            /**
-             * @description The product's hawkBit DDI gateway token (`Authorization: GatewayToken <token>`), at
-             *     least 16 characters, stored only as a hash: it acts for any device of this product and
-             *     registers unknown controller ids per `provisioning`. `null` removes it; omit to keep it.
-             */
+            /** @description 16-128 characters without white space or control characters; stored only as a hash */
             ddi_gateway_token?: string | null;
         };
         PutUserBody: {
@@ -2722,6 +2753,11 @@ export interface components {
             created_at: string;
             updated_at: string;
         };
+        /**
+         * @description Seed 003's `400`: the list of refused fields (pydantic's), or one error (a malformed MAC, a
+         *     refused address, a path that is not text: `Seed003ErrorBody`).
+         */
+        Seed003BadRequest: components["schemas"]["Seed003FieldError"][] | components["schemas"]["Seed003ErrorBody"];
         Seed003Config: {
             mac_address: string;
             device_name?: string | null;
@@ -2766,12 +2802,8 @@ export interface components {
         Seed003SaveBody: {
             /** @description The document: a JSON object. */
             content: Record<string, never>;
-            /**
-             * @description False: refuse (409) when a configuration exists [default: true]. As pydantic's `bool`:
-             *     also `0`/`1` and the strings `true`, `false`, `yes`, `no`, `on`, `off`, `t`, `f`, `y`,
-             *     `n`, `1`, `0`; `null` is refused.
-             */
-            allow_overwrite?: boolean | null;
+            /** @description A boolean as pydantic reads one: `true`/`false`, 0 or 1, or `true`, `false`, `yes`, `no`, `on`, `off`, `t`, `f`, `y`, `n`, `1`, `0` in any case */
+            allow_overwrite?: boolean | (0 | 1) | string;
         };
         /** @description A configuration in seed 003's listing. */
         Seed003Summary: {
@@ -3059,10 +3091,11 @@ export interface components {
             offset: number;
         };
         UpdateStatusBody: {
+            /** @description The offer's `release_id` (not blank), or leave it out. */
             release_id?: string | null;
             /** @description The version being installed. */
             version?: string | null;
-            /** @description downloading, downloaded, installing, installed, failed, rejected. */
+            /** @description One of downloading, downloaded, installing, installed, failed, rejected */
             state: string;
             /**
              * Format: int64
@@ -3410,7 +3443,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Seed003FieldError"][];
+                    "application/json": components["schemas"]["Seed003BadRequest"];
                 };
             };
             401: {
@@ -3599,7 +3632,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Seed003FieldError"][];
+                    "application/json": components["schemas"]["Seed003BadRequest"];
                 };
             };
             /** @description The request line and headers are over 8 KiB */
@@ -4554,8 +4587,8 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description The version the change is based on */
-                "If-Match"?: string | null;
+                /** @description The version the change is based on: the document's ETag, e.g. `"3"` */
+                "If-Match"?: string;
             };
             path: {
                 /** @description product, tag or device */
@@ -4667,7 +4700,8 @@ export interface operations {
                 author?: string;
             };
             header?: {
-                "If-Match"?: string | null;
+                /** @description The document's ETag, e.g. `"3"` */
+                "If-Match"?: string;
             };
             path: {
                 /** @description product, tag or device */
@@ -4907,7 +4941,8 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                "If-Match"?: string | null;
+                /** @description The document's ETag, e.g. `"3"` */
+                "If-Match"?: string;
             };
             path: {
                 /** @description product, tag or device */
@@ -5129,6 +5164,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description The device belongs to another product (only an operator can move it) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             429: {
                 headers: {
                     [name: string]: unknown;
@@ -5183,6 +5227,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description The device belongs to another product (only an operator can move it) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description The body is not sent as `Content-Type: application/json` */
             415: {
                 headers: {
@@ -5206,7 +5259,7 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                "If-None-Match"?: string | null;
+                "If-None-Match"?: string;
             };
             path?: never;
             cookie?: never;
@@ -5421,6 +5474,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["Paired"];
+                };
+            };
+            /** @description Not a pairing request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
             401: {
@@ -6597,7 +6659,8 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                "If-Match"?: string | null;
+                /** @description The document's ETag, e.g. `"3"` */
+                "If-Match"?: string;
             };
             path: {
                 /** @description Device id or MAC */
@@ -7118,9 +7181,11 @@ export interface operations {
     list_firmware: {
         parameters: {
             query?: {
+                /** @description Exactly this product. */
                 product?: string;
                 hardware?: string;
                 version?: string;
+                /** @description Exactly this channel (any case). */
                 channel?: string;
                 /** @description `-created_at` (default, newest first), `created_at`, or `product`. */
                 sort?: string;
@@ -7568,9 +7633,9 @@ export interface operations {
             query?: never;
             header?: {
                 /** @description bytes=a-b, bytes=a- or bytes=-n */
-                Range?: string | null;
+                Range?: string;
                 /** @description ETag of a copy the client has */
-                "If-None-Match"?: string | null;
+                "If-None-Match"?: string;
             };
             path: {
                 /** @description Artifact id */
@@ -8408,6 +8473,15 @@ export interface operations {
                 };
                 content?: never;
             };
+            /** @description Not a hook request, or an `acc` or `action` no hook knows */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description Hooks are off */
             404: {
                 headers: {
@@ -8437,7 +8511,7 @@ export interface operations {
         };
         requestBody: {
             content: {
-                "application/json": components["schemas"]["HookBody"];
+                "application/json": components["schemas"]["AuthzHookBody"];
             };
         };
         responses: {
@@ -8448,6 +8522,7 @@ export interface operations {
                 };
                 content?: never;
             };
+            /** @description Not a hook request, or an `acc` or `action` no hook knows */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -8485,7 +8560,7 @@ export interface operations {
         };
         requestBody: {
             content: {
-                "application/json": components["schemas"]["HookBody"];
+                "application/json": components["schemas"]["AclHookBody"];
             };
         };
         responses: {
@@ -8495,6 +8570,15 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content?: never;
+            };
+            /** @description Not a hook request, or an `acc` or `action` no hook knows */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
             };
             /** @description Refused */
             403: {
@@ -8543,6 +8627,15 @@ export interface operations {
                 };
                 content?: never;
             };
+            /** @description Not a hook request, or an `acc` or `action` no hook knows */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description Not a superuser */
             403: {
                 headers: {
@@ -8589,6 +8682,15 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content?: never;
+            };
+            /** @description Not a hook request, or an `acc` or `action` no hook knows */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
             };
             /** @description Refused: {"ok":false} */
             403: {
@@ -8669,6 +8771,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @description 1-64 characters of A-Z, a-z, 0-9, `.`, `_`, `-` or `@`, starting with a letter or digit */
                 username: string;
             };
             cookie?: never;
@@ -11341,10 +11444,6 @@ export interface operations {
     fleet_updates: {
         parameters: {
             query?: {
-                /**
-                 * @description One state or a comma-separated list: offered, downloading, downloaded, installing,
-                 *     installed, succeeded, failed, rejected [default: any].
-                 */
                 state?: string;
                 /** @description RFC 3339 time: attempts that changed at or after it. */
                 since?: string;
