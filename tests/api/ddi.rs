@@ -520,9 +520,12 @@ async fn swupdate_installs_a_rollout_over_ddi() {
 
     // Restarted after the "reboot" with -c 2: it reports closed/success for the same action.
     let second = Swupdate::start(dir.path(), &url, &device_id, &token, Some(2), "second.log");
+    let version = || async { admin_json(&app, Method::GET, &format!("/api/v1/devices/{device_id}"), None).await["version"].clone() };
     for _ in 0..600 {
         attempt = updates().await;
-        if attempt["state"] == "succeeded" {
+        // The attempt is recorded a moment before the device's new version (the feedback
+        // handler records the attempt, then checks the device in with the new version).
+        if attempt["state"] == "succeeded" && version().await == "2.0.0" {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
