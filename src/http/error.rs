@@ -356,6 +356,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
 /// Parses a query string; one that does not fit gets `400 invalid_query` naming the
 /// parameter and what was expected.
 pub fn from_query<T: DeserializeOwned>(query: &str) -> Result<T, Error> {
+    // PostgreSQL stores and compares no NUL in text: refused here for every parameter alike,
+    // as in bodies.
+    if url::form_urlencoded::parse(query.as_bytes()).any(|(name, value)| name.contains('\0') || value.contains('\0')) {
+        return Err(Error::invalid("invalid_query", "a query parameter may not contain the NUL character (%00)"));
+    }
     let deserializer = serde_urlencoded::Deserializer::new(url::form_urlencoded::parse(query.as_bytes()));
     serde_path_to_error::deserialize(deserializer).map_err(|e| {
         let path = e.path().to_string();

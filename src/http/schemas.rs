@@ -211,7 +211,7 @@ pub fn lvgl_color_format() -> Object {
 
 /// What every operation's inputs have in common, added to the merged document (as
 /// `roles::describe_roles` does for credentials):
-/// - an optional header is text, never null;
+/// - an optional header is text, never null; a query text without a pattern has no NUL;
 /// - a path parameter is text without control characters (`path_guard` refuses the others
 ///   with 400 before any handler), so a text parameter without a pattern gets one saying so;
 /// - an operation with a path or query parameter answers 400 to one it cannot read (a path
@@ -266,7 +266,17 @@ pub fn describe_inputs(openapi: &mut openapi::OpenApi) {
                             object.pattern = Some(TEXT_PATTERN.into());
                         }
                     }
-                    ParameterIn::Query => has_query = true,
+                    ParameterIn::Query => {
+                        has_query = true;
+                        if let Some(RefOr::T(Schema::Object(object))) = parameter.schema.as_mut()
+                            && object.schema_type == SchemaType::Type(Type::String)
+                            && object.pattern.is_none()
+                            && object.enum_values.is_none()
+                            && object.format.is_none()
+                        {
+                            object.pattern = Some(NO_NUL_PATTERN.into());
+                        }
+                    }
                     ParameterIn::Header => {
                         // An optional header is absent or text, never null (utoipa makes an
                         // `Option` header nullable).
@@ -305,6 +315,9 @@ pub fn describe_inputs(openapi: &mut openapi::OpenApi) {
 }
 
 use patterns::WHITE_SPACE;
+
+/// Text without NUL (`error::from_query` refuses it: PostgreSQL stores no NUL).
+const NO_NUL_PATTERN: &str = r"^[^\x00]*$";
 
 /// Text without control characters.
 const TEXT_PATTERN: &str = r"^[^\x00-\x1f\x7f-\x9f]*$";

@@ -348,3 +348,17 @@ async fn a_body_that_is_not_a_json_object_is_refused_and_changes_nothing() {
     assert_eq!(response.status(), 204);
     app.stop().await;
 }
+
+/// PostgreSQL stores and compares no NUL in text: a query parameter with one (`%00`) is a 400
+/// on every backend, never a database error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_parameter_with_a_nul_is_refused() {
+    let app = spawn_app().await;
+    for path in ["/api/v1/firmware?product=la%00mp", "/api/v1/devices?owner=a%00b", "/api/v1/updates?product=%00"] {
+        let response = app.admin(reqwest::Method::GET, path).send().await.unwrap();
+        assert_eq!(response.status(), 400, "{path}");
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["error"]["code"], "invalid_query", "{path}: {error}");
+    }
+    app.stop().await;
+}
