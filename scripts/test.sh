@@ -330,7 +330,7 @@ if [[ ! -x "$CHROMIUM" ]]; then
 fi
 export CHROMIUM
 
-# cargo-nextest runs the suites (and retries the one known flaky test, see .config/nextest.toml).
+# cargo-nextest runs the suites (no retries: flaky tests are fixed, see .config/nextest.toml).
 if ! cargo nextest --version >/dev/null 2>&1; then
   say "installing cargo-nextest (cargo install; a few minutes)"
   run_child cargo install --locked cargo-nextest >>"$LOG_DIR/cargo-install.log" 2>&1 \
