@@ -68,6 +68,15 @@ while IFS= read -r var; do
 done < <(compgen -e)
 
 say() { printf '== %s\n' "$*"; }
+# Free space where the build and the test databases live: a full disk fails tests in ways that
+# look like bugs, so the log says how much there was at each step.
+disk_free() {
+  local where
+  for where in "$ROOT/target" "${TMPDIR:-/tmp}"; do
+    [[ -d $where ]] || continue
+    printf '%s: %s free; ' "$where" "$(df -h --output=avail "$where" 2>/dev/null | tail -n 1 | tr -d ' ')"
+  done
+}
 die() { printf '== ERROR: %s\n' "$*" >&2; exit 1; }
 
 # Runs a command with its output in $LOG_DIR/<name>.log; prints that log and exits if it fails.
@@ -364,7 +373,7 @@ run_logged postgres-initdb as_postgres "$PG_BIN/initdb" -D "$PG_TMP/data" -U pos
   --auth=trust --encoding=UTF8 --locale=C --no-sync
 # -w: wait for startup; the server keeps running after pg_ctl exits (stopped in cleanup).
 run_logged postgres-start as_postgres "$PG_BIN/pg_ctl" -D "$PG_TMP/data" -l "$PG_TMP/postgres.log" -w -t 60 \
-  -o "-c listen_addresses=127.0.0.1 -c port=$PG_PORT -c unix_socket_directories=$PG_TMP/socket -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300" \
+  -o "-c listen_addresses=127.0.0.1 -c port=$PG_PORT -c unix_socket_directories=$PG_TMP/socket -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300 -c max_wal_size=128MB -c min_wal_size=32MB" \
   start
 PG_PID=$(head -n 1 "$PG_TMP/data/postmaster.pid")
 for i in $(seq 1 120); do
@@ -437,17 +446,20 @@ if (($# == 0)); then
   run_child cargo clippy --all-targets --quiet -- -D warnings || die "clippy found problems (above)"
 fi
 
+say "disk before the build: $(disk_free)"
 say "building tests (${BUILD[*]})"
 run_child "${BUILD[@]}" || die "build failed"
 
 SUITE1=failed
 SUITE2=failed
 
+say "disk after the build: $(disk_free)"
 say "suite 1/2: sqlite + local folder (all tests)"
 if run_child env UPDRAFT_TEST_DATABASE=sqlite UPDRAFT_TEST_BLOB=fs "${RUN[@]}" "$@" "${SKIP[@]}"; then
   SUITE1=passed
 fi
 
+say "disk after suite 1: $(disk_free)"
 say "suite 2/2: postgres + s3 (integration tests and the crash harness: --test api --test crash)"
 if run_child env \
     UPDRAFT_TEST_DATABASE="$DATABASE_URL" \
@@ -461,6 +473,11 @@ if run_child env \
   SUITE2=passed
 fi
 
+# Each test drops its database when it ends (tests/api/helpers.rs, DataDir); only a test that
+# was killed leaves one behind.
+LEFT=$("$PG_BIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -Atc \
+  "SELECT count(*) FROM pg_database WHERE datname LIKE 'updraft_test_%'" 2>/dev/null || echo "?")
+say "disk after suite 2: $(disk_free)test databases left behind: $LEFT"
 ELAPSED=$((SECONDS - START_SECONDS))
 if [[ $SUITE1 == passed && $SUITE2 == passed ]]; then
   say "OK: suite 1/2 (sqlite + local folder) passed, suite 2/2 (postgres + s3) passed, in ${ELAPSED}s"

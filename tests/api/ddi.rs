@@ -588,7 +588,7 @@ async fn a_cancellation_reaches_a_poll_on_another_replica() {
         Some(json!({"product": "gw", "version": "2.0.0", "artifact_ids": [artifact["id"]]})),
     )
     .await;
-    let replica = start(app.settings.clone(), tempfile::tempdir().unwrap()).await;
+    let replica = start(app.settings.clone(), DataDir::for_replica()).await;
     let on_replica = Ddi { app: replica, device_id: device_id.clone(), token: token.clone() };
     let on_first = Ddi { app, device_id, token };
     // The replica settles the device (no attempt at all) once the registration has left the

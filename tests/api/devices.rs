@@ -651,7 +651,7 @@ async fn a_silent_device_turns_offline_and_the_stream_says_so() {
 async fn a_token_revoked_on_one_replica_stops_working_on_the_others() {
     let app = spawn_app().await;
     // A second replica on the same database and blob store.
-    let replica = start(app.settings.clone(), tempfile::tempdir().unwrap()).await;
+    let replica = start(app.settings.clone(), DataDir::for_replica()).await;
     let (device_id, token) = provisioned(&app, "02:00:00:00:0E:01", "lamp", "esp32", "1.0.0").await;
     // The replica caches the device on first use.
     assert_eq!(checkin(&replica, &token, json!({"version": "1.0.0"})).await["update"], Value::Null);
@@ -696,7 +696,7 @@ async fn a_replica_loads_every_token_holder_into_its_fleet_index_at_start() {
     let created = app.admin(Method::POST, "/api/v1/devices").json(&json!({"mac": "02:00:00:00:0F:09"})).send().await.unwrap();
     assert_eq!(created.status(), 201);
 
-    let replica = start(app.settings.clone(), tempfile::tempdir().unwrap()).await;
+    let replica = start(app.settings.clone(), DataDir::for_replica()).await;
     let mut indexed = None;
     for _ in 0..50 {
         indexed = metric(&replica, "updraft_fleet_index_devices ").await;
@@ -730,7 +730,7 @@ async fn a_device_that_moves_is_recorded_at_its_new_address_at_once() {
         assert_eq!(get_device(&app, &device_id).await["ip"], ip);
     }
     // And it reaches the database (what other replicas read) within the flush period.
-    let replica = start(app.settings.clone(), tempfile::tempdir().unwrap()).await;
+    let replica = start(app.settings.clone(), DataDir::for_replica()).await;
     let mut seen = Value::Null;
     for _ in 0..30 {
         seen = get_device(&replica, &device_id).await["ip"].clone();
@@ -799,7 +799,7 @@ async fn presence_writes_are_rate_limited_but_all_reach_the_database() {
         assert_eq!(get_device(&app, id).await["status"], "online");
     }
     // Another replica reads the database: every last_seen arrives, 100 rows a second.
-    let replica = start(app.settings.clone(), tempfile::tempdir().unwrap()).await;
+    let replica = start(app.settings.clone(), DataDir::for_replica()).await;
     let mut stored = 0;
     for _ in 0..100 {
         stored = 0;

@@ -26,7 +26,7 @@ pub struct TestApp {
     pub client: reqwest::Client,
     /// Kept so the folder lives as long as the server.
     #[allow(dead_code, reason = "kept so that the folder lives as long as the server")]
-    pub data_dir: tempfile::TempDir,
+    pub data_dir: DataDir,
     pub settings: Settings,
     /// The server's background loops (for tests that check they stop).
     pub tasks: updraft::services::tasks::Tasks,
@@ -38,9 +38,71 @@ pub fn uses_local_blobs() -> bool {
     std::env::var("UPDRAFT_TEST_BLOB").map(|v| v != "s3").unwrap_or(true)
 }
 
+/// A test's data folder and, when the suite runs on PostgreSQL, its database. Both go when
+/// this is dropped, that is after the last restart of the test's app: a suite of hundreds of
+/// tests would otherwise leave a database of several MiB behind per test and fill a CI disk.
+pub struct DataDir {
+    dir: tempfile::TempDir,
+    database: Option<TestDatabase>,
+}
+
+impl DataDir {
+    /// A data folder of its own for a second replica of a test's app, which shares the
+    /// first one's database (and leaves dropping it to the first).
+    pub fn for_replica() -> DataDir {
+        DataDir { dir: tempfile::tempdir().expect("temp dir"), database: None }
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+/// A PostgreSQL database made for one test, dropped with it.
+pub struct TestDatabase {
+    admin_url: String,
+    name: String,
+}
+
+impl TestDatabase {
+    pub async fn create(admin_url: &str) -> TestDatabase {
+        sqlx::any::install_default_drivers();
+        let name = format!("updraft_test_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = sqlx::AnyConnection::connect(admin_url).await.expect("connect to the PostgreSQL admin URL");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await.expect("create a test database");
+        TestDatabase { admin_url: admin_url.to_string(), name }
+    }
+
+    pub fn url(&self) -> String {
+        let mut url = url::Url::parse(&self.admin_url).expect("admin URL");
+        url.set_path(&self.name);
+        url.to_string()
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        // Drop runs inside the test's runtime, which cannot be blocked on: a thread of its
+        // own does the work. `WITH (FORCE)` ends the connections a server still holds.
+        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+            runtime.block_on(async move {
+                let mut conn = sqlx::AnyConnection::connect(&admin_url).await?;
+                sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).execute(&mut conn).await?;
+                Ok::<_, sqlx::Error>(())
+            })
+        })
+        .join();
+        if let Ok(Err(error)) = dropped {
+            eprintln!("the test database {} was not dropped: {error}", self.name);
+        }
+    }
+}
+
 /// Settings for a fresh, isolated server on a random loopback port.
-pub async fn test_settings() -> (Settings, tempfile::TempDir) {
-    let data_dir = tempfile::tempdir().expect("temp dir");
+pub async fn test_settings() -> (Settings, DataDir) {
+    let mut data_dir = DataDir { dir: tempfile::tempdir().expect("temp dir"), database: None };
     let args = ServeArgs {
         listen: Some("127.0.0.1:0".into()),
         mqtt_listen: Some("127.0.0.1:0".into()),
@@ -57,7 +119,9 @@ pub async fn test_settings() -> (Settings, tempfile::TempDir) {
     settings.limits = updraft::config::LimitSettings { uploads: unlimited, lvgl: unlimited, rollouts: unlimited };
 
     if let Some(admin_url) = std::env::var("UPDRAFT_TEST_DATABASE").ok().filter(|v| v != "sqlite") {
-        settings.database_url = create_postgres_database(&admin_url).await.into()
+        let database = TestDatabase::create(&admin_url).await;
+        settings.database_url = database.url().into();
+        data_dir.database = Some(database);
     }
     if !uses_local_blobs() {
         let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} must be set when UPDRAFT_TEST_BLOB=s3"));
@@ -74,16 +138,6 @@ pub async fn test_settings() -> (Settings, tempfile::TempDir) {
     (settings, data_dir)
 }
 
-async fn create_postgres_database(admin_url: &str) -> String {
-    sqlx::any::install_default_drivers();
-    let name = format!("updraft_test_{}", uuid::Uuid::new_v4().simple());
-    let mut conn = sqlx::AnyConnection::connect(admin_url).await.expect("connect to the PostgreSQL admin URL");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await.expect("create a test database");
-    let mut url = url::Url::parse(admin_url).expect("admin URL");
-    url.set_path(&name);
-    url.to_string()
-}
-
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
@@ -94,7 +148,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     start(settings, data_dir).await
 }
 
-pub async fn start(settings: Settings, data_dir: tempfile::TempDir) -> TestApp {
+pub async fn start(settings: Settings, data_dir: DataDir) -> TestApp {
     let app = Application::build(settings.clone()).await.expect("the application builds");
     let addr = app.local_addr();
     let mqtt_addr = app.mqtt_addr();
@@ -190,7 +244,7 @@ impl TestApp {
 
     /// Stops the server gracefully and hands back its settings and data folder, to start it
     /// again on the same database (`start`).
-    pub async fn stop_keeping_data(mut self) -> (Settings, tempfile::TempDir) {
+    pub async fn stop_keeping_data(mut self) -> (Settings, DataDir) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
