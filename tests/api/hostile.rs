@@ -4,9 +4,9 @@
 //! device's check-in, on a new connection, still answers. These tests bound it generously
 //! (`CHECKIN_BOUND`) so that they are not timed; bench/hostile.sh measures the latency.
 //!
-//! Also here, in security.rs: `during_a_slow_body_and_slow_connect_flood_a_check_in_still_answers_at_once`
-//! and `a_body_trickling_a_byte_at_a_time_is_cut_off_after_the_grace_period` (slow bodies); in
-//! mqtt.rs: `a_connection_that_sends_no_connect_is_closed_after_the_handshake_timeout`.
+//! Related tests elsewhere: security.rs, `during_a_slow_body_and_slow_connect_flood_a_check_in_still_answers_at_once`
+//! and `a_body_trickling_a_byte_at_a_time_is_cut_off_after_the_grace_period` (slow bodies);
+//! mqtt.rs, `a_connection_that_sends_no_connect_is_closed_after_the_handshake_timeout`.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
