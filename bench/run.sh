@@ -27,7 +27,7 @@ if [[ ${1:-} == --quick ]]; then
 fi
 source "$(dirname -- "${BASH_SOURCE[0]}")/lib.sh"
 
-ALL=(upload download concurrent idle checkin rollouts mqtt metrics hotpaths shutdown auth admin_auth oidc tls audit web dashboard ddi simulate)
+ALL=(upload download concurrent idle checkin rollouts mqtt metrics hotpaths shutdown auth admin_auth oidc tls audit web dashboard ddi simulate hostile)
 if (($# == 0)); then
   selected=("${ALL[@]}")
 else
@@ -53,7 +53,7 @@ if [[ -z $QUICK ]]; then
     METRICS_SECONDS=15 METRICS_IDLE=10 HOTPATHS_SECONDS=3 HOTPATHS_WARMUP=2 SHUTDOWN_DEVICES=100000 \
     SHUTDOWN_CHECKIN_SECONDS=15 AUTH_SECONDS=4 AUTH_WARMUP=2 AUTH_ROUNDS=1 ADMIN_AUTH_SECONDS=3 OIDC_SECONDS=4 \
     TLS_ROUNDS=1 TLS_SECONDS=2 AUDIT_SECONDS=4 AUDIT_ROUNDS=1 DASHBOARD_SECONDS=1 DDI_SECONDS=5 GOOSEBIT_DEVICES=300 \
-    SIMULATE_SECONDS=15; do
+    SIMULATE_SECONDS=15 HOSTILE_SECONDS=4; do
     default "$setting"
   done
 fi
@@ -67,7 +67,8 @@ if [[ -n $QUICK ]]; then
     SHUTDOWN_DEVICES=1000 SHUTDOWN_ROLLOUTS=2 SHUTDOWN_CHECKIN_SECONDS=3 AUTH_SECONDS=2 AUTH_WARMUP=1 AUTH_ROUNDS=1 \
     AUTH_DEVICES=100 ADMIN_AUTH_SECONDS=2 OIDC_SECONDS=2 TLS_DEVICES=100 TLS_ROUNDS=1 TLS_SECONDS=2 \
     AUDIT_DEVICES=100 AUDIT_ROUNDS=1 AUDIT_SECONDS=2 AUDIT_WARMUP=1 WEB_RUNS=1 DASHBOARD_DEVICES=1000 \
-    DASHBOARD_SECONDS=2 DDI_DEVICES=1000 DDI_SECONDS=2 GOOSEBIT_DEVICES=20 SIMULATE_QUICK=1; do
+    DASHBOARD_SECONDS=2 DDI_DEVICES=1000 DDI_SECONDS=2 GOOSEBIT_DEVICES=20 SIMULATE_QUICK=1 \
+    HOSTILE_CONNS=50 HOSTILE_FLOOD=80 HOSTILE_MAX_CONNECTIONS=60 HOSTILE_SECONDS=2; do
     default "$setting"
   done
   if [[ -z ${UPDRAFT_BIN:-} ]]; then

@@ -1,16 +1,20 @@
-//! The HTTP listener: caps concurrent connections (`UPDRAFT_MAX_CONNECTIONS`); connections
-//! beyond the cap wait in the kernel's accept queue instead of exhausting memory or files.
-//! One address may hold at most `UPDRAFT_MAX_CONNECTIONS_PER_IP` of them (trusted proxies
-//! excepted, which speak for many clients): a connection beyond that is closed at once, so
-//! that one client cannot take every slot.
+//! The HTTP listener: caps concurrent connections (`UPDRAFT_MAX_CONNECTIONS`) instead of
+//! exhausting memory or files. When every slot is taken, the connection idle the longest (no
+//! request in progress: one that never sent a request, or a keep-alive connection between two)
+//! is closed to make room for a new one; when none is idle, new connections wait in the
+//! kernel's accept queue. One address may hold at most `UPDRAFT_MAX_CONNECTIONS_PER_IP` of
+//! them (trusted proxies excepted, which speak for many clients): a connection beyond that is
+//! closed at once, so that one client cannot take every slot. A connection must send a whole
+//! request head within `UPDRAFT_HEADER_READ_TIMEOUT_SECS` of opening, and between two requests.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -18,8 +22,109 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 pub struct LimitedListener {
     inner: TcpListener,
-    permits: Arc<Semaphore>,
+    slots: Arc<Slots>,
     per_address: Arc<PerAddress>,
+}
+
+/// The connection slots (`UPDRAFT_MAX_CONNECTIONS`) and what each open connection is doing.
+struct Slots {
+    permits: Arc<Semaphore>,
+    open: Mutex<HashMap<u64, Arc<Activity>>>,
+    next_id: AtomicU64,
+    epoch: Instant,
+}
+
+impl Slots {
+    /// Milliseconds since the listener started: the clock of `Activity::last`.
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Asks the connection idle the longest to close; false when none is idle.
+    fn shed_idlest(&self) -> bool {
+        let open = self.open.lock().expect("open connections lock");
+        let idlest = open
+            .values()
+            .filter(|a| a.in_flight.load(Ordering::Acquire) == 0 && !a.shedding.load(Ordering::Acquire))
+            .min_by_key(|a| a.last.load(Ordering::Relaxed));
+        match idlest {
+            Some(activity) => {
+                activity.shedding.store(true, Ordering::Release);
+                activity.shed.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// What one open connection is doing, for shedding the idlest when every slot is taken.
+pub struct Activity {
+    /// Requests whose head was read and whose response is not yet sent in full.
+    in_flight: AtomicUsize,
+    /// Whether it ever sent a whole request head.
+    served: AtomicBool,
+    /// When it opened, or last began or finished a request (`Slots::now`).
+    last: AtomicU64,
+    /// Set when it was asked to close (`shed`).
+    shedding: AtomicBool,
+    shed: tokio::sync::Notify,
+    slots: Arc<Slots>,
+}
+
+impl Activity {
+    /// Counts a request from its head until its response is sent (or dropped) with the guard.
+    fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.served.store(true, Ordering::Release);
+        self.last.store(self.slots.now(), Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    /// Waits until the listener asks this connection to make room, and it has no request in
+    /// progress (a request that began meanwhile keeps it).
+    async fn shed(&self) {
+        loop {
+            self.shed.notified().await;
+            if self.in_flight.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            self.shedding.store(false, Ordering::Release);
+        }
+    }
+}
+
+/// One request in progress on a connection.
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.last.store(self.0.slots.now(), Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body that holds its request's `InFlight` until it is sent in full.
+struct Tracked {
+    body: axum::body::Body,
+    _request: InFlight,
+}
+
+impl http_body::Body for Tracked {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// Open connections by peer address, and the most one address may hold.
@@ -61,8 +166,32 @@ impl LimitedListener {
     pub fn new(inner: TcpListener, max_connections: usize, per_address: usize, exempt: Vec<ipnet::IpNet>) -> Self {
         LimitedListener {
             inner,
-            permits: Arc::new(Semaphore::new(max_connections)),
+            slots: Arc::new(Slots {
+                permits: Arc::new(Semaphore::new(max_connections)),
+                open: Mutex::default(),
+                next_id: AtomicU64::new(0),
+                epoch: Instant::now(),
+            }),
             per_address: Arc::new(PerAddress { limit: per_address.max(1), exempt, open: Mutex::default() }),
+        }
+    }
+
+    /// A free slot; when there is none, one made by closing the connection idle the longest.
+    /// Waits while every connection has a request in progress.
+    async fn slot(&self) -> OwnedSemaphorePermit {
+        loop {
+            if let Ok(permit) = self.slots.permits.clone().try_acquire_owned() {
+                return permit;
+            }
+            if self.slots.shed_idlest() {
+                metrics::counter!("updraft_http_connections_closed_total", "reason" => "shed").increment(1);
+            }
+            // The shed connection frees its slot as soon as its task sees the request; a
+            // connection whose request ends becomes idle, so look again now and then.
+            let permits = self.slots.permits.clone();
+            if let Ok(permit) = tokio::time::timeout(Duration::from_millis(100), permits.acquire_owned()).await {
+                return permit.expect("the semaphore is never closed");
+            }
         }
     }
 }
@@ -72,7 +201,6 @@ impl axum::serve::Listener for LimitedListener {
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        let permit = self.permits.clone().acquire_owned().await.expect("the semaphore is never closed");
         loop {
             match self.inner.accept().await {
                 Ok((stream, addr)) => {
@@ -82,10 +210,28 @@ impl axum::serve::Listener for LimitedListener {
                         drop(stream);
                         continue;
                     }
+                    let permit = self.slot().await;
                     let _ = stream.set_nodelay(true);
                     metrics::gauge!("updraft_http_connections").increment(1.0);
-                    let stream =
-                        LimitedStream { stream, _permit: permit, ip: addr.ip(), per_address: self.per_address.clone(), client_cert: None };
+                    let activity = Arc::new(Activity {
+                        in_flight: AtomicUsize::new(0),
+                        served: AtomicBool::new(false),
+                        last: AtomicU64::new(self.slots.now()),
+                        shedding: AtomicBool::new(false),
+                        shed: tokio::sync::Notify::new(),
+                        slots: self.slots.clone(),
+                    });
+                    let id = self.slots.next_id.fetch_add(1, Ordering::Relaxed);
+                    self.slots.open.lock().expect("open connections lock").insert(id, activity.clone());
+                    let stream = LimitedStream {
+                        stream,
+                        _permit: permit,
+                        ip: addr.ip(),
+                        per_address: self.per_address.clone(),
+                        id,
+                        activity,
+                        client_cert: None,
+                    };
                     return (stream, addr);
                 }
                 Err(e) => {
@@ -108,6 +254,9 @@ pub struct LimitedStream {
     _permit: OwnedSemaphorePermit,
     ip: IpAddr,
     per_address: Arc<PerAddress>,
+    /// Its entry in `Slots::open`.
+    id: u64,
+    activity: Arc<Activity>,
     /// The verified client certificate of a TLS connection (set after its handshake).
     client_cert: Option<crate::tls::ClientCert>,
 }
@@ -115,11 +264,16 @@ pub struct LimitedStream {
 /// What a connection tells its requests besides the peer address.
 pub trait Connection {
     fn client_cert(&self) -> Option<crate::tls::ClientCert>;
+    fn activity(&self) -> Arc<Activity>;
 }
 
 impl Connection for LimitedStream {
     fn client_cert(&self) -> Option<crate::tls::ClientCert> {
         self.client_cert.clone()
+    }
+
+    fn activity(&self) -> Arc<Activity> {
+        self.activity.clone()
     }
 }
 
@@ -127,12 +281,17 @@ impl Connection for tokio_rustls::server::TlsStream<LimitedStream> {
     fn client_cert(&self) -> Option<crate::tls::ClientCert> {
         self.get_ref().0.client_cert.clone()
     }
+
+    fn activity(&self) -> Arc<Activity> {
+        self.get_ref().0.activity.clone()
+    }
 }
 
 impl Drop for LimitedStream {
     fn drop(&mut self) {
         metrics::gauge!("updraft_http_connections").decrement(1.0);
         self.per_address.release(self.ip);
+        self.activity.slots.open.lock().expect("open connections lock").remove(&self.id);
     }
 }
 
@@ -193,7 +352,15 @@ impl TlsListener {
                 let acceptor = acceptor.clone();
                 let handshake_sender = sender.clone();
                 tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    let activity = stream.activity.clone();
+                    let handshake = tokio::select! {
+                        handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => handshake,
+                        _ = activity.shed() => {
+                            tracing::debug!(%addr, "TLS handshake cut off to make room for another connection");
+                            return;
+                        }
+                    };
+                    match handshake {
                         Ok(Ok(mut tls)) => {
                             if asks_for_client_certs {
                                 let (stream, session) = tls.get_mut();
@@ -233,14 +400,19 @@ impl axum::serve::Listener for TlsListener {
 
 const HTTP1_MAX_BUFFER: usize = 8 * 1024;
 
-/// Seconds a client gets to send a request's headers (slow-loris protection).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// Serves `router` on `listener` until `stop` turns true; then stops accepting, lets open
 /// connections finish their requests for up to `grace`, and aborts whatever is left, so that
 /// nothing keeps running once this returns. (`axum::serve` cannot abort its connections.)
-pub async fn serve<L>(mut listener: L, router: axum::Router, mut stop: tokio::sync::watch::Receiver<bool>, grace: Duration)
-where
+///
+/// `header_timeout` (`UPDRAFT_HEADER_READ_TIMEOUT_SECS`): how long a connection may take to
+/// send a request head, from the moment it opens and between two requests; then it is closed.
+pub async fn serve<L>(
+    mut listener: L,
+    router: axum::Router,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    grace: Duration,
+    header_timeout: Duration,
+) where
     L: axum::serve::Listener<Addr = SocketAddr>,
     L::Io: Connection,
 {
@@ -251,7 +423,7 @@ where
     // A small write queue: hyper keeps polling a response body until this much is queued, even
     // when the client does not read. With many slow clients that queue, not the socket, is
     // what holds memory. It also caps request heads at 8 KiB (as nginx does by default).
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true).max_buf_size(HTTP1_MAX_BUFFER);
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout).keep_alive(true).max_buf_size(HTTP1_MAX_BUFFER);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut connections = tokio::task::JoinSet::new();
     loop {
@@ -261,17 +433,46 @@ where
         };
         let router = router.clone();
         let client_cert = io.client_cert();
+        let activity = io.activity();
+        let requests = activity.clone();
         let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
             request.extensions_mut().insert(axum::extract::ConnectInfo(ClientAddr(addr)));
             if let Some(client_cert) = &client_cert {
                 request.extensions_mut().insert(client_cert.clone());
             }
-            router.clone().oneshot(request.map(axum::body::Body::new))
+            let in_flight = requests.begin();
+            let response = router.clone().oneshot(request.map(axum::body::Body::new));
+            async move {
+                let response = response.await?;
+                Ok::<_, std::convert::Infallible>(response.map(|body| axum::body::Body::new(Tracked { body, _request: in_flight })))
+            }
         });
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
         let connection = graceful.watch(connection);
         connections.spawn(async move {
-            let _ = connection.await;
+            // hyper's header timeout only starts once it knows the protocol, which takes the
+            // first bytes: a connection that sends nothing would otherwise stay open for ever.
+            let mut connection = std::pin::pin!(connection);
+            let first_head = tokio::time::sleep(header_timeout);
+            let mut first_head = std::pin::pin!(first_head);
+            let mut waiting_for_first_head = true;
+            loop {
+                tokio::select! {
+                    _ = &mut connection => break,
+                    _ = activity.shed() => {
+                        tracing::debug!(%addr, "idle connection closed to make room for another");
+                        break;
+                    }
+                    _ = &mut first_head, if waiting_for_first_head => {
+                        waiting_for_first_head = false;
+                        if !activity.served.load(Ordering::Acquire) {
+                            metrics::counter!("updraft_http_connections_closed_total", "reason" => "no_request").increment(1);
+                            tracing::debug!(%addr, "connection closed: no request head within the header read timeout");
+                            break;
+                        }
+                    }
+                }
+            }
         });
         // Reap finished connections so the set does not grow.
         while connections.try_join_next().is_some() {}

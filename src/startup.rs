@@ -133,6 +133,7 @@ impl Application {
         let settings = &state.settings;
         let listener =
             LimitedListener::new(listener, settings.max_connections, settings.max_connections_per_ip, settings.trusted_proxies.clone());
+        let header_timeout = settings.header_read_timeout;
         let app = http::router(state);
 
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -151,8 +152,10 @@ impl Application {
             std::future::pending::<()>().await;
         });
         match tls {
-            Some(certificates) => crate::net::serve(crate::net::TlsListener::new(listener, certificates)?, app, stop_rx, grace).await,
-            None => crate::net::serve(listener, app, stop_rx, grace).await,
+            Some(certificates) => {
+                crate::net::serve(crate::net::TlsListener::new(listener, certificates)?, app, stop_rx, grace, header_timeout).await
+            }
+            None => crate::net::serve(listener, app, stop_rx, grace, header_timeout).await,
         }
         let began = stopping.get().copied().unwrap_or_else(Instant::now);
         let deadline = began + grace;

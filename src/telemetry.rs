@@ -159,6 +159,10 @@ fn describe_metrics() {
     metrics::describe_gauge!("updraft_artifacts", "Stored firmware artifacts");
     metrics::describe_gauge!("updraft_artifact_bytes", metrics::Unit::Bytes, "Total size of stored firmware artifacts");
     metrics::describe_gauge!("updraft_http_connections", "Open HTTP connections");
+    metrics::describe_counter!(
+        "updraft_http_connections_closed_total",
+        "HTTP connections closed by the server: idle ones shed to make room (shed), silent ones (no_request)"
+    );
     metrics::describe_gauge!(
         "updraft_fleet_index_devices",
         "Devices in this replica's in-memory fleet index (check-ins served without a database read)"

@@ -74,7 +74,9 @@ settings! {
         /// replaces UPDRAFT_TRUST_PROXY_HEADERS, which now stops start-up with a message.
         trusted_proxies: Networks { value_name: "LIST", default_doc: "none (forwarding headers are ignored)", example: "127.0.0.1" }
 
-        /// Most concurrent HTTP connections; more wait in the kernel's accept queue.
+        /// Most concurrent HTTP connections. When all are taken, the connection idle the
+        /// longest (no request in progress) is closed for a new one; when none is idle, more
+        /// wait in the kernel's accept queue.
         ///
         /// Keep it below the process's open-file limit (LimitNOFILE, ulimit -n).
         max_connections: usize { value_name: "N", default: "10000", min: 1 }
@@ -661,5 +663,16 @@ settings! {
 
         /// Seconds between two runs of the orphan-blob collector, which also runs once at start.
         orphan_blob_scan_secs: Secs { value_name: "SECS", default: "3600", min: 1, max: 7 * DAY }
+    }
+
+    group "Slow and hostile clients" {
+        /// Seconds an HTTP connection gets to send a complete request head (slow-loris
+        /// protection): from the moment it opens, and again each time a keep-alive connection
+        /// waits for its next request. A connection that sends nothing, or trickles its headers,
+        /// is closed when they run out (without an answer).
+        ///
+        /// When every UPDRAFT_MAX_CONNECTIONS slot is taken, a new connection does not wait for
+        /// this: the connection idle the longest (no request in progress) is closed to make room.
+        header_read_timeout_secs: Secs { value_name: "SECS", default: "30", min: 1, max: 3600 }
     }
 }

@@ -227,6 +227,8 @@ pub struct Settings {
     pub max_connections_per_ip: usize,
     /// Longest silence of a request body (see `http::body_guard`).
     pub body_read_timeout: Duration,
+    /// Longest wait for a complete request head (see `net::serve`).
+    pub header_read_timeout: Duration,
     /// Least average rate of a request body after `body_read_timeout`.
     pub body_min_bytes_per_sec: u64,
     pub shutdown_timeout: Duration,
@@ -567,6 +569,7 @@ impl Settings {
             max_connections,
             max_connections_per_ip,
             body_read_timeout: values.body_read_timeout_secs,
+            header_read_timeout: values.header_read_timeout_secs,
             body_min_bytes_per_sec: values.body_min_bytes_per_sec,
             shutdown_timeout: values.shutdown_timeout_secs,
             trusted_proxies: values.trusted_proxies,

@@ -303,3 +303,56 @@ pub async fn core_of(app: &TestApp) -> updraft::services::Core {
     updraft::services::rollouts::refresh(&core, true).await.expect("the rollout view");
     core
 }
+
+pub async fn provision(app: &TestApp, body: serde_json::Value) -> reqwest::Response {
+    app.client.post(app.url("/api/v1/device/provision")).json(&body).send().await.unwrap()
+}
+
+/// Provisions a device (the product must be open) and returns (device id, token).
+pub async fn provisioned(app: &TestApp, mac: &str, product: &str, hardware: &str) -> (String, String) {
+    let body = serde_json::json!({"mac": mac, "product": product, "hardware": hardware, "version": "1.0.0"});
+    let response = provision(app, body).await;
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(status, 201, "{body}");
+    (body["device_id"].as_str().unwrap().to_string(), body["token"].as_str().unwrap().to_string())
+}
+
+pub async fn checkin(app: &TestApp, token: &str, body: serde_json::Value) -> reqwest::Response {
+    app.client.post(app.url("/api/v1/device/checkin")).bearer_auth(token).json(&body).send().await.unwrap()
+}
+
+// ---- slow and hostile clients (security.rs, hostile.rs) ----
+
+/// A connection from `local` (a loopback address) that sends a provisioning request's headers
+/// announcing a 100,000-byte body, then one byte.
+pub async fn slow_body(app: &TestApp, local: [u8; 4]) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(std::net::SocketAddr::from((local, 0))).unwrap();
+    let mut stream = socket.connect(app.addr).await.unwrap();
+    let head = format!(
+        "POST /api/v1/device/provision HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{{",
+        app.addr
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream
+}
+
+/// What the server sends on `stream` until it closes it (bounded by `within`); None if it
+/// keeps the connection open longer.
+pub async fn read_until_closed(stream: &mut tokio::net::TcpStream, within: std::time::Duration) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(within, async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    read.ok().map(|_| String::from_utf8_lossy(&received).into_owned())
+}

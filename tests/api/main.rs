@@ -23,6 +23,7 @@ mod esphome;
 mod firmware;
 mod first_use;
 mod helpers;
+mod hostile;
 mod hot_paths;
 mod lvgl;
 mod lvgl_reference;

@@ -6,23 +6,6 @@ use serde_json::{Value, json};
 
 use crate::helpers::*;
 
-async fn provision(app: &TestApp, body: Value) -> reqwest::Response {
-    app.client.post(app.url("/api/v1/device/provision")).json(&body).send().await.unwrap()
-}
-
-/// Provisions a device (the product must be open) and returns (device id, token).
-async fn provisioned(app: &TestApp, mac: &str, product: &str, hardware: &str) -> (String, String) {
-    let response = provision(app, json!({"mac": mac, "product": product, "hardware": hardware, "version": "1.0.0"})).await;
-    let status = response.status();
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(status, 201, "{body}");
-    (body["device_id"].as_str().unwrap().to_string(), body["token"].as_str().unwrap().to_string())
-}
-
-async fn checkin(app: &TestApp, token: &str, body: Value) -> reqwest::Response {
-    app.client.post(app.url("/api/v1/device/checkin")).bearer_auth(token).json(&body).send().await.unwrap()
-}
-
 async fn device(app: &TestApp, id: &str) -> Value {
     app.admin(Method::GET, &format!("/api/v1/devices/{id}")).send().await.unwrap().json().await.unwrap()
 }
@@ -359,39 +342,6 @@ async fn forwarding_headers_from_an_untrusted_peer_are_ignored() {
 }
 
 // ---- 3. slow bodies and one client holding every connection ----
-
-/// A connection from `local` (a loopback address) that sends a provisioning request's headers
-/// announcing a 100,000-byte body, then one byte.
-async fn slow_body(app: &TestApp, local: [u8; 4]) -> tokio::net::TcpStream {
-    use tokio::io::AsyncWriteExt;
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind(std::net::SocketAddr::from((local, 0))).unwrap();
-    let mut stream = socket.connect(app.addr).await.unwrap();
-    let head = format!(
-        "POST /api/v1/device/provision HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{{",
-        app.addr
-    );
-    stream.write_all(head.as_bytes()).await.unwrap();
-    stream
-}
-
-/// What the server sends on `stream` until it closes it (bounded by `within`); None if it
-/// keeps the connection open longer.
-async fn read_until_closed(stream: &mut tokio::net::TcpStream, within: std::time::Duration) -> Option<String> {
-    use tokio::io::AsyncReadExt;
-    let mut received = Vec::new();
-    let read = tokio::time::timeout(within, async {
-        let mut chunk = [0u8; 4096];
-        loop {
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => received.extend_from_slice(&chunk[..n]),
-            }
-        }
-    })
-    .await;
-    read.ok().map(|_| String::from_utf8_lossy(&received).into_owned())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn during_a_slow_body_and_slow_connect_flood_a_check_in_still_answers_at_once() {
