@@ -670,6 +670,25 @@ impl DefaultShared {
         }
     }
 
+    /// (Updraft patch 5) A message for `client_id` found no session, or one that no longer
+    /// takes messages (`closed`): if a connection is taking the session over (it holds the
+    /// client id's lock while it kicks the old session and installs its own), waits for it to
+    /// finish, then returns the session that resumed the old one, which takes what the old one
+    /// would have. None when no session resumed it (the message is then dropped as before).
+    async fn taken_over(&self, client_id: &str, closed: Option<&To>) -> Option<(Tx, To)> {
+        let locker = self.lockers.get(client_id).map(|l| l.value().clone());
+        if let Some(locker) = locker {
+            // As long as a login waits for a busy client id (`LockEntry::try_lock`).
+            let _ = tokio::time::timeout(Duration::from_secs(5), locker.lock()).await;
+        }
+        let (s, tx) = self.peers.get(client_id).map(|peer| (peer.s.clone(), peer.tx.clone()))?;
+        if closed.is_some_and(|old| s.id == *old) || tx.is_closed() || !s.session_present().await.unwrap_or(false) {
+            return None;
+        }
+        log::debug!("{:?} takes a message sent to the session it took over", s.id);
+        Some((tx, s.id.clone()))
+    }
+
     /// Retrieve the sender channel and target [`To`] address for a given `client_id`.
     #[inline]
     pub fn tx(&self, client_id: &str) -> Option<(Tx, To)> {
@@ -913,6 +932,8 @@ impl Shared for DefaultShared {
 
             let (tx, to) = if let Some((tx, to)) = self.tx(&client_id) {
                 (tx, to)
+            } else if let Some((tx, to)) = self.taken_over(&client_id, None).await {
+                (tx, to)
             } else {
                 log::debug!(
                     "forwards_to failed, from:{:?}, to:{:?}, topic_filter:{:?}, topic:{:?}, reason: the client has disconnected.",
@@ -930,16 +951,24 @@ impl Shared for DefaultShared {
                 continue;
             };
 
-            if let Err(e) = tx.unbounded_send(Message::Forward(from.clone(), p)) {
+            let mut unsent = tx.unbounded_send(Message::Forward(from.clone(), p)).err().map(|e| e.into_inner());
+            // (Updraft patch 5) The session was just taken over (its channel is closed once it is
+            // kicked): the session that resumed it takes the message.
+            if let Some(Message::Forward(f, p)) = unsent.take() {
+                unsent = match self.taken_over(&client_id, Some(&to)).await {
+                    Some((tx, _)) => tx.unbounded_send(Message::Forward(f, p)).err().map(|e| e.into_inner()),
+                    None => Some(Message::Forward(f, p)),
+                };
+            }
+            if let Some(msg) = unsent {
                 log::warn!(
-                    "forwards_to failed, from:{:?}, to:{:?}, topic_filter:{:?}, topic:{:?}, reason:{:?}",
+                    "forwards_to failed, from:{:?}, to:{:?}, topic_filter:{:?}, topic:{:?}, reason: Tx is closed",
                     from,
                     client_id,
                     topic_filter,
                     publish.topic,
-                    e
                 );
-                if let Message::Forward(from, p) = e.into_inner() {
+                if let Message::Forward(from, p) = msg {
                     errs.push((to, from, p, Reason::from_static("Connection Tx is closed")));
                 }
             } else {
