@@ -1606,3 +1606,110 @@ async fn commands_sent_while_a_persistent_session_is_taken_over_are_all_delivere
     }
 }
 
+// ---- QoS 1 under overload ----
+
+/// A burst of `n` QoS 1 messages from one publisher on `topic`, with up to 20 unacknowledged;
+/// returns how many the broker acknowledged (waiting at most `wait` for each next one).
+async fn publish_burst(mut publisher: Client, topic: &'static str, n: usize, wait: Duration) -> usize {
+    let client = publisher.client.clone();
+    tokio::spawn(async move {
+        for i in 0..n {
+            if client.publish(topic, QoS::AtLeastOnce, false, i.to_string()).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut acked = 0;
+    while acked < n {
+        match publisher.next_event(wait).await {
+            Some(Event::Incoming(Packet::PubAck(_))) => acked += 1,
+            Some(_) => {}
+            None => break,
+        }
+    }
+    acked
+}
+
+async fn dropped_total(s: &Setup) -> f64 {
+    let text = s.app.client.get(s.app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("updraft_mqtt_messages_dropped_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_qos1_message_acknowledged_to_a_publisher_reaches_a_slow_subscriber() {
+    // One publisher sends 300 QoS 1 messages at once to a subscriber that holds 4 in flight and
+    // queues 10, and that reads nothing for the first second and a half. The broker used to
+    // acknowledge all 300 at once and drop what did not fit the queue; now the publisher is
+    // held back (no PUBACK, its socket not read) while the queue is full, and every message
+    // it got a PUBACK for is delivered. Nothing is dropped.
+    const N: usize = 300;
+    let app = spawn_app_with(|s| {
+        s.mqtt.max_inflight = 4;
+        s.mqtt.max_queued = 10;
+        s.mqtt.queue_full_wait = Duration::from_secs(30);
+    })
+    .await;
+    let broker = app.mqtt_addr.expect("the embedded broker runs");
+    let s = Setup { app, broker, mosquitto: None };
+    s.user("burst", "burst-password-2026", "admin").await;
+    let mut subscriber = Client::connect(s.options("burst-sub", "burst", "burst-password-2026")).await.unwrap();
+    subscriber.client.subscribe("bench/burst", QoS::AtLeastOnce).await.unwrap();
+    subscriber.expect_suback().await;
+    let mut options = s.options("burst-pub", "burst", "burst-password-2026");
+    options.set_inflight(20);
+    let publisher = Client::connect(options).await.unwrap();
+    let burst = tokio::spawn(publish_burst(publisher, "bench/burst", N, Duration::from_secs(60)));
+    // Stalled: its event loop is not polled, so no PUBACK goes back to the broker.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut delivered = std::collections::HashSet::new();
+    while delivered.len() < N {
+        match subscriber.message_on("bench/burst", Duration::from_secs(10)).await {
+            Some(p) => delivered.insert(String::from_utf8(p.payload.to_vec()).unwrap()),
+            None => break,
+        };
+    }
+    let acked = burst.await.unwrap();
+    assert_eq!(acked, N, "the broker acknowledged {acked} of {N}");
+    assert_eq!(delivered.len(), N, "acknowledged {acked}, delivered {}", delivered.len());
+    assert_eq!(dropped_total(&s).await, 0.0, "nothing is dropped");
+    s.app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_stalled_longer_than_the_queue_wait_loses_its_oldest_messages_counted() {
+    // The documented policy past UPDRAFT_MQTT_QUEUE_FULL_WAIT_MS: a subscriber that takes
+    // nothing for longer does not hold its publishers for ever; each message then goes into
+    // its full queue and pushes the oldest one out, counted as dropped.
+    const N: usize = 20;
+    let app = spawn_app_with(|s| {
+        s.mqtt.max_inflight = 1;
+        s.mqtt.max_queued = 2;
+        s.mqtt.queue_full_wait = Duration::from_millis(100);
+    })
+    .await;
+    let broker = app.mqtt_addr.expect("the embedded broker runs");
+    let s = Setup { app, broker, mosquitto: None };
+    s.user("burst", "burst-password-2026", "admin").await;
+    let mut subscriber = Client::connect(s.options("stalled-sub", "burst", "burst-password-2026")).await.unwrap();
+    subscriber.client.subscribe("bench/stalled", QoS::AtLeastOnce).await.unwrap();
+    subscriber.expect_suback().await;
+    let publisher = Client::connect(s.options("stalled-pub", "burst", "burst-password-2026")).await.unwrap();
+    // The subscriber never reads again.
+    let acked = publish_burst(publisher, "bench/stalled", N, Duration::from_secs(30)).await;
+    assert_eq!(acked, N, "the publisher is slowed, not stopped");
+    // In flight 1, queued 2: the rest went out of the queue as newer ones came.
+    let mut dropped = 0.0;
+    for _ in 0..100 {
+        dropped = dropped_total(&s).await;
+        if dropped >= (N - 3) as f64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(dropped >= (N - 3) as f64, "dropped {dropped}");
+    drop(subscriber);
+    s.app.stop().await;
+}

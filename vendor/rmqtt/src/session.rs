@@ -367,6 +367,8 @@ impl SessionState {
                     log::debug!("{:?} deliver_packet: {:?}", state.id, deliver_packet);
                     match deliver_packet {
                         Some(Some((from, p))) => {
+                            // (Updraft patch 6) Room in the deliver queue for a waiting publisher.
+                            state.tx.room_made();
                             state.deliver(sink, from, p).await?;
                         },
                         Some(None) => {
@@ -438,7 +440,9 @@ impl SessionState {
                                 //hook, offline_message
                                 self.hook.offline_message(from.clone(), &p).await;
 
-                                if let Err((from, p)) = deliver_queue_tx.send((from, p)).await {
+                                let sent = deliver_queue_tx.send((from, p)).await;
+                                self.tx.forward_taken();
+                                if let Err((from, p)) = sent {
                                     log::debug!("{:?} offline deliver_dropped, from: {:?}, {:?}", self.id, from, p);
                                     //hook, message_dropped
                                    self.scx.extends.hook_mgr().message_dropped(Some(self.id.clone()), from, p, Reason::MessageQueueFull).await;
@@ -462,6 +466,7 @@ impl SessionState {
                                     let mut drained = 0usize;
                                     while let Ok(msg) = self.rx.try_recv() {
                                         let Message::Forward(from, p) = msg else { continue };
+                                        self.tx.forward_taken();
                                         // hook, offline_message — same as the main offline event
                                         // loop so hook consumers (web-hook `offline_message`
                                         // rule, sys-topic offline counters, audit plugins) do not
@@ -608,7 +613,9 @@ impl SessionState {
     {
         match msg {
             Message::Forward(from, p) => {
-                if let Err((from, p)) = deliver_queue_tx.send((from, p)).await {
+                let sent = deliver_queue_tx.send((from, p)).await;
+                self.tx.forward_taken();
+                if let Err((from, p)) = sent {
                     log::debug!("{:?} deliver_dropped, from: {:?}, {:?}", self.id, from, p);
                     //hook, message_dropped
                     self.scx
@@ -639,6 +646,7 @@ impl SessionState {
                     while let Ok(msg) = self.rx.try_recv() {
                         if let Message::Forward(from, p) = msg {
                             let sent = deliver_queue_tx.send((from, p)).await;
+                            self.tx.forward_taken();
                             if let Err((from, p)) = sent {
                                 self.scx
                                     .extends

@@ -689,6 +689,37 @@ impl DefaultShared {
         Some((tx, s.id.clone()))
     }
 
+    /// (Updraft patch 6) Reserves room for a message from `from` in `client_id`'s deliver
+    /// queue, waiting for it at most `ServerContext::mqtt_queue_full_wait`. Messages from a
+    /// superuser session (a server's own connection) never wait: they go at once, and the
+    /// queue's overflow policy applies. False when nothing was reserved (send unreserved).
+    async fn reserve_room(&self, from: &From, client_id: &str, tx: &Tx) -> bool {
+        let wait = self.context().mqtt_queue_full_wait;
+        if wait.is_zero() {
+            return false;
+        }
+        let Some(s) = self.peers.get(client_id).map(|peer| peer.s.clone()) else {
+            return false;
+        };
+        let queue = s.deliver_queue().clone();
+        let capacity = queue.capacity();
+        if tx.pending_forwards() + queue.len() < capacity {
+            return tx.reserve_forward(capacity, || queue.len(), tokio::time::Instant::now()).await;
+        }
+        let publisher = self.peers.get(&from.id.client_id).map(|peer| peer.s.clone());
+        if let Some(publisher) = publisher {
+            if publisher.superuser().await.unwrap_or(false) {
+                return false;
+            }
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        let reserved = tx.reserve_forward(capacity, || queue.len(), deadline).await;
+        if !reserved {
+            log::debug!("{:?} deliver queue still full after {:?}: a message from {:?} goes in anyway", s.id, wait, from.id);
+        }
+        reserved
+    }
+
     /// Retrieve the sender channel and target [`To`] address for a given `client_id`.
     #[inline]
     pub fn tx(&self, client_id: &str) -> Option<(Tx, To)> {
@@ -951,7 +982,16 @@ impl Shared for DefaultShared {
                 continue;
             };
 
-            let mut unsent = tx.unbounded_send(Message::Forward(from.clone(), p)).err().map(|e| e.into_inner());
+            // (Updraft patch 6) A client's QoS 1/2 message for a session whose deliver queue is
+            // full waits for room (at most `mqtt_queue_full_wait`), which holds the publisher's
+            // acknowledgement and its next packets back, rather than push out the oldest one.
+            let reserved = p.qos != QoS::AtMostOnce
+                && from.is_custom()
+                && from.id.client_id != client_id
+                && self.reserve_room(&from, &client_id, &tx).await;
+            let msg = Message::Forward(from.clone(), p);
+            let mut unsent =
+                if reserved { tx.unbounded_send_reserved(msg) } else { tx.unbounded_send(msg) }.err().map(|e| e.into_inner());
             // (Updraft patch 5) The session was just taken over (its channel is closed once it is
             // kicked): the session that resumed it takes the message.
             if let Some(Message::Forward(f, p)) = unsent.take() {
