@@ -677,5 +677,10 @@ settings! {
         /// at once, as before. 0 turns the wait off (acknowledge, then drop what does not fit).
         /// Keep it well below the clients' keep-alive.
         mqtt_queue_full_wait_ms: u64 { value_name: "MS", default: "5000", min: 0, max: 60_000, example: "0" }
+
+        /// Initial size in bytes of each MQTT connection's read and write buffers in the embedded
+        /// broker. They grow for larger packets; an idle connection holds both for its whole
+        /// life, so this sets most of an idle session's memory.
+        mqtt_io_buffer_bytes: usize { value_name: "BYTES", default: "1024", min: 256, max: 1 << 20 }
     }
 }

@@ -391,6 +391,8 @@ pub struct MqttSettings {
     /// How long a client's QoS 1/2 publish waits for room in a full subscriber queue
     /// (embedded broker; zero: no wait).
     pub queue_full_wait: Duration,
+    /// Initial size of each connection's read and write buffers (embedded broker).
+    pub io_buffer_bytes: usize,
 }
 
 /// Settings of the compatibility protocols (docs/CLIENT.md). Every surface is on by default.
@@ -555,6 +557,7 @@ impl Settings {
             resync_every: values.mqtt_resync_secs,
             handshake_timeout: values.mqtt_handshake_timeout_secs,
             queue_full_wait: Duration::from_millis(values.mqtt_queue_full_wait_ms),
+            io_buffer_bytes: values.mqtt_io_buffer_bytes,
         };
 
         Ok(Settings {

@@ -146,6 +146,7 @@ impl Broker {
                 .allow_anonymous(false)
                 .max_inflight(NonZeroU16::new(settings.max_inflight).unwrap_or(NonZeroU16::MIN))
                 .max_mqueue_len(settings.max_queued)
+                .io_buffer_capacity(settings.io_buffer_bytes)
                 .session_expiry_interval(settings.session_expiry)
                 .max_session_expiry_interval(settings.session_expiry)
                 .handshake_timeout(settings.handshake_timeout)
