@@ -23,7 +23,10 @@
 #     broker's per-subscriber inflight window, so not the default). The setup (client ids,
 #     credentials, topics, window) is identical for both brokers; MQTT_PUB_RUNS (3) runs of
 #     MQTT_PUB_SECONDS (10) s each after 3 s of warm-up, alternating brokers; the median of
-#     delivered msgs/s is compared (target Updraft / Mosquitto >= 0.5).
+#     delivered msgs/s is compared (target Updraft / Mosquitto >= 0.5). Besides, over every
+#     run: the QoS 1 messages a publisher got a PUBACK for that no subscriber received
+#     (acked_total - delivered_total of mqtt-load, both brokers), and Updraft's
+#     updraft_mqtt_messages_dropped_total (target 0 for both).
 #
 #   bench/mqtt.sh                                   # Mosquitto only (UPDRAFT_BIN unset)
 #   UPDRAFT_BIN=target/release/updraft bench/mqtt.sh
@@ -239,6 +242,11 @@ push() {
   log "$name push: $PUSH_JSON"
 }
 
+# dropped_metric: the embedded broker's updraft_mqtt_messages_dropped_total (all reasons).
+dropped_metric() {
+  curl -sS "http://127.0.0.1:$HTTP_PORT/metrics" | awk '/^updraft_mqtt_messages_dropped_total/ { n += $NF } END { printf "%d", n }'
+}
+
 trigger_mosquitto() {
   "$LOAD" publish-each --port "$MOSQ_PORT" --creds "$MOSQ_CREDS" >"$RAW/publish-each.json" 2>>"$RAW/push-mosquitto.log"
   echo "publish-each $(cat "$RAW/publish-each.json")"
@@ -255,6 +263,9 @@ pub_run() {
     --client-prefix "bench-$name" "${args[@]}" 2>>"$RAW/pub-$name.log") || die "$name: mqtt-load pub failed (see $RAW/pub-$name.log)"
   cpu=$(calc "100 * ($(cpu_seconds "$pid") - $c0) / ($(now) - $t0)" 0)
   json="${json%\}},\"broker_cpu_pct\":$cpu}"
+  # Acknowledged to a publisher and never delivered, over the whole run (each message has one
+  # subscriber in pair and self mode); Updraft also counts what its broker dropped.
+  echo "$name $(calc "$(jget "$json" acked_total) - $(jget "$json" delivered_total)" 0) $(jget "$json" acked_total)" >>"$RAW/lost.txt"
   record "pub-$name" "$json"
   log "$name pub: $json"
   jget "$json" delivered_per_s
@@ -329,6 +340,7 @@ fi
 
 # Throughput: alternate the brokers run by run.
 wait_quiet "${BENCH_WAIT_QUIET:-0}"
+[[ -n $UPD_CREDS ]] && U_DROPPED_BEFORE=$(dropped_metric)
 log "throughput: $PUBLISHERS publishers, mode $PUB_MODE, QoS 1, $SIZE B, window $WINDOW, $PUB_RUNS x $PUB_SECONDS s"
 m_rates=() u_rates=()
 for ((run = 1; run <= PUB_RUNS; run++)); do
@@ -338,11 +350,19 @@ for ((run = 1; run <= PUB_RUNS; run++)); do
   fi
 done
 M_RATE=$(median "${m_rates[@]}")
+# lost_of NAME: "not delivered of acknowledged", summed over the runs.
+lost_of() { awk -v n="$1" '$1 == n { l += $2; a += $3 } END { printf "%d of %d", l, a }' "$RAW/lost.txt"; }
 SETUP_DESC="$PUBLISHERS publishers, $PUB_MODE, QoS 1, $SIZE B, window $WINDOW"
 result mqtt "Mosquitto: delivered msgs/s ($SETUP_DESC), median of $PUB_RUNS (runs: ${m_rates[*]})" "$M_RATE" "-" "-"
+result mqtt "Mosquitto: QoS 1 messages acknowledged and not delivered, all runs" "$(lost_of mosquitto)" "-" "-"
 if ((${#u_rates[@]})); then
   U_RATE=$(median "${u_rates[@]}")
   result mqtt "Updraft: delivered msgs/s ($SETUP_DESC), median of $PUB_RUNS (runs: ${u_rates[*]})" "$U_RATE" "-" "-"
+  U_LOST=$(lost_of updraft)
+  U_DROPPED=$(($(dropped_metric) - U_DROPPED_BEFORE))
+  curl -sS "http://127.0.0.1:$HTTP_PORT/metrics" | grep '^updraft_mqtt_messages_dropped_total' >>"$RAW/info.txt" || true
+  result mqtt "Updraft: QoS 1 messages acknowledged and not delivered, all runs; updraft_mqtt_messages_dropped_total during them" \
+    "$U_LOST; $U_DROPPED" "0" "$( [[ ${U_LOST%% *} == 0 && $U_DROPPED == 0 ]] && echo PASS || echo FAIL)"
   RATIO=$(calc "$U_RATE / ($M_RATE > 0 ? $M_RATE : 1)" 2)
   result mqtt "Updraft / Mosquitto publish throughput" "$RATIO" ">= 0.50" "$(pass_if "$RATIO >= 0.5")"
 fi

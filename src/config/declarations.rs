@@ -675,4 +675,25 @@ settings! {
         /// this: the connection idle the longest (no request in progress) is closed to make room.
         header_read_timeout_secs: Secs { value_name: "SECS", default: "30", min: 1, max: 3600 }
     }
+
+    group "MQTT under load" {
+        /// Milliseconds a client's QoS 1/2 publish waits, in the embedded broker, for room in a
+        /// subscriber's queue (`UPDRAFT_MQTT_MAX_QUEUED`) that is full: meanwhile the publisher
+        /// gets no acknowledgement and the broker reads nothing more from it, so a fast
+        /// publisher is slowed to the pace of its slowest subscriber instead of having its
+        /// messages acknowledged and dropped.
+        ///
+        /// A subscriber that takes nothing for that long (stalled, or offline with a full queue)
+        /// loses its oldest queued message to each new one, counted in
+        /// `updraft_mqtt_messages_dropped_total{reason="queue_full"}`. Updraft's own messages to
+        /// devices (offers, configuration, commands) never wait: a device's full queue drops them
+        /// at once, as before. 0 turns the wait off (acknowledge, then drop what does not fit).
+        /// Keep it well below the clients' keep-alive.
+        mqtt_queue_full_wait_ms: u64 { value_name: "MS", default: "5000", min: 0, max: 60_000, example: "0" }
+
+        /// Initial size in bytes of each MQTT connection's read and write buffers in the embedded
+        /// broker. They grow for larger packets; an idle connection holds both for its whole
+        /// life, so this sets most of an idle session's memory.
+        mqtt_io_buffer_bytes: usize { value_name: "BYTES", default: "1024", min: 256, max: 1 << 20 }
+    }
 }

@@ -390,6 +390,11 @@ pub struct MqttSettings {
     pub resync_every: Duration,
     /// How long a new connection has to send its CONNECT (embedded broker).
     pub handshake_timeout: Duration,
+    /// How long a client's QoS 1/2 publish waits for room in a full subscriber queue
+    /// (embedded broker; zero: no wait).
+    pub queue_full_wait: Duration,
+    /// Initial size of each connection's read and write buffers (embedded broker).
+    pub io_buffer_bytes: usize,
 }
 
 /// Settings of the compatibility protocols (docs/CLIENT.md). Every surface is on by default.
@@ -553,6 +558,8 @@ impl Settings {
             session_expiry: values.mqtt_session_expiry_secs,
             resync_every: values.mqtt_resync_secs,
             handshake_timeout: values.mqtt_handshake_timeout_secs,
+            queue_full_wait: Duration::from_millis(values.mqtt_queue_full_wait_ms),
+            io_buffer_bytes: values.mqtt_io_buffer_bytes,
         };
 
         Ok(Settings {

@@ -81,7 +81,11 @@ impl Broker {
         workers: Arc<OnceLock<Vec<tokio::sync::mpsc::Sender<super::bus::Incoming>>>>,
     ) -> anyhow::Result<Broker> {
         let client_certs = listeners.client_certs.clone();
-        let scx = ServerContext::new().mqtt_max_sessions(settings.max_connections as isize).build().await;
+        let scx = ServerContext::new()
+            .mqtt_max_sessions(settings.max_connections as isize)
+            .mqtt_queue_full_wait(settings.queue_full_wait)
+            .build()
+            .await;
         *scx.extends.retain_mut().await = Box::new(MemoryRetain(DefaultRetainStorage::new()));
 
         let tb = ThingsBoard::new(core.clone(), scx.clone(), settings.max_packet_bytes as usize);
@@ -142,6 +146,7 @@ impl Broker {
                 .allow_anonymous(false)
                 .max_inflight(NonZeroU16::new(settings.max_inflight).unwrap_or(NonZeroU16::MIN))
                 .max_mqueue_len(settings.max_queued)
+                .io_buffer_capacity(settings.io_buffer_bytes)
                 .session_expiry_interval(settings.session_expiry)
                 .max_session_expiry_interval(settings.session_expiry)
                 .handshake_timeout(settings.handshake_timeout)

@@ -951,7 +951,7 @@ async fn run_pub(a: &Args) {
         f64::NAN
     };
     println!(
-        "{{\"mode\":\"pub\",\"publishers\":{publishers},\"sub_mode\":\"{mode}\",\"subscribers\":{},\"connections\":{conns},\"qos\":{qos},\"size\":{size},\"window\":{window},\"warmup_s\":{warmup},\"seconds\":{:.3},\"delivered\":{},\"delivered_per_s\":{:.0},\"acked\":{},\"acked_per_s\":{:.0},\"latency_p50_ms\":{},\"latency_p99_ms\":{},\"connect_failures\":{failed},\"errors\":{},\"client_rss_kb\":{rss},\"client_cpu_s\":{:.2}}}",
+        "{{\"mode\":\"pub\",\"publishers\":{publishers},\"sub_mode\":\"{mode}\",\"subscribers\":{},\"connections\":{conns},\"qos\":{qos},\"size\":{size},\"window\":{window},\"warmup_s\":{warmup},\"seconds\":{:.3},\"delivered\":{},\"delivered_per_s\":{:.0},\"acked\":{},\"acked_per_s\":{:.0},\"latency_p50_ms\":{},\"latency_p99_ms\":{},\"connect_failures\":{failed},\"errors\":{},\"client_rss_kb\":{rss},\"client_cpu_s\":{:.2},\"acked_total\":{},\"delivered_total\":{}}}",
         match mode.as_str() { "self" | "pair" => publishers, "none" => 0, _ => subscribers },
         el,
         d1 - d0,
@@ -962,6 +962,11 @@ async fn run_pub(a: &Args) {
         num(q(99.0)),
         json_map(&errs),
         cpu_s_self(),
+        // The whole run, warm-up and the drain after the stop included: in pair and self mode
+        // each message has one subscriber, so acked_total - delivered_total is what the broker
+        // acknowledged and never delivered.
+        sh.acked.load(Relaxed),
+        sh.delivered.load(Relaxed),
     );
 }
 

@@ -119,6 +119,9 @@ pub struct Builder {
     pub send_timeout: Duration,
     /// Maximum messages queued per client
     pub max_mqueue_len: usize,
+    /// (Updraft patch 2) Initial capacity in bytes of each connection's read and write buffers
+    /// (they grow as packets need; tokio-util's default is 8 KiB each)
+    pub io_buffer_capacity: usize,
     /// Rate limiting for message delivery (messages per duration)
     pub mqueue_rate_limit: (NonZeroU32, Duration),
     /// Maximum length of client identifiers
@@ -216,6 +219,7 @@ impl Builder {
             handshake_timeout: Duration::from_secs(30),
             send_timeout: Duration::from_secs(10),
             max_mqueue_len: 1000,
+            io_buffer_capacity: 8 * 1024,
 
             mqueue_rate_limit: (nonzero!(u32::MAX), Duration::from_secs(1)),
             max_clientid_len: 65535,
@@ -353,6 +357,12 @@ impl Builder {
     /// Sets network send timeout duration
     pub fn send_timeout(mut self, send_timeout: Duration) -> Self {
         self.send_timeout = send_timeout;
+        self
+    }
+
+    /// (Updraft patch 2) Sets the initial capacity of each connection's read and write buffers
+    pub fn io_buffer_capacity(mut self, io_buffer_capacity: usize) -> Self {
+        self.io_buffer_capacity = io_buffer_capacity;
         self
     }
 

@@ -48,7 +48,12 @@ where
         cert_info: Option<CertInfo>,
         cfg: Arc<Builder>,
     ) -> Self {
-        Dispatcher { io: Framed::new(io, MqttCodec::Version(VersionCodec)), remote_addr, cfg, cert_info }
+        // (Updraft patch 2) Buffers of `io_buffer_capacity` bytes to start with: an idle
+        // connection holds both for its whole life. Packets are still written out in batches
+        // of up to 8 KiB, as with `Framed::new`.
+        let mut io = Framed::with_capacity(io, MqttCodec::Version(VersionCodec), cfg.io_buffer_capacity);
+        io.set_backpressure_boundary(8 * 1024);
+        Dispatcher { io, remote_addr, cfg, cert_info }
     }
 
     /// Negotiates protocol version and returns appropriate stream

@@ -104,6 +104,10 @@ pub struct ServerContextBuilder {
 
     /// Maximum concurrent MQTT sessions (0 = unlimited)
     pub mqtt_max_sessions: isize,
+    /// (Updraft patch 6) How long a client's QoS 1/2 message for a session whose deliver queue
+    /// is full waits for room before it goes in anyway (zero: no wait, the queue's overflow
+    /// policy applies at once, as before)
+    pub mqtt_queue_full_wait: Duration,
 
     /// plugins config, path or configMap<plugin_name, toml_string>
     #[cfg(feature = "plugin")]
@@ -132,6 +136,7 @@ impl ServerContextBuilder {
             busy_check_enable: true,
             busy_handshaking_limit: 0,
             mqtt_max_sessions: 0,
+            mqtt_queue_full_wait: Duration::ZERO,
             #[cfg(feature = "plugin")]
             plugins_config: PluginManagerConfig::default(),
             circuit_breaker_config: CircuitBreakerConfig::default(),
@@ -183,6 +188,13 @@ impl ServerContextBuilder {
     /// Sets maximum allowed MQTT sessions
     pub fn mqtt_max_sessions(mut self, mqtt_max_sessions: isize) -> Self {
         self.mqtt_max_sessions = mqtt_max_sessions;
+        self
+    }
+
+    /// (Updraft patch 6) Sets how long a client's QoS 1/2 message for a full deliver queue
+    /// waits for room (flow control; zero: none)
+    pub fn mqtt_queue_full_wait(mut self, wait: Duration) -> Self {
+        self.mqtt_queue_full_wait = wait;
         self
     }
 
@@ -246,6 +258,7 @@ impl ServerContextBuilder {
 
                 busy_check_enable: self.busy_check_enable,
                 mqtt_max_sessions: self.mqtt_max_sessions,
+                mqtt_queue_full_wait: self.mqtt_queue_full_wait,
 
                 handshakings: Counter::new(),
                 connections: Counter::new(),
@@ -297,6 +310,8 @@ pub struct ServerContextInner {
     pub busy_check_enable: bool,
     /// Maximum allowed MQTT sessions
     pub mqtt_max_sessions: isize,
+    /// (Updraft patch 6) See `ServerContextBuilder::mqtt_queue_full_wait`
+    pub mqtt_queue_full_wait: Duration,
 
     /// Active handshake counter
     pub handshakings: Counter,

@@ -367,6 +367,8 @@ impl SessionState {
                     log::debug!("{:?} deliver_packet: {:?}", state.id, deliver_packet);
                     match deliver_packet {
                         Some(Some((from, p))) => {
+                            // (Updraft patch 6) Room in the deliver queue for a waiting publisher.
+                            state.tx.room_made();
                             state.deliver(sink, from, p).await?;
                         },
                         Some(None) => {
@@ -438,7 +440,9 @@ impl SessionState {
                                 //hook, offline_message
                                 self.hook.offline_message(from.clone(), &p).await;
 
-                                if let Err((from, p)) = deliver_queue_tx.send((from, p)).await {
+                                let sent = deliver_queue_tx.send((from, p)).await;
+                                self.tx.forward_taken();
+                                if let Err((from, p)) = sent {
                                     log::debug!("{:?} offline deliver_dropped, from: {:?}, {:?}", self.id, from, p);
                                     //hook, message_dropped
                                    self.scx.extends.hook_mgr().message_dropped(Some(self.id.clone()), from, p, Reason::MessageQueueFull).await;
@@ -455,8 +459,14 @@ impl SessionState {
                                     // offline event loop was busy would otherwise be silently
                                     // dropped on session transfer (reconnect while the broker
                                     // is still draining a large offline backlog).
+                                    // (Updraft patch 5) Closed first: a message sent from now
+                                    // on fails to send, and its sender hands it to the session
+                                    // that takes this one over (`DefaultShared::forwards_to`).
+                                    self.rx.close();
                                     let mut drained = 0usize;
-                                    while let Ok(Message::Forward(from, p)) = self.rx.try_recv() {
+                                    while let Ok(msg) = self.rx.try_recv() {
+                                        let Message::Forward(from, p) = msg else { continue };
+                                        self.tx.forward_taken();
                                         // hook, offline_message — same as the main offline event
                                         // loop so hook consumers (web-hook `offline_message`
                                         // rule, sys-topic offline counters, audit plugins) do not
@@ -603,7 +613,9 @@ impl SessionState {
     {
         match msg {
             Message::Forward(from, p) => {
-                if let Err((from, p)) = deliver_queue_tx.send((from, p)).await {
+                let sent = deliver_queue_tx.send((from, p)).await;
+                self.tx.forward_taken();
+                if let Err((from, p)) = sent {
                     log::debug!("{:?} deliver_dropped, from: {:?}, {:?}", self.id, from, p);
                     //hook, message_dropped
                     self.scx
@@ -625,6 +637,25 @@ impl SessionState {
                     is_admin
                 );
                 if !sender.is_closed() {
+                    // (Updraft patch 5) What was sent to this session and is still in its
+                    // channel goes into the deliver queue, which the kicker hands to the
+                    // session taking over; the channel is closed first, so that a message
+                    // sent from now on fails to send and its sender hands it to the new
+                    // session (`DefaultShared::forwards_to`). Before, these were lost.
+                    self.rx.close();
+                    while let Ok(msg) = self.rx.try_recv() {
+                        if let Message::Forward(from, p) = msg {
+                            let sent = deliver_queue_tx.send((from, p)).await;
+                            self.tx.forward_taken();
+                            if let Err((from, p)) = sent {
+                                self.scx
+                                    .extends
+                                    .hook_mgr()
+                                    .message_dropped(Some(self.id.clone()), from, p, Reason::MessageQueueFull)
+                                    .await;
+                            }
+                        }
+                    }
                     if sender.send(()).is_err() {
                         log::warn!("{:?} Message::Kick, send response error, sender is closed", self.id);
                     }
@@ -1577,14 +1608,14 @@ impl SessionState {
         let publish = self.hook.message_delivered(from.clone(), &publish).await.unwrap_or(publish);
 
         //send message
-        sink.publish(
-            publish.clone(),
-            expiry_check_res.message_expiry_interval(),
-            self.server_topic_aliases.as_ref(),
-        )
-        .await?; //@TODO ... at exception, send hook and or store message
+        let sent = sink
+            .publish(publish.clone(), expiry_check_res.message_expiry_interval(), self.server_topic_aliases.as_ref())
+            .await;
 
         //cache messages to inflight window
+        // (Updraft patch 5) Even when the send failed (the connection broke under it): the
+        // message is unacknowledged like any other in flight, and a persistent session sends
+        // it again when it is resumed. Before, it was lost.
         let moment_status = match publish.qos {
             QoS::AtLeastOnce => Some(MomentStatus::UnAck),
             QoS::ExactlyOnce => Some(MomentStatus::UnReceived),
@@ -1599,6 +1630,7 @@ impl SessionState {
             ));
         }
 
+        sent?;
         Ok(())
     }
 

@@ -670,6 +670,56 @@ impl DefaultShared {
         }
     }
 
+    /// (Updraft patch 5) A message for `client_id` found no session, or one that no longer
+    /// takes messages (`closed`): if a connection is taking the session over (it holds the
+    /// client id's lock while it kicks the old session and installs its own), waits for it to
+    /// finish, then returns the session that resumed the old one, which takes what the old one
+    /// would have. None when no session resumed it (the message is then dropped as before).
+    async fn taken_over(&self, client_id: &str, closed: Option<&To>) -> Option<(Tx, To)> {
+        let locker = self.lockers.get(client_id).map(|l| l.value().clone());
+        if let Some(locker) = locker {
+            // As long as a login waits for a busy client id (`LockEntry::try_lock`).
+            let _ = tokio::time::timeout(Duration::from_secs(5), locker.lock()).await;
+        }
+        let (s, tx) = self.peers.get(client_id).map(|peer| (peer.s.clone(), peer.tx.clone()))?;
+        if closed.is_some_and(|old| s.id == *old) || tx.is_closed() || !s.session_present().await.unwrap_or(false) {
+            return None;
+        }
+        log::debug!("{:?} takes a message sent to the session it took over", s.id);
+        Some((tx, s.id.clone()))
+    }
+
+    /// (Updraft patch 6) Reserves room for a message from `from` in `client_id`'s deliver
+    /// queue, waiting for it at most `ServerContext::mqtt_queue_full_wait`. Messages from a
+    /// superuser session (a server's own connection) never wait: they go at once, and the
+    /// queue's overflow policy applies. False when nothing was reserved (send unreserved).
+    async fn reserve_room(&self, from: &From, client_id: &str, tx: &Tx) -> bool {
+        let wait = self.context().mqtt_queue_full_wait;
+        if wait.is_zero() {
+            return false;
+        }
+        let Some(s) = self.peers.get(client_id).map(|peer| peer.s.clone()) else {
+            return false;
+        };
+        let queue = s.deliver_queue().clone();
+        let capacity = queue.capacity();
+        if tx.pending_forwards() + queue.len() < capacity {
+            return tx.reserve_forward(capacity, || queue.len(), tokio::time::Instant::now()).await;
+        }
+        let publisher = self.peers.get(&from.id.client_id).map(|peer| peer.s.clone());
+        if let Some(publisher) = publisher {
+            if publisher.superuser().await.unwrap_or(false) {
+                return false;
+            }
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        let reserved = tx.reserve_forward(capacity, || queue.len(), deadline).await;
+        if !reserved {
+            log::debug!("{:?} deliver queue still full after {:?}: a message from {:?} goes in anyway", s.id, wait, from.id);
+        }
+        reserved
+    }
+
     /// Retrieve the sender channel and target [`To`] address for a given `client_id`.
     #[inline]
     pub fn tx(&self, client_id: &str) -> Option<(Tx, To)> {
@@ -913,6 +963,8 @@ impl Shared for DefaultShared {
 
             let (tx, to) = if let Some((tx, to)) = self.tx(&client_id) {
                 (tx, to)
+            } else if let Some((tx, to)) = self.taken_over(&client_id, None).await {
+                (tx, to)
             } else {
                 log::debug!(
                     "forwards_to failed, from:{:?}, to:{:?}, topic_filter:{:?}, topic:{:?}, reason: the client has disconnected.",
@@ -930,16 +982,33 @@ impl Shared for DefaultShared {
                 continue;
             };
 
-            if let Err(e) = tx.unbounded_send(Message::Forward(from.clone(), p)) {
+            // (Updraft patch 6) A client's QoS 1/2 message for a session whose deliver queue is
+            // full waits for room (at most `mqtt_queue_full_wait`), which holds the publisher's
+            // acknowledgement and its next packets back, rather than push out the oldest one.
+            let reserved = p.qos != QoS::AtMostOnce
+                && from.is_custom()
+                && from.id.client_id != client_id
+                && self.reserve_room(&from, &client_id, &tx).await;
+            let msg = Message::Forward(from.clone(), p);
+            let mut unsent =
+                if reserved { tx.unbounded_send_reserved(msg) } else { tx.unbounded_send(msg) }.err().map(|e| e.into_inner());
+            // (Updraft patch 5) The session was just taken over (its channel is closed once it is
+            // kicked): the session that resumed it takes the message.
+            if let Some(Message::Forward(f, p)) = unsent.take() {
+                unsent = match self.taken_over(&client_id, Some(&to)).await {
+                    Some((tx, _)) => tx.unbounded_send(Message::Forward(f, p)).err().map(|e| e.into_inner()),
+                    None => Some(Message::Forward(f, p)),
+                };
+            }
+            if let Some(msg) = unsent {
                 log::warn!(
-                    "forwards_to failed, from:{:?}, to:{:?}, topic_filter:{:?}, topic:{:?}, reason:{:?}",
+                    "forwards_to failed, from:{:?}, to:{:?}, topic_filter:{:?}, topic:{:?}, reason: Tx is closed",
                     from,
                     client_id,
                     topic_filter,
                     publish.topic,
-                    e
                 );
-                if let Message::Forward(from, p) = e.into_inner() {
+                if let Message::Forward(from, p) = msg {
                     errs.push((to, from, p, Reason::from_static("Connection Tx is closed")));
                 }
             } else {

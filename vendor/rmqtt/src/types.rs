@@ -121,11 +121,27 @@ pub(crate) const UNDEFINED: &str = "undefined";
 ///
 /// Wraps an unbounded MPSC sender with optional debug statistics tracking.
 /// When the `debug` feature is enabled, each send increments a session channel counter.
+///
+/// (Updraft patch 6) It also counts the `Forward` messages sent to the session that it has
+/// not taken into its deliver queue yet, so that a publisher can tell when the session's
+/// queue is full and wait for room (`DefaultShared::forwards_to`).
 #[derive(Clone)]
 pub struct SessionTx {
     #[cfg(feature = "debug")]
     scx: ServerContext,
     tx: futures::channel::mpsc::UnboundedSender<Message>,
+    flow: Arc<SessionFlow>,
+}
+
+/// (Updraft patch 6) Messages on their way into a session's deliver queue, and the signal
+/// that wakes publishers waiting for room in it.
+#[derive(Default)]
+struct SessionFlow {
+    /// `Forward` messages sent (or reserved) and not yet taken by the session.
+    forwards: std::sync::atomic::AtomicUsize,
+    /// Publishers waiting for room.
+    waiting: std::sync::atomic::AtomicUsize,
+    room: tokio::sync::Notify,
 }
 
 impl SessionTx {
@@ -137,6 +153,7 @@ impl SessionTx {
             tx,
             #[cfg(feature = "debug")]
             scx,
+            flow: Arc::new(SessionFlow::default()),
         }
     }
 
@@ -150,14 +167,100 @@ impl SessionTx {
         &self,
         msg: Message,
     ) -> std::result::Result<(), futures::channel::mpsc::TrySendError<Message>> {
+        let forward = matches!(msg, Message::Forward(..));
+        if forward {
+            self.flow.forwards.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        self.send_counted(msg, forward)
+    }
+
+    /// Sends a `Forward` for which `reserve_forward` made room.
+    #[inline]
+    pub fn unbounded_send_reserved(
+        &self,
+        msg: Message,
+    ) -> std::result::Result<(), futures::channel::mpsc::TrySendError<Message>> {
+        self.send_counted(msg, true)
+    }
+
+    #[inline]
+    fn send_counted(
+        &self,
+        msg: Message,
+        counted: bool,
+    ) -> std::result::Result<(), futures::channel::mpsc::TrySendError<Message>> {
         match self.tx.unbounded_send(msg) {
             Ok(()) => {
                 #[cfg(feature = "debug")]
                 self.scx.stats.debug_session_channels.inc();
                 Ok(())
             }
-            Err(e) => Err(e),
+            Err(e) => {
+                if counted {
+                    self.forward_taken();
+                }
+                Err(e)
+            }
         }
+    }
+
+    /// The session took a `Forward` off its channel (into its deliver queue, or dropped it).
+    #[inline]
+    pub fn forward_taken(&self) {
+        let _ = self.flow.forwards.fetch_update(
+            std::sync::atomic::Ordering::SeqCst,
+            std::sync::atomic::Ordering::SeqCst,
+            |n| n.checked_sub(1),
+        );
+    }
+
+    /// `Forward` messages on their way into the session's deliver queue.
+    #[inline]
+    pub fn pending_forwards(&self) -> usize {
+        self.flow.forwards.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The session took a message out of its deliver queue: wakes the waiting publishers.
+    #[inline]
+    pub fn room_made(&self) {
+        if self.flow.waiting.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            self.flow.room.notify_waiters();
+        }
+    }
+
+    /// Reserves a place for one `Forward` while the messages on their way plus `queued()`
+    /// stay below `capacity`, waiting for room until `deadline`. Returns whether it reserved
+    /// (then send with `unbounded_send_reserved`); false once the deadline passed or the
+    /// session is gone.
+    pub async fn reserve_forward(
+        &self,
+        capacity: usize,
+        queued: impl Fn() -> usize,
+        deadline: tokio::time::Instant,
+    ) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        let try_reserve =
+            || self.flow.forwards.fetch_update(SeqCst, SeqCst, |n| (n + queued() < capacity).then_some(n + 1)).is_ok();
+        if try_reserve() {
+            return true;
+        }
+        self.flow.waiting.fetch_add(1, SeqCst);
+        let reserved = loop {
+            // Created before the check: a `notify_waiters` after the check wakes it.
+            let room = self.flow.room.notified();
+            if try_reserve() {
+                break true;
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline || self.tx.is_closed() {
+                break false;
+            }
+            // Room made other than by a delivery (a session handed over, cleaned) does not
+            // signal: look again now and then.
+            let _ = tokio::time::timeout_at(deadline.min(now + Duration::from_millis(50)), room).await;
+        };
+        self.flow.waiting.fetch_sub(1, SeqCst);
+        reserved
     }
 }
 
