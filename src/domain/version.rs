@@ -190,3 +190,27 @@ mod tests {
         assert_eq!(Version::parse("3.1.4-rc.2+abc").unwrap().plain(), "3.1.4");
     }
 }
+
+/// The properties of `crate::fuzzing` (shared with `fuzz/`), for a bounded number of cases.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use crate::fuzzing;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn a_version_reads_back_from_its_canonical_form(
+            text in "[ ]?[vV]?[0-9]{1,22}(\\.[0-9]{1,22}){0,3}(-[0-9A-Za-z.-]{0,62})?(\\+[0-9A-Za-z.-]{0,20})?[ ]?",
+        ) {
+            fuzzing::version(text.as_bytes());
+        }
+
+        #[test]
+        fn any_text_is_read_or_refused(text in any::<String>()) {
+            fuzzing::version(text.as_bytes());
+        }
+    }
+}
