@@ -11,6 +11,9 @@ pub mod cli;
 pub mod config;
 /// Types, rules and decisions; no IO.
 pub mod domain;
+/// The properties of the parsers of outside input, for `fuzz/` and the proptests.
+#[doc(hidden)]
+pub mod fuzzing;
 /// The HTTP adapter: routes, wire types, middleware.
 pub mod http;
 /// The MQTT adapter: embedded broker, Updraft's client, device topics.

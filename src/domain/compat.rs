@@ -227,3 +227,25 @@ mod tests {
         assert_eq!(cyberdeck_latest(&builds, "other", None), None);
     }
 }
+
+/// The properties of `crate::fuzzing` (shared with `fuzz/`), for a bounded number of cases.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use crate::fuzzing;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn seed_001_tokens_match_exactly_their_two_variants(
+            mac in "[0-9A-Fa-f:]{0,17}",
+            secret in "\\PC{0,16}",
+            presented in "[ ]?[0-9a-fA-F]{0,10}[ ]?",
+            version in "[0-9.]{0,14}",
+        ) {
+            fuzzing::compat(format!("{mac}\n{secret}\n{presented}\n{version}").as_bytes());
+        }
+    }
+}

@@ -114,9 +114,14 @@ pub fn effective_version(layers: &[(String, i64)]) -> String {
 /// encrypted with `encrypt`, kept secrets (`{"$secret": null}`) copied from `previous`
 /// (the stored document it replaces).
 pub fn prepare(input: &Value, previous: Option<&Value>, encrypt: &mut dyn FnMut(&Value) -> Result<String>) -> Result<Value> {
-    let Value::Object(_) = input else {
+    let Value::Object(map) = input else {
         return Err(Error::invalid("invalid_config", "a configuration document must be a JSON object"));
     };
+    // A whole document stored as one secret would merge as an object holding `$encrypted`,
+    // which no view recognises as a secret any more.
+    if map.contains_key(SECRET_KEY) {
+        return Err(Error::invalid("invalid_secret", format!("a document cannot be a secret itself; put `{SECRET_KEY}` under a key")));
+    }
     let size = serde_json::to_vec(input).map(|v| v.len()).unwrap_or(usize::MAX);
     if size > MAX_DOCUMENT_BYTES {
         return Err(Error::invalid("config_too_large", format!("a configuration document may have at most {MAX_DOCUMENT_BYTES} bytes")));
@@ -455,6 +460,17 @@ mod tests {
     }
 
     #[test]
+    fn a_document_that_is_itself_a_secret_is_refused() {
+        // Found by the `config` property: `{"$secret": …}` as the whole document was stored as
+        // `{"$encrypted": …}` and merged key by key into the layers below it, leaving an object
+        // with `$encrypted` and other keys that every view showed as plain data (the token).
+        let error = prepare(&json!({"$secret": {"ssid": "x"}}), None, &mut |v| Ok(format!("enc:{v}"))).unwrap_err();
+        assert_eq!(error.code(), "invalid_secret");
+        let stored = prepare(&json!({"wifi": {"$secret": {"ssid": "x"}}}), None, &mut |v| Ok(format!("enc:{v}"))).unwrap();
+        assert!(is_encrypted(&stored["wifi"]));
+    }
+
+    #[test]
     fn null_removes_a_key_and_a_scalar_replaces_an_object() {
         let result = merged(&[
             ("product:p", json!({"debug": {"level": 3}, "mqtt": {"host": "h", "port": 1}})),
@@ -550,5 +566,50 @@ mod tests {
         assert_eq!(a.len(), 16);
         assert_ne!(a, b);
         assert_eq!(a, effective_version(&[("product:p".into(), 1), ("device:X".into(), 3)]));
+    }
+}
+
+/// The properties of `crate::fuzzing` (shared with `fuzz/`), for a bounded number of cases.
+#[cfg(test)]
+mod properties {
+    use proptest::collection::{btree_map, vec};
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    use crate::fuzzing;
+
+    fn key() -> impl Strategy<Value = String> {
+        prop_oneof![Just("a"), Just("b"), Just("wifi"), Just("password"), Just("~/x"), Just(""), Just("$secret")].prop_map(str::to_string)
+    }
+
+    fn leaf() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i32>().prop_map(Value::from),
+            "[a-z]{0,6}".prop_map(Value::from),
+        ]
+    }
+
+    /// Documents with secrets (`{"$secret": v}`), nulls, arrays and nested objects.
+    fn document() -> impl Strategy<Value = Value> {
+        let value = leaf().prop_recursive(4, 32, 4, |inner| {
+            prop_oneof![
+                vec(inner.clone(), 0..3).prop_map(Value::Array),
+                btree_map(key(), inner.clone(), 0..4).prop_map(|m| Value::Object(m.into_iter().collect())),
+                inner.prop_map(|v| json!({ "$secret": v })),
+            ]
+        });
+        btree_map(key(), value, 0..5).prop_map(|m| Value::Object(m.into_iter().collect()))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn secrets_stay_marked_through_storage_views_and_the_merge(layers in vec(document(), 1..4)) {
+            let data: Vec<Vec<u8>> = layers.iter().map(|l| serde_json::to_vec(l).unwrap()).collect();
+            fuzzing::config_layers(&data.join(&0x1E));
+        }
     }
 }

@@ -1389,3 +1389,58 @@ mod tests {
         assert_ne!(a.build(), a.seed(6).build());
     }
 }
+
+/// The properties of `crate::fuzzing` (shared with `fuzz/`), for a bounded number of cases.
+#[cfg(test)]
+mod properties {
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+    use proptest::sample::Index;
+
+    use super::KNOWN_CHIPS;
+    use super::builder::EspImageBuilder;
+    use crate::fuzzing;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn a_built_image_reads_back_whatever_its_settings_and_chunks(
+            project in "[a-zA-Z0-9_ -]{0,40}",
+            version in "[0-9a-z.+-]{0,40}",
+            chip in 0..KNOWN_CHIPS.len(),
+            payload_len in 0usize..2048,
+            seed in any::<u64>(),
+            hash in any::<bool>(),
+            flash in (0u8..6, any::<u8>(), any::<u8>()),
+            trailing in vec(any::<u8>(), 0..64),
+        ) {
+            fuzzing::esp_image_built(&project, &version, KNOWN_CHIPS[chip].0, payload_len, seed, hash, flash, &trailing);
+        }
+
+        #[test]
+        fn a_damaged_image_gets_the_same_answer_whole_or_in_chunks(
+            seed in any::<u32>(),
+            payload_len in 0usize..512,
+            flips in vec((any::<Index>(), 1u8..=255), 0..4),
+            cut in proptest::option::of(any::<Index>()),
+        ) {
+            let mut image = EspImageBuilder::new("blink", "1.0.1").payload_len(payload_len).build();
+            for (at, bits) in flips {
+                let i = at.index(image.len());
+                image[i] ^= bits;
+            }
+            if let Some(cut) = cut {
+                image.truncate(cut.index(image.len() + 1));
+            }
+            let mut data = seed.to_le_bytes().to_vec();
+            data.extend(image);
+            fuzzing::esp_image(&data);
+        }
+
+        #[test]
+        fn any_bytes_get_the_same_answer_whole_or_in_chunks(data in vec(any::<u8>(), 0..600)) {
+            fuzzing::esp_image(&data);
+        }
+    }
+}

@@ -226,3 +226,39 @@ mod tests {
         assert_eq!(mac.bare_upper(), "AABBCCDDEEFF");
     }
 }
+
+/// The properties of `crate::fuzzing` (shared with `fuzz/`), for a bounded number of cases.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::Mac;
+    use crate::fuzzing;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn every_form_of_a_mac_reads_back(bytes in any::<[u8; 6]>(), form in 0usize..6, lower in any::<bool>()) {
+            let mac = Mac(bytes);
+            let b = bytes;
+            let text = match form {
+                0 => mac.canonical(),
+                1 => mac.hyphenated_lower(),
+                2 => mac.bare_upper(),
+                3 => format!("{:02X}{:02X}.{:02X}{:02X}.{:02X}{:02X}", b[0], b[1], b[2], b[3], b[4], b[5]),
+                4 => format!("efuse:{}", mac.efuse_decimal()),
+                _ => mac.efuse_decimal(),
+            };
+            let text = if lower { text.to_ascii_lowercase() } else { text };
+            let parsed = if form == 5 { Mac::parse_esp32fota_id(&text) } else { Mac::parse(&text) };
+            prop_assert_eq!(parsed.ok(), Some(mac));
+            fuzzing::mac(text.as_bytes());
+        }
+
+        #[test]
+        fn any_text_is_read_or_refused(text in "[0-9a-fA-F:.efus -]{0,20}|\\PC{0,20}") {
+            fuzzing::mac(text.as_bytes());
+        }
+    }
+}

@@ -585,3 +585,59 @@ mod tests {
         assert_eq!(parse_status(b"garbage"), None);
     }
 }
+
+/// The properties of `crate::fuzzing` (shared with `fuzz/`), for a bounded number of cases.
+#[cfg(test)]
+mod properties {
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    use crate::fuzzing;
+
+    fn level() -> impl Strategy<Value = String> {
+        prop_oneof![
+            prop_oneof![
+                Just("updraft"),
+                Just("dev-1"),
+                Just("dev-10"),
+                Just("+"),
+                Just("#"),
+                Just("status"),
+                Just("telemetry"),
+                Just("attributes"),
+                Just("ota"),
+                Just("config"),
+                Just("cmd"),
+                Just("result"),
+                Just("AA:BB:CC:DD:EE:01"),
+                Just("aa-bb-cc-dd-ee-02"),
+                Just("AABBCCDDEE01"),
+                Just("flashing"),
+                Just("keepalive"),
+                Just("firmware"),
+                Just("$share"),
+                Just("iotsupport"),
+                Just("updates"),
+                Just("provision"),
+                Just("request"),
+                Just(""),
+            ]
+            .prop_map(str::to_string),
+            "[a-z0-9$+#:-]{1,6}",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn topics_parse_back_and_no_device_reaches_another(levels in vec(level(), 1..6)) {
+            fuzzing::mqtt_topic(levels.join("/").as_bytes());
+        }
+
+        #[test]
+        fn any_text_is_a_topic_or_refused(text in "\\PC{0,30}") {
+            fuzzing::mqtt_topic(text.as_bytes());
+        }
+    }
+}

@@ -81,6 +81,11 @@ impl Version {
                 return Err(fail("its build part is empty"));
             }
         }
+        // Stored as its canonical form and read back from it: that form must parse too (`1-…`
+        // of 64 characters is `1.0.0-…` of 68).
+        if semver.to_string().len() > MAX_VERSION_LEN {
+            return Err(fail("its canonical form is longer than 64 characters"));
+        }
         Ok(Version { semver })
     }
 
@@ -149,6 +154,17 @@ mod tests {
     }
 
     #[test]
+    fn a_version_whose_canonical_form_is_too_long_to_read_back_is_refused() {
+        // Found by the `version` property: `1-` and 62 characters (64) was accepted, stored as
+        // `1.0.0-…` (68) in `version_key`, and that row then failed to parse when read.
+        let long = format!("1-{}", "a".repeat(62));
+        assert!(Version::parse(&long).is_err());
+        let fits = format!("1.0.0-{}", "a".repeat(58));
+        assert_eq!(canonical(&fits), fits);
+        assert_eq!(canonical(&format!("1-{}", "a".repeat(58))), fits);
+    }
+
+    #[test]
     fn short_and_prefixed_versions_are_padded() {
         assert_eq!(canonical("1"), "1.0.0");
         assert_eq!(canonical("1.2"), "1.2.0");
@@ -189,5 +205,34 @@ mod tests {
     #[test]
     fn plain_drops_prerelease_and_build() {
         assert_eq!(Version::parse("3.1.4-rc.2+abc").unwrap().plain(), "3.1.4");
+    }
+}
+
+/// The properties of `crate::fuzzing` (shared with `fuzz/`), for a bounded number of cases.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use crate::fuzzing;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn a_version_reads_back_from_its_canonical_form(
+            text in "[ ]?[vV]?[0-9]{1,22}(\\.[0-9]{1,22}){0,3}(-[0-9A-Za-z.-]{0,62})?(\\+[0-9A-Za-z.-]{0,20})?[ ]?",
+        ) {
+            fuzzing::version(text.as_bytes());
+        }
+
+        #[test]
+        fn a_long_version_reads_back_from_its_canonical_form(text in "[vV]?[0-9]{1,3}(\\.0)?-[a-z0-9.]{50,62}") {
+            fuzzing::version(text.as_bytes());
+        }
+
+        #[test]
+        fn any_text_is_read_or_refused(text in any::<String>()) {
+            fuzzing::version(text.as_bytes());
+        }
     }
 }

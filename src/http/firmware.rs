@@ -200,7 +200,7 @@ pub struct PatchArtifactBody {
     pub channel: Option<String>,
 }
 
-const MAX_FIELD_BYTES: usize = firmware::MAX_NOTES_LEN;
+pub(crate) const MAX_FIELD_BYTES: usize = firmware::MAX_NOTES_LEN;
 /// Room for multipart boundaries and headers on top of the file itself.
 const MULTIPART_OVERHEAD: u64 = 1 << 20;
 
@@ -281,7 +281,7 @@ impl UploadQuery {
         self.product.is_some() || self.version.is_some() || self.hardware.is_some() || self.notes.is_some() || self.channel.is_some()
     }
 
-    fn into_meta(self) -> UploadMeta {
+    pub(crate) fn into_meta(self) -> UploadMeta {
         UploadMeta {
             product: self.product,
             version: self.version,
@@ -312,33 +312,38 @@ async fn upload_multipart(state: &AppState, mut multipart: Multipart, limit: u64
             }
             "product" | "version" | "hardware" | "notes" | "channel" => {
                 let value = read_text_field(field, &name).await?;
-                let slot = match name.as_str() {
-                    "product" => &mut meta.product,
-                    "version" => &mut meta.version,
-                    "notes" => &mut meta.notes,
-                    "channel" => &mut meta.channel,
-                    _ => {
-                        meta.hardware.push(value);
-                        continue;
-                    }
-                };
-                if slot.replace(value).is_some() {
-                    return Err(Error::invalid("invalid_multipart", format!("form field `{name}` appears more than once")).into());
-                }
+                set_meta_field(&mut meta, &name, value)?;
             }
-            other => {
-                return Err(Error::invalid(
-                    "invalid_multipart",
-                    format!("unknown form field `{other}`; expected file, product, version, hardware, notes, channel"),
-                )
-                .into());
-            }
+            other => return Err(unknown_field(other).into()),
         }
     }
     let Some(staged) = staged else {
         return Err(Error::invalid("missing_file", "the form has no `file` field").into());
     };
     Ok(service::commit(&state.core, staged, &meta).await?)
+}
+
+/// Puts a metadata form field into `meta`; each may appear once, except `hardware`.
+pub(crate) fn set_meta_field(meta: &mut UploadMeta, name: &str, value: String) -> Result<(), Error> {
+    let slot = match name {
+        "product" => &mut meta.product,
+        "version" => &mut meta.version,
+        "notes" => &mut meta.notes,
+        "channel" => &mut meta.channel,
+        "hardware" => {
+            meta.hardware.push(value);
+            return Ok(());
+        }
+        other => return Err(unknown_field(other)),
+    };
+    match slot.replace(value) {
+        Some(_) => Err(Error::invalid("invalid_multipart", format!("form field `{name}` appears more than once"))),
+        None => Ok(()),
+    }
+}
+
+fn unknown_field(name: &str) -> Error {
+    Error::invalid("invalid_multipart", format!("unknown form field `{name}`; expected file, product, version, hardware, notes, channel"))
 }
 
 async fn read_text_field(mut field: axum::extract::multipart::Field<'_>, name: &str) -> ApiResult<String> {
@@ -608,4 +613,57 @@ fn image_view(i: &ImageFacts) -> ImageView {
 
 pub fn timestamp(time: DateTime<Utc>) -> String {
     time.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// The properties of `crate::fuzzing` (shared with `fuzz/`), for a bounded number of cases.
+#[cfg(test)]
+mod properties {
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    use crate::domain::esp_image::builder::EspImageBuilder;
+    use crate::fuzzing;
+
+    fn field() -> impl Strategy<Value = (String, String)> {
+        let name = prop_oneof![Just("product"), Just("version"), Just("hardware"), Just("notes"), Just("channel"), Just("colour"),];
+        let value = prop_oneof![
+            Just("blink".to_string()),
+            Just("1.0.1".to_string()),
+            Just("v1.0".to_string()),
+            Just("2.0.0-rc.1".to_string()),
+            Just("esp32, esp32s3".to_string()),
+            Just("beta".to_string()),
+            Just(String::new()),
+            "[a-zA-Z0-9 ,._+-]{0,20}",
+        ];
+        (name.prop_map(str::to_string), value)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn upload_metadata_is_valid_and_agrees_with_the_image(
+            fields in vec(field(), 0..6),
+            image in prop_oneof![Just(None), Just(Some("1.0.1")), Just(Some("not-a-version")), Just(Some(""))],
+            junk in any::<bool>(),
+        ) {
+            let file = match image {
+                Some(version) => EspImageBuilder::new("blink", version).payload_len(16).build(),
+                None => if junk { b"\x7fELF".to_vec() } else { Vec::new() },
+            };
+            let mut parts: Vec<(&str, &[u8])> = fields.iter().map(|(n, v)| (n.as_str(), v.as_bytes())).collect();
+            parts.push(("file", file.as_slice()));
+            fuzzing::firmware_upload(&fuzzing::multipart_body(&parts));
+            let query: Vec<String> = fields.iter().map(|(n, v)| format!("{n}={v}")).collect();
+            fuzzing::firmware_upload(query.join("&").as_bytes());
+        }
+
+        #[test]
+        fn any_body_is_read_or_refused(body in vec(any::<u8>(), 0..300)) {
+            let mut data = format!("--{}\r\nContent-Disposition: form-data; name=\"version\"\r\n\r\n", fuzzing::BOUNDARY).into_bytes();
+            data.extend(body);
+            fuzzing::firmware_upload(&data);
+        }
+    }
 }

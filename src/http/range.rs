@@ -89,3 +89,31 @@ mod tests {
         assert_eq!(resolve(None, 1000), Full);
     }
 }
+
+/// The properties of `crate::fuzzing` (shared with `fuzz/`), for a bounded number of cases.
+#[cfg(test)]
+mod properties {
+    use proptest::option::of;
+    use proptest::prelude::*;
+
+    use crate::fuzzing;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn a_single_range_is_served_as_rfc_9110_says(first in of(0u64..2000), last in of(0u64..2000), size in 0u64..1500) {
+            fuzzing::range_model(first, last, size);
+        }
+
+        #[test]
+        fn a_range_of_any_numbers_lies_inside_the_file(first in of(any::<u64>()), last in of(any::<u64>()), size in any::<u64>()) {
+            fuzzing::range_model(first, last, size);
+        }
+
+        #[test]
+        fn any_header_is_served_inside_the_file(size in any::<u64>(), header in "[ ]?(bytes|items)?[= ]{0,2}[ 0-9,-]{0,24}") {
+            fuzzing::range(format!("{size}\n{header}").as_bytes());
+        }
+    }
+}

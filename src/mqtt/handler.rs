@@ -18,9 +18,9 @@ use crate::services::{Core, commands};
 const MAX_JSON_BYTES: usize = 64 * 1024;
 
 /// The `ota/status` message: the same fields as `POST /api/v1/device/update-status`.
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct OtaStatus {
+pub(crate) struct OtaStatus {
     release_id: Option<String>,
     version: Option<String>,
     state: String,
@@ -102,10 +102,7 @@ impl Handler {
             }
             Inbound::OtaStatus { device_id } => {
                 let device = known(core, &device_id).await?;
-                if payload.len() > MAX_JSON_BYTES {
-                    return Err(invalid("the update status is too large"));
-                }
-                let status: OtaStatus = serde_json::from_slice(payload).map_err(|e| invalid(&format!("not an update status: {e}")))?;
+                let status = ota_status(payload)?;
                 devices::report_update(
                     core,
                     &device,
@@ -180,7 +177,16 @@ async fn known(core: &Core, device_id: &str) -> Result<Arc<crate::services::flee
     Ok(device)
 }
 
-fn json(payload: &[u8]) -> Result<Value> {
+/// The `ota/status` message (at most 64 KiB).
+pub(crate) fn ota_status(payload: &[u8]) -> Result<OtaStatus> {
+    if payload.len() > MAX_JSON_BYTES {
+        return Err(invalid("the update status is too large"));
+    }
+    serde_json::from_slice(payload).map_err(|e| invalid(&format!("not an update status: {e}")))
+}
+
+/// A telemetry or attributes message (at most 64 KiB of JSON).
+pub(crate) fn json(payload: &[u8]) -> Result<Value> {
     if payload.len() > MAX_JSON_BYTES {
         return Err(invalid("the message is larger than 64 KiB"));
     }

@@ -320,12 +320,7 @@ impl ThingsBoard {
             return Ok(());
         };
         let total = artifact.size;
-        let (start, end) = if size == 0 {
-            (if chunk == 0 { 0 } else { total }, total)
-        } else {
-            let start = (size as u64).saturating_mul(chunk).min(total);
-            (start, (start + size as u64).min(total))
-        };
+        let (start, end) = chunk_bounds(total, size, chunk);
         let topic = format!("v2/{kind}/response/{rid}/chunk/{chunk}");
         if (end - start) as usize + topic.len() + PUBLISH_OVERHEAD > limit {
             self.send(client_id, error_topic, Bytes::from_static(b"PAYLOAD_TOO_LARGE")).await;
@@ -415,9 +410,68 @@ impl ThingsBoard {
     }
 }
 
-fn parse_json(payload: &[u8]) -> Result<Value> {
+/// The bytes `start..end` of a build of `total` bytes that chunk `chunk` of `size` bytes
+/// covers (both from the device); size 0 is the whole image as chunk 0, nothing after it.
+pub(crate) fn chunk_bounds(total: u64, size: usize, chunk: u64) -> (u64, u64) {
+    if size == 0 {
+        (if chunk == 0 { 0 } else { total }, total)
+    } else {
+        let start = (size as u64).saturating_mul(chunk).min(total);
+        (start, start.saturating_add(size as u64).min(total))
+    }
+}
+
+pub(crate) fn parse_json(payload: &[u8]) -> Result<Value> {
     if payload.len() > 64 * 1024 {
         return Err(Error::invalid("invalid_message", "the message is larger than 64 KiB"));
     }
     serde_json::from_slice(payload).map_err(|e| Error::invalid("invalid_message", format!("the message is not JSON: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use crate::fuzzing;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// The properties of `crate::fuzzing` (shared with `fuzz/`).
+        #[test]
+        fn a_firmware_chunk_lies_inside_the_build(total in any::<u64>(), size in any::<usize>(), chunk in any::<u64>()) {
+            fuzzing::chunk_bounds(total, size, chunk);
+        }
+
+        #[test]
+        fn every_payload_decoder_agrees_and_stays_bounded(
+            payload in prop_oneof![
+                "[ \"]?(online|OFFLINE|Done|flashing|idle|failed|up|0|1)[ \"]?",
+                "\\{\"(online|state|status)\": ?(true|false|\"online\"|\"down\"|1)\\}",
+                "\\{\"state\":\"(installing|failed)\"(,\"progress\":[0-9]{1,3})?(,\"extra\":1)?\\}",
+                "[0-9 ]{0,22}",
+                "\\PC{0,40}",
+            ],
+        ) {
+            fuzzing::mqtt_payload(payload.as_bytes());
+        }
+    }
+
+    #[test]
+    fn a_chunk_size_near_the_usize_limit_ends_at_the_build_s_end() {
+        // Found by the `mqtt_payload` property: a device asking for chunk 1 of
+        // 18446744073709551615 bytes made `start + size` overflow (a panic in the broker's hook,
+        // or a wrapped, empty chunk in release builds).
+        assert_eq!(super::chunk_bounds(1000, usize::MAX, 1), (1000, 1000));
+        assert_eq!(super::chunk_bounds(1000, usize::MAX, 0), (0, 1000));
+        assert_eq!(super::chunk_bounds(u64::MAX, usize::MAX, 1), (u64::MAX, u64::MAX));
+    }
+
+    #[test]
+    fn a_payload_over_64_kib_is_refused_by_every_decoder() {
+        let mut big = b"{\"state\":\"installing\",\"message\":\"".to_vec();
+        big.resize(64 * 1024 + 1, b'a');
+        big.extend(b"\"}");
+        fuzzing::mqtt_payload(&big);
+    }
 }

@@ -205,7 +205,7 @@ fn too_large(detail: String, max_pixels: u64) -> Error {
     )
 }
 
-fn convert_blocking(bytes: Vec<u8>, options: &ConvertOptions, max_pixels: u64) -> Result<Vec<u8>> {
+pub(crate) fn convert_blocking(bytes: Vec<u8>, options: &ConvertOptions, max_pixels: u64) -> Result<Vec<u8>> {
     let invalid = |message: String| Error::unprocessable("invalid_image", message);
     let format = image::guess_format(&bytes)
         .ok()
@@ -630,5 +630,41 @@ mod tests {
         }
         assert!(policy.check_url(&Url::parse("https://example.com/a.png").unwrap()).is_ok());
         assert!(policy.check_url(&Url::parse("http://8.8.8.8/a.png").unwrap()).is_ok());
+    }
+}
+
+/// The properties of `crate::fuzzing` (shared with `fuzz/`), for a bounded number of cases.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+    use proptest::sample::Index;
+
+    use crate::fuzzing;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn an_image_is_converted_within_its_limits_or_refused(
+            width in 1u32..300,
+            height in 1u32..300,
+            format in 0usize..6,
+            options in any::<u8>(),
+            side in any::<u8>(),
+            flip in proptest::option::of((any::<Index>(), 1u8..=255)),
+        ) {
+            let picture = image::DynamicImage::ImageRgba8(image::RgbaImage::from_fn(width, height, |x, y| image::Rgba([x as u8, y as u8, 7, (x ^ y) as u8])));
+            let format = [image::ImageFormat::Png, image::ImageFormat::Gif, image::ImageFormat::Bmp, image::ImageFormat::Tga, image::ImageFormat::Qoi, image::ImageFormat::Jpeg][format];
+            let picture = if format == image::ImageFormat::Jpeg { image::DynamicImage::ImageRgb8(picture.to_rgb8()) } else { picture };
+            let mut file = std::io::Cursor::new(Vec::new());
+            picture.write_to(&mut file, format).unwrap();
+            let mut data = vec![options, side];
+            data.extend(file.into_inner());
+            if let Some((at, bits)) = flip {
+                let i = 2 + at.index(data.len() - 2);
+                data[i] ^= bits;
+            }
+            fuzzing::image_decode(&data);
+        }
     }
 }

@@ -16,22 +16,7 @@ use crate::domain::{Error, Result};
 /// Telemetry in any of ThingsBoard's shapes (an object, an array of objects, `{ts, values}`);
 /// `fw_state` reports drive the update history.
 pub async fn telemetry(core: &Core, device: &Arc<ActiveDevice>, value: Value) -> Result<()> {
-    let mut flat = Map::new();
-    let mut shaped = true;
-    let mut absorb = |item: &Value| {
-        let values = item.get("values").filter(|_| item.get("ts").is_some()).unwrap_or(item);
-        match values.as_object() {
-            Some(object) => flat.extend(object.iter().map(|(k, v)| (k.clone(), v.clone()))),
-            None => shaped = false,
-        }
-    };
-    match &value {
-        Value::Array(items) => items.iter().for_each(&mut absorb),
-        other => absorb(other),
-    }
-    if !shaped {
-        return Err(Error::invalid("invalid_message", "telemetry is an object, an array of objects, or {ts, values}"));
-    }
+    let flat = flatten_telemetry(&value)?;
     // Nothing to record, and no error: ThingsBoard takes `{}` too, and tb_device_http's
     // `connect()` sends it to test the connection.
     if flat.is_empty() {
@@ -70,6 +55,27 @@ pub async fn telemetry(core: &Core, device: &Arc<ActiveDevice>, value: Value) ->
         }
         _ => Ok(()),
     }
+}
+
+/// The values of telemetry in any of ThingsBoard's shapes, as one object (later keys win).
+pub(crate) fn flatten_telemetry(value: &Value) -> Result<Map<String, Value>> {
+    let mut flat = Map::new();
+    let mut shaped = true;
+    let mut absorb = |item: &Value| {
+        let values = item.get("values").filter(|_| item.get("ts").is_some()).unwrap_or(item);
+        match values.as_object() {
+            Some(object) => flat.extend(object.iter().map(|(k, v)| (k.clone(), v.clone()))),
+            None => shaped = false,
+        }
+    };
+    match value {
+        Value::Array(items) => items.iter().for_each(&mut absorb),
+        other => absorb(other),
+    }
+    if !shaped {
+        return Err(Error::invalid("invalid_message", "telemetry is an object, an array of objects, or {ts, values}"));
+    }
+    Ok(flat)
 }
 
 /// A device's shared attributes without the firmware offer: its effective configuration,

@@ -35,7 +35,7 @@ use crate::services::fleet::ActiveDevice;
 /// The largest feedback or `configData` body read (larger: 413).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// The longest history line a feedback's `details` make (longer ones are cut).
-const MAX_DETAILS_CHARS: usize = 1024;
+pub(crate) const MAX_DETAILS_CHARS: usize = 1024;
 
 pub fn router(tenant: &str) -> Router<AppState> {
     let base = format!("/{tenant}/controller/v1/{{controller}}");
@@ -54,7 +54,7 @@ pub fn router(tenant: &str) -> Router<AppState> {
 
 /// A DDI answer that is not a success: hawkBit's error body `{"errorCode", "message"}` (the
 /// message generic for 5xx; see `failure`); 401 also says which schemes are accepted.
-pub struct DdiError(Error);
+pub struct DdiError(pub(crate) Error);
 
 impl From<Error> for DdiError {
     fn from(error: Error) -> Self {
@@ -288,20 +288,20 @@ fn artifact_json(state: &AppState, headers: &HeaderMap, controller: &str, artifa
 // ---- feedback ----
 
 #[derive(Deserialize)]
-struct Feedback {
-    status: FeedbackStatus,
+pub(crate) struct Feedback {
+    pub(crate) status: FeedbackStatus,
 }
 
 #[derive(Deserialize)]
-struct FeedbackStatus {
-    execution: String,
-    result: Option<FeedbackResult>,
+pub(crate) struct FeedbackStatus {
+    pub(crate) execution: String,
+    pub(crate) result: Option<FeedbackResult>,
     #[serde(default)]
-    details: Vec<String>,
+    pub(crate) details: Vec<String>,
 }
 
 #[derive(Deserialize)]
-struct FeedbackResult {
+pub(crate) struct FeedbackResult {
     finished: Option<String>,
     progress: Option<Progress>,
 }
@@ -315,11 +315,16 @@ struct Progress {
 /// Reads a JSON body of at most [`MAX_BODY_BYTES`].
 async fn json_body<T: serde::de::DeserializeOwned>(body: Body) -> DdiResult<T> {
     let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| Error::PayloadTooLarge { limit: MAX_BODY_BYTES as u64 })?;
-    serde_json::from_slice(&bytes).map_err(|e| Error::invalid("invalid_json", format!("the body is not a valid DDI document: {e}")).into())
+    decode_body(&bytes)
+}
+
+/// A DDI document read from its body's bytes.
+pub(crate) fn decode_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> DdiResult<T> {
+    serde_json::from_slice(bytes).map_err(|e| Error::invalid("invalid_json", format!("the body is not a valid DDI document: {e}")).into())
 }
 
 /// The details of a feedback as one history line (cut to [`MAX_DETAILS_CHARS`]).
-fn details_line(status: &FeedbackStatus) -> Option<String> {
+pub(crate) fn details_line(status: &FeedbackStatus) -> Option<String> {
     let joined = status.details.iter().map(|d| d.trim()).filter(|d| !d.is_empty()).collect::<Vec<_>>().join("; ");
     let cleaned: String = joined.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
     if cleaned.is_empty() {
@@ -331,16 +336,16 @@ fn details_line(status: &FeedbackStatus) -> Option<String> {
     })
 }
 
-fn progress_of(result: Option<&FeedbackResult>) -> Option<u8> {
+pub(crate) fn progress_of(result: Option<&FeedbackResult>) -> Option<u8> {
     let progress = result?.progress.as_ref()?;
     match (progress.cnt, progress.of) {
-        (Some(cnt), Some(of)) if of > 0 => Some((cnt.min(of) * 100 / of) as u8),
+        (Some(cnt), Some(of)) if of > 0 => Some((u128::from(cnt.min(of)) * 100 / u128::from(of)) as u8),
         _ => None,
     }
 }
 
 /// What a deployment feedback moves the attempt to (`None`: only the details are recorded).
-fn deployment_state(status: &FeedbackStatus) -> DdiResult<Option<UpdateState>> {
+pub(crate) fn deployment_state(status: &FeedbackStatus) -> DdiResult<Option<UpdateState>> {
     let finished = status.result.as_ref().and_then(|r| r.finished.as_deref()).unwrap_or("none");
     Ok(match status.execution.as_str() {
         "download" => Some(UpdateState::Downloading),
@@ -448,7 +453,7 @@ async fn cancel_action(
 // ---- attributes and installed base ----
 
 #[derive(Deserialize)]
-struct ConfigData {
+pub(crate) struct ConfigData {
     #[serde(default)]
     mode: Option<String>,
     data: Map<String, Value>,
@@ -476,7 +481,7 @@ async fn config_data(
 }
 
 #[derive(Deserialize)]
-struct InstalledBase {
+pub(crate) struct InstalledBase {
     #[serde(rename = "name")]
     _name: Option<String>,
     version: String,
@@ -597,5 +602,55 @@ mod tests {
         assert_eq!(progress_of(Some(&result(1, 2))), Some(50));
         assert_eq!(progress_of(Some(&result(9, 3))), Some(100));
         assert_eq!(progress_of(Some(&result(1, 0))), None);
+    }
+
+    #[test]
+    fn progress_of_counts_near_the_u64_limit_is_still_a_percentage() {
+        // Found by the `ddi` property: `cnt * 100` overflowed (a panic, or a wrong percentage
+        // in release builds) for counts above u64::MAX / 100.
+        let result = |cnt, of| FeedbackResult { finished: None, progress: Some(Progress { cnt: Some(cnt), of: Some(of) }) };
+        assert_eq!(progress_of(Some(&result(u64::MAX, u64::MAX))), Some(100));
+        assert_eq!(progress_of(Some(&result(u64::MAX / 2, u64::MAX))), Some(49));
+        assert_eq!(progress_of(Some(&result(u64::MAX / 100 + 1, u64::MAX / 100 + 1))), Some(100));
+    }
+}
+
+/// The properties of `crate::fuzzing` (shared with `fuzz/`), for a bounded number of cases.
+#[cfg(test)]
+mod properties {
+    use proptest::collection::vec;
+    use proptest::option::of;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use crate::fuzzing;
+
+    fn word(words: &'static [&'static str]) -> impl Strategy<Value = String> {
+        prop_oneof![proptest::sample::select(words).prop_map(str::to_string), "[a-z]{0,8}"]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn feedback_maps_to_a_state_a_bounded_progress_and_one_clean_line(
+            execution in word(&["closed", "proceeding", "canceled", "scheduled", "rejected", "resumed", "downloaded", "download"]),
+            finished in of(word(&["success", "failure", "none"])),
+            progress in of((of(any::<u64>()), of(any::<u64>()))),
+            details in vec("\\PC{0,12}|[\\x00-\\x1f ]{0,4}|.{1100}", 0..4),
+        ) {
+            let progress = progress.map(|(cnt, of)| json!({"cnt": cnt, "of": of}));
+            let body = json!({"status": {"execution": execution, "result": {"finished": finished, "progress": progress}, "details": details}});
+            let mut data = vec![0];
+            data.extend(serde_json::to_vec(&body).unwrap());
+            fuzzing::ddi(&data);
+        }
+
+        #[test]
+        fn any_body_is_read_or_refused_with_a_400(kind in 0u8..3, body in "\\PC{0,60}") {
+            let mut data = vec![kind];
+            data.extend(body.as_bytes());
+            fuzzing::ddi(&data);
+        }
     }
 }

@@ -35,7 +35,7 @@ pub fn router() -> Router<AppState> {
 }
 
 /// ThingsBoard's error form: the status alone, no body (nothing echoes the token).
-pub struct TbError(StatusCode);
+pub struct TbError(pub(crate) StatusCode);
 
 impl From<Error> for TbError {
     fn from(error: Error) -> TbError {
@@ -65,7 +65,7 @@ async fn device(state: &AppState, token: &str, extensions: &axum::http::Extensio
     })
 }
 
-fn json_body(body: &Bytes) -> TbResult<Value> {
+pub(crate) fn json_body(body: &Bytes) -> TbResult<Value> {
     if body.len() > 64 * 1024 {
         return Err(TbError(StatusCode::PAYLOAD_TOO_LARGE));
     }
@@ -100,7 +100,7 @@ async fn post_attributes(
 
 /// `clientKeys` and `sharedKeys`, each a comma-separated list or repeated (as ThingsBoard,
 /// a Spring server, takes them: `tb_device_http` sends `sharedKeys=a&sharedKeys=b`).
-fn attribute_keys(query: Option<&str>, name: &str) -> Option<String> {
+pub(crate) fn attribute_keys(query: Option<&str>, name: &str) -> Option<String> {
     let values: Vec<String> = url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
         .filter(|(key, _)| key == name)
         .map(|(_, value)| value.into_owned())
@@ -120,13 +120,26 @@ async fn get_attributes(
     Ok(axum::Json(answer.body).into_response())
 }
 
-#[derive(Deserialize)]
-struct FirmwareQuery {
-    title: Option<String>,
-    version: Option<String>,
+#[derive(Debug, Deserialize)]
+pub(crate) struct FirmwareQuery {
+    pub(crate) title: Option<String>,
+    pub(crate) version: Option<String>,
     /// Chunk size in bytes; absent or 0: the whole image.
-    size: Option<u64>,
-    chunk: Option<u64>,
+    pub(crate) size: Option<u64>,
+    pub(crate) chunk: Option<u64>,
+}
+
+impl FirmwareQuery {
+    /// The bytes `start..end` of a build of `total` bytes this query asks for (empty past the end).
+    pub(crate) fn range(&self, total: u64) -> (u64, u64) {
+        match self.size.filter(|s| *s > 0) {
+            None => (0, total),
+            Some(size) => {
+                let start = size.saturating_mul(self.chunk.unwrap_or(0)).min(total);
+                (start, start.saturating_add(size).min(total))
+            }
+        }
+    }
 }
 
 /// The offered build, whole or one chunk (`size` bytes at `chunk * size`): 404 when nothing
@@ -147,18 +160,58 @@ async fn firmware(
     {
         return Err(TbError(StatusCode::BAD_REQUEST));
     }
-    let total = artifact.size;
-    let (start, end) = match query.size.filter(|s| *s > 0) {
-        None => (0, total),
-        Some(size) => {
-            let start = size.saturating_mul(query.chunk.unwrap_or(0)).min(total);
-            (start, start.saturating_add(size).min(total))
-        }
-    };
+    let (start, end) = query.range(artifact.size);
     if start >= end {
         return Ok((StatusCode::OK, Bytes::new()).into_response());
     }
     let stream = state.core.blobs.read(&artifact.blob_key, artifact.size, start..end).await?;
     let body = Body::from_stream(stream.map_err(std::io::Error::other));
     Ok(([(axum::http::header::CONTENT_TYPE, "application/octet-stream")], body).into_response())
+}
+
+/// The properties of `crate::fuzzing` (shared with `fuzz/`), for a bounded number of cases.
+#[cfg(test)]
+mod properties {
+    use proptest::collection::{btree_map, vec};
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    use crate::fuzzing;
+
+    fn values() -> impl Strategy<Value = Value> {
+        btree_map("[a-c]|ts|values|fw_state", prop_oneof![any::<i64>().prop_map(Value::from), "[A-Z]{0,4}".prop_map(Value::from)], 0..4)
+            .prop_map(|m| Value::Object(m.into_iter().collect()))
+    }
+
+    fn telemetry() -> impl Strategy<Value = Value> {
+        let item =
+            prop_oneof![values(), (any::<i64>(), values()).prop_map(|(ts, v)| json!({"ts": ts, "values": v})), Just(json!(1))].boxed();
+        prop_oneof![item.clone(), vec(item, 0..4).prop_map(Value::Array)]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn telemetry_flattens_to_the_values_it_holds(value in telemetry()) {
+            let mut data = vec![0];
+            data.extend(serde_json::to_vec(&value).unwrap());
+            fuzzing::thingsboard_http(&data);
+        }
+
+        #[test]
+        fn a_firmware_chunk_lies_inside_the_build(size in any::<u64>(), chunk in any::<u64>(), keys in "(clientKeys|sharedKeys|x)=[a-z,]{0,8}") {
+            let query = format!("title=blink&version=1.0.1&size={size}&chunk={chunk}&{keys}");
+            let mut data = vec![1];
+            data.extend(query.as_bytes());
+            fuzzing::thingsboard_http(&data);
+        }
+
+        #[test]
+        fn any_body_or_query_is_read_or_refused(kind in any::<u8>(), rest in "\\PC{0,40}") {
+            let mut data = vec![kind];
+            data.extend(rest.as_bytes());
+            fuzzing::thingsboard_http(&data);
+        }
+    }
 }
