@@ -799,18 +799,18 @@ mod tests {
         use rand::{Rng, SeedableRng};
         let mut rng = rand::rngs::StdRng::seed_from_u64(18);
         let mut index = FleetIndex::new(50);
-        // What each indexed device's token and version are.
+        // What each indexed device's token digest (one byte of it) and version are.
         let mut model: HashMap<String, (u8, String)> = HashMap::new();
         for step in 0..5_000 {
             let id = format!("d{}", rng.random_range(0..80));
             match rng.random_range(0..4) {
                 0 | 1 => {
-                    let token = rng.random_range(0..=255u8);
+                    let digest_byte = rng.random_range(0..=255u8);
                     let version = format!("1.0.{}", step % 7);
-                    // The token may be another device's: that device loses its entry.
-                    model.retain(|other, (t, _)| *t != token || *other == id);
-                    index.insert(digest(token), device(&id, &version));
-                    model.insert(id, (token, version));
+                    // The digest may be another device's: that device loses its entry.
+                    model.retain(|other, (byte, _)| *byte != digest_byte || *other == id);
+                    index.insert(digest(digest_byte), device(&id, &version));
+                    model.insert(id, (digest_byte, version));
                 }
                 2 => {
                     let version = format!("2.0.{}", step % 5);
@@ -831,8 +831,8 @@ mod tests {
             assert_eq!(index.len(), model.len());
             assert!(index.len() <= 50);
             assert_eq!((index.by_token.len(), index.by_id.len()), (index.len(), index.len()));
-            for (id, (token, version)) in &model {
-                let by_token = index.get(&digest(*token)).unwrap();
+            for (id, (digest_byte, version)) in &model {
+                let by_token = index.get(&digest(*digest_byte)).unwrap();
                 assert_eq!((&*by_token.id, by_token.version.as_deref()), (id.as_str(), Some(version.as_str())));
             }
         }
