@@ -8,8 +8,11 @@
 #   - wrk -t2 -c64 on random devices' GET /api/v1/device/checkin?version=1.0.0 -> check-in req/s
 # At 100,000 devices also: check-ins paced at half the health rate, with wrk's latency
 # percentiles (p99 target < 10 ms).
+# Memory: the server's RSS sampled every second during the measured check-in run (after the
+# warm-up, with the flood running; the highest sample), less the idle RSS of the same binary
+# (the first start of each size, on an empty data dir, 2 s after ready), per device.
 # Targets: check-in >= 50% of health at 100,000 devices; check-in cost flat from 1,000 to
-# 1,000,000 devices (req/s ratio < 1.3).
+# 1,000,000 devices (req/s ratio < 1.3); <= 256 bytes per device at 100,000 and 1,000,000.
 #
 #   CHECKIN_SIZES="1000 100000" CHECKIN_SECONDS=15 bench/checkin.sh
 set -euo pipefail
@@ -36,6 +39,8 @@ for n in $SIZES; do
   log "fleet of $n devices: creating the schema and one build"
   start_updraft "$BIN" "$PORT" "$DATA" "$RAW/server-$n.log"
   wait_ready "$PORT" "$SERVER_PID"
+  sleep 2
+  IDLE_KB=$(proc_kb "$SERVER_PID" VmRSS)
   head -c 100000 /dev/urandom >"$TMP/fw.bin"
   code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $BENCH_KEY" -H 'Content-Type: application/octet-stream' \
     --data-binary @"$TMP/fw.bin" "http://127.0.0.1:$PORT/api/v1/firmware?product=bench&version=1.0.0&hardware=esp32")
@@ -57,13 +62,29 @@ for n in $SIZES; do
   log "warm-up (${WARM} s)"
   BENCH_DEVICES=$n wrk -t2 -c64 -d"${WARM}s" -s "$LUA" "$BASE" >"$RAW/warmup-$n.txt" 2>&1
   wrk -t2 -c64 -d"${SECS}s" --latency "$BASE/api/health" >"$RAW/health-$n.txt" 2>&1
-  BENCH_DEVICES=$n wrk -t2 -c64 -d"${SECS}s" --latency -s "$LUA" "$BASE" >"$RAW/checkin-$n.txt" 2>&1
+  BENCH_DEVICES=$n wrk -t2 -c64 -d"${SECS}s" --latency -s "$LUA" "$BASE" >"$RAW/checkin-$n.txt" 2>&1 &
+  WRK_PID=$!
+  FLOOD_KB=0
+  while kill -0 "$WRK_PID" 2>/dev/null; do
+    kb=$(proc_kb "$SERVER_PID" VmRSS)
+    ((kb > FLOOD_KB)) && FLOOD_KB=$kb
+    sleep 1
+  done
+  wait "$WRK_PID"
   H=$(rps_of "$RAW/health-$n.txt") C=$(rps_of "$RAW/checkin-$n.txt")
   CHECKIN_RPS[$n]=$C
   RATIO=$(calc "$C / $H" 2)
   ERR=$(errors_of "$RAW/checkin-$n.txt")
   RSS_MIB=$(calc "$(proc_kb "$SERVER_PID" VmRSS) / 1024" 1)
   result checkin "$n devices: server RSS after the runs (MiB)" "$RSS_MIB" "-" "-"
+  PER_DEVICE=$(calc "($FLOOD_KB - $IDLE_KB) * 1024 / $n" 0)
+  log "$n devices: idle RSS $(calc "$IDLE_KB / 1024" 1) MiB, RSS under the check-in flood $(calc "$FLOOD_KB / 1024" 1) MiB: $PER_DEVICE bytes per device"
+  echo "$n $IDLE_KB $FLOOD_KB $PER_DEVICE" >>"$RAW/memory.txt"
+  if ((n >= 100000)); then
+    result checkin "$n devices: (RSS under the check-in flood - idle RSS) / devices (bytes)" "$PER_DEVICE" "<= 256" "$(pass_if "$PER_DEVICE <= 256")"
+  else
+    result checkin "$n devices: (RSS under the check-in flood - idle RSS) / devices (bytes)" "$PER_DEVICE" "-" "-"
+  fi
   log "$n devices: health $H req/s, check-in $C req/s (ratio $RATIO), errors $ERR, server RSS $(calc "$(proc_kb "$SERVER_PID" VmRSS) / 1024" 1) MiB"
   result checkin "$n devices: health req/s | check-in req/s | errors" "$H | $C | $ERR" "-" "$( ((ERR == 0)) && echo - || echo FAIL)"
   if [[ $n == 100000 ]]; then

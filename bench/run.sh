@@ -142,6 +142,8 @@ memory = [
     ("stalled downloads, CONCURRENT_CLIENTS (peak)", find("concurrent", "server RSS peak")),
     ("idle MQTT sessions (held)", find("mqtt", "Updraft: VmRSS with", "idle sessions")),
     ("simulated polling devices (end | peak)", find("simulate", "server RSS with", "simulated polling devices")),
+    ("check-in flood, 100,000 devices (bytes per device above idle, not MiB)", find("checkin", "100000 devices: (RSS under")),
+    ("check-in flood, 1,000,000 devices (bytes per device above idle, not MiB)", find("checkin", "1000000 devices: (RSS under")),
 ]
 memory = [(label, r) for label, r in memory if r]
 with open(sys.argv[2], "w") as md:

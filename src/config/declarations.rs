@@ -200,11 +200,11 @@ settings! {
         /// it read the database.
         ///
         /// The index is loaded at start and kept current: every replica follows changes within a
-        /// second. Each entry takes about 300 bytes.
+        /// second. Each entry takes about 160 bytes.
         device_cache_entries: usize { value_name: "N", default: "1000000" }
 
         /// Most `last_seen` rows each replica writes per second; beyond it, values wait in
-        /// memory, oldest first.
+        /// memory, oldest first, at most one per device (its newest).
         ///
         /// The stored last_seen then lags, while this replica's own online view stays exact. It
         /// keeps a flood of check-ins from turning into a flood of writes;

@@ -714,6 +714,30 @@ async fn a_replica_loads_every_token_holder_into_its_fleet_index_at_start() {
 }
 
 #[tokio::test]
+async fn devices_beyond_the_fleet_index_still_check_in_and_report() {
+    // An index of 3 for 12 devices: most check-ins find their device cold (evicted, or never
+    // loaded) and read it from the database.
+    let app = spawn_app_with(|s| s.devices.cache_entries = 3).await;
+    let mut devices = Vec::new();
+    for i in 0..12 {
+        devices.push(provisioned(&app, &format!("02:00:00:00:0E:{i:02X}"), "lamp", "esp32", "1.0.0").await);
+    }
+    for round in ["1.0.0", "1.1.0", "1.1.0"] {
+        for (_, token) in &devices {
+            assert_eq!(checkin(&app, token, json!({"version": round, "attributes": {"round": round}})).await["update"], Value::Null);
+        }
+    }
+    for (id, _) in &devices {
+        let device = get_device(&app, id).await;
+        assert_eq!((device["version"].as_str(), device["status"].as_str()), (Some("1.1.0"), Some("online")), "{device}");
+        assert_eq!(device["attributes"], json!({"round": "1.1.0"}));
+    }
+    let indexed = metric(&app, "updraft_fleet_index_devices ").await;
+    assert!(indexed.is_some_and(|n| n <= 3.0), "{indexed:?}");
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn a_device_that_moves_is_recorded_at_its_new_address_at_once() {
     let app = spawn_app_with(|s| s.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()]).await;
     let (device_id, token) = provisioned(&app, "02:00:00:00:0F:11", "lamp", "esp32", "1.0.0").await;

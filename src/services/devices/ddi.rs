@@ -206,10 +206,10 @@ async fn offered_poll(
 /// Stored first and checked after, so a change racing with the store is never hidden (its
 /// reset follows its generation bump).
 fn remember_settled(core: &Core, device_id: &str, installed: Option<i64>, generation: u64) {
-    let Some(entry) = core.devices.fleet.read().expect("fleet lock").get_by_id(device_id) else { return };
-    entry.settled.set(installed);
+    let fleet = core.devices.fleet.read().expect("fleet lock");
+    fleet.settle(device_id, installed);
     if core.devices.caches.generation() != generation {
-        entry.settled.reset();
+        fleet.unsettle(device_id);
     }
 }
 

@@ -127,9 +127,7 @@ impl DeviceRuntime {
     /// another state): what the caches and the fleet index knew of its attempts is dropped.
     pub fn attempt_changed(&self, device_id: &str) {
         self.caches.forget_attempt(device_id);
-        if let Some(device) = self.fleet.read().expect("fleet lock").get_by_id(device_id) {
-            device.settled.reset();
-        }
+        self.fleet.read().expect("fleet lock").unsettle(device_id);
     }
 
     /// Remembers why a decision offered nothing (only reasons an operator can fix), with one

@@ -7,16 +7,35 @@
 //! went offline), so the services around them publish events after the lock is released, and
 //! the rules are unit-tested below.
 
-use super::*;
+use std::collections::VecDeque;
+use std::hash::{BuildHasher, RandomState};
 
-/// When a device was last heard from, and the `last_seen` and address last buffered for
-/// writing (or found stored).
+use hashbrown::HashTable;
+
+use super::*;
+use crate::services::fleet::{DeviceKey, PackedIp, time_of};
+
+/// A device's presence on this replica, while it is online (heard from within `offline_after`,
+/// or holding a session) or has a `last_seen` waiting to be written: 56 bytes, no pointers.
 #[derive(Debug, Clone, Copy)]
-struct Heard {
-    seen: DateTime<Utc>,
-    written: DateTime<Utc>,
-    written_ip: Option<IpAddr>,
+struct Slot {
+    key: DeviceKey,
+    /// When it was last heard from (µs).
+    seen: i64,
+    /// The `last_seen` last buffered for writing, or found stored (µs); while `WAITING`, the
+    /// value that waits.
+    written: i64,
+    /// The address last buffered for writing, or found stored.
+    written_ip: PackedIp,
+    flags: u8,
 }
+
+/// Heard from within `offline_after` (or holding a session).
+const ONLINE: u8 = 1;
+/// `written` waits to be written.
+const WAITING: u8 = 2;
+/// ... with `written_ip`.
+const WITH_IP: u8 = 4;
 
 /// What a device's stored row says about its presence (from the fleet index).
 #[derive(Debug, Clone, Copy, Default)]
@@ -26,15 +45,27 @@ pub struct Stored {
 }
 
 /// The presence of every device this replica heard from.
+///
+/// The write backlog is bounded by the devices, not by the check-ins: a device waits at most
+/// once, with its newest `last_seen` and address (later values replace the waiting one in its
+/// slot, and keep its place in the line). What waits costs 16 bytes in the line beyond the
+/// device's slot, so a flood of check-ins that outruns `UPDRAFT_PRESENCE_WRITES_PER_SEC`
+/// makes stored values lag, but never grows memory beyond one slot per device, and loses no
+/// device's newest `last_seen`.
 #[derive(Debug)]
 pub struct Presence {
     offline_after: chrono::Duration,
     /// At most this many devices in `disconnected`.
     capacity: usize,
-    /// Devices heard from within `offline_after` (or holding a session).
-    heard: HashMap<Arc<str>, Heard>,
-    /// `last_seen` values waiting to be written, in the order they first waited.
-    backlog: IndexMap<Arc<str>, (DateTime<Utc>, Option<String>)>,
+    /// Devices online or waiting to be written, found through `positions`.
+    slots: Vec<Slot>,
+    positions: HashTable<u32>,
+    hasher: RandomState,
+    /// Devices whose `last_seen` waits to be written, in the order they first waited. A key
+    /// whose slot no longer waits (forgotten meanwhile) is skipped.
+    line: VecDeque<DeviceKey>,
+    /// Slots with `WAITING`.
+    waiting: usize,
     /// Devices with an open MQTT session: online until they disconnect, however long silent.
     connected: HashSet<Arc<str>>,
     /// When MQTT devices disconnected: offline from then on, until heard from again.
@@ -49,15 +80,72 @@ pub struct Seen {
     pub buffered: bool,
 }
 
+fn micros(at: DateTime<Utc>) -> i64 {
+    at.timestamp_micros()
+}
+
 impl Presence {
     pub fn new(offline_after: Duration, capacity: usize) -> Self {
         Presence {
             offline_after: chrono::Duration::from_std(offline_after).unwrap_or(chrono::Duration::MAX),
             capacity: capacity.max(1),
-            heard: HashMap::new(),
-            backlog: IndexMap::new(),
+            slots: Vec::new(),
+            positions: HashTable::new(),
+            hasher: RandomState::new(),
+            line: VecDeque::new(),
+            waiting: 0,
             connected: HashSet::new(),
             disconnected: HashMap::new(),
+        }
+    }
+
+    fn position(&self, key: &DeviceKey) -> Option<usize> {
+        let slots = &self.slots;
+        self.positions.find(self.hasher.hash_one(key), |&at| slots[at as usize].key == *key).map(|&at| at as usize)
+    }
+
+    fn slot(&self, id: &str) -> Option<&Slot> {
+        let key = DeviceKey::find(id)?;
+        self.position(&key).map(|at| &self.slots[at])
+    }
+
+    fn add(&mut self, slot: Slot) -> usize {
+        let at = self.slots.len();
+        let (hasher, slots) = (&self.hasher, &self.slots);
+        self.positions.insert_unique(hasher.hash_one(slot.key), at as u32, |&i| hasher.hash_one(slots[i as usize].key));
+        self.slots.push(slot);
+        at
+    }
+
+    /// Removes the slot at `at` (the last one takes its place).
+    fn remove_at(&mut self, at: usize) {
+        let hasher = &self.hasher;
+        let position = at as u32;
+        if let Ok(found) = self.positions.find_entry(hasher.hash_one(self.slots[at].key), |&i| i == position) {
+            found.remove();
+        }
+        let last = self.slots.len() - 1;
+        if at != last
+            && let Some(moved) = self.positions.find_mut(hasher.hash_one(self.slots[last].key), |&i| i == last as u32)
+        {
+            *moved = position;
+        }
+        let removed = self.slots.swap_remove(at);
+        if removed.flags & WAITING != 0 {
+            self.waiting -= 1;
+        }
+    }
+
+    /// Marks the slot at `at` as waiting with `written` (and its address when `with_ip`).
+    fn wait(&mut self, at: usize, with_ip: bool) {
+        let slot = &mut self.slots[at];
+        if slot.flags & WAITING == 0 {
+            slot.flags |= WAITING;
+            self.waiting += 1;
+            self.line.push_back(slot.key);
+        }
+        if with_ip {
+            slot.flags |= WITH_IP;
         }
     }
 
@@ -70,27 +158,42 @@ impl Presence {
     /// period early. The replica serving it is exact. A new address is written at once.
     pub fn seen(&mut self, id: &Arc<str>, stored: Stored, now: DateTime<Utc>, ip: Option<IpAddr>) -> Seen {
         let granularity = self.offline_after / 2;
-        let (came_online, buffered) = match self.heard.get_mut(&**id) {
-            Some(heard) => {
-                heard.seen = now;
-                let moved = ip.is_some() && ip != heard.written_ip;
-                let write = moved || now - heard.written >= granularity;
+        let key = DeviceKey::of(id);
+        let found = self.position(&key);
+        // A device whose last value still waits is continued from that value, online or not.
+        let (came_online, buffered, at) = match found.filter(|&at| self.slots[at].flags & (ONLINE | WAITING) != 0) {
+            Some(at) => {
+                let slot = &mut self.slots[at];
+                let came_online = slot.flags & ONLINE == 0;
+                slot.flags |= ONLINE;
+                slot.seen = micros(now);
+                let moved = ip.is_some() && ip != slot.written_ip.get();
+                let written = time_of(slot.written).unwrap_or(now);
+                let write = moved || now - written >= granularity;
                 if write {
-                    heard.written = now;
-                    heard.written_ip = ip.or(heard.written_ip);
+                    slot.written = micros(now);
+                    slot.written_ip = PackedIp::pack(ip.or(slot.written_ip.get()));
                 }
-                (false, write)
+                (came_online, write, at)
             }
             None => {
                 let moved = ip.is_some() && ip != stored.ip;
                 let stored_fresh = stored.last_seen.is_some_and(|at| now - at < granularity) && !moved;
                 let written = if stored_fresh { stored.last_seen.unwrap_or(now) } else { now };
-                self.heard.insert(id.clone(), Heard { seen: now, written, written_ip: ip.or(stored.ip) });
-                (true, !stored_fresh)
+                let slot =
+                    Slot { key, seen: micros(now), written: micros(written), written_ip: PackedIp::pack(ip.or(stored.ip)), flags: ONLINE };
+                let at = match found {
+                    Some(at) => {
+                        self.slots[at] = slot;
+                        at
+                    }
+                    None => self.add(slot),
+                };
+                (true, !stored_fresh, at)
             }
         };
         if buffered {
-            self.backlog.insert(id.clone(), (now, ip.map(|i| i.to_string())));
+            self.wait(at, ip.is_some());
         }
         Seen { came_online, buffered }
     }
@@ -113,54 +216,109 @@ impl Presence {
             self.disconnected.retain(|_, at| *at > cutoff);
         }
         self.disconnected.insert(Arc::from(id), now);
-        Some(self.heard.remove(id).is_some())
+        Some(self.went_offline(id))
+    }
+
+    /// The device is offline: its slot stays only while a value waits. Whether it was online.
+    fn went_offline(&mut self, id: &str) -> bool {
+        let Some(at) = DeviceKey::find(id).and_then(|key| self.position(&key)) else { return false };
+        let slot = &mut self.slots[at];
+        let was_online = slot.flags & ONLINE != 0;
+        slot.flags &= !ONLINE;
+        if slot.flags & WAITING == 0 {
+            self.remove_at(at);
+        }
+        was_online
     }
 
     /// Devices silent for `offline_after` at `now` (and holding no session): they are offline
     /// from now on.
     pub fn sweep(&mut self, now: DateTime<Utc>) -> Vec<Arc<str>> {
-        let cutoff = now - self.offline_after;
+        let cutoff = micros(now - self.offline_after);
         let mut gone = Vec::new();
-        let connected = &self.connected;
-        self.heard.retain(|id, heard| {
-            let keep = heard.seen >= cutoff || connected.contains(id);
-            if !keep {
-                gone.push(id.clone());
+        for at in (0..self.slots.len()).rev() {
+            let slot = &mut self.slots[at];
+            if slot.flags & ONLINE == 0 || slot.seen >= cutoff {
+                continue;
             }
-            keep
-        });
+            let id = slot.key.text();
+            if self.connected.contains(&id) {
+                continue;
+            }
+            slot.flags &= !ONLINE;
+            if slot.flags & WAITING == 0 {
+                self.remove_at(at);
+            }
+            gone.push(id);
+        }
         gone
     }
 
     /// Forgets a deleted device.
     pub fn forget(&mut self, id: &str) {
-        self.heard.remove(id);
-        self.backlog.shift_remove(id);
+        if let Some(at) = DeviceKey::find(id).and_then(|key| self.position(&key)) {
+            self.remove_at(at);
+        }
         self.connected.remove(id);
         self.disconnected.remove(id);
     }
 
     /// Takes up to `limit` of the `last_seen` values waiting to be written, oldest first.
     pub fn take_backlog(&mut self, limit: usize) -> Vec<(Arc<str>, DateTime<Utc>, Option<String>)> {
-        let take = limit.min(self.backlog.len());
-        self.backlog.drain(..take).map(|(id, (at, ip))| (id, at, ip)).collect()
+        let mut taken = Vec::with_capacity(limit.min(self.waiting));
+        while taken.len() < limit
+            && let Some(key) = self.line.pop_front()
+        {
+            let Some(at) = self.position(&key) else { continue };
+            let slot = &mut self.slots[at];
+            if slot.flags & WAITING == 0 {
+                continue;
+            }
+            let ip = (slot.flags & WITH_IP != 0).then(|| slot.written_ip.get()).flatten().map(|ip| ip.to_string());
+            taken.push((key.text(), time_of(slot.written).unwrap_or_default(), ip));
+            slot.flags &= !(WAITING | WITH_IP);
+            self.waiting -= 1;
+            if slot.flags & ONLINE == 0 {
+                self.remove_at(at);
+            }
+        }
+        if self.line.is_empty() {
+            // Let a line that a flood made long give its memory back.
+            self.line.shrink_to(1024);
+        }
+        taken
     }
 
     /// Puts back values whose write failed; newer values buffered since then win.
     pub fn restore_backlog(&mut self, batch: Vec<(Arc<str>, DateTime<Utc>, Option<String>)>) {
         for (id, at, ip) in batch {
-            self.backlog.entry(id).or_insert((at, ip));
+            let key = DeviceKey::of(&id);
+            let ip: Option<IpAddr> = ip.and_then(|ip| ip.parse().ok());
+            let position = match self.position(&key) {
+                Some(position) if self.slots[position].flags & WAITING != 0 => continue,
+                Some(position) => {
+                    let slot = &mut self.slots[position];
+                    slot.written = slot.written.max(micros(at));
+                    if ip.is_some() {
+                        slot.written_ip = PackedIp::pack(ip);
+                    }
+                    position
+                }
+                None => self.add(Slot { key, seen: micros(at), written: micros(at), written_ip: PackedIp::pack(ip), flags: 0 }),
+            };
+            self.wait(position, ip.is_some());
         }
     }
 
     pub fn backlog_len(&self) -> usize {
-        self.backlog.len()
+        self.waiting
     }
 
     /// The freshest known `last_seen` of a device: buffered, heard, or stored.
     pub fn last_seen(&self, id: &str, stored: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
-        let buffered = self.backlog.get(id).map(|(at, _)| *at);
-        let heard = self.heard.get(id).map(|heard| heard.seen);
+        let Some(slot) = self.slot(id) else { return stored };
+        let buffered = (slot.flags & WAITING != 0).then(|| time_of(slot.written)).flatten();
+        let heard = (slot.flags & ONLINE != 0).then(|| time_of(slot.seen)).flatten();
         buffered.max(heard).max(stored)
     }
 
@@ -168,10 +326,10 @@ impl Presence {
     /// (also while a flush is in flight, when the value is in neither the backlog nor the
     /// database yet), else the stored one.
     pub fn ip(&self, id: &str, stored: Option<&str>) -> Option<String> {
-        self.backlog
-            .get(id)
-            .and_then(|(_, ip)| ip.clone())
-            .or_else(|| self.heard.get(id).and_then(|heard| heard.written_ip).map(|ip| ip.to_string()))
+        self.slot(id)
+            .filter(|slot| slot.flags & (ONLINE | WITH_IP) != 0)
+            .and_then(|slot| slot.written_ip.get())
+            .map(|ip| ip.to_string())
             .or_else(|| stored.map(str::to_string))
     }
 
@@ -378,5 +536,70 @@ mod tests {
         p.connected(&d);
         p.forget("d1");
         assert_eq!((p.backlog_len(), p.connected_count(), p.last_seen("d1", None)), (0, 0, None));
+    }
+
+    #[test]
+    fn the_backlog_holds_one_value_per_device_however_many_check_ins_the_newest() {
+        // Offline after 20 s: a value is buffered every 10 s per device.
+        let mut p = Presence::new(Duration::from_secs(20), 1000);
+        let ids: Vec<Arc<str>> = (0..100).map(|i| id(&format!("d{i}"))).collect();
+        for second in 0..1000 {
+            for (i, d) in ids.iter().enumerate() {
+                let ip: IpAddr = format!("192.0.2.{}", (second / 100) % 200).parse().unwrap();
+                p.seen(d, Stored::default(), at(second * 100 + i as i64 % 100), Some(ip));
+            }
+            // Nothing is written: the line never holds a device twice.
+            assert_eq!(p.backlog_len(), ids.len());
+            assert_eq!(p.line.len(), ids.len());
+        }
+        let taken = p.take_backlog(usize::MAX);
+        assert_eq!(taken.len(), ids.len());
+        for (i, (device, seen, ip)) in taken.iter().enumerate() {
+            // In the order they first waited, each with its newest value.
+            assert_eq!(device, &ids[i]);
+            assert!(*seen > at(999 * 100 - 10), "{seen}");
+            assert_eq!(ip.as_deref(), Some("192.0.2.9"));
+        }
+        assert_eq!((p.backlog_len(), p.line.len()), (0, 0));
+    }
+
+    #[test]
+    fn a_value_waiting_for_an_offline_device_is_kept_until_written() {
+        let mut p = presence();
+        let d = id("d1");
+        p.seen(&d, Stored::default(), at(0), Some("192.0.2.1".parse().unwrap()));
+        assert_eq!(p.sweep(at(700)), vec![d.clone()]);
+        assert!(!p.is_online("d1", None, at(700)));
+        assert_eq!(p.last_seen("d1", None), Some(at(0)), "the waiting value still answers");
+        assert_eq!(p.take_backlog(10), vec![(d.clone(), at(0), Some("192.0.2.1".into()))]);
+        // Written and offline: nothing is left of it.
+        assert_eq!((p.slots.len(), p.positions.len()), (0, 0));
+        // Back online while a value waits: it continues from that value.
+        p.seen(&d, Stored::default(), at(1000), None);
+        p.sweep(at(2000));
+        assert!(p.seen(&d, Stored::default(), at(2001), None).came_online);
+        assert_eq!(p.backlog_len(), 1);
+        assert_eq!(p.take_backlog(10), vec![(d.clone(), at(2001), None)]);
+    }
+
+    #[test]
+    fn a_forgotten_device_loses_its_place_in_line_and_others_keep_theirs() {
+        let mut p = presence();
+        let (a, b, c) = (id("a"), id("b"), id("c"));
+        for d in [&a, &b, &c] {
+            p.seen(d, Stored::default(), at(0), None);
+        }
+        p.forget("b");
+        p.seen(&b, Stored::default(), at(1), None);
+        assert_eq!(p.backlog_len(), 3);
+        let taken: Vec<Arc<str>> = p.take_backlog(10).into_iter().map(|(d, _, _)| d).collect();
+        assert_eq!(taken.len(), 3);
+        assert!(taken.contains(&a) && taken.contains(&b) && taken.contains(&c));
+        assert_eq!(p.take_backlog(10), vec![]);
+    }
+
+    #[test]
+    fn a_presence_slot_is_small() {
+        assert!(std::mem::size_of::<Slot>() <= 56, "{} bytes", std::mem::size_of::<Slot>());
     }
 }
