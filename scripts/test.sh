@@ -62,7 +62,7 @@ mkdir -p "$LOG_DIR"
 # Settings of the developer's shell must not leak into the servers that the tests start.
 while IFS= read -r var; do
   case "$var" in
-    UPDRAFT_TEST_*) ;;
+    UPDRAFT_TEST_* | UPDRAFT_CRASH_*) ;; # the tests' own knobs (tests/crash.rs), not server settings
     UPDRAFT_*) unset "$var" ;;
   esac
 done < <(compgen -e)

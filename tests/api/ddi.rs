@@ -644,7 +644,10 @@ async fn windowed(window: Value) -> (Ddi, String) {
 async fn a_rollout_s_maintenance_window_reaches_the_deployment() {
     use chrono::Timelike;
     let now = chrono::Utc::now().with_timezone(&chrono_tz::Asia::Kathmandu);
-    let closes = now + chrono::Duration::seconds(70 - i64::from((now + chrono::Duration::seconds(10)).second()));
+    // The window closes at the first minute boundary at least 30 s away: room for the setup and
+    // the first poll and GET on a loaded machine (with 10 s, the window sometimes closed between
+    // the poll and the GET of the "open" half).
+    let closes = now + chrono::Duration::seconds(90 - i64::from((now + chrono::Duration::seconds(30)).second()));
     let window = json!({"start": (now - chrono::Duration::hours(1)).format("%H:%M").to_string(),
                         "end": closes.format("%H:%M").to_string(), "time_zone": "Asia/Kathmandu"});
     let (ddi, _) = windowed(window.clone()).await;
