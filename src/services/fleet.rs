@@ -436,6 +436,16 @@ impl FleetIndex {
         self.release(&old);
     }
 
+    /// Changes an indexed device's entry in place. `change` sees the entry as it is now, so a
+    /// request never puts back an older copy over another request's change to the same device
+    /// (a check-in's version under an `installed` report's `awaiting_boot`, say).
+    pub fn update(&mut self, device_id: &str, change: impl FnOnce(&mut ActiveDevice)) {
+        let Some(at) = DeviceKey::find(device_id).and_then(|key| self.position_of_id(&key)) else { return };
+        let mut device = self.device(&self.entries[at]);
+        change(&mut device);
+        self.replace(device);
+    }
+
     pub fn forget(&mut self, device_id: &str) {
         if let Some(at) = DeviceKey::find(device_id).and_then(|key| self.position_of_id(&key)) {
             self.remove_at(at);
@@ -682,6 +692,21 @@ mod tests {
         assert_eq!(index.get(&digest(1)).unwrap().version.as_deref(), Some("2.0.0"));
         index.replace(device("d2", "2.0.0"));
         assert_eq!(index.len(), 1);
+    }
+
+    #[test]
+    fn an_update_changes_one_field_of_the_entry_as_it_is_now() {
+        let mut index = FleetIndex::new(10);
+        let before = index.insert(digest(1), device("d1", "1.0.0"));
+        // Two requests of the same device: a check-in records 2.0.0, then a report that started
+        // from the copy `before` marks the device awaiting its boot.
+        index.update("d1", |d| d.version = Some("2.0.0".into()));
+        assert!(!before.awaiting_boot);
+        index.update("d1", |d| d.awaiting_boot = true);
+        let now = index.get(&digest(1)).unwrap();
+        assert_eq!((now.version.as_deref(), now.awaiting_boot), (Some("2.0.0"), true));
+        index.update("d2", |d| d.awaiting_boot = true);
+        assert_eq!(index.len(), 1, "an update of a device not in the index adds nothing");
     }
 
     #[test]

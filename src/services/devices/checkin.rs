@@ -87,7 +87,20 @@ pub async fn checkin(core: &Core, device: Arc<ActiveDevice>, report: CheckinRepo
             updated.hardware = Some(h.as_str().into());
         }
         updated.reported_attributes = reported_attributes;
-        runtime.fleet.write().expect("fleet lock").replace(updated.clone());
+        // Only what this check-in changed goes into the index: the copy this request started
+        // from may be older than the entry (another request of the same device meanwhile).
+        runtime.fleet.write().expect("fleet lock").update(&updated.id, |d| {
+            if changed.version.is_some() {
+                d.version.clone_from(&updated.version);
+            }
+            if changed.product.is_some() {
+                d.product.clone_from(&updated.product);
+            }
+            if changed.hardware.is_some() {
+                d.hardware.clone_from(&updated.hardware);
+            }
+            d.reported_attributes = reported_attributes;
+        });
         if anything_changed {
             core.events.publish(Event::DeviceUpdated {
                 device_id: updated.id.to_string(),
@@ -119,7 +132,7 @@ pub async fn checkin(core: &Core, device: Arc<ActiveDevice>, report: CheckinRepo
     let device = if device.awaiting_boot {
         let mut updated = (*device).clone();
         updated.awaiting_boot = false;
-        runtime.fleet.write().expect("fleet lock").replace(updated.clone());
+        runtime.fleet.write().expect("fleet lock").update(&updated.id, |d| d.awaiting_boot = false);
         Arc::new(updated)
     } else {
         device

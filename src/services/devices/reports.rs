@@ -69,9 +69,7 @@ pub async fn report_update(core: &Core, device: &ActiveDevice, report: StatusRep
     written?;
     if state == UpdateState::Installed {
         // Its next check-in tells whether the new build booted.
-        let mut updated = device.clone();
-        updated.awaiting_boot = true;
-        core.devices.fleet.write().expect("fleet lock").replace(updated);
+        core.devices.fleet.write().expect("fleet lock").update(&device.id, |d| d.awaiting_boot = true);
     }
     mark_seen(core, device, Utc::now(), None);
     core.events.publish(Event::UpdateStatus(UpdateStatus::of(&attempt, state, progress, message)));
