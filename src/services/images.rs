@@ -211,6 +211,9 @@ pub(crate) fn convert_blocking(bytes: Vec<u8>, options: &ConvertOptions, max_pix
         .ok()
         .or_else(|| looks_like_tga(&bytes).then_some(image::ImageFormat::Tga))
         .ok_or_else(|| invalid(format!("the data is not an image Updraft reads ({INPUT_FORMATS})")))?;
+    if format == image::ImageFormat::Tiff {
+        check_tiff_value_counts(&bytes).map_err(|detail| too_large(detail, max_pixels))?;
+    }
     let mut reader = image::ImageReader::with_format(Cursor::new(bytes.as_slice()), format);
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(MAX_DECODED_SIDE);
@@ -251,6 +254,56 @@ pub(crate) fn convert_blocking(bytes: Vec<u8>, options: &ConvertOptions, max_pix
         None => Ok(encoded.into_bin()),
         Some(name) => Ok(encoded.to_c_array(name)?.into_bytes()),
     }
+}
+
+/// The most values a TIFF tag that the decoder reads up front may hold. The largest real need
+/// is the strip or tile offsets of the largest image converted (one strip per row of
+/// `MAX_DECODED_SIDE` rows, times 4 planes, is 65,536; tiles of 16x16 within the pixel limit
+/// are as many): four times that.
+const MAX_TIFF_TAG_VALUES: u64 = 1 << 18;
+
+/// Bounds the tags of a TIFF's first image before the decoder sees them. The `tiff` crate
+/// (0.11) reads that image's tags in its constructor, before the `image` crate hands it the
+/// limits, and reserves 32 bytes a value for what a tag claims to hold (up to 256 MiB, from a
+/// file of a few hundred bytes, and as much touched memory as the file holds values). No
+/// crate offers this check, so it is written here: the header, the first directory's entries,
+/// for both TIFF and BigTIFF, in either byte order. A file too short to hold its directory is
+/// left to the decoder, which refuses it.
+fn check_tiff_value_counts(bytes: &[u8]) -> std::result::Result<(), String> {
+    // The tags the decoder reads while opening the file (tiff 0.11, `Image::from_reader`).
+    const READ_UP_FRONT: [u16; 19] = [256, 257, 258, 259, 262, 273, 277, 278, 279, 284, 317, 322, 323, 324, 325, 338, 339, 347, 530];
+    let little = match bytes.get(..2) {
+        Some(b"II") => true,
+        Some(b"MM") => false,
+        _ => return Ok(()),
+    };
+    let read = |at: u64, len: usize| -> Option<u64> {
+        let at = usize::try_from(at).ok()?;
+        let raw = bytes.get(at..at.checked_add(len)?)?;
+        let mut value = 0u64;
+        for i in 0..len {
+            let byte = u64::from(if little { raw[len - 1 - i] } else { raw[i] });
+            value = (value << 8) | byte;
+        }
+        Some(value)
+    };
+    let big = match read(2, 2) {
+        Some(42) => false,
+        Some(43) => true,
+        _ => return Ok(()),
+    };
+    let (offset_len, first_at) = if big { (8, 8) } else { (4, 4) };
+    let Some(directory) = read(first_at, offset_len) else { return Ok(()) };
+    let (count_len, entry_len) = if big { (8, 20) } else { (2, 12) };
+    let Some(entries) = read(directory, count_len) else { return Ok(()) };
+    for index in 0..entries.min(4096) {
+        let entry = directory + count_len as u64 + index * entry_len;
+        let (Some(tag), Some(values)) = (read(entry, 2), read(entry + 4, offset_len)) else { return Ok(()) };
+        if values > MAX_TIFF_TAG_VALUES && READ_UP_FRONT.contains(&(tag as u16)) {
+            return Err(format!("the TIFF's tag {tag} holds {values} values, more than the {MAX_TIFF_TAG_VALUES} read"));
+        }
+    }
+    Ok(())
 }
 
 /// Pillow's TGA check (TGA files have no magic number): a known colour-map type, image
@@ -457,6 +510,58 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `image_decode` fuzz target: a 396-byte TIFF made the decoder reserve
+    /// 251 MB for one tag's values before any limit applied.
+    #[test]
+    fn a_tiff_tag_claiming_millions_of_values_is_refused_before_decoding() {
+        for little in [true, false] {
+            for big in [false, true] {
+                let mut file = Vec::new();
+                let number = |file: &mut Vec<u8>, value: u64, len: usize| {
+                    let bytes = value.to_be_bytes();
+                    let mut field = bytes[8 - len..].to_vec();
+                    if little {
+                        field.reverse();
+                    }
+                    file.extend(field);
+                };
+                file.extend(if little { b"II" } else { b"MM" });
+                if big {
+                    number(&mut file, 43, 2);
+                    number(&mut file, 8, 2);
+                    number(&mut file, 0, 2);
+                    number(&mut file, 16, 8);
+                    number(&mut file, 1, 8); // one entry
+                    number(&mut file, 273, 2); // StripOffsets
+                    number(&mut file, 1, 2); // BYTE
+                    number(&mut file, 8_000_000, 8);
+                    number(&mut file, 44, 8);
+                } else {
+                    number(&mut file, 42, 2);
+                    number(&mut file, 8, 4);
+                    number(&mut file, 1, 2);
+                    number(&mut file, 273, 2);
+                    number(&mut file, 1, 2);
+                    number(&mut file, 8_000_000, 4);
+                    number(&mut file, 26, 4);
+                }
+                file.extend([0u8; 64]);
+                let refused = check_tiff_value_counts(&file).unwrap_err();
+                assert!(refused.contains("tag 273 holds 8000000 values"), "little {little}, big {big}: {refused}");
+                // (The `image` crate does not read BigTIFF at all: refused before the check.)
+                let error = convert_blocking(file, &options(None, None), 1 << 24).unwrap_err();
+                let expected = if big { "invalid_image" } else { "image_too_large" };
+                assert_eq!(error.code(), expected, "little {little}, big {big}: {error}");
+            }
+        }
+        // The same tag with a count a real image needs is left to the decoder.
+        let mut tiff = Cursor::new(Vec::new());
+        image::RgbaImage::from_pixel(64, 48, image::Rgba([1, 2, 3, 255])).write_to(&mut tiff, image::ImageFormat::Tiff).unwrap();
+        let tiff = tiff.into_inner();
+        assert_eq!(check_tiff_value_counts(&tiff), Ok(()));
+        assert!(convert_blocking(tiff, &options(None, None), 1 << 24).is_ok());
+    }
 
     fn options(width: Option<u32>, height: Option<u32>) -> ConvertOptions {
         ConvertOptions { width, height, size_rule: SizeRule::Nearest, cf: ColorFormat::Argb8888, version: LvglVersion::V9, c_array: None }
