@@ -881,6 +881,21 @@ mod tests {
     use super::builder::{EspImageBuilder, prng_bytes};
     use super::*;
 
+    /// Found by the `esp_image` fuzz target (its property wrongly said "under 32 bytes"): a
+    /// field that fills its 32 bytes has no NUL, as ESP-IDF's `strncpy` leaves a 32-character
+    /// version. It is read whole, and nothing beyond it.
+    #[test]
+    fn a_text_field_that_fills_its_32_bytes_without_a_nul_is_read_whole() {
+        let mut raw = [0u8; APP_DESC_LEN];
+        raw[..4].copy_from_slice(&APP_DESC_MAGIC.to_le_bytes());
+        raw[16..48].copy_from_slice(&[b'7'; 32]);
+        raw[48..80].copy_from_slice(&[b'p'; 32]);
+        raw[112..144].copy_from_slice(b"v5.2.1-0123456789abcdefghijklmno");
+        let desc = parse_app_desc(&raw).unwrap();
+        assert_eq!((desc.version.len(), desc.project_name.len(), desc.idf_ver.len()), (32, 32, 32));
+        assert_eq!(desc.idf_ver, "v5.2.1-0123456789abcdefghijklmno");
+    }
+
     #[test]
     fn chip_families_are_named_as_esp_web_tools_names_them() {
         assert_eq!(chip_family("esp32"), Some("ESP32"));
