@@ -423,8 +423,9 @@ settings! {
         /// QoS 1/2 messages in flight per client.
         mqtt_max_inflight: u16 { value_name: "N", default: "16", min: 1, max: 65535 }
 
-        /// Messages queued per client (offline or slow) before new ones are dropped (counted in
-        /// `updraft_mqtt_messages_dropped_total`).
+        /// Messages queued per client (offline or slow). When the queue is full, the oldest
+        /// queued message makes room for the new one (after `UPDRAFT_MQTT_QUEUE_FULL_WAIT_MS` for
+        /// a client's QoS 1/2 publish), counted in `updraft_mqtt_messages_dropped_total`.
         mqtt_max_queued: usize { value_name: "N", default: "1000", min: 1, max: 1_000_000 }
 
         /// How long a disconnected persistent session (clean session 0) keeps its subscriptions
