@@ -66,6 +66,31 @@ pub struct AssetList {
     pub items: Vec<AssetView>,
 }
 
+/// A page of an asset's versions, newest first.
+#[derive(Serialize, ToSchema)]
+pub struct AssetVersionPage {
+    pub items: Vec<AssetView>,
+    /// How many versions the asset has.
+    pub total: u64,
+    pub limit: u32,
+    pub offset: u64,
+}
+
+/// The most versions one page holds, and the default: an asset rarely has more, and a
+/// client that reads `items` alone keeps seeing them all.
+const MAX_VERSIONS_PAGE: u32 = 1000;
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct VersionsQuery {
+    /// Page size, 1-1000 [default: 1000].
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
+    #[param(maximum = 1099511627776_u64)]
+    pub offset: Option<u64>,
+}
+
 /// The signature served beside an asset.
 #[derive(Serialize, ToSchema)]
 pub struct AssetSignature {
@@ -318,20 +343,26 @@ async fn upload_asset(
     Ok((StatusCode::CREATED, Json(asset_view(&asset))).into_response())
 }
 
-/// The versions of an asset, newest first.
+/// The versions of an asset, newest first, a page at a time (`total` says how many there are).
 #[utoipa::path(
     get, path = "/api/v1/assets/{product}/{name}", tag = "assets",
-    params(("product" = String, Path, pattern = r"^[ \xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}[ \xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"), ("name" = String, Path)),
-    responses((status = 200, body = AssetList), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    params(("product" = String, Path, pattern = r"^[ \xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}[ \xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"), ("name" = String, Path), VersionsQuery),
+    responses((status = 200, body = AssetVersionPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = ["admin", "operator", "viewer", "provisioner"]), ("admin_key" = ["admin", "operator", "viewer", "provisioner"]))
 )]
 async fn list_versions(
     State(state): State<AppState>,
     _viewer: Viewer,
     Path((product, name)): Path<(String, String)>,
-) -> ApiResult<Json<AssetList>> {
-    let versions = service::versions(&state.core, &product, &name).await?;
-    Ok(Json(AssetList { items: versions.iter().map(asset_view).collect() }))
+    ApiQuery(query): ApiQuery<VersionsQuery>,
+) -> ApiResult<Json<AssetVersionPage>> {
+    let limit = query.limit.unwrap_or(MAX_VERSIONS_PAGE);
+    if !(1..=MAX_VERSIONS_PAGE).contains(&limit) {
+        return Err(Error::invalid("invalid_query", format!("limit must be between 1 and {MAX_VERSIONS_PAGE}")).into());
+    }
+    let offset = super::page::page(None, query.offset)?.offset;
+    let (versions, total) = service::versions(&state.core, &product, &name, limit, offset).await?;
+    Ok(Json(AssetVersionPage { items: versions.iter().map(asset_view).collect(), total, limit, offset }))
 }
 
 /// Download a version (`latest` for the newest) with the admin key or the token of a

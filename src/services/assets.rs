@@ -268,13 +268,14 @@ pub async fn list_latest(core: &Core, product: Option<&str>) -> Result<Vec<Asset
     core.store.list_latest_assets(product).await
 }
 
-/// The versions of an asset, newest first; not found when it has none.
-pub async fn versions(core: &Core, product: &str, name: &str) -> Result<Vec<Asset>> {
-    let versions = core.store.list_asset_versions(product, name).await?;
-    if versions.is_empty() {
+/// A page of an asset's versions, newest first, and how many it has; not found when it has
+/// none.
+pub async fn versions(core: &Core, product: &str, name: &str, limit: u32, offset: u64) -> Result<(Vec<Asset>, u64)> {
+    let (versions, total) = core.store.list_asset_versions(product, name, limit, offset).await?;
+    if total == 0 {
         return Err(Error::not_found("asset", format!("{product}/{name}")));
     }
-    Ok(versions)
+    Ok((versions, total))
 }
 
 /// A version (`None`: the newest) of an asset.

@@ -118,17 +118,24 @@ impl Store {
         row.map(|r| map_row::<AssetRow, Asset>(&r)).transpose()
     }
 
-    /// Versions of one asset, newest first.
-    pub async fn list_asset_versions(&self, product: &str, name: &str) -> Result<Vec<Asset>> {
+    /// A page of one asset's versions, newest first, and how many it has.
+    pub async fn list_asset_versions(&self, product: &str, name: &str, limit: u32, offset: u64) -> Result<(Vec<Asset>, u64)> {
+        let total: i64 = sqlx::query("SELECT COUNT(*) AS n FROM asset WHERE product = $1 AND name = $2")
+            .bind(product)
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| db_error(e, "failed to count asset versions"))?
+            .get("n");
         let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {ASSET_COLUMNS} FROM asset WHERE product = $1 AND name = $2 ORDER BY version DESC LIMIT 1000"
+            "SELECT {ASSET_COLUMNS} FROM asset WHERE product = $1 AND name = $2 ORDER BY version DESC LIMIT {limit} OFFSET {offset}"
         )))
         .bind(product)
         .bind(name)
         .fetch_all(&self.pool)
         .await
         .map_err(|e| db_error(e, "failed to list asset versions"))?;
-        map_rows::<AssetRow, Asset>(&rows)
+        Ok((map_rows::<AssetRow, Asset>(&rows)?, total as u64))
     }
 
     /// The newest version of every asset (of one product, if given), by product and name.

@@ -226,6 +226,17 @@ async fn native_assets_are_versioned_content_addressed_and_signed_with_the_publi
     let versions: Value = app.admin(Method::GET, "/api/v1/assets/lamp/font.bin").send().await.unwrap().json().await.unwrap();
     assert_eq!(versions["items"].as_array().unwrap().iter().map(|v| v["version"].as_i64().unwrap()).collect::<Vec<_>>(), [3, 2, 1]);
     assert_eq!(versions["items"][1]["comment"], "same bytes");
+    assert_eq!((versions["total"].as_u64(), versions["limit"].as_u64(), versions["offset"].as_u64()), (Some(3), Some(1000), Some(0)));
+    // A page at a time: `total` tells a client that more versions exist than it was given.
+    let page: Value = app.admin(Method::GET, "/api/v1/assets/lamp/font.bin?limit=2&offset=1").send().await.unwrap().json().await.unwrap();
+    assert_eq!(page["items"].as_array().unwrap().iter().map(|v| v["version"].as_i64().unwrap()).collect::<Vec<_>>(), [2, 1]);
+    assert_eq!(page["total"], 3);
+    let beyond: Value = app.admin(Method::GET, "/api/v1/assets/lamp/font.bin?offset=3").send().await.unwrap().json().await.unwrap();
+    assert_eq!((beyond["items"].as_array().map(Vec::len), beyond["total"].as_u64()), (Some(0), Some(3)));
+    for bad in ["limit=0", "limit=1001", "offset=-1", "offset=1099511627777", "colour=red"] {
+        let response = app.admin(Method::GET, &format!("/api/v1/assets/lamp/font.bin?{bad}")).send().await.unwrap();
+        assert_eq!(error_code(response, 400).await, "invalid_query", "{bad}");
+    }
     let all: Value = app.admin(Method::GET, "/api/v1/assets?product=lamp").send().await.unwrap().json().await.unwrap();
     assert_eq!(all["items"].as_array().unwrap().len(), 1);
     assert_eq!(all["items"][0]["version"], 3);

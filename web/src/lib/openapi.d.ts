@@ -211,7 +211,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** The versions of an asset, newest first. */
+        /** The versions of an asset, newest first, a page at a time (`total` says how many there are). */
         get: operations["list_versions"];
         put?: never;
         /**
@@ -1774,6 +1774,19 @@ export interface components {
             sha256: string;
             /** Format: int64 */
             size: number;
+        };
+        /** @description A page of an asset's versions, newest first. */
+        AssetVersionPage: {
+            items: components["schemas"]["AssetView"][];
+            /**
+             * Format: int64
+             * @description How many versions the asset has.
+             */
+            total: number;
+            /** Format: int32 */
+            limit: number;
+            /** Format: int64 */
+            offset: number;
         };
         /** @description One version of an asset. */
         AssetView: {
@@ -3978,7 +3991,11 @@ export interface operations {
     };
     list_versions: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description Page size, 1-1000 [default: 1000]. */
+                limit?: number;
+                offset?: number;
+            };
             header?: never;
             path: {
                 product: string;
@@ -3993,10 +4010,9 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["AssetList"];
+                    "application/json": components["schemas"]["AssetVersionPage"];
                 };
             };
-            /** @description A path that does not decode to text, or a query parameter that is unknown or cannot be read */
             400: {
                 headers: {
                     [name: string]: unknown;
