@@ -287,43 +287,28 @@ async fn a_gzip_encoded_upload_is_stored_exactly_as_sent_and_never_inflated() {
     assert!(sent.len() < 64 * 1024);
     let sent_sha = sha256_hex(&sent);
 
-    // Firmware, raw body.
-    let response = app
-        .admin(Method::POST, "/api/v1/firmware?product=lamp&version=1.0.1&hardware=esp32")
-        .header("content-type", "application/octet-stream")
-        .header("content-encoding", "gzip")
-        .body(sent.clone())
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    let artifact: Value = response.json().await.unwrap();
-    assert_eq!(status, 201, "{artifact}");
-    assert_eq!(artifact["sha256"], sent_sha.as_str());
-    assert_eq!(artifact["size"], sent.len());
-    let download = app.admin(Method::GET, artifact["download_url"].as_str().unwrap().trim_start_matches(&app.base)).send().await.unwrap();
-    assert_eq!(download.status(), 200);
-    assert!(download.headers().get("content-encoding").is_none(), "served as stored, not as an encoding");
-    assert_eq!(sha256_hex(&download.bytes().await.unwrap()), sent_sha);
-
-    // An asset.
-    let response = app
-        .admin(Method::POST, "/api/v1/assets/lamp/sounds.bin")
-        .header("content-type", "application/octet-stream")
-        .header("content-encoding", "gzip")
-        .body(sent.clone())
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    let asset: Value = response.json().await.unwrap();
-    assert_eq!(status, 201, "{asset}");
-    assert_eq!(asset["sha256"], sent_sha.as_str());
-    assert_eq!(asset["size"], sent.len());
-    let download = app.admin(Method::GET, asset["url"].as_str().unwrap()).send().await.unwrap();
-    assert_eq!(download.status(), 200);
-    assert!(download.headers().get("content-encoding").is_none());
-    assert_eq!(sha256_hex(&download.bytes().await.unwrap()), sent_sha);
+    // Firmware (raw body) and an asset: each stored and served back as sent.
+    for (path, url_field) in
+        [("/api/v1/firmware?product=lamp&version=1.0.1&hardware=esp32", "download_url"), ("/api/v1/assets/lamp/sounds.bin", "url")]
+    {
+        let response = app
+            .admin(Method::POST, path)
+            .header("content-type", "application/octet-stream")
+            .header("content-encoding", "gzip")
+            .body(sent.clone())
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let stored: Value = response.json().await.unwrap();
+        assert_eq!(status, 201, "{path}: {stored}");
+        assert_eq!((stored["sha256"].as_str(), stored["size"].as_u64()), (Some(sent_sha.as_str()), Some(sent.len() as u64)), "{path}");
+        let url = stored[url_field].as_str().unwrap().trim_start_matches(&app.base);
+        let download = app.admin(Method::GET, url).send().await.unwrap();
+        assert_eq!(download.status(), 200, "{path}");
+        assert!(download.headers().get("content-encoding").is_none(), "{path}: served as stored, not as an encoding");
+        assert_eq!(sha256_hex(&download.bytes().await.unwrap()), sent_sha, "{path}");
+    }
 
     // What is on disk is the compressed bytes too.
     if uses_local_blobs() {
