@@ -477,7 +477,8 @@ fi
 # was killed leaves one behind.
 LEFT=$("$PG_BIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -Atc \
   "SELECT count(*) FROM pg_database WHERE datname LIKE 'updraft_test_%'" 2>/dev/null || echo "?")
-say "disk after suite 2: $(disk_free)test databases left behind: $LEFT"
+PG_SIZE=$(du -sh "$PG_TMP/data" 2>/dev/null | cut -f1)
+say "disk after suite 2: $(disk_free)test databases left behind: $LEFT (PostgreSQL's data folder: ${PG_SIZE:-?})"
 ELAPSED=$((SECONDS - START_SECONDS))
 if [[ $SUITE1 == passed && $SUITE2 == passed ]]; then
   say "OK: suite 1/2 (sqlite + local folder) passed, suite 2/2 (postgres + s3) passed, in ${ELAPSED}s"
