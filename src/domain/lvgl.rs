@@ -401,6 +401,10 @@ pub enum SizeRule {
 impl SizeRule {
     /// The size to scale `width × height` to, or `None` when it is left as it is.
     pub fn fit(&self, width: u32, height: u32, max_width: Option<u32>, max_height: Option<u32>) -> Option<(u32, u32)> {
+        // An image without pixels has no size to keep the ratio of (the caller refuses it).
+        if width == 0 || height == 0 {
+            return None;
+        }
         match self {
             SizeRule::Nearest => fit_within(width, height, max_width, max_height),
             SizeRule::Seed003 => fit_within_seed003(width, height, max_width, max_height),
@@ -786,6 +790,17 @@ mod tests {
         assert_eq!(fit_within(400, 200, Some(400), None), None);
         assert_eq!(fit_within(1000, 1, Some(10), None), Some((10, 1)));
         assert_eq!(fit_within(16, 8, None, None), None);
+    }
+
+    /// Found by the `image_decode` fuzz target: a GIF that decodes to 0 pixels wide made
+    /// `fit_within` clamp to an empty range (a panic, a 500 from the conversion routes).
+    #[test]
+    fn an_image_without_pixels_is_never_scaled() {
+        for rule in [SizeRule::Nearest, SizeRule::Seed003] {
+            assert_eq!(rule.fit(0, 58623, Some(7), Some(7)), None);
+            assert_eq!(rule.fit(40, 0, Some(7), None), None);
+            assert_eq!(rule.fit(0, 0, None, Some(1)), None);
+        }
     }
 
     #[test]

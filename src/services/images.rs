@@ -237,6 +237,9 @@ pub(crate) fn convert_blocking(bytes: Vec<u8>, options: &ConvertOptions, max_pix
     drop(bytes);
     let rgba = to_rgba8_like_pillow(decoded);
     let (mut width, mut height) = rgba.dimensions();
+    if width == 0 || height == 0 {
+        return Err(invalid(format!("the image has no pixels ({width}x{height})")));
+    }
     let mut rgba = rgba.into_raw();
     if let Some((new_width, new_height)) = options.size_rule.fit(width, height, options.width, options.height) {
         rgba = lvgl::resize_like_pillow(rgba, (width, height), (new_width, new_height));
@@ -561,6 +564,17 @@ mod tests {
         let tiff = tiff.into_inner();
         assert_eq!(check_tiff_value_counts(&tiff), Ok(()));
         assert!(convert_blocking(tiff, &options(None, None), 1 << 24).is_ok());
+    }
+
+    /// Found by the `image_decode` fuzz target: this GIF decodes to an image 0 pixels wide,
+    /// which the scaling then failed on (a panic in the conversion task: a 500).
+    #[test]
+    fn an_image_that_decodes_to_no_pixels_is_refused() {
+        let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/image_decode/crash-gif-of-no-pixels");
+        let gif = std::fs::read(corpus).unwrap()[2..].to_vec();
+        let error = convert_blocking(gif, &options(Some(7), Some(7)), 1 << 24).unwrap_err();
+        assert_eq!(error.code(), "invalid_image", "{error}");
+        assert!(error.to_string().contains("no pixels"), "{error}");
     }
 
     fn options(width: Option<u32>, height: Option<u32>) -> ConvertOptions {

@@ -318,6 +318,13 @@ async fn an_uploaded_image_is_converted_for_the_admin() {
     assert!(source.contains("const lv_img_dsc_t logo"), "{source}");
 
     assert_eq!(error_code(post("", b"not an image".to_vec()).await.unwrap(), 422).await, "invalid_image");
+    // Files the fuzzer found (fuzz/corpus/image_decode): a GIF that decodes to no pixels (it
+    // was a 500), and a TIFF whose tag claims millions of values (refused before decoding).
+    let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/image_decode");
+    let found = |name: &str| std::fs::read(corpus.join(name)).unwrap()[2..].to_vec();
+    assert_eq!(error_code(post("?width=7&height=7", found("crash-gif-of-no-pixels")).await.unwrap(), 422).await, "invalid_image");
+    let tiff = post("", found("crash-tiff-tag-of-millions-of-values")).await.unwrap();
+    assert_eq!(error_code(tiff, 400).await, "image_too_large");
     assert_eq!(error_code(post("?cf=bogus", png()).await.unwrap(), 400).await, "invalid_color_format");
     assert_eq!(error_code(post("?colour=red", png()).await.unwrap(), 400).await, "invalid_query");
     let anonymous = app.client.post(app.url("/api/v1/images/lvgl")).body(png()).send().await.unwrap();
