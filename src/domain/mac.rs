@@ -95,6 +95,11 @@ impl Mac {
         self.0
     }
 
+    /// The MAC of six bytes (the inverse of `bytes`).
+    pub fn from_bytes(bytes: [u8; 6]) -> Mac {
+        Mac(bytes)
+    }
+
     /// `AA:BB:CC:DD:EE:FF`.
     pub fn canonical(&self) -> String {
         self.to_string()

@@ -2,7 +2,7 @@
 //! token, kept in memory by token digest, so that a check-in is answered without reading the
 //! database however large the fleet is.
 //!
-//! An entry is small and fixed-size (≈ 136 bytes, plus ≈ 20 bytes of the two hash tables that
+//! An entry is small and fixed-size (112 bytes, plus ≈ 20 bytes of the two hash tables that
 //! find it by token digest and by device id): the device's identity (its id in 16 bytes, see
 //! [`DeviceKey`]) and the facts the update decision reads, with product, hardware, channel,
 //! version and tag-set values stored once and named by 4-byte numbers. A lookup hands out a
@@ -246,6 +246,21 @@ impl PackedIp {
     }
 }
 
+/// Microseconds (as [`micros_of`] gives them) in 8 bytes aligned to 1, so that a structure of
+/// these and byte arrays has no padding (an `i64` beside a 17-byte [`PackedIp`] costs 7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackedMicros([u8; 8]);
+
+impl PackedMicros {
+    pub fn new(micros: i64) -> Self {
+        PackedMicros(micros.to_le_bytes())
+    }
+
+    pub fn get(self) -> i64 {
+        i64::from_le_bytes(self.0)
+    }
+}
+
 /// A time as microseconds since the epoch (`i64::MIN`: none), 8 bytes where an
 /// `Option<DateTime<Utc>>` takes 16.
 pub fn micros_of(at: Option<DateTime<Utc>>) -> i64 {
@@ -308,9 +323,26 @@ impl<T: ?Sized + Hash + Eq> Interner<T> {
     }
 }
 
-/// One device in the index: fixed-size, no pointers (≈ 136 bytes).
+/// The part of a token's SHA-256 digest that the index keeps: its first 16 bytes. A token
+/// that is not the device's matches them only by a second preimage of 128 bits of SHA-256
+/// (2^128 attempts), and two tokens of a fleet of a million share them with a chance of about
+/// 2^-89, so they name a device as surely as the whole digest, in half the bytes.
+type DigestPrefix = [u8; 16];
+
+fn digest_prefix(digest: &[u8; 32]) -> DigestPrefix {
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&digest[..16]);
+    key
+}
+
+/// `Entry::flags`: the device has a MAC.
+const HAS_MAC: u8 = 1;
+/// `Entry::flags`: the device awaits its boot report (`ActiveDevice::awaiting_boot`).
+const AWAITING_BOOT: u8 = 2;
+
+/// One device in the index: fixed-size, no pointers, no padding (112 bytes).
 struct Entry {
-    digest: [u8; 32],
+    digest: DigestPrefix,
     id: DeviceKey,
     created_at: i64,
     /// Microseconds, `i64::MIN` for none.
@@ -324,8 +356,9 @@ struct Entry {
     target_version: u32,
     tags: u32,
     stored_ip: PackedIp,
-    mac: Option<Mac>,
-    awaiting_boot: bool,
+    /// Meaningful with `HAS_MAC`.
+    mac: [u8; 6],
+    flags: u8,
 }
 
 /// Entries by token digest and by device id: the entries in one vector, and two hash tables of
@@ -358,11 +391,22 @@ impl FleetIndex {
         self.entries.len()
     }
 
+    /// Makes room for `additional` more entries (within the capacity) at once, so that loading
+    /// a fleet does not grow the vector and the tables by doubling, leaving the smaller copies
+    /// behind as freed memory that the allocator may keep.
+    pub fn reserve(&mut self, additional: usize) {
+        let additional = additional.min(self.capacity.saturating_sub(self.entries.len()));
+        let (hasher, entries) = (&self.hasher, &self.entries);
+        self.by_token.reserve(additional, |&i| hasher.hash_one(entries[i as usize].digest));
+        self.by_id.reserve(additional, |&i| hasher.hash_one(entries[i as usize].id));
+        self.entries.reserve_exact(additional);
+    }
+
     pub fn capacity(&self) -> usize {
         self.capacity
     }
 
-    fn position_of_token(&self, digest: &[u8; 32]) -> Option<usize> {
+    fn position_of_token(&self, digest: &DigestPrefix) -> Option<usize> {
         let entries = &self.entries;
         self.by_token.find(self.hasher.hash_one(digest), |&at| entries[at as usize].digest == *digest).map(|&at| at as usize)
     }
@@ -380,7 +424,7 @@ impl FleetIndex {
     /// The device a token digest belongs to (a copy of its entry: a change goes through
     /// `insert`, `replace` or the `settled` methods).
     pub fn get(&self, digest: &[u8; 32]) -> Option<Arc<ActiveDevice>> {
-        self.position_of_token(digest).map(|at| Arc::new(self.device(&self.entries[at])))
+        self.position_of_token(&digest_prefix(digest)).map(|at| Arc::new(self.device(&self.entries[at])))
     }
 
     pub fn get_by_id(&self, device_id: &str) -> Option<Arc<ActiveDevice>> {
@@ -408,20 +452,21 @@ impl FleetIndex {
             return Arc::new(device);
         }
         let key = DeviceKey::of(&device.id);
+        let prefix = digest_prefix(&digest);
         if let Some(at) = self.position_of_id(&key) {
             self.remove_at(at);
         }
-        if let Some(at) = self.position_of_token(&digest) {
+        if let Some(at) = self.position_of_token(&prefix) {
             self.remove_at(at);
         }
         while self.entries.len() >= self.capacity {
             self.evict_one();
         }
-        let entry = self.entry(digest, key, &device);
+        let entry = self.entry(prefix, key, &device);
         let at = u32::try_from(self.entries.len()).expect("fewer than 2^32 entries");
         let hasher = &self.hasher;
         let entries = &self.entries;
-        self.by_token.insert_unique(hasher.hash_one(digest), at, |&i| hasher.hash_one(entries[i as usize].digest));
+        self.by_token.insert_unique(hasher.hash_one(prefix), at, |&i| hasher.hash_one(entries[i as usize].digest));
         self.by_id.insert_unique(hasher.hash_one(key), at, |&i| hasher.hash_one(entries[i as usize].id));
         self.entries.push(entry);
         Arc::new(self.device(&self.entries[at as usize]))
@@ -484,7 +529,7 @@ impl FleetIndex {
         self.release(&removed);
     }
 
-    fn entry(&mut self, digest: [u8; 32], id: DeviceKey, device: &ActiveDevice) -> Entry {
+    fn entry(&mut self, digest: DigestPrefix, id: DeviceKey, device: &ActiveDevice) -> Entry {
         let mut string = |text: &Option<Arc<str>>| self.strings.acquire(text.as_ref());
         let (product, hardware, version, target_version) =
             (string(&device.product), string(&device.hardware), string(&device.version), string(&device.target_version));
@@ -513,8 +558,8 @@ impl FleetIndex {
             target_version,
             tags: self.tag_sets.acquire(Some(&tags)),
             stored_ip: PackedIp::pack(device.stored_ip),
-            mac: device.mac,
-            awaiting_boot: device.awaiting_boot,
+            mac: device.mac.map_or([0; 6], |mac| mac.bytes()),
+            flags: if device.mac.is_some() { HAS_MAC } else { 0 } | if device.awaiting_boot { AWAITING_BOOT } else { 0 },
         }
     }
 
@@ -529,7 +574,7 @@ impl FleetIndex {
         let string = |number: u32| self.strings.get(number).cloned();
         ActiveDevice {
             id: entry.id.text(),
-            mac: entry.mac,
+            mac: (entry.flags & HAS_MAC != 0).then(|| Mac::from_bytes(entry.mac)),
             product: string(entry.product),
             hardware: string(entry.hardware),
             channel: string(entry.channel).unwrap_or_else(|| Arc::from("")),
@@ -540,7 +585,7 @@ impl FleetIndex {
             reported_attributes: entry.reported_attributes,
             tags: self.tag_sets.get(entry.tags).cloned().unwrap_or_else(|| Arc::from(Vec::new())),
             created_at: entry.created_at,
-            awaiting_boot: entry.awaiting_boot,
+            awaiting_boot: entry.flags & AWAITING_BOOT != 0,
             settled: Settled(AtomicI64::new(entry.settled.load(Ordering::SeqCst))),
         }
     }
@@ -764,7 +809,29 @@ mod tests {
 
     #[test]
     fn an_entry_is_small() {
-        assert!(std::mem::size_of::<Entry>() <= 136, "{} bytes", std::mem::size_of::<Entry>());
+        assert!(std::mem::size_of::<Entry>() <= 112, "{} bytes", std::mem::size_of::<Entry>());
+    }
+
+    #[test]
+    fn a_token_is_found_by_the_first_half_of_its_digest() {
+        let mut index = FleetIndex::new(10);
+        let mut digest = [7u8; 32];
+        index.insert(digest, device("d1", "1.0.0"));
+        assert!(index.get(&digest).is_some());
+        // A digest that differs in its first 16 bytes names no device.
+        digest[15] ^= 1;
+        assert!(index.get(&digest).is_none());
+    }
+
+    #[test]
+    fn a_device_without_a_mac_or_awaiting_its_boot_reads_back_as_such() {
+        let mut index = FleetIndex::new(10);
+        let mut d = device("d1", "1.0.0");
+        d.mac = None;
+        d.awaiting_boot = true;
+        index.insert(digest(1), d);
+        let got = index.get(&digest(1)).unwrap();
+        assert_eq!((got.mac, got.awaiting_boot), (None, true));
     }
 
     #[test]

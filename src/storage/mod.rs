@@ -53,6 +53,14 @@ pub struct Store {
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// Each SQLite connection's page cache: 512 KiB instead of SQLite's 2 MiB. The pool holds up
+/// to `UPDRAFT_DATABASE_MAX_CONNECTIONS` connections, each with its own cache, which fills
+/// under load and is never given back (the C library's allocator keeps it): with ten
+/// connections the default took up to 20 MiB. Pages not cached are read from the operating
+/// system's file cache; the hot paths read no rows (the fleet index) and presence is written
+/// in rate-limited batches (docs/PERFORMANCE.md, check-in).
+const SQLITE_CACHE_SIZE: &str = "PRAGMA cache_size = -512";
+
 impl Store {
     /// Connects, configures SQLite for concurrent use, and applies pending migrations.
     pub async fn connect(database_url: &str, max_connections: u32) -> anyhow::Result<Store> {
@@ -77,6 +85,7 @@ impl Store {
                         conn.execute("PRAGMA synchronous = NORMAL").await?;
                         conn.execute("PRAGMA busy_timeout = 10000").await?;
                         conn.execute("PRAGMA foreign_keys = ON").await?;
+                        conn.execute(SQLITE_CACHE_SIZE).await?;
                     }
                     Ok(())
                 })

@@ -62,7 +62,12 @@ pub async fn active_for_external_credential(core: &Core, device_id: &str, index_
 /// Loads every device that holds a token into the fleet index (up to its capacity), so that
 /// check-ins after a restart do not each read the database. Runs in the background at start.
 pub async fn preload_fleet(core: &Core) -> Result<usize> {
-    const PAGE: u32 = 2_000;
+    const PAGE: u32 = 500;
+    // Room for the whole fleet at once (the index and the presence of devices that check in),
+    // rather than growing by doubling.
+    let expected = usize::try_from(core.store.count_active_devices().await?).unwrap_or(usize::MAX);
+    core.devices.fleet.write().expect("fleet lock").reserve(expected);
+    core.devices.presence().reserve(expected.min(core.devices.policy.cache_entries));
     let mut after = String::new();
     let mut loaded = 0;
     loop {

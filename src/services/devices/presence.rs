@@ -13,18 +13,19 @@ use std::hash::{BuildHasher, RandomState};
 use hashbrown::HashTable;
 
 use super::*;
-use crate::services::fleet::{DeviceKey, PackedIp, time_of};
+use crate::services::fleet::{DeviceKey, PackedIp, PackedMicros, time_of};
 
 /// A device's presence on this replica, while it is online (heard from within `offline_after`,
-/// or holding a session) or has a `last_seen` waiting to be written: 56 bytes, no pointers.
+/// or holding a session) or has a `last_seen` waiting to be written: 50 bytes, no pointers,
+/// no padding.
 #[derive(Debug, Clone, Copy)]
 struct Slot {
     key: DeviceKey,
     /// When it was last heard from (µs).
-    seen: i64,
+    seen: PackedMicros,
     /// The `last_seen` last buffered for writing, or found stored (µs); while `WAITING`, the
     /// value that waits.
-    written: i64,
+    written: PackedMicros,
     /// The address last buffered for writing, or found stored.
     written_ip: PackedIp,
     flags: u8,
@@ -36,6 +37,10 @@ const ONLINE: u8 = 1;
 const WAITING: u8 = 2;
 /// ... with `written_ip`.
 const WITH_IP: u8 = 4;
+/// The slot's number is in the line (once at most; it may no longer wait).
+const IN_LINE: u8 = 8;
+/// The slot holds no device (its number is in `free`).
+const FREE: u8 = 16;
 
 /// What a device's stored row says about its presence (from the fleet index).
 #[derive(Debug, Clone, Copy, Default)]
@@ -48,7 +53,7 @@ pub struct Stored {
 ///
 /// The write backlog is bounded by the devices, not by the check-ins: a device waits at most
 /// once, with its newest `last_seen` and address (later values replace the waiting one in its
-/// slot, and keep its place in the line). What waits costs 16 bytes in the line beyond the
+/// slot, and keep its place in the line). What waits costs 4 bytes in the line beyond the
 /// device's slot, so a flood of check-ins that outruns `UPDRAFT_PRESENCE_WRITES_PER_SEC`
 /// makes stored values lag, but never grows memory beyond one slot per device, and loses no
 /// device's newest `last_seen`.
@@ -57,13 +62,17 @@ pub struct Presence {
     offline_after: chrono::Duration,
     /// At most this many devices in `disconnected`.
     capacity: usize,
-    /// Devices online or waiting to be written, found through `positions`.
+    /// Devices online or waiting to be written, found through `positions`. A slot keeps its
+    /// number while it is used (the line names slots by number); a freed one is reused.
     slots: Vec<Slot>,
+    /// Numbers of the `FREE` slots.
+    free: Vec<u32>,
     positions: HashTable<u32>,
     hasher: RandomState,
-    /// Devices whose `last_seen` waits to be written, in the order they first waited. A key
-    /// whose slot no longer waits (forgotten meanwhile) is skipped.
-    line: VecDeque<DeviceKey>,
+    /// Numbers of the slots whose `last_seen` waits to be written, in the order they first
+    /// waited. A slot is in the line once at most (`IN_LINE`); one that no longer waits
+    /// (forgotten meanwhile) is skipped.
+    line: VecDeque<u32>,
     /// Slots with `WAITING`.
     waiting: usize,
     /// Devices with an open MQTT session: online until they disconnect, however long silent.
@@ -80,8 +89,8 @@ pub struct Seen {
     pub buffered: bool,
 }
 
-fn micros(at: DateTime<Utc>) -> i64 {
-    at.timestamp_micros()
+fn micros(at: DateTime<Utc>) -> PackedMicros {
+    PackedMicros::new(at.timestamp_micros())
 }
 
 impl Presence {
@@ -90,6 +99,7 @@ impl Presence {
             offline_after: chrono::Duration::from_std(offline_after).unwrap_or(chrono::Duration::MAX),
             capacity: capacity.max(1),
             slots: Vec::new(),
+            free: Vec::new(),
             positions: HashTable::new(),
             hasher: RandomState::new(),
             line: VecDeque::new(),
@@ -97,6 +107,14 @@ impl Presence {
             connected: HashSet::new(),
             disconnected: HashMap::new(),
         }
+    }
+
+    /// Makes room for `additional` more devices at once (see `FleetIndex::reserve`).
+    pub fn reserve(&mut self, additional: usize) {
+        let additional = additional.saturating_sub(self.free.len());
+        let (hasher, slots) = (&self.hasher, &self.slots);
+        self.positions.reserve(additional, |&i| hasher.hash_one(slots[i as usize].key));
+        self.slots.reserve_exact(additional);
     }
 
     fn position(&self, key: &DeviceKey) -> Option<usize> {
@@ -109,31 +127,37 @@ impl Presence {
         self.position(&key).map(|at| &self.slots[at])
     }
 
-    fn add(&mut self, slot: Slot) -> usize {
-        let at = self.slots.len();
+    fn add(&mut self, mut slot: Slot) -> usize {
+        let at = match self.free.pop() {
+            Some(at) => {
+                // A freed slot's number may still be in the line: that place is the new device's.
+                slot.flags |= self.slots[at as usize].flags & IN_LINE;
+                self.slots[at as usize] = slot;
+                at
+            }
+            None => {
+                self.slots.push(slot);
+                u32::try_from(self.slots.len() - 1).expect("fewer than 2^32 slots")
+            }
+        };
         let (hasher, slots) = (&self.hasher, &self.slots);
-        self.positions.insert_unique(hasher.hash_one(slot.key), at as u32, |&i| hasher.hash_one(slots[i as usize].key));
-        self.slots.push(slot);
-        at
+        self.positions.insert_unique(hasher.hash_one(slot.key), at, |&i| hasher.hash_one(slots[i as usize].key));
+        at as usize
     }
 
-    /// Removes the slot at `at` (the last one takes its place).
+    /// Frees the slot at `at` (the others keep their numbers).
     fn remove_at(&mut self, at: usize) {
         let hasher = &self.hasher;
         let position = at as u32;
         if let Ok(found) = self.positions.find_entry(hasher.hash_one(self.slots[at].key), |&i| i == position) {
             found.remove();
         }
-        let last = self.slots.len() - 1;
-        if at != last
-            && let Some(moved) = self.positions.find_mut(hasher.hash_one(self.slots[last].key), |&i| i == last as u32)
-        {
-            *moved = position;
-        }
-        let removed = self.slots.swap_remove(at);
-        if removed.flags & WAITING != 0 {
+        let slot = &mut self.slots[at];
+        if slot.flags & WAITING != 0 {
             self.waiting -= 1;
         }
+        slot.flags = FREE | (slot.flags & IN_LINE);
+        self.free.push(position);
     }
 
     /// Marks the slot at `at` as waiting with `written` (and its address when `with_ip`).
@@ -142,7 +166,10 @@ impl Presence {
         if slot.flags & WAITING == 0 {
             slot.flags |= WAITING;
             self.waiting += 1;
-            self.line.push_back(slot.key);
+            if slot.flags & IN_LINE == 0 {
+                slot.flags |= IN_LINE;
+                self.line.push_back(at as u32);
+            }
         }
         if with_ip {
             slot.flags |= WITH_IP;
@@ -168,7 +195,7 @@ impl Presence {
                 slot.flags |= ONLINE;
                 slot.seen = micros(now);
                 let moved = ip.is_some() && ip != slot.written_ip.get();
-                let written = time_of(slot.written).unwrap_or(now);
+                let written = time_of(slot.written.get()).unwrap_or(now);
                 let write = moved || now - written >= granularity;
                 if write {
                     slot.written = micros(now);
@@ -184,7 +211,8 @@ impl Presence {
                     Slot { key, seen: micros(now), written: micros(written), written_ip: PackedIp::pack(ip.or(stored.ip)), flags: ONLINE };
                 let at = match found {
                     Some(at) => {
-                        self.slots[at] = slot;
+                        // Keeps its place in the line, if it has one.
+                        self.slots[at] = Slot { flags: slot.flags | (self.slots[at].flags & IN_LINE), ..slot };
                         at
                     }
                     None => self.add(slot),
@@ -234,11 +262,11 @@ impl Presence {
     /// Devices silent for `offline_after` at `now` (and holding no session): they are offline
     /// from now on.
     pub fn sweep(&mut self, now: DateTime<Utc>) -> Vec<Arc<str>> {
-        let cutoff = micros(now - self.offline_after);
+        let cutoff = micros(now - self.offline_after).get();
         let mut gone = Vec::new();
         for at in (0..self.slots.len()).rev() {
             let slot = &mut self.slots[at];
-            if slot.flags & ONLINE == 0 || slot.seen >= cutoff {
+            if slot.flags & ONLINE == 0 || slot.seen.get() >= cutoff {
                 continue;
             }
             let id = slot.key.text();
@@ -267,15 +295,16 @@ impl Presence {
     pub fn take_backlog(&mut self, limit: usize) -> Vec<(Arc<str>, DateTime<Utc>, Option<String>)> {
         let mut taken = Vec::with_capacity(limit.min(self.waiting));
         while taken.len() < limit
-            && let Some(key) = self.line.pop_front()
+            && let Some(at) = self.line.pop_front()
         {
-            let Some(at) = self.position(&key) else { continue };
+            let at = at as usize;
             let slot = &mut self.slots[at];
-            if slot.flags & WAITING == 0 {
+            slot.flags &= !IN_LINE;
+            if slot.flags & (WAITING | FREE) != WAITING {
                 continue;
             }
             let ip = (slot.flags & WITH_IP != 0).then(|| slot.written_ip.get()).flatten().map(|ip| ip.to_string());
-            taken.push((key.text(), time_of(slot.written).unwrap_or_default(), ip));
+            taken.push((slot.key.text(), time_of(slot.written.get()).unwrap_or_default(), ip));
             slot.flags &= !(WAITING | WITH_IP);
             self.waiting -= 1;
             if slot.flags & ONLINE == 0 {
@@ -285,6 +314,11 @@ impl Presence {
         if self.line.is_empty() {
             // Let a line that a flood made long give its memory back.
             self.line.shrink_to(1024);
+            if self.free.len() == self.slots.len() {
+                // No slot is used (and none is in the line): so are the slots'.
+                self.slots = Vec::new();
+                self.free = Vec::new();
+            }
         }
         taken
     }
@@ -298,7 +332,7 @@ impl Presence {
                 Some(position) if self.slots[position].flags & WAITING != 0 => continue,
                 Some(position) => {
                     let slot = &mut self.slots[position];
-                    slot.written = slot.written.max(micros(at));
+                    slot.written = PackedMicros::new(slot.written.get().max(micros(at).get()));
                     if ip.is_some() {
                         slot.written_ip = PackedIp::pack(ip);
                     }
@@ -317,8 +351,8 @@ impl Presence {
     /// The freshest known `last_seen` of a device: buffered, heard, or stored.
     pub fn last_seen(&self, id: &str, stored: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
         let Some(slot) = self.slot(id) else { return stored };
-        let buffered = (slot.flags & WAITING != 0).then(|| time_of(slot.written)).flatten();
-        let heard = (slot.flags & ONLINE != 0).then(|| time_of(slot.seen)).flatten();
+        let buffered = (slot.flags & WAITING != 0).then(|| time_of(slot.written.get())).flatten();
+        let heard = (slot.flags & ONLINE != 0).then(|| time_of(slot.seen.get())).flatten();
         buffered.max(heard).max(stored)
     }
 
@@ -600,6 +634,52 @@ mod tests {
 
     #[test]
     fn a_presence_slot_is_small() {
-        assert!(std::mem::size_of::<Slot>() <= 56, "{} bytes", std::mem::size_of::<Slot>());
+        assert!(std::mem::size_of::<Slot>() <= 50, "{} bytes", std::mem::size_of::<Slot>());
+    }
+
+    #[test]
+    fn freed_slots_are_reused_and_the_line_names_each_slot_once() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(18);
+        // Offline after 20 s: a value is buffered every 10 s per device.
+        let mut p = Presence::new(Duration::from_secs(20), 1000);
+        let ids: Vec<Arc<str>> = (0..40).map(|i| id(&format!("d{i}"))).collect();
+        // The value each device has waiting, if any.
+        let mut waiting: HashMap<Arc<str>, DateTime<Utc>> = HashMap::new();
+        let mut second = 0;
+        for _ in 0..5_000 {
+            second += rng.random_range(0..3);
+            let d = &ids[rng.random_range(0..ids.len())];
+            match rng.random_range(0..10) {
+                0 => {
+                    p.forget(d);
+                    waiting.remove(d);
+                }
+                1 => {
+                    for gone in p.sweep(at(second)) {
+                        assert!(!p.is_online(&gone, None, at(second)));
+                    }
+                }
+                2 => {
+                    for (device, value, _) in p.take_backlog(rng.random_range(0..8)) {
+                        assert_eq!(waiting.remove(&device), Some(value), "{device}: its newest value, once");
+                    }
+                }
+                _ => {
+                    if p.seen(d, Stored::default(), at(second), None).buffered {
+                        waiting.insert(d.clone(), at(second));
+                    }
+                }
+            }
+            assert_eq!(p.backlog_len(), waiting.len());
+            assert!(p.line.len() <= p.slots.len(), "a slot is in the line once at most");
+            assert!(p.slots.len() <= ids.len(), "freed slots are reused");
+            assert_eq!(p.positions.len() + p.free.len(), p.slots.len());
+        }
+        let rest = p.take_backlog(usize::MAX);
+        assert_eq!(rest.len(), waiting.len());
+        for (device, value, _) in rest {
+            assert_eq!(waiting.remove(&device), Some(value));
+        }
     }
 }

@@ -111,6 +111,16 @@ impl Store {
 
     /// Index entries of devices holding a token, in id order after `after`: the fleet
     /// index's start-up load, a page at a time.
+    /// How many devices hold a token (the fleet index's size once loaded).
+    pub async fn count_active_devices(&self) -> Result<u64> {
+        let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM device WHERE token_hash IS NOT NULL")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| db_error(e, "failed to count devices"))?
+            .get("n");
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     pub async fn list_active_devices(&self, after: &str, limit: u32) -> Result<Vec<(String, ActiveRow)>> {
         let rows = sqlx::query(AssertSqlSafe(format!(
             "SELECT {ACTIVE_COLUMNS}, token_hash FROM device WHERE token_hash IS NOT NULL AND id > $1 ORDER BY id LIMIT $2"

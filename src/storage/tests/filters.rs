@@ -140,3 +140,16 @@ async fn rollouts_and_releases_filter_by_product_and_state() {
     assert!(store.list_rollouts(&[RolloutState::Running, RolloutState::Paused], Some("lamp")).await.unwrap().is_empty());
     assert!(store.list_rollouts(&[], None).await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn only_devices_that_hold_a_token_are_counted_for_the_fleet_index() {
+    let store = memory_store().await;
+    assert_eq!(store.count_active_devices().await.unwrap(), 0);
+    for (i, token) in [Some("digest-1"), None, Some("digest-3")].into_iter().enumerate() {
+        let mut new = new_device(&format!("02:00:00:00:03:0{i}"));
+        new.token_hash = token.map(String::from);
+        store.insert_device(&new).await.unwrap();
+    }
+    assert_eq!(store.count_active_devices().await.unwrap(), 2);
+    assert_eq!(store.list_active_devices("", 10).await.unwrap().len(), 2);
+}
