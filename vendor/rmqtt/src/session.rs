@@ -1396,6 +1396,10 @@ impl SessionState {
 
     #[inline]
     async fn _subscribe(&self, mut sub: Subscribe) -> Result<SubscribeReturn> {
+        // (Updraft patch 8) The filter is kept for the subscription's whole life (router,
+        // session): an allocation of its own, not a slice of the connection's read buffer,
+        // which it would keep alive (rmqtt-net patch 3 does the same for the CONNECT).
+        sub.topic_filter = TopicFilter::from(&*sub.topic_filter);
         let listen_cfg = self.listen_cfg();
 
         if listen_cfg.max_subscriptions > 0
