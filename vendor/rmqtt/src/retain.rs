@@ -356,7 +356,8 @@ pub struct Node<V> {
     /// (Updraft patch 8) Boxed: a node is stored inline in its parent's map, whose buckets
     /// (at least four per map) were each as large as a retained message.
     value: Option<Box<V>>,
-    branches: HashMap<Level, Node<V>>,
+    /// (Updraft patch 8) Children boxed too: each bucket was a whole node wide.
+    branches: HashMap<Level, Box<Node<V>>>,
 }
 
 impl<V> Default for Node<V> {
@@ -538,13 +539,13 @@ where
     }
 
     #[inline]
-    pub fn children(&self) -> &HashMap<Level, Node<V>> {
+    pub fn children(&self) -> &HashMap<Level, Box<Node<V>>> {
         &self.branches
     }
 
     #[inline]
     pub fn child(&self, l: &Level) -> Option<&Node<V>> {
-        self.branches.get(l)
+        self.branches.get(l).map(|n| &**n)
     }
 
     #[inline]
