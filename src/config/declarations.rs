@@ -695,6 +695,6 @@ settings! {
         /// idle connection holds for its whole life. A larger packet makes it grow; it goes back
         /// to this size once that packet is read. (The write buffer is freed each time it is
         /// written out, and starts at this size when a connection opens.)
-        mqtt_io_buffer_bytes: usize { value_name: "BYTES", default: "1024", min: 256, max: 1 << 20 }
+        mqtt_io_buffer_bytes: usize { value_name: "BYTES", default: "256", min: 256, max: 1 << 20 }
     }
 }
