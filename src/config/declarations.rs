@@ -692,9 +692,10 @@ settings! {
         /// Keep it well below the clients' keep-alive.
         mqtt_queue_full_wait_ms: u64 { value_name: "MS", default: "5000", min: 0, max: 60_000, example: "0" }
 
-        /// Initial size in bytes of each MQTT connection's read and write buffers in the embedded
-        /// broker. They grow for larger packets; an idle connection holds both for its whole
-        /// life, so this sets most of an idle session's memory.
-        mqtt_io_buffer_bytes: usize { value_name: "BYTES", default: "1024", min: 256, max: 1 << 20 }
+        /// Size in bytes of each MQTT connection's read buffer in the embedded broker, which an
+        /// idle connection holds for its whole life. A larger packet makes it grow; it goes back
+        /// to this size once that packet is read. (The write buffer is freed each time it is
+        /// written out, and starts at this size when a connection opens.)
+        mqtt_io_buffer_bytes: usize { value_name: "BYTES", default: "256", min: 256, max: 1 << 20 }
     }
 }

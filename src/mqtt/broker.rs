@@ -8,10 +8,11 @@
 //! device's sessions end as soon as its token stops being valid (rotated, revoked, device
 //! deleted), whichever replica made the change.
 //!
-//! rmqtt is vendored with four small patches (vendor/rmqtt/UPDRAFT-PATCHES.md), and rmqtt-net
-//! with one (vendor/rmqtt-net/UPDRAFT-PATCHES.md): the TLS listener takes Updraft's own rustls
-//! configuration (`crate::tls`), so that renewed certificates are served without a restart
-//! and devices may log in with a client certificate.
+//! rmqtt is vendored with seven small patches (vendor/rmqtt/UPDRAFT-PATCHES.md), and rmqtt-net
+//! with three (vendor/rmqtt-net/UPDRAFT-PATCHES.md): among them, the TLS listener takes
+//! Updraft's own rustls configuration (`crate::tls`), so that renewed certificates are served
+//! without a restart and devices may log in with a client certificate, and an idle connection
+//! holds little memory (small buffers, a small task).
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;

@@ -1713,3 +1713,54 @@ async fn a_subscriber_stalled_longer_than_the_queue_wait_loses_its_oldest_messag
     drop(subscriber);
     s.app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_messages_still_go_both_ways_with_small_connection_buffers() {
+    // The broker's connection buffers start small (UPDRAFT_MQTT_IO_BUFFER_BYTES), grow for a
+    // large packet, go back to their small size after it, and the write buffer is freed between
+    // packets (rmqtt-net patch 3): 256 KiB messages from a device and to a device, between small
+    // ones, each arrive whole.
+    let app = spawn_app_with(|s| s.mqtt.io_buffer_bytes = 256).await;
+    let broker = app.mqtt_addr.expect("the embedded broker runs");
+    let s = Setup { app, broker, mosquitto: None };
+    let (id, token) = s.device("02:00:00:00:73:02", "lamp", "1.0.0").await;
+    s.user("big", "big-password-2026", "admin").await;
+    let mut options = s.options(&id, &id, &token);
+    options.set_max_packet_size(1 << 20, 1 << 20);
+    let mut device = Client::connect(options).await.unwrap();
+    let mut options = s.options("big-operator", "big", "big-password-2026");
+    options.set_max_packet_size(1 << 20, 1 << 20);
+    let mut operator = Client::connect(options).await.unwrap();
+    let (command, telemetry) = (format!("updraft/{id}/cmd"), format!("updraft/{id}/telemetry"));
+    device.client.subscribe(&command, QoS::AtLeastOnce).await.unwrap();
+    device.expect_suback().await;
+    operator.client.subscribe(&telemetry, QoS::AtLeastOnce).await.unwrap();
+    operator.expect_suback().await;
+    for (round, size) in [(0, 16), (1, 256 << 10), (2, 16), (3, 256 << 10), (4, 16)] {
+        let payload = format!("{{\"round\":{round},\"blob\":\"{}\"}}", "x".repeat(size));
+        let got = send_and_receive(&mut operator, &mut device, &command, &payload).await.expect("the command arrives");
+        assert_eq!(got.payload.len(), payload.len(), "round {round}: to the device");
+        assert_eq!(&got.payload[..], payload.as_bytes(), "round {round}: to the device");
+        let got = send_and_receive(&mut device, &mut operator, &telemetry, &payload).await.expect("the telemetry arrives");
+        assert_eq!(got.payload.len(), payload.len(), "round {round}: from the device");
+        assert_eq!(&got.payload[..], payload.as_bytes(), "round {round}: from the device");
+    }
+    s.app.stop().await;
+}
+
+/// Publishes `payload` (QoS 1) from `from` and waits for it on `to`, driving both clients.
+async fn send_and_receive(from: &mut Client, to: &mut Client, topic: &str, payload: &str) -> Option<rumqttc::Publish> {
+    from.client.publish(topic, QoS::AtLeastOnce, false, payload.to_owned()).await.unwrap();
+    let acked = async {
+        loop {
+            match from.eventloop.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(_))) => return,
+                Ok(_) => {}
+                Err(e) => panic!("the publisher's connection failed: {e}"),
+            }
+        }
+    };
+    let (acked, got) = tokio::join!(tokio::time::timeout(Duration::from_secs(20), acked), to.message_on(topic, Duration::from_secs(20)));
+    acked.expect("PUBACK in time");
+    got
+}

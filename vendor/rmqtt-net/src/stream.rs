@@ -284,6 +284,8 @@ pub mod v3 {
             let connect = match self.recv(tm).await {
                 #[allow(unused_mut)]
                 Ok(Some(Packet::Connect(mut connect))) => {
+                    // (Updraft patch 3) See `own_connect_v3`.
+                    super::own_connect_v3(&mut connect);
                     #[cfg(feature = "tls")]
                     {
                         // Subject DN takes precedence over CN when both
@@ -323,7 +325,10 @@ pub mod v3 {
 
         fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
             let next = Pin::new(&mut self.io).poll_next(cx);
-            Poll::Ready(match futures::ready!(next) {
+            let next = futures::ready!(next);
+            let capacity = self.cfg.io_buffer_capacity;
+            super::shrink_read_buffer(&mut self.io, capacity);
+            Poll::Ready(match next {
                 Some(Ok((MqttPacket::V3(packet), _))) => Some(Ok(packet)),
                 Some(Ok(_)) => Some(Err(MqttError::Decode(DecodeError::MalformedPacket).into())),
                 Some(Err(e)) => Some(Err(Error::from(e))),
@@ -511,6 +516,8 @@ pub mod v5 {
             let connect = match self.recv(tm).await {
                 #[allow(unused_mut)]
                 Ok(Some(Packet::Connect(mut connect))) => {
+                    // (Updraft patch 3) See `own_connect_v5`.
+                    super::own_connect_v5(&mut connect);
                     #[cfg(feature = "tls")]
                     {
                         // Subject DN takes precedence over CN when both
@@ -550,7 +557,10 @@ pub mod v5 {
 
         fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
             let next = Pin::new(&mut self.io).poll_next(cx);
-            Poll::Ready(match futures::ready!(next) {
+            let next = futures::ready!(next);
+            let capacity = self.cfg.io_buffer_capacity;
+            super::shrink_read_buffer(&mut self.io, capacity);
+            Poll::Ready(match next {
                 Some(Ok((MqttPacket::V5(packet), _))) => Some(Ok(packet)),
                 Some(Ok(_)) => Some(Err(MqttError::Decode(DecodeError::MalformedPacket).into())),
                 Some(Err(e)) => Some(Err(Error::from(e))),
@@ -560,6 +570,54 @@ pub mod v5 {
     }
 }
 
+/// (Updraft patch 3) The fields of a CONNECT that the session keeps for its whole life get
+/// allocations of their own. Decoded, they are slices of the connection's read buffer, and
+/// the session's connect info (or its will) kept that whole buffer (`io_buffer_capacity`, 8
+/// KiB by default) alive for as long as the session lived, besides the read buffer the
+/// connection went on with.
+fn own_connect_v3(connect: &mut rmqtt_codec::v3::Connect) {
+    connect.client_id = own_str(&connect.client_id);
+    connect.username = connect.username.as_ref().map(own_str);
+    connect.password = connect.password.as_ref().map(own_bytes);
+    if let Some(will) = connect.last_will.as_mut() {
+        will.topic = own_str(&will.topic);
+        will.message = own_bytes(&will.message);
+    }
+}
+
+/// (Updraft patch 3) As `own_connect_v3`, with MQTT 5's properties.
+fn own_connect_v5(connect: &mut rmqtt_codec::v5::Connect) {
+    connect.client_id = own_str(&connect.client_id);
+    connect.username = connect.username.as_ref().map(own_str);
+    connect.password = connect.password.as_ref().map(own_bytes);
+    connect.auth_method = connect.auth_method.as_ref().map(own_str);
+    connect.auth_data = connect.auth_data.as_ref().map(own_bytes);
+    own_properties(&mut connect.user_properties);
+    if let Some(will) = connect.last_will.as_mut() {
+        will.topic = own_str(&will.topic);
+        will.message = own_bytes(&will.message);
+        will.correlation_data = will.correlation_data.as_ref().map(own_bytes);
+        will.content_type = will.content_type.as_ref().map(own_str);
+        will.response_topic = will.response_topic.as_ref().map(own_str);
+        own_properties(&mut will.user_properties);
+    }
+}
+
+fn own_properties(properties: &mut rmqtt_codec::v5::UserProperties) {
+    for (key, value) in properties.iter_mut() {
+        *key = own_str(key);
+        *value = own_str(value);
+    }
+}
+
+fn own_str(s: &bytestring::ByteString) -> bytestring::ByteString {
+    bytestring::ByteString::from(&**s)
+}
+
+fn own_bytes(b: &tokio_util::bytes::Bytes) -> tokio_util::bytes::Bytes {
+    tokio_util::bytes::Bytes::copy_from_slice(b)
+}
+
 #[inline]
 async fn send<Io>(io: &mut Framed<Io, MqttCodec>, packet: MqttPacket, send_timeout: Duration) -> Result<()>
 where
@@ -567,14 +625,35 @@ where
 {
     if send_timeout.is_zero() {
         io.send(packet).await?;
-        Ok(())
     } else {
         match tokio::time::timeout(send_timeout, io.send(packet)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(MqttError::SendPacket(SendPacketError::Encode(e))),
             Err(_) => Err(MqttError::WriteTimeout),
         }?;
-        Ok(())
+    }
+    release_write_buffer(io);
+    Ok(())
+}
+
+/// (Updraft patch 3) Frees the write buffer once everything in it is written out: the next
+/// packet allocates what it needs. Before, each connection held its write buffer (8 KiB, or
+/// `io_buffer_capacity`, or as large as the largest packet it ever sent) for its whole life,
+/// idle or not.
+#[inline]
+fn release_write_buffer<Io>(io: &mut Framed<Io, MqttCodec>) {
+    if io.write_buffer().is_empty() && io.write_buffer().capacity() > 0 {
+        *io.write_buffer_mut() = tokio_util::bytes::BytesMut::new();
+    }
+}
+
+/// (Updraft patch 3) Once a packet larger than `capacity` has been read and nothing else is
+/// buffered, the read buffer goes back to `capacity` bytes instead of staying as large as the
+/// largest packet the connection ever sent.
+#[inline]
+fn shrink_read_buffer<Io>(io: &mut Framed<Io, MqttCodec>, capacity: usize) {
+    if io.read_buffer().is_empty() && io.read_buffer().capacity() > capacity {
+        *io.read_buffer_mut() = tokio_util::bytes::BytesMut::with_capacity(capacity);
     }
 }
 
@@ -585,15 +664,15 @@ where
 {
     if send_timeout.is_zero() {
         io.flush().await?;
-        Ok(())
     } else {
         match tokio::time::timeout(send_timeout, io.flush()).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(MqttError::SendPacket(SendPacketError::Encode(e))),
             Err(_) => Err(MqttError::FlushTimeout),
         }?;
-        Ok(())
     }
+    release_write_buffer(io);
+    Ok(())
 }
 
 #[inline]

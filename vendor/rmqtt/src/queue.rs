@@ -293,6 +293,11 @@ impl<T> Queue<T> {
             if let Some(f) = self.on_pop_fn.as_ref() {
                 f();
             }
+            // (Updraft patch 8) An emptied queue gives its buffer back (a `VecDeque` keeps it):
+            // a session's deliver queue is empty nearly all its life.
+            if inner.is_empty() {
+                *inner = VecDeque::new();
+            }
             Some(v)
         } else {
             None

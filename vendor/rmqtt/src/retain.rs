@@ -353,8 +353,11 @@ pub type RetainTree<V> = Node<V>;
 /// Each node optionally holds a value and maps topic levels
 /// to child nodes, forming a tree that represents the topic hierarchy.
 pub struct Node<V> {
-    value: Option<V>,
-    branches: HashMap<Level, Node<V>>,
+    /// (Updraft patch 8) Boxed: a node is stored inline in its parent's map, whose buckets
+    /// (at least four per map) were each as large as a retained message.
+    value: Option<Box<V>>,
+    /// (Updraft patch 8) Children boxed too: each bucket was a whole node wide.
+    branches: HashMap<Level, Box<Node<V>>>,
 }
 
 impl<V> Default for Node<V> {
@@ -381,7 +384,7 @@ where
         if let Some(first) = path.pop() {
             self.branches.entry(first).or_default()._insert(path, value)
         } else {
-            self.value.replace(value);
+            self.value.replace(Box::new(value));
         }
     }
 
@@ -397,7 +400,7 @@ where
     #[inline]
     fn _remove(&mut self, path: &[Level]) -> Option<V> {
         if path.is_empty() {
-            self.value.take()
+            self.value.take().map(|v| *v)
         } else {
             let t = &path[0];
             if let Some(x) = self.branches.get_mut(t) {
@@ -464,7 +467,7 @@ where
         if self.branches.is_empty() || path.is_empty() {
             if path.is_empty() {
                 //Precise matching
-                if let Some(v) = self.value.as_ref() {
+                if let Some(v) = self.value.as_deref() {
                     add_to_out(sub_path, v.clone(), out);
                 }
             }
@@ -475,7 +478,7 @@ where
 
                 if path.len() > 1 && path[1] == Level::MultiWildcard {
                     //# Match parent, subscription ending with #
-                    if let Some(v) = r.value.as_ref() {
+                    if let Some(v) = r.value.as_deref() {
                         add_to_out(sub_path.clone(), v.clone(), out);
                     }
                 }
@@ -493,7 +496,7 @@ where
 
                     if path.len() > 1 && path[1] == Level::MultiWildcard {
                         //# Match parent, subscription ending with #
-                        if let Some(v) = v.value.as_ref() {
+                        if let Some(v) = v.value.as_deref() {
                             add_to_out(sub_path.clone(), v.clone(), out);
                         }
                     }
@@ -511,11 +514,11 @@ where
                     sub_path.push(k.clone());
 
                     if v.branches.is_empty() {
-                        if let Some(v) = v.value.as_ref() {
+                        if let Some(v) = v.value.as_deref() {
                             add_to_out(sub_path, v.clone(), out);
                         }
                     } else {
-                        if let Some(v) = v.value.as_ref() {
+                        if let Some(v) = v.value.as_deref() {
                             add_to_out(sub_path.clone(), v.clone(), out);
                         }
                         v._matches(path, sub_path, out);
@@ -527,22 +530,22 @@ where
 
     #[inline]
     pub fn value(&self) -> Option<&V> {
-        self.value.as_ref()
+        self.value.as_deref()
     }
 
     #[inline]
     pub fn value_mut(&mut self) -> Option<&mut V> {
-        self.value.as_mut()
+        self.value.as_deref_mut()
     }
 
     #[inline]
-    pub fn children(&self) -> &HashMap<Level, Node<V>> {
+    pub fn children(&self) -> &HashMap<Level, Box<Node<V>>> {
         &self.branches
     }
 
     #[inline]
     pub fn child(&self, l: &Level) -> Option<&Node<V>> {
-        self.branches.get(l)
+        self.branches.get(l).map(|n| &**n)
     }
 
     #[inline]

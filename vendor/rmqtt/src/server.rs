@@ -229,6 +229,37 @@ async fn probe<Io>(
         .unwrap_or_else(|_| Err(anyhow::anyhow!("no CONNECT packet within the handshake timeout ({timeout:?})")))
 }
 
+/// (Updraft patch 7) Serves a connection, once its protocol version is known, in a task of its
+/// own. The accepting task (its acceptor, the stream before the probe and the probe's result)
+/// ends here; before, all of it stayed part of the connection's state for its whole life.
+/// `transport`: "" (TCP), "/TLS", "/WS" or "/WSS", for the log.
+fn spawn_process<Io>(
+    scx: ServerContext,
+    stream: MqttStream<Io>,
+    lid: ListenerId,
+    remote_addr: std::net::SocketAddr,
+    transport: &'static str,
+) where
+    Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    match stream {
+        MqttStream::V3(s) => {
+            tokio::spawn(v3::process(scx, s, lid).map(move |r| {
+                if let Err(e) = r {
+                    log::info!("MQTTv3{transport} processing error: {e}, from: {remote_addr}");
+                }
+            }));
+        }
+        MqttStream::V5(s) => {
+            tokio::spawn(v5::process(scx, s, lid).map(move |r| {
+                if let Err(e) = r {
+                    log::info!("MQTTv5{transport} processing error: {e}, from: {remote_addr}");
+                }
+            }));
+        }
+    }
+}
+
 /// Handles incoming TCP connections
 /// # Arguments
 /// * `scx` - Server context
@@ -252,16 +283,7 @@ async fn listen_tcp(scx: ServerContext, l: &Listener, lid: ListenerId) {
                     };
 
                     match probe(stream.cfg.handshake_timeout, stream.mqtt()).await {
-                        Ok(MqttStream::V3(s)) => {
-                            if let Err(e) = v3::process(scx.clone(), s, lid).await {
-                                log::info!("MQTTv3 processing error: {e}, from: {remote_addr}");
-                            }
-                        }
-                        Ok(MqttStream::V5(s)) => {
-                            if let Err(e) = v5::process(scx.clone(), s, lid).await {
-                                log::info!("MQTTv5 processing error: {e}, from: {remote_addr}");
-                            }
-                        }
+                        Ok(stream) => spawn_process(scx, stream, lid, remote_addr, ""),
                         Err(e) => {
                             log::info!("MQTT version detection failed: {e}, from: {remote_addr}");
                         }
@@ -291,7 +313,9 @@ async fn listen_tls(scx: ServerContext, l: &Listener, lid: ListenerId) {
                     let remote_addr = accept.remote_addr;
                     log::debug!("TLS connection from {remote_addr}");
 
-                    let stream = match accept.tls().await {
+                    // (Updraft patch 7) Boxed: the TLS/WebSocket handshake state is freed once it is
+                    // done instead of being part of the connection's task for its whole life.
+                    let stream = match Box::pin(accept.tls()).await {
                         Ok(s) => s,
                         Err(e) => {
                             log::warn!("TLS accept error: {e}, from: {remote_addr}");
@@ -300,16 +324,7 @@ async fn listen_tls(scx: ServerContext, l: &Listener, lid: ListenerId) {
                     };
 
                     match probe(stream.cfg.handshake_timeout, stream.mqtt()).await {
-                        Ok(MqttStream::V3(s)) => {
-                            if let Err(e) = v3::process(scx.clone(), s, lid).await {
-                                log::info!("MQTTv3/TLS processing error: {e}, from: {remote_addr}");
-                            }
-                        }
-                        Ok(MqttStream::V5(s)) => {
-                            if let Err(e) = v5::process(scx.clone(), s, lid).await {
-                                log::info!("MQTTv5/TLS processing error: {e}, from: {remote_addr}");
-                            }
-                        }
+                        Ok(stream) => spawn_process(scx, stream, lid, remote_addr, "/TLS"),
                         Err(e) => {
                             log::info!("MQTT/TLS version detection failed: {e}, from: {remote_addr}");
                         }
@@ -339,7 +354,9 @@ async fn listen_ws(scx: ServerContext, l: &Listener, lid: ListenerId) {
                     let remote_addr = accept.remote_addr;
                     log::debug!("WebSocket connection from {remote_addr}");
 
-                    let stream = match accept.ws().await {
+                    // (Updraft patch 7) Boxed: the TLS/WebSocket handshake state is freed once it is
+                    // done instead of being part of the connection's task for its whole life.
+                    let stream = match Box::pin(accept.ws()).await {
                         Ok(s) => s,
                         Err(e) => {
                             log::warn!("WebSocket accept error: {e}, from: {remote_addr}");
@@ -348,16 +365,7 @@ async fn listen_ws(scx: ServerContext, l: &Listener, lid: ListenerId) {
                     };
 
                     match probe(stream.cfg.handshake_timeout, stream.mqtt()).await {
-                        Ok(MqttStream::V3(s)) => {
-                            if let Err(e) = v3::process(scx.clone(), s, lid).await {
-                                log::info!("MQTTv3/WS processing error: {e}, from: {remote_addr}");
-                            }
-                        }
-                        Ok(MqttStream::V5(s)) => {
-                            if let Err(e) = v5::process(scx.clone(), s, lid).await {
-                                log::info!("MQTTv5/WS processing error: {e}, from: {remote_addr}");
-                            }
-                        }
+                        Ok(stream) => spawn_process(scx, stream, lid, remote_addr, "/WS"),
                         Err(e) => {
                             log::info!("MQTT/WS version detection failed: {e}, from: {remote_addr}");
                         }
@@ -387,7 +395,9 @@ async fn listen_wss(scx: ServerContext, l: &Listener, lid: ListenerId) {
                     let remote_addr = accept.remote_addr;
                     log::debug!("WSS connection from {remote_addr}");
 
-                    let stream = match accept.wss().await {
+                    // (Updraft patch 7) Boxed: the TLS/WebSocket handshake state is freed once it is
+                    // done instead of being part of the connection's task for its whole life.
+                    let stream = match Box::pin(accept.wss()).await {
                         Ok(s) => s,
                         Err(e) => {
                             log::warn!("WSS accept error: {e}, from: {remote_addr}");
@@ -396,16 +406,7 @@ async fn listen_wss(scx: ServerContext, l: &Listener, lid: ListenerId) {
                     };
 
                     match probe(stream.cfg.handshake_timeout, stream.mqtt()).await {
-                        Ok(MqttStream::V3(s)) => {
-                            if let Err(e) = v3::process(scx.clone(), s, lid).await {
-                                log::info!("MQTTv3/WSS processing error: {e}, from: {remote_addr}");
-                            }
-                        }
-                        Ok(MqttStream::V5(s)) => {
-                            if let Err(e) = v5::process(scx.clone(), s, lid).await {
-                                log::info!("MQTTv5/WSS processing error: {e}, from: {remote_addr}");
-                            }
-                        }
+                        Ok(stream) => spawn_process(scx, stream, lid, remote_addr, "/WSS"),
                         Err(e) => {
                             log::info!("MQTT/WSS version detection failed: {e}, from: {remote_addr}");
                         }
@@ -444,16 +445,7 @@ async fn listen_quic(scx: ServerContext, l: &Listener, lid: ListenerId) {
                     };
 
                     match probe(stream.cfg.handshake_timeout, stream.mqtt()).await {
-                        Ok(MqttStream::V3(s)) => {
-                            if let Err(e) = v3::process(scx.clone(), s, lid).await {
-                                log::info!("MQTTv3/QUIC processing error: {e}, from: {remote_addr}");
-                            }
-                        }
-                        Ok(MqttStream::V5(s)) => {
-                            if let Err(e) = v5::process(scx.clone(), s, lid).await {
-                                log::info!("MQTTv5/QUIC processing error: {e}, from: {remote_addr}");
-                            }
-                        }
+                        Ok(stream) => spawn_process(scx, stream, lid, remote_addr, "/QUIC"),
                         Err(e) => {
                             log::info!("MQTT/QUIC version detection failed: {e}, from: {remote_addr}");
                         }

@@ -185,11 +185,14 @@ impl SessionState {
         &self.tx
     }
 
+    /// (Updraft patch 7) Returns its future instead of being an `async fn`, which would keep
+    /// `self` and `sink` twice in its state (the arguments, and the copies its body works on).
     #[inline]
-    pub(crate) async fn run<Io>(mut self, mut sink: Sink<Io>, keep_alive: u16)
+    pub(crate) fn run<Io>(mut self, mut sink: Sink<Io>, keep_alive: u16) -> impl std::future::Future<Output = ()>
     where
         Io: AsyncRead + AsyncWrite + Unpin,
     {
+        async move {
         let limiter = {
             let (burst, replenish_n_per) = self.fitter.mqueue_rate_limit();
             Limiter::new(burst, replenish_n_per)
@@ -199,8 +202,24 @@ impl SessionState {
         let mut flags = StateFlags::empty();
 
         self.scx.connections.inc();
-        match self.run_loop(&mut sink, keep_alive, &mut flags, &deliver_queue_tx, &mut deliver_queue_rx).await
-        {
+        let ended = self.run_loop(&mut sink, keep_alive, &mut flags, &deliver_queue_tx, &mut deliver_queue_rx).await;
+        // (Updraft patch 7) Everything after the event loop runs once, in its own allocation:
+        // inline, its state would be part of every connection's task for the whole session.
+        Box::pin(self.finish(sink, ended, flags, deliver_queue_tx)).await;
+        }
+    }
+
+    /// The end of [`SessionState::run`]: the session's connection has closed (`ended`).
+    async fn finish<Io>(
+        mut self,
+        mut sink: Sink<Io>,
+        ended: std::result::Result<(), Reason>,
+        mut flags: StateFlags,
+        deliver_queue_tx: queue::Sender<(From, Publish)>,
+    ) where
+        Io: AsyncRead + AsyncWrite + Unpin,
+    {
+        match ended {
             Ok(()) => {
                 log::debug!("{} exit ...", self.id);
             }
@@ -359,7 +378,8 @@ impl SessionState {
                 _ = &mut deliver_timeout_delay => {
                     while let Some(iflt_msg) = state.out_inflight().write().await.pop_front_timeout(){
                         log::debug!("{:?} has timeout message in inflight: {:?}", state.id, iflt_msg);
-                        state.reforward(iflt_msg).await?;
+                        // (Updraft patch 7) Boxed: see `process_message` below.
+                        Box::pin(state.reforward(iflt_msg)).await?;
                     }
                 },
 
@@ -369,7 +389,8 @@ impl SessionState {
                         Some(Some((from, p))) => {
                             // (Updraft patch 6) Room in the deliver queue for a waiting publisher.
                             state.tx.room_made();
-                            state.deliver(sink, from, p).await?;
+                            // (Updraft patch 7) Boxed: see `process_message` below.
+                            Box::pin(state.deliver(sink, from, p)).await?;
                         },
                         Some(None) => {
                             log::warn!("{:?} No messages received from the delivery queue", state.id);
@@ -385,7 +406,11 @@ impl SessionState {
                     if let Some(msg) = msg {
                         #[cfg(feature = "debug")]
                         state.scx.stats.debug_session_channels.dec();
-                        state.process_message(sink, msg, deliver_queue_tx, flags).await?;
+                        // (Updraft patch 7) The handling of a message or packet runs in its own
+                        // allocation, made when one arrives: inline, the state of the largest
+                        // (a subscription, a kick, a publish and its routing) would be part of
+                        // every connection's task for its whole life, idle or not.
+                        Box::pin(state.process_message(sink, msg, deliver_queue_tx, flags)).await?;
                     }else{
                         return Err("No message received from the Rx".into());
                     }
@@ -396,7 +421,7 @@ impl SessionState {
                     keep_alive_delay.as_mut().reset(Instant::now() + keep_alive_interval);
                     match pkt? {
                         Some(pkt) => {
-                            state.process_mqtt_message(sink, pkt, flags).await?;
+                            Box::pin(state.process_mqtt_message(sink, pkt, flags)).await?;
                         },
                         None => {
                             return Err(Reason::ConnectRemoteClose);
@@ -1371,6 +1396,10 @@ impl SessionState {
 
     #[inline]
     async fn _subscribe(&self, mut sub: Subscribe) -> Result<SubscribeReturn> {
+        // (Updraft patch 8) The filter is kept for the subscription's whole life (router,
+        // session): an allocation of its own, not a slice of the connection's read buffer,
+        // which it would keep alive (rmqtt-net patch 3 does the same for the CONNECT).
+        sub.topic_filter = TopicFilter::from(&*sub.topic_filter);
         let listen_cfg = self.listen_cfg();
 
         if listen_cfg.max_subscriptions > 0

@@ -83,7 +83,9 @@ pub type TopicTree<V> = Node<V>;
 #[derive(Serialize, Deserialize)]
 pub struct Node<V: Ord> {
     values: ValueSet<V>,
-    branches: HashMap<Level, Node<V>>,
+    /// (Updraft patch 8) Children boxed: a map has at least four buckets, each was a whole
+    /// node wide; one map per topic level of each subscription.
+    branches: HashMap<Level, Box<Node<V>>>,
 }
 
 impl<V> Default for Node<V>
@@ -176,13 +178,13 @@ where
     }
 
     #[inline]
-    pub fn children(&self) -> &HashMap<Level, Node<V>> {
+    pub fn children(&self) -> &HashMap<Level, Box<Node<V>>> {
         &self.branches
     }
 
     #[inline]
     pub fn child(&self, l: &Level) -> Option<&Node<V>> {
-        self.branches.get(l)
+        self.branches.get(l).map(|n| &**n)
     }
 
     #[inline]

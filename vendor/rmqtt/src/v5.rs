@@ -77,24 +77,31 @@ use crate::{Error, Result};
 /// * `scx` - Server context for accessing shared state
 /// * `sink` - MQTT v5.0 stream for I/O operations
 /// * `lid` - Listener port identifier
-pub(crate) async fn process<Io>(
+///
+/// (Updraft patch 7) A function that returns its future instead of an `async fn`: an `async fn`
+/// keeps its arguments in its state beside the copies its body works on, so the connection's
+/// stream would be held twice for the connection's whole life.
+pub(crate) fn process<Io>(
     scx: ServerContext,
     mut sink: v5::MqttStream<Io>,
     lid: ListenerId,
-) -> Result<()>
+) -> impl std::future::Future<Output = Result<()>>
 where
     Io: AsyncRead + AsyncWrite + Unpin,
 {
+    async move {
     let (state, keep_alive) = {
         scx.handshakings.inc();
         defer! {
             scx.handshakings.dec();
         }
 
-        let (state, keep_alive) = match handshake(&scx, &mut sink, lid).await {
+        // (Updraft patch 7) The handshake runs in its own allocation, freed once it is done:
+        // inline, its state would be part of the connection's task for the whole session.
+        let (state, keep_alive) = match Box::pin(handshake(&scx, &mut sink, lid)).await {
             Ok(c) => c,
             Err((ack_code, e)) => {
-                refused_ack(&scx, &mut sink, None, ack_code, e.to_string()).await?;
+                Box::pin(refused_ack(&scx, &mut sink, None, ack_code, e.to_string())).await?;
                 if let Err(e) = sink.close().await {
                     log::info!("{lid} close io error, {e}");
                 }
@@ -107,6 +114,7 @@ where
     state.run(Sink::V5(sink), keep_alive).await;
 
     Ok(())
+    }
 }
 
 #[inline]
