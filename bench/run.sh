@@ -3,6 +3,8 @@
 #
 #   bench/run.sh                      # all of them (ALL below), about 15 minutes
 #   bench/run.sh download idle        # only these
+#   bench/run.sh soak                 # the 1-hour soak (bench/soak.sh): never part of the default
+#                                     # list, only run when named (`--quick soak`: ~2 minutes)
 #   bench/run.sh --quick [names...]   # every benchmark at a tiny size, on a debug build:
 #                                     # proves the scripts still work (.ci/run calls it);
 #                                     # its figures mean nothing and go to bench/out/quick/
@@ -28,16 +30,18 @@ fi
 source "$(dirname -- "${BASH_SOURCE[0]}")/lib.sh"
 
 ALL=(upload download concurrent idle checkin rollouts mqtt metrics hotpaths shutdown auth admin_auth oidc tls audit web dashboard ddi simulate hostile)
+# Run only when named: too long for the default list.
+NAMED_ONLY=(soak)
 if (($# == 0)); then
   selected=("${ALL[@]}")
 else
   selected=()
   for name in "$@"; do
     if [[ $name == -h || $name == --help ]]; then
-      sed -n '2,19p' "$0"
+      sed -n '2,21p' "$0"
       exit 0
     fi
-    [[ " ${ALL[*]} " == *" $name "* ]] || die "unknown benchmark '$name' (expected: ${ALL[*]})"
+    [[ " ${ALL[*]} ${NAMED_ONLY[*]} " == *" $name "* ]] || die "unknown benchmark '$name' (expected: ${ALL[*]} ${NAMED_ONLY[*]})"
     selected+=("$name")
   done
 fi
@@ -68,7 +72,7 @@ if [[ -n $QUICK ]]; then
     AUTH_DEVICES=100 ADMIN_AUTH_SECONDS=2 OIDC_SECONDS=2 TLS_DEVICES=100 TLS_ROUNDS=1 TLS_SECONDS=2 \
     AUDIT_DEVICES=100 AUDIT_ROUNDS=1 AUDIT_SECONDS=2 AUDIT_WARMUP=1 WEB_RUNS=1 DASHBOARD_DEVICES=1000 \
     DASHBOARD_SECONDS=2 DDI_DEVICES=1000 DDI_SECONDS=2 GOOSEBIT_DEVICES=20 SIMULATE_QUICK=1 \
-    HOSTILE_CONNS=50 HOSTILE_FLOOD=80 HOSTILE_MAX_CONNECTIONS=60 HOSTILE_SECONDS=2; do
+    HOSTILE_CONNS=50 HOSTILE_FLOOD=80 HOSTILE_MAX_CONNECTIONS=60 HOSTILE_SECONDS=2 SOAK_QUICK=1; do
     default "$setting"
   done
   if [[ -z ${UPDRAFT_BIN:-} ]]; then
