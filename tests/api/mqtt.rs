@@ -1638,6 +1638,25 @@ async fn dropped_total(s: &Setup) -> f64 {
         .sum()
 }
 
+/// The embedded broker with small per-client limits, a user `burst` (password
+/// `burst-password-2026`) and a client of it subscribed to `topic` at QoS 1.
+async fn queue_limited_broker(max_inflight: u16, max_queued: usize, queue_full_wait: Duration, topic: &str) -> (Setup, Client) {
+    let app = spawn_app_with(|s| {
+        s.mqtt.max_inflight = max_inflight;
+        s.mqtt.max_queued = max_queued;
+        s.mqtt.queue_full_wait = queue_full_wait;
+    })
+    .await;
+    let broker = app.mqtt_addr.expect("the embedded broker runs");
+    let s = Setup { app, broker, mosquitto: None };
+    s.user("burst", "burst-password-2026", "admin").await;
+    let mut subscriber =
+        Client::connect(s.options(&format!("{}-sub", topic.replace('/', "-")), "burst", "burst-password-2026")).await.unwrap();
+    subscriber.client.subscribe(topic, QoS::AtLeastOnce).await.unwrap();
+    subscriber.expect_suback().await;
+    (s, subscriber)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_qos1_message_acknowledged_to_a_publisher_reaches_a_slow_subscriber() {
     // One publisher sends 300 QoS 1 messages at once to a subscriber that holds 4 in flight and
@@ -1646,18 +1665,7 @@ async fn every_qos1_message_acknowledged_to_a_publisher_reaches_a_slow_subscribe
     // held back (no PUBACK, its socket not read) while the queue is full, and every message
     // it got a PUBACK for is delivered. Nothing is dropped.
     const N: usize = 300;
-    let app = spawn_app_with(|s| {
-        s.mqtt.max_inflight = 4;
-        s.mqtt.max_queued = 10;
-        s.mqtt.queue_full_wait = Duration::from_secs(30);
-    })
-    .await;
-    let broker = app.mqtt_addr.expect("the embedded broker runs");
-    let s = Setup { app, broker, mosquitto: None };
-    s.user("burst", "burst-password-2026", "admin").await;
-    let mut subscriber = Client::connect(s.options("burst-sub", "burst", "burst-password-2026")).await.unwrap();
-    subscriber.client.subscribe("bench/burst", QoS::AtLeastOnce).await.unwrap();
-    subscriber.expect_suback().await;
+    let (s, mut subscriber) = queue_limited_broker(4, 10, Duration::from_secs(30), "bench/burst").await;
     let mut options = s.options("burst-pub", "burst", "burst-password-2026");
     options.set_inflight(20);
     let publisher = Client::connect(options).await.unwrap();
@@ -1684,18 +1692,7 @@ async fn a_subscriber_stalled_longer_than_the_queue_wait_loses_its_oldest_messag
     // nothing for longer does not hold its publishers for ever; each message then goes into
     // its full queue and pushes the oldest one out, counted as dropped.
     const N: usize = 20;
-    let app = spawn_app_with(|s| {
-        s.mqtt.max_inflight = 1;
-        s.mqtt.max_queued = 2;
-        s.mqtt.queue_full_wait = Duration::from_millis(100);
-    })
-    .await;
-    let broker = app.mqtt_addr.expect("the embedded broker runs");
-    let s = Setup { app, broker, mosquitto: None };
-    s.user("burst", "burst-password-2026", "admin").await;
-    let mut subscriber = Client::connect(s.options("stalled-sub", "burst", "burst-password-2026")).await.unwrap();
-    subscriber.client.subscribe("bench/stalled", QoS::AtLeastOnce).await.unwrap();
-    subscriber.expect_suback().await;
+    let (s, subscriber) = queue_limited_broker(1, 2, Duration::from_millis(100), "bench/stalled").await;
     let publisher = Client::connect(s.options("stalled-pub", "burst", "burst-password-2026")).await.unwrap();
     // The subscriber never reads again.
     let acked = publish_burst(publisher, "bench/stalled", N, Duration::from_secs(30)).await;
