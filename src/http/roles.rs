@@ -89,45 +89,33 @@ fn has_operator_credential(headers: &HeaderMap) -> bool {
 pub fn describe_roles(openapi: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::RefOr;
     use utoipa::openapi::security::SecurityRequirement;
-    for item in openapi.paths.paths.values_mut() {
-        let operations = [
-            &mut item.get,
-            &mut item.put,
-            &mut item.post,
-            &mut item.delete,
-            &mut item.options,
-            &mut item.head,
-            &mut item.patch,
-            &mut item.trace,
-        ];
-        for operation in operations.into_iter().flatten() {
-            let Some(security) = operation.security.as_mut() else { continue };
-            let Ok(value) = serde_json::to_value(&*security) else { continue };
-            let takes_credential = value.as_array().into_iter().flatten().any(|r| r.as_object().is_some_and(|r| !r.is_empty()));
-            let responses = &mut operation.responses.responses;
-            if takes_credential
-                && !responses.contains_key("429")
-                && let Some(RefOr::T(unauthorized)) = responses.get("401")
-            {
-                responses.insert("429".into(), RefOr::T(too_many_failures(unauthorized)));
-            }
-            let scopes = value.as_array().into_iter().flatten().find_map(|requirement| requirement.get("bearer")).cloned();
-            let scopes: Vec<String> = scopes.and_then(|s| serde_json::from_value(s).ok()).unwrap_or_default();
-            if scopes.is_empty() {
-                // No operator credential here (a device token, the metrics token).
-                continue;
-            }
-            if !value.as_array().into_iter().flatten().any(|requirement| requirement.get("session").is_some()) {
-                security.push(SecurityRequirement::new("session", scopes.clone()));
-            }
-            let responses = &mut operation.responses.responses;
-            if !responses.contains_key("403")
-                && let Some(RefOr::T(unauthorized)) = responses.get("401")
-            {
-                let mut forbidden = unauthorized.clone();
-                forbidden.description = format!("The credential's role is not one of {}", scopes.join(", "));
-                responses.insert("403".into(), RefOr::T(forbidden));
-            }
+    for operation in super::schemas::operations_mut(openapi) {
+        let Some(security) = operation.security.as_mut() else { continue };
+        let Ok(value) = serde_json::to_value(&*security) else { continue };
+        let takes_credential = value.as_array().into_iter().flatten().any(|r| r.as_object().is_some_and(|r| !r.is_empty()));
+        let responses = &mut operation.responses.responses;
+        if takes_credential
+            && !responses.contains_key("429")
+            && let Some(RefOr::T(unauthorized)) = responses.get("401")
+        {
+            responses.insert("429".into(), RefOr::T(too_many_failures(unauthorized)));
+        }
+        let scopes = value.as_array().into_iter().flatten().find_map(|requirement| requirement.get("bearer")).cloned();
+        let scopes: Vec<String> = scopes.and_then(|s| serde_json::from_value(s).ok()).unwrap_or_default();
+        if scopes.is_empty() {
+            // No operator credential here (a device token, the metrics token).
+            continue;
+        }
+        if !value.as_array().into_iter().flatten().any(|requirement| requirement.get("session").is_some()) {
+            security.push(SecurityRequirement::new("session", scopes.clone()));
+        }
+        let responses = &mut operation.responses.responses;
+        if !responses.contains_key("403")
+            && let Some(RefOr::T(unauthorized)) = responses.get("401")
+        {
+            let mut forbidden = unauthorized.clone();
+            forbidden.description = format!("The credential's role is not one of {}", scopes.join(", "));
+            responses.insert("403".into(), RefOr::T(forbidden));
         }
     }
 }

@@ -228,88 +228,74 @@ pub fn describe_inputs(openapi: &mut openapi::OpenApi) {
     use openapi::schema::{Schema, SchemaType};
     use openapi::{ContentBuilder, RefOr, ResponseBuilder};
 
-    for item in openapi.paths.paths.values_mut() {
-        let operations = [
-            &mut item.get,
-            &mut item.put,
-            &mut item.post,
-            &mut item.delete,
-            &mut item.options,
-            &mut item.head,
-            &mut item.patch,
-            &mut item.trace,
-        ];
-        for operation in operations.into_iter().flatten() {
-            let seed003 = operation.tags.as_ref().is_some_and(|tags| tags.iter().any(|t| t == "seed-003"));
-            let error_body = if seed003 { "Seed003ErrorBody" } else { "ErrorBody" };
-            let answer = |description: &str| {
-                RefOr::T(
-                    ResponseBuilder::new()
-                        .description(description)
-                        .content("application/json", ContentBuilder::new().schema(Some(openapi::Ref::from_schema_name(error_body))).build())
-                        .build(),
-                )
-            };
-            let mut has_path = false;
-            let mut has_query = false;
-            for parameter in operation.parameters.iter_mut().flatten() {
-                let RefOr::T(parameter) = parameter else { continue };
-                match parameter.parameter_in {
-                    ParameterIn::Path => {
-                        has_path = true;
-                        if let Some(RefOr::T(Schema::Object(object))) = parameter.schema.as_mut()
-                            && object.schema_type == SchemaType::Type(Type::String)
-                            && object.pattern.is_none()
-                            && object.enum_values.is_none()
-                            && object.format.is_none()
-                        {
-                            object.pattern = Some(TEXT_PATTERN.into());
-                        }
+    for operation in operations_mut(openapi) {
+        let seed003 = operation.tags.as_ref().is_some_and(|tags| tags.iter().any(|t| t == "seed-003"));
+        let error_body = if seed003 { "Seed003ErrorBody" } else { "ErrorBody" };
+        let answer = |description: &str| {
+            RefOr::T(
+                ResponseBuilder::new()
+                    .description(description)
+                    .content("application/json", ContentBuilder::new().schema(Some(openapi::Ref::from_schema_name(error_body))).build())
+                    .build(),
+            )
+        };
+        let mut has_path = false;
+        let mut has_query = false;
+        for parameter in operation.parameters.iter_mut().flatten() {
+            let RefOr::T(parameter) = parameter else { continue };
+            match parameter.parameter_in {
+                ParameterIn::Path => {
+                    has_path = true;
+                    if let Some(RefOr::T(Schema::Object(object))) = parameter.schema.as_mut()
+                        && object.schema_type == SchemaType::Type(Type::String)
+                        && object.pattern.is_none()
+                        && object.enum_values.is_none()
+                        && object.format.is_none()
+                    {
+                        object.pattern = Some(TEXT_PATTERN.into());
                     }
-                    ParameterIn::Query => {
-                        has_query = true;
-                        if let Some(RefOr::T(Schema::Object(object))) = parameter.schema.as_mut()
-                            && object.schema_type == SchemaType::Type(Type::String)
-                            && object.pattern.is_none()
-                            && object.enum_values.is_none()
-                            && object.format.is_none()
-                        {
-                            object.pattern = Some(NO_NUL_PATTERN.into());
-                        }
-                    }
-                    ParameterIn::Header => {
-                        // An optional header is absent or text, never null (utoipa makes an
-                        // `Option` header nullable).
-                        if let Some(RefOr::T(Schema::Object(object))) = parameter.schema.as_mut()
-                            && object.schema_type == SchemaType::from_iter([Type::String, Type::Null])
-                        {
-                            object.schema_type = SchemaType::Type(Type::String);
-                        }
-                    }
-                    _ => {}
                 }
+                ParameterIn::Query => {
+                    has_query = true;
+                    if let Some(RefOr::T(Schema::Object(object))) = parameter.schema.as_mut()
+                        && object.schema_type == SchemaType::Type(Type::String)
+                        && object.pattern.is_none()
+                        && object.enum_values.is_none()
+                        && object.format.is_none()
+                    {
+                        object.pattern = Some(NO_NUL_PATTERN.into());
+                    }
+                }
+                ParameterIn::Header => {
+                    // An optional header is absent or text, never null (utoipa makes an
+                    // `Option` header nullable).
+                    if let Some(RefOr::T(Schema::Object(object))) = parameter.schema.as_mut()
+                        && object.schema_type == SchemaType::from_iter([Type::String, Type::Null])
+                    {
+                        object.schema_type = SchemaType::Type(Type::String);
+                    }
+                }
+                _ => {}
             }
-            let json_body = operation
-                .request_body
-                .as_ref()
-                .is_some_and(|body| matches!(body, RefOr::T(body) if body.content.keys().any(|c| c.contains("json"))));
-            let responses = &mut operation.responses.responses;
-            if (has_path || has_query) && !responses.contains_key("400") {
-                responses.insert(
-                    "400".into(),
-                    answer("A path that does not decode to text, or a query parameter that is unknown or cannot be read"),
-                );
-            }
-            if (has_path || has_query) && !responses.contains_key("431") {
-                // hyper's answer, without a body (`net`: request heads are capped at 8 KiB).
-                responses.insert(
-                    "431".into(),
-                    RefOr::T(ResponseBuilder::new().description("The request line and headers are over 8 KiB").build()),
-                );
-            }
-            if json_body && !responses.contains_key("415") {
-                responses.insert("415".into(), answer("The body is not sent as `Content-Type: application/json`"));
-            }
+        }
+        let json_body = operation
+            .request_body
+            .as_ref()
+            .is_some_and(|body| matches!(body, RefOr::T(body) if body.content.keys().any(|c| c.contains("json"))));
+        let responses = &mut operation.responses.responses;
+        if (has_path || has_query) && !responses.contains_key("400") {
+            responses.insert(
+                "400".into(),
+                answer("A path that does not decode to text, or a query parameter that is unknown or cannot be read"),
+            );
+        }
+        if (has_path || has_query) && !responses.contains_key("431") {
+            // hyper's answer, without a body (`net`: request heads are capped at 8 KiB).
+            responses
+                .insert("431".into(), RefOr::T(ResponseBuilder::new().description("The request line and headers are over 8 KiB").build()));
+        }
+        if json_body && !responses.contains_key("415") {
+            responses.insert("415".into(), answer("The body is not sent as `Content-Type: application/json`"));
         }
     }
 }
@@ -321,6 +307,24 @@ const NO_NUL_PATTERN: &str = r"^[^\x00]*$";
 
 /// Text without control characters.
 const TEXT_PATTERN: &str = r"^[^\x00-\x1f\x7f-\x9f]*$";
+
+/// Every operation of the document, whatever its method.
+pub(crate) fn operations_mut(openapi: &mut openapi::OpenApi) -> impl Iterator<Item = &mut openapi::path::Operation> {
+    openapi.paths.paths.values_mut().flat_map(|item| {
+        [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.options,
+            &mut item.head,
+            &mut item.patch,
+            &mut item.trace,
+        ]
+        .into_iter()
+        .flatten()
+    })
+}
 
 #[cfg(test)]
 mod tests {
