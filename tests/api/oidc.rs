@@ -62,6 +62,25 @@ struct Provider {
 
 impl Provider {
     fn start(redirect_uri: &str) -> Provider {
+        // Once in several hundred starts on the loaded 2-core machine, node printed nothing
+        // for a minute (its log held only its version warning; the cause is not known, and it
+        // never recurred alone). A provider silent for 20 s is therefore stopped and started
+        // again, at most three times; each time is said on stderr.
+        let mut attempt = 0;
+        let (child, line) = loop {
+            attempt += 1;
+            match Self::spawn(redirect_uri, Duration::from_secs(20)) {
+                Ok(started) => break started,
+                Err(log) if attempt < 3 => eprintln!("the OpenID provider printed nothing in 20 s (attempt {attempt}); its log:\n{log}"),
+                Err(log) => panic!("the OpenID provider did not start in 3 attempts of 20 s; its log:\n{log}"),
+            }
+        };
+        Self::ready(child, &line)
+    }
+
+    /// Starts node and waits up to `wait` for its first line; on silence, stops it and gives
+    /// back its log.
+    fn spawn(redirect_uri: &str, wait: Duration) -> Result<(Child, String), String> {
         let dir = provider_dir();
         let log = tempfile::NamedTempFile::new().unwrap();
         let mut child = Command::new("node")
@@ -70,11 +89,12 @@ impl Provider {
             .env("PORT", "0")
             .env("REDIRECT_URI", redirect_uri)
             .env("DEVICES", [DEVICE_1, DEVICE_2, UNREGISTERED].join(","))
+            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log.reopen().unwrap())
             .spawn()
             .expect("node runs (node 20+ is needed by the OIDC tests)");
-        // Its first line, within a minute (a thread reads it: a stuck node fails the test).
+        // Its first line (a thread reads it: a stuck node fails the attempt).
         let stdout = child.stdout.take().unwrap();
         let (sender, receiver) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -82,15 +102,18 @@ impl Provider {
             let _ = BufReader::new(stdout).read_line(&mut line);
             let _ = sender.send(line);
         });
-        let line = receiver.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "the OpenID provider did not start within a minute; its log:\n{}",
-                std::fs::read_to_string(log.path()).unwrap_or_default()
-            )
-        });
-        let ready: Value = serde_json::from_str(&line).unwrap_or_else(|_| panic!("the provider did not start: `{line}`"));
+        match receiver.recv_timeout(wait) {
+            Ok(line) => Ok((child, line)),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(std::fs::read_to_string(log.path()).unwrap_or_default())
+            }
+        }
+    }
+
+    fn ready(child: Child, line: &str) -> Provider {
+        let ready: Value = serde_json::from_str(line).unwrap_or_else(|_| panic!("the provider did not start: `{line}`"));
         let der = base64::engine::general_purpose::STANDARD.decode(ready["test_key"]["der"].as_str().unwrap()).unwrap();
         Provider {
             child,
