@@ -450,6 +450,8 @@ impl Settings {
         let database_url =
             values.database_url.unwrap_or_else(|| DatabaseUrl::from(format!("sqlite://{}", data_dir.join("updraft.db").display())));
 
+        let default_max_connections = if database_url.expose().starts_with("sqlite:") { 4 } else { 10 };
+
         let max_connections = values.max_connections;
         let max_connections_per_ip = values.max_connections_per_ip.unwrap_or((max_connections / 10).max(1));
         if max_connections_per_ip == 0 || max_connections_per_ip > max_connections {
@@ -566,7 +568,7 @@ impl Settings {
             listen: values.listen,
             data_dir,
             database_url,
-            database_max_connections: values.database_max_connections,
+            database_max_connections: values.database_max_connections.unwrap_or(default_max_connections),
             blob,
             blob_cache_bytes: values.blob_cache_bytes,
             admin_api_key: values.admin_api_key,
@@ -733,6 +735,19 @@ mod tests {
         assert_eq!(settings.database_url.expose(), "sqlite://./data/updraft.db");
         assert!(matches!(settings.blob, BlobSettings::Local { ref root } if root == Path::new("./data/blobs")));
         assert_eq!(settings.max_upload_bytes, 4 << 30);
+        assert_eq!(settings.database_max_connections, 4);
+    }
+
+    #[test]
+    fn the_pool_is_smaller_on_sqlite_unless_set() {
+        let postgres = || ServeArgs { database_url: Some("postgres://updraft:pw@db:5432/updraft".into()), ..Default::default() };
+        assert_eq!(load(postgres()).unwrap().database_max_connections, 10);
+        let sqlite = load(ServeArgs { database_url: Some("sqlite:///srv/updraft/updraft.db".into()), ..Default::default() }).unwrap();
+        assert_eq!(sqlite.database_max_connections, 4);
+        let set = ServeArgs { database_max_connections: Some("20".into()), ..Default::default() };
+        assert_eq!(load(set).unwrap().database_max_connections, 20);
+        let set = ServeArgs { database_max_connections: Some("2".into()), ..postgres() };
+        assert_eq!(load(set).unwrap().database_max_connections, 2);
     }
 
     #[test]
