@@ -120,7 +120,7 @@ settings! {
 
         /// Most pooled database connections. SQLite runs one write at a time, and each of its
         /// connections keeps a thread, a page cache and prepared statements of its own (about
-        /// 1.5-2 MiB under load, bench/checkin.sh), so its default is smaller.
+        /// 1 MiB under load, docs/PERFORMANCE.md), so its default is smaller.
         database_max_connections: Option<u32> { value_name: "N", default_doc: "10 on PostgreSQL, 4 on SQLite", min: 1, example: "20" }
 
         /// Where blobs (firmware files) are stored: a folder (a path or a `file://` URL), or
