@@ -170,7 +170,40 @@ async fn prometheus_metrics(State(state): State<AppState>, ClientIp(ip): ClientI
             metrics::gauge!("updraft_mqtt_sessions").set(sessions as f64);
         }
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render()).into_response()
+    let mut text = state.metrics.render();
+    render_rollout_gauges(&mut text, &crate::services::rollouts::gauges(&state.core));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+}
+
+/// `updraft_rollout_devices{rollout,stage,state}` of the rollouts the evaluator looks at now
+/// (the metrics recorder would keep every rollout's series for ever).
+fn render_rollout_gauges(text: &mut String, gauges: &std::collections::BTreeMap<String, Vec<crate::services::rollouts::StageGauges>>) {
+    use std::fmt::Write;
+    if gauges.is_empty() {
+        return;
+    }
+    text.push_str("# HELP updraft_rollout_devices Devices of a rollout by stage and state (rollouts running, paused, halted, or in their catch-up period)\n");
+    text.push_str("# TYPE updraft_rollout_devices gauge\n");
+    for (rollout, stages) in gauges {
+        for (index, counts) in stages.iter().enumerate() {
+            for (state, count) in crate::services::rollouts::GAUGE_STATES.iter().zip(counts) {
+                let _ = writeln!(
+                    text,
+                    "updraft_rollout_devices{{rollout=\"{}\",stage=\"{}\",state=\"{state}\"}} {count}",
+                    escape_label(rollout),
+                    index + 1
+                );
+            }
+        }
+    }
+}
+
+/// A Prometheus label value: backslash, double quote and line feed escaped.
+fn escape_label(value: &str) -> std::borrow::Cow<'_, str> {
+    if !value.contains(['\\', '"', '\n']) {
+        return std::borrow::Cow::Borrowed(value);
+    }
+    std::borrow::Cow::Owned(value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n"))
 }
 
 /// A scrape's `Authorization: Bearer` must be the metrics token.
@@ -184,5 +217,25 @@ fn check_metrics_token(state: &AppState, token: &str, headers: &axum::http::Head
             Err(Error::Unauthenticated("the metrics token is not valid".into()))
         }
         None => Err(Error::Unauthenticated("scrapes need `Authorization: Bearer <UPDRAFT_METRICS_TOKEN>`".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rollout_gauges_render_one_series_per_stage_and_state() {
+        let mut text = String::from("updraft_uptime_seconds 1\n");
+        render_rollout_gauges(&mut text, &Default::default());
+        assert_eq!(text, "updraft_uptime_seconds 1\n", "no rollouts, no family");
+        let gauges = [("r-1".to_string(), vec![[1, 2, 3, 4, 5, 6, 7, 8], [9, 0, 0, 0, 0, 0, 0, 0]])].into_iter().collect();
+        render_rollout_gauges(&mut text, &gauges);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 1 + 2 + 16, "{text}");
+        assert_eq!(lines[3], r#"updraft_rollout_devices{rollout="r-1",stage="1",state="pending"} 1"#);
+        assert_eq!(lines[10], r#"updraft_rollout_devices{rollout="r-1",stage="1",state="timed_out"} 8"#);
+        assert_eq!(lines[11], r#"updraft_rollout_devices{rollout="r-1",stage="2",state="pending"} 9"#);
+        assert_eq!(escape_label("a\"b\\c\nd"), r#"a\"b\\c\nd"#);
     }
 }

@@ -426,15 +426,28 @@ async fn a_scheduled_rollout_starts_by_rule_and_events_and_metrics_follow() {
         seen.push_str(&String::from_utf8_lossy(&chunk));
     }
     assert!(seen.contains("rollout.created"), "{seen}");
+    let series = format!("updraft_rollout_devices{{rollout=\"{id}\",stage=\"1\",state=\"pending\"}}");
+    let metrics = metrics_until(&app, |text| text.contains(&series)).await;
+    assert!(metrics.contains("# TYPE updraft_rollout_devices gauge"), "{metrics}");
+    // A cancelled rollout is no longer evaluated: its series leave the scrape (the recorder
+    // would have kept them for ever, one set per rollout ever run).
+    assert_eq!(acted(&app, id, "cancel").await["state"], "cancelled");
+    let metrics = metrics_until(&app, |text| !text.contains(&format!("rollout=\"{id}\""))).await;
+    assert!(!metrics.contains("updraft_rollout_devices{"), "{metrics}");
+    app.stop().await;
+}
+
+/// `/metrics` once `done` holds for it (within 6 s).
+async fn metrics_until(app: &TestApp, done: impl Fn(&str) -> bool) -> String {
     let mut metrics = String::new();
     for _ in 0..30 {
         metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
-        if metrics.contains(&format!("updraft_rollout_devices{{rollout=\"{id}\",stage=\"1\",state=\"pending\"}}")) {
-            return app.stop().await;
+        if done(&metrics) {
+            return metrics;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    panic!("no rollout metrics: {metrics}");
+    panic!("/metrics never got there: {metrics}");
 }
 
 #[tokio::test]

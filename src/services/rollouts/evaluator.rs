@@ -9,8 +9,9 @@ pub async fn evaluate(core: &Core, now: DateTime<Utc>) -> Result<()> {
     // Running ones and, during their catch-up period only, completed ones (time-outs, metrics).
     let mut rollouts = core.store.list_rollouts(&[RolloutState::Draft, RolloutState::Paused, RolloutState::Halted], None).await?;
     rollouts.extend(core.store.list_live_rollouts(catch_up_start(now, catch_up)).await?);
-    for rollout in rollouts {
-        if let Err(e) = evaluate_one(core, &rollout, now).await {
+    let mut gauges = BTreeMap::new();
+    for rollout in &rollouts {
+        if let Err(e) = evaluate_one(core, rollout, now, &mut gauges).await {
             match e {
                 // Another replica acted first: fine.
                 Error::Conflict { .. } => {}
@@ -18,10 +19,26 @@ pub async fn evaluate(core: &Core, now: DateTime<Utc>) -> Result<()> {
             }
         }
     }
+    // Rollouts no longer looked at (cancelled, drafts deleted, past their catch-up period)
+    // leave the metrics; one whose evaluation failed keeps its previous counts.
+    let mut published = core.rollouts.gauges.lock().expect("gauges lock");
+    for rollout in &rollouts {
+        if !gauges.contains_key(rollout.id.as_str())
+            && let Some(previous) = published.remove(rollout.id.as_str())
+        {
+            gauges.insert(rollout.id.to_string(), previous);
+        }
+    }
+    *published = gauges;
     Ok(())
 }
 
-pub(super) async fn evaluate_one(core: &Core, rollout: &Rollout, now: DateTime<Utc>) -> Result<()> {
+pub(super) async fn evaluate_one(
+    core: &Core,
+    rollout: &Rollout,
+    now: DateTime<Utc>,
+    gauges: &mut BTreeMap<String, Vec<StageGauges>>,
+) -> Result<()> {
     if rollout.state == RolloutState::Draft {
         if let Some(at) = rollout.options.start_at
             && at <= now
@@ -43,7 +60,7 @@ pub(super) async fn evaluate_one(core: &Core, rollout: &Rollout, now: DateTime<U
         sizes = rollout::stage_sizes(&fractions, &rollout.shares);
         core.store.record_rollout_count(&rollout.id, &sizes, fractions.len() as u64).await?;
     }
-    publish_metrics(rollout, &tallies, &sizes);
+    gauges.insert(rollout.id.to_string(), stage_gauges(rollout, &tallies, &sizes));
     if rollout.state != RolloutState::Running {
         return Ok(());
     }
@@ -66,25 +83,30 @@ pub(super) async fn evaluate_one(core: &Core, rollout: &Rollout, now: DateTime<U
     Ok(())
 }
 
-pub(super) fn publish_metrics(rollout: &Rollout, tallies: &[Tally], sizes: &[u64]) {
-    for (index, tally) in tallies.iter().enumerate().take(rollout.shares.len().max(1)) {
-        let stage = (index + 1).to_string();
-        let pending = sizes.get(index).copied().unwrap_or(0).saturating_sub(tally.members());
-        let values = [
-            ("pending", pending),
-            ("offered", tally.offered),
-            ("downloading", tally.downloading),
-            ("installing", tally.installing),
-            ("installed", tally.installed),
-            ("succeeded", tally.succeeded),
-            ("failed", tally.failed),
-            ("timed_out", tally.timed_out),
-        ];
-        for (state, n) in values {
-            metrics::gauge!("updraft_rollout_devices", "rollout" => rollout.id.to_string(), "stage" => stage.clone(), "state" => state)
-                .set(n as f64);
-        }
-    }
+/// The states `updraft_rollout_devices` counts, in the order of `StageGauges`.
+pub const GAUGE_STATES: [&str; 8] = ["pending", "offered", "downloading", "installing", "installed", "succeeded", "failed", "timed_out"];
+
+/// A stage's devices by state (`GAUGE_STATES`).
+pub type StageGauges = [u64; 8];
+
+fn stage_gauges(rollout: &Rollout, tallies: &[Tally], sizes: &[u64]) -> Vec<StageGauges> {
+    tallies
+        .iter()
+        .enumerate()
+        .take(rollout.shares.len().max(1))
+        .map(|(index, tally)| {
+            let pending = sizes.get(index).copied().unwrap_or(0).saturating_sub(tally.members());
+            [pending, tally.offered, tally.downloading, tally.installing, tally.installed, tally.succeeded, tally.failed, tally.timed_out]
+        })
+        .collect()
+}
+
+/// Each rollout the last evaluation looked at, with its stages' counts (`/metrics` renders
+/// them as `updraft_rollout_devices`). Kept here rather than in the metrics recorder, which
+/// never forgets a label set: every rollout ever run would stay in every scrape, 32 series
+/// for a 4-stage rollout, for the life of the process.
+pub fn gauges(core: &Core) -> BTreeMap<String, Vec<StageGauges>> {
+    core.rollouts.gauges.lock().expect("gauges lock").clone()
 }
 
 /// Loads the view, then keeps it current (each second) and runs the evaluator.

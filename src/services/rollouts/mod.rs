@@ -15,7 +15,7 @@
 //! **Transitions** are conditional updates (`WHERE id AND state AND current_stage`) with a
 //! history row in the same transaction, so two replicas or a restart never apply one twice.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -62,6 +62,8 @@ pub struct RolloutRuntime {
     targets: tokio::sync::Mutex<HashMap<String, ProductTargets>>,
     /// Serialises reloads (two at once would only waste work).
     reloading: tokio::sync::Mutex<()>,
+    /// The stage counts of the rollouts the evaluator last looked at (`evaluator::gauges`).
+    gauges: Mutex<BTreeMap<String, Vec<evaluator::StageGauges>>>,
 }
 
 impl RolloutRuntime {
@@ -73,6 +75,7 @@ impl RolloutRuntime {
             expires: Mutex::new(None),
             targets: tokio::sync::Mutex::default(),
             reloading: tokio::sync::Mutex::new(()),
+            gauges: Mutex::default(),
         }
     }
 }
