@@ -243,29 +243,24 @@ pub fn describe_inputs(openapi: &mut openapi::OpenApi) {
         let mut has_query = false;
         for parameter in operation.parameters.iter_mut().flatten() {
             let RefOr::T(parameter) = parameter else { continue };
+            // Free-form text in a path or a query: what the server's decoding accepts.
+            let text_pattern = match parameter.parameter_in {
+                ParameterIn::Path => Some(TEXT_PATTERN),
+                ParameterIn::Query => Some(NO_NUL_PATTERN),
+                _ => None,
+            };
+            if let Some(pattern) = text_pattern
+                && let Some(RefOr::T(Schema::Object(object))) = parameter.schema.as_mut()
+                && object.schema_type == SchemaType::Type(Type::String)
+                && object.pattern.is_none()
+                && object.enum_values.is_none()
+                && object.format.is_none()
+            {
+                object.pattern = Some(pattern.into());
+            }
             match parameter.parameter_in {
-                ParameterIn::Path => {
-                    has_path = true;
-                    if let Some(RefOr::T(Schema::Object(object))) = parameter.schema.as_mut()
-                        && object.schema_type == SchemaType::Type(Type::String)
-                        && object.pattern.is_none()
-                        && object.enum_values.is_none()
-                        && object.format.is_none()
-                    {
-                        object.pattern = Some(TEXT_PATTERN.into());
-                    }
-                }
-                ParameterIn::Query => {
-                    has_query = true;
-                    if let Some(RefOr::T(Schema::Object(object))) = parameter.schema.as_mut()
-                        && object.schema_type == SchemaType::Type(Type::String)
-                        && object.pattern.is_none()
-                        && object.enum_values.is_none()
-                        && object.format.is_none()
-                    {
-                        object.pattern = Some(NO_NUL_PATTERN.into());
-                    }
-                }
+                ParameterIn::Path => has_path = true,
+                ParameterIn::Query => has_query = true,
                 ParameterIn::Header => {
                     // An optional header is absent or text, never null (utoipa makes an
                     // `Option` header nullable).
