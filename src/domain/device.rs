@@ -136,6 +136,17 @@ pub fn attempt_outcome(attempt: &UpdateAttempt, reported: Option<&str>) -> Optio
     None
 }
 
+/// Whether a decision to offer `attempt`'s build again came from an old view of the device:
+/// the attempt succeeded, and the version the device last reported (`reported`, read after
+/// the attempt) is the attempt's target. A check-in records the version before it completes
+/// the attempt, so whoever reads the success can read that version too; a view read before
+/// that report (an MQTT connection's sync, a batch of re-evaluations) still shows the old
+/// version, and must not open a new attempt for a build the device already runs.
+pub fn still_runs_succeeded_build(attempt: &UpdateAttempt, reported: Option<&str>) -> bool {
+    let parse = |v: &str| super::version::Version::parse(v).ok();
+    attempt.state == UpdateState::Succeeded && reported.and_then(parse).is_some_and(|running| parse(&attempt.to_version) == Some(running))
+}
+
 /// Whether a check-in may name `claimed` as the device's product. A device's product is set by
 /// an operator, or at provisioning under that product's rules: a check-in may repeat it, and a
 /// device without a product may take an `open` product (as provisioning it there would).
@@ -730,6 +741,19 @@ mod tests {
         assert_eq!(attempt_outcome(&attempt(Failed, "1.1.0"), Some("1.1.0")), None, "a final attempt stays as it is");
         assert_eq!(attempt_outcome(&attempt(Installed, "1.1.0"), None), None);
         assert_eq!(attempt_outcome(&attempt(Installed, "1.1.0"), Some("garbage")), None);
+    }
+
+    #[test]
+    fn only_a_success_whose_build_the_device_still_reports_is_kept_from_being_offered_again() {
+        use UpdateState::*;
+        assert!(still_runs_succeeded_build(&attempt(Succeeded, "1.1.0"), Some("1.1.0")));
+        assert!(still_runs_succeeded_build(&attempt(Succeeded, "v1.1"), Some("1.1.0")), "versions compare parsed");
+        assert!(!still_runs_succeeded_build(&attempt(Succeeded, "1.1.0"), Some("1.0.0")), "the device went back");
+        assert!(!still_runs_succeeded_build(&attempt(Succeeded, "1.1.0"), None));
+        assert!(!still_runs_succeeded_build(&attempt(Succeeded, "1.1.0"), Some("garbage")));
+        for state in [Offered, Downloading, Installed, Failed, Rejected] {
+            assert!(!still_runs_succeeded_build(&attempt(state, "1.1.0"), Some("1.1.0")), "{state:?}");
+        }
     }
 
     #[test]

@@ -282,6 +282,16 @@ pub(super) async fn plan_attempt<'a>(
         if matches!(attempt.state, UpdateState::Failed | UpdateState::Rejected) && Utc::now() - attempt.updated_at < retry_after {
             return Ok(AttemptPlan::Refuse);
         }
+        // Offering a build the device succeeded with: either it went back to another version
+        // since (offer it again), or this decision worked from a copy of the device read
+        // before the report that completed the attempt. The stored version tells which.
+        if attempt.state == UpdateState::Succeeded {
+            let reported = core.store.find_device(device_id).await?.and_then(|d| d.version);
+            if device::still_runs_succeeded_build(&attempt, reported.as_deref()) {
+                tracing::debug!(%device_id, attempt_id = %attempt.id, "not offering again a build the device already runs (an old view of it)");
+                return Ok(AttemptPlan::Refuse);
+            }
+        }
     }
     let slot = match (rollout, rollouts) {
         (Some(offer), Some(rollouts)) => {

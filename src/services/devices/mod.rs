@@ -50,6 +50,8 @@ mod products;
 mod registry;
 mod reports;
 mod sessions;
+#[cfg(test)]
+mod tests;
 
 pub use background::*;
 pub use by_mac::*;
