@@ -174,7 +174,8 @@ pub fn router(state: AppState) -> Router {
     roles::describe_roles(&mut openapi);
     schemas::describe_inputs(&mut openapi);
     let guards = guards::Guards::new(state.clone(), &openapi);
-    let openapi = Arc::new(openapi);
+    let docs = ops::docs_router(&openapi);
+    drop(openapi);
     let sensitive: Arc<[HeaderName]> = Arc::new([
         header::AUTHORIZATION,
         header::COOKIE,
@@ -186,7 +187,7 @@ pub fn router(state: AppState) -> Router {
 
     let compat = compat::router(&state.settings.compat);
     let router = api
-        .merge(ops::docs_router(openapi))
+        .merge(docs)
         .merge(compat)
         .merge(web::router(state.settings.dashboard_enabled))
         // Upload bodies are limited by the handler itself (UPDRAFT_MAX_UPLOAD_BYTES); everything

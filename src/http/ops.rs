@@ -1,14 +1,15 @@
 //! Operations endpoints: liveness, readiness, Prometheus metrics, OpenAPI and its offline
 //! interactive page.
 
-use std::sync::Arc;
-
 use axum::Json;
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use bytes::Bytes;
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -27,11 +28,33 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// Its validator is off: Swagger UI would otherwise load a badge from the validator's public
 /// site and send it the document's URL whenever the page is opened under a host name other
 /// than localhost. The page names no other host (a test checks every served page).
-pub fn docs_router(openapi: Arc<utoipa::openapi::OpenApi>) -> Router<AppState> {
-    SwaggerUi::new("/api/docs")
-        .url("/api/openapi.json", (*openapi).clone())
-        .config(utoipa_swagger_ui::Config::default().validator_url("none"))
-        .into()
+///
+/// The document is kept as its JSON text (about 270 KB), not as the `OpenApi` structure that
+/// Swagger UI's own route would keep and serialize on each request: that structure held 7.6 MB
+/// of a fresh server's 10.4 MB of live heap (heaptrack, docs/PERFORMANCE.md "Idle").
+pub fn docs_router(openapi: &utoipa::openapi::OpenApi) -> Router<AppState> {
+    let document = Bytes::from(serde_json::to_vec(openapi).expect("the OpenAPI document serializes"));
+    let etag =
+        HeaderValue::from_str(&format!("\"{}\"", &hex::encode(Sha256::digest(&document))[..24])).expect("hex is a valid header value");
+    let swagger: Router<AppState> =
+        SwaggerUi::new("/api/docs").config(utoipa_swagger_ui::Config::from("/api/openapi.json").validator_url("none")).into();
+    swagger.route(
+        "/api/openapi.json",
+        get(move |headers: HeaderMap| {
+            let (document, etag) = (document.clone(), etag.clone());
+            async move {
+                let fresh = headers.get(header::IF_NONE_MATCH).is_some_and(|tags| tags.as_bytes() == etag.as_bytes());
+                let status = if fresh { StatusCode::NOT_MODIFIED } else { StatusCode::OK };
+                let body = if fresh { Bytes::new() } else { document };
+                let headers = [
+                    (header::CONTENT_TYPE, HeaderValue::from_static("application/json")),
+                    (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+                    (header::ETAG, etag),
+                ];
+                (status, headers, body)
+            }
+        }),
+    )
 }
 
 #[derive(Serialize, ToSchema)]

@@ -129,6 +129,13 @@ async fn the_openapi_document_describes_every_route_and_the_security_schemes() {
     assert_eq!(schemes["bearer"]["scheme"], "bearer", "{schemes}");
     assert_eq!(schemes["admin_key"]["name"], "X-Admin-API-Key", "{schemes}");
     assert_eq!(document, serde_json::to_value(updraft::http::openapi()).unwrap(), "the served document is not the generated one");
+    // Served as JSON text kept at start, with a validator: a client that has it gets a 304.
+    let response = app.client.get(app.url("/api/openapi.json")).send().await.unwrap();
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let etag = response.headers()["etag"].clone();
+    let again = app.client.get(app.url("/api/openapi.json")).header("if-none-match", etag.clone()).send().await.unwrap();
+    assert_eq!((again.status().as_u16(), again.headers()["etag"].clone()), (304, etag));
+    assert!(again.bytes().await.unwrap().is_empty());
     app.stop().await;
 }
 
