@@ -135,6 +135,10 @@ impl Application {
             LimitedListener::new(listener, settings.max_connections, settings.max_connections_per_ip, settings.trusted_proxies.clone());
         let header_timeout = settings.header_read_timeout;
         let app = http::router(state);
+        // Start-up's temporary memory (building the OpenAPI document and the routes, opening
+        // the storage, starting the broker) was freed on this thread, which from here on only
+        // waits: mimalloc would keep it until this thread allocates again. Give it back now.
+        alloc_trim::collect();
 
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let events = core.events.clone();
