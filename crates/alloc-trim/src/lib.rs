@@ -18,4 +18,3 @@ pub fn collect() {
     // with mimalloc as the global allocator it only touches mimalloc's own state.
     unsafe { libmimalloc_sys::mi_collect(true) }
 }
-
