@@ -213,11 +213,7 @@ pub async fn serve_blob(
     headers.insert(header::ETAG, HeaderValue::from_str(&etag).map_err(|e| Error::Internal(e.into()))?);
     headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     headers.insert("x-sha256", HeaderValue::from_str(sha256).map_err(|e| Error::Internal(e.into()))?);
-    if request
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|list| list.split(',').any(|t| t.trim().trim_start_matches("W/") == etag || t.trim() == "*"))
-    {
+    if super::conditional::none_match(request, &etag) {
         let mut response = StatusCode::NOT_MODIFIED.into_response();
         response.headers_mut().extend(headers);
         return Ok(response);

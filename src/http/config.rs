@@ -621,10 +621,7 @@ async fn device_config(State(state): State<AppState>, DeviceAuth(device, _): Dev
         crate::services::devices::find_by_id(&state.core, &device.id).await?.ok_or_else(|| Error::not_found("device", &*device.id))?;
     let effective = service::effective(&state.core, &device).await?;
     let etag = format!("\"{}\"", effective.version);
-    let unchanged = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|list| list.split(',').any(|t| t.trim().trim_start_matches("W/") == etag || t.trim() == "*"));
+    let unchanged = super::conditional::none_match(&headers, &etag);
     let mut response = if unchanged {
         StatusCode::NOT_MODIFIED.into_response()
     } else {

@@ -27,9 +27,7 @@ pub async fn serve_artifact(blobs: &BlobStore, artifact: &Artifact, method: &Met
     headers.insert(header::LAST_MODIFIED, header_value(&artifact.created_at.format("%a, %d %b %Y %H:%M:%S GMT").to_string()));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, max-age=0, must-revalidate"));
 
-    if let Some(if_none_match) = request.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok())
-        && etag_matches(if_none_match, &etag)
-    {
+    if super::conditional::none_match(request, &etag) {
         let mut response = Response::new(Body::empty());
         *response.status_mut() = StatusCode::NOT_MODIFIED;
         *response.headers_mut() = headers;
@@ -95,10 +93,6 @@ pub fn download_file_name(artifact: &Artifact) -> String {
     raw.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '+') { c } else { '_' }).collect()
 }
 
-fn etag_matches(list: &str, etag: &str) -> bool {
-    list.split(',').map(|tag| tag.trim().trim_start_matches("W/")).any(|tag| tag == "*" || tag == etag)
-}
-
 fn header_value(text: &str) -> HeaderValue {
     HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
@@ -117,18 +111,5 @@ impl Stream for CountedStream {
             metrics::counter!("updraft_download_bytes_total").increment(chunk.len() as u64);
         }
         polled
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn if_none_match_accepts_lists_weak_tags_and_star() {
-        assert!(etag_matches("\"abc\"", "\"abc\""));
-        assert!(etag_matches("\"x\", W/\"abc\"", "\"abc\""));
-        assert!(etag_matches("*", "\"abc\""));
-        assert!(!etag_matches("\"abd\"", "\"abc\""));
     }
 }

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod body_guard;
 pub mod compat;
 pub mod compat_seed003;
+pub mod conditional;
 pub mod config;
 pub mod device_api;
 pub mod devices;

@@ -43,7 +43,7 @@ pub fn docs_router(openapi: &utoipa::openapi::OpenApi) -> Router<AppState> {
         get(move |headers: HeaderMap| {
             let (document, etag) = (document.clone(), etag.clone());
             async move {
-                let fresh = headers.get(header::IF_NONE_MATCH).is_some_and(|tags| tags.as_bytes() == etag.as_bytes());
+                let fresh = etag.to_str().is_ok_and(|etag| super::conditional::none_match(&headers, etag));
                 let status = if fresh { StatusCode::NOT_MODIFIED } else { StatusCode::OK };
                 let body = if fresh { Bytes::new() } else { document };
                 let headers = [

@@ -101,8 +101,7 @@ async fn file(State(state): State<AppState>, headers: HeaderMap, folder: &str, p
     let etag = format!("\"{}\"", hex::encode(&digest[..12]));
     let cache = if folder == "assets" { IMMUTABLE } else { "no-cache" };
     let mime = mime_guess::from_path(&name).first_or_octet_stream();
-    let fresh =
-        headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).is_some_and(|tags| tags.split(',').any(|t| t.trim() == etag));
+    let fresh = super::conditional::none_match(&headers, &etag);
     let mut response = if fresh { StatusCode::NOT_MODIFIED.into_response() } else { (StatusCode::OK, bytes).into_response() };
     let out = response.headers_mut();
     if let Ok(value) = HeaderValue::from_str(mime.as_ref()) {
