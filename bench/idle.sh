@@ -15,6 +15,14 @@ RAW=$OUT_DIR/idle
 rm -rf "$RAW" && mkdir -p "$RAW"
 echo "loadavg at start: $(cat /proc/loadavg)" >"$RAW/info.txt"
 
+# Whether the start-up functions sit together in this binary (build.rs, link/startup.order):
+# a stale list or a build without it costs several MiB of idle RSS.
+if command -v nm >/dev/null; then
+  ORDER=$(python3 "$REPO_DIR/scripts/startup_order.py" --check "$REPO_DIR/link/startup.order" "$BIN")
+  log "start-up order: $ORDER"
+  echo "start-up order: $ORDER" >>"$RAW/info.txt"
+fi
+
 ready=() rss=()
 for ((i = 1; i <= RUNS; i++)); do
   bench_tmpdir
