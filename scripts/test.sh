@@ -444,6 +444,9 @@ if (($# == 0)); then
   say "checking format and lints (cargo fmt --check; cargo clippy --all-targets -- -D warnings)"
   cargo fmt --check || die "the code is not formatted: run cargo fmt"
   run_child cargo clippy --all-targets --quiet -- -D warnings || die "clippy found problems (above)"
+  # The one unsafe crate (a path dependency, not a workspace member), with Updraft's features.
+  say "testing crates/alloc-trim (cargo test -p alloc-trim)"
+  run_child cargo test --quiet -p alloc-trim || die "crates/alloc-trim's tests failed"
 fi
 
 say "disk before the build: $(disk_free)"

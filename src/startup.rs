@@ -139,6 +139,7 @@ impl Application {
         // the storage, starting the broker) was freed on this thread, which from here on only
         // waits: mimalloc would keep it until this thread allocates again. Give it back now.
         alloc_trim::collect();
+        alloc_trim::purge_at_once();
 
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let events = core.events.clone();
