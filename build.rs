@@ -100,17 +100,11 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Links the `updraft` binary with packed relative relocations (DT_RELR) when it is built for
-/// the machine it is built on and that machine's glibc loads them (2.36 and later: Debian 12,
-/// Ubuntu 22.10, Raspberry Pi OS 12). The release binary's 2.2 MB of `R_X86_64_RELATIVE`
-/// entries, which the loader reads at every start and which then stayed resident, become a
-/// 33 KB table; the binary stays position-independent (docs/PERFORMANCE.md, "Idle"). Anywhere
-/// else (an older glibc, a cross build, or `UPDRAFT_LINK_RELR=0` for a binary meant for older
-/// systems) it links as before. Only the final link changes: no dependency is rebuilt.
-/// Places the functions a fresh server runs (`link/startup.order`, written by
-/// scripts/startup-order.sh) side by side at the start of the binary's code, so that start-up
-/// maps a few MiB of it rather than 64 KiB windows scattered over all 30 MiB (docs/PERFORMANCE.md,
-/// "idle"). Names the build no longer has are ignored, so a stale list costs memory, never a build.
+/// Places the functions a server runs in its first minute and at work (`link/startup.order`,
+/// written by scripts/startup-order.sh) side by side at the start of the binary's code, so that
+/// start-up maps a few MiB of it rather than 64 KiB windows scattered over all of it
+/// (docs/PERFORMANCE.md, "idle"). Names the build no longer has are ignored, so a stale list
+/// costs memory, never a build.
 ///
 /// Only for release builds of x86_64-unknown-linux-gnu on such a host, whose default linker has
 /// been rust-lld since Rust 1.90 (GNU ld has no `--symbol-ordering-file`), and not when another
@@ -136,6 +130,13 @@ fn startup_order(root: &Path) {
     println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
 }
 
+/// Links the `updraft` binary with packed relative relocations (DT_RELR) when it is built for
+/// the machine it is built on and that machine's glibc loads them (2.36 and later: Debian 12,
+/// Ubuntu 22.10, Raspberry Pi OS 12). The release binary's 2.2 MB of `R_X86_64_RELATIVE`
+/// entries, which the loader reads at every start and which then stayed resident, become a
+/// 33 KB table; the binary stays position-independent (docs/PERFORMANCE.md, "Idle"). Anywhere
+/// else (an older glibc, a cross build, or `UPDRAFT_LINK_RELR=0` for a binary meant for older
+/// systems) it links as before. Only the final link changes: no dependency is rebuilt.
 fn packed_relocations() {
     println!("cargo:rerun-if-env-changed=UPDRAFT_LINK_RELR");
     let wanted = env::var("UPDRAFT_LINK_RELR").map_or(true, |v| v != "0" && v != "false");
