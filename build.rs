@@ -100,6 +100,19 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Whether a link option that `var` can turn off (`0` or `false`) is wanted; rebuilds when
+/// `var` changes.
+fn link_option_wanted(var: &str) -> bool {
+    println!("cargo:rerun-if-env-changed={var}");
+    env::var(var).map_or(true, |v| v != "0" && v != "false")
+}
+
+/// The target, when it is the machine the build runs on (not a cross build).
+fn native_target() -> Option<String> {
+    let target = env::var("TARGET").ok()?;
+    (env::var("HOST").ok()? == target).then_some(target)
+}
+
 /// Places the functions a server runs in its first minute and at work (`link/startup.order`,
 /// written by scripts/startup-order.sh) side by side at the start of the binary's code, so that
 /// start-up maps a few MiB of it rather than 64 KiB windows scattered over all of it
@@ -110,19 +123,13 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
 /// been rust-lld since Rust 1.90 (GNU ld has no `--symbol-ordering-file`), and not when another
 /// linker is configured. `UPDRAFT_LINK_ORDER=0` opts out.
 fn startup_order(root: &Path) {
-    println!("cargo:rerun-if-env-changed=UPDRAFT_LINK_ORDER");
     println!("cargo:rerun-if-changed=link/startup.order");
-    let wanted = env::var("UPDRAFT_LINK_ORDER").map_or(true, |v| v != "0" && v != "false");
-    let target = env::var("TARGET").unwrap_or_default();
+    let wanted = link_option_wanted("UPDRAFT_LINK_ORDER");
+    let target = native_target().unwrap_or_default();
     let rustflags = env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
     let other_linker = env::var_os("RUSTC_LINKER").is_some() || rustflags.contains("linker") || rustflags.contains("fuse-ld");
     let order = root.join("link/startup.order");
-    if !wanted
-        || other_linker
-        || env::var("PROFILE").as_deref() != Ok("release")
-        || target != "x86_64-unknown-linux-gnu"
-        || env::var("HOST").ok().as_deref() != Some(target.as_str())
-        || !order.exists()
+    if !wanted || other_linker || env::var("PROFILE").as_deref() != Ok("release") || target != "x86_64-unknown-linux-gnu" || !order.exists()
     {
         return;
     }
@@ -138,10 +145,8 @@ fn startup_order(root: &Path) {
 /// else (an older glibc, a cross build, or `UPDRAFT_LINK_RELR=0` for a binary meant for older
 /// systems) it links as before. Only the final link changes: no dependency is rebuilt.
 fn packed_relocations() {
-    println!("cargo:rerun-if-env-changed=UPDRAFT_LINK_RELR");
-    let wanted = env::var("UPDRAFT_LINK_RELR").map_or(true, |v| v != "0" && v != "false");
-    let target = env::var("TARGET").unwrap_or_default();
-    if !wanted || env::var("HOST").ok().as_deref() != Some(target.as_str()) || !target.ends_with("-linux-gnu") {
+    let wanted = link_option_wanted("UPDRAFT_LINK_RELR");
+    if !wanted || !native_target().is_some_and(|target| target.ends_with("-linux-gnu")) {
         return;
     }
     let glibc = Command::new("getconf").arg("GNU_LIBC_VERSION").output().ok().and_then(|out| String::from_utf8(out.stdout).ok());

@@ -37,15 +37,15 @@ def number(text):
 
 def traced_addresses(path, binary):
     """Instruction addresses of `binary` in a callgrind file (positions: instr line)."""
-    objects, current, last, found = {}, None, 0, set()
+    objects, in_binary, last, found = {}, False, 0, set()
     for line in open(path, encoding="utf-8", errors="replace"):
         if line.startswith(("ob=", "cob=")):
             m = re.match(r"c?ob=\((\d+)\)(?: (.*))?", line.rstrip("\n"))
             if m:
                 if m.group(2) is not None:
-                    objects[m.group(1)] = m.group(2)
+                    objects[m.group(1)] = os.path.realpath(m.group(2))
                 if line.startswith("ob="):
-                    current = objects.get(m.group(1))
+                    in_binary = objects.get(m.group(1)) == binary
             continue
         if not line or line[0] not in "0123456789+-*":
             continue
@@ -59,7 +59,7 @@ def traced_addresses(path, binary):
         else:
             address = number(token)
         last = address
-        if current is not None and os.path.realpath(current) == binary:
+        if in_binary:
             found.add(address)
     return found
 
